@@ -1,0 +1,228 @@
+//! The manager's cache of records whose tag it already checked.
+//!
+//! Invariant (DESIGN.md, "Caching"): an entry is served only if
+//! (a) the store read that filled it began after this manager's last invalidation of that id
+//!     (every shard has a generation, bumped by every invalidation; a fill carries the
+//!     generation read *before* its store read began and is dropped if it moved),
+//! (b) less than its TTL has passed since that read began, on the monotonic clock, and
+//! (c) the change feed stayed connected since then (a feed drop, reconnect or keyring change
+//!     flushes everything and bumps every generation; while the feed is down, or when the
+//!     store has none, new entries get the short fallback TTL).
+//!
+//! Entries hold a keyed fingerprint of the secret (a CBC-MAC under a per-process random key,
+//! fixed 32-byte input), never the secret, so a hit costs one fingerprint and a constant-time
+//! compare.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use aes::Aes128;
+use aes::cipher::{BlockEncrypt, KeyInit, generic_array::GenericArray};
+use zeroize::Zeroizing;
+
+use crate::crypto::{Block, fill_random};
+use crate::key::Facts;
+use crate::store::{Change, ChangeListener};
+use crate::{Error, KeyId};
+
+const SHARDS: usize = 64;
+
+const FEED_NONE: u8 = 0;
+const FEED_LIVE: u8 = 1;
+const FEED_DOWN: u8 = 2;
+
+pub(crate) type Fingerprint = [u8; 16];
+
+struct Entry {
+    facts: Arc<Facts>,
+    fingerprint: Fingerprint,
+    valid_until: Instant,
+}
+
+struct Shard {
+    generation: u64,
+    map: HashMap<KeyId, Entry, foldhash::fast::FixedState>,
+}
+
+/// A ticket taken before a store read: the shard generation and the time the read began.
+pub(crate) struct FillTicket {
+    generation: u64,
+    started: Instant,
+    ttl: Duration,
+}
+
+pub(crate) struct Cache {
+    shards: Box<[RwLock<Shard>]>,
+    fingerprint_key: Aes128,
+    feed: AtomicU8,
+    ttl: Duration,
+    fallback_ttl: Duration,
+    per_shard: usize,
+}
+
+impl Cache {
+    pub(crate) fn new(
+        ttl: Duration,
+        fallback_ttl: Duration,
+        capacity: usize,
+    ) -> Result<Self, Error> {
+        let mut key = Zeroizing::new([0u8; 16]);
+        fill_random(&mut *key)?;
+        let mut seed = [0u8; 8];
+        fill_random(&mut seed)?;
+        let seed = u64::from_le_bytes(seed);
+        let shards = (0..SHARDS)
+            .map(|_| {
+                RwLock::new(Shard {
+                    generation: 0,
+                    map: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(seed)),
+                })
+            })
+            .collect();
+        Ok(Cache {
+            shards,
+            fingerprint_key: Aes128::new(GenericArray::from_slice(&*key)),
+            feed: AtomicU8::new(FEED_NONE),
+            ttl,
+            fallback_ttl,
+            per_shard: capacity.div_ceil(SHARDS),
+        })
+    }
+
+    fn enabled(&self) -> bool {
+        self.per_shard > 0 && !self.fallback_ttl.is_zero()
+    }
+
+    /// Ids are uniformly random: the low bits pick the shard.
+    fn shard(&self, id: &KeyId) -> &RwLock<Shard> {
+        &self.shards[(id.value() as usize) % SHARDS]
+    }
+
+    /// Keyed fingerprint of a 32-byte secret: `E(k, E(k, s[..16]) ^ s[16..])`, a CBC-MAC over
+    /// a fixed-length message (a PRF for that length).
+    pub(crate) fn fingerprint(&self, secret: &[u8; 32]) -> Fingerprint {
+        let mut b = Block::clone_from_slice(&secret[..16]);
+        self.fingerprint_key.encrypt_block(&mut b);
+        for (x, y) in b.iter_mut().zip(&secret[16..]) {
+            *x ^= *y;
+        }
+        self.fingerprint_key.encrypt_block(&mut b);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&b);
+        out
+    }
+
+    /// A cached entry for `id`, if one may still be served.
+    pub(crate) fn get(&self, id: &KeyId) -> Option<(Arc<Facts>, Fingerprint)> {
+        let shard = self
+            .shard(id)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let e = shard.map.get(id)?;
+        if Instant::now() < e.valid_until {
+            Some((e.facts.clone(), e.fingerprint))
+        } else {
+            None
+        }
+    }
+
+    /// Takes a ticket before reading `id` from the store.
+    pub(crate) fn ticket(&self, id: &KeyId) -> FillTicket {
+        let started = Instant::now();
+        let ttl = if self.feed.load(Ordering::Acquire) == FEED_LIVE {
+            self.ttl
+        } else {
+            self.fallback_ttl
+        };
+        let generation = self
+            .shard(id)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .generation;
+        FillTicket {
+            generation,
+            started,
+            ttl,
+        }
+    }
+
+    /// Installs what a store read returned, unless an invalidation happened since the ticket.
+    pub(crate) fn fill(&self, ticket: FillTicket, facts: Arc<Facts>, fingerprint: Fingerprint) {
+        if !self.enabled() {
+            return;
+        }
+        let id = facts.id;
+        let mut shard = self
+            .shard(&id)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if shard.generation != ticket.generation {
+            return;
+        }
+        if shard.map.len() >= self.per_shard && !shard.map.contains_key(&id) {
+            let now = Instant::now();
+            shard.map.retain(|_, e| e.valid_until > now);
+            if shard.map.len() >= self.per_shard {
+                if let Some(victim) = shard.map.keys().next().copied() {
+                    shard.map.remove(&victim);
+                }
+            }
+        }
+        let valid_until = ticket.started + ticket.ttl;
+        shard.map.insert(
+            id,
+            Entry {
+                facts,
+                fingerprint,
+                valid_until,
+            },
+        );
+    }
+
+    /// Forgets `id` and fences off every fill that began before now.
+    pub(crate) fn invalidate(&self, id: &KeyId) {
+        let mut shard = self
+            .shard(id)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.generation = shard.generation.wrapping_add(1);
+        shard.map.remove(id);
+    }
+
+    /// Forgets everything and fences off every fill in flight.
+    pub(crate) fn flush(&self) {
+        for s in self.shards.iter() {
+            let mut shard = s.write().unwrap_or_else(PoisonError::into_inner);
+            shard.generation = shard.generation.wrapping_add(1);
+            shard.map.clear();
+        }
+    }
+
+    /// Number of entries (for tests and metrics).
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).map.len())
+            .sum()
+    }
+}
+
+impl ChangeListener for Cache {
+    fn changed(&self, change: Change) {
+        self.invalidate(&change.id);
+    }
+
+    fn connected(&self) {
+        // Entries filled while the feed was down may have missed changes; fills in flight
+        // (whichever TTL they chose) are fenced off by the flush.
+        self.feed.store(FEED_LIVE, Ordering::Release);
+        self.flush();
+    }
+
+    fn disconnected(&self) {
+        self.feed.store(FEED_DOWN, Ordering::Release);
+        self.flush();
+    }
+}

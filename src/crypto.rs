@@ -1,0 +1,302 @@
+//! Master keys, the keyring, the subkey KDF and the AES primitives as this crate calls them.
+//!
+//! - KDF: NIST SP 800-108 counter mode with AES-CMAC as the PRF, one 128-bit block per
+//!   subkey: `K = CMAC(master, [1]_32 || label || 0x00 || context || [128]_32)`, with the labels
+//!   `api-keys/k_enc` and `api-keys/k_mac` and the context `api-keys/v1`.
+//! - Encryption: AES-128-CBC under `k_enc`, random 16-byte IV, no padding (the secret is two
+//!   blocks).
+//! - Authentication: AES-CMAC under `k_mac` (see [`crate::KeyRecord`] for what it covers).
+
+use std::fmt;
+
+use aes::Aes128;
+use aes::cipher::{
+    BlockDecryptMut, BlockEncryptMut, InnerIvInit, KeyInit, generic_array::GenericArray,
+};
+use cmac::{Cmac, Mac};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::Error;
+
+/// An AES block.
+pub(crate) type Block = GenericArray<u8, aes::cipher::consts::U16>;
+
+/// A 16-byte (AES-128) master key. Zeroized on drop; its bytes are never shown by `Debug` and
+/// it has no `Display`, `PartialEq` or `Serialize`.
+pub struct MasterKey(Zeroizing<[u8; 16]>);
+
+impl MasterKey {
+    /// Wraps 16 key bytes (e.g. from the host's secret manager).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        let mut bytes = bytes;
+        let key = MasterKey(Zeroizing::new(bytes));
+        bytes.zeroize();
+        key
+    }
+
+    /// A new random master key from the operating system.
+    ///
+    /// # Panics
+    /// If the operating system's random number generator fails; see
+    /// [`MasterKey::try_generate`].
+    pub fn generate() -> Self {
+        match Self::try_generate() {
+            Ok(k) => k,
+            Err(_) => panic!("operating system randomness unavailable"),
+        }
+    }
+
+    /// A new random master key from the operating system.
+    ///
+    /// # Errors
+    /// [`Error::Random`] if the operating system's generator fails.
+    pub fn try_generate() -> Result<Self, Error> {
+        let mut k = Zeroizing::new([0u8; 16]);
+        fill_random(&mut *k)?;
+        Ok(MasterKey(k))
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey([redacted])")
+    }
+}
+
+/// Fills `buf` from the operating system's generator.
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), Error> {
+    getrandom::getrandom(buf).map_err(|_| Error::Random)
+}
+
+const KDF_CONTEXT: &[u8] = b"api-keys/v1";
+pub(crate) const LABEL_ENC: &[u8] = b"api-keys/k_enc";
+pub(crate) const LABEL_MAC: &[u8] = b"api-keys/k_mac";
+
+/// NIST SP 800-108 counter-mode KDF with AES-CMAC, producing one 128-bit key.
+pub(crate) fn kdf(master: &[u8; 16], label: &[u8], context: &[u8]) -> Zeroizing<[u8; 16]> {
+    let mut prf = <Cmac<Aes128> as KeyInit>::new(GenericArray::from_slice(master));
+    prf.update(&1u32.to_be_bytes());
+    prf.update(label);
+    prf.update(&[0u8]);
+    prf.update(context);
+    prf.update(&128u32.to_be_bytes());
+    let mut out = Zeroizing::new([0u8; 16]);
+    out.copy_from_slice(&prf.finalize().into_bytes());
+    out
+}
+
+/// The two subkeys of one master key, derived once, as ready-to-use cipher states (zeroized
+/// on drop by the `zeroize` features of `aes` and `cmac`).
+#[derive(Clone)]
+pub(crate) struct Subkeys {
+    enc: Aes128,
+    mac: Cmac<Aes128>,
+}
+
+impl Subkeys {
+    pub(crate) fn derive(master: &MasterKey) -> Self {
+        let k_enc = kdf(master.bytes(), LABEL_ENC, KDF_CONTEXT);
+        let k_mac = kdf(master.bytes(), LABEL_MAC, KDF_CONTEXT);
+        Subkeys {
+            enc: Aes128::new(GenericArray::from_slice(&*k_enc)),
+            mac: <Cmac<Aes128> as KeyInit>::new(GenericArray::from_slice(&*k_mac)),
+        }
+    }
+
+    /// A fresh pre-keyed CMAC state under `k_mac`.
+    pub(crate) fn mac(&self) -> Cmac<Aes128> {
+        self.mac.clone()
+    }
+
+    /// AES-128-CBC without padding over exactly two blocks.
+    pub(crate) fn encrypt(&self, iv: &[u8; 16], plain: &[u8; 32]) -> [u8; 32] {
+        cbc_encrypt(self.enc.clone(), iv, plain)
+    }
+
+    /// Inverse of [`Subkeys::encrypt`], into zeroizing memory.
+    pub(crate) fn decrypt(&self, iv: &[u8; 16], ct: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+        cbc_decrypt(self.enc.clone(), iv, ct)
+    }
+}
+
+pub(crate) fn cbc_encrypt(cipher: Aes128, iv: &[u8; 16], plain: &[u8; 32]) -> [u8; 32] {
+    let mut blocks = [
+        Block::clone_from_slice(&plain[..16]),
+        Block::clone_from_slice(&plain[16..]),
+    ];
+    let mut enc = cbc::Encryptor::<Aes128>::inner_iv_init(cipher, GenericArray::from_slice(iv));
+    enc.encrypt_blocks_mut(&mut blocks);
+    let mut out = [0u8; 32];
+    out[..16].copy_from_slice(&blocks[0]);
+    out[16..].copy_from_slice(&blocks[1]);
+    out
+}
+
+pub(crate) fn cbc_decrypt(cipher: Aes128, iv: &[u8; 16], ct: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+    let mut blocks = [
+        Block::clone_from_slice(&ct[..16]),
+        Block::clone_from_slice(&ct[16..]),
+    ];
+    let mut dec = cbc::Decryptor::<Aes128>::inner_iv_init(cipher, GenericArray::from_slice(iv));
+    dec.decrypt_blocks_mut(&mut blocks);
+    let mut out = Zeroizing::new([0u8; 32]);
+    out[..16].copy_from_slice(&blocks[0]);
+    out[16..].copy_from_slice(&blocks[1]);
+    for b in &mut blocks {
+        b.as_mut_slice().zeroize();
+    }
+    out
+}
+
+/// The master keys a manager knows, by version: the current one (seals), previous ones
+/// (open only, until `rewrap` moved their records), and next ones (open only, so a rolling
+/// deploy of a new master key never meets `Integrity` on nodes that have not switched yet).
+///
+/// Subkeys are derived once here, never on the hot path.
+#[derive(Clone)]
+pub struct Keyring {
+    current: u32,
+    keys: Vec<(u32, Subkeys)>,
+    duplicate: Option<u32>,
+}
+
+impl Keyring {
+    /// A keyring whose current (sealing) key is `key` under `version`.
+    pub fn new(version: u32, key: MasterKey) -> Self {
+        Keyring {
+            current: version,
+            keys: vec![(version, Subkeys::derive(&key))],
+            duplicate: None,
+        }
+    }
+
+    /// Adds an older version that can still open records sealed under it.
+    pub fn with_previous(self, version: u32, key: MasterKey) -> Self {
+        self.with_open_only(version, key)
+    }
+
+    /// Adds a newer version that can open records (sealed by nodes already deployed with it)
+    /// but does not seal.
+    pub fn with_next(self, version: u32, key: MasterKey) -> Self {
+        self.with_open_only(version, key)
+    }
+
+    fn with_open_only(mut self, version: u32, key: MasterKey) -> Self {
+        if self.keys.iter().any(|(v, _)| *v == version) {
+            self.duplicate = Some(version);
+        } else {
+            self.keys.push((version, Subkeys::derive(&key)));
+        }
+        self
+    }
+
+    /// The version that seals new records.
+    pub fn current_version(&self) -> u32 {
+        self.current
+    }
+
+    /// Every version this keyring can open, ascending.
+    pub fn versions(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.keys.iter().map(|(v, _)| *v).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Rejects a keyring that names one version twice (a configuration mistake that would
+    /// make records unopenable).
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        match self.duplicate {
+            Some(v) => Err(Error::Policy(format!(
+                "keyring names master-key version {v} twice; each version needs exactly one key"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn current(&self) -> (u32, &Subkeys) {
+        (self.current, &self.keys[0].1)
+    }
+
+    pub(crate) fn get(&self, version: u32) -> Option<&Subkeys> {
+        self.keys
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, k)| k)
+    }
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("current", &self.current)
+            .field("versions", &self.versions())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(s: &str) -> Vec<u8> {
+        hex::decode(s).unwrap()
+    }
+
+    // RFC 4493, section 4: AES-128 key 2b7e1516 28aed2a6 abf71588 09cf4f3c.
+    #[test]
+    fn rfc4493_cmac_vectors() {
+        let key = h("2b7e151628aed2a6abf7158809cf4f3c");
+        let msg = h(
+            "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e5130c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710",
+        );
+        let cases = [
+            (0, "bb1d6929e95937287fa37d129b756746"),
+            (16, "070a16b46b4d4144f79bdd9dd04a287c"),
+            (40, "dfa66747de9ae63030ca32611497c827"),
+            (64, "51f0bebf7e3b9d92fc49741779363cfe"),
+        ];
+        for (len, tag) in cases {
+            let mut m = <Cmac<Aes128> as KeyInit>::new(GenericArray::from_slice(&key));
+            m.update(&msg[..len]);
+            assert_eq!(m.finalize().into_bytes().to_vec(), h(tag), "length {len}");
+        }
+    }
+
+    // NIST SP 800-38A, F.2.1/F.2.2 (CBC-AES128), first two blocks, as `Subkeys` calls CBC.
+    #[test]
+    fn sp800_38a_cbc_vectors() {
+        let key = h("2b7e151628aed2a6abf7158809cf4f3c");
+        let iv: [u8; 16] = h("000102030405060708090a0b0c0d0e0f").try_into().unwrap();
+        let plain: [u8; 32] = h("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51")
+            .try_into()
+            .unwrap();
+        let ct: [u8; 32] = h("7649abac8119b246cee98e9b12e9197d5086cb9b507219ee95db113a917678b2")
+            .try_into()
+            .unwrap();
+        let aes = Aes128::new(GenericArray::from_slice(&key));
+        assert_eq!(cbc_encrypt(aes.clone(), &iv, &plain), ct);
+        assert_eq!(*cbc_decrypt(aes, &iv, &ct), plain);
+    }
+
+    #[test]
+    fn master_key_debug_is_redacted() {
+        let k = MasterKey::from_bytes([0xAB; 16]);
+        let d = format!("{k:?}");
+        assert_eq!(d, "MasterKey([redacted])");
+        let ring = Keyring::new(3, k).with_previous(2, MasterKey::from_bytes([1; 16]));
+        let d = format!("{ring:?}");
+        assert!(!d.to_lowercase().contains("ab"), "{d}");
+        assert!(d.contains('3'));
+    }
+
+    #[test]
+    fn duplicate_versions_are_rejected() {
+        let ring = Keyring::new(1, MasterKey::from_bytes([1; 16]))
+            .with_previous(1, MasterKey::from_bytes([2; 16]));
+        assert!(matches!(ring.validate(), Err(Error::Policy(_))));
+    }
+}

@@ -1,0 +1,206 @@
+//! What the manager hands out: [`ApiKey`] (the secret, once), [`KeyInfo`] (metadata) and
+//! [`Verified`] (the result of a successful verification).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::record::{unix, unix_opt};
+use crate::{Error, KeyId, KeyRecord, OrgId, Scope, UserId};
+
+/// A full API key token. Shown once at generation (and by `reveal` when the policy allows).
+/// Zeroized on drop; `Debug` shows only the id; no `Display`, `PartialEq` or `Serialize`.
+pub struct ApiKey {
+    id: KeyId,
+    token: Zeroizing<String>,
+}
+
+impl ApiKey {
+    pub(crate) fn new(id: KeyId, token: Zeroizing<String>) -> Self {
+        ApiKey { id, token }
+    }
+
+    /// The token, to hand to the integration that will use it.
+    pub fn expose_secret(&self) -> &str {
+        &self.token
+    }
+
+    /// The key's public id.
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
+
+/// The state of a key at a moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    /// Neither revoked nor expired.
+    Active,
+    /// Past its expiry.
+    Expired,
+    /// Revoked by a manager.
+    Revoked,
+}
+
+impl KeyStatus {
+    pub(crate) fn of(rec: &KeyRecord, now: OffsetDateTime) -> KeyStatus {
+        if rec.revoked_at.is_some() {
+            KeyStatus::Revoked
+        } else if rec.expires_at.is_some_and(|e| now >= e) {
+            KeyStatus::Expired
+        } else {
+            KeyStatus::Active
+        }
+    }
+}
+
+/// A key's metadata, safe to show to an organization's managers (no secret).
+/// Serializes timestamps as Unix seconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyInfo {
+    /// Public id.
+    pub id: KeyId,
+    /// Owning organization.
+    pub org: OrgId,
+    /// Display name.
+    pub name: String,
+    /// Granted scopes.
+    pub scopes: Vec<Scope>,
+    /// Creation time.
+    #[serde(with = "unix")]
+    pub created_at: OffsetDateTime,
+    /// Creating manager.
+    pub created_by: UserId,
+    /// Expiry (`None` = never).
+    #[serde(with = "unix_opt")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Revocation time, if revoked.
+    #[serde(with = "unix_opt")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Status at the manager's `clock.now()` when this was built.
+    pub status: KeyStatus,
+    /// Last recorded use (throttled to once a minute per key and process).
+    #[serde(with = "unix_opt")]
+    pub last_used_at: Option<OffsetDateTime>,
+    /// Masked hint from the prefix and the id, e.g. `sak_…x7Qa`.
+    pub hint: String,
+}
+
+impl KeyInfo {
+    pub(crate) fn from_record(rec: &KeyRecord, now: OffsetDateTime, prefix: &str) -> KeyInfo {
+        KeyInfo {
+            id: rec.id,
+            org: rec.org.clone(),
+            name: rec.name.clone(),
+            scopes: rec.scopes.clone(),
+            created_at: rec.created_at,
+            created_by: rec.created_by.clone(),
+            expires_at: rec.expires_at,
+            revoked_at: rec.revoked_at,
+            status: KeyStatus::of(rec, now),
+            last_used_at: rec.last_used_at,
+            hint: crate::token::hint(prefix, rec.id),
+        }
+    }
+}
+
+/// What the manager knows about a genuine key, shared between its cache and [`Verified`].
+pub(crate) struct Facts {
+    pub id: KeyId,
+    pub org: OrgId,
+    pub scopes: Box<[Scope]>,
+    pub expires_at: Option<OffsetDateTime>,
+    /// `expires_at` in Unix seconds, `i64::MAX` for never.
+    pub expires_unix: i64,
+    pub revoked: bool,
+    /// Unix seconds of the last `touch` this process sent (or the store's last use).
+    pub last_touch: AtomicI64,
+}
+
+impl Facts {
+    pub(crate) fn from_record(rec: &KeyRecord) -> Facts {
+        Facts {
+            id: rec.id,
+            org: rec.org.clone(),
+            scopes: rec.scopes.clone().into_boxed_slice(),
+            expires_at: rec.expires_at,
+            expires_unix: rec.expires_at.map_or(i64::MAX, |t| t.unix_timestamp()),
+            revoked: rec.revoked_at.is_some(),
+            last_touch: AtomicI64::new(rec.last_used_at.map_or(i64::MIN, |t| t.unix_timestamp())),
+        }
+    }
+}
+
+/// Proof that a token was verified: only [`KeyManager::verify`](crate::KeyManager::verify)
+/// makes one (no public constructor, no `Default`, no `Deserialize`).
+///
+/// The host must still check that the key's organization is the tenant of the request:
+/// [`Verified::require_org`] does that in one call.
+#[derive(Clone)]
+pub struct Verified {
+    facts: Arc<Facts>,
+}
+
+impl Verified {
+    pub(crate) fn new(facts: Arc<Facts>) -> Self {
+        Verified { facts }
+    }
+
+    /// The verified key's id.
+    pub fn key_id(&self) -> &KeyId {
+        &self.facts.id
+    }
+
+    /// The organization the key belongs to.
+    pub fn org(&self) -> &OrgId {
+        &self.facts.org
+    }
+
+    /// The key's scopes.
+    pub fn scopes(&self) -> &[Scope] {
+        &self.facts.scopes
+    }
+
+    /// The key's expiry (`None` = never).
+    pub fn expires_at(&self) -> Option<OffsetDateTime> {
+        self.facts.expires_at
+    }
+
+    /// Checks that the key belongs to `org` (the tenant of the request).
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] when it belongs to another organization: a key never
+    /// authenticates anything of another organization.
+    pub fn require_org(&self, org: &OrgId) -> Result<(), Error> {
+        if &self.facts.org == org {
+            Ok(())
+        } else {
+            Err(Error::InvalidKey)
+        }
+    }
+}
+
+impl fmt::Debug for Verified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verified")
+            .field("key_id", &self.facts.id)
+            .field("org", &self.facts.org)
+            .field("scopes", &self.facts.scopes)
+            .field("expires_at", &self.facts.expires_at)
+            .finish()
+    }
+}

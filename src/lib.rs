@@ -1,0 +1,38 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod audit;
+mod cache;
+mod clock;
+mod crypto;
+mod error;
+mod ids;
+mod key;
+mod manager;
+mod policy;
+mod record;
+mod store;
+mod token;
+
+#[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
+pub mod testkit;
+
+pub use audit::{AuditAction, AuditEvent, AuditSink, FailureClass, TracingAudit};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use crypto::{Keyring, MasterKey};
+pub use error::{BoxError, Error, StoreError};
+pub use ids::{Actor, KeyId, OrgId, Role, Scope, UserId};
+pub use key::{ApiKey, KeyInfo, KeyStatus, Verified};
+pub use manager::{KeyManager, KeyManagerBuilder, RewrapReport};
+pub use policy::{Expiry, GenerateRequest, Policy};
+pub use record::{KeyRecord, RECORD_FORMAT, Sealed};
+pub use store::{
+    AnyStore, BoxFuture, Change, ChangeKind, ChangeListener, DynKeyStore, KeyStore, MemoryStore,
+};
+pub use token::{DEFAULT_PREFIX, MAX_TOKEN_LEN, UntrustedToken};
+
+/// Re-exported so hosts use the same `time` as the crate.
+pub use time;

@@ -1,0 +1,372 @@
+//! The stored form of a key: [`KeyRecord`], and sealing/opening it.
+
+use std::fmt;
+
+use cmac::Mac;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::crypto::{Keyring, Subkeys, fill_random};
+use crate::token::SECRET_LEN;
+use crate::{Error, KeyId, OrgId, Scope, UserId};
+
+/// The record layout version this crate writes and reads.
+pub const RECORD_FORMAT: u16 = 1;
+const DOMAIN: &[u8] = b"api-keys/record";
+
+/// The encrypted and authenticated part of a record.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    /// Master-key version whose subkeys sealed this record.
+    pub key_version: u32,
+    /// CBC initialization vector (lowercase hex in serialized form).
+    #[serde(with = "hex_bytes")]
+    pub iv: [u8; 16],
+    /// AES-128-CBC encryption of the 32-byte secret (lowercase hex in serialized form).
+    #[serde(with = "hex_bytes")]
+    pub ciphertext: [u8; 32],
+    /// AES-CMAC over the canonical encoding (lowercase hex in serialized form).
+    #[serde(with = "hex_bytes")]
+    pub tag: [u8; 16],
+}
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealed")
+            .field("key_version", &self.key_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A key as the store keeps it. Serialized field names are a stable storage format.
+///
+/// Everything that decides whether a key is accepted is covered by `sealed.tag`: `format`,
+/// `sealed.key_version`, `id`, `org`, `scopes`, `created_at`, `created_by`, `expires_at`,
+/// `revoked_at`, `revoked_by`, `sealed.iv` and `sealed.ciphertext`. `name`, `last_used_at` and
+/// `revision` are not (they decide nothing). A record whose tag does not match is never
+/// accepted.
+///
+/// Timestamps are whole UTC seconds, serialized as Unix seconds.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Layout version ([`RECORD_FORMAT`]).
+    pub format: u16,
+    /// The key's public id.
+    pub id: KeyId,
+    /// Owning organization.
+    pub org: OrgId,
+    /// Display name (1–128 characters, no control characters).
+    pub name: String,
+    /// Granted scopes, sorted and de-duplicated.
+    pub scopes: Vec<Scope>,
+    /// Creation time.
+    #[serde(with = "unix")]
+    pub created_at: OffsetDateTime,
+    /// Manager who created the key.
+    pub created_by: UserId,
+    /// Expiry; `None` means never.
+    #[serde(with = "unix_opt")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Revocation time, if revoked.
+    #[serde(with = "unix_opt")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Manager who revoked the key.
+    pub revoked_by: Option<UserId>,
+    /// Last successful verification (throttled), not authenticated.
+    #[serde(with = "unix_opt")]
+    pub last_used_at: Option<OffsetDateTime>,
+    /// Compare-and-swap revision, bumped by every update except `touch`. Fits an `i64`.
+    pub revision: u64,
+    /// Encrypted secret and tag.
+    pub sealed: Sealed,
+}
+
+impl fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("id", &self.id)
+            .field("org", &self.org)
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .field("revision", &self.revision)
+            .field("sealed", &self.sealed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Truncates to whole seconds (records hold whole seconds only).
+pub(crate) fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(t.unix_timestamp()).unwrap_or(t)
+}
+
+/// The deciding fields of a new record, before sealing.
+pub(crate) struct Draft {
+    pub id: KeyId,
+    pub org: OrgId,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub created_at: OffsetDateTime,
+    pub created_by: UserId,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+impl KeyRecord {
+    /// The key id (the store's primary key).
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+    /// The owning organization (indexed for `list`).
+    pub fn org(&self) -> &OrgId {
+        &self.org
+    }
+    /// The CAS revision.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+    /// The expiry, if any (indexable for expiry sweeps).
+    pub fn expires_at(&self) -> Option<OffsetDateTime> {
+        self.expires_at
+    }
+    /// The revocation time, if revoked.
+    pub fn revoked_at(&self) -> Option<OffsetDateTime> {
+        self.revoked_at
+    }
+    /// Last recorded use.
+    pub fn last_used_at(&self) -> Option<OffsetDateTime> {
+        self.last_used_at
+    }
+    /// The master-key version that sealed this record.
+    pub fn key_version(&self) -> u32 {
+        self.sealed.key_version
+    }
+
+    /// Seals a new record (revision 1) under the keyring's current version.
+    pub(crate) fn seal_new(
+        keyring: &Keyring,
+        draft: Draft,
+        secret: &[u8; SECRET_LEN],
+    ) -> Result<KeyRecord, Error> {
+        let mut scopes = draft.scopes;
+        scopes.sort();
+        scopes.dedup();
+        let mut rec = KeyRecord {
+            format: RECORD_FORMAT,
+            id: draft.id,
+            org: draft.org,
+            name: draft.name,
+            scopes,
+            created_at: whole_seconds(draft.created_at),
+            created_by: draft.created_by,
+            expires_at: draft.expires_at.map(whole_seconds),
+            revoked_at: None,
+            revoked_by: None,
+            last_used_at: None,
+            revision: 1,
+            sealed: Sealed {
+                key_version: 0,
+                iv: [0; 16],
+                ciphertext: [0; 32],
+                tag: [0; 16],
+            },
+        };
+        rec.reseal(keyring, secret)?;
+        Ok(rec)
+    }
+
+    /// Encrypts `secret` under the current version with a fresh IV and recomputes the tag over
+    /// the record's present fields. Only ever called with a secret obtained from
+    /// [`KeyRecord::open`] of this same record (or a new one): never launders a tampered row.
+    pub(crate) fn reseal(
+        &mut self,
+        keyring: &Keyring,
+        secret: &[u8; SECRET_LEN],
+    ) -> Result<(), Error> {
+        let (version, keys) = keyring.current();
+        let mut iv = [0u8; 16];
+        fill_random(&mut iv)?;
+        self.format = RECORD_FORMAT;
+        self.scopes.sort();
+        self.scopes.dedup();
+        self.sealed.key_version = version;
+        self.sealed.iv = iv;
+        self.sealed.ciphertext = keys.encrypt(&iv, secret);
+        self.sealed.tag = self.compute_tag(keys);
+        Ok(())
+    }
+
+    /// Checks the tag in constant time, then that the record is the one the token names, and
+    /// only then decrypts the secret.
+    ///
+    /// # Errors
+    /// [`Error::Integrity`] for an unknown format or key version, a tag mismatch or an id
+    /// mismatch.
+    pub(crate) fn open(
+        &self,
+        keyring: &Keyring,
+        expected: KeyId,
+    ) -> Result<Zeroizing<[u8; 32]>, Error> {
+        let keys = self.authenticate(keyring)?;
+        if self.id != expected {
+            return Err(Error::Integrity);
+        }
+        Ok(keys.decrypt(&self.sealed.iv, &self.sealed.ciphertext))
+    }
+
+    /// Checks the format, the key version and (in constant time) the tag, without decrypting.
+    pub(crate) fn authenticate<'k>(&self, keyring: &'k Keyring) -> Result<&'k Subkeys, Error> {
+        if self.format != RECORD_FORMAT {
+            return Err(Error::Integrity);
+        }
+        let keys = keyring
+            .get(self.sealed.key_version)
+            .ok_or(Error::Integrity)?;
+        let tag = self.compute_tag(keys);
+        if bool::from(tag.ct_eq(&self.sealed.tag)) {
+            Ok(keys)
+        } else {
+            Err(Error::Integrity)
+        }
+    }
+
+    fn compute_tag(&self, keys: &Subkeys) -> [u8; 16] {
+        let mut mac = keys.mac();
+        self.canonical(&mut |b: &[u8]| mac.update(b));
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&mac.finalize().into_bytes());
+        out
+    }
+
+    /// Streams the canonical encoding of every field under the tag: domain label, format,
+    /// key version, id, org, scopes, created_at, created_by, expires_at, revoked_at,
+    /// revoked_by, iv, ciphertext. Integers fixed-width big-endian, strings with a `u32` length
+    /// prefix, lists with a `u32` count, `Option`s with a presence byte, scopes sorted and
+    /// de-duplicated with a tag byte per variant (1 scim, 2 prometheus, 3 custom + string).
+    pub(crate) fn canonical(&self, out: &mut dyn FnMut(&[u8])) {
+        fn string(out: &mut dyn FnMut(&[u8]), s: &str) {
+            out(&(s.len() as u32).to_be_bytes());
+            out(s.as_bytes());
+        }
+        fn opt_time(out: &mut dyn FnMut(&[u8]), t: Option<OffsetDateTime>) {
+            match t {
+                Some(t) => {
+                    out(&[1]);
+                    out(&t.unix_timestamp().to_be_bytes());
+                }
+                None => out(&[0]),
+            }
+        }
+        string(out, std::str::from_utf8(DOMAIN).unwrap_or_default());
+        out(&self.format.to_be_bytes());
+        out(&self.sealed.key_version.to_be_bytes());
+        out(&self.id.value().to_be_bytes());
+        string(out, self.org.as_str());
+        let mut scopes: Vec<&Scope> = self.scopes.iter().collect();
+        scopes.sort();
+        scopes.dedup();
+        out(&(scopes.len() as u32).to_be_bytes());
+        for s in scopes {
+            match s {
+                Scope::Scim => out(&[1]),
+                Scope::Prometheus => out(&[2]),
+                Scope::Custom(c) => {
+                    out(&[3]);
+                    string(out, c);
+                }
+            }
+        }
+        out(&self.created_at.unix_timestamp().to_be_bytes());
+        string(out, self.created_by.as_str());
+        opt_time(out, self.expires_at);
+        opt_time(out, self.revoked_at);
+        match &self.revoked_by {
+            Some(u) => {
+                out(&[1]);
+                string(out, u.as_str());
+            }
+            None => out(&[0]),
+        }
+        out(&self.sealed.iv);
+        out(&self.sealed.ciphertext);
+    }
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer, const N: usize>(b: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(2 * N);
+        for &x in b {
+            out.push(HEX[usize::from(x >> 4)] as char);
+            out.push(HEX[usize::from(x & 15)] as char);
+        }
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
+        let s = String::deserialize(d)?;
+        let b = s.as_bytes();
+        if b.len() != 2 * N {
+            return Err(serde::de::Error::custom("wrong hex length"));
+        }
+        fn nib(c: u8) -> Option<u8> {
+            match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                _ => None,
+            }
+        }
+        let mut out = [0u8; N];
+        for (i, pair) in b.chunks_exact(2).enumerate() {
+            match (nib(pair[0]), nib(pair[1])) {
+                (Some(h), Some(l)) => out[i] = (h << 4) | l,
+                _ => return Err(serde::de::Error::custom("invalid lowercase hex")),
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub(crate) mod unix {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use time::OffsetDateTime;
+
+    pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(t.unix_timestamp())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+        let secs = i64::deserialize(d)?;
+        OffsetDateTime::from_unix_timestamp(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+pub(crate) mod unix_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use time::OffsetDateTime;
+
+    pub fn serialize<S: Serializer>(t: &Option<OffsetDateTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_some(&t.unix_timestamp()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<OffsetDateTime>, D::Error> {
+        match Option::<i64>::deserialize(d)? {
+            Some(secs) => OffsetDateTime::from_unix_timestamp(secs)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}

@@ -486,4 +486,45 @@ mod known_answers {
         let back: KeyRecord = serde_json::from_value(json).unwrap();
         assert_eq!(back, rec);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn seal_then_open_round_trips(
+            id: u64,
+            secret: [u8; 32],
+            master: [u8; 16],
+            version: u32,
+            org in "[a-zA-Z0-9 é-]{1,40}",
+            created in 0i64..4_000_000_000,
+            life in proptest::option::of(1i64..400 * 86_400),
+            custom in proptest::option::of("[a-z][a-z0-9._:-]{0,31}"),
+        ) {
+            let keyring = Keyring::new(version, MasterKey::from_bytes(master));
+            let mut scopes = vec![Scope::Scim];
+            if let Some(c) = custom.and_then(|c| Scope::custom(c).ok()) {
+                scopes.push(c);
+            }
+            let created_at = OffsetDateTime::from_unix_timestamp(created).unwrap();
+            let draft = Draft {
+                id: KeyId(id),
+                org: OrgId::new(&org),
+                name: "n".into(),
+                scopes,
+                created_at,
+                created_by: UserId::new("u"),
+                expires_at: life.map(|l| created_at + time::Duration::seconds(l)),
+            };
+            let rec = KeyRecord::seal_new(&keyring, draft, &secret).unwrap();
+            proptest::prop_assert_eq!(*rec.open(&keyring, KeyId(id)).unwrap(), secret);
+            // The JSON form round-trips to an identical, still-openable record.
+            let back: KeyRecord = serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
+            proptest::prop_assert_eq!(&back, &rec);
+            proptest::prop_assert_eq!(*back.open(&keyring, KeyId(id)).unwrap(), secret);
+            // Any other id, or a flipped tag bit, fails.
+            proptest::prop_assert!(rec.open(&keyring, KeyId(id ^ 1)).is_err());
+            let mut bad = rec.clone();
+            bad.sealed.tag[(id % 16) as usize] ^= 1;
+            proptest::prop_assert!(matches!(bad.open(&keyring, KeyId(id)), Err(Error::Integrity)));
+        }
+    }
 }

@@ -13,12 +13,15 @@ use api_keys::{
 use common::*;
 use tokio::sync::oneshot;
 
+/// The pause of the next `get`: "I have read" and "go on".
+type Pause = Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>;
+
 /// A store whose next `get` reads its snapshot, reports it, then waits to be released: the
 /// window in which a revoke can complete while a verification holds the old record.
 #[derive(Clone, Default)]
 struct PausingStore {
     inner: MemoryStore,
-    pause: Arc<Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>>,
+    pause: Arc<Mutex<Pause>>,
     listener: Arc<Mutex<Option<Weak<dyn ChangeListener>>>>,
     feed: bool,
 }

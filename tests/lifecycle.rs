@@ -447,12 +447,15 @@ async fn rewrap_moves_every_record_while_keys_keep_verifying() {
     ));
 }
 
+/// The revoke to run inside the first `update`.
+type RevokeJob = Option<(KeyManager<MemoryStore>, KeyId)>;
+
 /// A store whose first `update` lets a revoke (by another, not yet upgraded node) win the race.
 #[derive(Clone)]
 struct RacingStore {
     inner: MemoryStore,
     armed: Arc<AtomicBool>,
-    revoker: Arc<std::sync::Mutex<Option<(KeyManager<MemoryStore>, KeyId)>>>,
+    revoker: Arc<std::sync::Mutex<RevokeJob>>,
 }
 
 impl KeyStore for RacingStore {

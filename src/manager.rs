@@ -576,7 +576,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let (key, new_rec) = self
             .create(actor, old.name.clone(), old.scopes.clone(), now, expires_at)
             .await?;
-        let cutoff = now + overlap.max(Duration::ZERO);
+        // Saturating: an absurd overlap (it may come from a request) can never panic.
+        let cutoff = now.saturating_add(overlap.max(Duration::ZERO));
         let shortened = self
             .modify(Some(actor), id, |r| {
                 if r.revoked_at.is_some() {
@@ -839,5 +840,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
 }
 
 fn expiring(info: &KeyInfo, now: OffsetDateTime, window: Duration) -> bool {
-    info.status == KeyStatus::Active && info.expires_at.is_some_and(|e| e <= now + window)
+    info.status == KeyStatus::Active
+        && info
+            .expires_at
+            .is_some_and(|e| e <= now.saturating_add(window))
 }

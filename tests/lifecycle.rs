@@ -627,3 +627,52 @@ async fn the_audit_sink_receives_every_event_and_no_event_carries_a_token() {
         }
     }
 }
+
+#[tokio::test]
+async fn absurd_durations_from_requests_never_panic() {
+    let s = setup();
+    let (old, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
+    let (new, _) = s
+        .manager
+        .roll(&alice(), &info.id, Duration::MAX)
+        .await
+        .unwrap();
+    // The old key keeps its own expiry: an overlap never extends it.
+    assert_eq!(
+        s.manager.get(&alice(), &info.id).await.unwrap().expires_at,
+        Some(start() + Duration::days(90))
+    );
+    works(&s.manager, old.expose_secret()).await.unwrap();
+    works(&s.manager, new.expose_secret()).await.unwrap();
+    let (_, other) = s.manager.generate(&alice(), prom("k2")).await.unwrap();
+    s.manager
+        .roll(&alice(), &other.id, Duration::MIN)
+        .await
+        .unwrap();
+    // k, its replacement and the replacement of k2 (k2 itself stopped at once).
+    assert_eq!(
+        s.manager
+            .expiring_within(&alice(), Duration::MAX)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(
+        s.manager
+            .expiring_within(&alice(), Duration::MIN)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let far = api_keys::time::OffsetDateTime::new_utc(
+        api_keys::time::Date::MAX,
+        api_keys::time::Time::MIDNIGHT,
+    );
+    assert!(matches!(
+        s.manager
+            .generate(&alice(), prom("x").expiry(Expiry::At(far)))
+            .await,
+        Err(Error::Policy(_))
+    ));
+}

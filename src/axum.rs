@@ -1,0 +1,380 @@
+//! Guarding HTTP routes with API keys: a tower [`Layer`](tower_layer::Layer) and an axum
+//! extractor for [`Verified`].
+//!
+//! [`ApiKeyLayer::new(manager, scope)`](ApiKeyLayer::new) wraps a service so that every request
+//! must carry `Authorization: Bearer <key>` for a key granted `scope`. The layer verifies the
+//! key with [`KeyManager::verify`], removes the `Authorization` header (so nothing downstream
+//! can log the key) and inserts the [`Verified`] result into the request extensions, where a
+//! handler takes it as an extractor argument.
+//!
+//! ```
+//! use api_keys::{KeyManager, Keyring, MasterKey, MemoryStore, OrgId, Scope, Verified};
+//! use api_keys::axum::ApiKeyLayer;
+//! use axum::{Router, extract::Path, http::StatusCode, routing::get};
+//!
+//! async fn metrics(key: Verified) -> String {
+//!     format!("# scraped with key {}\n", key.key_id())
+//! }
+//!
+//! // A tenant-specific route: the key must belong to the organization in the path.
+//! async fn users(Path(org): Path<String>, key: Verified) -> Result<&'static str, StatusCode> {
+//!     let org = OrgId::try_new(org).map_err(|_| StatusCode::NOT_FOUND)?;
+//!     key.require_org(&org).map_err(|_| StatusCode::NOT_FOUND)?;
+//!     Ok("[]")
+//! }
+//!
+//! # fn main() -> Result<(), api_keys::Error> {
+//! let manager = KeyManager::builder(MemoryStore::new(), Keyring::new(1, MasterKey::generate()))
+//!     .build()?;
+//! let app: Router = Router::new()
+//!     .route("/metrics", get(metrics))
+//!     .route_layer(ApiKeyLayer::new(manager.clone(), Scope::Prometheus))
+//!     .merge(
+//!         Router::new()
+//!             .route("/orgs/{org}/users", get(users))
+//!             .route_layer(ApiKeyLayer::new(manager, Scope::Scim)),
+//!     );
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Responses (RFC 6750)
+//!
+//! | request | status | `WWW-Authenticate` |
+//! |---|---|---|
+//! | no `Authorization` header, a blank one, or another scheme than `Bearer` | 401 | `Bearer realm="api"` |
+//! | an unusable header: longer than [`MAX_AUTHORIZATION_LEN`], not visible ASCII, an empty or non-`b64token` token, several `Authorization` headers | 400 | `Bearer realm="api", error="invalid_request"` |
+//! | a malformed, unknown, wrong, expired or revoked key | 401 | `Bearer realm="api", error="invalid_token"` |
+//! | a genuine key without the required scope | 403 | `Bearer realm="api", error="insufficient_scope", scope="<scope>"` |
+//! | a stored record failing its integrity check, a store failure | 500 | none |
+//!
+//! Bodies are JSON naming the class only, e.g. `{"error":"invalid_token"}`: they never say
+//! whether a key was expired or revoked (only a client holding the genuine secret could learn
+//! that, and it learns it from the manager's audit trail, not from the response).
+//! The header is never logged: the manager's audit sink records failed verifications by key id
+//! and class, and a 500 adds one `tracing` error event (target `api_keys::http`) with the class.
+//! The header is capped at [`MAX_AUTHORIZATION_LEN`] bytes before any parsing; a longer one is
+//! refused without calling the manager.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use ::axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use ::axum::response::{IntoResponse, Response as AxumResponse};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use zeroize::Zeroizing;
+
+use crate::{Error, KeyManager, KeyStore, Scope, Verified};
+
+/// Longest `Authorization` header value the layer reads, in bytes. A token is at most
+/// [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN) characters; anything far longer is refused as
+/// `invalid_request` before it is parsed.
+pub const MAX_AUTHORIZATION_LEN: usize = 512;
+
+/// The realm named in every `WWW-Authenticate` challenge.
+const REALM: &str = "api";
+
+/// A tower layer requiring a valid API key with a given scope; see the [module docs](self).
+///
+/// Cloning is cheap: the [`KeyManager`] is shared behind its `Arc`.
+pub struct ApiKeyLayer<S> {
+    manager: KeyManager<S>,
+    scope: Scope,
+}
+
+impl<S: KeyStore + 'static> ApiKeyLayer<S> {
+    /// A layer accepting keys of `manager` that are granted `scope`.
+    pub fn new(manager: KeyManager<S>, scope: Scope) -> Self {
+        ApiKeyLayer { manager, scope }
+    }
+}
+
+impl<S> Clone for ApiKeyLayer<S> {
+    fn clone(&self) -> Self {
+        ApiKeyLayer {
+            manager: self.manager.clone(),
+            scope: self.scope.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for ApiKeyLayer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyLayer")
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, T> tower_layer::Layer<T> for ApiKeyLayer<S> {
+    type Service = ApiKeyService<S, T>;
+
+    fn layer(&self, inner: T) -> Self::Service {
+        ApiKeyService {
+            manager: self.manager.clone(),
+            scope: self.scope.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service made by [`ApiKeyLayer`]: verifies the bearer key, then calls `inner` with
+/// [`Verified`] in the request extensions, or answers an RFC 6750 error without calling it.
+pub struct ApiKeyService<S, T> {
+    manager: KeyManager<S>,
+    scope: Scope,
+    inner: T,
+}
+
+impl<S, T: Clone> Clone for ApiKeyService<S, T> {
+    fn clone(&self) -> Self {
+        ApiKeyService {
+            manager: self.manager.clone(),
+            scope: self.scope.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S, T: fmt::Debug> fmt::Debug for ApiKeyService<S, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyService")
+            .field("scope", &self.scope)
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The boxed future of [`ApiKeyService`].
+pub type ResponseFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send + 'static>>;
+
+impl<S, T, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for ApiKeyService<S, T>
+where
+    S: KeyStore + 'static,
+    T: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    T::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: From<String> + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = T::Error;
+    type Future = ResponseFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        // `self.inner` is the clone that was driven to readiness: take it for this request and
+        // leave a fresh clone in its place (tower's guidance for services that clone inner).
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let token = match bearer_token(req.headers()) {
+            Ok(t) => t,
+            Err(rejection) => {
+                let resp = rejection.response(Some(&self.scope));
+                return Box::pin(async move { Ok(resp) });
+            }
+        };
+        req.headers_mut().remove(AUTHORIZATION);
+        let manager = self.manager.clone();
+        let scope = self.scope.clone();
+        Box::pin(async move {
+            match manager.verify(&token, &scope).await {
+                Ok(verified) => {
+                    drop(token);
+                    req.extensions_mut().insert(verified);
+                    inner.call(req).await
+                }
+                Err(e) => Ok(Rejection::from_error(&e).response(Some(&scope))),
+            }
+        })
+    }
+}
+
+/// Why a request was refused, as far as the client may know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rejection {
+    /// No credentials (or not ours): 401 with a bare challenge.
+    Missing,
+    /// Credentials present but unusable: 400 `invalid_request`.
+    InvalidRequest,
+    /// 401 `invalid_token`.
+    InvalidToken,
+    /// 403 `insufficient_scope`.
+    InsufficientScope,
+    /// 500: the server's fault.
+    Internal,
+}
+
+impl Rejection {
+    fn from_error(e: &Error) -> Rejection {
+        match e {
+            Error::Malformed | Error::InvalidKey | Error::Expired | Error::Revoked => {
+                Rejection::InvalidToken
+            }
+            Error::ScopeNotAllowed => Rejection::InsufficientScope,
+            other => {
+                let class = match other {
+                    Error::Integrity => "integrity",
+                    Error::Store(_) => "store",
+                    _ => "other",
+                };
+                tracing::error!(
+                    target: "api_keys::http",
+                    class,
+                    "API key verification failed on the server's side"
+                );
+                Rejection::Internal
+            }
+        }
+    }
+
+    fn response<B: From<String>>(self, scope: Option<&Scope>) -> Response<B> {
+        let (status, code) = match self {
+            Rejection::Missing => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Rejection::InvalidRequest => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Rejection::InvalidToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            Rejection::InsufficientScope => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            Rejection::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let challenge = match self {
+            Rejection::Missing => Some(format!("Bearer realm=\"{REALM}\"")),
+            Rejection::InvalidRequest | Rejection::InvalidToken => {
+                Some(format!("Bearer realm=\"{REALM}\", error=\"{code}\""))
+            }
+            // Scope names match `[a-z][a-z0-9._:-]*`: safe inside a quoted string.
+            Rejection::InsufficientScope => Some(match scope {
+                Some(scope) => format!(
+                    "Bearer realm=\"{REALM}\", error=\"{code}\", scope=\"{}\"",
+                    scope.as_str()
+                ),
+                None => format!("Bearer realm=\"{REALM}\", error=\"{code}\""),
+            }),
+            Rejection::Internal => None,
+        };
+        let mut resp = Response::new(B::from(format!("{{\"error\":\"{code}\"}}")));
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(c) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            headers.insert(WWW_AUTHENTICATE, c);
+        }
+        resp
+    }
+}
+
+/// Reads the bearer token of a request, checking size and shape before anything else.
+fn bearer_token(headers: &HeaderMap) -> Result<Zeroizing<String>, Rejection> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(Rejection::Missing);
+    };
+    if values.next().is_some() {
+        return Err(Rejection::InvalidRequest);
+    }
+    if value.len() > MAX_AUTHORIZATION_LEN {
+        return Err(Rejection::InvalidRequest);
+    }
+    let bytes = value.as_bytes();
+    // Visible ASCII, space and tab only (RFC 9110 field values as credentials use them).
+    if !bytes
+        .iter()
+        .all(|&b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+    {
+        return Err(Rejection::InvalidRequest);
+    }
+    let text = trim_ows(bytes);
+    if text.is_empty() {
+        return Err(Rejection::Missing);
+    }
+    let scheme_end = text
+        .iter()
+        .position(|&b| b == b' ' || b == b'\t')
+        .unwrap_or(text.len());
+    let (scheme, rest) = text.split_at(scheme_end);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return Err(Rejection::Missing);
+    }
+    let token = trim_ows(rest);
+    if token.is_empty() || !is_b64token(token) {
+        return Err(Rejection::InvalidRequest);
+    }
+    // `token` is ASCII (checked above), so this conversion cannot fail.
+    let token = std::str::from_utf8(token).map_err(|_| Rejection::InvalidRequest)?;
+    Ok(Zeroizing::new(token.to_owned()))
+}
+
+fn trim_ows(mut b: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = b {
+        b = rest;
+    }
+    b
+}
+
+/// RFC 6750 `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_b64token(t: &[u8]) -> bool {
+    let body_end = t.iter().position(|&b| b == b'=').unwrap_or(t.len());
+    body_end > 0
+        && t[..body_end].iter().all(|&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+        && t[body_end..].iter().all(|&b| b == b'=')
+}
+
+/// The rejection of the [`Verified`] extractor when no [`ApiKeyLayer`] verified the request
+/// (a route that was not layered): 401 with `WWW-Authenticate: Bearer realm="api"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MissingVerified;
+
+impl fmt::Display for MissingVerified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request carries no verified API key")
+    }
+}
+
+impl std::error::Error for MissingVerified {}
+
+impl IntoResponse for MissingVerified {
+    fn into_response(self) -> AxumResponse {
+        Rejection::Missing.response(None)
+    }
+}
+
+/// Takes the [`Verified`] key that an [`ApiKeyLayer`] put into the request extensions.
+/// Without one (the route is not behind the layer) the request is refused with 401.
+impl<St: Send + Sync> FromRequestParts<St> for Verified {
+    type Rejection = MissingVerified;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &St) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Verified>()
+            .cloned()
+            .ok_or(MissingVerified)
+    }
+}
+
+/// `Option<Verified>`: `None` when no [`ApiKeyLayer`] verified the request.
+impl<St: Send + Sync> OptionalFromRequestParts<St> for Verified {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &St,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<Verified>().cloned())
+    }
+}

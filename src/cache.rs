@@ -164,10 +164,10 @@ impl Cache {
         if shard.map.len() >= self.per_shard && !shard.map.contains_key(&id) {
             let now = Instant::now();
             shard.map.retain(|_, e| e.valid_until > now);
-            if shard.map.len() >= self.per_shard {
-                if let Some(victim) = shard.map.keys().next().copied() {
-                    shard.map.remove(&victim);
-                }
+            if shard.map.len() >= self.per_shard
+                && let Some(victim) = shard.map.keys().next().copied()
+            {
+                shard.map.remove(&victim);
             }
         }
         let valid_until = ticket.started + ticket.ttl;

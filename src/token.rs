@@ -255,4 +255,30 @@ mod tests {
         assert!(!valid_prefix("1ak"));
         assert!(!valid_prefix("s_k"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn format_then_parse_round_trips(id: u64, secret: [u8; 32], prefix in "[a-z][a-z0-9]{1,15}") {
+            let t = format_token(&prefix, KeyId(id), &secret);
+            proptest::prop_assert!(t.len() <= MAX_TOKEN_LEN && t.len() <= 80);
+            proptest::prop_assert!(t[prefix.len() + 1..].bytes().all(|c| c.is_ascii_alphanumeric()));
+            let p = UntrustedToken::parse(&prefix, &t).unwrap();
+            proptest::prop_assert_eq!(p.id(), KeyId(id));
+            proptest::prop_assert_eq!(p.secret(), &secret);
+        }
+
+        #[test]
+        fn parse_never_panics_and_accepts_only_canonical_tokens(input in "\\PC{0,100}") {
+            if let Ok(p) = UntrustedToken::parse("sak", &input) {
+                // Whatever parses is exactly the canonical spelling of its parts.
+                let again = format_token("sak", p.id(), p.secret());
+                proptest::prop_assert_eq!(again.as_str(), input.as_str());
+            }
+        }
+
+        #[test]
+        fn base62_words_round_trip(v: u64) {
+            proptest::prop_assert_eq!(base62::decode_u64(&base62::encode_u64(v)), Some(v));
+        }
+    }
 }

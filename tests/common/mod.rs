@@ -1,0 +1,129 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use api_keys::time::{Duration, OffsetDateTime};
+use api_keys::{
+    Actor, AuditEvent, AuditSink, BoxError, KeyId, KeyManager, KeyRecord, KeyStore, Keyring,
+    ManualClock, MasterKey, MemoryStore, OrgId, Policy, StoreError, UserId,
+};
+
+pub const MASTER: [u8; 16] = *b"0123456789abcdef";
+
+pub fn start() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap()
+}
+
+pub fn keyring() -> Keyring {
+    Keyring::new(1, MasterKey::from_bytes(MASTER))
+}
+
+pub fn alice() -> Actor {
+    Actor::manager(OrgId::new("acme"), UserId::new("alice"))
+}
+
+pub fn bob_member() -> Actor {
+    Actor::member(OrgId::new("acme"), UserId::new("bob"))
+}
+
+pub fn mallory_other_org() -> Actor {
+    Actor::manager(OrgId::new("globex"), UserId::new("mallory"))
+}
+
+/// An audit sink that keeps every event.
+#[derive(Clone, Default)]
+pub struct Recorder(pub Arc<Mutex<Vec<AuditEvent>>>);
+
+impl Recorder {
+    pub fn events(&self) -> Vec<AuditEvent> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl AuditSink for Recorder {
+    fn record(&self, event: &AuditEvent) -> Result<(), BoxError> {
+        self.0.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+}
+
+pub struct Setup<S> {
+    pub manager: KeyManager<S>,
+    pub clock: ManualClock,
+    pub audit: Recorder,
+}
+
+pub fn setup_with<S: KeyStore + 'static>(store: S, policy: Policy) -> Setup<S> {
+    let clock = ManualClock::new(start());
+    let audit = Recorder::default();
+    let manager = KeyManager::builder(store, keyring())
+        .clock(clock.clone())
+        .policy(policy)
+        .audit(audit.clone())
+        .build()
+        .unwrap();
+    Setup {
+        manager,
+        clock,
+        audit,
+    }
+}
+
+pub fn setup() -> Setup<MemoryStore> {
+    setup_with(MemoryStore::new(), Policy::default())
+}
+
+/// A store that counts calls and can be told to fail.
+#[derive(Clone, Default)]
+pub struct CountingStore {
+    pub inner: MemoryStore,
+    pub gets: Arc<AtomicUsize>,
+    pub fail_touch: Arc<std::sync::atomic::AtomicBool>,
+    pub touches: Arc<AtomicUsize>,
+}
+
+impl CountingStore {
+    pub fn gets(&self) -> usize {
+        self.gets.load(Ordering::SeqCst)
+    }
+}
+
+impl KeyStore for CountingStore {
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        self.inner.insert(record).await
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.inner.get(id).await
+    }
+    async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.list(org).await
+    }
+    async fn update(&self, record: KeyRecord, expected: u64) -> Result<(), StoreError> {
+        self.inner.update(record, expected).await
+    }
+    async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
+        self.inner.delete(id).await
+    }
+    async fn scan(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.scan(after, limit).await
+    }
+    async fn touch(&self, id: &KeyId, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.touches.fetch_add(1, Ordering::SeqCst);
+        if self.fail_touch.load(Ordering::SeqCst) {
+            return Err(StoreError::backend(std::io::Error::other("touch refused")));
+        }
+        self.inner.touch(id, at).await
+    }
+    // No change feed: like a store shared with processes we cannot hear from.
+}
+
+pub fn days(n: i64) -> Duration {
+    Duration::days(n)
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Independent derivation of the known-answer vectors in tests/vectors/record_v1.json.
+
+Uses the `cryptography` package (OpenSSL), not this crate, so the Rust tests compare our
+implementation against a second one. Run: python3 tests/vectors/generate.py > tests/vectors/record_v1.json
+"""
+import json, struct, zlib
+from cryptography.hazmat.primitives.cmac import CMAC
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+def cmac(key, msg):
+    c = CMAC(algorithms.AES(key)); c.update(msg); return c.finalize()
+
+def kdf(master, label, context=b"api-keys/v1"):
+    # NIST SP 800-108 counter mode, PRF = AES-CMAC, r = 32, L = 128
+    return cmac(master, struct.pack(">I", 1) + label + b"\x00" + context + struct.pack(">I", 128))
+
+def b62(v, width):
+    s = ""
+    for _ in range(width):
+        s = ALPHABET[v % 62] + s; v //= 62
+    assert v == 0
+    return s
+
+def string(s): 
+    b = s.encode(); return struct.pack(">I", len(b)) + b
+
+master = bytes(range(16))
+version = 7
+key_id = 0x0123456789ABCDEF
+org, name, created_by = "acme", "prometheus", "alice"
+scopes = [(2, None), (3, "billing.read")]  # Prometheus, Custom("billing.read") -- sorted
+created_at = 1_700_000_000
+expires_at = created_at + 90 * 86400
+iv = bytes(range(0xF0, 0x100))
+secret = bytes(range(0x20, 0x40))
+
+k_enc = kdf(master, b"api-keys/k_enc")
+k_mac = kdf(master, b"api-keys/k_mac")
+enc = Cipher(algorithms.AES(k_enc), modes.CBC(iv)).encryptor()
+ciphertext = enc.update(secret) + enc.finalize()
+
+canon = string("api-keys/record") + struct.pack(">H", 1) + struct.pack(">I", version)
+canon += struct.pack(">Q", key_id) + string(org) + struct.pack(">I", len(scopes))
+for tag, val in scopes:
+    canon += bytes([tag]) + (string(val) if val is not None else b"")
+canon += struct.pack(">q", created_at) + string(created_by)
+canon += b"\x01" + struct.pack(">q", expires_at)   # expires_at: Some
+canon += b"\x00"                                   # revoked_at: None
+canon += b"\x00"                                   # revoked_by: None
+canon += iv + ciphertext
+tag = cmac(k_mac, canon)
+
+body = "sak_" + b62(key_id, 11) + "".join(b62(int.from_bytes(secret[i:i+8], "big"), 11) for i in range(0, 32, 8))
+token = body + b62(zlib.crc32(body.encode()), 6)
+
+print(json.dumps({
+    "master_key": master.hex(), "key_version": version, "id": b62(key_id, 11),
+    "org": org, "name": name, "scopes": ["prometheus", "billing.read"], "created_at": created_at,
+    "created_by": created_by, "expires_at": expires_at, "iv": iv.hex(), "secret": secret.hex(),
+    "k_enc": k_enc.hex(), "k_mac": k_mac.hex(), "canonical": canon.hex(),
+    "ciphertext": ciphertext.hex(), "tag": tag.hex(), "token": token,
+}, indent=2))

@@ -25,11 +25,13 @@ struct Server {
 }
 
 async fn start() -> Server {
-    let state = app::AppState::new(
-        AnyStore::new(MemoryStore::new()),
-        Keyring::new(1, MasterKey::generate()),
-    )
-    .expect("state");
+    start_on(MemoryStore::new()).await
+}
+
+/// Serves the app over `store` (a clone shares the map, so a test can reach into it).
+async fn start_on(store: MemoryStore) -> Server {
+    let state = app::AppState::new(AnyStore::new(store), Keyring::new(1, MasterKey::generate()))
+        .expect("state");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let router = app::router(state.clone());
@@ -788,4 +790,88 @@ async fn token_responses_are_not_cached_and_demo_sessions_are_listed() {
         r.json(),
         json!({"org": "acme", "user": "alice", "role": "manager"})
     );
+}
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+// Single-threaded runtime: the server's tasks run on this thread, under this subscriber.
+#[tokio::test(flavor = "current_thread")]
+async fn logs_never_contain_a_key_and_server_faults_are_generic_500s() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(captured.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let store = MemoryStore::new();
+    let srv = start_on(store.clone()).await;
+    let (token, info) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+    let id = info["id"].as_str().unwrap().to_string();
+    assert_eq!(srv.scrape(&token).await.status, StatusCode::OK);
+    assert_eq!(
+        srv.get("/scim/v2/Users").bearer(&token).send().await.status,
+        StatusCode::FORBIDDEN
+    );
+    // A near miss: the real token with its last character changed.
+    let mut near = token.clone();
+    let last = near.pop().unwrap();
+    near.push(if last == 'a' { 'b' } else { 'a' });
+    assert_eq!(srv.scrape(&near).await.status, StatusCode::UNAUTHORIZED);
+
+    // A tampered row: the server's fault, a generic 500 without a challenge.
+    let key_id = api_keys::KeyId::parse(&id).unwrap();
+    let mut rec = api_keys::KeyStore::get(&store, &key_id)
+        .await
+        .unwrap()
+        .unwrap();
+    rec.sealed.tag[0] ^= 1;
+    store.overwrite_unchecked(rec);
+    let other = start_on(store.clone()).await; // a fresh manager: nothing cached
+    let r = other.scrape(&token).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.challenge(), None);
+    assert_eq!(r.json(), json!({"error": "internal"}));
+
+    // The management API refuses to re-seal the tampered row, with a generic message.
+    let r = srv
+        .post(&format!("/api/keys/{id}/revoke"))
+        .session(&srv.alice())
+        .send()
+        .await;
+    r.assert_error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
+    assert!(!r.text().contains("integrity"), "{}", r.text());
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    // The events are there...
+    assert!(logs.contains("verification_failed"), "{logs}");
+    assert!(logs.contains("scope_not_allowed"), "{logs}");
+    assert!(logs.contains("api_keys::http"), "{logs}");
+    assert!(logs.contains(&id), "key ids are public and logged");
+    // ...and no key, nor its secret part, nor the header.
+    let secret_part = &token[token.len() - 40..];
+    assert!(!logs.contains(secret_part), "a key leaked into the logs");
+    assert!(!logs.contains(&near[near.len() - 40..]));
+    assert!(!logs.contains("Bearer"), "{logs}");
 }

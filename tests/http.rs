@@ -396,6 +396,65 @@ async fn a_scim_key_lists_its_organizations_users() {
         v["Resources"][0]["schemas"],
         json!(["urn:ietf:params:scim:schemas:core:2.0:User"])
     );
+    // The filter SCIM clients send to look a user up, and paging.
+    let r = srv
+        .get("/scim/v2/Users?filter=userName%20eq%20%22bob%22")
+        .bearer(&token)
+        .send()
+        .await;
+    let v = r.json();
+    assert_eq!(
+        (v["totalResults"].as_u64(), v["itemsPerPage"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(v["Resources"][0]["userName"], "bob");
+    let v = srv
+        .get("/scim/v2/Users?filter=USERNAME+EQ+%22nobody%22")
+        .bearer(&token)
+        .send()
+        .await
+        .json();
+    assert_eq!(v["totalResults"], 0);
+    let v = srv
+        .get("/scim/v2/Users?startIndex=2&count=5")
+        .bearer(&token)
+        .send()
+        .await
+        .json();
+    assert_eq!(v["totalResults"], 2);
+    assert_eq!(v["startIndex"], 2);
+    assert_eq!(v["itemsPerPage"], 1);
+    assert_eq!(v["Resources"][0]["userName"], "bob");
+    let v = srv
+        .get("/scim/v2/Users?count=0")
+        .bearer(&token)
+        .send()
+        .await
+        .json();
+    assert_eq!(
+        (v["totalResults"].as_u64(), v["itemsPerPage"].as_u64()),
+        (Some(2), Some(0))
+    );
+    for bad in [
+        "filter=name%20co%20%22a%22",
+        "filter=userName%20eq%20bob",
+        "count=-1",
+    ] {
+        let r = srv
+            .get(&format!("/scim/v2/Users?{bad}"))
+            .bearer(&token)
+            .send()
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(r.header(CONTENT_TYPE), Some("application/scim+json"));
+        let v = r.json();
+        assert_eq!(
+            v["schemas"],
+            json!(["urn:ietf:params:scim:api:messages:2.0:Error"])
+        );
+        assert_eq!(v["status"], "400");
+    }
+
     // And no Prometheus scope.
     let r = srv.scrape(&token).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);

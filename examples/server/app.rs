@@ -22,7 +22,7 @@ use api_keys::{
     Verified,
 };
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
@@ -719,14 +719,91 @@ impl DirectoryUser {
     }
 }
 
-/// A minimal SCIM 2.0 `ListResponse` (RFC 7644 §3.4.2) of the key's organization's users.
-async fn scim_users(State(state): State<AppState>, key: Verified) -> Response {
+/// Most resources in one SCIM page.
+const SCIM_MAX_COUNT: usize = 100;
+
+/// A SCIM error response (RFC 7644 §3.12).
+fn scim_error(status: StatusCode, scim_type: Option<&str>, detail: &str) -> Response {
+    let mut body = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+        "status": status.as_u16().to_string(),
+        "detail": detail,
+    });
+    if let Some(t) = scim_type {
+        body["scimType"] = json!(t);
+    }
+    (
+        status,
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/scim+json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Parses the one filter this directory supports: `userName eq "<value>"` (attribute and
+/// operator case-insensitive, as RFC 7644 §3.4.2.2 says).
+fn username_filter(filter: &str) -> Option<String> {
+    let mut parts = filter.trim().splitn(3, ' ');
+    let (attr, op, value) = (parts.next()?, parts.next()?, parts.next()?.trim());
+    if !attr.eq_ignore_ascii_case("userName") || !op.eq_ignore_ascii_case("eq") {
+        return None;
+    }
+    let value = value.strip_prefix('"')?.strip_suffix('"')?;
+    if value.contains(['"', '\\']) {
+        return None;
+    }
+    Some(value.to_string())
+}
+
+/// A minimal SCIM 2.0 `ListResponse` (RFC 7644 §3.4.2) of the key's organization's users,
+/// with `filter=userName eq "..."`, `startIndex` (1-based) and `count` (at most 100).
+async fn scim_users(
+    State(state): State<AppState>,
+    key: Verified,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
     let users = state
         .directory
         .get(key.org())
         .map_or(&[][..], Vec::as_slice);
-    let resources: Vec<Value> = users
+    let wanted = match params.get("filter") {
+        None => None,
+        Some(f) => match username_filter(f) {
+            Some(name) => Some(name),
+            None => {
+                return scim_error(
+                    StatusCode::BAD_REQUEST,
+                    Some("invalidFilter"),
+                    "only filter=userName eq \"<value>\" is supported",
+                );
+            }
+        },
+    };
+    let number = |name: &str, default: usize| match params.get(name) {
+        None => Some(default),
+        Some(v) => v.parse::<usize>().ok(),
+    };
+    let (Some(start), Some(count)) = (number("startIndex", 1), number("count", SCIM_MAX_COUNT))
+    else {
+        return scim_error(
+            StatusCode::BAD_REQUEST,
+            Some("invalidValue"),
+            "startIndex and count must be non-negative integers",
+        );
+    };
+    // RFC 7644: a startIndex below 1 is 1; a count above the server's maximum is the maximum.
+    let (start, count) = (start.max(1), count.min(SCIM_MAX_COUNT));
+    let matching: Vec<&DirectoryUser> = users
         .iter()
+        .filter(|u| wanted.as_deref().is_none_or(|w| w == u.id))
+        .collect();
+    let resources: Vec<Value> = matching
+        .iter()
+        .skip(start - 1)
+        .take(count)
         .map(|u| {
             json!({
                 "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
@@ -740,8 +817,8 @@ async fn scim_users(State(state): State<AppState>, key: Verified) -> Response {
         .collect();
     let body = json!({
         "schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
-        "totalResults": resources.len(),
-        "startIndex": 1,
+        "totalResults": matching.len(),
+        "startIndex": start,
         "itemsPerPage": resources.len(),
         "Resources": resources,
     });

@@ -934,3 +934,41 @@ async fn logs_never_contain_a_key_and_server_faults_are_generic_500s() {
     assert!(!logs.contains(&near[near.len() - 40..]));
     assert!(!logs.contains("Bearer"), "{logs}");
 }
+
+#[tokio::test]
+async fn reveal_when_the_policy_allows_it() {
+    let state = app::AppState::with_policy(
+        AnyStore::new(MemoryStore::new()),
+        Keyring::new(1, MasterKey::generate()),
+        api_keys::Policy::default().allow_reveal(true),
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = app::router(state.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let srv = Server { addr, state };
+
+    let r = srv.get("/api/policy").session(&srv.alice()).send().await;
+    assert_eq!(r.json()["allow_reveal"], true);
+    let (token, info) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+    let path = format!("/api/keys/{}/reveal", info["id"].as_str().unwrap());
+    let r = srv.post(&path).session(&srv.alice()).send().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header(CACHE_CONTROL), Some("no-store"));
+    assert_eq!(r.json(), json!({"key": token}));
+    // Members still may not; revoked keys are not revealed.
+    let r = srv.post(&path).session(&srv.bob()).send().await;
+    r.assert_error(StatusCode::FORBIDDEN, "permission_denied");
+    srv.post(&format!(
+        "/api/keys/{}/revoke",
+        info["id"].as_str().unwrap()
+    ))
+    .session(&srv.alice())
+    .send()
+    .await;
+    let r = srv.post(&path).session(&srv.alice()).send().await;
+    r.assert_error(StatusCode::CONFLICT, "revoked");
+}

@@ -18,8 +18,8 @@ use api_keys::axum::ApiKeyLayer;
 use api_keys::time::{Duration, OffsetDateTime};
 use api_keys::{
     Actor, AnyStore, AuditAction, AuditEvent, AuditSink, BoxError, Error, Expiry, FailureClass,
-    GenerateRequest, KeyId, KeyManager, KeyStore, Keyring, OrgId, Scope, TracingAudit, UserId,
-    Verified,
+    GenerateRequest, KeyId, KeyManager, KeyStore, Keyring, OrgId, Policy, Scope, TracingAudit,
+    UserId, Verified,
 };
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
@@ -58,9 +58,24 @@ impl AppState {
     ///
     /// # Errors
     /// Whatever [`api_keys::KeyManagerBuilder::build`] or the OS generator reports.
+    // `main.rs` goes through `with_policy`; the integration tests use this.
+    #[allow(dead_code)]
     pub fn new(store: AnyStore, keyring: Keyring) -> Result<AppState, Error> {
+        AppState::with_policy(store, keyring, Policy::default())
+    }
+
+    /// [`AppState::new`] with another policy (e.g. one that allows reveal).
+    ///
+    /// # Errors
+    /// As [`AppState::new`], and [`Error::Policy`] for an invalid policy.
+    pub fn with_policy(
+        store: AnyStore,
+        keyring: Keyring,
+        policy: Policy,
+    ) -> Result<AppState, Error> {
         let metrics = Arc::new(Metrics::default());
         let manager = KeyManager::builder(store, keyring)
+            .policy(policy)
             .audit(MetricsAudit {
                 metrics: metrics.clone(),
             })

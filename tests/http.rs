@@ -30,6 +30,7 @@ async fn start() -> Server {
 
 /// Serves the app over `store` (a clone shares the map, so a test can reach into it).
 async fn start_on(store: MemoryStore) -> Server {
+    capture_logs();
     let state = app::AppState::new(AnyStore::new(store), Keyring::new(1, MasterKey::generate()))
         .expect("state");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -851,13 +852,15 @@ async fn token_responses_are_not_cached_and_demo_sessions_are_listed() {
     );
 }
 
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+/// A `tracing` writer into one buffer for the whole test binary.
+#[derive(Clone, Copy)]
+struct Captured;
+
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
 
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        LOGS.lock().unwrap().extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -865,23 +868,25 @@ impl std::io::Write for Captured {
     }
 }
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
+/// Sends every test's `tracing` output (all levels) into [`LOGS`]. A global subscriber, set
+/// before any server starts: a per-thread one would miss events while other tests run.
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(|| Captured)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+    });
 }
 
-// Single-threaded runtime: the server's tasks run on this thread, under this subscriber.
-#[tokio::test(flavor = "current_thread")]
-async fn logs_never_contain_a_key_and_server_faults_are_generic_500s() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
+}
 
+#[tokio::test]
+async fn logs_never_contain_a_key_and_server_faults_are_generic_500s() {
     let store = MemoryStore::new();
     let srv = start_on(store.clone()).await;
     let (token, info) = srv
@@ -922,7 +927,7 @@ async fn logs_never_contain_a_key_and_server_faults_are_generic_500s() {
     r.assert_error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
     assert!(!r.text().contains("integrity"), "{}", r.text());
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = logs();
     // The events are there...
     assert!(logs.contains("verification_failed"), "{logs}");
     assert!(logs.contains("scope_not_allowed"), "{logs}");
@@ -933,6 +938,19 @@ async fn logs_never_contain_a_key_and_server_faults_are_generic_500s() {
     assert!(!logs.contains(secret_part), "a key leaked into the logs");
     assert!(!logs.contains(&near[near.len() - 40..]));
     assert!(!logs.contains("Bearer"), "{logs}");
+    // No test's token either (they all run under this subscriber): after any `sak_`, fewer
+    // characters than a token's id and secret.
+    for (i, _) in logs.match_indices("sak_") {
+        let run = logs[i + 4..]
+            .bytes()
+            .take_while(u8::is_ascii_alphanumeric)
+            .count();
+        assert!(
+            run < 20,
+            "something token-like was logged: {}",
+            &logs[i..i + 24]
+        );
+    }
 }
 
 #[tokio::test]
@@ -943,6 +961,7 @@ async fn reveal_when_the_policy_allows_it() {
         api_keys::Policy::default().allow_reveal(true),
     )
     .unwrap();
+    capture_logs();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = app::router(state.clone());

@@ -2,7 +2,7 @@
 //! API, `/metrics` (Prometheus) and `/scim/v2/Users` (SCIM 2.0), both guarded by API keys.
 //!
 //! `main.rs` serves [`router`]; the integration tests include this file and serve the same
-//! router on an ephemeral port. The JSON contract is described in `docs/http.md`.
+//! router on an ephemeral port. The README's HTTP section describes the JSON API.
 
 // Relative to this file's directory, so that the module resolves both from `main.rs`
 // (`mod app;`) and from a test that includes this file with `#[path = ".../app.rs"]`.

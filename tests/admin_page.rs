@@ -11,6 +11,7 @@
 #[allow(dead_code)]
 mod app;
 
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use api_keys::{AnyStore, Keyring, MasterKey, MemoryStore};
 use fantoccini::elements::Element;
 use fantoccini::key::Key;
+use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -69,7 +71,7 @@ fn binaries(test: &str) -> Option<Binaries> {
         }),
         (driver, chrome) => {
             let why = format!(
-                "{test}: skipped: chromedriver {}, chromium {} (install Debian's `chromium` and \
+                "chromedriver {}, chromium {} (install Debian's `chromium` and \
                  `chromium-driver`, e.g. `source .ci/chromium.sh && browser_install`)",
                 if driver.is_some() {
                     "found"
@@ -83,9 +85,11 @@ fn binaries(test: &str) -> Option<Binaries> {
                 },
             );
             if std::env::var("API_KEYS_REQUIRE_BROWSER").as_deref() == Ok("1") {
-                panic!("API_KEYS_REQUIRE_BROWSER=1 but {why}");
+                panic!("{test}: API_KEYS_REQUIRE_BROWSER=1 but {why}");
             }
-            eprintln!("{why}");
+            // Straight to stderr, past the test harness's output capture, so a skip is seen.
+            let line = format!("{test}: skipped: {why}\n");
+            let _ = std::io::stderr().write_all(line.as_bytes());
             None
         }
     }
@@ -432,6 +436,28 @@ fn demo_state() -> app::AppState {
     app::AppState::new(AnyStore::new(MemoryStore::new()), keyring).expect("app state")
 }
 
+/// WebDriver's "Set Permission" (W3C Permissions extension), which chromedriver implements.
+#[derive(Debug)]
+struct SetPermission(&'static str);
+
+impl WebDriverCompatibleCommand for SetPermission {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!(
+            "session/{}/permissions",
+            session.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (hyper::Method, Option<String>) {
+        let body = json!({"descriptor": {"name": self.0}, "state": "granted"});
+        (Method::POST, Some(body.to_string()))
+    }
+}
+
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -545,10 +571,36 @@ async fn generate_with_defaults_shows_the_key_once_and_it_works() {
         json!(0)
     );
 
-    // Copy button: the Clipboard API, or a plain fallback when the browser refuses.
+    // Copy button: the Clipboard API puts the key on the clipboard (the page falls back to
+    // selecting the key when a browser refuses; headless Chromium on loopback allows it).
     h.css("#copy-key").await.click().await.unwrap();
     h.wait_js("document.getElementById('copy-status').textContent !== ''")
         .await;
+    assert_eq!(h.text("#copy-status").await, "Copied to the clipboard.");
+    // Reading it back needs the clipboard-read permission (the page itself never reads).
+    h.browser
+        .issue_cmd(SetPermission("clipboard-read"))
+        .await
+        .unwrap();
+    let clipboard = h
+        .browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; \
+             navigator.clipboard.readText().then(t => done('ok:' + t), e => done('error ' + e));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        clipboard.as_str() == Some(&format!("ok:{token}")),
+        "the clipboard does not hold the key: {}",
+        clipboard
+            .as_str()
+            .unwrap_or("")
+            .split(':')
+            .next()
+            .unwrap_or("")
+    );
     h.screenshot("new-key.png").await;
 
     // "Done" removes the token from the page.

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use api_keys::{AnyStore, Keyring, MasterKey, MemoryStore};
+use api_keys::{AnyStore, KeyManager, Keyring, MasterKey, MemoryStore, Policy};
 use fantoccini::elements::Element;
 use fantoccini::key::Key;
 use fantoccini::wd::WebDriverCompatibleCommand;
@@ -160,13 +160,17 @@ struct Reply {
 
 impl Harness {
     async fn start(test: &str) -> Option<Harness> {
+        Harness::start_with(test, demo_state()).await
+    }
+
+    async fn start_with(test: &str, state: app::AppState) -> Option<Harness> {
         let bins = binaries(test)?;
         let slot = BROWSER_SLOT.lock().await;
 
         // The example app, on an ephemeral loopback port.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let router = app::router(demo_state());
+        let router = app::router(state);
         let server = tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();
         });
@@ -554,6 +558,11 @@ async fn generate_with_defaults_shows_the_key_once_and_it_works() {
     assert_eq!(h.text("#key-rows .badge").await, "Active");
     assert_eq!(h.text("#key-rows .col-expires time").await, utc_date(shown));
     assert_eq!(h.text("#key-rows .col-last-used").await, "Never used");
+    assert_eq!(
+        h.count("#key-rows button.action-reveal").await,
+        0,
+        "reveal is off"
+    );
 
     // The token shown once authenticates /metrics; a wrong one does not.
     assert_eq!(h.metrics_status(&token).await, StatusCode::OK);
@@ -883,6 +892,44 @@ async fn roll_instead_keeps_the_old_key_for_the_overlap() {
     h.finish().await;
 }
 
+/// With `allow_reveal` on, a manager can reveal a key again from its row; the page says the
+/// reveal is audited. (Off by default: then no row has a Reveal action.)
+#[tokio::test]
+async fn reveal_when_the_policy_allows_it() {
+    let mut state = demo_state();
+    state.manager = KeyManager::builder(
+        AnyStore::new(MemoryStore::new()),
+        Keyring::new(1, MasterKey::generate()),
+    )
+    .policy(Policy::default().allow_reveal(true))
+    .build()
+    .unwrap();
+    let Some(h) = Harness::start_with("reveal", state).await else {
+        return;
+    };
+    let (id, token) = h.create_key("Okta SCIM").await;
+    h.open_page().await;
+    h.css(&format!("tr[data-key-id=\"{id}\"] button.action-reveal"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("!document.getElementById('new-key-panel').hidden")
+        .await;
+    assert_eq!(h.text("#new-key-title").await, "API key revealed");
+    assert_eq!(h.value("#new-key-token").await, token);
+    assert!(h.text("#new-key-meta").await.contains("audit log"));
+    assert!(
+        h.text("#new-key-warning")
+            .await
+            .contains("every reveal is audited")
+    );
+    h.css("#new-key-done").await.click().await.unwrap();
+    assert_eq!(h.value("#new-key-token").await, "");
+    assert_eq!(h.csp_violations().await, 0);
+    h.finish().await;
+}
+
 /// A key named like markup is shown as text, and no script runs.
 #[tokio::test]
 async fn a_key_named_like_markup_is_shown_as_text() {
@@ -984,11 +1031,19 @@ async fn a_member_cannot_manage_keys() {
         }
     }
     assert_eq!(visible_buttons, 0, "a member sees no management controls");
+    // The core lets only managers list keys, so the page says so instead of showing rows.
+    assert_eq!(h.count("#key-rows tr").await, 0);
+    assert_eq!(
+        h.text("#list-empty").await,
+        "The key list is shown to managers of this organization only."
+    );
     h.screenshot("member.png").await;
 
     // The server enforces it: forged calls with the member's session get 403.
     let member = h.member.clone();
     let forged = [
+        (Method::GET, "/api/keys".to_owned(), None),
+        (Method::GET, format!("/api/keys/{id}"), None),
         (
             Method::POST,
             "/api/keys".to_owned(),

@@ -778,4 +778,46 @@ mod tests {
 
     #[derive(Clone, Debug)]
     struct NeedsReadyDebug;
+
+    fn header_map(value: &[u8]) -> Option<HeaderMap> {
+        let v = HeaderValue::from_bytes(value).ok()?;
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, v);
+        Some(h)
+    }
+
+    proptest::proptest! {
+        /// Any header value: no panic, the cap holds, and whatever is accepted is a bearer
+        /// b64token no longer than the header.
+        #[test]
+        fn bearer_parsing_is_total_and_strict(
+            value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..700),
+            prefix in proptest::sample::select(vec!["", "Bearer ", "bearer\t", "BEARER  "]),
+        ) {
+            let mut bytes = prefix.as_bytes().to_vec();
+            bytes.extend_from_slice(&value);
+            if let Some(h) = header_map(&bytes) {
+                match bearer_token(&h) {
+                    Ok(t) => {
+                        proptest::prop_assert!(bytes.len() <= MAX_AUTHORIZATION_LEN);
+                        proptest::prop_assert!(is_b64token(t.as_bytes()));
+                        proptest::prop_assert!(t.len() < bytes.len());
+                    }
+                    Err(r) => {
+                        if bytes.len() > MAX_AUTHORIZATION_LEN {
+                            proptest::prop_assert_eq!(r, Rejection::InvalidRequest);
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Every token of the b64token grammar gets through unchanged.
+        #[test]
+        fn b64tokens_pass_unchanged(t in "[A-Za-z0-9._~+/-]{1,200}={0,3}") {
+            let h = header_map(format!("Bearer {t}").as_bytes()).unwrap();
+            let got = bearer_token(&h).unwrap();
+            proptest::prop_assert_eq!(got.as_str(), t.as_str());
+        }
+    }
 }

@@ -166,11 +166,11 @@ impl Policy {
                         self.allowed_text()
                     )));
                 }
-                Ok(Some(now + Duration::days(i64::from(d))))
+                Ok(Some(now.saturating_add(Duration::days(i64::from(d)))))
             }
             Expiry::At(t) => {
                 let t = whole_seconds(t);
-                if t <= now || t > now + Duration::days(i64::from(self.max_days)) {
+                if t <= now || t > now.saturating_add(Duration::days(i64::from(self.max_days))) {
                     return Err(Error::Policy(format!(
                         "an explicit expiry must be in the future and at most {} days ahead; {}",
                         self.max_days,
@@ -207,6 +207,12 @@ pub(crate) fn check_name(name: &str) -> Result<(), Error> {
 
 /// Checks a scope list: 1–8 scopes after de-duplication.
 pub(crate) fn check_scopes(scopes: &[Scope]) -> Result<Vec<Scope>, Error> {
+    // `Scope::Custom` can be built directly; its name is checked here, on input.
+    for scope in scopes {
+        if let Scope::Custom(name) = scope {
+            Scope::custom(&**name)?;
+        }
+    }
     let mut s = scopes.to_vec();
     s.sort();
     s.dedup();

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use api_keys::{AnyStore, KeyManager, Keyring, MasterKey, MemoryStore, Policy};
+use api_keys::{AnyStore, Keyring, MasterKey, MemoryStore, Policy};
 use fantoccini::elements::Element;
 use fantoccini::key::Key;
 use fantoccini::wd::WebDriverCompatibleCommand;
@@ -896,14 +896,12 @@ async fn roll_instead_keeps_the_old_key_for_the_overlap() {
 /// reveal is audited. (Off by default: then no row has a Reveal action.)
 #[tokio::test]
 async fn reveal_when_the_policy_allows_it() {
-    let mut state = demo_state();
-    state.manager = KeyManager::builder(
+    let state = app::AppState::with_policy(
         AnyStore::new(MemoryStore::new()),
         Keyring::new(1, MasterKey::generate()),
+        Policy::default().allow_reveal(true),
     )
-    .policy(Policy::default().allow_reveal(true))
-    .build()
-    .unwrap();
+    .expect("app state");
     let Some(h) = Harness::start_with("reveal", state).await else {
         return;
     };

@@ -25,11 +25,14 @@ struct Server {
 }
 
 async fn start() -> Server {
-    let state = app::AppState::new(
-        AnyStore::new(MemoryStore::new()),
-        Keyring::new(1, MasterKey::generate()),
-    )
-    .expect("state");
+    start_on(MemoryStore::new()).await
+}
+
+/// Serves the app over `store` (a clone shares the map, so a test can reach into it).
+async fn start_on(store: MemoryStore) -> Server {
+    capture_logs();
+    let state = app::AppState::new(AnyStore::new(store), Keyring::new(1, MasterKey::generate()))
+        .expect("state");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let router = app::router(state.clone());
@@ -394,6 +397,65 @@ async fn a_scim_key_lists_its_organizations_users() {
         v["Resources"][0]["schemas"],
         json!(["urn:ietf:params:scim:schemas:core:2.0:User"])
     );
+    // The filter SCIM clients send to look a user up, and paging.
+    let r = srv
+        .get("/scim/v2/Users?filter=userName%20eq%20%22bob%22")
+        .bearer(&token)
+        .send()
+        .await;
+    let v = r.json();
+    assert_eq!(
+        (v["totalResults"].as_u64(), v["itemsPerPage"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(v["Resources"][0]["userName"], "bob");
+    let v = srv
+        .get("/scim/v2/Users?filter=USERNAME+EQ+%22nobody%22")
+        .bearer(&token)
+        .send()
+        .await
+        .json();
+    assert_eq!(v["totalResults"], 0);
+    let v = srv
+        .get("/scim/v2/Users?startIndex=2&count=5")
+        .bearer(&token)
+        .send()
+        .await
+        .json();
+    assert_eq!(v["totalResults"], 2);
+    assert_eq!(v["startIndex"], 2);
+    assert_eq!(v["itemsPerPage"], 1);
+    assert_eq!(v["Resources"][0]["userName"], "bob");
+    let v = srv
+        .get("/scim/v2/Users?count=0")
+        .bearer(&token)
+        .send()
+        .await
+        .json();
+    assert_eq!(
+        (v["totalResults"].as_u64(), v["itemsPerPage"].as_u64()),
+        (Some(2), Some(0))
+    );
+    for bad in [
+        "filter=name%20co%20%22a%22",
+        "filter=userName%20eq%20bob",
+        "count=-1",
+    ] {
+        let r = srv
+            .get(&format!("/scim/v2/Users?{bad}"))
+            .bearer(&token)
+            .send()
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(r.header(CONTENT_TYPE), Some("application/scim+json"));
+        let v = r.json();
+        assert_eq!(
+            v["schemas"],
+            json!(["urn:ietf:params:scim:api:messages:2.0:Error"])
+        );
+        assert_eq!(v["status"], "400");
+    }
+
     // And no Prometheus scope.
     let r = srv.scrape(&token).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
@@ -788,4 +850,144 @@ async fn token_responses_are_not_cached_and_demo_sessions_are_listed() {
         r.json(),
         json!({"org": "acme", "user": "alice", "role": "manager"})
     );
+}
+
+/// A `tracing` writer into one buffer for the whole test binary.
+#[derive(Clone, Copy)]
+struct Captured;
+
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends every test's `tracing` output (all levels) into [`LOGS`]. A global subscriber, set
+/// before any server starts: a per-thread one would miss events while other tests run.
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(|| Captured)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+    });
+}
+
+fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
+}
+
+#[tokio::test]
+async fn logs_never_contain_a_key_and_server_faults_are_generic_500s() {
+    let store = MemoryStore::new();
+    let srv = start_on(store.clone()).await;
+    let (token, info) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+    let id = info["id"].as_str().unwrap().to_string();
+    assert_eq!(srv.scrape(&token).await.status, StatusCode::OK);
+    assert_eq!(
+        srv.get("/scim/v2/Users").bearer(&token).send().await.status,
+        StatusCode::FORBIDDEN
+    );
+    // A near miss: the real token with its last character changed.
+    let mut near = token.clone();
+    let last = near.pop().unwrap();
+    near.push(if last == 'a' { 'b' } else { 'a' });
+    assert_eq!(srv.scrape(&near).await.status, StatusCode::UNAUTHORIZED);
+
+    // A tampered row: the server's fault, a generic 500 without a challenge.
+    let key_id = api_keys::KeyId::parse(&id).unwrap();
+    let mut rec = api_keys::KeyStore::get(&store, &key_id)
+        .await
+        .unwrap()
+        .unwrap();
+    rec.sealed.tag[0] ^= 1;
+    store.overwrite_unchecked(rec);
+    let other = start_on(store.clone()).await; // a fresh manager: nothing cached
+    let r = other.scrape(&token).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.challenge(), None);
+    assert_eq!(r.json(), json!({"error": "internal"}));
+
+    // The management API refuses to re-seal the tampered row, with a generic message.
+    let r = srv
+        .post(&format!("/api/keys/{id}/revoke"))
+        .session(&srv.alice())
+        .send()
+        .await;
+    r.assert_error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
+    assert!(!r.text().contains("integrity"), "{}", r.text());
+
+    let logs = logs();
+    // The events are there...
+    assert!(logs.contains("verification_failed"), "{logs}");
+    assert!(logs.contains("scope_not_allowed"), "{logs}");
+    assert!(logs.contains("api_keys::http"), "{logs}");
+    assert!(logs.contains(&id), "key ids are public and logged");
+    // ...and no key, nor its secret part, nor the header.
+    let secret_part = &token[token.len() - 40..];
+    assert!(!logs.contains(secret_part), "a key leaked into the logs");
+    assert!(!logs.contains(&near[near.len() - 40..]));
+    assert!(!logs.contains("Bearer"), "{logs}");
+    // No test's token either (they all run under this subscriber): after any `sak_`, fewer
+    // characters than a token's id and secret.
+    for (i, _) in logs.match_indices("sak_") {
+        let run = logs[i + 4..]
+            .bytes()
+            .take_while(u8::is_ascii_alphanumeric)
+            .count();
+        assert!(
+            run < 20,
+            "something token-like was logged: {}",
+            &logs[i..i + 24]
+        );
+    }
+}
+
+#[tokio::test]
+async fn reveal_when_the_policy_allows_it() {
+    let state = app::AppState::with_policy(
+        AnyStore::new(MemoryStore::new()),
+        Keyring::new(1, MasterKey::generate()),
+        api_keys::Policy::default().allow_reveal(true),
+    )
+    .unwrap();
+    capture_logs();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = app::router(state.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let srv = Server { addr, state };
+
+    let r = srv.get("/api/policy").session(&srv.alice()).send().await;
+    assert_eq!(r.json()["allow_reveal"], true);
+    let (token, info) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+    let path = format!("/api/keys/{}/reveal", info["id"].as_str().unwrap());
+    let r = srv.post(&path).session(&srv.alice()).send().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header(CACHE_CONTROL), Some("no-store"));
+    assert_eq!(r.json(), json!({"key": token}));
+    // Members still may not; revoked keys are not revealed.
+    let r = srv.post(&path).session(&srv.bob()).send().await;
+    r.assert_error(StatusCode::FORBIDDEN, "permission_denied");
+    srv.post(&format!(
+        "/api/keys/{}/revoke",
+        info["id"].as_str().unwrap()
+    ))
+    .session(&srv.alice())
+    .send()
+    .await;
+    let r = srv.post(&path).session(&srv.alice()).send().await;
+    r.assert_error(StatusCode::CONFLICT, "revoked");
 }

@@ -627,3 +627,88 @@ async fn the_audit_sink_receives_every_event_and_no_event_carries_a_token() {
         }
     }
 }
+
+#[tokio::test]
+async fn absurd_durations_from_requests_never_panic() {
+    let s = setup();
+    let (old, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
+    let (new, _) = s
+        .manager
+        .roll(&alice(), &info.id, Duration::MAX)
+        .await
+        .unwrap();
+    // The old key keeps its own expiry: an overlap never extends it.
+    assert_eq!(
+        s.manager.get(&alice(), &info.id).await.unwrap().expires_at,
+        Some(start() + Duration::days(90))
+    );
+    works(&s.manager, old.expose_secret()).await.unwrap();
+    works(&s.manager, new.expose_secret()).await.unwrap();
+    let (_, other) = s.manager.generate(&alice(), prom("k2")).await.unwrap();
+    s.manager
+        .roll(&alice(), &other.id, Duration::MIN)
+        .await
+        .unwrap();
+    // k, its replacement and the replacement of k2 (k2 itself stopped at once).
+    assert_eq!(
+        s.manager
+            .expiring_within(&alice(), Duration::MAX)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(
+        s.manager
+            .expiring_within(&alice(), Duration::MIN)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let far = api_keys::time::OffsetDateTime::new_utc(
+        api_keys::time::Date::MAX,
+        api_keys::time::Time::MIDNIGHT,
+    );
+    assert!(matches!(
+        s.manager
+            .generate(&alice(), prom("x").expiry(Expiry::At(far)))
+            .await,
+        Err(Error::Policy(_))
+    ));
+}
+
+#[tokio::test]
+async fn roll_truncates_the_cutoff_to_whole_seconds() {
+    let s = setup();
+    let (_, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
+    s.manager
+        .roll(&alice(), &info.id, Duration::milliseconds(1500))
+        .await
+        .unwrap();
+    let rec = s.manager.store().get(&info.id).await.unwrap().unwrap();
+    assert_eq!(rec.expires_at, Some(start() + Duration::seconds(1)));
+}
+
+#[tokio::test]
+async fn rewrap_on_a_lagging_node_never_moves_newer_records_down() {
+    let store = MemoryStore::new();
+    let upgraded = setup_with(store.clone(), Policy::default());
+    upgraded.manager.set_keyring(v2_keyring()).unwrap();
+    let (key, info) = upgraded
+        .manager
+        .generate(&alice(), prom("k"))
+        .await
+        .unwrap();
+    let lagging = KeyManager::builder(
+        store.clone(),
+        Keyring::new(1, MasterKey::from_bytes(MASTER))
+            .with_next(2, MasterKey::from_bytes(*b"fedcba9876543210")),
+    )
+    .clock(upgraded.clock.clone())
+    .build()
+    .unwrap();
+    let report = lagging.rewrap().await.unwrap();
+    assert_eq!((report.rewrapped, report.newer, report.failed), (0, 1, 0));
+    assert_eq!(store.get(&info.id).await.unwrap().unwrap().key_version(), 2);
+    works(&lagging, key.expose_secret()).await.unwrap();
+}

@@ -2,7 +2,7 @@
 //! API, `/metrics` (Prometheus) and `/scim/v2/Users` (SCIM 2.0), both guarded by API keys.
 //!
 //! `main.rs` serves [`router`]; the integration tests include this file and serve the same
-//! router on an ephemeral port. The JSON contract is described in `docs/http.md`.
+//! router on an ephemeral port. The README's HTTP section describes the JSON API.
 
 // Relative to this file's directory, so that the module resolves both from `main.rs`
 // (`mod app;`) and from a test that includes this file with `#[path = ".../app.rs"]`.
@@ -18,11 +18,11 @@ use api_keys::axum::ApiKeyLayer;
 use api_keys::time::{Duration, OffsetDateTime};
 use api_keys::{
     Actor, AnyStore, AuditAction, AuditEvent, AuditSink, BoxError, Error, Expiry, FailureClass,
-    GenerateRequest, KeyId, KeyManager, KeyStore, Keyring, OrgId, Scope, TracingAudit, UserId,
-    Verified,
+    GenerateRequest, KeyId, KeyManager, KeyStore, Keyring, OrgId, Policy, Scope, TracingAudit,
+    UserId, Verified,
 };
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
@@ -58,9 +58,24 @@ impl AppState {
     ///
     /// # Errors
     /// Whatever [`api_keys::KeyManagerBuilder::build`] or the OS generator reports.
+    // `main.rs` goes through `with_policy`; the integration tests use this.
+    #[allow(dead_code)]
     pub fn new(store: AnyStore, keyring: Keyring) -> Result<AppState, Error> {
+        AppState::with_policy(store, keyring, Policy::default())
+    }
+
+    /// [`AppState::new`] with another policy (e.g. one that allows reveal).
+    ///
+    /// # Errors
+    /// As [`AppState::new`], and [`Error::Policy`] for an invalid policy.
+    pub fn with_policy(
+        store: AnyStore,
+        keyring: Keyring,
+        policy: Policy,
+    ) -> Result<AppState, Error> {
         let metrics = Arc::new(Metrics::default());
         let manager = KeyManager::builder(store, keyring)
+            .policy(policy)
             .audit(MetricsAudit {
                 metrics: metrics.clone(),
             })
@@ -719,14 +734,91 @@ impl DirectoryUser {
     }
 }
 
-/// A minimal SCIM 2.0 `ListResponse` (RFC 7644 §3.4.2) of the key's organization's users.
-async fn scim_users(State(state): State<AppState>, key: Verified) -> Response {
+/// Most resources in one SCIM page.
+const SCIM_MAX_COUNT: usize = 100;
+
+/// A SCIM error response (RFC 7644 §3.12).
+fn scim_error(status: StatusCode, scim_type: Option<&str>, detail: &str) -> Response {
+    let mut body = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+        "status": status.as_u16().to_string(),
+        "detail": detail,
+    });
+    if let Some(t) = scim_type {
+        body["scimType"] = json!(t);
+    }
+    (
+        status,
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/scim+json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Parses the one filter this directory supports: `userName eq "<value>"` (attribute and
+/// operator case-insensitive, as RFC 7644 §3.4.2.2 says).
+fn username_filter(filter: &str) -> Option<String> {
+    let mut parts = filter.trim().splitn(3, ' ');
+    let (attr, op, value) = (parts.next()?, parts.next()?, parts.next()?.trim());
+    if !attr.eq_ignore_ascii_case("userName") || !op.eq_ignore_ascii_case("eq") {
+        return None;
+    }
+    let value = value.strip_prefix('"')?.strip_suffix('"')?;
+    if value.contains(['"', '\\']) {
+        return None;
+    }
+    Some(value.to_string())
+}
+
+/// A minimal SCIM 2.0 `ListResponse` (RFC 7644 §3.4.2) of the key's organization's users,
+/// with `filter=userName eq "..."`, `startIndex` (1-based) and `count` (at most 100).
+async fn scim_users(
+    State(state): State<AppState>,
+    key: Verified,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
     let users = state
         .directory
         .get(key.org())
         .map_or(&[][..], Vec::as_slice);
-    let resources: Vec<Value> = users
+    let wanted = match params.get("filter") {
+        None => None,
+        Some(f) => match username_filter(f) {
+            Some(name) => Some(name),
+            None => {
+                return scim_error(
+                    StatusCode::BAD_REQUEST,
+                    Some("invalidFilter"),
+                    "only filter=userName eq \"<value>\" is supported",
+                );
+            }
+        },
+    };
+    let number = |name: &str, default: usize| match params.get(name) {
+        None => Some(default),
+        Some(v) => v.parse::<usize>().ok(),
+    };
+    let (Some(start), Some(count)) = (number("startIndex", 1), number("count", SCIM_MAX_COUNT))
+    else {
+        return scim_error(
+            StatusCode::BAD_REQUEST,
+            Some("invalidValue"),
+            "startIndex and count must be non-negative integers",
+        );
+    };
+    // RFC 7644: a startIndex below 1 is 1; a count above the server's maximum is the maximum.
+    let (start, count) = (start.max(1), count.min(SCIM_MAX_COUNT));
+    let matching: Vec<&DirectoryUser> = users
         .iter()
+        .filter(|u| wanted.as_deref().is_none_or(|w| w == u.id))
+        .collect();
+    let resources: Vec<Value> = matching
+        .iter()
+        .skip(start - 1)
+        .take(count)
         .map(|u| {
             json!({
                 "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
@@ -740,8 +832,8 @@ async fn scim_users(State(state): State<AppState>, key: Verified) -> Response {
         .collect();
     let body = json!({
         "schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
-        "totalResults": resources.len(),
-        "startIndex": 1,
+        "totalResults": matching.len(),
+        "startIndex": start,
         "itemsPerPage": resources.len(),
         "Resources": resources,
     });

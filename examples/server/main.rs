@@ -2,7 +2,7 @@
 //! keys, with a JSON management API for an organization's managers.
 //!
 //! ```text
-//! cargo run --example server --features axum -- [PORT]
+//! cargo run --example server --features axum -- [PORT] [--allow-reveal]
 //! ```
 //!
 //! The port comes from the first argument, else `PORT`, else 8080; the server binds
@@ -19,9 +19,10 @@ mod app;
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
 
-use api_keys::{AnyStore, Keyring, MasterKey, MemoryStore};
+use api_keys::{AnyStore, Keyring, MasterKey, MemoryStore, Policy};
 
-const USAGE: &str = "usage: server [PORT]   (or PORT=...; default 8080; binds 127.0.0.1)
+const USAGE: &str = "usage: server [PORT] [--allow-reveal]   (PORT also from the environment; default 8080; binds 127.0.0.1)
+  --allow-reveal   let managers copy an existing key again (every reveal is audited)
 environment: PORT, API_KEYS_MASTER_KEY (32 hex digits; random when unset)";
 
 /// What the command line and the environment ask for.
@@ -29,6 +30,7 @@ environment: PORT, API_KEYS_MASTER_KEY (32 hex digits; random when unset)";
 struct Config {
     port: u16,
     db: Option<String>,
+    allow_reveal: bool,
 }
 
 fn parse_config(
@@ -37,10 +39,12 @@ fn parse_config(
 ) -> Result<Config, String> {
     let mut port: Option<String> = None;
     let mut db: Option<String> = None;
+    let mut allow_reveal = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-h" | "--help" => return Err(USAGE.to_string()),
+            "--allow-reveal" => allow_reveal = true,
             "--db" => db = Some(args.next().ok_or("--db needs a path")?),
             a if a.starts_with("--db=") => db = Some(a["--db=".len()..].to_string()),
             a if a.starts_with('-') => return Err(format!("unknown option {a}\n{USAGE}")),
@@ -55,7 +59,11 @@ fn parse_config(
         None => 8080,
     };
     let db = db.or_else(|| env("API_KEYS_DB").filter(|p| !p.is_empty()));
-    Ok(Config { port, db })
+    Ok(Config {
+        port,
+        db,
+        allow_reveal,
+    })
 }
 
 /// The master key from `API_KEYS_MASTER_KEY`, or a random one for this run.
@@ -103,7 +111,9 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), String> {
     let config = parse_config(std::env::args().skip(1), |k| std::env::var(k).ok())?;
-    let state = app::AppState::new(store(&config)?, keyring()?).map_err(|e| e.to_string())?;
+    let policy = Policy::default().allow_reveal(config.allow_reveal);
+    let state = app::AppState::with_policy(store(&config)?, keyring()?, policy)
+        .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, config.port))
         .await
         .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", config.port))?;
@@ -157,9 +167,12 @@ mod tests {
             c,
             Config {
                 port: 8080,
-                db: None
+                db: None,
+                allow_reveal: false
             }
         );
+        let c = parse_config(args(&["--allow-reveal", "81"]), env_of(&[])).unwrap();
+        assert_eq!((c.port, c.allow_reveal), (81, true));
     }
 
     #[test]

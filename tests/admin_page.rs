@@ -505,7 +505,7 @@ async fn generate_with_defaults_shows_the_key_once_and_it_works() {
     assert_eq!(
         options,
         json!([
-            "days:7", "days:30", "days:60", "days:90", "days:180", "days:365"
+            "days:7", "days:30", "days:60", "days:90", "days:180", "days:365", "custom"
         ])
     );
     assert!(
@@ -516,6 +516,7 @@ async fn generate_with_defaults_shows_the_key_once_and_it_works() {
 
     let name = "Prometheus scraper (prod)";
     h.css("#key-name").await.send_keys(name).await.unwrap();
+    h.screenshot("generate-form.png").await;
     let before = now_unix();
     // Enter in the name field submits the form.
     h.css("#key-name")
@@ -889,6 +890,88 @@ async fn roll_instead_keeps_the_old_key_for_the_overlap() {
         .unwrap();
     assert!((before + 3600..=after + 3600).contains(&old_expiry));
     assert_eq!(h.row_status(&id).await, "Expires in 1 day");
+    h.finish().await;
+}
+
+/// "Key expiration" → "Custom date…": a date within the policy's maximum is accepted and the key
+/// expires at 00:00 UTC that day; a date past the maximum is refused by the page.
+#[tokio::test]
+async fn generate_with_a_custom_date() {
+    let Some(h) = Harness::start("custom_date").await else {
+        return;
+    };
+    h.open_page().await;
+    h.css("#open-generate").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('generate-panel').hidden")
+        .await;
+    assert!(
+        !h.css("#key-expiry-date")
+            .await
+            .is_displayed()
+            .await
+            .unwrap()
+    );
+    h.css("#key-expiry")
+        .await
+        .select_by_value("custom")
+        .await
+        .unwrap();
+    assert!(
+        h.css("#key-expiry-date")
+            .await
+            .is_displayed()
+            .await
+            .unwrap()
+    );
+    h.css("#key-name")
+        .await
+        .send_keys("Quarterly audit")
+        .await
+        .unwrap();
+
+    let midnight = now_unix() / DAY * DAY;
+    let set_date = |unix: u64| {
+        format!(
+            "const d = document.getElementById('key-expiry-date'); d.value = '{}'; \
+             d.dispatchEvent(new Event('input', {{bubbles: true}}));",
+            utc_date(unix)
+        )
+    };
+    // Past the policy's 365 days: the page refuses before asking the server.
+    h.js(&set_date(midnight + 400 * DAY)).await;
+    h.css("#generate-submit").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('generate-error').hidden")
+        .await;
+    assert!(
+        h.text("#generate-error")
+            .await
+            .starts_with("Choose an expiration date")
+    );
+    let listed = h
+        .call(Method::GET, "/api/keys", Some(&h.manager.clone()), None)
+        .await;
+    assert_eq!(listed.json, json!([]), "nothing was generated");
+
+    let chosen = midnight + 45 * DAY;
+    h.js(&set_date(chosen)).await;
+    h.css("#generate-submit").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('new-key-panel').hidden")
+        .await;
+    let shown: u64 = h
+        .css("#new-key-expires")
+        .await
+        .attr("data-unix")
+        .await
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(shown, chosen);
+    let listed = h
+        .call(Method::GET, "/api/keys", Some(&h.manager.clone()), None)
+        .await;
+    assert_eq!(listed.json[0]["expires_at"], json!(chosen));
+    assert_eq!(h.csp_violations().await, 0);
     h.finish().await;
 }
 

@@ -363,10 +363,29 @@
       }
       select.append(o);
     }
+    select.append(el('option', { text: 'Custom date…', attrs: { value: 'custom' } }));
     if (p.allow_never === true) {
       select.append(el('option', { text: 'Never', attrs: { value: 'never' } }));
     }
+    // A custom date: from tomorrow up to the policy's maximum (the key expires at 00:00 UTC).
+    const date = $('key-expiry-date');
+    const today = Math.floor(nowUnix() / DAY) * DAY;
+    date.min = isoDate(today + DAY);
+    date.max = isoDate(nowUnix() + Number(p.max_days) * DAY);
+    date.value = '';
+    $('key-expiry-date-help').textContent =
+      'Between ' + date.min + ' and ' + date.max + '. The key stops working at 00:00 UTC that day.';
     updateExpiryHelp();
+  }
+
+  // The chosen custom date as Unix seconds (00:00 UTC), or null when it is empty or out of range.
+  function customExpiry() {
+    const date = $('key-expiry-date');
+    const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(date.value);
+    if (!m) return null;
+    const at = Date.UTC(Number(m[1]), Number(m[2]) - 1, Number(m[3])) / 1000;
+    if (date.value < date.min || date.value > date.max) return null;
+    return at;
   }
 
   function updateExpiryHelp() {
@@ -378,9 +397,12 @@
         'The key will expire on ' + isoDate(nowUnix() + days * DAY) + ', ' + days + ' days from now.';
     } else if (v === 'never') {
       help.textContent = 'The key will never expire. Revoke it when it is no longer needed.';
+    } else if (v === 'custom') {
+      help.textContent = 'Choose the date below.';
     } else {
       help.textContent = '';
     }
+    show($('key-expiry-date-field'), v === 'custom');
   }
 
   function openGenerate() {
@@ -431,6 +453,16 @@
     const body = { name, scopes };
     if (v.startsWith('days:')) body.expiry = { days: Number(v.slice(5)) };
     else if (v === 'never') body.expiry = 'never';
+    else if (v === 'custom') {
+      const at = customExpiry();
+      if (at === null) {
+        setGenerateError('Choose an expiration date between ' + $('key-expiry-date').min + ' and ' +
+          $('key-expiry-date').max + '.');
+        $('key-expiry-date').focus();
+        return;
+      }
+      body.expiry = { at };
+    }
     setGenerateError('');
     state.busy = true;
     $('generate-submit').disabled = true;

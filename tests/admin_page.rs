@@ -633,7 +633,15 @@ async fn generate_with_defaults_shows_the_key_once_and_it_works() {
     assert_eq!(h.csp_violations().await, 0);
 
     // Make the list look like a real organization's for the screenshot.
-    h.create_key("SCIM provisioning (Okta)").await;
+    let r = h
+        .call(
+            Method::POST,
+            "/api/keys",
+            Some(&h.manager.clone()),
+            Some(json!({"name": "SCIM provisioning (Okta)", "scopes": ["scim"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
     let (old_id, _) = h.create_key("Legacy exporter").await;
     let r = h
         .call(

@@ -282,7 +282,10 @@
     show(empty, false);
     show(table, true);
     const now = nowUnix();
-    const sorted = state.keys.slice().sort((a, b) => b.created_at - a.created_at);
+    // Newest first; keys made in the same second by name, so the order is stable.
+    const sorted = state.keys
+      .slice()
+      .sort((a, b) => b.created_at - a.created_at || String(a.name).localeCompare(String(b.name)));
     for (const key of sorted) rows.append(renderRow(key, now, manager));
   }
 

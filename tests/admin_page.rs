@@ -13,6 +13,7 @@ mod app;
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -97,10 +98,24 @@ fn binaries(test: &str) -> Option<Binaries> {
 
 // ---- processes and directories that clean up after themselves --------------------------------
 
+/// chromedriver, started in a process group of its own so that dropping the guard (also when a
+/// test panics before closing its session) ends it and every browser process it started.
 struct ChildGuard(Child);
+
+impl ChildGuard {
+    fn spawn(mut command: Command) -> std::io::Result<ChildGuard> {
+        command.process_group(0).spawn().map(ChildGuard)
+    }
+}
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -179,15 +194,13 @@ impl Harness {
 
         // chromedriver on a free loopback port, chromium with a fresh profile.
         let port = free_loopback_port();
-        let driver = ChildGuard(
-            Command::new(&bins.chromedriver)
-                .arg(format!("--port={port}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start chromedriver"),
-        );
+        let mut command = Command::new(&bins.chromedriver);
+        command
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let driver = ChildGuard::spawn(command).expect("start chromedriver");
         let driver_addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut ready = false;
         for _ in 0..200 {

@@ -526,6 +526,28 @@ async fn generate_with_defaults_shows_the_key_once_and_it_works() {
             .await
             .contains("90 days from now")
     );
+    // Escape closes the form and focus goes back to its button; Enter opens it again.
+    h.css("#key-name")
+        .await
+        .send_keys(&Key::Escape)
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('generate-panel').hidden")
+        .await;
+    assert_eq!(
+        h.js("return document.activeElement.id;").await,
+        json!("open-generate")
+    );
+    h.browser
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys(&Key::Enter)
+        .await
+        .unwrap();
+    h.wait_js("!document.getElementById('generate-panel').hidden")
+        .await;
+    assert_eq!(h.value("#key-expiry").await, "days:90");
 
     let name = "Prometheus scraper (prod)";
     h.css("#key-name").await.send_keys(name).await.unwrap();

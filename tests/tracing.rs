@@ -49,7 +49,11 @@ async fn tracing_events_name_ids_and_outcomes_but_never_secrets() {
     let (key2, info2) = m.roll(&a, &info.id, Duration::hours(1)).await.unwrap();
     let _ = m.verify(key.expose_secret(), &Scope::Scim).await;
     let t = key.expose_secret();
-    let near_miss = format!("{}{}", &t[..t.len() - 1], if t.ends_with('x') { 'y' } else { 'x' });
+    let near_miss = format!(
+        "{}{}",
+        &t[..t.len() - 1],
+        if t.ends_with('x') { 'y' } else { 'x' }
+    );
     let _ = m.verify(&near_miss, &Scope::Prometheus).await;
     m.revoke(&a, &info2.id).await.unwrap();
     let _ = m.verify(key2.expose_secret(), &Scope::Prometheus).await;

@@ -471,7 +471,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         actor: Option<&Actor>,
         id: &KeyId,
         mut change: impl FnMut(&mut KeyRecord) -> Result<bool, Error>,
-    ) -> Result<KeyRecord, Error> {
+    ) -> Result<(KeyRecord, bool), Error> {
         for _ in 0..CAS_RETRIES {
             let rec = match actor {
                 Some(a) => self.load(a, id).await?,
@@ -481,15 +481,15 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             let secret = self.open(&keyring, &rec, actor)?;
             let mut next = rec.clone();
             if !change(&mut next)? {
-                return Ok(rec);
+                return Ok((rec, false));
             }
             next.revision = rec.revision + 1;
             next.reseal(&keyring, &secret)?;
-            match self.inner.store.update(next.clone(), rec.revision).await {
-                Ok(()) => {
-                    self.inner.cache.invalidate(id);
-                    return Ok(next);
-                }
+            let result = self.inner.store.update(next.clone(), rec.revision).await;
+            // Whatever the store answered, the write may have happened: fence the cache.
+            self.inner.cache.invalidate(id);
+            match result {
+                Ok(()) => return Ok((next, true)),
                 Err(StoreError::Conflict) => continue,
                 Err(StoreError::NotFound) => return Err(Error::NotFound),
                 Err(e) => return Err(e.into()),
@@ -507,7 +507,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     pub async fn revoke(&self, actor: &Actor, id: &KeyId) -> Result<KeyInfo, Error> {
         Self::require_manager(actor)?;
         let now = whole_seconds(self.inner.clock.now());
-        let rec = self
+        let (rec, _) = self
             .modify(Some(actor), id, |r| {
                 if r.revoked_at.is_some() {
                     return Ok(false);
@@ -576,7 +576,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let (key, new_rec) = self
             .create(actor, old.name.clone(), old.scopes.clone(), now, expires_at)
             .await?;
-        let cutoff = now + overlap.max(Duration::ZERO);
+        // Saturating: an absurd overlap (it may come from a request) can never panic.
+        let cutoff = now.saturating_add(overlap.max(Duration::ZERO));
         let shortened = self
             .modify(Some(actor), id, |r| {
                 if r.revoked_at.is_some() {
@@ -692,8 +693,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                     .modify(None, &rec.id, |r| Ok(r.sealed.key_version != current))
                     .await;
                 match result {
-                    Ok(r) if r.sealed.key_version == from => report.already_current += 1,
-                    Ok(r) => {
+                    Ok((_, false)) => report.already_current += 1,
+                    Ok((r, true)) => {
                         report.rewrapped += 1;
                         self.audit_best_effort(
                             AuditAction::Rewrapped {
@@ -839,5 +840,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
 }
 
 fn expiring(info: &KeyInfo, now: OffsetDateTime, window: Duration) -> bool {
-    info.status == KeyStatus::Active && info.expires_at.is_some_and(|e| e <= now + window)
+    info.status == KeyStatus::Active
+        && info
+            .expires_at
+            .is_some_and(|e| e <= now.saturating_add(window))
 }

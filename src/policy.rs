@@ -166,11 +166,11 @@ impl Policy {
                         self.allowed_text()
                     )));
                 }
-                Ok(Some(now + Duration::days(i64::from(d))))
+                Ok(Some(now.saturating_add(Duration::days(i64::from(d)))))
             }
             Expiry::At(t) => {
                 let t = whole_seconds(t);
-                if t <= now || t > now + Duration::days(i64::from(self.max_days)) {
+                if t <= now || t > now.saturating_add(Duration::days(i64::from(self.max_days))) {
                     return Err(Error::Policy(format!(
                         "an explicit expiry must be in the future and at most {} days ahead; {}",
                         self.max_days,

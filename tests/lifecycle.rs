@@ -1,0 +1,678 @@
+//! Issue 3: roll, reveal, expiry tracking, last use, master-key rotation, audit.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use api_keys::time::Duration;
+use api_keys::{
+    AuditAction, AuditEvent, AuditSink, BoxError, Error, Expiry, FailureClass, GenerateRequest,
+    KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore, Keyring, MasterKey, MemoryStore, OrgId,
+    Policy, Scope, StoreError,
+};
+use common::*;
+
+fn prom(name: &str) -> GenerateRequest {
+    GenerateRequest::new(name).scope(Scope::Prometheus)
+}
+
+async fn works<S: KeyStore + 'static>(m: &KeyManager<S>, token: &str) -> Result<(), Error> {
+    m.verify(token, &Scope::Prometheus).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn roll_keeps_both_keys_during_the_overlap_and_only_the_new_one_after() {
+    let s = setup();
+    let (old, old_info) = s
+        .manager
+        .generate(
+            &alice(),
+            prom("scraper").scope(Scope::Scim).expiry(Expiry::Days(30)),
+        )
+        .await
+        .unwrap();
+    s.clock.advance(Duration::days(1));
+    let (new, new_info) = s
+        .manager
+        .roll(&alice(), &old_info.id, Duration::hours(1))
+        .await
+        .unwrap();
+    assert_ne!(new_info.id, old_info.id);
+    assert_eq!(new_info.name, "scraper");
+    assert_eq!(new_info.scopes, old_info.scopes);
+    let now = start() + Duration::days(1);
+    assert_eq!(
+        new_info.expires_at,
+        Some(now + Duration::days(90)),
+        "fresh expiry from the policy default"
+    );
+    let old_now = s.manager.get(&alice(), &old_info.id).await.unwrap();
+    assert_eq!(old_now.expires_at, Some(now + Duration::hours(1)));
+
+    works(&s.manager, old.expose_secret()).await.unwrap();
+    works(&s.manager, new.expose_secret()).await.unwrap();
+    s.clock.advance(Duration::minutes(59));
+    works(&s.manager, old.expose_secret()).await.unwrap();
+    s.clock.advance(Duration::minutes(1));
+    assert!(matches!(
+        works(&s.manager, old.expose_secret()).await,
+        Err(Error::Expired)
+    ));
+    works(&s.manager, new.expose_secret()).await.unwrap();
+    let actions: Vec<_> = s.audit.events().into_iter().map(|e| e.action).collect();
+    assert!(actions.contains(&AuditAction::Rolled {
+        replacement: new_info.id
+    }));
+}
+
+#[tokio::test]
+async fn roll_never_extends_the_old_key() {
+    let s = setup();
+    let soon = start() + Duration::minutes(10);
+    let (old, info) = s
+        .manager
+        .generate(&alice(), prom("k").expiry(Expiry::At(soon)))
+        .await
+        .unwrap();
+    let (new, _) = s
+        .manager
+        .roll(&alice(), &info.id, Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.manager.get(&alice(), &info.id).await.unwrap().expires_at,
+        Some(soon)
+    );
+    s.clock.advance(Duration::minutes(10));
+    assert!(matches!(
+        works(&s.manager, old.expose_secret()).await,
+        Err(Error::Expired)
+    ));
+    works(&s.manager, new.expose_secret()).await.unwrap();
+}
+
+#[tokio::test]
+async fn roll_with_zero_overlap_stops_the_old_key_now() {
+    let s = setup();
+    let (old, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
+    works(&s.manager, old.expose_secret()).await.unwrap(); // cached
+    let (new, _) = s
+        .manager
+        .roll(&alice(), &info.id, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(matches!(
+        works(&s.manager, old.expose_secret()).await,
+        Err(Error::Expired)
+    ));
+    works(&s.manager, new.expose_secret()).await.unwrap();
+    // A revoked key cannot be rolled, and rolling an expired one is refused too.
+    s.manager.revoke(&alice(), &info.id).await.unwrap();
+    assert!(matches!(
+        s.manager.roll(&alice(), &info.id, Duration::hours(1)).await,
+        Err(Error::Revoked)
+    ));
+}
+
+#[tokio::test]
+async fn the_new_key_never_exceeds_the_policy() {
+    let policy = Policy::default()
+        .allowed_days(&[7, 30])
+        .default_days(30)
+        .max_days(30);
+    let s = setup_with(MemoryStore::new(), policy);
+    let (_, info) = s
+        .manager
+        .generate(&alice(), prom("k").expiry(Expiry::Days(7)))
+        .await
+        .unwrap();
+    let (_, new_info) = s
+        .manager
+        .roll(&alice(), &info.id, Duration::days(365))
+        .await
+        .unwrap();
+    assert_eq!(new_info.expires_at, Some(start() + Duration::days(30)));
+    assert_eq!(
+        s.manager.get(&alice(), &info.id).await.unwrap().expires_at,
+        Some(start() + Duration::days(7)),
+        "a long overlap does not extend the old key"
+    );
+}
+
+#[tokio::test]
+async fn reveal_is_refused_by_default() {
+    let s = setup();
+    let (_, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
+    match s.manager.reveal(&alice(), &info.id).await {
+        Err(Error::Policy(m)) => assert!(m.contains("allow_reveal"), "{m}"),
+        other => panic!("expected Policy, got {other:?}"),
+    }
+    assert!(
+        !s.audit
+            .events()
+            .iter()
+            .any(|e| e.action == AuditAction::Revealed)
+    );
+}
+
+#[tokio::test]
+async fn reveal_returns_exactly_the_original_token_and_is_audited() {
+    let s = setup_with(MemoryStore::new(), Policy::default().allow_reveal(true));
+    let (key, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
+    let again = s.manager.reveal(&alice(), &info.id).await.unwrap();
+    assert_eq!(again.expose_secret(), key.expose_secret());
+    let revealed: Vec<AuditEvent> = s
+        .audit
+        .events()
+        .into_iter()
+        .filter(|e| e.action == AuditAction::Revealed)
+        .collect();
+    assert_eq!(revealed.len(), 1);
+    assert_eq!(revealed[0].key_id, Some(info.id));
+    assert_eq!(
+        revealed[0].actor.as_ref().map(|u| u.as_str()),
+        Some("alice")
+    );
+    assert!(matches!(
+        s.manager.reveal(&mallory_other_org(), &info.id).await,
+        Err(Error::NotFound)
+    ));
+    s.manager.revoke(&alice(), &info.id).await.unwrap();
+    assert!(matches!(
+        s.manager.reveal(&alice(), &info.id).await,
+        Err(Error::Revoked)
+    ));
+    let (_, short) = s
+        .manager
+        .generate(&alice(), prom("short").expiry(Expiry::Days(7)))
+        .await
+        .unwrap();
+    s.clock.advance(Duration::days(7));
+    assert!(matches!(
+        s.manager.reveal(&alice(), &short.id).await,
+        Err(Error::Expired)
+    ));
+}
+
+/// A sink that refuses reveal events (e.g. the audit database is down).
+#[derive(Clone, Default)]
+struct RefuseReveals;
+
+impl AuditSink for RefuseReveals {
+    fn record(&self, event: &AuditEvent) -> Result<(), BoxError> {
+        if event.action == AuditAction::Revealed {
+            return Err("audit log unavailable".into());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn reveal_fails_closed_when_the_audit_event_cannot_be_recorded() {
+    let m = KeyManager::builder(MemoryStore::new(), keyring())
+        .policy(Policy::default().allow_reveal(true))
+        .audit(RefuseReveals)
+        .build()
+        .unwrap();
+    let (_, info) = m.generate(&alice(), prom("k")).await.unwrap();
+    assert!(matches!(
+        m.reveal(&alice(), &info.id).await,
+        Err(Error::Audit(_))
+    ));
+}
+
+#[tokio::test]
+async fn expiring_within_returns_exactly_the_right_keys_soonest_first() {
+    let s = setup_with(MemoryStore::new(), Policy::default().allow_never(true));
+    let m = &s.manager;
+    let a = alice();
+    let (_, in_30) = m
+        .generate(&a, prom("30d").expiry(Expiry::Days(30)))
+        .await
+        .unwrap();
+    let (_, in_7) = m
+        .generate(&a, prom("7d").expiry(Expiry::Days(7)))
+        .await
+        .unwrap();
+    let (_, in_10) = m
+        .generate(
+            &a,
+            prom("10d").expiry(Expiry::At(start() + Duration::days(10))),
+        )
+        .await
+        .unwrap();
+    let (_, in_14) = m
+        .generate(
+            &a,
+            prom("14d").expiry(Expiry::At(start() + Duration::days(14))),
+        )
+        .await
+        .unwrap();
+    m.generate(&a, prom("never").expiry(Expiry::Never))
+        .await
+        .unwrap();
+    let (_, revoked) = m
+        .generate(&a, prom("revoked").expiry(Expiry::Days(7)))
+        .await
+        .unwrap();
+    m.revoke(&a, &revoked.id).await.unwrap();
+    let (_, gone) = m
+        .generate(
+            &a,
+            prom("already expired").expiry(Expiry::At(start() + Duration::hours(1))),
+        )
+        .await
+        .unwrap();
+    m.generate(
+        &mallory_other_org(),
+        prom("other org").expiry(Expiry::Days(7)),
+    )
+    .await
+    .unwrap();
+    s.clock.advance(Duration::hours(2));
+
+    let got: Vec<KeyId> = m
+        .expiring_within(&a, Duration::days(14))
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(got, vec![in_7.id, in_10.id, in_14.id]);
+    assert!(!got.contains(&in_30.id) && !got.contains(&gone.id));
+    assert_eq!(
+        m.get(&a, &gone.id).await.unwrap().status,
+        KeyStatus::Expired
+    );
+
+    // The host-level sweep sees every organization.
+    let all = m.expiring_all(Duration::days(14)).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert!(all.windows(2).all(|w| w[0].expires_at <= w[1].expires_at));
+    assert!(all.iter().any(|i| i.org == OrgId::new("globex")));
+}
+
+#[tokio::test]
+async fn last_use_is_recorded_and_throttled_to_once_a_minute() {
+    let store = CountingStore::default();
+    let s = setup_with(store.clone(), Policy::default());
+    let (key, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
+    assert_eq!(info.last_used_at, None);
+    works(&s.manager, key.expose_secret()).await.unwrap();
+    assert_eq!(store.touches.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        s.manager
+            .get(&alice(), &info.id)
+            .await
+            .unwrap()
+            .last_used_at,
+        Some(start())
+    );
+    for _ in 0..10 {
+        s.clock.advance(Duration::seconds(5));
+        works(&s.manager, key.expose_secret()).await.unwrap();
+    }
+    assert_eq!(
+        store.touches.load(Ordering::SeqCst),
+        1,
+        "50 s later: still one write"
+    );
+    s.clock.advance(Duration::seconds(10));
+    works(&s.manager, key.expose_secret()).await.unwrap();
+    assert_eq!(store.touches.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        s.manager
+            .get(&alice(), &info.id)
+            .await
+            .unwrap()
+            .last_used_at,
+        Some(start() + Duration::seconds(60))
+    );
+    // Failed verifications are not uses.
+    s.clock.advance(Duration::minutes(5));
+    assert!(
+        s.manager
+            .verify(key.expose_secret(), &Scope::Scim)
+            .await
+            .is_err()
+    );
+    assert_eq!(store.touches.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_failing_touch_never_fails_verify() {
+    let store = CountingStore::default();
+    store.fail_touch.store(true, Ordering::SeqCst);
+    let s = setup_with(store.clone(), Policy::default());
+    let (key, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
+    works(&s.manager, key.expose_secret()).await.unwrap();
+    assert_eq!(store.touches.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        s.manager
+            .get(&alice(), &info.id)
+            .await
+            .unwrap()
+            .last_used_at,
+        None
+    );
+}
+
+fn v2_keyring() -> Keyring {
+    Keyring::new(2, MasterKey::from_bytes(*b"fedcba9876543210"))
+        .with_previous(1, MasterKey::from_bytes(MASTER))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrap_moves_every_record_while_keys_keep_verifying() {
+    let store = MemoryStore::new();
+    let roomy = Policy::default().max_active_keys(10_000);
+    let old = setup_with(store.clone(), roomy.clone());
+    let mut keys = Vec::new();
+    for i in 0..600 {
+        let actor = if i % 2 == 0 {
+            alice()
+        } else {
+            mallory_other_org()
+        };
+        keys.push(
+            old.manager
+                .generate(&actor, prom(&format!("k{i}")))
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    let (_, revoked) = old
+        .manager
+        .generate(&alice(), prom("revoked"))
+        .await
+        .unwrap();
+    old.manager.revoke(&alice(), &revoked.id).await.unwrap();
+
+    let new = setup_with(store.clone(), roomy);
+    new.manager.set_keyring(v2_keyring()).unwrap();
+    // Before: the new node opens version-1 records through `previous`.
+    for k in &keys {
+        works(&new.manager, k.expose_secret()).await.unwrap();
+    }
+    // During: verify from another task while rewrap runs.
+    let verifier = {
+        let m = new.manager.clone();
+        let tokens: Vec<String> = keys.iter().map(|k| k.expose_secret().to_string()).collect();
+        tokio::spawn(async move {
+            let mut n = 0;
+            for _ in 0..3 {
+                for t in &tokens {
+                    m.verify(t, &Scope::Prometheus)
+                        .await
+                        .expect("verify during rewrap");
+                    n += 1;
+                    tokio::task::yield_now().await;
+                }
+            }
+            n
+        })
+    };
+    let report = new.manager.rewrap().await.unwrap();
+    assert_eq!(verifier.await.unwrap(), 1800);
+    assert_eq!(report.rewrapped, 601);
+    assert_eq!(report.failed, 0);
+    let all = store.scan(None, 10_000).await.unwrap();
+    assert!(all.iter().all(|r| r.key_version() == 2));
+    // A second run has nothing to do.
+    let again = new.manager.rewrap().await.unwrap();
+    assert_eq!(
+        (again.rewrapped, again.already_current, again.failed),
+        (0, 601, 0)
+    );
+    // After: a node with only the new key verifies everything; the revoked key stays revoked.
+    let only_v2 = KeyManager::builder(
+        store.clone(),
+        Keyring::new(2, MasterKey::from_bytes(*b"fedcba9876543210")),
+    )
+    .clock(new.clock.clone())
+    .build()
+    .unwrap();
+    for k in &keys {
+        works(&only_v2, k.expose_secret()).await.unwrap();
+    }
+    let rec = store.get(&revoked.id).await.unwrap().unwrap();
+    assert!(rec.revoked_at.is_some());
+    // A node that only has the old key can no longer open anything.
+    let only_v1 = setup_with(store, Policy::default());
+    assert!(matches!(
+        works(&only_v1.manager, keys[0].expose_secret()).await,
+        Err(Error::Integrity)
+    ));
+}
+
+/// The revoke to run inside the first `update`.
+type RevokeJob = Option<(KeyManager<MemoryStore>, KeyId)>;
+
+/// A store whose first `update` lets a revoke (by another, not yet upgraded node) win the race.
+#[derive(Clone)]
+struct RacingStore {
+    inner: MemoryStore,
+    armed: Arc<AtomicBool>,
+    revoker: Arc<std::sync::Mutex<RevokeJob>>,
+}
+
+impl KeyStore for RacingStore {
+    async fn insert(&self, r: KeyRecord) -> Result<(), StoreError> {
+        self.inner.insert(r).await
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.list(org).await
+    }
+    async fn update(&self, r: KeyRecord, expected: u64) -> Result<(), StoreError> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            let job = self.revoker.lock().unwrap().take();
+            if let Some((m, id)) = job {
+                m.revoke(&alice(), &id).await.expect("racing revoke");
+            }
+        }
+        self.inner.update(r, expected).await
+    }
+    async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
+        self.inner.delete(id).await
+    }
+    async fn scan(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.scan(after, limit).await
+    }
+    async fn touch(
+        &self,
+        id: &KeyId,
+        at: api_keys::time::OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.inner.touch(id, at).await
+    }
+}
+
+#[tokio::test]
+async fn a_revoke_racing_rewrap_wins_and_is_rewrapped_after() {
+    let store = MemoryStore::new();
+    let old = setup_with(store.clone(), Policy::default());
+    let (key, info) = old.manager.generate(&alice(), prom("k")).await.unwrap();
+    let racing = RacingStore {
+        inner: store.clone(),
+        armed: Arc::new(AtomicBool::new(true)),
+        revoker: Arc::new(std::sync::Mutex::new(Some((old.manager.clone(), info.id)))),
+    };
+    let new = KeyManager::builder(racing, v2_keyring()).build().unwrap();
+    let report = new.rewrap().await.unwrap();
+    assert_eq!(report.rewrapped, 1, "{report:?}");
+    let rec = store.get(&info.id).await.unwrap().unwrap();
+    assert_eq!(rec.key_version(), 2);
+    assert!(
+        rec.revoked_at.is_some(),
+        "the revoke that won the race survived the rewrap"
+    );
+    assert!(matches!(
+        new.verify(key.expose_secret(), &Scope::Prometheus).await,
+        Err(Error::Revoked)
+    ));
+}
+
+#[tokio::test]
+async fn a_record_sealed_under_a_version_missing_from_the_keyring_is_integrity() {
+    let store = MemoryStore::new();
+    let old = setup_with(store.clone(), Policy::default());
+    let (key, info) = old.manager.generate(&alice(), prom("k")).await.unwrap();
+    let without_v1 = KeyManager::builder(store.clone(), Keyring::new(2, MasterKey::generate()))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        works(&without_v1, key.expose_secret()).await,
+        Err(Error::Integrity)
+    ));
+    let report = without_v1.rewrap().await.unwrap();
+    assert_eq!((report.rewrapped, report.failed), (0, 1));
+    assert_eq!(
+        store.get(&info.id).await.unwrap().unwrap().key_version(),
+        1,
+        "never re-sealed"
+    );
+}
+
+#[tokio::test]
+async fn a_node_with_the_next_key_opens_records_sealed_by_upgraded_nodes() {
+    let store = MemoryStore::new();
+    let upgraded = KeyManager::builder(store.clone(), v2_keyring())
+        .build()
+        .unwrap();
+    let (key, _) = upgraded.generate(&alice(), prom("k")).await.unwrap();
+    let lagging = KeyManager::builder(
+        store.clone(),
+        Keyring::new(1, MasterKey::from_bytes(MASTER))
+            .with_next(2, MasterKey::from_bytes(*b"fedcba9876543210")),
+    )
+    .build()
+    .unwrap();
+    works(&lagging, key.expose_secret()).await.unwrap();
+    let not_ready = setup_with(store, Policy::default());
+    assert!(matches!(
+        works(&not_ready.manager, key.expose_secret()).await,
+        Err(Error::Integrity)
+    ));
+}
+
+#[tokio::test]
+async fn the_audit_sink_receives_every_event_and_no_event_carries_a_token() {
+    let s = setup_with(MemoryStore::new(), Policy::default().allow_reveal(true));
+    let m = &s.manager;
+    let a = alice();
+    let (key, info) = m.generate(&a, prom("k")).await.unwrap();
+    m.list(&a).await.unwrap();
+    m.get(&a, &info.id).await.unwrap();
+    m.reveal(&a, &info.id).await.unwrap();
+    let (key2, info2) = m.roll(&a, &info.id, Duration::hours(1)).await.unwrap();
+    let _ = m.verify("garbage", &Scope::Prometheus).await;
+    let _ = m.verify(key.expose_secret(), &Scope::Scim).await;
+    m.revoke(&a, &info2.id).await.unwrap();
+    let _ = m.verify(key2.expose_secret(), &Scope::Prometheus).await;
+    m.delete(&a, &info.id).await.unwrap();
+    let _ = m.verify(key.expose_secret(), &Scope::Prometheus).await;
+    m.set_keyring(v2_keyring()).unwrap();
+    m.rewrap().await.unwrap();
+
+    let events = s.audit.events();
+    let names: Vec<&str> = events.iter().map(|e| e.action.name()).collect();
+    for expected in [
+        "generated",
+        "listed",
+        "viewed",
+        "revealed",
+        "rolled",
+        "revoked",
+        "deleted",
+        "rewrapped",
+    ] {
+        assert!(names.contains(&expected), "missing {expected} in {names:?}");
+    }
+    let failures: Vec<FailureClass> = events
+        .iter()
+        .filter_map(|e| match e.action {
+            AuditAction::VerificationFailed(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        failures,
+        vec![
+            FailureClass::Malformed,
+            FailureClass::ScopeNotAllowed,
+            FailureClass::Revoked,
+            FailureClass::InvalidKey
+        ]
+    );
+    let revoke = events
+        .iter()
+        .find(|e| e.action == AuditAction::Revoked)
+        .unwrap();
+    assert_eq!(revoke.key_id, Some(info2.id));
+    assert_eq!(revoke.org, Some(OrgId::new("acme")));
+    assert_eq!(revoke.actor.as_ref().map(|u| u.as_str()), Some("alice"));
+    for e in &events {
+        let text = format!("{e} {e:?}");
+        for t in [key.expose_secret(), key2.expose_secret()] {
+            assert!(!text.contains(t) && !text.contains(&t[15..59]), "{text}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn absurd_durations_from_requests_never_panic() {
+    let s = setup();
+    let (old, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
+    let (new, _) = s
+        .manager
+        .roll(&alice(), &info.id, Duration::MAX)
+        .await
+        .unwrap();
+    // The old key keeps its own expiry: an overlap never extends it.
+    assert_eq!(
+        s.manager.get(&alice(), &info.id).await.unwrap().expires_at,
+        Some(start() + Duration::days(90))
+    );
+    works(&s.manager, old.expose_secret()).await.unwrap();
+    works(&s.manager, new.expose_secret()).await.unwrap();
+    let (_, other) = s.manager.generate(&alice(), prom("k2")).await.unwrap();
+    s.manager
+        .roll(&alice(), &other.id, Duration::MIN)
+        .await
+        .unwrap();
+    // k, its replacement and the replacement of k2 (k2 itself stopped at once).
+    assert_eq!(
+        s.manager
+            .expiring_within(&alice(), Duration::MAX)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(
+        s.manager
+            .expiring_within(&alice(), Duration::MIN)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let far = api_keys::time::OffsetDateTime::new_utc(
+        api_keys::time::Date::MAX,
+        api_keys::time::Time::MIDNIGHT,
+    );
+    assert!(matches!(
+        s.manager
+            .generate(&alice(), prom("x").expiry(Expiry::At(far)))
+            .await,
+        Err(Error::Policy(_))
+    ));
+}

@@ -1,0 +1,89 @@
+//! Every management action and failed verification produces a `tracing` event with the key
+//! id, org and outcome class — and no event ever carries secret material.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use api_keys::time::Duration;
+use api_keys::{GenerateRequest, KeyManager, MemoryStore, Policy, Scope};
+use common::*;
+
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn tracing_events_name_ids_and_outcomes_but_never_secrets() {
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // The default audit sink is `TracingAudit`.
+    let m = KeyManager::builder(MemoryStore::new(), keyring())
+        .policy(Policy::default().allow_reveal(true))
+        .build()
+        .unwrap();
+    let a = alice();
+    let (key, info) = m
+        .generate(&a, GenerateRequest::new("k").scope(Scope::Prometheus))
+        .await
+        .unwrap();
+    m.list(&a).await.unwrap();
+    m.reveal(&a, &info.id).await.unwrap();
+    let (key2, info2) = m.roll(&a, &info.id, Duration::hours(1)).await.unwrap();
+    let _ = m.verify(key.expose_secret(), &Scope::Scim).await;
+    let near_miss = format!("{}x", &key.expose_secret()[..key.expose_secret().len() - 1]);
+    let _ = m.verify(&near_miss, &Scope::Prometheus).await;
+    m.revoke(&a, &info2.id).await.unwrap();
+    let _ = m.verify(key2.expose_secret(), &Scope::Prometheus).await;
+    m.delete(&a, &info.id).await.unwrap();
+
+    let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    for action in [
+        "generated",
+        "listed",
+        "revealed",
+        "rolled",
+        "revoked",
+        "deleted",
+    ] {
+        assert!(
+            out.contains(&format!("action=\"{action}\"")),
+            "no {action} event in:\n{out}"
+        );
+    }
+    for outcome in ["scope_not_allowed", "malformed", "revoked"] {
+        assert!(
+            out.contains(&format!("outcome=\"{outcome}\"")),
+            "no {outcome} outcome in:\n{out}"
+        );
+    }
+    assert!(out.contains(&info.id.to_string()) && out.contains("org=\"acme\""));
+    for token in [
+        key.expose_secret(),
+        key2.expose_secret(),
+        near_miss.as_str(),
+    ] {
+        assert!(!out.contains(token), "a token reached the log:\n{out}");
+        assert!(
+            !out.contains(&token[15..40]),
+            "part of a secret reached the log:\n{out}"
+        );
+    }
+}

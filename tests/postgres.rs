@@ -195,6 +195,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 struct Proxy {
     addr: SocketAddr,
     accepting: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
     relays: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -204,23 +205,25 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepting = Arc::new(AtomicBool::new(true));
+        let frozen = Arc::new(AtomicBool::new(false));
         let relays: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = {
-            let (accepting, relays) = (accepting.clone(), relays.clone());
+            let (accepting, frozen, relays) = (accepting.clone(), frozen.clone(), relays.clone());
             tokio::spawn(async move {
                 loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else {
+                    let Ok((inbound, _)) = listener.accept().await else {
                         return;
                     };
                     if !accepting.load(Ordering::SeqCst) {
                         drop(inbound);
                         continue;
                     }
-                    let upstream = upstream.clone();
+                    let (upstream, frozen) = (upstream.clone(), frozen.clone());
                     let relay = tokio::spawn(async move {
-                        if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        if let Ok(outbound) = TcpStream::connect(upstream).await {
+                            let (ri, wi) = inbound.into_split();
+                            let (ro, wo) = outbound.into_split();
+                            tokio::join!(pump(ri, wo, frozen.clone()), pump(ro, wi, frozen));
                         }
                     });
                     relays.lock().unwrap().push(relay);
@@ -230,9 +233,15 @@ impl Proxy {
         Proxy {
             addr,
             accepting,
+            frozen,
             relays,
             accept,
         }
+    }
+
+    /// Holds every byte in both directions (a network that silently stopped), or resumes.
+    fn set_frozen(&self, on: bool) {
+        self.frozen.store(on, Ordering::SeqCst);
     }
 
     fn set_accepting(&self, on: bool) {
@@ -252,6 +261,29 @@ impl Drop for Proxy {
         self.accept.abort();
         self.cut_all();
     }
+}
+
+/// Copies one direction, holding the bytes while `frozen`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 /// Polls `verify` on `node` until it is refused as revoked; returns how long that took.
@@ -558,6 +590,43 @@ async fn feed_loss_falls_back_to_the_short_ttl_and_reconnects() {
         "postgres feed loss: reported {noticed:?} after the LISTEN backend was terminated; a revoke was seen through the fallback TTL after {fallback:?}; the feed reconnected {reconnected:?} after the server was reachable again; a revoke was then seen through the feed after {via_feed:?}"
     ));
     assert!(via_feed < Duration::from_secs(1), "took {via_feed:?}");
+}
+
+/// A feed connection that silently stops answering (no reset, no close) is noticed by its
+/// heartbeat, reported, and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_feed_is_noticed_by_its_heartbeat() {
+    let Some(cfg) = database_url("a_silently_dead_feed_is_noticed_by_its_heartbeat") else {
+        return;
+    };
+    let proxy = Proxy::start(tcp_target(&cfg)).await;
+    let store = PostgresStore::connect(&conninfo(&cfg, &app("silent"), Some(proxy.addr), None))
+        .await
+        .unwrap();
+    let (spy, log) = Spy::recorder();
+    let listener: Arc<dyn ChangeListener> = spy;
+    store.changes(Arc::downgrade(&listener));
+    wait_until(Duration::from_secs(10), || {
+        log.count(&FeedEvent::Connected) == 1
+    })
+    .await
+    .expect("the feed never connected");
+    proxy.set_frozen(true);
+    // A probe every 2 s that times out after 3 s: noticed within about 5 s.
+    let noticed = wait_until(Duration::from_secs(15), || {
+        log.count(&FeedEvent::Disconnected) == 1
+    })
+    .await
+    .expect("a silently dead feed connection was never noticed");
+    proxy.set_frozen(false);
+    let back = wait_until(Duration::from_secs(15), || {
+        log.count(&FeedEvent::Connected) == 2
+    })
+    .await
+    .expect("the feed never reconnected");
+    report(&format!(
+        "postgres silent feed death noticed after {noticed:?}; reconnected {back:?} later"
+    ));
 }
 
 #[tokio::test]

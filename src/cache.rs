@@ -131,16 +131,19 @@ impl Cache {
     /// Takes a ticket before reading `id` from the store.
     pub(crate) fn ticket(&self, id: &KeyId) -> FillTicket {
         let started = Instant::now();
-        let ttl = if self.feed.load(Ordering::Acquire) == FEED_LIVE {
-            self.ttl
-        } else {
-            self.fallback_ttl
-        };
+        // The generation first, under the shard lock, then the feed state: a flush orders
+        // `feed.store` before its shard write, so a ticket that saw the post-flush generation
+        // also sees the post-flush feed state (and a pre-flush generation is fenced off).
         let generation = self
             .shard(id)
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .generation;
+        let ttl = if self.feed.load(Ordering::Acquire) == FEED_LIVE {
+            self.ttl
+        } else {
+            self.fallback_ttl
+        };
         FillTicket {
             generation,
             started,
@@ -161,16 +164,17 @@ impl Cache {
         if shard.generation != ticket.generation {
             return;
         }
-        if shard.map.len() >= self.per_shard && !shard.map.contains_key(&id) {
-            let now = Instant::now();
-            shard.map.retain(|_, e| e.valid_until > now);
-            if shard.map.len() >= self.per_shard
-                && let Some(victim) = shard.map.keys().next().copied()
-            {
-                shard.map.remove(&victim);
-            }
+        // A TTL too large for the clock means "do not cache", never a panic.
+        let Some(valid_until) = ticket.started.checked_add(ticket.ttl) else {
+            return;
+        };
+        if shard.map.len() >= self.per_shard
+            && !shard.map.contains_key(&id)
+            && let Some(victim) = shard.map.keys().next().copied()
+        {
+            // Bounded, constant-time eviction of an arbitrary entry (ids are random).
+            shard.map.remove(&victim);
         }
-        let valid_until = ticket.started + ticket.ttl;
         shard.map.insert(
             id,
             Entry {
@@ -191,6 +195,13 @@ impl Cache {
         shard.map.remove(id);
     }
 
+    /// Fences `id` now and again when the returned guard drops: wrap a store write in it, so
+    /// the cache is fenced after the write even if the caller's future is dropped mid-write.
+    pub(crate) fn fence(&self, id: KeyId) -> Fence<'_> {
+        self.invalidate(&id);
+        Fence { cache: self, id }
+    }
+
     /// Forgets everything and fences off every fill in flight.
     pub(crate) fn flush(&self) {
         for s in self.shards.iter() {
@@ -206,6 +217,18 @@ impl Cache {
             .iter()
             .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).map.len())
             .sum()
+    }
+}
+
+/// See [`Cache::fence`].
+pub(crate) struct Fence<'a> {
+    cache: &'a Cache,
+    id: KeyId,
+}
+
+impl Drop for Fence<'_> {
+    fn drop(&mut self) {
+        self.cache.invalidate(&self.id);
     }
 }
 

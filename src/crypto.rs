@@ -161,6 +161,8 @@ pub(crate) fn cbc_decrypt(cipher: Aes128, iv: &[u8; 16], ct: &[u8; 32]) -> Zeroi
 pub struct Keyring {
     current: u32,
     keys: Vec<(u32, Subkeys)>,
+    /// Versions added with `with_next`: newer than current, never rewrapped down.
+    next: Vec<u32>,
     duplicate: Option<u32>,
 }
 
@@ -170,6 +172,7 @@ impl Keyring {
         Keyring {
             current: version,
             keys: vec![(version, Subkeys::derive(&key))],
+            next: Vec::new(),
             duplicate: None,
         }
     }
@@ -181,8 +184,15 @@ impl Keyring {
 
     /// Adds a newer version that can open records (sealed by nodes already deployed with it)
     /// but does not seal.
-    pub fn with_next(self, version: u32, key: MasterKey) -> Self {
+    pub fn with_next(mut self, version: u32, key: MasterKey) -> Self {
+        self.next.push(version);
         self.with_open_only(version, key)
+    }
+
+    /// Whether `version` was added with [`Keyring::with_next`] (records sealed under it come
+    /// from nodes already upgraded; `rewrap` leaves them alone).
+    pub fn is_next(&self, version: u32) -> bool {
+        self.next.contains(&version)
     }
 
     fn with_open_only(mut self, version: u32, key: MasterKey) -> Self {

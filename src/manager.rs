@@ -141,6 +141,8 @@ pub struct RewrapReport {
     /// Records that failed their integrity check (reported, never re-sealed) or could not be
     /// written after retries.
     pub failed: usize,
+    /// Records sealed under a `next` version (by nodes already upgraded), left as they are.
+    pub newer: usize,
 }
 
 /// Generates, verifies and manages an organization's API keys over a [`KeyStore`].
@@ -265,11 +267,28 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     }
 
     /// Reads a record of the actor's organization (`NotFound` for another org's).
-    async fn load(&self, actor: &Actor, id: &KeyId) -> Result<KeyRecord, Error> {
+    async fn fetch(&self, actor: Option<&Actor>, id: &KeyId) -> Result<KeyRecord, Error> {
         match self.inner.store.get(id).await? {
-            Some(rec) if rec.org == *actor.org() => Ok(rec),
+            Some(rec) if actor.is_none_or(|a| rec.org == *a.org()) => Ok(rec),
             _ => Err(Error::NotFound),
         }
+    }
+
+    /// Reads a record to act on: of the actor's organization (`NotFound` otherwise; `None` for
+    /// host-level jobs) and stored under the id it names (`Integrity` otherwise — a row copied
+    /// under another id must never make an operation act on, or reveal, a different key).
+    async fn load(&self, actor: Option<&Actor>, id: &KeyId) -> Result<KeyRecord, Error> {
+        let rec = self.fetch(actor, id).await?;
+        if rec.id != *id {
+            self.audit_best_effort(
+                AuditAction::IntegrityFailure,
+                actor,
+                Some(&rec.org),
+                Some(*id),
+            );
+            return Err(Error::Integrity);
+        }
+        Ok(rec)
     }
 
     /// Opens a record, auditing an integrity failure.
@@ -413,7 +432,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// another organization's; [`Error::Integrity`] for a tampered record.
     pub async fn get(&self, actor: &Actor, id: &KeyId) -> Result<KeyInfo, Error> {
         Self::require_manager(actor)?;
-        let rec = self.load(actor, id).await?;
+        let rec = self.load(Some(actor), id).await?;
         rec.authenticate(&self.keyring()).inspect_err(|_| {
             self.audit_best_effort(
                 AuditAction::IntegrityFailure,
@@ -445,7 +464,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 "revealing existing keys is turned off by the policy (allow_reveal)".into(),
             ));
         }
-        let rec = self.load(actor, id).await?;
+        let rec = self.load(Some(actor), id).await?;
         let secret = self.open(&self.keyring(), &rec, Some(actor))?;
         match KeyStatus::of(&rec, self.inner.clock.now()) {
             KeyStatus::Revoked => return Err(Error::Revoked),
@@ -473,21 +492,25 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         mut change: impl FnMut(&mut KeyRecord) -> Result<bool, Error>,
     ) -> Result<(KeyRecord, bool), Error> {
         for _ in 0..CAS_RETRIES {
-            let rec = match actor {
-                Some(a) => self.load(a, id).await?,
-                None => self.inner.store.get(id).await?.ok_or(Error::NotFound)?,
-            };
+            let rec = self.load(actor, id).await?;
             let keyring = self.keyring();
             let secret = self.open(&keyring, &rec, actor)?;
             let mut next = rec.clone();
             if !change(&mut next)? {
                 return Ok((rec, false));
             }
-            next.revision = rec.revision + 1;
+            // Revisions live in an `i64` column; one at the limit is corrupt, never wrapped.
+            next.revision = rec
+                .revision
+                .checked_add(1)
+                .filter(|r| *r <= i64::MAX as u64)
+                .ok_or(Error::Integrity)?;
             next.reseal(&keyring, &secret)?;
-            let result = self.inner.store.update(next.clone(), rec.revision).await;
-            // Whatever the store answered, the write may have happened: fence the cache.
-            self.inner.cache.invalidate(id);
+            let result = {
+                // Fenced before the write and after it, even if this future is dropped midway.
+                let _fence = self.inner.cache.fence(*id);
+                self.inner.store.update(next.clone(), rec.revision).await
+            };
             match result {
                 Ok(()) => return Ok((next, true)),
                 Err(StoreError::Conflict) => continue,
@@ -533,9 +556,11 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// [`Error::PermissionDenied`]; [`Error::NotFound`]; [`Error::Store`].
     pub async fn delete(&self, actor: &Actor, id: &KeyId) -> Result<(), Error> {
         Self::require_manager(actor)?;
-        self.load(actor, id).await?;
-        let removed = self.inner.store.delete(id).await;
-        self.inner.cache.invalidate(id);
+        self.fetch(Some(actor), id).await?;
+        let removed = {
+            let _fence = self.inner.cache.fence(*id);
+            self.inner.store.delete(id).await
+        };
         if !removed? {
             return Err(Error::NotFound);
         }
@@ -565,7 +590,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     ) -> Result<(ApiKey, KeyInfo), Error> {
         Self::require_manager(actor)?;
         let now = whole_seconds(self.inner.clock.now());
-        let old = self.load(actor, id).await?;
+        let old = self.load(Some(actor), id).await?;
         self.open(&self.keyring(), &old, Some(actor))?;
         match KeyStatus::of(&old, now) {
             KeyStatus::Revoked => return Err(Error::Revoked),
@@ -577,7 +602,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             .create(actor, old.name.clone(), old.scopes.clone(), now, expires_at)
             .await?;
         // Saturating: an absurd overlap (it may come from a request) can never panic.
-        let cutoff = now.saturating_add(overlap.max(Duration::ZERO));
+        let cutoff = whole_seconds(now.saturating_add(overlap.max(Duration::ZERO)));
         let shortened = self
             .modify(Some(actor), id, |r| {
                 if r.revoked_at.is_some() {
@@ -683,14 +708,23 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             let Some(last) = page.last() else { break };
             after = Some(last.id);
             for rec in &page {
-                let current = self.keyring().current_version();
+                let keyring = self.keyring();
+                let current = keyring.current_version();
                 if rec.sealed.key_version == current {
                     report.already_current += 1;
                     continue;
                 }
+                if keyring.is_next(rec.sealed.key_version) {
+                    // Sealed by an already upgraded node: never move it down.
+                    report.newer += 1;
+                    continue;
+                }
                 let from = rec.sealed.key_version;
                 let result = self
-                    .modify(None, &rec.id, |r| Ok(r.sealed.key_version != current))
+                    .modify(None, &rec.id, |r| {
+                        Ok(r.sealed.key_version != current
+                            && !keyring.is_next(r.sealed.key_version))
+                    })
                     .await;
                 match result {
                     Ok((_, false)) => report.already_current += 1,
@@ -800,12 +834,13 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             }
         };
         let matched: bool = secret.ct_eq(parsed.secret()).into();
-        let facts = Arc::new(Facts::from_record(&rec));
-        cache.fill(ticket, facts.clone(), cache.fingerprint(&secret));
         if !matched {
+            // Not cached: wrong guesses must not be able to churn the cache.
             self.verify_failed(FailureClass::InvalidKey, Some(&rec.org), Some(id));
             return Err(Error::InvalidKey);
         }
+        let facts = Arc::new(Facts::from_record(&rec));
+        cache.fill(ticket, facts.clone(), cache.fingerprint(&secret));
         Ok(facts)
     }
 

@@ -207,6 +207,12 @@ pub(crate) fn check_name(name: &str) -> Result<(), Error> {
 
 /// Checks a scope list: 1–8 scopes after de-duplication.
 pub(crate) fn check_scopes(scopes: &[Scope]) -> Result<Vec<Scope>, Error> {
+    // `Scope::Custom` can be built directly; its name is checked here, on input.
+    for scope in scopes {
+        if let Scope::Custom(name) = scope {
+            Scope::custom(&**name)?;
+        }
+    }
     let mut s = scopes.to_vec();
     s.sort();
     s.dedup();

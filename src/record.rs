@@ -195,6 +195,9 @@ impl KeyRecord {
     fn reseal_with_iv(&mut self, keyring: &Keyring, secret: &[u8; SECRET_LEN], iv: [u8; 16]) {
         let (version, keys) = keyring.current();
         self.format = RECORD_FORMAT;
+        self.created_at = whole_seconds(self.created_at);
+        self.expires_at = self.expires_at.map(whole_seconds);
+        self.revoked_at = self.revoked_at.map(whole_seconds);
         self.scopes.sort();
         self.scopes.dedup();
         self.sealed.key_version = version;
@@ -223,7 +226,7 @@ impl KeyRecord {
 
     /// Checks the format, the key version and (in constant time) the tag, without decrypting.
     pub(crate) fn authenticate<'k>(&self, keyring: &'k Keyring) -> Result<&'k Subkeys, Error> {
-        if self.format != RECORD_FORMAT {
+        if self.format != RECORD_FORMAT || !self.is_canonical() {
             return Err(Error::Integrity);
         }
         let keys = keyring
@@ -235,6 +238,21 @@ impl KeyRecord {
         } else {
             Err(Error::Integrity)
         }
+    }
+
+    /// Whether the typed values are in the one form the encoding assumes: scopes strictly
+    /// sorted (so unique) with valid custom names, timestamps in whole seconds. Anything else
+    /// would let two different records share one tag.
+    fn is_canonical(&self) -> bool {
+        let whole = |t: &OffsetDateTime| t.nanosecond() == 0;
+        self.scopes.windows(2).all(|w| w[0] < w[1])
+            && self.scopes.iter().all(|s| match s {
+                Scope::Custom(c) => Scope::custom(&**c).is_ok(),
+                _ => true,
+            })
+            && whole(&self.created_at)
+            && self.expires_at.iter().all(whole)
+            && self.revoked_at.iter().all(whole)
     }
 
     fn compute_tag(&self, keys: &Subkeys) -> [u8; 16] {
@@ -269,11 +287,8 @@ impl KeyRecord {
         out(&self.sealed.key_version.to_be_bytes());
         out(&self.id.value().to_be_bytes());
         string(out, self.org.as_str());
-        let mut scopes: Vec<&Scope> = self.scopes.iter().collect();
-        scopes.sort();
-        scopes.dedup();
-        out(&(scopes.len() as u32).to_be_bytes());
-        for s in scopes {
+        out(&(self.scopes.len() as u32).to_be_bytes());
+        for s in &self.scopes {
             match s {
                 Scope::Scim => out(&[1]),
                 Scope::Prometheus => out(&[2]),

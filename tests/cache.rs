@@ -252,3 +252,62 @@ async fn the_cache_stays_within_its_capacity() {
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn wrong_secrets_do_not_fill_the_cache() {
+    let m = KeyManager::builder(MemoryStore::new(), keyring())
+        .build()
+        .unwrap();
+    let (key, _) = m.generate(&alice(), prom()).await.unwrap();
+    let t = key.expose_secret();
+    // Same id, other secret, valid checksum.
+    let body = format!(
+        "{}{}",
+        &t[..t.len() - 7],
+        if t.as_bytes()[t.len() - 7] == b'0' {
+            '1'
+        } else {
+            '0'
+        }
+    );
+    const A: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut v = crc32fast::hash(body.as_bytes()) as u64;
+    let mut c = [b'0'; 6];
+    for slot in c.iter_mut().rev() {
+        *slot = A[(v % 62) as usize];
+        v /= 62;
+    }
+    let wrong = format!("{body}{}", std::str::from_utf8(&c).unwrap());
+    assert!(matches!(
+        m.verify(&wrong, &Scope::Prometheus).await,
+        Err(Error::InvalidKey)
+    ));
+    assert_eq!(m.cached_records(), 0);
+    m.verify(t, &Scope::Prometheus).await.unwrap();
+    assert_eq!(m.cached_records(), 1);
+    assert!(matches!(
+        m.verify(&wrong, &Scope::Prometheus).await,
+        Err(Error::InvalidKey)
+    ));
+}
+
+#[tokio::test]
+async fn an_enormous_ttl_means_cache_for_long_not_panic() {
+    let m = KeyManager::builder(MemoryStore::new(), keyring())
+        .cache_ttl(StdDuration::MAX)
+        .cache_fallback_ttl(StdDuration::MAX)
+        .build()
+        .unwrap();
+    let (key, info) = m.generate(&alice(), prom()).await.unwrap();
+    m.verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    m.verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    m.revoke(&alice(), &info.id).await.unwrap();
+    assert!(matches!(
+        m.verify(key.expose_secret(), &Scope::Prometheus).await,
+        Err(Error::Revoked)
+    ));
+}

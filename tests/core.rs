@@ -731,7 +731,9 @@ async fn debug_output_never_contains_a_token_or_key_bytes() {
         format!("ApiKey {{ id: KeyId({}), token: \"[redacted]\" }}", info.id)
     );
     // Errors never echo their input.
-    let near = format!("{}0", &token[..token.len() - 1]);
+    // The token with its last character changed (always a different one).
+    let last = if token.ends_with('0') { '1' } else { '0' };
+    let near = format!("{}{last}", &token[..token.len() - 1]);
     let err = s
         .manager
         .verify(&near, &Scope::Prometheus)
@@ -794,4 +796,173 @@ async fn ids_and_actors_reject_bad_input_without_panicking() {
     assert!(a.is_manager());
     assert!(!Actor::member(OrgId::new("o"), UserId::new("u")).is_manager());
     let _ = OffsetDateTime::UNIX_EPOCH;
+}
+
+#[tokio::test]
+async fn custom_scopes_built_directly_are_still_checked() {
+    let s = setup();
+    for bad in ["scim", "prometheus", "Bad Name", ""] {
+        let req = GenerateRequest::new("k").scope(Scope::Custom(bad.into()));
+        assert!(
+            matches!(
+                s.manager.generate(&alice(), req).await,
+                Err(Error::Policy(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    let long = "a".repeat(10_000);
+    let req = GenerateRequest::new("k").scope(Scope::Custom(long.as_str().into()));
+    assert!(matches!(
+        s.manager.generate(&alice(), req).await,
+        Err(Error::Policy(_))
+    ));
+}
+
+/// A store whose row for `alias` holds the authentic record of `target` (id field and all),
+/// as a database row overwritten by copying another row would.
+#[derive(Clone)]
+struct Misdirecting {
+    inner: MemoryStore,
+    alias: KeyId,
+    target: KeyId,
+}
+
+impl KeyStore for Misdirecting {
+    async fn insert(&self, r: api_keys::KeyRecord) -> Result<(), api_keys::StoreError> {
+        self.inner.insert(r).await
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<api_keys::KeyRecord>, api_keys::StoreError> {
+        let id = if *id == self.alias { self.target } else { *id };
+        self.inner.get(&id).await
+    }
+    async fn list(&self, org: &OrgId) -> Result<Vec<api_keys::KeyRecord>, api_keys::StoreError> {
+        self.inner.list(org).await
+    }
+    async fn update(&self, r: api_keys::KeyRecord, e: u64) -> Result<(), api_keys::StoreError> {
+        self.inner.update(r, e).await
+    }
+    async fn delete(&self, id: &KeyId) -> Result<bool, api_keys::StoreError> {
+        self.inner.delete(id).await
+    }
+    async fn scan(
+        &self,
+        a: Option<&KeyId>,
+        l: usize,
+    ) -> Result<Vec<api_keys::KeyRecord>, api_keys::StoreError> {
+        self.inner.scan(a, l).await
+    }
+    async fn touch(&self, id: &KeyId, at: OffsetDateTime) -> Result<(), api_keys::StoreError> {
+        self.inner.touch(id, at).await
+    }
+}
+
+#[tokio::test]
+async fn a_row_holding_another_keys_record_is_never_acted_on() {
+    let store = MemoryStore::new();
+    let s = setup_with(store.clone(), Policy::default().allow_reveal(true));
+    let (key_x, x) = s.manager.generate(&alice(), prom("x")).await.unwrap();
+    let (_, y) = s.manager.generate(&alice(), prom("y")).await.unwrap();
+    let bad = setup_with(
+        Misdirecting {
+            inner: store.clone(),
+            alias: y.id,
+            target: x.id,
+        },
+        Policy::default().allow_reveal(true),
+    );
+    let m = &bad.manager;
+    assert!(matches!(
+        m.get(&alice(), &y.id).await,
+        Err(Error::Integrity)
+    ));
+    assert!(matches!(
+        m.revoke(&alice(), &y.id).await,
+        Err(Error::Integrity)
+    ));
+    assert!(matches!(
+        m.reveal(&alice(), &y.id).await,
+        Err(Error::Integrity)
+    ));
+    assert!(matches!(
+        m.roll(&alice(), &y.id, Duration::ZERO).await,
+        Err(Error::Integrity)
+    ));
+    // x was not touched by any of it.
+    m.verify(key_x.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    let rec_x = store.get(&x.id).await.unwrap().unwrap();
+    assert_eq!(
+        (rec_x.revision, rec_x.revoked_at, rec_x.expires_at),
+        (1, None, x.expires_at)
+    );
+}
+
+#[tokio::test]
+async fn non_canonical_records_fail_integrity() {
+    let store = MemoryStore::new();
+    let s = setup_with(store.clone(), Policy::default());
+    let (key, info) = s
+        .manager
+        .generate(
+            &alice(),
+            GenerateRequest::new("k")
+                .scope(Scope::Scim)
+                .scope(Scope::Prometheus),
+        )
+        .await
+        .unwrap();
+    let good = store.get(&info.id).await.unwrap().unwrap();
+    let variants: Vec<api_keys::KeyRecord> = vec![
+        api_keys::KeyRecord {
+            scopes: vec![Scope::Prometheus, Scope::Scim],
+            ..good.clone()
+        },
+        api_keys::KeyRecord {
+            scopes: vec![Scope::Scim, Scope::Scim, Scope::Prometheus],
+            ..good.clone()
+        },
+        api_keys::KeyRecord {
+            created_at: good.created_at + Duration::milliseconds(1),
+            ..good.clone()
+        },
+    ];
+    for bad in variants {
+        store.overwrite_unchecked(bad.clone());
+        let fresh = setup_with(store.clone(), Policy::default());
+        let r = fresh
+            .manager
+            .verify(key.expose_secret(), &Scope::Prometheus)
+            .await;
+        assert!(matches!(r, Err(Error::Integrity)), "{bad:?}: {r:?}");
+    }
+    store.overwrite_unchecked(good);
+    let fresh = setup_with(store, Policy::default());
+    fresh
+        .manager
+        .verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_revision_at_the_i64_limit_is_refused_not_wrapped() {
+    let store = MemoryStore::new();
+    let s = setup_with(store.clone(), Policy::default());
+    let (_, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
+    let mut rec = store.get(&info.id).await.unwrap().unwrap();
+    rec.revision = i64::MAX as u64;
+    store.overwrite_unchecked(rec);
+    assert!(matches!(
+        s.manager.revoke(&alice(), &info.id).await,
+        Err(Error::Integrity)
+    ));
+    let mut rec = store.get(&info.id).await.unwrap().unwrap();
+    rec.revision = u64::MAX;
+    store.overwrite_unchecked(rec);
+    assert!(matches!(
+        s.manager.revoke(&alice(), &info.id).await,
+        Err(Error::Integrity)
+    ));
 }

@@ -676,3 +676,39 @@ async fn absurd_durations_from_requests_never_panic() {
         Err(Error::Policy(_))
     ));
 }
+
+#[tokio::test]
+async fn roll_truncates_the_cutoff_to_whole_seconds() {
+    let s = setup();
+    let (_, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
+    s.manager
+        .roll(&alice(), &info.id, Duration::milliseconds(1500))
+        .await
+        .unwrap();
+    let rec = s.manager.store().get(&info.id).await.unwrap().unwrap();
+    assert_eq!(rec.expires_at, Some(start() + Duration::seconds(1)));
+}
+
+#[tokio::test]
+async fn rewrap_on_a_lagging_node_never_moves_newer_records_down() {
+    let store = MemoryStore::new();
+    let upgraded = setup_with(store.clone(), Policy::default());
+    upgraded.manager.set_keyring(v2_keyring()).unwrap();
+    let (key, info) = upgraded
+        .manager
+        .generate(&alice(), prom("k"))
+        .await
+        .unwrap();
+    let lagging = KeyManager::builder(
+        store.clone(),
+        Keyring::new(1, MasterKey::from_bytes(MASTER))
+            .with_next(2, MasterKey::from_bytes(*b"fedcba9876543210")),
+    )
+    .clock(upgraded.clock.clone())
+    .build()
+    .unwrap();
+    let report = lagging.rewrap().await.unwrap();
+    assert_eq!((report.rewrapped, report.newer, report.failed), (0, 1, 0));
+    assert_eq!(store.get(&info.id).await.unwrap().unwrap().key_version(), 2);
+    works(&lagging, key.expose_secret()).await.unwrap();
+}

@@ -75,6 +75,9 @@ pub trait ChangeListener: Send + Sync {
 ///   [`KeyId`]'s `Ord`); `scan` returns records of all organizations with ids strictly greater
 ///   than `after`, ascending by that same order, at most `limit` of them.
 /// - revisions fit in an `i64`.
+/// - (known limit) a `touch` that lands between a manager's read and its compare-and-swap
+///   `update` of the same record is overwritten by the older `last_used_at`; it only affects
+///   last-use reporting, and the next use (a minute later at most) records it again.
 /// - a record read back is equal to the one written (timestamps are whole seconds).
 pub trait KeyStore: Send + Sync {
     /// Inserts a new record.

@@ -1,0 +1,197 @@
+//! A runnable server guarding `/metrics` (Prometheus) and `/scim/v2/Users` (SCIM) with API
+//! keys, with a JSON management API for an organization's managers.
+//!
+//! ```text
+//! cargo run --example server --features axum -- [PORT] [--allow-reveal]
+//! ```
+//!
+//! The port comes from the first argument, else `PORT`, else 8080; the server binds
+//! 127.0.0.1. Keys live in memory (they vanish with the process). The master key comes from
+//! `API_KEYS_MASTER_KEY` (32 hex digits) or is generated at random for this run.
+//!
+//! Who the caller of the management API is comes from a *demo* stand-in for the host's own
+//! login session: a signed `X-Demo-Session` header. The server prints two such sessions at
+//! start (alice, a manager of acme; bob, a member). A real host builds the `Actor` from its
+//! own session instead.
+
+mod app;
+
+use std::net::Ipv4Addr;
+use std::process::ExitCode;
+
+use api_keys::{AnyStore, Keyring, MasterKey, MemoryStore, Policy};
+
+const USAGE: &str = "usage: server [PORT] [--allow-reveal]   (PORT also from the environment; default 8080; binds 127.0.0.1)
+  --allow-reveal   let managers copy an existing key again (every reveal is audited)
+environment: PORT, API_KEYS_MASTER_KEY (32 hex digits; random when unset)";
+
+/// What the command line and the environment ask for.
+#[derive(Debug, PartialEq, Eq)]
+struct Config {
+    port: u16,
+    db: Option<String>,
+    allow_reveal: bool,
+}
+
+fn parse_config(
+    args: impl IntoIterator<Item = String>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, String> {
+    let mut port: Option<String> = None;
+    let mut db: Option<String> = None;
+    let mut allow_reveal = false;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            "--allow-reveal" => allow_reveal = true,
+            "--db" => db = Some(args.next().ok_or("--db needs a path")?),
+            a if a.starts_with("--db=") => db = Some(a["--db=".len()..].to_string()),
+            a if a.starts_with('-') => return Err(format!("unknown option {a}\n{USAGE}")),
+            a if port.is_none() => port = Some(a.to_string()),
+            a => return Err(format!("unexpected argument {a}\n{USAGE}")),
+        }
+    }
+    let port = match port.or_else(|| env("PORT")) {
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| format!("invalid port {p:?}: expected 0-65535"))?,
+        None => 8080,
+    };
+    let db = db.or_else(|| env("API_KEYS_DB").filter(|p| !p.is_empty()));
+    Ok(Config {
+        port,
+        db,
+        allow_reveal,
+    })
+}
+
+/// The master key from `API_KEYS_MASTER_KEY`, or a random one for this run.
+fn keyring() -> Result<Keyring, String> {
+    match std::env::var("API_KEYS_MASTER_KEY") {
+        Ok(hex_key) => {
+            let mut bytes = zeroize::Zeroizing::new([0u8; 16]);
+            hex::decode_to_slice(hex_key.trim(), &mut *bytes)
+                .map_err(|_| "API_KEYS_MASTER_KEY must be 32 hex digits".to_string())?;
+            Ok(Keyring::new(1, MasterKey::from_bytes(*bytes)))
+        }
+        Err(_) => {
+            eprintln!(
+                "note: API_KEYS_MASTER_KEY is not set; using a random master key for this run"
+            );
+            let key = MasterKey::try_generate().map_err(|e| e.to_string())?;
+            Ok(Keyring::new(1, key))
+        }
+    }
+}
+
+fn store(config: &Config) -> Result<AnyStore, String> {
+    match &config.db {
+        None => Ok(AnyStore::new(MemoryStore::new())),
+        Some(_) => Err(
+            "--db / API_KEYS_DB need a SQLite store, which this build does not have".to_string(),
+        ),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_target(true)
+        .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let config = parse_config(std::env::args().skip(1), |k| std::env::var(k).ok())?;
+    let policy = Policy::default().allow_reveal(config.allow_reveal);
+    let state = app::AppState::with_policy(store(&config)?, keyring()?, policy)
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, config.port))
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", config.port))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("api-keys example server on http://{addr} (keys in memory)");
+    println!("demo sessions (send as the X-Demo-Session header; a real host uses its own login):");
+    for s in state.demo_sessions() {
+        println!("  {:<26} {}", s.label, s.session);
+    }
+    println!("try:");
+    if let Some(alice) = state.demo_sessions().first() {
+        println!(
+            "  curl -s -H 'X-Demo-Session: {}' -H 'Content-Type: application/json' \\\n    -d '{{\"name\":\"prometheus\",\"scopes\":[\"prometheus\"],\"expiry\":{{\"days\":30}}}}' http://{addr}/api/keys",
+            alice.session
+        );
+    }
+    println!("  curl -s -H 'Authorization: Bearer <key>' http://{addr}/metrics");
+    axum::serve(listener, app::router(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn port_from_argument_then_env_then_default() {
+        let c = parse_config(args(&["9000"]), env_of(&[("PORT", "7000")])).unwrap();
+        assert_eq!(c.port, 9000);
+        let c = parse_config(args(&[]), env_of(&[("PORT", "7000")])).unwrap();
+        assert_eq!(c.port, 7000);
+        let c = parse_config(args(&[]), env_of(&[])).unwrap();
+        assert_eq!(
+            c,
+            Config {
+                port: 8080,
+                db: None,
+                allow_reveal: false
+            }
+        );
+        let c = parse_config(args(&["--allow-reveal", "81"]), env_of(&[])).unwrap();
+        assert_eq!((c.port, c.allow_reveal), (81, true));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        assert!(parse_config(args(&["99999"]), env_of(&[])).is_err());
+        assert!(parse_config(args(&["x"]), env_of(&[])).is_err());
+        assert!(parse_config(args(&["--nope"]), env_of(&[])).is_err());
+        assert!(parse_config(args(&["1", "2"]), env_of(&[])).is_err());
+        assert!(parse_config(args(&["--db"]), env_of(&[])).is_err());
+    }
+
+    #[test]
+    fn db_from_flag_or_env() {
+        let c = parse_config(args(&["--db", "k.db"]), env_of(&[])).unwrap();
+        assert_eq!(c.db.as_deref(), Some("k.db"));
+        let c = parse_config(args(&["--db=x.db", "81"]), env_of(&[])).unwrap();
+        assert_eq!((c.port, c.db.as_deref()), (81, Some("x.db")));
+        let c = parse_config(args(&[]), env_of(&[("API_KEYS_DB", "e.db")])).unwrap();
+        assert_eq!(c.db.as_deref(), Some("e.db"));
+        assert!(store(&c).is_err(), "no SQLite store in this build");
+    }
+}

@@ -1,0 +1,993 @@
+//! End to end over real HTTP: the example server's router served on an ephemeral port of
+//! 127.0.0.1, called with a real HTTP/1.1 client (hyper), one connection per request.
+
+#[allow(dead_code)]
+#[path = "../examples/server/app.rs"]
+mod app;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use api_keys::{AnyStore, Keyring, MasterKey, MemoryStore};
+use axum::body::Bytes;
+use axum::http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, HeaderName, HeaderValue, WWW_AUTHENTICATE,
+};
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Server {
+    addr: SocketAddr,
+    state: app::AppState,
+}
+
+async fn start() -> Server {
+    start_on(MemoryStore::new()).await
+}
+
+/// Serves the app over `store` (a clone shares the map, so a test can reach into it).
+async fn start_on(store: MemoryStore) -> Server {
+    capture_logs();
+    let state = app::AppState::new(AnyStore::new(store), Keyring::new(1, MasterKey::generate()))
+        .expect("state");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let router = app::router(state.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Server { addr, state }
+}
+
+impl Server {
+    fn alice(&self) -> String {
+        self.state.session("acme", "alice", "manager").unwrap()
+    }
+
+    fn bob(&self) -> String {
+        self.state.session("acme", "bob", "member").unwrap()
+    }
+
+    fn call(&self, method: Method, path: &str) -> Call {
+        Call {
+            addr: self.addr,
+            method,
+            path: path.to_string(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    fn get(&self, path: &str) -> Call {
+        self.call(Method::GET, path)
+    }
+
+    fn post(&self, path: &str) -> Call {
+        self.call(Method::POST, path)
+    }
+
+    fn delete(&self, path: &str) -> Call {
+        self.call(Method::DELETE, path)
+    }
+
+    /// Creates a key as alice and returns (token, info).
+    async fn create(&self, body: Value) -> (String, Value) {
+        let r = self
+            .post("/api/keys")
+            .session(&self.alice())
+            .json(&body)
+            .send()
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let v = r.json();
+        (v["key"].as_str().unwrap().to_string(), v["info"].clone())
+    }
+
+    async fn scrape(&self, token: &str) -> Reply {
+        self.get("/metrics").bearer(token).send().await
+    }
+}
+
+struct Call {
+    addr: SocketAddr,
+    method: Method,
+    path: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Bytes,
+}
+
+impl Call {
+    fn header(mut self, name: HeaderName, value: &[u8]) -> Self {
+        self.headers
+            .push((name, HeaderValue::from_bytes(value).unwrap()));
+        self
+    }
+
+    fn session(self, s: &str) -> Self {
+        self.header(HeaderName::from_static(app::SESSION_HEADER), s.as_bytes())
+    }
+
+    fn bearer(self, token: &str) -> Self {
+        self.header(AUTHORIZATION, format!("Bearer {token}").as_bytes())
+    }
+
+    fn json(mut self, v: &Value) -> Self {
+        self.body = Bytes::from(v.to_string());
+        self.header(CONTENT_TYPE, b"application/json")
+    }
+
+    fn raw_body(mut self, b: &str) -> Self {
+        self.body = Bytes::from(b.to_string());
+        self
+    }
+
+    async fn send(self) -> Reply {
+        let stream = TcpStream::connect(self.addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(self.method)
+            .uri(&self.path)
+            .header(HOST, self.addr.to_string());
+        for (n, v) in self.headers {
+            req = req.header(n, v);
+        }
+        let resp = sender
+            .send_request(req.body(Full::new(self.body)).unwrap())
+            .await
+            .expect("response");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).unwrap()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+
+    fn header(&self, name: HeaderName) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    fn challenge(&self) -> Option<&str> {
+        self.header(WWW_AUTHENTICATE)
+    }
+
+    /// Asserts a JSON error of `class`.
+    fn assert_error(&self, status: StatusCode, class: &str) {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(self.json()["error"], class, "{}", self.text());
+    }
+}
+
+/// Parses the Prometheus text exposition format (0.0.4) strictly, line by line, into
+/// `{series → value}` where a series is `name{labels}` as written. Panics on any line that
+/// is not a `# HELP`, a `# TYPE` or a sample of a declared family.
+fn parse_exposition(text: &str) -> HashMap<String, f64> {
+    fn is_name(s: &str) -> bool {
+        let mut b = s.bytes();
+        matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_' || c == b':')
+            && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':')
+    }
+    assert!(text.ends_with('\n'), "exposition must end with a newline");
+    let mut typed: HashMap<String, String> = HashMap::new();
+    let mut helped: HashSet<String> = HashSet::new();
+    let mut finished: HashSet<String> = HashSet::new();
+    let mut current: Option<String> = None;
+    let mut samples = HashMap::new();
+    for line in text.lines() {
+        assert!(!line.is_empty(), "empty line in exposition");
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').expect("HELP needs text");
+            assert!(is_name(name) && !help.is_empty(), "bad HELP line {line:?}");
+            assert!(helped.insert(name.to_string()), "second HELP for {name}");
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE needs a kind");
+            assert!(is_name(name), "bad TYPE line {line:?}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "bad type {kind}"
+            );
+            assert!(
+                typed.insert(name.to_string(), kind.to_string()).is_none(),
+                "second TYPE for {name}"
+            );
+            if let Some(prev) = current.replace(name.to_string()) {
+                finished.insert(prev);
+            }
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unexpected comment {line:?}");
+        let (series, value) = line.rsplit_once(' ').expect("sample needs a value");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(is_name(name), "bad metric name in {line:?}");
+        assert_eq!(
+            current.as_deref(),
+            Some(name),
+            "sample outside its family: {line:?}"
+        );
+        assert!(!finished.contains(name), "family {name} is not contiguous");
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            let inner = labels
+                .strip_prefix('{')
+                .and_then(|l| l.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("bad label set in {line:?}"));
+            for pair in inner.split(',') {
+                let (k, v) = pair.split_once('=').expect("label needs =");
+                assert!(
+                    is_name(k) && !k.starts_with("__"),
+                    "bad label name in {line:?}"
+                );
+                assert!(
+                    v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
+                    "label value must be quoted in {line:?}"
+                );
+            }
+        }
+        if typed[name] == "counter" {
+            assert!(
+                name.ends_with("_total"),
+                "counter {name} should end in _total"
+            );
+        }
+        assert!(
+            samples.insert(series.to_string(), value).is_none(),
+            "duplicate {series}"
+        );
+    }
+    for name in typed.keys() {
+        assert!(helped.contains(name), "{name} has no HELP");
+    }
+    samples
+}
+
+#[tokio::test]
+async fn a_prometheus_key_scrapes_until_it_is_revoked() {
+    let srv = start().await;
+    let (token, info) = srv
+        .create(json!({"name": "prometheus", "scopes": ["prometheus"], "expiry": {"days": 30}}))
+        .await;
+    assert_eq!(info["status"], "active");
+    assert_eq!(info["scopes"], json!(["prometheus"]));
+    let id = info["id"].as_str().unwrap().to_string();
+
+    let r = srv.scrape(&token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(
+        r.header(CONTENT_TYPE)
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+    );
+    let m = parse_exposition(&r.text());
+    assert_eq!(m[r#"api_keys_keys{org="acme",status="active"}"#], 1.0);
+    assert_eq!(m[r#"api_keys_keys{org="acme",status="revoked"}"#], 0.0);
+    assert_eq!(
+        m[r#"api_keys_verifications_total{org="acme",outcome="success"}"#],
+        1.0
+    );
+
+    // The Prometheus key has no SCIM scope.
+    let r = srv.get("/scim/v2/Users").bearer(&token).send().await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.challenge(),
+        Some(r#"Bearer realm="api", error="insufficient_scope", scope="scim""#)
+    );
+    assert_eq!(r.json(), json!({"error": "insufficient_scope"}));
+
+    let r = srv
+        .post(&format!("/api/keys/{id}/revoke"))
+        .session(&srv.alice())
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["status"], "revoked");
+
+    // The very next scrape fails.
+    let r = srv.scrape(&token).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.challenge(),
+        Some(r#"Bearer realm="api", error="invalid_token""#)
+    );
+    assert_eq!(r.json(), json!({"error": "invalid_token"}));
+
+    // A second key sees what happened.
+    let (second, _) = srv
+        .create(json!({"name": "prometheus 2", "scopes": ["prometheus"]}))
+        .await;
+    let m = parse_exposition(&srv.scrape(&second).await.text());
+    let org = |outcome: &str| {
+        m[&format!(r#"api_keys_verifications_total{{org="acme",outcome="{outcome}"}}"#)]
+    };
+    assert_eq!(org("success"), 2.0);
+    assert_eq!(org("revoked"), 1.0);
+    assert_eq!(org("scope_not_allowed"), 1.0);
+    assert_eq!(m[r#"api_keys_keys{org="acme",status="active"}"#], 1.0);
+    assert_eq!(m[r#"api_keys_keys{org="acme",status="revoked"}"#], 1.0);
+}
+
+#[tokio::test]
+async fn delete_stops_a_key_at_once_and_removes_it() {
+    let srv = start().await;
+    let (token, info) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+    let id = info["id"].as_str().unwrap();
+    assert_eq!(srv.scrape(&token).await.status, StatusCode::OK);
+    let r = srv
+        .delete(&format!("/api/keys/{id}"))
+        .session(&srv.alice())
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    assert!(r.body.is_empty());
+    let r = srv.scrape(&token).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.challenge(),
+        Some(r#"Bearer realm="api", error="invalid_token""#)
+    );
+    let r = srv
+        .get(&format!("/api/keys/{id}"))
+        .session(&srv.alice())
+        .send()
+        .await;
+    r.assert_error(StatusCode::NOT_FOUND, "not_found");
+    let list = srv.get("/api/keys").session(&srv.alice()).send().await;
+    assert_eq!(list.json(), json!([]));
+    let again = srv
+        .delete(&format!("/api/keys/{id}"))
+        .session(&srv.alice())
+        .send()
+        .await;
+    again.assert_error(StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn a_scim_key_lists_its_organizations_users() {
+    let srv = start().await;
+    let (token, _) = srv
+        .create(json!({"name": "okta", "scopes": ["scim"], "expiry": {"days": 90}}))
+        .await;
+    let r = srv.get("/scim/v2/Users").bearer(&token).send().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header(CONTENT_TYPE), Some("application/scim+json"));
+    let v = r.json();
+    assert_eq!(
+        v["schemas"],
+        json!(["urn:ietf:params:scim:api:messages:2.0:ListResponse"])
+    );
+    assert_eq!(v["totalResults"], 2);
+    assert_eq!(v["startIndex"], 1);
+    assert_eq!(v["itemsPerPage"], 2);
+    let names: Vec<&str> = v["Resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["userName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert_eq!(
+        v["Resources"][0]["schemas"],
+        json!(["urn:ietf:params:scim:schemas:core:2.0:User"])
+    );
+    // The filter SCIM clients send to look a user up, and paging.
+    let r = srv
+        .get("/scim/v2/Users?filter=userName%20eq%20%22bob%22")
+        .bearer(&token)
+        .send()
+        .await;
+    let v = r.json();
+    assert_eq!(
+        (v["totalResults"].as_u64(), v["itemsPerPage"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(v["Resources"][0]["userName"], "bob");
+    let v = srv
+        .get("/scim/v2/Users?filter=USERNAME+EQ+%22nobody%22")
+        .bearer(&token)
+        .send()
+        .await
+        .json();
+    assert_eq!(v["totalResults"], 0);
+    let v = srv
+        .get("/scim/v2/Users?startIndex=2&count=5")
+        .bearer(&token)
+        .send()
+        .await
+        .json();
+    assert_eq!(v["totalResults"], 2);
+    assert_eq!(v["startIndex"], 2);
+    assert_eq!(v["itemsPerPage"], 1);
+    assert_eq!(v["Resources"][0]["userName"], "bob");
+    let v = srv
+        .get("/scim/v2/Users?count=0")
+        .bearer(&token)
+        .send()
+        .await
+        .json();
+    assert_eq!(
+        (v["totalResults"].as_u64(), v["itemsPerPage"].as_u64()),
+        (Some(2), Some(0))
+    );
+    for bad in [
+        "filter=name%20co%20%22a%22",
+        "filter=userName%20eq%20bob",
+        "count=-1",
+    ] {
+        let r = srv
+            .get(&format!("/scim/v2/Users?{bad}"))
+            .bearer(&token)
+            .send()
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(r.header(CONTENT_TYPE), Some("application/scim+json"));
+        let v = r.json();
+        assert_eq!(
+            v["schemas"],
+            json!(["urn:ietf:params:scim:api:messages:2.0:Error"])
+        );
+        assert_eq!(v["status"], "400");
+    }
+
+    // And no Prometheus scope.
+    let r = srv.scrape(&token).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.challenge().unwrap().ends_with(r#"scope="prometheus""#));
+
+    // A SCIM key of another organization sees that organization's (empty) directory.
+    let carol = srv.state.session("globex", "carol", "manager").unwrap();
+    let r = srv
+        .post("/api/keys")
+        .session(&carol)
+        .json(&json!({"name": "scim", "scopes": ["scim"]}))
+        .send()
+        .await;
+    let other = r.json()["key"].as_str().unwrap().to_string();
+    let v = srv.get("/scim/v2/Users").bearer(&other).send().await.json();
+    assert_eq!(v["totalResults"], 0);
+    assert_eq!(v["Resources"], json!([]));
+}
+
+#[tokio::test]
+async fn missing_malformed_and_oversized_authorization_headers() {
+    let srv = start().await;
+    let (token, _) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+
+    let r = srv.get("/metrics").send().await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.challenge(), Some(r#"Bearer realm="api""#));
+
+    let r = srv
+        .get("/metrics")
+        .header(AUTHORIZATION, b"Basic YWxpY2U6c2VjcmV0")
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.challenge(), Some(r#"Bearer realm="api""#));
+
+    for bad in [&b"Bearer"[..], b"Bearer two words", b"Bearer \xe9t\xe9"] {
+        let r = srv.get("/metrics").header(AUTHORIZATION, bad).send().await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        assert_eq!(
+            r.challenge(),
+            Some(r#"Bearer realm="api", error="invalid_request""#)
+        );
+        assert_eq!(r.json(), json!({"error": "invalid_request"}));
+    }
+
+    let r = srv.scrape("sak_thisIsNotAKey").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.challenge(),
+        Some(r#"Bearer realm="api", error="invalid_token""#)
+    );
+
+    // Two Authorization headers, even if both are good.
+    let r = srv
+        .get("/metrics")
+        .bearer(&token)
+        .bearer(&token)
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    // 64 KiB of header: refused before parsing, and it reaches no verification.
+    let huge = format!("Bearer sak_{}", "A".repeat(64 * 1024));
+    let r = srv
+        .get("/metrics")
+        .header(AUTHORIZATION, huge.as_bytes())
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.challenge(),
+        Some(r#"Bearer realm="api", error="invalid_request""#)
+    );
+    assert!(r.body.len() < 64, "the answer echoes nothing");
+
+    // The server is fine, and counted exactly one verification failure without a key
+    // (the `sak_thisIsNotAKey` token): the refused headers never reached the manager.
+    let r = srv.scrape(&token).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let m = parse_exposition(&r.text());
+    assert_eq!(
+        m[r#"api_keys_unattributed_verification_failures_total{outcome="malformed"}"#],
+        1.0
+    );
+    let failures: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("api_keys_unattributed"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(failures, 1.0);
+}
+
+#[tokio::test]
+async fn a_member_cannot_use_the_management_api() {
+    let srv = start().await;
+    let (_, info) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+    let id = info["id"].as_str().unwrap();
+    let bob = srv.bob();
+    let calls = [
+        srv.get("/api/keys").session(&bob),
+        srv.post("/api/keys")
+            .session(&bob)
+            .json(&json!({"name": "x", "scopes": ["prometheus"]})),
+        srv.get(&format!("/api/keys/{id}")).session(&bob),
+        srv.post(&format!("/api/keys/{id}/revoke")).session(&bob),
+        srv.post(&format!("/api/keys/{id}/roll")).session(&bob),
+        srv.post(&format!("/api/keys/{id}/reveal")).session(&bob),
+        srv.delete(&format!("/api/keys/{id}")).session(&bob),
+        // Ids that do not exist or are not even ids: still 403, nothing is leaked.
+        srv.get("/api/keys/00000000000").session(&bob),
+        srv.get("/api/keys/not-an-id").session(&bob),
+    ];
+    for call in calls {
+        let path = call.path.clone();
+        let r = call.send().await;
+        r.assert_error(StatusCode::FORBIDDEN, "permission_denied");
+        assert!(!r.json()["message"].as_str().unwrap().is_empty(), "{path}");
+    }
+    // The key is untouched.
+    let r = srv
+        .get(&format!("/api/keys/{id}"))
+        .session(&srv.alice())
+        .send()
+        .await;
+    assert_eq!(r.json()["status"], "active");
+    // Bob may still see who he is and the policy.
+    let r = srv.get("/api/whoami").session(&bob).send().await;
+    assert_eq!(
+        r.json(),
+        json!({"org": "acme", "user": "bob", "role": "member"})
+    );
+}
+
+#[tokio::test]
+async fn sessions_must_be_present_and_genuine() {
+    let srv = start().await;
+    let alice = srv.alice();
+    let forged_role = alice.replacen(".manager.", ".member.", 1);
+    let mut flipped = alice.clone().into_bytes();
+    let last = flipped.len() - 1;
+    flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    let upper = alice.to_uppercase();
+    let unsigned = "acme.alice.manager".to_string();
+    for session in [
+        None,
+        Some(forged_role),
+        Some(flipped),
+        Some(upper),
+        Some(unsigned),
+    ] {
+        let mut call = srv.get("/api/keys");
+        if let Some(s) = &session {
+            call = call.session(s);
+        }
+        let r = call.send().await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{session:?}");
+        assert_eq!(r.json(), json!({"error": "unauthenticated"}));
+    }
+    // Sessions of another server (another signing key) are refused too.
+    let other = start().await;
+    let r = srv.get("/api/whoami").session(&other.alice()).send().await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn unknown_and_foreign_keys_are_not_found() {
+    let srv = start().await;
+    let (_, info) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+    let id = info["id"].as_str().unwrap();
+    let alice = srv.alice();
+    for path in ["/api/keys/00000000001", "/api/keys/zzzz"] {
+        let r = srv.get(path).session(&alice).send().await;
+        r.assert_error(StatusCode::NOT_FOUND, "not_found");
+    }
+    let r = srv
+        .post("/api/keys/00000000001/revoke")
+        .session(&alice)
+        .send()
+        .await;
+    r.assert_error(StatusCode::NOT_FOUND, "not_found");
+    // A manager of another organization cannot tell the key exists.
+    let carol = srv.state.session("globex", "carol", "manager").unwrap();
+    for call in [
+        srv.get(&format!("/api/keys/{id}")).session(&carol),
+        srv.post(&format!("/api/keys/{id}/revoke")).session(&carol),
+        srv.delete(&format!("/api/keys/{id}")).session(&carol),
+    ] {
+        call.send()
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "not_found");
+    }
+    let r = srv.get("/api/keys").session(&carol).send().await;
+    assert_eq!(r.json(), json!([]));
+}
+
+#[tokio::test]
+async fn requests_outside_the_policy_are_refused_with_what_is_allowed() {
+    let srv = start().await;
+    let alice = srv.alice();
+    let create = |body: Value| srv.post("/api/keys").session(&alice).json(&body).send();
+
+    let r = create(json!({"name": "p", "scopes": ["prometheus"], "expiry": {"days": 5}})).await;
+    r.assert_error(StatusCode::BAD_REQUEST, "policy");
+    let msg = r.json()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("7, 30, 60, 90, 180, 365"), "{msg}");
+
+    let r = create(json!({"name": "p", "scopes": ["prometheus"], "expiry": {"days": 70000}})).await;
+    r.assert_error(StatusCode::BAD_REQUEST, "policy");
+    assert!(r.json()["message"].as_str().unwrap().contains("7, 30, 60"));
+
+    let r = create(json!({"name": "p", "scopes": ["prometheus"], "expiry": "never"})).await;
+    r.assert_error(StatusCode::BAD_REQUEST, "policy");
+
+    let far = srv.state.manager.now().unix_timestamp() + 400 * 86_400;
+    let r = create(json!({"name": "p", "scopes": ["prometheus"], "expiry": {"at": far}})).await;
+    r.assert_error(StatusCode::BAD_REQUEST, "policy");
+
+    let r = create(json!({"name": "p", "scopes": []})).await;
+    r.assert_error(StatusCode::BAD_REQUEST, "policy");
+    let r = create(json!({"name": "p", "scopes": ["Not A Scope"]})).await;
+    r.assert_error(StatusCode::BAD_REQUEST, "policy");
+    let r = create(json!({"name": "", "scopes": ["prometheus"]})).await;
+    r.assert_error(StatusCode::BAD_REQUEST, "policy");
+
+    // Not JSON, the wrong shape, unknown fields.
+    for body in [
+        "{not json",
+        "[]",
+        r#"{"name":"p"}"#,
+        r#"{"name":"p","scopes":["prometheus"],"expires":30}"#,
+        r#"{"name":"p","scopes":["prometheus"],"expiry":{"days":30,"at":1}}"#,
+        r#"{"name":"p","scopes":["prometheus"],"expiry":"soon"}"#,
+    ] {
+        let r = srv
+            .post("/api/keys")
+            .session(&alice)
+            .raw_body(body)
+            .send()
+            .await;
+        r.assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+
+    // Reveal is off by default.
+    let (_, info) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+    let r = srv
+        .post(&format!(
+            "/api/keys/{}/reveal",
+            info["id"].as_str().unwrap()
+        ))
+        .session(&alice)
+        .send()
+        .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "policy");
+    // Nothing else was created.
+    let list = srv.get("/api/keys").session(&alice).send().await.json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn expiry_forms_and_policy_document() {
+    let srv = start().await;
+    let r = srv.get("/api/policy").session(&srv.alice()).send().await;
+    assert_eq!(
+        r.json(),
+        json!({"periods":[7,30,60,90,180,365],"default_days":90,"max_days":365,"allow_never":false,"allow_reveal":false})
+    );
+    let now = srv.state.manager.now().unix_timestamp();
+    let (_, default) = srv
+        .create(json!({"name": "a", "scopes": ["prometheus"]}))
+        .await;
+    let created = default["created_at"].as_i64().unwrap();
+    assert!(created >= now - 1);
+    assert_eq!(
+        default["expires_at"].as_i64().unwrap(),
+        created + 90 * 86_400
+    );
+    let at = now + 10 * 86_400;
+    let (_, explicit) = srv
+        .create(json!({"name": "b", "scopes": ["prometheus", "scim"], "expiry": {"at": at}}))
+        .await;
+    assert_eq!(explicit["expires_at"].as_i64().unwrap(), at);
+    for field in [
+        "id",
+        "org",
+        "name",
+        "scopes",
+        "created_at",
+        "created_by",
+        "expires_at",
+        "revoked_at",
+        "status",
+        "last_used_at",
+        "hint",
+    ] {
+        assert!(explicit.get(field).is_some(), "KeyInfo lacks {field}");
+    }
+    assert_eq!(explicit["created_by"], "alice");
+    assert_eq!(explicit["revoked_at"], Value::Null);
+}
+
+#[tokio::test]
+async fn roll_replaces_a_key_with_an_overlap() {
+    let srv = start().await;
+    let alice = srv.alice();
+    let (old, info) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+    let id = info["id"].as_str().unwrap();
+    let r = srv
+        .post(&format!("/api/keys/{id}/roll"))
+        .session(&alice)
+        .json(&json!({"overlap_seconds": 3600}))
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(r.header(CACHE_CONTROL), Some("no-store"));
+    let v = r.json();
+    let new = v["key"].as_str().unwrap();
+    assert_ne!(v["info"]["id"], info["id"]);
+    assert_eq!(v["info"]["name"], "p");
+    // Both work during the overlap; the old one now ends within the hour.
+    assert_eq!(srv.scrape(&old).await.status, StatusCode::OK);
+    assert_eq!(srv.scrape(new).await.status, StatusCode::OK);
+    let r = srv
+        .get(&format!("/api/keys/{id}"))
+        .session(&alice)
+        .send()
+        .await;
+    let now = srv.state.manager.now().unix_timestamp();
+    assert!(r.json()["expires_at"].as_i64().unwrap() <= now + 3600);
+
+    for body in [
+        json!({"overlap_seconds": -1}),
+        json!({"overlap_seconds": i64::MAX}),
+    ] {
+        let r = srv
+            .post(&format!("/api/keys/{id}/roll"))
+            .session(&alice)
+            .json(&body)
+            .send()
+            .await;
+        r.assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+    // A revoked key cannot be rolled.
+    srv.post(&format!("/api/keys/{id}/revoke"))
+        .session(&alice)
+        .send()
+        .await;
+    let r = srv
+        .post(&format!("/api/keys/{id}/roll"))
+        .session(&alice)
+        .send()
+        .await;
+    r.assert_error(StatusCode::CONFLICT, "revoked");
+}
+
+#[tokio::test]
+async fn token_responses_are_not_cached_and_demo_sessions_are_listed() {
+    let srv = start().await;
+    let r = srv
+        .post("/api/keys")
+        .session(&srv.alice())
+        .json(&json!({"name": "p", "scopes": ["prometheus"]}))
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.header(CACHE_CONTROL), Some("no-store"));
+    assert_eq!(r.header(CONTENT_TYPE), Some("application/json"));
+
+    let r = srv.get("/demo/sessions").send().await;
+    let v = r.json();
+    let labels: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["alice — manager of acme", "bob — member of acme"]);
+    let alice = v[0]["session"].as_str().unwrap();
+    let r = srv.get("/api/whoami").session(alice).send().await;
+    assert_eq!(
+        r.json(),
+        json!({"org": "acme", "user": "alice", "role": "manager"})
+    );
+}
+
+/// A `tracing` writer into one buffer for the whole test binary.
+#[derive(Clone, Copy)]
+struct Captured;
+
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends every test's `tracing` output (all levels) into [`LOGS`]. A global subscriber, set
+/// before any server starts: a per-thread one would miss events while other tests run.
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(|| Captured)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+    });
+}
+
+fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
+}
+
+#[tokio::test]
+async fn logs_never_contain_a_key_and_server_faults_are_generic_500s() {
+    let store = MemoryStore::new();
+    let srv = start_on(store.clone()).await;
+    let (token, info) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+    let id = info["id"].as_str().unwrap().to_string();
+    assert_eq!(srv.scrape(&token).await.status, StatusCode::OK);
+    assert_eq!(
+        srv.get("/scim/v2/Users").bearer(&token).send().await.status,
+        StatusCode::FORBIDDEN
+    );
+    // A near miss: the real token with its last character changed.
+    let mut near = token.clone();
+    let last = near.pop().unwrap();
+    near.push(if last == 'a' { 'b' } else { 'a' });
+    assert_eq!(srv.scrape(&near).await.status, StatusCode::UNAUTHORIZED);
+
+    // A tampered row: the server's fault, a generic 500 without a challenge.
+    let key_id = api_keys::KeyId::parse(&id).unwrap();
+    let mut rec = api_keys::KeyStore::get(&store, &key_id)
+        .await
+        .unwrap()
+        .unwrap();
+    rec.sealed.tag[0] ^= 1;
+    store.overwrite_unchecked(rec);
+    let other = start_on(store.clone()).await; // a fresh manager: nothing cached
+    let r = other.scrape(&token).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.challenge(), None);
+    assert_eq!(r.json(), json!({"error": "internal"}));
+
+    // The management API refuses to re-seal the tampered row, with a generic message.
+    let r = srv
+        .post(&format!("/api/keys/{id}/revoke"))
+        .session(&srv.alice())
+        .send()
+        .await;
+    r.assert_error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
+    assert!(!r.text().contains("integrity"), "{}", r.text());
+
+    let logs = logs();
+    // The events are there...
+    assert!(logs.contains("verification_failed"), "{logs}");
+    assert!(logs.contains("scope_not_allowed"), "{logs}");
+    assert!(logs.contains("api_keys::http"), "{logs}");
+    assert!(logs.contains(&id), "key ids are public and logged");
+    // ...and no key, nor its secret part, nor the header.
+    let secret_part = &token[token.len() - 40..];
+    assert!(!logs.contains(secret_part), "a key leaked into the logs");
+    assert!(!logs.contains(&near[near.len() - 40..]));
+    assert!(!logs.contains("Bearer"), "{logs}");
+    // No test's token either (they all run under this subscriber): after any `sak_`, fewer
+    // characters than a token's id and secret.
+    for (i, _) in logs.match_indices("sak_") {
+        let run = logs[i + 4..]
+            .bytes()
+            .take_while(u8::is_ascii_alphanumeric)
+            .count();
+        assert!(
+            run < 20,
+            "something token-like was logged: {}",
+            &logs[i..i + 24]
+        );
+    }
+}
+
+#[tokio::test]
+async fn reveal_when_the_policy_allows_it() {
+    let state = app::AppState::with_policy(
+        AnyStore::new(MemoryStore::new()),
+        Keyring::new(1, MasterKey::generate()),
+        api_keys::Policy::default().allow_reveal(true),
+    )
+    .unwrap();
+    capture_logs();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = app::router(state.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let srv = Server { addr, state };
+
+    let r = srv.get("/api/policy").session(&srv.alice()).send().await;
+    assert_eq!(r.json()["allow_reveal"], true);
+    let (token, info) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+    let path = format!("/api/keys/{}/reveal", info["id"].as_str().unwrap());
+    let r = srv.post(&path).session(&srv.alice()).send().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header(CACHE_CONTROL), Some("no-store"));
+    assert_eq!(r.json(), json!({"key": token}));
+    // Members still may not; revoked keys are not revealed.
+    let r = srv.post(&path).session(&srv.bob()).send().await;
+    r.assert_error(StatusCode::FORBIDDEN, "permission_denied");
+    srv.post(&format!(
+        "/api/keys/{}/revoke",
+        info["id"].as_str().unwrap()
+    ))
+    .session(&srv.alice())
+    .send()
+    .await;
+    let r = srv.post(&path).session(&srv.alice()).send().await;
+    r.assert_error(StatusCode::CONFLICT, "revoked");
+}

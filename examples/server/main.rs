@@ -119,6 +119,7 @@ async fn run() -> Result<(), String> {
         .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", config.port))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!("api-keys example server on http://{addr} (keys in memory)");
+    println!("admin page: http://{addr}/settings/api-keys");
     println!("demo sessions (send as the X-Demo-Session header; a real host uses its own login):");
     for s in state.demo_sessions() {
         println!("  {:<26} {}", s.label, s.session);

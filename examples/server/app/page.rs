@@ -1,8 +1,87 @@
-//! The browser admin page lives here (served under the router's page routes).
+//! The "Settings → API Keys" admin page: one HTML file, one stylesheet and one script, embedded
+//! in the binary with `include_str!` (no build step, no CDN, nothing fetched from elsewhere).
+//!
+//! The page talks to the JSON management routes with `fetch`, sending the demo session in the
+//! `X-Demo-Session` header (no cookies, so no CSRF surface). Every response of this module carries
+//! a strict Content-Security-Policy: only this server's own script and stylesheet run, no inline
+//! script or style, no frames, no form submissions, no connections elsewhere.
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 
 use super::AppState;
 
-/// The admin page's routes, merged into [`super::router`].
-pub fn routes() -> axum::Router<AppState> {
-    axum::Router::new()
+/// Where the page lives.
+pub const PAGE_PATH: &str = "/settings/api-keys";
+/// The page's script.
+pub const SCRIPT_PATH: &str = "/settings/api-keys/app.js";
+/// The page's stylesheet.
+pub const STYLE_PATH: &str = "/settings/api-keys/style.css";
+
+/// The policy sent with every response of the page: nothing but this origin's own files, no
+/// inline script or style, no plugins, no frames around it, no form submissions.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const STYLE_CSS: &str = include_str!("assets/style.css");
+
+/// The page's routes: the HTML at [`PAGE_PATH`], its script and stylesheet, and `/settings`
+/// redirecting to the page.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/settings", get(settings))
+        .route(PAGE_PATH, get(index))
+        .route(SCRIPT_PATH, get(script))
+        .route(STYLE_PATH, get(style))
+}
+
+async fn settings() -> Response {
+    let mut res = asset(StatusCode::SEE_OTHER, "text/plain; charset=utf-8", "");
+    res.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static(PAGE_PATH));
+    res
+}
+
+async fn index() -> Response {
+    asset(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML)
+}
+
+async fn script() -> Response {
+    asset(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn style() -> Response {
+    asset(StatusCode::OK, "text/css; charset=utf-8", STYLE_CSS)
+}
+
+/// A static response with the page's security headers.
+fn asset(status: StatusCode, content_type: &'static str, body: &'static str) -> Response {
+    let mut res = (status, body).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    // The files are embedded in the binary: revalidate so a rebuilt server is picked up at once.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    res
 }

@@ -1,0 +1,699 @@
+// Settings → API Keys: the admin page of the api-keys example server.
+//
+// Plain JavaScript, no build step, no dependencies. Served with a strict Content-Security-Policy
+// (script-src 'self', no inline script or style), so this file is the only script on the page.
+//
+// Rules kept throughout:
+// - every value that comes from the server or the user goes into the DOM with `textContent` or
+//   `setAttribute` (never `innerHTML`), so a key named `<img src=x onerror=…>` is shown as text;
+// - the demo session travels in the `X-Demo-Session` header of `fetch` calls (no cookies, so
+//   there is no CSRF surface); a real host uses its own session instead;
+// - a new or revealed key is only ever put into one read-only input, cleared when dismissed; it
+//   is never written to a URL, localStorage, sessionStorage or the console.
+'use strict';
+
+(function () {
+  const EXPIRING_SOON_DAYS = 14;
+  const DAY = 86400;
+
+  const $ = (id) => document.getElementById(id);
+
+  const state = {
+    sessions: [], // [{label, session}] from GET /demo/sessions
+    session: null, // the chosen demo session (header value)
+    me: null, // {org, user, role} from GET /api/whoami
+    policy: null, // GET /api/policy
+    keys: [],
+    generation: 0, // bumps on every identity switch; stale responses are dropped
+    dialog: null, // {mode, key, opener}
+    busy: false,
+  };
+
+  class ApiError extends Error {
+    constructor(status, body) {
+      super('HTTP ' + status);
+      this.status = status;
+      this.body = body;
+    }
+  }
+
+  async function api(method, path, body) {
+    const headers = { Accept: 'application/json' };
+    if (state.session !== null) headers['X-Demo-Session'] = state.session;
+    const init = {
+      method,
+      headers,
+      credentials: 'omit',
+      cache: 'no-store',
+      referrerPolicy: 'no-referrer',
+    };
+    if (body !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    const res = await fetch(path, init);
+    const text = res.status === 204 ? '' : await res.text();
+    let data = null;
+    if (text !== '') {
+      try {
+        data = JSON.parse(text);
+      } catch (_) {
+        data = null;
+      }
+    }
+    if (!res.ok) throw new ApiError(res.status, data);
+    return data;
+  }
+
+  function describeError(err) {
+    if (!(err instanceof ApiError)) return 'The server could not be reached. Try again.';
+    const cls = err.body && typeof err.body.error === 'string' ? err.body.error : '';
+    const msg = err.body && typeof err.body.message === 'string' ? err.body.message : '';
+    switch (cls) {
+      case 'permission_denied':
+        return 'Only managers of this organization can manage API keys.';
+      case 'unauthenticated':
+        return 'Your session is not valid. Choose who you are signed in as again.';
+      case 'not_found':
+        return 'This key no longer exists. The list has been refreshed.';
+      case 'policy':
+        return msg !== '' ? msg : 'The request is not allowed by the key policy.';
+      case 'conflict':
+        return 'The key was changed at the same time by someone else. Try again.';
+      default:
+        return msg !== '' ? msg : 'Something went wrong (HTTP ' + err.status + '). Try again.';
+    }
+  }
+
+  // ---- small DOM helpers (text only) ---------------------------------------------------------
+
+  function el(tag, opts, children) {
+    const node = document.createElement(tag);
+    if (opts) {
+      if (opts.cls) node.className = opts.cls;
+      if (opts.text !== undefined) node.textContent = opts.text;
+      if (opts.attrs) {
+        for (const [k, v] of Object.entries(opts.attrs)) node.setAttribute(k, String(v));
+      }
+    }
+    if (children) for (const c of children) node.append(c);
+    return node;
+  }
+
+  function show(node, visible) {
+    node.hidden = !visible;
+  }
+
+  function announce(text) {
+    const s = $('status');
+    s.textContent = '';
+    // A fresh text node makes screen readers announce a repeated message too.
+    window.setTimeout(() => {
+      s.textContent = text;
+    }, 30);
+  }
+
+  function showError(text) {
+    const e = $('error');
+    e.textContent = text;
+    show(e, text !== '');
+  }
+
+  function pad(n) {
+    return String(n).padStart(2, '0');
+  }
+
+  function isoDate(unix) {
+    const d = new Date(unix * 1000);
+    return d.getUTCFullYear() + '-' + pad(d.getUTCMonth() + 1) + '-' + pad(d.getUTCDate());
+  }
+
+  function isoDateTime(unix) {
+    const d = new Date(unix * 1000);
+    return isoDate(unix) + ' ' + pad(d.getUTCHours()) + ':' + pad(d.getUTCMinutes()) + ' UTC';
+  }
+
+  // A <time> element: the date as text, the exact instant in `datetime` and the tooltip.
+  function timeEl(unix, fallback) {
+    if (unix === null || unix === undefined) return el('span', { cls: 'muted', text: fallback });
+    return el('time', {
+      text: isoDate(unix),
+      attrs: {
+        datetime: new Date(unix * 1000).toISOString(),
+        title: isoDateTime(unix),
+        'data-unix': unix,
+      },
+    });
+  }
+
+  function nowUnix() {
+    return Math.floor(Date.now() / 1000);
+  }
+
+  function statusOf(key, now) {
+    if (key.status === 'revoked') return { text: 'Revoked', cls: 'badge-revoked' };
+    if (key.status === 'expired' || (key.expires_at !== null && key.expires_at <= now)) {
+      return { text: 'Expired', cls: 'badge-expired' };
+    }
+    if (key.expires_at !== null) {
+      const days = Math.ceil((key.expires_at - now) / DAY);
+      if (days <= EXPIRING_SOON_DAYS) {
+        return {
+          text: days === 1 ? 'Expires in 1 day' : 'Expires in ' + days + ' days',
+          cls: 'badge-expiring',
+        };
+      }
+    }
+    return { text: 'Active', cls: 'badge-active' };
+  }
+
+  function isManager() {
+    return state.me !== null && state.me.role === 'manager';
+  }
+
+  // ---- identity ------------------------------------------------------------------------------
+
+  async function loadSessions() {
+    const select = $('session');
+    try {
+      const sessions = await api('GET', '/demo/sessions');
+      state.sessions = Array.isArray(sessions) ? sessions : [];
+    } catch (err) {
+      showError('The demo sessions could not be loaded: ' + describeError(err));
+      return;
+    }
+    select.replaceChildren();
+    state.sessions.forEach((s, i) => {
+      select.append(el('option', { text: String(s.label), attrs: { value: i } }));
+    });
+    select.disabled = state.sessions.length === 0;
+    if (state.sessions.length > 0) {
+      select.value = '0';
+      await switchSession(0);
+    }
+  }
+
+  async function switchSession(index) {
+    const s = state.sessions[index];
+    if (!s) return;
+    state.session = String(s.session);
+    state.generation += 1;
+    const gen = state.generation;
+    state.me = null;
+    state.policy = null;
+    closeGenerate(false);
+    dismissNewKey(false);
+    showError('');
+    try {
+      const me = await api('GET', '/api/whoami');
+      if (gen !== state.generation) return;
+      state.me = me;
+    } catch (err) {
+      if (gen !== state.generation) return;
+      showError(describeError(err));
+      renderRole();
+      return;
+    }
+    renderRole();
+    if (isManager()) {
+      try {
+        const policy = await api('GET', '/api/policy');
+        if (gen !== state.generation) return;
+        state.policy = policy;
+      } catch (err) {
+        if (gen !== state.generation) return;
+        showError('The key policy could not be loaded: ' + describeError(err));
+      }
+    }
+    await loadKeys();
+  }
+
+  function renderRole() {
+    const who = $('whoami');
+    if (state.me) {
+      who.textContent =
+        'Organization ' + state.me.org + ' · signed in as ' + state.me.user + ' (' + state.me.role + ')';
+    } else {
+      who.textContent = '';
+    }
+    show($('manager-actions'), isManager());
+    show($('member-notice'), state.me !== null && !isManager());
+  }
+
+  // ---- the list ------------------------------------------------------------------------------
+
+  async function loadKeys() {
+    const gen = state.generation;
+    try {
+      const keys = await api('GET', '/api/keys');
+      if (gen !== state.generation) return;
+      state.keys = Array.isArray(keys) ? keys : [];
+      renderKeys(null);
+    } catch (err) {
+      if (gen !== state.generation) return;
+      state.keys = [];
+      if (err instanceof ApiError && err.status === 403) {
+        renderKeys('The key list is shown to managers of this organization only.');
+      } else {
+        renderKeys('The keys could not be loaded.');
+        showError(describeError(err));
+      }
+    }
+  }
+
+  function renderKeys(emptyText) {
+    const rows = $('key-rows');
+    const table = $('key-table');
+    const empty = $('list-empty');
+    const manager = isManager();
+    rows.replaceChildren();
+    table.classList.toggle('read-only', !manager);
+    if (state.keys.length === 0) {
+      empty.textContent =
+        emptyText !== null
+          ? emptyText
+          : manager
+            ? 'No API keys yet. Generate one for each integration.'
+            : 'This organization has no API keys.';
+      show(empty, true);
+      show(table, false);
+      return;
+    }
+    show(empty, false);
+    show(table, true);
+    const now = nowUnix();
+    // Newest first; keys made in the same second by name, so the order is stable.
+    const sorted = state.keys
+      .slice()
+      .sort((a, b) => b.created_at - a.created_at || String(a.name).localeCompare(String(b.name)));
+    for (const key of sorted) rows.append(renderRow(key, now, manager));
+  }
+
+  function cell(label, children, cls) {
+    return el('td', { cls, attrs: { 'data-label': label } }, [el('div', { cls: 'cell-value' }, children)]);
+  }
+
+  function renderRow(key, now, manager) {
+    const st = statusOf(key, now);
+    const tr = el('tr', { attrs: { 'data-key-id': key.id } });
+    tr.classList.add('status-' + st.cls.replace('badge-', ''));
+
+    tr.append(
+      cell('Name', [el('span', { cls: 'key-name', text: key.name })], 'col-name'),
+      cell('Key', [el('code', { cls: 'hint', text: key.hint })]),
+      cell(
+        'Scopes',
+        key.scopes.map((s) => el('span', { cls: 'scope', text: s })),
+      ),
+      cell('Created', [
+        timeEl(key.created_at, ''),
+        el('span', { cls: 'muted by', text: ' by ' + key.created_by }),
+      ]),
+      cell('Expires', [timeEl(key.expires_at, 'Never')], 'col-expires'),
+      cell('Last used', [timeEl(key.last_used_at, 'Never used')], 'col-last-used'),
+      cell('Status', [el('span', { cls: 'badge ' + st.cls, text: st.text })], 'col-status'),
+    );
+
+    const actions = el('td', { cls: 'col-actions', attrs: { 'data-label': 'Actions' } });
+    if (manager) {
+      const revoked = key.status === 'revoked';
+      const active = st.cls !== 'badge-revoked' && st.cls !== 'badge-expired';
+      if (active && state.policy && state.policy.allow_reveal === true) {
+        actions.append(rowButton('Reveal', 'action-reveal', key, () => reveal(key)));
+      }
+      if (!revoked) {
+        actions.append(
+          rowButton('Revoke', 'action-revoke', key, (ev) => openDialog('revoke', key, ev.currentTarget)),
+          rowButton('Revoke and Delete', 'action-delete danger-outline', key, (ev) =>
+            openDialog('delete', key, ev.currentTarget),
+          ),
+        );
+      } else {
+        actions.append(
+          rowButton('Delete', 'action-delete danger-outline', key, (ev) =>
+            openDialog('delete-revoked', key, ev.currentTarget),
+          ),
+        );
+      }
+    }
+    tr.append(actions);
+    return tr;
+  }
+
+  function rowButton(text, cls, key, onClick) {
+    const b = el('button', {
+      cls,
+      text,
+      attrs: { type: 'button', 'aria-label': text + ': ' + key.name },
+    });
+    b.addEventListener('click', onClick);
+    return b;
+  }
+
+  // ---- generate ------------------------------------------------------------------------------
+
+  function fillExpiry() {
+    const select = $('key-expiry');
+    select.replaceChildren();
+    const p = state.policy;
+    if (!p) return;
+    const periods = Array.isArray(p.periods) ? p.periods : [];
+    for (const days of periods) {
+      const o = el('option', { text: days + ' days', attrs: { value: 'days:' + days } });
+      if (days === p.default_days) {
+        o.selected = true;
+        o.textContent = days + ' days (recommended)';
+      }
+      select.append(o);
+    }
+    select.append(el('option', { text: 'Custom date…', attrs: { value: 'custom' } }));
+    if (p.allow_never === true) {
+      select.append(el('option', { text: 'Never', attrs: { value: 'never' } }));
+    }
+    // A custom date: from tomorrow up to the policy's maximum (the key expires at 00:00 UTC).
+    const date = $('key-expiry-date');
+    const today = Math.floor(nowUnix() / DAY) * DAY;
+    date.min = isoDate(today + DAY);
+    date.max = isoDate(nowUnix() + Number(p.max_days) * DAY);
+    date.value = '';
+    $('key-expiry-date-help').textContent =
+      'Between ' + date.min + ' and ' + date.max + '. The key stops working at 00:00 UTC that day.';
+    updateExpiryHelp();
+  }
+
+  // The chosen custom date as Unix seconds (00:00 UTC), or null when it is empty or out of range.
+  function customExpiry() {
+    const date = $('key-expiry-date');
+    const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(date.value);
+    if (!m) return null;
+    const at = Date.UTC(Number(m[1]), Number(m[2]) - 1, Number(m[3])) / 1000;
+    if (date.value < date.min || date.value > date.max) return null;
+    return at;
+  }
+
+  function updateExpiryHelp() {
+    const v = $('key-expiry').value;
+    const help = $('key-expiry-help');
+    if (v.startsWith('days:')) {
+      const days = Number(v.slice(5));
+      help.textContent =
+        'The key will expire on ' + isoDate(nowUnix() + days * DAY) + ', ' + days + ' days from now.';
+    } else if (v === 'never') {
+      help.textContent = 'The key will never expire. Revoke it when it is no longer needed.';
+    } else if (v === 'custom') {
+      help.textContent = 'Choose the date below.';
+    } else {
+      help.textContent = '';
+    }
+    show($('key-expiry-date-field'), v === 'custom');
+  }
+
+  function openGenerate() {
+    if (!isManager()) return;
+    if (!state.policy) {
+      showError('The key policy is not loaded; reload the page.');
+      return;
+    }
+    dismissNewKey(false);
+    $('generate-form').reset();
+    fillExpiry();
+    setGenerateError('');
+    show($('generate-panel'), true);
+    $('open-generate').setAttribute('aria-expanded', 'true');
+    $('key-name').focus();
+  }
+
+  function closeGenerate(restoreFocus) {
+    show($('generate-panel'), false);
+    $('open-generate').setAttribute('aria-expanded', 'false');
+    if (restoreFocus) $('open-generate').focus();
+  }
+
+  function setGenerateError(text) {
+    const e = $('generate-error');
+    e.textContent = text;
+    show(e, text !== '');
+  }
+
+  async function submitGenerate(ev) {
+    ev.preventDefault();
+    if (state.busy) return;
+    const name = $('key-name').value.trim();
+    const scopes = Array.from(document.querySelectorAll('#generate-form input[name="scope"]:checked')).map(
+      (i) => i.value,
+    );
+    if (name === '') {
+      setGenerateError('Enter a name for the key.');
+      $('key-name').focus();
+      return;
+    }
+    if (scopes.length === 0) {
+      setGenerateError('Choose at least one scope.');
+      document.querySelector('#generate-form input[name="scope"]').focus();
+      return;
+    }
+    const v = $('key-expiry').value;
+    const body = { name, scopes };
+    if (v.startsWith('days:')) body.expiry = { days: Number(v.slice(5)) };
+    else if (v === 'never') body.expiry = 'never';
+    else if (v === 'custom') {
+      const at = customExpiry();
+      if (at === null) {
+        setGenerateError('Choose an expiration date between ' + $('key-expiry-date').min + ' and ' +
+          $('key-expiry-date').max + '.');
+        $('key-expiry-date').focus();
+        return;
+      }
+      body.expiry = { at };
+    }
+    setGenerateError('');
+    state.busy = true;
+    $('generate-submit').disabled = true;
+    try {
+      const res = await api('POST', '/api/keys', body);
+      closeGenerate(false);
+      showNewKey('Your new API key', res, null);
+      announce('API key “' + res.info.name + '” generated.');
+      await loadKeys();
+    } catch (err) {
+      setGenerateError(describeError(err));
+    } finally {
+      state.busy = false;
+      $('generate-submit').disabled = false;
+    }
+  }
+
+  // ---- the key shown once --------------------------------------------------------------------
+
+  function showNewKey(title, res, extra) {
+    $('new-key-title').textContent = title;
+    const revealable = state.policy && state.policy.allow_reveal === true;
+    $('new-key-warning').textContent = revealable
+      ? 'Copy this key now and store it safely. A manager can reveal it again later, and every reveal is audited.'
+      : 'Copy this key now and store it safely. It will not be shown again.';
+    const token = $('new-key-token');
+    token.value = res.key;
+    $('copy-status').textContent = '';
+    const info = res.info;
+    const meta = $('new-key-meta');
+    meta.replaceChildren();
+    if (info) {
+      const expires = timeEl(info.expires_at, 'never');
+      expires.id = 'new-key-expires';
+      meta.append(
+        el('span', { text: 'Key ' }),
+        el('code', { text: info.hint }),
+        el('span', { text: ' (“' + info.name + '”) · expires ' }),
+        expires,
+      );
+    }
+    if (extra) meta.append(el('span', { text: ' · ' + extra }));
+    show($('new-key-panel'), true);
+    $('new-key-panel').focus();
+  }
+
+  function dismissNewKey(restoreFocus) {
+    $('new-key-token').value = '';
+    $('copy-status').textContent = '';
+    $('new-key-meta').replaceChildren();
+    show($('new-key-panel'), false);
+    if (restoreFocus) {
+      if (isManager()) $('open-generate').focus();
+      else $('main').focus();
+    }
+  }
+
+  async function copyKey() {
+    const input = $('new-key-token');
+    const status = $('copy-status');
+    try {
+      if (!navigator.clipboard || !window.isSecureContext) throw new Error('no clipboard');
+      await navigator.clipboard.writeText(input.value);
+      status.textContent = 'Copied to the clipboard.';
+    } catch (_) {
+      input.focus();
+      input.select();
+      status.textContent = 'Copying is not allowed here: the key is selected, press Ctrl+C (⌘C) to copy it.';
+    }
+  }
+
+  async function reveal(key) {
+    showError('');
+    try {
+      const res = await api('POST', '/api/keys/' + encodeURIComponent(key.id) + '/reveal');
+      showNewKey('API key revealed', { key: res.key, info: key }, 'this reveal was recorded in the audit log');
+    } catch (err) {
+      showError(describeError(err));
+    }
+  }
+
+  // ---- the confirmation dialog ---------------------------------------------------------------
+
+  function openDialog(mode, key, opener) {
+    const dialog = $('confirm-dialog');
+    state.dialog = { mode, key, opener };
+    const title = $('confirm-title');
+    const warning = $('confirm-warning');
+    const ok = $('confirm-ok');
+    const active = statusOf(key, nowUnix()).cls !== 'badge-expired' && key.status !== 'revoked';
+    if (mode === 'delete') {
+      title.textContent = 'Revoke and delete “' + key.name + '”?';
+      ok.textContent = 'Revoke and Delete';
+    } else if (mode === 'revoke') {
+      title.textContent = 'Revoke “' + key.name + '”?';
+      ok.textContent = 'Revoke';
+    } else {
+      title.textContent = 'Delete “' + key.name + '”?';
+      ok.textContent = 'Delete';
+    }
+    if (mode === 'delete-revoked') {
+      warning.textContent =
+        'This key is already revoked and no longer works. Deleting removes it from the list; this cannot be undone.';
+    } else {
+      warning.textContent =
+        'All integrations using this key will stop working immediately. ' +
+        'If an integration still needs access, create the replacement key first.';
+    }
+    show($('roll-section'), mode !== 'delete-revoked' && active);
+    $('roll-overlap').value = '86400';
+    setConfirmError('');
+    setDialogBusy(false);
+    dialog.showModal();
+    $('confirm-cancel').focus();
+  }
+
+  function setConfirmError(text) {
+    const e = $('confirm-error');
+    e.textContent = text;
+    show(e, text !== '');
+  }
+
+  function setDialogBusy(busy) {
+    state.busy = busy;
+    for (const id of ['confirm-ok', 'confirm-cancel', 'roll-instead', 'roll-overlap']) $(id).disabled = busy;
+  }
+
+  function closeDialog() {
+    const dialog = $('confirm-dialog');
+    if (dialog.open) dialog.close();
+  }
+
+  function onDialogClosed() {
+    const d = state.dialog;
+    state.dialog = null;
+    if (d && d.opener && d.opener.isConnected) {
+      d.opener.focus();
+    } else if (!$('new-key-panel').hidden) {
+      $('new-key-panel').focus();
+    } else if (isManager()) {
+      $('open-generate').focus();
+    } else {
+      $('main').focus();
+    }
+  }
+
+  async function confirmDialog() {
+    const d = state.dialog;
+    if (!d || state.busy) return;
+    const path = '/api/keys/' + encodeURIComponent(d.key.id);
+    setDialogBusy(true);
+    setConfirmError('');
+    try {
+      if (d.mode === 'revoke') {
+        await api('POST', path + '/revoke');
+        announce('API key “' + d.key.name + '” revoked.');
+      } else {
+        await api('DELETE', path);
+        announce('API key “' + d.key.name + '” deleted.');
+        d.opener = null; // its row is gone
+      }
+      setDialogBusy(false);
+      closeDialog();
+      await loadKeys();
+    } catch (err) {
+      setDialogBusy(false);
+      setConfirmError(describeError(err));
+      if (err instanceof ApiError && err.status === 404) await loadKeys();
+    }
+  }
+
+  async function rollInstead() {
+    const d = state.dialog;
+    if (!d || state.busy) return;
+    const overlap = Number($('roll-overlap').value);
+    const label = $('roll-overlap').selectedOptions[0].textContent;
+    setDialogBusy(true);
+    setConfirmError('');
+    try {
+      const res = await api('POST', '/api/keys/' + encodeURIComponent(d.key.id) + '/roll', {
+        overlap_seconds: overlap,
+      });
+      setDialogBusy(false);
+      d.opener = null;
+      closeDialog();
+      showNewKey(
+        'Replacement for “' + d.key.name + '”',
+        res,
+        'the old key keeps working for ' + label + ', then expires',
+      );
+      announce('Replacement key generated; the old key expires in ' + label + '.');
+      await loadKeys();
+    } catch (err) {
+      setDialogBusy(false);
+      setConfirmError(describeError(err));
+    }
+  }
+
+  // ---- wiring --------------------------------------------------------------------------------
+
+  function init() {
+    $('session').addEventListener('change', (ev) => {
+      switchSession(Number(ev.currentTarget.value));
+    });
+    $('open-generate').addEventListener('click', openGenerate);
+    $('generate-cancel').addEventListener('click', () => closeGenerate(true));
+    $('generate-form').addEventListener('submit', submitGenerate);
+    $('generate-form').addEventListener('keydown', (ev) => {
+      if (ev.key === 'Escape') {
+        ev.preventDefault();
+        closeGenerate(true);
+      }
+    });
+    $('key-expiry').addEventListener('change', updateExpiryHelp);
+    $('copy-key').addEventListener('click', copyKey);
+    $('new-key-done').addEventListener('click', () => dismissNewKey(true));
+    $('confirm-cancel').addEventListener('click', closeDialog);
+    $('confirm-ok').addEventListener('click', confirmDialog);
+    $('roll-instead').addEventListener('click', rollInstead);
+    const dialog = $('confirm-dialog');
+    dialog.addEventListener('cancel', (ev) => {
+      // Escape closes the dialog, except while a request is in flight.
+      if (state.busy) ev.preventDefault();
+    });
+    dialog.addEventListener('close', onDialogClosed);
+    loadSessions();
+  }
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', init);
+  else init();
+})();

@@ -1,0 +1,1281 @@
+//! The "Settings → API Keys" page of the example server, driven in a real headless Chromium over
+//! WebDriver (chromedriver), against the example app served on an ephemeral loopback port.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/chromium.sh` installs them). Without
+//! them each test prints why it is skipped and returns, unless `API_KEYS_REQUIRE_BROWSER=1`, in
+//! which case it fails. `CHROMEDRIVER` and `CHROME` override where the binaries are looked for.
+//!
+//! Screenshots land in `target/admin-page/`.
+
+#[path = "../examples/server/app.rs"]
+#[allow(dead_code)]
+mod app;
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use api_keys::{AnyStore, Keyring, MasterKey, MemoryStore, Policy};
+use fantoccini::elements::Element;
+use fantoccini::key::Key;
+use fantoccini::wd::WebDriverCompatibleCommand;
+use fantoccini::{Client, ClientBuilder, Locator};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+const DAY: u64 = 86_400;
+
+/// One browser at a time: the machine has two cores and each Chromium is heavy.
+static BROWSER_SLOT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+// ---- finding the browser -------------------------------------------------------------------
+
+struct Binaries {
+    chromedriver: PathBuf,
+    chrome: PathBuf,
+}
+
+fn find_binary(env: &str, candidates: &[&str]) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in candidates {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// The binaries, or `None` (with the reason printed) when the test must be skipped.
+fn binaries(test: &str) -> Option<Binaries> {
+    let chromedriver = find_binary("CHROMEDRIVER", &["chromedriver"]);
+    let chrome = find_binary("CHROME", &["chromium", "chromium-browser", "google-chrome"]);
+    match (chromedriver, chrome) {
+        (Some(chromedriver), Some(chrome)) => Some(Binaries {
+            chromedriver,
+            chrome,
+        }),
+        (driver, chrome) => {
+            let why = format!(
+                "chromedriver {}, chromium {} (install Debian's `chromium` and \
+                 `chromium-driver`, e.g. `source .ci/chromium.sh && browser_install`)",
+                if driver.is_some() {
+                    "found"
+                } else {
+                    "not found"
+                },
+                if chrome.is_some() {
+                    "found"
+                } else {
+                    "not found"
+                },
+            );
+            if std::env::var("API_KEYS_REQUIRE_BROWSER").as_deref() == Ok("1") {
+                panic!("{test}: API_KEYS_REQUIRE_BROWSER=1 but {why}");
+            }
+            // Straight to stderr, past the test harness's output capture, so a skip is seen.
+            let line = format!("{test}: skipped: {why}\n");
+            let _ = std::io::stderr().write_all(line.as_bytes());
+            None
+        }
+    }
+}
+
+// ---- processes and directories that clean up after themselves --------------------------------
+
+/// chromedriver, started in a process group of its own so that dropping the guard (also when a
+/// test panics before closing its session) ends it and every browser process it started.
+struct ChildGuard(Child);
+
+impl ChildGuard {
+    fn spawn(mut command: Command) -> std::io::Result<ChildGuard> {
+        command.process_group(0).spawn().map(ChildGuard)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "api-keys-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_loopback_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// ---- the harness: app + HTTP client + browser ----------------------------------------------
+
+struct Harness {
+    base: String,
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+    manager: String,
+    member: String,
+    browser: Client,
+    _driver: ChildGuard,
+    _profile: TempDir,
+    _server: tokio::task::JoinHandle<()>,
+    _slot: tokio::sync::MutexGuard<'static, ()>,
+}
+
+struct Reply {
+    status: StatusCode,
+    json: Value,
+}
+
+impl Harness {
+    async fn start(test: &str) -> Option<Harness> {
+        Harness::start_with(test, demo_state()).await
+    }
+
+    async fn start_with(test: &str, state: app::AppState) -> Option<Harness> {
+        let bins = binaries(test)?;
+        let slot = BROWSER_SLOT.lock().await;
+
+        // The example app, on an ephemeral loopback port.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let router = app::router(state);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        let base = format!("http://{addr}");
+        let http = HttpClient::builder(TokioExecutor::new()).build_http();
+
+        // chromedriver on a free loopback port, chromium with a fresh profile.
+        let port = free_loopback_port();
+        let mut command = Command::new(&bins.chromedriver);
+        command
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let driver = ChildGuard::spawn(command).expect("start chromedriver");
+        let driver_addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut ready = false;
+        for _ in 0..200 {
+            if TcpStream::connect(driver_addr).is_ok() {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ready, "chromedriver did not listen on {driver_addr}");
+
+        let profile = TempDir::new("chromium-profile");
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": bins.chrome,
+                "args": [
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--disable-dev-shm-usage",
+                    "--window-size=1280,900",
+                    format!("--user-data-dir={}", profile.0.display()),
+                ],
+            }),
+        );
+        let browser = ClientBuilder::new(HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://{driver_addr}"))
+            .await
+            .expect("WebDriver session with chromium");
+
+        let mut h = Harness {
+            base,
+            http,
+            manager: String::new(),
+            member: String::new(),
+            browser,
+            _driver: driver,
+            _profile: profile,
+            _server: server,
+            _slot: slot,
+        };
+        let sessions = h.call(Method::GET, "/demo/sessions", None, None).await;
+        assert_eq!(sessions.status, StatusCode::OK);
+        for s in sessions.json.as_array().expect("sessions") {
+            let label = s["label"].as_str().unwrap();
+            let session = s["session"].as_str().unwrap().to_owned();
+            if label.contains("manager") && h.manager.is_empty() {
+                h.manager = session;
+            } else if label.contains("member") && h.member.is_empty() {
+                h.member = session;
+            }
+        }
+        assert!(
+            !h.manager.is_empty() && !h.member.is_empty(),
+            "demo sessions"
+        );
+        Some(h)
+    }
+
+    async fn finish(self) {
+        self.browser.close().await.unwrap();
+    }
+
+    // -- HTTP, from the test's own client --
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        session: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(s) = session {
+            req = req.header("x-demo-session", s);
+        }
+        let body = match body {
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                Full::new(Bytes::from(b.to_string()))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let res = self.http.request(req.body(body).unwrap()).await.unwrap();
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, json }
+    }
+
+    /// `GET /metrics` with a bearer token: the status tells whether the key works.
+    async fn metrics_status(&self, token: &str) -> StatusCode {
+        let req = Request::builder()
+            .uri(format!("{}/metrics", self.base))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        self.http.request(req).await.unwrap().status()
+    }
+
+    /// A key made through the JSON API as the manager: (id, token).
+    async fn create_key(&self, name: &str) -> (String, String) {
+        let r = self
+            .call(
+                Method::POST,
+                "/api/keys",
+                Some(&self.manager.clone()),
+                Some(json!({"name": name, "scopes": ["prometheus"]})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+        (
+            r.json["info"]["id"].as_str().unwrap().to_owned(),
+            r.json["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    // -- the browser --
+
+    async fn open_page(&self) {
+        self.browser
+            .goto(&format!("{}/settings/api-keys", self.base))
+            .await
+            .unwrap();
+        self.wait_js(
+            "document.getElementById('whoami').textContent !== '' && \
+             (!document.getElementById('key-table').hidden || \
+              !document.getElementById('list-empty').hidden)",
+        )
+        .await;
+        // Count CSP violations from here on: the page must cause none.
+        self.js(
+            "window.__cspViolations = 0; document.addEventListener('securitypolicyviolation', \
+             () => { window.__cspViolations += 1; });",
+        )
+        .await;
+    }
+
+    async fn js(&self, body: &str) -> Value {
+        self.browser.execute(body, vec![]).await.unwrap()
+    }
+
+    /// Waits (bounded: 15 s) until a JavaScript expression is true.
+    async fn wait_js(&self, expr: &str) {
+        let script = format!("return !!({expr});");
+        for _ in 0..300 {
+            if self.js(&script).await == Value::Bool(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting for: {expr}");
+    }
+
+    async fn css(&self, selector: &str) -> Element {
+        self.browser.find(Locator::Css(selector)).await.unwrap()
+    }
+
+    async fn count(&self, selector: &str) -> usize {
+        self.browser
+            .find_all(Locator::Css(selector))
+            .await
+            .unwrap()
+            .len()
+    }
+
+    async fn value(&self, selector: &str) -> String {
+        self.css(selector)
+            .await
+            .prop("value")
+            .await
+            .unwrap()
+            .unwrap_or_default()
+    }
+
+    /// An element's text, with runs of white space collapsed to one space.
+    async fn text(&self, selector: &str) -> String {
+        let sel = serde_json::to_string(selector).unwrap();
+        self.js(&format!(
+            "return document.querySelector({sel}).textContent;"
+        ))
+        .await
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+    }
+
+    async fn row_status(&self, id: &str) -> String {
+        self.text(&format!("tr[data-key-id=\"{id}\"] .badge")).await
+    }
+
+    async fn csp_violations(&self) -> i64 {
+        self.js("return window.__cspViolations;")
+            .await
+            .as_i64()
+            .unwrap()
+    }
+
+    async fn choose_session(&self, session: &str) {
+        let options = self
+            .js("return document.querySelectorAll('#session option').length;")
+            .await;
+        let sessions = self.call(Method::GET, "/demo/sessions", None, None).await;
+        let i = sessions
+            .json
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|s| s["session"] == session)
+            .unwrap();
+        assert!(
+            options.as_u64().unwrap() as usize > i,
+            "the picker lists every session"
+        );
+        self.css("#session")
+            .await
+            .select_by_value(&i.to_string())
+            .await
+            .unwrap();
+        self.wait_js(&format!(
+            "document.getElementById('session').value === '{i}' && \
+             document.getElementById('whoami').textContent !== ''"
+        ))
+        .await;
+    }
+
+    async fn screenshot(&self, name: &str) -> PathBuf {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/admin-page");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, self.browser.screenshot().await.unwrap()).unwrap();
+        path
+    }
+}
+
+/// The example app's state over a fresh in-memory store and a random master key.
+fn demo_state() -> app::AppState {
+    let keyring = Keyring::new(1, MasterKey::generate());
+    app::AppState::new(AnyStore::new(MemoryStore::new()), keyring).expect("app state")
+}
+
+/// WebDriver's "Set Permission" (W3C Permissions extension), which chromedriver implements.
+#[derive(Debug)]
+struct SetPermission(&'static str);
+
+impl WebDriverCompatibleCommand for SetPermission {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!(
+            "session/{}/permissions",
+            session.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (hyper::Method, Option<String>) {
+        let body = json!({"descriptor": {"name": self.0}, "state": "granted"});
+        (Method::POST, Some(body.to_string()))
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn utc_date(unix: u64) -> String {
+    let t = api_keys::time::OffsetDateTime::from_unix_timestamp(unix as i64).unwrap();
+    format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day())
+}
+
+// ---- the scenarios -------------------------------------------------------------------------
+
+/// Generate with the defaults: 90 days preselected, the expiry shown is 90 days from now, the
+/// token is shown once, works on `/metrics`, and is never kept in storage or the URL.
+#[tokio::test]
+async fn generate_with_defaults_shows_the_key_once_and_it_works() {
+    let Some(h) = Harness::start("generate_with_defaults").await else {
+        return;
+    };
+    h.open_page().await;
+
+    // The form opens from the keyboard, with focus on the name field.
+    h.css("#open-generate")
+        .await
+        .send_keys(&Key::Enter)
+        .await
+        .unwrap();
+    h.wait_js("!document.getElementById('generate-panel').hidden")
+        .await;
+    assert_eq!(
+        h.js("return document.activeElement.id;").await,
+        json!("key-name")
+    );
+    // The "Key expiration" list comes from the policy, with its default (90 days) preselected.
+    assert_eq!(h.value("#key-expiry").await, "days:90");
+    let options = h
+        .js("return Array.from(document.querySelectorAll('#key-expiry option')).map(o => o.value);")
+        .await;
+    assert_eq!(
+        options,
+        json!([
+            "days:7", "days:30", "days:60", "days:90", "days:180", "days:365", "custom"
+        ])
+    );
+    assert!(
+        h.text("#key-expiry-help")
+            .await
+            .contains("90 days from now")
+    );
+    // Escape closes the form and focus goes back to its button; Enter opens it again.
+    h.css("#key-name")
+        .await
+        .send_keys(&Key::Escape)
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('generate-panel').hidden")
+        .await;
+    assert_eq!(
+        h.js("return document.activeElement.id;").await,
+        json!("open-generate")
+    );
+    h.browser
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys(&Key::Enter)
+        .await
+        .unwrap();
+    h.wait_js("!document.getElementById('generate-panel').hidden")
+        .await;
+    assert_eq!(h.value("#key-expiry").await, "days:90");
+
+    let name = "Prometheus scraper (prod)";
+    h.css("#key-name").await.send_keys(name).await.unwrap();
+    h.screenshot("generate-form.png").await;
+    let before = now_unix();
+    // Enter in the name field submits the form.
+    h.css("#key-name")
+        .await
+        .send_keys(&Key::Enter)
+        .await
+        .unwrap();
+    h.wait_js("!document.getElementById('new-key-panel').hidden")
+        .await;
+    let after = now_unix();
+
+    let token = h.value("#new-key-token").await;
+    assert!(token.starts_with("sak_"), "a token is shown");
+    assert!(
+        h.text("#new-key-warning")
+            .await
+            .contains("It will not be shown again"),
+        "the warning is plain"
+    );
+
+    // The expiration shown is 90 days from now.
+    let expires_el = h.css("#new-key-expires").await;
+    let shown: u64 = expires_el
+        .attr("data-unix")
+        .await
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (before + 90 * DAY..=after + 90 * DAY).contains(&shown),
+        "expiry {shown} is 90 days after [{before}, {after}]"
+    );
+    assert_eq!(expires_el.text().await.unwrap(), utc_date(shown));
+
+    // The list shows the new key, active, with the same expiry.
+    h.wait_js("document.querySelectorAll('#key-rows tr').length === 1")
+        .await;
+    assert_eq!(h.text("#key-rows .key-name").await, name);
+    assert_eq!(h.text("#key-rows .badge").await, "Active");
+    assert_eq!(h.text("#key-rows .col-expires time").await, utc_date(shown));
+    assert_eq!(h.text("#key-rows .col-last-used").await, "Never used");
+    assert_eq!(
+        h.count("#key-rows button.action-reveal").await,
+        0,
+        "reveal is off"
+    );
+
+    // The token shown once authenticates /metrics; a wrong one does not.
+    assert_eq!(h.metrics_status(&token).await, StatusCode::OK);
+    let mut wrong = token.clone();
+    wrong.pop();
+    wrong.push(if token.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(h.metrics_status(&wrong).await, StatusCode::UNAUTHORIZED);
+
+    // Never in a URL or web storage.
+    let url = h.browser.current_url().await.unwrap();
+    assert!(!url.as_str().contains(&token));
+    assert_eq!(
+        h.js("return localStorage.length + sessionStorage.length;")
+            .await,
+        json!(0)
+    );
+
+    // Copy button: the Clipboard API puts the key on the clipboard (the page falls back to
+    // selecting the key when a browser refuses; headless Chromium on loopback allows it).
+    h.css("#copy-key").await.click().await.unwrap();
+    h.wait_js("document.getElementById('copy-status').textContent !== ''")
+        .await;
+    assert_eq!(h.text("#copy-status").await, "Copied to the clipboard.");
+    // Reading it back needs the clipboard-read permission (the page itself never reads).
+    h.browser
+        .issue_cmd(SetPermission("clipboard-read"))
+        .await
+        .unwrap();
+    let clipboard = h
+        .browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; \
+             navigator.clipboard.readText().then(t => done('ok:' + t), e => done('error ' + e));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        clipboard.as_str() == Some(&format!("ok:{token}")),
+        "the clipboard does not hold the key: {}",
+        clipboard
+            .as_str()
+            .unwrap_or("")
+            .split(':')
+            .next()
+            .unwrap_or("")
+    );
+    h.screenshot("new-key.png").await;
+
+    // "Done" removes the token from the page.
+    h.css("#new-key-done").await.click().await.unwrap();
+    h.wait_js("document.getElementById('new-key-panel').hidden")
+        .await;
+    assert_eq!(h.value("#new-key-token").await, "");
+    assert!(!h.source_contains(&token).await, "token left in the DOM");
+    assert_eq!(
+        h.js("return document.activeElement.id;").await,
+        json!("open-generate"),
+        "focus returns to the button"
+    );
+
+    // Last use shows up after the key was used.
+    h.open_page().await;
+    h.wait_js("document.querySelectorAll('#key-rows tr').length === 1")
+        .await;
+    assert_eq!(h.text("#key-rows .col-last-used time").await.len(), 10);
+    assert_eq!(h.csp_violations().await, 0);
+
+    // Make the list look like a real organization's for the screenshot.
+    let r = h
+        .call(
+            Method::POST,
+            "/api/keys",
+            Some(&h.manager.clone()),
+            Some(json!({"name": "SCIM provisioning (Okta)", "scopes": ["scim"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let (old_id, _) = h.create_key("Legacy exporter").await;
+    let r = h
+        .call(
+            Method::POST,
+            &format!("/api/keys/{old_id}/revoke"),
+            Some(&h.manager.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = h
+        .call(
+            Method::POST,
+            "/api/keys",
+            Some(&h.manager.clone()),
+            Some(json!({"name": "Staging scraper", "scopes": ["prometheus", "scim"], "expiry": {"days": 7}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    h.open_page().await;
+    h.wait_js("document.querySelectorAll('#key-rows tr').length === 4")
+        .await;
+    let badges = h
+        .js("return Array.from(document.querySelectorAll('#key-rows .badge')).map(b => b.textContent).sort();")
+        .await;
+    assert_eq!(
+        badges,
+        json!(["Active", "Active", "Expires in 7 days", "Revoked"])
+    );
+    assert!(h.fits_the_window().await, "horizontal overflow at 1280 px");
+    h.screenshot("list.png").await;
+
+    // Smaller windows: still readable, nothing wider than the window.
+    for width in [1180, 1100, 1024, 1000, 900, 600, 400, 320] {
+        h.browser.set_window_size(width, 900).await.unwrap();
+        h.wait_js(&format!("window.innerWidth <= {width}")).await;
+        assert!(
+            h.fits_the_window().await,
+            "horizontal overflow at {width} px: {}",
+            h.js("const w = document.documentElement.clientWidth; return Array.from(document.querySelectorAll('body *')).filter(e => e.getBoundingClientRect().right > w + 0.5).map(e => e.tagName + '#' + e.id + '.' + e.className + ':' + Math.round(e.getBoundingClientRect().right)).slice(0, 12).join(' ');").await
+        );
+    }
+    h.screenshot("list-narrow.png").await;
+    h.finish().await;
+}
+
+impl Harness {
+    /// Whether the page is no wider than the window (no horizontal scrolling).
+    async fn fits_the_window(&self) -> bool {
+        self.js(
+            "return document.documentElement.scrollWidth <= document.documentElement.clientWidth;",
+        )
+        .await
+            == json!(true)
+    }
+
+    async fn source_contains(&self, needle: &str) -> bool {
+        self.browser.source().await.unwrap().contains(needle)
+    }
+}
+
+/// "Revoke and Delete" through the dialog: the warning is shown, Escape closes it and focus
+/// returns, confirming removes the row, and the token is refused on the very next request.
+#[tokio::test]
+async fn revoke_and_delete_through_the_dialog() {
+    let Some(h) = Harness::start("revoke_and_delete").await else {
+        return;
+    };
+    let (id, token) = h.create_key("CI deploy").await;
+    let (keep_id, keep_token) = h.create_key("Grafana agent").await;
+    assert_eq!(h.metrics_status(&token).await, StatusCode::OK);
+    h.open_page().await;
+
+    let row = format!("tr[data-key-id=\"{id}\"]");
+    let button = format!("{row} button.action-delete");
+    h.css(&button).await.click().await.unwrap();
+    h.wait_js("document.getElementById('confirm-dialog').open")
+        .await;
+    let warning = h.text("#confirm-warning").await;
+    assert!(
+        warning.contains("All integrations using this key will stop working immediately"),
+        "{warning}"
+    );
+    assert!(
+        warning.contains("create the replacement key first"),
+        "{warning}"
+    );
+    assert_eq!(
+        h.text("#confirm-title").await,
+        "Revoke and delete “CI deploy”?"
+    );
+    assert_eq!(h.text("#confirm-ok").await, "Revoke and Delete");
+    assert!(h.css("#roll-instead").await.is_displayed().await.unwrap());
+    assert_eq!(
+        h.js("return Array.from(document.querySelectorAll('#roll-overlap option')).map(o => o.textContent);")
+            .await,
+        json!(["1 hour", "1 day", "7 days"])
+    );
+    // Focus starts on the safe choice.
+    assert_eq!(
+        h.js("return document.activeElement.id;").await,
+        json!("confirm-cancel")
+    );
+    h.screenshot("dialog.png").await;
+
+    // Escape closes the dialog and focus returns to the button that opened it.
+    h.browser
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys(&Key::Escape)
+        .await
+        .unwrap();
+    h.wait_js("!document.getElementById('confirm-dialog').open")
+        .await;
+    let sel = serde_json::to_string(&button).unwrap();
+    h.wait_js(&format!(
+        "document.activeElement === document.querySelector({sel})"
+    ))
+    .await;
+    assert_eq!(
+        h.metrics_status(&token).await,
+        StatusCode::OK,
+        "cancel changed nothing"
+    );
+
+    // Again, and confirm.
+    h.css(&button).await.click().await.unwrap();
+    h.wait_js("document.getElementById('confirm-dialog').open")
+        .await;
+    h.css("#confirm-ok").await.click().await.unwrap();
+    h.wait_js(&format!(
+        "!document.getElementById('confirm-dialog').open && \
+         document.querySelector('{}') === null",
+        row.replace('\'', "\\'")
+    ))
+    .await;
+    // The very next request with the token is refused.
+    assert_eq!(h.metrics_status(&token).await, StatusCode::UNAUTHORIZED);
+    let r = h
+        .call(
+            Method::GET,
+            &format!("/api/keys/{id}"),
+            Some(&h.manager.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // The other key is untouched.
+    assert_eq!(h.count(&format!("tr[data-key-id=\"{keep_id}\"]")).await, 1);
+    assert_eq!(h.metrics_status(&keep_token).await, StatusCode::OK);
+    assert!(h.text("#status").await.contains("deleted") || h.text("#status").await.is_empty());
+    assert_eq!(h.csp_violations().await, 0);
+    h.finish().await;
+}
+
+/// "Revoke": the row stays, marked Revoked, and the token is refused.
+#[tokio::test]
+async fn revoke_keeps_the_row_as_revoked() {
+    let Some(h) = Harness::start("revoke").await else {
+        return;
+    };
+    let (id, token) = h.create_key("Nightly export").await;
+    assert_eq!(h.metrics_status(&token).await, StatusCode::OK);
+    h.open_page().await;
+    assert_eq!(h.row_status(&id).await, "Active");
+
+    h.css(&format!("tr[data-key-id=\"{id}\"] button.action-revoke"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('confirm-dialog').open")
+        .await;
+    assert_eq!(h.text("#confirm-ok").await, "Revoke");
+    assert!(
+        h.text("#confirm-warning")
+            .await
+            .contains("stop working immediately")
+    );
+    h.css("#confirm-ok").await.click().await.unwrap();
+    h.wait_js(&format!(
+        "(document.querySelector('tr[data-key-id=\"{id}\"] .badge') || {{}}).textContent === 'Revoked'"
+    ))
+    .await;
+    assert_eq!(h.metrics_status(&token).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.count("#key-rows tr").await, 1, "the row stays");
+    // A revoked row offers no Revoke any more, only Delete.
+    assert_eq!(
+        h.count(&format!("tr[data-key-id=\"{id}\"] button.action-revoke"))
+            .await,
+        0
+    );
+    assert_eq!(
+        h.text(&format!("tr[data-key-id=\"{id}\"] button.action-delete"))
+            .await,
+        "Delete"
+    );
+    let r = h
+        .call(
+            Method::GET,
+            &format!("/api/keys/{id}"),
+            Some(&h.manager.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(r.json["status"], "revoked");
+    assert_eq!(h.csp_violations().await, 0);
+    h.finish().await;
+}
+
+/// "Roll instead" from the dialog: a replacement is shown once and works; the old key keeps
+/// working through the chosen overlap and is listed as expiring.
+#[tokio::test]
+async fn roll_instead_keeps_the_old_key_for_the_overlap() {
+    let Some(h) = Harness::start("roll_instead").await else {
+        return;
+    };
+    let (id, token) = h.create_key("SCIM connector").await;
+    h.open_page().await;
+    h.css(&format!("tr[data-key-id=\"{id}\"] button.action-delete"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('confirm-dialog').open")
+        .await;
+    h.css("#roll-overlap")
+        .await
+        .select_by_value("3600")
+        .await
+        .unwrap();
+    let before = now_unix();
+    h.css("#roll-instead").await.click().await.unwrap();
+    h.wait_js(
+        "!document.getElementById('confirm-dialog').open && \
+         !document.getElementById('new-key-panel').hidden && \
+         document.querySelectorAll('#key-rows tr').length === 2",
+    )
+    .await;
+    let after = now_unix();
+    let new_token = h.value("#new-key-token").await;
+    assert_ne!(new_token, token);
+    assert_eq!(h.metrics_status(&new_token).await, StatusCode::OK);
+    assert_eq!(h.metrics_status(&token).await, StatusCode::OK, "overlap");
+    let old_expiry: u64 = h
+        .css(&format!("tr[data-key-id=\"{id}\"] .col-expires time"))
+        .await
+        .attr("data-unix")
+        .await
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((before + 3600..=after + 3600).contains(&old_expiry));
+    assert_eq!(h.row_status(&id).await, "Expires in 1 day");
+    h.finish().await;
+}
+
+/// "Key expiration" → "Custom date…": a date within the policy's maximum is accepted and the key
+/// expires at 00:00 UTC that day; a date past the maximum is refused by the page.
+#[tokio::test]
+async fn generate_with_a_custom_date() {
+    let Some(h) = Harness::start("custom_date").await else {
+        return;
+    };
+    h.open_page().await;
+    h.css("#open-generate").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('generate-panel').hidden")
+        .await;
+    assert!(
+        !h.css("#key-expiry-date")
+            .await
+            .is_displayed()
+            .await
+            .unwrap()
+    );
+    h.css("#key-expiry")
+        .await
+        .select_by_value("custom")
+        .await
+        .unwrap();
+    assert!(
+        h.css("#key-expiry-date")
+            .await
+            .is_displayed()
+            .await
+            .unwrap()
+    );
+    h.css("#key-name")
+        .await
+        .send_keys("Quarterly audit")
+        .await
+        .unwrap();
+
+    let midnight = now_unix() / DAY * DAY;
+    let set_date = |unix: u64| {
+        format!(
+            "const d = document.getElementById('key-expiry-date'); d.value = '{}'; \
+             d.dispatchEvent(new Event('input', {{bubbles: true}}));",
+            utc_date(unix)
+        )
+    };
+    // Past the policy's 365 days: the page refuses before asking the server.
+    h.js(&set_date(midnight + 400 * DAY)).await;
+    h.css("#generate-submit").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('generate-error').hidden")
+        .await;
+    assert!(
+        h.text("#generate-error")
+            .await
+            .starts_with("Choose an expiration date")
+    );
+    let listed = h
+        .call(Method::GET, "/api/keys", Some(&h.manager.clone()), None)
+        .await;
+    assert_eq!(listed.json, json!([]), "nothing was generated");
+
+    let chosen = midnight + 45 * DAY;
+    h.js(&set_date(chosen)).await;
+    h.css("#generate-submit").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('new-key-panel').hidden")
+        .await;
+    let shown: u64 = h
+        .css("#new-key-expires")
+        .await
+        .attr("data-unix")
+        .await
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(shown, chosen);
+    let listed = h
+        .call(Method::GET, "/api/keys", Some(&h.manager.clone()), None)
+        .await;
+    assert_eq!(listed.json[0]["expires_at"], json!(chosen));
+    assert_eq!(h.csp_violations().await, 0);
+    h.finish().await;
+}
+
+/// With `allow_reveal` on, a manager can reveal a key again from its row; the page says the
+/// reveal is audited. (Off by default: then no row has a Reveal action.)
+#[tokio::test]
+async fn reveal_when_the_policy_allows_it() {
+    let state = app::AppState::with_policy(
+        AnyStore::new(MemoryStore::new()),
+        Keyring::new(1, MasterKey::generate()),
+        Policy::default().allow_reveal(true),
+    )
+    .expect("app state");
+    let Some(h) = Harness::start_with("reveal", state).await else {
+        return;
+    };
+    let (id, token) = h.create_key("Okta SCIM").await;
+    h.open_page().await;
+    h.css(&format!("tr[data-key-id=\"{id}\"] button.action-reveal"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("!document.getElementById('new-key-panel').hidden")
+        .await;
+    assert_eq!(h.text("#new-key-title").await, "API key revealed");
+    assert_eq!(h.value("#new-key-token").await, token);
+    assert!(h.text("#new-key-meta").await.contains("audit log"));
+    assert!(
+        h.text("#new-key-warning")
+            .await
+            .contains("every reveal is audited")
+    );
+    h.css("#new-key-done").await.click().await.unwrap();
+    assert_eq!(h.value("#new-key-token").await, "");
+    assert_eq!(h.csp_violations().await, 0);
+    h.finish().await;
+}
+
+/// A key named like markup is shown as text, and no script runs.
+#[tokio::test]
+async fn a_key_named_like_markup_is_shown_as_text() {
+    let Some(h) = Harness::start("markup_name").await else {
+        return;
+    };
+    let via_api = "\"><svg onload=\"window.__xss=1\"><script>window.__xss=2</script>";
+    h.create_key(via_api).await;
+    h.open_page().await;
+
+    // And one through the form.
+    let via_form = "<img src=x onerror=alert(1)>";
+    h.css("#open-generate").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('generate-panel').hidden")
+        .await;
+    h.css("#key-name").await.send_keys(via_form).await.unwrap();
+    h.css("#generate-submit").await.click().await.unwrap();
+    h.wait_js(
+        "!document.getElementById('new-key-panel').hidden && \
+         document.querySelectorAll('#key-rows tr').length === 2",
+    )
+    .await;
+
+    let names = h
+        .js("return Array.from(document.querySelectorAll('#key-rows .key-name')).map(n => n.textContent).sort();")
+        .await;
+    let mut expected = vec![via_api, via_form];
+    expected.sort();
+    assert_eq!(names, json!(expected));
+    assert!(h.text("#new-key-meta").await.contains(via_form));
+
+    // Open the dialog too: its title carries the name.
+    h.css("#key-rows tr button.action-delete")
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('confirm-dialog').open")
+        .await;
+    assert!(
+        h.text("#confirm-title")
+            .await
+            .starts_with("Revoke and delete “")
+    );
+
+    assert_eq!(
+        h.count("main img, main svg, main script, dialog img, dialog svg")
+            .await,
+        0,
+        "markup from a key name became elements"
+    );
+    assert_eq!(
+        h.js("return typeof window.__xss;").await,
+        json!("undefined")
+    );
+    assert!(
+        h.browser.get_alert_text().await.is_err(),
+        "an alert is open"
+    );
+    assert_eq!(h.csp_violations().await, 0);
+    h.finish().await;
+}
+
+/// A member sees the page read-only with a clear message; the server refuses forged calls.
+#[tokio::test]
+async fn a_member_cannot_manage_keys() {
+    let Some(h) = Harness::start("member").await else {
+        return;
+    };
+    let (id, token) = h.create_key("Prometheus").await;
+    h.open_page().await;
+    assert_eq!(
+        h.count("#key-rows button").await,
+        2,
+        "the manager sees actions"
+    );
+
+    h.choose_session(&h.member.clone()).await;
+    h.wait_js("!document.getElementById('member-notice').hidden")
+        .await;
+    assert!(
+        h.text("#member-notice")
+            .await
+            .contains("Only managers of this organization can manage API keys")
+    );
+    assert!(
+        !h.css("#open-generate").await.is_displayed().await.unwrap(),
+        "no Generate button"
+    );
+    let mut visible_buttons = 0;
+    for b in h
+        .browser
+        .find_all(Locator::Css("main button"))
+        .await
+        .unwrap()
+    {
+        if b.is_displayed().await.unwrap() {
+            visible_buttons += 1;
+        }
+    }
+    assert_eq!(visible_buttons, 0, "a member sees no management controls");
+    // The core lets only managers list keys, so the page says so instead of showing rows.
+    assert_eq!(h.count("#key-rows tr").await, 0);
+    assert_eq!(
+        h.text("#list-empty").await,
+        "The key list is shown to managers of this organization only."
+    );
+    h.screenshot("member.png").await;
+
+    // The server enforces it: forged calls with the member's session get 403.
+    let member = h.member.clone();
+    let forged = [
+        (Method::GET, "/api/keys".to_owned(), None),
+        (Method::GET, format!("/api/keys/{id}"), None),
+        (
+            Method::POST,
+            "/api/keys".to_owned(),
+            Some(json!({"name": "mine", "scopes": ["prometheus"]})),
+        ),
+        (Method::POST, format!("/api/keys/{id}/revoke"), None),
+        (
+            Method::POST,
+            format!("/api/keys/{id}/roll"),
+            Some(json!({"overlap_seconds": 60})),
+        ),
+        (Method::POST, format!("/api/keys/{id}/reveal"), None),
+        (Method::DELETE, format!("/api/keys/{id}"), None),
+    ];
+    for (method, path, body) in forged {
+        let r = h.call(method.clone(), &path, Some(&member), body).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{method} {path}");
+        assert_eq!(r.json["error"], "permission_denied");
+    }
+    assert_eq!(h.metrics_status(&token).await, StatusCode::OK);
+
+    // Back to the manager: the controls return.
+    h.choose_session(&h.manager.clone()).await;
+    h.wait_js("!document.getElementById('manager-actions').hidden")
+        .await;
+    assert_eq!(h.count("#key-rows button").await, 2);
+    h.finish().await;
+}
+
+/// The page's files: served with the security headers, no inline script or style, no
+/// `innerHTML`, no storage, no console.
+#[tokio::test]
+async fn page_is_served_with_a_strict_policy() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = app::router(demo_state());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    let http: HttpClient<HttpConnector, Full<Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build_http();
+    for (path, content_type) in [
+        ("/settings/api-keys", "text/html; charset=utf-8"),
+        (
+            "/settings/api-keys/app.js",
+            "text/javascript; charset=utf-8",
+        ),
+        ("/settings/api-keys/style.css", "text/css; charset=utf-8"),
+    ] {
+        let res = http
+            .get(format!("http://{addr}{path}").parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        let h = res.headers();
+        assert_eq!(h["content-type"], content_type, "{path}");
+        assert_eq!(
+            h["content-security-policy"],
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            "{path}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+    }
+    server.abort();
+
+    let html = include_str!("../examples/server/app/assets/index.html");
+    let js = include_str!("../examples/server/app/assets/app.js");
+    for (i, piece) in html.split("<script").enumerate().skip(1) {
+        let tag = piece.split('>').next().unwrap();
+        assert!(tag.contains("src=\"/"), "inline script #{i}");
+    }
+    assert!(!html.contains("style="), "inline style attribute");
+    assert!(!html.contains("<style"), "inline style element");
+    assert!(!has_event_handler_attribute(html), "inline event handler");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "external resource"
+    );
+    for banned in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "localStorage",
+        "sessionStorage",
+        "console.",
+        "eval(",
+        "new Function",
+        "document.cookie",
+    ] {
+        let code: String = js
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(!code.contains(banned), "app.js uses {banned}");
+    }
+}
+
+/// Whether some tag has an `on…=` attribute (an inline event handler).
+fn has_event_handler_attribute(html: &str) -> bool {
+    html.split('<').skip(1).any(|tag| {
+        let tag = tag.split('>').next().unwrap_or("");
+        tag.split_whitespace().skip(1).any(|attr| {
+            let name = attr.split('=').next().unwrap_or("").to_ascii_lowercase();
+            name.len() > 2 && name.starts_with("on") && attr.contains('=')
+        })
+    })
+}

@@ -35,6 +35,12 @@ pub use record::{KeyRecord, RECORD_FORMAT, Sealed};
 pub use store::{
     AnyStore, BoxFuture, Change, ChangeKind, ChangeListener, DynKeyStore, KeyStore, MemoryStore,
 };
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use store::{PostgresError, PostgresErrorKind, PostgresStore};
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use store::{SqliteError, SqliteErrorKind, SqliteStore};
 pub use token::{DEFAULT_PREFIX, MAX_TOKEN_LEN, UntrustedToken};
 
 /// Re-exported so hosts use the same `time` as the crate.

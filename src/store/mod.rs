@@ -11,6 +11,16 @@ use crate::{KeyId, KeyRecord, OrgId, StoreError};
 mod memory;
 pub use memory::MemoryStore;
 
+#[cfg(feature = "sqlite")]
+mod sqlite;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteError, SqliteErrorKind, SqliteStore};
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresError, PostgresErrorKind, PostgresStore};
+
 /// What happened to a record, as a change feed reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChangeKind {

@@ -1,0 +1,816 @@
+//! [`PostgresStore`]: keys in PostgreSQL, shared by many server nodes, with a
+//! `LISTEN/NOTIFY` change feed (feature `postgres`).
+//!
+//! Layout (schema version 1):
+//!
+//! ```sql
+//! CREATE TABLE api_keys_schema (version INTEGER NOT NULL);   -- one row
+//! CREATE TABLE api_keys (
+//!     id           TEXT COLLATE "C" PRIMARY KEY,   -- binary order
+//!     org          TEXT   NOT NULL,
+//!     revision     BIGINT NOT NULL,
+//!     expires_at   BIGINT,          -- Unix seconds, NULL = never
+//!     last_used_at BIGINT,          -- Unix seconds; authoritative (see below)
+//!     record       JSONB  NOT NULL  -- the KeyRecord, its last_used_at left null
+//! );
+//! CREATE INDEX api_keys_org ON api_keys (org);
+//! CREATE INDEX api_keys_expires_at ON api_keys (expires_at);
+//! ```
+//!
+//! Every insert, update and delete is one statement that also calls
+//! `pg_notify('api_keys_changes', '<id>:<revision>:<insert|update|delete>')`, so the
+//! notification is sent if and only if the change commits.
+
+use std::fmt;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{Stream, StreamExt};
+use time::OffsetDateTime;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{AsyncMessage, NoTls, Row, Socket};
+
+use super::{Change, ChangeKind, ChangeListener, KeyStore};
+use crate::{BoxError, KeyId, KeyRecord, OrgId, StoreError};
+
+/// The schema version this crate writes. A database with a higher version is refused.
+const SCHEMA_VERSION: i32 = 1;
+
+/// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE api_keys (
+        id           TEXT COLLATE "C" PRIMARY KEY,
+        org          TEXT   NOT NULL,
+        revision     BIGINT NOT NULL,
+        expires_at   BIGINT,
+        last_used_at BIGINT,
+        record       JSONB  NOT NULL
+    );
+    CREATE INDEX api_keys_org ON api_keys (org);
+    CREATE INDEX api_keys_expires_at ON api_keys (expires_at);
+"#];
+
+/// Serializes concurrent migrations (any constant unlikely to collide with the host's own
+/// advisory locks: "api-keys" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6170_692d_6b65_7973;
+
+/// The notification channel of the change feed (also spelled out in the statements).
+const CHANNEL: &str = "api_keys_changes";
+
+const DEFAULT_APPLICATION_NAME: &str = "api-keys";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const POOL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often the feed task checks that its listener still exists.
+const FEED_TICK: Duration = Duration::from_secs(1);
+/// Every this many ticks, the feed connection is probed with a query (a connection that died
+/// silently would otherwise go unnoticed).
+const HEARTBEAT_TICKS: u32 = 2;
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+const SELECT: &str = "SELECT id, org, revision, last_used_at, record::text FROM api_keys";
+
+/// What went wrong in a [`PostgresStore`]; see [`PostgresError::kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PostgresErrorKind {
+    /// The connection URL could not be parsed. The message never repeats the URL (it may
+    /// hold a password).
+    InvalidUrl,
+    /// No connection could be made (server down, refused, authentication failed, timed out
+    /// waiting for the pool, ...).
+    Connect,
+    /// An established connection was lost. The pool replaces it: the next call reconnects.
+    ConnectionLost,
+    /// The database's key-store schema is newer than this version of the crate knows. Nothing
+    /// was changed; upgrade the crate.
+    NewerSchema {
+        /// The version found in the database.
+        found: i32,
+        /// The newest version this crate knows.
+        supported: i32,
+    },
+    /// A value cannot be stored (a revision above `i64::MAX`).
+    OutOfRange,
+    /// [`PostgresStore::connect`] was called outside a tokio runtime.
+    NoRuntime,
+    /// The server refused a statement.
+    Query,
+}
+
+/// The source of the [`StoreError::Backend`] errors of a [`PostgresStore`]: what failed,
+/// with the driver's own error as its source. Reach it with [`std::error::Error::source`]
+/// and `downcast_ref::<PostgresError>()`.
+#[derive(Debug)]
+pub struct PostgresError {
+    kind: PostgresErrorKind,
+    source: Option<BoxError>,
+}
+
+impl PostgresError {
+    /// What went wrong.
+    pub fn kind(&self) -> PostgresErrorKind {
+        self.kind
+    }
+
+    fn new(kind: PostgresErrorKind, source: Option<BoxError>) -> Self {
+        PostgresError { kind, source }
+    }
+
+    /// Classifies a driver error: a lost connection, or a refused statement.
+    fn from_pg(e: tokio_postgres::Error) -> Self {
+        let lost = e.is_closed()
+            || match e.code() {
+                None => e.as_db_error().is_none(),
+                Some(code) => {
+                    code.code().starts_with("08")
+                        || *code == SqlState::ADMIN_SHUTDOWN
+                        || *code == SqlState::CRASH_SHUTDOWN
+                        || *code == SqlState::CANNOT_CONNECT_NOW
+                }
+            };
+        let kind = if lost {
+            PostgresErrorKind::ConnectionLost
+        } else {
+            PostgresErrorKind::Query
+        };
+        Self::new(kind, Some(Box::new(e)))
+    }
+}
+
+impl fmt::Display for PostgresError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            PostgresErrorKind::InvalidUrl => f.write_str("invalid PostgreSQL connection URL"),
+            PostgresErrorKind::Connect => f.write_str("cannot connect to PostgreSQL"),
+            PostgresErrorKind::ConnectionLost => f.write_str(
+                "the PostgreSQL connection was lost (the next call uses a new connection)",
+            ),
+            PostgresErrorKind::NewerSchema { found, supported } => write!(
+                f,
+                "the PostgreSQL key store has schema version {found}, newer than version {supported} known to this version of api-keys; upgrade api-keys (nothing was changed)"
+            ),
+            PostgresErrorKind::OutOfRange => {
+                f.write_str("a revision above i64::MAX cannot be stored in PostgreSQL")
+            }
+            PostgresErrorKind::NoRuntime => {
+                f.write_str("PostgresStore must be created inside a tokio runtime")
+            }
+            PostgresErrorKind::Query => f.write_str("PostgreSQL refused a statement"),
+        }
+    }
+}
+
+impl std::error::Error for PostgresError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    StoreError::backend(PostgresError::from_pg(e))
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    // A pooled connection that fails its recycling check is replaced transparently, so what
+    // reaches us is a failure to make a new one (or a timeout waiting for one).
+    StoreError::backend(PostgresError::new(
+        PostgresErrorKind::Connect,
+        Some(Box::new(e)),
+    ))
+}
+
+/// A row that does not decode into a valid record (the source of [`StoreError::Corrupt`]).
+#[derive(Debug)]
+struct RowError {
+    id: Option<String>,
+    reason: String,
+}
+
+impl fmt::Display for RowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.id {
+            Some(id) => write!(f, "stored key {id}: {}", self.reason),
+            None => write!(f, "stored key row: {}", self.reason),
+        }
+    }
+}
+
+impl std::error::Error for RowError {}
+
+fn corrupt(id: Option<&str>, reason: impl fmt::Display) -> StoreError {
+    StoreError::Corrupt(Box::new(RowError {
+        id: id.map(str::to_owned),
+        reason: reason.to_string(),
+    }))
+}
+
+/// A connection for the change feed: the client and the stream of the connection's
+/// asynchronous messages (driving that stream drives the connection).
+type FeedConnection = (
+    tokio_postgres::Client,
+    Pin<Box<dyn Stream<Item = Result<AsyncMessage, tokio_postgres::Error>> + Send>>,
+);
+type FeedConnector = Arc<
+    dyn Fn() -> BoxFuture<'static, Result<FeedConnection, tokio_postgres::Error>> + Send + Sync,
+>;
+
+struct Inner {
+    pool: Pool,
+    feed: FeedConnector,
+    runtime: tokio::runtime::Handle,
+}
+
+/// A [`KeyStore`] in PostgreSQL, shared by many server nodes.
+///
+/// - Connections come from a [`deadpool_postgres`] pool over `tokio-postgres`. A connection
+///   that breaks fails the call that was using it ([`StoreError::Backend`] with a
+///   [`PostgresError`] of kind [`PostgresErrorKind::ConnectionLost`], its source the driver's
+///   error) and is replaced on the next call.
+/// - The schema is created or migrated on connect (under an advisory lock, so nodes starting
+///   together do not race); a database written by a newer version of this crate is refused.
+/// - `update` is `UPDATE ... WHERE id = $1 AND revision = $2`; ids are `TEXT COLLATE "C"`.
+/// - Change feed: every insert, update and delete notifies channel `api_keys_changes` in the
+///   same statement (and so the same transaction). [`KeyStore::changes`] starts a task on
+///   the tokio runtime that [`PostgresStore::connect`] ran on, with its own `LISTEN`
+///   connection (named `<application_name>-feed` in `pg_stat_activity`): it reports each
+///   notification, reports [`ChangeListener::connected`] once `LISTEN` is active and
+///   [`ChangeListener::disconnected`] when the connection drops or stops answering its
+///   heartbeat (a query every 2 s, answered within 3 s: a connection that died silently is
+///   noticed within about 5 s), then reconnects with backoff (100 ms doubling to 5 s).
+///   It holds the listener weakly and ends, closing its connection, within about a second
+///   of the listener being dropped. `touch` sends no notification (last use is not cached).
+///
+/// Cloning is cheap; clones share the pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.inner.pool.status();
+        f.debug_struct("PostgresStore")
+            .field("pool_size", &status.size)
+            .field("pool_max_size", &status.max_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects without TLS to the database at `url` (a `postgres://` URL or a
+    /// `key=value` connection string, as `tokio-postgres` parses them) and creates or
+    /// migrates the schema. Must run inside a tokio runtime, which will run the change feed.
+    ///
+    /// Unless the URL sets them, the connections are named `api-keys` (`application_name`)
+    /// and time out after 10 s.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] with a [`PostgresError`] source of kind
+    /// [`PostgresErrorKind::InvalidUrl`], [`PostgresErrorKind::Connect`],
+    /// [`PostgresErrorKind::NewerSchema`], [`PostgresErrorKind::NoRuntime`] or
+    /// [`PostgresErrorKind::Query`].
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_tls(url, NoTls).await
+    }
+
+    /// Like [`PostgresStore::connect`], with a TLS connector (for example from the
+    /// `postgres-native-tls` or `tokio-postgres-rustls` crates).
+    ///
+    /// # Errors
+    /// As [`PostgresStore::connect`].
+    pub async fn connect_with_tls<T>(url: &str, tls: T) -> Result<Self, StoreError>
+    where
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+        T::Stream: Send + Sync,
+        T::TlsConnect: Send + Sync,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            StoreError::backend(PostgresError::new(
+                PostgresErrorKind::NoRuntime,
+                Some(Box::new(e)),
+            ))
+        })?;
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            StoreError::backend(PostgresError::new(
+                PostgresErrorKind::InvalidUrl,
+                Some(Box::new(e)),
+            ))
+        })?;
+        if config.get_application_name().is_none() {
+            config.application_name(DEFAULT_APPLICATION_NAME);
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let mut feed_config = config.clone();
+        feed_config.application_name(format!(
+            "{}-feed",
+            config
+                .get_application_name()
+                .unwrap_or(DEFAULT_APPLICATION_NAME)
+        ));
+        let manager = Manager::from_config(
+            config,
+            tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT))
+            .build()
+            .map_err(|e| {
+                StoreError::backend(PostgresError::new(
+                    PostgresErrorKind::Connect,
+                    Some(Box::new(e)),
+                ))
+            })?;
+        let feed: FeedConnector = Arc::new(move || {
+            let config = feed_config.clone();
+            let tls = tls.clone();
+            Box::pin(async move {
+                let (client, mut connection) = config.connect(tls).await?;
+                let messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                Ok((client, Box::pin(messages) as Pin<Box<_>>))
+            })
+        });
+        let store = PostgresStore {
+            inner: Arc::new(Inner {
+                pool,
+                feed,
+                runtime,
+            }),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS api_keys_schema (version INTEGER NOT NULL)")
+            .await
+            .map_err(pg)?;
+        let found: Option<i32> = tx
+            .query_one("SELECT max(version) FROM api_keys_schema", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        let found = found.unwrap_or(0);
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::backend(PostgresError::new(
+                PostgresErrorKind::NewerSchema {
+                    found,
+                    supported: SCHEMA_VERSION,
+                },
+                None,
+            )));
+        }
+        if found < SCHEMA_VERSION {
+            for step in &MIGRATIONS[found.max(0) as usize..] {
+                tx.batch_execute(step).await.map_err(pg)?;
+            }
+            tx.execute("DELETE FROM api_keys_schema", &[])
+                .await
+                .map_err(pg)?;
+            tx.execute(
+                "INSERT INTO api_keys_schema (version) VALUES ($1)",
+                &[&SCHEMA_VERSION],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)
+    }
+
+    /// The schema version of the database.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] if the query fails.
+    pub async fn schema_version(&self) -> Result<i32, StoreError> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        client
+            .query_one("SELECT max(version) FROM api_keys_schema", &[])
+            .await
+            .map_err(pg)?
+            .try_get::<_, Option<i32>>(0)
+            .map_err(pg)
+            .map(|v| v.unwrap_or(0))
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.inner.pool.get().await.map_err(pool_err)
+    }
+
+    async fn query_records(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await.map_err(pg)?;
+        let rows = client.query(&stmt, params).await.map_err(pg)?;
+        rows.iter().map(decode).collect()
+    }
+}
+
+fn revision_to_sql(revision: u64) -> Result<i64, StoreError> {
+    i64::try_from(revision)
+        .map_err(|_| StoreError::backend(PostgresError::new(PostgresErrorKind::OutOfRange, None)))
+}
+
+fn unix(t: Option<OffsetDateTime>) -> Option<i64> {
+    t.map(OffsetDateTime::unix_timestamp)
+}
+
+/// The record as JSON, without `last_used_at` (its column is authoritative).
+fn record_json(record: &KeyRecord) -> Result<String, StoreError> {
+    let mut r = record.clone();
+    r.last_used_at = None;
+    serde_json::to_string(&r).map_err(StoreError::backend)
+}
+
+/// Decodes a row selected by [`SELECT`], checking that the columns agree with the JSON.
+fn decode(row: &Row) -> Result<KeyRecord, StoreError> {
+    let id: &str = row.try_get(0).map_err(|e| corrupt(None, e))?;
+    let org: &str = row.try_get(1).map_err(|e| corrupt(Some(id), e))?;
+    let revision: i64 = row.try_get(2).map_err(|e| corrupt(Some(id), e))?;
+    let last_used: Option<i64> = row.try_get(3).map_err(|e| corrupt(Some(id), e))?;
+    let json: &str = row.try_get(4).map_err(|e| corrupt(Some(id), e))?;
+    let mut rec: KeyRecord = serde_json::from_str(json).map_err(|e| corrupt(Some(id), e))?;
+    if rec.id.to_string() != id
+        || rec.org.as_str() != org
+        || u64::try_from(revision) != Ok(rec.revision)
+    {
+        return Err(corrupt(
+            Some(id),
+            "the id, org or revision column disagrees with the stored record",
+        ));
+    }
+    rec.last_used_at = last_used
+        .map(OffsetDateTime::from_unix_timestamp)
+        .transpose()
+        .map_err(|e| corrupt(Some(id), e))?;
+    Ok(rec)
+}
+
+impl KeyStore for PostgresStore {
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        {
+            let json = record_json(&record)?;
+            let revision = revision_to_sql(record.revision)?;
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(
+                    "WITH ins AS (
+                         INSERT INTO api_keys (id, org, revision, expires_at, last_used_at, record)
+                         VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
+                         ON CONFLICT (id) DO NOTHING
+                         RETURNING id, revision)
+                     SELECT pg_notify('api_keys_changes', id || ':' || revision || ':insert')
+                     FROM ins",
+                )
+                .await
+                .map_err(pg)?;
+            let rows = client
+                .query(
+                    &stmt,
+                    &[
+                        &record.id.to_string(),
+                        &record.org.as_str(),
+                        &revision,
+                        &unix(record.expires_at),
+                        &unix(record.last_used_at),
+                        &json,
+                    ],
+                )
+                .await
+                .map_err(pg)?;
+            if rows.is_empty() {
+                Err(StoreError::Duplicate)
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn get(
+        &self,
+        id: &KeyId,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send {
+        let id = id.to_string();
+        async move {
+            let sql = format!("{SELECT} WHERE id = $1");
+            let mut recs = self.query_records(&sql, &[&id]).await?;
+            Ok(recs.pop())
+        }
+    }
+
+    fn list(&self, org: &OrgId) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
+        let org = org.clone();
+        async move {
+            let sql = format!("{SELECT} WHERE org = $1");
+            self.query_records(&sql, &[&org.as_str()]).await
+        }
+    }
+
+    async fn update(&self, record: KeyRecord, expected_revision: u64) -> Result<(), StoreError> {
+        {
+            let json = record_json(&record)?;
+            let revision = revision_to_sql(record.revision)?;
+            let id = record.id.to_string();
+            let client = self.client().await?;
+            // No stored revision can be above i64::MAX: such an update can only fail.
+            if let Ok(expected) = i64::try_from(expected_revision) {
+                // `last_used_at` only ever rises (GREATEST ignores NULLs), even if the
+                // caller's copy is older than a concurrent `touch`.
+                let stmt = client
+                    .prepare_cached(
+                        "WITH upd AS (
+                             UPDATE api_keys SET org = $3, revision = $4, expires_at = $5,
+                                 last_used_at = GREATEST(last_used_at, $6),
+                                 record = $7::text::jsonb
+                             WHERE id = $1 AND revision = $2
+                             RETURNING id, revision)
+                         SELECT pg_notify('api_keys_changes', id || ':' || revision || ':update')
+                         FROM upd",
+                    )
+                    .await
+                    .map_err(pg)?;
+                let rows = client
+                    .query(
+                        &stmt,
+                        &[
+                            &id,
+                            &expected,
+                            &record.org.as_str(),
+                            &revision,
+                            &unix(record.expires_at),
+                            &unix(record.last_used_at),
+                            &json,
+                        ],
+                    )
+                    .await
+                    .map_err(pg)?;
+                if !rows.is_empty() {
+                    return Ok(());
+                }
+            }
+            let stmt = client
+                .prepare_cached("SELECT 1 FROM api_keys WHERE id = $1")
+                .await
+                .map_err(pg)?;
+            let exists = client.query_opt(&stmt, &[&id]).await.map_err(pg)?;
+            Err(if exists.is_some() {
+                StoreError::Conflict
+            } else {
+                StoreError::NotFound
+            })
+        }
+    }
+
+    fn delete(&self, id: &KeyId) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let id = id.to_string();
+        async move {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(
+                    "WITH del AS (DELETE FROM api_keys WHERE id = $1 RETURNING id)
+                     SELECT pg_notify('api_keys_changes', id || ':0:delete') FROM del",
+                )
+                .await
+                .map_err(pg)?;
+            let rows = client.query(&stmt, &[&id]).await.map_err(pg)?;
+            Ok(!rows.is_empty())
+        }
+    }
+
+    fn scan(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
+        let after = after.map(KeyId::to_string);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        async move {
+            match after {
+                Some(after) => {
+                    let sql = format!("{SELECT} WHERE id > $1 ORDER BY id LIMIT $2");
+                    self.query_records(&sql, &[&after, &limit]).await
+                }
+                None => {
+                    let sql = format!("{SELECT} ORDER BY id LIMIT $1");
+                    self.query_records(&sql, &[&limit]).await
+                }
+            }
+        }
+    }
+
+    fn touch(
+        &self,
+        id: &KeyId,
+        at: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let id = id.to_string();
+        let at = at.unix_timestamp();
+        async move {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(
+                    "UPDATE api_keys SET last_used_at = $2
+                     WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+                )
+                .await
+                .map_err(pg)?;
+            client.execute(&stmt, &[&id, &at]).await.map_err(pg)?;
+            Ok(())
+        }
+    }
+
+    fn changes(&self, listener: Weak<dyn ChangeListener>) -> bool {
+        self.inner
+            .runtime
+            .spawn(run_feed(self.inner.feed.clone(), listener));
+        true
+    }
+}
+
+/// Parses a notification payload `<id>:<revision>:<insert|update|delete>`.
+fn parse_payload(payload: &str) -> Option<Change> {
+    let mut parts = payload.split(':');
+    let id = KeyId::parse(parts.next()?).ok()?;
+    let revision = parts.next()?.parse().ok()?;
+    let kind = match parts.next()? {
+        "insert" => ChangeKind::Inserted,
+        "update" => ChangeKind::Updated,
+        "delete" => ChangeKind::Deleted,
+        _ => return None,
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Change { id, revision, kind })
+}
+
+/// How a feed connection ended.
+enum FeedEnd {
+    /// The listener is gone: stop for good.
+    ListenerGone,
+    /// The connection failed or was lost; `was_live` if `LISTEN` had become active.
+    Lost { was_live: bool },
+}
+
+/// The change-feed task: connect, `LISTEN`, report, and reconnect with backoff, until the
+/// listener is dropped.
+async fn run_feed(connect: FeedConnector, listener: Weak<dyn ChangeListener>) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        if listener.strong_count() == 0 {
+            return;
+        }
+        let end = match connect().await {
+            Ok((client, messages)) => listen(&client, messages, &listener).await,
+            Err(e) => {
+                tracing::warn!(target: "api_keys", error = %e, "change feed: cannot connect to PostgreSQL");
+                FeedEnd::Lost { was_live: false }
+            }
+        };
+        match end {
+            FeedEnd::ListenerGone => return,
+            FeedEnd::Lost { was_live } => {
+                if was_live {
+                    if let Some(l) = listener.upgrade() {
+                        l.disconnected();
+                    }
+                    backoff = MIN_BACKOFF;
+                }
+            }
+        }
+        // Sleep in ticks so that a dropped listener ends the task promptly.
+        let mut slept = Duration::ZERO;
+        while slept < backoff {
+            if listener.strong_count() == 0 {
+                return;
+            }
+            let step = (backoff - slept).min(FEED_TICK);
+            tokio::time::sleep(step).await;
+            slept += step;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Runs one feed connection until it is lost or the listener is gone.
+async fn listen(
+    client: &tokio_postgres::Client,
+    mut messages: Pin<Box<dyn Stream<Item = Result<AsyncMessage, tokio_postgres::Error>> + Send>>,
+    listener: &Weak<dyn ChangeListener>,
+) -> FeedEnd {
+    // The connection is driven by its own task, which forwards notifications here; queries on
+    // `client` (LISTEN, heartbeats) need it driven while they wait.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        while let Some(message) = messages.next().await {
+            let failed = message.is_err();
+            if tx.send(message).is_err() || failed {
+                break;
+            }
+        }
+    });
+    let _abort = AbortOnDrop(driver);
+
+    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+        tracing::warn!(target: "api_keys", error = %e, "change feed: LISTEN failed");
+        return FeedEnd::Lost { was_live: false };
+    }
+    match listener.upgrade() {
+        Some(l) => l.connected(),
+        None => return FeedEnd::ListenerGone,
+    }
+    tracing::debug!(target: "api_keys", "change feed: listening");
+    let mut tick = tokio::time::interval(FEED_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u32;
+    // The heartbeat in flight, if any: polled alongside the notifications, so a slow probe
+    // never holds them back.
+    let mut probe: Option<BoxFuture<'_, bool>> = None;
+    loop {
+        tokio::select! {
+            message = rx.recv() => match message {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    let Some(l) = listener.upgrade() else {
+                        return FeedEnd::ListenerGone;
+                    };
+                    match parse_payload(n.payload()) {
+                        Some(change) => l.changed(change),
+                        None => {
+                            // Something we cannot attribute to one key: forget everything.
+                            tracing::warn!(target: "api_keys", "change feed: unrecognized notification; flushing the cache");
+                            l.disconnected();
+                            l.connected();
+                        }
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(target: "api_keys", error = %e, "change feed: connection lost");
+                    return FeedEnd::Lost { was_live: true };
+                }
+                None => {
+                    tracing::warn!(target: "api_keys", "change feed: connection closed");
+                    return FeedEnd::Lost { was_live: true };
+                }
+            },
+            ok = async {
+                match probe.as_mut() {
+                    Some(p) => p.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                probe = None;
+                if !ok {
+                    tracing::warn!(target: "api_keys", "change feed: heartbeat failed");
+                    return FeedEnd::Lost { was_live: true };
+                }
+            }
+            _ = tick.tick() => {
+                if listener.strong_count() == 0 {
+                    return FeedEnd::ListenerGone;
+                }
+                ticks += 1;
+                if probe.is_none() && ticks.is_multiple_of(HEARTBEAT_TICKS) {
+                    probe = Some(Box::pin(async {
+                        matches!(
+                            tokio::time::timeout(HEARTBEAT_TIMEOUT, client.simple_query("SELECT 1")).await,
+                            Ok(Ok(_))
+                        )
+                    }));
+                }
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

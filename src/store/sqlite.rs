@@ -1,0 +1,580 @@
+//! [`SqliteStore`]: keys in one SQLite file, for a single server (feature `sqlite`).
+//!
+//! Layout (schema version 1):
+//!
+//! ```sql
+//! CREATE TABLE api_keys_schema (version INTEGER NOT NULL);   -- one row
+//! CREATE TABLE api_keys (
+//!     id           TEXT    NOT NULL PRIMARY KEY COLLATE BINARY,
+//!     org          TEXT    NOT NULL,
+//!     revision     INTEGER NOT NULL,
+//!     expires_at   INTEGER,          -- Unix seconds, NULL = never
+//!     last_used_at INTEGER,          -- Unix seconds; authoritative (see below)
+//!     record       TEXT    NOT NULL  -- the KeyRecord as JSON, its last_used_at left null
+//! );
+//! CREATE INDEX api_keys_org ON api_keys (org);
+//! CREATE INDEX api_keys_expires_at ON api_keys (expires_at);
+//! ```
+//!
+//! `last_used_at` lives only in its own column: `touch` is one `UPDATE` of that column, so it
+//! can never rewrite (and un-revoke) a record, and reads overlay it onto the decoded record.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use time::OffsetDateTime;
+
+use super::KeyStore;
+use crate::{KeyId, KeyRecord, OrgId, StoreError};
+
+/// The schema version this crate writes. A file with a higher version is refused.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE api_keys (
+        id           TEXT    NOT NULL PRIMARY KEY COLLATE BINARY,
+        org          TEXT    NOT NULL,
+        revision     INTEGER NOT NULL,
+        expires_at   INTEGER,
+        last_used_at INTEGER,
+        record       TEXT    NOT NULL
+    );
+    CREATE INDEX api_keys_org ON api_keys (org);
+    CREATE INDEX api_keys_expires_at ON api_keys (expires_at);
+"];
+
+/// How long a statement waits for another process's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const COLUMNS: &str = "id, org, revision, last_used_at, record";
+
+/// What went wrong in a [`SqliteStore`]; see [`SqliteError::kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SqliteErrorKind {
+    /// The path cannot be opened or created (a missing directory, no permission, a directory
+    /// instead of a file, ...).
+    CannotOpen,
+    /// The file exists but is not a SQLite database (or is encrypted or badly damaged).
+    NotADatabase,
+    /// The file or its directory is read-only, or the file is marked read-only (no write
+    /// permission bits — refused even for a superuser, who could otherwise write it).
+    ReadOnly,
+    /// The file's key-store schema is newer than this version of the crate knows. The file is
+    /// left untouched; upgrade the crate.
+    NewerSchema {
+        /// The version found in the file.
+        found: i64,
+        /// The newest version this crate knows.
+        supported: i64,
+    },
+    /// A value cannot be stored (a revision above `i64::MAX`).
+    OutOfRange,
+    /// A statement failed (I/O error, disk full, the file locked by another process for too
+    /// long, ...).
+    Query,
+}
+
+/// The source of the [`StoreError::Backend`] errors of a [`SqliteStore`]: what failed, on which
+/// file, with SQLite's own error as its source. Reach it with
+/// [`std::error::Error::source`] and `downcast_ref::<SqliteError>()`.
+#[derive(Debug)]
+pub struct SqliteError {
+    kind: SqliteErrorKind,
+    path: PathBuf,
+    source: Option<rusqlite::Error>,
+}
+
+impl SqliteError {
+    /// What went wrong.
+    pub fn kind(&self) -> SqliteErrorKind {
+        self.kind
+    }
+
+    /// The database file concerned.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn new(kind: SqliteErrorKind, path: &Path, source: Option<rusqlite::Error>) -> Self {
+        SqliteError {
+            kind,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Classifies a SQLite error by its code.
+    fn from_sqlite(path: &Path, e: rusqlite::Error) -> Self {
+        let kind = match e.sqlite_error_code() {
+            Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => {
+                SqliteErrorKind::CannotOpen
+            }
+            Some(ErrorCode::NotADatabase) => SqliteErrorKind::NotADatabase,
+            Some(ErrorCode::ReadOnly) => SqliteErrorKind::ReadOnly,
+            _ => SqliteErrorKind::Query,
+        };
+        Self::new(kind, path, Some(e))
+    }
+}
+
+impl fmt::Display for SqliteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self.path.display();
+        match self.kind {
+            SqliteErrorKind::CannotOpen => {
+                write!(f, "cannot open or create the SQLite key store at {p}")
+            }
+            SqliteErrorKind::NotADatabase => write!(f, "{p} is not a SQLite database"),
+            SqliteErrorKind::ReadOnly => write!(
+                f,
+                "the SQLite key store at {p} is read-only; it needs write access to the file and its directory"
+            ),
+            SqliteErrorKind::NewerSchema { found, supported } => write!(
+                f,
+                "the SQLite key store at {p} has schema version {found}, newer than version {supported} known to this version of api-keys; upgrade api-keys (the file was not changed)"
+            ),
+            SqliteErrorKind::OutOfRange => write!(
+                f,
+                "SQLite key store at {p}: a revision above i64::MAX cannot be stored"
+            ),
+            SqliteErrorKind::Query => write!(f, "SQLite key store at {p}: statement failed"),
+        }
+    }
+}
+
+impl std::error::Error for SqliteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A stored row that does not decode into a valid record (the source of
+/// [`StoreError::Corrupt`]).
+#[derive(Debug)]
+struct RowError {
+    id: Option<String>,
+    reason: String,
+}
+
+impl fmt::Display for RowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.id {
+            Some(id) => write!(f, "stored key {id}: {}", self.reason),
+            None => write!(f, "stored key row: {}", self.reason),
+        }
+    }
+}
+
+impl std::error::Error for RowError {}
+
+fn corrupt(id: Option<&str>, reason: impl fmt::Display) -> StoreError {
+    StoreError::Corrupt(Box::new(RowError {
+        id: id.map(str::to_owned),
+        reason: reason.to_string(),
+    }))
+}
+
+struct Inner {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+/// A [`KeyStore`] in one SQLite file: persistent, for a single server (several processes on
+/// the same machine may share the file; SQLite serializes their writes).
+///
+/// - The bundled SQLite is used (no system library needed); the file is in WAL mode with
+///   `synchronous = FULL`, so a key whose `generate` returned survives a crash of the process
+///   or of the machine.
+/// - The schema is created, or migrated, when the file is opened; a file written by a newer
+///   version of this crate is refused with [`SqliteErrorKind::NewerSchema`].
+/// - `update` is a compare-and-swap inside one `BEGIN IMMEDIATE` transaction; ids use binary
+///   collation.
+/// - Every call runs on tokio's blocking thread pool (`spawn_blocking`) when called inside a
+///   tokio runtime, so it never blocks the runtime's workers; outside tokio it runs inline.
+///   One connection serves all calls, one at a time.
+/// - There is no change feed (another process may write the same file unseen), so a
+///   [`KeyManager`] over it caches verified records for its fallback TTL only (1 s by
+///   default): a revocation made through another manager or process is refused within that
+///   TTL, one made through the same manager at once. Within one process, share one manager
+///   (clones are cheap).
+///
+/// Cloning is cheap; clones share the connection.
+///
+/// [`KeyManager`]: crate::KeyManager
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the key store in the SQLite file at `path`, switches it to WAL
+    /// and creates or migrates the schema. This does file I/O on the calling thread; in an
+    /// async context, call it once at start-up (or inside `spawn_blocking`).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] with a [`SqliteError`] source whose kind is
+    /// [`SqliteErrorKind::CannotOpen`] (missing directory, no permission, a directory),
+    /// [`SqliteErrorKind::NotADatabase`], [`SqliteErrorKind::ReadOnly`],
+    /// [`SqliteErrorKind::NewerSchema`] or [`SqliteErrorKind::Query`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        let conn = open_connection(path).map_err(StoreError::backend)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                path: path.to_path_buf(),
+            }),
+        })
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The schema version of the open file (the newest this crate knows once opened).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] if the query fails.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        self.run(|conn, path| {
+            conn.query_row("SELECT version FROM api_keys_schema", [], |r| r.get(0))
+                .map_err(|e| backend(path, e))
+        })
+        .await
+    }
+
+    /// Runs `f` with the connection: on tokio's blocking pool inside a runtime, inline
+    /// otherwise.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &Path) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let job = move || {
+            let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut conn, &inner.path)
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => rt.spawn_blocking(job).await.map_err(StoreError::backend)?,
+            Err(_) => job(),
+        }
+    }
+}
+
+fn backend(path: &Path, e: rusqlite::Error) -> StoreError {
+    StoreError::backend(SqliteError::from_sqlite(path, e))
+}
+
+fn open_connection(path: &Path) -> Result<Connection, SqliteError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            return Err(SqliteError::new(SqliteErrorKind::CannotOpen, path, None));
+        }
+        Ok(m) if m.permissions().readonly() => {
+            return Err(SqliteError::new(SqliteErrorKind::ReadOnly, path, None));
+        }
+        _ => {}
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        let e = SqliteError::from_sqlite(path, e);
+        // Opening reports most failures as "cannot open"; keep the other kinds it found.
+        if e.kind == SqliteErrorKind::Query {
+            SqliteError {
+                kind: SqliteErrorKind::CannotOpen,
+                ..e
+            }
+        } else {
+            e
+        }
+    })?;
+    let err = |e| SqliteError::from_sqlite(path, e);
+    if conn.is_readonly(rusqlite::MAIN_DB).map_err(err)? {
+        return Err(SqliteError::new(SqliteErrorKind::ReadOnly, path, None));
+    }
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+    // The first statement that reads the file: a file that is not a database fails here.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(SqliteError::new(SqliteErrorKind::Query, path, None));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
+    migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+/// Creates or upgrades the schema in one `BEGIN IMMEDIATE` transaction (so two processes
+/// opening a new file at once cannot both create it).
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), SqliteError> {
+    let err = |e| SqliteError::from_sqlite(path, e);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS api_keys_schema (version INTEGER NOT NULL)")
+        .map_err(err)?;
+    let found: Option<i64> = tx
+        .query_row("SELECT max(version) FROM api_keys_schema", [], |r| r.get(0))
+        .map_err(err)?;
+    let found = found.unwrap_or(0);
+    if found > SCHEMA_VERSION {
+        return Err(SqliteError::new(
+            SqliteErrorKind::NewerSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            },
+            path,
+            None,
+        ));
+    }
+    if found < SCHEMA_VERSION {
+        for step in &MIGRATIONS[found.max(0) as usize..] {
+            tx.execute_batch(step).map_err(err)?;
+        }
+        tx.execute("DELETE FROM api_keys_schema", []).map_err(err)?;
+        tx.execute(
+            "INSERT INTO api_keys_schema (version) VALUES (?1)",
+            [SCHEMA_VERSION],
+        )
+        .map_err(err)?;
+    }
+    tx.commit().map_err(err)
+}
+
+fn revision_to_sql(path: &Path, revision: u64) -> Result<i64, StoreError> {
+    i64::try_from(revision)
+        .map_err(|_| StoreError::backend(SqliteError::new(SqliteErrorKind::OutOfRange, path, None)))
+}
+
+fn unix(t: Option<OffsetDateTime>) -> Option<i64> {
+    t.map(OffsetDateTime::unix_timestamp)
+}
+
+/// The record as JSON, without `last_used_at` (its column is authoritative).
+fn record_json(record: &KeyRecord) -> Result<String, StoreError> {
+    let mut r = record.clone();
+    r.last_used_at = None;
+    serde_json::to_string(&r).map_err(StoreError::backend)
+}
+
+/// Decodes a row selected as [`COLUMNS`], checking that the columns agree with the JSON.
+fn decode(row: &rusqlite::Row<'_>) -> Result<KeyRecord, StoreError> {
+    let id: String = row.get(0).map_err(|e| corrupt(None, e))?;
+    let id = id.as_str();
+    let org: String = row.get(1).map_err(|e| corrupt(Some(id), e))?;
+    let revision: i64 = row.get(2).map_err(|e| corrupt(Some(id), e))?;
+    let last_used: Option<i64> = row.get(3).map_err(|e| corrupt(Some(id), e))?;
+    let json: String = row.get(4).map_err(|e| corrupt(Some(id), e))?;
+    let mut rec: KeyRecord = serde_json::from_str(&json).map_err(|e| corrupt(Some(id), e))?;
+    if rec.id.to_string() != id
+        || rec.org.as_str() != org
+        || Ok(rec.revision) != u64::try_from(revision)
+    {
+        return Err(corrupt(
+            Some(id),
+            "the id, org or revision column disagrees with the stored record",
+        ));
+    }
+    rec.last_used_at = last_used
+        .map(OffsetDateTime::from_unix_timestamp)
+        .transpose()
+        .map_err(|e| corrupt(Some(id), e))?;
+    Ok(rec)
+}
+
+/// Runs a query returning rows of [`COLUMNS`] and decodes them all.
+fn query_records(
+    conn: &Connection,
+    path: &Path,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<KeyRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(|e| backend(path, e))?;
+    let mut rows = stmt.query(params).map_err(|e| backend(path, e))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(|e| backend(path, e))? {
+        out.push(decode(row)?);
+    }
+    Ok(out)
+}
+
+impl KeyStore for SqliteStore {
+    fn insert(&self, record: KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.run(move |conn, path| {
+            let json = record_json(&record)?;
+            let revision = revision_to_sql(path, record.revision)?;
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO api_keys (id, org, revision, expires_at, last_used_at, record)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        record.id.to_string(),
+                        record.org.as_str(),
+                        revision,
+                        unix(record.expires_at),
+                        unix(record.last_used_at),
+                        json,
+                    ])
+                })
+                .map_err(|e| backend(path, e))?;
+            if n == 0 {
+                Err(StoreError::Duplicate)
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    fn get(
+        &self,
+        id: &KeyId,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send {
+        let id = id.to_string();
+        self.run(move |conn, path| {
+            let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1");
+            let mut stmt = conn.prepare_cached(&sql).map_err(|e| backend(path, e))?;
+            let mut rows = stmt.query([&id]).map_err(|e| backend(path, e))?;
+            match rows.next().map_err(|e| backend(path, e))? {
+                Some(row) => decode(row).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn list(&self, org: &OrgId) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
+        let org = org.clone();
+        self.run(move |conn, path| {
+            let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE org = ?1");
+            query_records(conn, path, &sql, [org.as_str()])
+        })
+    }
+
+    fn update(
+        &self,
+        record: KeyRecord,
+        expected_revision: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.run(move |conn, path| {
+            let json = record_json(&record)?;
+            let revision = revision_to_sql(path, record.revision)?;
+            let id = record.id.to_string();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| backend(path, e))?;
+            let updated = match i64::try_from(expected_revision) {
+                // `last_used_at` only ever rises, even if the caller's copy is older than a
+                // concurrent `touch`.
+                Ok(expected) => tx
+                    .prepare_cached(
+                        "UPDATE api_keys SET org = ?3, revision = ?4, expires_at = ?5,
+                             last_used_at = CASE
+                                 WHEN ?6 IS NULL THEN last_used_at
+                                 WHEN last_used_at IS NULL OR last_used_at < ?6 THEN ?6
+                                 ELSE last_used_at END,
+                             record = ?7
+                         WHERE id = ?1 AND revision = ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            id,
+                            expected,
+                            record.org.as_str(),
+                            revision,
+                            unix(record.expires_at),
+                            unix(record.last_used_at),
+                            json,
+                        ])
+                    })
+                    .map_err(|e| backend(path, e))?,
+                // No stored revision can be above i64::MAX.
+                Err(_) => 0,
+            };
+            let outcome = if updated > 0 {
+                Ok(())
+            } else {
+                let exists = tx
+                    .query_row("SELECT 1 FROM api_keys WHERE id = ?1", [&id], |_| Ok(()))
+                    .optional()
+                    .map_err(|e| backend(path, e))?;
+                Err(if exists.is_some() {
+                    StoreError::Conflict
+                } else {
+                    StoreError::NotFound
+                })
+            };
+            tx.commit().map_err(|e| backend(path, e))?;
+            outcome
+        })
+    }
+
+    fn delete(&self, id: &KeyId) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let id = id.to_string();
+        self.run(move |conn, path| {
+            conn.prepare_cached("DELETE FROM api_keys WHERE id = ?1")
+                .and_then(|mut s| s.execute([&id]))
+                .map(|n| n > 0)
+                .map_err(|e| backend(path, e))
+        })
+    }
+
+    fn scan(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
+        let after = after.map(KeyId::to_string);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |conn, path| match after {
+            Some(after) => {
+                let sql =
+                    format!("SELECT {COLUMNS} FROM api_keys WHERE id > ?1 ORDER BY id LIMIT ?2");
+                query_records(conn, path, &sql, params![after, limit])
+            }
+            None => {
+                let sql = format!("SELECT {COLUMNS} FROM api_keys ORDER BY id LIMIT ?1");
+                query_records(conn, path, &sql, [limit])
+            }
+        })
+    }
+
+    fn touch(
+        &self,
+        id: &KeyId,
+        at: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let id = id.to_string();
+        let at = at.unix_timestamp();
+        self.run(move |conn, path| {
+            conn.prepare_cached(
+                "UPDATE api_keys SET last_used_at = ?2
+                 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+            )
+            .and_then(|mut s| s.execute(params![id, at]))
+            .map(drop)
+            .map_err(|e| backend(path, e))
+        })
+    }
+}

@@ -1,0 +1,826 @@
+//! PostgresStore against a real server: conformance, the LISTEN/NOTIFY change feed across
+//! nodes, feed loss, connection loss, clear errors.
+//!
+//! Reads `DATABASE_URL`. Without it each test says why it is skipped and passes, unless
+//! `API_KEYS_REQUIRE_POSTGRES=1` (as in CI), where a missing URL fails.
+
+mod store_support;
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use api_keys::{
+    Actor, Change, ChangeKind, ChangeListener, Error, GenerateRequest, KeyId, KeyManager, KeyStore,
+    Keyring, MasterKey, OrgId, PostgresError, PostgresErrorKind, PostgresStore, Scope, StoreError,
+    UserId,
+};
+use store_support::{FeedEvent, Observed, Spy, report, wait_until};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_postgres::config::Host;
+
+const MASTER: [u8; 16] = *b"postgres-testkey";
+
+fn keyring() -> Keyring {
+    Keyring::new(1, MasterKey::from_bytes(MASTER))
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// A random key id (its first character is a digit, so the value fits in 64 bits).
+fn random_id() -> KeyId {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut b = [0u8; 11];
+    getrandom::getrandom(&mut b).unwrap();
+    let mut s = String::new();
+    s.push(char::from(ALPHABET[usize::from(b[0]) % 10]));
+    for &x in &b[1..] {
+        s.push(char::from(ALPHABET[usize::from(x) % 62]));
+    }
+    KeyId::parse(&s).unwrap()
+}
+
+fn org() -> OrgId {
+    OrgId::new(format!("pg-test-{:016x}", random_u64()))
+}
+
+fn manager_of(org: &OrgId) -> Actor {
+    Actor::manager(org.clone(), UserId::new("alice"))
+}
+
+/// `DATABASE_URL`, or `None` after saying why the test is skipped. Panics when
+/// `API_KEYS_REQUIRE_POSTGRES=1` and the URL is missing.
+fn database_url(test: &str) -> Option<tokio_postgres::Config> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => {
+            Some(tokio_postgres::Config::from_str(&url).expect("DATABASE_URL does not parse"))
+        }
+        _ => {
+            if std::env::var("API_KEYS_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                panic!("API_KEYS_REQUIRE_POSTGRES=1 but DATABASE_URL is not set");
+            }
+            eprintln!(
+                "skipping {test}: DATABASE_URL is not set (source .ci/postgres.sh and run pg_start to get a server)"
+            );
+            None
+        }
+    }
+}
+
+fn tcp_target(cfg: &tokio_postgres::Config) -> (String, u16) {
+    let host = match cfg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        _ => panic!("the tests need a TCP host in DATABASE_URL"),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    (host, port)
+}
+
+fn quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A `key=value` connection string for `cfg`'s server, named `app`, optionally through a
+/// proxy and to another database.
+fn conninfo(
+    cfg: &tokio_postgres::Config,
+    app: &str,
+    via: Option<SocketAddr>,
+    dbname: Option<&str>,
+) -> String {
+    let (host, port) = match via {
+        Some(a) => (a.ip().to_string(), a.port()),
+        None => tcp_target(cfg),
+    };
+    let mut s = format!(
+        "host={} port={port} application_name={}",
+        quote(&host),
+        quote(app)
+    );
+    if let Some(u) = cfg.get_user() {
+        s += &format!(" user={}", quote(u));
+    }
+    if let Some(p) = cfg.get_password() {
+        s += &format!(" password={}", quote(&String::from_utf8_lossy(p)));
+    }
+    if let Some(d) = dbname.or(cfg.get_dbname()) {
+        s += &format!(" dbname={}", quote(d));
+    }
+    s
+}
+
+fn app(tag: &str) -> String {
+    format!("t-{tag}-{:08x}", random_u64() as u32)
+}
+
+/// A plain connection for test bookkeeping (pg_stat_activity, pg_terminate_backend, ...).
+async fn admin(cfg: &tokio_postgres::Config, dbname: Option<&str>) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(
+        &conninfo(cfg, "api-keys-test-admin", None, dbname),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Backends of this database named `name`.
+async fn backends(admin: &tokio_postgres::Client, name: &str) -> Vec<i32> {
+    admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn wait_for_backends(
+    admin: &tokio_postgres::Client,
+    name: &str,
+    want: usize,
+    limit: Duration,
+) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if backends(admin, name).await.len() == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+async fn connect(cfg: &tokio_postgres::Config, app: &str) -> PostgresStore {
+    PostgresStore::connect(&conninfo(cfg, app, None, None))
+        .await
+        .unwrap()
+}
+
+/// The `PostgresError` behind a `StoreError::Backend`.
+fn pg_error(e: &StoreError) -> &PostgresError {
+    match e {
+        StoreError::Backend(src) => src
+            .downcast_ref::<PostgresError>()
+            .unwrap_or_else(|| panic!("source is not a PostgresError: {src:?}")),
+        other => panic!("expected StoreError::Backend, got {other:?}"),
+    }
+}
+
+/// The error and all its sources, one per line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s += &format!("\n  caused by: {c}");
+        cur = c.source();
+    }
+    s
+}
+
+/// A TCP relay in front of the server that can refuse new connections and cut live ones.
+struct Proxy {
+    addr: SocketAddr,
+    accepting: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
+    relays: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: (String, u16)) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepting = Arc::new(AtomicBool::new(true));
+        let frozen = Arc::new(AtomicBool::new(false));
+        let relays: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accept = {
+            let (accepting, frozen, relays) = (accepting.clone(), frozen.clone(), relays.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((inbound, _)) = listener.accept().await else {
+                        return;
+                    };
+                    if !accepting.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let (upstream, frozen) = (upstream.clone(), frozen.clone());
+                    let relay = tokio::spawn(async move {
+                        if let Ok(outbound) = TcpStream::connect(upstream).await {
+                            let (ri, wi) = inbound.into_split();
+                            let (ro, wo) = outbound.into_split();
+                            tokio::join!(pump(ri, wo, frozen.clone()), pump(ro, wi, frozen));
+                        }
+                    });
+                    relays.lock().unwrap().push(relay);
+                }
+            })
+        };
+        Proxy {
+            addr,
+            accepting,
+            frozen,
+            relays,
+            accept,
+        }
+    }
+
+    /// Holds every byte in both directions (a network that silently stopped), or resumes.
+    fn set_frozen(&self, on: bool) {
+        self.frozen.store(on, Ordering::SeqCst);
+    }
+
+    fn set_accepting(&self, on: bool) {
+        self.accepting.store(on, Ordering::SeqCst);
+    }
+
+    /// Closes every relayed connection.
+    fn cut_all(&self) {
+        for r in self.relays.lock().unwrap().drain(..) {
+            r.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut_all();
+    }
+}
+
+/// Copies one direction, holding the bytes while `frozen`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Polls `verify` on `node` until it is refused as revoked; returns how long that took.
+async fn time_until_revoked<S: KeyStore + 'static>(
+    node: &KeyManager<S>,
+    token: &str,
+    limit: Duration,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        match node.verify(token, &Scope::Prometheus).await {
+            Err(Error::Revoked) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(e) => panic!("unexpected verification error: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn testkit_conforms() {
+    let Some(cfg) = database_url("testkit_conforms") else {
+        return;
+    };
+    let store = connect(&cfg, &app("testkit")).await;
+    api_keys::testkit::run(&store).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_on_one_node_is_refused_on_another_within_a_second() {
+    let Some(cfg) = database_url("a_revoke_on_one_node_is_refused_on_another_within_a_second")
+    else {
+        return;
+    };
+    let org = org();
+    let admin_actor = manager_of(&org);
+    let node_a = KeyManager::builder(connect(&cfg, &app("node-a")).await, keyring())
+        .build()
+        .unwrap();
+    // Node B caches for a minute, and 10 s even without a feed: only the feed can make it
+    // notice the revoke within a second.
+    let b_store = Arc::new(Observed::new(connect(&cfg, &app("node-b")).await));
+    let node_b = KeyManager::builder(b_store.clone(), keyring())
+        .cache_ttl(Duration::from_secs(60))
+        .cache_fallback_ttl(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        b_store.feed.count(&FeedEvent::Connected) == 1
+    })
+    .await
+    .expect("node B's change feed never connected");
+
+    let (key, info) = node_a
+        .generate(
+            &admin_actor,
+            GenerateRequest::new("scraper").scope(Scope::Prometheus),
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        node_b
+            .verify(key.expose_secret(), &Scope::Prometheus)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        node_b.cached_records(),
+        1,
+        "node B serves the key from its cache"
+    );
+
+    let t0 = Instant::now();
+    node_a.revoke(&admin_actor, &info.id).await.unwrap();
+    let revoke_took = t0.elapsed();
+    let seen = time_until_revoked(&node_b, key.expose_secret(), Duration::from_secs(5))
+        .await
+        .expect("node B still accepted the revoked key after 5 s");
+    report(&format!(
+        "postgres: revoke on node A took {revoke_took:?}; node B refused the key {seen:?} after the revoke returned"
+    ));
+    assert!(seen < Duration::from_secs(1), "took {seen:?}");
+}
+
+#[tokio::test]
+async fn the_feed_reports_every_committed_change_and_nothing_else() {
+    let Some(cfg) = database_url("the_feed_reports_every_committed_change_and_nothing_else") else {
+        return;
+    };
+    let writer = connect(&cfg, &app("feed-writer")).await;
+    let watched = connect(&cfg, &app("feed-watch")).await;
+    let (spy, log) = Spy::recorder();
+    let listener: Arc<dyn ChangeListener> = spy.clone();
+    assert!(watched.changes(Arc::downgrade(&listener)));
+    wait_until(Duration::from_secs(10), || {
+        log.count(&FeedEvent::Connected) == 1
+    })
+    .await
+    .expect("the feed never connected");
+
+    let org = org();
+    let rec = api_keys::testkit::sample_record(random_id(), &org);
+    writer.insert(rec.clone()).await.unwrap();
+    // Neither a duplicate insert nor a lost CAS nor a touch is a change.
+    assert!(matches!(
+        writer.insert(rec.clone()).await,
+        Err(StoreError::Duplicate)
+    ));
+    let mut next = rec.clone();
+    next.revision = 2;
+    next.name = "renamed".into();
+    writer.update(next.clone(), 1).await.unwrap();
+    assert!(matches!(
+        writer.update(next.clone(), 1).await,
+        Err(StoreError::Conflict)
+    ));
+    writer
+        .touch(&rec.id, api_keys::time::OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert!(writer.delete(&rec.id).await.unwrap());
+    assert!(!writer.delete(&rec.id).await.unwrap());
+
+    let expected = vec![
+        Change {
+            id: rec.id,
+            revision: 1,
+            kind: ChangeKind::Inserted,
+        },
+        Change {
+            id: rec.id,
+            revision: 2,
+            kind: ChangeKind::Updated,
+        },
+        Change {
+            id: rec.id,
+            revision: 0,
+            kind: ChangeKind::Deleted,
+        },
+    ];
+    let mine = || -> Vec<Change> {
+        log.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                FeedEvent::Changed(c) if c.id == rec.id => Some(c),
+                _ => None,
+            })
+            .collect()
+    };
+    wait_until(Duration::from_secs(5), || mine().len() >= 3)
+        .await
+        .unwrap_or_else(|| panic!("feed delivered only {:?}", mine()));
+    assert_eq!(mine(), expected);
+    drop(spy);
+}
+
+#[tokio::test]
+async fn the_feed_stops_when_its_listener_is_dropped() {
+    let Some(cfg) = database_url("the_feed_stops_when_its_listener_is_dropped") else {
+        return;
+    };
+    let name = app("feed-drop");
+    let store = connect(&cfg, &name).await;
+    let admin = admin(&cfg, None).await;
+    let (spy, log) = Spy::recorder();
+    let listener: Arc<dyn ChangeListener> = spy;
+    store.changes(Arc::downgrade(&listener));
+    wait_until(Duration::from_secs(10), || {
+        log.count(&FeedEvent::Connected) == 1
+    })
+    .await
+    .expect("the feed never connected");
+    let feed_name = format!("{name}-feed");
+    assert_eq!(backends(&admin, &feed_name).await.len(), 1);
+    drop(listener);
+    assert!(
+        wait_for_backends(&admin, &feed_name, 0, Duration::from_secs(10)).await,
+        "the LISTEN connection outlived its listener"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_loss_falls_back_to_the_short_ttl_and_reconnects() {
+    let Some(cfg) = database_url("feed_loss_falls_back_to_the_short_ttl_and_reconnects") else {
+        return;
+    };
+    let admin = admin(&cfg, None).await;
+    let org = org();
+    let boss = manager_of(&org);
+    let node_a = KeyManager::builder(connect(&cfg, &app("loss-a")).await, keyring())
+        .build()
+        .unwrap();
+    // Node B reaches the server through a relay that can refuse new connections, so its
+    // feed stays down while its pooled connection keeps working.
+    let proxy = Proxy::start(tcp_target(&cfg)).await;
+    let b_name = app("loss-b");
+    let b_store = Arc::new(Observed::new(
+        PostgresStore::connect(&conninfo(&cfg, &b_name, Some(proxy.addr), None))
+            .await
+            .unwrap(),
+    ));
+    let node_b = KeyManager::builder(b_store.clone(), keyring())
+        .cache_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let feed = &b_store.feed;
+    wait_until(Duration::from_secs(10), || {
+        feed.count(&FeedEvent::Connected) == 1
+    })
+    .await
+    .expect("node B's feed never connected");
+
+    let (key, info) = node_a
+        .generate(&boss, GenerateRequest::new("k1").scope(Scope::Prometheus))
+        .await
+        .unwrap();
+    node_b
+        .verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    assert_eq!(node_b.cached_records(), 1);
+
+    // Kill B's LISTEN backend and keep the feed from reconnecting.
+    proxy.set_accepting(false);
+    let killed: Vec<bool> = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("{b_name}-feed")],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        killed,
+        vec![true],
+        "exactly one LISTEN backend to terminate"
+    );
+    let noticed = wait_until(Duration::from_secs(10), || {
+        feed.count(&FeedEvent::Disconnected) == 1
+    })
+    .await
+    .expect("the feed loss was never reported");
+    assert_eq!(
+        node_b.cached_records(),
+        0,
+        "the cache is flushed on feed loss"
+    );
+
+    // Without a feed, node B caches for the fallback TTL (1 s) only.
+    node_b
+        .verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    node_a.revoke(&boss, &info.id).await.unwrap();
+    let fallback = time_until_revoked(&node_b, key.expose_secret(), Duration::from_secs(5))
+        .await
+        .expect("node B still accepted a revoked key 5 s after its feed dropped");
+    // The entry expires 1 s after its read began (before the revoke); the slack covers the
+    // polling verify's own round trip on a loaded machine.
+    assert!(
+        fallback <= Duration::from_millis(1500),
+        "the fallback TTL is 1 s; took {fallback:?}"
+    );
+
+    // Let the feed reconnect.
+    proxy.set_accepting(true);
+    let reconnected = wait_until(Duration::from_secs(15), || {
+        feed.count(&FeedEvent::Connected) == 2
+    })
+    .await
+    .expect("the feed never reconnected");
+    let events = feed.events();
+    let lifecycle: Vec<&FeedEvent> = events
+        .iter()
+        .filter(|e| !matches!(e, FeedEvent::Changed(_)))
+        .collect();
+    assert_eq!(
+        lifecycle,
+        vec![
+            &FeedEvent::Connected,
+            &FeedEvent::Disconnected,
+            &FeedEvent::Connected
+        ]
+    );
+
+    // With the feed back, a revocation is seen at once again.
+    let (key2, info2) = node_a
+        .generate(&boss, GenerateRequest::new("k2").scope(Scope::Prometheus))
+        .await
+        .unwrap();
+    node_b
+        .verify(key2.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    node_a.revoke(&boss, &info2.id).await.unwrap();
+    let via_feed = time_until_revoked(&node_b, key2.expose_secret(), Duration::from_secs(5))
+        .await
+        .expect("node B still accepted a revoked key after the feed reconnected");
+    report(&format!(
+        "postgres feed loss: reported {noticed:?} after the LISTEN backend was terminated; a revoke was seen through the fallback TTL after {fallback:?}; the feed reconnected {reconnected:?} after the server was reachable again; a revoke was then seen through the feed after {via_feed:?}"
+    ));
+    assert!(via_feed < Duration::from_secs(1), "took {via_feed:?}");
+}
+
+/// A feed connection that silently stops answering (no reset, no close) is noticed by its
+/// heartbeat, reported, and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_feed_is_noticed_by_its_heartbeat() {
+    let Some(cfg) = database_url("a_silently_dead_feed_is_noticed_by_its_heartbeat") else {
+        return;
+    };
+    let proxy = Proxy::start(tcp_target(&cfg)).await;
+    let store = PostgresStore::connect(&conninfo(&cfg, &app("silent"), Some(proxy.addr), None))
+        .await
+        .unwrap();
+    let (spy, log) = Spy::recorder();
+    let listener: Arc<dyn ChangeListener> = spy;
+    store.changes(Arc::downgrade(&listener));
+    wait_until(Duration::from_secs(10), || {
+        log.count(&FeedEvent::Connected) == 1
+    })
+    .await
+    .expect("the feed never connected");
+    proxy.set_frozen(true);
+    // A probe every 2 s that times out after 3 s: noticed within about 5 s.
+    let noticed = wait_until(Duration::from_secs(15), || {
+        log.count(&FeedEvent::Disconnected) == 1
+    })
+    .await
+    .expect("a silently dead feed connection was never noticed");
+    proxy.set_frozen(false);
+    let back = wait_until(Duration::from_secs(15), || {
+        log.count(&FeedEvent::Connected) == 2
+    })
+    .await
+    .expect("the feed never reconnected");
+    report(&format!(
+        "postgres silent feed death noticed after {noticed:?}; reconnected {back:?} later"
+    ));
+}
+
+#[tokio::test]
+async fn connection_loss_is_reported_then_recovered_on_the_next_call() {
+    let Some(cfg) = database_url("connection_loss_is_reported_then_recovered_on_the_next_call")
+    else {
+        return;
+    };
+    let proxy = Proxy::start(tcp_target(&cfg)).await;
+    let store = PostgresStore::connect(&conninfo(&cfg, &app("conn-loss"), Some(proxy.addr), None))
+        .await
+        .unwrap();
+    let rec = api_keys::testkit::sample_record(random_id(), &org());
+    store.insert(rec.clone()).await.unwrap();
+    assert_eq!(store.get(&rec.id).await.unwrap().as_ref(), Some(&rec));
+
+    // The server becomes unreachable: live connections are cut, new ones refused.
+    proxy.set_accepting(false);
+    proxy.cut_all();
+    let e = store
+        .get(&rec.id)
+        .await
+        .expect_err("a get with the server unreachable succeeded");
+    let pe = pg_error(&e);
+    assert!(
+        matches!(
+            pe.kind(),
+            PostgresErrorKind::ConnectionLost | PostgresErrorKind::Connect
+        ),
+        "{pe:?}"
+    );
+    assert!(
+        std::error::Error::source(pe).is_some(),
+        "the driver's error is kept as the source"
+    );
+    report(&format!(
+        "postgres connection loss reported as: {}",
+        chain(&e).replace('\n', " |")
+    ));
+
+    // Reachable again: the very next call works.
+    proxy.set_accepting(true);
+    assert_eq!(store.get(&rec.id).await.unwrap().as_ref(), Some(&rec));
+}
+
+#[tokio::test]
+async fn bad_urls_are_clear_errors() {
+    let Some(cfg) = database_url("bad_urls_are_clear_errors") else {
+        return;
+    };
+    // Unparsable, with a password that must not be echoed.
+    for url in [
+        "postgres://alice:hunter2@localhost:notaport/db",
+        "host=localhost password=hunter2 sslmode=sometimes",
+        "this is not a connection string at all",
+    ] {
+        let e = PostgresStore::connect(url).await.expect_err(url);
+        assert_eq!(pg_error(&e).kind(), PostgresErrorKind::InvalidUrl, "{url}");
+        let text = chain(&e);
+        assert!(text.contains("invalid PostgreSQL connection URL"), "{text}");
+        assert!(
+            !text.contains("hunter2"),
+            "the error echoes the password: {text}"
+        );
+    }
+    // Nothing listens there.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let e = PostgresStore::connect(&format!(
+        "postgres://postgres:hunter2@127.0.0.1:{port}/x?connect_timeout=5"
+    ))
+    .await
+    .expect_err("connected to a closed port");
+    assert_eq!(pg_error(&e).kind(), PostgresErrorKind::Connect);
+    assert!(!chain(&e).contains("hunter2"));
+    // A real server, a database that does not exist.
+    let e = PostgresStore::connect(&conninfo(
+        &cfg,
+        &app("bad-db"),
+        None,
+        Some("no_such_database_here"),
+    ))
+    .await
+    .expect_err("connected to a missing database");
+    assert_eq!(pg_error(&e).kind(), PostgresErrorKind::Connect);
+    let text = chain(&e);
+    assert!(text.contains("no_such_database_here"), "{text}");
+}
+
+/// On a fresh database: nodes starting together migrate once, without errors; a schema
+/// newer than this crate's is refused and left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_database_concurrent_migration_and_newer_schema() {
+    let Some(cfg) = database_url("fresh_database_concurrent_migration_and_newer_schema") else {
+        return;
+    };
+    let admin = admin(&cfg, None).await;
+    let db = format!("api_keys_t_{:016x}", random_u64());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let url = conninfo(&cfg, &app("fresh"), None, Some(&db));
+    let nodes: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { PostgresStore::connect(&url).await })
+        })
+        .collect();
+    for n in nodes {
+        let store = n.await.unwrap().unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), 1);
+    }
+    let in_db = admin_db(&cfg, &db).await;
+    in_db
+        .batch_execute("UPDATE api_keys_schema SET version = 9")
+        .await
+        .unwrap();
+    let e = PostgresStore::connect(&url)
+        .await
+        .expect_err("a newer schema was accepted");
+    assert_eq!(
+        pg_error(&e).kind(),
+        PostgresErrorKind::NewerSchema {
+            found: 9,
+            supported: 1
+        }
+    );
+    assert!(chain(&e).contains("upgrade api-keys"));
+    let v: i32 = in_db
+        .query_one("SELECT version FROM api_keys_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 9);
+    drop(in_db);
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
+async fn admin_db(cfg: &tokio_postgres::Config, db: &str) -> tokio_postgres::Client {
+    admin(cfg, Some(db)).await
+}
+
+/// Node B reads a record, node A revokes it and B hears of it, then B's read returns: B must
+/// not cache what it read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_racing_a_remote_revoke_does_not_cache_the_old_record() {
+    let Some(cfg) = database_url("a_lookup_racing_a_remote_revoke_does_not_cache_the_old_record")
+    else {
+        return;
+    };
+    let org = org();
+    let boss = manager_of(&org);
+    let node_a = KeyManager::builder(connect(&cfg, &app("race-a")).await, keyring())
+        .build()
+        .unwrap();
+    let b_store = Arc::new(Observed::new(connect(&cfg, &app("race-b")).await));
+    let node_b = KeyManager::builder(b_store.clone(), keyring())
+        .cache_ttl(Duration::from_secs(60))
+        .cache_fallback_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        b_store.feed.count(&FeedEvent::Connected) == 1
+    })
+    .await
+    .expect("node B's feed never connected");
+    let (key, info) = node_a
+        .generate(&boss, GenerateRequest::new("k").scope(Scope::Prometheus))
+        .await
+        .unwrap();
+
+    b_store.gate.arm();
+    let racing = {
+        let (node_b, token) = (node_b.clone(), key.expose_secret().to_string());
+        tokio::spawn(async move { node_b.verify(&token, &Scope::Prometheus).await })
+    };
+    b_store.gate.reached().await; // B holds the pre-revoke record
+    node_a.revoke(&boss, &info.id).await.unwrap();
+    wait_until(Duration::from_secs(5), || {
+        b_store.feed.events().iter().any(|e| {
+            matches!(e, FeedEvent::Changed(c) if c.id == info.id && c.kind == ChangeKind::Updated)
+        })
+    })
+    .await
+    .expect("node B never heard of the revoke");
+    b_store.gate.release();
+    racing.await.unwrap().unwrap(); // began before the revoke: may succeed
+    assert!(matches!(
+        node_b.verify(key.expose_secret(), &Scope::Prometheus).await,
+        Err(Error::Revoked)
+    ));
+}

@@ -1,0 +1,526 @@
+//! SqliteStore: conformance, restart, crash safety (SIGKILL), clear errors.
+
+mod store_support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use api_keys::time::Duration as TimeDuration;
+use api_keys::{
+    Actor, AuditAction, AuditEvent, AuditSink, BoxError, Error, GenerateRequest, KeyId, KeyManager,
+    KeyStatus, KeyStore, Keyring, MasterKey, OrgId, Scope, SqliteError, SqliteErrorKind,
+    SqliteStore, StoreError, UserId,
+};
+use std::sync::Mutex;
+use store_support::{Observed, report};
+
+const MASTER: [u8; 16] = *b"sqlite-test-key!";
+const CHILD_ENV: &str = "API_KEYS_CRASH_CHILD_DB";
+const CHILD_KEYS: usize = 1000;
+const CHILD_ORGS: usize = 20;
+
+fn keyring() -> Keyring {
+    Keyring::new(1, MasterKey::from_bytes(MASTER))
+}
+
+fn alice() -> Actor {
+    Actor::manager(OrgId::new("acme"), UserId::new("alice"))
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let mut b = [0u8; 8];
+        getrandom::getrandom(&mut b).unwrap();
+        let p = std::env::temp_dir().join(format!(
+            "api-keys-{tag}-{}-{:016x}",
+            std::process::id(),
+            u64::from_le_bytes(b)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An audit sink that keeps every event.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<AuditEvent>>>);
+
+impl AuditSink for Recorder {
+    fn record(&self, event: &AuditEvent) -> Result<(), BoxError> {
+        self.0.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn integrity_failures(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e.action, AuditAction::IntegrityFailure))
+            .count()
+    }
+}
+
+fn manager<S: KeyStore + 'static>(store: S) -> KeyManager<S> {
+    KeyManager::builder(store, keyring()).build().unwrap()
+}
+
+/// The `SqliteError` behind a `StoreError::Backend`.
+fn sqlite_error(e: &StoreError) -> &SqliteError {
+    match e {
+        StoreError::Backend(src) => src
+            .downcast_ref::<SqliteError>()
+            .unwrap_or_else(|| panic!("source is not a SqliteError: {src:?}")),
+        other => panic!("expected StoreError::Backend, got {other:?}"),
+    }
+}
+
+fn open_err(path: &Path) -> StoreError {
+    match SqliteStore::open(path) {
+        Ok(s) => panic!("opening {} succeeded: {s:?}", path.display()),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test]
+async fn testkit_conforms() {
+    let dir = TempDir::new("testkit");
+    let store = SqliteStore::open(dir.path("keys.db")).unwrap();
+    api_keys::testkit::run(&store).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn keys_survive_a_restart() {
+    let dir = TempDir::new("restart");
+    let path = dir.path("keys.db");
+    let (key, info) = {
+        let m = manager(SqliteStore::open(&path).unwrap());
+        let out = m
+            .generate(
+                &alice(),
+                GenerateRequest::new("scraper").scope(Scope::Prometheus),
+            )
+            .await
+            .unwrap();
+        m.verify(out.0.expose_secret(), &Scope::Prometheus)
+            .await
+            .unwrap();
+        out
+        // manager and store dropped here: the connection is closed
+    };
+    let m = manager(SqliteStore::open(&path).unwrap());
+    let v = m
+        .verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    assert_eq!(*v.key_id(), info.id);
+    let listed = m.list(&alice()).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, info.id);
+    assert_eq!(listed[0].name, "scraper");
+    // A revocation also survives.
+    m.revoke(&alice(), &info.id).await.unwrap();
+    drop(m);
+    let m = manager(SqliteStore::open(&path).unwrap());
+    assert!(matches!(
+        m.verify(key.expose_secret(), &Scope::Prometheus).await,
+        Err(Error::Revoked)
+    ));
+    assert_eq!(
+        m.get(&alice(), &info.id).await.unwrap().status,
+        KeyStatus::Revoked
+    );
+}
+
+/// The child half of `crash_safety`: generates keys and reports each one on stdout once
+/// `generate` has returned. Run only by `crash_safety` (which sets the variable).
+#[tokio::test]
+#[ignore = "the child process of crash_safety; runs only when started by it"]
+async fn crash_child_process() {
+    use std::io::Write;
+    let path = std::env::var(CHILD_ENV)
+        .expect("crash_child_process is started by crash_safety with API_KEYS_CRASH_CHILD_DB");
+    let m = manager(SqliteStore::open(&path).unwrap());
+    let mut out = std::io::stdout().lock();
+    for i in 0..CHILD_KEYS {
+        let actor = Actor::manager(
+            OrgId::new(format!("org-{}", i % CHILD_ORGS)),
+            UserId::new("crash-test"),
+        );
+        let (key, info) = m
+            .generate(
+                &actor,
+                GenerateRequest::new(format!("key {i}")).scope(Scope::Prometheus),
+            )
+            .await
+            .unwrap();
+        // One write per line, flushed: the parent sees whole lines of returned keys only.
+        writeln!(out, "KEY {} {}", info.id, key.expose_secret()).unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn crash_safety() {
+    let dir = TempDir::new("crash");
+    let path = dir.path("keys.db");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "crash_child_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let kill_after = 250;
+    let started = Instant::now();
+    let mut reported: Vec<(KeyId, String)> = Vec::new();
+    let mut killed = false;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let Some(rest) = line.strip_prefix("KEY ") else {
+            continue;
+        };
+        let (id, token) = rest
+            .split_once(' ')
+            .expect("a KEY line has an id and a token");
+        reported.push((KeyId::parse(id).unwrap(), token.to_string()));
+        if !killed && reported.len() == kill_after {
+            // SIGKILL in the middle of the run; lines already in the pipe are still read.
+            child.kill().unwrap();
+            killed = true;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the child took too long"
+        );
+    }
+    let status = child.wait().unwrap();
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "the child was not killed part way: {status:?} after {} keys",
+            reported.len()
+        );
+    }
+    assert!(reported.len() >= kill_after && reported.len() < CHILD_KEYS);
+
+    // The file opens (WAL recovery), with the schema intact.
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), 1);
+    // SQLite's own check of the file.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+    }
+    let audit = Recorder::default();
+    let m = KeyManager::builder(store, keyring())
+        .audit(audit.clone())
+        .build()
+        .unwrap();
+    // Every key whose generate returned verifies.
+    for (id, token) in &reported {
+        let v = m
+            .verify(token, &Scope::Prometheus)
+            .await
+            .unwrap_or_else(|e| panic!("reported key {id} does not verify: {e}"));
+        assert_eq!(v.key_id(), id);
+    }
+    // No stored record fails its integrity check: a full scan opens each one.
+    let all = m.expiring_all(TimeDuration::days(36_500)).await.unwrap();
+    assert_eq!(audit.integrity_failures(), 0);
+    let rewrap = m.rewrap().await.unwrap();
+    assert_eq!(rewrap.failed, 0, "{rewrap:?}");
+    assert_eq!(rewrap.rewrapped, 0);
+    assert_eq!(rewrap.already_current, all.len());
+    // Every reported key is stored; at most the one in flight was stored unreported.
+    assert!(
+        all.len() >= reported.len() && all.len() <= reported.len() + 1,
+        "{} stored, {} reported",
+        all.len(),
+        reported.len()
+    );
+    report(&format!(
+        "sqlite crash safety: child SIGKILLed after {} reported keys; {} records stored, all authentic; every reported key verifies",
+        reported.len(),
+        all.len()
+    ));
+}
+
+#[test]
+fn missing_directory_is_a_clear_error() {
+    let dir = TempDir::new("badpath");
+    let path = dir.path("no/such/dir/keys.db");
+    let e = open_err(&path);
+    let se = sqlite_error(&e);
+    assert_eq!(se.kind(), SqliteErrorKind::CannotOpen);
+    assert_eq!(se.path(), path);
+    let msg = se.to_string();
+    assert!(
+        msg.contains("cannot open") && msg.contains("no/such/dir/keys.db"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_directory_is_not_a_store() {
+    let dir = TempDir::new("isdir");
+    let e = open_err(&dir.0);
+    assert_eq!(sqlite_error(&e).kind(), SqliteErrorKind::CannotOpen);
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused_untouched() {
+    let dir = TempDir::new("notdb");
+    let path = dir.path("notes.txt");
+    let content = "These are my notes, not a database. ".repeat(200);
+    std::fs::write(&path, &content).unwrap();
+    let e = open_err(&path);
+    let se = sqlite_error(&e);
+    assert_eq!(se.kind(), SqliteErrorKind::NotADatabase, "{se}");
+    assert!(se.to_string().contains("is not a SQLite database"), "{se}");
+    assert!(std::error::Error::source(se).is_some());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
+}
+
+#[tokio::test]
+async fn a_read_only_file_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("readonly");
+    let path = dir.path("keys.db");
+    {
+        let m = manager(SqliteStore::open(&path).unwrap());
+        m.generate(&alice(), GenerateRequest::new("k").scope(Scope::Prometheus))
+            .await
+            .unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let e = open_err(&path);
+    let se = sqlite_error(&e);
+    assert_eq!(se.kind(), SqliteErrorKind::ReadOnly, "{se}");
+    assert!(se.to_string().contains("read-only"), "{se}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    SqliteStore::open(&path).unwrap();
+}
+
+#[test]
+fn a_newer_schema_is_refused_untouched() {
+    let dir = TempDir::new("newer");
+    let path = dir.path("keys.db");
+    drop(SqliteStore::open(&path).unwrap());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute("UPDATE api_keys_schema SET version = 7", [])
+            .unwrap();
+    }
+    let e = open_err(&path);
+    let se = sqlite_error(&e);
+    assert_eq!(
+        se.kind(),
+        SqliteErrorKind::NewerSchema {
+            found: 7,
+            supported: 1
+        }
+    );
+    assert!(se.to_string().contains("upgrade api-keys"), "{se}");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = conn
+        .query_row("SELECT version FROM api_keys_schema", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 7);
+}
+
+#[tokio::test]
+async fn shares_a_file_with_the_hosts_own_tables() {
+    let dir = TempDir::new("shared");
+    let path = dir.path("app.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('alice');")
+            .unwrap();
+    }
+    let m = manager(SqliteStore::open(&path).unwrap());
+    let (key, _) = m
+        .generate(&alice(), GenerateRequest::new("k").scope(Scope::Prometheus))
+        .await
+        .unwrap();
+    m.verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let name: String = conn
+        .query_row("SELECT name FROM users", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(name, "alice");
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn last_use_lives_in_its_own_column() {
+    let dir = TempDir::new("touch");
+    let path = dir.path("keys.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let org = OrgId::new("acme");
+    let rec = api_keys::testkit::sample_record(KeyId::parse("0000000000A").unwrap(), &org);
+    store.insert(rec.clone()).await.unwrap();
+    let at = api_keys::time::OffsetDateTime::from_unix_timestamp(1_720_000_000).unwrap();
+    store.touch(&rec.id, at).await.unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (col, json): (Option<i64>, String) = conn
+        .query_row(
+            "SELECT last_used_at, record FROM api_keys WHERE id = '0000000000A'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(col, Some(1_720_000_000));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v["last_used_at"].is_null(), "{json}");
+    assert_eq!(
+        store.get(&rec.id).await.unwrap().unwrap().last_used_at,
+        Some(at)
+    );
+}
+
+/// A row whose JSON was damaged is reported as corrupt (an integrity failure), never
+/// returned.
+#[tokio::test]
+async fn a_damaged_row_is_an_integrity_failure() {
+    let dir = TempDir::new("damaged");
+    let path = dir.path("keys.db");
+    let m = manager(SqliteStore::open(&path).unwrap());
+    let (key, info) = m
+        .generate(&alice(), GenerateRequest::new("k").scope(Scope::Prometheus))
+        .await
+        .unwrap();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "UPDATE api_keys SET record = '{\"format\": 1' WHERE id = ?1",
+            [info.id.to_string()],
+        )
+        .unwrap();
+    }
+    let m = manager(SqliteStore::open(&path).unwrap());
+    assert!(matches!(
+        m.store().get(&info.id).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        m.verify(key.expose_secret(), &Scope::Prometheus).await,
+        Err(Error::Integrity)
+    ));
+}
+
+/// Without a tokio runtime the store runs its statements inline: the future is ready at its
+/// first poll.
+#[test]
+fn works_without_a_tokio_runtime() {
+    let dir = TempDir::new("noruntime");
+    let store = SqliteStore::open(dir.path("keys.db")).unwrap();
+    let org = OrgId::new("acme");
+    let rec = api_keys::testkit::sample_record(KeyId::parse("00000000001").unwrap(), &org);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut insert = std::pin::pin!(store.insert(rec.clone()));
+    assert!(matches!(insert.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
+    let mut get = std::pin::pin!(store.get(&rec.id));
+    match get.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(Some(got))) => assert_eq!(got, rec),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A verification that read the record before a revoke and returns after it must not put
+/// the pre-revoke record into the cache.
+#[tokio::test]
+async fn a_lookup_racing_a_revoke_does_not_cache_the_old_record() {
+    let dir = TempDir::new("race");
+    let store = Arc::new(Observed::new(
+        SqliteStore::open(dir.path("keys.db")).unwrap(),
+    ));
+    let m = KeyManager::builder(store.clone(), keyring())
+        .cache_fallback_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (key, info) = m
+        .generate(&alice(), GenerateRequest::new("k").scope(Scope::Prometheus))
+        .await
+        .unwrap();
+    store.gate.arm();
+    let racing = {
+        let (m, token) = (m.clone(), key.expose_secret().to_string());
+        tokio::spawn(async move { m.verify(&token, &Scope::Prometheus).await })
+    };
+    store.gate.reached().await; // the racing verify holds the pre-revoke record
+    m.revoke(&alice(), &info.id).await.unwrap();
+    store.gate.release();
+    // It began before the revoke returned, so it may still succeed...
+    racing.await.unwrap().unwrap();
+    // ...but it must not have cached what it read: the next verify is refused.
+    assert!(matches!(
+        m.verify(key.expose_secret(), &Scope::Prometheus).await,
+        Err(Error::Revoked)
+    ));
+}
+
+#[tokio::test]
+async fn many_concurrent_verifications() {
+    let dir = TempDir::new("concurrent");
+    let m = manager(SqliteStore::open(dir.path("keys.db")).unwrap());
+    let mut tokens = Vec::new();
+    for i in 0..20 {
+        let (k, _) = m
+            .generate(
+                &alice(),
+                GenerateRequest::new(format!("k{i}")).scope(Scope::Prometheus),
+            )
+            .await
+            .unwrap();
+        tokens.push(k.expose_secret().to_string());
+    }
+    let tasks: Vec<_> = tokens
+        .into_iter()
+        .map(|t| {
+            let m = m.clone();
+            tokio::spawn(async move { m.verify(&t, &Scope::Prometheus).await.map(|_| ()) })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+}

@@ -6,8 +6,12 @@
 //! ```
 //!
 //! The port comes from the first argument, else `PORT`, else 8080; the server binds
-//! 127.0.0.1. Keys live in memory (they vanish with the process). The master key comes from
-//! `API_KEYS_MASTER_KEY` (32 hex digits) or is generated at random for this run.
+//! 127.0.0.1. Without the `sqlite` feature keys live in memory (they vanish with the process)
+//! and the master key comes from `API_KEYS_MASTER_KEY` (32 hex digits) or is generated at
+//! random for this run. With `--features axum,sqlite` keys live in a SQLite file (`--db PATH`,
+//! `API_KEYS_DB`, default `api-keys-example.db`) and, unless `API_KEYS_MASTER_KEY` is set, the
+//! master key is kept in `<db>.master-key` next to it — a demo convenience only: a real host
+//! keeps its master key in a secret manager, never beside the database.
 //!
 //! Who the caller of the management API is comes from a *demo* stand-in for the host's own
 //! login session: a signed `X-Demo-Session` header. The server prints two such sessions at
@@ -23,7 +27,8 @@ use api_keys::{AnyStore, Keyring, MasterKey, MemoryStore, Policy};
 
 const USAGE: &str = "usage: server [PORT] [--allow-reveal]   (PORT also from the environment; default 8080; binds 127.0.0.1)
   --allow-reveal   let managers copy an existing key again (every reveal is audited)
-environment: PORT, API_KEYS_MASTER_KEY (32 hex digits; random when unset)";
+  --db PATH        the SQLite file (builds with the `sqlite` feature; default api-keys-example.db)
+environment: PORT, API_KEYS_DB, API_KEYS_MASTER_KEY (32 hex digits; random when unset)";
 
 /// What the command line and the environment ask for.
 #[derive(Debug, PartialEq, Eq)]
@@ -66,32 +71,79 @@ fn parse_config(
     })
 }
 
-/// The master key from `API_KEYS_MASTER_KEY`, or a random one for this run.
-fn keyring() -> Result<Keyring, String> {
-    match std::env::var("API_KEYS_MASTER_KEY") {
-        Ok(hex_key) => {
-            let mut bytes = zeroize::Zeroizing::new([0u8; 16]);
-            hex::decode_to_slice(hex_key.trim(), &mut *bytes)
-                .map_err(|_| "API_KEYS_MASTER_KEY must be 32 hex digits".to_string())?;
-            Ok(Keyring::new(1, MasterKey::from_bytes(*bytes)))
+fn keyring_from_hex(hex_key: &str, what: &str) -> Result<Keyring, String> {
+    let mut bytes = zeroize::Zeroizing::new([0u8; 16]);
+    hex::decode_to_slice(hex_key.trim(), &mut *bytes)
+        .map_err(|_| format!("{what} must be 32 hex digits"))?;
+    Ok(Keyring::new(1, MasterKey::from_bytes(*bytes)))
+}
+
+/// The master key from `API_KEYS_MASTER_KEY`; else, for a SQLite file, the demo key file next
+/// to it (created on first run); else a random one for this run.
+fn keyring(key_file: Option<&std::path::Path>) -> Result<Keyring, String> {
+    if let Ok(hex_key) = std::env::var("API_KEYS_MASTER_KEY") {
+        return keyring_from_hex(&hex_key, "API_KEYS_MASTER_KEY");
+    }
+    if let Some(path) = key_file {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return keyring_from_hex(&text, &path.display().to_string());
         }
-        Err(_) => {
-            eprintln!(
-                "note: API_KEYS_MASTER_KEY is not set; using a random master key for this run"
-            );
-            let key = MasterKey::try_generate().map_err(|e| e.to_string())?;
-            Ok(Keyring::new(1, key))
-        }
+        let mut bytes = zeroize::Zeroizing::new([0u8; 16]);
+        getrandom::getrandom(&mut *bytes).map_err(|e| e.to_string())?;
+        let text = zeroize::Zeroizing::new(hex::encode(*bytes));
+        write_private(path, text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!(
+            "note: created a DEMO master key file {} (a real host keeps it in a secret manager)",
+            path.display()
+        );
+        return Ok(Keyring::new(1, MasterKey::from_bytes(*bytes)));
+    }
+    eprintln!("note: API_KEYS_MASTER_KEY is not set; using a random master key for this run");
+    let key = MasterKey::try_generate().map_err(|e| e.to_string())?;
+    Ok(Keyring::new(1, key))
+}
+
+/// Writes a file readable by its owner only.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
+}
+
+/// The store, and the demo master-key file that goes with it (for a persistent store).
+#[cfg(not(feature = "sqlite"))]
+fn store(config: &Config) -> Result<(AnyStore, Option<std::path::PathBuf>), String> {
+    match &config.db {
+        None => Ok((AnyStore::new(MemoryStore::new()), None)),
+        Some(_) => Err(
+            "--db / API_KEYS_DB need the SQLite store: run with --features axum,sqlite".to_string(),
+        ),
     }
 }
 
-fn store(config: &Config) -> Result<AnyStore, String> {
-    match &config.db {
-        None => Ok(AnyStore::new(MemoryStore::new())),
-        Some(_) => Err(
-            "--db / API_KEYS_DB need a SQLite store, which this build does not have".to_string(),
-        ),
-    }
+/// The store, and the demo master-key file that goes with it (for a persistent store).
+#[cfg(feature = "sqlite")]
+fn store(config: &Config) -> Result<(AnyStore, Option<std::path::PathBuf>), String> {
+    let _ = MemoryStore::new; // the in-memory store is the choice of builds without `sqlite`
+    let path = config
+        .db
+        .clone()
+        .unwrap_or_else(|| "api-keys-example.db".to_string());
+    let store = api_keys::SqliteStore::open(&path).map_err(|e| {
+        let source = std::error::Error::source(&e)
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default();
+        format!("cannot open {path}: {e}{source}")
+    })?;
+    println!("keys are kept in the SQLite file {path}");
+    Ok((
+        AnyStore::new(store),
+        Some(format!("{path}.master-key").into()),
+    ))
 }
 
 #[tokio::main]
@@ -112,13 +164,14 @@ async fn main() -> ExitCode {
 async fn run() -> Result<(), String> {
     let config = parse_config(std::env::args().skip(1), |k| std::env::var(k).ok())?;
     let policy = Policy::default().allow_reveal(config.allow_reveal);
-    let state = app::AppState::with_policy(store(&config)?, keyring()?, policy)
+    let (store, key_file) = store(&config)?;
+    let state = app::AppState::with_policy(store, keyring(key_file.as_deref())?, policy)
         .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, config.port))
         .await
         .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", config.port))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    println!("api-keys example server on http://{addr} (keys in memory)");
+    println!("api-keys example server on http://{addr}");
     println!("admin page: http://{addr}/settings/api-keys");
     println!("demo sessions (send as the X-Demo-Session header; a real host uses its own login):");
     for s in state.demo_sessions() {

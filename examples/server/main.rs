@@ -246,6 +246,25 @@ mod tests {
         assert_eq!((c.port, c.db.as_deref()), (81, Some("x.db")));
         let c = parse_config(args(&[]), env_of(&[("API_KEYS_DB", "e.db")])).unwrap();
         assert_eq!(c.db.as_deref(), Some("e.db"));
+    }
+
+    #[cfg(not(feature = "sqlite"))]
+    #[test]
+    fn a_db_path_without_the_sqlite_store_is_refused() {
+        let c = parse_config(args(&["--db", "k.db"]), env_of(&[])).unwrap();
         assert!(store(&c).is_err(), "no SQLite store in this build");
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn a_db_path_opens_a_sqlite_file_with_its_demo_key_file() {
+        let dir = std::env::temp_dir().join(format!("api-keys-server-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("k.db");
+        let c = parse_config(args(&["--db", path.to_str().unwrap()]), env_of(&[])).unwrap();
+        let (_, key_file) = store(&c).unwrap();
+        assert_eq!(key_file, Some(dir.join("k.db.master-key")));
+        assert!(path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration as StdDuration;
+use std::time::{Duration as StdDuration, Instant};
 
 use subtle::ConstantTimeEq;
 use time::{Duration, OffsetDateTime};
@@ -741,23 +741,28 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         };
         let id = parsed.id();
         let cache = &self.inner.cache;
+        // The presented secret's fingerprint does not depend on the lookup: computed while
+        // the lookup's memory access is in flight. One monotonic reading serves the cache's
+        // TTL and (through the clock) the expiry check.
         let presented = cache.fingerprint(parsed.secret());
-        let facts = match cache.get(&id) {
+        let mono = Instant::now();
+        let (facts, mono) = match cache.get(&id, mono) {
             Some((facts, fingerprint)) => {
-                if !bool::from(presented.ct_eq(&fingerprint)) {
+                if !bool::from(presented[..].ct_eq(&fingerprint[..])) {
                     self.verify_failed(FailureClass::InvalidKey, Some(&facts.org), Some(id));
                     return Err(Error::InvalidKey);
                 }
-                facts
+                (facts, mono)
             }
-            None => self.verify_cold(&parsed).await?,
+            // After a store read, expiry is decided at the time it returned.
+            None => (self.verify_cold(&parsed).await?, Instant::now()),
         };
-        let now = self.inner.clock.now_unix();
+        let now = self.inner.clock.now_unix_at(mono);
         let class = if facts.revoked {
             Some((FailureClass::Revoked, Error::Revoked))
         } else if now >= facts.expires_unix {
             Some((FailureClass::Expired, Error::Expired))
-        } else if !facts.scopes.contains(scope) {
+        } else if !facts.allows(scope) {
             Some((FailureClass::ScopeNotAllowed, Error::ScopeNotAllowed))
         } else {
             None

@@ -226,10 +226,10 @@ impl KeyStore for MemoryStore {
         at: OffsetDateTime,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let mut d = self.write();
-        if let Some(r) = d.records.get_mut(id) {
-            if r.last_used_at.is_none_or(|prev| prev < at) {
-                r.last_used_at = Some(at);
-            }
+        if let Some(r) = d.records.get_mut(id)
+            && r.last_used_at.is_none_or(|prev| prev < at)
+        {
+            r.last_used_at = Some(at);
         }
         ready(Ok(()))
     }

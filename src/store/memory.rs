@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::{Future, ready};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use time::OffsetDateTime;
@@ -67,9 +68,11 @@ struct Row {
     scopes: Scopes,
     created_by: UserId,
     revoked_by: Option<UserId>,
-    /// Unix seconds of `created_at`, `expires_at`, `revoked_at`, `last_used_at`
-    /// (`NO_TIME` for `None`).
-    secs: [i64; 4],
+    /// Unix seconds of `created_at`, `expires_at`, `revoked_at` (`NO_TIME` for `None`).
+    secs: [i64; 3],
+    /// Unix seconds of `last_used_at` (`NO_TIME` for `None`): atomic, so that `touch` of a
+    /// whole second (what the manager sends) needs only the shared lock.
+    last_used: AtomicI64,
     /// Their nanoseconds, only when one is not a whole second.
     nanos: Option<Box<[u32; 4]>>,
     revision: u64,
@@ -153,7 +156,8 @@ impl Data {
             scopes: Scopes::of(r.scopes),
             created_by: intern(&mut self.users, r.created_by),
             revoked_by: r.revoked_by.map(|u| intern(&mut self.users, u)),
-            secs: times.map(|t| t.0),
+            secs: [times[0].0, times[1].0, times[2].0],
+            last_used: AtomicI64::new(times[3].0),
             nanos,
             revision: r.revision,
             key_version: r.sealed.key_version,
@@ -166,7 +170,13 @@ impl Data {
 
     fn to_record(row: &Row) -> Result<KeyRecord, StoreError> {
         let n = |i: usize| row.nanos.as_ref().map_or(0, |n| n[i]);
-        let time = |i: usize| join(row.secs[i], n(i));
+        let time = |i: usize| {
+            let secs = match i {
+                LAST_USED => row.last_used.load(Ordering::Relaxed),
+                i => row.secs[i],
+            };
+            join(secs, n(i))
+        };
         Ok(KeyRecord {
             format: row.format,
             id: row.id,
@@ -415,16 +425,29 @@ impl KeyStore for MemoryStore {
         id: &KeyId,
         at: OffsetDateTime,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let (secs, nanos) = split(Some(at));
+        {
+            // Whole seconds into a row without sub-second times (every touch the manager
+            // sends): raise the atomic under the shared lock, never lowering it.
+            let d = self.read();
+            match d.row(id) {
+                None => return ready(Ok(())),
+                Some(r) if nanos == 0 && r.nanos.is_none() => {
+                    r.last_used.fetch_max(secs, Ordering::Relaxed);
+                    return ready(Ok(()));
+                }
+                Some(_) => {}
+            }
+        }
         let mut d = self.write();
         if let Some(r) = d.row_mut(id) {
             let prev = (
-                r.secs[LAST_USED],
+                r.last_used.load(Ordering::Relaxed),
                 r.nanos.as_ref().map_or(0, |n| n[LAST_USED]),
             );
-            let (secs, nanos) = split(Some(at));
             // `NO_TIME` is below every real time, so an unset last use is always raised.
             if (secs, nanos) > prev {
-                r.secs[LAST_USED] = secs;
+                r.last_used.store(secs, Ordering::Relaxed);
                 match (&mut r.nanos, nanos) {
                     (Some(n), _) => n[LAST_USED] = nanos,
                     (None, 0) => {}
@@ -527,11 +550,21 @@ mod tests {
         expected.last_used_at = Some(later);
         assert_eq!(block_on(store.get(&KeyId(3))).unwrap(), Some(expected));
 
+        // The shared-lock path (whole seconds, no sub-second times stored) too.
+        let t = |s: i64| OffsetDateTime::from_unix_timestamp(s).unwrap();
+        block_on(store.touch(&KeyId(2), t(1_800_000_000))).unwrap();
+        block_on(store.touch(&KeyId(2), t(1_700_000_000))).unwrap();
+        block_on(store.touch(&KeyId(99), t(1_800_000_000))).unwrap();
+        let mut expected = cases[1].clone();
+        expected.last_used_at = Some(t(1_800_000_000));
+        assert_eq!(block_on(store.get(&KeyId(2))).unwrap(), Some(expected));
+        assert_eq!(block_on(store.get(&KeyId(99))).unwrap(), None);
+
         // Delete moves the last row into the freed slot; every id still finds its record.
         assert!(block_on(store.delete(&KeyId(1))).unwrap());
         assert!(!block_on(store.delete(&KeyId(1))).unwrap());
         assert_eq!(store.len(), 4);
-        for r in &cases[1..] {
+        for r in &cases[2..] {
             assert_eq!(block_on(store.get(&r.id)).unwrap().unwrap().id, r.id);
         }
         assert_eq!(

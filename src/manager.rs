@@ -735,7 +735,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let parsed = match UntrustedToken::parse(&self.inner.prefix, token) {
             Ok(p) => p,
             Err(e) => {
-                self.verify_failed(FailureClass::Malformed, None, None);
+                self.verify_failed(FailureClass::Malformed, None, None, Instant::now());
                 return Err(e);
             }
         };
@@ -749,7 +749,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let (facts, mono) = match cache.get(&id, mono) {
             Some((facts, fingerprint)) => {
                 if !bool::from(presented[..].ct_eq(&fingerprint[..])) {
-                    self.verify_failed(FailureClass::InvalidKey, Some(&facts.org), Some(id));
+                    self.verify_failed(FailureClass::InvalidKey, Some(&facts.org), Some(id), mono);
                     return Err(Error::InvalidKey);
                 }
                 (facts, mono)
@@ -768,7 +768,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             None
         };
         if let Some((class, err)) = class {
-            self.verify_failed(class, Some(&facts.org), Some(id));
+            self.verify_failed(class, Some(&facts.org), Some(id), mono);
             return Err(err);
         }
         self.touch(&facts, now).await;
@@ -782,7 +782,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let rec = match self.inner.store.get(&id).await {
             Ok(Some(rec)) => rec,
             Ok(None) => {
-                self.verify_failed(FailureClass::InvalidKey, None, Some(id));
+                self.verify_failed(FailureClass::InvalidKey, None, Some(id), Instant::now());
                 return Err(Error::InvalidKey);
             }
             Err(e) => {
@@ -792,14 +792,19 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 } else {
                     FailureClass::Store
                 };
-                self.verify_failed(class, None, Some(id));
+                self.verify_failed(class, None, Some(id), Instant::now());
                 return Err(e);
             }
         };
         let secret = match rec.open(&self.keyring(), id) {
             Ok(s) => s,
             Err(e) => {
-                self.verify_failed(FailureClass::Integrity, Some(&rec.org), Some(id));
+                self.verify_failed(
+                    FailureClass::Integrity,
+                    Some(&rec.org),
+                    Some(id),
+                    Instant::now(),
+                );
                 return Err(e);
             }
         };
@@ -807,14 +812,39 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let facts = Arc::new(Facts::from_record(&rec));
         cache.fill(ticket, facts.clone(), cache.fingerprint(&secret));
         if !matched {
-            self.verify_failed(FailureClass::InvalidKey, Some(&rec.org), Some(id));
+            self.verify_failed(
+                FailureClass::InvalidKey,
+                Some(&rec.org),
+                Some(id),
+                Instant::now(),
+            );
             return Err(Error::InvalidKey);
         }
         Ok(facts)
     }
 
-    fn verify_failed(&self, class: FailureClass, org: Option<&OrgId>, key_id: Option<KeyId>) {
-        self.audit_best_effort(AuditAction::VerificationFailed(class), None, org, key_id);
+    /// Audits a failed verification. Its time is the clock's whole second at the monotonic
+    /// reading `at` (the one the hot path already took, or a fresh one), which spares the
+    /// failure path a second reading of the wall clock.
+    fn verify_failed(
+        &self,
+        class: FailureClass,
+        org: Option<&OrgId>,
+        key_id: Option<KeyId>,
+        at: Instant,
+    ) {
+        let secs = self.inner.clock.now_unix_at(at);
+        let event = AuditEvent {
+            action: AuditAction::VerificationFailed(class),
+            actor: None,
+            org: org.cloned(),
+            key_id,
+            at: OffsetDateTime::from_unix_timestamp(secs)
+                .unwrap_or_else(|_| self.inner.clock.now()),
+        };
+        if let Err(e) = self.inner.audit.record(&event) {
+            tracing::error!(target: "api_keys::audit", error = %e, "audit sink failed");
+        }
     }
 
     /// Records last use at most once a minute per key and process; a failing `touch` is

@@ -754,8 +754,10 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 }
                 (facts, mono)
             }
-            // After a store read, expiry is decided at the time it returned.
-            None => (self.verify_cold(&parsed).await?, Instant::now()),
+            // After a store read, expiry is decided at the time it returned. The cold path's
+            // state is boxed (it allocates anyway) so that the hot path's future stays small
+            // to move.
+            None => (Box::pin(self.verify_cold(&parsed)).await?, Instant::now()),
         };
         let now = self.inner.clock.now_unix_at(mono);
         let class = if facts.revoked {

@@ -9,6 +9,18 @@
 //! cargo bench --features bench --bench ratios            # 1 M keys
 //! cargo bench --features bench --bench ratios -- 10000   # another store size
 //! ```
+//!
+//! Instruction counts (repeatable on a busy machine), one round over 20 000 keys:
+//!
+//! ```text
+//! cargo bench --features bench --bench ratios --no-run   # prints the binary's path
+//! RATIOS_ROUNDS=1 valgrind --tool=callgrind --toggle-collect='ratios::verify_batch*' \
+//!     --toggle-collect='ratios::baseline_batch*' target/release/deps/ratios-<hash> 20000
+//! callgrind_annotate --inclusive=yes callgrind.out.<pid>
+//! ```
+//!
+//! With `RATIOS_ONLY=<name>` (e.g. `valid_warm`) only that kind runs: its instructions per
+//! verification are the collected total divided by 20 000.
 
 mod common;
 
@@ -24,7 +36,13 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 const BATCH: usize = 20_000;
-const ROUNDS: usize = 41;
+/// Rounds (override with `RATIOS_ROUNDS`, e.g. 1 under valgrind).
+fn rounds() -> usize {
+    std::env::var("RATIOS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(41)
+}
 
 /// CPU time of the calling thread in nanoseconds (Linux schedstat: first field).
 fn cpu_ns() -> u64 {
@@ -40,6 +58,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+#[inline(never)]
 fn verify_batch<S: KeyStore + 'static>(m: &KeyManager<S>, tokens: &[String]) -> usize {
     tokens
         .iter()
@@ -47,6 +66,7 @@ fn verify_batch<S: KeyStore + 'static>(m: &KeyManager<S>, tokens: &[String]) -> 
         .count()
 }
 
+#[inline(never)]
 fn baseline_batch(w: &World, tokens: &[String]) -> usize {
     tokens
         .iter()
@@ -131,11 +151,19 @@ fn main() {
             &w.wrong,
         ),
     ];
+    // `RATIOS_ONLY=valid_warm` (a name from the list) runs one kind alone, e.g. to count
+    // its instructions under callgrind.
+    let only = std::env::var("RATIOS_ONLY").ok();
+    let kinds: Vec<_> = kinds
+        .into_iter()
+        .filter(|k| only.as_deref().is_none_or(|o| o == k.0))
+        .collect();
     let batch = BATCH.min(len);
     let mut per_op: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
     let calls_before = w.calls.load(Ordering::Relaxed);
     let mut broken_calls = 0;
-    for r in 0..ROUNDS {
+    let rounds = rounds();
+    for r in 0..rounds {
         let off = (r * 7919 * batch) % (len - batch + 1);
         for (k, (name, f, tokens)) in kinds.iter().enumerate() {
             let before = w.calls.load(Ordering::Relaxed);
@@ -150,10 +178,13 @@ fn main() {
     let _ = calls_before;
     let med: Vec<f64> = per_op.into_iter().map(median).collect();
     println!(
-        "store of {n} keys; median of {ROUNDS} interleaved batches of {batch}, thread CPU time"
+        "store of {n} keys; median of {rounds} interleaved batches of {batch}, thread CPU time"
     );
     for ((name, _, _), m) in kinds.iter().zip(&med) {
         println!("  {name:18} {m:8.1} ns/op");
+    }
+    if only.is_some() {
+        return;
     }
     let (base, valid, wrong, broken) = (med[0], med[1], med[2], med[3]);
     println!("targets:");
@@ -171,7 +202,7 @@ fn main() {
     if n >= BATCH * 2 {
         let mut one = Vec::new();
         let mut two = Vec::new();
-        for r in 0..ROUNDS {
+        for r in 0..rounds {
             let off = r * 7919 % (len - BATCH);
             one.push(BATCH as f64 / threads_batch(w, 1, off));
             two.push(2.0 * BATCH as f64 / threads_batch(w, 2, off));

@@ -10,9 +10,7 @@ mod common;
 use std::sync::OnceLock;
 
 use api_keys::bench_support::format_token;
-use api_keys::{
-    Actor, KeyManager, KeyRecord, Keyring, MasterKey, MemoryStore, Scope, UserId,
-};
+use api_keys::{Actor, KeyManager, KeyRecord, Keyring, MasterKey, MemoryStore, Scope, UserId};
 use common::block_on;
 use libfuzzer_sys::fuzz_target;
 
@@ -26,7 +24,9 @@ fn keyring() -> Keyring {
 /// kept as the seed corpus, so the fuzzer mutates a real record.
 fn genuine() -> &'static KeyRecord {
     static G: OnceLock<KeyRecord> = OnceLock::new();
-    G.get_or_init(|| serde_json::from_str(include_str!("../seeds/record_decode/genuine.json")).unwrap())
+    G.get_or_init(|| {
+        serde_json::from_str(include_str!("../seeds/record_decode/genuine.json")).unwrap()
+    })
 }
 
 /// Equal to the genuine record in every field under the tag.

@@ -39,10 +39,7 @@ fn world() -> &'static World {
             .unwrap();
             tokens.push(key.expose_secret().to_string());
         }
-        World {
-            manager,
-            tokens,
-        }
+        World { manager, tokens }
     })
 }
 

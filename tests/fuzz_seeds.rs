@@ -47,7 +47,8 @@ fn genuine_seed_verifies_and_every_tampering_fails_closed() {
     verify_with(r).unwrap();
 
     let t = |s| Some(OffsetDateTime::from_unix_timestamp(s).unwrap());
-    let tampered: Vec<Box<dyn Fn(&mut KeyRecord)>> = vec![
+    type Tamper = Box<dyn Fn(&mut KeyRecord)>;
+    let tampered: Vec<Tamper> = vec![
         Box::new(|r| r.org = OrgId::new("evil")),
         Box::new(|r| r.scopes.push(Scope::Scim)),
         Box::new(move |r| r.expires_at = t(4_100_000_000)),

@@ -145,7 +145,8 @@ pub struct TracingAudit;
 
 impl AuditSink for TracingAudit {
     fn record(&self, e: &AuditEvent) -> Result<(), BoxError> {
-        let key_id = e.key_id.map(|k| k.to_string());
+        // Formatted only if a subscriber records the event: no allocation on the hot path.
+        let key_id = e.key_id.map(tracing::field::display);
         let org = e.org.as_ref().map(OrgId::as_str);
         let actor = e.actor.as_ref().map(UserId::as_str);
         match &e.action {

@@ -11,7 +11,13 @@
 //!
 //! Entries hold a keyed fingerprint of the secret (a CBC-MAC under a per-process random key,
 //! fixed 32-byte input), never the secret, so a hit costs one fingerprint and a constant-time
-//! compare.
+//! compare. The fingerprint of the presented secret depends only on the token, so it is
+//! computed while the lookup's memory access is in flight. Entries sit inline in the map
+//! (fingerprint, deadline and the shared `Facts`), so a hit costs the map's own access plus
+//! the one cache line of `Facts` that the returned [`Verified`](crate::Verified) needs.
+//!
+//! A full shard evicts an arbitrary entry; expired entries are swept from it at most once per
+//! fallback TTL, so a fill never scans a full shard on every call.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -20,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use aes::Aes128;
 use aes::cipher::{BlockEncrypt, KeyInit, generic_array::GenericArray};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::crypto::{Block, fill_random};
 use crate::key::Facts;
@@ -33,16 +39,19 @@ const FEED_NONE: u8 = 0;
 const FEED_LIVE: u8 = 1;
 const FEED_DOWN: u8 = 2;
 
-pub(crate) type Fingerprint = [u8; 16];
+/// A keyed fingerprint of a secret, as two words (compared with `subtle`, word by word).
+pub(crate) type Fingerprint = [u64; 2];
 
 struct Entry {
-    facts: Arc<Facts>,
     fingerprint: Fingerprint,
     valid_until: Instant,
+    facts: Arc<Facts>,
 }
 
 struct Shard {
     generation: u64,
+    /// When expired entries were last swept out of this shard.
+    swept: Instant,
     map: HashMap<KeyId, Entry, foldhash::fast::FixedState>,
 }
 
@@ -73,10 +82,12 @@ impl Cache {
         let mut seed = [0u8; 8];
         fill_random(&mut seed)?;
         let seed = u64::from_le_bytes(seed);
+        let now = Instant::now();
         let shards = (0..SHARDS)
             .map(|_| {
                 RwLock::new(Shard {
                     generation: 0,
+                    swept: now,
                     map: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(seed)),
                 })
             })
@@ -109,19 +120,26 @@ impl Cache {
             *x ^= *y;
         }
         self.fingerprint_key.encrypt_block(&mut b);
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&b);
-        out
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[..8]);
+        let hi = u64::from_le_bytes(w);
+        w.copy_from_slice(&b[8..]);
+        let lo = u64::from_le_bytes(w);
+        b.as_mut_slice().zeroize();
+        w.zeroize();
+        [hi, lo]
     }
 
-    /// A cached entry for `id`, if one may still be served.
-    pub(crate) fn get(&self, id: &KeyId) -> Option<(Arc<Facts>, Fingerprint)> {
+    /// A cached entry for `id`, if one may still be served at `now` (a monotonic reading
+    /// the caller took; the caller reuses it for the expiry check).
+    #[inline]
+    pub(crate) fn get(&self, id: &KeyId, now: Instant) -> Option<(Arc<Facts>, Fingerprint)> {
         let shard = self
             .shard(id)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let e = shard.map.get(id)?;
-        if Instant::now() < e.valid_until {
+        if now < e.valid_until {
             Some((e.facts.clone(), e.fingerprint))
         } else {
             None
@@ -168,19 +186,26 @@ impl Cache {
         let Some(valid_until) = ticket.started.checked_add(ticket.ttl) else {
             return;
         };
-        if shard.map.len() >= self.per_shard
-            && !shard.map.contains_key(&id)
-            && let Some(victim) = shard.map.keys().next().copied()
-        {
-            // Bounded, constant-time eviction of an arbitrary entry (ids are random).
-            shard.map.remove(&victim);
+        if shard.map.len() >= self.per_shard && !shard.map.contains_key(&id) {
+            let now = Instant::now();
+            // Sweep expired entries at most once per fallback TTL, then evict one arbitrary
+            // entry (ids are random) if still full: bounded work per fill.
+            if now.saturating_duration_since(shard.swept) >= self.fallback_ttl {
+                shard.map.retain(|_, e| e.valid_until > now);
+                shard.swept = now;
+            }
+            if shard.map.len() >= self.per_shard
+                && let Some(victim) = shard.map.keys().next().copied()
+            {
+                shard.map.remove(&victim);
+            }
         }
         shard.map.insert(
             id,
             Entry {
-                facts,
                 fingerprint,
                 valid_until,
+                facts,
             },
         );
     }

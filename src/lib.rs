@@ -4,6 +4,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod audit;
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench_support;
 mod cache;
 mod clock;
 mod crypto;

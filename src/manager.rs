@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration as StdDuration;
+use std::time::{Duration as StdDuration, Instant};
 
 use subtle::ConstantTimeEq;
 use time::{Duration, OffsetDateTime};
@@ -770,35 +770,42 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let parsed = match UntrustedToken::parse(&self.inner.prefix, token) {
             Ok(p) => p,
             Err(e) => {
-                self.verify_failed(FailureClass::Malformed, None, None);
+                self.verify_failed(FailureClass::Malformed, None, None, Instant::now());
                 return Err(e);
             }
         };
         let id = parsed.id();
         let cache = &self.inner.cache;
+        // The presented secret's fingerprint does not depend on the lookup: computed while
+        // the lookup's memory access is in flight. One monotonic reading serves the cache's
+        // TTL and (through the clock) the expiry check.
         let presented = cache.fingerprint(parsed.secret());
-        let facts = match cache.get(&id) {
+        let mono = Instant::now();
+        let (facts, mono) = match cache.get(&id, mono) {
             Some((facts, fingerprint)) => {
-                if !bool::from(presented.ct_eq(&fingerprint)) {
-                    self.verify_failed(FailureClass::InvalidKey, Some(&facts.org), Some(id));
+                if !bool::from(presented[..].ct_eq(&fingerprint[..])) {
+                    self.verify_failed(FailureClass::InvalidKey, Some(&facts.org), Some(id), mono);
                     return Err(Error::InvalidKey);
                 }
-                facts
+                (facts, mono)
             }
-            None => self.verify_cold(&parsed).await?,
+            // After a store read, expiry is decided at the time it returned. The cold path's
+            // state is boxed (it allocates anyway) so that the hot path's future stays small
+            // to move.
+            None => (Box::pin(self.verify_cold(&parsed)).await?, Instant::now()),
         };
-        let now = self.inner.clock.now_unix();
+        let now = self.inner.clock.now_unix_at(mono);
         let class = if facts.revoked {
             Some((FailureClass::Revoked, Error::Revoked))
         } else if now >= facts.expires_unix {
             Some((FailureClass::Expired, Error::Expired))
-        } else if !facts.scopes.contains(scope) {
+        } else if !facts.allows(scope) {
             Some((FailureClass::ScopeNotAllowed, Error::ScopeNotAllowed))
         } else {
             None
         };
         if let Some((class, err)) = class {
-            self.verify_failed(class, Some(&facts.org), Some(id));
+            self.verify_failed(class, Some(&facts.org), Some(id), mono);
             return Err(err);
         }
         self.touch(&facts, now).await;
@@ -812,7 +819,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let rec = match self.inner.store.get(&id).await {
             Ok(Some(rec)) => rec,
             Ok(None) => {
-                self.verify_failed(FailureClass::InvalidKey, None, Some(id));
+                self.verify_failed(FailureClass::InvalidKey, None, Some(id), Instant::now());
                 return Err(Error::InvalidKey);
             }
             Err(e) => {
@@ -822,21 +829,31 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 } else {
                     FailureClass::Store
                 };
-                self.verify_failed(class, None, Some(id));
+                self.verify_failed(class, None, Some(id), Instant::now());
                 return Err(e);
             }
         };
         let secret = match rec.open(&self.keyring(), id) {
             Ok(s) => s,
             Err(e) => {
-                self.verify_failed(FailureClass::Integrity, Some(&rec.org), Some(id));
+                self.verify_failed(
+                    FailureClass::Integrity,
+                    Some(&rec.org),
+                    Some(id),
+                    Instant::now(),
+                );
                 return Err(e);
             }
         };
         let matched: bool = secret.ct_eq(parsed.secret()).into();
         if !matched {
             // Not cached: wrong guesses must not be able to churn the cache.
-            self.verify_failed(FailureClass::InvalidKey, Some(&rec.org), Some(id));
+            self.verify_failed(
+                FailureClass::InvalidKey,
+                Some(&rec.org),
+                Some(id),
+                Instant::now(),
+            );
             return Err(Error::InvalidKey);
         }
         let facts = Arc::new(Facts::from_record(&rec));
@@ -844,8 +861,28 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         Ok(facts)
     }
 
-    fn verify_failed(&self, class: FailureClass, org: Option<&OrgId>, key_id: Option<KeyId>) {
-        self.audit_best_effort(AuditAction::VerificationFailed(class), None, org, key_id);
+    /// Audits a failed verification. Its time is the clock's whole second at the monotonic
+    /// reading `at` (the one the hot path already took, or a fresh one), which spares the
+    /// failure path a second reading of the wall clock.
+    fn verify_failed(
+        &self,
+        class: FailureClass,
+        org: Option<&OrgId>,
+        key_id: Option<KeyId>,
+        at: Instant,
+    ) {
+        let secs = self.inner.clock.now_unix_at(at);
+        let event = AuditEvent {
+            action: AuditAction::VerificationFailed(class),
+            actor: None,
+            org: org.cloned(),
+            key_id,
+            at: OffsetDateTime::from_unix_timestamp(secs)
+                .unwrap_or_else(|_| self.inner.clock.now()),
+        };
+        if let Err(e) = self.inner.audit.record(&event) {
+            tracing::error!(target: "api_keys::audit", error = %e, "audit sink failed");
+        }
     }
 
     /// Records last use at most once a minute per key and process; a failing `touch` is

@@ -53,30 +53,105 @@ pub(crate) mod base62 {
         encode::<6>(u64::from(v))
     }
 
-    /// The digit of an alphanumeric ASCII byte, without branches or table look-ups (secrets
-    /// pass through here). The caller has already checked `c.is_ascii_alphanumeric()`.
-    #[inline]
-    fn digit(c: u8) -> u128 {
-        let c = i32::from(c);
-        let above_9 = (57 - c) >> 31; // all ones when c > '9'
-        let above_z = (90 - c) >> 31; // all ones when c > 'Z'
-        let mut d = c - 48;
-        d = (d & !above_9) | ((c - 55) & above_9);
-        d = (d & !above_z) | ((c - 61) & above_z);
-        d as u128
+    /// The digit of an ASCII byte and whether it is alphanumeric, without branches or table
+    /// look-ups (secrets pass through here): the three ranges are selected by masks.
+    #[inline(always)]
+    pub(crate) fn digit(c: u8) -> (u8, bool) {
+        let is_digit = c.wrapping_sub(b'0') < 10;
+        let is_upper = c.wrapping_sub(b'A') < 26;
+        let is_lower = c.wrapping_sub(b'a') < 26;
+        let m_digit = 0u8.wrapping_sub(u8::from(is_digit));
+        let m_upper = 0u8.wrapping_sub(u8::from(is_upper));
+        let m_lower = 0u8.wrapping_sub(u8::from(is_lower));
+        let d = (m_digit & c.wrapping_sub(b'0'))
+            | (m_upper & c.wrapping_sub(b'A' - 10))
+            | (m_lower & c.wrapping_sub(b'a' - 36));
+        (d, is_digit | is_upper | is_lower)
     }
 
-    /// Decodes alphanumeric digits into a `u64`; `None` when the value overflows (which would
-    /// make a second spelling of the same value possible).
+    /// Whether every byte is ASCII alphanumeric: no early exit, so it compiles to a few
+    /// vector instructions.
+    #[inline(always)]
+    pub(crate) fn all_alnum<const N: usize>(b: &[u8; N]) -> bool {
+        let mut bad = 0u8;
+        for &c in b {
+            let digit = c.wrapping_sub(b'0') < 10;
+            let alpha = (c | 0x20).wrapping_sub(b'a') < 26;
+            bad |= u8::from(!(digit | alpha));
+        }
+        bad == 0
+    }
+
+    /// The digit of a byte already known to be alphanumeric: fewer operations than
+    /// [`digit`], still without branches or table look-ups.
+    #[inline(always)]
+    pub(crate) fn alnum_digit(c: u8) -> u8 {
+        c.wrapping_sub(b'0')
+            .wrapping_sub(7 * u8::from(c > b'9'))
+            .wrapping_sub(6 * u8::from(c > b'Z'))
+    }
+
+    /// Digits (0..62 each) to a value, most significant first; `None` when the value does not
+    /// fit a `u64` (which would make a second spelling of the same value possible).
+    /// At most 11 digits: the first ten fit a `u64` (62^10 < 2^60), the last step is checked
+    /// in 128 bits.
+    #[inline(always)]
+    pub(crate) fn value(d: &[u8]) -> Option<u64> {
+        debug_assert!(d.len() <= 11);
+        if d.len() < 11 {
+            return Some(d.iter().fold(0u64, |acc, &x| acc * 62 + u64::from(x)));
+        }
+        // Two independent Horner chains (digits 0..5 and 5..10) halve the multiply latency;
+        // 62^5 = 916_132_832, and hi * 62^5 + lo < 62^10 < 2^60.
+        let mut hi: u64 = 0;
+        let mut lo: u64 = 0;
+        for k in 0..5 {
+            hi = hi * 62 + u64::from(d[k]);
+            lo = lo * 62 + u64::from(d[k + 5]);
+        }
+        let acc = hi * 916_132_832 + lo;
+        u64::try_from(u128::from(acc) * 62 + u128::from(d[10])).ok()
+    }
+
+    /// Decodes at most 11 characters already checked to be alphanumeric (branch-free per
+    /// character); `None` when the value overflows a `u64`. Two independent Horner chains
+    /// (first five digits, next five) halve the multiply latency; the eleventh digit is
+    /// applied in 128 bits to detect overflow.
+    #[inline(always)]
+    pub(crate) fn word(b: &[u8]) -> Option<u64> {
+        debug_assert!(b.len() <= 11);
+        if b.len() < 11 {
+            let mut acc: u64 = 0;
+            for &c in b {
+                acc = acc * 62 + u64::from(alnum_digit(c));
+            }
+            return Some(acc);
+        }
+        let mut hi: u64 = 0;
+        let mut lo: u64 = 0;
+        for k in 0..5 {
+            hi = hi * 62 + u64::from(alnum_digit(b[k]));
+            lo = lo * 62 + u64::from(alnum_digit(b[k + 5]));
+        }
+        // 62^5 = 916_132_832; hi * 62^5 + lo < 62^10 < 2^60.
+        let acc = hi * 916_132_832 + lo;
+        u64::try_from(u128::from(acc) * 62 + u128::from(alnum_digit(b[10]))).ok()
+    }
+
+    /// Decodes alphanumeric digits into a `u64`; `None` for any other byte, more than 11
+    /// digits, or a value that overflows.
     pub(crate) fn decode_u64(b: &[u8]) -> Option<u64> {
-        if b.len() > 11 || !b.iter().all(u8::is_ascii_alphanumeric) {
+        if b.len() > 11 {
             return None;
         }
-        let mut acc: u128 = 0;
-        for &c in b {
-            acc = acc * 62 + digit(c);
+        let mut d = [0u8; 11];
+        let mut ok = true;
+        for (slot, &c) in d.iter_mut().zip(b) {
+            let (v, good) = digit(c);
+            *slot = v;
+            ok &= good;
         }
-        u64::try_from(acc).ok()
+        if ok { value(&d[..b.len()]) } else { None }
     }
 }
 
@@ -112,23 +187,29 @@ impl UntrustedToken {
         if b.len() != p + 1 + BODY_LEN || !b.starts_with(prefix.as_bytes()) || b[p] != b'_' {
             return Err(Error::Malformed);
         }
-        let body = &b[p + 1..];
-        if !body.iter().all(u8::is_ascii_alphanumeric) {
+        let Ok(body) = <&[u8; BODY_LEN]>::try_from(&b[p + 1..]) else {
+            return Err(Error::Malformed);
+        };
+        // Character set first (branch-free, so it vectorizes), then the checksum: noise and
+        // typos are rejected before any decoding.
+        if !base62::all_alnum(body) {
             return Err(Error::Malformed);
         }
         let (before_check, check) = b.split_at(b.len() - CHECK_CHARS);
-        let expected = base62::decode_u64(check).ok_or(Error::Malformed)?;
-        if u64::from(crc32fast::hash(before_check)) != expected {
+        if base62::word(check) != Some(u64::from(crc32fast::hash(before_check))) {
             return Err(Error::Malformed);
         }
-        let id = base62::decode_u64(&body[..KeyId::LEN]).ok_or(Error::Malformed)?;
+        // Digits of the id and the secret in one branch-free pass (it vectorizes), then the
+        // fixed-width words.
+        let mut digits = Zeroizing::new([0u8; KeyId::LEN + SECRET_CHARS]);
+        for (d, &c) in digits.iter_mut().zip(body.iter()) {
+            *d = base62::alnum_digit(c);
+        }
+        let id = base62::value(&digits[..KeyId::LEN]).ok_or(Error::Malformed)?;
         let mut secret: Secret = Zeroizing::new([0u8; SECRET_LEN]);
         let mut overflow = false;
-        for (i, chunk) in body[KeyId::LEN..KeyId::LEN + SECRET_CHARS]
-            .chunks_exact(11)
-            .enumerate()
-        {
-            match base62::decode_u64(chunk) {
+        for (i, chunk) in digits[KeyId::LEN..].chunks_exact(11).enumerate() {
+            match base62::value(chunk) {
                 Some(mut w) => {
                     secret[i * 8..i * 8 + 8].copy_from_slice(&w.to_be_bytes());
                     w.zeroize();
@@ -225,6 +306,50 @@ mod tests {
         {
             assert_eq!(base62::decode_u64(&[*c]), Some(i as u64));
         }
+    }
+
+    #[test]
+    fn digit_is_exact_over_every_byte() {
+        let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        for c in 0..=255u8 {
+            let (d, ok) = base62::digit(c);
+            assert_eq!(ok, c.is_ascii_alphanumeric(), "byte {c}");
+            assert_eq!(base62::all_alnum(&[c]), ok, "byte {c}");
+            assert_eq!(base62::all_alnum(&[b'a', c, b'0']), ok, "byte {c}");
+            if ok {
+                assert_eq!(alphabet[usize::from(d)], c, "byte {c}");
+            }
+        }
+    }
+
+    #[test]
+    fn value_matches_wide_reference() {
+        let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let reference = |d: &[u8]| -> Option<u64> {
+            let v = d.iter().fold(0u128, |acc, &x| acc * 62 + u128::from(x));
+            u64::try_from(v).ok()
+        };
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for len in 0..=11 {
+            for _ in 0..2000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let d: Vec<u8> = (0..len).map(|k| ((x >> (k * 5)) % 62) as u8).collect();
+                assert_eq!(base62::value(&d), reference(&d), "{d:?}");
+                let text: Vec<u8> = d.iter().map(|&x| alphabet[usize::from(x)]).collect();
+                assert_eq!(base62::word(&text), reference(&d), "{d:?}");
+            }
+            let top = vec![61u8; len];
+            assert_eq!(base62::value(&top), reference(&top));
+            assert_eq!(base62::word(&vec![b'z'; len]), reference(&top));
+        }
+        for v in [0, 1, 61, 62, u64::MAX - 1, u64::MAX] {
+            assert_eq!(base62::decode_u64(&base62::encode_u64(v)), Some(v));
+        }
+        assert_eq!(base62::decode_u64(b"zzzzzzzzzzz"), None);
+        assert_eq!(base62::decode_u64(b"0000000000-"), None);
+        assert_eq!(base62::decode_u64(b"000000000000"), None);
     }
 
     #[test]

@@ -448,31 +448,6 @@ async fn state_errors_come_only_after_the_secret_matched() {
     ));
 }
 
-/// Replaces the id of a token and fixes its checksum.
-fn with_id(token: &str, id: &str) -> String {
-    let body = format!("sak_{id}{}", &token[15..token.len() - 6]);
-    fix_checksum(&body)
-}
-
-/// The same id with another secret (valid checksum).
-fn wrong_secret(token: &str) -> String {
-    let mut b = token[..token.len() - 6].to_string();
-    let last = b.pop().unwrap();
-    b.push(if last == '0' { '1' } else { '0' });
-    fix_checksum(&b)
-}
-
-fn fix_checksum(body: &str) -> String {
-    const A: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut v = crc32fast::hash(body.as_bytes()) as u64;
-    let mut c = [b'0'; 6];
-    for slot in c.iter_mut().rev() {
-        *slot = A[(v % 62) as usize];
-        v /= 62;
-    }
-    format!("{body}{}", std::str::from_utf8(&c).unwrap())
-}
-
 #[tokio::test]
 async fn malformed_tokens_never_reach_the_store() {
     let store = CountingStore::default();

@@ -127,3 +127,28 @@ impl KeyStore for CountingStore {
 pub fn days(n: i64) -> Duration {
     Duration::days(n)
 }
+
+/// Replaces the id of a token and fixes its checksum.
+pub fn with_id(token: &str, id: &str) -> String {
+    let body = format!("sak_{id}{}", &token[15..token.len() - 6]);
+    fix_checksum(&body)
+}
+
+/// The same id with another secret (valid checksum).
+pub fn wrong_secret(token: &str) -> String {
+    let mut b = token[..token.len() - 6].to_string();
+    let last = b.pop().unwrap();
+    b.push(if last == '0' { '1' } else { '0' });
+    fix_checksum(&b)
+}
+
+pub fn fix_checksum(body: &str) -> String {
+    const A: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut v = crc32fast::hash(body.as_bytes()) as u64;
+    let mut c = [b'0'; 6];
+    for slot in c.iter_mut().rev() {
+        *slot = A[(v % 62) as usize];
+        v /= 62;
+    }
+    format!("{body}{}", std::str::from_utf8(&c).unwrap())
+}

@@ -1,9 +1,9 @@
 //! Benchmarks of the verification hot path and of the operations around it.
 //!
 //! ```text
-//! cargo bench --features bench --bench verify                 # everything (~8 min)
+//! cargo bench --features bench --bench verify                 # everything (~4 min)
 //! cargo bench --features bench --bench verify -- 'verify/'    # one group
-//! BENCH_10M=1 cargo bench --features bench --bench verify -- scaling/verify
+//! BENCH_10M=1 cargo bench --features bench --bench verify -- 'scaling/(verify|baseline)'
 //! ```
 //!
 //! Every store is filled once per process (records sealed in bulk with the crate's own sealing

@@ -152,7 +152,12 @@ impl Facts {
             last_touch: AtomicI64::new(rec.last_used_at.map_or(i64::MIN, |t| t.unix_timestamp())),
             revoked: rec.revoked_at.is_some(),
             builtin_scopes,
-            org: rec.org.clone(),
+            // A copy of its own, allocated right after these facts: a failed verification
+            // clones it for its audit event, and a private copy sits next to the facts (in
+            // cache when they are) and is never contended by other keys' verifications, where
+            // the store's shared `Arc` would be both cold and shared by the whole
+            // organization.
+            org: OrgId::try_new(rec.org.as_str()).unwrap_or_else(|_| rec.org.clone()),
             scopes: rec.scopes.clone().into_boxed_slice(),
             expires_at: rec.expires_at,
         }

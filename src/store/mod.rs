@@ -11,6 +11,9 @@ use crate::{KeyId, KeyRecord, OrgId, StoreError};
 mod memory;
 pub use memory::MemoryStore;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
+
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]

@@ -35,6 +35,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{AsyncMessage, NoTls, Row, Socket};
 
+use super::sql::{corrupt, record_json, unix};
 use super::{Change, ChangeKind, ChangeListener, KeyStore};
 use crate::{BoxError, KeyId, KeyRecord, OrgId, StoreError};
 
@@ -186,31 +187,6 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
         PostgresErrorKind::Connect,
         Some(Box::new(e)),
     ))
-}
-
-/// A row that does not decode into a valid record (the source of [`StoreError::Corrupt`]).
-#[derive(Debug)]
-struct RowError {
-    id: Option<String>,
-    reason: String,
-}
-
-impl fmt::Display for RowError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.id {
-            Some(id) => write!(f, "stored key {id}: {}", self.reason),
-            None => write!(f, "stored key row: {}", self.reason),
-        }
-    }
-}
-
-impl std::error::Error for RowError {}
-
-fn corrupt(id: Option<&str>, reason: impl fmt::Display) -> StoreError {
-    StoreError::Corrupt(Box::new(RowError {
-        id: id.map(str::to_owned),
-        reason: reason.to_string(),
-    }))
 }
 
 /// A connection for the change feed: the client and the stream of the connection's
@@ -435,17 +411,6 @@ fn revision_to_sql(revision: u64) -> Result<i64, StoreError> {
         .map_err(|_| StoreError::backend(PostgresError::new(PostgresErrorKind::OutOfRange, None)))
 }
 
-fn unix(t: Option<OffsetDateTime>) -> Option<i64> {
-    t.map(OffsetDateTime::unix_timestamp)
-}
-
-/// The record as JSON, without `last_used_at` (its column is authoritative).
-fn record_json(record: &KeyRecord) -> Result<String, StoreError> {
-    let mut r = record.clone();
-    r.last_used_at = None;
-    serde_json::to_string(&r).map_err(StoreError::backend)
-}
-
 /// Decodes a row selected by [`SELECT`], checking that the columns agree with the JSON.
 fn decode(row: &Row) -> Result<KeyRecord, StoreError> {
     let id: &str = row.try_get(0).map_err(|e| corrupt(None, e))?;
@@ -453,21 +418,7 @@ fn decode(row: &Row) -> Result<KeyRecord, StoreError> {
     let revision: i64 = row.try_get(2).map_err(|e| corrupt(Some(id), e))?;
     let last_used: Option<i64> = row.try_get(3).map_err(|e| corrupt(Some(id), e))?;
     let json: &str = row.try_get(4).map_err(|e| corrupt(Some(id), e))?;
-    let mut rec: KeyRecord = serde_json::from_str(json).map_err(|e| corrupt(Some(id), e))?;
-    if rec.id.to_string() != id
-        || rec.org.as_str() != org
-        || u64::try_from(revision) != Ok(rec.revision)
-    {
-        return Err(corrupt(
-            Some(id),
-            "the id, org or revision column disagrees with the stored record",
-        ));
-    }
-    rec.last_used_at = last_used
-        .map(OffsetDateTime::from_unix_timestamp)
-        .transpose()
-        .map_err(|e| corrupt(Some(id), e))?;
-    Ok(rec)
+    super::sql::decode_row(id, org, revision, last_used, json)
 }
 
 impl KeyStore for PostgresStore {

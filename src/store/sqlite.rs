@@ -28,6 +28,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 use time::OffsetDateTime;
 
 use super::KeyStore;
+use super::sql::{corrupt, record_json, unix};
 use crate::{KeyId, KeyRecord, OrgId, StoreError};
 
 /// The schema version this crate writes. A file with a higher version is refused.
@@ -153,32 +154,6 @@ impl std::error::Error for SqliteError {
             .as_ref()
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
-}
-
-/// A stored row that does not decode into a valid record (the source of
-/// [`StoreError::Corrupt`]).
-#[derive(Debug)]
-struct RowError {
-    id: Option<String>,
-    reason: String,
-}
-
-impl fmt::Display for RowError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.id {
-            Some(id) => write!(f, "stored key {id}: {}", self.reason),
-            None => write!(f, "stored key row: {}", self.reason),
-        }
-    }
-}
-
-impl std::error::Error for RowError {}
-
-fn corrupt(id: Option<&str>, reason: impl fmt::Display) -> StoreError {
-    StoreError::Corrupt(Box::new(RowError {
-        id: id.map(str::to_owned),
-        reason: reason.to_string(),
-    }))
 }
 
 struct Inner {
@@ -367,17 +342,6 @@ fn revision_to_sql(path: &Path, revision: u64) -> Result<i64, StoreError> {
         .map_err(|_| StoreError::backend(SqliteError::new(SqliteErrorKind::OutOfRange, path, None)))
 }
 
-fn unix(t: Option<OffsetDateTime>) -> Option<i64> {
-    t.map(OffsetDateTime::unix_timestamp)
-}
-
-/// The record as JSON, without `last_used_at` (its column is authoritative).
-fn record_json(record: &KeyRecord) -> Result<String, StoreError> {
-    let mut r = record.clone();
-    r.last_used_at = None;
-    serde_json::to_string(&r).map_err(StoreError::backend)
-}
-
 /// Decodes a row selected as [`COLUMNS`], checking that the columns agree with the JSON.
 fn decode(row: &rusqlite::Row<'_>) -> Result<KeyRecord, StoreError> {
     let id: String = row.get(0).map_err(|e| corrupt(None, e))?;
@@ -386,21 +350,7 @@ fn decode(row: &rusqlite::Row<'_>) -> Result<KeyRecord, StoreError> {
     let revision: i64 = row.get(2).map_err(|e| corrupt(Some(id), e))?;
     let last_used: Option<i64> = row.get(3).map_err(|e| corrupt(Some(id), e))?;
     let json: String = row.get(4).map_err(|e| corrupt(Some(id), e))?;
-    let mut rec: KeyRecord = serde_json::from_str(&json).map_err(|e| corrupt(Some(id), e))?;
-    if rec.id.to_string() != id
-        || rec.org.as_str() != org
-        || Ok(rec.revision) != u64::try_from(revision)
-    {
-        return Err(corrupt(
-            Some(id),
-            "the id, org or revision column disagrees with the stored record",
-        ));
-    }
-    rec.last_used_at = last_used
-        .map(OffsetDateTime::from_unix_timestamp)
-        .transpose()
-        .map_err(|e| corrupt(Some(id), e))?;
-    Ok(rec)
+    super::sql::decode_row(id, &org, revision, last_used, &json)
 }
 
 /// Runs a query returning rows of [`COLUMNS`] and decodes them all.

@@ -1,0 +1,70 @@
+//! What the SQL stores share: the row layout (index columns plus the record as JSON, with
+//! `last_used_at` only in its own column) and how a row decodes.
+
+use std::fmt;
+
+use time::OffsetDateTime;
+
+use crate::{KeyRecord, StoreError};
+
+/// A row that does not decode into a valid record (the source of [`StoreError::Corrupt`]).
+#[derive(Debug)]
+struct RowError {
+    id: Option<String>,
+    reason: String,
+}
+
+impl fmt::Display for RowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.id {
+            Some(id) => write!(f, "stored key {id}: {}", self.reason),
+            None => write!(f, "stored key row: {}", self.reason),
+        }
+    }
+}
+
+impl std::error::Error for RowError {}
+
+pub(crate) fn corrupt(id: Option<&str>, reason: impl fmt::Display) -> StoreError {
+    StoreError::Corrupt(Box::new(RowError {
+        id: id.map(str::to_owned),
+        reason: reason.to_string(),
+    }))
+}
+
+pub(crate) fn unix(t: Option<OffsetDateTime>) -> Option<i64> {
+    t.map(OffsetDateTime::unix_timestamp)
+}
+
+/// The record as JSON, without `last_used_at` (its column is authoritative).
+pub(crate) fn record_json(record: &KeyRecord) -> Result<String, StoreError> {
+    let mut r = record.clone();
+    r.last_used_at = None;
+    serde_json::to_string(&r).map_err(StoreError::backend)
+}
+
+/// Decodes a row's columns, checking that the index columns agree with the JSON and taking
+/// `last_used_at` from its own column.
+pub(crate) fn decode_row(
+    id: &str,
+    org: &str,
+    revision: i64,
+    last_used: Option<i64>,
+    json: &str,
+) -> Result<KeyRecord, StoreError> {
+    let mut rec: KeyRecord = serde_json::from_str(json).map_err(|e| corrupt(Some(id), e))?;
+    if rec.id.to_string() != id
+        || rec.org.as_str() != org
+        || u64::try_from(revision) != Ok(rec.revision)
+    {
+        return Err(corrupt(
+            Some(id),
+            "the id, org or revision column disagrees with the stored record",
+        ));
+    }
+    rec.last_used_at = last_used
+        .map(OffsetDateTime::from_unix_timestamp)
+        .transpose()
+        .map_err(|e| corrupt(Some(id), e))?;
+    Ok(rec)
+}

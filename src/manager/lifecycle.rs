@@ -1,0 +1,241 @@
+//! Roll, reveal, rewrap and expiry queries.
+
+use super::*;
+
+/// Counts returned by [`KeyManager::rewrap`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RewrapReport {
+    /// Records re-sealed under the current version.
+    pub rewrapped: usize,
+    /// Records already sealed under the current version.
+    pub already_current: usize,
+    /// Records that failed their integrity check (reported, never re-sealed) or could not be
+    /// written after retries.
+    pub failed: usize,
+    /// Records sealed under a `next` version (by nodes already upgraded), left as they are.
+    pub newer: usize,
+}
+
+impl<S: KeyStore + 'static> KeyManager<S> {
+    /// The original token of an active key, when [`Policy::allow_reveal`] is on. Every reveal
+    /// is audited first; if the audit sink fails, nothing is revealed.
+    ///
+    /// # Errors
+    /// [`Error::Policy`] when reveal is off; [`Error::PermissionDenied`]; [`Error::NotFound`];
+    /// [`Error::Revoked`] / [`Error::Expired`] for a key that no longer works;
+    /// [`Error::Integrity`]; [`Error::Audit`] when the event could not be recorded.
+    pub async fn reveal(&self, actor: &Actor, id: &KeyId) -> Result<ApiKey, Error> {
+        Self::require_manager(actor)?;
+        if !self.inner.policy.reveal_allowed() {
+            return Err(Error::Policy(
+                "revealing existing keys is turned off by the policy (allow_reveal)".into(),
+            ));
+        }
+        let rec = self.load(Some(actor), id).await?;
+        let secret = self.open(&self.keyring(), &rec, Some(actor))?;
+        match KeyStatus::of(&rec, self.inner.clock.now()) {
+            KeyStatus::Revoked => return Err(Error::Revoked),
+            KeyStatus::Expired => return Err(Error::Expired),
+            KeyStatus::Active => {}
+        }
+        self.audit(
+            AuditAction::Revealed,
+            Some(actor),
+            Some(actor.org()),
+            Some(*id),
+        )?;
+        Ok(ApiKey::new(
+            *id,
+            format_token(&self.inner.prefix, *id, &secret),
+        ))
+    }
+
+    /// Replaces a key without breaking its integrations: the replacement (same name and
+    /// scopes, the policy's default expiry) is created first, then the old key's expiry becomes
+    /// `min(its expiry, now + overlap)` — never later. A zero (or negative) overlap stops the
+    /// old key now. Rolling does not count against `max_active_keys`.
+    ///
+    /// # Errors
+    /// [`Error::PermissionDenied`]; [`Error::NotFound`]; [`Error::Revoked`] / [`Error::Expired`]
+    /// for a key that no longer works; [`Error::Integrity`]; [`Error::Conflict`];
+    /// [`Error::Store`]. If shortening the old key fails, the replacement is deleted again.
+    pub async fn roll(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        overlap: Duration,
+    ) -> Result<(ApiKey, KeyInfo), Error> {
+        Self::require_manager(actor)?;
+        let now = whole_seconds(self.inner.clock.now());
+        let old = self.load(Some(actor), id).await?;
+        self.open(&self.keyring(), &old, Some(actor))?;
+        match KeyStatus::of(&old, now) {
+            KeyStatus::Revoked => return Err(Error::Revoked),
+            KeyStatus::Expired => return Err(Error::Expired),
+            KeyStatus::Active => {}
+        }
+        let expires_at = self.inner.policy.resolve(None, now)?;
+        let (key, new_rec) = self
+            .create(actor, old.name.clone(), old.scopes.clone(), now, expires_at)
+            .await?;
+        // Saturating: an absurd overlap (it may come from a request) can never panic.
+        let cutoff = whole_seconds(now.saturating_add(overlap.max(Duration::ZERO)));
+        let shortened = self
+            .modify(Some(actor), id, |r| {
+                if r.revoked_at.is_some() {
+                    return Err(Error::Revoked);
+                }
+                match r.expires_at {
+                    Some(e) if e <= cutoff => Ok(false),
+                    _ => {
+                        r.expires_at = Some(cutoff);
+                        Ok(true)
+                    }
+                }
+            })
+            .await;
+        if let Err(e) = shortened {
+            if let Err(cleanup) = self.inner.store.delete(&new_rec.id).await {
+                tracing::error!(target: "api_keys", key_id = %new_rec.id, error = %cleanup, "could not delete the replacement of a failed roll");
+            }
+            return Err(e);
+        }
+        self.audit_best_effort(
+            AuditAction::Rolled {
+                replacement: new_rec.id,
+            },
+            Some(actor),
+            Some(actor.org()),
+            Some(*id),
+        );
+        Ok((key, self.info(&new_rec, now)))
+    }
+
+    /// The organization's active keys that expire within `window` from now, soonest first.
+    ///
+    /// # Errors
+    /// [`Error::PermissionDenied`]; [`Error::Store`].
+    pub async fn expiring_within(
+        &self,
+        actor: &Actor,
+        window: Duration,
+    ) -> Result<Vec<KeyInfo>, Error> {
+        Self::require_manager(actor)?;
+        let now = self.inner.clock.now();
+        let mut infos: Vec<KeyInfo> = self
+            .authentic_infos(actor)
+            .await?
+            .into_iter()
+            .filter(|i| expiring(i, now, window))
+            .collect();
+        infos.sort_by(|a, b| a.expires_at.cmp(&b.expires_at).then(a.id.cmp(&b.id)));
+        Ok(infos)
+    }
+
+    /// Every organization's active keys expiring within `window`, soonest first: for a
+    /// host's daily job (no actor: the host calls it). Records failing their integrity check
+    /// are left out and reported.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub async fn expiring_all(&self, window: Duration) -> Result<Vec<KeyInfo>, Error> {
+        let now = self.inner.clock.now();
+        let keyring = self.keyring();
+        let mut out = Vec::new();
+        let mut after: Option<KeyId> = None;
+        loop {
+            let page = self.inner.store.scan(after.as_ref(), SCAN_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for r in &page {
+                if r.authenticate(&keyring).is_err() {
+                    self.audit_best_effort(
+                        AuditAction::IntegrityFailure,
+                        None,
+                        Some(&r.org),
+                        Some(r.id),
+                    );
+                    continue;
+                }
+                let info = self.info(r, now);
+                if expiring(&info, now, window) {
+                    out.push(info);
+                }
+            }
+            if page.len() < SCAN_PAGE {
+                break;
+            }
+        }
+        out.sort_by(|a, b| a.expires_at.cmp(&b.expires_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Re-seals every record under the keyring's current version, page by page, with
+    /// compare-and-swap (a concurrent change wins; the record is re-read and retried).
+    /// Keys keep verifying throughout. Records failing their integrity check are counted in
+    /// `failed`, reported, and never re-sealed.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when a page cannot be read.
+    pub async fn rewrap(&self) -> Result<RewrapReport, Error> {
+        let mut report = RewrapReport::default();
+        let mut after: Option<KeyId> = None;
+        loop {
+            let page = self.inner.store.scan(after.as_ref(), SCAN_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for rec in &page {
+                let keyring = self.keyring();
+                let current = keyring.current_version();
+                if rec.sealed.key_version == current {
+                    report.already_current += 1;
+                    continue;
+                }
+                if keyring.is_next(rec.sealed.key_version) {
+                    // Sealed by an already upgraded node: never move it down.
+                    report.newer += 1;
+                    continue;
+                }
+                let from = rec.sealed.key_version;
+                let result = self
+                    .modify(None, &rec.id, |r| {
+                        Ok(r.sealed.key_version != current
+                            && !keyring.is_next(r.sealed.key_version))
+                    })
+                    .await;
+                match result {
+                    Ok((_, false)) => report.already_current += 1,
+                    Ok((r, true)) => {
+                        report.rewrapped += 1;
+                        self.audit_best_effort(
+                            AuditAction::Rewrapped {
+                                from_version: from,
+                                to_version: r.sealed.key_version,
+                            },
+                            None,
+                            Some(&r.org),
+                            Some(r.id),
+                        );
+                    }
+                    // Deleted meanwhile: nothing to do.
+                    Err(Error::NotFound) => {}
+                    Err(e) => {
+                        report.failed += 1;
+                        tracing::error!(target: "api_keys", key_id = %rec.id, error = %e, "rewrap failed for a record");
+                    }
+                }
+            }
+            if page.len() < SCAN_PAGE {
+                break;
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn expiring(info: &KeyInfo, now: OffsetDateTime, window: Duration) -> bool {
+    info.status == KeyStatus::Active
+        && info
+            .expires_at
+            .is_some_and(|e| e <= now.saturating_add(window))
+}

@@ -1,0 +1,344 @@
+//! [`KeyManager`]: generation, verification and the management operations.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration as StdDuration, Instant};
+
+use subtle::ConstantTimeEq;
+use time::{Duration, OffsetDateTime};
+
+use crate::audit::{AuditAction, AuditEvent, AuditSink, FailureClass, TracingAudit};
+use crate::cache::Cache;
+use crate::crypto::fill_random;
+use crate::key::Facts;
+use crate::policy::{check_name, check_scopes};
+use crate::record::{Draft, whole_seconds};
+use crate::store::ChangeListener;
+use crate::token::{DEFAULT_PREFIX, SECRET_LEN, UntrustedToken, format_token, valid_prefix};
+use crate::{
+    Actor, ApiKey, Clock, Error, GenerateRequest, KeyId, KeyInfo, KeyRecord, KeyStatus, KeyStore,
+    Keyring, OrgId, Policy, Scope, StoreError, SystemClock, Verified,
+};
+
+/// How many times a management operation re-reads and retries after losing a CAS race.
+const CAS_RETRIES: usize = 5;
+/// Last use is written at most this often per key and process.
+const TOUCH_INTERVAL_SECS: i64 = 60;
+/// Page size of `rewrap` and `expiring_all`.
+const SCAN_PAGE: usize = 256;
+
+/// Builds a [`KeyManager`]; see [`KeyManager::builder`].
+pub struct KeyManagerBuilder<S> {
+    store: S,
+    keyring: Keyring,
+    prefix: String,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    audit: Arc<dyn AuditSink>,
+    cache_ttl: StdDuration,
+    fallback_ttl: StdDuration,
+    cache_capacity: usize,
+}
+
+impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
+    /// The token prefix, `[a-z][a-z0-9]{1,15}` (default `sak`). A manager rejects tokens of
+    /// any other prefix as [`Error::Malformed`].
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The clock deciding creation and expiry (default [`SystemClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The policy (default [`Policy::default`]).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The audit sink (default [`TracingAudit`]).
+    pub fn audit(mut self, sink: impl AuditSink) -> Self {
+        self.audit = Arc::new(sink);
+        self
+    }
+
+    /// How long a verified record may be served from the cache while the store's change feed
+    /// is connected (default 30 s).
+    pub fn cache_ttl(mut self, ttl: StdDuration) -> Self {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    /// How long a verified record may be served from the cache when the store has no change
+    /// feed or it is disconnected (default 1 s). This bounds how long a revocation made by
+    /// *another* process can go unnoticed. Zero disables the cache.
+    pub fn cache_fallback_ttl(mut self, ttl: StdDuration) -> Self {
+        self.fallback_ttl = ttl;
+        self
+    }
+
+    /// Most records kept in the cache (default 100 000). Zero disables the cache.
+    pub fn cache_capacity(mut self, n: usize) -> Self {
+        self.cache_capacity = n;
+        self
+    }
+
+    /// Checks the configuration and builds the manager.
+    ///
+    /// # Errors
+    /// [`Error::Policy`] for an invalid prefix, policy or keyring; [`Error::Random`] if the
+    /// OS generator fails.
+    pub fn build(self) -> Result<KeyManager<S>, Error> {
+        if !valid_prefix(&self.prefix) {
+            return Err(Error::Policy(
+                "a token prefix must match [a-z][a-z0-9]{1,15}".into(),
+            ));
+        }
+        self.policy.validate()?;
+        self.keyring.validate()?;
+        let cache = Arc::new(Cache::new(
+            self.cache_ttl.max(self.fallback_ttl),
+            self.fallback_ttl,
+            self.cache_capacity,
+        )?);
+        let listener: Arc<dyn ChangeListener> = cache.clone();
+        self.store.changes(Arc::downgrade(&listener));
+        Ok(KeyManager {
+            inner: Arc::new(Inner {
+                store: self.store,
+                keyring: RwLock::new(Arc::new(self.keyring)),
+                prefix: self.prefix,
+                clock: self.clock,
+                policy: self.policy,
+                audit: self.audit,
+                cache,
+            }),
+        })
+    }
+}
+
+struct Inner<S> {
+    store: S,
+    keyring: RwLock<Arc<Keyring>>,
+    prefix: String,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    audit: Arc<dyn AuditSink>,
+    cache: Arc<Cache>,
+}
+
+/// Generates, verifies and manages an organization's API keys over a [`KeyStore`].
+///
+/// Cloning is cheap and clones share everything (store, cache, keyring).
+pub struct KeyManager<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for KeyManager<S> {
+    fn clone(&self) -> Self {
+        KeyManager {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for KeyManager<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyManager")
+            .field("prefix", &self.inner.prefix)
+            .field("policy", &self.inner.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: KeyStore + 'static> KeyManager<S> {
+    /// Starts building a manager over `store` with `keyring`.
+    pub fn builder(store: S, keyring: Keyring) -> KeyManagerBuilder<S> {
+        KeyManagerBuilder {
+            store,
+            keyring,
+            prefix: DEFAULT_PREFIX.to_string(),
+            clock: Arc::new(SystemClock),
+            policy: Policy::default(),
+            audit: Arc::new(TracingAudit),
+            cache_ttl: StdDuration::from_secs(30),
+            fallback_ttl: StdDuration::from_secs(1),
+            cache_capacity: 100_000,
+        }
+    }
+
+    /// The token prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// The clock's current time.
+    pub fn now(&self) -> OffsetDateTime {
+        self.inner.clock.now()
+    }
+
+    /// Replaces the keyring (e.g. a new current master-key version) and flushes the cache.
+    ///
+    /// # Errors
+    /// [`Error::Policy`] if the keyring names a version twice.
+    pub fn set_keyring(&self, keyring: Keyring) -> Result<(), Error> {
+        keyring.validate()?;
+        *self
+            .inner
+            .keyring
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(keyring);
+        self.inner.cache.flush();
+        Ok(())
+    }
+
+    fn keyring(&self) -> Arc<Keyring> {
+        self.inner
+            .keyring
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn audit(
+        &self,
+        action: AuditAction,
+        actor: Option<&Actor>,
+        org: Option<&OrgId>,
+        key_id: Option<KeyId>,
+    ) -> Result<(), Error> {
+        let event = AuditEvent {
+            action,
+            actor: actor.map(|a| a.user().clone()),
+            org: org.cloned(),
+            key_id,
+            at: self.inner.clock.now(),
+        };
+        self.inner.audit.record(&event).map_err(Error::Audit)
+    }
+
+    /// Audits an event whose recording failure must not fail the operation (it is logged).
+    fn audit_best_effort(
+        &self,
+        action: AuditAction,
+        actor: Option<&Actor>,
+        org: Option<&OrgId>,
+        key_id: Option<KeyId>,
+    ) {
+        if let Err(e) = self.audit(action, actor, org, key_id) {
+            tracing::error!(target: "api_keys::audit", error = %e, "audit sink failed");
+        }
+    }
+
+    fn require_manager(actor: &Actor) -> Result<(), Error> {
+        if actor.is_manager() {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied)
+        }
+    }
+
+    /// Reads a record of the actor's organization (`NotFound` for another org's).
+    async fn fetch(&self, actor: Option<&Actor>, id: &KeyId) -> Result<KeyRecord, Error> {
+        match self.inner.store.get(id).await? {
+            Some(rec) if actor.is_none_or(|a| rec.org == *a.org()) => Ok(rec),
+            _ => Err(Error::NotFound),
+        }
+    }
+
+    /// Reads a record to act on: of the actor's organization (`NotFound` otherwise; `None` for
+    /// host-level jobs) and stored under the id it names (`Integrity` otherwise — a row copied
+    /// under another id must never make an operation act on, or reveal, a different key).
+    async fn load(&self, actor: Option<&Actor>, id: &KeyId) -> Result<KeyRecord, Error> {
+        let rec = self.fetch(actor, id).await?;
+        if rec.id != *id {
+            self.audit_best_effort(
+                AuditAction::IntegrityFailure,
+                actor,
+                Some(&rec.org),
+                Some(*id),
+            );
+            return Err(Error::Integrity);
+        }
+        Ok(rec)
+    }
+
+    /// Opens a record, auditing an integrity failure.
+    fn open(
+        &self,
+        keyring: &Keyring,
+        rec: &KeyRecord,
+        actor: Option<&Actor>,
+    ) -> Result<zeroize::Zeroizing<[u8; 32]>, Error> {
+        rec.open(keyring, rec.id).inspect_err(|_| {
+            self.audit_best_effort(
+                AuditAction::IntegrityFailure,
+                actor,
+                Some(&rec.org),
+                Some(rec.id),
+            );
+        })
+    }
+
+    fn info(&self, rec: &KeyRecord, now: OffsetDateTime) -> KeyInfo {
+        KeyInfo::from_record(rec, now, &self.inner.prefix)
+    }
+
+    /// Re-reads, opens, changes and re-seals a record with compare-and-swap, retrying when a
+    /// concurrent change won. `change` returns `false` to leave the record as it is.
+    async fn modify(
+        &self,
+        actor: Option<&Actor>,
+        id: &KeyId,
+        mut change: impl FnMut(&mut KeyRecord) -> Result<bool, Error>,
+    ) -> Result<(KeyRecord, bool), Error> {
+        for _ in 0..CAS_RETRIES {
+            let rec = self.load(actor, id).await?;
+            let keyring = self.keyring();
+            let secret = self.open(&keyring, &rec, actor)?;
+            let mut next = rec.clone();
+            if !change(&mut next)? {
+                return Ok((rec, false));
+            }
+            // Revisions live in an `i64` column; one at the limit is corrupt, never wrapped.
+            next.revision = rec
+                .revision
+                .checked_add(1)
+                .filter(|r| *r <= i64::MAX as u64)
+                .ok_or(Error::Integrity)?;
+            next.reseal(&keyring, &secret)?;
+            let result = {
+                // Fenced before the write and after it, even if this future is dropped midway.
+                let _fence = self.inner.cache.fence(*id);
+                self.inner.store.update(next.clone(), rec.revision).await
+            };
+            match result {
+                Ok(()) => return Ok((next, true)),
+                Err(StoreError::Conflict) => continue,
+                Err(StoreError::NotFound) => return Err(Error::NotFound),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Conflict)
+    }
+}
+
+mod lifecycle;
+mod manage;
+mod verify;
+
+pub use lifecycle::RewrapReport;

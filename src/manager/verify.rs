@@ -1,0 +1,160 @@
+//! The hot path: `verify`.
+
+use super::*;
+
+impl<S: KeyStore + 'static> KeyManager<S> {
+    /// Verifies a presented token for `scope`.
+    ///
+    /// Order: parse and checksum (no I/O) → cache or `store.get(id)` → tag check → decrypt →
+    /// constant-time compare of the secret → state checks (revoked, expired at
+    /// `clock.now()`, scope). Only after the secret matched can the result be
+    /// [`Error::Revoked`], [`Error::Expired`] or [`Error::ScopeNotAllowed`].
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] (never touches the store), [`Error::InvalidKey`] (unknown id or
+    /// wrong secret), the state errors above, [`Error::Integrity`] for a tampered record or
+    /// wrong master key, [`Error::Store`].
+    pub async fn verify(&self, token: &str, scope: &Scope) -> Result<Verified, Error> {
+        let parsed = match UntrustedToken::parse(&self.inner.prefix, token) {
+            Ok(p) => p,
+            Err(e) => {
+                self.verify_failed(FailureClass::Malformed, None, None, Instant::now());
+                return Err(e);
+            }
+        };
+        let id = parsed.id();
+        let cache = &self.inner.cache;
+        // The presented secret's fingerprint does not depend on the lookup: computed while
+        // the lookup's memory access is in flight. One monotonic reading serves the cache's
+        // TTL and (through the clock) the expiry check.
+        let presented = cache.fingerprint(parsed.secret());
+        let mono = Instant::now();
+        let (facts, mono) = match cache.get(&id, mono) {
+            Some((facts, fingerprint)) => {
+                if !bool::from(presented[..].ct_eq(&fingerprint[..])) {
+                    self.verify_failed(FailureClass::InvalidKey, Some(&facts.org), Some(id), mono);
+                    return Err(Error::InvalidKey);
+                }
+                (facts, mono)
+            }
+            // After a store read, expiry is decided at the time it returned. The cold path's
+            // state is boxed (it allocates anyway) so that the hot path's future stays small
+            // to move.
+            None => (Box::pin(self.verify_cold(&parsed)).await?, Instant::now()),
+        };
+        let now = self.inner.clock.now_unix_at(mono);
+        let class = if facts.revoked {
+            Some((FailureClass::Revoked, Error::Revoked))
+        } else if now >= facts.expires_unix {
+            Some((FailureClass::Expired, Error::Expired))
+        } else if !facts.allows(scope) {
+            Some((FailureClass::ScopeNotAllowed, Error::ScopeNotAllowed))
+        } else {
+            None
+        };
+        if let Some((class, err)) = class {
+            self.verify_failed(class, Some(&facts.org), Some(id), mono);
+            return Err(err);
+        }
+        self.touch(&facts, now).await;
+        Ok(Verified::new(facts))
+    }
+
+    async fn verify_cold(&self, parsed: &UntrustedToken) -> Result<Arc<Facts>, Error> {
+        let id = parsed.id();
+        let cache = &self.inner.cache;
+        let ticket = cache.ticket(&id);
+        let rec = match self.inner.store.get(&id).await {
+            Ok(Some(rec)) => rec,
+            Ok(None) => {
+                self.verify_failed(FailureClass::InvalidKey, None, Some(id), Instant::now());
+                return Err(Error::InvalidKey);
+            }
+            Err(e) => {
+                let e = Error::from(e);
+                let class = if matches!(e, Error::Integrity) {
+                    FailureClass::Integrity
+                } else {
+                    FailureClass::Store
+                };
+                self.verify_failed(class, None, Some(id), Instant::now());
+                return Err(e);
+            }
+        };
+        let secret = match rec.open(&self.keyring(), id) {
+            Ok(s) => s,
+            Err(e) => {
+                self.verify_failed(
+                    FailureClass::Integrity,
+                    Some(&rec.org),
+                    Some(id),
+                    Instant::now(),
+                );
+                return Err(e);
+            }
+        };
+        let matched: bool = secret.ct_eq(parsed.secret()).into();
+        if !matched {
+            // Not cached: wrong guesses must not be able to churn the cache.
+            self.verify_failed(
+                FailureClass::InvalidKey,
+                Some(&rec.org),
+                Some(id),
+                Instant::now(),
+            );
+            return Err(Error::InvalidKey);
+        }
+        let facts = Arc::new(Facts::from_record(&rec));
+        cache.fill(ticket, facts.clone(), cache.fingerprint(&secret));
+        Ok(facts)
+    }
+
+    /// Audits a failed verification. Its time is the clock's whole second at the monotonic
+    /// reading `at` (the one the hot path already took, or a fresh one), which spares the
+    /// failure path a second reading of the wall clock.
+    fn verify_failed(
+        &self,
+        class: FailureClass,
+        org: Option<&OrgId>,
+        key_id: Option<KeyId>,
+        at: Instant,
+    ) {
+        let secs = self.inner.clock.now_unix_at(at);
+        let event = AuditEvent {
+            action: AuditAction::VerificationFailed(class),
+            actor: None,
+            org: org.cloned(),
+            key_id,
+            at: OffsetDateTime::from_unix_timestamp(secs)
+                .unwrap_or_else(|_| self.inner.clock.now()),
+        };
+        if let Err(e) = self.inner.audit.record(&event) {
+            tracing::error!(target: "api_keys::audit", error = %e, "audit sink failed");
+        }
+    }
+
+    /// Records last use at most once a minute per key and process; a failing `touch` is
+    /// logged and never fails the verification.
+    async fn touch(&self, facts: &Facts, now: i64) {
+        let last = facts.last_touch.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < TOUCH_INTERVAL_SECS
+            || facts
+                .last_touch
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let Ok(at) = OffsetDateTime::from_unix_timestamp(now) else {
+            return;
+        };
+        if let Err(e) = self.inner.store.touch(&facts.id, at).await {
+            tracing::warn!(target: "api_keys", key_id = %facts.id, error = %e, "could not record last use");
+        }
+    }
+
+    /// Number of records in the verified-record cache.
+    pub fn cached_records(&self) -> usize {
+        self.inner.cache.len()
+    }
+}

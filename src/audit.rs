@@ -1,6 +1,7 @@
 //! Audit events: every management action, every reveal, every failed verification.
 
 use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use time::OffsetDateTime;
 
@@ -28,6 +29,20 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
+    const ALL: [FailureClass; 7] = [
+        FailureClass::Malformed,
+        FailureClass::InvalidKey,
+        FailureClass::Expired,
+        FailureClass::Revoked,
+        FailureClass::ScopeNotAllowed,
+        FailureClass::Integrity,
+        FailureClass::Store,
+    ];
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|c| *c == self).unwrap_or(0)
+    }
+
     /// A short stable name (`malformed`, `invalid_key`, ...).
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -138,10 +153,109 @@ pub trait AuditSink: Send + Sync + 'static {
     fn record(&self, event: &AuditEvent) -> Result<(), BoxError>;
 }
 
-/// The default sink: one `tracing` event per audit event (target `api_keys::audit`), at `WARN`
-/// for failures and `INFO` otherwise.
+/// The default sink: `tracing` events (target `api_keys::audit`), at `WARN` for failures and
+/// `INFO` otherwise.
+///
+/// Management actions, reveals and integrity failures are logged one line each, always.
+/// Failed verifications are logged with a bound, so that a flood of bad tokens cannot flood
+/// the logs: per failure class and key id (where there is one), the first
+/// [`LOG_FULL_PER_WINDOW`] failures of each [`LOG_WINDOW_SECS`]-second window are logged in
+/// full; the rest are counted, and one summary line per class (`suppressed = N`, the exact
+/// count of the window) follows at the first failure of that class in a later window. The
+/// bound is per process. Exact counts of every failure reach any other sink the host
+/// installs (the sink is called for every event); [`TracingAudit::suppressed_total`] counts
+/// the lines left out.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TracingAudit;
+
+/// Failed verifications logged in full per class, key id and window (see [`TracingAudit`]).
+pub const LOG_FULL_PER_WINDOW: u32 = 5;
+/// The window of the failed-verification log bound, in seconds.
+pub const LOG_WINDOW_SECS: i64 = 10;
+const LOG_SLOTS: usize = 1024;
+
+/// One slot of the bound, shared by the (class, key id) pairs that hash to it: the window it
+/// counts and how many lines it logged in that window.
+struct Slot {
+    window: AtomicI64,
+    logged: AtomicU32,
+}
+
+/// Per class: the window being summarized and the lines suppressed in it.
+struct Summary {
+    window: AtomicI64,
+    suppressed: AtomicU64,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const SLOT: Slot = Slot {
+    window: AtomicI64::new(i64::MIN),
+    logged: AtomicU32::new(0),
+};
+#[allow(clippy::declare_interior_mutable_const)]
+const SUMMARY: Summary = Summary {
+    window: AtomicI64::new(i64::MIN),
+    suppressed: AtomicU64::new(0),
+};
+static SLOTS: [Slot; LOG_SLOTS] = [SLOT; LOG_SLOTS];
+static SUMMARIES: [Summary; FailureClass::ALL.len()] = [SUMMARY; FailureClass::ALL.len()];
+static SUPPRESSED_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+impl TracingAudit {
+    /// Failed-verification lines this process left out of the log so far (counted in the
+    /// summary lines).
+    pub fn suppressed_total() -> u64 {
+        SUPPRESSED_TOTAL.load(Ordering::Relaxed)
+    }
+
+    /// Whether this failure gets a full line; emits the class's summary of an earlier window
+    /// first, when one is due.
+    fn admit(class: FailureClass, key_id: Option<KeyId>, at: i64) -> bool {
+        let window = at.div_euclid(LOG_WINDOW_SECS);
+        let summary = &SUMMARIES[class.index()];
+        let seen = summary.window.load(Ordering::Acquire);
+        if seen != window
+            && summary
+                .window
+                .compare_exchange(seen, window, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let n = summary.suppressed.swap(0, Ordering::AcqRel);
+            if n > 0 {
+                tracing::warn!(
+                    target: "api_keys::audit",
+                    action = "verification_failed",
+                    outcome = class.as_str(),
+                    suppressed = n,
+                    window_secs = LOG_WINDOW_SECS,
+                    "API key verification failures not logged one by one in an earlier window"
+                );
+            }
+        }
+        // Key ids are uniformly random; the class spreads the id-less failures.
+        let h = key_id.map_or(0, |k| k.value())
+            ^ (class.index() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let slot = &SLOTS[(h % LOG_SLOTS as u64) as usize];
+        let w = slot.window.load(Ordering::Acquire);
+        if w != window
+            && slot
+                .window
+                .compare_exchange(w, window, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            slot.logged.store(0, Ordering::Release);
+        }
+        if slot.logged.fetch_add(1, Ordering::AcqRel) < LOG_FULL_PER_WINDOW {
+            true
+        } else {
+            // Keep the counter from wrapping under a long flood.
+            slot.logged.store(LOG_FULL_PER_WINDOW, Ordering::Relaxed);
+            summary.suppressed.fetch_add(1, Ordering::AcqRel);
+            SUPPRESSED_TOTAL.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
 
 impl AuditSink for TracingAudit {
     fn record(&self, e: &AuditEvent) -> Result<(), BoxError> {
@@ -150,14 +264,18 @@ impl AuditSink for TracingAudit {
         let org = e.org.as_ref().map(OrgId::as_str);
         let actor = e.actor.as_ref().map(UserId::as_str);
         match &e.action {
-            AuditAction::VerificationFailed(class) => tracing::warn!(
-                target: "api_keys::audit",
-                action = e.action.name(),
-                outcome = class.as_str(),
-                key_id,
-                org,
-                "API key verification failed"
-            ),
+            AuditAction::VerificationFailed(class) => {
+                if Self::admit(*class, e.key_id, e.at.unix_timestamp()) {
+                    tracing::warn!(
+                        target: "api_keys::audit",
+                        action = e.action.name(),
+                        outcome = class.as_str(),
+                        key_id,
+                        org,
+                        "API key verification failed"
+                    );
+                }
+            }
             AuditAction::IntegrityFailure => tracing::error!(
                 target: "api_keys::audit",
                 action = e.action.name(),

@@ -48,6 +48,7 @@ pub fn seal_record(
         created_at,
         created_by,
         expires_at,
+        ..Draft::new("sak")
     };
     KeyRecord::seal_new(keyring, draft, secret)
 }
@@ -63,7 +64,8 @@ pub fn open_record(
     secret: &[u8; SECRET_LEN],
 ) -> Result<bool, Error> {
     use subtle::ConstantTimeEq;
-    let plain = record.open(keyring, record.id)?;
+    let mut plain = zeroize::Zeroizing::new([0u8; SECRET_LEN]);
+    record.open_into(keyring, &record.class, record.id, &mut plain)?;
     Ok(plain.ct_eq(secret).into())
 }
 
@@ -73,6 +75,7 @@ pub fn open_record(
 /// # Errors
 /// [`Error::Malformed`] as [`UntrustedToken::parse`](crate::UntrustedToken::parse).
 pub fn parse_token(prefix: &str, token: &str) -> Result<(KeyId, [u8; SECRET_LEN]), Error> {
-    let t = crate::UntrustedToken::parse(prefix, token)?;
-    Ok((t.id(), *t.secret()))
+    let mut secret = zeroize::Zeroizing::new([0u8; SECRET_LEN]);
+    let id = crate::UntrustedToken::parse_into(prefix, token, &mut secret)?;
+    Ok((id, *secret))
 }

@@ -210,6 +210,25 @@ impl Cache {
         );
     }
 
+    /// [`Cache::fill`], but only if the shard has room: never evicts another entry.
+    pub(crate) fn fill_if_room(
+        &self,
+        ticket: FillTicket,
+        facts: Arc<Facts>,
+        fingerprint: Fingerprint,
+    ) {
+        let full = self
+            .shard(&facts.id)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .len()
+            >= self.per_shard;
+        if !full {
+            self.fill(ticket, facts, fingerprint);
+        }
+    }
+
     /// Forgets `id` and fences off every fill that began before now.
     pub(crate) fn invalidate(&self, id: &KeyId) {
         let mut shard = self
@@ -222,9 +241,18 @@ impl Cache {
 
     /// Fences `id` now and again when the returned guard drops: wrap a store write in it, so
     /// the cache is fenced after the write even if the caller's future is dropped mid-write.
+    /// After a successful write, [`Fence::install`] puts the written record in the cache
+    /// instead.
     pub(crate) fn fence(&self, id: KeyId) -> Fence<'_> {
         self.invalidate(&id);
-        Fence { cache: self, id }
+        // Taken after the invalidation: any change seen (feed event, flush) while the write is
+        // in flight moves the generation, and the install is dropped.
+        let ticket = self.ticket(&id);
+        Fence {
+            cache: self,
+            id,
+            ticket: Some(ticket),
+        }
     }
 
     /// Forgets everything and fences off every fill in flight.
@@ -249,11 +277,26 @@ impl Cache {
 pub(crate) struct Fence<'a> {
     cache: &'a Cache,
     id: KeyId,
+    ticket: Option<FillTicket>,
+}
+
+impl Fence<'_> {
+    /// The write went through: install the record it wrote (the manager's own change is seen
+    /// by its next verify at once, and a revoked key answers a wrong secret from the cache
+    /// exactly as an active one does). Dropped, like any fill, if the id was invalidated
+    /// since the fence was taken; then the entry is simply absent.
+    pub(crate) fn install(mut self, facts: Arc<Facts>, fingerprint: Fingerprint) {
+        if let Some(ticket) = self.ticket.take() {
+            self.cache.fill(ticket, facts, fingerprint);
+        }
+    }
 }
 
 impl Drop for Fence<'_> {
     fn drop(&mut self) {
-        self.cache.invalidate(&self.id);
+        if self.ticket.is_some() {
+            self.cache.invalidate(&self.id);
+        }
     }
 }
 

@@ -117,9 +117,9 @@ impl Subkeys {
         cbc_encrypt(self.enc.clone(), iv, plain)
     }
 
-    /// Inverse of [`Subkeys::encrypt`], into zeroizing memory.
-    pub(crate) fn decrypt(&self, iv: &[u8; 16], ct: &[u8; 32]) -> Zeroizing<[u8; 32]> {
-        cbc_decrypt(self.enc.clone(), iv, ct)
+    /// Inverse of [`Subkeys::encrypt`], into zeroizing memory the caller owns.
+    pub(crate) fn decrypt_into(&self, iv: &[u8; 16], ct: &[u8; 32], out: &mut Zeroizing<[u8; 32]>) {
+        cbc_decrypt_into(self.enc.clone(), iv, ct, out)
     }
 }
 
@@ -136,20 +136,23 @@ pub(crate) fn cbc_encrypt(cipher: Aes128, iv: &[u8; 16], plain: &[u8; 32]) -> [u
     out
 }
 
-pub(crate) fn cbc_decrypt(cipher: Aes128, iv: &[u8; 16], ct: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+pub(crate) fn cbc_decrypt_into(
+    cipher: Aes128,
+    iv: &[u8; 16],
+    ct: &[u8; 32],
+    out: &mut Zeroizing<[u8; 32]>,
+) {
     let mut blocks = [
         Block::clone_from_slice(&ct[..16]),
         Block::clone_from_slice(&ct[16..]),
     ];
     let mut dec = cbc::Decryptor::<Aes128>::inner_iv_init(cipher, GenericArray::from_slice(iv));
     dec.decrypt_blocks_mut(&mut blocks);
-    let mut out = Zeroizing::new([0u8; 32]);
     out[..16].copy_from_slice(&blocks[0]);
     out[16..].copy_from_slice(&blocks[1]);
     for b in &mut blocks {
         b.as_mut_slice().zeroize();
     }
-    out
 }
 
 /// The master keys a manager knows, by version: the current one (seals), previous ones
@@ -289,7 +292,9 @@ mod tests {
             .unwrap();
         let aes = Aes128::new(GenericArray::from_slice(&key));
         assert_eq!(cbc_encrypt(aes.clone(), &iv, &plain), ct);
-        assert_eq!(*cbc_decrypt(aes, &iv, &ct), plain);
+        let mut out = Zeroizing::new([0u8; 32]);
+        cbc_decrypt_into(aes, &iv, &ct, &mut out);
+        assert_eq!(*out, plain);
     }
 
     #[test]

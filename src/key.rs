@@ -68,6 +68,25 @@ impl KeyStatus {
     }
 }
 
+/// Why a key was revoked (or, for [`RevocationReason::Rolled`], why it stopped working).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RevocationReason {
+    /// A manager revoked it.
+    Manual,
+    /// Someone holding the whole token reported it as leaked (`revoke_leaked`).
+    Leaked {
+        /// Where it was found (e.g. a URL), as reported; at most 512 bytes.
+        source: String,
+    },
+    /// Not used for longer than the policy's `revoke_unused_after`.
+    Unused,
+    /// Its creator left the organization (`revoke_created_by`).
+    DepartedUser,
+    /// Replaced by `roll`, and its overlap window is over.
+    Rolled,
+}
+
 /// A key's metadata, safe to show to an organization's managers (no secret).
 /// Serializes timestamps as Unix seconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -91,6 +110,20 @@ pub struct KeyInfo {
     /// Revocation time, if revoked.
     #[serde(with = "unix_opt")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// Why the key stopped working: the revocation reason, or [`RevocationReason::Rolled`]
+    /// for a rolled key whose overlap is over. `None` for a working key (and for one that
+    /// simply expired).
+    pub revocation: Option<RevocationReason>,
+    /// The key this one replaced (by `roll`).
+    pub replaces: Option<KeyId>,
+    /// The key that replaced this one (by `roll`).
+    pub replaced_by: Option<KeyId>,
+    /// The host's owner / external id.
+    pub owner: Option<String>,
+    /// Named rate limits.
+    pub rate_limits: Vec<crate::RateLimit>,
+    /// The credit configuration, if any.
+    pub credits: Option<crate::Credits>,
     /// Status at the manager's `clock.now()` when this was built.
     pub status: KeyStatus,
     /// Last recorded use (throttled to once a minute per key and process).
@@ -111,6 +144,18 @@ impl KeyInfo {
             created_by: rec.created_by.clone(),
             expires_at: rec.expires_at,
             revoked_at: rec.revoked_at,
+            revocation: match (&rec.revocation, rec.replaced_by) {
+                (Some(r), _) => Some(r.clone()),
+                (None, Some(_)) if KeyStatus::of(rec, now) == KeyStatus::Expired => {
+                    Some(RevocationReason::Rolled)
+                }
+                _ => None,
+            },
+            replaces: rec.replaces,
+            replaced_by: rec.replaced_by,
+            owner: rec.owner.clone(),
+            rate_limits: rec.rate_limits.clone(),
+            credits: rec.credits,
             status: KeyStatus::of(rec, now),
             last_used_at: rec.last_used_at,
             hint: crate::token::hint(prefix, rec.id),
@@ -137,6 +182,8 @@ pub(crate) struct Facts {
     pub org: OrgId,
     pub scopes: Box<[Scope]>,
     pub expires_at: Option<OffsetDateTime>,
+    pub owner: Option<String>,
+    pub meta: std::collections::BTreeMap<String, String>,
 }
 
 impl Facts {
@@ -160,6 +207,8 @@ impl Facts {
             org: OrgId::try_new(rec.org.as_str()).unwrap_or_else(|_| rec.org.clone()),
             scopes: rec.scopes.clone().into_boxed_slice(),
             expires_at: rec.expires_at,
+            owner: rec.owner.clone(),
+            meta: rec.meta.clone(),
         }
     }
 
@@ -207,6 +256,16 @@ impl Verified {
     /// The key's expiry (`None` = never).
     pub fn expires_at(&self) -> Option<OffsetDateTime> {
         self.facts.expires_at
+    }
+
+    /// The host's owner / external id given at generation, if any.
+    pub fn owner(&self) -> Option<&str> {
+        self.facts.owner.as_deref()
+    }
+
+    /// The host's metadata given at generation (empty if none).
+    pub fn meta(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.facts.meta
     }
 
     /// Checks that the key belongs to `org` (the tenant of the request).

@@ -13,6 +13,7 @@ mod crypto;
 mod error;
 mod ids;
 mod key;
+mod limits;
 mod manager;
 mod policy;
 mod record;
@@ -26,15 +27,19 @@ pub mod axum;
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
 
-pub use audit::{AuditAction, AuditEvent, AuditSink, FailureClass, TracingAudit};
+pub use audit::{
+    AuditAction, AuditEvent, AuditSink, FailureClass, LOG_FULL_PER_WINDOW, LOG_WINDOW_SECS,
+    TracingAudit,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use crypto::{Keyring, MasterKey};
 pub use error::{BoxError, Error, StoreError};
 pub use ids::{Actor, KeyId, OrgId, Role, Scope, UserId};
-pub use key::{ApiKey, KeyInfo, KeyStatus, Verified};
+pub use key::{ApiKey, KeyInfo, KeyStatus, RevocationReason, Verified};
+pub use limits::{Credits, LimitScope, MAX_RATE_LIMITS, RateLimit, Refill};
 pub use manager::{KeyManager, KeyManagerBuilder, RewrapReport};
 pub use policy::{Expiry, GenerateRequest, Policy};
-pub use record::{KeyRecord, RECORD_FORMAT, Sealed};
+pub use record::{KeyRecord, Notices, RECORD_FORMAT, Sealed};
 pub use store::{
     AnyStore, BoxFuture, Change, ChangeKind, ChangeListener, DynKeyStore, KeyStore, MemoryStore,
 };

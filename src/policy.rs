@@ -1,14 +1,20 @@
 //! What managers may ask for: expiry periods, reveal, how many keys.
 
+use std::collections::BTreeMap;
+
 use time::{Duration, OffsetDateTime};
 
 use crate::record::whole_seconds;
-use crate::{Error, Scope};
+use crate::{Credits, Error, RateLimit, Scope};
 
 /// Longest key name, in characters.
 pub const MAX_NAME_CHARS: usize = 128;
 /// Most scopes on one key.
 pub const MAX_SCOPES: usize = 8;
+/// Largest encoded size of a key's metadata (keys and values, in bytes).
+pub const MAX_META_BYTES: usize = 4096;
+/// Longest owner / external id, in bytes.
+pub const MAX_OWNER_BYTES: usize = 128;
 
 /// How long a new key lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +44,9 @@ pub struct Policy {
     allow_never: bool,
     allow_reveal: bool,
     max_active_keys: usize,
+    revoke_unused_after: Option<Duration>,
+    warn_before: Vec<Duration>,
+    purge_after: Option<Duration>,
 }
 
 impl Default for Policy {
@@ -49,6 +58,9 @@ impl Default for Policy {
             allow_never: false,
             allow_reveal: false,
             max_active_keys: 100,
+            revoke_unused_after: None,
+            warn_before: vec![Duration::days(30), Duration::days(7), Duration::days(1)],
+            purge_after: None,
         }
     }
 }
@@ -91,6 +103,46 @@ impl Policy {
     pub fn max_active_keys(mut self, n: usize) -> Self {
         self.max_active_keys = n;
         self
+    }
+
+    /// Revokes (in [`KeyManager::sweep`](crate::KeyManager::sweep)) an active key whose last
+    /// use — or creation, if never used — is older than `after` (off by default). The key's
+    /// warning goes out first.
+    pub fn revoke_unused_after(mut self, after: Duration) -> Self {
+        self.revoke_unused_after = Some(after);
+        self
+    }
+
+    /// The lead times of the sweep's expiry warnings (default 30, 7 and 1 days before
+    /// expiry). An empty list turns expiry warnings off.
+    pub fn warn_before(mut self, leads: &[Duration]) -> Self {
+        let mut l = leads.to_vec();
+        l.sort_unstable_by(|a, b| b.cmp(a));
+        l.dedup();
+        self.warn_before = l;
+        self
+    }
+
+    /// Deletes (in the sweep) revoked and expired keys `after` they stopped working (off by
+    /// default), so that lists and per-organization counts stay bounded.
+    pub fn purge_after(mut self, after: Duration) -> Self {
+        self.purge_after = Some(after);
+        self
+    }
+
+    /// The unused-key revocation period, if on.
+    pub fn unused_revocation(&self) -> Option<Duration> {
+        self.revoke_unused_after
+    }
+
+    /// The expiry warnings' lead times, longest first.
+    pub fn warnings(&self) -> &[Duration] {
+        &self.warn_before
+    }
+
+    /// The retention of revoked and expired keys, if purging is on.
+    pub fn purge_period(&self) -> Option<Duration> {
+        self.purge_after
     }
 
     /// The allowed periods, ascending, limited to `max_days`.
@@ -142,11 +194,24 @@ impl Policy {
             return Err(Error::Policy("max_days must be at least 1".into()));
         }
         if !self.periods().contains(&self.default_days) {
+            let days: Vec<String> = self.periods().iter().map(u16::to_string).collect();
             return Err(Error::Policy(format!(
-                "the default period of {} days is not an allowed period ({})",
+                "default_days is {}, which is not one of the allowed periods [{}] (at most max_days = {}); \
+                 set .default_days(..) to one of them, or add {} to .allowed_days(..)",
                 self.default_days,
-                self.allowed_text()
+                days.join(", "),
+                self.max_days,
+                self.default_days,
             )));
+        }
+        let non_positive = |d: &Duration| !d.is_positive();
+        if self.revoke_unused_after.as_ref().is_some_and(non_positive)
+            || self.purge_after.as_ref().is_some_and(non_positive)
+            || self.warn_before.iter().any(non_positive)
+        {
+            return Err(Error::Policy(
+                "revoke_unused_after, purge_after and warn_before need positive durations".into(),
+            ));
         }
         Ok(())
     }
@@ -193,14 +258,73 @@ impl Policy {
     }
 }
 
-/// Checks a key name: 1–128 characters, no control characters.
+/// Checks a key name: 1–128 characters, at least one visible, no control characters and no
+/// bidirectional controls (which make `abc\u{202e}txt.exe` display as `abcexe.txt`).
 pub(crate) fn check_name(name: &str) -> Result<(), Error> {
     let n = name.chars().count();
-    if n == 0 || n > MAX_NAME_CHARS || name.chars().any(char::is_control) || name.trim().is_empty()
-    {
+    if n == 0 || n > MAX_NAME_CHARS || name.chars().any(char::is_control) {
         return Err(Error::Policy(format!(
-            "a key name must be 1 to {MAX_NAME_CHARS} characters, not blank, with no control characters"
+            "a key name must be 1 to {MAX_NAME_CHARS} characters with no control characters"
         )));
+    }
+    if name.chars().any(is_bidi_control) {
+        return Err(Error::Policy(
+            "a key name must not contain bidirectional controls (U+202A–U+202E, U+2066–U+2069): \
+             they make a name display differently from what it is"
+                .into(),
+        ));
+    }
+    if !name.chars().any(|c| !is_invisible(c)) {
+        return Err(Error::Policy(
+            "a key name needs at least one visible character (not only spaces or zero-width characters)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// White space, format characters (Unicode category Cf: zero-width spaces and joiners, soft
+/// hyphen, word joiner, BOM, tags, ...), fillers and variation selectors: characters that show
+/// nothing on their own.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(c,
+            '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{2800}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}' | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}')
+}
+
+/// Checks an owner / external id: 1–128 bytes, no control characters.
+pub(crate) fn check_owner(owner: &str) -> Result<(), Error> {
+    if owner.is_empty() || owner.len() > MAX_OWNER_BYTES || owner.chars().any(char::is_control) {
+        return Err(Error::Policy(format!(
+            "an owner id must be 1 to {MAX_OWNER_BYTES} bytes with no control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks metadata: non-empty keys without control characters, at most 4 KiB in all.
+pub(crate) fn check_meta(meta: &BTreeMap<String, String>) -> Result<(), Error> {
+    let size: usize = meta.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_META_BYTES {
+        return Err(Error::Policy(format!(
+            "a key's metadata may hold at most {MAX_META_BYTES} bytes of keys and values ({size} given)"
+        )));
+    }
+    if meta
+        .keys()
+        .any(|k| k.is_empty() || k.chars().any(char::is_control))
+    {
+        return Err(Error::Policy(
+            "metadata keys must be non-empty with no control characters".into(),
+        ));
     }
     Ok(())
 }
@@ -230,6 +354,10 @@ pub struct GenerateRequest {
     pub(crate) name: String,
     pub(crate) scopes: Vec<Scope>,
     pub(crate) expiry: Option<Expiry>,
+    pub(crate) rate_limits: Vec<RateLimit>,
+    pub(crate) credits: Option<Credits>,
+    pub(crate) meta: BTreeMap<String, String>,
+    pub(crate) owner: Option<String>,
 }
 
 impl GenerateRequest {
@@ -239,7 +367,37 @@ impl GenerateRequest {
             name: name.into(),
             scopes: Vec::new(),
             expiry: None,
+            rate_limits: Vec::new(),
+            credits: None,
+            meta: BTreeMap::new(),
+            owner: None,
         }
+    }
+
+    /// Adds a named rate limit (at most 8 per key, names unique). `verify` enforces it.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limits.push(limit);
+        self
+    }
+
+    /// Gives the key a budget of usage credits. `verify` spends them.
+    pub fn credits(mut self, credits: Credits) -> Self {
+        self.credits = Some(credits);
+        self
+    }
+
+    /// Adds one entry of host metadata (at most 4 KiB in all), returned by every
+    /// verification ([`Verified::meta`](crate::Verified::meta)).
+    pub fn meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.meta.insert(key.into(), value.into());
+        self
+    }
+
+    /// The host's owner or external id for the key (1–128 bytes), returned by every
+    /// verification ([`Verified::owner`](crate::Verified::owner)).
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
     }
 
     /// Adds a scope.

@@ -1,5 +1,6 @@
 //! The stored form of a key: [`KeyRecord`], and sealing/opening it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use cmac::Mac;
@@ -10,10 +11,16 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{Keyring, Subkeys, fill_random};
 use crate::token::SECRET_LEN;
-use crate::{Error, KeyId, OrgId, Scope, UserId};
+use crate::{
+    Credits, Error, KeyId, LimitScope, OrgId, RateLimit, Refill, RevocationReason, Scope, UserId,
+};
 
-/// The record layout version this crate writes and reads.
-pub const RECORD_FORMAT: u16 = 1;
+/// The record layout version this crate writes and reads. Format 1 (before the first
+/// release) did not bind the key class; its records are refused as [`Error::Integrity`].
+pub const RECORD_FORMAT: u16 = 2;
+/// The `format` of a placeholder a store returns for a row it cannot decode
+/// ([`KeyRecord::undecodable`]).
+const UNDECODABLE_FORMAT: u16 = 0;
 const DOMAIN: &[u8] = b"api-keys/record";
 
 /// The encrypted and authenticated part of a record.
@@ -43,16 +50,22 @@ impl fmt::Debug for Sealed {
 /// A key as the store keeps it. Serialized field names are a stable storage format.
 ///
 /// Everything that decides whether a key is accepted is covered by `sealed.tag`: `format`,
-/// `sealed.key_version`, `id`, `org`, `scopes`, `created_at`, `created_by`, `expires_at`,
-/// `revoked_at`, `revoked_by`, `sealed.iv` and `sealed.ciphertext`. `name`, `last_used_at` and
-/// `revision` are not (they decide nothing). A record whose tag does not match is never
-/// accepted.
+/// `sealed.key_version`, `class` (the manager's token prefix), `id`, `org`, `scopes`,
+/// `created_at`, `created_by`, `expires_at`, `revoked_at`, `revoked_by`, `revocation`,
+/// `replaces`, `replaced_by`, `owner`, `meta`, `rate_limits`, `credits`, `sealed.iv` and
+/// `sealed.ciphertext`. `name`, `last_used_at`, `revision` and `notices` are not (they decide
+/// nothing). A record whose tag does not match is never accepted, and a record of another
+/// class (another manager's prefix) fails closed as [`Error::Integrity`].
 ///
 /// Timestamps are whole UTC seconds, serialized as Unix seconds.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
     /// Layout version ([`RECORD_FORMAT`]).
     pub format: u16,
+    /// The key class: the token prefix of the manager that created the key (e.g. `sak`).
+    /// (Absent in format 1 rows, which then decode and fail closed.)
+    #[serde(default)]
+    pub class: String,
     /// The key's public id.
     pub id: KeyId,
     /// Owning organization.
@@ -72,8 +85,32 @@ pub struct KeyRecord {
     /// Revocation time, if revoked.
     #[serde(with = "unix_opt")]
     pub revoked_at: Option<OffsetDateTime>,
-    /// Manager who revoked the key.
+    /// Manager who revoked the key (for automations: the acting user, if any).
     pub revoked_by: Option<UserId>,
+    /// Why the key was revoked.
+    #[serde(default)]
+    pub revocation: Option<RevocationReason>,
+    /// The key this one replaced (by `roll`).
+    #[serde(default)]
+    pub replaces: Option<KeyId>,
+    /// The key that replaced this one (by `roll`).
+    #[serde(default)]
+    pub replaced_by: Option<KeyId>,
+    /// The host's owner or external id for the key (at most 128 bytes).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// The host's metadata (string map, at most 4 KiB encoded).
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// Named rate limits (at most 8).
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimit>,
+    /// Usage credits, if the key has a budget.
+    #[serde(default)]
+    pub credits: Option<Credits>,
+    /// Which notices the sweep already sent (not authenticated: they decide nothing).
+    #[serde(default)]
+    pub notices: Notices,
     /// Last successful verification (throttled), not authenticated.
     #[serde(with = "unix_opt")]
     pub last_used_at: Option<OffsetDateTime>,
@@ -99,13 +136,31 @@ impl fmt::Debug for KeyRecord {
     }
 }
 
+/// What the sweep already announced for a key, so that each notice goes out once even when
+/// several nodes sweep at the same moment (changed with compare-and-swap). Not under the tag:
+/// a forged mark can only suppress or repeat a notice, never make a key work.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notices {
+    /// Lead times (seconds before expiry) whose warning was sent.
+    #[serde(default)]
+    pub expiry_warned: Vec<i64>,
+    /// Whether the `Expired` event was sent.
+    #[serde(default)]
+    pub expired: bool,
+    /// Whether the warning before an unused-key revocation was sent.
+    #[serde(default)]
+    pub unused_warned: bool,
+}
+
 /// Truncates to whole seconds (records hold whole seconds only).
 pub(crate) fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(t.unix_timestamp()).unwrap_or(t)
 }
 
 /// The deciding fields of a new record, before sealing.
+#[derive(Clone)]
 pub(crate) struct Draft {
+    pub class: String,
     pub id: KeyId,
     pub org: OrgId,
     pub name: String,
@@ -113,9 +168,80 @@ pub(crate) struct Draft {
     pub created_at: OffsetDateTime,
     pub created_by: UserId,
     pub expires_at: Option<OffsetDateTime>,
+    pub replaces: Option<KeyId>,
+    pub owner: Option<String>,
+    pub meta: BTreeMap<String, String>,
+    pub rate_limits: Vec<RateLimit>,
+    pub credits: Option<Credits>,
+}
+
+impl Draft {
+    /// A draft of `class` with empty fields, for struct-update syntax.
+    #[allow(dead_code)]
+    pub(crate) fn new(class: &str) -> Draft {
+        Draft {
+            class: class.to_string(),
+            id: KeyId(0),
+            org: OrgId::new("-"),
+            name: String::new(),
+            scopes: Vec::new(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            created_by: UserId::new("-"),
+            expires_at: None,
+            replaces: None,
+            owner: None,
+            meta: BTreeMap::new(),
+            rate_limits: Vec::new(),
+            credits: None,
+        }
+    }
 }
 
 impl KeyRecord {
+    /// A placeholder for a row a store cannot decode (corrupt JSON, index columns that
+    /// disagree with the record, ...), built from the row's id and organization columns.
+    ///
+    /// Return it from `get`, `list` and `scan` instead of failing the whole call: the manager
+    /// never accepts it (it fails every integrity check), reports it with an audit event
+    /// naming the id (never the row's content), leaves it out of lists, counts it as failed in
+    /// `rewrap`, and can still `delete` it by its id.
+    pub fn undecodable(id: KeyId, org: OrgId) -> KeyRecord {
+        KeyRecord {
+            format: UNDECODABLE_FORMAT,
+            class: String::new(),
+            id,
+            org,
+            name: String::new(),
+            scopes: Vec::new(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            created_by: UserId::new("?"),
+            expires_at: None,
+            revoked_at: None,
+            revoked_by: None,
+            revocation: None,
+            replaces: None,
+            replaced_by: None,
+            owner: None,
+            meta: BTreeMap::new(),
+            rate_limits: Vec::new(),
+            credits: None,
+            notices: Notices::default(),
+            last_used_at: None,
+            revision: 0,
+            sealed: Sealed {
+                key_version: 0,
+                iv: [0; 16],
+                ciphertext: [0; 32],
+                tag: [0; 16],
+            },
+        }
+    }
+
+    /// Whether this is a [`KeyRecord::undecodable`] placeholder.
+    pub fn is_undecodable(&self) -> bool {
+        self.format == UNDECODABLE_FORMAT
+    }
+
     /// The key id (the store's primary key).
     pub fn id(&self) -> &KeyId {
         &self.id
@@ -156,6 +282,7 @@ impl KeyRecord {
         scopes.dedup();
         let mut rec = KeyRecord {
             format: RECORD_FORMAT,
+            class: draft.class,
             id: draft.id,
             org: draft.org,
             name: draft.name,
@@ -165,6 +292,14 @@ impl KeyRecord {
             expires_at: draft.expires_at.map(whole_seconds),
             revoked_at: None,
             revoked_by: None,
+            revocation: None,
+            replaces: draft.replaces,
+            replaced_by: None,
+            owner: draft.owner,
+            meta: draft.meta,
+            rate_limits: draft.rate_limits,
+            credits: draft.credits,
+            notices: Notices::default(),
             last_used_at: None,
             revision: 1,
             sealed: Sealed {
@@ -206,26 +341,35 @@ impl KeyRecord {
         self.sealed.tag = self.compute_tag(keys);
     }
 
-    /// Checks the tag in constant time, then that the record is the one the token names, and
-    /// only then decrypts the secret.
+    /// Checks the tag in constant time, then that the record is the one the token names and
+    /// of the manager's class, and only then decrypts the secret into `out` (memory the caller
+    /// owns and zeroizes, so no copy is left behind by a move).
     ///
     /// # Errors
-    /// [`Error::Integrity`] for an unknown format or key version, a tag mismatch or an id
-    /// mismatch.
-    pub(crate) fn open(
+    /// [`Error::Integrity`] for an unknown format or key version, a tag mismatch, an id
+    /// mismatch or another class.
+    pub(crate) fn open_into(
         &self,
         keyring: &Keyring,
+        class: &str,
         expected: KeyId,
-    ) -> Result<Zeroizing<[u8; 32]>, Error> {
-        let keys = self.authenticate(keyring)?;
+        out: &mut Zeroizing<[u8; SECRET_LEN]>,
+    ) -> Result<(), Error> {
+        let keys = self.authenticate(keyring, class)?;
         if self.id != expected {
             return Err(Error::Integrity);
         }
-        Ok(keys.decrypt(&self.sealed.iv, &self.sealed.ciphertext))
+        keys.decrypt_into(&self.sealed.iv, &self.sealed.ciphertext, out);
+        Ok(())
     }
 
-    /// Checks the format, the key version and (in constant time) the tag, without decrypting.
-    pub(crate) fn authenticate<'k>(&self, keyring: &'k Keyring) -> Result<&'k Subkeys, Error> {
+    /// Checks the format, the key version, (in constant time) the tag and the class, without
+    /// decrypting.
+    pub(crate) fn authenticate<'k>(
+        &self,
+        keyring: &'k Keyring,
+        class: &str,
+    ) -> Result<&'k Subkeys, Error> {
         if self.format != RECORD_FORMAT || !self.is_canonical() {
             return Err(Error::Integrity);
         }
@@ -233,7 +377,8 @@ impl KeyRecord {
             .get(self.sealed.key_version)
             .ok_or(Error::Integrity)?;
         let tag = self.compute_tag(keys);
-        if bool::from(tag.ct_eq(&self.sealed.tag)) {
+        // The class is under the tag; compared after it, it is authentic.
+        if bool::from(tag.ct_eq(&self.sealed.tag)) && self.class == class {
             Ok(keys)
         } else {
             Err(Error::Integrity)
@@ -253,6 +398,7 @@ impl KeyRecord {
             && whole(&self.created_at)
             && self.expires_at.iter().all(whole)
             && self.revoked_at.iter().all(whole)
+            && crate::limits::check_limits(&self.rate_limits, self.credits.as_ref()).is_ok()
     }
 
     fn compute_tag(&self, keys: &Subkeys) -> [u8; 16] {
@@ -263,11 +409,16 @@ impl KeyRecord {
         out
     }
 
-    /// Streams the canonical encoding of every field under the tag: domain label, format,
-    /// key version, id, org, scopes, created_at, created_by, expires_at, revoked_at,
-    /// revoked_by, iv, ciphertext. Integers fixed-width big-endian, strings with a `u32` length
-    /// prefix, lists with a `u32` count, `Option`s with a presence byte, scopes sorted and
-    /// de-duplicated with a tag byte per variant (1 scim, 2 prometheus, 3 custom + string).
+    /// Streams the canonical encoding of every field under the tag (format 2): domain label,
+    /// format, key version, class, id, org, scopes, created_at, created_by, expires_at,
+    /// revoked_at, revoked_by, revocation, replaces, replaced_by, owner, meta, rate_limits,
+    /// credits, iv, ciphertext. Integers fixed-width big-endian, strings with a `u32` length
+    /// prefix, lists and maps with a `u32` count, `Option`s with a presence byte, scopes sorted
+    /// and de-duplicated with a tag byte per variant (1 scim, 2 prometheus, 3 custom + string);
+    /// revocation reasons with a tag byte (1 manual, 2 leaked + source, 3 unused, 4 departed
+    /// user, 5 rolled); meta entries in key order (key, value); each rate limit as name, limit
+    /// (`u64`), window in ms (`u64`), scope byte (0 key, 1 org); credits as initial (`u64`)
+    /// and an optional refill (1 daily + amount, 2 monthly + day byte + amount).
     pub(crate) fn canonical(&self, out: &mut dyn FnMut(&[u8])) {
         fn string(out: &mut dyn FnMut(&[u8]), s: &str) {
             out(&(s.len() as u32).to_be_bytes());
@@ -282,9 +433,19 @@ impl KeyRecord {
                 None => out(&[0]),
             }
         }
+        fn opt_id(out: &mut dyn FnMut(&[u8]), id: Option<KeyId>) {
+            match id {
+                Some(id) => {
+                    out(&[1]);
+                    out(&id.value().to_be_bytes());
+                }
+                None => out(&[0]),
+            }
+        }
         string(out, std::str::from_utf8(DOMAIN).unwrap_or_default());
         out(&self.format.to_be_bytes());
         out(&self.sealed.key_version.to_be_bytes());
+        string(out, &self.class);
         out(&self.id.value().to_be_bytes());
         string(out, self.org.as_str());
         out(&(self.scopes.len() as u32).to_be_bytes());
@@ -308,6 +469,64 @@ impl KeyRecord {
                 string(out, u.as_str());
             }
             None => out(&[0]),
+        }
+        match &self.revocation {
+            None => out(&[0]),
+            Some(r) => {
+                out(&[1]);
+                match r {
+                    RevocationReason::Manual => out(&[1]),
+                    RevocationReason::Leaked { source } => {
+                        out(&[2]);
+                        string(out, source);
+                    }
+                    RevocationReason::Unused => out(&[3]),
+                    RevocationReason::DepartedUser => out(&[4]),
+                    RevocationReason::Rolled => out(&[5]),
+                }
+            }
+        }
+        opt_id(out, self.replaces);
+        opt_id(out, self.replaced_by);
+        match &self.owner {
+            Some(o) => {
+                out(&[1]);
+                string(out, o);
+            }
+            None => out(&[0]),
+        }
+        out(&(self.meta.len() as u32).to_be_bytes());
+        for (k, v) in &self.meta {
+            string(out, k);
+            string(out, v);
+        }
+        out(&(self.rate_limits.len() as u32).to_be_bytes());
+        for l in &self.rate_limits {
+            string(out, l.name());
+            out(&l.limit().to_be_bytes());
+            out(&l.window_ms().to_be_bytes());
+            out(&[match l.scope() {
+                LimitScope::Key => 0,
+                LimitScope::Org => 1,
+            }]);
+        }
+        match &self.credits {
+            None => out(&[0]),
+            Some(c) => {
+                out(&[1]);
+                out(&c.initial().to_be_bytes());
+                match c.refill_schedule() {
+                    None => out(&[0]),
+                    Some(Refill::Daily { amount }) => {
+                        out(&[1]);
+                        out(&amount.to_be_bytes());
+                    }
+                    Some(Refill::Monthly { day, amount }) => {
+                        out(&[2, day]);
+                        out(&amount.to_be_bytes());
+                    }
+                }
+            }
         }
         out(&self.sealed.iv);
         out(&self.sealed.ciphertext);
@@ -398,9 +617,10 @@ mod known_answers {
     use crate::MasterKey;
     use crate::crypto::{LABEL_ENC, LABEL_MAC, kdf};
     use crate::token::{UntrustedToken, format_token};
+    use std::time::Duration as StdDuration;
 
     fn v() -> serde_json::Value {
-        serde_json::from_str(include_str!("../tests/vectors/record_v1.json")).unwrap()
+        serde_json::from_str(include_str!("../tests/vectors/record_v2.json")).unwrap()
     }
 
     fn hex16(s: &serde_json::Value) -> [u8; 16] {
@@ -421,6 +641,12 @@ mod known_answers {
         OffsetDateTime::from_unix_timestamp(s.as_i64().unwrap()).unwrap()
     }
 
+    fn open(rec: &KeyRecord, keyring: &Keyring, class: &str, id: KeyId) -> Result<[u8; 32], Error> {
+        let mut out = Zeroizing::new([0u8; 32]);
+        rec.open_into(keyring, class, id, &mut out)?;
+        Ok(*out)
+    }
+
     fn record(v: &serde_json::Value) -> (Keyring, KeyRecord, [u8; 32]) {
         let master = hex16(&v["master_key"]);
         let keyring = Keyring::new(
@@ -429,6 +655,7 @@ mod known_answers {
         );
         let secret = hex32(&v["secret"]);
         let draft = Draft {
+            class: v["class"].as_str().unwrap().into(),
             id: KeyId::parse(v["id"].as_str().unwrap()).unwrap(),
             org: OrgId::new(v["org"].as_str().unwrap()),
             name: v["name"].as_str().unwrap().into(),
@@ -436,8 +663,23 @@ mod known_answers {
             created_at: ts(&v["created_at"]),
             created_by: UserId::new(v["created_by"].as_str().unwrap()),
             expires_at: Some(ts(&v["expires_at"])),
+            replaces: Some(KeyId::parse(v["replaces"].as_str().unwrap()).unwrap()),
+            owner: Some(v["owner"].as_str().unwrap().into()),
+            meta: [("region", "eu"), ("plan", "pro")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            rate_limits: vec![
+                RateLimit::new("burst", 10, StdDuration::from_secs(1)),
+                RateLimit::new("daily", 10_000, StdDuration::from_secs(86_400)).per_org(),
+            ],
+            credits: Some(Credits::new(500).refill(Refill::monthly(1, 500))),
         };
         let mut rec = KeyRecord::seal_new(&keyring, draft, &secret).unwrap();
+        rec.revoked_at = Some(ts(&v["revoked_at"]));
+        rec.revocation = Some(RevocationReason::Leaked {
+            source: v["leak_source"].as_str().unwrap().into(),
+        });
         rec.reseal_with_iv(&keyring, &secret, hex16(&v["iv"]));
         (keyring, rec, secret)
     }
@@ -459,7 +701,119 @@ mod known_answers {
         assert_eq!(hex::encode(&canon), v["canonical"].as_str().unwrap());
         assert_eq!(rec.sealed.ciphertext, hex32(&v["ciphertext"]));
         assert_eq!(rec.sealed.tag, hex16(&v["tag"]));
-        assert_eq!(*rec.open(&keyring, rec.id).unwrap(), secret);
+        assert_eq!(open(&rec, &keyring, "sak", rec.id).unwrap(), secret);
+    }
+
+    #[test]
+    fn another_class_fails_closed() {
+        let v = v();
+        let (keyring, rec, _) = record(&v);
+        // The same record opened by a manager of another prefix: refused.
+        assert!(matches!(
+            open(&rec, &keyring, "sap", rec.id),
+            Err(Error::Integrity)
+        ));
+        // Relabelled as the other class: the tag no longer matches.
+        let mut moved = rec.clone();
+        moved.class = "sap".into();
+        assert!(matches!(
+            open(&moved, &keyring, "sap", rec.id),
+            Err(Error::Integrity)
+        ));
+    }
+
+    #[test]
+    fn every_field_under_the_tag_is_authenticated() {
+        let v = v();
+        let (keyring, rec, _) = record(&v);
+        let tampered: Vec<(&str, Box<dyn Fn(&mut KeyRecord)>)> = vec![
+            ("owner", Box::new(|r| r.owner = Some("team-8".into()))),
+            (
+                "meta",
+                Box::new(|r| {
+                    r.meta.insert("plan".into(), "enterprise".into());
+                }),
+            ),
+            (
+                "rate limit",
+                Box::new(|r| {
+                    r.rate_limits[0] = RateLimit::new("burst", 1_000, StdDuration::from_secs(1));
+                }),
+            ),
+            (
+                "limit scope",
+                Box::new(|r| r.rate_limits[0] = r.rate_limits[0].clone().per_org()),
+            ),
+            (
+                "credits",
+                Box::new(|r| r.credits = Some(Credits::new(1_000_000))),
+            ),
+            (
+                "refill",
+                Box::new(|r| r.credits = Some(Credits::new(500).refill(Refill::daily(500)))),
+            ),
+            (
+                "revocation",
+                Box::new(|r| r.revocation = Some(RevocationReason::Manual)),
+            ),
+            ("replaces", Box::new(|r| r.replaces = None)),
+            ("replaced_by", Box::new(|r| r.replaced_by = Some(KeyId(5)))),
+            ("revoked_at", Box::new(|r| r.revoked_at = None)),
+        ];
+        for (what, change) in tampered {
+            let mut bad = rec.clone();
+            change(&mut bad);
+            assert!(
+                matches!(open(&bad, &keyring, "sak", rec.id), Err(Error::Integrity)),
+                "{what} is not under the tag"
+            );
+        }
+        // Not under the tag: usage state and display fields.
+        let mut fine = rec.clone();
+        fine.name = "renamed".into();
+        fine.notices.expired = true;
+        fine.notices.expiry_warned.push(86_400);
+        fine.revision = 9;
+        assert!(open(&fine, &keyring, "sak", rec.id).is_ok());
+    }
+
+    #[test]
+    fn format_1_records_are_refused() {
+        // A pre-release (format 1) record, exactly as it was stored: it decodes, and fails
+        // closed under every manager (it names no key class).
+        let v1: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/vectors/record_v1.json")).unwrap();
+        let json = serde_json::json!({
+            "format": 1, "id": v1["id"], "org": "acme", "name": "prometheus",
+            "scopes": ["prometheus", "billing.read"], "created_at": 1_700_000_000,
+            "created_by": "alice", "expires_at": 1_707_776_000, "revoked_at": null,
+            "revoked_by": null, "last_used_at": null, "revision": 1,
+            "sealed": {"key_version": 7, "iv": v1["iv"], "ciphertext": v1["ciphertext"], "tag": v1["tag"]}
+        });
+        let rec: KeyRecord = serde_json::from_value(json).unwrap();
+        let keyring = Keyring::new(7, MasterKey::from_bytes(hex16(&v1["master_key"])));
+        assert_eq!(rec.format, 1);
+        for class in ["sak", ""] {
+            assert!(matches!(
+                open(&rec, &keyring, class, rec.id),
+                Err(Error::Integrity)
+            ));
+        }
+    }
+
+    #[test]
+    fn undecodable_placeholders_never_open() {
+        let keyring = Keyring::new(0, MasterKey::from_bytes([0; 16]));
+        let rec = KeyRecord::undecodable(KeyId(42), OrgId::new("acme"));
+        assert!(rec.is_undecodable());
+        assert!(matches!(
+            open(&rec, &keyring, "", KeyId(42)),
+            Err(Error::Integrity)
+        ));
+        assert!(matches!(
+            open(&rec, &keyring, "sak", KeyId(42)),
+            Err(Error::Integrity)
+        ));
     }
 
     #[test]
@@ -478,7 +832,8 @@ mod known_answers {
         let (_, rec, _) = record(&v);
         let json = serde_json::to_value(&rec).unwrap();
         let expected = serde_json::json!({
-            "format": 1,
+            "format": 2,
+            "class": "sak",
             "id": v["id"],
             "org": "acme",
             "name": "prometheus",
@@ -486,8 +841,19 @@ mod known_answers {
             "created_at": 1_700_000_000,
             "created_by": "alice",
             "expires_at": 1_707_776_000,
-            "revoked_at": null,
+            "revoked_at": 1_700_086_400,
             "revoked_by": null,
+            "revocation": {"kind": "leaked", "source": "https://example.com/paste/1"},
+            "replaces": v["replaces"],
+            "replaced_by": null,
+            "owner": "team-7",
+            "meta": {"plan": "pro", "region": "eu"},
+            "rate_limits": [
+                {"name": "burst", "limit": 10, "window_ms": 1000, "scope": "key"},
+                {"name": "daily", "limit": 10000, "window_ms": 86_400_000, "scope": "org"}
+            ],
+            "credits": {"initial": 500, "refill": {"every": "monthly", "day": 1, "amount": 500}},
+            "notices": {"expiry_warned": [], "expired": false, "unused_warned": false},
             "last_used_at": null,
             "revision": 1,
             "sealed": {
@@ -513,6 +879,8 @@ mod known_answers {
             created in 0i64..4_000_000_000,
             life in proptest::option::of(1i64..400 * 86_400),
             custom in proptest::option::of("[a-z][a-z0-9._:-]{0,31}"),
+            owner in proptest::option::of("[a-zA-Z0-9 é-]{1,20}"),
+            limit in 1u64..1_000_000,
         ) {
             let keyring = Keyring::new(version, MasterKey::from_bytes(master));
             let mut scopes = vec![Scope::Scim];
@@ -528,18 +896,21 @@ mod known_answers {
                 created_at,
                 created_by: UserId::new("u"),
                 expires_at: life.map(|l| created_at + time::Duration::seconds(l)),
+                owner,
+                rate_limits: vec![RateLimit::new("l", limit, StdDuration::from_secs(60))],
+                ..Draft::new("sak")
             };
             let rec = KeyRecord::seal_new(&keyring, draft, &secret).unwrap();
-            proptest::prop_assert_eq!(*rec.open(&keyring, KeyId(id)).unwrap(), secret);
+            proptest::prop_assert_eq!(open(&rec, &keyring, "sak", KeyId(id)).unwrap(), secret);
             // The JSON form round-trips to an identical, still-openable record.
             let back: KeyRecord = serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
             proptest::prop_assert_eq!(&back, &rec);
-            proptest::prop_assert_eq!(*back.open(&keyring, KeyId(id)).unwrap(), secret);
+            proptest::prop_assert_eq!(open(&back, &keyring, "sak", KeyId(id)).unwrap(), secret);
             // Any other id, or a flipped tag bit, fails.
-            proptest::prop_assert!(rec.open(&keyring, KeyId(id ^ 1)).is_err());
+            proptest::prop_assert!(open(&rec, &keyring, "sak", KeyId(id ^ 1)).is_err());
             let mut bad = rec.clone();
             bad.sealed.tag[(id % 16) as usize] ^= 1;
-            proptest::prop_assert!(matches!(bad.open(&keyring, KeyId(id)), Err(Error::Integrity)));
+            proptest::prop_assert!(matches!(open(&bad, &keyring, "sak", KeyId(id)), Err(Error::Integrity)));
         }
     }
 }

@@ -103,6 +103,7 @@ pub fn sample_record(id: KeyId, org: &OrgId) -> KeyRecord {
         created_at: t(1_700_000_000),
         created_by: UserId::new("testkit"),
         expires_at: Some(t(1_700_000_000) + Duration::days(90)),
+        ..Draft::new("sak")
     };
     KeyRecord::seal_new(&keyring, draft, &[9; 32]).expect("sealing a sample record")
 }

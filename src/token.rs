@@ -162,7 +162,10 @@ pub(crate) type Secret = Zeroizing<[u8; SECRET_LEN]>;
 /// store. It holds the secret in zeroizing memory and never shows it.
 pub struct UntrustedToken {
     id: KeyId,
-    secret: Secret,
+    #[cfg_attr(not(test), allow(dead_code))]
+    // Boxed: moving the token (out of `parse`'s `Result`, into a caller) moves a pointer and
+    // leaves no copy of the secret behind.
+    secret: Box<Secret>,
 }
 
 impl fmt::Debug for UntrustedToken {
@@ -182,6 +185,19 @@ impl UntrustedToken {
     /// [`Error::Malformed`] for anything that is not a token of this prefix; the error never
     /// echoes its input.
     pub fn parse(prefix: &str, token: &str) -> Result<Self, Error> {
+        let mut secret = Box::new(Zeroizing::new([0u8; SECRET_LEN]));
+        let id = Self::parse_into(prefix, token, &mut secret)?;
+        Ok(UntrustedToken { id, secret })
+    }
+
+    /// [`UntrustedToken::parse`] into memory the caller owns: the secret is written straight
+    /// into `secret` (the hot path keeps it in its own zeroizing buffer) and only the public id
+    /// is returned by value.
+    pub(crate) fn parse_into(
+        prefix: &str,
+        token: &str,
+        secret: &mut Secret,
+    ) -> Result<KeyId, Error> {
         let b = token.as_bytes();
         let p = prefix.len();
         if b.len() != p + 1 + BODY_LEN || !b.starts_with(prefix.as_bytes()) || b[p] != b'_' {
@@ -206,7 +222,6 @@ impl UntrustedToken {
             *d = base62::alnum_digit(c);
         }
         let id = base62::value(&digits[..KeyId::LEN]).ok_or(Error::Malformed)?;
-        let mut secret: Secret = Zeroizing::new([0u8; SECRET_LEN]);
         let mut overflow = false;
         for (i, chunk) in digits[KeyId::LEN..].chunks_exact(11).enumerate() {
             match base62::value(chunk) {
@@ -218,12 +233,10 @@ impl UntrustedToken {
             }
         }
         if overflow {
+            secret.zeroize();
             return Err(Error::Malformed);
         }
-        Ok(UntrustedToken {
-            id: KeyId(id),
-            secret,
-        })
+        Ok(KeyId(id))
     }
 
     /// The key id the token claims (public).
@@ -231,6 +244,7 @@ impl UntrustedToken {
         self.id
     }
 
+    #[cfg(test)]
     pub(crate) fn secret(&self) -> &[u8; SECRET_LEN] {
         &self.secret
     }

@@ -14,6 +14,8 @@ pub struct RewrapReport {
     pub failed: usize,
     /// Records sealed under a `next` version (by nodes already upgraded), left as they are.
     pub newer: usize,
+    /// Records of another key class (another manager sharing the store), left to it.
+    pub other_class: usize,
 }
 
 impl<S: KeyStore + 'static> KeyManager<S> {
@@ -32,7 +34,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             ));
         }
         let rec = self.load(Some(actor), id).await?;
-        let secret = self.open(&self.keyring(), &rec, Some(actor))?;
+        let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
+        self.open(&self.keyring(), &rec, Some(actor), &mut secret)?;
         match KeyStatus::of(&rec, self.inner.clock.now()) {
             KeyStatus::Revoked => return Err(Error::Revoked),
             KeyStatus::Expired => return Err(Error::Expired),
@@ -50,15 +53,24 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         ))
     }
 
-    /// Replaces a key without breaking its integrations: the replacement (same name and
-    /// scopes, the policy's default expiry) is created first, then the old key's expiry becomes
-    /// `min(its expiry, now + overlap)` — never later. A zero (or negative) overlap stops the
-    /// old key now. Rolling does not count against `max_active_keys`.
+    /// Replaces a key without breaking its integrations: the replacement (same name, scopes,
+    /// limits, credit configuration, owner and metadata; the policy's default expiry) is
+    /// created first, then the old key's expiry becomes `min(its expiry, now + overlap)` —
+    /// never later — and it records its replacement. A zero (or negative) overlap stops the
+    /// old key now.
+    ///
+    /// A key is rolled once: rolling a key that already has a replacement is
+    /// [`Error::Policy`] naming it (roll the replacement instead). Rolls count against
+    /// `max_active_keys` like `generate`, except that the rolled key's own slot passes to its
+    /// replacement: a roll at the limit works, and at most `max_active_keys + 1` keys work
+    /// at once, only until that overlap ends.
     ///
     /// # Errors
     /// [`Error::PermissionDenied`]; [`Error::NotFound`]; [`Error::Revoked`] / [`Error::Expired`]
-    /// for a key that no longer works; [`Error::Integrity`]; [`Error::Conflict`];
-    /// [`Error::Store`]. If shortening the old key fails, the replacement is deleted again.
+    /// for a key that no longer works; [`Error::Policy`] (already rolled, or the limit);
+    /// [`Error::Integrity`]; [`Error::Conflict`]; [`Error::Store`]. If shortening the old key
+    /// fails, the old record is read again: when the change did commit (a lost reply), the
+    /// roll succeeded; otherwise the replacement is deleted again.
     pub async fn roll(
         &self,
         actor: &Actor,
@@ -68,16 +80,45 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         Self::require_manager(actor)?;
         let now = whole_seconds(self.inner.clock.now());
         let old = self.load(Some(actor), id).await?;
-        self.open(&self.keyring(), &old, Some(actor))?;
+        if !self.authentic(&self.keyring(), &old, Some(actor)) {
+            return Err(Error::Integrity);
+        }
         match KeyStatus::of(&old, now) {
             KeyStatus::Revoked => return Err(Error::Revoked),
             KeyStatus::Expired => return Err(Error::Expired),
             KeyStatus::Active => {}
         }
-        let expires_at = self.inner.policy.resolve(None, now)?;
-        let (key, new_rec) = self
-            .create(actor, old.name.clone(), old.scopes.clone(), now, expires_at)
-            .await?;
+        if let Some(next) = old.replaced_by {
+            return Err(Error::Policy(format!(
+                "key {id} was already rolled; its replacement is key {next} — roll that one instead"
+            )));
+        }
+        let working = self.working_keys(actor, now).await?;
+        let limit = self.inner.policy.active_key_limit();
+        // The rolled key is among `working`; its slot passes to the replacement.
+        if working.saturating_sub(1) >= limit {
+            return Err(Error::Policy(format!(
+                "this organization already has {working} active keys (some inside a roll's overlap); \
+                 at most {limit} are allowed — wait for the overlap to end, or revoke or delete one first"
+            )));
+        }
+        let draft = Draft {
+            class: self.inner.prefix.clone(),
+            id: KeyId(0),
+            org: old.org.clone(),
+            name: old.name.clone(),
+            scopes: old.scopes.clone(),
+            created_at: now,
+            created_by: actor.user().clone(),
+            expires_at: self.inner.policy.resolve(None, now)?,
+            replaces: Some(*id),
+            owner: old.owner.clone(),
+            meta: old.meta.clone(),
+            rate_limits: old.rate_limits.clone(),
+            credits: old.credits,
+        };
+        let (key, new_rec) = self.create(draft).await?;
+        let new_id = new_rec.id;
         // Saturating: an absurd overlap (it may come from a request) can never panic.
         let cutoff = whole_seconds(now.saturating_add(overlap.max(Duration::ZERO)));
         let shortened = self
@@ -85,24 +126,41 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 if r.revoked_at.is_some() {
                     return Err(Error::Revoked);
                 }
-                match r.expires_at {
-                    Some(e) if e <= cutoff => Ok(false),
-                    _ => {
-                        r.expires_at = Some(cutoff);
-                        Ok(true)
-                    }
+                if let Some(other) = r.replaced_by {
+                    return Err(Error::Policy(format!(
+                        "key {id} was rolled meanwhile; its replacement is key {other}"
+                    )));
                 }
+                r.replaced_by = Some(new_id);
+                if r.expires_at.is_none_or(|e| e > cutoff) {
+                    r.expires_at = Some(cutoff);
+                }
+                Ok(true)
             })
             .await;
         if let Err(e) = shortened {
-            if let Err(cleanup) = self.inner.store.delete(&new_rec.id).await {
-                tracing::error!(target: "api_keys", key_id = %new_rec.id, error = %cleanup, "could not delete the replacement of a failed roll");
+            // The write may have committed with its reply lost: then the old key already
+            // stops at the cutoff, and deleting the replacement would break its integrations.
+            let committed = matches!(
+                self.inner.store.get(id).await,
+                Ok(Some(r)) if r.id == *id && r.replaced_by == Some(new_id)
+                    && self.authentic(&self.keyring(), &r, Some(actor))
+            );
+            if !committed {
+                let removed = {
+                    let _fence = self.inner.cache.fence(new_id);
+                    self.inner.store.delete(&new_id).await
+                };
+                if let Err(cleanup) = removed {
+                    tracing::error!(target: "api_keys", key_id = %new_id, error = %cleanup, "could not delete the replacement of a failed roll");
+                }
+                return Err(e);
             }
-            return Err(e);
+            self.inner.cache.invalidate(id);
         }
         self.audit_best_effort(
             AuditAction::Rolled {
-                replacement: new_rec.id,
+                replacement: new_id,
             },
             Some(actor),
             Some(actor.org()),
@@ -148,13 +206,11 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             let Some(last) = page.last() else { break };
             after = Some(last.id);
             for r in &page {
-                if r.authenticate(&keyring).is_err() {
-                    self.audit_best_effort(
-                        AuditAction::IntegrityFailure,
-                        None,
-                        Some(&r.org),
-                        Some(r.id),
-                    );
+                // Another class's records (a shared store) are not this manager's.
+                if !r.is_undecodable() && r.class != self.inner.prefix {
+                    continue;
+                }
+                if !self.authentic(&keyring, r, None) {
                     continue;
                 }
                 let info = self.info(r, now);
@@ -185,6 +241,22 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             let Some(last) = page.last() else { break };
             after = Some(last.id);
             for rec in &page {
+                if rec.is_undecodable() {
+                    // Reported, counted, and the rotation moves on.
+                    self.audit_best_effort(
+                        AuditAction::IntegrityFailure,
+                        None,
+                        Some(&rec.org),
+                        Some(rec.id),
+                    );
+                    report.failed += 1;
+                    continue;
+                }
+                if rec.class != self.inner.prefix {
+                    // Another manager's key (a shared store): its own manager rewraps it.
+                    report.other_class += 1;
+                    continue;
+                }
                 let keyring = self.keyring();
                 let current = keyring.current_version();
                 if rec.sealed.key_version == current {

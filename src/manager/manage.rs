@@ -17,25 +17,36 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         Self::require_manager(actor)?;
         check_name(&req.name)?;
         let scopes = check_scopes(&req.scopes)?;
+        check_limits(&req.rate_limits, req.credits.as_ref())?;
+        check_meta(&req.meta)?;
+        if let Some(owner) = &req.owner {
+            check_owner(owner)?;
+        }
         let now = whole_seconds(self.inner.clock.now());
         let expires_at = self.inner.policy.resolve(req.expiry, now)?;
-        let active = self
-            .inner
-            .store
-            .list(actor.org())
-            .await?
-            .iter()
-            .filter(|r| KeyStatus::of(r, now) == KeyStatus::Active)
-            .count();
+        let active = self.working_keys(actor, now).await?;
         let limit = self.inner.policy.active_key_limit();
         if active >= limit {
             return Err(Error::Policy(format!(
                 "this organization already has {active} active keys; at most {limit} are allowed — revoke or delete one first"
             )));
         }
-        let (key, rec) = self
-            .create(actor, req.name, scopes, now, expires_at)
-            .await?;
+        let draft = Draft {
+            class: self.inner.prefix.clone(),
+            id: KeyId(0),
+            org: actor.org().clone(),
+            name: req.name,
+            scopes,
+            created_at: now,
+            created_by: actor.user().clone(),
+            expires_at,
+            replaces: None,
+            owner: req.owner,
+            meta: req.meta,
+            rate_limits: req.rate_limits,
+            credits: req.credits,
+        };
+        let (key, rec) = self.create(draft).await?;
         self.audit_best_effort(
             AuditAction::Generated,
             Some(actor),
@@ -45,38 +56,53 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         Ok((key, self.info(&rec, now)))
     }
 
-    /// Seals and inserts a fresh key (new random id on the unlikely duplicate).
-    pub(super) async fn create(
+    /// How many of the organization's keys of this class work at `now` (authentic, neither
+    /// revoked nor expired; keys inside a roll's overlap count too).
+    pub(super) async fn working_keys(
         &self,
         actor: &Actor,
-        name: String,
-        scopes: Vec<Scope>,
         now: OffsetDateTime,
-        expires_at: Option<OffsetDateTime>,
-    ) -> Result<(ApiKey, KeyRecord), Error> {
+    ) -> Result<usize, Error> {
         let keyring = self.keyring();
+        Ok(self
+            .inner
+            .store
+            .list(actor.org())
+            .await?
+            .iter()
+            .filter(|r| {
+                r.org == *actor.org()
+                    && r.class == self.inner.prefix
+                    && KeyStatus::of(r, now) == KeyStatus::Active
+                    && r.authenticate(&keyring, &self.inner.prefix).is_ok()
+            })
+            .count())
+    }
+
+    /// Seals and inserts a fresh key from `draft` (its id is replaced by a random one; a new
+    /// one on the unlikely duplicate), and installs it in the cache.
+    pub(super) async fn create(&self, mut draft: Draft) -> Result<(ApiKey, KeyRecord), Error> {
+        let keyring = self.keyring();
+        let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
         let mut attempts = 0;
         loop {
             attempts += 1;
             let mut id = [0u8; 8];
             fill_random(&mut id)?;
-            let id = KeyId(u64::from_le_bytes(id));
-            let mut secret = zeroize::Zeroizing::new([0u8; SECRET_LEN]);
+            draft.id = KeyId(u64::from_le_bytes(id));
             fill_random(&mut *secret)?;
-            let draft = Draft {
-                id,
-                org: actor.org().clone(),
-                name: name.clone(),
-                scopes: scopes.clone(),
-                created_at: now,
-                created_by: actor.user().clone(),
-                expires_at,
-            };
-            let rec = KeyRecord::seal_new(&keyring, draft, &secret)?;
+            let rec = KeyRecord::seal_new(&keyring, draft.clone(), &secret)?;
+            let fence = self.inner.cache.fence(rec.id);
             match self.inner.store.insert(rec.clone()).await {
                 Ok(()) => {
-                    let token = format_token(&self.inner.prefix, id, &secret);
-                    return Ok((ApiKey::new(id, token), rec));
+                    // In the cache from the start: a wrong secret costs the same for a new,
+                    // a used, a revoked or an expired key.
+                    fence.install(
+                        Arc::new(Facts::from_record(&rec)),
+                        self.inner.cache.fingerprint(&secret),
+                    );
+                    let token = format_token(&self.inner.prefix, rec.id, &secret);
+                    return Ok((ApiKey::new(rec.id, token), rec));
                 }
                 Err(StoreError::Duplicate) if attempts < 3 => continue,
                 Err(e) => return Err(e.into()),
@@ -84,8 +110,11 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         }
     }
 
-    /// The actor's organization's keys, newest first. Records that fail their integrity check
-    /// are left out and reported (audit event `integrity_failure`); they can still be deleted.
+    /// The actor's organization's keys of this manager's class, newest first. Records that fail
+    /// their integrity check (tampered, undecodable, sealed under an unknown master key) are
+    /// left out and reported (audit event `integrity_failure`, naming the id); they can still
+    /// be deleted. Records of another key class (another manager sharing the store) are left
+    /// out silently: they are not this manager's.
     ///
     /// # Errors
     /// [`Error::PermissionDenied`] for a non-manager; [`Error::Store`].
@@ -101,15 +130,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let keyring = self.keyring();
         let mut recs = self.inner.store.list(actor.org()).await?;
         recs.retain(|r| {
-            r.org == *actor.org() && r.authenticate(&keyring).is_ok() || {
-                self.audit_best_effort(
-                    AuditAction::IntegrityFailure,
-                    Some(actor),
-                    Some(&r.org),
-                    Some(r.id),
-                );
-                false
-            }
+            (r.is_undecodable() || r.class == self.inner.prefix)
+                && (r.org == *actor.org() && self.authentic(&keyring, r, Some(actor)))
         });
         let mut infos: Vec<KeyInfo> = recs.iter().map(|r| self.info(r, now)).collect();
         infos.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
@@ -124,14 +146,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     pub async fn get(&self, actor: &Actor, id: &KeyId) -> Result<KeyInfo, Error> {
         Self::require_manager(actor)?;
         let rec = self.load(Some(actor), id).await?;
-        rec.authenticate(&self.keyring()).inspect_err(|_| {
-            self.audit_best_effort(
-                AuditAction::IntegrityFailure,
-                Some(actor),
-                Some(&rec.org),
-                Some(rec.id),
-            );
-        })?;
+        if !self.authentic(&self.keyring(), &rec, Some(actor)) {
+            return Err(Error::Integrity);
+        }
         self.audit_best_effort(
             AuditAction::Viewed,
             Some(actor),
@@ -150,23 +167,40 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     pub async fn revoke(&self, actor: &Actor, id: &KeyId) -> Result<KeyInfo, Error> {
         Self::require_manager(actor)?;
         let now = whole_seconds(self.inner.clock.now());
-        let (rec, _) = self
-            .modify(Some(actor), id, |r| {
-                if r.revoked_at.is_some() {
-                    return Ok(false);
-                }
-                r.revoked_at = Some(now);
-                r.revoked_by = Some(actor.user().clone());
-                Ok(true)
-            })
+        let (rec, changed) = self
+            .revoke_for(Some(actor), id, RevocationReason::Manual, now)
             .await?;
-        self.audit_best_effort(
-            AuditAction::Revoked,
-            Some(actor),
-            Some(actor.org()),
-            Some(*id),
-        );
+        if changed {
+            self.audit_best_effort(
+                AuditAction::Revoked,
+                Some(actor),
+                Some(actor.org()),
+                Some(*id),
+            );
+        }
         Ok(self.info(&rec, now))
+    }
+
+    /// Revokes `id` at `now` for `reason` (a no-op for a revoked key: the first reason stays).
+    /// `actor` scopes the read to its organization and is recorded as `revoked_by`; `None`
+    /// is a host-level job (sweep, leak report). Returns the record and whether it changed.
+    pub(crate) async fn revoke_for(
+        &self,
+        actor: Option<&Actor>,
+        id: &KeyId,
+        reason: RevocationReason,
+        now: OffsetDateTime,
+    ) -> Result<(KeyRecord, bool), Error> {
+        self.modify(actor, id, |r| {
+            if r.revoked_at.is_some() {
+                return Ok(false);
+            }
+            r.revoked_at = Some(now);
+            r.revoked_by = actor.map(|a| a.user().clone());
+            r.revocation = Some(reason.clone());
+            Ok(true)
+        })
+        .await
     }
 
     /// Revokes and deletes a key: it stops working at once and disappears. A record that fails

@@ -11,14 +11,16 @@ use crate::audit::{AuditAction, AuditEvent, AuditSink, FailureClass, TracingAudi
 use crate::cache::Cache;
 use crate::crypto::fill_random;
 use crate::key::Facts;
-use crate::policy::{check_name, check_scopes};
+use crate::limits::check_limits;
+use crate::policy::{check_meta, check_name, check_owner, check_scopes};
 use crate::record::{Draft, whole_seconds};
 use crate::store::ChangeListener;
 use crate::token::{DEFAULT_PREFIX, SECRET_LEN, UntrustedToken, format_token, valid_prefix};
 use crate::{
     Actor, ApiKey, Clock, Error, GenerateRequest, KeyId, KeyInfo, KeyRecord, KeyStatus, KeyStore,
-    Keyring, OrgId, Policy, Scope, StoreError, SystemClock, Verified,
+    Keyring, OrgId, Policy, RevocationReason, Scope, StoreError, SystemClock, Verified,
 };
+use zeroize::Zeroizing;
 
 /// How many times a management operation re-reads and retries after losing a CAS race.
 const CAS_RETRIES: usize = 5;
@@ -277,21 +279,36 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         Ok(rec)
     }
 
-    /// Opens a record, auditing an integrity failure.
+    /// Opens a record of this manager's class into `secret`, auditing an integrity failure.
     fn open(
         &self,
         keyring: &Keyring,
         rec: &KeyRecord,
         actor: Option<&Actor>,
-    ) -> Result<zeroize::Zeroizing<[u8; 32]>, Error> {
-        rec.open(keyring, rec.id).inspect_err(|_| {
+        secret: &mut Zeroizing<[u8; SECRET_LEN]>,
+    ) -> Result<(), Error> {
+        rec.open_into(keyring, &self.inner.prefix, rec.id, secret)
+            .inspect_err(|_| {
+                self.audit_best_effort(
+                    AuditAction::IntegrityFailure,
+                    actor,
+                    Some(&rec.org),
+                    Some(rec.id),
+                );
+            })
+    }
+
+    /// Checks a record's tag and class without decrypting, auditing a failure.
+    fn authentic(&self, keyring: &Keyring, rec: &KeyRecord, actor: Option<&Actor>) -> bool {
+        rec.authenticate(keyring, &self.inner.prefix).is_ok() || {
             self.audit_best_effort(
                 AuditAction::IntegrityFailure,
                 actor,
                 Some(&rec.org),
                 Some(rec.id),
             );
-        })
+            false
+        }
     }
 
     fn info(&self, rec: &KeyRecord, now: OffsetDateTime) -> KeyInfo {
@@ -306,10 +323,11 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         id: &KeyId,
         mut change: impl FnMut(&mut KeyRecord) -> Result<bool, Error>,
     ) -> Result<(KeyRecord, bool), Error> {
+        let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
         for _ in 0..CAS_RETRIES {
             let rec = self.load(actor, id).await?;
             let keyring = self.keyring();
-            let secret = self.open(&keyring, &rec, actor)?;
+            self.open(&keyring, &rec, actor, &mut secret)?;
             let mut next = rec.clone();
             if !change(&mut next)? {
                 return Ok((rec, false));
@@ -321,13 +339,16 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 .filter(|r| *r <= i64::MAX as u64)
                 .ok_or(Error::Integrity)?;
             next.reseal(&keyring, &secret)?;
-            let result = {
-                // Fenced before the write and after it, even if this future is dropped midway.
-                let _fence = self.inner.cache.fence(*id);
-                self.inner.store.update(next.clone(), rec.revision).await
-            };
+            // Fenced before the write and after it, even if this future is dropped midway; on
+            // success the written record is installed instead.
+            let fence = self.inner.cache.fence(*id);
+            let result = self.inner.store.update(next.clone(), rec.revision).await;
             match result {
-                Ok(()) => return Ok((next, true)),
+                Ok(()) => {
+                    let fingerprint = self.inner.cache.fingerprint(&secret);
+                    fence.install(Arc::new(Facts::from_record(&next)), fingerprint);
+                    return Ok((next, true));
+                }
                 Err(StoreError::Conflict) => continue,
                 Err(StoreError::NotFound) => return Err(Error::NotFound),
                 Err(e) => return Err(e.into()),

@@ -15,19 +15,21 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// wrong secret), the state errors above, [`Error::Integrity`] for a tampered record or
     /// wrong master key, [`Error::Store`].
     pub async fn verify(&self, token: &str, scope: &Scope) -> Result<Verified, Error> {
-        let parsed = match UntrustedToken::parse(&self.inner.prefix, token) {
-            Ok(p) => p,
+        // The presented secret lives in this future's own zeroizing buffer (no copy is left
+        // behind by moves); only the public id comes back by value.
+        let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
+        let id = match UntrustedToken::parse_into(&self.inner.prefix, token, &mut secret) {
+            Ok(id) => id,
             Err(e) => {
                 self.verify_failed(FailureClass::Malformed, None, None, Instant::now());
                 return Err(e);
             }
         };
-        let id = parsed.id();
         let cache = &self.inner.cache;
         // The presented secret's fingerprint does not depend on the lookup: computed while
         // the lookup's memory access is in flight. One monotonic reading serves the cache's
         // TTL and (through the clock) the expiry check.
-        let presented = cache.fingerprint(parsed.secret());
+        let presented = cache.fingerprint(&secret);
         let mono = Instant::now();
         let (facts, mono) = match cache.get(&id, mono) {
             Some((facts, fingerprint)) => {
@@ -40,7 +42,10 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             // After a store read, expiry is decided at the time it returned. The cold path's
             // state is boxed (it allocates anyway) so that the hot path's future stays small
             // to move.
-            None => (Box::pin(self.verify_cold(&parsed)).await?, Instant::now()),
+            None => (
+                Box::pin(self.verify_cold(id, &secret)).await?,
+                Instant::now(),
+            ),
         };
         let now = self.inner.clock.now_unix_at(mono);
         let class = if facts.revoked {
@@ -60,8 +65,11 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         Ok(Verified::new(facts))
     }
 
-    async fn verify_cold(&self, parsed: &UntrustedToken) -> Result<Arc<Facts>, Error> {
-        let id = parsed.id();
+    async fn verify_cold(
+        &self,
+        id: KeyId,
+        presented: &Zeroizing<[u8; SECRET_LEN]>,
+    ) -> Result<Arc<Facts>, Error> {
         let cache = &self.inner.cache;
         let ticket = cache.ticket(&id);
         let rec = match self.inner.store.get(&id).await {
@@ -81,9 +89,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 return Err(e);
             }
         };
-        let secret = match rec.open(&self.keyring(), id) {
-            Ok(s) => s,
-            Err(e) => {
+        let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
+        if let Err(e) = rec.open_into(&self.keyring(), &self.inner.prefix, id, &mut secret) {
+            {
                 self.verify_failed(
                     FailureClass::Integrity,
                     Some(&rec.org),
@@ -92,10 +100,15 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 );
                 return Err(e);
             }
-        };
-        let matched: bool = secret.ct_eq(parsed.secret()).into();
+        }
+        let matched: bool = secret.ct_eq(&**presented).into();
+        let facts = Arc::new(Facts::from_record(&rec));
+        let fingerprint = cache.fingerprint(&secret);
         if !matched {
-            // Not cached: wrong guesses must not be able to churn the cache.
+            // Cached too, so that the next wrong guess is answered from the cache whatever
+            // the key's state (a revoked key must not answer slower than an active one), but
+            // only into free room: wrong guesses never evict another key's entry.
+            cache.fill_if_room(ticket, facts, fingerprint);
             self.verify_failed(
                 FailureClass::InvalidKey,
                 Some(&rec.org),
@@ -104,8 +117,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             );
             return Err(Error::InvalidKey);
         }
-        let facts = Arc::new(Facts::from_record(&rec));
-        cache.fill(ticket, facts.clone(), cache.fingerprint(&secret));
+        cache.fill(ticket, facts.clone(), fingerprint);
         Ok(facts)
     }
 

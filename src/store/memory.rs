@@ -15,7 +15,11 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use time::OffsetDateTime;
 
 use super::{Change, ChangeKind, ChangeListener, KeyStore};
-use crate::{KeyId, KeyRecord, OrgId, Scope, Sealed, StoreError, UserId};
+use crate::record::Notices;
+use crate::{
+    Credits, KeyId, KeyRecord, OrgId, RateLimit, RevocationReason, Scope, Sealed, StoreError,
+    UserId,
+};
 
 /// No timestamp (`None`). Real timestamps never reach `i64::MIN` seconds.
 const NO_TIME: i64 = i64::MIN;
@@ -60,10 +64,26 @@ impl Scopes {
     }
 }
 
+/// The fields most keys leave empty, boxed only when one is set.
+#[derive(Default, PartialEq)]
+struct Extra {
+    revocation: Option<RevocationReason>,
+    replaces: Option<KeyId>,
+    replaced_by: Option<KeyId>,
+    owner: Option<String>,
+    meta: BTreeMap<String, String>,
+    rate_limits: Vec<RateLimit>,
+    credits: Option<Credits>,
+    notices: Notices,
+}
+
 /// One record, compactly. Converts back to an equal [`KeyRecord`].
 struct Row {
     id: KeyId,
     org: OrgId,
+    /// The key class, shared between the rows that name it.
+    class: Arc<str>,
+    extra: Option<Box<Extra>>,
     name: Box<str>,
     scopes: Scopes,
     created_by: UserId,
@@ -120,6 +140,7 @@ struct Data {
     rows: Vec<Row>,
     by_org: HashMap<OrgId, BTreeSet<KeyId>>,
     users: HashSet<UserId>,
+    classes: HashSet<Arc<str>>,
 }
 
 impl Data {
@@ -149,9 +170,21 @@ impl Data {
             Some((shared, _)) => shared.clone(),
             None => r.org,
         };
+        let extra = Extra {
+            revocation: r.revocation,
+            replaces: r.replaces,
+            replaced_by: r.replaced_by,
+            owner: r.owner,
+            meta: r.meta,
+            rate_limits: r.rate_limits,
+            credits: r.credits,
+            notices: r.notices,
+        };
         Row {
             id: r.id,
             org,
+            class: intern(&mut self.classes, Arc::from(r.class)),
+            extra: (extra != Extra::default()).then(|| Box::new(extra)),
             name: r.name.into_boxed_str(),
             scopes: Scopes::of(r.scopes),
             created_by: intern(&mut self.users, r.created_by),
@@ -177,8 +210,18 @@ impl Data {
             };
             join(secs, n(i))
         };
+        let extra = row.extra.as_deref();
         Ok(KeyRecord {
             format: row.format,
+            class: row.class.to_string(),
+            revocation: extra.and_then(|e| e.revocation.clone()),
+            replaces: extra.and_then(|e| e.replaces),
+            replaced_by: extra.and_then(|e| e.replaced_by),
+            owner: extra.and_then(|e| e.owner.clone()),
+            meta: extra.map(|e| e.meta.clone()).unwrap_or_default(),
+            rate_limits: extra.map(|e| e.rate_limits.clone()).unwrap_or_default(),
+            credits: extra.and_then(|e| e.credits),
+            notices: extra.map(|e| e.notices.clone()).unwrap_or_default(),
             id: row.id,
             org: row.org.clone(),
             name: row.name.to_string(),
@@ -500,6 +543,7 @@ mod tests {
             created_at: t,
             created_by: UserId::new("alice"),
             expires_at: Some(t + time::Duration::days(90)),
+            ..crate::record::Draft::new("sak")
         };
         let ring = Keyring::new(1, MasterKey::from_bytes([1; 16]));
         KeyRecord::seal_new(&ring, draft, &[7; 32]).unwrap()
@@ -515,6 +559,12 @@ mod tests {
         odd.created_at = OffsetDateTime::from_unix_timestamp_nanos(-1_500_000_000).unwrap();
         odd.revoked_at = Some(OffsetDateTime::from_unix_timestamp(5).unwrap());
         odd.revoked_by = Some(UserId::new("bob"));
+        odd.revocation = Some(RevocationReason::Leaked {
+            source: "https://example.com".into(),
+        });
+        odd.owner = Some("team".into());
+        odd.meta.insert("plan".into(), "pro".into());
+        odd.notices.expiry_warned.push(86_400);
         odd.last_used_at = Some(OffsetDateTime::UNIX_EPOCH);
         let custom = record(
             4,

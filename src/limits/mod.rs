@@ -1,0 +1,10 @@
+//! Usage limits that are part of a key: named rate limits and usage credits.
+//!
+//! The configuration decides acceptance, so it is sealed under the record's tag; the counters
+//! (how much of a window or of the credits is used) are usage state and live in a counter
+//! engine.
+
+mod config;
+
+pub(crate) use config::check_limits;
+pub use config::{Credits, LimitScope, MAX_RATE_LIMITS, RateLimit, Refill};

@@ -107,6 +107,17 @@ async fn testkit_conforms() {
     let store = SqliteStore::open(dir.path("keys.db")).unwrap();
     api_keys::testkit::run(&store).await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 1);
+    let path = dir.path("keys.db");
+    api_keys::testkit::damaged_rows_stay_deletable(&store, |id| async move {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "UPDATE api_keys SET revision = revision + 7 WHERE id = ?1",
+            [id.to_string()],
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

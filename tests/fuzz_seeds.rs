@@ -68,6 +68,7 @@ fn genuine_seed_verifies_and_every_tampering_fails_closed() {
             r.meta.insert("plan".into(), "enterprise".into());
         }),
         Box::new(|r| r.credits = Some(api_keys::Credits::new(1_000_000))),
+        Box::new(|r| r.sealed.details_tag[0] ^= 1),
     ];
     for (i, tamper) in tampered.iter().enumerate() {
         let mut r = genuine.clone();

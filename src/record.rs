@@ -373,11 +373,7 @@ impl KeyRecord {
         out: &mut Zeroizing<[u8; SECRET_LEN]>,
     ) -> Result<(), Error> {
         let keys = self.authenticate(keyring, class)?;
-        if self.id != expected {
-            return Err(Error::Integrity);
-        }
-        keys.decrypt_into(&self.sealed.iv, &self.sealed.ciphertext, out);
-        Ok(())
+        self.decrypt_if(keys, expected, out)
     }
 
     /// [`KeyRecord::open_into`] for verification: checks the main tag (which covers the
@@ -396,6 +392,16 @@ impl KeyRecord {
         out: &mut Zeroizing<[u8; SECRET_LEN]>,
     ) -> Result<(), Error> {
         let keys = self.check_main_tag(keyring, class)?;
+        self.decrypt_if(keys, expected, out)
+    }
+
+    /// After authentication: decrypts into `out` if the record is the one the token names.
+    fn decrypt_if(
+        &self,
+        keys: &Subkeys,
+        expected: KeyId,
+        out: &mut Zeroizing<[u8; SECRET_LEN]>,
+    ) -> Result<(), Error> {
         if self.id != expected {
             return Err(Error::Integrity);
         }
@@ -870,7 +876,8 @@ mod known_answers {
     fn every_field_under_the_tag_is_authenticated() {
         let v = v();
         let (keyring, rec, _) = record(&v);
-        let tampered: Vec<(&str, Box<dyn Fn(&mut KeyRecord)>)> = vec![
+        type Tamper = Box<dyn Fn(&mut KeyRecord)>;
+        let tampered: Vec<(&str, Tamper)> = vec![
             ("owner", Box::new(|r| r.owner = Some("team-8".into()))),
             (
                 "meta",

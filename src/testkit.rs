@@ -651,7 +651,7 @@ where
         .map_err(|e| store_err(C, "list of an organization with a damaged row", e))?;
     ensure!(
         C,
-        listed.iter().any(|r| r.id == bad.id) && listed.iter().any(|r| *r == good),
+        listed.iter().any(|r| r.id == bad.id) && listed.contains(&good),
         "list lost a row: {listed:?}"
     );
     let mut seen_bad = false;
@@ -665,7 +665,7 @@ where
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         seen_bad |= page.iter().any(|r| r.id == bad.id);
-        seen_good |= page.iter().any(|r| *r == good);
+        seen_good |= page.contains(&good);
     }
     ensure!(C, seen_bad && seen_good, "scan lost a row");
     let removed = store

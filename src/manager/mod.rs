@@ -39,6 +39,7 @@ pub struct KeyManagerBuilder<S> {
     audit: Arc<dyn AuditSink>,
     cache_ttl: StdDuration,
     fallback_ttl: StdDuration,
+    max_stale: StdDuration,
     cache_capacity: usize,
 }
 
@@ -83,6 +84,18 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
         self
     }
 
+    /// Off by default. While the store is *unreachable* (a verify's store read fails with
+    /// [`Error::Store`]), keep accepting a key this node verified from the store less than
+    /// `max` ago, instead of failing. Each such use is audited as
+    /// [`AuditAction::ServedStale`](crate::AuditAction::ServedStale). It never applies to a
+    /// key this node knows was revoked or deleted (its cache entry says revoked, or is gone),
+    /// nor to a tampered record; but a revocation made on *another* node during the outage
+    /// goes unnoticed for up to `max`. Zero (the default) turns it off.
+    pub fn serve_stale_while_store_unreachable(mut self, max: StdDuration) -> Self {
+        self.max_stale = max;
+        self
+    }
+
     /// Most records kept in the cache (default 100 000). Zero disables the cache.
     pub fn cache_capacity(mut self, n: usize) -> Self {
         self.cache_capacity = n;
@@ -105,6 +118,7 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
         let cache = Arc::new(Cache::new(
             self.cache_ttl.max(self.fallback_ttl),
             self.fallback_ttl,
+            self.max_stale,
             self.cache_capacity,
         )?);
         let listener: Arc<dyn ChangeListener> = cache.clone();
@@ -169,6 +183,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             audit: Arc::new(TracingAudit),
             cache_ttl: StdDuration::from_secs(30),
             fallback_ttl: StdDuration::from_secs(1),
+            max_stale: StdDuration::ZERO,
             cache_capacity: 100_000,
         }
     }

@@ -43,7 +43,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             // state is boxed (it allocates anyway) so that the hot path's future stays small
             // to move.
             None => (
-                Box::pin(self.verify_cold(id, &secret)).await?,
+                Box::pin(self.verify_cold(id, &secret, presented)).await?,
                 Instant::now(),
             ),
         };
@@ -69,6 +69,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         &self,
         id: KeyId,
         presented: &Zeroizing<[u8; SECRET_LEN]>,
+        presented_fp: crate::cache::Fingerprint,
     ) -> Result<Arc<Facts>, Error> {
         let cache = &self.inner.cache;
         let ticket = cache.ticket(&id);
@@ -83,6 +84,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 let class = if matches!(e, Error::Integrity) {
                     FailureClass::Integrity
                 } else {
+                    if let Some(facts) = self.serve_stale(id, presented_fp) {
+                        return Ok(facts);
+                    }
                     FailureClass::Store
                 };
                 self.verify_failed(class, None, Some(id), Instant::now());
@@ -119,6 +123,21 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         }
         cache.fill(ticket, facts.clone(), fingerprint);
         Ok(facts)
+    }
+
+    /// The store is unreachable: a cached entry within the configured maximum staleness
+    /// answers, if the presented secret matches it (audited). A revoked entry is returned as
+    /// it is, so the caller refuses it.
+    fn serve_stale(&self, id: KeyId, presented: crate::cache::Fingerprint) -> Option<Arc<Facts>> {
+        let now = Instant::now();
+        let (facts, fingerprint) = self.inner.cache.get_stale(&id, now)?;
+        if !bool::from(presented[..].ct_eq(&fingerprint[..])) {
+            return None;
+        }
+        if !facts.revoked {
+            self.audit_best_effort(AuditAction::ServedStale, None, Some(&facts.org), Some(id));
+        }
+        Some(facts)
     }
 
     /// Audits a failed verification. Its time is the clock's whole second at the monotonic

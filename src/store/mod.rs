@@ -56,6 +56,16 @@ pub trait ChangeListener: Send + Sync {
     fn connected(&self);
     /// The feed is lost: changes may go unreported until [`ChangeListener::connected`].
     fn disconnected(&self);
+    /// The feed delivered a probe that was sent (through the database, on the feed's own
+    /// channel) at `sent`: every change committed before `sent` has been reported.
+    ///
+    /// A store whose feed may hang silently calls this regularly, and before its
+    /// [`ChangeListener::connected`] (once the first probe came back). From the first call
+    /// on, the listener trusts the feed only until the last probe's `sent` + its fallback
+    /// TTL, instead of until [`ChangeListener::disconnected`]. The default does nothing.
+    fn proven(&self, sent: std::time::Instant) {
+        let _ = sent;
+    }
 }
 
 /// Where an organization's keys live. Hosts implement it over their own database; this crate

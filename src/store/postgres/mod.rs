@@ -28,16 +28,20 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use futures_util::future::BoxFuture;
-use futures_util::stream::{Stream, StreamExt};
 use time::OffsetDateTime;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres::{AsyncMessage, NoTls, Row, Socket};
+use tokio_postgres::{NoTls, Row, Socket};
 
 use super::sql::{corrupt, record_json, unix};
-use super::{Change, ChangeKind, ChangeListener, KeyStore};
-use crate::{BoxError, KeyId, KeyRecord, OrgId, StoreError};
+use super::{ChangeListener, KeyStore};
+use crate::{KeyId, KeyRecord, OrgId, StoreError};
+
+mod error;
+mod feed;
+
+pub use error::{PostgresError, PostgresErrorKind};
+use error::{pg, pool_err};
+use feed::{FeedConnector, run_feed};
 
 /// The schema version this crate writes. A database with a higher version is refused.
 const SCHEMA_VERSION: i32 = 1;
@@ -61,143 +65,12 @@ const MIGRATIONS: &[&str] = &[r#"
 const MIGRATION_LOCK: i64 = 0x6170_692d_6b65_7973;
 
 /// The notification channel of the change feed (also spelled out in the statements).
-const CHANNEL: &str = "api_keys_changes";
+pub(crate) const CHANNEL: &str = "api_keys_changes";
 
 const DEFAULT_APPLICATION_NAME: &str = "api-keys";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const POOL_TIMEOUT: Duration = Duration::from_secs(15);
-/// How often the feed task checks that its listener still exists.
-const FEED_TICK: Duration = Duration::from_secs(1);
-/// Every this many ticks, the feed connection is probed with a query (a connection that died
-/// silently would otherwise go unnoticed).
-const HEARTBEAT_TICKS: u32 = 2;
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
 const SELECT: &str = "SELECT id, org, revision, last_used_at, record::text FROM api_keys";
-
-/// What went wrong in a [`PostgresStore`]; see [`PostgresError::kind`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PostgresErrorKind {
-    /// The connection URL could not be parsed. The message never repeats the URL (it may
-    /// hold a password).
-    InvalidUrl,
-    /// No connection could be made (server down, refused, authentication failed, timed out
-    /// waiting for the pool, ...).
-    Connect,
-    /// An established connection was lost. The pool replaces it: the next call reconnects.
-    ConnectionLost,
-    /// The database's key-store schema is newer than this version of the crate knows. Nothing
-    /// was changed; upgrade the crate.
-    NewerSchema {
-        /// The version found in the database.
-        found: i32,
-        /// The newest version this crate knows.
-        supported: i32,
-    },
-    /// A value cannot be stored (a revision above `i64::MAX`).
-    OutOfRange,
-    /// [`PostgresStore::connect`] was called outside a tokio runtime.
-    NoRuntime,
-    /// The server refused a statement.
-    Query,
-}
-
-/// The source of the [`StoreError::Backend`] errors of a [`PostgresStore`]: what failed,
-/// with the driver's own error as its source. Reach it with [`std::error::Error::source`]
-/// and `downcast_ref::<PostgresError>()`.
-#[derive(Debug)]
-pub struct PostgresError {
-    kind: PostgresErrorKind,
-    source: Option<BoxError>,
-}
-
-impl PostgresError {
-    /// What went wrong.
-    pub fn kind(&self) -> PostgresErrorKind {
-        self.kind
-    }
-
-    fn new(kind: PostgresErrorKind, source: Option<BoxError>) -> Self {
-        PostgresError { kind, source }
-    }
-
-    /// Classifies a driver error: a lost connection, or a refused statement.
-    fn from_pg(e: tokio_postgres::Error) -> Self {
-        let lost = e.is_closed()
-            || match e.code() {
-                None => e.as_db_error().is_none(),
-                Some(code) => {
-                    code.code().starts_with("08")
-                        || *code == SqlState::ADMIN_SHUTDOWN
-                        || *code == SqlState::CRASH_SHUTDOWN
-                        || *code == SqlState::CANNOT_CONNECT_NOW
-                }
-            };
-        let kind = if lost {
-            PostgresErrorKind::ConnectionLost
-        } else {
-            PostgresErrorKind::Query
-        };
-        Self::new(kind, Some(Box::new(e)))
-    }
-}
-
-impl fmt::Display for PostgresError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            PostgresErrorKind::InvalidUrl => f.write_str("invalid PostgreSQL connection URL"),
-            PostgresErrorKind::Connect => f.write_str("cannot connect to PostgreSQL"),
-            PostgresErrorKind::ConnectionLost => f.write_str(
-                "the PostgreSQL connection was lost (the next call uses a new connection)",
-            ),
-            PostgresErrorKind::NewerSchema { found, supported } => write!(
-                f,
-                "the PostgreSQL key store has schema version {found}, newer than version {supported} known to this version of api-keys; upgrade api-keys (nothing was changed)"
-            ),
-            PostgresErrorKind::OutOfRange => {
-                f.write_str("a revision above i64::MAX cannot be stored in PostgreSQL")
-            }
-            PostgresErrorKind::NoRuntime => {
-                f.write_str("PostgresStore must be created inside a tokio runtime")
-            }
-            PostgresErrorKind::Query => f.write_str("PostgreSQL refused a statement"),
-        }
-    }
-}
-
-impl std::error::Error for PostgresError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
-    }
-}
-
-fn pg(e: tokio_postgres::Error) -> StoreError {
-    StoreError::backend(PostgresError::from_pg(e))
-}
-
-fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
-    // A pooled connection that fails its recycling check is replaced transparently, so what
-    // reaches us is a failure to make a new one (or a timeout waiting for one).
-    StoreError::backend(PostgresError::new(
-        PostgresErrorKind::Connect,
-        Some(Box::new(e)),
-    ))
-}
-
-/// A connection for the change feed: the client and the stream of the connection's
-/// asynchronous messages (driving that stream drives the connection).
-type FeedConnection = (
-    tokio_postgres::Client,
-    Pin<Box<dyn Stream<Item = Result<AsyncMessage, tokio_postgres::Error>> + Send>>,
-);
-type FeedConnector = Arc<
-    dyn Fn() -> BoxFuture<'static, Result<FeedConnection, tokio_postgres::Error>> + Send + Sync,
->;
 
 struct Inner {
     pool: Pool,
@@ -218,12 +91,16 @@ struct Inner {
 ///   same statement (and so the same transaction). [`KeyStore::changes`] starts a task on
 ///   the tokio runtime that [`PostgresStore::connect`] ran on, with its own `LISTEN`
 ///   connection (named `<application_name>-feed` in `pg_stat_activity`): it reports each
-///   notification, reports [`ChangeListener::connected`] once `LISTEN` is active and
-///   [`ChangeListener::disconnected`] when the connection drops or stops answering its
-///   heartbeat (a query every 2 s, answered within 3 s: a connection that died silently is
-///   noticed within about 5 s), then reconnects with backoff (100 ms doubling to 5 s).
-///   It holds the listener weakly and ends, closing its connection, within about a second
-///   of the listener being dropped. `touch` sends no notification (last use is not cached).
+///   notification, and *proves* the feed live every 200 ms by sending a `NOTIFY` with a
+///   random nonce on the same channel through that connection and waiting for it to come
+///   back ([`ChangeListener::proven`]): a manager trusts its cache beyond the fallback TTL
+///   only until the last proof's send time + its fallback TTL, so a frozen backend, a hung
+///   socket or a transaction-pooling proxy (where `LISTEN` "works" and nothing arrives)
+///   cannot let a revoked key through for longer than that. It reports
+///   [`ChangeListener::connected`] once the first probe came back and
+///   [`ChangeListener::disconnected`] when the connection drops or no probe came back for
+///   3 s, then reconnects with backoff (100 ms doubling to 5 s). It holds the listener
+///   weakly and ends, closing its connection, within about 200 ms. `touch` sends no notification (last use is not cached).
 ///
 /// Cloning is cheap; clones share the pool.
 #[derive(Clone)]
@@ -599,169 +476,5 @@ impl KeyStore for PostgresStore {
             .runtime
             .spawn(run_feed(self.inner.feed.clone(), listener));
         true
-    }
-}
-
-/// Parses a notification payload `<id>:<revision>:<insert|update|delete>`.
-fn parse_payload(payload: &str) -> Option<Change> {
-    let mut parts = payload.split(':');
-    let id = KeyId::parse(parts.next()?).ok()?;
-    let revision = parts.next()?.parse().ok()?;
-    let kind = match parts.next()? {
-        "insert" => ChangeKind::Inserted,
-        "update" => ChangeKind::Updated,
-        "delete" => ChangeKind::Deleted,
-        _ => return None,
-    };
-    if parts.next().is_some() {
-        return None;
-    }
-    Some(Change { id, revision, kind })
-}
-
-/// How a feed connection ended.
-enum FeedEnd {
-    /// The listener is gone: stop for good.
-    ListenerGone,
-    /// The connection failed or was lost; `was_live` if `LISTEN` had become active.
-    Lost { was_live: bool },
-}
-
-/// The change-feed task: connect, `LISTEN`, report, and reconnect with backoff, until the
-/// listener is dropped.
-async fn run_feed(connect: FeedConnector, listener: Weak<dyn ChangeListener>) {
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        if listener.strong_count() == 0 {
-            return;
-        }
-        let end = match connect().await {
-            Ok((client, messages)) => listen(&client, messages, &listener).await,
-            Err(e) => {
-                tracing::warn!(target: "api_keys", error = %e, "change feed: cannot connect to PostgreSQL");
-                FeedEnd::Lost { was_live: false }
-            }
-        };
-        match end {
-            FeedEnd::ListenerGone => return,
-            FeedEnd::Lost { was_live } => {
-                if was_live {
-                    if let Some(l) = listener.upgrade() {
-                        l.disconnected();
-                    }
-                    backoff = MIN_BACKOFF;
-                }
-            }
-        }
-        // Sleep in ticks so that a dropped listener ends the task promptly.
-        let mut slept = Duration::ZERO;
-        while slept < backoff {
-            if listener.strong_count() == 0 {
-                return;
-            }
-            let step = (backoff - slept).min(FEED_TICK);
-            tokio::time::sleep(step).await;
-            slept += step;
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
-}
-
-/// Runs one feed connection until it is lost or the listener is gone.
-async fn listen(
-    client: &tokio_postgres::Client,
-    mut messages: Pin<Box<dyn Stream<Item = Result<AsyncMessage, tokio_postgres::Error>> + Send>>,
-    listener: &Weak<dyn ChangeListener>,
-) -> FeedEnd {
-    // The connection is driven by its own task, which forwards notifications here; queries on
-    // `client` (LISTEN, heartbeats) need it driven while they wait.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
-        while let Some(message) = messages.next().await {
-            let failed = message.is_err();
-            if tx.send(message).is_err() || failed {
-                break;
-            }
-        }
-    });
-    let _abort = AbortOnDrop(driver);
-
-    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
-        tracing::warn!(target: "api_keys", error = %e, "change feed: LISTEN failed");
-        return FeedEnd::Lost { was_live: false };
-    }
-    match listener.upgrade() {
-        Some(l) => l.connected(),
-        None => return FeedEnd::ListenerGone,
-    }
-    tracing::debug!(target: "api_keys", "change feed: listening");
-    let mut tick = tokio::time::interval(FEED_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks = 0u32;
-    // The heartbeat in flight, if any: polled alongside the notifications, so a slow probe
-    // never holds them back.
-    let mut probe: Option<BoxFuture<'_, bool>> = None;
-    loop {
-        tokio::select! {
-            message = rx.recv() => match message {
-                Some(Ok(AsyncMessage::Notification(n))) => {
-                    let Some(l) = listener.upgrade() else {
-                        return FeedEnd::ListenerGone;
-                    };
-                    match parse_payload(n.payload()) {
-                        Some(change) => l.changed(change),
-                        None => {
-                            // Something we cannot attribute to one key: forget everything.
-                            tracing::warn!(target: "api_keys", "change feed: unrecognized notification; flushing the cache");
-                            l.disconnected();
-                            l.connected();
-                        }
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    tracing::warn!(target: "api_keys", error = %e, "change feed: connection lost");
-                    return FeedEnd::Lost { was_live: true };
-                }
-                None => {
-                    tracing::warn!(target: "api_keys", "change feed: connection closed");
-                    return FeedEnd::Lost { was_live: true };
-                }
-            },
-            ok = async {
-                match probe.as_mut() {
-                    Some(p) => p.await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                probe = None;
-                if !ok {
-                    tracing::warn!(target: "api_keys", "change feed: heartbeat failed");
-                    return FeedEnd::Lost { was_live: true };
-                }
-            }
-            _ = tick.tick() => {
-                if listener.strong_count() == 0 {
-                    return FeedEnd::ListenerGone;
-                }
-                ticks += 1;
-                if probe.is_none() && ticks.is_multiple_of(HEARTBEAT_TICKS) {
-                    probe = Some(Box::pin(async {
-                        matches!(
-                            tokio::time::timeout(HEARTBEAT_TIMEOUT, client.simple_query("SELECT 1")).await,
-                            Ok(Ok(_))
-                        )
-                    }));
-                }
-            }
-        }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -311,7 +311,7 @@ async fn testkit_conforms() {
     };
     let store = connect(&cfg, &app("testkit")).await;
     api_keys::testkit::run(&store).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 1);
+    assert_eq!(store.schema_version().await.unwrap(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,6 +368,116 @@ async fn a_revoke_on_one_node_is_refused_on_another_within_a_second() {
         "postgres: revoke on node A took {revoke_took:?}; node B refused the key {seen:?} after the revoke returned"
     ));
     assert!(seen < Duration::from_secs(1), "took {seen:?}");
+}
+
+/// Polls `verify` until it gives the wanted outcome, at most `limit`.
+async fn until_verify<S: KeyStore + 'static>(
+    node: &KeyManager<S>,
+    key: &str,
+    limit: Duration,
+    want: impl Fn(&Result<api_keys::Verified, Error>) -> bool,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() <= limit {
+        if want(&node.verify(key, &Scope::Prometheus).await) {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+/// Rows changed with plain SQL (a host's own statement, a restore) reach every node's cache
+/// through the table's trigger, not only changes this crate makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_sql_changes_reach_every_node_within_a_second() {
+    let Some(cfg) = database_url("plain_sql_changes_reach_every_node_within_a_second") else {
+        return;
+    };
+    let org = org();
+    let actor = manager_of(&org);
+    let node_a = KeyManager::builder(connect(&cfg, &app("sql-a")).await, keyring())
+        .build()
+        .unwrap();
+    // Node B would cache for a minute, and 10 s without a feed.
+    let b_store = Arc::new(Observed::new(connect(&cfg, &app("sql-b")).await));
+    let node_b = KeyManager::builder(b_store.clone(), keyring())
+        .cache_ttl(Duration::from_secs(60))
+        .cache_fallback_ttl(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        b_store.feed.count(&FeedEvent::Connected) == 1
+    })
+    .await
+    .expect("node B's change feed never connected");
+    let admin = admin(&cfg, None).await;
+    let make = |name: &'static str| {
+        node_a.generate(&actor, GenerateRequest::new(name).scope(Scope::Prometheus))
+    };
+    let (deleted, deleted_info) = make("deleted").await.unwrap();
+    let (restored, restored_info) = make("restored").await.unwrap();
+    for k in [&deleted, &restored] {
+        node_b
+            .verify(k.expose_secret(), &Scope::Prometheus)
+            .await
+            .unwrap();
+    }
+
+    // An external DELETE.
+    admin
+        .execute(
+            "DELETE FROM api_keys WHERE id = $1",
+            &[&deleted_info.id.to_string()],
+        )
+        .await
+        .unwrap();
+    let seen_delete = until_verify(
+        &node_b,
+        deleted.expose_secret(),
+        Duration::from_secs(1),
+        |r| matches!(r, Err(Error::InvalidKey)),
+    )
+    .await
+    .expect("node B still accepted a key deleted with plain SQL after 1 s");
+
+    // An external UPDATE: a restore of the row as it was before a revoke.
+    let id = restored_info.id.to_string();
+    let before = admin
+        .query_one(
+            "SELECT revision, record::text FROM api_keys WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (revision, record): (i64, String) = (before.get(0), before.get(1));
+    node_a.revoke(&actor, &restored_info.id).await.unwrap();
+    until_verify(
+        &node_b,
+        restored.expose_secret(),
+        Duration::from_secs(1),
+        |r| matches!(r, Err(Error::Revoked)),
+    )
+    .await
+    .expect("node B never saw the revoke");
+    admin
+        .execute(
+            "UPDATE api_keys SET revision = $2, record = $3::text::jsonb WHERE id = $1",
+            &[&id, &revision, &record],
+        )
+        .await
+        .unwrap();
+    let seen_update = until_verify(
+        &node_b,
+        restored.expose_secret(),
+        Duration::from_secs(1),
+        Result::is_ok,
+    )
+    .await
+    .expect("node B still refused a key restored with plain SQL after 1 s");
+    report(&format!(
+        "postgres plain SQL: a DELETE was seen by another node after {seen_delete:?}, an UPDATE after {seen_update:?}"
+    ));
 }
 
 #[tokio::test]
@@ -739,7 +849,7 @@ async fn fresh_database_concurrent_migration_and_newer_schema() {
         .collect();
     for n in nodes {
         let store = n.await.unwrap().unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 1);
+        assert_eq!(store.schema_version().await.unwrap(), 2);
     }
     let in_db = admin_db(&cfg, &db).await;
     in_db
@@ -753,7 +863,7 @@ async fn fresh_database_concurrent_migration_and_newer_schema() {
         pg_error(&e).kind(),
         PostgresErrorKind::NewerSchema {
             found: 9,
-            supported: 1
+            supported: 2
         }
     );
     assert!(chain(&e).contains("upgrade api-keys"));

@@ -164,6 +164,12 @@ async fn listen(
                     }
                     match parse_payload(payload) {
                         Some(change) => l.changed(change),
+                        None if payload == "reset" => {
+                            // A TRUNCATE: a new epoch, every entry keeps only its fallback
+                            // deadline.
+                            l.disconnected();
+                            l.connected();
+                        }
                         None => {
                             // Something we cannot attribute to one key: start a new epoch,
                             // so that every entry keeps only its fallback deadline.

@@ -1,7 +1,7 @@
 //! [`PostgresStore`]: keys in PostgreSQL, shared by many server nodes, with a
 //! `LISTEN/NOTIFY` change feed (feature `postgres`).
 //!
-//! Layout (schema version 1):
+//! Layout (schema version 2):
 //!
 //! ```sql
 //! CREATE TABLE api_keys_schema (version INTEGER NOT NULL);   -- one row
@@ -17,9 +17,11 @@
 //! CREATE INDEX api_keys_expires_at ON api_keys (expires_at);
 //! ```
 //!
-//! Every insert, update and delete is one statement that also calls
-//! `pg_notify('api_keys_changes', '<id>:<revision>:<insert|update|delete>')`, so the
-//! notification is sent if and only if the change commits.
+//! Version 2 adds a trigger (see [`MIGRATIONS`]): every row inserted, deleted, or updated in
+//! any column but `last_used_at` calls
+//! `pg_notify('api_keys_changes', '<id>:<revision>:<insert|update|delete>')`, and a
+//! `TRUNCATE` sends `reset`; so the notification is sent if and only if the change commits,
+//! whoever made it: this crate, the host's own SQL, a restore or a migration.
 
 use std::fmt;
 use std::pin::Pin;
@@ -44,10 +46,11 @@ use error::{pg, pool_err};
 use feed::{FeedConnector, run_feed};
 
 /// The schema version this crate writes. A database with a higher version is refused.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE api_keys (
         id           TEXT COLLATE "C" PRIMARY KEY,
         org          TEXT   NOT NULL,
@@ -58,7 +61,33 @@ const MIGRATIONS: &[&str] = &[r#"
     );
     CREATE INDEX api_keys_org ON api_keys (org);
     CREATE INDEX api_keys_expires_at ON api_keys (expires_at);
-"#];
+"#,
+    r#"
+    CREATE OR REPLACE FUNCTION api_keys_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'TRUNCATE' THEN
+            PERFORM pg_notify('api_keys_changes', 'reset');
+            RETURN NULL;
+        END IF;
+        IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.id IS DISTINCT FROM NEW.id) THEN
+            PERFORM pg_notify('api_keys_changes', OLD.id || ':0:delete');
+        END IF;
+        IF TG_OP = 'INSERT' THEN
+            PERFORM pg_notify('api_keys_changes', NEW.id || ':' || NEW.revision || ':insert');
+        ELSIF TG_OP = 'UPDATE' THEN
+            PERFORM pg_notify('api_keys_changes', NEW.id || ':' || NEW.revision || ':update');
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER api_keys_notify
+        AFTER INSERT OR DELETE OR UPDATE OF id, org, revision, expires_at, record ON api_keys
+        FOR EACH ROW EXECUTE FUNCTION api_keys_notify();
+    CREATE TRIGGER api_keys_notify_truncate
+        AFTER TRUNCATE ON api_keys
+        FOR EACH STATEMENT EXECUTE FUNCTION api_keys_notify();
+"#,
+];
 
 /// Serializes concurrent migrations (any constant unlikely to collide with the host's own
 /// advisory locks: "api-keys" in ASCII).
@@ -87,8 +116,9 @@ struct Inner {
 /// - The schema is created or migrated on connect (under an advisory lock, so nodes starting
 ///   together do not race); a database written by a newer version of this crate is refused.
 /// - `update` is `UPDATE ... WHERE id = $1 AND revision = $2`; ids are `TEXT COLLATE "C"`.
-/// - Change feed: every insert, update and delete notifies channel `api_keys_changes` in the
-///   same statement (and so the same transaction). [`KeyStore::changes`] starts a task on
+/// - Change feed: a trigger on the table notifies channel `api_keys_changes` of every
+///   insert, delete and update (except of `last_used_at` alone) in the same transaction,
+///   whoever made it (the host's own SQL too). [`KeyStore::changes`] starts a task on
 ///   the tokio runtime that [`PostgresStore::connect`] ran on, with its own `LISTEN`
 ///   connection (named `<application_name>-feed` in `pg_stat_activity`): it reports each
 ///   notification, and *proves* the feed live every 200 ms by sending a `NOTIFY` with a
@@ -306,18 +336,14 @@ impl KeyStore for PostgresStore {
             let client = self.client().await?;
             let stmt = client
                 .prepare_cached(
-                    "WITH ins AS (
-                         INSERT INTO api_keys (id, org, revision, expires_at, last_used_at, record)
-                         VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
-                         ON CONFLICT (id) DO NOTHING
-                         RETURNING id, revision)
-                     SELECT pg_notify('api_keys_changes', id || ':' || revision || ':insert')
-                     FROM ins",
+                    "INSERT INTO api_keys (id, org, revision, expires_at, last_used_at, record)
+                     VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
+                     ON CONFLICT (id) DO NOTHING",
                 )
                 .await
                 .map_err(pg)?;
             let rows = client
-                .query(
+                .execute(
                     &stmt,
                     &[
                         &record.id.to_string(),
@@ -330,7 +356,7 @@ impl KeyStore for PostgresStore {
                 )
                 .await
                 .map_err(pg)?;
-            if rows.is_empty() {
+            if rows == 0 {
                 Err(StoreError::Duplicate)
             } else {
                 Ok(())
@@ -370,19 +396,15 @@ impl KeyStore for PostgresStore {
                 // caller's copy is older than a concurrent `touch`.
                 let stmt = client
                     .prepare_cached(
-                        "WITH upd AS (
-                             UPDATE api_keys SET org = $3, revision = $4, expires_at = $5,
-                                 last_used_at = GREATEST(last_used_at, $6),
-                                 record = $7::text::jsonb
-                             WHERE id = $1 AND revision = $2
-                             RETURNING id, revision)
-                         SELECT pg_notify('api_keys_changes', id || ':' || revision || ':update')
-                         FROM upd",
+                        "UPDATE api_keys SET org = $3, revision = $4, expires_at = $5,
+                             last_used_at = GREATEST(last_used_at, $6),
+                             record = $7::text::jsonb
+                         WHERE id = $1 AND revision = $2",
                     )
                     .await
                     .map_err(pg)?;
                 let rows = client
-                    .query(
+                    .execute(
                         &stmt,
                         &[
                             &id,
@@ -396,7 +418,7 @@ impl KeyStore for PostgresStore {
                     )
                     .await
                     .map_err(pg)?;
-                if !rows.is_empty() {
+                if rows > 0 {
                     return Ok(());
                 }
             }
@@ -418,14 +440,11 @@ impl KeyStore for PostgresStore {
         async move {
             let client = self.client().await?;
             let stmt = client
-                .prepare_cached(
-                    "WITH del AS (DELETE FROM api_keys WHERE id = $1 RETURNING id)
-                     SELECT pg_notify('api_keys_changes', id || ':0:delete') FROM del",
-                )
+                .prepare_cached("DELETE FROM api_keys WHERE id = $1")
                 .await
                 .map_err(pg)?;
-            let rows = client.query(&stmt, &[&id]).await.map_err(pg)?;
-            Ok(!rows.is_empty())
+            let rows = client.execute(&stmt, &[&id]).await.map_err(pg)?;
+            Ok(rows > 0)
         }
     }
 

@@ -41,6 +41,8 @@ pub struct KeyManagerBuilder<S> {
     fallback_ttl: StdDuration,
     max_stale: StdDuration,
     cache_capacity: usize,
+    last_use_interval: StdDuration,
+    last_use_capacity: usize,
 }
 
 impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
@@ -96,6 +98,21 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
         self
     }
 
+    /// How often buffered last uses are written to the store, in one batch (default 10 s).
+    /// A verify never waits on that write; a crash loses at most the uses of one interval
+    /// (each key's use is recorded at most once a minute anyway).
+    pub fn last_use_flush_interval(mut self, interval: StdDuration) -> Self {
+        self.last_use_interval = interval;
+        self
+    }
+
+    /// Most keys whose last use waits in the buffer (default 10 000); uses beyond it, while
+    /// the store is slow, are dropped and logged.
+    pub fn last_use_buffer(mut self, capacity: usize) -> Self {
+        self.last_use_capacity = capacity;
+        self
+    }
+
     /// Most records kept in the cache (default 100 000). Zero disables the cache.
     pub fn cache_capacity(mut self, n: usize) -> Self {
         self.cache_capacity = n;
@@ -132,6 +149,7 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
                 policy: self.policy,
                 audit: self.audit,
                 cache,
+                uses: uses::Uses::new(self.last_use_capacity, self.last_use_interval),
             }),
         })
     }
@@ -145,6 +163,7 @@ struct Inner<S> {
     policy: Policy,
     audit: Arc<dyn AuditSink>,
     cache: Arc<Cache>,
+    uses: uses::Uses,
 }
 
 /// Generates, verifies and manages an organization's API keys over a [`KeyStore`].
@@ -185,6 +204,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             fallback_ttl: StdDuration::from_secs(1),
             max_stale: StdDuration::ZERO,
             cache_capacity: 100_000,
+            last_use_interval: StdDuration::from_secs(10),
+            last_use_capacity: 10_000,
         }
     }
 
@@ -375,6 +396,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
 
 mod lifecycle;
 mod manage;
+mod uses;
 mod verify;
 
 pub use lifecycle::RewrapReport;

@@ -61,7 +61,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             self.verify_failed(class, Some(&facts.org), Some(id), mono);
             return Err(err);
         }
-        self.touch(&facts, now).await;
+        if self.record_use(&facts, now) {
+            self.flush_inline().await;
+        }
         Ok(Verified::new(facts))
     }
 
@@ -161,26 +163,6 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         };
         if let Err(e) = self.inner.audit.record(&event) {
             tracing::error!(target: "api_keys::audit", error = %e, "audit sink failed");
-        }
-    }
-
-    /// Records last use at most once a minute per key and process; a failing `touch` is
-    /// logged and never fails the verification.
-    async fn touch(&self, facts: &Facts, now: i64) {
-        let last = facts.last_touch.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < TOUCH_INTERVAL_SECS
-            || facts
-                .last_touch
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        let Ok(at) = OffsetDateTime::from_unix_timestamp(now) else {
-            return;
-        };
-        if let Err(e) = self.inner.store.touch(&facts.id, at).await {
-            tracing::warn!(target: "api_keys", key_id = %facts.id, error = %e, "could not record last use");
         }
     }
 

@@ -474,18 +474,32 @@ impl KeyStore for PostgresStore {
         id: &KeyId,
         at: OffsetDateTime,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let id = id.to_string();
-        let at = at.unix_timestamp();
+        let uses = [(*id, at)];
+        async move { self.touch_many(&uses).await }
+    }
+
+    /// One `UPDATE` for the whole batch.
+    fn touch_many(
+        &self,
+        uses: &[(KeyId, OffsetDateTime)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let ids: Vec<String> = uses.iter().map(|(id, _)| id.to_string()).collect();
+        let ats: Vec<i64> = uses.iter().map(|(_, at)| at.unix_timestamp()).collect();
         async move {
+            if ids.is_empty() {
+                return Ok(());
+            }
             let client = self.client().await?;
             let stmt = client
                 .prepare_cached(
-                    "UPDATE api_keys SET last_used_at = $2
-                     WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+                    "UPDATE api_keys AS k SET last_used_at = u.at
+                     FROM (SELECT id, max(at) AS at
+                           FROM unnest($1::text[], $2::bigint[]) AS x(id, at) GROUP BY id) AS u
+                     WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
                 )
                 .await
                 .map_err(pg)?;
-            client.execute(&stmt, &[&id, &at]).await.map_err(pg)?;
+            client.execute(&stmt, &[&ids, &ats]).await.map_err(pg)?;
             Ok(())
         }
     }

@@ -165,7 +165,7 @@ async fn wait_for_backends(
 }
 
 async fn connect(cfg: &tokio_postgres::Config, app: &str) -> PostgresStore {
-    PostgresStore::connect(&conninfo(cfg, app, None, None))
+    PostgresStore::connect_and_migrate(&conninfo(cfg, app, None, None))
         .await
         .unwrap()
 }
@@ -593,7 +593,7 @@ async fn feed_loss_falls_back_to_the_short_ttl_and_reconnects() {
     let proxy = Proxy::start(tcp_target(&cfg)).await;
     let b_name = app("loss-b");
     let b_store = Arc::new(Observed::new(
-        PostgresStore::connect(&conninfo(&cfg, &b_name, Some(proxy.addr), None))
+        PostgresStore::connect_and_migrate(&conninfo(&cfg, &b_name, Some(proxy.addr), None))
             .await
             .unwrap(),
     ));
@@ -710,9 +710,10 @@ async fn a_silently_dead_feed_is_noticed_by_its_heartbeat() {
         return;
     };
     let proxy = Proxy::start(tcp_target(&cfg)).await;
-    let store = PostgresStore::connect(&conninfo(&cfg, &app("silent"), Some(proxy.addr), None))
-        .await
-        .unwrap();
+    let store =
+        PostgresStore::connect_and_migrate(&conninfo(&cfg, &app("silent"), Some(proxy.addr), None))
+            .await
+            .unwrap();
     let (spy, log) = Spy::recorder();
     let listener: Arc<dyn ChangeListener> = spy;
     store.changes(Arc::downgrade(&listener));
@@ -746,9 +747,14 @@ async fn connection_loss_is_reported_then_recovered_on_the_next_call() {
         return;
     };
     let proxy = Proxy::start(tcp_target(&cfg)).await;
-    let store = PostgresStore::connect(&conninfo(&cfg, &app("conn-loss"), Some(proxy.addr), None))
-        .await
-        .unwrap();
+    let store = PostgresStore::connect_and_migrate(&conninfo(
+        &cfg,
+        &app("conn-loss"),
+        Some(proxy.addr),
+        None,
+    ))
+    .await
+    .unwrap();
     let rec = api_keys::testkit::sample_record(random_id(), &org());
     store.insert(rec.clone()).await.unwrap();
     assert_eq!(store.get(&rec.id).await.unwrap().as_ref(), Some(&rec));
@@ -793,7 +799,9 @@ async fn bad_urls_are_clear_errors() {
         "host=localhost password=hunter2 sslmode=sometimes",
         "this is not a connection string at all",
     ] {
-        let e = PostgresStore::connect(url).await.expect_err(url);
+        let e = PostgresStore::connect_and_migrate(url)
+            .await
+            .expect_err(url);
         assert_eq!(pg_error(&e).kind(), PostgresErrorKind::InvalidUrl, "{url}");
         let text = chain(&e);
         assert!(text.contains("invalid PostgreSQL connection URL"), "{text}");
@@ -806,7 +814,7 @@ async fn bad_urls_are_clear_errors() {
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let e = PostgresStore::connect(&format!(
+    let e = PostgresStore::connect_and_migrate(&format!(
         "postgres://postgres:hunter2@127.0.0.1:{port}/x?connect_timeout=5"
     ))
     .await
@@ -814,7 +822,7 @@ async fn bad_urls_are_clear_errors() {
     assert_eq!(pg_error(&e).kind(), PostgresErrorKind::Connect);
     assert!(!chain(&e).contains("hunter2"));
     // A real server, a database that does not exist.
-    let e = PostgresStore::connect(&conninfo(
+    let e = PostgresStore::connect_and_migrate(&conninfo(
         &cfg,
         &app("bad-db"),
         None,
@@ -844,7 +852,7 @@ async fn fresh_database_concurrent_migration_and_newer_schema() {
     let nodes: Vec<_> = (0..4)
         .map(|_| {
             let url = url.clone();
-            tokio::spawn(async move { PostgresStore::connect(&url).await })
+            tokio::spawn(async move { PostgresStore::connect_and_migrate(&url).await })
         })
         .collect();
     for n in nodes {
@@ -856,7 +864,7 @@ async fn fresh_database_concurrent_migration_and_newer_schema() {
         .batch_execute("UPDATE api_keys_schema SET version = 9")
         .await
         .unwrap();
-    let e = PostgresStore::connect(&url)
+    let e = PostgresStore::connect_and_migrate(&url)
         .await
         .expect_err("a newer schema was accepted");
     assert_eq!(
@@ -1015,4 +1023,198 @@ async fn verifies_do_not_wait_on_last_use_while_writes_are_blocked() {
         "postgres writes blocked by LOCK TABLE: {} verifies of unused keys took {took:?} in all (with 50 ms pauses), none failed",
         keys.len()
     ));
+}
+
+/// `connect` only checks the schema; `migrate` is its own step; a role with nothing but
+/// SELECT/INSERT/UPDATE/DELETE on the tables (and SELECT on the version table) then runs
+/// everything: the conformance suite, the change feed, a manager.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_least_privilege_role_connects_after_migrate_ran_as_the_owner() {
+    let Some(cfg) = database_url("a_least_privilege_role_connects_after_migrate_ran_as_the_owner")
+    else {
+        return;
+    };
+    let admin = admin(&cfg, None).await;
+    let tag = format!("{:016x}", random_u64());
+    let db = format!("api_keys_lp_{tag}");
+    let role = format!("api_keys_app_{tag}");
+    for sql in [
+        format!("CREATE DATABASE {db}"),
+        format!("CREATE ROLE {role} LOGIN PASSWORD 'app-secret'"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+    let owner_url = conninfo(&cfg, &app("owner"), None, Some(&db));
+    let mut app_cfg = cfg.clone();
+    app_cfg.user(&role).password("app-secret");
+    let app_url = conninfo(&app_cfg, &app("least"), None, Some(&db));
+
+    // Before migrate: connect refuses, changing nothing.
+    let e = PostgresStore::connect(&owner_url)
+        .await
+        .expect_err("connect accepted a database without the schema");
+    assert_eq!(
+        pg_error(&e).kind(),
+        PostgresErrorKind::SchemaOutdated {
+            found: 0,
+            required: 2
+        }
+    );
+    assert!(
+        chain(&e).contains("run PostgresStore::migrate"),
+        "{}",
+        chain(&e)
+    );
+    let in_db = admin_db(&cfg, &db).await;
+    let tables: i64 = in_db
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'api_keys%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "connect created tables");
+    // The least-privilege role cannot migrate.
+    assert!(PostgresStore::migrate(&app_url).await.is_err());
+
+    PostgresStore::migrate(&owner_url).await.unwrap();
+    in_db
+        .batch_execute(&format!(
+            "GRANT CONNECT ON DATABASE {db} TO {role};
+             GRANT USAGE ON SCHEMA public TO {role};
+             GRANT SELECT ON api_keys_schema TO {role};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON api_keys TO {role};"
+        ))
+        .await
+        .unwrap();
+    let store = PostgresStore::connect(&app_url).await.unwrap();
+    api_keys::testkit::run(&store).await.unwrap();
+    // Migrating a current schema changes nothing, so the role may call it too.
+    PostgresStore::connect_and_migrate(&app_url).await.unwrap();
+    let feed_store = Arc::new(Observed::new(store.clone()));
+    let m = KeyManager::builder(feed_store.clone(), keyring())
+        .build()
+        .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        feed_store.feed.count(&FeedEvent::Connected) == 1
+    })
+    .await
+    .expect("the least-privilege role's change feed never connected");
+    let org = org();
+    let (key, _) = m
+        .generate(
+            &manager_of(&org),
+            GenerateRequest::new("k").scope(Scope::Prometheus),
+        )
+        .await
+        .unwrap();
+    m.verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    drop((m, feed_store, store, in_db));
+    for sql in [
+        format!("DROP DATABASE {db} WITH (FORCE)"),
+        format!("DROP ROLE {role}"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+}
+
+/// A pool wait and a statement timeout are each their own error kind, not "cannot connect".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_and_statement_timeouts_are_their_own_error_kinds() {
+    let Some(cfg) = database_url("pool_and_statement_timeouts_are_their_own_error_kinds") else {
+        return;
+    };
+    let name = app("timeouts");
+    let store = PostgresStore::options()
+        .pool_size(1)
+        .statement_timeout(Duration::from_secs(2))
+        .pool_wait_timeout(Duration::from_millis(300))
+        .connect_and_migrate(&conninfo(&cfg, &name, None, None))
+        .await
+        .unwrap();
+    let org = org();
+    let mut locker = admin(&cfg, None).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // The store's only connection waits on the lock ...
+    let listing = tokio::spawn({
+        let store = store.clone();
+        let org = org.clone();
+        async move { store.list(&org).await }
+    });
+    let watcher = admin(&cfg, None).await;
+    let waiting = async {
+        loop {
+            let n: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                    &[&name],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the listing never waited on the lock");
+    // ... so another call times out waiting for the pool,
+    let e = store
+        .get(&random_id())
+        .await
+        .expect_err("a call got a connection from a full pool");
+    assert_eq!(
+        pg_error(&e).kind(),
+        PostgresErrorKind::PoolTimeout,
+        "{}",
+        chain(&e)
+    );
+    assert!(chain(&e).contains("waiting for a free PostgreSQL connection"));
+    // ... and the stuck statement is cancelled by the statement timeout.
+    let e = listing
+        .await
+        .unwrap()
+        .expect_err("the listing finished despite the lock");
+    assert_eq!(
+        pg_error(&e).kind(),
+        PostgresErrorKind::StatementTimeout,
+        "{}",
+        chain(&e)
+    );
+    tx.rollback().await.unwrap();
+    // The connection is usable again.
+    store.list(&org).await.unwrap();
+}
+
+/// A `key=value` string with an unquoted space in the password: the driver's parse error
+/// quotes the next word, so it is never passed on.
+#[tokio::test]
+async fn a_malformed_connection_string_never_echoes_the_password() {
+    let Some(cfg) = database_url("a_malformed_connection_string_never_echoes_the_password") else {
+        return;
+    };
+    let (host, port) = tcp_target(&cfg);
+    let url = format!(
+        "host={host} port={port} user=postgres password=correct Horse battery=staple dbname=x"
+    );
+    let e = PostgresStore::connect(&url)
+        .await
+        .expect_err("a malformed string was accepted");
+    assert_eq!(pg_error(&e).kind(), PostgresErrorKind::InvalidUrl);
+    let text = format!("{}\n{e:?}", chain(&e));
+    for word in ["correct", "Horse", "battery", "staple"] {
+        assert!(
+            !text.contains(word),
+            "the error echoes part of the password ({word}): {text}"
+        );
+    }
 }

@@ -173,7 +173,7 @@ async fn warm_keys_verify_through_a_restart_and_stop_at_the_bound() {
     let bound = Duration::from_secs(5);
     let plain_audit = Recorder::default();
     let plain = manager(
-        PostgresStore::connect(&with_app(&server.url, &app("restart")))
+        PostgresStore::connect_and_migrate(&with_app(&server.url, &app("restart")))
             .await
             .unwrap(),
         bound,
@@ -183,7 +183,7 @@ async fn warm_keys_verify_through_a_restart_and_stop_at_the_bound() {
     .await;
     let stale_audit = Recorder::default();
     let stale = manager(
-        PostgresStore::connect(&with_app(&server.url, &app("stale")))
+        PostgresStore::connect_and_migrate(&with_app(&server.url, &app("stale")))
             .await
             .unwrap(),
         bound,
@@ -315,7 +315,7 @@ async fn a_key_revoked_while_the_feed_is_frozen_is_refused_within_the_bound() {
     let actor = Actor::manager(org.clone(), UserId::new("alice"));
     let bound = Duration::from_secs(1);
     let a = manager(
-        PostgresStore::connect(&with_app(&server.url, &app("node-a")))
+        PostgresStore::connect_and_migrate(&with_app(&server.url, &app("node-a")))
             .await
             .unwrap(),
         bound,
@@ -325,7 +325,7 @@ async fn a_key_revoked_while_the_feed_is_frozen_is_refused_within_the_bound() {
     .await;
     let b_app = app("node-b");
     let b = manager(
-        PostgresStore::connect(&with_app(&server.url, &b_app))
+        PostgresStore::connect_and_migrate(&with_app(&server.url, &b_app))
             .await
             .unwrap(),
         bound,

@@ -22,7 +22,7 @@ pub use sqlite::{SqliteError, SqliteErrorKind, SqliteStore};
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresError, PostgresErrorKind, PostgresStore};
+pub use postgres::{PostgresError, PostgresErrorKind, PostgresOptions, PostgresStore};
 
 /// What happened to a record, as a change feed reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,12 +10,28 @@ use crate::{BoxError, StoreError};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PostgresErrorKind {
-    /// The connection URL could not be parsed. The message never repeats the URL (it may
-    /// hold a password).
+    /// The connection URL could not be parsed. Neither the message nor a source repeats any
+    /// part of it (it may hold a password).
     InvalidUrl,
     /// No connection could be made (server down, refused, authentication failed, timed out
-    /// waiting for the pool, ...).
+    /// connecting, ...).
     Connect,
+    /// Every pooled connection stayed busy for the pool-wait timeout
+    /// ([`PostgresOptions::pool_wait_timeout`](super::PostgresOptions::pool_wait_timeout));
+    /// the server may be perfectly reachable. Raise the pool size or look for slow statements.
+    PoolTimeout,
+    /// The server cancelled a statement that ran, or waited on a lock, longer than the
+    /// statement timeout ([`PostgresOptions::statement_timeout`](super::PostgresOptions::statement_timeout)).
+    StatementTimeout,
+    /// The database's key-store schema is missing or older than this version of the crate
+    /// needs: run [`PostgresStore::migrate`](super::PostgresStore::migrate) as the schema's
+    /// owner. Nothing was changed.
+    SchemaOutdated {
+        /// The version found in the database (0: none).
+        found: i32,
+        /// The version this crate needs.
+        required: i32,
+    },
     /// An established connection was lost. The pool replaces it: the next call reconnects.
     ConnectionLost,
     /// The database's key-store schema is newer than this version of the crate knows. Nothing
@@ -65,7 +81,9 @@ impl PostgresError {
                         || *code == SqlState::CANNOT_CONNECT_NOW
                 }
             };
-        let kind = if lost {
+        let kind = if e.code() == Some(&SqlState::QUERY_CANCELED) {
+            PostgresErrorKind::StatementTimeout
+        } else if lost {
             PostgresErrorKind::ConnectionLost
         } else {
             PostgresErrorKind::Query
@@ -77,8 +95,20 @@ impl PostgresError {
 impl fmt::Display for PostgresError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
-            PostgresErrorKind::InvalidUrl => f.write_str("invalid PostgreSQL connection URL"),
+            PostgresErrorKind::InvalidUrl => f.write_str(
+                "invalid PostgreSQL connection URL (in a key=value string, quote values that hold spaces with single quotes)",
+            ),
             PostgresErrorKind::Connect => f.write_str("cannot connect to PostgreSQL"),
+            PostgresErrorKind::PoolTimeout => f.write_str(
+                "timed out waiting for a free PostgreSQL connection: every pooled connection stayed busy (raise the pool size or look for slow statements)",
+            ),
+            PostgresErrorKind::StatementTimeout => f.write_str(
+                "PostgreSQL cancelled a statement that exceeded the statement timeout (a locked table or an overloaded server)",
+            ),
+            PostgresErrorKind::SchemaOutdated { found, required } => write!(
+                f,
+                "the PostgreSQL key store has schema version {found}, but this version of api-keys needs version {required}: run PostgresStore::migrate as the schema's owner first (nothing was changed)"
+            ),
             PostgresErrorKind::ConnectionLost => f.write_str(
                 "the PostgreSQL connection was lost (the next call uses a new connection)",
             ),
@@ -110,10 +140,12 @@ pub(super) fn pg(e: tokio_postgres::Error) -> StoreError {
 }
 
 pub(super) fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    use deadpool_postgres::{PoolError, TimeoutType};
     // A pooled connection that fails its recycling check is replaced transparently, so what
-    // reaches us is a failure to make a new one (or a timeout waiting for one).
-    StoreError::backend(PostgresError::new(
-        PostgresErrorKind::Connect,
-        Some(Box::new(e)),
-    ))
+    // reaches us is a wait for a free connection, or a failure to make a new one.
+    let kind = match &e {
+        PoolError::Timeout(TimeoutType::Wait) => PostgresErrorKind::PoolTimeout,
+        _ => PostgresErrorKind::Connect,
+    };
+    StoreError::backend(PostgresError::new(kind, Some(Box::new(e))))
 }

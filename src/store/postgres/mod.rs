@@ -24,15 +24,12 @@
 //! whoever made it: this crate, the host's own SQL, a restore or a migration.
 
 use std::fmt;
-use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use time::OffsetDateTime;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres::{NoTls, Row, Socket};
+use tokio_postgres::{Row, Socket};
 
 use super::sql::{corrupt, record_json, unix};
 use super::{ChangeListener, KeyStore};
@@ -40,10 +37,12 @@ use crate::{KeyId, KeyRecord, OrgId, StoreError};
 
 mod error;
 mod feed;
+mod options;
 
 pub use error::{PostgresError, PostgresErrorKind};
 use error::{pg, pool_err};
 use feed::{FeedConnector, run_feed};
+pub use options::PostgresOptions;
 
 /// The schema version this crate writes. A database with a higher version is refused.
 const SCHEMA_VERSION: i32 = 2;
@@ -96,9 +95,6 @@ const MIGRATION_LOCK: i64 = 0x6170_692d_6b65_7973;
 /// The notification channel of the change feed (also spelled out in the statements).
 pub(crate) const CHANNEL: &str = "api_keys_changes";
 
-const DEFAULT_APPLICATION_NAME: &str = "api-keys";
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const POOL_TIMEOUT: Duration = Duration::from_secs(15);
 const SELECT: &str = "SELECT id, org, revision, last_used_at, record::text FROM api_keys";
 
 struct Inner {
@@ -149,20 +145,21 @@ impl fmt::Debug for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects without TLS to the database at `url` (a `postgres://` URL or a
-    /// `key=value` connection string, as `tokio-postgres` parses them) and creates or
-    /// migrates the schema. Must run inside a tokio runtime, which will run the change feed.
-    ///
-    /// Unless the URL sets them, the connections are named `api-keys` (`application_name`)
-    /// and time out after 10 s.
+    /// Connects without TLS to the database at `url` (a `postgres://` URL or a `key=value`
+    /// connection string, as `tokio-postgres` parses them), with the default
+    /// [`PostgresOptions`], and checks that the schema is current. It changes nothing in the
+    /// database, so a least-privilege role may use it (README, "Choosing a store", lists the
+    /// privileges); run [`PostgresStore::migrate`] once, as the schema's owner, before.
+    /// Must run inside a tokio runtime, which will run the change feed.
     ///
     /// # Errors
     /// [`StoreError::Backend`] with a [`PostgresError`] source of kind
     /// [`PostgresErrorKind::InvalidUrl`], [`PostgresErrorKind::Connect`],
-    /// [`PostgresErrorKind::NewerSchema`], [`PostgresErrorKind::NoRuntime`] or
+    /// [`PostgresErrorKind::SchemaOutdated`], [`PostgresErrorKind::NewerSchema`],
+    /// [`PostgresErrorKind::NoRuntime`], [`PostgresErrorKind::PoolTimeout`] or
     /// [`PostgresErrorKind::Query`].
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Self::connect_with_tls(url, NoTls).await
+        PostgresOptions::new().connect(url).await
     }
 
     /// Like [`PostgresStore::connect`], with a TLS connector (for example from the
@@ -177,79 +174,55 @@ impl PostgresStore {
         T::TlsConnect: Send + Sync,
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
-            StoreError::backend(PostgresError::new(
-                PostgresErrorKind::NoRuntime,
-                Some(Box::new(e)),
-            ))
-        })?;
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
-            StoreError::backend(PostgresError::new(
-                PostgresErrorKind::InvalidUrl,
-                Some(Box::new(e)),
-            ))
-        })?;
-        if config.get_application_name().is_none() {
-            config.application_name(DEFAULT_APPLICATION_NAME);
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        let mut feed_config = config.clone();
-        feed_config.application_name(format!(
-            "{}-feed",
-            config
-                .get_application_name()
-                .unwrap_or(DEFAULT_APPLICATION_NAME)
-        ));
-        let manager = Manager::from_config(
-            config,
-            tls.clone(),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_TIMEOUT))
-            .create_timeout(Some(POOL_TIMEOUT))
-            .recycle_timeout(Some(POOL_TIMEOUT))
-            .build()
-            .map_err(|e| {
-                StoreError::backend(PostgresError::new(
-                    PostgresErrorKind::Connect,
-                    Some(Box::new(e)),
-                ))
-            })?;
-        let feed: FeedConnector = Arc::new(move || {
-            let config = feed_config.clone();
-            let tls = tls.clone();
-            Box::pin(async move {
-                let (client, mut connection) = config.connect(tls).await?;
-                let messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                Ok((client, Box::pin(messages) as Pin<Box<_>>))
-            })
-        });
-        let store = PostgresStore {
-            inner: Arc::new(Inner {
-                pool,
-                feed,
-                runtime,
-            }),
-        };
-        store.migrate().await?;
-        Ok(store)
+        PostgresOptions::new().connect_with_tls(url, tls).await
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
-        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+    /// Creates or upgrades the schema (under an advisory lock, so nodes starting together do
+    /// not race), then connects as [`PostgresStore::connect`] does: for a role that owns the
+    /// schema (or may create tables in it). When the schema is already current it changes
+    /// nothing, so a least-privilege role may call it too.
+    ///
+    /// # Errors
+    /// As [`PostgresStore::connect`], and [`PostgresErrorKind::Query`] when the role may not
+    /// create what the migration needs.
+    pub async fn connect_and_migrate(url: &str) -> Result<Self, StoreError> {
+        PostgresOptions::new().connect_and_migrate(url).await
+    }
+
+    /// Migration as its own step (e.g. a deploy job run as the schema's owner):
+    /// [`PostgresStore::connect_and_migrate`], then closes the connection.
+    ///
+    /// # Errors
+    /// As [`PostgresStore::connect_and_migrate`].
+    pub async fn migrate(url: &str) -> Result<(), StoreError> {
+        PostgresOptions::new()
+            .connect_and_migrate(url)
+            .await
+            .map(drop)
+    }
+
+    /// The options that [`PostgresStore::connect`] uses by default, to change pool size and
+    /// timeouts.
+    pub fn options() -> PostgresOptions {
+        PostgresOptions::new()
+    }
+
+    async fn run_migrations(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(pg)?;
-        tx.batch_execute("CREATE TABLE IF NOT EXISTS api_keys_schema (version INTEGER NOT NULL)")
+        let exists: bool = tx
+            .query_one("SELECT to_regclass('api_keys_schema') IS NOT NULL", &[])
             .await
-            .map_err(pg)?;
+            .map_err(pg)?
+            .get(0);
+        if !exists {
+            tx.batch_execute("CREATE TABLE api_keys_schema (version INTEGER NOT NULL)")
+                .await
+                .map_err(pg)?;
+        }
         let found: Option<i32> = tx
             .query_one("SELECT max(version) FROM api_keys_schema", &[])
             .await
@@ -282,12 +255,37 @@ impl PostgresStore {
         tx.commit().await.map_err(pg)
     }
 
+    /// Checks that the schema is the one this crate writes, changing nothing.
+    async fn check_schema(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let found = match client
+            .query_one("SELECT max(version) FROM api_keys_schema", &[])
+            .await
+        {
+            Ok(row) => row.try_get::<_, Option<i32>>(0).map_err(pg)?.unwrap_or(0),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
+            Err(e) => return Err(pg(e)),
+        };
+        let kind = match found.cmp(&SCHEMA_VERSION) {
+            std::cmp::Ordering::Equal => return Ok(()),
+            std::cmp::Ordering::Greater => PostgresErrorKind::NewerSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            },
+            std::cmp::Ordering::Less => PostgresErrorKind::SchemaOutdated {
+                found,
+                required: SCHEMA_VERSION,
+            },
+        };
+        Err(StoreError::backend(PostgresError::new(kind, None)))
+    }
+
     /// The schema version of the database.
     ///
     /// # Errors
     /// [`StoreError::Backend`] if the query fails.
     pub async fn schema_version(&self) -> Result<i32, StoreError> {
-        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let client = self.client().await?;
         client
             .query_one("SELECT max(version) FROM api_keys_schema", &[])
             .await

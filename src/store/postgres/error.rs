@@ -6,7 +6,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::{BoxError, StoreError};
 
-/// What went wrong in a [`PostgresStore`]; see [`PostgresError::kind`].
+/// What went wrong in a [`PostgresStore`](super::PostgresStore); see [`PostgresError::kind`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PostgresErrorKind {
@@ -44,13 +44,13 @@ pub enum PostgresErrorKind {
     },
     /// A value cannot be stored (a revision above `i64::MAX`).
     OutOfRange,
-    /// [`PostgresStore::connect`] was called outside a tokio runtime.
+    /// [`PostgresStore::connect`](super::PostgresStore::connect) was called outside a tokio runtime.
     NoRuntime,
     /// The server refused a statement.
     Query,
 }
 
-/// The source of the [`StoreError::Backend`] errors of a [`PostgresStore`]: what failed,
+/// The source of the [`StoreError::Backend`] errors of a [`PostgresStore`](super::PostgresStore): what failed,
 /// with the driver's own error as its source. Reach it with [`std::error::Error::source`]
 /// and `downcast_ref::<PostgresError>()`.
 #[derive(Debug)]

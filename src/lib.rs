@@ -40,6 +40,9 @@ pub use limits::{
     Consumed, CounterError, Credits, Decision, LimitScope, LimitUsage, LocalCounters,
     MAX_RATE_LIMITS, RateLimit, Refill, Usage, UsageCounters, UsageRequest,
 };
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use limits::{RedisCounters, RedisCountersBuilder, RedisStats};
 pub use manager::{KeyManager, KeyManagerBuilder, RewrapReport};
 pub use policy::{Expiry, GenerateRequest, Policy};
 pub use record::{KeyRecord, Notices, RECORD_FORMAT, Sealed};

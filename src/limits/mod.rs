@@ -7,7 +7,11 @@
 mod config;
 mod engine;
 mod local;
+#[cfg(feature = "redis")]
+mod redis;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisCounters, RedisCountersBuilder, RedisStats};
 pub(crate) use config::check_limits;
 pub use config::{Credits, LimitScope, MAX_RATE_LIMITS, RateLimit, Refill};
 pub use engine::{

@@ -259,7 +259,7 @@ async fn while_redis_is_down_limits_fail_open_or_closed_and_the_breaker_opens_an
     let server = PrivateRedis::start(dir.clone(), port);
     let open_for = StdDuration::from_millis(300);
     let engine = RedisCounters::builder(server.url())
-        .timeout(StdDuration::from_millis(200))
+        .timeout(StdDuration::from_secs(1))
         .breaker(2, open_for)
         .fail_open(["soft"])
         .build()
@@ -365,4 +365,80 @@ async fn while_redis_is_down_limits_fail_open_or_closed_and_the_breaker_opens_an
     drop(_server);
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_first_decides_locally_and_syncs_to_a_shared_count() {
+    let Some(url) = redis_url("local_first_decides_locally_and_syncs_to_a_shared_count") else {
+        return;
+    };
+    let p = prefix();
+    let store = MemoryStore::new();
+    // Syncs only when the test says so (the background interval is an hour).
+    let engine = || {
+        RedisCounters::builder(url.clone())
+            .prefix(p.clone())
+            .timeout(StdDuration::from_secs(2))
+            .local_first(StdDuration::from_secs(3600))
+            .build()
+            .unwrap()
+    };
+    let (ea, eb) = (engine(), engine());
+    let (a, _) = manager(store.clone(), ea.clone());
+    let (b, _) = manager(store.clone(), eb.clone());
+    let hour = StdDuration::from_secs(3600);
+    let (key, _) = a
+        .generate(
+            &alice(),
+            req("lf").rate_limit(RateLimit::new("hour", 10, hour)),
+        )
+        .await
+        .unwrap();
+    let t = key.expose_secret();
+    let admit = |m: &KeyManager<MemoryStore>, n: usize| {
+        let m = m.clone();
+        let t = t.to_string();
+        async move {
+            let mut ok = 0;
+            for _ in 0..n {
+                if m.verify(&t, &Scope::Prometheus).await.is_ok() {
+                    ok += 1;
+                }
+            }
+            ok
+        }
+    };
+    // Decided locally: no call to Redis.
+    assert_eq!(admit(&a, 6).await, 6);
+    assert_eq!(admit(&b, 1).await, 1);
+    assert_eq!((ea.stats().calls, eb.stats().calls), (0, 0));
+    ea.sync_once().await;
+    eb.sync_once().await;
+    // B has seen A's 6 and its own 1: 3 left in all.
+    assert_eq!(admit(&b, 10).await, 3);
+    eb.sync_once().await;
+    ea.sync_once().await;
+    assert_eq!(admit(&a, 3).await, 0);
+    // Without a sync between them, each node can spend what it saw left: the documented
+    // bound on over-admission ((nodes - 1) × what was left at the last sync).
+    let (key, _) = a
+        .generate(
+            &alice(),
+            req("lf2").rate_limit(RateLimit::new("hour", 10, hour)),
+        )
+        .await
+        .unwrap();
+    let t2 = key.expose_secret().to_string();
+    let mut admitted = 0;
+    for m in [&a, &b] {
+        for _ in 0..20 {
+            admitted += usize::from(m.verify(&t2, &Scope::Prometheus).await.is_ok());
+        }
+    }
+    assert_eq!(admitted, 20);
+    ea.sync_once().await;
+    eb.sync_once().await;
+    ea.sync_once().await;
+    assert!(a.verify(&t2, &Scope::Prometheus).await.is_err());
+    assert!(b.verify(&t2, &Scope::Prometheus).await.is_err());
 }

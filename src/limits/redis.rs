@@ -20,9 +20,9 @@
 //! Credits persist as long as Redis does: run it with `appendonly yes` (and `appendfsync
 //! everysec`, or `always` to lose no spend on a crash) — see the README.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration as StdDuration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -127,9 +127,26 @@ pub struct RedisCountersBuilder {
     open_for: StdDuration,
     fail_open: HashSet<String>,
     credits_fail_open: bool,
+    local_first: Option<StdDuration>,
 }
 
 impl RedisCountersBuilder {
+    /// *Local-first* mode: rate limits are decided from this node's view of the counters
+    /// (no network on the verification), and a background task sends this node's spending
+    /// to Redis and reads everyone's every `sync_every` (one pipelined round trip for all
+    /// active counters). Credits stay strict (one round trip each; never over-spent).
+    ///
+    /// Over-admission is bounded: in one window, a node admits at most what the counter
+    /// had left at its last sync, so across `n` nodes the overshoot is at most what the
+    /// other `n - 1` nodes admit within one sync interval (≈ `(n-1) × per-node rate ×
+    /// sync_every`), and never more than `(n-1) × limit`. While Redis is down each node
+    /// keeps enforcing every limit on its own count (at most `n × limit` in all).
+    /// The first sync task starts with the first verification (inside a Tokio runtime).
+    pub fn local_first(mut self, sync_every: StdDuration) -> Self {
+        self.local_first = Some(sync_every.max(StdDuration::from_millis(1)));
+        self
+    }
+
     /// The prefix of every Redis key (default `api-keys`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -198,6 +215,9 @@ impl RedisCountersBuilder {
                 credits_fail_open: self.credits_fail_open,
                 breaker: Breaker::default(),
                 epoch: Instant::now(),
+                local_first: self.local_first,
+                local: Mutex::new(HashMap::new()),
+                sync_started: AtomicBool::new(false),
             }),
         })
     }
@@ -226,6 +246,21 @@ struct Inner {
     credits_fail_open: bool,
     breaker: Breaker,
     epoch: Instant,
+    local_first: Option<StdDuration>,
+    /// Local-first: this node's view of each active counter, by Redis key.
+    local: Mutex<HashMap<String, LocalCount>>,
+    sync_started: AtomicBool,
+}
+
+/// Local-first: one counter as this node sees it.
+struct LocalCount {
+    /// The window's end (Unix ms, the node's clock): the entry is dropped after it.
+    reset_ms: i64,
+    window_ms: u64,
+    /// Everyone's count at the last sync (this node's synced spending included).
+    global: u64,
+    /// This node's spending not yet sent.
+    pending: u64,
 }
 
 /// Usage counters in one Redis shared by every node (feature `redis`), strict mode. See the
@@ -270,6 +305,7 @@ impl RedisCounters {
             open_for: StdDuration::from_secs(1),
             fail_open: HashSet::new(),
             credits_fail_open: false,
+            local_first: None,
         }
     }
 
@@ -470,6 +506,138 @@ impl RedisCounters {
         }
     }
 
+    /// Local-first: decides from this node's view, all or nothing.
+    fn consume_local(&self, req: &UsageRequest<'_>) -> Decision {
+        let keys: Vec<String> = req
+            .limits
+            .iter()
+            .map(|l| self.counter_key(l, req))
+            .collect();
+        let mut local = self
+            .inner
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut usage = Usage::new();
+        let mut refused: Option<(usize, i64)> = None;
+        for (i, (l, k)) in req.limits.iter().zip(&keys).enumerate() {
+            let reset = window_of(l, req.now_ms).1;
+            let seen = local.get(k).map_or(0, |c| c.global + c.pending);
+            if seen.saturating_add(req.cost) > l.limit() && refused.is_none_or(|(_, r)| reset > r) {
+                refused = Some((i, reset));
+            }
+        }
+        if let Some((i, reset)) = refused {
+            for (l, k) in req.limits.iter().zip(&keys) {
+                let seen = local.get(k).map_or(0, |c| c.global + c.pending);
+                usage.push(LimitUsage {
+                    remaining: l.limit().saturating_sub(seen),
+                    reset_ms: window_of(l, req.now_ms).1,
+                });
+            }
+            return Decision::RateLimited {
+                limit: i,
+                retry_after: StdDuration::from_millis(
+                    u64::try_from(reset - req.now_ms).unwrap_or(0),
+                ),
+                usage,
+            };
+        }
+        for (l, k) in req.limits.iter().zip(keys) {
+            let reset_ms = window_of(l, req.now_ms).1;
+            let c = local.entry(k).or_insert(LocalCount {
+                reset_ms,
+                window_ms: l.window_ms(),
+                global: 0,
+                pending: 0,
+            });
+            c.pending = c.pending.saturating_add(req.cost);
+            usage.push(LimitUsage {
+                remaining: l.limit().saturating_sub(c.global + c.pending),
+                reset_ms,
+            });
+        }
+        Decision::Allowed {
+            usage,
+            degraded: false,
+        }
+    }
+
+    /// Starts the background sync once (local-first), if a Tokio runtime is running.
+    fn start_sync(&self) {
+        let Some(every) = self.inner.local_first else {
+            return;
+        };
+        if self.inner.sync_started.load(Ordering::Acquire)
+            || self
+                .inner
+                .sync_started
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.inner.sync_started.store(false, Ordering::Release);
+            return;
+        };
+        // The task holds a weak reference: it ends when the engine is dropped.
+        let weak = Arc::downgrade(&self.inner);
+        handle.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                RedisCounters { inner }.sync_once().await;
+            }
+        });
+    }
+
+    /// Local-first: sends this node's pending spending and reads everyone's counts, in one
+    /// pipelined round trip. On failure the pending counts stay and are sent next time.
+    pub async fn sync_once(&self) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let batch: Vec<(String, u64, u64)> = {
+            let mut local = self
+                .inner
+                .local
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // A window that ended (plus a second of slack) is gone for good.
+            local.retain(|_, c| c.reset_ms.saturating_add(1000) > now_ms);
+            local
+                .iter()
+                .map(|(k, c)| (k.clone(), c.pending, c.window_ms))
+                .collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (k, pending, window_ms) in &batch {
+            pipe.cmd("INCRBY").arg(k).arg(*pending);
+            pipe.cmd("PEXPIRE")
+                .arg(k)
+                .arg(window_ms.saturating_add(1000))
+                .ignore();
+        }
+        let mut conn = self.inner.conn.clone();
+        let totals: Result<Vec<u64>, CounterError> = self.call(pipe.query_async(&mut conn)).await;
+        let Ok(totals) = totals else { return };
+        let mut local = self
+            .inner
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for ((k, sent, _), total) in batch.iter().zip(totals) {
+            if let Some(c) = local.get_mut(k) {
+                c.pending = c.pending.saturating_sub(*sent);
+                c.global = total;
+            }
+        }
+    }
+
     async fn credits_call(
         &self,
         key: KeyId,
@@ -494,6 +662,10 @@ impl RedisCounters {
 
 impl UsageCounters for RedisCounters {
     fn consume<'a>(&'a self, req: UsageRequest<'a>) -> Consumed<'a> {
+        if self.inner.local_first.is_some() && req.credits.is_none() {
+            self.start_sync();
+            return Consumed::Ready(Ok(self.consume_local(&req)));
+        }
         Consumed::Pending(Box::pin(self.consume_strict(req)))
     }
 

@@ -118,7 +118,7 @@ pub enum CounterError {
     Unavailable(#[source] Option<crate::BoxError>),
 }
 
-/// Where the counters of usage limits live. This crate ships [`LocalCounters`] (in process,
+/// Where the counters of usage limits live. This crate ships [`LocalCounters`](crate::LocalCounters) (in process,
 /// the default) and, with the `redis` feature, a Redis engine shared by every node; a host may
 /// implement it over its own shared state. The `testkit` feature's `counters` suite checks
 /// the duties written here.

@@ -26,10 +26,16 @@ pub enum FailureClass {
     Integrity,
     /// The store failed.
     Store,
+    /// Genuine and allowed, but refused by one of its rate limits.
+    RateLimited,
+    /// Genuine and allowed, but its usage credits are exhausted.
+    UsageExceeded,
+    /// The usage counters could not decide and a limit fails closed.
+    LimitsUnavailable,
 }
 
 impl FailureClass {
-    const ALL: [FailureClass; 7] = [
+    const ALL: [FailureClass; 10] = [
         FailureClass::Malformed,
         FailureClass::InvalidKey,
         FailureClass::Expired,
@@ -37,6 +43,9 @@ impl FailureClass {
         FailureClass::ScopeNotAllowed,
         FailureClass::Integrity,
         FailureClass::Store,
+        FailureClass::RateLimited,
+        FailureClass::UsageExceeded,
+        FailureClass::LimitsUnavailable,
     ];
 
     fn index(self) -> usize {
@@ -53,6 +62,9 @@ impl FailureClass {
             FailureClass::ScopeNotAllowed => "scope_not_allowed",
             FailureClass::Integrity => "integrity",
             FailureClass::Store => "store",
+            FailureClass::RateLimited => "rate_limited",
+            FailureClass::UsageExceeded => "usage_exceeded",
+            FailureClass::LimitsUnavailable => "limits_unavailable",
         }
     }
 }
@@ -92,6 +104,17 @@ pub enum AuditAction {
     /// A key was accepted from the cache although the store could not confirm it (the store
     /// was unreachable and `serve_stale_while_store_unreachable` is set).
     ServedStale,
+    /// A key's rate limits were changed (`set_limits`).
+    LimitsChanged,
+    /// A key's credits were set (`set_credits`).
+    CreditsChanged,
+    /// A verification spent a key's last credits: its next use is refused until a refill or
+    /// `set_credits` (raised once each time the balance reaches zero).
+    CreditsExhausted,
+    /// A verification was admitted without checking some of its limits: the counter engine
+    /// was unreachable and those limits fail open. Logged with the same bound as failed
+    /// verifications.
+    LimitsFailedOpen,
 }
 
 impl AuditAction {
@@ -109,6 +132,10 @@ impl AuditAction {
             AuditAction::IntegrityFailure => "integrity_failure",
             AuditAction::VerificationFailed(_) => "verification_failed",
             AuditAction::ServedStale => "served_stale",
+            AuditAction::LimitsChanged => "limits_changed",
+            AuditAction::CreditsChanged => "credits_changed",
+            AuditAction::CreditsExhausted => "credits_exhausted",
+            AuditAction::LimitsFailedOpen => "limits_failed_open",
         }
     }
 }
@@ -287,6 +314,23 @@ impl AuditSink for TracingAudit {
                 org,
                 "API key accepted from the cache while the key store is unreachable"
             ),
+            AuditAction::LimitsFailedOpen => {
+                // Bounded like failed verifications: a dead counter engine would otherwise
+                // log one line per request.
+                if Self::admit(
+                    FailureClass::LimitsUnavailable,
+                    e.key_id,
+                    e.at.unix_timestamp(),
+                ) {
+                    tracing::warn!(
+                        target: "api_keys::audit",
+                        action = e.action.name(),
+                        key_id,
+                        org,
+                        "usage limits not checked (counters unreachable; the limits fail open)"
+                    );
+                }
+            }
             AuditAction::IntegrityFailure => tracing::error!(
                 target: "api_keys::audit",
                 action = e.action.name(),

@@ -48,6 +48,12 @@
 //! | a malformed, unknown, wrong, expired or revoked key | 401 | `Bearer realm="api", error="invalid_token"` |
 //! | a genuine key without the required scope | 403 | `Bearer realm="api", error="insufficient_scope", scope="<scope>"` |
 //! | a stored record failing its integrity check, a store failure | 500 | none |
+//! | a genuine, allowed key refused by a rate limit | 429 `{"error":"rate_limited"}` | none; `Retry-After`, `RateLimit-Policy`, `RateLimit` |
+//! | a genuine, allowed key out of usage credits | 429 `{"error":"usage_exceeded"}` | none |
+//! | the usage counters cannot decide and a limit fails closed | 503 `{"error":"limits_unavailable"}` | none; `Retry-After: 1` |
+//!
+//! An admitted request of a key with rate limits gets `RateLimit-Policy` and `RateLimit` on
+//! its response too (see [`RATELIMIT_POLICY`]); a key without limits gets neither.
 //!
 //! Bodies are JSON naming the class only, e.g. `{"error":"invalid_token"}`: they never say
 //! whether a key was expired or revoked (only a client holding the genuine secret could learn
@@ -56,6 +62,9 @@
 //! and class, and a 500 adds one `tracing` error event (target `api_keys::http`) with the class.
 //! The header is capped at [`MAX_AUTHORIZATION_LEN`] bytes before any parsing; a longer one is
 //! refused without calling the manager.
+
+mod rate_headers;
+pub use rate_headers::{RATELIMIT, RATELIMIT_POLICY};
 
 use std::fmt;
 use std::future::Future;
@@ -191,10 +200,17 @@ where
             match manager.verify(&token, &scope).await {
                 Ok(verified) => {
                     drop(token);
+                    // Usage-limit fields (only for a key with rate limits).
+                    let fields = rate_headers::fields(&verified);
                     req.extensions_mut().insert(verified);
-                    inner.call(req).await
+                    let mut resp = inner.call(req).await?;
+                    if let Some(f) = fields {
+                        rate_headers::insert(resp.headers_mut(), f);
+                    }
+                    Ok(resp)
                 }
-                Err(e) => Ok(Rejection::from_error(&e).response(Some(&scope))),
+                Err(e) => Ok(rate_headers::refusal(&e)
+                    .unwrap_or_else(|| Rejection::from_error(&e).response(Some(&scope)))),
             }
         })
     }

@@ -52,6 +52,27 @@ pub enum Error {
     /// The audit sink refused an event that had to be recorded (e.g. a reveal).
     #[error("audit event could not be recorded")]
     Audit(#[source] BoxError),
+    /// The key is genuine and allowed, but one of its rate limits has no room for this
+    /// request's cost now. Nothing was spent. Reported only after every other check passed.
+    #[error("rate limit `{limit}` exceeded; retry after {retry_after:?}")]
+    RateLimited {
+        /// The refusing limit's name (the one whose window ends last, when several refuse).
+        limit: String,
+        /// Its limit per window.
+        quota: u64,
+        /// Its window.
+        window: std::time::Duration,
+        /// How long until every refusing limit has room for this cost.
+        retry_after: std::time::Duration,
+    },
+    /// The key is genuine and allowed, but its usage credits do not cover this request's
+    /// cost. Nothing was spent. Reported only after every other check passed.
+    #[error("usage credits exhausted")]
+    UsageExceeded,
+    /// The usage counters cannot decide now (their engine is unreachable) and a limit of the
+    /// key fails closed.
+    #[error("usage limits cannot be checked now")]
+    LimitsUnavailable(#[source] crate::CounterError),
     /// The operating system's random number generator failed.
     #[error("operating system randomness unavailable")]
     Random,

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::record::{unix, unix_opt};
-use crate::{Error, KeyId, KeyRecord, OrgId, Scope, UserId};
+use crate::{Credits, Error, KeyId, KeyRecord, OrgId, RateLimit, Scope, Usage, UserId};
 
 /// A full API key token. Shown once at generation (and by `reveal` when the policy allows).
 /// Zeroized on drop; `Debug` shows only the id; no `Display`, `PartialEq` or `Serialize`.
@@ -179,6 +179,8 @@ pub(crate) struct Facts {
     /// Bit 0: `Scope::Scim`, bit 1: `Scope::Prometheus` (custom scopes are looked up in
     /// `scopes`).
     pub builtin_scopes: u8,
+    /// The key's usage limits; `None` (one branch on the hot path) for a key without any.
+    pub limits: Option<Box<KeyLimits>>,
     pub org: OrgId,
     pub scopes: Box<[Scope]>,
     pub expires_at: Option<OffsetDateTime>,
@@ -199,6 +201,14 @@ impl Facts {
             last_touch: AtomicI64::new(rec.last_used_at.map_or(i64::MIN, |t| t.unix_timestamp())),
             revoked: rec.revoked_at.is_some(),
             builtin_scopes,
+            limits: if rec.rate_limits.is_empty() && rec.credits.is_none() {
+                None
+            } else {
+                Some(Box::new(KeyLimits {
+                    rate_limits: rec.rate_limits.clone().into_boxed_slice(),
+                    credits: rec.credits,
+                }))
+            },
             // A copy of its own, allocated right after these facts: a failed verification
             // clones it for its audit event, and a private copy sits next to the facts (in
             // cache when they are) and is never contended by other keys' verifications, where
@@ -223,6 +233,36 @@ impl Facts {
     }
 }
 
+/// A key's limit configuration, as its authenticated record says.
+pub(crate) struct KeyLimits {
+    pub rate_limits: Box<[RateLimit]>,
+    pub credits: Option<Credits>,
+}
+
+/// One rate limit's state as a verification left it (see [`Verified::limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitStatus<'a> {
+    /// The limit's name.
+    pub name: &'a str,
+    /// Units allowed per window.
+    pub limit: u64,
+    /// The window.
+    pub window: std::time::Duration,
+    /// Units left in the current window after this verification.
+    pub remaining: u64,
+    /// When the current window ends.
+    pub reset: OffsetDateTime,
+    /// Time from the verification to the end of the window.
+    pub reset_after: std::time::Duration,
+}
+
+/// What a verification of a key with limits spent (boxed: keys without limits carry none).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Spent {
+    pub usage: Usage,
+    pub at_ms: i64,
+}
+
 /// Proof that a token was verified: only [`KeyManager::verify`](crate::KeyManager::verify)
 /// makes one (no public constructor, no `Default`, no `Deserialize`).
 ///
@@ -231,11 +271,46 @@ impl Facts {
 #[derive(Clone)]
 pub struct Verified {
     facts: Arc<Facts>,
+    spent: Option<Box<Spent>>,
 }
 
 impl Verified {
-    pub(crate) fn new(facts: Arc<Facts>) -> Self {
-        Verified { facts }
+    pub(crate) fn new(facts: Arc<Facts>, spent: Option<Box<Spent>>) -> Self {
+        Verified { facts, spent }
+    }
+
+    /// Each rate limit of the key with what is left of its current window after this
+    /// verification, in the key's order (empty for a key without rate limits). For the
+    /// `RateLimit` / `RateLimit-Policy` response headers.
+    pub fn limits(&self) -> impl Iterator<Item = LimitStatus<'_>> + '_ {
+        let configured: &[RateLimit] = self
+            .facts
+            .limits
+            .as_ref()
+            .map_or(&[], |l| &l.rate_limits[..]);
+        let spent = self.spent.as_deref();
+        configured.iter().enumerate().filter_map(move |(i, l)| {
+            let s = spent?;
+            let u = s.usage.limits().get(i)?;
+            Some(LimitStatus {
+                name: l.name(),
+                limit: l.limit(),
+                window: l.window(),
+                remaining: u.remaining,
+                reset: OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(u.reset_ms) * 1_000_000,
+                )
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                reset_after: std::time::Duration::from_millis(
+                    u64::try_from(u.reset_ms.saturating_sub(s.at_ms)).unwrap_or(0),
+                ),
+            })
+        })
+    }
+
+    /// The credits left after this verification (`None` for a key without credits).
+    pub fn credits_remaining(&self) -> Option<u64> {
+        self.spent.as_deref().and_then(|s| s.usage.credits)
     }
 
     /// The verified key's id.

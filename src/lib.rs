@@ -35,8 +35,14 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use crypto::{Keyring, MasterKey};
 pub use error::{BoxError, Error, StoreError};
 pub use ids::{Actor, KeyId, OrgId, Role, Scope, UserId};
-pub use key::{ApiKey, KeyInfo, KeyStatus, RevocationReason, Verified};
-pub use limits::{Credits, LimitScope, MAX_RATE_LIMITS, RateLimit, Refill};
+pub use key::{ApiKey, KeyInfo, KeyStatus, LimitStatus, RevocationReason, Verified};
+pub use limits::{
+    Consumed, CounterError, Credits, Decision, LimitScope, LimitUsage, LocalCounters,
+    MAX_RATE_LIMITS, RateLimit, Refill, Usage, UsageCounters, UsageRequest,
+};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use limits::{RedisCounters, RedisCountersBuilder, RedisStats};
 pub use manager::{KeyManager, KeyManagerBuilder, RewrapReport};
 pub use policy::{Expiry, GenerateRequest, Policy};
 pub use record::{KeyRecord, Notices, RECORD_FORMAT, Sealed};

@@ -15,6 +15,8 @@
 
 use std::fmt;
 
+pub mod counters;
+
 use futures_util::future::join_all;
 use time::{Duration, OffsetDateTime};
 
@@ -41,7 +43,7 @@ impl std::error::Error for Failure {}
 
 type Check = Result<(), Failure>;
 
-fn fail(check: &'static str, message: impl Into<String>) -> Failure {
+pub(crate) fn fail(check: &'static str, message: impl Into<String>) -> Failure {
     Failure {
         check,
         message: message.into(),
@@ -78,14 +80,14 @@ pub async fn run<S: KeyStore>(store: &S) -> Check {
     Ok(())
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     // The OS generator failing makes every later check meaningless anyway.
     fill_random(&mut b).expect("operating system randomness");
     u64::from_le_bytes(b)
 }
 
-fn random_org() -> OrgId {
+pub(crate) fn random_org() -> OrgId {
     OrgId::new(format!("testkit-{:016x}", random_u64()))
 }
 

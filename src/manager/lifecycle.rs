@@ -119,6 +119,16 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         };
         let (key, new_rec) = self.create(draft).await?;
         let new_id = new_rec.id;
+        // The replacement spends from the rolled key's balance: rolling never refills.
+        if old.credits.is_some()
+            && let Err(e) = self.share_credits(*id, new_id).await
+        {
+            let _fence = self.inner.cache.fence(new_id);
+            if let Err(cleanup) = self.inner.store.delete(&new_id).await {
+                tracing::error!(target: "api_keys", key_id = %new_id, error = %cleanup, "could not delete the replacement of a failed roll");
+            }
+            return Err(e);
+        }
         // Saturating: an absurd overlap (it may come from a request) can never panic.
         let cutoff = whole_seconds(now.saturating_add(overlap.max(Duration::ZERO)));
         let shortened = self

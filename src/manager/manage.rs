@@ -218,6 +218,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         if !removed? {
             return Err(Error::NotFound);
         }
+        self.forget_counters(*id).await;
         self.audit_best_effort(
             AuditAction::Deleted,
             Some(actor),

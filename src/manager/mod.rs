@@ -11,7 +11,7 @@ use crate::audit::{AuditAction, AuditEvent, AuditSink, FailureClass, TracingAudi
 use crate::cache::Cache;
 use crate::crypto::fill_random;
 use crate::key::Facts;
-use crate::limits::check_limits;
+use crate::limits::{Consumed, Decision, LocalCounters, UsageCounters, UsageRequest, check_limits};
 use crate::policy::{check_meta, check_name, check_owner, check_scopes};
 use crate::record::{Draft, whole_seconds};
 use crate::store::ChangeListener;
@@ -43,9 +43,25 @@ pub struct KeyManagerBuilder<S> {
     cache_capacity: usize,
     last_use_interval: StdDuration,
     last_use_capacity: usize,
+    counters: Arc<dyn UsageCounters>,
 }
 
 impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
+    /// Where the counters of usage limits live (default: a fresh [`LocalCounters`], counting
+    /// in this process only). Give every manager of a deployment the same shared engine
+    /// (e.g. the `redis` feature's) to enforce limits across nodes.
+    pub fn counters(mut self, counters: impl UsageCounters) -> Self {
+        self.counters = Arc::new(counters);
+        self
+    }
+
+    /// As [`KeyManagerBuilder::counters`], for an engine already shared (e.g. by several
+    /// managers of one process).
+    pub fn shared_counters(mut self, counters: Arc<dyn UsageCounters>) -> Self {
+        self.counters = counters;
+        self
+    }
+
     /// The token prefix, `[a-z][a-z0-9]{1,15}` (default `sak`). A manager rejects tokens of
     /// any other prefix as [`Error::Malformed`].
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -150,6 +166,7 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
                 audit: self.audit,
                 cache,
                 uses: uses::Uses::new(self.last_use_capacity, self.last_use_interval),
+                counters: self.counters,
             }),
         })
     }
@@ -164,6 +181,7 @@ struct Inner<S> {
     audit: Arc<dyn AuditSink>,
     cache: Arc<Cache>,
     uses: uses::Uses,
+    counters: Arc<dyn UsageCounters>,
 }
 
 /// Generates, verifies and manages an organization's API keys over a [`KeyStore`].
@@ -206,6 +224,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             cache_capacity: 100_000,
             last_use_interval: StdDuration::from_secs(10),
             last_use_capacity: 10_000,
+            counters: Arc::new(LocalCounters::new()),
         }
     }
 
@@ -402,6 +421,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
 }
 
 mod lifecycle;
+mod limits;
 mod manage;
 mod uses;
 mod verify;

@@ -3,18 +3,37 @@
 use super::*;
 
 impl<S: KeyStore + 'static> KeyManager<S> {
-    /// Verifies a presented token for `scope`.
+    /// Verifies a presented token for `scope`, spending 1 unit of the key's usage limits
+    /// (see [`KeyManager::verify_with`]).
+    ///
+    /// # Errors
+    /// As [`KeyManager::verify_with`].
+    pub async fn verify(&self, token: &str, scope: &Scope) -> Result<Verified, Error> {
+        self.verify_with(token, scope, 1).await
+    }
+
+    /// Verifies a presented token for `scope` and spends `cost` units of the key's usage
+    /// limits (its rate limits and credits; a key without limits spends nothing).
     ///
     /// Order: parse and checksum (no I/O) → cache or `store.get(id)` → tag check → decrypt →
     /// constant-time compare of the secret → state checks (revoked, expired at
-    /// `clock.now()`, scope). Only after the secret matched can the result be
-    /// [`Error::Revoked`], [`Error::Expired`] or [`Error::ScopeNotAllowed`].
+    /// `clock.now()`, scope) → usage limits (all of the key's limits together, all or
+    /// nothing; a rate-limited request spends no credits). Only after the secret matched can
+    /// the result be [`Error::Revoked`], [`Error::Expired`] or [`Error::ScopeNotAllowed`], and
+    /// only a key that passed all of them spends anything or can be refused by its limits.
     ///
     /// # Errors
     /// [`Error::Malformed`] (never touches the store), [`Error::InvalidKey`] (unknown id or
-    /// wrong secret), the state errors above, [`Error::Integrity`] for a tampered record or
-    /// wrong master key, [`Error::Store`].
-    pub async fn verify(&self, token: &str, scope: &Scope) -> Result<Verified, Error> {
+    /// wrong secret), the state errors above, [`Error::RateLimited`] /
+    /// [`Error::UsageExceeded`] (nothing spent), [`Error::LimitsUnavailable`] when the counter
+    /// engine cannot decide and a limit fails closed, [`Error::Integrity`] for a tampered
+    /// record or wrong master key, [`Error::Store`].
+    pub async fn verify_with(
+        &self,
+        token: &str,
+        scope: &Scope,
+        cost: u64,
+    ) -> Result<Verified, Error> {
         // The presented secret lives in this future's own zeroizing buffer (no copy is left
         // behind by moves); only the public id comes back by value.
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
@@ -61,10 +80,16 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             self.verify_failed(class, Some(&facts.org), Some(id), mono);
             return Err(err);
         }
+        // Usage limits last: a key refused for any other reason consumes nothing. One branch
+        // for a key without limits.
+        let spent = match &facts.limits {
+            None => None,
+            Some(limits) => Some(self.spend(&facts, limits, cost).await?),
+        };
         if self.record_use(&facts, now) {
             self.flush_inline().await;
         }
-        Ok(Verified::new(facts))
+        Ok(Verified::new(facts, spent))
     }
 
     async fn verify_cold(
@@ -145,7 +170,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// Audits a failed verification. Its time is the clock's whole second at the monotonic
     /// reading `at` (the one the hot path already took, or a fresh one), which spares the
     /// failure path a second reading of the wall clock.
-    fn verify_failed(
+    pub(super) fn verify_failed(
         &self,
         class: FailureClass,
         org: Option<&OrgId>,

@@ -1,0 +1,234 @@
+//! The counters behind usage limits: the [`UsageCounters`] trait and what it answers.
+
+use std::fmt;
+use std::time::Duration as StdDuration;
+
+use crate::store::BoxFuture;
+use crate::{Credits, KeyId, MAX_RATE_LIMITS, OrgId, RateLimit, Refill};
+
+/// One verification's request to spend: the key's limits (from its authenticated record), the
+/// cost, and the time.
+#[derive(Clone, Copy, Debug)]
+pub struct UsageRequest<'a> {
+    /// The verified key.
+    pub key: KeyId,
+    /// Its organization (the counter of a [`LimitScope::Org`](crate::LimitScope::Org) limit is the organization's).
+    pub org: &'a OrgId,
+    /// The key's rate limits (at most [`MAX_RATE_LIMITS`], names unique).
+    pub limits: &'a [RateLimit],
+    /// The key's credit configuration, if it has a budget.
+    pub credits: Option<&'a Credits>,
+    /// Units to spend (`verify` spends 1).
+    pub cost: u64,
+    /// The manager clock's time, in Unix milliseconds.
+    pub now_ms: i64,
+}
+
+/// One rate limit's state after a decision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitUsage {
+    /// Units left in the current window.
+    pub remaining: u64,
+    /// When the current window ends (Unix milliseconds).
+    pub reset_ms: i64,
+}
+
+/// The state of a key's limits after a decision: one [`LimitUsage`] per rate limit of the
+/// request, in the request's order, and the credits left. Fixed size: no allocation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    limits: [LimitUsage; MAX_RATE_LIMITS],
+    len: u8,
+    /// Credits left after the decision (`None` for a key without credits).
+    pub credits: Option<u64>,
+}
+
+impl Usage {
+    /// An empty state (no limits, no credits).
+    pub fn new() -> Self {
+        Usage::default()
+    }
+
+    /// Appends the state of the next limit; ignored past [`MAX_RATE_LIMITS`].
+    pub fn push(&mut self, l: LimitUsage) {
+        if let Some(slot) = self.limits.get_mut(self.len as usize) {
+            *slot = l;
+            self.len += 1;
+        }
+    }
+
+    /// The limits' states, in the request's order.
+    pub fn limits(&self) -> &[LimitUsage] {
+        &self.limits[..self.len as usize]
+    }
+}
+
+/// What an engine decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Admitted: every limit had room and the credits sufficed; all of them were spent.
+    Allowed {
+        /// The state after spending.
+        usage: Usage,
+        /// Some limits could not be checked (their engine is unreachable) and were skipped
+        /// because they fail open; the manager raises an audit event.
+        degraded: bool,
+    },
+    /// Refused by a rate limit; nothing was spent.
+    RateLimited {
+        /// Index (in the request's limits) of the refusing limit whose window ends last.
+        limit: usize,
+        /// How long until every refusing limit has room for this cost.
+        retry_after: StdDuration,
+        /// The state (nothing spent).
+        usage: Usage,
+    },
+    /// Refused: not enough credits; nothing was spent.
+    OutOfCredits {
+        /// The state (nothing spent).
+        usage: Usage,
+    },
+}
+
+/// What [`UsageCounters::consume`] returns: a decision made at once (no allocation), or a
+/// future for an engine that must wait (a network round trip).
+pub enum Consumed<'a> {
+    /// Decided without waiting.
+    Ready(Result<Decision, CounterError>),
+    /// Decided when the future completes.
+    Pending(BoxFuture<'a, Result<Decision, CounterError>>),
+}
+
+impl fmt::Debug for Consumed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Consumed::Ready(r) => f.debug_tuple("Ready").field(r).finish(),
+            Consumed::Pending(_) => f.write_str("Pending(..)"),
+        }
+    }
+}
+
+/// A counter engine failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CounterError {
+    /// The engine cannot decide now (unreachable, timed out, circuit open) and at least one
+    /// limit of the request fails closed.
+    #[error("usage counters unavailable")]
+    Unavailable(#[source] Option<crate::BoxError>),
+}
+
+/// Where the counters of usage limits live. This crate ships [`LocalCounters`](crate::LocalCounters) (in process,
+/// the default) and, with the `redis` feature, a Redis engine shared by every node; a host may
+/// implement it over its own shared state. The `testkit` feature's `counters` suite checks
+/// the duties written here.
+///
+/// Duties of an implementation:
+/// - **All or nothing.** `consume` decides every limit and the credits of one request
+///   together and atomically with respect to other `consume` calls on the same counters:
+///   either everything is spent, or nothing is.
+/// - **Fixed windows.** A limit of `limit` per `window_ms` counts the cost spent in the window
+///   `[k·window_ms, (k+1)·window_ms)` (Unix milliseconds) that contains `now_ms`; a request is
+///   admitted only if every limit's count plus the cost stays `≤ limit`. A refused request's
+///   `retry_after` is the time from `now_ms` to the end of the latest window among the
+///   refusing limits.
+/// - **Counter identity.** A [`LimitScope::Key`](crate::LimitScope::Key) limit is counted per (key, name); a
+///   [`LimitScope::Org`](crate::LimitScope::Org) limit per (organization, name), shared by every key of the
+///   organization. A limit whose window changes (a `set_limits`) may start a fresh count.
+/// - **Order.** Rate limits first: a rate-limited request spends no credits, and a request
+///   refused for credits spends no rate-limit units.
+/// - **Credits.** A key's balance starts at [`Credits::initial`] on first use. A refill
+///   *sets* the balance to its amount at the first use in a new period (daily: each UTC day;
+///   monthly on day `d`: from `d` 00:00 UTC to the next month's `d`), never adds. The balance
+///   never goes below zero, and never admits more than it holds: with `n` credits, exactly
+///   `n` concurrent requests of cost 1 are admitted, on every node sharing the counters.
+/// - `set_credits` sets a balance (and its period is the current one); `link_credits(from,
+///   to)` makes `to` spend from the same balance as `from` from then on (a roll), never
+///   giving `to` a fresh one.
+/// - An engine that can be unreachable fails closed for credits unless configured otherwise,
+///   and reports a fail-open decision as `degraded`.
+pub trait UsageCounters: Send + Sync + 'static {
+    /// Decides and spends one request.
+    fn consume<'a>(&'a self, req: UsageRequest<'a>) -> Consumed<'a>;
+
+    /// Sets a key's credit balance to `balance` in the period containing `now_ms`.
+    fn set_credits<'a>(
+        &'a self,
+        key: KeyId,
+        credits: &'a Credits,
+        balance: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<(), CounterError>>;
+
+    /// A key's balance at `now_ms` (refilled if a period passed), without spending; `None`
+    /// for a key without credits.
+    fn credits<'a>(
+        &'a self,
+        key: KeyId,
+        credits: Option<&'a Credits>,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<u64>, CounterError>>;
+
+    /// Makes `to` share `from`'s credit balance (as it is now) from now on.
+    fn link_credits<'a>(
+        &'a self,
+        from: KeyId,
+        to: KeyId,
+    ) -> BoxFuture<'a, Result<(), CounterError>>;
+
+    /// Forgets a deleted key's own counters (best effort; shared balances stay while another
+    /// key uses them).
+    fn forget<'a>(&'a self, key: KeyId) -> BoxFuture<'a, Result<(), CounterError>>;
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The refill period containing `now_ms`: an index that grows by one per period.
+pub(crate) fn refill_period(refill: Option<Refill>, now_ms: i64) -> i64 {
+    match refill {
+        None => 0,
+        Some(Refill::Daily { .. }) => now_ms.div_euclid(DAY_MS),
+        Some(Refill::Monthly { day, .. }) => {
+            let Ok(t) = time::OffsetDateTime::from_unix_timestamp(now_ms.div_euclid(1000)) else {
+                return 0;
+            };
+            let months = i64::from(t.year()) * 12 + i64::from(u8::from(t.month())) - 1;
+            if t.day() >= day { months } else { months - 1 }
+        }
+    }
+}
+
+/// The end of the window containing `now_ms`, and its index.
+#[inline]
+pub(crate) fn window_of(limit: &RateLimit, now_ms: i64) -> (i64, i64) {
+    let w = limit.window_ms().max(1) as i64;
+    let idx = now_ms.div_euclid(w);
+    (idx, idx.saturating_add(1).saturating_mul(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monthly_periods_start_on_the_day() {
+        let t = |m: u8, d: u8, secs: i64| {
+            let date =
+                time::Date::from_calendar_date(2026, time::Month::try_from(m).unwrap(), d).unwrap();
+            (date.midnight().assume_utc().unix_timestamp() + secs) * 1000
+        };
+        let r = Some(Refill::monthly(15, 10));
+        let a = refill_period(r, t(3, 14, 86_399));
+        let b = refill_period(r, t(3, 15, 0));
+        let c = refill_period(r, t(4, 14, 43_200));
+        let d = refill_period(r, t(4, 15, 0));
+        assert_eq!(b, a + 1);
+        assert_eq!(c, b);
+        assert_eq!(d, b + 1);
+        let daily = Some(Refill::daily(1));
+        assert_eq!(
+            refill_period(daily, t(3, 15, 0)),
+            refill_period(daily, t(3, 14, 0)) + 1
+        );
+    }
+}

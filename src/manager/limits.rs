@@ -1,0 +1,193 @@
+//! Usage limits: spending on verify, and the managers' `set_limits` / `set_credits`.
+
+use super::*;
+use crate::key::{KeyLimits, Spent};
+use crate::{Credits, RateLimit};
+
+/// The clock's time in Unix milliseconds.
+fn unix_ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+impl<S: KeyStore + 'static> KeyManager<S> {
+    /// Spends `cost` on every limit of a verified key, all or nothing, through the counter
+    /// engine; refusals are audited (bounded like every failed verification).
+    pub(super) async fn spend(
+        &self,
+        facts: &Facts,
+        limits: &KeyLimits,
+        cost: u64,
+    ) -> Result<Box<Spent>, Error> {
+        let now_ms = unix_ms(self.inner.clock.now());
+        let req = UsageRequest {
+            key: facts.id,
+            org: &facts.org,
+            limits: &limits.rate_limits,
+            credits: limits.credits.as_ref(),
+            cost,
+            now_ms,
+        };
+        let decided = match self.inner.counters.consume(req) {
+            Consumed::Ready(r) => r,
+            Consumed::Pending(f) => f.await,
+        };
+        let refused =
+            |class| self.verify_failed(class, Some(&facts.org), Some(facts.id), Instant::now());
+        match decided {
+            Ok(Decision::Allowed { usage, degraded }) => {
+                if degraded {
+                    self.audit_best_effort(
+                        AuditAction::LimitsFailedOpen,
+                        None,
+                        Some(&facts.org),
+                        Some(facts.id),
+                    );
+                }
+                if cost > 0 && usage.credits == Some(0) {
+                    // This verification spent the last credits: raised once per exhaustion.
+                    self.audit_best_effort(
+                        AuditAction::CreditsExhausted,
+                        None,
+                        Some(&facts.org),
+                        Some(facts.id),
+                    );
+                }
+                Ok(Box::new(Spent {
+                    usage,
+                    at_ms: now_ms,
+                }))
+            }
+            Ok(Decision::RateLimited {
+                limit, retry_after, ..
+            }) => {
+                refused(FailureClass::RateLimited);
+                let l = limits.rate_limits.get(limit);
+                Err(Error::RateLimited {
+                    limit: l.map(|l| l.name().to_owned()).unwrap_or_default(),
+                    quota: l.map_or(0, RateLimit::limit),
+                    window: l.map_or(StdDuration::ZERO, RateLimit::window),
+                    retry_after,
+                })
+            }
+            Ok(Decision::OutOfCredits { .. }) => {
+                refused(FailureClass::UsageExceeded);
+                Err(Error::UsageExceeded)
+            }
+            Err(e) => {
+                refused(FailureClass::LimitsUnavailable);
+                Err(Error::LimitsUnavailable(e))
+            }
+        }
+    }
+
+    /// Replaces a key's rate limits (at most [`crate::MAX_RATE_LIMITS`], names unique; an
+    /// empty list removes them). The change is sealed under the record's tag with
+    /// compare-and-swap and audited (`limits_changed`); counts of limits that keep their name
+    /// and window carry on.
+    ///
+    /// # Errors
+    /// [`Error::PermissionDenied`]; [`Error::Policy`] for invalid limits; [`Error::NotFound`];
+    /// [`Error::Integrity`]; [`Error::Conflict`]; [`Error::Store`].
+    pub async fn set_limits(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        limits: Vec<RateLimit>,
+    ) -> Result<KeyInfo, Error> {
+        Self::require_manager(actor)?;
+        check_limits(&limits, None)?;
+        let (rec, _) = self
+            .modify(Some(actor), id, |r| {
+                if r.rate_limits == limits {
+                    return Ok(false);
+                }
+                r.rate_limits = limits.clone();
+                Ok(true)
+            })
+            .await?;
+        self.audit_best_effort(
+            AuditAction::LimitsChanged,
+            Some(actor),
+            Some(actor.org()),
+            Some(*id),
+        );
+        Ok(self.info(&rec, self.inner.clock.now()))
+    }
+
+    /// Sets a key's credit configuration and balance: `Some(credits)` makes the balance
+    /// `credits.initial()` now (with its refill schedule from then on); `None` removes the
+    /// budget. Sealed with compare-and-swap and audited (`credits_changed`).
+    ///
+    /// # Errors
+    /// [`Error::PermissionDenied`]; [`Error::Policy`] for invalid credits; [`Error::NotFound`];
+    /// [`Error::Integrity`]; [`Error::Conflict`]; [`Error::Store`];
+    /// [`Error::LimitsUnavailable`] when the balance could not be written to the counters
+    /// (the configuration is written; retry to set the balance).
+    pub async fn set_credits(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        credits: Option<Credits>,
+    ) -> Result<KeyInfo, Error> {
+        Self::require_manager(actor)?;
+        if let Some(c) = &credits {
+            c.check()?;
+        }
+        let (rec, _) = self
+            .modify(Some(actor), id, |r| {
+                r.credits = credits;
+                Ok(true)
+            })
+            .await?;
+        self.audit_best_effort(
+            AuditAction::CreditsChanged,
+            Some(actor),
+            Some(actor.org()),
+            Some(*id),
+        );
+        let now = self.inner.clock.now();
+        if let Some(c) = &credits {
+            self.inner
+                .counters
+                .set_credits(*id, c, c.initial(), unix_ms(now))
+                .await
+                .map_err(Error::LimitsUnavailable)?;
+        }
+        Ok(self.info(&rec, now))
+    }
+
+    /// A key's remaining credits now (`None` for a key without credits), for a management
+    /// page. Spends nothing.
+    ///
+    /// # Errors
+    /// [`Error::PermissionDenied`]; [`Error::NotFound`]; [`Error::Integrity`];
+    /// [`Error::Store`]; [`Error::LimitsUnavailable`].
+    pub async fn credits_remaining(&self, actor: &Actor, id: &KeyId) -> Result<Option<u64>, Error> {
+        Self::require_manager(actor)?;
+        let rec = self.load(Some(actor), id).await?;
+        if !self.authentic(&self.keyring(), &rec, Some(actor)) {
+            return Err(Error::Integrity);
+        }
+        self.inner
+            .counters
+            .credits(*id, rec.credits.as_ref(), unix_ms(self.inner.clock.now()))
+            .await
+            .map_err(Error::LimitsUnavailable)
+    }
+
+    /// Makes a roll's replacement spend from the rolled key's balance.
+    pub(super) async fn share_credits(&self, from: KeyId, to: KeyId) -> Result<(), Error> {
+        self.inner
+            .counters
+            .link_credits(from, to)
+            .await
+            .map_err(Error::LimitsUnavailable)
+    }
+
+    /// Forgets a deleted key's counters (best effort).
+    pub(super) async fn forget_counters(&self, id: KeyId) {
+        if let Err(e) = self.inner.counters.forget(id).await {
+            tracing::warn!(target: "api_keys", key_id = %id, error = %e, "could not forget a deleted key's usage counters");
+        }
+    }
+}

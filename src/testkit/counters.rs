@@ -1,0 +1,387 @@
+//! A conformance suite for [`UsageCounters`] engines: each duty written on the trait.
+//!
+//! ```
+//! # async fn demo() {
+//! let engine = api_keys::LocalCounters::new();
+//! api_keys::testkit::counters::run(&engine).await.expect("engine conforms");
+//! # }
+//! ```
+//!
+//! Every check uses its own random key ids and organization, so an engine shared with other
+//! data (a Redis database in use) can be checked. Times are fixed instants far from the real
+//! clock, aligned so that windows start where the checks expect.
+
+use std::time::Duration as StdDuration;
+
+use futures_util::future::join_all;
+
+use super::{Failure, fail, random_org, random_u64};
+use crate::{
+    Consumed, CounterError, Credits, Decision, KeyId, OrgId, RateLimit, Refill, UsageCounters,
+    UsageRequest,
+};
+
+type Check = Result<(), Failure>;
+
+/// 2026-01-01T00:00:00Z in Unix milliseconds: a day, hour and minute boundary.
+const T0: i64 = 1_767_225_600_000;
+const DAY: i64 = 86_400_000;
+
+/// Runs every check, stopping at the first failure.
+///
+/// # Errors
+/// The first [`Failure`].
+pub async fn run<C: UsageCounters>(engine: &C) -> Check {
+    window_edges(engine).await?;
+    all_or_nothing(engine).await?;
+    rate_limited_spends_no_credits(engine).await?;
+    org_limits_are_shared(engine).await?;
+    credits_are_exact_under_concurrency(engine).await?;
+    refill_sets_the_balance(engine).await?;
+    set_and_link_credits(engine).await?;
+    Ok(())
+}
+
+async fn consume<C: UsageCounters>(
+    engine: &C,
+    req: UsageRequest<'_>,
+) -> Result<Decision, CounterError> {
+    match engine.consume(req) {
+        Consumed::Ready(r) => r,
+        Consumed::Pending(f) => f.await,
+    }
+}
+
+fn key() -> KeyId {
+    KeyId(random_u64())
+}
+
+fn request<'a>(
+    key: KeyId,
+    org: &'a OrgId,
+    limits: &'a [RateLimit],
+    credits: Option<&'a Credits>,
+    cost: u64,
+    now_ms: i64,
+) -> UsageRequest<'a> {
+    UsageRequest {
+        key,
+        org,
+        limits,
+        credits,
+        cost,
+        now_ms,
+    }
+}
+
+fn err(check: &'static str, e: CounterError) -> Failure {
+    fail(check, format!("the engine failed: {e} ({e:?})"))
+}
+
+fn allowed(check: &'static str, d: &Decision, what: &str) -> Result<crate::Usage, Failure> {
+    match d {
+        Decision::Allowed { usage, .. } => Ok(*usage),
+        other => Err(fail(
+            check,
+            format!("{what}: expected Allowed, got {other:?}"),
+        )),
+    }
+}
+
+/// A limit of 3 per second: three requests in a window pass with remaining 2, 1, 0 and the
+/// window's end as reset; the fourth is refused with `retry_after` to the window's end; the
+/// next window admits again.
+pub async fn window_edges<C: UsageCounters>(engine: &C) -> Check {
+    const C: &str = "window_edges";
+    let org = random_org();
+    let k = key();
+    let limits = [RateLimit::new("burst", 3, StdDuration::from_secs(1))];
+    let now = T0 + 200;
+    for left in [2, 1, 0] {
+        let d = consume(engine, request(k, &org, &limits, None, 1, now))
+            .await
+            .map_err(|e| err(C, e))?;
+        let u = allowed(C, &d, "a request within the limit")?;
+        let l = u.limits().first().copied().unwrap_or_default();
+        if l.remaining != left || l.reset_ms != T0 + 1000 {
+            return Err(fail(
+                C,
+                format!("expected remaining {left} reset {}, got {l:?}", T0 + 1000),
+            ));
+        }
+    }
+    match consume(engine, request(k, &org, &limits, None, 1, now + 99))
+        .await
+        .map_err(|e| err(C, e))?
+    {
+        Decision::RateLimited {
+            limit: 0,
+            retry_after,
+            ..
+        } if retry_after == StdDuration::from_millis(701) => {}
+        other => {
+            return Err(fail(
+                C,
+                format!("the 4th request: expected RateLimited after 701 ms, got {other:?}"),
+            ));
+        }
+    }
+    let d = consume(engine, request(k, &org, &limits, None, 1, T0 + 1000))
+        .await
+        .map_err(|e| err(C, e))?;
+    let u = allowed(C, &d, "the next window")?;
+    if u.limits().first().map(|l| l.remaining) != Some(2) {
+        return Err(fail(
+            C,
+            format!("the next window: expected remaining 2, got {u:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Two limits: a request refused by one spends nothing on the other.
+pub async fn all_or_nothing<C: UsageCounters>(engine: &C) -> Check {
+    const C: &str = "all_or_nothing";
+    let org = random_org();
+    let k = key();
+    let limits = [
+        RateLimit::new("minute", 2, StdDuration::from_secs(60)),
+        RateLimit::new("second", 1, StdDuration::from_secs(1)),
+    ];
+    let step = |now| consume(engine, request(k, &org, &limits, None, 1, now));
+    allowed(
+        C,
+        &step(T0).await.map_err(|e| err(C, e))?,
+        "the first request",
+    )?;
+    if !matches!(
+        step(T0 + 10).await.map_err(|e| err(C, e))?,
+        Decision::RateLimited { limit: 1, .. }
+    ) {
+        return Err(fail(
+            C,
+            "the second request in one second must be refused by `second`",
+        ));
+    }
+    let u = allowed(
+        C,
+        &step(T0 + 1000).await.map_err(|e| err(C, e))?,
+        "a second later",
+    )?;
+    let left: Vec<u64> = u.limits().iter().map(|l| l.remaining).collect();
+    if left != [0, 0] {
+        return Err(fail(
+            C,
+            format!("the refused request spent `minute`: remaining {left:?}, expected [0, 0]"),
+        ));
+    }
+    Ok(())
+}
+
+/// A rate-limited request spends no credits; a request refused for credits spends no
+/// rate-limit units.
+pub async fn rate_limited_spends_no_credits<C: UsageCounters>(engine: &C) -> Check {
+    const C: &str = "rate_limited_spends_no_credits";
+    let org = random_org();
+    let k = key();
+    let limits = [RateLimit::new("minute", 5, StdDuration::from_secs(60))];
+    let credits = Credits::new(3);
+    let step = |cost| {
+        consume(
+            engine,
+            request(k, &org, &limits, Some(&credits), cost, T0 + 5),
+        )
+    };
+    let u = allowed(
+        C,
+        &step(1).await.map_err(|e| err(C, e))?,
+        "the first request",
+    )?;
+    if u.credits != Some(2) {
+        return Err(fail(C, format!("expected 2 credits left, got {u:?}")));
+    }
+    for _ in 0..3 {
+        if !matches!(
+            step(5).await.map_err(|e| err(C, e))?,
+            Decision::RateLimited { .. }
+        ) {
+            return Err(fail(C, "cost 5 with 4 units left must be RateLimited"));
+        }
+    }
+    // Within the limit but above the balance: refused for credits, no unit spent.
+    if !matches!(
+        step(4).await.map_err(|e| err(C, e))?,
+        Decision::OutOfCredits { .. }
+    ) {
+        return Err(fail(C, "cost 4 with 2 credits must be OutOfCredits"));
+    }
+    let u = allowed(
+        C,
+        &step(1).await.map_err(|e| err(C, e))?,
+        "the last request",
+    )?;
+    let left = u.limits().first().map(|l| l.remaining);
+    if u.credits != Some(1) || left != Some(3) {
+        return Err(fail(
+            C,
+            format!("refusals spent something: {u:?}, expected 1 credit and 3 units left"),
+        ));
+    }
+    Ok(())
+}
+
+/// An organization's limit is one count for all its keys; another organization's is its own.
+pub async fn org_limits_are_shared<C: UsageCounters>(engine: &C) -> Check {
+    const C: &str = "org_limits_are_shared";
+    let (org, other) = (random_org(), random_org());
+    let limits = [RateLimit::new("org", 2, StdDuration::from_secs(60)).per_org()];
+    let (a, b) = (key(), key());
+    allowed(
+        C,
+        &consume(engine, request(a, &org, &limits, None, 1, T0))
+            .await
+            .map_err(|e| err(C, e))?,
+        "key a",
+    )?;
+    allowed(
+        C,
+        &consume(engine, request(b, &org, &limits, None, 1, T0))
+            .await
+            .map_err(|e| err(C, e))?,
+        "key b",
+    )?;
+    if !matches!(
+        consume(engine, request(a, &org, &limits, None, 1, T0))
+            .await
+            .map_err(|e| err(C, e))?,
+        Decision::RateLimited { .. }
+    ) {
+        return Err(fail(C, "the organization's third request must be refused"));
+    }
+    allowed(
+        C,
+        &consume(engine, request(key(), &other, &limits, None, 1, T0))
+            .await
+            .map_err(|e| err(C, e))?,
+        "another organization",
+    )?;
+    Ok(())
+}
+
+/// With `n` credits, exactly `n` of many concurrent requests are admitted.
+pub async fn credits_are_exact_under_concurrency<C: UsageCounters>(engine: &C) -> Check {
+    const C: &str = "credits_are_exact_under_concurrency";
+    let org = random_org();
+    let k = key();
+    let credits = Credits::new(40);
+    let results =
+        join_all((0..160).map(|_| consume(engine, request(k, &org, &[], Some(&credits), 1, T0))))
+            .await;
+    let mut admitted = 0;
+    for r in results {
+        match r.map_err(|e| err(C, e))? {
+            Decision::Allowed { .. } => admitted += 1,
+            Decision::OutOfCredits { .. } => {}
+            other => return Err(fail(C, format!("unexpected {other:?}"))),
+        }
+    }
+    if admitted != 40 {
+        return Err(fail(
+            C,
+            format!("{admitted} of 160 admitted with 40 credits"),
+        ));
+    }
+    Ok(())
+}
+
+/// A daily refill sets the balance at the first use of a new day (never adds), and not
+/// before.
+pub async fn refill_sets_the_balance<C: UsageCounters>(engine: &C) -> Check {
+    const C: &str = "refill_sets_the_balance";
+    let org = random_org();
+    let k = key();
+    let credits = Credits::new(1).refill(Refill::daily(3));
+    let step = |now| consume(engine, request(k, &org, &[], Some(&credits), 1, now));
+    allowed(
+        C,
+        &step(T0 + 1).await.map_err(|e| err(C, e))?,
+        "the first use",
+    )?;
+    if !matches!(
+        step(T0 + DAY - 1).await.map_err(|e| err(C, e))?,
+        Decision::OutOfCredits { .. }
+    ) {
+        return Err(fail(C, "no refill may happen before the day ends"));
+    }
+    let u = allowed(
+        C,
+        &step(T0 + DAY).await.map_err(|e| err(C, e))?,
+        "the next day",
+    )?;
+    if u.credits != Some(2) {
+        return Err(fail(C, format!("after the refill: {u:?}, expected 2 left")));
+    }
+    let u = allowed(
+        C,
+        &step(T0 + 2 * DAY).await.map_err(|e| err(C, e))?,
+        "a day later",
+    )?;
+    if u.credits != Some(2) {
+        return Err(fail(
+            C,
+            format!("a refill must set, not add: {u:?}, expected 2 left"),
+        ));
+    }
+    Ok(())
+}
+
+/// `set_credits` sets a balance; `link_credits` makes a second key spend from it.
+pub async fn set_and_link_credits<C: UsageCounters>(engine: &C) -> Check {
+    const C: &str = "set_and_link_credits";
+    let org = random_org();
+    let (a, b) = (key(), key());
+    let credits = Credits::new(100);
+    engine
+        .set_credits(a, &credits, 2, T0)
+        .await
+        .map_err(|e| err(C, e))?;
+    let got = engine
+        .credits(a, Some(&credits), T0)
+        .await
+        .map_err(|e| err(C, e))?;
+    if got != Some(2) {
+        return Err(fail(C, format!("set_credits(2) then credits: {got:?}")));
+    }
+    allowed(
+        C,
+        &consume(engine, request(a, &org, &[], Some(&credits), 1, T0))
+            .await
+            .map_err(|e| err(C, e))?,
+        "key a",
+    )?;
+    engine.link_credits(a, b).await.map_err(|e| err(C, e))?;
+    let u = allowed(
+        C,
+        &consume(engine, request(b, &org, &[], Some(&credits), 1, T0))
+            .await
+            .map_err(|e| err(C, e))?,
+        "the linked key",
+    )?;
+    if u.credits != Some(0) {
+        return Err(fail(
+            C,
+            format!("the linked key got a fresh balance: {u:?}"),
+        ));
+    }
+    for (name, k) in [("a", a), ("b", b)] {
+        if !matches!(
+            consume(engine, request(k, &org, &[], Some(&credits), 1, T0))
+                .await
+                .map_err(|e| err(C, e))?,
+            Decision::OutOfCredits { .. }
+        ) {
+            return Err(fail(C, format!("key {name} must be out of credits")));
+        }
+    }
+    Ok(())
+}

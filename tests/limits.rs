@@ -1,0 +1,493 @@
+//! Usage limits on verify (issue 11): rate limits, credits, per-org limits, with ManualClock.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use api_keys::time::Duration;
+use api_keys::{
+    AuditAction, Credits, Error, FailureClass, GenerateRequest, KeyManager, KeyStore, MemoryStore,
+    RateLimit, Refill, Scope,
+};
+use common::*;
+
+fn req(name: &str) -> GenerateRequest {
+    GenerateRequest::new(name).scope(Scope::Prometheus)
+}
+
+fn secs(n: u64) -> StdDuration {
+    StdDuration::from_secs(n)
+}
+
+async fn ok(m: &KeyManager<MemoryStore>, token: &str) -> api_keys::Verified {
+    m.verify(token, &Scope::Prometheus).await.unwrap()
+}
+
+fn retry_after(r: Result<api_keys::Verified, Error>) -> (String, StdDuration) {
+    match r {
+        Err(Error::RateLimited {
+            limit, retry_after, ..
+        }) => (limit, retry_after),
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_window_admits_up_to_its_limit_then_refuses_until_the_next_window() {
+    let s = setup();
+    let (key, _) = s
+        .manager
+        .generate(
+            &alice(),
+            req("w").rate_limit(RateLimit::new("burst", 3, secs(10))),
+        )
+        .await
+        .unwrap();
+    // The test clock starts on a 10-second boundary; 2 s into the window.
+    s.clock.advance(Duration::seconds(2));
+    for left in [2, 1, 0] {
+        let v = ok(&s.manager, key.expose_secret()).await;
+        let l: Vec<_> = v.limits().collect();
+        assert_eq!(l.len(), 1);
+        assert_eq!((l[0].name, l[0].limit, l[0].remaining), ("burst", 3, left));
+        assert_eq!(l[0].reset_after, secs(8));
+        assert_eq!(l[0].window, secs(10));
+    }
+    let (name, after) = retry_after(
+        s.manager
+            .verify(key.expose_secret(), &Scope::Prometheus)
+            .await,
+    );
+    assert_eq!((name.as_str(), after), ("burst", secs(8)));
+    s.clock.advance(Duration::milliseconds(7_999));
+    let (_, after) = retry_after(
+        s.manager
+            .verify(key.expose_secret(), &Scope::Prometheus)
+            .await,
+    );
+    assert_eq!(after, StdDuration::from_millis(1));
+    s.clock.advance(Duration::milliseconds(1));
+    let v = ok(&s.manager, key.expose_secret()).await;
+    assert_eq!(v.limits().next().unwrap().remaining, 2);
+    // Refusals are audited as failed verifications of that class.
+    let refused = s
+        .audit
+        .events()
+        .iter()
+        .filter(|e| e.action == AuditAction::VerificationFailed(FailureClass::RateLimited))
+        .count();
+    assert_eq!(refused, 2);
+}
+
+#[tokio::test]
+async fn a_cost_above_one_spends_that_many_units() {
+    let s = setup();
+    let (key, _) = s
+        .manager
+        .generate(
+            &alice(),
+            req("c").rate_limit(RateLimit::new("units", 10, secs(60))),
+        )
+        .await
+        .unwrap();
+    let t = key.expose_secret();
+    let v = s
+        .manager
+        .verify_with(t, &Scope::Prometheus, 4)
+        .await
+        .unwrap();
+    assert_eq!(v.limits().next().unwrap().remaining, 6);
+    let v = s
+        .manager
+        .verify_with(t, &Scope::Prometheus, 4)
+        .await
+        .unwrap();
+    assert_eq!(v.limits().next().unwrap().remaining, 2);
+    retry_after(s.manager.verify_with(t, &Scope::Prometheus, 3).await);
+    let v = s
+        .manager
+        .verify_with(t, &Scope::Prometheus, 2)
+        .await
+        .unwrap();
+    assert_eq!(v.limits().next().unwrap().remaining, 0);
+}
+
+#[tokio::test]
+async fn all_limits_of_a_key_are_spent_together_or_not_at_all() {
+    let s = setup();
+    let (key, _) = s
+        .manager
+        .generate(
+            &alice(),
+            req("a")
+                .rate_limit(RateLimit::new("minute", 2, secs(60)))
+                .rate_limit(RateLimit::new("second", 1, secs(1))),
+        )
+        .await
+        .unwrap();
+    let t = key.expose_secret();
+    let v = ok(&s.manager, t).await;
+    let left: Vec<_> = v.limits().map(|l| (l.name, l.remaining)).collect();
+    assert_eq!(left, vec![("minute", 1), ("second", 0)]);
+    // Refused by `second`: `minute` must not have been spent by the refusal.
+    let (name, after) = retry_after(s.manager.verify(t, &Scope::Prometheus).await);
+    assert_eq!((name.as_str(), after), ("second", secs(1)));
+    s.clock.advance(Duration::seconds(1));
+    let v = ok(&s.manager, t).await;
+    let left: Vec<_> = v.limits().map(|l| (l.name, l.remaining)).collect();
+    assert_eq!(left, vec![("minute", 0), ("second", 0)]);
+    // Both full now: retry_after waits for the later window.
+    s.clock.advance(Duration::seconds(1));
+    let (name, after) = retry_after(s.manager.verify(t, &Scope::Prometheus).await);
+    let to_minute = 60 - (s.manager.now().unix_timestamp() % 60) as u64;
+    assert_eq!((name.as_str(), after), ("minute", secs(to_minute)));
+}
+
+#[tokio::test]
+async fn a_rate_limited_request_spends_no_credits() {
+    let s = setup();
+    let (key, _) = s
+        .manager
+        .generate(
+            &alice(),
+            req("r")
+                .rate_limit(RateLimit::new("minute", 1, secs(60)))
+                .credits(Credits::new(5)),
+        )
+        .await
+        .unwrap();
+    let t = key.expose_secret();
+    assert_eq!(ok(&s.manager, t).await.credits_remaining(), Some(4));
+    for _ in 0..3 {
+        retry_after(s.manager.verify(t, &Scope::Prometheus).await);
+    }
+    s.clock.advance(Duration::seconds(60));
+    assert_eq!(ok(&s.manager, t).await.credits_remaining(), Some(3));
+    assert_eq!(
+        s.manager
+            .credits_remaining(&alice(), key.id())
+            .await
+            .unwrap(),
+        Some(3)
+    );
+}
+
+#[tokio::test]
+async fn a_key_refused_for_another_reason_consumes_nothing() {
+    let s = setup();
+    let (key, info) = s
+        .manager
+        .generate(
+            &alice(),
+            req("n")
+                .rate_limit(RateLimit::new("minute", 1, secs(60)))
+                .credits(Credits::new(2)),
+        )
+        .await
+        .unwrap();
+    let t = key.expose_secret();
+    for _ in 0..3 {
+        assert!(matches!(
+            s.manager.verify(t, &Scope::Scim).await,
+            Err(Error::ScopeNotAllowed)
+        ));
+        assert!(matches!(
+            s.manager.verify(&wrong_secret(t), &Scope::Prometheus).await,
+            Err(Error::InvalidKey)
+        ));
+    }
+    let v = ok(&s.manager, t).await;
+    assert_eq!(v.credits_remaining(), Some(1));
+    assert_eq!(v.limits().next().unwrap().remaining, 0);
+    s.manager.revoke(&alice(), &info.id).await.unwrap();
+    assert!(matches!(
+        s.manager.verify(t, &Scope::Prometheus).await,
+        Err(Error::Revoked)
+    ));
+    assert_eq!(
+        s.manager
+            .credits_remaining(&alice(), &info.id)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_n_of_many_concurrent_verifies_pass_with_n_credits() {
+    let s = setup();
+    let (key, _) = s
+        .manager
+        .generate(&alice(), req("n").credits(Credits::new(50)))
+        .await
+        .unwrap();
+    let token: Arc<str> = key.expose_secret().into();
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let m = s.manager.clone();
+            let t = token.clone();
+            tokio::spawn(async move { m.verify(&t, &Scope::Prometheus).await })
+        })
+        .collect();
+    let (mut passed, mut exhausted) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => passed += 1,
+            Err(Error::UsageExceeded) => exhausted += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!((passed, exhausted), (50, 150));
+    assert_eq!(
+        s.manager
+            .credits_remaining(&alice(), key.id())
+            .await
+            .unwrap(),
+        Some(0)
+    );
+    let events = s.audit.events();
+    let count = |a: AuditAction| events.iter().filter(|e| e.action == a).count();
+    assert_eq!(count(AuditAction::CreditsExhausted), 1);
+    assert_eq!(
+        count(AuditAction::VerificationFailed(FailureClass::UsageExceeded)),
+        150
+    );
+}
+
+#[tokio::test]
+async fn a_refill_sets_the_balance_on_its_day() {
+    let s = setup();
+    let (key, _) = s
+        .manager
+        .generate(
+            &alice(),
+            req("d").credits(Credits::new(2).refill(Refill::daily(5))),
+        )
+        .await
+        .unwrap();
+    let t = key.expose_secret();
+    ok(&s.manager, t).await;
+    assert_eq!(ok(&s.manager, t).await.credits_remaining(), Some(0));
+    assert!(matches!(
+        s.manager.verify(t, &Scope::Prometheus).await,
+        Err(Error::UsageExceeded)
+    ));
+    // One second before the next UTC midnight: still empty.
+    let now = s.manager.now();
+    let midnight = now.date().next_day().unwrap().midnight().assume_utc();
+    s.clock.set(midnight - Duration::seconds(1));
+    assert!(matches!(
+        s.manager.verify(t, &Scope::Prometheus).await,
+        Err(Error::UsageExceeded)
+    ));
+    s.clock.set(midnight);
+    assert_eq!(ok(&s.manager, t).await.credits_remaining(), Some(4));
+    // A refill sets, it does not add: the next day starts at 5 again, not 9.
+    s.clock.advance(Duration::days(1));
+    assert_eq!(ok(&s.manager, t).await.credits_remaining(), Some(4));
+
+    // Monthly on a day: nothing on the days between.
+    let (key, _) = s
+        .manager
+        .generate(
+            &alice(),
+            req("m").credits(Credits::new(1).refill(Refill::monthly(1, 3))),
+        )
+        .await
+        .unwrap();
+    let t = key.expose_secret();
+    ok(&s.manager, t).await;
+    s.clock.advance(Duration::days(1));
+    let today = s.manager.now().date();
+    if today.day() != 1 {
+        assert!(matches!(
+            s.manager.verify(t, &Scope::Prometheus).await,
+            Err(Error::UsageExceeded)
+        ));
+    }
+    let first = api_keys::time::Date::from_calendar_date(
+        today.year() + i32::from(today.month() == api_keys::time::Month::December),
+        today.month().next(),
+        1,
+    )
+    .unwrap();
+    s.clock.set(first.midnight().assume_utc());
+    assert_eq!(ok(&s.manager, t).await.credits_remaining(), Some(2));
+}
+
+#[tokio::test]
+async fn an_org_limit_is_shared_by_the_organizations_keys() {
+    let s = setup();
+    let shared = || RateLimit::new("org-minute", 3, secs(60)).per_org();
+    let (a, _) = s
+        .manager
+        .generate(&alice(), req("a").rate_limit(shared()))
+        .await
+        .unwrap();
+    let (b, _) = s
+        .manager
+        .generate(&alice(), req("b").rate_limit(shared()))
+        .await
+        .unwrap();
+    let (other, _) = s
+        .manager
+        .generate(&mallory_other_org(), req("c").rate_limit(shared()))
+        .await
+        .unwrap();
+    ok(&s.manager, a.expose_secret()).await;
+    ok(&s.manager, a.expose_secret()).await;
+    let v = ok(&s.manager, b.expose_secret()).await;
+    assert_eq!(v.limits().next().unwrap().remaining, 0);
+    retry_after(
+        s.manager
+            .verify(b.expose_secret(), &Scope::Prometheus)
+            .await,
+    );
+    retry_after(
+        s.manager
+            .verify(a.expose_secret(), &Scope::Prometheus)
+            .await,
+    );
+    // Another organization's count is its own.
+    let v = ok(&s.manager, other.expose_secret()).await;
+    assert_eq!(v.limits().next().unwrap().remaining, 2);
+}
+
+#[tokio::test]
+async fn roll_copies_the_limits_and_never_refills_the_credits() {
+    let s = setup();
+    let (key, info) = s
+        .manager
+        .generate(
+            &alice(),
+            req("r")
+                .rate_limit(RateLimit::new("minute", 100, secs(60)))
+                .credits(Credits::new(3)),
+        )
+        .await
+        .unwrap();
+    ok(&s.manager, key.expose_secret()).await;
+    ok(&s.manager, key.expose_secret()).await;
+    let (new, new_info) = s
+        .manager
+        .roll(&alice(), &info.id, Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(new_info.rate_limits, info.rate_limits);
+    assert_eq!(new_info.credits, info.credits);
+    // One credit left, shared by the old key (inside its overlap) and the replacement.
+    assert_eq!(
+        ok(&s.manager, new.expose_secret())
+            .await
+            .credits_remaining(),
+        Some(0)
+    );
+    for t in [new.expose_secret(), key.expose_secret()] {
+        assert!(matches!(
+            s.manager.verify(t, &Scope::Prometheus).await,
+            Err(Error::UsageExceeded)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn managers_change_limits_and_credits_audited() {
+    let s = setup();
+    let (key, info) = s.manager.generate(&alice(), req("s")).await.unwrap();
+    let t = key.expose_secret();
+    let v = ok(&s.manager, t).await;
+    assert_eq!(v.limits().count(), 0);
+    assert_eq!(v.credits_remaining(), None);
+    assert!(matches!(
+        s.manager.set_limits(&bob_member(), &info.id, vec![]).await,
+        Err(Error::PermissionDenied)
+    ));
+    assert!(matches!(
+        s.manager
+            .set_limits(&mallory_other_org(), &info.id, vec![])
+            .await,
+        Err(Error::NotFound)
+    ));
+    let bad = vec![RateLimit::new("x", 0, secs(1))];
+    assert!(matches!(
+        s.manager.set_limits(&alice(), &info.id, bad).await,
+        Err(Error::Policy(_))
+    ));
+    let got = s
+        .manager
+        .set_limits(
+            &alice(),
+            &info.id,
+            vec![RateLimit::new("minute", 1, secs(60))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.rate_limits.len(), 1);
+    ok(&s.manager, t).await;
+    retry_after(s.manager.verify(t, &Scope::Prometheus).await);
+    s.manager
+        .set_credits(&alice(), &info.id, Some(Credits::new(7)))
+        .await
+        .unwrap();
+    s.manager
+        .set_limits(&alice(), &info.id, vec![])
+        .await
+        .unwrap();
+    assert_eq!(ok(&s.manager, t).await.credits_remaining(), Some(6));
+    s.manager
+        .set_credits(&alice(), &info.id, None)
+        .await
+        .unwrap();
+    assert_eq!(ok(&s.manager, t).await.credits_remaining(), None);
+    let events = s.audit.events();
+    let count = |a: AuditAction| events.iter().filter(|e| e.action == a).count();
+    assert_eq!(count(AuditAction::LimitsChanged), 2);
+    assert_eq!(count(AuditAction::CreditsChanged), 2);
+}
+
+#[tokio::test]
+async fn a_tampered_limit_in_the_stored_record_is_an_integrity_failure() {
+    let store = MemoryStore::new();
+    let s = setup_with(store.clone(), api_keys::Policy::default());
+    let (key, info) = s
+        .manager
+        .generate(
+            &alice(),
+            req("t")
+                .rate_limit(RateLimit::new("minute", 1, secs(60)))
+                .credits(Credits::new(1)),
+        )
+        .await
+        .unwrap();
+    type Tamper = fn(&mut api_keys::KeyRecord);
+    let cases: [(&str, Tamper); 4] = [
+        ("limit", |r| {
+            r.rate_limits[0] = RateLimit::new("minute", 1_000_000, StdDuration::from_secs(60))
+        }),
+        ("removed", |r| r.rate_limits.clear()),
+        ("credits", |r| r.credits = Some(Credits::new(1_000_000))),
+        ("no credits", |r| r.credits = None),
+    ];
+    let original = store.get(&info.id).await.unwrap().unwrap();
+    for (what, tamper) in cases {
+        let mut rec = original.clone();
+        tamper(&mut rec);
+        store.overwrite_unchecked(rec);
+        // A fresh manager: nothing cached.
+        let fresh = setup_with(store.clone(), api_keys::Policy::default());
+        let r = fresh
+            .manager
+            .verify(key.expose_secret(), &Scope::Prometheus)
+            .await;
+        assert!(matches!(r, Err(Error::Integrity)), "{what}: {r:?}");
+    }
+}
+
+#[cfg(feature = "testkit")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_in_process_engine_passes_the_counters_conformance_suite() {
+    api_keys::testkit::counters::run(&api_keys::LocalCounters::new())
+        .await
+        .unwrap();
+}

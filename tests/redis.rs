@@ -1,0 +1,444 @@
+//! The Redis counter engine on a real Redis (feature `redis`).
+//!
+//! Reads `REDIS_URL`. Without it each test says why it is skipped and passes, unless `CI` is
+//! set or `API_KEYS_REQUIRE_REDIS=1`, where a missing URL fails. The tests that stop Redis
+//! mid-test start their own private `redis-server` (on a free loopback port, in a temp dir),
+//! never the one at `REDIS_URL`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use api_keys::{
+    AuditAction, Credits, Error, GenerateRequest, KeyManager, MemoryStore, RateLimit,
+    RedisCounters, Scope, UsageCounters,
+};
+use common::*;
+
+fn redis_url(test: &str) -> Option<String> {
+    match std::env::var("REDIS_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            if std::env::var("API_KEYS_REQUIRE_REDIS").as_deref() == Ok("1")
+                || std::env::var_os("CI").is_some()
+            {
+                panic!(
+                    "REDIS_URL is not set but Redis is required here (CI or API_KEYS_REQUIRE_REDIS=1)"
+                );
+            }
+            eprintln!(
+                "skipping {test}: REDIS_URL is not set (source .ci/redis.sh and run redis_start to get a server)"
+            );
+            None
+        }
+    }
+}
+
+/// A unique key prefix per test run, so runs never share counters.
+fn prefix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("api-keys-test-{random:016x}")
+}
+
+fn manager(
+    store: MemoryStore,
+    counters: impl UsageCounters,
+) -> (KeyManager<MemoryStore>, Recorder) {
+    let audit = Recorder::default();
+    let m = KeyManager::builder(store, keyring())
+        .audit(audit.clone())
+        .counters(counters)
+        .build()
+        .unwrap();
+    (m, audit)
+}
+
+fn req(name: &str) -> GenerateRequest {
+    GenerateRequest::new(name).scope(Scope::Prometheus)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_engine_passes_the_counters_conformance_suite() {
+    let Some(url) = redis_url("the_redis_engine_passes_the_counters_conformance_suite") else {
+        return;
+    };
+    let engine = RedisCounters::builder(url)
+        .prefix(prefix())
+        .timeout(StdDuration::from_secs(2))
+        .build()
+        .unwrap();
+    api_keys::testkit::counters::run(&engine).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn n_credits_admit_exactly_n_verifies_across_three_managers() {
+    let Some(url) = redis_url("n_credits_admit_exactly_n_verifies_across_three_managers") else {
+        return;
+    };
+    let p = prefix();
+    let store = MemoryStore::new();
+    // Three "nodes": each its own manager, cache and Redis connection.
+    let nodes: Vec<_> = (0..3)
+        .map(|_| {
+            let engine = RedisCounters::builder(url.clone())
+                .prefix(p.clone())
+                .timeout(StdDuration::from_secs(2))
+                .build()
+                .unwrap();
+            manager(store.clone(), engine).0
+        })
+        .collect();
+    let (key, _) = nodes[0]
+        .generate(
+            &alice(),
+            req("shared")
+                .credits(Credits::new(60))
+                .rate_limit(RateLimit::new("minute", 1_000, StdDuration::from_secs(60))),
+        )
+        .await
+        .unwrap();
+    let token: Arc<str> = key.expose_secret().into();
+    let tasks: Vec<_> = (0..240)
+        .map(|i| {
+            let m = nodes[i % 3].clone();
+            let t = token.clone();
+            tokio::spawn(async move { m.verify(&t, &Scope::Prometheus).await })
+        })
+        .collect();
+    let (mut passed, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => passed += 1,
+            Err(Error::UsageExceeded) => refused += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!((passed, refused), (60, 180));
+    for node in &nodes {
+        assert_eq!(
+            node.credits_remaining(&alice(), key.id()).await.unwrap(),
+            Some(0)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_is_one_count_across_managers() {
+    let Some(url) = redis_url("a_rate_limit_is_one_count_across_managers") else {
+        return;
+    };
+    let p = prefix();
+    let store = MemoryStore::new();
+    let engine = |p: &str| {
+        RedisCounters::builder(url.clone())
+            .prefix(p)
+            .timeout(StdDuration::from_secs(2))
+            .build()
+            .unwrap()
+    };
+    let (a, _) = manager(store.clone(), engine(&p));
+    let (b, _) = manager(store.clone(), engine(&p));
+    // An hour-long window: the test never straddles two windows.
+    let (key, _) = a
+        .generate(
+            &alice(),
+            req("r").rate_limit(RateLimit::new("hour", 4, StdDuration::from_secs(3600))),
+        )
+        .await
+        .unwrap();
+    let t = key.expose_secret();
+    for m in [&a, &b, &a, &b] {
+        m.verify(t, &Scope::Prometheus).await.unwrap();
+    }
+    for m in [&a, &b] {
+        assert!(matches!(
+            m.verify(t, &Scope::Prometheus).await,
+            Err(Error::RateLimited { .. })
+        ));
+    }
+}
+
+/// A private `redis-server` that this test starts and stops by its pid.
+struct PrivateRedis {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start(dir: PathBuf, port: u16) -> PrivateRedis {
+        let status = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--daemonize", "yes", "--pidfile"])
+            .arg(dir.join("redis.pid"))
+            .status()
+            .expect("redis-server runs (CI installs it; see .ci/redis.sh)");
+        assert!(status.success());
+        let r = PrivateRedis { dir, port };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && r.pid().is_some() {
+                return r;
+            }
+            std::thread::sleep(StdDuration::from_millis(25));
+        }
+        panic!("the private redis-server did not start");
+    }
+
+    fn pid(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("redis.pid"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Stops the server (SIGTERM: it finishes its append-only file) and waits until the
+    /// port is closed.
+    fn stop(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").arg(&pid).status();
+            for _ in 0..200 {
+                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+                    && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    return;
+                }
+                std::thread::sleep(StdDuration::from_millis(25));
+            }
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn temp_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(prefix());
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_limits_fail_open_or_closed_and_the_breaker_opens_and_closes() {
+    if redis_url("while_redis_is_down_limits_fail_open_or_closed_and_the_breaker_opens_and_closes")
+        .is_none()
+    {
+        return;
+    }
+    let dir = temp_dir();
+    let port = free_port();
+    let server = PrivateRedis::start(dir.clone(), port);
+    let open_for = StdDuration::from_millis(300);
+    let engine = RedisCounters::builder(server.url())
+        .timeout(StdDuration::from_secs(1))
+        .breaker(2, open_for)
+        .fail_open(["soft"])
+        .build()
+        .unwrap();
+    let (m, audit) = manager(MemoryStore::new(), engine.clone());
+    let hour = StdDuration::from_secs(3600);
+    let (soft, _) = m
+        .generate(
+            &alice(),
+            req("soft").rate_limit(RateLimit::new("soft", 100, hour)),
+        )
+        .await
+        .unwrap();
+    let (hard, _) = m
+        .generate(
+            &alice(),
+            req("hard").rate_limit(RateLimit::new("hard", 100, hour)),
+        )
+        .await
+        .unwrap();
+    let (paid, _) = m
+        .generate(&alice(), req("paid").credits(Credits::new(10)))
+        .await
+        .unwrap();
+    let (mixed, _) = m
+        .generate(
+            &alice(),
+            req("mixed")
+                .rate_limit(RateLimit::new("soft", 100, hour))
+                .rate_limit(RateLimit::new("hard", 100, hour)),
+        )
+        .await
+        .unwrap();
+    let verify = |t: &str| {
+        let m = m.clone();
+        let t = t.to_string();
+        async move { m.verify(&t, &Scope::Prometheus).await }
+    };
+    for k in [&soft, &hard, &paid, &mixed] {
+        verify(k.expose_secret()).await.unwrap();
+    }
+    assert_eq!(
+        verify(paid.expose_secret())
+            .await
+            .unwrap()
+            .credits_remaining(),
+        Some(8)
+    );
+
+    server.stop();
+    // Fail closed: the hard limit, the credits, and a key with one hard limit among others.
+    for k in [&hard, &paid, &mixed] {
+        let r = verify(k.expose_secret()).await;
+        assert!(matches!(r, Err(Error::LimitsUnavailable(_))), "{r:?}");
+    }
+    assert!(engine.stats().open, "the breaker opens after 2 failures");
+    // Fail open: admitted, and the host is told.
+    let v = verify(soft.expose_secret()).await.unwrap();
+    assert_eq!(v.limits().next().unwrap().remaining, 100);
+    assert!(
+        audit
+            .events()
+            .iter()
+            .any(|e| e.action == AuditAction::LimitsFailedOpen && e.key_id == Some(*soft.id()))
+    );
+    // While open, no call goes out: refusals come from the breaker.
+    let before = engine.stats();
+    for _ in 0..5 {
+        assert!(verify(hard.expose_secret()).await.is_err());
+    }
+    let after = engine.stats();
+    assert_eq!(
+        after.calls, before.calls,
+        "no call while the breaker is open"
+    );
+    assert_eq!(after.short_circuited, before.short_circuited + 5);
+
+    // Redis comes back (same port, same append-only file): after `open_for`, one probe
+    // closes the breaker, and the balance spent before the outage is still spent.
+    let _server = PrivateRedis::start(dir.clone(), port);
+    tokio::time::sleep(open_for + StdDuration::from_millis(50)).await;
+    let mut recovered = None;
+    for _ in 0..40 {
+        match verify(paid.expose_secret()).await {
+            Ok(v) => {
+                recovered = Some(v);
+                break;
+            }
+            Err(Error::LimitsUnavailable(_)) => {
+                tokio::time::sleep(open_for).await;
+            }
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    let v = recovered.expect("the breaker closes once Redis answers again");
+    assert_eq!(
+        v.credits_remaining(),
+        Some(7),
+        "credits survived the restart"
+    );
+    assert!(!engine.stats().open);
+    verify(hard.expose_secret()).await.unwrap();
+    drop(_server);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_first_decides_locally_and_syncs_to_a_shared_count() {
+    let Some(url) = redis_url("local_first_decides_locally_and_syncs_to_a_shared_count") else {
+        return;
+    };
+    let p = prefix();
+    let store = MemoryStore::new();
+    // Syncs only when the test says so (the background interval is an hour).
+    let engine = || {
+        RedisCounters::builder(url.clone())
+            .prefix(p.clone())
+            .timeout(StdDuration::from_secs(2))
+            .local_first(StdDuration::from_secs(3600))
+            .build()
+            .unwrap()
+    };
+    let (ea, eb) = (engine(), engine());
+    let (a, _) = manager(store.clone(), ea.clone());
+    let (b, _) = manager(store.clone(), eb.clone());
+    let hour = StdDuration::from_secs(3600);
+    let (key, _) = a
+        .generate(
+            &alice(),
+            req("lf").rate_limit(RateLimit::new("hour", 10, hour)),
+        )
+        .await
+        .unwrap();
+    let t = key.expose_secret();
+    let admit = |m: &KeyManager<MemoryStore>, n: usize| {
+        let m = m.clone();
+        let t = t.to_string();
+        async move {
+            let mut ok = 0;
+            for _ in 0..n {
+                if m.verify(&t, &Scope::Prometheus).await.is_ok() {
+                    ok += 1;
+                }
+            }
+            ok
+        }
+    };
+    // Decided locally: no call to Redis.
+    assert_eq!(admit(&a, 6).await, 6);
+    assert_eq!(admit(&b, 1).await, 1);
+    assert_eq!((ea.stats().calls, eb.stats().calls), (0, 0));
+    ea.sync_once().await;
+    eb.sync_once().await;
+    // B has seen A's 6 and its own 1: 3 left in all.
+    assert_eq!(admit(&b, 10).await, 3);
+    eb.sync_once().await;
+    ea.sync_once().await;
+    assert_eq!(admit(&a, 3).await, 0);
+    // Without a sync between them, each node can spend what it saw left: the documented
+    // bound on over-admission ((nodes - 1) × what was left at the last sync).
+    let (key, _) = a
+        .generate(
+            &alice(),
+            req("lf2").rate_limit(RateLimit::new("hour", 10, hour)),
+        )
+        .await
+        .unwrap();
+    let t2 = key.expose_secret().to_string();
+    let mut admitted = 0;
+    for m in [&a, &b] {
+        for _ in 0..20 {
+            admitted += usize::from(m.verify(&t2, &Scope::Prometheus).await.is_ok());
+        }
+    }
+    assert_eq!(admitted, 20);
+    ea.sync_once().await;
+    eb.sync_once().await;
+    ea.sync_once().await;
+    assert!(a.verify(&t2, &Scope::Prometheus).await.is_err());
+    assert!(b.verify(&t2, &Scope::Prometheus).await.is_err());
+}

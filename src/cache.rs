@@ -332,14 +332,25 @@ impl Cache {
         }
     }
 
-    /// Forgets `id` and fences off every fill that began before now.
+    /// Forgets `id` and fences off every fill that began before now. An entry that says
+    /// revoked is kept for [`Cache::get_stale`] only (when stale serving is on): this node
+    /// still knows the key was revoked, while normal lookups read the store again.
     pub(crate) fn invalidate(&self, id: &KeyId) {
         let mut shard = self
             .shard(id)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         shard.generation = shard.generation.wrapping_add(1);
-        shard.map.remove(id);
+        match shard.map.get_mut(id) {
+            Some(e) if e.facts.revoked && !self.max_stale.is_zero() => {
+                e.fresh_until = e.started;
+                e.valid_until = e.started;
+                e.epoch = NO_EPOCH;
+            }
+            _ => {
+                shard.map.remove(id);
+            }
+        }
     }
 
     /// Fences `id` now and again when the returned guard drops: wrap a store write in it, so

@@ -438,3 +438,76 @@ async fn an_enormous_ttl_means_cache_for_long_not_panic() {
         Err(Error::Revoked)
     ));
 }
+
+#[tokio::test]
+async fn an_unreachable_store_serves_stale_entries_only_when_asked_and_never_a_revoked_one() {
+    let store = CountingStore::default();
+    let audit = Recorder::default();
+    let fallback = StdDuration::from_millis(100);
+    let stale = KeyManager::builder(store.clone(), keyring())
+        .cache_fallback_ttl(fallback)
+        .serve_stale_while_store_unreachable(StdDuration::from_secs(600))
+        .audit(audit.clone())
+        .build()
+        .unwrap();
+    let strict = KeyManager::builder(store.clone(), keyring())
+        .cache_fallback_ttl(fallback)
+        .build()
+        .unwrap();
+    let (warm, _) = stale.generate(&alice(), prom()).await.unwrap();
+    let (revoked, revoked_info) = stale.generate(&alice(), prom()).await.unwrap();
+    let (deleted, deleted_info) = stale.generate(&alice(), prom()).await.unwrap();
+    for m in [&stale, &strict] {
+        for k in [&warm, &revoked, &deleted] {
+            m.verify(k.expose_secret(), &Scope::Prometheus)
+                .await
+                .unwrap();
+        }
+    }
+    stale.revoke(&alice(), &revoked_info.id).await.unwrap();
+    stale.delete(&alice(), &deleted_info.id).await.unwrap();
+    store
+        .fail_get
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(fallback + StdDuration::from_millis(50)).await;
+
+    // Off by default: a store error.
+    assert!(matches!(
+        strict
+            .verify(warm.expose_secret(), &Scope::Prometheus)
+            .await,
+        Err(Error::Store(_))
+    ));
+    // Opted in: accepted from the cache, audited.
+    stale
+        .verify(warm.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    let served = |a: &Recorder| {
+        a.events()
+            .iter()
+            .filter(|e| e.action == api_keys::AuditAction::ServedStale)
+            .count()
+    };
+    assert_eq!(served(&audit), 1);
+    // Never a key this node knows was revoked or deleted, never a wrong secret.
+    assert!(matches!(
+        stale
+            .verify(revoked.expose_secret(), &Scope::Prometheus)
+            .await,
+        Err(Error::Revoked)
+    ));
+    assert!(matches!(
+        stale
+            .verify(deleted.expose_secret(), &Scope::Prometheus)
+            .await,
+        Err(Error::Store(_))
+    ));
+    assert!(
+        stale
+            .verify(&wrong_secret(warm.expose_secret()), &Scope::Prometheus)
+            .await
+            .is_err()
+    );
+    assert_eq!(served(&audit), 1);
+}

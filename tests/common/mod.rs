@@ -82,6 +82,8 @@ pub struct CountingStore {
     pub gets: Arc<AtomicUsize>,
     pub fail_touch: Arc<std::sync::atomic::AtomicBool>,
     pub touches: Arc<AtomicUsize>,
+    /// Makes `get` fail as an unreachable store would.
+    pub fail_get: Arc<std::sync::atomic::AtomicBool>,
     /// The next `update` commits, then reports a failure (a reply lost on the way back).
     pub lose_update_reply: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -98,6 +100,11 @@ impl KeyStore for CountingStore {
     }
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
+        if self.fail_get.load(Ordering::SeqCst) {
+            return Err(StoreError::backend(std::io::Error::other(
+                "store unreachable",
+            )));
+        }
         self.inner.get(id).await
     }
     async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {

@@ -149,3 +149,10 @@ pub(super) fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     };
     StoreError::backend(PostgresError::new(kind, Some(Box::new(e))))
 }
+
+/// Whether `e` is a lost connection (a read may then be retried once on a fresh one).
+pub(super) fn is_connection_lost(e: &StoreError) -> bool {
+    matches!(e, StoreError::Backend(b)
+        if b.downcast_ref::<PostgresError>()
+            .is_some_and(|p| p.kind == PostgresErrorKind::ConnectionLost))
+}

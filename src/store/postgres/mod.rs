@@ -40,7 +40,7 @@ mod feed;
 mod options;
 
 pub use error::{PostgresError, PostgresErrorKind};
-use error::{pg, pool_err};
+use error::{is_connection_lost, pg, pool_err};
 use feed::{FeedConnector, run_feed};
 pub use options::PostgresOptions;
 
@@ -300,6 +300,19 @@ impl PostgresStore {
     }
 
     async fn query_records(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        // A read is retried once on a lost connection: after a server restart the pool may
+        // still hold connections that died with it, and a read has no effect to repeat.
+        match self.query_records_once(sql, params).await {
+            Err(e) if is_connection_lost(&e) => self.query_records_once(sql, params).await,
+            r => r,
+        }
+    }
+
+    async fn query_records_once(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],

@@ -93,8 +93,20 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn find<'w>(windows: &'w mut Vec<Window>, name: &str, window_ms: u64) -> &'w mut Window {
-    let pos = match windows.iter().position(|w| &*w.name == name) {
+/// The counter named `name`; `hint` is where it usually is (the limit's index in the key's
+/// configuration), checked first.
+fn find<'w>(
+    windows: &'w mut Vec<Window>,
+    hint: usize,
+    name: &str,
+    window_ms: u64,
+) -> &'w mut Window {
+    let at_hint = windows.get(hint).is_some_and(|w| &*w.name == name);
+    let pos = match if at_hint {
+        Some(hint)
+    } else {
+        windows.iter().position(|w| &*w.name == name)
+    } {
         Some(p) => p,
         None => {
             windows.push(Window {
@@ -186,6 +198,8 @@ fn decide(
     let now = req.now_ms;
     let cost = req.cost;
     let mut used = [0u64; MAX_RATE_LIMITS];
+    // Each limit's window (index, end), computed once.
+    let mut windows_at = [(0i64, 0i64); MAX_RATE_LIMITS];
     let mut usage = Usage::new();
     let mut refused: Option<(usize, i64)> = None;
     let limits = &req.limits[..req.limits.len().min(MAX_RATE_LIMITS)];
@@ -216,8 +230,9 @@ fn decide(
                 None => continue,
             },
         };
-        let w = find(windows, l.name(), l.window_ms());
+        let w = find(windows, i, l.name(), l.window_ms());
         let (idx, reset) = window_of(l, now);
+        windows_at[i] = (idx, reset);
         if w.idx != idx {
             w.idx = idx;
             w.used = 0;
@@ -231,7 +246,7 @@ fn decide(
         for (i, l) in limits.iter().enumerate() {
             usage.push(LimitUsage {
                 remaining: l.limit().saturating_sub(used[i]),
-                reset_ms: window_of(l, now).1,
+                reset_ms: windows_at[i].1,
             });
         }
     };
@@ -277,7 +292,7 @@ fn decide(
                 None => continue,
             },
         };
-        let w = find(windows, l.name(), l.window_ms());
+        let w = find(windows, i, l.name(), l.window_ms());
         w.used = w.used.saturating_add(cost);
         used[i] = w.used;
     }

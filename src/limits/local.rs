@@ -33,23 +33,69 @@ pub struct LocalCounters {
 #[derive(Default)]
 struct Shard {
     keys: HashMap<u64, KeyEntry, FixedState>,
-    orgs: HashMap<Box<str>, Vec<Window>, FixedState>,
+    orgs: HashMap<Box<str>, Windows, FixedState>,
 }
 
+/// One key's counters, inline in its shard's map (one lookup, no pointer to chase).
 #[derive(Default)]
 struct KeyEntry {
-    windows: Vec<Window>,
-    credits: Option<Arc<Mutex<Balance>>>,
+    windows: Windows,
+    credits: CreditCell,
 }
 
+/// A key's (or organization's) window counters, inline: at most [`MAX_RATE_LIMITS`] per
+/// key; an organization's beyond that share the last slot's fate (see `find`).
+#[derive(Default)]
+struct Windows {
+    items: [Window; MAX_RATE_LIMITS],
+    len: u8,
+}
+
+#[derive(Clone, Copy, Default)]
 struct Window {
-    name: Box<str>,
+    /// The limit's name, hashed (names of one key are unique; 64-bit hashes of at most a
+    /// few dozen names per key or organization do not collide in practice).
+    name: u64,
     window_ms: u64,
     idx: i64,
     used: u64,
 }
 
+/// A key's credit balance: its own (inline, under the shard lock), or shared with the keys
+/// of a roll (under its own lock, always taken after the shard's).
 #[derive(Default)]
+enum CreditCell {
+    #[default]
+    None,
+    Own(Balance),
+    Shared(Arc<Mutex<Balance>>),
+}
+
+impl CreditCell {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Balance) -> R) -> R {
+        match self {
+            CreditCell::Own(b) => f(b),
+            CreditCell::Shared(a) => f(&mut a.lock().unwrap_or_else(PoisonError::into_inner)),
+            CreditCell::None => {
+                *self = CreditCell::Own(Balance::default());
+                self.with(f)
+            }
+        }
+    }
+
+    /// Makes the balance shareable and returns it.
+    fn share(&mut self) -> Arc<Mutex<Balance>> {
+        let own = match std::mem::take(self) {
+            CreditCell::Shared(a) => a,
+            CreditCell::Own(b) => Arc::new(Mutex::new(b)),
+            CreditCell::None => Arc::new(Mutex::new(Balance::default())),
+        };
+        *self = CreditCell::Shared(own.clone());
+        own
+    }
+}
+
+#[derive(Clone, Copy, Default)]
 struct Balance {
     initialized: bool,
     balance: u64,
@@ -93,32 +139,29 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The counter named `name`; `hint` is where it usually is (the limit's index in the key's
-/// configuration), checked first.
-fn find<'w>(
-    windows: &'w mut Vec<Window>,
-    hint: usize,
-    name: &str,
-    window_ms: u64,
-) -> &'w mut Window {
-    let at_hint = windows.get(hint).is_some_and(|w| &*w.name == name);
-    let pos = match if at_hint {
-        Some(hint)
+/// The counter named `name` (hashed); `hint` is where it usually is (the limit's index in
+/// the key's configuration), checked first. A new name takes the next free slot (the last
+/// slot when all are taken: only an organization whose keys use more than
+/// [`MAX_RATE_LIMITS`] distinct org-wide names in all gets there, and those names then share
+/// a fresh count instead of keeping their own).
+fn find(windows: &mut Windows, hint: usize, name: u64, window_ms: u64) -> &mut Window {
+    let len = usize::from(windows.len);
+    let pos = if hint < len && windows.items[hint].name == name {
+        hint
+    } else if let Some(p) = windows.items[..len].iter().position(|w| w.name == name) {
+        p
     } else {
-        windows.iter().position(|w| &*w.name == name)
-    } {
-        Some(p) => p,
-        None => {
-            windows.push(Window {
-                name: name.into(),
-                window_ms,
-                idx: i64::MIN,
-                used: 0,
-            });
-            windows.len() - 1
-        }
+        let p = len.min(MAX_RATE_LIMITS - 1);
+        windows.items[p] = Window {
+            name,
+            window_ms,
+            idx: i64::MIN,
+            used: 0,
+        };
+        windows.len = u8::try_from(p + 1).unwrap_or(u8::MAX);
+        p
     };
-    let w = &mut windows[pos];
+    let w = &mut windows.items[pos];
     if w.window_ms != window_ms {
         // The limit's window was changed: a fresh count.
         w.window_ms = window_ms;
@@ -147,6 +190,10 @@ impl LocalCounters {
 
     /// Decides one request (synchronously).
     pub fn decide(&self, req: &UsageRequest<'_>) -> Decision {
+        let mut names = [0u64; MAX_RATE_LIMITS];
+        for (n, l) in names.iter_mut().zip(req.limits) {
+            *n = self.hasher.hash_one(l.name());
+        }
         let ks = self.key_shard(req.key);
         let needs_org = req.limits.iter().any(|l| l.scope() == LimitScope::Org);
         let os = if needs_org {
@@ -158,12 +205,12 @@ impl LocalCounters {
             None => {
                 let mut g = lock(&self.shards[ks]);
                 let Shard { keys, orgs } = &mut *g;
-                decide(keys, orgs, req)
+                decide(keys, orgs, &names, req)
             }
             Some(os) if os == ks => {
                 let mut g = lock(&self.shards[ks]);
                 let Shard { keys, orgs } = &mut *g;
-                decide(keys, orgs, req)
+                decide(keys, orgs, &names, req)
             }
             Some(os) => {
                 // Two shards: always locked in index order.
@@ -174,25 +221,27 @@ impl LocalCounters {
                     let o = lock(&self.shards[os]);
                     (lock(&self.shards[ks]), o)
                 };
-                decide(&mut kg.keys, &mut og.orgs, req)
+                decide(&mut kg.keys, &mut og.orgs, &names, req)
             }
         }
     }
 
     fn cell(&self, key: KeyId) -> Arc<Mutex<Balance>> {
         let mut g = lock(&self.shards[self.key_shard(key)]);
-        g.keys
-            .entry(key.value())
-            .or_default()
-            .credits
-            .get_or_insert_with(Default::default)
-            .clone()
+        g.keys.entry(key.value()).or_default().credits.share()
+    }
+
+    /// Runs `f` on a key's balance.
+    fn balance<R>(&self, key: KeyId, f: impl FnOnce(&mut Balance) -> R) -> R {
+        let mut g = lock(&self.shards[self.key_shard(key)]);
+        g.keys.entry(key.value()).or_default().credits.with(f)
     }
 }
 
 fn decide(
     keys: &mut HashMap<u64, KeyEntry, FixedState>,
-    orgs: &mut HashMap<Box<str>, Vec<Window>, FixedState>,
+    orgs: &mut HashMap<Box<str>, Windows, FixedState>,
+    names: &[u64],
     req: &UsageRequest<'_>,
 ) -> Decision {
     let now = req.now_ms;
@@ -230,7 +279,7 @@ fn decide(
                 None => continue,
             },
         };
-        let w = find(windows, i, l.name(), l.window_ms());
+        let w = find(windows, i, names[i], l.window_ms());
         let (idx, reset) = window_of(l, now);
         windows_at[i] = (idx, reset);
         if w.idx != idx {
@@ -253,12 +302,7 @@ fn decide(
     if let Some((i, reset)) = refused {
         report(&mut usage, &used);
         if let (Some(c), Some(e)) = (req.credits, entry.as_deref_mut()) {
-            let cell = e.credits.get_or_insert_with(Default::default);
-            usage.credits = Some(
-                cell.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .current(c, now),
-            );
+            usage.credits = Some(e.credits.with(|b| b.current(c, now)));
         }
         return Decision::RateLimited {
             limit: i,
@@ -266,19 +310,25 @@ fn decide(
             usage,
         };
     }
-    // Credits: checked and spent under the balance's own (leaf) lock.
+    // Credits: checked and spent under the shard lock (and a shared balance's own lock).
     if let (Some(c), Some(e)) = (req.credits, entry.as_deref_mut()) {
-        let cell = e.credits.get_or_insert_with(Default::default);
-        let mut b = cell.lock().unwrap_or_else(PoisonError::into_inner);
-        let balance = b.current(c, now);
-        if balance < cost {
-            drop(b);
-            report(&mut usage, &used);
-            usage.credits = Some(balance);
-            return Decision::OutOfCredits { usage };
+        let spent = e.credits.with(|b| {
+            let balance = b.current(c, now);
+            if balance < cost {
+                Err(balance)
+            } else {
+                b.balance = balance - cost;
+                Ok(b.balance)
+            }
+        });
+        match spent {
+            Ok(left) => usage.credits = Some(left),
+            Err(balance) => {
+                report(&mut usage, &used);
+                usage.credits = Some(balance);
+                return Decision::OutOfCredits { usage };
+            }
         }
-        b.balance = balance - cost;
-        usage.credits = Some(b.balance);
     }
     // Pass 2: spend on every limit.
     for (i, l) in limits.iter().enumerate() {
@@ -292,7 +342,7 @@ fn decide(
                 None => continue,
             },
         };
-        let w = find(windows, i, l.name(), l.window_ms());
+        let w = find(windows, i, names[i], l.window_ms());
         w.used = w.used.saturating_add(cost);
         used[i] = w.used;
     }
@@ -315,13 +365,13 @@ impl UsageCounters for LocalCounters {
         balance: u64,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<(), CounterError>> {
-        let cell = self.cell(key);
-        let mut b = cell.lock().unwrap_or_else(PoisonError::into_inner);
-        *b = Balance {
-            initialized: true,
-            balance,
-            period: refill_period(credits.refill_schedule(), now_ms),
-        };
+        self.balance(key, |b| {
+            *b = Balance {
+                initialized: true,
+                balance,
+                period: refill_period(credits.refill_schedule(), now_ms),
+            }
+        });
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -331,12 +381,7 @@ impl UsageCounters for LocalCounters {
         credits: Option<&'a Credits>,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Option<u64>, CounterError>> {
-        let out = credits.map(|c| {
-            self.cell(key)
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .current(c, now_ms)
-        });
+        let out = credits.map(|c| self.balance(key, |b| b.current(c, now_ms)));
         Box::pin(std::future::ready(Ok(out)))
     }
 
@@ -347,7 +392,7 @@ impl UsageCounters for LocalCounters {
     ) -> BoxFuture<'a, Result<(), CounterError>> {
         let cell = self.cell(from);
         let mut g = lock(&self.shards[self.key_shard(to)]);
-        g.keys.entry(to.value()).or_default().credits = Some(cell);
+        g.keys.entry(to.value()).or_default().credits = CreditCell::Shared(cell);
         Box::pin(std::future::ready(Ok(())))
     }
 

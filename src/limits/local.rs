@@ -36,8 +36,11 @@ struct Shard {
     orgs: HashMap<Box<str>, Windows, FixedState>,
 }
 
-/// One key's counters, inline in its shard's map (one lookup, no pointer to chase).
+/// One key's counters, inline in its shard's map (one lookup, no pointer to chase). Laid out
+/// so that the count of windows and the first window share the map entry's first cache line
+/// with the key.
 #[derive(Default)]
+#[repr(C)]
 struct KeyEntry {
     windows: Windows,
     credits: CreditCell,
@@ -46,9 +49,10 @@ struct KeyEntry {
 /// A key's (or organization's) window counters, inline: at most [`MAX_RATE_LIMITS`] per
 /// key; an organization's beyond that share the last slot's fate (see `find`).
 #[derive(Default)]
+#[repr(C)]
 struct Windows {
-    items: [Window; MAX_RATE_LIMITS],
     len: u8,
+    items: [Window; MAX_RATE_LIMITS],
 }
 
 #[derive(Clone, Copy, Default)]

@@ -41,11 +41,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .build()
                 .map_err(Error::LimitsUnavailable)?;
             engines.push(engine.clone());
-            Ok::<_, Error>(
-                KeyManager::builder(store.clone(), keyring.clone())
-                    .counters(engine)
-                    .build()?,
-            )
+            KeyManager::builder(store.clone(), keyring.clone())
+                .counters(engine)
+                .build()
         })
         .collect::<Result<_, _>>()?;
     let actor = Actor::manager(OrgId::new("acme"), UserId::new("alice"));

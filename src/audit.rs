@@ -112,6 +112,9 @@ pub enum AuditAction {
     /// was unreachable and those limits fail open. Logged with the same bound as failed
     /// verifications.
     LimitsFailedOpen,
+    /// A key was accepted from the cache although the store could not confirm it (the store
+    /// was unreachable and `serve_stale_while_store_unreachable` is set).
+    ServedStale,
 }
 
 impl AuditAction {
@@ -132,6 +135,7 @@ impl AuditAction {
             AuditAction::CreditsChanged => "credits_changed",
             AuditAction::CreditsExhausted => "credits_exhausted",
             AuditAction::LimitsFailedOpen => "limits_failed_open",
+            AuditAction::ServedStale => "served_stale",
         }
     }
 }
@@ -320,6 +324,13 @@ impl AuditSink for TracingAudit {
                     );
                 }
             }
+            AuditAction::ServedStale => tracing::warn!(
+                target: "api_keys::audit",
+                action = e.action.name(),
+                key_id,
+                org,
+                "API key accepted from the cache while the key store is unreachable"
+            ),
             AuditAction::IntegrityFailure => tracing::error!(
                 target: "api_keys::audit",
                 action = e.action.name(),

@@ -124,6 +124,8 @@ fn redis_strict(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    // The connection manager spawns its task on the runtime it is built in.
+    let _guard = rt.enter();
     let mut g = c.benchmark_group("limits");
     for (name, v) in [
         ("redis_strict_one_limit", Variant::One),

@@ -31,17 +31,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = MemoryStore::new();
     let keyring = Keyring::new(1, MasterKey::generate());
     let prefix = format!("api-keys-example-{}", std::process::id());
+    let mut engines = Vec::new();
     let nodes: Vec<KeyManager<MemoryStore>> = (0..NODES)
         .map(|_| {
             let engine = RedisCounters::builder(url.clone())
                 .prefix(prefix.clone())
+                .timeout(Duration::from_millis(500))
                 .local_first(Duration::from_millis(sync_ms))
-                .build()?;
-            Ok::<_, Error>(
-                KeyManager::builder(store.clone(), keyring.clone())
-                    .counters(engine)
-                    .build()?,
-            )
+                .build()
+                .map_err(Error::LimitsUnavailable)?;
+            engines.push(engine.clone());
+            KeyManager::builder(store.clone(), keyring.clone())
+                .counters(engine)
+                .build()
         })
         .collect::<Result<_, _>>()?;
     let actor = Actor::manager(OrgId::new("acme"), UserId::new("alice"));
@@ -99,6 +101,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     for (s, n) in &full {
         println!("window {s}: admitted {n}");
+    }
+    for (i, e) in engines.iter().enumerate() {
+        let s = e.stats();
+        println!(
+            "node {i}: {} sync calls, {} refused by the open breaker",
+            s.calls, s.short_circuited
+        );
     }
     if let Some(max) = full.iter().map(|(_, n)| *n).max() {
         let mean = full.iter().map(|(_, n)| *n).sum::<u64>() as f64 / full.len() as f64;

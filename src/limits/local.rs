@@ -33,23 +33,73 @@ pub struct LocalCounters {
 #[derive(Default)]
 struct Shard {
     keys: HashMap<u64, KeyEntry, FixedState>,
-    orgs: HashMap<Box<str>, Vec<Window>, FixedState>,
+    orgs: HashMap<Box<str>, Windows, FixedState>,
 }
 
+/// One key's counters, inline in its shard's map (one lookup, no pointer to chase). Laid out
+/// so that the count of windows and the first window share the map entry's first cache line
+/// with the key.
 #[derive(Default)]
+#[repr(C)]
 struct KeyEntry {
-    windows: Vec<Window>,
-    credits: Option<Arc<Mutex<Balance>>>,
+    windows: Windows,
+    credits: CreditCell,
 }
 
+/// A key's (or organization's) window counters, inline: at most [`MAX_RATE_LIMITS`] per
+/// key; an organization's beyond that share the last slot's fate (see `find`).
+#[derive(Default)]
+#[repr(C)]
+struct Windows {
+    len: u8,
+    items: [Window; MAX_RATE_LIMITS],
+}
+
+#[derive(Clone, Copy, Default)]
 struct Window {
-    name: Box<str>,
+    /// The limit's name, hashed (names of one key are unique; 64-bit hashes of at most a
+    /// few dozen names per key or organization do not collide in practice).
+    name: u64,
     window_ms: u64,
     idx: i64,
     used: u64,
 }
 
+/// A key's credit balance: its own (inline, under the shard lock), or shared with the keys
+/// of a roll (under its own lock, always taken after the shard's).
 #[derive(Default)]
+enum CreditCell {
+    #[default]
+    None,
+    Own(Balance),
+    Shared(Arc<Mutex<Balance>>),
+}
+
+impl CreditCell {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Balance) -> R) -> R {
+        match self {
+            CreditCell::Own(b) => f(b),
+            CreditCell::Shared(a) => f(&mut a.lock().unwrap_or_else(PoisonError::into_inner)),
+            CreditCell::None => {
+                *self = CreditCell::Own(Balance::default());
+                self.with(f)
+            }
+        }
+    }
+
+    /// Makes the balance shareable and returns it.
+    fn share(&mut self) -> Arc<Mutex<Balance>> {
+        let own = match std::mem::take(self) {
+            CreditCell::Shared(a) => a,
+            CreditCell::Own(b) => Arc::new(Mutex::new(b)),
+            CreditCell::None => Arc::new(Mutex::new(Balance::default())),
+        };
+        *self = CreditCell::Shared(own.clone());
+        own
+    }
+}
+
+#[derive(Clone, Copy, Default)]
 struct Balance {
     initialized: bool,
     balance: u64,
@@ -93,20 +143,29 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn find<'w>(windows: &'w mut Vec<Window>, name: &str, window_ms: u64) -> &'w mut Window {
-    let pos = match windows.iter().position(|w| &*w.name == name) {
-        Some(p) => p,
-        None => {
-            windows.push(Window {
-                name: name.into(),
-                window_ms,
-                idx: i64::MIN,
-                used: 0,
-            });
-            windows.len() - 1
-        }
+/// The counter named `name` (hashed); `hint` is where it usually is (the limit's index in
+/// the key's configuration), checked first. A new name takes the next free slot (the last
+/// slot when all are taken: only an organization whose keys use more than
+/// [`MAX_RATE_LIMITS`] distinct org-wide names in all gets there, and those names then share
+/// a fresh count instead of keeping their own).
+fn find(windows: &mut Windows, hint: usize, name: u64, window_ms: u64) -> &mut Window {
+    let len = usize::from(windows.len);
+    let pos = if hint < len && windows.items[hint].name == name {
+        hint
+    } else if let Some(p) = windows.items[..len].iter().position(|w| w.name == name) {
+        p
+    } else {
+        let p = len.min(MAX_RATE_LIMITS - 1);
+        windows.items[p] = Window {
+            name,
+            window_ms,
+            idx: i64::MIN,
+            used: 0,
+        };
+        windows.len = u8::try_from(p + 1).unwrap_or(u8::MAX);
+        p
     };
-    let w = &mut windows[pos];
+    let w = &mut windows.items[pos];
     if w.window_ms != window_ms {
         // The limit's window was changed: a fresh count.
         w.window_ms = window_ms;
@@ -135,6 +194,10 @@ impl LocalCounters {
 
     /// Decides one request (synchronously).
     pub fn decide(&self, req: &UsageRequest<'_>) -> Decision {
+        let mut names = [0u64; MAX_RATE_LIMITS];
+        for (n, l) in names.iter_mut().zip(req.limits) {
+            *n = self.hasher.hash_one(l.name());
+        }
         let ks = self.key_shard(req.key);
         let needs_org = req.limits.iter().any(|l| l.scope() == LimitScope::Org);
         let os = if needs_org {
@@ -146,12 +209,12 @@ impl LocalCounters {
             None => {
                 let mut g = lock(&self.shards[ks]);
                 let Shard { keys, orgs } = &mut *g;
-                decide(keys, orgs, req)
+                decide(keys, orgs, &names, req)
             }
             Some(os) if os == ks => {
                 let mut g = lock(&self.shards[ks]);
                 let Shard { keys, orgs } = &mut *g;
-                decide(keys, orgs, req)
+                decide(keys, orgs, &names, req)
             }
             Some(os) => {
                 // Two shards: always locked in index order.
@@ -162,30 +225,34 @@ impl LocalCounters {
                     let o = lock(&self.shards[os]);
                     (lock(&self.shards[ks]), o)
                 };
-                decide(&mut kg.keys, &mut og.orgs, req)
+                decide(&mut kg.keys, &mut og.orgs, &names, req)
             }
         }
     }
 
     fn cell(&self, key: KeyId) -> Arc<Mutex<Balance>> {
         let mut g = lock(&self.shards[self.key_shard(key)]);
-        g.keys
-            .entry(key.value())
-            .or_default()
-            .credits
-            .get_or_insert_with(Default::default)
-            .clone()
+        g.keys.entry(key.value()).or_default().credits.share()
+    }
+
+    /// Runs `f` on a key's balance.
+    fn balance<R>(&self, key: KeyId, f: impl FnOnce(&mut Balance) -> R) -> R {
+        let mut g = lock(&self.shards[self.key_shard(key)]);
+        g.keys.entry(key.value()).or_default().credits.with(f)
     }
 }
 
 fn decide(
     keys: &mut HashMap<u64, KeyEntry, FixedState>,
-    orgs: &mut HashMap<Box<str>, Vec<Window>, FixedState>,
+    orgs: &mut HashMap<Box<str>, Windows, FixedState>,
+    names: &[u64],
     req: &UsageRequest<'_>,
 ) -> Decision {
     let now = req.now_ms;
     let cost = req.cost;
     let mut used = [0u64; MAX_RATE_LIMITS];
+    // Each limit's window (index, end), computed once.
+    let mut windows_at = [(0i64, 0i64); MAX_RATE_LIMITS];
     let mut usage = Usage::new();
     let mut refused: Option<(usize, i64)> = None;
     let limits = &req.limits[..req.limits.len().min(MAX_RATE_LIMITS)];
@@ -216,8 +283,9 @@ fn decide(
                 None => continue,
             },
         };
-        let w = find(windows, l.name(), l.window_ms());
+        let w = find(windows, i, names[i], l.window_ms());
         let (idx, reset) = window_of(l, now);
+        windows_at[i] = (idx, reset);
         if w.idx != idx {
             w.idx = idx;
             w.used = 0;
@@ -231,19 +299,14 @@ fn decide(
         for (i, l) in limits.iter().enumerate() {
             usage.push(LimitUsage {
                 remaining: l.limit().saturating_sub(used[i]),
-                reset_ms: window_of(l, now).1,
+                reset_ms: windows_at[i].1,
             });
         }
     };
     if let Some((i, reset)) = refused {
         report(&mut usage, &used);
         if let (Some(c), Some(e)) = (req.credits, entry.as_deref_mut()) {
-            let cell = e.credits.get_or_insert_with(Default::default);
-            usage.credits = Some(
-                cell.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .current(c, now),
-            );
+            usage.credits = Some(e.credits.with(|b| b.current(c, now)));
         }
         return Decision::RateLimited {
             limit: i,
@@ -251,19 +314,25 @@ fn decide(
             usage,
         };
     }
-    // Credits: checked and spent under the balance's own (leaf) lock.
+    // Credits: checked and spent under the shard lock (and a shared balance's own lock).
     if let (Some(c), Some(e)) = (req.credits, entry.as_deref_mut()) {
-        let cell = e.credits.get_or_insert_with(Default::default);
-        let mut b = cell.lock().unwrap_or_else(PoisonError::into_inner);
-        let balance = b.current(c, now);
-        if balance < cost {
-            drop(b);
-            report(&mut usage, &used);
-            usage.credits = Some(balance);
-            return Decision::OutOfCredits { usage };
+        let spent = e.credits.with(|b| {
+            let balance = b.current(c, now);
+            if balance < cost {
+                Err(balance)
+            } else {
+                b.balance = balance - cost;
+                Ok(b.balance)
+            }
+        });
+        match spent {
+            Ok(left) => usage.credits = Some(left),
+            Err(balance) => {
+                report(&mut usage, &used);
+                usage.credits = Some(balance);
+                return Decision::OutOfCredits { usage };
+            }
         }
-        b.balance = balance - cost;
-        usage.credits = Some(b.balance);
     }
     // Pass 2: spend on every limit.
     for (i, l) in limits.iter().enumerate() {
@@ -277,7 +346,7 @@ fn decide(
                 None => continue,
             },
         };
-        let w = find(windows, l.name(), l.window_ms());
+        let w = find(windows, i, names[i], l.window_ms());
         w.used = w.used.saturating_add(cost);
         used[i] = w.used;
     }
@@ -300,13 +369,13 @@ impl UsageCounters for LocalCounters {
         balance: u64,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<(), CounterError>> {
-        let cell = self.cell(key);
-        let mut b = cell.lock().unwrap_or_else(PoisonError::into_inner);
-        *b = Balance {
-            initialized: true,
-            balance,
-            period: refill_period(credits.refill_schedule(), now_ms),
-        };
+        self.balance(key, |b| {
+            *b = Balance {
+                initialized: true,
+                balance,
+                period: refill_period(credits.refill_schedule(), now_ms),
+            }
+        });
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -316,12 +385,7 @@ impl UsageCounters for LocalCounters {
         credits: Option<&'a Credits>,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Option<u64>, CounterError>> {
-        let out = credits.map(|c| {
-            self.cell(key)
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .current(c, now_ms)
-        });
+        let out = credits.map(|c| self.balance(key, |b| b.current(c, now_ms)));
         Box::pin(std::future::ready(Ok(out)))
     }
 
@@ -332,7 +396,7 @@ impl UsageCounters for LocalCounters {
     ) -> BoxFuture<'a, Result<(), CounterError>> {
         let cell = self.cell(from);
         let mut g = lock(&self.shards[self.key_shard(to)]);
-        g.keys.entry(to.value()).or_default().credits = Some(cell);
+        g.keys.entry(to.value()).or_default().credits = CreditCell::Shared(cell);
         Box::pin(std::future::ready(Ok(())))
     }
 

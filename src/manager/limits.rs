@@ -18,7 +18,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         limits: &KeyLimits,
         cost: u64,
     ) -> Result<Box<Spent>, Error> {
-        let now_ms = unix_ms(self.inner.clock.now());
+        let now_ms = self.inner.clock.now_unix_ms();
         let req = UsageRequest {
             key: facts.id,
             org: &facts.org,

@@ -89,6 +89,27 @@ pub enum AuditAction {
     IntegrityFailure,
     /// A verification failed.
     VerificationFailed(FailureClass),
+    /// Someone holding a key's whole token reported it leaked (`revoke_leaked`); `revoked`
+    /// says whether this report revoked it (`false`: it was already revoked).
+    Leaked {
+        /// Whether this report revoked the key.
+        revoked: bool,
+    },
+    /// A key was revoked because its creator left (`revoke_created_by`).
+    RevokedDepartedUser,
+    /// The sweep warned that a key expires within `lead`.
+    ExpiryWarning {
+        /// The warning's lead time.
+        lead: time::Duration,
+    },
+    /// The sweep announced that a key expired.
+    Expired,
+    /// The sweep warned that an unused key will be revoked.
+    UnusedWarning,
+    /// The sweep revoked a key unused for longer than the policy allows.
+    RevokedUnused,
+    /// The sweep deleted a key that stopped working longer ago than the retention.
+    Purged,
 }
 
 impl AuditAction {
@@ -105,6 +126,13 @@ impl AuditAction {
             AuditAction::Rewrapped { .. } => "rewrapped",
             AuditAction::IntegrityFailure => "integrity_failure",
             AuditAction::VerificationFailed(_) => "verification_failed",
+            AuditAction::Leaked { .. } => "leaked",
+            AuditAction::RevokedDepartedUser => "revoked_departed_user",
+            AuditAction::ExpiryWarning { .. } => "expiry_warning",
+            AuditAction::Expired => "expired",
+            AuditAction::UnusedWarning => "unused_warning",
+            AuditAction::RevokedUnused => "revoked_unused",
+            AuditAction::Purged => "purged",
         }
     }
 }

@@ -13,11 +13,13 @@ mod crypto;
 mod error;
 mod ids;
 mod key;
+mod leaks;
 mod limits;
 mod manager;
 mod policy;
 mod record;
 mod store;
+mod sweep;
 mod token;
 
 #[cfg(feature = "axum")]
@@ -36,6 +38,7 @@ pub use crypto::{Keyring, MasterKey};
 pub use error::{BoxError, Error, StoreError};
 pub use ids::{Actor, KeyId, OrgId, Role, Scope, UserId};
 pub use key::{ApiKey, KeyInfo, KeyStatus, RevocationReason, Verified};
+pub use leaks::{LeakVerdict, MAX_LEAK_BATCH, MAX_LEAK_SOURCE_BYTES};
 pub use limits::{Credits, LimitScope, MAX_RATE_LIMITS, RateLimit, Refill};
 pub use manager::{KeyManager, KeyManagerBuilder, RewrapReport};
 pub use policy::{Expiry, GenerateRequest, Policy};
@@ -49,6 +52,7 @@ pub use store::{PostgresError, PostgresErrorKind, PostgresStore};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::{SqliteError, SqliteErrorKind, SqliteStore};
+pub use sweep::{AutomationEvent, Notification, Notifier, SweepReport, UNUSED_NOTICE};
 pub use token::{DEFAULT_PREFIX, MAX_TOKEN_LEN, UntrustedToken};
 
 /// Re-exported so hosts use the same `time` as the crate.

@@ -18,16 +18,16 @@ use crate::store::ChangeListener;
 use crate::token::{DEFAULT_PREFIX, SECRET_LEN, UntrustedToken, format_token, valid_prefix};
 use crate::{
     Actor, ApiKey, Clock, Error, GenerateRequest, KeyId, KeyInfo, KeyRecord, KeyStatus, KeyStore,
-    Keyring, OrgId, Policy, RevocationReason, Scope, StoreError, SystemClock, Verified,
+    Keyring, Notifier, OrgId, Policy, RevocationReason, Scope, StoreError, SystemClock, Verified,
 };
 use zeroize::Zeroizing;
 
 /// How many times a management operation re-reads and retries after losing a CAS race.
-const CAS_RETRIES: usize = 5;
+pub(crate) const CAS_RETRIES: usize = 5;
 /// Last use is written at most this often per key and process.
 const TOUCH_INTERVAL_SECS: i64 = 60;
 /// Page size of `rewrap` and `expiring_all`.
-const SCAN_PAGE: usize = 256;
+pub(crate) const SCAN_PAGE: usize = 256;
 
 /// Builds a [`KeyManager`]; see [`KeyManager::builder`].
 pub struct KeyManagerBuilder<S> {
@@ -40,9 +40,18 @@ pub struct KeyManagerBuilder<S> {
     cache_ttl: StdDuration,
     fallback_ttl: StdDuration,
     cache_capacity: usize,
+    notifier: Option<Arc<dyn Notifier>>,
 }
 
 impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
+    /// Where the automations' events go besides the audit sink (expiry warnings, expiries,
+    /// unused-key warnings and revocations, purges, leaks, departed users): e-mail, chat,
+    /// webhooks. None by default.
+    pub fn notifier(mut self, notifier: impl Notifier) -> Self {
+        self.notifier = Some(Arc::new(notifier));
+        self
+    }
+
     /// The token prefix, `[a-z][a-z0-9]{1,15}` (default `sak`). A manager rejects tokens of
     /// any other prefix as [`Error::Malformed`].
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -118,26 +127,28 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
                 policy: self.policy,
                 audit: self.audit,
                 cache,
+                notifier: self.notifier,
             }),
         })
     }
 }
 
-struct Inner<S> {
-    store: S,
+pub(crate) struct Inner<S> {
+    pub(crate) store: S,
     keyring: RwLock<Arc<Keyring>>,
-    prefix: String,
-    clock: Arc<dyn Clock>,
-    policy: Policy,
+    pub(crate) prefix: String,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) policy: Policy,
     audit: Arc<dyn AuditSink>,
-    cache: Arc<Cache>,
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) notifier: Option<Arc<dyn Notifier>>,
 }
 
 /// Generates, verifies and manages an organization's API keys over a [`KeyStore`].
 ///
 /// Cloning is cheap and clones share everything (store, cache, keyring).
 pub struct KeyManager<S> {
-    inner: Arc<Inner<S>>,
+    pub(crate) inner: Arc<Inner<S>>,
 }
 
 impl<S> Clone for KeyManager<S> {
@@ -170,6 +181,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             cache_ttl: StdDuration::from_secs(30),
             fallback_ttl: StdDuration::from_secs(1),
             cache_capacity: 100_000,
+            notifier: None,
         }
     }
 
@@ -208,7 +220,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         Ok(())
     }
 
-    fn keyring(&self) -> Arc<Keyring> {
+    pub(crate) fn keyring(&self) -> Arc<Keyring> {
         self.inner
             .keyring
             .read()
@@ -216,7 +228,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             .clone()
     }
 
-    fn audit(
+    pub(crate) fn audit(
         &self,
         action: AuditAction,
         actor: Option<&Actor>,
@@ -234,7 +246,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     }
 
     /// Audits an event whose recording failure must not fail the operation (it is logged).
-    fn audit_best_effort(
+    pub(crate) fn audit_best_effort(
         &self,
         action: AuditAction,
         actor: Option<&Actor>,
@@ -246,7 +258,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         }
     }
 
-    fn require_manager(actor: &Actor) -> Result<(), Error> {
+    pub(crate) fn require_manager(actor: &Actor) -> Result<(), Error> {
         if actor.is_manager() {
             Ok(())
         } else {
@@ -255,7 +267,11 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     }
 
     /// Reads a record of the actor's organization (`NotFound` for another org's).
-    async fn fetch(&self, actor: Option<&Actor>, id: &KeyId) -> Result<KeyRecord, Error> {
+    pub(crate) async fn fetch(
+        &self,
+        actor: Option<&Actor>,
+        id: &KeyId,
+    ) -> Result<KeyRecord, Error> {
         match self.inner.store.get(id).await? {
             Some(rec) if actor.is_none_or(|a| rec.org == *a.org()) => Ok(rec),
             _ => Err(Error::NotFound),
@@ -265,7 +281,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// Reads a record to act on: of the actor's organization (`NotFound` otherwise; `None` for
     /// host-level jobs) and stored under the id it names (`Integrity` otherwise — a row copied
     /// under another id must never make an operation act on, or reveal, a different key).
-    async fn load(&self, actor: Option<&Actor>, id: &KeyId) -> Result<KeyRecord, Error> {
+    pub(crate) async fn load(&self, actor: Option<&Actor>, id: &KeyId) -> Result<KeyRecord, Error> {
         let rec = self.fetch(actor, id).await?;
         if rec.id != *id {
             self.audit_best_effort(
@@ -280,7 +296,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     }
 
     /// Opens a record of this manager's class into `secret`, auditing an integrity failure.
-    fn open(
+    pub(crate) fn open(
         &self,
         keyring: &Keyring,
         rec: &KeyRecord,
@@ -299,7 +315,12 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     }
 
     /// Checks a record's tag and class without decrypting, auditing a failure.
-    fn authentic(&self, keyring: &Keyring, rec: &KeyRecord, actor: Option<&Actor>) -> bool {
+    pub(crate) fn authentic(
+        &self,
+        keyring: &Keyring,
+        rec: &KeyRecord,
+        actor: Option<&Actor>,
+    ) -> bool {
         rec.authenticate(keyring, &self.inner.prefix).is_ok() || {
             self.audit_best_effort(
                 AuditAction::IntegrityFailure,
@@ -311,13 +332,13 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         }
     }
 
-    fn info(&self, rec: &KeyRecord, now: OffsetDateTime) -> KeyInfo {
+    pub(crate) fn info(&self, rec: &KeyRecord, now: OffsetDateTime) -> KeyInfo {
         KeyInfo::from_record(rec, now, &self.inner.prefix)
     }
 
     /// Re-reads, opens, changes and re-seals a record with compare-and-swap, retrying when a
     /// concurrent change won. `change` returns `false` to leave the record as it is.
-    async fn modify(
+    pub(crate) async fn modify(
         &self,
         actor: Option<&Actor>,
         id: &KeyId,

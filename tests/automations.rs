@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use api_keys::time::Duration;
 use api_keys::{
     Actor, AuditAction, AutomationEvent, BoxError, Error, Expiry, GenerateRequest, KeyId,
-    KeyManager, KeyStatus, KeyStore, LeakVerdict, ManualClock, MemoryStore, Notification,
-    Notifier, OrgId, Policy, RevocationReason, Scope, UserId,
+    KeyManager, KeyStatus, KeyStore, LeakVerdict, ManualClock, MemoryStore, Notification, Notifier,
+    OrgId, Policy, RevocationReason, Scope, UserId,
 };
 use common::{Recorder, alice, bob_member, days, keyring, start, with_id, wrong_secret};
 
@@ -209,7 +209,11 @@ async fn every_non_genuine_token_gets_the_same_answer_and_revokes_nothing() {
     let n = node_with(store.clone(), Policy::default(), &clock);
     let other = node_prefixed(store, Policy::default(), &clock, "sap");
     let (key, _) = n.manager.generate(&alice(), req("ci")).await.unwrap();
-    let (foreign, _) = other.manager.generate(&alice(), req("other")).await.unwrap();
+    let (foreign, _) = other
+        .manager
+        .generate(&alice(), req("other"))
+        .await
+        .unwrap();
     let token = key.expose_secret();
     let unknown = with_id(token, "0000000000A");
     let candidates = [
@@ -509,11 +513,15 @@ async fn revoked_keys_and_a_rolled_keys_old_half_get_no_warnings() {
 async fn a_failing_notifier_is_counted_and_the_notice_is_not_repeated() {
     let n = node(Policy::default());
     n.manager.generate(&alice(), req("ci")).await.unwrap();
-    n.notes.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    n.notes
+        .fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     n.clock.set(start() + days(61));
     let r = n.manager.sweep().await.unwrap();
     assert_eq!((r.expiry_warnings, r.notify_failed), (1, 1));
-    n.notes.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    n.notes
+        .fail
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     let r = n.manager.sweep().await.unwrap();
     assert_eq!((r.expiry_warnings, r.notify_failed), (0, 0));
     // The audit sink got it anyway.
@@ -619,7 +627,10 @@ async fn an_unused_key_is_warned_then_revoked_on_a_later_sweep() {
     assert_eq!(info.status, KeyStatus::Revoked);
     assert_eq!(info.revocation, Some(RevocationReason::Unused));
     assert_eq!(n.notes.names(), vec!["revoked_unused"]);
-    assert_eq!(audited(&n.audit, &AuditAction::RevokedUnused), vec![Some(id)]);
+    assert_eq!(
+        audited(&n.audit, &AuditAction::RevokedUnused),
+        vec![Some(id)]
+    );
     assert!(matches!(
         n.manager
             .verify(key.expose_secret(), &Scope::Prometheus)
@@ -699,7 +710,13 @@ async fn without_the_policy_unused_keys_stay() {
         .unwrap();
     n.clock.set(start() + days(3650));
     let r = n.manager.sweep().await.unwrap();
-    assert_eq!(r, api_keys::SweepReport { scanned: 1, ..Default::default() });
+    assert_eq!(
+        r,
+        api_keys::SweepReport {
+            scanned: 1,
+            ..Default::default()
+        }
+    );
     assert!(
         n.manager
             .verify(key.expose_secret(), &Scope::Prometheus)
@@ -816,11 +833,7 @@ async fn concurrent_sweeps_announce_once<S: KeyStore + 'static>(a: S, b: S, pref
             AutomationEvent::Expired,
         ] {
             let label = format!("{event:?}");
-            assert_eq!(
-                counts.get(&(*id, label.clone())),
-                Some(&1),
-                "{id} {label}"
-            );
+            assert_eq!(counts.get(&(*id, label.clone())), Some(&1), "{id} {label}");
         }
     }
     assert_eq!(counts.len(), ids.len() * 4, "{counts:?}");

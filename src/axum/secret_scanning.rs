@@ -13,7 +13,7 @@
 //! 3. verifies the signature over the raw body (401 for an unknown key or a bad signature,
 //!    400 for missing or unusable headers) — nothing is parsed before that;
 //! 4. revokes every true positive with [`KeyManager::revoke_leaked_batch`], the report's `url`
-//!    as the source (at most [`MAX_LEAK_BATCH`](crate::MAX_LEAK_BATCH) tokens, 413 beyond);
+//!    as the source (at most [`MAX_LEAK_BATCH`] tokens, 413 beyond);
 //! 5. answers 200 with the feedback array GitHub expects:
 //!    `[{"token_hash": "<hex SHA-256 of the token>", "token_type": "...", "label":
 //!    "true_positive" | "false_positive"}]` — never the raw token.

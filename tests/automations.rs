@@ -851,7 +851,11 @@ async fn concurrent_sweeps_announce_once<S: KeyStore + 'static>(a: S, b: S, pref
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sweeps_on_a_memory_store_announce_each_event_once() {
-    let store = MemoryStore::new();
+    // Every store call yields first, so the two sweeps interleave between read and write.
+    let store = common::CountingStore::default();
+    store
+        .yields
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     concurrent_sweeps_announce_once(store.clone(), store, "sak").await;
 }
 

@@ -408,6 +408,10 @@ async fn expiry_warnings_go_out_once_per_lead_time_then_one_expired_event() {
         ]
     );
     assert!(!warned.expired);
+    // The list shows the same state.
+    let listed = n.manager.list(&alice()).await.unwrap();
+    assert_eq!(listed[0].notices, warned);
+    assert_eq!(listed[0].last_expiry_warning(), Some(days(1)));
 
     n.clock.set(start() + days(90));
     assert_eq!(n.manager.sweep().await.unwrap().expired, 1);

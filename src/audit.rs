@@ -110,6 +110,9 @@ pub enum AuditAction {
     RevokedUnused,
     /// The sweep deleted a key that stopped working longer ago than the retention.
     Purged,
+    /// A key was accepted from the cache although the store could not confirm it (the store
+    /// was unreachable and `serve_stale_while_store_unreachable` is set).
+    ServedStale,
 }
 
 impl AuditAction {
@@ -133,6 +136,7 @@ impl AuditAction {
             AuditAction::UnusedWarning => "unused_warning",
             AuditAction::RevokedUnused => "revoked_unused",
             AuditAction::Purged => "purged",
+            AuditAction::ServedStale => "served_stale",
         }
     }
 }
@@ -304,6 +308,13 @@ impl AuditSink for TracingAudit {
                     );
                 }
             }
+            AuditAction::ServedStale => tracing::warn!(
+                target: "api_keys::audit",
+                action = e.action.name(),
+                key_id,
+                org,
+                "API key accepted from the cache while the key store is unreachable"
+            ),
             AuditAction::IntegrityFailure => tracing::error!(
                 target: "api_keys::audit",
                 action = e.action.name(),

@@ -253,12 +253,18 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// write.
     ///
     /// Run it periodically on any number of nodes (hourly is plenty: warnings are days apart).
+    /// It first writes this node's buffered last uses ([`KeyManager::flush_last_use`]).
     ///
     /// # Errors
     /// [`Error::Store`] when a page cannot be read (what was done before stays done; the next
     /// sweep continues where this one failed, as each notice is marked).
     pub async fn sweep(&self) -> Result<SweepReport, Error> {
         let mut report = SweepReport::default();
+        // This node's buffered uses reach the store first, so that no key used here is
+        // judged unused (other nodes' buffers hold seconds of uses; the periods are days).
+        if let Err(e) = self.flush_last_use().await {
+            tracing::warn!(target: "api_keys", error = %e, "sweep could not flush buffered last uses");
+        }
         let now = whole_seconds(self.inner.clock.now());
         let policy = &self.inner.policy;
         let mut after: Option<KeyId> = None;

@@ -907,8 +907,12 @@ async fn concurrent_sweeps_on_postgres_announce_each_event_once() {
             return;
         }
     };
-    let a = api_keys::PostgresStore::connect(&url).await.unwrap();
-    let b = api_keys::PostgresStore::connect(&url).await.unwrap();
+    let a = api_keys::PostgresStore::connect_and_migrate(&url)
+        .await
+        .unwrap();
+    let b = api_keys::PostgresStore::connect_and_migrate(&url)
+        .await
+        .unwrap();
     // A key class of its own: other tests sharing the database are other classes to this
     // sweep (left alone), and theirs never see these keys as theirs.
     let mut r = [0u8; 4];

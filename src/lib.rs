@@ -52,7 +52,9 @@ pub use store::{PostgresError, PostgresErrorKind, PostgresOptions, PostgresStore
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::{SqliteError, SqliteErrorKind, SqliteStore};
-pub use sweep::{AutomationEvent, Notification, Notifier, SweepReport, UNUSED_NOTICE};
+pub use sweep::{
+    AutomationEvent, EXPIRED_NOTICE_WINDOW, Notification, Notifier, SweepReport, UNUSED_NOTICE,
+};
 pub use token::{DEFAULT_PREFIX, MAX_TOKEN_LEN, UntrustedToken};
 
 /// Re-exported so hosts use the same `time` as the crate.

@@ -26,6 +26,11 @@ use crate::{
 /// [`Policy::revoke_unused_after`] when that is shorter (see [`KeyManager::sweep`]).
 pub const UNUSED_NOTICE: Duration = Duration::days(7);
 
+/// How long after a key expired the sweep still announces it ([`AutomationEvent::Expired`]):
+/// a sweep turned on for the first time (or after a long pause) does not tell owners about
+/// keys that expired long ago.
+pub const EXPIRED_NOTICE_WINDOW: Duration = Duration::days(30);
+
 /// What an automation did or announces about a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -158,7 +163,10 @@ pub(crate) fn plan(
         return events;
     }
     if KeyStatus::of(r, now) == KeyStatus::Expired {
-        if !r.notices.expired {
+        let recent = r
+            .expires_at
+            .is_some_and(|e| now < e.saturating_add(EXPIRED_NOTICE_WINDOW));
+        if !r.notices.expired && recent {
             r.notices.expired = true;
             events.push(AutomationEvent::Expired);
         }
@@ -228,7 +236,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     ///   it. A lead time at least as long as the key's whole lifetime is skipped; when several
     ///   are due at once (the sweep did not run for a while), one warning — the shortest lead —
     ///   is sent and all are marked.
-    /// - **Expiry**: one [`AutomationEvent::Expired`] when a key expired.
+    /// - **Expiry**: one [`AutomationEvent::Expired`] when a key expired (not for a key that
+    ///   expired more than [`EXPIRED_NOTICE_WINDOW`] ago, e.g. when the sweep first runs).
     /// - **Unused keys** ([`Policy::revoke_unused_after`] = `U`, off by default): a key whose
     ///   last use (or creation, if never used) is `U − N` ago gets an
     ///   [`AutomationEvent::UnusedWarning`], where the notice `N` is [`UNUSED_NOTICE`] (7 days)

@@ -479,6 +479,32 @@ async fn a_late_sweep_sends_only_the_most_pressing_warning_and_short_keys_skip_l
 }
 
 #[tokio::test]
+async fn keys_that_expired_long_before_the_first_sweep_are_not_announced() {
+    let n = node(Policy::default().warn_before(&[]));
+    let (old, _) = n
+        .manager
+        .generate(&alice(), req("old").expiry(Expiry::Days(7)))
+        .await
+        .unwrap();
+    let (recent, _) = n.manager.generate(&alice(), req("recent")).await.unwrap();
+    // `old` expired on day 7, `recent` on day 90; the first sweep runs on day 100.
+    n.clock.set(start() + days(100));
+    let r = n.manager.sweep().await.unwrap();
+    assert_eq!(r.expired, 1);
+    let notes = n.notes.all();
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0].key.id, *recent.id());
+    assert!(
+        !n.manager
+            .get(&alice(), old.id())
+            .await
+            .unwrap()
+            .notices
+            .expired
+    );
+}
+
+#[tokio::test]
 async fn revoked_keys_and_a_rolled_keys_old_half_get_no_warnings() {
     let n = node(Policy::default());
     let (revoked, _) = n.manager.generate(&alice(), req("revoked")).await.unwrap();

@@ -427,3 +427,79 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{KeyId, OrgId};
+
+    fn t(secs: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_700_000_000 + secs).unwrap()
+    }
+
+    proptest::proptest! {
+        /// Whatever the sweep times, the uses and the policy: each lead time is warned at most
+        /// once and never for a lifetime it fits in, `Expired` goes out at most once, and an
+        /// unused revocation always follows its warning by at least the notice, with no use in
+        /// between.
+        #[test]
+        fn plan_announces_each_notice_at_most_once(
+            life_days in proptest::option::of(1i64..400),
+            unused_days in proptest::option::of(2i64..400),
+            mut sweeps in proptest::collection::vec(0i64..500 * 86_400, 1..40),
+            mut uses in proptest::collection::vec(0i64..500 * 86_400, 0..5),
+        ) {
+            sweeps.sort_unstable();
+            uses.sort_unstable();
+            let mut policy = Policy::default();
+            if let Some(u) = unused_days {
+                policy = policy.revoke_unused_after(Duration::days(u));
+            }
+            let mut r = KeyRecord::undecodable(KeyId(1), OrgId::new("o"));
+            r.created_at = t(0);
+            r.expires_at = life_days.map(|d| t(d * 86_400));
+            let mut seen: Vec<(i64, AutomationEvent)> = Vec::new();
+            for now in sweeps {
+                if r.revoked_at.is_none() {
+                    if let Some(u) = uses.iter().copied().filter(|u| *u <= now).max() {
+                        r.last_used_at = Some(t(u));
+                    }
+                }
+                for e in plan(&mut r, &policy, t(now)) {
+                    seen.push((now, e));
+                }
+            }
+            let leads: Vec<Duration> = seen.iter().filter_map(|(_, e)| match e {
+                AutomationEvent::ExpiryWarning { lead } => Some(*lead),
+                _ => None,
+            }).collect();
+            let mut unique = leads.clone();
+            unique.sort();
+            unique.dedup();
+            proptest::prop_assert_eq!(unique.len(), leads.len());
+            if let Some(d) = life_days {
+                proptest::prop_assert!(leads.iter().all(|l| *l < Duration::days(d)));
+            }
+            let count = |f: &dyn Fn(&AutomationEvent) -> bool| seen.iter().filter(|(_, e)| f(e)).count();
+            proptest::prop_assert!(count(&|e| *e == AutomationEvent::Expired) <= 1);
+            proptest::prop_assert!(count(&|e| *e == AutomationEvent::RevokedUnused) <= 1);
+            if let Some(pos) = seen.iter().position(|(_, e)| *e == AutomationEvent::RevokedUnused) {
+                let revoked_at = seen[pos].0;
+                // Nothing after a revocation.
+                proptest::prop_assert_eq!(pos, seen.len() - 1);
+                let u = Duration::days(unused_days.unwrap());
+                let warned_at = seen[..pos].iter().rev().find_map(|(at, e)| {
+                    matches!(e, AutomationEvent::UnusedWarning { .. }).then_some(*at)
+                });
+                let warned_at = warned_at.expect("revoked without a warning");
+                proptest::prop_assert!(revoked_at - warned_at >= unused_notice(u).whole_seconds());
+                proptest::prop_assert!(
+                    !uses.iter().any(|x| warned_at < *x && *x <= revoked_at),
+                    "revoked although used after its warning"
+                );
+                let last = uses.iter().copied().filter(|x| *x <= revoked_at).max().unwrap_or(0);
+                proptest::prop_assert!(revoked_at - last >= u.whole_seconds());
+            }
+        }
+    }
+}

@@ -460,10 +460,10 @@ mod tests {
             r.expires_at = life_days.map(|d| t(d * 86_400));
             let mut seen: Vec<(i64, AutomationEvent)> = Vec::new();
             for now in sweeps {
-                if r.revoked_at.is_none() {
-                    if let Some(u) = uses.iter().copied().filter(|u| *u <= now).max() {
-                        r.last_used_at = Some(t(u));
-                    }
+                if r.revoked_at.is_none()
+                    && let Some(u) = uses.iter().copied().filter(|u| *u <= now).max()
+                {
+                    r.last_used_at = Some(t(u));
                 }
                 for e in plan(&mut r, &policy, t(now)) {
                     seen.push((now, e));

@@ -101,6 +101,27 @@ pub enum AuditAction {
     IntegrityFailure,
     /// A verification failed.
     VerificationFailed(FailureClass),
+    /// Someone holding a key's whole token reported it leaked (`revoke_leaked`); `revoked`
+    /// says whether this report revoked it (`false`: it was already revoked).
+    Leaked {
+        /// Whether this report revoked the key.
+        revoked: bool,
+    },
+    /// A key was revoked because its creator left (`revoke_created_by`).
+    RevokedDepartedUser,
+    /// The sweep warned that a key expires within `lead`.
+    ExpiryWarning {
+        /// The warning's lead time.
+        lead: time::Duration,
+    },
+    /// The sweep announced that a key expired.
+    Expired,
+    /// The sweep warned that an unused key will be revoked.
+    UnusedWarning,
+    /// The sweep revoked a key unused for longer than the policy allows.
+    RevokedUnused,
+    /// The sweep deleted a key that stopped working longer ago than the retention.
+    Purged,
     /// A key was accepted from the cache although the store could not confirm it (the store
     /// was unreachable and `serve_stale_while_store_unreachable` is set).
     ServedStale,
@@ -131,6 +152,13 @@ impl AuditAction {
             AuditAction::Rewrapped { .. } => "rewrapped",
             AuditAction::IntegrityFailure => "integrity_failure",
             AuditAction::VerificationFailed(_) => "verification_failed",
+            AuditAction::Leaked { .. } => "leaked",
+            AuditAction::RevokedDepartedUser => "revoked_departed_user",
+            AuditAction::ExpiryWarning { .. } => "expiry_warning",
+            AuditAction::Expired => "expired",
+            AuditAction::UnusedWarning => "unused_warning",
+            AuditAction::RevokedUnused => "revoked_unused",
+            AuditAction::Purged => "purged",
             AuditAction::ServedStale => "served_stale",
             AuditAction::LimitsChanged => "limits_changed",
             AuditAction::CreditsChanged => "credits_changed",

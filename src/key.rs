@@ -131,6 +131,9 @@ pub struct KeyInfo {
     pub last_used_at: Option<OffsetDateTime>,
     /// Masked hint from the prefix and the id, e.g. `sak_…x7Qa`.
     pub hint: String,
+    /// What the sweep already announced: the expiry warnings' lead times (seconds), whether
+    /// the `Expired` event went out, and when the unused-key warning was sent.
+    pub notices: crate::Notices,
 }
 
 impl KeyInfo {
@@ -159,7 +162,18 @@ impl KeyInfo {
             status: KeyStatus::of(rec, now),
             last_used_at: rec.last_used_at,
             hint: crate::token::hint(prefix, rec.id),
+            notices: rec.notices.clone(),
         }
+    }
+
+    /// The shortest lead time whose expiry warning the sweep sent, if any (e.g. 7 days once
+    /// the 30- and 7-day warnings went out).
+    pub fn last_expiry_warning(&self) -> Option<time::Duration> {
+        self.notices
+            .expiry_warned
+            .iter()
+            .min()
+            .map(|s| time::Duration::seconds(*s))
     }
 }
 

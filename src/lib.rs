@@ -13,11 +13,13 @@ mod crypto;
 mod error;
 mod ids;
 mod key;
+mod leaks;
 mod limits;
 mod manager;
 mod policy;
 mod record;
 mod store;
+mod sweep;
 mod token;
 
 #[cfg(feature = "axum")]
@@ -43,6 +45,7 @@ pub use limits::{
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use limits::{RedisCounters, RedisCountersBuilder, RedisStats};
+pub use leaks::{LeakVerdict, MAX_LEAK_BATCH, MAX_LEAK_SOURCE_BYTES};
 pub use manager::{KeyManager, KeyManagerBuilder, RewrapReport};
 pub use policy::{Expiry, GenerateRequest, Policy};
 pub use record::{KeyRecord, Notices, RECORD_FORMAT, Sealed};
@@ -55,6 +58,9 @@ pub use store::{PostgresError, PostgresErrorKind, PostgresOptions, PostgresStore
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::{SqliteError, SqliteErrorKind, SqliteStore};
+pub use sweep::{
+    AutomationEvent, EXPIRED_NOTICE_WINDOW, Notification, Notifier, SweepReport, UNUSED_NOTICE,
+};
 pub use token::{DEFAULT_PREFIX, MAX_TOKEN_LEN, UntrustedToken};
 
 /// Re-exported so hosts use the same `time` as the crate.

@@ -158,6 +158,10 @@ pub struct Notices {
     /// Whether the warning before an unused-key revocation was sent.
     #[serde(default)]
     pub unused_warned: bool,
+    /// When that warning was sent (Unix seconds when serialized; absent when never). A use
+    /// after it makes it stale: the next idle period gets a warning of its own.
+    #[serde(default, with = "unix_opt", skip_serializing_if = "Option::is_none")]
+    pub unused_warned_at: Option<OffsetDateTime>,
 }
 
 /// A string with a `u32` big-endian length prefix (canonical encodings).

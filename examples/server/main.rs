@@ -19,6 +19,8 @@
 //! own session instead.
 
 mod app;
+#[allow(dead_code)] // `Webhooks` is wired into AppState's builder by the host config (webhooks.rs)
+mod webhooks;
 
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
@@ -171,6 +173,11 @@ async fn run() -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", config.port))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // The automations (expiry warnings, unused keys, retention): hourly, safe on every node.
+    tokio::spawn(webhooks::sweep_every(
+        state.manager.clone(),
+        std::time::Duration::from_secs(3600),
+    ));
     println!("api-keys example server on http://{addr}");
     println!("admin page: http://{addr}/settings/api-keys");
     println!("demo sessions (send as the X-Demo-Session header; a real host uses its own login):");

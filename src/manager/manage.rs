@@ -203,6 +203,61 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         .await
     }
 
+    /// Offboarding: revokes every active key of the actor's organization that `user` created
+    /// (reason [`RevocationReason::DepartedUser`]; keys inside a roll's overlap too), audits
+    /// each ([`AuditAction::RevokedDepartedUser`]) and tells the notifier; returns how many it
+    /// revoked. Keys of other organizations, other creators, or already revoked or expired
+    /// are left as they are. Calling it again is safe (it then revokes nothing more).
+    ///
+    /// # Errors
+    /// [`Error::PermissionDenied`] for a non-manager; [`Error::Store`]; [`Error::Conflict`]
+    /// (after every other key was tried: call again).
+    pub async fn revoke_created_by(
+        &self,
+        actor: &Actor,
+        user: &crate::UserId,
+    ) -> Result<usize, Error> {
+        Self::require_manager(actor)?;
+        let now = whole_seconds(self.inner.clock.now());
+        let keyring = self.keyring();
+        let recs = self.inner.store.list(actor.org()).await?;
+        let mut revoked = 0;
+        let mut failure = None;
+        for r in recs.iter().filter(|r| {
+            !r.is_undecodable()
+                && r.org == *actor.org()
+                && r.class == self.inner.prefix
+                && r.created_by == *user
+                && KeyStatus::of(r, now) == KeyStatus::Active
+        }) {
+            if !self.authentic(&keyring, r, Some(actor)) {
+                continue;
+            }
+            match self
+                .revoke_for(Some(actor), &r.id, RevocationReason::DepartedUser, now)
+                .await
+            {
+                Ok((rec, true)) => {
+                    revoked += 1;
+                    self.announce(
+                        crate::sweep::AutomationEvent::RevokedDepartedUser,
+                        Some(actor),
+                        &rec,
+                        now,
+                    );
+                }
+                Ok((_, false)) | Err(Error::NotFound) => {}
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(revoked),
+        }
+    }
+
     /// Revokes and deletes a key: it stops working at once and disappears. A record that fails
     /// its integrity check can still be deleted.
     ///

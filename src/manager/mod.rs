@@ -18,16 +18,16 @@ use crate::store::ChangeListener;
 use crate::token::{DEFAULT_PREFIX, SECRET_LEN, UntrustedToken, format_token, valid_prefix};
 use crate::{
     Actor, ApiKey, Clock, Error, GenerateRequest, KeyId, KeyInfo, KeyRecord, KeyStatus, KeyStore,
-    Keyring, OrgId, Policy, RevocationReason, Scope, StoreError, SystemClock, Verified,
+    Keyring, Notifier, OrgId, Policy, RevocationReason, Scope, StoreError, SystemClock, Verified,
 };
 use zeroize::Zeroizing;
 
 /// How many times a management operation re-reads and retries after losing a CAS race.
-const CAS_RETRIES: usize = 5;
+pub(crate) const CAS_RETRIES: usize = 5;
 /// Last use is written at most this often per key and process.
 const TOUCH_INTERVAL_SECS: i64 = 60;
 /// Page size of `rewrap` and `expiring_all`.
-const SCAN_PAGE: usize = 256;
+pub(crate) const SCAN_PAGE: usize = 256;
 
 /// Builds a [`KeyManager`]; see [`KeyManager::builder`].
 pub struct KeyManagerBuilder<S> {
@@ -41,6 +41,7 @@ pub struct KeyManagerBuilder<S> {
     fallback_ttl: StdDuration,
     max_stale: StdDuration,
     cache_capacity: usize,
+    notifier: Option<Arc<dyn Notifier>>,
     last_use_interval: StdDuration,
     last_use_capacity: usize,
     counters: Arc<dyn UsageCounters>,
@@ -59,6 +60,14 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
     /// managers of one process).
     pub fn shared_counters(mut self, counters: Arc<dyn UsageCounters>) -> Self {
         self.counters = counters;
+        self
+    }
+
+    /// Where the automations' events go besides the audit sink (expiry warnings, expiries,
+    /// unused-key warnings and revocations, purges, leaks, departed users): e-mail, chat,
+    /// webhooks. None by default.
+    pub fn notifier(mut self, notifier: impl Notifier) -> Self {
+        self.notifier = Some(Arc::new(notifier));
         self
     }
 
@@ -165,6 +174,7 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
                 policy: self.policy,
                 audit: self.audit,
                 cache,
+                notifier: self.notifier,
                 uses: uses::Uses::new(self.last_use_capacity, self.last_use_interval),
                 counters: self.counters,
             }),
@@ -172,14 +182,15 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
     }
 }
 
-struct Inner<S> {
-    store: S,
+pub(crate) struct Inner<S> {
+    pub(crate) store: S,
     keyring: RwLock<Arc<Keyring>>,
-    prefix: String,
-    clock: Arc<dyn Clock>,
-    policy: Policy,
+    pub(crate) prefix: String,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) policy: Policy,
     audit: Arc<dyn AuditSink>,
-    cache: Arc<Cache>,
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) notifier: Option<Arc<dyn Notifier>>,
     uses: uses::Uses,
     counters: Arc<dyn UsageCounters>,
 }
@@ -188,7 +199,7 @@ struct Inner<S> {
 ///
 /// Cloning is cheap and clones share everything (store, cache, keyring).
 pub struct KeyManager<S> {
-    inner: Arc<Inner<S>>,
+    pub(crate) inner: Arc<Inner<S>>,
 }
 
 impl<S> Clone for KeyManager<S> {
@@ -222,6 +233,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             fallback_ttl: StdDuration::from_secs(1),
             max_stale: StdDuration::ZERO,
             cache_capacity: 100_000,
+            notifier: None,
             last_use_interval: StdDuration::from_secs(10),
             last_use_capacity: 10_000,
             counters: Arc::new(LocalCounters::new()),
@@ -263,7 +275,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         Ok(())
     }
 
-    fn keyring(&self) -> Arc<Keyring> {
+    pub(crate) fn keyring(&self) -> Arc<Keyring> {
         self.inner
             .keyring
             .read()
@@ -271,7 +283,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             .clone()
     }
 
-    fn audit(
+    pub(crate) fn audit(
         &self,
         action: AuditAction,
         actor: Option<&Actor>,
@@ -289,7 +301,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     }
 
     /// Audits an event whose recording failure must not fail the operation (it is logged).
-    fn audit_best_effort(
+    pub(crate) fn audit_best_effort(
         &self,
         action: AuditAction,
         actor: Option<&Actor>,
@@ -301,7 +313,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         }
     }
 
-    fn require_manager(actor: &Actor) -> Result<(), Error> {
+    pub(crate) fn require_manager(actor: &Actor) -> Result<(), Error> {
         if actor.is_manager() {
             Ok(())
         } else {
@@ -310,7 +322,11 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     }
 
     /// Reads a record of the actor's organization (`NotFound` for another org's).
-    async fn fetch(&self, actor: Option<&Actor>, id: &KeyId) -> Result<KeyRecord, Error> {
+    pub(crate) async fn fetch(
+        &self,
+        actor: Option<&Actor>,
+        id: &KeyId,
+    ) -> Result<KeyRecord, Error> {
         match self.inner.store.get(id).await? {
             // Another class's record (a manager of another prefix sharing the store) is not
             // this manager's: as absent as another organization's.
@@ -327,7 +343,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// Reads a record to act on: of the actor's organization (`NotFound` otherwise; `None` for
     /// host-level jobs) and stored under the id it names (`Integrity` otherwise — a row copied
     /// under another id must never make an operation act on, or reveal, a different key).
-    async fn load(&self, actor: Option<&Actor>, id: &KeyId) -> Result<KeyRecord, Error> {
+    pub(crate) async fn load(&self, actor: Option<&Actor>, id: &KeyId) -> Result<KeyRecord, Error> {
         let rec = self.fetch(actor, id).await?;
         if rec.id != *id {
             self.audit_best_effort(
@@ -342,7 +358,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     }
 
     /// Opens a record of this manager's class into `secret`, auditing an integrity failure.
-    fn open(
+    pub(crate) fn open(
         &self,
         keyring: &Keyring,
         rec: &KeyRecord,
@@ -361,7 +377,12 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     }
 
     /// Checks a record's tag and class without decrypting, auditing a failure.
-    fn authentic(&self, keyring: &Keyring, rec: &KeyRecord, actor: Option<&Actor>) -> bool {
+    pub(crate) fn authentic(
+        &self,
+        keyring: &Keyring,
+        rec: &KeyRecord,
+        actor: Option<&Actor>,
+    ) -> bool {
         rec.authenticate(keyring, &self.inner.prefix).is_ok() || {
             self.audit_best_effort(
                 AuditAction::IntegrityFailure,
@@ -373,13 +394,13 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         }
     }
 
-    fn info(&self, rec: &KeyRecord, now: OffsetDateTime) -> KeyInfo {
+    pub(crate) fn info(&self, rec: &KeyRecord, now: OffsetDateTime) -> KeyInfo {
         KeyInfo::from_record(rec, now, &self.inner.prefix)
     }
 
     /// Re-reads, opens, changes and re-seals a record with compare-and-swap, retrying when a
     /// concurrent change won. `change` returns `false` to leave the record as it is.
-    async fn modify(
+    pub(crate) async fn modify(
         &self,
         actor: Option<&Actor>,
         id: &KeyId,

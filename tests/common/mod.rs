@@ -84,6 +84,9 @@ pub struct CountingStore {
     pub touches: Arc<AtomicUsize>,
     /// Makes `get` fail as an unreachable store would.
     pub fail_get: Arc<std::sync::atomic::AtomicBool>,
+    /// When set, every call first yields to the runtime, so that concurrent tasks interleave
+    /// between a read and a write (as over a network store).
+    pub yields: Arc<std::sync::atomic::AtomicBool>,
     /// The next `update` commits, then reports a failure (a reply lost on the way back).
     pub lose_update_reply: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -92,13 +95,21 @@ impl CountingStore {
     pub fn gets(&self) -> usize {
         self.gets.load(Ordering::SeqCst)
     }
+
+    async fn pause(&self) {
+        if self.yields.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 impl KeyStore for CountingStore {
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        self.pause().await;
         self.inner.insert(record).await
     }
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.pause().await;
         self.gets.fetch_add(1, Ordering::SeqCst);
         if self.fail_get.load(Ordering::SeqCst) {
             return Err(StoreError::backend(std::io::Error::other(
@@ -108,9 +119,11 @@ impl KeyStore for CountingStore {
         self.inner.get(id).await
     }
     async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
+        self.pause().await;
         self.inner.list(org).await
     }
     async fn update(&self, record: KeyRecord, expected: u64) -> Result<(), StoreError> {
+        self.pause().await;
         self.inner.update(record, expected).await?;
         if self.lose_update_reply.swap(false, Ordering::SeqCst) {
             return Err(StoreError::backend(std::io::Error::other(
@@ -120,6 +133,7 @@ impl KeyStore for CountingStore {
         Ok(())
     }
     async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
+        self.pause().await;
         self.inner.delete(id).await
     }
     async fn scan(
@@ -127,9 +141,11 @@ impl KeyStore for CountingStore {
         after: Option<&KeyId>,
         limit: usize,
     ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.pause().await;
         self.inner.scan(after, limit).await
     }
     async fn touch(&self, id: &KeyId, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.pause().await;
         self.touches.fetch_add(1, Ordering::SeqCst);
         if self.fail_touch.load(Ordering::SeqCst) {
             return Err(StoreError::backend(std::io::Error::other("touch refused")));

@@ -79,6 +79,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use zeroize::Zeroizing;
 
 use crate::{Error, KeyManager, KeyStore, Scope, Verified};
+pub mod secret_scanning;
 
 /// Longest `Authorization` header value the layer reads, in bytes. A token is at most
 /// [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN) characters; anything far longer is refused as

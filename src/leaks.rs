@@ -1,0 +1,144 @@
+//! Revoke by possession: whoever holds a key's whole token can report it leaked
+//! ([`KeyManager::revoke_leaked`]) — holding it proves it is out.
+
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::audit::AuditAction;
+use crate::record::whole_seconds;
+use crate::sweep::AutomationEvent;
+use crate::token::{SECRET_LEN, UntrustedToken};
+use crate::{Error, KeyManager, KeyStore, RevocationReason, StoreError};
+
+/// Longest leak source (e.g. the URL where a token was found), in bytes.
+pub const MAX_LEAK_SOURCE_BYTES: usize = 512;
+/// Most tokens in one [`KeyManager::revoke_leaked_batch`] call (as GitHub's credential
+/// revocation API).
+pub const MAX_LEAK_BATCH: usize = 1000;
+
+/// The answer to a leak report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeakVerdict {
+    /// The token is genuine (its secret matches a key of this manager, whatever the key's
+    /// state): the key is revoked.
+    TruePositive,
+    /// Anything else — a wrong secret, an unknown id, a malformed token, another prefix. The
+    /// answer is the same for all of them and says nothing more.
+    FalsePositive,
+}
+
+fn check_source(source: &str) -> Result<(), Error> {
+    if source.len() > MAX_LEAK_SOURCE_BYTES || source.chars().any(char::is_control) {
+        return Err(Error::Policy(format!(
+            "a leak source must be at most {MAX_LEAK_SOURCE_BYTES} bytes with no control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl<S: KeyStore + 'static> KeyManager<S> {
+    /// Revokes the key of a leaked `token`, reported as found at `source` (e.g. a URL). No
+    /// actor: holding the whole token proves it is out.
+    ///
+    /// When the token is genuine — its secret matches, compared in constant time, also for a
+    /// key already revoked or expired — the key is revoked with reason
+    /// [`RevocationReason::Leaked`] and `source` (idempotent: a key already revoked keeps its
+    /// first reason), the audit sink gets [`AuditAction::Leaked`] and the notifier
+    /// [`AutomationEvent::Leaked`] (when this report revoked it), and the answer is
+    /// [`LeakVerdict::TruePositive`]. For every other token the answer is
+    /// [`LeakVerdict::FalsePositive`], nothing else. The token is never logged or echoed.
+    ///
+    /// # Errors
+    /// [`Error::Policy`] for a source longer than [`MAX_LEAK_SOURCE_BYTES`] or with control
+    /// characters; [`Error::Store`]; [`Error::Conflict`] after repeated lost races.
+    pub async fn revoke_leaked(&self, token: &str, source: &str) -> Result<LeakVerdict, Error> {
+        check_source(source)?;
+        self.leaked_one(token, source).await
+    }
+
+    /// [`KeyManager::revoke_leaked`] for up to [`MAX_LEAK_BATCH`] `(token, source)` pairs; the
+    /// verdicts in the same order.
+    ///
+    /// # Errors
+    /// [`Error::Policy`] for more than [`MAX_LEAK_BATCH`] reports or an invalid source (checked
+    /// before anything is revoked); [`Error::Store`] / [`Error::Conflict`] at the first report
+    /// that fails (the ones before it are done; calling again with the whole batch is safe).
+    pub async fn revoke_leaked_batch(
+        &self,
+        reports: &[(&str, &str)],
+    ) -> Result<Vec<LeakVerdict>, Error> {
+        if reports.len() > MAX_LEAK_BATCH {
+            return Err(Error::Policy(format!(
+                "at most {MAX_LEAK_BATCH} leaked tokens per call ({} given)",
+                reports.len()
+            )));
+        }
+        for (_, source) in reports {
+            check_source(source)?;
+        }
+        let mut out = Vec::with_capacity(reports.len());
+        for (token, source) in reports {
+            out.push(self.leaked_one(token, source).await?);
+        }
+        Ok(out)
+    }
+
+    async fn leaked_one(&self, token: &str, source: &str) -> Result<LeakVerdict, Error> {
+        let mut presented = Zeroizing::new([0u8; SECRET_LEN]);
+        let Ok(id) = UntrustedToken::parse_into(&self.inner.prefix, token, &mut presented) else {
+            return Ok(LeakVerdict::FalsePositive);
+        };
+        let rec = match self.inner.store.get(&id).await {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return Ok(LeakVerdict::FalsePositive),
+            Err(StoreError::Corrupt(_)) => {
+                self.audit_best_effort(AuditAction::IntegrityFailure, None, None, Some(id));
+                return Ok(LeakVerdict::FalsePositive);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Another manager's key in a shared store is not ours to judge.
+        if !rec.is_undecodable() && rec.class != self.inner.prefix {
+            return Ok(LeakVerdict::FalsePositive);
+        }
+        let mut stored = Zeroizing::new([0u8; SECRET_LEN]);
+        if rec.id != id || self.open(&self.keyring(), &rec, None, &mut stored).is_err() {
+            if rec.id != id {
+                self.audit_best_effort(
+                    AuditAction::IntegrityFailure,
+                    None,
+                    Some(&rec.org),
+                    Some(id),
+                );
+            }
+            return Ok(LeakVerdict::FalsePositive);
+        }
+        if !bool::from(stored.ct_eq(&*presented)) {
+            return Ok(LeakVerdict::FalsePositive);
+        }
+        let now = whole_seconds(self.inner.clock.now());
+        let reason = RevocationReason::Leaked {
+            source: source.to_string(),
+        };
+        match self.revoke_for(None, &id, reason, now).await {
+            Ok((rec, true)) => {
+                let event = AutomationEvent::Leaked {
+                    source: source.to_string(),
+                };
+                self.announce(event, None, &rec, now);
+            }
+            Ok((rec, false)) => self.audit_best_effort(
+                AuditAction::Leaked { revoked: false },
+                None,
+                Some(&rec.org),
+                Some(id),
+            ),
+            // Deleted meanwhile: it works nowhere any more.
+            Err(Error::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(LeakVerdict::TruePositive)
+    }
+}

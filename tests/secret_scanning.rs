@@ -1,0 +1,274 @@
+//! The GitHub secret-scanning partner endpoint over real HTTP (loopback), with reports signed
+//! by a locally generated ECDSA P-256 key pair published in GitHub's document format.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use api_keys::axum::secret_scanning::{MAX_REPORT_BYTES, PublicKeys, endpoint};
+use api_keys::{
+    GenerateRequest, KeyManager, KeyStatus, ManualClock, MemoryStore, RevocationReason, Scope,
+};
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::header::{CONTENT_TYPE, HOST};
+use axum::http::{Method, Request, StatusCode};
+use base64ct::{Base64, Encoding};
+use common::{alice, keyring, start, with_id, wrong_secret};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::{Signature, SigningKey};
+use p256::pkcs8::{EncodePublicKey, LineEnding};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+
+const PATH: &str = "/github/secret-scanning";
+const KEY_ID: &str = "90a421169f0a406205f1563a953312f0be898d3c7b6c06b681aa86a874555f4a";
+
+fn signing_key() -> SigningKey {
+    loop {
+        let mut b = [0u8; 32];
+        getrandom::getrandom(&mut b).unwrap();
+        if let Ok(k) = SigningKey::from_slice(&b) {
+            return k;
+        }
+    }
+}
+
+fn pem(k: &SigningKey) -> String {
+    k.verifying_key().to_public_key_pem(LineEnding::LF).unwrap()
+}
+
+fn sign(k: &SigningKey, body: &[u8]) -> String {
+    let sig: Signature = k.sign(body);
+    Base64::encode_string(sig.to_der().as_bytes())
+}
+
+struct Partner {
+    addr: SocketAddr,
+    manager: KeyManager<MemoryStore>,
+    github: SigningKey,
+}
+
+/// The endpoint serving GitHub's document with two keys: an old one and the current one
+/// (`KEY_ID`), both accepted.
+async fn start_partner() -> Partner {
+    let github = signing_key();
+    let old = signing_key();
+    let doc = json!({"public_keys": [
+        {"key_identifier": "old-key", "key": pem(&old), "is_current": false},
+        {"key_identifier": KEY_ID, "key": pem(&github), "is_current": true},
+    ]});
+    let keys = PublicKeys::from_github_json(doc.to_string().as_bytes()).unwrap();
+    let mut ids: Vec<&str> = keys.identifiers().collect();
+    ids.sort();
+    assert_eq!(ids, vec![KEY_ID, "old-key"]);
+    let manager = KeyManager::builder(MemoryStore::new(), keyring())
+        .clock(ManualClock::new(start()))
+        .build()
+        .unwrap();
+    let app: Router = Router::new().route(PATH, endpoint(manager.clone(), keys));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Partner {
+        addr,
+        manager,
+        github,
+    }
+}
+
+async fn post(addr: SocketAddr, headers: &[(&str, &str)], body: Vec<u8>) -> (StatusCode, Bytes) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(PATH)
+        .header(HOST, addr.to_string())
+        .header(CONTENT_TYPE, "application/json");
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, body)
+}
+
+async fn post_signed(
+    p: &Partner,
+    key_id: &str,
+    signature: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Bytes) {
+    post(
+        p.addr,
+        &[
+            ("Github-Public-Key-Identifier", key_id),
+            ("Github-Public-Key-Signature", signature),
+        ],
+        body,
+    )
+    .await
+}
+
+fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn report(tokens: &[&str]) -> Vec<u8> {
+    let items: Vec<Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            json!({"token": t, "type": "acme_api_key", "url": format!("https://github.com/o/r/blob/main/f{i}"), "source": "content"})
+        })
+        .collect();
+    // Deliberately not serde's compact form: the signature covers these exact bytes.
+    serde_json::to_vec_pretty(&items).unwrap()
+}
+
+async fn works(p: &Partner, token: &str) -> bool {
+    p.manager.verify(token, &Scope::Prometheus).await.is_ok()
+}
+
+async fn key(p: &Partner) -> api_keys::ApiKey {
+    p.manager
+        .generate(
+            &alice(),
+            GenerateRequest::new("ci").scope(Scope::Prometheus),
+        )
+        .await
+        .unwrap()
+        .0
+}
+
+#[tokio::test]
+async fn a_signed_report_revokes_true_positives_and_answers_by_hash() {
+    let p = start_partner().await;
+    let genuine = key(&p).await;
+    let bystander = key(&p).await;
+    let wrong = wrong_secret(bystander.expose_secret());
+    let unknown = with_id(bystander.expose_secret(), "0000000000A");
+    let tokens = [genuine.expose_secret(), &wrong, &unknown, "sak_garbage"];
+    let body = report(&tokens);
+    let sig = sign(&p.github, &body);
+    let (status, answer) = post_signed(&p, KEY_ID, &sig, body).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = std::str::from_utf8(&answer).unwrap();
+    for t in &tokens {
+        assert!(!text.contains(t), "the answer echoes a token");
+    }
+    let v: Value = serde_json::from_slice(&answer).unwrap();
+    let expected: Vec<Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            json!({"token_hash": hash(t), "token_type": "acme_api_key",
+                   "label": if i == 0 { "true_positive" } else { "false_positive" }})
+        })
+        .collect();
+    assert_eq!(v, Value::Array(expected));
+    let info = p.manager.get(&alice(), genuine.id()).await.unwrap();
+    assert_eq!(info.status, KeyStatus::Revoked);
+    assert_eq!(
+        info.revocation,
+        Some(RevocationReason::Leaked {
+            source: "https://github.com/o/r/blob/main/f0".into()
+        })
+    );
+    assert!(works(&p, bystander.expose_secret()).await);
+}
+
+#[tokio::test]
+async fn forged_unknown_truncated_and_altered_reports_are_refused_and_revoke_nothing() {
+    let p = start_partner().await;
+    let k = key(&p).await;
+    let body = report(&[k.expose_secret()]);
+    let good = sign(&p.github, &body);
+
+    // Signed by another key pair, under GitHub's key identifier.
+    let forger = signing_key();
+    let forged = sign(&forger, &body);
+    let (s, _) = post_signed(&p, KEY_ID, &forged, body.clone()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // A genuine signature, under a key identifier nobody published.
+    let (s, _) = post_signed(&p, "not-a-github-key", &good, body.clone()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // The right signature under the other (old) published key.
+    let (s, _) = post_signed(&p, "old-key", &good, body.clone()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Truncated body.
+    let (s, _) = post_signed(&p, KEY_ID, &good, body[..body.len() - 3].to_vec()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Replayed with one changed byte (a URL character).
+    let mut altered = body.clone();
+    let i = altered.len() - 30;
+    altered[i] ^= 0x01;
+    let (s, _) = post_signed(&p, KEY_ID, &good, altered).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Missing headers, a non-base64 signature, a signature that is not DER.
+    let (s, _) = post(p.addr, &[], body.clone()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = post(
+        p.addr,
+        &[("Github-Public-Key-Identifier", KEY_ID)],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = post_signed(&p, KEY_ID, "***", body.clone()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = post_signed(&p, KEY_ID, &Base64::encode_string(b"not der"), body.clone()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    assert!(
+        works(&p, k.expose_secret()).await,
+        "a refused report revoked a key"
+    );
+
+    // The genuine report still works afterwards.
+    let (s, _) = post_signed(&p, KEY_ID, &good, body).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!works(&p, k.expose_secret()).await);
+}
+
+#[tokio::test]
+async fn oversized_and_non_report_bodies_are_refused() {
+    let p = start_partner().await;
+    let k = key(&p).await;
+    let mut big = report(&[k.expose_secret()]);
+    big.resize(MAX_REPORT_BYTES + 1, b' ');
+    let sig = sign(&p.github, &big);
+    let (s, _) = post_signed(&p, KEY_ID, &sig, big).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let not_array = br#"{"token": "x"}"#.to_vec();
+    let sig = sign(&p.github, &not_array);
+    let (s, _) = post_signed(&p, KEY_ID, &sig, not_array).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    let items: Vec<Value> = (0..1001)
+        .map(|_| json!({"token": "sak_x", "type": "t", "url": "u"}))
+        .collect();
+    let many = serde_json::to_vec(&items).unwrap();
+    let sig = sign(&p.github, &many);
+    let (s, _) = post_signed(&p, KEY_ID, &sig, many).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(works(&p, k.expose_secret()).await);
+}
+
+#[test]
+fn a_document_with_a_bad_key_is_refused() {
+    let doc = json!({"public_keys": [{"key_identifier": "x", "key": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", "is_current": true}]});
+    assert!(PublicKeys::from_github_json(doc.to_string().as_bytes()).is_err());
+    assert!(PublicKeys::from_github_json(b"[]").is_err());
+}

@@ -1,0 +1,213 @@
+//! The example server's webhook delivery against a loopback receiver: signatures checked by
+//! an independent verifier written from the Standard Webhooks specification, retries on 500,
+//! the queue bound, and the sweep's events delivered end to end.
+
+#[allow(dead_code)]
+#[path = "../examples/server/webhooks.rs"]
+mod webhooks;
+
+mod common;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api_keys::{GenerateRequest, KeyManager, ManualClock, MemoryStore, Scope};
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use base64ct::{Base64, Encoding};
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use webhooks::{WebhookConfig, Webhooks};
+
+const SECRET_BYTES: &[u8; 32] = b"an example webhook signing key!!";
+
+fn secret() -> String {
+    format!("whsec_{}", Base64::encode_string(SECRET_BYTES))
+}
+
+struct Delivery {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A receiver answering the given statuses in turn (then 200), reporting each delivery.
+async fn receiver(statuses: &[u16]) -> (axum::http::Uri, mpsc::UnboundedReceiver<Delivery>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let plan = Arc::new(Mutex::new(
+        statuses.iter().copied().collect::<VecDeque<u16>>(),
+    ));
+    let app = Router::new().route(
+        "/hooks",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let (tx, plan) = (tx.clone(), plan.clone());
+            async move {
+                let _ = tx.send(Delivery { headers, body });
+                let code = plan.lock().unwrap().pop_front().unwrap_or(200);
+                StatusCode::from_u16(code).unwrap()
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hooks").parse().unwrap(), rx)
+}
+
+/// Standard Webhooks verification, written from the specification (not from the sender).
+fn verify(d: &Delivery) -> bool {
+    let h = |n: &str| {
+        d.headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (Some(id), Some(ts), Some(sigs)) = (
+        h("webhook-id"),
+        h("webhook-timestamp"),
+        h("webhook-signature"),
+    ) else {
+        return false;
+    };
+    let mut content = format!("{id}.{ts}.").into_bytes();
+    content.extend_from_slice(&d.body);
+    sigs.split(' ').any(|s| {
+        let Some(b64) = s.strip_prefix("v1,") else {
+            return false;
+        };
+        let Ok(sig) = Base64::decode_vec(b64) else {
+            return false;
+        };
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET_BYTES).unwrap();
+        mac.update(&content);
+        mac.verify_slice(&sig).is_ok()
+    })
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Delivery>) -> Delivery {
+    // A guard against a hang, not a timing assertion.
+    tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("no delivery")
+        .expect("receiver gone")
+}
+
+fn config(url: axum::http::Uri) -> WebhookConfig {
+    let mut c = WebhookConfig::new(url, secret());
+    c.backoff = Duration::from_millis(5);
+    c
+}
+
+#[tokio::test]
+async fn deliveries_carry_a_valid_signature_and_a_forged_one_fails_the_verifier() {
+    let (url, mut rx) = receiver(&[]).await;
+    let hooks = Webhooks::start(config(url)).unwrap();
+    assert!(hooks.enqueue(
+        "api_key.expired",
+        common::start(),
+        serde_json::json!({"key_id": "x"})
+    ));
+    let d = next(&mut rx).await;
+    assert!(verify(&d));
+    let v: Value = serde_json::from_slice(&d.body).unwrap();
+    assert_eq!(v["type"], "api_key.expired");
+    assert_eq!(v["timestamp"], "2025-06-15T15:06:40Z");
+    assert_eq!(v["data"]["key_id"], "x");
+    // The verifier is not a rubber stamp: a changed body or another secret fails.
+    let mut tampered = Delivery {
+        headers: d.headers.clone(),
+        body: Bytes::from(d.body.iter().copied().rev().collect::<Vec<u8>>()),
+    };
+    assert!(!verify(&tampered));
+    tampered.body = d.body.clone();
+    let other = webhooks::sign(b"another secret of enough length!", "msg_1", 1, &d.body);
+    tampered
+        .headers
+        .insert("webhook-signature", other.parse().unwrap());
+    assert!(!verify(&tampered));
+    assert!(webhooks::parse_secret("whsec_short").is_err());
+    assert!(webhooks::parse_secret("nope").is_err());
+}
+
+#[tokio::test]
+async fn a_500_is_retried_with_the_same_id_until_accepted() {
+    let (url, mut rx) = receiver(&[500, 500]).await;
+    let hooks = Webhooks::start(config(url)).unwrap();
+    hooks.enqueue("api_key.revoked", common::start(), serde_json::json!({}));
+    let attempts = [
+        next(&mut rx).await,
+        next(&mut rx).await,
+        next(&mut rx).await,
+    ];
+    let id = attempts[0].headers["webhook-id"].clone();
+    for a in &attempts {
+        assert!(verify(a));
+        assert_eq!(a.headers["webhook-id"], id);
+    }
+    // Accepted on the third attempt: nothing more arrives for it.
+    hooks.enqueue("api_key.deleted", common::start(), serde_json::json!({}));
+    let after = next(&mut rx).await;
+    assert_ne!(after.headers["webhook-id"], id);
+    assert!(hooks.delivered() >= 1);
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts_instead_of_waiting() {
+    // A receiver that accepts connections and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let mut c = config(format!("http://{addr}/hooks").parse().unwrap());
+    c.capacity = 2;
+    c.timeout = Duration::from_secs(600);
+    let hooks = Webhooks::start(c).unwrap();
+    let accepted = (0..10)
+        .filter(|_| hooks.enqueue("api_key.generated", common::start(), serde_json::json!({})))
+        .count();
+    // Two wait in the queue; at most one more is already being delivered.
+    assert!((2..=3).contains(&accepted), "{accepted}");
+    assert_eq!(hooks.dropped(), (10 - accepted) as u64);
+}
+
+#[tokio::test]
+async fn the_sweep_and_management_actions_arrive_as_webhooks() {
+    let (url, mut rx) = receiver(&[]).await;
+    let hooks = Webhooks::start(config(url)).unwrap();
+    let clock = ManualClock::new(common::start());
+    let manager = KeyManager::builder(MemoryStore::new(), common::keyring())
+        .clock(clock.clone())
+        .audit(hooks.clone())
+        .notifier(hooks.clone())
+        .build()
+        .unwrap();
+    let (key, _) = manager
+        .generate(
+            &common::alice(),
+            GenerateRequest::new("ci").scope(Scope::Prometheus),
+        )
+        .await
+        .unwrap();
+    let d = next(&mut rx).await;
+    assert!(verify(&d));
+    let v: Value = serde_json::from_slice(&d.body).unwrap();
+    assert_eq!(v["type"], "api_key.generated");
+    clock.advance(common::days(61));
+    manager.sweep().await.unwrap();
+    let d = next(&mut rx).await;
+    assert!(verify(&d));
+    let v: Value = serde_json::from_slice(&d.body).unwrap();
+    assert_eq!(v["type"], "api_key.expiry_warning");
+    assert_eq!(v["data"]["key_id"], key.id().to_string());
+    assert_eq!(v["data"]["lead_seconds"], 30 * 86_400);
+    assert!(!String::from_utf8_lossy(&d.body).contains(key.expose_secret()));
+}

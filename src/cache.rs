@@ -138,12 +138,12 @@ impl Cache {
             .shard(id)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let e = shard.map.get(id)?;
-        if now < e.valid_until {
-            Some((e.facts.clone(), e.fingerprint))
-        } else {
-            None
-        }
+        let found = match shard.map.get(id) {
+            Some(e) if now < e.valid_until => Some((e.facts.clone(), e.fingerprint)),
+            _ => None,
+        };
+        crate::metrics::cache_lookup(found.is_some());
+        found
     }
 
     /// Takes a ticket before reading `id` from the store.
@@ -198,6 +198,7 @@ impl Cache {
                 && let Some(victim) = shard.map.keys().next().copied()
             {
                 shard.map.remove(&victim);
+                crate::metrics::cache_evicted(1);
             }
         }
         shard.map.insert(
@@ -308,12 +309,14 @@ impl ChangeListener for Cache {
     fn connected(&self) {
         // Entries filled while the feed was down may have missed changes; fills in flight
         // (whichever TTL they chose) are fenced off by the flush.
-        self.feed.store(FEED_LIVE, Ordering::Release);
+        let before = self.feed.swap(FEED_LIVE, Ordering::AcqRel);
+        crate::metrics::feed(true, before == FEED_DOWN);
         self.flush();
     }
 
     fn disconnected(&self) {
         self.feed.store(FEED_DOWN, Ordering::Release);
+        crate::metrics::feed(false, false);
         self.flush();
     }
 }

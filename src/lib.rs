@@ -15,6 +15,11 @@ mod ids;
 mod key;
 mod limits;
 mod manager;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 mod policy;
 mod record;
 mod store;

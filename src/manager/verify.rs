@@ -15,6 +15,13 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// wrong secret), the state errors above, [`Error::Integrity`] for a tampered record or
     /// wrong master key, [`Error::Store`].
     pub async fn verify(&self, token: &str, scope: &Scope) -> Result<Verified, Error> {
+        let started = crate::metrics::start();
+        let result = self.verify_inner(token, scope).await;
+        crate::metrics::verification(started, &result);
+        result
+    }
+
+    async fn verify_inner(&self, token: &str, scope: &Scope) -> Result<Verified, Error> {
         // The presented secret lives in this future's own zeroizing buffer (no copy is left
         // behind by moves); only the public id comes back by value.
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
@@ -161,6 +168,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             return;
         };
         if let Err(e) = self.inner.store.touch(&facts.id, at).await {
+            crate::metrics::store_error(&e);
             tracing::warn!(target: "api_keys", key_id = %facts.id, error = %e, "could not record last use");
         }
     }

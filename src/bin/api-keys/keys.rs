@@ -110,10 +110,11 @@ pub(crate) async fn run(
 
 fn parse_id(s: &str) -> Result<KeyId, Failure> {
     KeyId::parse(s.trim()).map_err(|_| {
-        Failure::usage(format!(
-            "`{s}` is not a key id: give the 11 characters after the prefix and `_` \
-             (as `keys list` shows them), never the whole token"
-        ))
+        // The input is not repeated: it may be a whole token, and stderr may be logged.
+        Failure::usage(
+            "that is not a key id: give the 11 characters after the prefix and `_` \
+             (as `keys list` shows them), never the whole token",
+        )
     })
 }
 

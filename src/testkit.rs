@@ -607,3 +607,80 @@ pub async fn concurrent_updates_have_one_winner<S: KeyStore>(store: &S) -> Check
     );
     Ok(())
 }
+
+/// One damaged row never fails a whole read, and can still be deleted by its id.
+///
+/// Not part of [`run`]: it needs `damage`, a hook that damages the stored row of the given id
+/// in the store's own backend (for a SQL store, e.g. bump its `revision` column so that it
+/// disagrees with the serialized record, or write JSON that does not decode). Afterwards
+/// `get`, `list` and `scan` must still succeed and still name the row's id (as the record,
+/// or as a [`KeyRecord::undecodable`] placeholder that the manager reports and leaves out),
+/// the other rows must come back intact, and `delete` must remove the row.
+///
+/// # Errors
+/// A [`Failure`] naming `damaged_rows_stay_deletable`.
+pub async fn damaged_rows_stay_deletable<S, F, Fut>(store: &S, damage: F) -> Check
+where
+    S: KeyStore,
+    F: FnOnce(KeyId) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    const C: &str = "damaged_rows_stay_deletable";
+    let org = random_org();
+    let bad = sample_record(random_id(), &org);
+    let good = sample_record(random_id(), &org);
+    for r in [&bad, &good] {
+        store
+            .insert(r.clone())
+            .await
+            .map_err(|e| store_err(C, "insert", e))?;
+    }
+    damage(bad.id).await;
+    let got = store
+        .get(&bad.id)
+        .await
+        .map_err(|e| store_err(C, "get of the damaged row", e))?;
+    ensure!(
+        C,
+        got.as_ref().is_some_and(|r| r.id == bad.id),
+        "get of the damaged row returned {got:?}"
+    );
+    let listed = store
+        .list(&org)
+        .await
+        .map_err(|e| store_err(C, "list of an organization with a damaged row", e))?;
+    ensure!(
+        C,
+        listed.iter().any(|r| r.id == bad.id) && listed.iter().any(|r| *r == good),
+        "list lost a row: {listed:?}"
+    );
+    let mut seen_bad = false;
+    let mut seen_good = false;
+    let mut after = None;
+    loop {
+        let page = store
+            .scan(after.as_ref(), 100)
+            .await
+            .map_err(|e| store_err(C, "scan over a damaged row", e))?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        seen_bad |= page.iter().any(|r| r.id == bad.id);
+        seen_good |= page.iter().any(|r| *r == good);
+    }
+    ensure!(C, seen_bad && seen_good, "scan lost a row");
+    let removed = store
+        .delete(&bad.id)
+        .await
+        .map_err(|e| store_err(C, "delete of the damaged row", e))?;
+    ensure!(C, removed, "delete of the damaged row returned false");
+    let gone = store
+        .get(&bad.id)
+        .await
+        .map_err(|e| store_err(C, "get", e))?;
+    ensure!(C, gone.is_none(), "the damaged row is still there");
+    store
+        .delete(&good.id)
+        .await
+        .map_err(|e| store_err(C, "delete", e))?;
+    Ok(())
+}

@@ -712,3 +712,118 @@ async fn rewrap_on_a_lagging_node_never_moves_newer_records_down() {
     assert_eq!(store.get(&info.id).await.unwrap().unwrap().key_version(), 2);
     works(&lagging, key.expose_secret()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_key_is_rolled_once_and_rolls_cannot_bypass_max_active_keys() {
+    let s = setup_with(MemoryStore::new(), Policy::default().max_active_keys(3));
+    let (_, first) = s.manager.generate(&alice(), prom("a")).await.unwrap();
+    // Rolling the same still-active key again is refused, naming its replacement.
+    let (_, second) = s
+        .manager
+        .roll(&alice(), &first.id, Duration::hours(1))
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        match s
+            .manager
+            .roll(&alice(), &first.id, Duration::hours(1))
+            .await
+        {
+            Err(Error::Policy(m)) => assert!(m.contains(&second.id.to_string()), "{m}"),
+            other => panic!("expected Error::Policy, got {other:?}"),
+        }
+    }
+    // Rolling along the chain inside the overlaps: the limit holds (3 + the one roll slot).
+    let mut last = second.id;
+    let mut rolls = 1;
+    while let Ok((_, next)) = s.manager.roll(&alice(), &last, Duration::hours(1)).await {
+        last = next.id;
+        rolls += 1;
+        assert!(rolls < 10, "rolls never stopped");
+    }
+    let working = s
+        .manager
+        .list(&alice())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.status == KeyStatus::Active)
+        .count();
+    assert!(working <= 3 + 1, "{working} keys work at once");
+    // Once the overlaps are over, only the last key works and rolling works again.
+    s.clock.advance(Duration::hours(2));
+    s.manager
+        .roll(&alice(), &last, Duration::hours(1))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_roll_whose_reply_is_lost_keeps_the_replacement() {
+    let store = CountingStore::default();
+    let s = setup_with(store.clone(), Policy::default());
+    let (old, info) = s.manager.generate(&alice(), prom("a")).await.unwrap();
+    // The update that shortens the old key commits, but its reply is lost.
+    store
+        .lose_update_reply
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (new, new_info) = s
+        .manager
+        .roll(&alice(), &info.id, Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(new_info.replaces, Some(info.id));
+    let old_now = s.manager.get(&alice(), &info.id).await.unwrap();
+    assert_eq!(old_now.replaced_by, Some(new_info.id));
+    assert_eq!(old_now.expires_at, Some(start() + Duration::hours(1)));
+    works(&s.manager, new.expose_secret()).await.unwrap();
+    works(&s.manager, old.expose_secret()).await.unwrap();
+    s.clock.advance(Duration::hours(1));
+    works(&s.manager, new.expose_secret()).await.unwrap();
+    assert!(works(&s.manager, old.expose_secret()).await.is_err());
+}
+
+#[tokio::test]
+async fn a_roll_whose_update_really_failed_removes_the_replacement() {
+    // A store whose update fails before committing: the old key keeps its expiry and the
+    // replacement is deleted again.
+    #[derive(Clone, Default)]
+    struct FailingUpdate(MemoryStore);
+    impl KeyStore for FailingUpdate {
+        async fn insert(&self, r: KeyRecord) -> Result<(), StoreError> {
+            self.0.insert(r).await
+        }
+        async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+            self.0.get(id).await
+        }
+        async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
+            self.0.list(org).await
+        }
+        async fn update(&self, _: KeyRecord, _: u64) -> Result<(), StoreError> {
+            Err(StoreError::backend(std::io::Error::other("disk full")))
+        }
+        async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
+            self.0.delete(id).await
+        }
+        async fn scan(&self, a: Option<&KeyId>, l: usize) -> Result<Vec<KeyRecord>, StoreError> {
+            self.0.scan(a, l).await
+        }
+        async fn touch(
+            &self,
+            id: &KeyId,
+            at: api_keys::time::OffsetDateTime,
+        ) -> Result<(), StoreError> {
+            self.0.touch(id, at).await
+        }
+    }
+    let s = setup_with(FailingUpdate::default(), Policy::default());
+    let (_, info) = s.manager.generate(&alice(), prom("a")).await.unwrap();
+    assert!(matches!(
+        s.manager.roll(&alice(), &info.id, Duration::hours(1)).await,
+        Err(Error::Store(_))
+    ));
+    let keys = s.manager.list(&alice()).await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].expires_at, info.expires_at);
+    assert_eq!(keys[0].replaced_by, None);
+}

@@ -4,6 +4,7 @@
 //! Reads `DATABASE_URL`. Without it each test says why it is skipped and passes, unless
 //! `API_KEYS_REQUIRE_POSTGRES=1` (as in CI), where a missing URL fails.
 
+mod common;
 mod store_support;
 
 use std::net::SocketAddr;
@@ -823,4 +824,89 @@ async fn a_lookup_racing_a_remote_revoke_does_not_cache_the_old_record() {
         node_b.verify(key.expose_secret(), &Scope::Prometheus).await,
         Err(Error::Revoked)
     ));
+}
+
+/// Hardening: a `sak` and a `sap` manager over one PostgreSQL table never accept each other's
+/// keys, not even a `sak` token re-prefixed as `sap_` with its public checksum recomputed.
+#[tokio::test]
+async fn two_key_classes_in_one_table_never_accept_each_other() {
+    let Some(cfg) = database_url("two_key_classes_in_one_table_never_accept_each_other") else {
+        return;
+    };
+    let sak = KeyManager::builder(connect(&cfg, &app("sak")).await, keyring())
+        .prefix("sak")
+        .build()
+        .unwrap();
+    let sap = KeyManager::builder(connect(&cfg, &app("sap")).await, keyring())
+        .prefix("sap")
+        .build()
+        .unwrap();
+    let org = org();
+    let a = manager_of(&org);
+    let (key, info) = sak
+        .generate(&a, GenerateRequest::new("system").scope(Scope::Scim))
+        .await
+        .unwrap();
+    let (_, pool) = sap
+        .generate(&a, GenerateRequest::new("pool").scope(Scope::Scim))
+        .await
+        .unwrap();
+    let t = key.expose_secret();
+    let moved = common::fix_checksum(&format!("sap_{}", &t[4..t.len() - 6]));
+    assert!(matches!(
+        sap.verify(&moved, &Scope::Scim).await,
+        Err(Error::Integrity)
+    ));
+    let ids: Vec<KeyId> = sap.list(&a).await.unwrap().iter().map(|k| k.id).collect();
+    assert_eq!(ids, vec![pool.id]);
+    assert!(matches!(
+        sap.delete(&a, &info.id).await,
+        Err(Error::NotFound)
+    ));
+    sak.verify(t, &Scope::Scim).await.unwrap();
+}
+
+/// Hardening: a row damaged with plain SQL fails closed and is reported, but `list`,
+/// `generate` and its own `delete` keep working, and the test kit's duty holds.
+#[tokio::test]
+async fn one_bad_row_never_blocks_an_organization() {
+    let Some(cfg) = database_url("one_bad_row_never_blocks_an_organization") else {
+        return;
+    };
+    let store = connect(&cfg, &app("damaged")).await;
+    let sql = admin(&cfg, None).await;
+    let damage = |id: KeyId| {
+        let sql = &sql;
+        async move {
+            sql.execute(
+                "UPDATE api_keys SET revision = revision + 7 WHERE id = $1",
+                &[&id.to_string()],
+            )
+            .await
+            .unwrap();
+        }
+    };
+    api_keys::testkit::damaged_rows_stay_deletable(&store, damage)
+        .await
+        .unwrap();
+    let m = KeyManager::builder(store, keyring()).build().unwrap();
+    let org = org();
+    let a = manager_of(&org);
+    let prom = || GenerateRequest::new("k").scope(Scope::Prometheus);
+    let (bad_key, bad) = m.generate(&a, prom()).await.unwrap();
+    let (_, good) = m.generate(&a, prom()).await.unwrap();
+    damage(bad.id).await;
+    let cold = KeyManager::builder(connect(&cfg, &app("damaged2")).await, keyring())
+        .build()
+        .unwrap();
+    assert!(matches!(
+        cold.verify(bad_key.expose_secret(), &Scope::Prometheus)
+            .await,
+        Err(Error::Integrity)
+    ));
+    let ids: Vec<KeyId> = cold.list(&a).await.unwrap().iter().map(|k| k.id).collect();
+    assert_eq!(ids, vec![good.id]);
+    cold.generate(&a, prom()).await.unwrap();
+    cold.delete(&a, &bad.id).await.unwrap();
+    assert!(cold.store().get(&bad.id).await.unwrap().is_none());
 }

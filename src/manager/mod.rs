@@ -258,7 +258,14 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// Reads a record of the actor's organization (`NotFound` for another org's).
     async fn fetch(&self, actor: Option<&Actor>, id: &KeyId) -> Result<KeyRecord, Error> {
         match self.inner.store.get(id).await? {
-            Some(rec) if actor.is_none_or(|a| rec.org == *a.org()) => Ok(rec),
+            // Another class's record (a manager of another prefix sharing the store) is not
+            // this manager's: as absent as another organization's.
+            Some(rec)
+                if actor.is_none_or(|a| rec.org == *a.org())
+                    && (rec.is_undecodable() || rec.class == self.inner.prefix) =>
+            {
+                Ok(rec)
+            }
             _ => Err(Error::NotFound),
         }
     }

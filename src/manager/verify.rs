@@ -97,7 +97,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             }
         };
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
-        if let Err(e) = rec.open_into(&self.keyring(), &self.inner.prefix, id, &mut secret) {
+        if let Err(e) = rec.open_to_verify(&self.keyring(), &self.inner.prefix, id, &mut secret) {
             {
                 self.verify_failed(
                     FailureClass::Integrity,

@@ -64,12 +64,12 @@ impl Scopes {
     }
 }
 
-/// The fields most keys leave empty, boxed only when one is set.
+/// The fields most keys leave empty, boxed only when one is set. (What a revoke or a roll
+/// writes — the reason, the replacement — stays inline in the row: reading a revoked or a
+/// rolled key must cost what reading an active one does.)
 #[derive(Default, PartialEq)]
 struct Extra {
-    revocation: Option<RevocationReason>,
     replaces: Option<KeyId>,
-    replaced_by: Option<KeyId>,
     owner: Option<String>,
     meta: BTreeMap<String, String>,
     rate_limits: Vec<RateLimit>,
@@ -84,6 +84,8 @@ struct Row {
     /// The key class, shared between the rows that name it.
     class: Arc<str>,
     extra: Option<Box<Extra>>,
+    revocation: Option<RevocationReason>,
+    replaced_by: Option<KeyId>,
     name: Box<str>,
     scopes: Scopes,
     created_by: UserId,
@@ -100,6 +102,7 @@ struct Row {
     format: u16,
     iv: [u8; 16],
     ciphertext: [u8; 32],
+    details_tag: [u8; 16],
     tag: [u8; 16],
 }
 
@@ -171,9 +174,7 @@ impl Data {
             None => r.org,
         };
         let extra = Extra {
-            revocation: r.revocation,
             replaces: r.replaces,
-            replaced_by: r.replaced_by,
             owner: r.owner,
             meta: r.meta,
             rate_limits: r.rate_limits,
@@ -185,6 +186,8 @@ impl Data {
             org,
             class: intern(&mut self.classes, Arc::from(r.class)),
             extra: (extra != Extra::default()).then(|| Box::new(extra)),
+            revocation: r.revocation,
+            replaced_by: r.replaced_by,
             name: r.name.into_boxed_str(),
             scopes: Scopes::of(r.scopes),
             created_by: intern(&mut self.users, r.created_by),
@@ -197,6 +200,7 @@ impl Data {
             format: r.format,
             iv: r.sealed.iv,
             ciphertext: r.sealed.ciphertext,
+            details_tag: r.sealed.details_tag,
             tag: r.sealed.tag,
         }
     }
@@ -214,9 +218,9 @@ impl Data {
         Ok(KeyRecord {
             format: row.format,
             class: row.class.to_string(),
-            revocation: extra.and_then(|e| e.revocation.clone()),
+            revocation: row.revocation.clone(),
             replaces: extra.and_then(|e| e.replaces),
-            replaced_by: extra.and_then(|e| e.replaced_by),
+            replaced_by: row.replaced_by,
             owner: extra.and_then(|e| e.owner.clone()),
             meta: extra.map(|e| e.meta.clone()).unwrap_or_default(),
             rate_limits: extra.map(|e| e.rate_limits.clone()).unwrap_or_default(),
@@ -238,6 +242,7 @@ impl Data {
                 key_version: row.key_version,
                 iv: row.iv,
                 ciphertext: row.ciphertext,
+                details_tag: row.details_tag,
                 tag: row.tag,
             },
         })

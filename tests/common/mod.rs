@@ -85,6 +85,8 @@ pub struct CountingStore {
     /// The manager's change listener, kept (the store reports no feed of its own) so that a
     /// test can play a feed going down and coming back with [`CountingStore::feed`].
     pub listeners: Arc<Mutex<Vec<Weak<dyn ChangeListener>>>>,
+    /// The next `update` commits, then reports a failure (a reply lost on the way back).
+    pub lose_update_reply: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CountingStore {
@@ -122,7 +124,13 @@ impl KeyStore for CountingStore {
         self.inner.list(org).await
     }
     async fn update(&self, record: KeyRecord, expected: u64) -> Result<(), StoreError> {
-        self.inner.update(record, expected).await
+        self.inner.update(record, expected).await?;
+        if self.lose_update_reply.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::backend(std::io::Error::other(
+                "connection reset after commit",
+            )));
+        }
+        Ok(())
     }
     async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
         self.inner.delete(id).await

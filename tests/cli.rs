@@ -404,6 +404,27 @@ fn configuration_errors_say_what_to_do() {
         .assert()
         .code(2);
     assert!(stderr(out.get_output()).contains("--sqlite PATH or --postgres URL"));
+    // Both: usage. An explicit --sqlite wins over a machine-wide DATABASE_URL.
+    cli_with(&db.path, 1, &OLD)
+        .args([
+            "--postgres",
+            "postgres://127.0.0.1:1/x",
+            "keys",
+            "list",
+            "--org",
+            "a",
+        ])
+        .assert()
+        .code(2);
+    let out = cli_with(&db.path, 1, &OLD)
+        .env("DATABASE_URL", "postgres://127.0.0.1:1/x")
+        .args(["keys", "list", "--org", "a"])
+        .assert()
+        .code(3);
+    assert!(
+        stderr(out.get_output()).contains("is not a file"),
+        "the SQLite path was used"
+    );
     // No master key.
     let out = cli()
         .arg("--sqlite")
@@ -432,6 +453,14 @@ fn configuration_errors_say_what_to_do() {
         .code(3);
     assert!(stderr(out.get_output()).contains("is not a file"));
     assert!(!db.path.exists());
+    // A PostgreSQL server that is not there (or a build without PostgreSQL): exit 3.
+    let out = cli()
+        .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
+        .args(["--postgres", "postgres://postgres@127.0.0.1:1/x"])
+        .args(["keys", "list", "--org", "acme"])
+        .assert()
+        .code(3);
+    assert!(stderr(out.get_output()).contains("PostgreSQL"));
     // The master key is not an option at all.
     cli_with(&db.path, 1, &OLD)
         .args(["--master-key", &hex_of(&OLD), "rewrap"])

@@ -157,11 +157,22 @@ fn parse_key(hex: &str, what: &str) -> Result<MasterKey, Failure> {
 
 /// The store the options name.
 pub(crate) async fn store(global: &Global) -> Result<AnyStore, Failure> {
-    if let Some(path) = &global.sqlite {
-        return sqlite(path);
+    // DATABASE_URL is often set machine-wide: an explicit --sqlite wins over it.
+    match (&global.sqlite, &global.postgres) {
+        (Some(_), Some(_)) => {
+            return Err(Failure::usage(
+                "give one store: --sqlite PATH or --postgres URL, not both",
+            ));
+        }
+        (Some(path), None) => return sqlite(path),
+        (None, Some(url)) => return postgres(url).await,
+        (None, None) => {}
     }
-    if let Some(url) = &global.postgres {
-        return postgres(url).await;
+    if let Some(url) = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    {
+        return postgres(&url).await;
     }
     Err(Failure::usage(
         "no key store: pass --sqlite PATH or --postgres URL (or set DATABASE_URL)",

@@ -42,16 +42,10 @@ struct Cli {
 #[derive(Args, Debug, Clone)]
 pub(crate) struct Global {
     /// The SQLite file of the key store.
-    #[arg(long, global = true, value_name = "PATH", conflicts_with = "postgres")]
+    #[arg(long, global = true, value_name = "PATH")]
     sqlite: Option<std::path::PathBuf>,
-    /// The PostgreSQL URL of the key store (or DATABASE_URL).
-    #[arg(
-        long,
-        global = true,
-        value_name = "URL",
-        env = "DATABASE_URL",
-        hide_env_values = true
-    )]
+    /// The PostgreSQL URL of the key store; without --sqlite or --postgres, DATABASE_URL.
+    #[arg(long, global = true, value_name = "URL")]
     postgres: Option<String>,
     /// A file with the master keys, one `VERSION:HEX` per line: the first is the current key,
     /// the others previous keys; `#` starts a comment. Instead of the environment.

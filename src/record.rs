@@ -373,11 +373,7 @@ impl KeyRecord {
         out: &mut Zeroizing<[u8; SECRET_LEN]>,
     ) -> Result<(), Error> {
         let keys = self.authenticate(keyring, class)?;
-        if self.id != expected {
-            return Err(Error::Integrity);
-        }
-        keys.decrypt_into(&self.sealed.iv, &self.sealed.ciphertext, out);
-        Ok(())
+        self.decrypt_if(keys, expected, out)
     }
 
     /// [`KeyRecord::open_into`] for verification: checks the main tag (which covers the
@@ -396,6 +392,16 @@ impl KeyRecord {
         out: &mut Zeroizing<[u8; SECRET_LEN]>,
     ) -> Result<(), Error> {
         let keys = self.check_main_tag(keyring, class)?;
+        self.decrypt_if(keys, expected, out)
+    }
+
+    /// After authentication: decrypts into `out` if the record is the one the token names.
+    fn decrypt_if(
+        &self,
+        keys: &Subkeys,
+        expected: KeyId,
+        out: &mut Zeroizing<[u8; SECRET_LEN]>,
+    ) -> Result<(), Error> {
         if self.id != expected {
             return Err(Error::Integrity);
         }
@@ -520,12 +526,11 @@ impl KeyRecord {
         // Fixed width whether present or not (presence byte + 8 bytes, zero when absent): a
         // revoke, a roll or an expiry change never changes the encoding's length.
         fn opt_time(out: &mut dyn FnMut(&[u8]), t: Option<OffsetDateTime>) {
-            let (present, v) = match t {
-                Some(t) => (1u8, t.unix_timestamp()),
-                None => (0, 0),
-            };
+            // The same conversion either way (the time's state must not show in the timing).
+            let v = std::hint::black_box(t.unwrap_or(OffsetDateTime::UNIX_EPOCH)).unix_timestamp();
+            let present = u8::from(t.is_some());
             out(&[present]);
-            out(&v.to_be_bytes());
+            out(&(v * i64::from(present)).to_be_bytes());
         }
         fn opt_id(out: &mut dyn FnMut(&[u8]), id: Option<KeyId>) {
             let (present, v) = match id {
@@ -871,7 +876,8 @@ mod known_answers {
     fn every_field_under_the_tag_is_authenticated() {
         let v = v();
         let (keyring, rec, _) = record(&v);
-        let tampered: Vec<(&str, Box<dyn Fn(&mut KeyRecord)>)> = vec![
+        type Tamper = Box<dyn Fn(&mut KeyRecord)>;
+        let tampered: Vec<(&str, Tamper)> = vec![
             ("owner", Box::new(|r| r.owner = Some("team-8".into()))),
             (
                 "meta",

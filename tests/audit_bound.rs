@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use api_keys::time::Duration;
 use api_keys::{
     GenerateRequest, KeyManager, LOG_FULL_PER_WINDOW, LOG_WINDOW_SECS, MemoryStore, Scope,
@@ -15,32 +12,9 @@ use api_keys::{
 };
 use common::*;
 
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Buffer {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8(self.0.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn failed_verifications_are_logged_with_a_bound_and_exact_counts() {
-    let buffer = Buffer::default();
+    let buffer = LogBuffer::default();
     let writer = buffer.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())
@@ -71,7 +45,7 @@ async fn failed_verifications_are_logged_with_a_bound_and_exact_counts() {
             .await
             .unwrap();
     }
-    let lines = buffer.lines();
+    let lines: Vec<String> = buffer.text().lines().map(str::to_string).collect();
     let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
     assert_eq!(count("outcome=\"malformed\""), LOG_FULL_PER_WINDOW as usize);
     assert_eq!(
@@ -85,7 +59,7 @@ async fn failed_verifications_are_logged_with_a_bound_and_exact_counts() {
     let _ = m
         .verify(&wrong_secret(key.expose_secret()), &Scope::Prometheus)
         .await;
-    let lines = buffer.lines();
+    let lines: Vec<String> = buffer.text().lines().map(str::to_string).collect();
     let suppressed = FLOOD - u64::from(LOG_FULL_PER_WINDOW);
     for class in ["malformed", "invalid_key"] {
         let summary: Vec<_> = lines

@@ -965,8 +965,7 @@ fn a_policy_without_a_fitting_default_says_how_to_fix_it() {
     let err = KeyManager::builder(MemoryStore::new(), keyring())
         .policy(Policy::default().allowed_days(&[7, 14]))
         .build()
-        .err()
-        .expect("a default of 90 days is not among 7 and 14");
+        .expect_err("a default of 90 days is not among 7 and 14");
     let Error::Policy(msg) = err else {
         panic!("expected Error::Policy, got {err:?}")
     };

@@ -300,6 +300,9 @@ async fn last_use_is_recorded_and_throttled_to_once_a_minute() {
     let (key, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
     assert_eq!(info.last_used_at, None);
     works(&s.manager, key.expose_secret()).await.unwrap();
+    // Uses are buffered off the verify path and written in batches.
+    assert_eq!(s.manager.pending_last_uses(), 1);
+    s.manager.flush_last_use().await.unwrap();
     assert_eq!(store.touches.load(Ordering::SeqCst), 1);
     assert_eq!(
         s.manager
@@ -313,6 +316,7 @@ async fn last_use_is_recorded_and_throttled_to_once_a_minute() {
         s.clock.advance(Duration::seconds(5));
         works(&s.manager, key.expose_secret()).await.unwrap();
     }
+    s.manager.flush_last_use().await.unwrap();
     assert_eq!(
         store.touches.load(Ordering::SeqCst),
         1,
@@ -320,6 +324,7 @@ async fn last_use_is_recorded_and_throttled_to_once_a_minute() {
     );
     s.clock.advance(Duration::seconds(10));
     works(&s.manager, key.expose_secret()).await.unwrap();
+    s.manager.flush_last_use().await.unwrap();
     assert_eq!(store.touches.load(Ordering::SeqCst), 2);
     assert_eq!(
         s.manager
@@ -337,6 +342,7 @@ async fn last_use_is_recorded_and_throttled_to_once_a_minute() {
             .await
             .is_err()
     );
+    s.manager.flush_last_use().await.unwrap();
     assert_eq!(store.touches.load(Ordering::SeqCst), 2);
 }
 
@@ -347,6 +353,7 @@ async fn a_failing_touch_never_fails_verify() {
     let s = setup_with(store.clone(), Policy::default());
     let (key, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
     works(&s.manager, key.expose_secret()).await.unwrap();
+    assert!(s.manager.flush_last_use().await.is_err());
     assert_eq!(store.touches.load(Ordering::SeqCst), 1);
     assert_eq!(
         s.manager
@@ -826,4 +833,33 @@ async fn a_roll_whose_update_really_failed_removes_the_replacement() {
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].expires_at, info.expires_at);
     assert_eq!(keys[0].replaced_by, None);
+}
+
+#[tokio::test]
+async fn buffered_last_uses_are_written_without_being_asked() {
+    let store = CountingStore::default();
+    let m = KeyManager::builder(store.clone(), keyring())
+        .last_use_flush_interval(std::time::Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let (key, info) = m.generate(&alice(), prom("k")).await.unwrap();
+    works(&m, key.expose_secret()).await.unwrap();
+    // Bounded wait: the background flush (or, without a runtime feature, the verify itself)
+    // writes it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.touches.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the use was never written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        m.get(&alice(), &info.id)
+            .await
+            .unwrap()
+            .last_used_at
+            .is_some()
+    );
+    assert_eq!(m.pending_last_uses(), 0);
 }

@@ -653,3 +653,72 @@ async fn many_concurrent_verifications() {
         t.await.unwrap().unwrap();
     }
 }
+
+/// Last use never holds up a verify: with another connection holding the write lock (as
+/// another process would), verifies of never-used keys complete well within the 5 s busy
+/// timeout their last-use write would wait, and the uses are written once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifies_do_not_wait_on_last_use_while_another_writer_holds_the_lock() {
+    let dir = TempDir::new("locked");
+    let path = dir.path("keys.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let m = KeyManager::builder(store, keyring())
+        .last_use_flush_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let mut keys = Vec::new();
+    for i in 0..6 {
+        let (k, info) = m
+            .generate(
+                &alice(),
+                GenerateRequest::new(format!("k{i}")).scope(Scope::Prometheus),
+            )
+            .await
+            .unwrap();
+        keys.push((k, info.id));
+    }
+    let locker = rusqlite::Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = Instant::now();
+    for (k, _) in &keys {
+        // Far below the busy timeout a blocked last-use write would wait.
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            m.verify(k.expose_secret(), &Scope::Prometheus),
+        )
+        .await
+        .expect("a verify waited on the write lock");
+        r.unwrap();
+        // Let a flush start and block on the lock while the next keys verify.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed();
+    locker.execute_batch("ROLLBACK").unwrap();
+    // The buffered uses reach the file after the lock is gone (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut all = true;
+        for (_, id) in &keys {
+            all &= m
+                .store()
+                .get(id)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_used_at
+                .is_some();
+        }
+        if all {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "last uses never reached the file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    report(&format!(
+        "sqlite write lock held by another connection: {} verifies of unused keys took {took:?} in all (with 50 ms pauses)",
+        keys.len()
+    ));
+}

@@ -542,7 +542,8 @@ mod postgres {
     }
 
     async fn scenario(url: &str) {
-        let store = PostgresStore::connect(url).await.unwrap();
+        // The service migrates its schema; the tool only connects.
+        let store = PostgresStore::connect_and_migrate(url).await.unwrap();
         let m = manager(store, old_ring());
         let (k, _) = make(&m, &acme(), "pg-key", 7).await;
         let id = k.id().to_string();

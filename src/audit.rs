@@ -311,6 +311,7 @@ impl TracingAudit {
             slot.logged.store(LOG_FULL_PER_WINDOW, Ordering::Relaxed);
             summary.suppressed.fetch_add(1, Ordering::AcqRel);
             SUPPRESSED_TOTAL.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::audit_line_dropped();
             false
         }
     }

@@ -193,12 +193,16 @@ impl Cache {
             .shard(id)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let e = shard.map.get(id)?;
-        if now < e.fresh_until || (now < e.valid_until && self.trusted(e.epoch, now)) {
-            Some((e.facts.clone(), e.fingerprint))
-        } else {
-            None
-        }
+        let found = match shard.map.get(id) {
+            Some(e)
+                if now < e.fresh_until || (now < e.valid_until && self.trusted(e.epoch, now)) =>
+            {
+                Some((e.facts.clone(), e.fingerprint))
+            }
+            _ => None,
+        };
+        crate::metrics::cache_lookup(found.is_some());
+        found
     }
 
     /// Whether the feed of `epoch` is trusted at `now`.
@@ -298,6 +302,7 @@ impl Cache {
                 && let Some(victim) = shard.map.keys().next().copied()
             {
                 shard.map.remove(&victim);
+                crate::metrics::cache_evicted(1);
             }
         }
         shard.map.insert(
@@ -441,7 +446,8 @@ impl ChangeListener for Cache {
         };
         self.trust
             .store(pack(st.epoch, deadline), Ordering::Release);
-        self.feed.store(FEED_LIVE, Ordering::Release);
+        let before = self.feed.swap(FEED_LIVE, Ordering::AcqRel);
+        crate::metrics::feed(true, before == FEED_DOWN);
     }
 
     fn disconnected(&self) {
@@ -452,6 +458,7 @@ impl ChangeListener for Cache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         self.feed.store(FEED_DOWN, Ordering::Release);
+        crate::metrics::feed(false, false);
         let t = self.trust.load(Ordering::Acquire);
         let cap = self
             .ms(Instant::now())

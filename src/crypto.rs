@@ -297,6 +297,73 @@ mod tests {
         assert_eq!(*out, plain);
     }
 
+    /// `k_enc`/`k_mac` as RustCrypto's `kbkdf` derives them (NIST SP 800-108 counter mode,
+    /// 32-bit counter, label, 0x00 separator, context, 32-bit L = 128), over its own CMAC and
+    /// AES (cmac 0.8 / aes 0.9: kbkdf is built on digest 0.11).
+    fn kbkdf_subkey(master: &[u8; 16], label: &[u8]) -> [u8; 16] {
+        use kbkdf::{Counter, Kbkdf, Params};
+        let kdf = Counter::<cmac08::Cmac<aes09::Aes128>, aes09::Aes128>::default();
+        let params = Params::builder(master)
+            .with_label(label)
+            .with_context(KDF_CONTEXT)
+            .use_l(true)
+            .use_separator(true)
+            .use_counter(true)
+            .build();
+        let out = kdf
+            .derive(params)
+            .expect("one block is within a 32-bit counter");
+        out.as_slice().try_into().expect("16 bytes")
+    }
+
+    #[test]
+    fn kdf_matches_rustcrypto_kbkdf() {
+        let mut masters = vec![[0u8; 16], [0xFF; 16], {
+            let mut k = [0u8; 16];
+            k.copy_from_slice(&h("2b7e151628aed2a6abf7158809cf4f3c"));
+            k
+        }];
+        for _ in 0..32 {
+            let mut k = [0u8; 16];
+            fill_random(&mut k).unwrap();
+            masters.push(k);
+        }
+        for master in &masters {
+            for label in [LABEL_ENC, LABEL_MAC] {
+                assert_eq!(
+                    *kdf(master, label, KDF_CONTEXT),
+                    kbkdf_subkey(master, label),
+                    "label {}",
+                    String::from_utf8_lossy(label)
+                );
+            }
+            // The two labels give different keys.
+            assert_ne!(
+                kbkdf_subkey(master, LABEL_ENC),
+                kbkdf_subkey(master, LABEL_MAC)
+            );
+        }
+    }
+
+    /// `Subkeys::derive` wires each derived key to its use: CBC under k_enc, CMAC under k_mac,
+    /// with the keys as kbkdf derives them.
+    #[test]
+    fn subkeys_use_the_kbkdf_keys() {
+        let master = [0x42u8; 16];
+        let sub = Subkeys::derive(&MasterKey::from_bytes(master));
+        let k_enc = kbkdf_subkey(&master, LABEL_ENC);
+        let k_mac = kbkdf_subkey(&master, LABEL_MAC);
+        let iv = [7u8; 16];
+        let plain = [9u8; 32];
+        let expected = cbc_encrypt(Aes128::new(GenericArray::from_slice(&k_enc)), &iv, &plain);
+        assert_eq!(sub.encrypt(&iv, &plain), expected);
+        let mut mine = sub.mac();
+        mine.update(b"record bytes");
+        let mut theirs = <Cmac<Aes128> as KeyInit>::new(GenericArray::from_slice(&k_mac));
+        theirs.update(b"record bytes");
+        assert_eq!(mine.finalize().into_bytes(), theirs.finalize().into_bytes());
+    }
+
     #[test]
     fn master_key_debug_is_redacted() {
         let k = MasterKey::from_bytes([0xAB; 16]);

@@ -80,6 +80,7 @@ pub enum Error {
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
+        crate::metrics::store_error(&e);
         match e {
             StoreError::Corrupt(_) => Error::Integrity,
             other => Error::Store(other),

@@ -16,6 +16,11 @@ mod key;
 mod leaks;
 mod limits;
 mod manager;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 mod policy;
 mod record;
 mod store;

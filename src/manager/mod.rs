@@ -165,6 +165,7 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
         )?);
         let listener: Arc<dyn ChangeListener> = cache.clone();
         self.store.changes(Arc::downgrade(&listener));
+        crate::metrics::describe();
         Ok(KeyManager {
             inner: Arc::new(Inner {
                 store: self.store,

@@ -125,6 +125,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             return;
         }
         if let Err(e) = self.inner.store.touch_many(&batch).await {
+            crate::metrics::store_error(&e);
             tracing::warn!(target: "api_keys", error = %e, uses = batch.len(), "could not record last use");
         }
     }

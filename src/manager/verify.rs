@@ -34,6 +34,18 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         scope: &Scope,
         cost: u64,
     ) -> Result<Verified, Error> {
+        let started = crate::metrics::start();
+        let result = self.verify_inner(token, scope, cost).await;
+        crate::metrics::verification(started, &result);
+        result
+    }
+
+    async fn verify_inner(
+        &self,
+        token: &str,
+        scope: &Scope,
+        cost: u64,
+    ) -> Result<Verified, Error> {
         // The presented secret lives in this future's own zeroizing buffer (no copy is left
         // behind by moves); only the public id comes back by value.
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);

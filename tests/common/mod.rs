@@ -2,12 +2,12 @@
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use api_keys::time::{Duration, OffsetDateTime};
 use api_keys::{
-    Actor, AuditEvent, AuditSink, BoxError, KeyId, KeyManager, KeyRecord, KeyStore, Keyring,
-    ManualClock, MasterKey, MemoryStore, OrgId, Policy, StoreError, UserId,
+    Actor, AuditEvent, AuditSink, BoxError, ChangeListener, KeyId, KeyManager, KeyRecord, KeyStore,
+    Keyring, ManualClock, MasterKey, MemoryStore, OrgId, Policy, StoreError, UserId,
 };
 
 pub const MASTER: [u8; 16] = *b"0123456789abcdef";
@@ -87,6 +87,9 @@ pub struct CountingStore {
     /// When set, every call first yields to the runtime, so that concurrent tasks interleave
     /// between a read and a write (as over a network store).
     pub yields: Arc<std::sync::atomic::AtomicBool>,
+    /// The manager's change listener, kept (the store reports no feed of its own) so that a
+    /// test can play a feed going down and coming back with [`CountingStore::feed`].
+    pub listeners: Arc<Mutex<Vec<Weak<dyn ChangeListener>>>>,
     /// The next `update` commits, then reports a failure (a reply lost on the way back).
     pub lose_update_reply: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -99,6 +102,23 @@ impl CountingStore {
     async fn pause(&self) {
         if self.yields.load(Ordering::SeqCst) {
             tokio::task::yield_now().await;
+        }
+    }
+
+    /// Tells the managers built over this store that the change feed is live or down.
+    pub fn feed(&self, live: bool) {
+        for l in self
+            .listeners
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(Weak::upgrade)
+        {
+            if live {
+                l.connected();
+            } else {
+                l.disconnected();
+            }
         }
     }
 }
@@ -152,7 +172,12 @@ impl KeyStore for CountingStore {
         }
         self.inner.touch(id, at).await
     }
-    // No change feed: like a store shared with processes we cannot hear from.
+    // No change feed: like a store shared with processes we cannot hear from (a test may
+    // still play one with `feed`).
+    fn changes(&self, listener: Weak<dyn ChangeListener>) -> bool {
+        self.listeners.lock().unwrap().push(listener);
+        false
+    }
 }
 
 pub fn days(n: i64) -> Duration {

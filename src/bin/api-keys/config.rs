@@ -1,0 +1,301 @@
+//! Where the tool's configuration comes from: master keys (environment or file, never
+//! arguments), the store, durations.
+
+use std::path::Path;
+
+use api_keys::time::Duration;
+use api_keys::{AnyStore, Keyring, MasterKey, UserId};
+use zeroize::Zeroizing;
+
+use crate::{Failure, Global};
+
+pub(crate) const ENV_KEY: &str = "API_KEYS_MASTER_KEY";
+pub(crate) const ENV_VERSION: &str = "API_KEYS_MASTER_KEY_VERSION";
+pub(crate) const ENV_PREVIOUS: &str = "API_KEYS_PREVIOUS_KEYS";
+
+/// `master-key new`: 16 bytes from the operating system, as hex.
+pub(crate) fn new_master_key(json: bool) -> Result<(), Failure> {
+    let mut bytes = Zeroizing::new([0u8; 16]);
+    getrandom::getrandom(&mut *bytes).map_err(|e| {
+        Failure::config(format!(
+            "the operating system's random number generator failed: {e}"
+        ))
+    })?;
+    let hex = Zeroizing::new(hex::encode(*bytes));
+    if json {
+        println!("{{\"master_key\":\"{}\"}}", hex.as_str());
+    } else {
+        println!("{}", hex.as_str());
+    }
+    Ok(())
+}
+
+/// The keyring from `--master-key-file`, or else from the environment.
+pub(crate) fn keyring(file: Option<&Path>) -> Result<Keyring, Failure> {
+    let mut keys = match file {
+        Some(path) => from_file(path)?,
+        None => from_env()?,
+    };
+    let (version, key) = keys.remove(0);
+    let mut ring = Keyring::new(version, key);
+    for (v, k) in keys {
+        if v == version {
+            return Err(Failure::config(format!(
+                "master key version {v} is given twice; each version must appear once"
+            )));
+        }
+        ring = ring.with_previous(v, k);
+    }
+    Ok(ring)
+}
+
+fn from_env() -> Result<Vec<(u32, MasterKey)>, Failure> {
+    let Some(hex) = std::env::var_os(ENV_KEY) else {
+        return Err(Failure::config(format!(
+            "no master key: set {ENV_KEY} to the current key's hex (and {ENV_VERSION} to its \
+             version), or pass --master-key-file PATH; `api-keys master-key new` makes one"
+        )));
+    };
+    let hex =
+        Zeroizing::new(hex.into_string().map_err(|_| {
+            Failure::config(format!("{ENV_KEY} must be 32 hexadecimal characters"))
+        })?);
+    let version = match std::env::var(ENV_VERSION) {
+        Ok(v) => parse_version(&v, ENV_VERSION)?,
+        Err(std::env::VarError::NotPresent) => 1,
+        Err(_) => {
+            return Err(Failure::config(format!(
+                "{ENV_VERSION} must be a positive whole number"
+            )));
+        }
+    };
+    let mut keys = vec![(version, parse_key(&hex, ENV_KEY)?)];
+    if let Some(previous) = std::env::var_os(ENV_PREVIOUS) {
+        let previous = Zeroizing::new(previous.into_string().map_err(|_| {
+            Failure::config(format!(
+                "{ENV_PREVIOUS} must be VERSION:HEX,VERSION:HEX,..."
+            ))
+        })?);
+        for entry in previous.split(',').filter(|e| !e.trim().is_empty()) {
+            keys.push(parse_entry(entry.trim(), ENV_PREVIOUS)?);
+        }
+    }
+    Ok(keys)
+}
+
+fn from_file(path: &Path) -> Result<Vec<(u32, MasterKey)>, Failure> {
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+        Failure::config(format!(
+            "cannot read the master key file {}: {e}",
+            path.display()
+        ))
+    })?);
+    warn_if_readable_by_others(path);
+    let what = format!("the master key file {}", path.display());
+    let mut keys = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if !line.is_empty() {
+            keys.push(parse_entry(line, &what)?);
+        }
+    }
+    if keys.is_empty() {
+        return Err(Failure::config(format!(
+            "{what} has no key: write one VERSION:HEX per line, the current key first"
+        )));
+    }
+    Ok(keys)
+}
+
+#[cfg(unix)]
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        eprintln!(
+            "api-keys: warning: {} can be read by other users; `chmod 600` it",
+            path.display()
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_readable_by_others(_: &Path) {}
+
+/// `VERSION:HEX`.
+fn parse_entry(entry: &str, what: &str) -> Result<(u32, MasterKey), Failure> {
+    let Some((version, hex)) = entry.split_once(':') else {
+        return Err(Failure::config(format!(
+            "{what}: each key must be written VERSION:HEX (e.g. 1:00112233...)"
+        )));
+    };
+    Ok((
+        parse_version(version.trim(), what)?,
+        parse_key(hex.trim(), what)?,
+    ))
+}
+
+fn parse_version(s: &str, what: &str) -> Result<u32, Failure> {
+    s.parse::<u32>().ok().filter(|v| *v > 0).ok_or_else(|| {
+        Failure::config(format!(
+            "{what}: a key version must be a positive whole number"
+        ))
+    })
+}
+
+/// 32 hexadecimal characters; the message never repeats the input.
+fn parse_key(hex: &str, what: &str) -> Result<MasterKey, Failure> {
+    let mut bytes = Zeroizing::new([0u8; 16]);
+    hex::decode_to_slice(hex.trim(), &mut *bytes).map_err(|_| {
+        Failure::config(format!(
+            "{what}: a master key must be 32 hexadecimal characters (16 bytes)"
+        ))
+    })?;
+    Ok(MasterKey::from_bytes(*bytes))
+}
+
+/// The store the options name.
+pub(crate) async fn store(global: &Global) -> Result<AnyStore, Failure> {
+    // DATABASE_URL is often set machine-wide: an explicit --sqlite wins over it.
+    match (&global.sqlite, &global.postgres) {
+        (Some(_), Some(_)) => {
+            return Err(Failure::usage(
+                "give one store: --sqlite PATH or --postgres URL, not both",
+            ));
+        }
+        (Some(path), None) => return sqlite(path),
+        (None, Some(url)) => return postgres(url).await,
+        (None, None) => {}
+    }
+    if let Some(url) = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    {
+        return postgres(&url).await;
+    }
+    Err(Failure::usage(
+        "no key store: pass --sqlite PATH or --postgres URL (or set DATABASE_URL)",
+    ))
+}
+
+#[cfg(feature = "sqlite")]
+fn sqlite(path: &Path) -> Result<AnyStore, Failure> {
+    // Opening creates a missing file: an operator's typo must not look like an empty store.
+    if !path.is_file() {
+        return Err(Failure::config(format!(
+            "{} is not a file; give the path of the service's existing SQLite key store",
+            path.display()
+        )));
+    }
+    api_keys::SqliteStore::open(path)
+        .map(AnyStore::new)
+        .map_err(|e| {
+            Failure::config(format!(
+                "cannot open the SQLite key store {}: {}",
+                path.display(),
+                crate::chain(&e)
+            ))
+        })
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn sqlite(_: &Path) -> Result<AnyStore, Failure> {
+    Err(Failure::config(
+        "this api-keys was built without SQLite support; reinstall it with \
+         `cargo install api-keys --features cli,sqlite`",
+    ))
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres(url: &str) -> Result<AnyStore, Failure> {
+    api_keys::PostgresStore::connect(url)
+        .await
+        .map(AnyStore::new)
+        .map_err(|e| {
+            Failure::config(format!(
+                "cannot connect to the PostgreSQL key store: {}; check the URL, that the \
+                 server is up and that the user may log in",
+                crate::chain(&e)
+            ))
+        })
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres(_: &str) -> Result<AnyStore, Failure> {
+    Err(Failure::config(
+        "this api-keys was built without PostgreSQL support; reinstall it with \
+         `cargo install api-keys --features cli,postgres`",
+    ))
+}
+
+/// The operator recorded on revocations: `--operator`, else `$USER`, else `operator`.
+pub(crate) fn operator(global: &Global) -> Result<UserId, Failure> {
+    let name = global
+        .operator
+        .clone()
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "operator".to_string());
+    UserId::try_new(&name).map_err(|_| Failure::usage("--operator must be 1 to 128 bytes"))
+}
+
+/// `14d`, `12h`, `30m`, `90s`, `2w`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{s}` needs a unit: e.g. 14d, 12h, 30m, 90s or 2w"))?;
+    let (n, unit) = s.split_at(split);
+    let n: i64 = n
+        .parse()
+        .map_err(|_| format!("`{s}` must start with a whole number, e.g. 14d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}`: use s, m, h, d or w (e.g. 14d)"
+            ));
+        }
+    };
+    n.checked_mul(secs)
+        .filter(|s| *s <= 100 * 365 * 86_400)
+        .map(Duration::seconds)
+        .ok_or_else(|| format!("`{s}` is too long; at most 100 years"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("14d"), Ok(Duration::days(14)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::hours(12)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::days(14)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::seconds(90)));
+        assert!(parse_duration("14").is_err());
+        assert!(parse_duration("d").is_err());
+        assert!(parse_duration("14y").is_err());
+        assert!(parse_duration("99999999999999d").is_err());
+    }
+
+    #[test]
+    fn key_entries() {
+        let (v, _) = parse_entry("7:000102030405060708090a0b0c0d0e0f", "x").unwrap();
+        assert_eq!(v, 7);
+        for bad in [
+            "7:0001",
+            "0:000102030405060708090a0b0c0d0e0f",
+            "000102030405060708090a0b0c0d0e0f",
+            "x:00",
+        ] {
+            let e = parse_entry(bad, "x").unwrap_err();
+            assert_eq!(e.code, crate::EXIT_CONFIG);
+            assert!(!e.message.contains("0001"), "{}", e.message);
+        }
+    }
+}

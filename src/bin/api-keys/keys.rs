@@ -1,0 +1,149 @@
+//! `keys list | show | expiring | revoke`.
+
+use clap::Subcommand;
+
+use api_keys::time::Duration;
+use api_keys::{Actor, AnyStore, Error, KeyId, KeyManager, KeyStore, OrgId};
+
+use crate::config::{operator, parse_duration};
+use crate::output::{print_json, print_key, print_table};
+use crate::{Failure, Global};
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum KeysCommand {
+    /// An organization's keys, newest first.
+    List {
+        /// The organization.
+        #[arg(long)]
+        org: String,
+    },
+    /// One key's metadata (never its secret).
+    Show {
+        /// The key's id (the 11 characters after the prefix).
+        id: String,
+    },
+    /// Every organization's active keys that expire within a window, soonest first.
+    Expiring {
+        /// The window: e.g. 14d, 12h, 2w.
+        #[arg(long, default_value = "14d", value_parser = parse_duration)]
+        within: Duration,
+    },
+    /// Revoke a key now (it stops working at once; it stays listed as revoked).
+    Revoke {
+        /// The key's id.
+        id: String,
+    },
+}
+
+pub(crate) async fn run(
+    m: &KeyManager<AnyStore>,
+    global: &Global,
+    cmd: KeysCommand,
+) -> Result<u8, Failure> {
+    match cmd {
+        KeysCommand::List { org } => {
+            let org =
+                OrgId::try_new(&org).map_err(|_| Failure::usage("--org must be 1 to 128 bytes"))?;
+            let actor = Actor::manager(org.clone(), operator(global)?);
+            let infos = m
+                .list(&actor)
+                .await
+                .map_err(|e| Failure::from_error(e, &format!("listing the keys of {org}")))?;
+            if global.json {
+                print_json(&infos);
+            } else if infos.is_empty() {
+                eprintln!(
+                    "no keys of the prefix `{}` in organization {org}",
+                    m.prefix()
+                );
+            } else {
+                print_table(&infos, false, m.now());
+            }
+        }
+        KeysCommand::Show { id } => {
+            let id = parse_id(&id)?;
+            let (actor, _) = as_operator(m, global, &id).await?;
+            let info = m
+                .get(&actor, &id)
+                .await
+                .map_err(|e| Failure::from_error(e, &format!("key {id}")))?;
+            if global.json {
+                print_json(&info);
+            } else {
+                print_key(&info, m.now());
+            }
+        }
+        KeysCommand::Expiring { within } => {
+            let infos = m
+                .expiring_all(within)
+                .await
+                .map_err(|e| Failure::from_error(e, "finding expiring keys"))?;
+            if global.json {
+                print_json(&infos);
+            } else if infos.is_empty() {
+                eprintln!("no active key expires within {}", human(within));
+            } else {
+                print_table(&infos, true, m.now());
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            let id = parse_id(&id)?;
+            let (actor, was_revoked) = as_operator(m, global, &id).await?;
+            let info = m
+                .revoke(&actor, &id)
+                .await
+                .map_err(|e| Failure::from_error(e, &format!("revoking key {id}")))?;
+            if global.json {
+                print_json(&info);
+            } else {
+                if was_revoked {
+                    println!("key {id} was already revoked");
+                } else {
+                    println!("key {id} revoked: it no longer verifies");
+                }
+                print_key(&info, m.now());
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn parse_id(s: &str) -> Result<KeyId, Failure> {
+    KeyId::parse(s.trim()).map_err(|_| {
+        // The input is not repeated: it may be a whole token, and stderr may be logged.
+        Failure::usage(
+            "that is not a key id: give the 11 characters after the prefix and `_` \
+             (as `keys list` shows them), never the whole token",
+        )
+    })
+}
+
+/// An operator acting as a manager of the key's own organization: the record is read once to
+/// learn which organization that is (the library's management operations are scoped to an
+/// organization's managers). Also returns whether the key was already revoked.
+async fn as_operator(
+    m: &KeyManager<AnyStore>,
+    global: &Global,
+    id: &KeyId,
+) -> Result<(Actor, bool), Failure> {
+    let rec = m
+        .store()
+        .get(id)
+        .await
+        .map_err(|e| Failure::from_error(Error::from(e), &format!("key {id}")))?
+        .ok_or_else(|| Failure::from_error(Error::NotFound, &format!("key {id}")))?;
+    let revoked = rec.revoked_at.is_some();
+    Ok((Actor::manager(rec.org.clone(), operator(global)?), revoked))
+}
+
+/// `14d`, `12h`, or seconds.
+pub(crate) fn human(d: Duration) -> String {
+    let s = d.whole_seconds();
+    if s % 86_400 == 0 {
+        format!("{}d", s / 86_400)
+    } else if s % 3_600 == 0 {
+        format!("{}h", s / 3_600)
+    } else {
+        format!("{s}s")
+    }
+}

@@ -1,0 +1,207 @@
+//! `api-keys`: the operator's command-line tool for the `api-keys` crate (feature `cli`).
+//!
+//! Master keys come from the environment or a file, never from an argument (other users of
+//! the machine can read arguments in the process list). See `api-keys --help` and README's
+//! "Operating" section.
+//!
+//! Exit codes: 0 success; 1 `rewrap` finished but some records failed; 2 usage (bad or
+//! missing arguments); 3 configuration or store error (master key missing or malformed, store
+//! unreachable, store support not built in); 4 no such key; 5 a record failed its integrity
+//! check (tampered, or sealed under a master key the keyring lacks).
+#![forbid(unsafe_code)]
+
+mod config;
+mod keys;
+mod output;
+mod rewrap;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use api_keys::{AnyStore, Error, KeyManager, Keyring};
+
+/// Operate the API keys of an `api-keys` store: rotate the master key, find keys about to
+/// expire, revoke keys.
+///
+/// Master keys are read from the environment (API_KEYS_MASTER_KEY, API_KEYS_MASTER_KEY_VERSION,
+/// API_KEYS_PREVIOUS_KEYS) or from --master-key-file, never from an argument.
+///
+/// Exit codes: 0 ok; 1 rewrap left failed records; 2 usage; 3 configuration or store error;
+/// 4 no such key; 5 a record failed its integrity check.
+#[derive(Parser, Debug)]
+#[command(name = "api-keys", version, about, long_about)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command that touches the store shares.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Global {
+    /// The SQLite file of the key store.
+    #[arg(long, global = true, value_name = "PATH")]
+    sqlite: Option<std::path::PathBuf>,
+    /// The PostgreSQL URL of the key store; without --sqlite or --postgres, DATABASE_URL.
+    #[arg(long, global = true, value_name = "URL")]
+    postgres: Option<String>,
+    /// A file with the master keys, one `VERSION:HEX` per line: the first is the current key,
+    /// the others previous keys; `#` starts a comment. Instead of the environment.
+    #[arg(long, global = true, value_name = "PATH")]
+    master_key_file: Option<std::path::PathBuf>,
+    /// The token prefix of the keys to operate on.
+    #[arg(long, global = true, default_value = "sak", env = "API_KEYS_PREFIX")]
+    prefix: String,
+    /// Who is operating, as recorded on revocations and in the audit log (default: $USER).
+    #[arg(long, global = true, env = "API_KEYS_OPERATOR")]
+    operator: Option<String>,
+    /// Machine-readable JSON on standard output instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log the crate's audit events (info level) to standard error.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Master keys.
+    #[command(subcommand)]
+    MasterKey(MasterKeyCommand),
+    /// Re-seal every record under the current master key (after adding a new one).
+    Rewrap,
+    /// Look at and revoke keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum MasterKeyCommand {
+    /// Print a new random 16-byte master key as hex (from the operating system's generator),
+    /// for your secret manager.
+    New,
+}
+
+/// A failure with its exit code and a message that says what to do.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) message: String,
+}
+
+pub(crate) const EXIT_FAILED_RECORDS: u8 = 1;
+pub(crate) const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_CONFIG: u8 = 3;
+pub(crate) const EXIT_NOT_FOUND: u8 = 4;
+pub(crate) const EXIT_INTEGRITY: u8 = 5;
+
+impl Failure {
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Self::new(EXIT_USAGE, message)
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Self::new(EXIT_CONFIG, message)
+    }
+
+    /// A library error, with what to do about it.
+    pub(crate) fn from_error(e: Error, what: &str) -> Self {
+        match e {
+            Error::NotFound => Self::new(EXIT_NOT_FOUND, format!("{what}: no such key")),
+            Error::Integrity => Self::new(
+                EXIT_INTEGRITY,
+                format!(
+                    "{what}: the stored record failed its integrity check — it was tampered \
+                     with, or it is sealed under a master key this keyring lacks (add that \
+                     version to API_KEYS_PREVIOUS_KEYS)"
+                ),
+            ),
+            Error::Store(e) => Self::config(format!(
+                "{what}: the key store failed: {}; check that it is reachable and retry",
+                chain(&e)
+            )),
+            other => Self::new(EXIT_CONFIG, format!("{what}: {other}")),
+        }
+    }
+}
+
+/// An error and its sources, `a: b: c`.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.global.verbose {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::INFO)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::WARN)
+            .init();
+    }
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("api-keys: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8, Failure> {
+    if let Command::MasterKey(MasterKeyCommand::New) = cli.command {
+        return config::new_master_key(cli.global.json).map(|()| 0);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::config(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async {
+        let keyring = config::keyring(cli.global.master_key_file.as_deref())?;
+        let store = config::store(&cli.global).await?;
+        match cli.command {
+            Command::MasterKey(_) => unreachable!("handled above"),
+            Command::Rewrap => rewrap::run(store, keyring, &cli.global).await,
+            Command::Keys(cmd) => {
+                keys::run(&manager(store, keyring, &cli.global)?, &cli.global, cmd).await
+            }
+        }
+    })
+}
+
+/// The manager over `store` with `keyring`.
+pub(crate) fn manager(
+    store: AnyStore,
+    keyring: Keyring,
+    global: &Global,
+) -> Result<KeyManager<AnyStore>, Failure> {
+    KeyManager::builder(store, keyring)
+        .prefix(global.prefix.clone())
+        // An operator's tool reads fresh: no verification cache.
+        .cache_capacity(0)
+        .build()
+        .map_err(|e| match e {
+            Error::Policy(msg) => Failure::usage(msg),
+            other => Failure::config(other.to_string()),
+        })
+}

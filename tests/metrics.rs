@@ -1,0 +1,282 @@
+//! The crate's metrics (feature `metrics`), read back through `metrics-util`'s debugging
+//! recorder: every counter a dashboard relies on moves when, and only when, it should.
+
+mod common;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration as StdDuration;
+
+use api_keys::metrics as names;
+use api_keys::{
+    Actor, Expiry, GenerateRequest, KeyManager, KeyStore, ManualClock, OrgId, Scope, TracingAudit,
+    UserId,
+};
+use common::{CountingStore, Recorder, alice, days, keyring, start, wrong_secret};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::{CompositeKey, MetricKind};
+
+/// Runs `f` on a current-thread runtime with `recorder` as this thread's recorder (the whole
+/// future runs on this thread, so everything it records lands there).
+fn recorded<F: Future>(f: F) -> (F::Output, Snapshotter) {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let out = metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    });
+    (out, snapshotter)
+}
+
+/// Counter values by (name, labels as `k=v` sorted and joined by `,`), histogram sample
+/// counts under the same key, gauges likewise.
+fn values(s: &Snapshotter) -> HashMap<(String, String), f64> {
+    let mut out = HashMap::new();
+    for (key, _, _, value) in s.snapshot().into_vec() {
+        let key: CompositeKey = key;
+        let (kind, key) = key.into_parts();
+        let mut labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        labels.sort();
+        let v = match (kind, value) {
+            (MetricKind::Counter, DebugValue::Counter(n)) => n as f64,
+            (MetricKind::Gauge, DebugValue::Gauge(g)) => g.into_inner(),
+            (MetricKind::Histogram, DebugValue::Histogram(h)) => h.len() as f64,
+            _ => continue,
+        };
+        out.insert((key.name().to_string(), labels.join(",")), v);
+    }
+    out
+}
+
+fn get(v: &HashMap<(String, String), f64>, name: &str, labels: &str) -> f64 {
+    v.get(&(name.to_string(), labels.to_string()))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+fn manager<S: KeyStore + 'static>(store: S, clock: &ManualClock) -> KeyManager<S> {
+    KeyManager::builder(store, keyring())
+        .clock(clock.clone())
+        .audit(Recorder::default())
+        // Entries stay valid however slow the machine: hits and misses are decided by the
+        // test, never by the wall clock.
+        .cache_ttl(StdDuration::from_secs(3600))
+        .cache_fallback_ttl(StdDuration::from_secs(3600))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn each_verification_outcome_is_counted_under_its_label() {
+    let clock = ManualClock::new(start());
+    let (_, snap) = recorded(async {
+        let m = manager(CountingStore::default(), &clock);
+        let read = Scope::custom("read").unwrap();
+        let write = Scope::custom("write").unwrap();
+        let req = || GenerateRequest::new("ci").scopes([read.clone()]);
+        let (ok, _) = m.generate(&alice(), req()).await.unwrap();
+        let (revoked, info) = m.generate(&alice(), req()).await.unwrap();
+        m.revoke(&alice(), &info.id).await.unwrap();
+        let (expiring, _) = m
+            .generate(&alice(), req().expiry(Expiry::Days(7)))
+            .await
+            .unwrap();
+
+        m.verify(ok.expose_secret(), &read).await.unwrap();
+        m.verify(ok.expose_secret(), &read).await.unwrap();
+        m.verify(&wrong_secret(ok.expose_secret()), &read)
+            .await
+            .unwrap_err();
+        m.verify("sak_not_a_token", &read).await.unwrap_err();
+        m.verify(revoked.expose_secret(), &read).await.unwrap_err();
+        m.verify(ok.expose_secret(), &write).await.unwrap_err();
+        clock.advance(days(8));
+        m.verify(expiring.expose_secret(), &read).await.unwrap_err();
+    });
+    let v = values(&snap);
+    let total = names::VERIFICATIONS_TOTAL;
+    assert_eq!(get(&v, total, "outcome=ok"), 2.0);
+    assert_eq!(get(&v, total, "outcome=invalid_key"), 1.0);
+    assert_eq!(get(&v, total, "outcome=malformed"), 1.0);
+    assert_eq!(get(&v, total, "outcome=revoked"), 1.0);
+    assert_eq!(get(&v, total, "outcome=scope_not_allowed"), 1.0);
+    assert_eq!(get(&v, total, "outcome=expired"), 1.0);
+    // One latency sample per verification, whatever its outcome.
+    assert_eq!(get(&v, names::VERIFICATION_DURATION_SECONDS, ""), 7.0);
+    // No key id or organization ever becomes a label.
+    for (name, labels) in v.keys() {
+        assert!(
+            labels.is_empty() || labels.starts_with("outcome=") || labels.starts_with("kind="),
+            "{name}{{{labels}}}"
+        );
+        assert!(!labels.contains("acme"), "{labels}");
+    }
+}
+
+#[test]
+fn cache_hits_misses_and_evictions_are_counted() {
+    let clock = ManualClock::new(start());
+    let store = CountingStore::default();
+    let (_, snap) = recorded({
+        let store = store.clone();
+        async move {
+            let m = manager(store.clone(), &clock);
+            let scope = Scope::custom("read").unwrap();
+            let (key, _) = m
+                .generate(&alice(), GenerateRequest::new("k").scopes([scope.clone()]))
+                .await
+                .unwrap();
+            // A new key is installed in the cache: a hit, no store read.
+            m.verify(key.expose_secret(), &scope).await.unwrap();
+            assert_eq!(store.gets(), 0);
+            // A keyring change flushes the cache: the next verify reads the store (a miss)
+            // and the one after is a hit again.
+            m.set_keyring(keyring()).unwrap();
+            m.verify(key.expose_secret(), &scope).await.unwrap();
+            m.verify(key.expose_secret(), &scope).await.unwrap();
+            assert_eq!(store.gets(), 1);
+            // An unknown id misses.
+            m.verify(&common::with_id(key.expose_secret(), "00000000001"), &scope)
+                .await
+                .unwrap_err();
+        }
+    });
+    let v = values(&snap);
+    assert_eq!(get(&v, names::CACHE_HITS_TOTAL, ""), 2.0);
+    assert_eq!(get(&v, names::CACHE_MISSES_TOTAL, ""), 2.0);
+    assert_eq!(get(&v, names::CACHE_EVICTIONS_TOTAL, ""), 0.0);
+}
+
+#[test]
+fn a_full_cache_counts_what_it_evicts() {
+    let clock = ManualClock::new(start());
+    let ((cached, made), snap) = recorded(async {
+        // Room for one entry per shard; every new key is installed, so more keys than shards
+        // must evict.
+        let m = KeyManager::builder(CountingStore::default(), keyring())
+            .clock(clock.clone())
+            .audit(Recorder::default())
+            .cache_capacity(1)
+            .cache_fallback_ttl(StdDuration::from_secs(3600))
+            .build()
+            .unwrap();
+        let made = 100;
+        for i in 0..made {
+            let actor = Actor::manager(OrgId::new(format!("org{i}")), UserId::new("u"));
+            m.generate(
+                &actor,
+                GenerateRequest::new("k").scope(Scope::custom("read").unwrap()),
+            )
+            .await
+            .unwrap();
+        }
+        (m.cached_records(), made)
+    });
+    let v = values(&snap);
+    let evicted = get(&v, names::CACHE_EVICTIONS_TOTAL, "");
+    assert!(evicted > 0.0);
+    assert_eq!(evicted as usize, made - cached);
+}
+
+#[test]
+fn feed_state_and_reconnects_are_reported() {
+    let clock = ManualClock::new(start());
+    let store = CountingStore::default();
+    let (_, snap) = recorded({
+        let store = store.clone();
+        async move {
+            let _m = manager(store.clone(), &clock);
+            store.feed(true);
+            store.feed(false);
+            store.feed(true);
+        }
+    });
+    let v = values(&snap);
+    // Connected once at first (not a reconnect), then down, then back: one reconnect, live.
+    assert_eq!(get(&v, names::FEED_RECONNECTS_TOTAL, ""), 1.0);
+    assert_eq!(get(&v, names::FEED_CONNECTED, ""), 1.0);
+}
+
+#[test]
+fn a_feed_that_drops_sets_the_gauge_to_zero() {
+    let clock = ManualClock::new(start());
+    let store = CountingStore::default();
+    let (_, snap) = recorded({
+        let store = store.clone();
+        async move {
+            let _m = manager(store.clone(), &clock);
+            store.feed(true);
+            store.feed(false);
+        }
+    });
+    let v = values(&snap);
+    assert_eq!(get(&v, names::FEED_CONNECTED, ""), 0.0);
+    assert_eq!(get(&v, names::FEED_RECONNECTS_TOTAL, ""), 0.0);
+}
+
+#[test]
+fn store_errors_are_counted_by_kind() {
+    let clock = ManualClock::new(start());
+    let store = CountingStore::default();
+    store
+        .fail_touch
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (_, snap) = recorded({
+        let store = store.clone();
+        async move {
+            let m = manager(store.clone(), &clock);
+            let scope = Scope::custom("read").unwrap();
+            let (key, _) = m
+                .generate(&alice(), GenerateRequest::new("k").scopes([scope.clone()]))
+                .await
+                .unwrap();
+            // Recording last use fails; the verification still succeeds.
+            m.verify(key.expose_secret(), &scope).await.unwrap();
+            // The buffered use reaches the store (and fails) when written.
+            m.flush_last_use().await.unwrap_err();
+        }
+    });
+    assert_eq!(store.touches.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let v = values(&snap);
+    assert_eq!(get(&v, names::STORE_ERRORS_TOTAL, "kind=backend"), 1.0);
+    assert_eq!(
+        get(&v, names::VERIFICATIONS_TOTAL, "outcome=ok"),
+        1.0,
+        "{v:?}"
+    );
+}
+
+#[test]
+fn audit_lines_dropped_by_the_log_bound_are_counted() {
+    // The log bound is per process: compare with its own count over the same calls.
+    let before = TracingAudit::suppressed_total();
+    let failures = 4 * api_keys::LOG_FULL_PER_WINDOW as usize + 4;
+    let (_, snap) = recorded(async {
+        let m = KeyManager::builder(CountingStore::default(), keyring())
+            .build()
+            .unwrap();
+        let scope = Scope::custom("read").unwrap();
+        for _ in 0..failures {
+            m.verify("sak_not_a_token", &scope).await.unwrap_err();
+        }
+    });
+    let dropped = TracingAudit::suppressed_total() - before;
+    let v = values(&snap);
+    // More failures than two windows' worth of full lines: some lines were left out,
+    // and each one is counted.
+    assert!(dropped > 0);
+    assert_eq!(
+        get(&v, names::AUDIT_LINES_DROPPED_TOTAL, "") as u64,
+        dropped
+    );
+    assert_eq!(
+        get(&v, names::VERIFICATIONS_TOTAL, "outcome=malformed") as usize,
+        failures
+    );
+}

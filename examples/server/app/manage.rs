@@ -1,0 +1,203 @@
+//! The JSON management API: policy, create, list, get, revoke, roll, reveal, delete.
+
+use api_keys::time::{Duration, OffsetDateTime};
+use api_keys::{Expiry, GenerateRequest, Scope};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::errors::{ApiError, key_id, no_store, parse_json};
+use super::sessions::Session;
+
+pub(crate) async fn policy(State(state): State<AppState>, Session(_): Session) -> Response {
+    let p = state.manager.policy();
+    no_store(
+        StatusCode::OK,
+        Json(json!({
+            "periods": p.periods(),
+            "default_days": p.default_period(),
+            "max_days": p.max_period(),
+            "allow_never": p.never_allowed(),
+            "allow_reveal": p.reveal_allowed(),
+        })),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    scopes: Vec<String>,
+    #[serde(default)]
+    expiry: Option<Value>,
+}
+
+/// `{"days":N}`, `{"at":<unix seconds>}`, `"never"`, or absent/null (the policy's default).
+fn parse_expiry(state: &AppState, v: Option<Value>) -> Result<Option<Expiry>, ApiError> {
+    let v = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(v) => v,
+    };
+    if v.as_str() == Some("never") {
+        return Ok(Some(Expiry::Never));
+    }
+    let shape = || {
+        ApiError::bad_request(
+            r#"expiry must be {"days":N}, {"at":<unix seconds>}, "never", or absent"#,
+        )
+    };
+    let Value::Object(obj) = v else {
+        return Err(shape());
+    };
+    if obj.len() != 1 {
+        return Err(shape());
+    }
+    if let Some(days) = obj.get("days") {
+        let days = days.as_u64().ok_or_else(shape)?;
+        return match u16::try_from(days) {
+            Ok(d) => Ok(Some(Expiry::Days(d))),
+            Err(_) => {
+                let periods: Vec<String> = state
+                    .manager
+                    .policy()
+                    .periods()
+                    .iter()
+                    .map(u16::to_string)
+                    .collect();
+                Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "policy",
+                    format!(
+                        "an expiry of {days} days is not allowed; allowed: {} days",
+                        periods.join(", ")
+                    ),
+                ))
+            }
+        };
+    }
+    if let Some(at) = obj.get("at") {
+        let at = at.as_i64().ok_or_else(shape)?;
+        let at = OffsetDateTime::from_unix_timestamp(at)
+            .map_err(|_| ApiError::bad_request("expiry.at is out of range"))?;
+        return Ok(Some(Expiry::At(at)));
+    }
+    Err(shape())
+}
+
+pub(crate) async fn create_key(
+    State(state): State<AppState>,
+    Session(actor): Session,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: CreateBody = parse_json(&body)?;
+    let scopes = body
+        .scopes
+        .iter()
+        .map(|s| Scope::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut req = GenerateRequest::new(body.name).scopes(scopes);
+    if let Some(expiry) = parse_expiry(&state, body.expiry)? {
+        req = req.expiry(expiry);
+    }
+    let (key, info) = state.manager.generate(&actor, req).await?;
+    Ok(no_store(
+        StatusCode::CREATED,
+        Json(json!({"key": key.expose_secret(), "info": info})),
+    ))
+}
+
+pub(crate) async fn list_keys(
+    State(state): State<AppState>,
+    Session(actor): Session,
+) -> Result<Response, ApiError> {
+    let keys = state.manager.list(&actor).await?;
+    Ok(no_store(StatusCode::OK, Json(keys)))
+}
+
+pub(crate) async fn get_key(
+    State(state): State<AppState>,
+    Session(actor): Session,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = key_id(&actor, &id)?;
+    let info = state.manager.get(&actor, &id).await?;
+    Ok(no_store(StatusCode::OK, Json(info)))
+}
+
+pub(crate) async fn revoke_key(
+    State(state): State<AppState>,
+    Session(actor): Session,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = key_id(&actor, &id)?;
+    let info = state.manager.revoke(&actor, &id).await?;
+    Ok(no_store(StatusCode::OK, Json(info)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollBody {
+    overlap_seconds: Option<i64>,
+}
+
+/// Overlap used by `roll` when the body names none: one day.
+const DEFAULT_OVERLAP_SECS: i64 = 86_400;
+
+pub(crate) async fn roll_key(
+    State(state): State<AppState>,
+    Session(actor): Session,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let id = key_id(&actor, &id)?;
+    let overlap = if body.iter().all(u8::is_ascii_whitespace) {
+        DEFAULT_OVERLAP_SECS
+    } else {
+        parse_json::<RollBody>(&body)?
+            .overlap_seconds
+            .unwrap_or(DEFAULT_OVERLAP_SECS)
+    };
+    // The old key never outlives the policy's maximum, so a longer overlap means nothing.
+    let max = i64::from(state.manager.policy().max_period()) * 86_400;
+    if !(0..=max).contains(&overlap) {
+        return Err(ApiError::bad_request(format!(
+            "overlap_seconds must be between 0 and {max}"
+        )));
+    }
+    let (key, info) = state
+        .manager
+        .roll(&actor, &id, Duration::seconds(overlap))
+        .await?;
+    Ok(no_store(
+        StatusCode::CREATED,
+        Json(json!({"key": key.expose_secret(), "info": info})),
+    ))
+}
+
+pub(crate) async fn reveal_key(
+    State(state): State<AppState>,
+    Session(actor): Session,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = key_id(&actor, &id)?;
+    let key = state.manager.reveal(&actor, &id).await?;
+    Ok(no_store(
+        StatusCode::OK,
+        Json(json!({"key": key.expose_secret()})),
+    ))
+}
+
+pub(crate) async fn delete_key(
+    State(state): State<AppState>,
+    Session(actor): Session,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = key_id(&actor, &id)?;
+    state.manager.delete(&actor, &id).await?;
+    Ok(no_store(StatusCode::NO_CONTENT, ()))
+}

@@ -158,6 +158,7 @@ fn free_loopback_port() -> u16 {
 
 struct Harness {
     base: String,
+    state: app::AppState,
     http: HttpClient<HttpConnector, Full<Bytes>>,
     manager: String,
     member: String,
@@ -185,9 +186,12 @@ impl Harness {
         // The example app, on an ephemeral loopback port.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let router = app::router(state);
+        let limits = app::Limits::default();
+        let router = app::guard(app::router(state.clone()), addr, limits);
         let server = tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
+            app::serve(listener, router, limits, std::future::pending::<()>())
+                .await
+                .unwrap();
         });
         let base = format!("http://{addr}");
         let http = HttpClient::builder(TokioExecutor::new()).build_http();
@@ -238,33 +242,20 @@ impl Harness {
             .await
             .expect("WebDriver session with chromium");
 
-        let mut h = Harness {
+        let manager = state.session("acme", "alice", "manager").unwrap();
+        let member = state.session("acme", "bob", "member").unwrap();
+        Some(Harness {
             base,
+            state,
             http,
-            manager: String::new(),
-            member: String::new(),
+            manager,
+            member,
             browser,
             _driver: driver,
             _profile: profile,
             _server: server,
             _slot: slot,
-        };
-        let sessions = h.call(Method::GET, "/demo/sessions", None, None).await;
-        assert_eq!(sessions.status, StatusCode::OK);
-        for s in sessions.json.as_array().expect("sessions") {
-            let label = s["label"].as_str().unwrap();
-            let session = s["session"].as_str().unwrap().to_owned();
-            if label.contains("manager") && h.manager.is_empty() {
-                h.manager = session;
-            } else if label.contains("member") && h.member.is_empty() {
-                h.member = session;
-            }
-        }
-        assert!(
-            !h.manager.is_empty() && !h.member.is_empty(),
-            "demo sessions"
-        );
-        Some(h)
+        })
     }
 
     async fn finish(self) {
@@ -329,11 +320,19 @@ impl Harness {
 
     // -- the browser --
 
+    /// Opens the page through a fresh one-time login link, as a person would from the link the
+    /// server prints.
     async fn open_page(&self) {
+        let nonce = self.state.login_nonce().unwrap();
+        // From elsewhere, so that a second call loads the page again (a new fragment alone
+        // would not).
+        self.browser.goto("about:blank").await.unwrap();
         self.browser
-            .goto(&format!("{}/settings/api-keys", self.base))
+            .goto(&format!("{}/settings/api-keys#login={nonce}", self.base))
             .await
             .unwrap();
+        self.wait_js("document.getElementById('whoami') !== null")
+            .await;
         self.wait_js(
             "document.getElementById('whoami').textContent !== '' && \
              (!document.getElementById('key-table').hidden || \
@@ -410,22 +409,17 @@ impl Harness {
             .unwrap()
     }
 
-    async fn choose_session(&self, session: &str) {
-        let options = self
-            .js("return document.querySelectorAll('#session option').length;")
+    /// Picks the session of `who` ("manager" or "member") in the page's picker.
+    async fn choose_session(&self, who: &str) {
+        let labels = self
+            .js("return Array.from(document.querySelectorAll('#session option')).map(o => o.textContent);")
             .await;
-        let sessions = self.call(Method::GET, "/demo/sessions", None, None).await;
-        let i = sessions
-            .json
+        let i = labels
             .as_array()
             .unwrap()
             .iter()
-            .position(|s| s["session"] == session)
-            .unwrap();
-        assert!(
-            options.as_u64().unwrap() as usize > i,
-            "the picker lists every session"
-        );
+            .position(|l| l.as_str().unwrap().contains(who))
+            .expect("the picker lists every session");
         self.css("#session")
             .await
             .select_by_value(&i.to_string())
@@ -610,11 +604,13 @@ async fn generate_with_defaults_shows_the_key_once_and_it_works() {
     // Never in a URL or web storage.
     let url = h.browser.current_url().await.unwrap();
     assert!(!url.as_str().contains(&token));
-    assert_eq!(
-        h.js("return localStorage.length + sessionStorage.length;")
-            .await,
-        json!(0)
-    );
+    // (The tab's sessionStorage holds the demo sessions from the login link, so that a
+    // reload keeps them; never a key.)
+    assert_eq!(h.js("return localStorage.length;").await, json!(0));
+    let stored = h
+        .js("return JSON.stringify(Object.entries(sessionStorage));")
+        .await;
+    assert!(!stored.as_str().unwrap().contains(&token));
 
     // Copy button: the Clipboard API puts the key on the clipboard (the page falls back to
     // selecting the key when a browser refuses; headless Chromium on loopback allows it).
@@ -1131,7 +1127,7 @@ async fn a_member_cannot_manage_keys() {
         "the manager sees actions"
     );
 
-    h.choose_session(&h.member.clone()).await;
+    h.choose_session("member").await;
     h.wait_js("!document.getElementById('member-notice').hidden")
         .await;
     assert!(
@@ -1190,7 +1186,7 @@ async fn a_member_cannot_manage_keys() {
     assert_eq!(h.metrics_status(&token).await, StatusCode::OK);
 
     // Back to the manager: the controls return.
-    h.choose_session(&h.manager.clone()).await;
+    h.choose_session("manager").await;
     h.wait_js("!document.getElementById('manager-actions').hidden")
         .await;
     assert_eq!(h.count("#key-rows button").await, 2);
@@ -1254,7 +1250,6 @@ async fn page_is_served_with_a_strict_policy() {
         "insertAdjacentHTML",
         "document.write",
         "localStorage",
-        "sessionStorage",
         "console.",
         "eval(",
         "new Function",

@@ -16,29 +16,39 @@ pub mod metrics;
 pub mod page;
 #[path = "app/scim.rs"]
 pub mod scim;
+#[path = "app/serve.rs"]
+pub mod serve;
 #[path = "app/sessions.rs"]
 pub mod sessions;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use api_keys::axum::ApiKeyLayer;
+use api_keys::time::{Duration, OffsetDateTime};
 use api_keys::{AnyStore, Error, KeyManager, Keyring, OrgId, Policy, Scope};
 use axum::Router;
+use axum::http::StatusCode;
 use axum::middleware;
+use axum::response::Response;
 use axum::routing::{get, post};
 
 // The tests reach these through `app::`.
 #[allow(unused_imports)]
 pub use errors::ApiError;
-use metrics::{Metrics, MetricsAudit};
+use metrics::{KeyCounts, Metrics, MetricsAudit};
 use scim::DirectoryUser;
+#[allow(unused_imports)]
+pub use serve::{Limits, guard, serve};
 use sessions::SessionSigner;
 #[allow(unused_imports)]
-pub use sessions::{DemoSession, SESSION_HEADER, Session};
+pub use sessions::{DemoSession, SESSION_HEADER, SESSION_TTL, Session};
 
 /// The manager type of the server: any store chosen at start-up.
 pub type Manager = KeyManager<AnyStore>;
+
+/// A login nonce and when it stops being usable.
+type PendingLogin = ([u8; 16], OffsetDateTime);
 
 /// Everything the handlers share. Cloning is cheap.
 #[derive(Clone)]
@@ -46,7 +56,11 @@ pub struct AppState {
     /// The key manager (system API keys).
     pub manager: Manager,
     sessions: Arc<SessionSigner>,
+    session_ttl: Duration,
+    /// Pending one-time login nonces and when each stops being usable.
+    logins: Arc<Mutex<Vec<PendingLogin>>>,
     metrics: Arc<Metrics>,
+    key_counts: Arc<KeyCounts>,
     directory: Arc<HashMap<OrgId, Vec<DirectoryUser>>>,
 }
 
@@ -90,14 +104,26 @@ impl AppState {
         Ok(AppState {
             manager,
             sessions: Arc::new(SessionSigner::generate()?),
+            session_ttl: SESSION_TTL,
+            logins: Arc::default(),
             metrics,
+            key_counts: Arc::default(),
             directory: Arc::new(directory),
         })
     }
+
+    /// The same state with sessions valid for `ttl` (default [`SESSION_TTL`]).
+    #[must_use]
+    #[allow(dead_code)] // the tests use it
+    pub fn with_session_ttl(mut self, ttl: Duration) -> AppState {
+        self.session_ttl = ttl;
+        self
+    }
 }
 
-/// The router: demo sessions, the management API, `/metrics`, `/scim/v2/Users` and the
-/// admin page's routes.
+/// The router: the demo login, the management API, `/metrics`, `/scim/v2/Users`, the admin
+/// page's routes and `/healthz`. Every error answer is JSON (SCIM's are SCIM errors). Serve it
+/// through [`guard`] (Host check, limits) and [`serve`] (timeouts, connection limit).
 pub fn router(state: AppState) -> Router {
     let metrics = Router::new()
         .route("/metrics", get(metrics::metrics))
@@ -108,13 +134,16 @@ pub fn router(state: AppState) -> Router {
         .route_layer(ApiKeyLayer::new(state.manager.clone(), Scope::Prometheus));
     let scim = Router::new()
         .route("/scim/v2/Users", get(scim::scim_users))
+        .route("/scim/v2/Users/{id}", get(scim::scim_user))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::count_success,
         ))
-        .route_layer(ApiKeyLayer::new(state.manager.clone(), Scope::Scim));
+        .route_layer(ApiKeyLayer::new(state.manager.clone(), Scope::Scim))
+        .route_layer(middleware::from_fn(scim::scim_errors));
     Router::new()
-        .route("/demo/sessions", get(sessions::demo_sessions))
+        .route("/healthz", get(healthz))
+        .route("/demo/login", post(sessions::login))
         .route("/api/whoami", get(sessions::whoami))
         .route("/api/policy", get(manage::policy))
         .route("/api/keys", get(manage::list_keys).post(manage::create_key))
@@ -128,5 +157,23 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics)
         .merge(scim)
         .merge(page::routes())
+        .fallback(not_found)
+        .layer(middleware::from_fn(errors::json_errors))
         .with_state(state)
+}
+
+/// `GET /healthz`: the process serves requests (it does not touch the store).
+async fn healthz() -> Response {
+    errors::no_store(
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"status": "ok"})),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "there is nothing at this path",
+    )
 }

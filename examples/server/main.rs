@@ -14,9 +14,11 @@
 //! keeps its master key in a secret manager, never beside the database.
 //!
 //! Who the caller of the management API is comes from a *demo* stand-in for the host's own
-//! login session: a signed `X-Demo-Session` header. The server prints two such sessions at
-//! start (alice, a manager of acme; bob, a member). A real host builds the `Actor` from its
-//! own session instead.
+//! login session: a signed, expiring `X-Demo-Session` header. The server prints, at start, a
+//! one-time login link for the admin page and two sessions for scripts (alice, a manager of
+//! acme; bob, a member); no route hands sessions out. It answers only requests whose `Host` is
+//! its own address (against DNS rebinding), with header and body read timeouts and a
+//! connection limit. A real host builds the `Actor` from its own session instead.
 
 mod app;
 mod config;
@@ -52,24 +54,33 @@ async fn run() -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", config.port))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let nonce = state.login_nonce().map_err(|e| e.to_string())?;
     println!("api-keys example server on http://{addr}");
-    println!("admin page: http://{addr}/settings/api-keys");
-    println!("demo sessions (send as the X-Demo-Session header; a real host uses its own login):");
-    for s in state.demo_sessions() {
+    println!(
+        "admin page (a one-time login link, valid for an hour; the part after # never leaves your browser):"
+    );
+    println!("  http://{addr}/settings/api-keys#login={nonce}");
+    println!(
+        "demo sessions for scripts (send as the X-Demo-Session header; valid for {} hours; a real host uses its own login):",
+        app::SESSION_TTL.whole_hours()
+    );
+    let sessions = state.demo_sessions();
+    for s in &sessions {
         println!("  {:<26} {}", s.label, s.session);
     }
     println!("try:");
-    if let Some(alice) = state.demo_sessions().first() {
+    if let Some(alice) = sessions.first() {
         println!(
             "  curl -s -H 'X-Demo-Session: {}' -H 'Content-Type: application/json' \\\n    -d '{{\"name\":\"prometheus\",\"scopes\":[\"prometheus\"],\"expiry\":{{\"days\":30}}}}' http://{addr}/api/keys",
             alice.session
         );
     }
     println!("  curl -s -H 'Authorization: Bearer <key>' http://{addr}/metrics");
-    axum::serve(listener, app::router(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(|e| e.to_string())
+    let limits = app::Limits::default();
+    let router = app::guard(app::router(state), addr, limits);
+    app::serve(listener, router, limits, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+    .map_err(|e| e.to_string())
 }

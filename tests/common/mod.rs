@@ -82,11 +82,16 @@ pub struct CountingStore {
     pub gets: Arc<AtomicUsize>,
     pub fail_touch: Arc<std::sync::atomic::AtomicBool>,
     pub touches: Arc<AtomicUsize>,
+    pub lists: Arc<AtomicUsize>,
 }
 
 impl CountingStore {
     pub fn gets(&self) -> usize {
         self.gets.load(Ordering::SeqCst)
+    }
+
+    pub fn lists(&self) -> usize {
+        self.lists.load(Ordering::SeqCst)
     }
 }
 
@@ -99,6 +104,7 @@ impl KeyStore for CountingStore {
         self.inner.get(id).await
     }
     async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
         self.inner.list(org).await
     }
     async fn update(&self, record: KeyRecord, expected: u64) -> Result<(), StoreError> {

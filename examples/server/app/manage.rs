@@ -3,7 +3,6 @@
 use api_keys::time::{Duration, OffsetDateTime};
 use api_keys::{Expiry, GenerateRequest, Scope};
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -11,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::errors::{ApiError, key_id, no_store, parse_json};
+use super::errors::{ApiError, Body, key_id, no_store, parse_json};
 use super::sessions::Session;
 
 pub(crate) async fn policy(State(state): State<AppState>, Session(_): Session) -> Response {
@@ -92,7 +91,7 @@ fn parse_expiry(state: &AppState, v: Option<Value>) -> Result<Option<Expiry>, Ap
 pub(crate) async fn create_key(
     State(state): State<AppState>,
     Session(actor): Session,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     let body: CreateBody = parse_json(&body)?;
     let scopes = body
@@ -105,6 +104,7 @@ pub(crate) async fn create_key(
         req = req.expiry(expiry);
     }
     let (key, info) = state.manager.generate(&actor, req).await?;
+    state.key_counts.forget(actor.org());
     Ok(no_store(
         StatusCode::CREATED,
         Json(json!({"key": key.expose_secret(), "info": info})),
@@ -136,6 +136,7 @@ pub(crate) async fn revoke_key(
 ) -> Result<Response, ApiError> {
     let id = key_id(&actor, &id)?;
     let info = state.manager.revoke(&actor, &id).await?;
+    state.key_counts.forget(actor.org());
     Ok(no_store(StatusCode::OK, Json(info)))
 }
 
@@ -152,7 +153,7 @@ pub(crate) async fn roll_key(
     State(state): State<AppState>,
     Session(actor): Session,
     Path(id): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     let id = key_id(&actor, &id)?;
     let overlap = if body.iter().all(u8::is_ascii_whitespace) {
@@ -173,6 +174,7 @@ pub(crate) async fn roll_key(
         .manager
         .roll(&actor, &id, Duration::seconds(overlap))
         .await?;
+    state.key_counts.forget(actor.org());
     Ok(no_store(
         StatusCode::CREATED,
         Json(json!({"key": key.expose_secret(), "info": info})),
@@ -199,5 +201,6 @@ pub(crate) async fn delete_key(
 ) -> Result<Response, ApiError> {
     let id = key_id(&actor, &id)?;
     state.manager.delete(&actor, &id).await?;
+    state.key_counts.forget(actor.org());
     Ok(no_store(StatusCode::NO_CONTENT, ()))
 }

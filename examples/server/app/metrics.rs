@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
+use api_keys::time::OffsetDateTime;
 use api_keys::{
     AuditAction, AuditEvent, AuditSink, BoxError, Error, FailureClass, KeyStore, OrgId,
     TracingAudit, Verified,
@@ -50,35 +52,94 @@ fn outcome_index(class: FailureClass) -> usize {
         .unwrap_or(OUTCOMES.len() - 1)
 }
 
-/// Verification counts: per organization for outcomes attributable to one of its keys, and
-/// "unattributed" for failures that name no known key (malformed tokens, unknown ids).
+/// Verification counts per organization, for outcomes attributable to one of its keys.
+/// Failures that name no known key (malformed tokens, unknown ids) belong to no organization
+/// and are not shown in any organization's `/metrics`: they would tell one organization's key
+/// holder whether a guessed key id exists elsewhere. They are in the audit log.
 #[derive(Default)]
 pub(crate) struct Metrics {
-    inner: Mutex<MetricsInner>,
-}
-
-#[derive(Default)]
-struct MetricsInner {
-    by_org: HashMap<OrgId, Counts>,
-    unattributed: Counts,
+    by_org: Mutex<HashMap<OrgId, Counts>>,
 }
 
 impl Metrics {
-    fn count(&self, org: Option<&OrgId>, outcome: usize) {
-        let mut m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let counts = match org {
-            Some(org) => m.by_org.entry(org.clone()).or_default(),
-            None => &mut m.unattributed,
-        };
-        counts[outcome] += 1;
+    fn count(&self, org: &OrgId, outcome: usize) {
+        let mut m = self.by_org.lock().unwrap_or_else(PoisonError::into_inner);
+        m.entry(org.clone()).or_default()[outcome] += 1;
     }
 
-    fn snapshot(&self, org: &OrgId) -> (Counts, Counts) {
-        let m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        (
-            m.by_org.get(org).copied().unwrap_or_default(),
-            m.unattributed,
-        )
+    fn snapshot(&self, org: &OrgId) -> Counts {
+        let m = self.by_org.lock().unwrap_or_else(PoisonError::into_inner);
+        m.get(org).copied().unwrap_or_default()
+    }
+}
+
+/// How long a cached list of an organization's key states serves scrapes before `/metrics`
+/// reads the store again. Changes made through this server's management API are seen at once
+/// (they drop the entry); changes made elsewhere (another node, a CLI) within this time.
+pub const KEY_STATES_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Per organization, the states of its keys (revoked?, expiry), so that a scrape counts
+/// active/expired/revoked keys at the current time without reading every record.
+#[derive(Default)]
+pub(crate) struct KeyCounts {
+    by_org: Mutex<HashMap<OrgId, CachedStates>>,
+}
+
+/// When the states were read, and the states.
+type CachedStates = (Instant, Arc<[KeyState]>);
+
+#[derive(Clone, Copy)]
+struct KeyState {
+    revoked: bool,
+    expires_at: Option<OffsetDateTime>,
+}
+
+impl KeyCounts {
+    /// Drops `org`'s cached states (after a key of it was created, revoked, rolled, deleted).
+    pub(crate) fn forget(&self, org: &OrgId) {
+        let mut m = self.by_org.lock().unwrap_or_else(PoisonError::into_inner);
+        m.remove(org);
+    }
+
+    /// `org`'s (active, expired, revoked) counts at `now`, from the cache when it is fresh.
+    async fn counts(&self, state: &AppState, org: &OrgId) -> Result<[u64; 3], Error> {
+        let cached = {
+            let m = self.by_org.lock().unwrap_or_else(PoisonError::into_inner);
+            m.get(org)
+                .filter(|(at, _)| at.elapsed() < KEY_STATES_TTL)
+                .map(|(_, states)| states.clone())
+        };
+        let states = match cached {
+            Some(states) => states,
+            None => {
+                let read_at = Instant::now();
+                let records = state.manager.store().list(org).await?;
+                let states: Arc<[KeyState]> = records
+                    .iter()
+                    .filter(|r| r.org() == org)
+                    .map(|r| KeyState {
+                        revoked: r.revoked_at().is_some(),
+                        expires_at: r.expires_at(),
+                    })
+                    .collect();
+                let mut m = self.by_org.lock().unwrap_or_else(PoisonError::into_inner);
+                m.insert(org.clone(), (read_at, states.clone()));
+                states
+            }
+        };
+        let now = state.manager.now();
+        let mut counts = [0u64; 3];
+        for k in states.iter() {
+            let i = if k.revoked {
+                2
+            } else if k.expires_at.is_some_and(|e| now >= e) {
+                1
+            } else {
+                0
+            };
+            counts[i] += 1;
+        }
+        Ok(counts)
     }
 }
 
@@ -90,9 +151,8 @@ pub(crate) struct MetricsAudit {
 
 impl AuditSink for MetricsAudit {
     fn record(&self, event: &AuditEvent) -> Result<(), BoxError> {
-        if let AuditAction::VerificationFailed(class) = &event.action {
-            self.metrics
-                .count(event.org.as_ref(), outcome_index(*class));
+        if let (AuditAction::VerificationFailed(class), Some(org)) = (&event.action, &event.org) {
+            self.metrics.count(org, outcome_index(*class));
         }
         TracingAudit.record(event)
     }
@@ -106,7 +166,7 @@ pub(crate) async fn count_success(
     next: Next,
 ) -> Response {
     if let Some(v) = req.extensions().get::<Verified>() {
-        state.metrics.count(Some(v.org()), 0);
+        state.metrics.count(v.org(), 0);
     }
     next.run(req).await
 }
@@ -134,24 +194,8 @@ pub(crate) async fn metrics(
     key: Verified,
 ) -> Result<Response, ApiError> {
     let org = key.org().clone();
-    let now = state.manager.now();
-    let records = state
-        .manager
-        .store()
-        .list(&org)
-        .await
-        .map_err(Error::from)?;
-    let (mut active, mut expired, mut revoked) = (0u64, 0u64, 0u64);
-    for r in records.iter().filter(|r| r.org() == &org) {
-        if r.revoked_at().is_some() {
-            revoked += 1;
-        } else if r.expires_at().is_some_and(|e| now >= e) {
-            expired += 1;
-        } else {
-            active += 1;
-        }
-    }
-    let (counts, unattributed) = state.metrics.snapshot(&org);
+    let [active, expired, revoked] = state.key_counts.counts(&state, &org).await?;
+    let counts = state.metrics.snapshot(&org);
     let org_label = label(org.as_str());
     let mut out = String::new();
     out.push_str(
@@ -162,16 +206,6 @@ pub(crate) async fn metrics(
         let _ = writeln!(
             out,
             "api_keys_verifications_total{{org=\"{org_label}\",outcome=\"{outcome}\"}} {n}"
-        );
-    }
-    out.push_str(
-        "# HELP api_keys_unattributed_verification_failures_total Failed verifications naming no known key (malformed tokens, unknown key ids), by outcome.\n\
-         # TYPE api_keys_unattributed_verification_failures_total counter\n",
-    );
-    for (outcome, n) in OUTCOMES.iter().zip(unattributed).skip(1) {
-        let _ = writeln!(
-            out,
-            "api_keys_unattributed_verification_failures_total{{outcome=\"{outcome}\"}} {n}"
         );
     }
     out.push_str(

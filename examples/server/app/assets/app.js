@@ -14,12 +14,16 @@
 
 (function () {
   const EXPIRING_SOON_DAYS = 14;
+  const LOGIN_PATH = '/demo/login';
+  const SESSIONS_KEY = 'api-keys-demo-sessions';
+  const LOGIN_HINT =
+    'Open the login link the server printed at start (sessions expire, and a restarted server forgets them).';
   const DAY = 86400;
 
   const $ = (id) => document.getElementById(id);
 
   const state = {
-    sessions: [], // [{label, session}] from GET /demo/sessions
+    sessions: [], // [{label, session}] from POST /demo/login, kept in sessionStorage
     session: null, // the chosen demo session (header value)
     me: null, // {org, user, role} from GET /api/whoami
     policy: null, // GET /api/policy
@@ -39,7 +43,8 @@
 
   async function api(method, path, body) {
     const headers = { Accept: 'application/json' };
-    if (state.session !== null) headers['X-Demo-Session'] = state.session;
+    const sent = path === LOGIN_PATH ? null : state.session;
+    if (sent !== null) headers['X-Demo-Session'] = sent;
     const init = {
       method,
       headers,
@@ -61,7 +66,10 @@
         data = null;
       }
     }
-    if (!res.ok) throw new ApiError(res.status, data);
+    if (!res.ok) {
+      if (res.status === 401 && sent !== null && sent === state.session) sessionEnded(sent);
+      throw new ApiError(res.status, data);
+    }
     return data;
   }
 
@@ -73,7 +81,7 @@
       case 'permission_denied':
         return 'Only managers of this organization can manage API keys.';
       case 'unauthenticated':
-        return 'Your session is not valid. Choose who you are signed in as again.';
+        return 'Your session has ended. ' + LOGIN_HINT;
       case 'not_found':
         return 'This key no longer exists. The list has been refreshed.';
       case 'policy':
@@ -173,24 +181,108 @@
 
   // ---- identity ------------------------------------------------------------------------------
 
-  async function loadSessions() {
-    const select = $('session');
+  function readSessions() {
     try {
-      const sessions = await api('GET', '/demo/sessions');
-      state.sessions = Array.isArray(sessions) ? sessions : [];
-    } catch (err) {
-      showError('The demo sessions could not be loaded: ' + describeError(err));
-      return;
+      const v = JSON.parse(window.sessionStorage.getItem(SESSIONS_KEY) || '[]');
+      return Array.isArray(v)
+        ? v.filter((s) => s && typeof s.label === 'string' && typeof s.session === 'string')
+        : [];
+    } catch (_) {
+      return [];
     }
+  }
+
+  function saveSessions(sessions) {
+    try {
+      window.sessionStorage.setItem(SESSIONS_KEY, JSON.stringify(sessions));
+    } catch (_) {
+      // Storage may be disabled: the sessions then last as long as the page.
+    }
+  }
+
+  // The login link carries a one-time nonce in the URL fragment (never sent to a server); it
+  // is traded for the demo sessions once, then removed from the address bar.
+  async function loadSessions() {
+    const m = /^#login=([0-9a-f]{32})$/.exec(window.location.hash);
+    if (m) {
+      window.history.replaceState(null, '', window.location.pathname + window.location.search);
+      try {
+        const sessions = await api('POST', LOGIN_PATH, { nonce: m[1] });
+        saveSessions(Array.isArray(sessions) ? sessions : []);
+      } catch (err) {
+        showError('This login link did not work: ' + describeError(err));
+      }
+    }
+    state.sessions = readSessions();
+    await renderSessions(0);
+  }
+
+  async function renderSessions(selected) {
+    const select = $('session');
     select.replaceChildren();
     state.sessions.forEach((s, i) => {
       select.append(el('option', { text: String(s.label), attrs: { value: i } }));
     });
     select.disabled = state.sessions.length === 0;
     if (state.sessions.length > 0) {
-      select.value = '0';
-      await switchSession(0);
+      const i = Math.min(selected, state.sessions.length - 1);
+      select.value = String(i);
+      await switchSession(i);
+    } else {
+      signedOut();
     }
+  }
+
+  function signedOut() {
+    state.generation += 1;
+    state.session = null;
+    state.me = null;
+    state.policy = null;
+    state.keys = [];
+    closeGenerate(false);
+    dismissNewKey(false);
+    if ($('confirm-dialog').open) closeDialog();
+    renderRole();
+    renderKeys('Not signed in.');
+    showError('You are not signed in. ' + LOGIN_HINT);
+  }
+
+  // A 401 for the session in use: it expired, or the server restarted with a new signing key.
+  // Its rows lose their buttons at once; the stored sessions are checked again and the dead
+  // ones dropped; the list is reloaded with the first one still alive, if any.
+  let rechecking = null;
+  function sessionEnded(dead) {
+    if (rechecking) return;
+    state.generation += 1;
+    state.keys = [];
+    state.me = null;
+    closeGenerate(false);
+    if ($('confirm-dialog').open) closeDialog();
+    renderRole();
+    renderKeys('Your session has ended.');
+    rechecking = (async () => {
+      const alive = [];
+      for (const s of state.sessions) {
+        if (s.session === dead) continue;
+        try {
+          const res = await fetch('/api/whoami', {
+            headers: { Accept: 'application/json', 'X-Demo-Session': s.session },
+            credentials: 'omit',
+            cache: 'no-store',
+          });
+          if (res.ok) alive.push(s);
+        } catch (_) {
+          // Unreachable server: drop nothing more on this evidence.
+          alive.push(s);
+        }
+      }
+      state.sessions = alive;
+      saveSessions(alive);
+      await renderSessions(0);
+      if (alive.length > 0) announce('Your session had ended; signed in with the next one.');
+    })().finally(() => {
+      rechecking = null;
+    });
   }
 
   async function switchSession(index) {

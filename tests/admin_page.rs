@@ -476,6 +476,12 @@ fn now_unix() -> u64 {
         .as_secs()
 }
 
+/// `YYYY-MM-DD HH:MM UTC`, as the list's Expires column shows it.
+fn utc_date_time(unix: u64) -> String {
+    let t = api_keys::time::OffsetDateTime::from_unix_timestamp(unix as i64).unwrap();
+    format!("{} {:02}:{:02} UTC", utc_date(unix), t.hour(), t.minute())
+}
+
 fn utc_date(unix: u64) -> String {
     let t = api_keys::time::OffsetDateTime::from_unix_timestamp(unix as i64).unwrap();
     format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day())
@@ -586,7 +592,11 @@ async fn generate_with_defaults_shows_the_key_once_and_it_works() {
         .await;
     assert_eq!(h.text("#key-rows .key-name").await, name);
     assert_eq!(h.text("#key-rows .badge").await, "Active");
-    assert_eq!(h.text("#key-rows .col-expires time").await, utc_date(shown));
+    // The list shows the time of day too.
+    assert_eq!(
+        h.text("#key-rows .col-expires time").await,
+        utc_date_time(shown)
+    );
     assert_eq!(h.text("#key-rows .col-last-used").await, "Never used");
     assert_eq!(
         h.count("#key-rows button.action-reveal").await,
@@ -928,7 +938,162 @@ async fn roll_instead_keeps_the_old_key_for_the_overlap() {
         .parse()
         .unwrap();
     assert!((before + 3600..=after + 3600).contains(&old_expiry));
-    assert_eq!(h.row_status(&id).await, "Expires in 1 day");
+    // Under a day the status counts hours.
+    assert_eq!(h.row_status(&id).await, "Expires in 1 hour");
+    assert_lineage(&h, &id).await;
+    h.finish().await;
+}
+
+/// After a roll the two rows (same name) say which replaced which, by the other's hint, and
+/// the replaced key offers no second roll.
+async fn assert_lineage(h: &Harness, old: &str) {
+    let keys = h
+        .call(Method::GET, "/api/keys", Some(&h.manager.clone()), None)
+        .await
+        .json;
+    let keys = keys.as_array().unwrap();
+    let old_key = keys.iter().find(|k| k["id"] == old).unwrap();
+    let new_id = old_key["replaced_by"]
+        .as_str()
+        .expect("replaced_by")
+        .to_owned();
+    let new_key = keys.iter().find(|k| k["id"] == new_id.as_str()).unwrap();
+    assert_eq!(new_key["replaces"], old);
+    let hint = |k: &Value| k["hint"].as_str().unwrap().to_owned();
+    assert_eq!(
+        h.text(&format!("tr[data-key-id=\"{old}\"] .lineage")).await,
+        format!("Replaced by {}", hint(new_key))
+    );
+    assert_eq!(
+        h.text(&format!("tr[data-key-id=\"{new_id}\"] .lineage"))
+            .await,
+        format!("Replaces {}", hint(old_key))
+    );
+    assert_eq!(
+        h.count(&format!("tr[data-key-id=\"{old}\"] button.action-roll"))
+            .await,
+        0
+    );
+    assert_eq!(
+        h.count(&format!("tr[data-key-id=\"{new_id}\"] button.action-roll"))
+            .await,
+        1
+    );
+}
+
+/// Roll is an action of its own on each active row: its dialog chooses the overlap and rolls,
+/// without going through delete.
+#[tokio::test]
+async fn roll_is_an_action_of_each_active_row() {
+    let Some(h) = Harness::start("roll_action").await else {
+        return;
+    };
+    let (id, token) = h.create_key("Grafana").await;
+    let (revoked, _) = h.create_key("Old exporter").await;
+    let r = h
+        .call(
+            Method::POST,
+            &format!("/api/keys/{revoked}/revoke"),
+            Some(&h.manager.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    h.open_page().await;
+    assert_eq!(
+        h.count(&format!("tr[data-key-id=\"{revoked}\"] button.action-roll"))
+            .await,
+        0,
+        "a revoked key cannot be rolled"
+    );
+    h.css(&format!("tr[data-key-id=\"{id}\"] button.action-roll"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('confirm-dialog').open")
+        .await;
+    assert_eq!(h.text("#confirm-title").await, "Roll “Grafana”?");
+    assert_eq!(h.text("#confirm-ok").await, "Roll");
+    assert!(h.css("#roll-overlap").await.is_displayed().await.unwrap());
+    assert!(!h.css("#roll-instead").await.is_displayed().await.unwrap());
+    h.css("#roll-overlap")
+        .await
+        .select_by_value("604800")
+        .await
+        .unwrap();
+    h.css("#confirm-ok").await.click().await.unwrap();
+    h.wait_js(
+        "!document.getElementById('confirm-dialog').open && \
+         !document.getElementById('new-key-panel').hidden && \
+         document.querySelectorAll('#key-rows tr').length === 3",
+    )
+    .await;
+    let new_token = h.value("#new-key-token").await;
+    assert_eq!(h.metrics_status(&new_token).await, StatusCode::OK);
+    assert_eq!(h.metrics_status(&token).await, StatusCode::OK, "overlap");
+    assert_eq!(h.row_status(&id).await, "Expires in 7 days");
+    assert_lineage(&h, &id).await;
+    assert_eq!(h.csp_violations().await, 0);
+    h.finish().await;
+}
+
+/// When the sessions stop working (they expired, or the server restarted with a new signing
+/// key), the first 401 takes the buttons off the rows, drops the dead sessions from the picker
+/// and says how to sign in again; a new login link works.
+#[tokio::test]
+async fn a_401_reloads_the_sessions_and_the_list() {
+    const TTL: u64 = 6;
+    let state = demo_state().with_session_ttl(api_keys::time::Duration::seconds(TTL as i64));
+    let Some(h) = Harness::start_with("session_ends", state).await else {
+        return;
+    };
+    let (id, _) = h.create_key("Grafana").await;
+    let opened = now_unix();
+    h.open_page().await;
+    assert_eq!(h.count("#session option").await, 2);
+    assert!(h.count("#key-rows button").await > 0);
+    // Wait until the page's sessions have ended.
+    let wait = (opened + TTL + 3).saturating_sub(now_unix());
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    h.css(&format!("tr[data-key-id=\"{id}\"] button.action-revoke"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('confirm-dialog').open")
+        .await;
+    h.css("#confirm-ok").await.click().await.unwrap();
+    h.wait_js(
+        "!document.getElementById('confirm-dialog').open && \
+         document.querySelectorAll('#session option').length === 0",
+    )
+    .await;
+    h.screenshot("session-ended.png").await;
+    assert_eq!(h.count("#key-rows button").await, 0, "no buttons left");
+    assert!(
+        h.css("#session")
+            .await
+            .prop("disabled")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(h.text("#error").await.contains("login link"));
+    // The key was not revoked.
+    let r = h
+        .call(
+            Method::GET,
+            &format!("/api/keys/{id}"),
+            Some(&h.state.session("acme", "alice", "manager").unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(r.json["status"], "active");
+    // A new login link signs in again.
+    h.open_page().await;
+    assert_eq!(h.count("#session option").await, 2);
+    assert!(h.count("#key-rows button.action-revoke").await > 0);
     h.finish().await;
 }
 
@@ -1123,8 +1288,8 @@ async fn a_member_cannot_manage_keys() {
     h.open_page().await;
     assert_eq!(
         h.count("#key-rows button").await,
-        2,
-        "the manager sees actions"
+        3,
+        "the manager sees actions (roll, revoke, revoke and delete)"
     );
 
     h.choose_session("member").await;
@@ -1187,9 +1352,11 @@ async fn a_member_cannot_manage_keys() {
 
     // Back to the manager: the controls return.
     h.choose_session("manager").await;
-    h.wait_js("!document.getElementById('manager-actions').hidden")
-        .await;
-    assert_eq!(h.count("#key-rows button").await, 2);
+    h.wait_js(
+        "!document.getElementById('manager-actions').hidden && \
+         document.querySelectorAll('#key-rows button').length === 3",
+    )
+    .await;
     h.finish().await;
 }
 

@@ -141,11 +141,12 @@
     return isoDate(unix) + ' ' + pad(d.getUTCHours()) + ':' + pad(d.getUTCMinutes()) + ' UTC';
   }
 
-  // A <time> element: the date as text, the exact instant in `datetime` and the tooltip.
-  function timeEl(unix, fallback) {
+  // A <time> element: the date (with the time of day when `withTime`) as text, the exact
+  // instant in `datetime` and the tooltip.
+  function timeEl(unix, fallback, withTime) {
     if (unix === null || unix === undefined) return el('span', { cls: 'muted', text: fallback });
     return el('time', {
-      text: isoDate(unix),
+      text: withTime ? isoDateTime(unix) : isoDate(unix),
       attrs: {
         datetime: new Date(unix * 1000).toISOString(),
         title: isoDateTime(unix),
@@ -158,19 +159,23 @@
     return Math.floor(Date.now() / 1000);
   }
 
+  // "45 minutes", "1 hour", "23 hours", "1 day", "14 days": minutes under an hour, hours
+  // under a day, then days (rounded to the nearest).
+  function untilText(seconds) {
+    const plural = (n, unit) => n + ' ' + unit + (n === 1 ? '' : 's');
+    if (seconds < 3600) return plural(Math.max(1, Math.ceil(seconds / 60)), 'minute');
+    if (seconds < DAY) return plural(Math.ceil(seconds / 3600), 'hour');
+    return plural(Math.max(1, Math.round(seconds / DAY)), 'day');
+  }
+
   function statusOf(key, now) {
     if (key.status === 'revoked') return { text: 'Revoked', cls: 'badge-revoked' };
     if (key.status === 'expired' || (key.expires_at !== null && key.expires_at <= now)) {
       return { text: 'Expired', cls: 'badge-expired' };
     }
     if (key.expires_at !== null) {
-      const days = Math.ceil((key.expires_at - now) / DAY);
-      if (days <= EXPIRING_SOON_DAYS) {
-        return {
-          text: days === 1 ? 'Expires in 1 day' : 'Expires in ' + days + ' days',
-          cls: 'badge-expiring',
-        };
-      }
+      const left = key.expires_at - now;
+      if (left <= EXPIRING_SOON_DAYS * DAY) return { text: 'Expires in ' + untilText(left), cls: 'badge-expiring' };
     }
     return { text: 'Active', cls: 'badge-active' };
   }
@@ -391,7 +396,7 @@
     tr.classList.add('status-' + st.cls.replace('badge-', ''));
 
     tr.append(
-      cell('Name', [el('span', { cls: 'key-name', text: key.name })], 'col-name'),
+      cell('Name', [el('span', { cls: 'key-name', text: key.name })].concat(lineage(key)), 'col-name'),
       cell('Key', [el('code', { cls: 'hint', text: key.hint })]),
       cell(
         'Scopes',
@@ -401,7 +406,7 @@
         timeEl(key.created_at, ''),
         el('span', { cls: 'muted by', text: ' by ' + key.created_by }),
       ]),
-      cell('Expires', [timeEl(key.expires_at, 'Never')], 'col-expires'),
+      cell('Expires', [timeEl(key.expires_at, 'Never', true)], 'col-expires'),
       cell('Last used', [timeEl(key.last_used_at, 'Never used')], 'col-last-used'),
       cell('Status', [el('span', { cls: 'badge ' + st.cls, text: st.text })], 'col-status'),
     );
@@ -412,6 +417,9 @@
       const active = st.cls !== 'badge-revoked' && st.cls !== 'badge-expired';
       if (active && state.policy && state.policy.allow_reveal === true) {
         actions.append(rowButton('Reveal', 'action-reveal', key, () => reveal(key)));
+      }
+      if (active && !key.replaced_by) {
+        actions.append(rowButton('Roll', 'action-roll', key, (ev) => openDialog('roll', key, ev.currentTarget)));
       }
       if (!revoked) {
         actions.append(
@@ -430,6 +438,22 @@
     }
     tr.append(actions);
     return tr;
+  }
+
+  // After a roll both rows keep the name: say which key replaced which, by the other's hint.
+  function lineage(key) {
+    const other = (id) => {
+      const k = state.keys.find((x) => x.id === id);
+      return k ? String(k.hint) : 'a deleted key';
+    };
+    const lines = [];
+    if (key.replaces) {
+      lines.push(el('span', { cls: 'lineage lineage-replaces', text: 'Replaces ' + other(key.replaces) }));
+    }
+    if (key.replaced_by) {
+      lines.push(el('span', { cls: 'lineage lineage-replaced-by', text: 'Replaced by ' + other(key.replaced_by) }));
+    }
+    return lines;
   }
 
   function rowButton(text, cls, key, onClick) {
@@ -648,7 +672,10 @@
     const warning = $('confirm-warning');
     const ok = $('confirm-ok');
     const active = statusOf(key, nowUnix()).cls !== 'badge-expired' && key.status !== 'revoked';
-    if (mode === 'delete') {
+    if (mode === 'roll') {
+      title.textContent = 'Roll “' + key.name + '”?';
+      ok.textContent = 'Roll';
+    } else if (mode === 'delete') {
       title.textContent = 'Revoke and delete “' + key.name + '”?';
       ok.textContent = 'Revoke and Delete';
     } else if (mode === 'revoke') {
@@ -658,7 +685,13 @@
       title.textContent = 'Delete “' + key.name + '”?';
       ok.textContent = 'Delete';
     }
-    if (mode === 'delete-revoked') {
+    ok.classList.toggle('danger', mode !== 'roll');
+    show($('roll-heading'), mode !== 'roll');
+    show($('roll-instead'), mode !== 'roll');
+    if (mode === 'roll') {
+      warning.textContent =
+        'A replacement key is generated now and shown once. This key keeps working for the time you choose, then expires.';
+    } else if (mode === 'delete-revoked') {
       warning.textContent =
         'This key is already revoked and no longer works. Deleting removes it from the list; this cannot be undone.';
     } else {
@@ -707,6 +740,10 @@
   async function confirmDialog() {
     const d = state.dialog;
     if (!d || state.busy) return;
+    if (d.mode === 'roll') {
+      await rollInstead();
+      return;
+    }
     const path = '/api/keys/' + encodeURIComponent(d.key.id);
     setDialogBusy(true);
     setConfirmError('');

@@ -190,10 +190,25 @@ impl Reply {
         self.header(WWW_AUTHENTICATE)
     }
 
-    /// Asserts a JSON error of `class`.
+    /// Asserts an RFC 9457 problem of `class` (in the `error` member) with `status`.
     fn assert_error(&self, status: StatusCode, class: &str) {
         assert_eq!(self.status, status, "{}", self.text());
-        assert_eq!(self.json()["error"], class, "{}", self.text());
+        assert_eq!(
+            self.header(CONTENT_TYPE),
+            Some("application/problem+json"),
+            "{}",
+            self.text()
+        );
+        let v = self.json();
+        assert_eq!(v["error"], class, "{}", self.text());
+        assert_eq!(v["status"], status.as_u16(), "{}", self.text());
+        assert_eq!(v["type"], format!("urn:api-keys:problem:{class}"));
+        assert_eq!(v["title"], status.canonical_reason().unwrap());
+        assert!(
+            v["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{}",
+            self.text()
+        );
     }
 }
 
@@ -612,7 +627,7 @@ async fn a_member_cannot_use_the_management_api() {
         let path = call.path.clone();
         let r = call.send().await;
         r.assert_error(StatusCode::FORBIDDEN, "permission_denied");
-        assert!(!r.json()["message"].as_str().unwrap().is_empty(), "{path}");
+        assert!(!r.json()["detail"].as_str().unwrap().is_empty(), "{path}");
     }
     // The key is untouched.
     let r = srv
@@ -707,12 +722,12 @@ async fn requests_outside_the_policy_are_refused_with_what_is_allowed() {
 
     let r = create(json!({"name": "p", "scopes": ["prometheus"], "expiry": {"days": 5}})).await;
     r.assert_error(StatusCode::BAD_REQUEST, "policy");
-    let msg = r.json()["message"].as_str().unwrap().to_string();
+    let msg = r.json()["detail"].as_str().unwrap().to_string();
     assert!(msg.contains("7, 30, 60, 90, 180, 365"), "{msg}");
 
     let r = create(json!({"name": "p", "scopes": ["prometheus"], "expiry": {"days": 70000}})).await;
     r.assert_error(StatusCode::BAD_REQUEST, "policy");
-    assert!(r.json()["message"].as_str().unwrap().contains("7, 30, 60"));
+    assert!(r.json()["detail"].as_str().unwrap().contains("7, 30, 60"));
 
     let r = create(json!({"name": "p", "scopes": ["prometheus"], "expiry": "never"})).await;
     r.assert_error(StatusCode::BAD_REQUEST, "policy");
@@ -1082,7 +1097,7 @@ async fn sessions_expire() {
         .unwrap();
     let r = srv.get("/api/whoami").session(&past).send().await;
     r.assert_error(StatusCode::UNAUTHORIZED, "unauthenticated");
-    assert!(r.json()["message"].as_str().unwrap().contains("expired"));
+    assert!(r.json()["detail"].as_str().unwrap().contains("expired"));
 
     let soon = srv
         .state
@@ -1281,7 +1296,7 @@ async fn every_error_answer_is_json_and_names_the_field() {
             .send()
             .await;
         r.assert_error(StatusCode::BAD_REQUEST, "bad_request");
-        let message = r.json()["message"].as_str().unwrap().to_string();
+        let message = r.json()["detail"].as_str().unwrap().to_string();
         assert!(message.contains(field), "{body}: {message}");
         assert!(!message.contains("Body"), "{body}: {message}");
     }
@@ -1304,7 +1319,7 @@ async fn every_error_answer_is_json_and_names_the_field() {
         .send()
         .await;
     r.assert_error(StatusCode::BAD_REQUEST, "bad_request");
-    let message = r.json()["message"].as_str().unwrap().to_string();
+    let message = r.json()["detail"].as_str().unwrap().to_string();
     assert!(message.contains("\"overlap_seconds\""), "{message}");
     assert!(!message.contains("RollBody"), "{message}");
 }
@@ -1413,4 +1428,68 @@ async fn scrapes_count_keys_without_reading_the_store_each_time() {
     let m = parse_exposition(&srv.scrape(&token).await.text());
     assert_eq!((m[active], m[revoked]), (1.0, 1.0));
     let _ = info;
+}
+
+#[tokio::test]
+async fn the_openapi_description_covers_every_management_route_and_error() {
+    let srv = start().await;
+    let r = srv.get("/api/openapi.json").send().await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header(CONTENT_TYPE), Some("application/json"));
+    let doc = r.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/api/keys", "get"),
+        ("/api/keys", "post"),
+        ("/api/keys/{id}", "get"),
+        ("/api/keys/{id}", "delete"),
+        ("/api/keys/{id}/revoke", "post"),
+        ("/api/keys/{id}/roll", "post"),
+        ("/api/keys/{id}/reveal", "post"),
+        ("/api/policy", "get"),
+        ("/api/whoami", "get"),
+        ("/demo/login", "post"),
+        ("/healthz", "get"),
+    ] {
+        let op = &paths[path][method];
+        assert!(op.is_object(), "{method} {path} is described");
+        let responses = op["responses"].as_object().unwrap();
+        // Every error answer is a problem.
+        for (status, answer) in responses {
+            if status.starts_with('4') || status.starts_with('5') {
+                assert_eq!(
+                    answer["content"]["application/problem+json"]["schema"]["$ref"],
+                    "#/components/schemas/Problem",
+                    "{method} {path} {status}"
+                );
+            }
+        }
+        for status in ["400", "408", "413", "421", "431", "500"] {
+            assert!(responses.contains_key(status), "{method} {path} {status}");
+        }
+        let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+        assert_eq!(
+            responses.contains_key("401"),
+            secured || path == "/demo/login",
+            "{method} {path}"
+        );
+    }
+    // Stateful links from a created key.
+    let links = &paths["/api/keys"]["post"]["responses"]["201"]["links"];
+    assert_eq!(links["RevokeKey"]["operationId"], "revoke_key");
+    assert_eq!(
+        links["DeleteKey"]["parameters"]["id"],
+        "$response.body#/info/id"
+    );
+    // The statuses the routes answer with are the ones described: a member's create is a 403
+    // problem, listed for that route.
+    let r = srv
+        .post("/api/keys")
+        .session(&srv.bob())
+        .json(&json!({"name": "p", "scopes": ["prometheus"]}))
+        .send()
+        .await;
+    r.assert_error(StatusCode::FORBIDDEN, "permission_denied");
+    assert!(paths["/api/keys"]["post"]["responses"]["403"].is_object());
 }

@@ -12,6 +12,8 @@ pub mod errors;
 pub mod manage;
 #[path = "app/metrics.rs"]
 pub mod metrics;
+#[path = "app/openapi.rs"]
+pub mod openapi;
 #[path = "app/page.rs"]
 pub mod page;
 #[path = "app/scim.rs"]
@@ -143,6 +145,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn(scim::scim_errors));
     Router::new()
         .route("/healthz", get(healthz))
+        .route(openapi::OPENAPI_PATH, get(openapi::openapi))
         .route("/demo/login", post(sessions::login))
         .route("/api/whoami", get(sessions::whoami))
         .route("/api/policy", get(manage::policy))
@@ -163,6 +166,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// `GET /healthz`: the process serves requests (it does not touch the store).
+#[utoipa::path(get, path = "/healthz", tag = "session",
+    responses((status = 200, description = "The server is up.", body = openapi::Health)))]
 async fn healthz() -> Response {
     errors::no_store(
         StatusCode::OK,

@@ -1,7 +1,6 @@
 //! Errors and responses of the management API: the JSON error shape and its helpers.
 
 use api_keys::{Actor, Error, KeyId};
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
@@ -10,7 +9,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-/// A JSON error `{"error":"<class>","message":"<text>"}`.
+/// An error answer: an RFC 9457 problem (`application/problem+json`) carrying its class in
+/// the extension member `error`, e.g. `{"type":"urn:api-keys:problem:not_found",
+/// "title":"Not Found","status":404,"detail":"...","error":"not_found"}`.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -63,12 +64,25 @@ impl From<Error> for ApiError {
     }
 }
 
+/// The media type of an error answer (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
 impl IntoResponse for ApiError {
+    /// An RFC 9457 problem: `type` (a URN naming the class), `title` (the status's reason),
+    /// `status`, `detail` (what is wrong, for a person), and the extension member `error`
+    /// (the class, for a program to switch on).
     fn into_response(self) -> Response {
-        no_store(
-            self.status,
-            Json(json!({"error": self.class, "message": self.message})),
-        )
+        let body = json!({
+            "type": format!("urn:api-keys:problem:{}", self.class),
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.message,
+            "error": self.class,
+        });
+        let mut resp = no_store(self.status, body.to_string());
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        resp
     }
 }
 
@@ -154,9 +168,9 @@ fn class_of(status: StatusCode) -> (&'static str, &'static str) {
     }
 }
 
-/// Gives every error response the JSON error shape: one that axum (a rejection, the 405 of a
+/// Gives every error response the problem shape: one that axum (a rejection, the 405 of a
 /// route, the 404 fallback) or a layer made as plain text is rebuilt as
-/// `{"error":"<class>","message":"<text>"}`, keeping its status and headers (e.g. `Allow`).
+/// a problem (see [`ApiError`]), keeping its status and headers (e.g. `Allow`).
 pub(crate) async fn json_errors(req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     let status = resp.status();

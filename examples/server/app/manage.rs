@@ -9,10 +9,18 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use utoipa::ToSchema;
+
 use super::AppState;
 use super::errors::{ApiError, Body, key_id, no_store, parse_json};
+#[allow(unused_imports)] // named by the `utoipa::path` annotations
+use super::openapi::{
+    CreatedKey, ExpiryDoc, KeyInfoDoc, PolicyDoc, Problem, RevealedKey, ScopeDoc,
+};
 use super::sessions::Session;
 
+#[utoipa::path(get, path = "/api/policy", tag = "keys", security(("demo_session" = [])),
+    responses((status = 200, description = "The key policy.", body = PolicyDoc)))]
 pub(crate) async fn policy(State(state): State<AppState>, Session(_): Session) -> Response {
     let p = state.manager.policy();
     no_store(
@@ -27,11 +35,19 @@ pub(crate) async fn policy(State(state): State<AppState>, Session(_): Session) -
     )
 }
 
-#[derive(Deserialize)]
+/// `POST /api/keys` body.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub(crate) struct CreateBody {
+    /// A name people can read (which integration uses the key): 1 to 128 characters, at
+    /// least one visible, no control or bidirectional-override characters.
+    #[schema(min_length = 1, max_length = 128)]
     name: String,
+    /// Scopes to grant.
+    #[schema(value_type = Vec<ScopeDoc>, min_items = 1)]
     scopes: Vec<String>,
+    /// The expiry; absent or `null` for the policy's default.
+    #[schema(value_type = Option<ExpiryDoc>)]
     #[serde(default)]
     expiry: Option<Value>,
 }
@@ -88,6 +104,13 @@ fn parse_expiry(state: &AppState, v: Option<Value>) -> Result<Option<Expiry>, Ap
     Err(shape())
 }
 
+#[utoipa::path(post, path = "/api/keys", tag = "keys", security(("demo_session" = [])),
+    request_body(content = CreateBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The key, shown once, and its metadata.", body = CreatedKey),
+        (status = 400, description = "A field is wrong (`bad_request`), or the policy refuses it (`policy`: a name, an expiry, too many keys).", content_type = "application/problem+json", body = Problem),
+        (status = 403, description = "The session is not a manager's (`permission_denied`).", content_type = "application/problem+json", body = Problem),
+    ))]
 pub(crate) async fn create_key(
     State(state): State<AppState>,
     Session(actor): Session,
@@ -111,6 +134,11 @@ pub(crate) async fn create_key(
     ))
 }
 
+#[utoipa::path(get, path = "/api/keys", tag = "keys", security(("demo_session" = [])),
+    responses(
+        (status = 200, description = "The organization's keys.", body = Vec<KeyInfoDoc>),
+        (status = 403, description = "The session is not a manager's (`permission_denied`).", content_type = "application/problem+json", body = Problem),
+    ))]
 pub(crate) async fn list_keys(
     State(state): State<AppState>,
     Session(actor): Session,
@@ -119,6 +147,13 @@ pub(crate) async fn list_keys(
     Ok(no_store(StatusCode::OK, Json(keys)))
 }
 
+#[utoipa::path(get, path = "/api/keys/{id}", tag = "keys", security(("demo_session" = [])),
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "The key's metadata.", body = KeyInfoDoc),
+        (status = 403, description = "The session is not a manager's (`permission_denied`).", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No such key in the organization (`not_found`).", content_type = "application/problem+json", body = Problem),
+    ))]
 pub(crate) async fn get_key(
     State(state): State<AppState>,
     Session(actor): Session,
@@ -129,6 +164,14 @@ pub(crate) async fn get_key(
     Ok(no_store(StatusCode::OK, Json(info)))
 }
 
+#[utoipa::path(post, path = "/api/keys/{id}/revoke", tag = "keys", security(("demo_session" = [])),
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "The key, revoked: it stops working at once.", body = KeyInfoDoc),
+        (status = 403, description = "The session is not a manager's (`permission_denied`).", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No such key in the organization (`not_found`).", content_type = "application/problem+json", body = Problem),
+        (status = 409, description = "Changed concurrently (`conflict`), or already revoked (`revoked`).", content_type = "application/problem+json", body = Problem),
+    ))]
 pub(crate) async fn revoke_key(
     State(state): State<AppState>,
     Session(actor): Session,
@@ -140,15 +183,28 @@ pub(crate) async fn revoke_key(
     Ok(no_store(StatusCode::OK, Json(info)))
 }
 
-#[derive(Deserialize)]
+/// `POST /api/keys/{id}/roll` body.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RollBody {
+pub(crate) struct RollBody {
+    /// How long the old key keeps working (0 to the policy's maximum life); default one day.
+    #[schema(minimum = 0)]
     overlap_seconds: Option<i64>,
 }
 
 /// Overlap used by `roll` when the body names none: one day.
 const DEFAULT_OVERLAP_SECS: i64 = 86_400;
 
+#[utoipa::path(post, path = "/api/keys/{id}/roll", tag = "keys", security(("demo_session" = [])),
+    params(("id" = String, Path, description = "The key's id")),
+    request_body(content = Option<RollBody>, content_type = "application/json", description = "Optional; the overlap defaults to one day."),
+    responses(
+        (status = 201, description = "The replacement, shown once; the old key keeps working for the overlap.", body = CreatedKey),
+        (status = 400, description = "A field is wrong (`bad_request`), or the policy refuses the roll (`policy`).", content_type = "application/problem+json", body = Problem),
+        (status = 403, description = "The session is not a manager's (`permission_denied`).", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No such key in the organization (`not_found`).", content_type = "application/problem+json", body = Problem),
+        (status = 409, description = "The key is revoked (`revoked`), expired (`expired`), or changed concurrently (`conflict`).", content_type = "application/problem+json", body = Problem),
+    ))]
 pub(crate) async fn roll_key(
     State(state): State<AppState>,
     Session(actor): Session,
@@ -181,6 +237,15 @@ pub(crate) async fn roll_key(
     ))
 }
 
+#[utoipa::path(post, path = "/api/keys/{id}/reveal", tag = "keys", security(("demo_session" = [])),
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "The key again (audited).", body = RevealedKey),
+        (status = 400, description = "The policy does not allow reveal (`policy`).", content_type = "application/problem+json", body = Problem),
+        (status = 403, description = "The session is not a manager's (`permission_denied`).", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No such key in the organization (`not_found`).", content_type = "application/problem+json", body = Problem),
+        (status = 409, description = "The key is revoked (`revoked`) or expired (`expired`).", content_type = "application/problem+json", body = Problem),
+    ))]
 pub(crate) async fn reveal_key(
     State(state): State<AppState>,
     Session(actor): Session,
@@ -194,6 +259,13 @@ pub(crate) async fn reveal_key(
     ))
 }
 
+#[utoipa::path(delete, path = "/api/keys/{id}", tag = "keys", security(("demo_session" = [])),
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 204, description = "Revoked and removed."),
+        (status = 403, description = "The session is not a manager's (`permission_denied`).", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No such key in the organization (`not_found`).", content_type = "application/problem+json", body = Problem),
+    ))]
 pub(crate) async fn delete_key(
     State(state): State<AppState>,
     Session(actor): Session,

@@ -17,6 +17,8 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::errors::{ApiError, Body, no_store, parse_json};
+#[allow(unused_imports)] // named by the `utoipa::path` annotations
+use super::openapi::{Problem, WhoAmI};
 
 /// Name of the demo session header.
 pub const SESSION_HEADER: &str = "x-demo-session";
@@ -156,7 +158,7 @@ enum SessionProblem {
 }
 
 /// One demo session: what `POST /demo/login` answers with, and what the server prints.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct DemoSession {
     /// Who this session is, for a picker.
     pub label: String,
@@ -216,15 +218,22 @@ impl FromRequestParts<AppState> for Session {
 }
 
 /// `POST /demo/login` body.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LoginBody {
+    /// The 32 hex digits after `#login=` in the login link.
     nonce: String,
 }
 
 /// Trades a one-time login nonce for the demo sessions. Only the page on this origin can read
 /// the answer: the request needs a JSON body (so a cross-origin page would need a CORS
 /// preflight, which this server never grants) and the Host check refuses rebound names.
+#[utoipa::path(post, path = "/demo/login", tag = "session",
+    request_body(content = LoginBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The demo sessions.", body = Vec<DemoSession>),
+        (status = 401, description = "The nonce was used, has expired, or never existed (`unauthenticated`).", content_type = "application/problem+json", body = Problem),
+    ))]
 pub(crate) async fn login(
     State(state): State<AppState>,
     Body(body): Body,
@@ -240,6 +249,8 @@ pub(crate) async fn login(
     Ok(no_store(StatusCode::OK, Json(state.demo_sessions())))
 }
 
+#[utoipa::path(get, path = "/api/whoami", tag = "session", security(("demo_session" = [])),
+    responses((status = 200, description = "Who the session is.", body = WhoAmI)))]
 pub(crate) async fn whoami(Session(actor): Session) -> Response {
     no_store(
         StatusCode::OK,

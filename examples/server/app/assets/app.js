@@ -76,7 +76,7 @@
   function describeError(err) {
     if (!(err instanceof ApiError)) return 'The server could not be reached. Try again.';
     const cls = err.body && typeof err.body.error === 'string' ? err.body.error : '';
-    const msg = err.body && typeof err.body.message === 'string' ? err.body.message : '';
+    const msg = err.body && typeof err.body.detail === 'string' ? err.body.detail : '';
     switch (cls) {
       case 'permission_denied':
         return 'Only managers of this organization can manage API keys.';

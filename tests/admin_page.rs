@@ -165,7 +165,11 @@ struct Harness {
     browser: Client,
     _driver: ChildGuard,
     _profile: TempDir,
-    _server: tokio::task::JoinHandle<()>,
+    server: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::oneshot::Sender<()>,
+    )>,
+    addr: SocketAddr,
     _slot: tokio::sync::MutexGuard<'static, ()>,
 }
 
@@ -186,13 +190,7 @@ impl Harness {
         // The example app, on an ephemeral loopback port.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let limits = app::Limits::default();
-        let router = app::guard(app::router(state.clone()), addr, limits);
-        let server = tokio::spawn(async move {
-            app::serve(listener, router, limits, std::future::pending::<()>())
-                .await
-                .unwrap();
-        });
+        let server = serve_on(listener, state.clone());
         let base = format!("http://{addr}");
         let http = HttpClient::builder(TokioExecutor::new()).build_http();
 
@@ -253,9 +251,23 @@ impl Harness {
             browser,
             _driver: driver,
             _profile: profile,
-            _server: server,
+            server: Some(server),
+            addr,
             _slot: slot,
         })
+    }
+
+    /// Stops the server (its open connections close) and starts `state` on the same port: a
+    /// restart, with a new session-signing key.
+    async fn restart(&mut self, state: app::AppState) {
+        let (task, stop) = self.server.take().unwrap();
+        let _ = stop.send(());
+        task.await.unwrap();
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.server = Some(serve_on(listener, state.clone()));
+        self.manager = state.session("acme", "alice", "manager").unwrap();
+        self.member = state.session("acme", "bob", "member").unwrap();
+        self.state = state;
     }
 
     async fn finish(self) {
@@ -439,6 +451,28 @@ impl Harness {
         std::fs::write(&path, self.browser.screenshot().await.unwrap()).unwrap();
         path
     }
+}
+
+/// Serves `state` on `listener` as `main.rs` does, until the sender is used.
+fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: app::AppState,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let addr = listener.local_addr().unwrap();
+    let limits = app::Limits::default();
+    let router = app::guard(app::router(state), addr, limits);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app::serve(listener, router, limits, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    (task, stop)
 }
 
 /// The example app's state over a fresh in-memory store and a random master key.
@@ -1035,6 +1069,53 @@ async fn roll_is_an_action_of_each_active_row() {
     assert_eq!(h.row_status(&id).await, "Expires in 7 days");
     assert_lineage(&h, &id).await;
     assert_eq!(h.csp_violations().await, 0);
+    h.finish().await;
+}
+
+/// After a server restart (a new session-signing key) the page's sessions are dead: the first
+/// 401 takes the buttons off, empties the picker and says to sign in again; the restarted
+/// server's login link signs in, and the keys are still there.
+#[tokio::test]
+async fn after_a_server_restart_the_page_reloads_sessions_and_the_list() {
+    let store = MemoryStore::new();
+    let key = [7u8; 16];
+    let state_over = |store: &MemoryStore| {
+        app::AppState::new(
+            AnyStore::new(store.clone()),
+            Keyring::new(1, MasterKey::from_bytes(key)),
+        )
+        .expect("app state")
+    };
+    let Some(mut h) = Harness::start_with("restart", state_over(&store)).await else {
+        return;
+    };
+    let (id, _) = h.create_key("Grafana").await;
+    h.open_page().await;
+    assert!(h.count("#key-rows button.action-revoke").await > 0);
+
+    h.restart(state_over(&store)).await;
+    h.css(&format!("tr[data-key-id=\"{id}\"] button.action-revoke"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('confirm-dialog').open")
+        .await;
+    h.css("#confirm-ok").await.click().await.unwrap();
+    h.wait_js(
+        "!document.getElementById('confirm-dialog').open && \
+         document.querySelectorAll('#session option').length === 0",
+    )
+    .await;
+    assert_eq!(h.count("#key-rows button").await, 0, "no buttons left");
+    assert!(h.text("#error").await.contains("login link"));
+
+    h.open_page().await;
+    assert_eq!(h.count("#session option").await, 2);
+    h.wait_js(&format!(
+        "document.querySelector('tr[data-key-id=\"{id}\"] button.action-revoke') !== null"
+    ))
+    .await;
     h.finish().await;
 }
 

@@ -112,7 +112,9 @@ async fn check_request(
 }
 
 /// Serves `router` (already [`guard`]ed) on `listener` until `shutdown` completes: HTTP/1.1
-/// with the header read timeout and the connection limit of `limits`.
+/// with the header read timeout and the connection limit of `limits`. On shutdown it stops
+/// accepting, and every open connection finishes its request in flight and closes (an idle
+/// kept-alive one at once); it returns when they have.
 ///
 /// # Errors
 /// An I/O error of the listener.
@@ -123,10 +125,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let (closing, closed) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return Ok(());
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
         };
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -138,17 +145,31 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => break,
         };
         let service = TowerToHyperService::new(router.clone());
+        let mut closed = closed.clone();
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
             // Errors here are the client's (a reset, a timeout): nothing to report.
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = closed.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
             drop(permit);
         });
     }
+    drop(listener);
+    let _ = closing.send(true);
+    // Every connection holds a permit: all of them back means all connections are closed.
+    let all = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
+    let _ = permits.acquire_many(all).await;
+    Ok(())
 }

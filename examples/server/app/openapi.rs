@@ -12,6 +12,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
+use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
@@ -209,7 +210,7 @@ pub enum NeverDoc {
 )]
 pub struct ApiDoc;
 
-/// Adds the session security scheme, and the answers every operation can give: 400 (a
+/// Adds the session security scheme, the links from a created key, and the answers every operation can give: 400 (a
 /// malformed request), 408/413 (a body too slow or too large), 421 (a Host that is not this
 /// server), 431 (headers too large), 500; and 401 where a session is needed.
 struct CommonAnswers;
@@ -221,6 +222,29 @@ impl Modify for CommonAnswers {
                 "demo_session",
                 SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Demo-Session"))),
             );
+        }
+        // Links from a created key to the operations on it, for stateful testing:
+        // create → get / roll / reveal / revoke / delete.
+        if let Some(RefOr::T(created)) = openapi
+            .paths
+            .paths
+            .get_mut("/api/keys")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|op| op.responses.responses.get_mut("201"))
+        {
+            for (name, operation) in [
+                ("GetKey", "get_key"),
+                ("RollKey", "roll_key"),
+                ("RevealKey", "reveal_key"),
+                ("RevokeKey", "revoke_key"),
+                ("DeleteKey", "delete_key"),
+            ] {
+                let link = LinkBuilder::new()
+                    .operation_id(operation)
+                    .parameter("id", "$response.body#/info/id")
+                    .build();
+                created.links.insert(name.to_string(), RefOr::T(link));
+            }
         }
         for item in openapi.paths.paths.values_mut() {
             let ops: [&mut Option<Operation>; 4] = [
@@ -282,44 +306,9 @@ fn problem(what: &str) -> utoipa::openapi::Response {
         .build()
 }
 
-/// The description as JSON, with links from a created key to the operations on it (create →
-/// get / roll / reveal / revoke / delete) for stateful testing. (Added to the JSON: utoipa 5
-/// writes a link's `operationId` as `operation_id`.)
-///
-/// # Errors
-/// A serialization error (none is expected).
-pub fn description() -> Result<Value, serde_json::Error> {
-    let mut doc = serde_json::to_value(ApiDoc::openapi())?;
-    let links: serde_json::Map<String, Value> = [
-        ("GetKey", "get_key"),
-        ("RollKey", "roll_key"),
-        ("RevealKey", "reveal_key"),
-        ("RevokeKey", "revoke_key"),
-        ("DeleteKey", "delete_key"),
-    ]
-    .into_iter()
-    .map(|(name, operation)| {
-        (
-            name.to_string(),
-            serde_json::json!({
-                "operationId": operation,
-                "parameters": {"id": "$response.body#/info/id"},
-            }),
-        )
-    })
-    .collect();
-    if let Some(created) = doc
-        .pointer_mut("/paths/~1api~1keys/post/responses/201")
-        .and_then(Value::as_object_mut)
-    {
-        created.insert("links".to_string(), Value::Object(links));
-    }
-    Ok(doc)
-}
-
 /// `GET /api/openapi.json`.
 pub(crate) async fn openapi() -> Response {
-    match description() {
+    match serde_json::to_value(ApiDoc::openapi()) {
         Ok(doc) => no_store(StatusCode::OK, axum::Json(doc)),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }

@@ -89,6 +89,9 @@ pub enum AuditAction {
     IntegrityFailure,
     /// A verification failed.
     VerificationFailed(FailureClass),
+    /// A key was accepted from the cache although the store could not confirm it (the store
+    /// was unreachable and `serve_stale_while_store_unreachable` is set).
+    ServedStale,
 }
 
 impl AuditAction {
@@ -105,6 +108,7 @@ impl AuditAction {
             AuditAction::Rewrapped { .. } => "rewrapped",
             AuditAction::IntegrityFailure => "integrity_failure",
             AuditAction::VerificationFailed(_) => "verification_failed",
+            AuditAction::ServedStale => "served_stale",
         }
     }
 }
@@ -276,6 +280,13 @@ impl AuditSink for TracingAudit {
                     );
                 }
             }
+            AuditAction::ServedStale => tracing::warn!(
+                target: "api_keys::audit",
+                action = e.action.name(),
+                key_id,
+                org,
+                "API key accepted from the cache while the key store is unreachable"
+            ),
             AuditAction::IntegrityFailure => tracing::error!(
                 target: "api_keys::audit",
                 action = e.action.name(),

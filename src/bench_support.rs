@@ -65,7 +65,7 @@ pub fn open_record(
 ) -> Result<bool, Error> {
     use subtle::ConstantTimeEq;
     let mut plain = zeroize::Zeroizing::new([0u8; SECRET_LEN]);
-    record.open_into(keyring, &record.class, record.id, &mut plain)?;
+    record.open_to_verify(keyring, &record.class, record.id, &mut plain)?;
     Ok(plain.ct_eq(secret).into())
 }
 

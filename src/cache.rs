@@ -5,9 +5,22 @@
 //!     (every shard has a generation, bumped by every invalidation; a fill carries the
 //!     generation read *before* its store read began and is dropped if it moved),
 //! (b) less than its TTL has passed since that read began, on the monotonic clock, and
-//! (c) the change feed stayed connected since then (a feed drop, reconnect or keyring change
-//!     flushes everything and bumps every generation; while the feed is down, or when the
-//!     store has none, new entries get the short fallback TTL).
+//! (c) beyond the short fallback TTL after that read began, the change feed is *proven* live:
+//!     an entry filled while the feed was connected (feed epoch `e`) is served past its
+//!     fallback deadline only while epoch `e` is still the feed's current connection and its
+//!     trust deadline has not passed. A feed that cannot hang silently (in process) is trusted
+//!     until it reports a drop, and then until the drop + the fallback TTL; a feed that
+//!     proves itself ([`ChangeListener::proven`], a round trip through the server) is trusted
+//!     until its last proof was *sent* + the fallback TTL. So a feed drop or a hung feed never
+//!     serves an entry later than the drop (or last proof) + the fallback TTL, and warm keys
+//!     keep verifying until then instead of being flushed at once. A reconnect starts a new
+//!     epoch: entries of the old one keep only their fallback deadline. A keyring change
+//!     flushes everything and bumps every generation. While the feed is down, or when the
+//!     store has none, new entries get the short fallback TTL only.
+//!
+//! Optionally (off by default) an entry may also be served while the *store* is unreachable,
+//! up to a maximum staleness after its read began ([`Cache::get_stale`]); an invalidated
+//! entry is gone and a revoked one still says revoked, so this never un-revokes a key.
 //!
 //! Entries hold a keyed fingerprint of the secret (a CBC-MAC under a per-process random key,
 //! fixed 32-byte input), never the secret, so a hit costs one fingerprint and a constant-time
@@ -20,8 +33,8 @@
 //! fallback TTL, so a fill never scans a full shard on every call.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use aes::Aes128;
@@ -42,9 +55,22 @@ const FEED_DOWN: u8 = 2;
 /// A keyed fingerprint of a secret, as two words (compared with `subtle`, word by word).
 pub(crate) type Fingerprint = [u64; 2];
 
+/// The epoch of an entry filled while the feed was not live: never trusted past its fallback
+/// deadline.
+const NO_EPOCH: u16 = u16::MAX;
+/// A trust deadline meaning "until the feed reports a drop".
+const FOREVER_MS: u64 = (1 << 48) - 1;
+
 struct Entry {
     fingerprint: Fingerprint,
+    /// When the store read that filled it began.
+    started: Instant,
+    /// Served until then whatever the feed does (read start + fallback TTL).
+    fresh_until: Instant,
+    /// Never served after this (read start + the TTL chosen by the ticket).
     valid_until: Instant,
+    /// The feed epoch the ticket saw live, or [`NO_EPOCH`].
+    epoch: u16,
     facts: Arc<Facts>,
 }
 
@@ -60,21 +86,42 @@ pub(crate) struct FillTicket {
     generation: u64,
     started: Instant,
     ttl: Duration,
+    epoch: u16,
+}
+
+/// The feed's trust, changed under [`Cache::trust_lock`], read lock-free from `trust`.
+struct TrustState {
+    epoch: u16,
+    /// `proven` was ever called: the feed proves itself, trust is bounded by proofs.
+    proof_mode: bool,
+    /// The last proof's send time, in ms since `base`, received before `connected`.
+    pending_proof: Option<u64>,
 }
 
 pub(crate) struct Cache {
     shards: Box<[RwLock<Shard>]>,
     fingerprint_key: Aes128,
     feed: AtomicU8,
+    /// `(epoch << 48) | trust deadline in ms since base` of the live feed.
+    trust: AtomicU64,
+    trust_lock: Mutex<TrustState>,
+    base: Instant,
     ttl: Duration,
     fallback_ttl: Duration,
+    /// Maximum staleness while the store is unreachable (zero: off).
+    max_stale: Duration,
     per_shard: usize,
+}
+
+fn pack(epoch: u16, deadline_ms: u64) -> u64 {
+    (u64::from(epoch) << 48) | deadline_ms.min(FOREVER_MS)
 }
 
 impl Cache {
     pub(crate) fn new(
         ttl: Duration,
         fallback_ttl: Duration,
+        max_stale: Duration,
         capacity: usize,
     ) -> Result<Self, Error> {
         let mut key = Zeroizing::new([0u8; 16]);
@@ -96,8 +143,16 @@ impl Cache {
             shards,
             fingerprint_key: Aes128::new(GenericArray::from_slice(&*key)),
             feed: AtomicU8::new(FEED_NONE),
+            trust: AtomicU64::new(pack(0, 0)),
+            trust_lock: Mutex::new(TrustState {
+                epoch: 0,
+                proof_mode: false,
+                pending_proof: None,
+            }),
+            base: now,
             ttl,
             fallback_ttl,
+            max_stale,
             per_shard: capacity.div_ceil(SHARDS),
         })
     }
@@ -139,11 +194,48 @@ impl Cache {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let e = shard.map.get(id)?;
-        if now < e.valid_until {
+        if now < e.fresh_until || (now < e.valid_until && self.trusted(e.epoch, now)) {
             Some((e.facts.clone(), e.fingerprint))
         } else {
             None
         }
+    }
+
+    /// Whether the feed of `epoch` is trusted at `now`.
+    #[inline]
+    fn trusted(&self, epoch: u16, now: Instant) -> bool {
+        let t = self.trust.load(Ordering::Acquire);
+        epoch != NO_EPOCH && (t >> 48) as u16 == epoch && self.ms(now) < (t & FOREVER_MS)
+    }
+
+    /// Whole ms since `base` (rounded down).
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_millis()).unwrap_or(FOREVER_MS)
+    }
+
+    /// A cached entry for `id` that the store can no longer confirm, served because the store
+    /// is unreachable: only if a maximum staleness is configured and the entry's read began
+    /// less than that long ago. Invalidated entries are gone; a revoked one stays revoked.
+    pub(crate) fn get_stale(&self, id: &KeyId, now: Instant) -> Option<(Arc<Facts>, Fingerprint)> {
+        if self.max_stale.is_zero() {
+            return None;
+        }
+        let shard = self
+            .shard(id)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let e = shard.map.get(id)?;
+        let until = e.started.checked_add(self.max_stale)?;
+        (now < until).then(|| (e.facts.clone(), e.fingerprint))
+    }
+
+    /// Until when an entry is kept (swept after).
+    fn keep_until(&self, e: &Entry) -> Instant {
+        let stale = e
+            .started
+            .checked_add(self.max_stale)
+            .unwrap_or(e.valid_until);
+        e.valid_until.max(stale)
     }
 
     /// Takes a ticket before reading `id` from the store.
@@ -157,15 +249,20 @@ impl Cache {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .generation;
-        let ttl = if self.feed.load(Ordering::Acquire) == FEED_LIVE {
-            self.ttl
+        // The epoch is read after the feed state: `connected` publishes the new epoch before
+        // it stores LIVE, so a ticket that sees LIVE sees that epoch (or a later one, which
+        // only makes the entry trusted less).
+        let (ttl, epoch) = if self.feed.load(Ordering::Acquire) == FEED_LIVE {
+            let t = self.trust.load(Ordering::Acquire);
+            (self.ttl, (t >> 48) as u16)
         } else {
-            self.fallback_ttl
+            (self.fallback_ttl, NO_EPOCH)
         };
         FillTicket {
             generation,
             started,
             ttl,
+            epoch,
         }
     }
 
@@ -183,7 +280,10 @@ impl Cache {
             return;
         }
         // A TTL too large for the clock means "do not cache", never a panic.
-        let Some(valid_until) = ticket.started.checked_add(ticket.ttl) else {
+        let (Some(valid_until), Some(fresh_until)) = (
+            ticket.started.checked_add(ticket.ttl),
+            ticket.started.checked_add(self.fallback_ttl),
+        ) else {
             return;
         };
         if shard.map.len() >= self.per_shard && !shard.map.contains_key(&id) {
@@ -191,7 +291,7 @@ impl Cache {
             // Sweep expired entries at most once per fallback TTL, then evict one arbitrary
             // entry (ids are random) if still full: bounded work per fill.
             if now.saturating_duration_since(shard.swept) >= self.fallback_ttl {
-                shard.map.retain(|_, e| e.valid_until > now);
+                shard.map.retain(|_, e| self.keep_until(e) > now);
                 shard.swept = now;
             }
             if shard.map.len() >= self.per_shard
@@ -204,7 +304,10 @@ impl Cache {
             id,
             Entry {
                 fingerprint,
+                started: ticket.started,
+                fresh_until,
                 valid_until,
+                epoch: ticket.epoch,
                 facts,
             },
         );
@@ -264,6 +367,11 @@ impl Cache {
         }
     }
 
+    /// A duration in whole ms (rounded down, so trust never outlasts it).
+    fn ms_len(&self, d: Duration) -> u64 {
+        u64::try_from(d.as_millis()).unwrap_or(FOREVER_MS)
+    }
+
     /// Number of entries (for tests and metrics).
     pub(crate) fn len(&self) -> usize {
         self.shards
@@ -306,14 +414,61 @@ impl ChangeListener for Cache {
     }
 
     fn connected(&self) {
-        // Entries filled while the feed was down may have missed changes; fills in flight
-        // (whichever TTL they chose) are fenced off by the flush.
+        // A new epoch: entries of earlier ones (or filled while the feed was down, which may
+        // have missed changes) keep only their fallback deadline. No flush is needed.
+        let mut st = self
+            .trust_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        st.epoch = st.epoch.wrapping_add(1) % NO_EPOCH;
+        let deadline = if st.proof_mode {
+            st.pending_proof.take().map_or(0, |sent| {
+                sent.saturating_add(self.ms_len(self.fallback_ttl))
+            })
+        } else {
+            FOREVER_MS
+        };
+        self.trust
+            .store(pack(st.epoch, deadline), Ordering::Release);
         self.feed.store(FEED_LIVE, Ordering::Release);
-        self.flush();
     }
 
     fn disconnected(&self) {
+        // Entries filled while the feed was live stay servable until the drop (or, for a
+        // proving feed, its last proof) + the fallback TTL: they are as fresh as that.
+        let st = self
+            .trust_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.feed.store(FEED_DOWN, Ordering::Release);
-        self.flush();
+        let t = self.trust.load(Ordering::Acquire);
+        let cap = self
+            .ms(Instant::now())
+            .saturating_add(self.ms_len(self.fallback_ttl));
+        self.trust
+            .store(pack(st.epoch, (t & FOREVER_MS).min(cap)), Ordering::Release);
+    }
+
+    fn proven(&self, sent: Instant) {
+        let mut st = self
+            .trust_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        st.proof_mode = true;
+        let sent = self.ms(sent);
+        if self.feed.load(Ordering::Acquire) == FEED_LIVE {
+            let t = self.trust.load(Ordering::Acquire);
+            let deadline = sent.saturating_add(self.ms_len(self.fallback_ttl));
+            let current = t & FOREVER_MS;
+            // The first proof of a feed that was trusted "forever" bounds it from now on.
+            let next = if current == FOREVER_MS {
+                deadline
+            } else {
+                current.max(deadline)
+            };
+            self.trust.store(pack(st.epoch, next), Ordering::Release);
+        } else {
+            st.pending_proof = Some(sent);
+        }
     }
 }

@@ -45,7 +45,7 @@ pub use store::{
 };
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub use store::{PostgresError, PostgresErrorKind, PostgresStore};
+pub use store::{PostgresError, PostgresErrorKind, PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::{SqliteError, SqliteErrorKind, SqliteStore};

@@ -22,6 +22,7 @@ pub const RECORD_FORMAT: u16 = 2;
 /// ([`KeyRecord::undecodable`]).
 const UNDECODABLE_FORMAT: u16 = 0;
 const DOMAIN: &[u8] = b"api-keys/record";
+const DETAILS_DOMAIN: &[u8] = b"api-keys/record-details";
 
 /// The encrypted and authenticated part of a record.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +35,13 @@ pub struct Sealed {
     /// AES-128-CBC encryption of the 32-byte secret (lowercase hex in serialized form).
     #[serde(with = "hex_bytes")]
     pub ciphertext: [u8; 32],
+    /// AES-CMAC over the revocation details (`revoked_by` and the reason), bound to the
+    /// record's format, key version, class and id (lowercase hex in serialized form). The main
+    /// tag covers these 16 bytes, so verification checks a fixed-length encoding whatever the
+    /// key's state; management calls check this tag too. (Absent in format 1 rows, which then
+    /// decode and fail closed.)
+    #[serde(default, with = "hex_bytes")]
+    pub details_tag: [u8; 16],
     /// AES-CMAC over the canonical encoding (lowercase hex in serialized form).
     #[serde(with = "hex_bytes")]
     pub tag: [u8; 16],
@@ -152,6 +160,12 @@ pub struct Notices {
     pub unused_warned: bool,
 }
 
+/// A string with a `u32` big-endian length prefix (canonical encodings).
+fn string(out: &mut dyn FnMut(&[u8]), s: &str) {
+    out(&(s.len() as u32).to_be_bytes());
+    out(s.as_bytes());
+}
+
 /// Truncates to whole seconds (records hold whole seconds only).
 pub(crate) fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(t.unix_timestamp()).unwrap_or(t)
@@ -232,6 +246,7 @@ impl KeyRecord {
                 key_version: 0,
                 iv: [0; 16],
                 ciphertext: [0; 32],
+                details_tag: [0; 16],
                 tag: [0; 16],
             },
         }
@@ -306,6 +321,7 @@ impl KeyRecord {
                 key_version: 0,
                 iv: [0; 16],
                 ciphertext: [0; 32],
+                details_tag: [0; 16],
                 tag: [0; 16],
             },
         };
@@ -338,6 +354,7 @@ impl KeyRecord {
         self.sealed.key_version = version;
         self.sealed.iv = iv;
         self.sealed.ciphertext = keys.encrypt(&iv, secret);
+        self.sealed.details_tag = self.compute_details_tag(keys);
         self.sealed.tag = self.compute_tag(keys);
     }
 
@@ -356,6 +373,35 @@ impl KeyRecord {
         out: &mut Zeroizing<[u8; SECRET_LEN]>,
     ) -> Result<(), Error> {
         let keys = self.authenticate(keyring, class)?;
+        self.decrypt_if(keys, expected, out)
+    }
+
+    /// [`KeyRecord::open_into`] for verification: checks the main tag (which covers the
+    /// details tag as 16 fixed bytes) but does not recompute the details tag — `verify` needs
+    /// none of the revocation details, and skipping them keeps the work the same for an
+    /// active, a revoked, an expired or a rolled key (the key's state must not be observable
+    /// without its secret).
+    ///
+    /// # Errors
+    /// As [`KeyRecord::open_into`].
+    pub(crate) fn open_to_verify(
+        &self,
+        keyring: &Keyring,
+        class: &str,
+        expected: KeyId,
+        out: &mut Zeroizing<[u8; SECRET_LEN]>,
+    ) -> Result<(), Error> {
+        let keys = self.check_main_tag(keyring, class)?;
+        self.decrypt_if(keys, expected, out)
+    }
+
+    /// After authentication: decrypts into `out` if the record is the one the token names.
+    fn decrypt_if(
+        &self,
+        keys: &Subkeys,
+        expected: KeyId,
+        out: &mut Zeroizing<[u8; SECRET_LEN]>,
+    ) -> Result<(), Error> {
         if self.id != expected {
             return Err(Error::Integrity);
         }
@@ -363,13 +409,24 @@ impl KeyRecord {
         Ok(())
     }
 
-    /// Checks the format, the key version, (in constant time) the tag and the class, without
-    /// decrypting.
+    /// Checks the format, the key version, (in constant time) both tags and the class,
+    /// without decrypting.
     pub(crate) fn authenticate<'k>(
         &self,
         keyring: &'k Keyring,
         class: &str,
     ) -> Result<&'k Subkeys, Error> {
+        let keys = self.check_main_tag(keyring, class)?;
+        let details = self.compute_details_tag(keys);
+        if bool::from(details.ct_eq(&self.sealed.details_tag)) {
+            Ok(keys)
+        } else {
+            Err(Error::Integrity)
+        }
+    }
+
+    /// Checks the format, the key version, (in constant time) the main tag and the class.
+    fn check_main_tag<'k>(&self, keyring: &'k Keyring, class: &str) -> Result<&'k Subkeys, Error> {
         if self.format != RECORD_FORMAT || !self.is_canonical() {
             return Err(Error::Integrity);
         }
@@ -409,60 +466,24 @@ impl KeyRecord {
         out
     }
 
-    /// Streams the canonical encoding of every field under the tag (format 2): domain label,
-    /// format, key version, class, id, org, scopes, created_at, created_by, expires_at,
-    /// revoked_at, revoked_by, revocation, replaces, replaced_by, owner, meta, rate_limits,
-    /// credits, iv, ciphertext. Integers fixed-width big-endian, strings with a `u32` length
-    /// prefix, lists and maps with a `u32` count, `Option`s with a presence byte, scopes sorted
-    /// and de-duplicated with a tag byte per variant (1 scim, 2 prometheus, 3 custom + string);
-    /// revocation reasons with a tag byte (1 manual, 2 leaked + source, 3 unused, 4 departed
-    /// user, 5 rolled); meta entries in key order (key, value); each rate limit as name, limit
-    /// (`u64`), window in ms (`u64`), scope byte (0 key, 1 org); credits as initial (`u64`)
-    /// and an optional refill (1 daily + amount, 2 monthly + day byte + amount).
-    pub(crate) fn canonical(&self, out: &mut dyn FnMut(&[u8])) {
-        fn string(out: &mut dyn FnMut(&[u8]), s: &str) {
-            out(&(s.len() as u32).to_be_bytes());
-            out(s.as_bytes());
-        }
-        fn opt_time(out: &mut dyn FnMut(&[u8]), t: Option<OffsetDateTime>) {
-            match t {
-                Some(t) => {
-                    out(&[1]);
-                    out(&t.unix_timestamp().to_be_bytes());
-                }
-                None => out(&[0]),
-            }
-        }
-        fn opt_id(out: &mut dyn FnMut(&[u8]), id: Option<KeyId>) {
-            match id {
-                Some(id) => {
-                    out(&[1]);
-                    out(&id.value().to_be_bytes());
-                }
-                None => out(&[0]),
-            }
-        }
-        string(out, std::str::from_utf8(DOMAIN).unwrap_or_default());
+    fn compute_details_tag(&self, keys: &Subkeys) -> [u8; 16] {
+        let mut mac = keys.mac();
+        self.canonical_details(&mut |b: &[u8]| mac.update(b));
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&mac.finalize().into_bytes());
+        out
+    }
+
+    /// Streams the canonical encoding of the revocation details (under `details_tag`): the
+    /// domain label `api-keys/record-details`, format, key version, class, id, revoked_by
+    /// (`Option` of a string), revocation (`Option`: a tag byte, 1 manual, 2 leaked + source,
+    /// 3 unused, 4 departed user, 5 rolled).
+    pub(crate) fn canonical_details(&self, out: &mut dyn FnMut(&[u8])) {
+        string(out, std::str::from_utf8(DETAILS_DOMAIN).unwrap_or_default());
         out(&self.format.to_be_bytes());
         out(&self.sealed.key_version.to_be_bytes());
         string(out, &self.class);
         out(&self.id.value().to_be_bytes());
-        string(out, self.org.as_str());
-        out(&(self.scopes.len() as u32).to_be_bytes());
-        for s in &self.scopes {
-            match s {
-                Scope::Scim => out(&[1]),
-                Scope::Prometheus => out(&[2]),
-                Scope::Custom(c) => {
-                    out(&[3]);
-                    string(out, c);
-                }
-            }
-        }
-        out(&self.created_at.unix_timestamp().to_be_bytes());
-        string(out, self.created_by.as_str());
-        opt_time(out, self.expires_at);
-        opt_time(out, self.revoked_at);
         match &self.revoked_by {
             Some(u) => {
                 out(&[1]);
@@ -486,6 +507,61 @@ impl KeyRecord {
                 }
             }
         }
+    }
+
+    /// Streams the canonical encoding of every field under the tag (format 2): domain label,
+    /// format, key version, class, id, org, scopes, created_at, created_by, expires_at,
+    /// revoked_at, the details tag (16 bytes: it stands for revoked_by and the revocation
+    /// reason, see [`KeyRecord::canonical_details`]), replaces, replaced_by, owner, meta,
+    /// rate_limits, credits, iv, ciphertext. Integers fixed-width big-endian, strings with a
+    /// `u32` length prefix, lists and maps with a `u32` count; optional timestamps and ids
+    /// fixed-width (presence byte + 8 bytes, zero when absent), other `Option`s with a
+    /// presence byte; scopes sorted and de-duplicated with a tag byte per variant (1 scim,
+    /// 2 prometheus, 3 custom + string); meta entries in key order (key, value); each rate
+    /// limit as name, limit (`u64`), window in ms (`u64`), scope byte (0 key, 1 org); credits
+    /// as initial (`u64`) and an optional refill (1 daily + amount, 2 monthly + day byte +
+    /// amount). What a revoke, a roll or an expiry change writes never changes the length, so
+    /// verifying costs the same in every state.
+    pub(crate) fn canonical(&self, out: &mut dyn FnMut(&[u8])) {
+        // Fixed width whether present or not (presence byte + 8 bytes, zero when absent): a
+        // revoke, a roll or an expiry change never changes the encoding's length.
+        fn opt_time(out: &mut dyn FnMut(&[u8]), t: Option<OffsetDateTime>) {
+            // The same conversion either way (the time's state must not show in the timing).
+            let v = std::hint::black_box(t.unwrap_or(OffsetDateTime::UNIX_EPOCH)).unix_timestamp();
+            let present = u8::from(t.is_some());
+            out(&[present]);
+            out(&(v * i64::from(present)).to_be_bytes());
+        }
+        fn opt_id(out: &mut dyn FnMut(&[u8]), id: Option<KeyId>) {
+            let (present, v) = match id {
+                Some(id) => (1u8, id.value()),
+                None => (0, 0),
+            };
+            out(&[present]);
+            out(&v.to_be_bytes());
+        }
+        string(out, std::str::from_utf8(DOMAIN).unwrap_or_default());
+        out(&self.format.to_be_bytes());
+        out(&self.sealed.key_version.to_be_bytes());
+        string(out, &self.class);
+        out(&self.id.value().to_be_bytes());
+        string(out, self.org.as_str());
+        out(&(self.scopes.len() as u32).to_be_bytes());
+        for s in &self.scopes {
+            match s {
+                Scope::Scim => out(&[1]),
+                Scope::Prometheus => out(&[2]),
+                Scope::Custom(c) => {
+                    out(&[3]);
+                    string(out, c);
+                }
+            }
+        }
+        out(&self.created_at.unix_timestamp().to_be_bytes());
+        string(out, self.created_by.as_str());
+        opt_time(out, self.expires_at);
+        opt_time(out, self.revoked_at);
+        out(&self.sealed.details_tag);
         opt_id(out, self.replaces);
         opt_id(out, self.replaced_by);
         match &self.owner {
@@ -699,9 +775,83 @@ mod known_answers {
         let mut canon = Vec::new();
         rec.canonical(&mut |b: &[u8]| canon.extend_from_slice(b));
         assert_eq!(hex::encode(&canon), v["canonical"].as_str().unwrap());
+        let mut details = Vec::new();
+        rec.canonical_details(&mut |b: &[u8]| details.extend_from_slice(b));
+        assert_eq!(hex::encode(&details), v["details"].as_str().unwrap());
+        assert_eq!(rec.sealed.details_tag, hex16(&v["details_tag"]));
         assert_eq!(rec.sealed.ciphertext, hex32(&v["ciphertext"]));
         assert_eq!(rec.sealed.tag, hex16(&v["tag"]));
         assert_eq!(open(&rec, &keyring, "sak", rec.id).unwrap(), secret);
+    }
+
+    #[test]
+    fn the_state_never_changes_the_length_verification_authenticates() {
+        let v = v();
+        let (keyring, rec, secret) = record(&v);
+        let len = |r: &KeyRecord| {
+            let mut n = 0;
+            r.canonical(&mut |b: &[u8]| n += b.len());
+            n
+        };
+        let mut active = rec.clone();
+        active.revoked_at = None;
+        active.revocation = None;
+        active.replaced_by = None;
+        active.reseal(&keyring, &secret).unwrap();
+        let mut revoked = active.clone();
+        revoked.revoked_at = Some(ts(&v["revoked_at"]));
+        revoked.revoked_by = Some(UserId::new("a-manager-with-a-long-name"));
+        revoked.revocation = Some(RevocationReason::Leaked {
+            source: "https://example.com/a/long/path/where/it/was/found".into(),
+        });
+        revoked.reseal(&keyring, &secret).unwrap();
+        let mut rolled = active.clone();
+        rolled.replaced_by = Some(KeyId(99));
+        rolled.expires_at = Some(ts(&v["revoked_at"]));
+        rolled.reseal(&keyring, &secret).unwrap();
+        let mut never = active.clone();
+        never.expires_at = None;
+        never.reseal(&keyring, &secret).unwrap();
+        for other in [&revoked, &rolled, &never] {
+            assert_eq!(len(other), len(&active));
+        }
+    }
+
+    #[test]
+    fn revocation_details_are_authenticated_by_their_own_tag() {
+        let v = v();
+        let (keyring, rec, _) = record(&v);
+        let mut out = Zeroizing::new([0u8; 32]);
+        let changes: [fn(&mut KeyRecord); 3] = [
+            |r| r.revoked_by = Some(UserId::new("mallory")),
+            |r| r.revocation = Some(RevocationReason::Unused),
+            |r| r.sealed.details_tag[3] ^= 1,
+        ];
+        for change in changes {
+            let mut bad = rec.clone();
+            change(&mut bad);
+            // Management calls refuse the record...
+            assert!(matches!(
+                bad.open_into(&keyring, "sak", rec.id, &mut out),
+                Err(Error::Integrity)
+            ));
+            assert!(bad.authenticate(&keyring, "sak").is_err());
+        }
+        // ...while verification, which reads none of the details, checks the main tag, which
+        // covers the details tag: only a changed details tag fails there.
+        let mut renamed = rec.clone();
+        renamed.revoked_by = Some(UserId::new("mallory"));
+        assert!(
+            renamed
+                .open_to_verify(&keyring, "sak", rec.id, &mut out)
+                .is_ok()
+        );
+        let mut forged = rec.clone();
+        forged.sealed.details_tag[0] ^= 1;
+        assert!(matches!(
+            forged.open_to_verify(&keyring, "sak", rec.id, &mut out),
+            Err(Error::Integrity)
+        ));
     }
 
     #[test]
@@ -726,7 +876,8 @@ mod known_answers {
     fn every_field_under_the_tag_is_authenticated() {
         let v = v();
         let (keyring, rec, _) = record(&v);
-        let tampered: Vec<(&str, Box<dyn Fn(&mut KeyRecord)>)> = vec![
+        type Tamper = Box<dyn Fn(&mut KeyRecord)>;
+        let tampered: Vec<(&str, Tamper)> = vec![
             ("owner", Box::new(|r| r.owner = Some("team-8".into()))),
             (
                 "meta",
@@ -860,6 +1011,7 @@ mod known_answers {
                 "key_version": 7,
                 "iv": v["iv"],
                 "ciphertext": v["ciphertext"],
+                "details_tag": v["details_tag"],
                 "tag": v["tag"],
             }
         });

@@ -73,6 +73,7 @@ pub async fn run<S: KeyStore>(store: &S) -> Check {
     scan_pages_in_id_order(store).await?;
     ids_compare_byte_for_byte(store).await?;
     touch_only_raises_last_use(store).await?;
+    touch_many_raises_each_last_use(store).await?;
     concurrent_updates_have_one_winner(store).await?;
     Ok(())
 }
@@ -473,6 +474,66 @@ pub async fn ids_compare_byte_for_byte<S: KeyStore>(store: &S) -> Check {
     Ok(())
 }
 
+/// `touch_many` does what `touch` does for each use of the batch: raises each
+/// `last_used_at` (to the latest of its uses), never lowers one, never changes the revision,
+/// never creates a row.
+pub async fn touch_many_raises_each_last_use<S: KeyStore>(store: &S) -> Check {
+    const C: &str = "touch_many_raises_each_last_use";
+    let org = random_org();
+    let (a, b) = (
+        sample_record(random_id(), &org),
+        sample_record(random_id(), &org),
+    );
+    for r in [&a, &b] {
+        store
+            .insert(r.clone())
+            .await
+            .map_err(|e| store_err(C, "insert", e))?;
+    }
+    store
+        .touch(&b.id, t(1_720_000_000))
+        .await
+        .map_err(|e| store_err(C, "touch", e))?;
+    let ghost = random_id();
+    store
+        .touch_many(&[
+            (a.id, t(1_710_000_000)),
+            (a.id, t(1_715_000_000)),
+            (b.id, t(1_711_000_000)),
+            (ghost, t(1_711_000_000)),
+        ])
+        .await
+        .map_err(|e| store_err(C, "touch_many", e))?;
+    let got_a = store
+        .get(&a.id)
+        .await
+        .map_err(|e| store_err(C, "get", e))?
+        .ok_or_else(|| fail(C, "record vanished"))?;
+    ensure!(
+        C,
+        got_a.last_used_at == Some(t(1_715_000_000)) && got_a.revision == a.revision,
+        "touch_many did not raise last_used_at to the latest use: {:?}",
+        got_a.last_used_at
+    );
+    let got_b = store
+        .get(&b.id)
+        .await
+        .map_err(|e| store_err(C, "get", e))?
+        .ok_or_else(|| fail(C, "record vanished"))?;
+    ensure!(
+        C,
+        got_b.last_used_at == Some(t(1_720_000_000)),
+        "touch_many lowered last_used_at to {:?}",
+        got_b.last_used_at
+    );
+    let got = store
+        .get(&ghost)
+        .await
+        .map_err(|e| store_err(C, "get", e))?;
+    ensure!(C, got.is_none(), "touch_many created a row: {got:?}");
+    Ok(())
+}
+
 /// `touch` raises `last_used_at`, never lowers it, never changes the revision or any other
 /// field (a touch racing a revoke must not un-revoke), and never creates a row.
 pub async fn touch_only_raises_last_use<S: KeyStore>(store: &S) -> Check {
@@ -605,5 +666,82 @@ pub async fn concurrent_updates_have_one_winner<S: KeyStore>(store: &S) -> Check
         got.as_ref() == Some(&candidates[winners[0]]),
         "stored record {got:?} is not the winner's"
     );
+    Ok(())
+}
+
+/// One damaged row never fails a whole read, and can still be deleted by its id.
+///
+/// Not part of [`run`]: it needs `damage`, a hook that damages the stored row of the given id
+/// in the store's own backend (for a SQL store, e.g. bump its `revision` column so that it
+/// disagrees with the serialized record, or write JSON that does not decode). Afterwards
+/// `get`, `list` and `scan` must still succeed and still name the row's id (as the record,
+/// or as a [`KeyRecord::undecodable`] placeholder that the manager reports and leaves out),
+/// the other rows must come back intact, and `delete` must remove the row.
+///
+/// # Errors
+/// A [`Failure`] naming `damaged_rows_stay_deletable`.
+pub async fn damaged_rows_stay_deletable<S, F, Fut>(store: &S, damage: F) -> Check
+where
+    S: KeyStore,
+    F: FnOnce(KeyId) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    const C: &str = "damaged_rows_stay_deletable";
+    let org = random_org();
+    let bad = sample_record(random_id(), &org);
+    let good = sample_record(random_id(), &org);
+    for r in [&bad, &good] {
+        store
+            .insert(r.clone())
+            .await
+            .map_err(|e| store_err(C, "insert", e))?;
+    }
+    damage(bad.id).await;
+    let got = store
+        .get(&bad.id)
+        .await
+        .map_err(|e| store_err(C, "get of the damaged row", e))?;
+    ensure!(
+        C,
+        got.as_ref().is_some_and(|r| r.id == bad.id),
+        "get of the damaged row returned {got:?}"
+    );
+    let listed = store
+        .list(&org)
+        .await
+        .map_err(|e| store_err(C, "list of an organization with a damaged row", e))?;
+    ensure!(
+        C,
+        listed.iter().any(|r| r.id == bad.id) && listed.contains(&good),
+        "list lost a row: {listed:?}"
+    );
+    let mut seen_bad = false;
+    let mut seen_good = false;
+    let mut after = None;
+    loop {
+        let page = store
+            .scan(after.as_ref(), 100)
+            .await
+            .map_err(|e| store_err(C, "scan over a damaged row", e))?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        seen_bad |= page.iter().any(|r| r.id == bad.id);
+        seen_good |= page.contains(&good);
+    }
+    ensure!(C, seen_bad && seen_good, "scan lost a row");
+    let removed = store
+        .delete(&bad.id)
+        .await
+        .map_err(|e| store_err(C, "delete of the damaged row", e))?;
+    ensure!(C, removed, "delete of the damaged row returned false");
+    let gone = store
+        .get(&bad.id)
+        .await
+        .map_err(|e| store_err(C, "get", e))?;
+    ensure!(C, gone.is_none(), "the damaged row is still there");
+    store
+        .delete(&good.id)
+        .await
+        .map_err(|e| store_err(C, "delete", e))?;
     Ok(())
 }

@@ -160,13 +160,24 @@ async fn a_feed_event_fences_off_a_fill_that_began_before_it() {
     ));
 }
 
-#[tokio::test]
-async fn losing_or_regaining_the_feed_flushes_the_cache() {
+/// A manager over a store with a feed this test drives by hand, plus a second manager over
+/// the same records whose changes the feed does not report (a lost notification).
+fn fed(
+    fallback: StdDuration,
+) -> (
+    PausingStore,
+    KeyManager<PausingStore>,
+    Arc<dyn ChangeListener>,
+) {
     let store = PausingStore {
         feed: true,
         ..Default::default()
     };
-    let s = setup_with(store.clone(), Policy::default());
+    let m = KeyManager::builder(store.clone(), keyring())
+        .cache_ttl(StdDuration::from_secs(3600))
+        .cache_fallback_ttl(fallback)
+        .build()
+        .unwrap();
     let listener = store
         .listener
         .lock()
@@ -175,22 +186,82 @@ async fn losing_or_regaining_the_feed_flushes_the_cache() {
         .unwrap()
         .upgrade()
         .unwrap();
+    (store, m, listener)
+}
+
+async fn is_revoked(m: &KeyManager<PausingStore>, key: &str) -> bool {
+    matches!(m.verify(key, &Scope::Prometheus).await, Err(Error::Revoked))
+}
+
+#[tokio::test]
+async fn losing_the_feed_keeps_warm_entries_until_the_drop_plus_the_fallback_ttl() {
+    let fallback = StdDuration::from_millis(300);
+    let (store, m, listener) = fed(fallback);
+    let other = KeyManager::builder(store.inner.clone(), keyring())
+        .build()
+        .unwrap();
     listener.connected();
-    let (key, _) = s.manager.generate(&alice(), prom()).await.unwrap();
-    s.manager
-        .verify(key.expose_secret(), &Scope::Prometheus)
+    let (key, info) = other.generate(&alice(), prom()).await.unwrap();
+    m.verify(key.expose_secret(), &Scope::Prometheus)
         .await
         .unwrap();
-    assert_eq!(s.manager.cached_records(), 1);
+    // Past the fallback TTL while the feed is live: still served (the long TTL applies).
+    tokio::time::sleep(fallback + StdDuration::from_millis(100)).await;
+    other.revoke(&alice(), &info.id).await.unwrap();
     listener.disconnected();
-    assert_eq!(s.manager.cached_records(), 0);
-    s.manager
-        .verify(key.expose_secret(), &Scope::Prometheus)
+    // Not flushed: the warm entry is as fresh as the drop ...
+    assert_eq!(m.cached_records(), 1);
+    m.verify(key.expose_secret(), &Scope::Prometheus)
         .await
         .unwrap();
-    assert_eq!(s.manager.cached_records(), 1);
+    // ... and is served no later than the drop + the fallback TTL.
+    tokio::time::sleep(fallback + StdDuration::from_millis(100)).await;
+    assert!(is_revoked(&m, key.expose_secret()).await);
+}
+
+#[tokio::test]
+async fn a_reconnect_leaves_older_entries_only_their_fallback_ttl() {
+    let fallback = StdDuration::from_millis(300);
+    let (store, m, listener) = fed(fallback);
+    let other = KeyManager::builder(store.inner.clone(), keyring())
+        .build()
+        .unwrap();
     listener.connected();
-    assert_eq!(s.manager.cached_records(), 0);
+    let (key, info) = other.generate(&alice(), prom()).await.unwrap();
+    m.verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    other.revoke(&alice(), &info.id).await.unwrap();
+    // A quick drop and reconnect: the change in between may have been missed.
+    listener.disconnected();
+    listener.connected();
+    tokio::time::sleep(fallback + StdDuration::from_millis(100)).await;
+    assert!(is_revoked(&m, key.expose_secret()).await);
+}
+
+#[tokio::test]
+async fn a_feed_that_proves_itself_is_trusted_only_until_its_last_proof_plus_the_fallback_ttl() {
+    let fallback = StdDuration::from_millis(300);
+    let (store, m, listener) = fed(fallback);
+    let other = KeyManager::builder(store.inner.clone(), keyring())
+        .build()
+        .unwrap();
+    listener.proven(std::time::Instant::now());
+    listener.connected();
+    let (key, info) = other.generate(&alice(), prom()).await.unwrap();
+    m.verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    // Proofs keep coming: the entry outlives its fallback TTL.
+    for _ in 0..4 {
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+        listener.proven(std::time::Instant::now());
+    }
+    other.revoke(&alice(), &info.id).await.unwrap();
+    assert!(!is_revoked(&m, key.expose_secret()).await);
+    // The feed hangs (no proof, no drop reported): trust lapses at the last proof + fallback.
+    tokio::time::sleep(fallback + StdDuration::from_millis(100)).await;
+    assert!(is_revoked(&m, key.expose_secret()).await);
 }
 
 #[tokio::test]

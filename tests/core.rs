@@ -130,10 +130,28 @@ async fn each_policy_refusal_says_what_is_allowed() {
     policy_message(m.generate(&a, prom("x").expiry(Expiry::At(start()))).await);
 
     // Names.
-    for bad in ["", "   ", "tab\there", "nul\0", &"n".repeat(129)] {
+    for bad in ["", "tab\there", "nul\0", &"n".repeat(129)] {
         let msg = policy_message(m.generate(&a, prom(bad)).await);
         assert!(msg.contains("128"), "{msg}");
     }
+    // Names a person cannot read: blank, only zero-width characters, or with bidirectional
+    // controls that make `abc\u{202e}txt.exe` display as `abcexe.txt`.
+    for blank in [
+        "   ",
+        "\u{200b}\u{200b}",
+        "\u{feff}\u{2060} \u{200d}",
+        "\u{3164}",
+    ] {
+        let msg = policy_message(m.generate(&a, prom(blank)).await);
+        assert!(msg.contains("visible"), "{msg}");
+    }
+    for bidi in ["abc\u{202e}txt.exe", "\u{2066}x", "a\u{202a}b", "\u{2069}z"] {
+        let msg = policy_message(m.generate(&a, prom(bidi)).await);
+        assert!(msg.contains("bidirectional"), "{msg}");
+    }
+    m.generate(&a, prom("prometheus \u{1F525} ключ"))
+        .await
+        .unwrap();
     m.generate(&a, prom(&"é".repeat(128))).await.unwrap();
 
     // Scopes.
@@ -940,4 +958,22 @@ async fn a_revision_at_the_i64_limit_is_refused_not_wrapped() {
         s.manager.revoke(&alice(), &info.id).await,
         Err(Error::Integrity)
     ));
+}
+
+#[test]
+fn a_policy_without_a_fitting_default_says_how_to_fix_it() {
+    let err = KeyManager::builder(MemoryStore::new(), keyring())
+        .policy(Policy::default().allowed_days(&[7, 14]))
+        .build()
+        .expect_err("a default of 90 days is not among 7 and 14");
+    let Error::Policy(msg) = err else {
+        panic!("expected Error::Policy, got {err:?}")
+    };
+    assert!(msg.contains("default_days"), "{msg}");
+    assert!(msg.contains("[7, 14]"), "{msg}");
+    // Following the message fixes it.
+    KeyManager::builder(MemoryStore::new(), keyring())
+        .policy(Policy::default().allowed_days(&[7, 14]).default_days(14))
+        .build()
+        .unwrap();
 }

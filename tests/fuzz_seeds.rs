@@ -58,7 +58,17 @@ fn genuine_seed_verifies_and_every_tampering_fails_closed() {
         Box::new(|r| r.sealed.iv[0] ^= 1),
         Box::new(|r| r.sealed.ciphertext[31] ^= 1),
         Box::new(|r| r.sealed.tag[15] ^= 1),
-        Box::new(|r| r.format = 2),
+        Box::new(|r| r.format = 1),
+        Box::new(|r| r.format = 3),
+        // The key class: a `sak` record relabelled for another manager's prefix.
+        Box::new(|r| r.class = "sap".into()),
+        Box::new(|r| r.class = String::new()),
+        Box::new(|r| r.owner = Some("other".into())),
+        Box::new(|r| {
+            r.meta.insert("plan".into(), "enterprise".into());
+        }),
+        Box::new(|r| r.credits = Some(api_keys::Credits::new(1_000_000))),
+        Box::new(|r| r.sealed.details_tag[0] ^= 1),
     ];
     for (i, tamper) in tampered.iter().enumerate() {
         let mut r = genuine.clone();

@@ -300,6 +300,9 @@ async fn last_use_is_recorded_and_throttled_to_once_a_minute() {
     let (key, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
     assert_eq!(info.last_used_at, None);
     works(&s.manager, key.expose_secret()).await.unwrap();
+    // Uses are buffered off the verify path and written in batches.
+    assert_eq!(s.manager.pending_last_uses(), 1);
+    s.manager.flush_last_use().await.unwrap();
     assert_eq!(store.touches.load(Ordering::SeqCst), 1);
     assert_eq!(
         s.manager
@@ -313,6 +316,7 @@ async fn last_use_is_recorded_and_throttled_to_once_a_minute() {
         s.clock.advance(Duration::seconds(5));
         works(&s.manager, key.expose_secret()).await.unwrap();
     }
+    s.manager.flush_last_use().await.unwrap();
     assert_eq!(
         store.touches.load(Ordering::SeqCst),
         1,
@@ -320,6 +324,7 @@ async fn last_use_is_recorded_and_throttled_to_once_a_minute() {
     );
     s.clock.advance(Duration::seconds(10));
     works(&s.manager, key.expose_secret()).await.unwrap();
+    s.manager.flush_last_use().await.unwrap();
     assert_eq!(store.touches.load(Ordering::SeqCst), 2);
     assert_eq!(
         s.manager
@@ -337,6 +342,7 @@ async fn last_use_is_recorded_and_throttled_to_once_a_minute() {
             .await
             .is_err()
     );
+    s.manager.flush_last_use().await.unwrap();
     assert_eq!(store.touches.load(Ordering::SeqCst), 2);
 }
 
@@ -347,6 +353,7 @@ async fn a_failing_touch_never_fails_verify() {
     let s = setup_with(store.clone(), Policy::default());
     let (key, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
     works(&s.manager, key.expose_secret()).await.unwrap();
+    assert!(s.manager.flush_last_use().await.is_err());
     assert_eq!(store.touches.load(Ordering::SeqCst), 1);
     assert_eq!(
         s.manager
@@ -711,4 +718,148 @@ async fn rewrap_on_a_lagging_node_never_moves_newer_records_down() {
     assert_eq!((report.rewrapped, report.newer, report.failed), (0, 1, 0));
     assert_eq!(store.get(&info.id).await.unwrap().unwrap().key_version(), 2);
     works(&lagging, key.expose_secret()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_is_rolled_once_and_rolls_cannot_bypass_max_active_keys() {
+    let s = setup_with(MemoryStore::new(), Policy::default().max_active_keys(3));
+    let (_, first) = s.manager.generate(&alice(), prom("a")).await.unwrap();
+    // Rolling the same still-active key again is refused, naming its replacement.
+    let (_, second) = s
+        .manager
+        .roll(&alice(), &first.id, Duration::hours(1))
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        match s
+            .manager
+            .roll(&alice(), &first.id, Duration::hours(1))
+            .await
+        {
+            Err(Error::Policy(m)) => assert!(m.contains(&second.id.to_string()), "{m}"),
+            other => panic!("expected Error::Policy, got {other:?}"),
+        }
+    }
+    // Rolling along the chain inside the overlaps: the limit holds (3 + the one roll slot).
+    let mut last = second.id;
+    let mut rolls = 1;
+    while let Ok((_, next)) = s.manager.roll(&alice(), &last, Duration::hours(1)).await {
+        last = next.id;
+        rolls += 1;
+        assert!(rolls < 10, "rolls never stopped");
+    }
+    let working = s
+        .manager
+        .list(&alice())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.status == KeyStatus::Active)
+        .count();
+    assert!(working <= 3 + 1, "{working} keys work at once");
+    // Once the overlaps are over, only the last key works and rolling works again.
+    s.clock.advance(Duration::hours(2));
+    s.manager
+        .roll(&alice(), &last, Duration::hours(1))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_roll_whose_reply_is_lost_keeps_the_replacement() {
+    let store = CountingStore::default();
+    let s = setup_with(store.clone(), Policy::default());
+    let (old, info) = s.manager.generate(&alice(), prom("a")).await.unwrap();
+    // The update that shortens the old key commits, but its reply is lost.
+    store
+        .lose_update_reply
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (new, new_info) = s
+        .manager
+        .roll(&alice(), &info.id, Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(new_info.replaces, Some(info.id));
+    let old_now = s.manager.get(&alice(), &info.id).await.unwrap();
+    assert_eq!(old_now.replaced_by, Some(new_info.id));
+    assert_eq!(old_now.expires_at, Some(start() + Duration::hours(1)));
+    works(&s.manager, new.expose_secret()).await.unwrap();
+    works(&s.manager, old.expose_secret()).await.unwrap();
+    s.clock.advance(Duration::hours(1));
+    works(&s.manager, new.expose_secret()).await.unwrap();
+    assert!(works(&s.manager, old.expose_secret()).await.is_err());
+}
+
+#[tokio::test]
+async fn a_roll_whose_update_really_failed_removes_the_replacement() {
+    // A store whose update fails before committing: the old key keeps its expiry and the
+    // replacement is deleted again.
+    #[derive(Clone, Default)]
+    struct FailingUpdate(MemoryStore);
+    impl KeyStore for FailingUpdate {
+        async fn insert(&self, r: KeyRecord) -> Result<(), StoreError> {
+            self.0.insert(r).await
+        }
+        async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+            self.0.get(id).await
+        }
+        async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
+            self.0.list(org).await
+        }
+        async fn update(&self, _: KeyRecord, _: u64) -> Result<(), StoreError> {
+            Err(StoreError::backend(std::io::Error::other("disk full")))
+        }
+        async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
+            self.0.delete(id).await
+        }
+        async fn scan(&self, a: Option<&KeyId>, l: usize) -> Result<Vec<KeyRecord>, StoreError> {
+            self.0.scan(a, l).await
+        }
+        async fn touch(
+            &self,
+            id: &KeyId,
+            at: api_keys::time::OffsetDateTime,
+        ) -> Result<(), StoreError> {
+            self.0.touch(id, at).await
+        }
+    }
+    let s = setup_with(FailingUpdate::default(), Policy::default());
+    let (_, info) = s.manager.generate(&alice(), prom("a")).await.unwrap();
+    assert!(matches!(
+        s.manager.roll(&alice(), &info.id, Duration::hours(1)).await,
+        Err(Error::Store(_))
+    ));
+    let keys = s.manager.list(&alice()).await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].expires_at, info.expires_at);
+    assert_eq!(keys[0].replaced_by, None);
+}
+
+#[tokio::test]
+async fn buffered_last_uses_are_written_without_being_asked() {
+    let store = CountingStore::default();
+    let m = KeyManager::builder(store.clone(), keyring())
+        .last_use_flush_interval(std::time::Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let (key, info) = m.generate(&alice(), prom("k")).await.unwrap();
+    works(&m, key.expose_secret()).await.unwrap();
+    // Bounded wait: the background flush (or, without a runtime feature, the verify itself)
+    // writes it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.touches.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the use was never written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        m.get(&alice(), &info.id)
+            .await
+            .unwrap()
+            .last_used_at
+            .is_some()
+    );
+    assert_eq!(m.pending_last_uses(), 0);
 }

@@ -4,6 +4,7 @@
 //! Reads `DATABASE_URL`. Without it each test says why it is skipped and passes, unless
 //! `API_KEYS_REQUIRE_POSTGRES=1` (as in CI), where a missing URL fails.
 
+mod common;
 mod store_support;
 
 use std::net::SocketAddr;
@@ -165,7 +166,7 @@ async fn wait_for_backends(
 }
 
 async fn connect(cfg: &tokio_postgres::Config, app: &str) -> PostgresStore {
-    PostgresStore::connect(&conninfo(cfg, app, None, None))
+    PostgresStore::connect_and_migrate(&conninfo(cfg, app, None, None))
         .await
         .unwrap()
 }
@@ -311,7 +312,7 @@ async fn testkit_conforms() {
     };
     let store = connect(&cfg, &app("testkit")).await;
     api_keys::testkit::run(&store).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 1);
+    assert_eq!(store.schema_version().await.unwrap(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,6 +369,116 @@ async fn a_revoke_on_one_node_is_refused_on_another_within_a_second() {
         "postgres: revoke on node A took {revoke_took:?}; node B refused the key {seen:?} after the revoke returned"
     ));
     assert!(seen < Duration::from_secs(1), "took {seen:?}");
+}
+
+/// Polls `verify` until it gives the wanted outcome, at most `limit`.
+async fn until_verify<S: KeyStore + 'static>(
+    node: &KeyManager<S>,
+    key: &str,
+    limit: Duration,
+    want: impl Fn(&Result<api_keys::Verified, Error>) -> bool,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() <= limit {
+        if want(&node.verify(key, &Scope::Prometheus).await) {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+/// Rows changed with plain SQL (a host's own statement, a restore) reach every node's cache
+/// through the table's trigger, not only changes this crate makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_sql_changes_reach_every_node_within_a_second() {
+    let Some(cfg) = database_url("plain_sql_changes_reach_every_node_within_a_second") else {
+        return;
+    };
+    let org = org();
+    let actor = manager_of(&org);
+    let node_a = KeyManager::builder(connect(&cfg, &app("sql-a")).await, keyring())
+        .build()
+        .unwrap();
+    // Node B would cache for a minute, and 10 s without a feed.
+    let b_store = Arc::new(Observed::new(connect(&cfg, &app("sql-b")).await));
+    let node_b = KeyManager::builder(b_store.clone(), keyring())
+        .cache_ttl(Duration::from_secs(60))
+        .cache_fallback_ttl(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        b_store.feed.count(&FeedEvent::Connected) == 1
+    })
+    .await
+    .expect("node B's change feed never connected");
+    let admin = admin(&cfg, None).await;
+    let make = |name: &'static str| {
+        node_a.generate(&actor, GenerateRequest::new(name).scope(Scope::Prometheus))
+    };
+    let (deleted, deleted_info) = make("deleted").await.unwrap();
+    let (restored, restored_info) = make("restored").await.unwrap();
+    for k in [&deleted, &restored] {
+        node_b
+            .verify(k.expose_secret(), &Scope::Prometheus)
+            .await
+            .unwrap();
+    }
+
+    // An external DELETE.
+    admin
+        .execute(
+            "DELETE FROM api_keys WHERE id = $1",
+            &[&deleted_info.id.to_string()],
+        )
+        .await
+        .unwrap();
+    let seen_delete = until_verify(
+        &node_b,
+        deleted.expose_secret(),
+        Duration::from_secs(1),
+        |r| matches!(r, Err(Error::InvalidKey)),
+    )
+    .await
+    .expect("node B still accepted a key deleted with plain SQL after 1 s");
+
+    // An external UPDATE: a restore of the row as it was before a revoke.
+    let id = restored_info.id.to_string();
+    let before = admin
+        .query_one(
+            "SELECT revision, record::text FROM api_keys WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (revision, record): (i64, String) = (before.get(0), before.get(1));
+    node_a.revoke(&actor, &restored_info.id).await.unwrap();
+    until_verify(
+        &node_b,
+        restored.expose_secret(),
+        Duration::from_secs(1),
+        |r| matches!(r, Err(Error::Revoked)),
+    )
+    .await
+    .expect("node B never saw the revoke");
+    admin
+        .execute(
+            "UPDATE api_keys SET revision = $2, record = $3::text::jsonb WHERE id = $1",
+            &[&id, &revision, &record],
+        )
+        .await
+        .unwrap();
+    let seen_update = until_verify(
+        &node_b,
+        restored.expose_secret(),
+        Duration::from_secs(1),
+        Result::is_ok,
+    )
+    .await
+    .expect("node B still refused a key restored with plain SQL after 1 s");
+    report(&format!(
+        "postgres plain SQL: a DELETE was seen by another node after {seen_delete:?}, an UPDATE after {seen_update:?}"
+    ));
 }
 
 #[tokio::test]
@@ -483,7 +594,7 @@ async fn feed_loss_falls_back_to_the_short_ttl_and_reconnects() {
     let proxy = Proxy::start(tcp_target(&cfg)).await;
     let b_name = app("loss-b");
     let b_store = Arc::new(Observed::new(
-        PostgresStore::connect(&conninfo(&cfg, &b_name, Some(proxy.addr), None))
+        PostgresStore::connect_and_migrate(&conninfo(&cfg, &b_name, Some(proxy.addr), None))
             .await
             .unwrap(),
     ));
@@ -600,9 +711,10 @@ async fn a_silently_dead_feed_is_noticed_by_its_heartbeat() {
         return;
     };
     let proxy = Proxy::start(tcp_target(&cfg)).await;
-    let store = PostgresStore::connect(&conninfo(&cfg, &app("silent"), Some(proxy.addr), None))
-        .await
-        .unwrap();
+    let store =
+        PostgresStore::connect_and_migrate(&conninfo(&cfg, &app("silent"), Some(proxy.addr), None))
+            .await
+            .unwrap();
     let (spy, log) = Spy::recorder();
     let listener: Arc<dyn ChangeListener> = spy;
     store.changes(Arc::downgrade(&listener));
@@ -636,9 +748,14 @@ async fn connection_loss_is_reported_then_recovered_on_the_next_call() {
         return;
     };
     let proxy = Proxy::start(tcp_target(&cfg)).await;
-    let store = PostgresStore::connect(&conninfo(&cfg, &app("conn-loss"), Some(proxy.addr), None))
-        .await
-        .unwrap();
+    let store = PostgresStore::connect_and_migrate(&conninfo(
+        &cfg,
+        &app("conn-loss"),
+        Some(proxy.addr),
+        None,
+    ))
+    .await
+    .unwrap();
     let rec = api_keys::testkit::sample_record(random_id(), &org());
     store.insert(rec.clone()).await.unwrap();
     assert_eq!(store.get(&rec.id).await.unwrap().as_ref(), Some(&rec));
@@ -683,7 +800,9 @@ async fn bad_urls_are_clear_errors() {
         "host=localhost password=hunter2 sslmode=sometimes",
         "this is not a connection string at all",
     ] {
-        let e = PostgresStore::connect(url).await.expect_err(url);
+        let e = PostgresStore::connect_and_migrate(url)
+            .await
+            .expect_err(url);
         assert_eq!(pg_error(&e).kind(), PostgresErrorKind::InvalidUrl, "{url}");
         let text = chain(&e);
         assert!(text.contains("invalid PostgreSQL connection URL"), "{text}");
@@ -696,7 +815,7 @@ async fn bad_urls_are_clear_errors() {
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let e = PostgresStore::connect(&format!(
+    let e = PostgresStore::connect_and_migrate(&format!(
         "postgres://postgres:hunter2@127.0.0.1:{port}/x?connect_timeout=5"
     ))
     .await
@@ -704,7 +823,7 @@ async fn bad_urls_are_clear_errors() {
     assert_eq!(pg_error(&e).kind(), PostgresErrorKind::Connect);
     assert!(!chain(&e).contains("hunter2"));
     // A real server, a database that does not exist.
-    let e = PostgresStore::connect(&conninfo(
+    let e = PostgresStore::connect_and_migrate(&conninfo(
         &cfg,
         &app("bad-db"),
         None,
@@ -734,26 +853,26 @@ async fn fresh_database_concurrent_migration_and_newer_schema() {
     let nodes: Vec<_> = (0..4)
         .map(|_| {
             let url = url.clone();
-            tokio::spawn(async move { PostgresStore::connect(&url).await })
+            tokio::spawn(async move { PostgresStore::connect_and_migrate(&url).await })
         })
         .collect();
     for n in nodes {
         let store = n.await.unwrap().unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 1);
+        assert_eq!(store.schema_version().await.unwrap(), 2);
     }
     let in_db = admin_db(&cfg, &db).await;
     in_db
         .batch_execute("UPDATE api_keys_schema SET version = 9")
         .await
         .unwrap();
-    let e = PostgresStore::connect(&url)
+    let e = PostgresStore::connect_and_migrate(&url)
         .await
         .expect_err("a newer schema was accepted");
     assert_eq!(
         pg_error(&e).kind(),
         PostgresErrorKind::NewerSchema {
             found: 9,
-            supported: 1
+            supported: 2
         }
     );
     assert!(chain(&e).contains("upgrade api-keys"));
@@ -823,4 +942,365 @@ async fn a_lookup_racing_a_remote_revoke_does_not_cache_the_old_record() {
         node_b.verify(key.expose_secret(), &Scope::Prometheus).await,
         Err(Error::Revoked)
     ));
+}
+
+/// Hardening: a `sak` and a `sap` manager over one PostgreSQL table never accept each other's
+/// keys, not even a `sak` token re-prefixed as `sap_` with its public checksum recomputed.
+#[tokio::test]
+async fn two_key_classes_in_one_table_never_accept_each_other() {
+    let Some(cfg) = database_url("two_key_classes_in_one_table_never_accept_each_other") else {
+        return;
+    };
+    let sak = KeyManager::builder(connect(&cfg, &app("sak")).await, keyring())
+        .prefix("sak")
+        .build()
+        .unwrap();
+    let sap = KeyManager::builder(connect(&cfg, &app("sap")).await, keyring())
+        .prefix("sap")
+        .build()
+        .unwrap();
+    let org = org();
+    let a = manager_of(&org);
+    let (key, info) = sak
+        .generate(&a, GenerateRequest::new("system").scope(Scope::Scim))
+        .await
+        .unwrap();
+    let (_, pool) = sap
+        .generate(&a, GenerateRequest::new("pool").scope(Scope::Scim))
+        .await
+        .unwrap();
+    let t = key.expose_secret();
+    let moved = common::fix_checksum(&format!("sap_{}", &t[4..t.len() - 6]));
+    assert!(matches!(
+        sap.verify(&moved, &Scope::Scim).await,
+        Err(Error::Integrity)
+    ));
+    let ids: Vec<KeyId> = sap.list(&a).await.unwrap().iter().map(|k| k.id).collect();
+    assert_eq!(ids, vec![pool.id]);
+    assert!(matches!(
+        sap.delete(&a, &info.id).await,
+        Err(Error::NotFound)
+    ));
+    sak.verify(t, &Scope::Scim).await.unwrap();
+}
+
+/// Hardening: a row damaged with plain SQL fails closed and is reported, but `list`,
+/// `generate` and its own `delete` keep working, and the test kit's duty holds.
+#[tokio::test]
+async fn one_bad_row_never_blocks_an_organization() {
+    let Some(cfg) = database_url("one_bad_row_never_blocks_an_organization") else {
+        return;
+    };
+    let store = connect(&cfg, &app("damaged")).await;
+    let sql = admin(&cfg, None).await;
+    let damage = |id: KeyId| {
+        let sql = &sql;
+        async move {
+            sql.execute(
+                "UPDATE api_keys SET revision = revision + 7 WHERE id = $1",
+                &[&id.to_string()],
+            )
+            .await
+            .unwrap();
+        }
+    };
+    api_keys::testkit::damaged_rows_stay_deletable(&store, damage)
+        .await
+        .unwrap();
+    let m = KeyManager::builder(store, keyring()).build().unwrap();
+    let org = org();
+    let a = manager_of(&org);
+    let prom = || GenerateRequest::new("k").scope(Scope::Prometheus);
+    let (bad_key, bad) = m.generate(&a, prom()).await.unwrap();
+    let (_, good) = m.generate(&a, prom()).await.unwrap();
+    damage(bad.id).await;
+    let cold = KeyManager::builder(connect(&cfg, &app("damaged2")).await, keyring())
+        .build()
+        .unwrap();
+    assert!(matches!(
+        cold.verify(bad_key.expose_secret(), &Scope::Prometheus)
+            .await,
+        Err(Error::Integrity)
+    ));
+    let ids: Vec<KeyId> = cold.list(&a).await.unwrap().iter().map(|k| k.id).collect();
+    assert_eq!(ids, vec![good.id]);
+    cold.generate(&a, prom()).await.unwrap();
+    cold.delete(&a, &bad.id).await.unwrap();
+    assert!(cold.store().get(&bad.id).await.unwrap().is_none());
+}
+
+/// Last use never holds up a verify: with writes to the table blocked
+/// (`LOCK TABLE ... IN EXCLUSIVE MODE` from another connection, reads still allowed),
+/// verifies of never-used keys complete and none fails, although the batched last-use
+/// write is stuck; the uses are written once the lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifies_do_not_wait_on_last_use_while_writes_are_blocked() {
+    let Some(cfg) = database_url("verifies_do_not_wait_on_last_use_while_writes_are_blocked")
+    else {
+        return;
+    };
+    let org = org();
+    let actor = manager_of(&org);
+    let node = KeyManager::builder(connect(&cfg, &app("locked")).await, keyring())
+        .last_use_flush_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let mut keys = Vec::new();
+    for i in 0..12 {
+        let (k, info) = node
+            .generate(
+                &actor,
+                GenerateRequest::new(format!("k{i}")).scope(Scope::Prometheus),
+            )
+            .await
+            .unwrap();
+        keys.push((k, info.id));
+    }
+    let mut locker = admin(&cfg, None).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE api_keys IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for (k, _) in &keys {
+        // Before, an unused key's verify waited on its last-use write for as long as the
+        // lock was held, and stuck writes then starved the pool.
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            node.verify(k.expose_secret(), &Scope::Prometheus),
+        )
+        .await
+        .expect("a verify waited on the blocked last-use write");
+        r.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed();
+    let id0 = keys[0].1.to_string();
+    let before: Option<i64> = admin(&cfg, None)
+        .await
+        .query_one("SELECT last_used_at FROM api_keys WHERE id = $1", &[&id0])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(before, None, "the write went through despite the lock");
+    tx.rollback().await.unwrap();
+    let check = admin(&cfg, None).await;
+    let ids: Vec<String> = keys.iter().map(|(_, id)| id.to_string()).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: i64 = check
+            .query_one(
+                "SELECT count(*) FROM api_keys WHERE id = ANY($1) AND last_used_at IS NOT NULL",
+                &[&ids],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == ids.len() as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "last uses never reached the table"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    report(&format!(
+        "postgres writes blocked by LOCK TABLE: {} verifies of unused keys took {took:?} in all (with 50 ms pauses), none failed",
+        keys.len()
+    ));
+}
+
+/// `connect` only checks the schema; `migrate` is its own step; a role with nothing but
+/// SELECT/INSERT/UPDATE/DELETE on the tables (and SELECT on the version table) then runs
+/// everything: the conformance suite, the change feed, a manager.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_least_privilege_role_connects_after_migrate_ran_as_the_owner() {
+    let Some(cfg) = database_url("a_least_privilege_role_connects_after_migrate_ran_as_the_owner")
+    else {
+        return;
+    };
+    let admin = admin(&cfg, None).await;
+    let tag = format!("{:016x}", random_u64());
+    let db = format!("api_keys_lp_{tag}");
+    let role = format!("api_keys_app_{tag}");
+    for sql in [
+        format!("CREATE DATABASE {db}"),
+        format!("CREATE ROLE {role} LOGIN PASSWORD 'app-secret'"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+    let owner_url = conninfo(&cfg, &app("owner"), None, Some(&db));
+    let mut app_cfg = cfg.clone();
+    app_cfg.user(&role).password("app-secret");
+    let app_url = conninfo(&app_cfg, &app("least"), None, Some(&db));
+
+    // Before migrate: connect refuses, changing nothing.
+    let e = PostgresStore::connect(&owner_url)
+        .await
+        .expect_err("connect accepted a database without the schema");
+    assert_eq!(
+        pg_error(&e).kind(),
+        PostgresErrorKind::SchemaOutdated {
+            found: 0,
+            required: 2
+        }
+    );
+    assert!(
+        chain(&e).contains("run PostgresStore::migrate"),
+        "{}",
+        chain(&e)
+    );
+    let in_db = admin_db(&cfg, &db).await;
+    let tables: i64 = in_db
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'api_keys%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "connect created tables");
+    // The least-privilege role cannot migrate.
+    assert!(PostgresStore::migrate(&app_url).await.is_err());
+
+    PostgresStore::migrate(&owner_url).await.unwrap();
+    in_db
+        .batch_execute(&format!(
+            "GRANT CONNECT ON DATABASE {db} TO {role};
+             GRANT USAGE ON SCHEMA public TO {role};
+             GRANT SELECT ON api_keys_schema TO {role};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON api_keys TO {role};"
+        ))
+        .await
+        .unwrap();
+    let store = PostgresStore::connect(&app_url).await.unwrap();
+    api_keys::testkit::run(&store).await.unwrap();
+    // Migrating a current schema changes nothing, so the role may call it too.
+    PostgresStore::connect_and_migrate(&app_url).await.unwrap();
+    let feed_store = Arc::new(Observed::new(store.clone()));
+    let m = KeyManager::builder(feed_store.clone(), keyring())
+        .build()
+        .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        feed_store.feed.count(&FeedEvent::Connected) == 1
+    })
+    .await
+    .expect("the least-privilege role's change feed never connected");
+    let org = org();
+    let (key, _) = m
+        .generate(
+            &manager_of(&org),
+            GenerateRequest::new("k").scope(Scope::Prometheus),
+        )
+        .await
+        .unwrap();
+    m.verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    drop((m, feed_store, store, in_db));
+    for sql in [
+        format!("DROP DATABASE {db} WITH (FORCE)"),
+        format!("DROP ROLE {role}"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+}
+
+/// A pool wait and a statement timeout are each their own error kind, not "cannot connect".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_and_statement_timeouts_are_their_own_error_kinds() {
+    let Some(cfg) = database_url("pool_and_statement_timeouts_are_their_own_error_kinds") else {
+        return;
+    };
+    let name = app("timeouts");
+    let store = PostgresStore::options()
+        .pool_size(1)
+        .statement_timeout(Duration::from_secs(2))
+        .pool_wait_timeout(Duration::from_millis(300))
+        .connect_and_migrate(&conninfo(&cfg, &name, None, None))
+        .await
+        .unwrap();
+    let org = org();
+    let mut locker = admin(&cfg, None).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // The store's only connection waits on the lock ...
+    let listing = tokio::spawn({
+        let store = store.clone();
+        let org = org.clone();
+        async move { store.list(&org).await }
+    });
+    let watcher = admin(&cfg, None).await;
+    let waiting = async {
+        loop {
+            let n: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                    &[&name],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the listing never waited on the lock");
+    // ... so another call times out waiting for the pool,
+    let e = store
+        .get(&random_id())
+        .await
+        .expect_err("a call got a connection from a full pool");
+    assert_eq!(
+        pg_error(&e).kind(),
+        PostgresErrorKind::PoolTimeout,
+        "{}",
+        chain(&e)
+    );
+    assert!(chain(&e).contains("waiting for a free PostgreSQL connection"));
+    // ... and the stuck statement is cancelled by the statement timeout.
+    let e = listing
+        .await
+        .unwrap()
+        .expect_err("the listing finished despite the lock");
+    assert_eq!(
+        pg_error(&e).kind(),
+        PostgresErrorKind::StatementTimeout,
+        "{}",
+        chain(&e)
+    );
+    tx.rollback().await.unwrap();
+    // The connection is usable again.
+    store.list(&org).await.unwrap();
+}
+
+/// A `key=value` string with an unquoted space in the password: the driver's parse error
+/// quotes the next word, so it is never passed on.
+#[tokio::test]
+async fn a_malformed_connection_string_never_echoes_the_password() {
+    let Some(cfg) = database_url("a_malformed_connection_string_never_echoes_the_password") else {
+        return;
+    };
+    let (host, port) = tcp_target(&cfg);
+    let url = format!(
+        "host={host} port={port} user=postgres password=correct Horse battery=staple dbname=x"
+    );
+    let e = PostgresStore::connect(&url)
+        .await
+        .expect_err("a malformed string was accepted");
+    assert_eq!(pg_error(&e).kind(), PostgresErrorKind::InvalidUrl);
+    let text = format!("{}\n{e:?}", chain(&e));
+    for word in ["correct", "Horse", "battery", "staple"] {
+        assert!(
+            !text.contains(word),
+            "the error echoes part of the password ({word}): {text}"
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! SqliteStore: conformance, restart, crash safety (SIGKILL), clear errors.
 
+mod common;
 mod store_support;
 
 use std::io::{BufRead, BufReader};
@@ -106,6 +107,17 @@ async fn testkit_conforms() {
     let store = SqliteStore::open(dir.path("keys.db")).unwrap();
     api_keys::testkit::run(&store).await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 1);
+    let path = dir.path("keys.db");
+    api_keys::testkit::damaged_rows_stay_deletable(&store, |id| async move {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "UPDATE api_keys SET revision = revision + 7 WHERE id = ?1",
+            [id.to_string()],
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -417,34 +429,150 @@ async fn last_use_lives_in_its_own_column() {
     );
 }
 
-/// A row whose JSON was damaged is reported as corrupt (an integrity failure), never
-/// returned.
+/// Rows damaged in the database (an index column that disagrees with the JSON, JSON that does
+/// not decode) fail closed and are reported by id, but never block `list`, `generate`,
+/// `rewrap` or their own `delete`.
 #[tokio::test]
-async fn a_damaged_row_is_an_integrity_failure() {
+async fn one_bad_row_never_blocks_an_organization_or_a_rotation() {
     let dir = TempDir::new("damaged");
     let path = dir.path("keys.db");
     let m = manager(SqliteStore::open(&path).unwrap());
-    let (key, info) = m
-        .generate(&alice(), GenerateRequest::new("k").scope(Scope::Prometheus))
-        .await
-        .unwrap();
+    let a = alice();
+    let prom = || GenerateRequest::new("k").scope(Scope::Prometheus);
+    let (bad_key, bad) = m.generate(&a, prom()).await.unwrap();
+    let (broken_key, broken) = m.generate(&a, prom()).await.unwrap();
+    let (good_key, good) = m.generate(&a, prom()).await.unwrap();
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
+        // The revision column no longer matches its JSON.
         conn.execute(
-            "UPDATE api_keys SET record = '{\"format\": 1' WHERE id = ?1",
-            [info.id.to_string()],
+            "UPDATE api_keys SET revision = revision + 1 WHERE id = ?1",
+            [bad.id.to_string()],
+        )
+        .unwrap();
+        // JSON that does not decode at all.
+        conn.execute(
+            "UPDATE api_keys SET record = '{\"format\": 2, \"secret\": \"x' WHERE id = ?1",
+            [broken.id.to_string()],
         )
         .unwrap();
     }
-    let m = manager(SqliteStore::open(&path).unwrap());
-    assert!(matches!(
-        m.store().get(&info.id).await,
-        Err(StoreError::Corrupt(_))
+    let events = Recorder::default();
+    let m = KeyManager::builder(SqliteStore::open(&path).unwrap(), keyring())
+        .audit(events.clone())
+        .build()
+        .unwrap();
+    // Both damaged keys fail closed; the good one works.
+    for key in [&bad_key, &broken_key] {
+        assert!(matches!(
+            m.verify(key.expose_secret(), &Scope::Prometheus).await,
+            Err(Error::Integrity)
+        ));
+    }
+    m.verify(good_key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    // `list` leaves them out and reports them by id; `generate` keeps working.
+    let before = events.integrity_failures();
+    let listed: Vec<KeyId> = m.list(&a).await.unwrap().iter().map(|k| k.id).collect();
+    assert_eq!(listed, vec![good.id]);
+    assert_eq!(events.integrity_failures(), before + 2);
+    let (_, fresh) = m.generate(&a, prom()).await.unwrap();
+    // `rewrap` counts them as failed and moves on to every other record.
+    let m2 = KeyManager::builder(
+        SqliteStore::open(&path).unwrap(),
+        Keyring::new(2, MasterKey::from_bytes(*b"sqlite-test-key2"))
+            .with_previous(1, MasterKey::from_bytes(MASTER)),
+    )
+    .build()
+    .unwrap();
+    let report = m2.rewrap().await.unwrap();
+    assert_eq!(report.failed, 2, "{report:?}");
+    assert_eq!(report.rewrapped, 2, "{report:?}");
+    m2.verify(good_key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    // Both can still be deleted (by their id column), and are gone.
+    for id in [bad.id, broken.id] {
+        m2.delete(&a, &id).await.unwrap();
+        assert!(m2.store().get(&id).await.unwrap().is_none());
+    }
+    let listed: Vec<KeyId> = m2.list(&a).await.unwrap().iter().map(|k| k.id).collect();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.contains(&good.id) && listed.contains(&fresh.id));
+}
+
+/// Two managers of different key classes (`sak` system keys, `sap` agent-pool keys) share one
+/// SQLite table: neither accepts, lists or acts on the other's keys — not even a `sak` token
+/// re-prefixed as `sap_` with its public checksum recomputed.
+#[tokio::test]
+async fn two_key_classes_in_one_table_never_accept_each_other() {
+    let dir = TempDir::new("classes");
+    let path = dir.path("keys.db");
+    let events = Recorder::default();
+    let sak = KeyManager::builder(SqliteStore::open(&path).unwrap(), keyring())
+        .prefix("sak")
+        .build()
+        .unwrap();
+    let sap = KeyManager::builder(SqliteStore::open(&path).unwrap(), keyring())
+        .prefix("sap")
+        .audit(events.clone())
+        .build()
+        .unwrap();
+    let a = alice();
+    let (key, info) = sak
+        .generate(&a, GenerateRequest::new("system").scope(Scope::Scim))
+        .await
+        .unwrap();
+    let (pool_key, pool) = sap
+        .generate(&a, GenerateRequest::new("pool").scope(Scope::Scim))
+        .await
+        .unwrap();
+    let moved = common::fix_checksum(&format!(
+        "sap_{}",
+        &key.expose_secret()[4..key.expose_secret().len() - 6]
     ));
     assert!(matches!(
-        m.verify(key.expose_secret(), &Scope::Prometheus).await,
+        sap.verify(&moved, &Scope::Scim).await,
         Err(Error::Integrity)
     ));
+    // Reported as an integrity failure of that key id.
+    assert!(
+        events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.key_id == Some(info.id)
+                && matches!(
+                    e.action,
+                    AuditAction::VerificationFailed(api_keys::FailureClass::Integrity)
+                ))
+    );
+    assert!(matches!(
+        sap.verify(key.expose_secret(), &Scope::Scim).await,
+        Err(Error::Malformed)
+    ));
+    sap.verify(pool_key.expose_secret(), &Scope::Scim)
+        .await
+        .unwrap();
+    // Lists show each manager its own class only; acting on the other's id is NotFound.
+    let ids = |l: Vec<api_keys::KeyInfo>| l.iter().map(|k| k.id).collect::<Vec<_>>();
+    assert_eq!(ids(sap.list(&a).await.unwrap()), vec![pool.id]);
+    assert_eq!(ids(sak.list(&a).await.unwrap()), vec![info.id]);
+    assert!(matches!(
+        sap.revoke(&a, &info.id).await,
+        Err(Error::NotFound)
+    ));
+    assert!(matches!(
+        sap.delete(&a, &info.id).await,
+        Err(Error::NotFound)
+    ));
+    assert!(matches!(sap.get(&a, &info.id).await, Err(Error::NotFound)));
+    // Each rewraps its own records and leaves the other's alone.
+    let report = sap.rewrap().await.unwrap();
+    assert_eq!(report.other_class, 1, "{report:?}");
+    sak.verify(key.expose_secret(), &Scope::Scim).await.unwrap();
 }
 
 /// Without a tokio runtime the store runs its statements inline: the future is ready at its
@@ -477,7 +605,8 @@ async fn a_lookup_racing_a_revoke_does_not_cache_the_old_record() {
         .cache_fallback_ttl(Duration::from_secs(60))
         .build()
         .unwrap();
-    let (key, info) = m
+    // Generated through another manager (another node), so that `m` has nothing cached.
+    let (key, info) = manager(SqliteStore::open(dir.path("keys.db")).unwrap())
         .generate(&alice(), GenerateRequest::new("k").scope(Scope::Prometheus))
         .await
         .unwrap();
@@ -523,4 +652,73 @@ async fn many_concurrent_verifications() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
+}
+
+/// Last use never holds up a verify: with another connection holding the write lock (as
+/// another process would), verifies of never-used keys complete well within the 5 s busy
+/// timeout their last-use write would wait, and the uses are written once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifies_do_not_wait_on_last_use_while_another_writer_holds_the_lock() {
+    let dir = TempDir::new("locked");
+    let path = dir.path("keys.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let m = KeyManager::builder(store, keyring())
+        .last_use_flush_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let mut keys = Vec::new();
+    for i in 0..6 {
+        let (k, info) = m
+            .generate(
+                &alice(),
+                GenerateRequest::new(format!("k{i}")).scope(Scope::Prometheus),
+            )
+            .await
+            .unwrap();
+        keys.push((k, info.id));
+    }
+    let locker = rusqlite::Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = Instant::now();
+    for (k, _) in &keys {
+        // Far below the busy timeout a blocked last-use write would wait.
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            m.verify(k.expose_secret(), &Scope::Prometheus),
+        )
+        .await
+        .expect("a verify waited on the write lock");
+        r.unwrap();
+        // Let a flush start and block on the lock while the next keys verify.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed();
+    locker.execute_batch("ROLLBACK").unwrap();
+    // The buffered uses reach the file after the lock is gone (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut all = true;
+        for (_, id) in &keys {
+            all &= m
+                .store()
+                .get(id)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_used_at
+                .is_some();
+        }
+        if all {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "last uses never reached the file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    report(&format!(
+        "sqlite write lock held by another connection: {} verifies of unused keys took {took:?} in all (with 50 ms pauses)",
+        keys.len()
+    ));
 }

@@ -19,6 +19,16 @@ async fn memory_store_conforms() {
     let shared = MemoryStore::new();
     testkit::run(&shared).await.unwrap();
     testkit::run(&shared).await.unwrap();
+    // A row damaged behind the store's back (here: a tampered tag) is still read and deleted.
+    let store = MemoryStore::new();
+    let damaging = store.clone();
+    testkit::damaged_rows_stay_deletable(&store, |id| async move {
+        let mut rec = damaging.get(&id).await.unwrap().unwrap();
+        rec.sealed.tag[0] ^= 1;
+        damaging.overwrite_unchecked(rec);
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

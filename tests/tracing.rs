@@ -3,29 +3,13 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use api_keys::time::Duration;
 use api_keys::{GenerateRequest, KeyManager, MemoryStore, Policy, Scope};
 use common::*;
 
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn tracing_events_name_ids_and_outcomes_but_never_secrets() {
-    let buffer = Buffer::default();
+    let buffer = LogBuffer::default();
     let writer = buffer.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())
@@ -59,7 +43,7 @@ async fn tracing_events_name_ids_and_outcomes_but_never_secrets() {
     let _ = m.verify(key2.expose_secret(), &Scope::Prometheus).await;
     m.delete(&a, &info.id).await.unwrap();
 
-    let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let out = buffer.text();
     for action in [
         "generated",
         "listed",

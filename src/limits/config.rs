@@ -250,7 +250,7 @@ mod tests {
     #[test]
     fn limits_are_checked() {
         let ok = RateLimit::new("burst", 10, StdDuration::from_secs(1));
-        assert!(check_limits(&[ok.clone()], None).is_ok());
+        assert!(check_limits(std::slice::from_ref(&ok), None).is_ok());
         assert!(check_limits(&[ok.clone(), ok.clone()], None).is_err());
         assert!(
             RateLimit::new("Burst", 10, StdDuration::from_secs(1))

@@ -39,7 +39,10 @@ pub struct KeyManagerBuilder<S> {
     audit: Arc<dyn AuditSink>,
     cache_ttl: StdDuration,
     fallback_ttl: StdDuration,
+    max_stale: StdDuration,
     cache_capacity: usize,
+    last_use_interval: StdDuration,
+    last_use_capacity: usize,
 }
 
 impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
@@ -83,6 +86,33 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
         self
     }
 
+    /// Off by default. While the store is *unreachable* (a verify's store read fails with
+    /// [`Error::Store`]), keep accepting a key this node verified from the store less than
+    /// `max` ago, instead of failing. Each such use is audited as
+    /// [`AuditAction::ServedStale`](crate::AuditAction::ServedStale). It never applies to a
+    /// key this node knows was revoked or deleted (its cache entry says revoked, or is gone),
+    /// nor to a tampered record; but a revocation made on *another* node during the outage
+    /// goes unnoticed for up to `max`. Zero (the default) turns it off.
+    pub fn serve_stale_while_store_unreachable(mut self, max: StdDuration) -> Self {
+        self.max_stale = max;
+        self
+    }
+
+    /// How often buffered last uses are written to the store, in one batch (default 10 s).
+    /// A verify never waits on that write; a crash loses at most the uses of one interval
+    /// (each key's use is recorded at most once a minute anyway).
+    pub fn last_use_flush_interval(mut self, interval: StdDuration) -> Self {
+        self.last_use_interval = interval;
+        self
+    }
+
+    /// Most keys whose last use waits in the buffer (default 10 000); uses beyond it, while
+    /// the store is slow, are dropped and logged.
+    pub fn last_use_buffer(mut self, capacity: usize) -> Self {
+        self.last_use_capacity = capacity;
+        self
+    }
+
     /// Most records kept in the cache (default 100 000). Zero disables the cache.
     pub fn cache_capacity(mut self, n: usize) -> Self {
         self.cache_capacity = n;
@@ -105,6 +135,7 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
         let cache = Arc::new(Cache::new(
             self.cache_ttl.max(self.fallback_ttl),
             self.fallback_ttl,
+            self.max_stale,
             self.cache_capacity,
         )?);
         let listener: Arc<dyn ChangeListener> = cache.clone();
@@ -118,6 +149,7 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
                 policy: self.policy,
                 audit: self.audit,
                 cache,
+                uses: uses::Uses::new(self.last_use_capacity, self.last_use_interval),
             }),
         })
     }
@@ -131,6 +163,7 @@ struct Inner<S> {
     policy: Policy,
     audit: Arc<dyn AuditSink>,
     cache: Arc<Cache>,
+    uses: uses::Uses,
 }
 
 /// Generates, verifies and manages an organization's API keys over a [`KeyStore`].
@@ -169,7 +202,10 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             audit: Arc::new(TracingAudit),
             cache_ttl: StdDuration::from_secs(30),
             fallback_ttl: StdDuration::from_secs(1),
+            max_stale: StdDuration::ZERO,
             cache_capacity: 100_000,
+            last_use_interval: StdDuration::from_secs(10),
+            last_use_capacity: 10_000,
         }
     }
 
@@ -257,7 +293,14 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// Reads a record of the actor's organization (`NotFound` for another org's).
     async fn fetch(&self, actor: Option<&Actor>, id: &KeyId) -> Result<KeyRecord, Error> {
         match self.inner.store.get(id).await? {
-            Some(rec) if actor.is_none_or(|a| rec.org == *a.org()) => Ok(rec),
+            // Another class's record (a manager of another prefix sharing the store) is not
+            // this manager's: as absent as another organization's.
+            Some(rec)
+                if actor.is_none_or(|a| rec.org == *a.org())
+                    && (rec.is_undecodable() || rec.class == self.inner.prefix) =>
+            {
+                Ok(rec)
+            }
             _ => Err(Error::NotFound),
         }
     }
@@ -360,6 +403,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
 
 mod lifecycle;
 mod manage;
+mod uses;
 mod verify;
 
 pub use lifecycle::RewrapReport;

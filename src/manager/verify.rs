@@ -43,7 +43,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             // state is boxed (it allocates anyway) so that the hot path's future stays small
             // to move.
             None => (
-                Box::pin(self.verify_cold(id, &secret)).await?,
+                Box::pin(self.verify_cold(id, &secret, presented)).await?,
                 Instant::now(),
             ),
         };
@@ -61,7 +61,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             self.verify_failed(class, Some(&facts.org), Some(id), mono);
             return Err(err);
         }
-        self.touch(&facts, now).await;
+        if self.record_use(&facts, now) {
+            self.flush_inline().await;
+        }
         Ok(Verified::new(facts))
     }
 
@@ -69,6 +71,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         &self,
         id: KeyId,
         presented: &Zeroizing<[u8; SECRET_LEN]>,
+        presented_fp: crate::cache::Fingerprint,
     ) -> Result<Arc<Facts>, Error> {
         let cache = &self.inner.cache;
         let ticket = cache.ticket(&id);
@@ -83,6 +86,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 let class = if matches!(e, Error::Integrity) {
                     FailureClass::Integrity
                 } else {
+                    if let Some(facts) = self.serve_stale(id, presented_fp) {
+                        return Ok(facts);
+                    }
                     FailureClass::Store
                 };
                 self.verify_failed(class, None, Some(id), Instant::now());
@@ -90,7 +96,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             }
         };
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
-        if let Err(e) = rec.open_into(&self.keyring(), &self.inner.prefix, id, &mut secret) {
+        if let Err(e) = rec.open_to_verify(&self.keyring(), &self.inner.prefix, id, &mut secret) {
             {
                 self.verify_failed(
                     FailureClass::Integrity,
@@ -121,6 +127,21 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         Ok(facts)
     }
 
+    /// The store is unreachable: a cached entry within the configured maximum staleness
+    /// answers, if the presented secret matches it (audited). A revoked entry is returned as
+    /// it is, so the caller refuses it.
+    fn serve_stale(&self, id: KeyId, presented: crate::cache::Fingerprint) -> Option<Arc<Facts>> {
+        let now = Instant::now();
+        let (facts, fingerprint) = self.inner.cache.get_stale(&id, now)?;
+        if !bool::from(presented[..].ct_eq(&fingerprint[..])) {
+            return None;
+        }
+        if !facts.revoked {
+            self.audit_best_effort(AuditAction::ServedStale, None, Some(&facts.org), Some(id));
+        }
+        Some(facts)
+    }
+
     /// Audits a failed verification. Its time is the clock's whole second at the monotonic
     /// reading `at` (the one the hot path already took, or a fresh one), which spares the
     /// failure path a second reading of the wall clock.
@@ -142,26 +163,6 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         };
         if let Err(e) = self.inner.audit.record(&event) {
             tracing::error!(target: "api_keys::audit", error = %e, "audit sink failed");
-        }
-    }
-
-    /// Records last use at most once a minute per key and process; a failing `touch` is
-    /// logged and never fails the verification.
-    async fn touch(&self, facts: &Facts, now: i64) {
-        let last = facts.last_touch.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < TOUCH_INTERVAL_SECS
-            || facts
-                .last_touch
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        let Ok(at) = OffsetDateTime::from_unix_timestamp(now) else {
-            return;
-        };
-        if let Err(e) = self.inner.store.touch(&facts.id, at).await {
-            tracing::warn!(target: "api_keys", key_id = %facts.id, error = %e, "could not record last use");
         }
     }
 

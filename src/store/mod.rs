@@ -22,7 +22,7 @@ pub use sqlite::{SqliteError, SqliteErrorKind, SqliteStore};
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresError, PostgresErrorKind, PostgresStore};
+pub use postgres::{PostgresError, PostgresErrorKind, PostgresOptions, PostgresStore};
 
 /// What happened to a record, as a change feed reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +56,16 @@ pub trait ChangeListener: Send + Sync {
     fn connected(&self);
     /// The feed is lost: changes may go unreported until [`ChangeListener::connected`].
     fn disconnected(&self);
+    /// The feed delivered a probe that was sent (through the database, on the feed's own
+    /// channel) at `sent`: every change committed before `sent` has been reported.
+    ///
+    /// A store whose feed may hang silently calls this regularly, and before its
+    /// [`ChangeListener::connected`] (once the first probe came back). From the first call
+    /// on, the listener trusts the feed only until the last probe's `sent` + its fallback
+    /// TTL, instead of until [`ChangeListener::disconnected`]. The default does nothing.
+    fn proven(&self, sent: std::time::Instant) {
+        let _ = sent;
+    }
 }
 
 /// Where an organization's keys live. Hosts implement it over their own database; this crate
@@ -111,6 +121,22 @@ pub trait KeyStore: Send + Sync {
         at: OffsetDateTime,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Records many uses at once (`touch` for each, with the same duties). The manager
+    /// buffers last uses and writes them with this, once per flush interval, off the verify
+    /// path. The default calls [`KeyStore::touch`] for each in turn; a store that can do it
+    /// in one statement should.
+    fn touch_many(
+        &self,
+        uses: &[(KeyId, OffsetDateTime)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            for (id, at) in uses {
+                self.touch(id, *at).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// Subscribes `listener` to the store's change feed, if the store has one. Returns `false`
     /// (the default) when it has none; the manager then relies on its cache TTL alone. A store
     /// that returns `true` calls [`ChangeListener::connected`] once its feed is live (possibly
@@ -158,6 +184,12 @@ impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).touch(id, at)
     }
+    fn touch_many(
+        &self,
+        uses: &[(KeyId, OffsetDateTime)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).touch_many(uses)
+    }
     fn changes(&self, listener: Weak<dyn ChangeListener>) -> bool {
         (**self).changes(listener)
     }
@@ -189,6 +221,10 @@ pub trait DynKeyStore: Send + Sync {
         &'a self,
         id: &'a KeyId,
         at: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn dyn_touch_many<'a>(
+        &'a self,
+        uses: &'a [(KeyId, OffsetDateTime)],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     fn dyn_changes(&self, listener: Weak<dyn ChangeListener>) -> bool;
 }
@@ -229,6 +265,12 @@ impl<S: KeyStore> DynKeyStore for S {
         at: OffsetDateTime,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(self.touch(id, at))
+    }
+    fn dyn_touch_many<'a>(
+        &'a self,
+        uses: &'a [(KeyId, OffsetDateTime)],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.touch_many(uses))
     }
     fn dyn_changes(&self, listener: Weak<dyn ChangeListener>) -> bool {
         self.changes(listener)
@@ -303,6 +345,13 @@ impl KeyStore for AnyStore {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let (s, id) = (self.0.clone(), *id);
         async move { s.dyn_touch(&id, at).await }
+    }
+    fn touch_many(
+        &self,
+        uses: &[(KeyId, OffsetDateTime)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let (s, uses) = (self.0.clone(), uses.to_vec());
+        async move { s.dyn_touch_many(&uses).await }
     }
     fn changes(&self, listener: Weak<dyn ChangeListener>) -> bool {
         self.0.dyn_changes(listener)

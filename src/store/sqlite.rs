@@ -158,6 +158,9 @@ impl std::error::Error for SqliteError {
 
 struct Inner {
     conn: Mutex<Connection>,
+    /// A second connection for last-use writes only: while another process holds the write
+    /// lock, a waiting `touch` never holds the connection that reads serve verifies.
+    touch: Mutex<Connection>,
     path: PathBuf,
 }
 
@@ -209,9 +212,11 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref();
         let conn = open_connection(path).map_err(StoreError::backend)?;
+        let touch = open_connection(path).map_err(StoreError::backend)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
+                touch: Mutex::new(touch),
                 path: path.to_path_buf(),
             }),
         })
@@ -241,9 +246,19 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection, &Path) -> Result<T, StoreError> + Send + 'static,
     {
+        self.run_on(false, f).await
+    }
+
+    /// [`SqliteStore::run`] on the main connection, or on the last-use one.
+    async fn run_on<T, F>(&self, touch: bool, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &Path) -> Result<T, StoreError> + Send + 'static,
+    {
         let inner = self.inner.clone();
         let job = move || {
-            let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            let conn = if touch { &inner.touch } else { &inner.conn };
+            let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
             f(&mut conn, &inner.path)
         };
         match tokio::runtime::Handle::try_current() {
@@ -515,16 +530,36 @@ impl KeyStore for SqliteStore {
         id: &KeyId,
         at: OffsetDateTime,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let id = id.to_string();
-        let at = at.unix_timestamp();
-        self.run(move |conn, path| {
-            conn.prepare_cached(
-                "UPDATE api_keys SET last_used_at = ?2
-                 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
-            )
-            .and_then(|mut s| s.execute(params![id, at]))
-            .map(drop)
-            .map_err(|e| backend(path, e))
+        let uses = [(*id, at)];
+        async move { self.touch_many(&uses).await }
+    }
+
+    /// One transaction on the last-use connection for the whole batch.
+    fn touch_many(
+        &self,
+        uses: &[(KeyId, OffsetDateTime)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let uses: Vec<(String, i64)> = uses
+            .iter()
+            .map(|(id, at)| (id.to_string(), at.unix_timestamp()))
+            .collect();
+        self.run_on(true, move |conn, path| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| backend(path, e))?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE api_keys SET last_used_at = ?2
+                         WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+                    )
+                    .map_err(|e| backend(path, e))?;
+                for (id, at) in &uses {
+                    stmt.execute(params![id, at])
+                        .map_err(|e| backend(path, e))?;
+                }
+            }
+            tx.commit().map_err(|e| backend(path, e))
         })
     }
 }

@@ -83,6 +83,8 @@ pub struct CountingStore {
     pub fail_touch: Arc<std::sync::atomic::AtomicBool>,
     pub touches: Arc<AtomicUsize>,
     pub lists: Arc<AtomicUsize>,
+    /// The next `update` commits, then reports a failure (a reply lost on the way back).
+    pub lose_update_reply: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CountingStore {
@@ -108,7 +110,13 @@ impl KeyStore for CountingStore {
         self.inner.list(org).await
     }
     async fn update(&self, record: KeyRecord, expected: u64) -> Result<(), StoreError> {
-        self.inner.update(record, expected).await
+        self.inner.update(record, expected).await?;
+        if self.lose_update_reply.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::backend(std::io::Error::other(
+                "connection reset after commit",
+            )));
+        }
+        Ok(())
     }
     async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
         self.inner.delete(id).await
@@ -157,4 +165,25 @@ pub fn fix_checksum(body: &str) -> String {
         v /= 62;
     }
     format!("{body}{}", std::str::from_utf8(&c).unwrap())
+}
+
+/// A `tracing` writer that keeps everything written, for tests that read the log.
+#[derive(Clone, Default)]
+pub struct LogBuffer(pub Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
 }

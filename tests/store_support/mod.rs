@@ -77,6 +77,9 @@ impl ChangeListener for Spy {
         self.forward(|t| t.disconnected());
         self.log.push(FeedEvent::Disconnected);
     }
+    fn proven(&self, sent: std::time::Instant) {
+        self.forward(|t| t.proven(sent));
+    }
 }
 
 /// Holds one `get` after it has read its row, until released.

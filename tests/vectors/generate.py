@@ -52,18 +52,28 @@ k_mac = kdf(master, b"api-keys/k_mac")
 enc = Cipher(algorithms.AES(k_enc), modes.CBC(iv)).encryptor()
 ciphertext = enc.update(secret) + enc.finalize()
 
+# The revocation details, under their own tag (bound to format, version, class and id).
+details = string("api-keys/record-details") + struct.pack(">H", 2) + struct.pack(">I", version)
+details += string(key_class) + struct.pack(">Q", key_id)
+details += b"\x00"                                 # revoked_by: None (an automation)
+details += b"\x01\x02" + string(leak_source)       # revocation: Some(Leaked { source })
+details_tag = cmac(k_mac, details)
+
+def opt8(v):
+    # optional timestamps and ids: fixed width, presence byte + 8 bytes (zero when absent)
+    return b"\x01" + struct.pack(">q", v) if v is not None else b"\x00" + bytes(8)
+
 canon = string("api-keys/record") + struct.pack(">H", 2) + struct.pack(">I", version)
 canon += string(key_class)
 canon += struct.pack(">Q", key_id) + string(org) + struct.pack(">I", len(scopes))
 for tag, val in scopes:
     canon += bytes([tag]) + (string(val) if val is not None else b"")
 canon += struct.pack(">q", created_at) + string(created_by)
-canon += b"\x01" + struct.pack(">q", expires_at)   # expires_at: Some
-canon += b"\x01" + struct.pack(">q", revoked_at)   # revoked_at: Some
-canon += b"\x00"                                   # revoked_by: None (an automation)
-canon += b"\x01\x02" + string(leak_source)         # revocation: Some(Leaked { source })
+canon += opt8(expires_at)                          # expires_at: Some
+canon += opt8(revoked_at)                          # revoked_at: Some
+canon += details_tag                               # stands for revoked_by and the reason
 canon += b"\x01" + struct.pack(">Q", replaces)     # replaces: Some
-canon += b"\x00"                                   # replaced_by: None
+canon += b"\x00" + bytes(8)                        # replaced_by: None
 canon += b"\x01" + string(owner)                   # owner: Some
 canon += struct.pack(">I", len(meta))
 for k, v in meta:
@@ -85,6 +95,7 @@ print(json.dumps({
     "scopes": ["prometheus", "billing.read"], "created_at": created_at,
     "created_by": created_by, "expires_at": expires_at, "revoked_at": revoked_at,
     "leak_source": leak_source, "owner": owner, "iv": iv.hex(), "secret": secret.hex(),
-    "k_enc": k_enc.hex(), "k_mac": k_mac.hex(), "canonical": canon.hex(),
+    "k_enc": k_enc.hex(), "k_mac": k_mac.hex(), "details": details.hex(),
+    "details_tag": details_tag.hex(), "canonical": canon.hex(),
     "ciphertext": ciphertext.hex(), "tag": tag.hex(), "token": token,
 }, indent=2))

@@ -1,0 +1,153 @@
+//! Last use, recorded off the hot path: a verify only puts the use into a bounded buffer;
+//! one batched write ([`KeyStore::touch_many`]) per flush interval takes it to the store.
+//!
+//! - A verify never waits on that write. Inside a tokio runtime (features `sqlite` or
+//!   `postgres`) the flush runs in a spawned task; without one, the verify that finds no
+//!   flush scheduled writes the buffer itself (the in-process [`MemoryStore`](crate::MemoryStore)
+//!   answers at once).
+//! - At most one flush is in flight: while the store is slow or blocked, uses accumulate
+//!   (one per key) up to the buffer's capacity; uses beyond it are dropped (counted and
+//!   logged). A failed flush is logged and its uses are lost; the key's next use after the
+//!   per-key throttle (a minute) records it again.
+//! - A crash loses at most what is buffered: the uses of the last flush interval.
+//!   [`KeyManager::flush_last_use`] writes the buffer now (e.g. at shutdown).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use super::*;
+
+pub(super) struct Uses {
+    pending: Mutex<HashMap<KeyId, i64>>,
+    capacity: usize,
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+    interval: StdDuration,
+    /// A flush is scheduled or running.
+    scheduled: AtomicBool,
+    dropped: AtomicU64,
+}
+
+impl Uses {
+    pub(super) fn new(capacity: usize, interval: StdDuration) -> Self {
+        Uses {
+            pending: Mutex::new(HashMap::new()),
+            capacity,
+            interval,
+            scheduled: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<KeyId, i64>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take(&self) -> Vec<(KeyId, OffsetDateTime)> {
+        std::mem::take(&mut *self.lock())
+            .into_iter()
+            .filter_map(|(id, at)| Some((id, OffsetDateTime::from_unix_timestamp(at).ok()?)))
+            .collect()
+    }
+}
+
+impl<S: KeyStore + 'static> KeyManager<S> {
+    /// Records a use of `facts`' key at `now` (Unix seconds): at most once a minute per key
+    /// and process, into the buffer. Returns `true` when the caller must flush inline (no
+    /// runtime to flush in the background).
+    pub(super) fn record_use(&self, facts: &Facts, now: i64) -> bool {
+        let last = facts.last_touch.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < TOUCH_INTERVAL_SECS
+            || facts
+                .last_touch
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        let uses = &self.inner.uses;
+        {
+            let mut pending = uses.lock();
+            if pending.len() >= uses.capacity && !pending.contains_key(&facts.id) {
+                drop(pending);
+                uses.dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            let at = pending.entry(facts.id).or_insert(now);
+            *at = (*at).max(now);
+        }
+        if uses.scheduled.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.schedule_flush()
+    }
+
+    /// Starts the background flush; `true` if there is no runtime to run it in.
+    fn schedule_flush(&self) -> bool {
+        #[cfg(any(feature = "sqlite", feature = "postgres"))]
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let this = self.clone();
+            rt.spawn(async move { this.flush_loop().await });
+            return false;
+        }
+        true
+    }
+
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    async fn flush_loop(self) {
+        let uses = &self.inner.uses;
+        loop {
+            tokio::time::sleep(uses.interval).await;
+            self.write_uses().await;
+            uses.scheduled.store(false, Ordering::SeqCst);
+            // A use recorded while this flush ran saw it scheduled: pick it up.
+            if uses.lock().is_empty() || uses.scheduled.swap(true, Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    /// The flush of a verify without a runtime (see [`Uses`]).
+    pub(super) async fn flush_inline(&self) {
+        self.write_uses().await;
+        self.inner.uses.scheduled.store(false, Ordering::SeqCst);
+    }
+
+    /// Writes the buffer in one batch; a failure is logged (those uses are lost).
+    async fn write_uses(&self) {
+        let uses = &self.inner.uses;
+        let dropped = uses.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(target: "api_keys", dropped, "last-use buffer full: uses were not recorded");
+        }
+        let batch = uses.take();
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.inner.store.touch_many(&batch).await {
+            tracing::warn!(target: "api_keys", error = %e, uses = batch.len(), "could not record last use");
+        }
+    }
+
+    /// Writes the buffered last uses to the store now, in one batch (e.g. at shutdown; the
+    /// background flush does it every flush interval).
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the write fails; those uses are then lost.
+    pub async fn flush_last_use(&self) -> Result<(), Error> {
+        let batch = self.inner.uses.take();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .store
+            .touch_many(&batch)
+            .await
+            .map_err(Error::from)
+    }
+
+    /// Number of uses waiting in the last-use buffer.
+    pub fn pending_last_uses(&self) -> usize {
+        self.inner.uses.lock().len()
+    }
+}

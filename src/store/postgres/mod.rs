@@ -1,0 +1,511 @@
+//! [`PostgresStore`]: keys in PostgreSQL, shared by many server nodes, with a
+//! `LISTEN/NOTIFY` change feed (feature `postgres`).
+//!
+//! Layout (schema version 2):
+//!
+//! ```sql
+//! CREATE TABLE api_keys_schema (version INTEGER NOT NULL);   -- one row
+//! CREATE TABLE api_keys (
+//!     id           TEXT COLLATE "C" PRIMARY KEY,   -- binary order
+//!     org          TEXT   NOT NULL,
+//!     revision     BIGINT NOT NULL,
+//!     expires_at   BIGINT,          -- Unix seconds, NULL = never
+//!     last_used_at BIGINT,          -- Unix seconds; authoritative (see below)
+//!     record       JSONB  NOT NULL  -- the KeyRecord, its last_used_at left null
+//! );
+//! CREATE INDEX api_keys_org ON api_keys (org);
+//! CREATE INDEX api_keys_expires_at ON api_keys (expires_at);
+//! ```
+//!
+//! Version 2 adds a trigger (see [`MIGRATIONS`]): every row inserted, deleted, or updated in
+//! any column but `last_used_at` calls
+//! `pg_notify('api_keys_changes', '<id>:<revision>:<insert|update|delete>')`, and a
+//! `TRUNCATE` sends `reset`; so the notification is sent if and only if the change commits,
+//! whoever made it: this crate, the host's own SQL, a restore or a migration.
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+
+use deadpool_postgres::Pool;
+use time::OffsetDateTime;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Row, Socket};
+
+use super::sql::{corrupt, record_json, unix};
+use super::{ChangeListener, KeyStore};
+use crate::{KeyId, KeyRecord, OrgId, StoreError};
+
+mod error;
+mod feed;
+mod options;
+
+pub use error::{PostgresError, PostgresErrorKind};
+use error::{pg, pool_err};
+use feed::{FeedConnector, run_feed};
+pub use options::PostgresOptions;
+
+/// The schema version this crate writes. A database with a higher version is refused.
+const SCHEMA_VERSION: i32 = 2;
+
+/// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    r#"
+    CREATE TABLE api_keys (
+        id           TEXT COLLATE "C" PRIMARY KEY,
+        org          TEXT   NOT NULL,
+        revision     BIGINT NOT NULL,
+        expires_at   BIGINT,
+        last_used_at BIGINT,
+        record       JSONB  NOT NULL
+    );
+    CREATE INDEX api_keys_org ON api_keys (org);
+    CREATE INDEX api_keys_expires_at ON api_keys (expires_at);
+"#,
+    r#"
+    CREATE OR REPLACE FUNCTION api_keys_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'TRUNCATE' THEN
+            PERFORM pg_notify('api_keys_changes', 'reset');
+            RETURN NULL;
+        END IF;
+        IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.id IS DISTINCT FROM NEW.id) THEN
+            PERFORM pg_notify('api_keys_changes', OLD.id || ':0:delete');
+        END IF;
+        IF TG_OP = 'INSERT' THEN
+            PERFORM pg_notify('api_keys_changes', NEW.id || ':' || NEW.revision || ':insert');
+        ELSIF TG_OP = 'UPDATE' THEN
+            PERFORM pg_notify('api_keys_changes', NEW.id || ':' || NEW.revision || ':update');
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER api_keys_notify
+        AFTER INSERT OR DELETE OR UPDATE OF id, org, revision, expires_at, record ON api_keys
+        FOR EACH ROW EXECUTE FUNCTION api_keys_notify();
+    CREATE TRIGGER api_keys_notify_truncate
+        AFTER TRUNCATE ON api_keys
+        FOR EACH STATEMENT EXECUTE FUNCTION api_keys_notify();
+"#,
+];
+
+/// Serializes concurrent migrations (any constant unlikely to collide with the host's own
+/// advisory locks: "api-keys" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6170_692d_6b65_7973;
+
+/// The notification channel of the change feed (also spelled out in the statements).
+pub(crate) const CHANNEL: &str = "api_keys_changes";
+
+const SELECT: &str = "SELECT id, org, revision, last_used_at, record::text FROM api_keys";
+
+struct Inner {
+    pool: Pool,
+    feed: FeedConnector,
+    runtime: tokio::runtime::Handle,
+}
+
+/// A [`KeyStore`] in PostgreSQL, shared by many server nodes.
+///
+/// - Connections come from a [`deadpool_postgres`] pool over `tokio-postgres`. A connection
+///   that breaks fails the call that was using it ([`StoreError::Backend`] with a
+///   [`PostgresError`] of kind [`PostgresErrorKind::ConnectionLost`], its source the driver's
+///   error) and is replaced on the next call.
+/// - The schema is created or migrated on connect (under an advisory lock, so nodes starting
+///   together do not race); a database written by a newer version of this crate is refused.
+/// - `update` is `UPDATE ... WHERE id = $1 AND revision = $2`; ids are `TEXT COLLATE "C"`.
+/// - Change feed: a trigger on the table notifies channel `api_keys_changes` of every
+///   insert, delete and update (except of `last_used_at` alone) in the same transaction,
+///   whoever made it (the host's own SQL too). [`KeyStore::changes`] starts a task on
+///   the tokio runtime that [`PostgresStore::connect`] ran on, with its own `LISTEN`
+///   connection (named `<application_name>-feed` in `pg_stat_activity`): it reports each
+///   notification, and *proves* the feed live every 200 ms by sending a `NOTIFY` with a
+///   random nonce on the same channel through that connection and waiting for it to come
+///   back ([`ChangeListener::proven`]): a manager trusts its cache beyond the fallback TTL
+///   only until the last proof's send time + its fallback TTL, so a frozen backend, a hung
+///   socket or a transaction-pooling proxy (where `LISTEN` "works" and nothing arrives)
+///   cannot let a revoked key through for longer than that. It reports
+///   [`ChangeListener::connected`] once the first probe came back and
+///   [`ChangeListener::disconnected`] when the connection drops or no probe came back for
+///   3 s, then reconnects with backoff (100 ms doubling to 5 s). It holds the listener
+///   weakly and ends, closing its connection, within about 200 ms. `touch` sends no notification (last use is not cached).
+///
+/// Cloning is cheap; clones share the pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.inner.pool.status();
+        f.debug_struct("PostgresStore")
+            .field("pool_size", &status.size)
+            .field("pool_max_size", &status.max_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects without TLS to the database at `url` (a `postgres://` URL or a `key=value`
+    /// connection string, as `tokio-postgres` parses them), with the default
+    /// [`PostgresOptions`], and checks that the schema is current. It changes nothing in the
+    /// database, so a least-privilege role may use it (README, "Choosing a store", lists the
+    /// privileges); run [`PostgresStore::migrate`] once, as the schema's owner, before.
+    /// Must run inside a tokio runtime, which will run the change feed.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] with a [`PostgresError`] source of kind
+    /// [`PostgresErrorKind::InvalidUrl`], [`PostgresErrorKind::Connect`],
+    /// [`PostgresErrorKind::SchemaOutdated`], [`PostgresErrorKind::NewerSchema`],
+    /// [`PostgresErrorKind::NoRuntime`], [`PostgresErrorKind::PoolTimeout`] or
+    /// [`PostgresErrorKind::Query`].
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        PostgresOptions::new().connect(url).await
+    }
+
+    /// Like [`PostgresStore::connect`], with a TLS connector (for example from the
+    /// `postgres-native-tls` or `tokio-postgres-rustls` crates).
+    ///
+    /// # Errors
+    /// As [`PostgresStore::connect`].
+    pub async fn connect_with_tls<T>(url: &str, tls: T) -> Result<Self, StoreError>
+    where
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+        T::Stream: Send + Sync,
+        T::TlsConnect: Send + Sync,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        PostgresOptions::new().connect_with_tls(url, tls).await
+    }
+
+    /// Creates or upgrades the schema (under an advisory lock, so nodes starting together do
+    /// not race), then connects as [`PostgresStore::connect`] does: for a role that owns the
+    /// schema (or may create tables in it). When the schema is already current it changes
+    /// nothing, so a least-privilege role may call it too.
+    ///
+    /// # Errors
+    /// As [`PostgresStore::connect`], and [`PostgresErrorKind::Query`] when the role may not
+    /// create what the migration needs.
+    pub async fn connect_and_migrate(url: &str) -> Result<Self, StoreError> {
+        PostgresOptions::new().connect_and_migrate(url).await
+    }
+
+    /// Migration as its own step (e.g. a deploy job run as the schema's owner):
+    /// [`PostgresStore::connect_and_migrate`], then closes the connection.
+    ///
+    /// # Errors
+    /// As [`PostgresStore::connect_and_migrate`].
+    pub async fn migrate(url: &str) -> Result<(), StoreError> {
+        PostgresOptions::new()
+            .connect_and_migrate(url)
+            .await
+            .map(drop)
+    }
+
+    /// The options that [`PostgresStore::connect`] uses by default, to change pool size and
+    /// timeouts.
+    pub fn options() -> PostgresOptions {
+        PostgresOptions::new()
+    }
+
+    async fn run_migrations(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg)?;
+        let exists: bool = tx
+            .query_one("SELECT to_regclass('api_keys_schema') IS NOT NULL", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        if !exists {
+            tx.batch_execute("CREATE TABLE api_keys_schema (version INTEGER NOT NULL)")
+                .await
+                .map_err(pg)?;
+        }
+        let found: Option<i32> = tx
+            .query_one("SELECT max(version) FROM api_keys_schema", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        let found = found.unwrap_or(0);
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::backend(PostgresError::new(
+                PostgresErrorKind::NewerSchema {
+                    found,
+                    supported: SCHEMA_VERSION,
+                },
+                None,
+            )));
+        }
+        if found < SCHEMA_VERSION {
+            for step in &MIGRATIONS[found.max(0) as usize..] {
+                tx.batch_execute(step).await.map_err(pg)?;
+            }
+            tx.execute("DELETE FROM api_keys_schema", &[])
+                .await
+                .map_err(pg)?;
+            tx.execute(
+                "INSERT INTO api_keys_schema (version) VALUES ($1)",
+                &[&SCHEMA_VERSION],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)
+    }
+
+    /// Checks that the schema is the one this crate writes, changing nothing.
+    async fn check_schema(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let found = match client
+            .query_one("SELECT max(version) FROM api_keys_schema", &[])
+            .await
+        {
+            Ok(row) => row.try_get::<_, Option<i32>>(0).map_err(pg)?.unwrap_or(0),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
+            Err(e) => return Err(pg(e)),
+        };
+        let kind = match found.cmp(&SCHEMA_VERSION) {
+            std::cmp::Ordering::Equal => return Ok(()),
+            std::cmp::Ordering::Greater => PostgresErrorKind::NewerSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            },
+            std::cmp::Ordering::Less => PostgresErrorKind::SchemaOutdated {
+                found,
+                required: SCHEMA_VERSION,
+            },
+        };
+        Err(StoreError::backend(PostgresError::new(kind, None)))
+    }
+
+    /// The schema version of the database.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] if the query fails.
+    pub async fn schema_version(&self) -> Result<i32, StoreError> {
+        let client = self.client().await?;
+        client
+            .query_one("SELECT max(version) FROM api_keys_schema", &[])
+            .await
+            .map_err(pg)?
+            .try_get::<_, Option<i32>>(0)
+            .map_err(pg)
+            .map(|v| v.unwrap_or(0))
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.inner.pool.get().await.map_err(pool_err)
+    }
+
+    async fn query_records(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await.map_err(pg)?;
+        let rows = client.query(&stmt, params).await.map_err(pg)?;
+        rows.iter().map(decode).collect()
+    }
+}
+
+fn revision_to_sql(revision: u64) -> Result<i64, StoreError> {
+    i64::try_from(revision)
+        .map_err(|_| StoreError::backend(PostgresError::new(PostgresErrorKind::OutOfRange, None)))
+}
+
+/// Decodes a row selected by [`SELECT`], checking that the columns agree with the JSON.
+fn decode(row: &Row) -> Result<KeyRecord, StoreError> {
+    let id: &str = row.try_get(0).map_err(|e| corrupt(None, e))?;
+    let org: &str = row.try_get(1).map_err(|e| corrupt(Some(id), e))?;
+    let revision: i64 = row.try_get(2).map_err(|e| corrupt(Some(id), e))?;
+    let last_used: Option<i64> = row.try_get(3).map_err(|e| corrupt(Some(id), e))?;
+    let json: &str = row.try_get(4).map_err(|e| corrupt(Some(id), e))?;
+    super::sql::decode_row(id, org, revision, last_used, json)
+}
+
+impl KeyStore for PostgresStore {
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        {
+            let json = record_json(&record)?;
+            let revision = revision_to_sql(record.revision)?;
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(
+                    "INSERT INTO api_keys (id, org, revision, expires_at, last_used_at, record)
+                     VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .await
+                .map_err(pg)?;
+            let rows = client
+                .execute(
+                    &stmt,
+                    &[
+                        &record.id.to_string(),
+                        &record.org.as_str(),
+                        &revision,
+                        &unix(record.expires_at),
+                        &unix(record.last_used_at),
+                        &json,
+                    ],
+                )
+                .await
+                .map_err(pg)?;
+            if rows == 0 {
+                Err(StoreError::Duplicate)
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn get(
+        &self,
+        id: &KeyId,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send {
+        let id = id.to_string();
+        async move {
+            let sql = format!("{SELECT} WHERE id = $1");
+            let mut recs = self.query_records(&sql, &[&id]).await?;
+            Ok(recs.pop())
+        }
+    }
+
+    fn list(&self, org: &OrgId) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
+        let org = org.clone();
+        async move {
+            let sql = format!("{SELECT} WHERE org = $1");
+            self.query_records(&sql, &[&org.as_str()]).await
+        }
+    }
+
+    async fn update(&self, record: KeyRecord, expected_revision: u64) -> Result<(), StoreError> {
+        {
+            let json = record_json(&record)?;
+            let revision = revision_to_sql(record.revision)?;
+            let id = record.id.to_string();
+            let client = self.client().await?;
+            // No stored revision can be above i64::MAX: such an update can only fail.
+            if let Ok(expected) = i64::try_from(expected_revision) {
+                // `last_used_at` only ever rises (GREATEST ignores NULLs), even if the
+                // caller's copy is older than a concurrent `touch`.
+                let stmt = client
+                    .prepare_cached(
+                        "UPDATE api_keys SET org = $3, revision = $4, expires_at = $5,
+                             last_used_at = GREATEST(last_used_at, $6),
+                             record = $7::text::jsonb
+                         WHERE id = $1 AND revision = $2",
+                    )
+                    .await
+                    .map_err(pg)?;
+                let rows = client
+                    .execute(
+                        &stmt,
+                        &[
+                            &id,
+                            &expected,
+                            &record.org.as_str(),
+                            &revision,
+                            &unix(record.expires_at),
+                            &unix(record.last_used_at),
+                            &json,
+                        ],
+                    )
+                    .await
+                    .map_err(pg)?;
+                if rows > 0 {
+                    return Ok(());
+                }
+            }
+            let stmt = client
+                .prepare_cached("SELECT 1 FROM api_keys WHERE id = $1")
+                .await
+                .map_err(pg)?;
+            let exists = client.query_opt(&stmt, &[&id]).await.map_err(pg)?;
+            Err(if exists.is_some() {
+                StoreError::Conflict
+            } else {
+                StoreError::NotFound
+            })
+        }
+    }
+
+    fn delete(&self, id: &KeyId) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let id = id.to_string();
+        async move {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached("DELETE FROM api_keys WHERE id = $1")
+                .await
+                .map_err(pg)?;
+            let rows = client.execute(&stmt, &[&id]).await.map_err(pg)?;
+            Ok(rows > 0)
+        }
+    }
+
+    fn scan(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
+        let after = after.map(KeyId::to_string);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        async move {
+            match after {
+                Some(after) => {
+                    let sql = format!("{SELECT} WHERE id > $1 ORDER BY id LIMIT $2");
+                    self.query_records(&sql, &[&after, &limit]).await
+                }
+                None => {
+                    let sql = format!("{SELECT} ORDER BY id LIMIT $1");
+                    self.query_records(&sql, &[&limit]).await
+                }
+            }
+        }
+    }
+
+    fn touch(
+        &self,
+        id: &KeyId,
+        at: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let uses = [(*id, at)];
+        async move { self.touch_many(&uses).await }
+    }
+
+    /// One `UPDATE` for the whole batch.
+    fn touch_many(
+        &self,
+        uses: &[(KeyId, OffsetDateTime)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let ids: Vec<String> = uses.iter().map(|(id, _)| id.to_string()).collect();
+        let ats: Vec<i64> = uses.iter().map(|(_, at)| at.unix_timestamp()).collect();
+        async move {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(
+                    "UPDATE api_keys AS k SET last_used_at = u.at
+                     FROM (SELECT id, max(at) AS at
+                           FROM unnest($1::text[], $2::bigint[]) AS x(id, at) GROUP BY id) AS u
+                     WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
+                )
+                .await
+                .map_err(pg)?;
+            client.execute(&stmt, &[&ids, &ats]).await.map_err(pg)?;
+            Ok(())
+        }
+    }
+
+    fn changes(&self, listener: Weak<dyn ChangeListener>) -> bool {
+        self.inner
+            .runtime
+            .spawn(run_feed(self.inner.feed.clone(), listener));
+        true
+    }
+}

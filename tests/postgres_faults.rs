@@ -1,0 +1,394 @@
+//! PostgresStore under real faults of the server: a restart (`pg_ctl restart -m fast`), a
+//! stop, a frozen feed backend (`kill -STOP`). These change the whole server, so the tests of
+//! this file run one at a time, and only when `API_KEYS_PG_CTL` names how to run `pg_ctl`
+//! for the server at `DATABASE_URL` (`.ci/postgres.sh` exports it with
+//! `API_KEYS_PG_START_ARGS`); otherwise each says why it is skipped and passes, unless
+//! `API_KEYS_REQUIRE_POSTGRES=1`.
+
+mod store_support;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use api_keys::{
+    Actor, AuditAction, AuditEvent, AuditSink, BoxError, Error, GenerateRequest, KeyManager,
+    Keyring, MasterKey, OrgId, PostgresStore, Scope, UserId,
+};
+use store_support::report;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Server {
+    url: String,
+    pg_ctl: String,
+    start_args: String,
+}
+
+fn server(test: &str) -> Option<Server> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (
+        get("DATABASE_URL"),
+        get("API_KEYS_PG_CTL"),
+        get("API_KEYS_PG_START_ARGS"),
+    ) {
+        (Some(url), Some(pg_ctl), Some(start_args)) => Some(Server {
+            url,
+            pg_ctl,
+            start_args,
+        }),
+        _ => {
+            if std::env::var("API_KEYS_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                panic!(
+                    "API_KEYS_REQUIRE_POSTGRES=1 but DATABASE_URL, API_KEYS_PG_CTL or API_KEYS_PG_START_ARGS is not set"
+                );
+            }
+            eprintln!(
+                "skipping {test}: needs DATABASE_URL and API_KEYS_PG_CTL (see .ci/postgres.sh)"
+            );
+            None
+        }
+    }
+}
+
+impl Server {
+    fn ctl(&self, args: &str) {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} {args} >/dev/null", self.pg_ctl))
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl {args} failed");
+    }
+    fn restart(&self) {
+        self.ctl("restart -m fast -w -t 60");
+    }
+    fn stop(&self) {
+        self.ctl("stop -m fast -w -t 60");
+    }
+    fn start(&self) {
+        self.ctl(&format!("start -w -t 60 {}", self.start_args));
+    }
+}
+
+/// Starts the server again if a test stopped it and then failed.
+struct Restart<'a>(&'a Server, bool);
+
+impl Drop for Restart<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.start();
+        }
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+fn app(tag: &str) -> String {
+    format!("t-{tag}-{:08x}", random_u64() as u32)
+}
+
+fn with_app(url: &str, app: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}application_name={app}")
+}
+
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<AuditEvent>>>);
+
+impl AuditSink for Recorder {
+    fn record(&self, event: &AuditEvent) -> Result<(), BoxError> {
+        self.0.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn count(&self, action: &AuditAction) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.action == *action)
+            .count()
+    }
+}
+
+fn keyring() -> Keyring {
+    Keyring::new(1, MasterKey::from_bytes(*b"postgres-faultky"))
+}
+
+fn read() -> Scope {
+    Scope::parse("read").unwrap()
+}
+
+async fn manager(
+    store: PostgresStore,
+    fallback: Duration,
+    stale: Duration,
+    audit: Recorder,
+) -> KeyManager<PostgresStore> {
+    KeyManager::builder(store, keyring())
+        .cache_ttl(Duration::from_secs(300))
+        .cache_fallback_ttl(fallback)
+        .serve_stale_while_store_unreachable(stale)
+        .audit(audit)
+        .build()
+        .unwrap()
+}
+
+async fn keys(m: &KeyManager<PostgresStore>, org: &OrgId, n: usize) -> Vec<String> {
+    let actor = Actor::manager(org.clone(), UserId::new("alice"));
+    let mut out = Vec::new();
+    for i in 0..n {
+        let (key, _) = m
+            .generate(
+                &actor,
+                GenerateRequest::new(format!("k{i}")).scopes([read()]),
+            )
+            .await
+            .unwrap();
+        out.push(key.expose_secret().to_string());
+    }
+    out
+}
+
+/// Warm keys keep verifying through a real fast restart; with the server stopped they keep
+/// verifying until the fallback bound and are then refused (a store error); a manager that
+/// opted into a maximum staleness keeps accepting them, audited, but never a key it knows was
+/// revoked.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_keys_verify_through_a_restart_and_stop_at_the_bound() {
+    let Some(server) = server("warm_keys_verify_through_a_restart_and_stop_at_the_bound") else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let org = OrgId::new(format!("faults-{:016x}", random_u64()));
+    // A bound generous enough that a fast restart on a loaded machine fits in it.
+    let bound = Duration::from_secs(5);
+    let plain_audit = Recorder::default();
+    let plain = manager(
+        PostgresStore::connect_and_migrate(&with_app(&server.url, &app("restart")))
+            .await
+            .unwrap(),
+        bound,
+        Duration::ZERO,
+        plain_audit.clone(),
+    )
+    .await;
+    let stale_audit = Recorder::default();
+    let stale = manager(
+        PostgresStore::connect_and_migrate(&with_app(&server.url, &app("stale")))
+            .await
+            .unwrap(),
+        bound,
+        Duration::from_secs(120),
+        stale_audit.clone(),
+    )
+    .await;
+    let tokens = keys(&plain, &org, 4).await;
+    let revoked = keys(&stale, &org, 1).await.remove(0);
+    let actor = Actor::manager(org.clone(), UserId::new("alice"));
+    // Let both feeds prove themselves, then warm every key on both nodes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for t in &tokens {
+        plain.verify(t, &read()).await.unwrap();
+        stale.verify(t, &read()).await.unwrap();
+    }
+    let revoked_id = stale
+        .verify(&revoked, &read())
+        .await
+        .unwrap()
+        .key_id()
+        .to_owned();
+    stale.revoke(&actor, &revoked_id).await.unwrap();
+    assert!(matches!(
+        stale.verify(&revoked, &read()).await,
+        Err(Error::Revoked)
+    ));
+
+    // 1. A real fast restart while the warm keys verify: none fails.
+    let restart = std::thread::spawn({
+        let s = Server {
+            url: server.url.clone(),
+            pg_ctl: server.pg_ctl.clone(),
+            start_args: server.start_args.clone(),
+        };
+        move || {
+            let t = Instant::now();
+            s.restart();
+            t.elapsed()
+        }
+    });
+    let mut verified = 0usize;
+    while !restart.is_finished() {
+        for t in &tokens {
+            if let Err(e) = plain.verify(t, &read()).await {
+                panic!("a warm key failed during a fast restart: {e}");
+            }
+            verified += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = restart.join().unwrap();
+    report(&format!(
+        "postgres fast restart took {took:?}; {verified} warm verifies during it, 0 failed"
+    ));
+
+    // 2. The server stopped: warm keys verify at first, then stop at the bound.
+    for t in &tokens {
+        plain.verify(t, &read()).await.unwrap();
+        stale.verify(t, &read()).await.unwrap();
+    }
+    server.stop();
+    let guard = Restart(&server, true);
+    let stopped = Instant::now();
+    plain.verify(&tokens[0], &read()).await.unwrap();
+    let mut refused_after = None;
+    while stopped.elapsed() < bound + Duration::from_secs(10) {
+        match plain.verify(&tokens[0], &read()).await {
+            Ok(_) => {}
+            Err(Error::Store(_)) => {
+                refused_after = Some(stopped.elapsed());
+                break;
+            }
+            Err(e) => panic!("unexpected error with the store down: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused_after =
+        refused_after.expect("warm keys were served past the bound with the store down");
+    assert_eq!(plain_audit.count(&AuditAction::ServedStale), 0);
+    // 3. With a maximum staleness, the other node still accepts them (audited) once its own
+    // feed trust (proven up to one probe later than the first node's) has lapsed too ...
+    let past = (bound + Duration::from_secs(1)).saturating_sub(stopped.elapsed());
+    tokio::time::sleep(past).await;
+    for t in &tokens {
+        stale.verify(t, &read()).await.unwrap();
+    }
+    assert!(stale_audit.count(&AuditAction::ServedStale) >= tokens.len());
+    // ... but never a key it knows was revoked, nor a wrong secret.
+    assert!(matches!(
+        stale.verify(&revoked, &read()).await,
+        Err(Error::Revoked)
+    ));
+    let mut wrong = tokens[0].clone();
+    let last = wrong.pop().unwrap();
+    wrong.push(if last == 'A' { 'B' } else { 'A' });
+    assert!(stale.verify(&wrong, &read()).await.is_err());
+    report(&format!(
+        "postgres server stopped: warm keys refused {refused_after:?} after the stop (bound {bound:?}); with serve_stale_while_store_unreachable they kept verifying"
+    ));
+
+    // 4. The server back: verification through the store works again.
+    drop(guard);
+    let mut ok = false;
+    for _ in 0..100 {
+        if plain.verify(&tokens[1], &read()).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        ok,
+        "verification never recovered after the server came back"
+    );
+}
+
+/// A feed whose backend is frozen (SIGSTOP) proves nothing: a key revoked on another node is
+/// refused within the fallback bound, not after the heartbeat gives up.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_while_the_feed_is_frozen_is_refused_within_the_bound() {
+    let Some(server) = server("a_key_revoked_while_the_feed_is_frozen_is_refused_within_the_bound")
+    else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let org = OrgId::new(format!("faults-{:016x}", random_u64()));
+    let actor = Actor::manager(org.clone(), UserId::new("alice"));
+    let bound = Duration::from_secs(1);
+    let a = manager(
+        PostgresStore::connect_and_migrate(&with_app(&server.url, &app("node-a")))
+            .await
+            .unwrap(),
+        bound,
+        Duration::ZERO,
+        Recorder::default(),
+    )
+    .await;
+    let b_app = app("node-b");
+    let b = manager(
+        PostgresStore::connect_and_migrate(&with_app(&server.url, &b_app))
+            .await
+            .unwrap(),
+        bound,
+        Duration::ZERO,
+        Recorder::default(),
+    )
+    .await;
+    let token = keys(&a, &org, 1).await.remove(0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let id = b.verify(&token, &read()).await.unwrap().key_id().to_owned();
+
+    let (admin, conn) = tokio_postgres::connect(&server.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let feed_name = format!("{b_app}-feed");
+    let pid: i32 = admin
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+            &[&feed_name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    struct Cont<F: Fn()>(F);
+    impl<F: Fn()> Drop for Cont<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    signal("STOP");
+    let _cont = Cont(|| signal("CONT"));
+    // Still warm and served from the cache (the revoke has not happened yet).
+    b.verify(&token, &read()).await.unwrap();
+    a.revoke(&actor, &id).await.unwrap();
+    let revoked_at = Instant::now();
+    // The old heartbeat gave up after ~5 s; the proof lapses within the bound (+ one probe).
+    let mut refused = None;
+    while revoked_at.elapsed() < bound + Duration::from_millis(1500) {
+        match b.verify(&token, &read()).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(Error::Revoked) => {
+                refused = Some(revoked_at.elapsed());
+                break;
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    let refused =
+        refused.expect("a revoked key was accepted past the bound while the feed was frozen");
+    report(&format!(
+        "postgres frozen feed backend: a remote revoke was refused {refused:?} after it returned (bound {bound:?})"
+    ));
+}

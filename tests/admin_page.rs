@@ -700,7 +700,8 @@ async fn generate_with_defaults_shows_the_key_once_and_it_works() {
         "focus returns to the button"
     );
 
-    // Last use shows up after the key was used.
+    // Last use shows up after the key was used (once the manager's buffered uses are written).
+    h.state.manager.flush_last_use().await.unwrap();
     h.open_page().await;
     h.wait_js("document.querySelectorAll('#key-rows tr').length === 1")
         .await;

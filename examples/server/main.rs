@@ -77,10 +77,13 @@ async fn run() -> Result<(), String> {
     }
     println!("  curl -s -H 'Authorization: Bearer <key>' http://{addr}/metrics");
     let limits = app::Limits::default();
+    let manager = state.manager.clone();
     let router = app::guard(app::router(state), addr, limits);
     app::serve(listener, router, limits, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    // Keys' last uses are buffered: write them before leaving.
+    manager.flush_last_use().await.map_err(|e| e.to_string())
 }

@@ -158,13 +158,18 @@ fn free_loopback_port() -> u16 {
 
 struct Harness {
     base: String,
+    state: app::AppState,
     http: HttpClient<HttpConnector, Full<Bytes>>,
     manager: String,
     member: String,
     browser: Client,
     _driver: ChildGuard,
     _profile: TempDir,
-    _server: tokio::task::JoinHandle<()>,
+    server: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::oneshot::Sender<()>,
+    )>,
+    addr: SocketAddr,
     _slot: tokio::sync::MutexGuard<'static, ()>,
 }
 
@@ -185,10 +190,7 @@ impl Harness {
         // The example app, on an ephemeral loopback port.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let router = app::router(state);
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
-        });
+        let server = serve_on(listener, state.clone());
         let base = format!("http://{addr}");
         let http = HttpClient::builder(TokioExecutor::new()).build_http();
 
@@ -238,33 +240,34 @@ impl Harness {
             .await
             .expect("WebDriver session with chromium");
 
-        let mut h = Harness {
+        let manager = state.session("acme", "alice", "manager").unwrap();
+        let member = state.session("acme", "bob", "member").unwrap();
+        Some(Harness {
             base,
+            state,
             http,
-            manager: String::new(),
-            member: String::new(),
+            manager,
+            member,
             browser,
             _driver: driver,
             _profile: profile,
-            _server: server,
+            server: Some(server),
+            addr,
             _slot: slot,
-        };
-        let sessions = h.call(Method::GET, "/demo/sessions", None, None).await;
-        assert_eq!(sessions.status, StatusCode::OK);
-        for s in sessions.json.as_array().expect("sessions") {
-            let label = s["label"].as_str().unwrap();
-            let session = s["session"].as_str().unwrap().to_owned();
-            if label.contains("manager") && h.manager.is_empty() {
-                h.manager = session;
-            } else if label.contains("member") && h.member.is_empty() {
-                h.member = session;
-            }
-        }
-        assert!(
-            !h.manager.is_empty() && !h.member.is_empty(),
-            "demo sessions"
-        );
-        Some(h)
+        })
+    }
+
+    /// Stops the server (its open connections close) and starts `state` on the same port: a
+    /// restart, with a new session-signing key.
+    async fn restart(&mut self, state: app::AppState) {
+        let (task, stop) = self.server.take().unwrap();
+        let _ = stop.send(());
+        task.await.unwrap();
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.server = Some(serve_on(listener, state.clone()));
+        self.manager = state.session("acme", "alice", "manager").unwrap();
+        self.member = state.session("acme", "bob", "member").unwrap();
+        self.state = state;
     }
 
     async fn finish(self) {
@@ -329,11 +332,19 @@ impl Harness {
 
     // -- the browser --
 
+    /// Opens the page through a fresh one-time login link, as a person would from the link the
+    /// server prints.
     async fn open_page(&self) {
+        let nonce = self.state.login_nonce().unwrap();
+        // From elsewhere, so that a second call loads the page again (a new fragment alone
+        // would not).
+        self.browser.goto("about:blank").await.unwrap();
         self.browser
-            .goto(&format!("{}/settings/api-keys", self.base))
+            .goto(&format!("{}/settings/api-keys#login={nonce}", self.base))
             .await
             .unwrap();
+        self.wait_js("document.getElementById('whoami') !== null")
+            .await;
         self.wait_js(
             "document.getElementById('whoami').textContent !== '' && \
              (!document.getElementById('key-table').hidden || \
@@ -410,22 +421,17 @@ impl Harness {
             .unwrap()
     }
 
-    async fn choose_session(&self, session: &str) {
-        let options = self
-            .js("return document.querySelectorAll('#session option').length;")
+    /// Picks the session of `who` ("manager" or "member") in the page's picker.
+    async fn choose_session(&self, who: &str) {
+        let labels = self
+            .js("return Array.from(document.querySelectorAll('#session option')).map(o => o.textContent);")
             .await;
-        let sessions = self.call(Method::GET, "/demo/sessions", None, None).await;
-        let i = sessions
-            .json
+        let i = labels
             .as_array()
             .unwrap()
             .iter()
-            .position(|s| s["session"] == session)
-            .unwrap();
-        assert!(
-            options.as_u64().unwrap() as usize > i,
-            "the picker lists every session"
-        );
+            .position(|l| l.as_str().unwrap().contains(who))
+            .expect("the picker lists every session");
         self.css("#session")
             .await
             .select_by_value(&i.to_string())
@@ -445,6 +451,28 @@ impl Harness {
         std::fs::write(&path, self.browser.screenshot().await.unwrap()).unwrap();
         path
     }
+}
+
+/// Serves `state` on `listener` as `main.rs` does, until the sender is used.
+fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: app::AppState,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let addr = listener.local_addr().unwrap();
+    let limits = app::Limits::default();
+    let router = app::guard(app::router(state), addr, limits);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app::serve(listener, router, limits, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    (task, stop)
 }
 
 /// The example app's state over a fresh in-memory store and a random master key.
@@ -480,6 +508,12 @@ fn now_unix() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// `YYYY-MM-DD HH:MM UTC`, as the list's Expires column shows it.
+fn utc_date_time(unix: u64) -> String {
+    let t = api_keys::time::OffsetDateTime::from_unix_timestamp(unix as i64).unwrap();
+    format!("{} {:02}:{:02} UTC", utc_date(unix), t.hour(), t.minute())
 }
 
 fn utc_date(unix: u64) -> String {
@@ -592,7 +626,11 @@ async fn generate_with_defaults_shows_the_key_once_and_it_works() {
         .await;
     assert_eq!(h.text("#key-rows .key-name").await, name);
     assert_eq!(h.text("#key-rows .badge").await, "Active");
-    assert_eq!(h.text("#key-rows .col-expires time").await, utc_date(shown));
+    // The list shows the time of day too.
+    assert_eq!(
+        h.text("#key-rows .col-expires time").await,
+        utc_date_time(shown)
+    );
     assert_eq!(h.text("#key-rows .col-last-used").await, "Never used");
     assert_eq!(
         h.count("#key-rows button.action-reveal").await,
@@ -610,11 +648,13 @@ async fn generate_with_defaults_shows_the_key_once_and_it_works() {
     // Never in a URL or web storage.
     let url = h.browser.current_url().await.unwrap();
     assert!(!url.as_str().contains(&token));
-    assert_eq!(
-        h.js("return localStorage.length + sessionStorage.length;")
-            .await,
-        json!(0)
-    );
+    // (The tab's sessionStorage holds the demo sessions from the login link, so that a
+    // reload keeps them; never a key.)
+    assert_eq!(h.js("return localStorage.length;").await, json!(0));
+    let stored = h
+        .js("return JSON.stringify(Object.entries(sessionStorage));")
+        .await;
+    assert!(!stored.as_str().unwrap().contains(&token));
 
     // Copy button: the Clipboard API puts the key on the clipboard (the page falls back to
     // selecting the key when a browser refuses; headless Chromium on loopback allows it).
@@ -660,7 +700,8 @@ async fn generate_with_defaults_shows_the_key_once_and_it_works() {
         "focus returns to the button"
     );
 
-    // Last use shows up after the key was used.
+    // Last use shows up after the key was used (once the manager's buffered uses are written).
+    h.state.manager.flush_last_use().await.unwrap();
     h.open_page().await;
     h.wait_js("document.querySelectorAll('#key-rows tr').length === 1")
         .await;
@@ -932,7 +973,209 @@ async fn roll_instead_keeps_the_old_key_for_the_overlap() {
         .parse()
         .unwrap();
     assert!((before + 3600..=after + 3600).contains(&old_expiry));
-    assert_eq!(h.row_status(&id).await, "Expires in 1 day");
+    // Under a day the status counts hours.
+    assert_eq!(h.row_status(&id).await, "Expires in 1 hour");
+    assert_lineage(&h, &id).await;
+    h.finish().await;
+}
+
+/// After a roll the two rows (same name) say which replaced which, by the other's hint, and
+/// the replaced key offers no second roll.
+async fn assert_lineage(h: &Harness, old: &str) {
+    let keys = h
+        .call(Method::GET, "/api/keys", Some(&h.manager.clone()), None)
+        .await
+        .json;
+    let keys = keys.as_array().unwrap();
+    let old_key = keys.iter().find(|k| k["id"] == old).unwrap();
+    let new_id = old_key["replaced_by"]
+        .as_str()
+        .expect("replaced_by")
+        .to_owned();
+    let new_key = keys.iter().find(|k| k["id"] == new_id.as_str()).unwrap();
+    assert_eq!(new_key["replaces"], old);
+    let hint = |k: &Value| k["hint"].as_str().unwrap().to_owned();
+    assert_eq!(
+        h.text(&format!("tr[data-key-id=\"{old}\"] .lineage")).await,
+        format!("Replaced by {}", hint(new_key))
+    );
+    assert_eq!(
+        h.text(&format!("tr[data-key-id=\"{new_id}\"] .lineage"))
+            .await,
+        format!("Replaces {}", hint(old_key))
+    );
+    assert_eq!(
+        h.count(&format!("tr[data-key-id=\"{old}\"] button.action-roll"))
+            .await,
+        0
+    );
+    assert_eq!(
+        h.count(&format!("tr[data-key-id=\"{new_id}\"] button.action-roll"))
+            .await,
+        1
+    );
+}
+
+/// Roll is an action of its own on each active row: its dialog chooses the overlap and rolls,
+/// without going through delete.
+#[tokio::test]
+async fn roll_is_an_action_of_each_active_row() {
+    let Some(h) = Harness::start("roll_action").await else {
+        return;
+    };
+    let (id, token) = h.create_key("Grafana").await;
+    let (revoked, _) = h.create_key("Old exporter").await;
+    let r = h
+        .call(
+            Method::POST,
+            &format!("/api/keys/{revoked}/revoke"),
+            Some(&h.manager.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    h.open_page().await;
+    assert_eq!(
+        h.count(&format!("tr[data-key-id=\"{revoked}\"] button.action-roll"))
+            .await,
+        0,
+        "a revoked key cannot be rolled"
+    );
+    h.css(&format!("tr[data-key-id=\"{id}\"] button.action-roll"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('confirm-dialog').open")
+        .await;
+    assert_eq!(h.text("#confirm-title").await, "Roll “Grafana”?");
+    assert_eq!(h.text("#confirm-ok").await, "Roll");
+    assert!(h.css("#roll-overlap").await.is_displayed().await.unwrap());
+    assert!(!h.css("#roll-instead").await.is_displayed().await.unwrap());
+    h.css("#roll-overlap")
+        .await
+        .select_by_value("604800")
+        .await
+        .unwrap();
+    h.css("#confirm-ok").await.click().await.unwrap();
+    h.wait_js(
+        "!document.getElementById('confirm-dialog').open && \
+         !document.getElementById('new-key-panel').hidden && \
+         document.querySelectorAll('#key-rows tr').length === 3",
+    )
+    .await;
+    let new_token = h.value("#new-key-token").await;
+    assert_eq!(h.metrics_status(&new_token).await, StatusCode::OK);
+    assert_eq!(h.metrics_status(&token).await, StatusCode::OK, "overlap");
+    assert_eq!(h.row_status(&id).await, "Expires in 7 days");
+    assert_lineage(&h, &id).await;
+    assert_eq!(h.csp_violations().await, 0);
+    h.finish().await;
+}
+
+/// After a server restart (a new session-signing key) the page's sessions are dead: the first
+/// 401 takes the buttons off, empties the picker and says to sign in again; the restarted
+/// server's login link signs in, and the keys are still there.
+#[tokio::test]
+async fn after_a_server_restart_the_page_reloads_sessions_and_the_list() {
+    let store = MemoryStore::new();
+    let key = [7u8; 16];
+    let state_over = |store: &MemoryStore| {
+        app::AppState::new(
+            AnyStore::new(store.clone()),
+            Keyring::new(1, MasterKey::from_bytes(key)),
+        )
+        .expect("app state")
+    };
+    let Some(mut h) = Harness::start_with("restart", state_over(&store)).await else {
+        return;
+    };
+    let (id, _) = h.create_key("Grafana").await;
+    h.open_page().await;
+    assert!(h.count("#key-rows button.action-revoke").await > 0);
+
+    h.restart(state_over(&store)).await;
+    h.css(&format!("tr[data-key-id=\"{id}\"] button.action-revoke"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('confirm-dialog').open")
+        .await;
+    h.css("#confirm-ok").await.click().await.unwrap();
+    h.wait_js(
+        "!document.getElementById('confirm-dialog').open && \
+         document.querySelectorAll('#session option').length === 0",
+    )
+    .await;
+    assert_eq!(h.count("#key-rows button").await, 0, "no buttons left");
+    assert!(h.text("#error").await.contains("login link"));
+
+    h.open_page().await;
+    assert_eq!(h.count("#session option").await, 2);
+    h.wait_js(&format!(
+        "document.querySelector('tr[data-key-id=\"{id}\"] button.action-revoke') !== null"
+    ))
+    .await;
+    h.finish().await;
+}
+
+/// When the sessions stop working (they expired, or the server restarted with a new signing
+/// key), the first 401 takes the buttons off the rows, drops the dead sessions from the picker
+/// and says how to sign in again; a new login link works.
+#[tokio::test]
+async fn a_401_reloads_the_sessions_and_the_list() {
+    const TTL: u64 = 6;
+    let state = demo_state().with_session_ttl(api_keys::time::Duration::seconds(TTL as i64));
+    let Some(h) = Harness::start_with("session_ends", state).await else {
+        return;
+    };
+    let (id, _) = h.create_key("Grafana").await;
+    let opened = now_unix();
+    h.open_page().await;
+    assert_eq!(h.count("#session option").await, 2);
+    assert!(h.count("#key-rows button").await > 0);
+    // Wait until the page's sessions have ended.
+    let wait = (opened + TTL + 3).saturating_sub(now_unix());
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    h.css(&format!("tr[data-key-id=\"{id}\"] button.action-revoke"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('confirm-dialog').open")
+        .await;
+    h.css("#confirm-ok").await.click().await.unwrap();
+    h.wait_js(
+        "!document.getElementById('confirm-dialog').open && \
+         document.querySelectorAll('#session option').length === 0",
+    )
+    .await;
+    h.screenshot("session-ended.png").await;
+    assert_eq!(h.count("#key-rows button").await, 0, "no buttons left");
+    assert!(
+        h.css("#session")
+            .await
+            .prop("disabled")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(h.text("#error").await.contains("login link"));
+    // The key was not revoked.
+    let r = h
+        .call(
+            Method::GET,
+            &format!("/api/keys/{id}"),
+            Some(&h.state.session("acme", "alice", "manager").unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(r.json["status"], "active");
+    // A new login link signs in again.
+    h.open_page().await;
+    assert_eq!(h.count("#session option").await, 2);
+    assert!(h.count("#key-rows button.action-revoke").await > 0);
     h.finish().await;
 }
 
@@ -1127,11 +1370,11 @@ async fn a_member_cannot_manage_keys() {
     h.open_page().await;
     assert_eq!(
         h.count("#key-rows button").await,
-        2,
-        "the manager sees actions"
+        3,
+        "the manager sees actions (roll, revoke, revoke and delete)"
     );
 
-    h.choose_session(&h.member.clone()).await;
+    h.choose_session("member").await;
     h.wait_js("!document.getElementById('member-notice').hidden")
         .await;
     assert!(
@@ -1190,10 +1433,12 @@ async fn a_member_cannot_manage_keys() {
     assert_eq!(h.metrics_status(&token).await, StatusCode::OK);
 
     // Back to the manager: the controls return.
-    h.choose_session(&h.manager.clone()).await;
-    h.wait_js("!document.getElementById('manager-actions').hidden")
-        .await;
-    assert_eq!(h.count("#key-rows button").await, 2);
+    h.choose_session("manager").await;
+    h.wait_js(
+        "!document.getElementById('manager-actions').hidden && \
+         document.querySelectorAll('#key-rows button').length === 3",
+    )
+    .await;
     h.finish().await;
 }
 
@@ -1254,7 +1499,6 @@ async fn page_is_served_with_a_strict_policy() {
         "insertAdjacentHTML",
         "document.write",
         "localStorage",
-        "sessionStorage",
         "console.",
         "eval(",
         "new Function",

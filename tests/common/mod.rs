@@ -90,6 +90,7 @@ pub struct CountingStore {
     /// The manager's change listener, kept (the store reports no feed of its own) so that a
     /// test can play a feed going down and coming back with [`CountingStore::feed`].
     pub listeners: Arc<Mutex<Vec<Weak<dyn ChangeListener>>>>,
+    pub lists: Arc<AtomicUsize>,
     /// The next `update` commits, then reports a failure (a reply lost on the way back).
     pub lose_update_reply: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -121,6 +122,10 @@ impl CountingStore {
             }
         }
     }
+
+    pub fn lists(&self) -> usize {
+        self.lists.load(Ordering::SeqCst)
+    }
 }
 
 impl KeyStore for CountingStore {
@@ -140,6 +145,7 @@ impl KeyStore for CountingStore {
     }
     async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
         self.pause().await;
+        self.lists.fetch_add(1, Ordering::SeqCst);
         self.inner.list(org).await
     }
     async fn update(&self, record: KeyRecord, expected: u64) -> Result<(), StoreError> {

@@ -29,12 +29,19 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
+const FAVICON_SVG: &str = include_str!("assets/favicon.svg");
 
-/// The page's routes: the HTML at [`PAGE_PATH`], its script and stylesheet, and `/settings`
-/// redirecting to the page.
+/// The icon (also answered at `/favicon.ico`, which browsers ask for on their own).
+pub const FAVICON_PATH: &str = "/favicon.svg";
+
+/// The page's routes: the HTML at [`PAGE_PATH`], its script, stylesheet and icon, and `/`
+/// and `/settings` redirecting to the page.
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/", get(settings))
         .route("/settings", get(settings))
+        .route(FAVICON_PATH, get(favicon))
+        .route("/favicon.ico", get(favicon))
         .route(PAGE_PATH, get(index))
         .route(SCRIPT_PATH, get(script))
         .route(STYLE_PATH, get(style))
@@ -53,6 +60,10 @@ async fn index() -> Response {
 
 async fn script() -> Response {
     asset(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn favicon() -> Response {
+    asset(StatusCode::OK, "image/svg+xml", FAVICON_SVG)
 }
 
 async fn style() -> Response {

@@ -14,12 +14,16 @@
 
 (function () {
   const EXPIRING_SOON_DAYS = 14;
+  const LOGIN_PATH = '/demo/login';
+  const SESSIONS_KEY = 'api-keys-demo-sessions';
+  const LOGIN_HINT =
+    'Open the login link the server printed at start (sessions expire, and a restarted server forgets them).';
   const DAY = 86400;
 
   const $ = (id) => document.getElementById(id);
 
   const state = {
-    sessions: [], // [{label, session}] from GET /demo/sessions
+    sessions: [], // [{label, session}] from POST /demo/login, kept in sessionStorage
     session: null, // the chosen demo session (header value)
     me: null, // {org, user, role} from GET /api/whoami
     policy: null, // GET /api/policy
@@ -39,7 +43,8 @@
 
   async function api(method, path, body) {
     const headers = { Accept: 'application/json' };
-    if (state.session !== null) headers['X-Demo-Session'] = state.session;
+    const sent = path === LOGIN_PATH ? null : state.session;
+    if (sent !== null) headers['X-Demo-Session'] = sent;
     const init = {
       method,
       headers,
@@ -61,19 +66,22 @@
         data = null;
       }
     }
-    if (!res.ok) throw new ApiError(res.status, data);
+    if (!res.ok) {
+      if (res.status === 401 && sent !== null && sent === state.session) sessionEnded(sent);
+      throw new ApiError(res.status, data);
+    }
     return data;
   }
 
   function describeError(err) {
     if (!(err instanceof ApiError)) return 'The server could not be reached. Try again.';
     const cls = err.body && typeof err.body.error === 'string' ? err.body.error : '';
-    const msg = err.body && typeof err.body.message === 'string' ? err.body.message : '';
+    const msg = err.body && typeof err.body.detail === 'string' ? err.body.detail : '';
     switch (cls) {
       case 'permission_denied':
         return 'Only managers of this organization can manage API keys.';
       case 'unauthenticated':
-        return 'Your session is not valid. Choose who you are signed in as again.';
+        return 'Your session has ended. ' + LOGIN_HINT;
       case 'not_found':
         return 'This key no longer exists. The list has been refreshed.';
       case 'policy':
@@ -133,11 +141,12 @@
     return isoDate(unix) + ' ' + pad(d.getUTCHours()) + ':' + pad(d.getUTCMinutes()) + ' UTC';
   }
 
-  // A <time> element: the date as text, the exact instant in `datetime` and the tooltip.
-  function timeEl(unix, fallback) {
+  // A <time> element: the date (with the time of day when `withTime`) as text, the exact
+  // instant in `datetime` and the tooltip.
+  function timeEl(unix, fallback, withTime) {
     if (unix === null || unix === undefined) return el('span', { cls: 'muted', text: fallback });
     return el('time', {
-      text: isoDate(unix),
+      text: withTime ? isoDateTime(unix) : isoDate(unix),
       attrs: {
         datetime: new Date(unix * 1000).toISOString(),
         title: isoDateTime(unix),
@@ -150,19 +159,23 @@
     return Math.floor(Date.now() / 1000);
   }
 
+  // "45 minutes", "1 hour", "23 hours", "1 day", "14 days": minutes under an hour, hours
+  // under a day, then days (rounded to the nearest).
+  function untilText(seconds) {
+    const plural = (n, unit) => n + ' ' + unit + (n === 1 ? '' : 's');
+    if (seconds < 3600) return plural(Math.max(1, Math.ceil(seconds / 60)), 'minute');
+    if (seconds < DAY) return plural(Math.ceil(seconds / 3600), 'hour');
+    return plural(Math.max(1, Math.round(seconds / DAY)), 'day');
+  }
+
   function statusOf(key, now) {
     if (key.status === 'revoked') return { text: 'Revoked', cls: 'badge-revoked' };
     if (key.status === 'expired' || (key.expires_at !== null && key.expires_at <= now)) {
       return { text: 'Expired', cls: 'badge-expired' };
     }
     if (key.expires_at !== null) {
-      const days = Math.ceil((key.expires_at - now) / DAY);
-      if (days <= EXPIRING_SOON_DAYS) {
-        return {
-          text: days === 1 ? 'Expires in 1 day' : 'Expires in ' + days + ' days',
-          cls: 'badge-expiring',
-        };
-      }
+      const left = key.expires_at - now;
+      if (left <= EXPIRING_SOON_DAYS * DAY) return { text: 'Expires in ' + untilText(left), cls: 'badge-expiring' };
     }
     return { text: 'Active', cls: 'badge-active' };
   }
@@ -173,24 +186,108 @@
 
   // ---- identity ------------------------------------------------------------------------------
 
-  async function loadSessions() {
-    const select = $('session');
+  function readSessions() {
     try {
-      const sessions = await api('GET', '/demo/sessions');
-      state.sessions = Array.isArray(sessions) ? sessions : [];
-    } catch (err) {
-      showError('The demo sessions could not be loaded: ' + describeError(err));
-      return;
+      const v = JSON.parse(window.sessionStorage.getItem(SESSIONS_KEY) || '[]');
+      return Array.isArray(v)
+        ? v.filter((s) => s && typeof s.label === 'string' && typeof s.session === 'string')
+        : [];
+    } catch (_) {
+      return [];
     }
+  }
+
+  function saveSessions(sessions) {
+    try {
+      window.sessionStorage.setItem(SESSIONS_KEY, JSON.stringify(sessions));
+    } catch (_) {
+      // Storage may be disabled: the sessions then last as long as the page.
+    }
+  }
+
+  // The login link carries a one-time nonce in the URL fragment (never sent to a server); it
+  // is traded for the demo sessions once, then removed from the address bar.
+  async function loadSessions() {
+    const m = /^#login=([0-9a-f]{32})$/.exec(window.location.hash);
+    if (m) {
+      window.history.replaceState(null, '', window.location.pathname + window.location.search);
+      try {
+        const sessions = await api('POST', LOGIN_PATH, { nonce: m[1] });
+        saveSessions(Array.isArray(sessions) ? sessions : []);
+      } catch (err) {
+        showError('This login link did not work: ' + describeError(err));
+      }
+    }
+    state.sessions = readSessions();
+    await renderSessions(0);
+  }
+
+  async function renderSessions(selected) {
+    const select = $('session');
     select.replaceChildren();
     state.sessions.forEach((s, i) => {
       select.append(el('option', { text: String(s.label), attrs: { value: i } }));
     });
     select.disabled = state.sessions.length === 0;
     if (state.sessions.length > 0) {
-      select.value = '0';
-      await switchSession(0);
+      const i = Math.min(selected, state.sessions.length - 1);
+      select.value = String(i);
+      await switchSession(i);
+    } else {
+      signedOut();
     }
+  }
+
+  function signedOut() {
+    state.generation += 1;
+    state.session = null;
+    state.me = null;
+    state.policy = null;
+    state.keys = [];
+    closeGenerate(false);
+    dismissNewKey(false);
+    if ($('confirm-dialog').open) closeDialog();
+    renderRole();
+    renderKeys('Not signed in.');
+    showError('You are not signed in. ' + LOGIN_HINT);
+  }
+
+  // A 401 for the session in use: it expired, or the server restarted with a new signing key.
+  // Its rows lose their buttons at once; the stored sessions are checked again and the dead
+  // ones dropped; the list is reloaded with the first one still alive, if any.
+  let rechecking = null;
+  function sessionEnded(dead) {
+    if (rechecking) return;
+    state.generation += 1;
+    state.keys = [];
+    state.me = null;
+    closeGenerate(false);
+    if ($('confirm-dialog').open) closeDialog();
+    renderRole();
+    renderKeys('Your session has ended.');
+    rechecking = (async () => {
+      const alive = [];
+      for (const s of state.sessions) {
+        if (s.session === dead) continue;
+        try {
+          const res = await fetch('/api/whoami', {
+            headers: { Accept: 'application/json', 'X-Demo-Session': s.session },
+            credentials: 'omit',
+            cache: 'no-store',
+          });
+          if (res.ok) alive.push(s);
+        } catch (_) {
+          // Unreachable server: drop nothing more on this evidence.
+          alive.push(s);
+        }
+      }
+      state.sessions = alive;
+      saveSessions(alive);
+      await renderSessions(0);
+      if (alive.length > 0) announce('Your session had ended; signed in with the next one.');
+    })().finally(() => {
+      rechecking = null;
+    });
   }
 
   async function switchSession(index) {
@@ -299,7 +396,7 @@
     tr.classList.add('status-' + st.cls.replace('badge-', ''));
 
     tr.append(
-      cell('Name', [el('span', { cls: 'key-name', text: key.name })], 'col-name'),
+      cell('Name', [el('span', { cls: 'key-name', text: key.name })].concat(lineage(key)), 'col-name'),
       cell('Key', [el('code', { cls: 'hint', text: key.hint })]),
       cell(
         'Scopes',
@@ -309,7 +406,7 @@
         timeEl(key.created_at, ''),
         el('span', { cls: 'muted by', text: ' by ' + key.created_by }),
       ]),
-      cell('Expires', [timeEl(key.expires_at, 'Never')], 'col-expires'),
+      cell('Expires', [timeEl(key.expires_at, 'Never', true)], 'col-expires'),
       cell('Last used', [timeEl(key.last_used_at, 'Never used')], 'col-last-used'),
       cell('Status', [el('span', { cls: 'badge ' + st.cls, text: st.text })], 'col-status'),
     );
@@ -320,6 +417,9 @@
       const active = st.cls !== 'badge-revoked' && st.cls !== 'badge-expired';
       if (active && state.policy && state.policy.allow_reveal === true) {
         actions.append(rowButton('Reveal', 'action-reveal', key, () => reveal(key)));
+      }
+      if (active && !key.replaced_by) {
+        actions.append(rowButton('Roll', 'action-roll', key, (ev) => openDialog('roll', key, ev.currentTarget)));
       }
       if (!revoked) {
         actions.append(
@@ -338,6 +438,22 @@
     }
     tr.append(actions);
     return tr;
+  }
+
+  // After a roll both rows keep the name: say which key replaced which, by the other's hint.
+  function lineage(key) {
+    const other = (id) => {
+      const k = state.keys.find((x) => x.id === id);
+      return k ? String(k.hint) : 'a deleted key';
+    };
+    const lines = [];
+    if (key.replaces) {
+      lines.push(el('span', { cls: 'lineage lineage-replaces', text: 'Replaces ' + other(key.replaces) }));
+    }
+    if (key.replaced_by) {
+      lines.push(el('span', { cls: 'lineage lineage-replaced-by', text: 'Replaced by ' + other(key.replaced_by) }));
+    }
+    return lines;
   }
 
   function rowButton(text, cls, key, onClick) {
@@ -556,7 +672,10 @@
     const warning = $('confirm-warning');
     const ok = $('confirm-ok');
     const active = statusOf(key, nowUnix()).cls !== 'badge-expired' && key.status !== 'revoked';
-    if (mode === 'delete') {
+    if (mode === 'roll') {
+      title.textContent = 'Roll “' + key.name + '”?';
+      ok.textContent = 'Roll';
+    } else if (mode === 'delete') {
       title.textContent = 'Revoke and delete “' + key.name + '”?';
       ok.textContent = 'Revoke and Delete';
     } else if (mode === 'revoke') {
@@ -566,7 +685,13 @@
       title.textContent = 'Delete “' + key.name + '”?';
       ok.textContent = 'Delete';
     }
-    if (mode === 'delete-revoked') {
+    ok.classList.toggle('danger', mode !== 'roll');
+    show($('roll-heading'), mode !== 'roll');
+    show($('roll-instead'), mode !== 'roll');
+    if (mode === 'roll') {
+      warning.textContent =
+        'A replacement key is generated now and shown once. This key keeps working for the time you choose, then expires.';
+    } else if (mode === 'delete-revoked') {
       warning.textContent =
         'This key is already revoked and no longer works. Deleting removes it from the list; this cannot be undone.';
     } else {
@@ -615,6 +740,10 @@
   async function confirmDialog() {
     const d = state.dialog;
     if (!d || state.busy) return;
+    if (d.mode === 'roll') {
+      await rollInstead();
+      return;
+    }
     const path = '/api/keys/' + encodeURIComponent(d.key.id);
     setDialogBusy(true);
     setConfirmError('');

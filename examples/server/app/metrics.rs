@@ -1,0 +1,233 @@
+//! Verification counters (fed by the manager's audit events) and `GET /metrics` (Prometheus
+//! text exposition of one organization's counts, for a key with the `prometheus` scope).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use api_keys::time::OffsetDateTime;
+use api_keys::{
+    AuditAction, AuditEvent, AuditSink, BoxError, Error, FailureClass, KeyStore, OrgId,
+    TracingAudit, Verified,
+};
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::errors::ApiError;
+
+/// Verification outcomes, in exposition order.
+const OUTCOMES: [&str; 9] = [
+    "success",
+    "malformed",
+    "invalid_key",
+    "expired",
+    "revoked",
+    "scope_not_allowed",
+    "integrity",
+    "store",
+    "other",
+];
+
+type Counts = [u64; OUTCOMES.len()];
+
+fn outcome_index(class: FailureClass) -> usize {
+    let name = match class {
+        FailureClass::Malformed => "malformed",
+        FailureClass::InvalidKey => "invalid_key",
+        FailureClass::Expired => "expired",
+        FailureClass::Revoked => "revoked",
+        FailureClass::ScopeNotAllowed => "scope_not_allowed",
+        FailureClass::Integrity => "integrity",
+        FailureClass::Store => "store",
+        _ => "other",
+    };
+    OUTCOMES
+        .iter()
+        .position(|o| *o == name)
+        .unwrap_or(OUTCOMES.len() - 1)
+}
+
+/// Verification counts per organization, for outcomes attributable to one of its keys.
+/// Failures that name no known key (malformed tokens, unknown ids) belong to no organization
+/// and are not shown in any organization's `/metrics`: they would tell one organization's key
+/// holder whether a guessed key id exists elsewhere. They are in the audit log.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    by_org: Mutex<HashMap<OrgId, Counts>>,
+}
+
+impl Metrics {
+    fn count(&self, org: &OrgId, outcome: usize) {
+        let mut m = self.by_org.lock().unwrap_or_else(PoisonError::into_inner);
+        m.entry(org.clone()).or_default()[outcome] += 1;
+    }
+
+    fn snapshot(&self, org: &OrgId) -> Counts {
+        let m = self.by_org.lock().unwrap_or_else(PoisonError::into_inner);
+        m.get(org).copied().unwrap_or_default()
+    }
+}
+
+/// How long a cached list of an organization's key states serves scrapes before `/metrics`
+/// reads the store again. Changes made through this server's management API are seen at once
+/// (they drop the entry); changes made elsewhere (another node, a CLI) within this time.
+pub const KEY_STATES_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Per organization, the states of its keys (revoked?, expiry), so that a scrape counts
+/// active/expired/revoked keys at the current time without reading every record.
+#[derive(Default)]
+pub(crate) struct KeyCounts {
+    by_org: Mutex<HashMap<OrgId, CachedStates>>,
+}
+
+/// When the states were read, and the states.
+type CachedStates = (Instant, Arc<[KeyState]>);
+
+#[derive(Clone, Copy)]
+struct KeyState {
+    revoked: bool,
+    expires_at: Option<OffsetDateTime>,
+}
+
+impl KeyCounts {
+    /// Drops `org`'s cached states (after a key of it was created, revoked, rolled, deleted).
+    pub(crate) fn forget(&self, org: &OrgId) {
+        let mut m = self.by_org.lock().unwrap_or_else(PoisonError::into_inner);
+        m.remove(org);
+    }
+
+    /// `org`'s (active, expired, revoked) counts at `now`, from the cache when it is fresh.
+    async fn counts(&self, state: &AppState, org: &OrgId) -> Result<[u64; 3], Error> {
+        let cached = {
+            let m = self.by_org.lock().unwrap_or_else(PoisonError::into_inner);
+            m.get(org)
+                .filter(|(at, _)| at.elapsed() < KEY_STATES_TTL)
+                .map(|(_, states)| states.clone())
+        };
+        let states = match cached {
+            Some(states) => states,
+            None => {
+                let read_at = Instant::now();
+                let records = state.manager.store().list(org).await?;
+                let states: Arc<[KeyState]> = records
+                    .iter()
+                    .filter(|r| r.org() == org)
+                    .map(|r| KeyState {
+                        revoked: r.revoked_at().is_some(),
+                        expires_at: r.expires_at(),
+                    })
+                    .collect();
+                let mut m = self.by_org.lock().unwrap_or_else(PoisonError::into_inner);
+                m.insert(org.clone(), (read_at, states.clone()));
+                states
+            }
+        };
+        let now = state.manager.now();
+        let mut counts = [0u64; 3];
+        for k in states.iter() {
+            let i = if k.revoked {
+                2
+            } else if k.expires_at.is_some_and(|e| now >= e) {
+                1
+            } else {
+                0
+            };
+            counts[i] += 1;
+        }
+        Ok(counts)
+    }
+}
+
+/// Counts failed verifications (by the class the manager reports) and forwards every event to
+/// [`TracingAudit`].
+pub(crate) struct MetricsAudit {
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl AuditSink for MetricsAudit {
+    fn record(&self, event: &AuditEvent) -> Result<(), BoxError> {
+        if let (AuditAction::VerificationFailed(class), Some(org)) = (&event.action, &event.org) {
+            self.metrics.count(org, outcome_index(*class));
+        }
+        TracingAudit.record(event)
+    }
+}
+
+/// Counts a successful verification (runs behind [`api_keys::axum::ApiKeyLayer`], so only verified requests
+/// reach it).
+pub(crate) async fn count_success(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(v) = req.extensions().get::<Verified>() {
+        state.metrics.count(v.org(), 0);
+    }
+    next.run(req).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET /metrics
+// ---------------------------------------------------------------------------------------------
+
+/// Escapes a Prometheus label value (backslash, double quote, newline).
+fn label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+    key: Verified,
+) -> Result<Response, ApiError> {
+    let org = key.org().clone();
+    let [active, expired, revoked] = state.key_counts.counts(&state, &org).await?;
+    let counts = state.metrics.snapshot(&org);
+    let org_label = label(org.as_str());
+    let mut out = String::new();
+    out.push_str(
+        "# HELP api_keys_verifications_total API key verifications of this organization's keys, by outcome.\n\
+         # TYPE api_keys_verifications_total counter\n",
+    );
+    for (outcome, n) in OUTCOMES.iter().zip(counts) {
+        let _ = writeln!(
+            out,
+            "api_keys_verifications_total{{org=\"{org_label}\",outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    out.push_str(
+        "# HELP api_keys_keys This organization's API keys, by status.\n\
+         # TYPE api_keys_keys gauge\n",
+    );
+    for (status, n) in [
+        ("active", active),
+        ("expired", expired),
+        ("revoked", revoked),
+    ] {
+        let _ = writeln!(
+            out,
+            "api_keys_keys{{org=\"{org_label}\",status=\"{status}\"}} {n}"
+        );
+    }
+    Ok((
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        out,
+    )
+        .into_response())
+}

@@ -43,6 +43,7 @@ pub use crypto::{Keyring, MasterKey};
 pub use error::{BoxError, Error, StoreError};
 pub use ids::{Actor, KeyId, OrgId, Role, Scope, UserId};
 pub use key::{ApiKey, KeyInfo, KeyStatus, LimitStatus, RevocationReason, Verified};
+pub use leaks::{LeakVerdict, MAX_LEAK_BATCH, MAX_LEAK_SOURCE_BYTES};
 pub use limits::{
     Consumed, CounterError, Credits, Decision, LimitScope, LimitUsage, LocalCounters,
     MAX_RATE_LIMITS, RateLimit, Refill, Usage, UsageCounters, UsageRequest,
@@ -50,7 +51,6 @@ pub use limits::{
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use limits::{RedisCounters, RedisCountersBuilder, RedisStats};
-pub use leaks::{LeakVerdict, MAX_LEAK_BATCH, MAX_LEAK_SOURCE_BYTES};
 pub use manager::{KeyManager, KeyManagerBuilder, RewrapReport};
 pub use policy::{Expiry, GenerateRequest, Policy};
 pub use record::{KeyRecord, Notices, RECORD_FORMAT, Sealed};

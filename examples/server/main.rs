@@ -21,9 +21,9 @@
 //! connection limit. A real host builds the `Actor` from its own session instead.
 
 mod app;
+mod config;
 #[allow(dead_code)] // `Webhooks` is wired into AppState's builder by the host config (webhooks.rs)
 mod webhooks;
-mod config;
 
 use std::net::Ipv4Addr;
 use std::process::ExitCode;

@@ -40,12 +40,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         result
     }
 
-    async fn verify_inner(
-        &self,
-        token: &str,
-        scope: &Scope,
-        cost: u64,
-    ) -> Result<Verified, Error> {
+    async fn verify_inner(&self, token: &str, scope: &Scope, cost: u64) -> Result<Verified, Error> {
         // The presented secret lives in this future's own zeroizing buffer (no copy is left
         // behind by moves); only the public id comes back by value.
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);

@@ -238,8 +238,9 @@ fn store_errors_are_counted_by_kind() {
                 .unwrap();
             // Recording last use fails; the verification still succeeds.
             m.verify(key.expose_secret(), &scope).await.unwrap();
-            // The buffered use reaches the store (and fails) when written.
-            m.flush_last_use().await.unwrap_err();
+            // The buffered use reaches the store (and fails) when written: by this flush, or
+            // already by the verify itself when no runtime feature writes in the background.
+            let _ = m.flush_last_use().await;
         }
     });
     assert_eq!(store.touches.load(std::sync::atomic::Ordering::SeqCst), 1);

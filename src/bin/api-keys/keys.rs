@@ -3,7 +3,7 @@
 use clap::Subcommand;
 
 use api_keys::time::Duration;
-use api_keys::{Actor, AnyStore, Error, KeyId, KeyManager, KeyStore, OrgId};
+use api_keys::{Actor, AnyStore, Error, KeyId, KeyManager, KeyStore, LeakVerdict, OrgId};
 
 use crate::config::{operator, parse_duration};
 use crate::output::{print_json, print_key, print_table};
@@ -32,6 +32,15 @@ pub(crate) enum KeysCommand {
     Revoke {
         /// The key's id.
         id: String,
+    },
+    /// Revoke leaked keys by possession: whole tokens on standard input, one per line (never
+    /// as arguments: other users can read those). Genuine tokens' keys are revoked with the
+    /// reason "leaked" and the source; anything else is a false positive. Tokens are never
+    /// printed: lines are named by number.
+    RevokeLeaked {
+        /// Where the tokens were found (e.g. a URL), recorded with each revocation.
+        #[arg(long, default_value = "reported to an operator")]
+        source: String,
     },
 }
 
@@ -104,6 +113,60 @@ pub(crate) async fn run(
                 print_key(&info, m.now());
             }
         }
+        KeysCommand::RevokeLeaked { source } => return revoke_leaked(m, global, &source).await,
+    }
+    Ok(0)
+}
+
+/// `keys revoke-leaked`: tokens from standard input, each held in zeroizing memory.
+async fn revoke_leaked(
+    m: &KeyManager<AnyStore>,
+    global: &Global,
+    source: &str,
+) -> Result<u8, Failure> {
+    use std::io::BufRead;
+    use zeroize::Zeroizing;
+    let mut genuine = Vec::new();
+    let mut false_positives = Vec::new();
+    let stdin = std::io::stdin();
+    let mut line = Zeroizing::new(String::new());
+    let mut number = 0usize;
+    loop {
+        line.clear();
+        let n = stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Failure::usage(format!("cannot read standard input: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        number += 1;
+        let token = line.trim();
+        if token.is_empty() {
+            continue;
+        }
+        let verdict = m
+            .revoke_leaked(token, source)
+            .await
+            .map_err(|e| Failure::from_error(e, &format!("line {number}")))?;
+        match verdict {
+            LeakVerdict::TruePositive => genuine.push(number),
+            LeakVerdict::FalsePositive => false_positives.push(number),
+        }
+    }
+    if global.json {
+        print_json(&serde_json::json!({
+            "true_positive_lines": genuine,
+            "false_positive_lines": false_positives,
+        }));
+    } else {
+        println!(
+            "{} genuine token(s) revoked (lines {:?}); {} false positive(s) (lines {:?})",
+            genuine.len(),
+            genuine,
+            false_positives.len(),
+            false_positives
+        );
     }
     Ok(0)
 }

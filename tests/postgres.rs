@@ -1304,3 +1304,57 @@ async fn a_malformed_connection_string_never_echoes_the_password() {
         );
     }
 }
+
+/// A store in a table of its own: its own schema table, trigger and change channel; keys of
+/// the default table are not there, and a revoke reaches another node through its channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_in_a_table_of_its_own() {
+    let Some(cfg) = database_url("a_store_in_a_table_of_its_own") else {
+        return;
+    };
+    let url = conninfo(&cfg, &app("table"), None, None);
+    let table = format!("keys_{:08x}", random_u64() as u32);
+    let opts = PostgresStore::options().table(&table);
+    let store = opts.connect_and_migrate(&url).await.unwrap();
+    assert_eq!(store.table(), table);
+    api_keys::testkit::run(&store).await.unwrap();
+    let node_a = KeyManager::builder(store, keyring()).build().unwrap();
+    let node_b = KeyManager::builder(opts.connect(&url).await.unwrap(), keyring())
+        .build()
+        .unwrap();
+    let default = KeyManager::builder(connect(&cfg, &app("default")).await, keyring())
+        .build()
+        .unwrap();
+    let org = org();
+    let a = manager_of(&org);
+    let (key, info) = node_a
+        .generate(&a, GenerateRequest::new("own").scope(Scope::Scim))
+        .await
+        .unwrap();
+    assert!(default.list(&a).await.unwrap().is_empty());
+    assert!(matches!(
+        default.verify(key.expose_secret(), &Scope::Scim).await,
+        Err(Error::InvalidKey)
+    ));
+    node_b
+        .verify(key.expose_secret(), &Scope::Scim)
+        .await
+        .unwrap();
+    node_a.revoke(&a, &info.id).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match node_b.verify(key.expose_secret(), &Scope::Scim).await {
+            Err(Error::Revoked) => break,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
+            other => panic!("the revoke did not reach the other node within 1 s: {other:?}"),
+        }
+    }
+    let e = PostgresStore::options()
+        .table("Bad-Name")
+        .connect(&url)
+        .await
+        .unwrap_err();
+    assert_eq!(pg_error(&e).kind(), PostgresErrorKind::InvalidTable);
+}

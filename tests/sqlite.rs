@@ -722,3 +722,48 @@ async fn verifies_do_not_wait_on_last_use_while_another_writer_holds_the_lock() 
         keys.len()
     ));
 }
+
+/// Two key stores in one SQLite file, each in a table of its own; a bad name is refused.
+#[tokio::test]
+async fn stores_in_separate_tables_of_one_file_are_apart() {
+    let dir = TempDir::new("tables");
+    let path = dir.path("keys.db");
+    let a = manager(SqliteStore::open(&path).unwrap());
+    let b_store = SqliteStore::open_table(&path, "pool_keys").unwrap();
+    assert_eq!(b_store.table(), "pool_keys");
+    api_keys::testkit::run(&b_store).await.unwrap();
+    let b = manager(b_store);
+    let (ka, ia) = a
+        .generate(&alice(), GenerateRequest::new("a").scope(Scope::Scim))
+        .await
+        .unwrap();
+    let (kb, ib) = b
+        .generate(&alice(), GenerateRequest::new("b").scope(Scope::Scim))
+        .await
+        .unwrap();
+    let ids = |l: Vec<api_keys::KeyInfo>| l.iter().map(|k| k.id).collect::<Vec<_>>();
+    assert_eq!(ids(a.list(&alice()).await.unwrap()), vec![ia.id]);
+    assert_eq!(ids(b.list(&alice()).await.unwrap()), vec![ib.id]);
+    assert!(matches!(
+        b.verify(ka.expose_secret(), &Scope::Scim).await,
+        Err(Error::InvalidKey)
+    ));
+    a.verify(ka.expose_secret(), &Scope::Scim).await.unwrap();
+    // Reopened, each table keeps its keys.
+    let b = manager(SqliteStore::open_table(&path, "pool_keys").unwrap());
+    b.verify(kb.expose_secret(), &Scope::Scim).await.unwrap();
+    for bad in [
+        "",
+        "Keys",
+        "1keys",
+        "keys; DROP TABLE api_keys",
+        &"k".repeat(49),
+    ] {
+        let e = SqliteStore::open_table(&path, bad).unwrap_err();
+        assert_eq!(
+            sqlite_error(&e).kind(),
+            SqliteErrorKind::InvalidTable,
+            "{bad}"
+        );
+    }
+}

@@ -93,3 +93,22 @@ fn decode_row_strict(
         .map_err(|e| corrupt(Some(id), e))?;
     Ok(rec)
 }
+
+/// The default table name.
+pub(crate) const DEFAULT_TABLE: &str = "api_keys";
+
+/// A table name the stores accept: `[a-z_][a-z0-9_]{0,47}` (it is spliced into SQL).
+pub(crate) fn valid_table(t: &str) -> bool {
+    let b = t.as_bytes();
+    !b.is_empty()
+        && b.len() <= 48
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+}
+
+/// `sql` written for the default table (`api_keys`, `api_keys_schema`, `api_keys_org`, ...),
+/// for `table` instead.
+pub(crate) fn named(table: &str, sql: &str) -> String {
+    sql.replace(DEFAULT_TABLE, table)
+}

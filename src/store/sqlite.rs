@@ -28,7 +28,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 use time::OffsetDateTime;
 
 use super::KeyStore;
-use super::sql::{corrupt, record_json, unix};
+use super::sql::{DEFAULT_TABLE, corrupt, named, record_json, unix, valid_table};
 use crate::{KeyId, KeyRecord, OrgId, StoreError};
 
 /// The schema version this crate writes. A file with a higher version is refused.
@@ -75,6 +75,8 @@ pub enum SqliteErrorKind {
     },
     /// A value cannot be stored (a revision above `i64::MAX`).
     OutOfRange,
+    /// The table name given to [`SqliteStore::open_table`] is not `[a-z_][a-z0-9_]{0,47}`.
+    InvalidTable,
     /// A statement failed (I/O error, disk full, the file locked by another process for too
     /// long, ...).
     Query,
@@ -144,6 +146,10 @@ impl fmt::Display for SqliteError {
                 "SQLite key store at {p}: a revision above i64::MAX cannot be stored"
             ),
             SqliteErrorKind::Query => write!(f, "SQLite key store at {p}: statement failed"),
+            SqliteErrorKind::InvalidTable => write!(
+                f,
+                "SQLite key store at {p}: a table name must match [a-z_][a-z0-9_]{{0,47}}"
+            ),
         }
     }
 }
@@ -162,6 +168,8 @@ struct Inner {
     /// lock, a waiting `touch` never holds the connection that reads serve verifies.
     touch: Mutex<Connection>,
     path: PathBuf,
+    /// The table's name (`api_keys` by default); the schema-version table is `<table>_schema`.
+    table: String,
 }
 
 /// A [`KeyStore`] in one SQLite file: persistent, for a single server (several processes on
@@ -210,16 +218,41 @@ impl SqliteStore {
     /// [`SqliteErrorKind::NotADatabase`], [`SqliteErrorKind::ReadOnly`],
     /// [`SqliteErrorKind::NewerSchema`] or [`SqliteErrorKind::Query`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_table(path, DEFAULT_TABLE)
+    }
+
+    /// [`SqliteStore::open`] with the keys in table `table` (and its schema version in
+    /// `<table>_schema`) instead of `api_keys`: for several key stores in one file. Managers of
+    /// different key classes (token prefixes) may also share one table — each record is bound
+    /// to its class — so separate tables are for keeping rows apart, not for safety.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] with a [`SqliteError`] of kind [`SqliteErrorKind::InvalidTable`]
+    /// for a name that is not `[a-z_][a-z0-9_]{0,47}`; otherwise as [`SqliteStore::open`].
+    pub fn open_table(path: impl AsRef<Path>, table: &str) -> Result<Self, StoreError> {
         let path = path.as_ref();
-        let conn = open_connection(path).map_err(StoreError::backend)?;
-        let touch = open_connection(path).map_err(StoreError::backend)?;
+        if !valid_table(table) {
+            return Err(StoreError::backend(SqliteError::new(
+                SqliteErrorKind::InvalidTable,
+                path,
+                None,
+            )));
+        }
+        let conn = open_connection(path, table).map_err(StoreError::backend)?;
+        let touch = open_connection(path, table).map_err(StoreError::backend)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
                 touch: Mutex::new(touch),
                 path: path.to_path_buf(),
+                table: table.to_string(),
             }),
         })
+    }
+
+    /// The table holding the keys.
+    pub fn table(&self) -> &str {
+        &self.inner.table
     }
 
     /// The database file's path.
@@ -232,9 +265,11 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError::Backend`] if the query fails.
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        self.run(|conn, path| {
-            conn.query_row("SELECT version FROM api_keys_schema", [], |r| r.get(0))
-                .map_err(|e| backend(path, e))
+        self.run(|conn, path, t| {
+            conn.query_row(&named(t, "SELECT version FROM api_keys_schema"), [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| backend(path, e))
         })
         .await
     }
@@ -244,7 +279,7 @@ impl SqliteStore {
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection, &Path) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection, &Path, &str) -> Result<T, StoreError> + Send + 'static,
     {
         self.run_on(false, f).await
     }
@@ -253,13 +288,13 @@ impl SqliteStore {
     async fn run_on<T, F>(&self, touch: bool, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection, &Path) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection, &Path, &str) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
         let job = move || {
             let conn = if touch { &inner.touch } else { &inner.conn };
             let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut conn, &inner.path)
+            f(&mut conn, &inner.path, &inner.table)
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => rt.spawn_blocking(job).await.map_err(StoreError::backend)?,
@@ -272,7 +307,7 @@ fn backend(path: &Path, e: rusqlite::Error) -> StoreError {
     StoreError::backend(SqliteError::from_sqlite(path, e))
 }
 
-fn open_connection(path: &Path) -> Result<Connection, SqliteError> {
+fn open_connection(path: &Path, table: &str) -> Result<Connection, SqliteError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => {
             return Err(SqliteError::new(SqliteErrorKind::CannotOpen, path, None));
@@ -311,21 +346,28 @@ fn open_connection(path: &Path) -> Result<Connection, SqliteError> {
     }
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(err)?;
-    migrate(&mut conn, path)?;
+    migrate(&mut conn, path, table)?;
     Ok(conn)
 }
 
 /// Creates or upgrades the schema in one `BEGIN IMMEDIATE` transaction (so two processes
 /// opening a new file at once cannot both create it).
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), SqliteError> {
+fn migrate(conn: &mut Connection, path: &Path, table: &str) -> Result<(), SqliteError> {
     let err = |e| SqliteError::from_sqlite(path, e);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err)?;
-    tx.execute_batch("CREATE TABLE IF NOT EXISTS api_keys_schema (version INTEGER NOT NULL)")
-        .map_err(err)?;
+    tx.execute_batch(&named(
+        table,
+        "CREATE TABLE IF NOT EXISTS api_keys_schema (version INTEGER NOT NULL)",
+    ))
+    .map_err(err)?;
     let found: Option<i64> = tx
-        .query_row("SELECT max(version) FROM api_keys_schema", [], |r| r.get(0))
+        .query_row(
+            &named(table, "SELECT max(version) FROM api_keys_schema"),
+            [],
+            |r| r.get(0),
+        )
         .map_err(err)?;
     let found = found.unwrap_or(0);
     if found > SCHEMA_VERSION {
@@ -340,11 +382,12 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), SqliteError> {
     }
     if found < SCHEMA_VERSION {
         for step in &MIGRATIONS[found.max(0) as usize..] {
-            tx.execute_batch(step).map_err(err)?;
+            tx.execute_batch(&named(table, step)).map_err(err)?;
         }
-        tx.execute("DELETE FROM api_keys_schema", []).map_err(err)?;
+        tx.execute(&named(table, "DELETE FROM api_keys_schema"), [])
+            .map_err(err)?;
         tx.execute(
-            "INSERT INTO api_keys_schema (version) VALUES (?1)",
+            &named(table, "INSERT INTO api_keys_schema (version) VALUES (?1)"),
             [SCHEMA_VERSION],
         )
         .map_err(err)?;
@@ -386,14 +429,15 @@ fn query_records(
 
 impl KeyStore for SqliteStore {
     fn insert(&self, record: KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.run(move |conn, path| {
+        self.run(move |conn, path, t| {
             let json = record_json(&record)?;
             let revision = revision_to_sql(path, record.revision)?;
             let n = conn
-                .prepare_cached(
+                .prepare_cached(&named(
+                    t,
                     "INSERT INTO api_keys (id, org, revision, expires_at, last_used_at, record)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
-                )
+                ))
                 .and_then(|mut s| {
                     s.execute(params![
                         record.id.to_string(),
@@ -418,8 +462,8 @@ impl KeyStore for SqliteStore {
         id: &KeyId,
     ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send {
         let id = id.to_string();
-        self.run(move |conn, path| {
-            let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1");
+        self.run(move |conn, path, t| {
+            let sql = named(t, &format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1"));
             let mut stmt = conn.prepare_cached(&sql).map_err(|e| backend(path, e))?;
             let mut rows = stmt.query([&id]).map_err(|e| backend(path, e))?;
             match rows.next().map_err(|e| backend(path, e))? {
@@ -431,8 +475,8 @@ impl KeyStore for SqliteStore {
 
     fn list(&self, org: &OrgId) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
         let org = org.clone();
-        self.run(move |conn, path| {
-            let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE org = ?1");
+        self.run(move |conn, path, t| {
+            let sql = named(t, &format!("SELECT {COLUMNS} FROM api_keys WHERE org = ?1"));
             query_records(conn, path, &sql, [org.as_str()])
         })
     }
@@ -442,7 +486,7 @@ impl KeyStore for SqliteStore {
         record: KeyRecord,
         expected_revision: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.run(move |conn, path| {
+        self.run(move |conn, path, t| {
             let json = record_json(&record)?;
             let revision = revision_to_sql(path, record.revision)?;
             let id = record.id.to_string();
@@ -453,7 +497,8 @@ impl KeyStore for SqliteStore {
                 // `last_used_at` only ever rises, even if the caller's copy is older than a
                 // concurrent `touch`.
                 Ok(expected) => tx
-                    .prepare_cached(
+                    .prepare_cached(&named(
+                        t,
                         "UPDATE api_keys SET org = ?3, revision = ?4, expires_at = ?5,
                              last_used_at = CASE
                                  WHEN ?6 IS NULL THEN last_used_at
@@ -461,7 +506,7 @@ impl KeyStore for SqliteStore {
                                  ELSE last_used_at END,
                              record = ?7
                          WHERE id = ?1 AND revision = ?2",
-                    )
+                    ))
                     .and_then(|mut s| {
                         s.execute(params![
                             id,
@@ -481,7 +526,11 @@ impl KeyStore for SqliteStore {
                 Ok(())
             } else {
                 let exists = tx
-                    .query_row("SELECT 1 FROM api_keys WHERE id = ?1", [&id], |_| Ok(()))
+                    .query_row(
+                        &named(t, "SELECT 1 FROM api_keys WHERE id = ?1"),
+                        [&id],
+                        |_| Ok(()),
+                    )
                     .optional()
                     .map_err(|e| backend(path, e))?;
                 Err(if exists.is_some() {
@@ -497,8 +546,8 @@ impl KeyStore for SqliteStore {
 
     fn delete(&self, id: &KeyId) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let id = id.to_string();
-        self.run(move |conn, path| {
-            conn.prepare_cached("DELETE FROM api_keys WHERE id = ?1")
+        self.run(move |conn, path, t| {
+            conn.prepare_cached(&named(t, "DELETE FROM api_keys WHERE id = ?1"))
                 .and_then(|mut s| s.execute([&id]))
                 .map(|n| n > 0)
                 .map_err(|e| backend(path, e))
@@ -512,14 +561,19 @@ impl KeyStore for SqliteStore {
     ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
         let after = after.map(KeyId::to_string);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.run(move |conn, path| match after {
+        self.run(move |conn, path, t| match after {
             Some(after) => {
-                let sql =
-                    format!("SELECT {COLUMNS} FROM api_keys WHERE id > ?1 ORDER BY id LIMIT ?2");
+                let sql = named(
+                    t,
+                    &format!("SELECT {COLUMNS} FROM api_keys WHERE id > ?1 ORDER BY id LIMIT ?2"),
+                );
                 query_records(conn, path, &sql, params![after, limit])
             }
             None => {
-                let sql = format!("SELECT {COLUMNS} FROM api_keys ORDER BY id LIMIT ?1");
+                let sql = named(
+                    t,
+                    &format!("SELECT {COLUMNS} FROM api_keys ORDER BY id LIMIT ?1"),
+                );
                 query_records(conn, path, &sql, [limit])
             }
         })
@@ -543,16 +597,17 @@ impl KeyStore for SqliteStore {
             .iter()
             .map(|(id, at)| (id.to_string(), at.unix_timestamp()))
             .collect();
-        self.run_on(true, move |conn, path| {
+        self.run_on(true, move |conn, path, t| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| backend(path, e))?;
             {
                 let mut stmt = tx
-                    .prepare_cached(
+                    .prepare_cached(&named(
+                        t,
                         "UPDATE api_keys SET last_used_at = ?2
                          WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
-                    )
+                    ))
                     .map_err(|e| backend(path, e))?;
                 for (id, at) in &uses {
                     stmt.execute(params![id, at])

@@ -13,6 +13,9 @@ pub enum PostgresErrorKind {
     /// The connection URL could not be parsed. Neither the message nor a source repeats any
     /// part of it (it may hold a password).
     InvalidUrl,
+    /// The table name given to [`PostgresOptions::table`](crate::PostgresOptions::table) is
+    /// not `[a-z_][a-z0-9_]{0,47}`.
+    InvalidTable,
     /// No connection could be made (server down, refused, authentication failed, timed out
     /// connecting, ...).
     Connect,
@@ -95,6 +98,9 @@ impl PostgresError {
 impl fmt::Display for PostgresError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
+            PostgresErrorKind::InvalidTable => {
+                f.write_str("a PostgreSQL key store table name must match [a-z_][a-z0-9_]{0,47}")
+            }
             PostgresErrorKind::InvalidUrl => f.write_str(
                 "invalid PostgreSQL connection URL (in a key=value string, quote values that hold spaces with single quotes)",
             ),

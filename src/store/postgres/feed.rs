@@ -16,7 +16,6 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{Stream, StreamExt};
 use tokio_postgres::AsyncMessage;
 
-use super::CHANNEL;
 use crate::KeyId;
 use crate::store::{Change, ChangeKind, ChangeListener};
 
@@ -66,14 +65,18 @@ enum FeedEnd {
 
 /// The change-feed task: connect, `LISTEN`, prove, report, and reconnect with backoff, until
 /// the listener is dropped.
-pub(super) async fn run_feed(connect: FeedConnector, listener: Weak<dyn ChangeListener>) {
+pub(super) async fn run_feed(
+    connect: FeedConnector,
+    listener: Weak<dyn ChangeListener>,
+    channel: Arc<str>,
+) {
     let mut backoff = MIN_BACKOFF;
     loop {
         if listener.strong_count() == 0 {
             return;
         }
         let end = match connect().await {
-            Ok((client, messages)) => listen(&client, messages, &listener).await,
+            Ok((client, messages)) => listen(&client, messages, &listener, &channel).await,
             Err(e) => {
                 tracing::warn!(target: "api_keys", error = %e, "change feed: cannot connect to PostgreSQL");
                 FeedEnd::Lost { was_live: false }
@@ -115,6 +118,7 @@ async fn listen(
     client: &tokio_postgres::Client,
     mut messages: Pin<Box<dyn Stream<Item = Result<AsyncMessage, tokio_postgres::Error>> + Send>>,
     listener: &Weak<dyn ChangeListener>,
+    channel: &str,
 ) -> FeedEnd {
     // The connection is driven by its own task, which forwards notifications here; queries on
     // `client` (LISTEN, probes) need it driven while they wait.
@@ -129,7 +133,7 @@ async fn listen(
     });
     let _abort = AbortOnDrop(driver);
 
-    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+    if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await {
         tracing::warn!(target: "api_keys", error = %e, "change feed: LISTEN failed");
         return FeedEnd::Lost { was_live: false };
     }
@@ -212,7 +216,7 @@ async fn listen(
                 if sending.is_none() {
                     let Some(n) = nonce() else { continue };
                     let payload = format!("{n:016x}");
-                    let sql = format!("SELECT pg_notify('{CHANNEL}', '{PROBE_PREFIX}{payload}')");
+                    let sql = format!("SELECT pg_notify('{channel}', '{PROBE_PREFIX}{payload}')");
                     // A newer probe replaces an unanswered one: a late answer proves less.
                     outstanding = Some((payload, Instant::now()));
                     sending = Some(Box::pin(async move {

@@ -93,6 +93,7 @@ const MIGRATIONS: &[&str] = &[
 const MIGRATION_LOCK: i64 = 0x6170_692d_6b65_7973;
 
 /// The notification channel of the change feed (also spelled out in the statements).
+/// The change feed's channel for the default table (`<table>_changes` for another).
 pub(crate) const CHANNEL: &str = "api_keys_changes";
 
 const SELECT: &str = "SELECT id, org, revision, last_used_at, record::text FROM api_keys";
@@ -101,6 +102,8 @@ struct Inner {
     pool: Pool,
     feed: FeedConnector,
     runtime: tokio::runtime::Handle,
+    /// The table's name (`api_keys` by default).
+    table: String,
 }
 
 /// A [`KeyStore`] in PostgreSQL, shared by many server nodes.
@@ -214,17 +217,20 @@ impl PostgresStore {
             .await
             .map_err(pg)?;
         let exists: bool = tx
-            .query_one("SELECT to_regclass('api_keys_schema') IS NOT NULL", &[])
+            .query_one(
+                &self.sql("SELECT to_regclass('api_keys_schema') IS NOT NULL"),
+                &[],
+            )
             .await
             .map_err(pg)?
             .get(0);
         if !exists {
-            tx.batch_execute("CREATE TABLE api_keys_schema (version INTEGER NOT NULL)")
+            tx.batch_execute(&self.sql("CREATE TABLE api_keys_schema (version INTEGER NOT NULL)"))
                 .await
                 .map_err(pg)?;
         }
         let found: Option<i32> = tx
-            .query_one("SELECT max(version) FROM api_keys_schema", &[])
+            .query_one(&self.sql("SELECT max(version) FROM api_keys_schema"), &[])
             .await
             .map_err(pg)?
             .get(0);
@@ -240,13 +246,13 @@ impl PostgresStore {
         }
         if found < SCHEMA_VERSION {
             for step in &MIGRATIONS[found.max(0) as usize..] {
-                tx.batch_execute(step).await.map_err(pg)?;
+                tx.batch_execute(&self.sql(step)).await.map_err(pg)?;
             }
-            tx.execute("DELETE FROM api_keys_schema", &[])
+            tx.execute(&self.sql("DELETE FROM api_keys_schema"), &[])
                 .await
                 .map_err(pg)?;
             tx.execute(
-                "INSERT INTO api_keys_schema (version) VALUES ($1)",
+                &self.sql("INSERT INTO api_keys_schema (version) VALUES ($1)"),
                 &[&SCHEMA_VERSION],
             )
             .await
@@ -259,7 +265,7 @@ impl PostgresStore {
     async fn check_schema(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         let found = match client
-            .query_one("SELECT max(version) FROM api_keys_schema", &[])
+            .query_one(&self.sql("SELECT max(version) FROM api_keys_schema"), &[])
             .await
         {
             Ok(row) => row.try_get::<_, Option<i32>>(0).map_err(pg)?.unwrap_or(0),
@@ -287,12 +293,22 @@ impl PostgresStore {
     pub async fn schema_version(&self) -> Result<i32, StoreError> {
         let client = self.client().await?;
         client
-            .query_one("SELECT max(version) FROM api_keys_schema", &[])
+            .query_one(&self.sql("SELECT max(version) FROM api_keys_schema"), &[])
             .await
             .map_err(pg)?
             .try_get::<_, Option<i32>>(0)
             .map_err(pg)
             .map(|v| v.unwrap_or(0))
+    }
+
+    /// `sql` written for the default table, for this store's table.
+    fn sql(&self, sql: &str) -> String {
+        super::sql::named(&self.inner.table, sql)
+    }
+
+    /// The table holding the keys (see [`PostgresOptions::table`]).
+    pub fn table(&self) -> &str {
+        &self.inner.table
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -346,11 +362,11 @@ impl KeyStore for PostgresStore {
             let revision = revision_to_sql(record.revision)?;
             let client = self.client().await?;
             let stmt = client
-                .prepare_cached(
+                .prepare_cached(&self.sql(
                     "INSERT INTO api_keys (id, org, revision, expires_at, last_used_at, record)
                      VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
                      ON CONFLICT (id) DO NOTHING",
-                )
+                ))
                 .await
                 .map_err(pg)?;
             let rows = client
@@ -381,7 +397,7 @@ impl KeyStore for PostgresStore {
     ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send {
         let id = id.to_string();
         async move {
-            let sql = format!("{SELECT} WHERE id = $1");
+            let sql = self.sql(&format!("{SELECT} WHERE id = $1"));
             let mut recs = self.query_records(&sql, &[&id]).await?;
             Ok(recs.pop())
         }
@@ -390,7 +406,7 @@ impl KeyStore for PostgresStore {
     fn list(&self, org: &OrgId) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
         let org = org.clone();
         async move {
-            let sql = format!("{SELECT} WHERE org = $1");
+            let sql = self.sql(&format!("{SELECT} WHERE org = $1"));
             self.query_records(&sql, &[&org.as_str()]).await
         }
     }
@@ -406,12 +422,12 @@ impl KeyStore for PostgresStore {
                 // `last_used_at` only ever rises (GREATEST ignores NULLs), even if the
                 // caller's copy is older than a concurrent `touch`.
                 let stmt = client
-                    .prepare_cached(
+                    .prepare_cached(&self.sql(
                         "UPDATE api_keys SET org = $3, revision = $4, expires_at = $5,
                              last_used_at = GREATEST(last_used_at, $6),
                              record = $7::text::jsonb
                          WHERE id = $1 AND revision = $2",
-                    )
+                    ))
                     .await
                     .map_err(pg)?;
                 let rows = client
@@ -434,7 +450,7 @@ impl KeyStore for PostgresStore {
                 }
             }
             let stmt = client
-                .prepare_cached("SELECT 1 FROM api_keys WHERE id = $1")
+                .prepare_cached(&self.sql("SELECT 1 FROM api_keys WHERE id = $1"))
                 .await
                 .map_err(pg)?;
             let exists = client.query_opt(&stmt, &[&id]).await.map_err(pg)?;
@@ -451,7 +467,7 @@ impl KeyStore for PostgresStore {
         async move {
             let client = self.client().await?;
             let stmt = client
-                .prepare_cached("DELETE FROM api_keys WHERE id = $1")
+                .prepare_cached(&self.sql("DELETE FROM api_keys WHERE id = $1"))
                 .await
                 .map_err(pg)?;
             let rows = client.execute(&stmt, &[&id]).await.map_err(pg)?;
@@ -469,11 +485,11 @@ impl KeyStore for PostgresStore {
         async move {
             match after {
                 Some(after) => {
-                    let sql = format!("{SELECT} WHERE id > $1 ORDER BY id LIMIT $2");
+                    let sql = self.sql(&format!("{SELECT} WHERE id > $1 ORDER BY id LIMIT $2"));
                     self.query_records(&sql, &[&after, &limit]).await
                 }
                 None => {
-                    let sql = format!("{SELECT} ORDER BY id LIMIT $1");
+                    let sql = self.sql(&format!("{SELECT} ORDER BY id LIMIT $1"));
                     self.query_records(&sql, &[&limit]).await
                 }
             }
@@ -502,12 +518,12 @@ impl KeyStore for PostgresStore {
             }
             let client = self.client().await?;
             let stmt = client
-                .prepare_cached(
+                .prepare_cached(&self.sql(
                     "UPDATE api_keys AS k SET last_used_at = u.at
                      FROM (SELECT id, max(at) AS at
                            FROM unnest($1::text[], $2::bigint[]) AS x(id, at) GROUP BY id) AS u
                      WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
-                )
+                ))
                 .await
                 .map_err(pg)?;
             client.execute(&stmt, &[&ids, &ats]).await.map_err(pg)?;
@@ -516,9 +532,11 @@ impl KeyStore for PostgresStore {
     }
 
     fn changes(&self, listener: Weak<dyn ChangeListener>) -> bool {
-        self.inner
-            .runtime
-            .spawn(run_feed(self.inner.feed.clone(), listener));
+        self.inner.runtime.spawn(run_feed(
+            self.inner.feed.clone(),
+            listener,
+            self.sql(CHANNEL).into(),
+        ));
         true
     }
 }

@@ -24,6 +24,7 @@ const DEFAULT_APPLICATION_NAME: &str = "api-keys";
 /// | [`connect_timeout`](Self::connect_timeout) | the URL's `connect_timeout`, else 10 s | [`PostgresErrorKind::Connect`] |
 /// | [`statement_timeout`](Self::statement_timeout) | 5 s (server-side `statement_timeout`) | [`PostgresErrorKind::StatementTimeout`] |
 /// | [`pool_wait_timeout`](Self::pool_wait_timeout) | 5 s waiting for a free connection | [`PostgresErrorKind::PoolTimeout`] |
+/// | [`table`](Self::table) | `api_keys` | — |
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), api_keys::StoreError> {
@@ -42,6 +43,7 @@ pub struct PostgresOptions {
     connect_timeout: Option<Duration>,
     statement_timeout: Duration,
     pool_wait_timeout: Duration,
+    table: String,
 }
 
 impl Default for PostgresOptions {
@@ -58,7 +60,19 @@ impl PostgresOptions {
             connect_timeout: None,
             statement_timeout: Duration::from_secs(5),
             pool_wait_timeout: Duration::from_secs(5),
+            table: super::super::sql::DEFAULT_TABLE.to_string(),
         }
+    }
+
+    /// The table holding the keys (default `api_keys`; `[a-z_][a-z0-9_]{0,47}`). Its schema
+    /// version is in `<table>_schema`, its trigger notifies channel `<table>_changes`. Key
+    /// stores of separate products can share one database this way; managers of different
+    /// key classes (token prefixes) may also share one table — every record is bound to its
+    /// class — so a table of its own keeps rows apart, it is not needed for safety. An invalid
+    /// name fails `connect` with [`PostgresErrorKind::InvalidTable`].
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
     }
 
     /// Most pooled connections (at least 1). The change feed has one more of its own.
@@ -143,6 +157,12 @@ impl PostgresOptions {
         T::TlsConnect: Send + Sync,
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
+        if !super::super::sql::valid_table(&self.table) {
+            return Err(StoreError::backend(PostgresError::new(
+                PostgresErrorKind::InvalidTable,
+                None,
+            )));
+        }
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
             StoreError::backend(PostgresError::new(
                 PostgresErrorKind::NoRuntime,
@@ -215,6 +235,7 @@ impl PostgresOptions {
                 pool,
                 feed,
                 runtime,
+                table: self.table.clone(),
             }),
         };
         if migrate {

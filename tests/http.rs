@@ -228,7 +228,11 @@ fn parse_exposition(text: &str) -> HashMap<String, f64> {
     let mut current: Option<String> = None;
     let mut samples = HashMap::new();
     for line in text.lines() {
-        assert!(!line.is_empty(), "empty line in exposition");
+        // Empty lines are allowed (and ignored) by the format; the exporter separates
+        // families with them.
+        if line.is_empty() {
+            continue;
+        }
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, help) = rest.split_once(' ').expect("HELP needs text");
             assert!(is_name(name) && !help.is_empty(), "bad HELP line {line:?}");
@@ -1492,4 +1496,45 @@ async fn the_openapi_description_covers_every_management_route_and_error() {
         .await;
     r.assert_error(StatusCode::FORBIDDEN, "permission_denied");
     assert!(paths["/api/keys"]["post"]["responses"]["403"].is_object());
+}
+
+/// The crate's own metrics (feature `metrics`), exported by `metrics-exporter-prometheus` on
+/// the example server's operator listener: a verification shows up under its outcome.
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn the_crate_metrics_are_served_on_the_operator_listener() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = ops.local_addr().unwrap();
+    let handle = app::metrics::install_crate_recorder().unwrap();
+    tokio::spawn(app::metrics::serve_crate_metrics(ops, handle));
+    let m = api_keys::KeyManager::builder(MemoryStore::new(), common::keyring())
+        .build()
+        .unwrap();
+    let scope = api_keys::Scope::Prometheus;
+    let (key, _) = m
+        .generate(
+            &common::alice(),
+            api_keys::GenerateRequest::new("k").scope(scope.clone()),
+        )
+        .await
+        .unwrap();
+    m.verify(key.expose_secret(), &scope).await.unwrap();
+    let _ = m.verify("sak_garbage", &scope).await;
+    let mut conn = TcpStream::connect(at).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for line in [
+        "# TYPE api_keys_verifications_total counter",
+        "api_keys_verifications_total{outcome=\"ok\"}",
+        "api_keys_verifications_total{outcome=\"malformed\"}",
+        "api_keys_verification_duration_seconds",
+    ] {
+        assert!(text.contains(line), "no `{line}` in:\n{text}");
+    }
+    assert!(!text.contains(key.expose_secret()));
 }

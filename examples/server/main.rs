@@ -56,6 +56,22 @@ async fn run() -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", config.port))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // The crate's own metrics (feature `metrics`: every organization together) on an
+    // operator-only listener, e.g. API_KEYS_OPS_METRICS_ADDR=127.0.0.1:9464.
+    #[cfg(feature = "metrics")]
+    if let Ok(ops) = std::env::var("API_KEYS_OPS_METRICS_ADDR") {
+        let handle = app::metrics::install_crate_recorder()?;
+        let ops = tokio::net::TcpListener::bind(&ops)
+            .await
+            .map_err(|e| format!("cannot listen on {ops} (API_KEYS_OPS_METRICS_ADDR): {e}"))?;
+        let at = ops.local_addr().map_err(|e| e.to_string())?;
+        println!("crate metrics for operators: http://{at}/metrics");
+        tokio::spawn(async move {
+            if let Err(e) = app::metrics::serve_crate_metrics(ops, handle).await {
+                eprintln!("crate metrics listener stopped: {e}");
+            }
+        });
+    }
     // The automations (expiry warnings, unused keys, retention): hourly, safe on every node.
     tokio::spawn(webhooks::sweep_every(
         state.manager.clone(),

@@ -1,11 +1,15 @@
 //! Verification counters (fed by the manager's audit events) and `GET /metrics` (Prometheus
-//! text exposition of one organization's counts, for a key with the `prometheus` scope).
+//! text exposition of one organization's counts, for a key with the `prometheus` scope), both
+//! built on the `metrics` facade and `metrics-exporter-prometheus`: one recorder per
+//! organization, so that a scrape renders that organization's series and nothing else. The
+//! crate's own metrics (feature `metrics`: every organization together) are served separately,
+//! on an operator listener ([`serve_crate_metrics`]).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use ::metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
 use api_keys::time::OffsetDateTime;
 use api_keys::{
     AuditAction, AuditEvent, AuditSink, BoxError, Error, FailureClass, KeyStore, OrgId,
@@ -16,6 +20,7 @@ use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
 use super::AppState;
 use super::errors::ApiError;
@@ -33,7 +38,58 @@ const OUTCOMES: [&str; 9] = [
     "other",
 ];
 
-type Counts = [u64; OUTCOMES.len()];
+/// One organization's series: its own recorder (rendered alone) and its registered handles.
+struct OrgSeries {
+    recorder: PrometheusRecorder,
+    outcomes: Vec<Counter>,
+    /// `api_keys_keys{status}`: active, expired, revoked.
+    keys: [Gauge; 3],
+}
+
+const VERIFICATIONS: &str = "api_keys_verifications_total";
+const KEYS: &str = "api_keys_keys";
+
+impl OrgSeries {
+    fn new(org: &OrgId) -> OrgSeries {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        recorder.describe_counter(
+            VERIFICATIONS.into(),
+            None,
+            "API key verifications of this organization's keys, by outcome.".into(),
+        );
+        recorder.describe_gauge(
+            KEYS.into(),
+            None,
+            "This organization's API keys, by status.".into(),
+        );
+        let meta = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+        let key = |name: &'static str, label: &'static str, value: &'static str| {
+            Key::from_parts(
+                name,
+                vec![
+                    Label::new("org", org.as_str().to_string()),
+                    Label::new(label, value),
+                ],
+            )
+        };
+        let outcomes = OUTCOMES
+            .iter()
+            .map(|o| {
+                let c = recorder.register_counter(&key(VERIFICATIONS, "outcome", o), &meta);
+                // Registered at zero, so every outcome is in the exposition from the start.
+                c.increment(0);
+                c
+            })
+            .collect();
+        let keys = ["active", "expired", "revoked"]
+            .map(|status| recorder.register_gauge(&key(KEYS, "status", status), &meta));
+        OrgSeries {
+            recorder,
+            outcomes,
+            keys,
+        }
+    }
+}
 
 fn outcome_index(class: FailureClass) -> usize {
     let name = match class {
@@ -58,18 +114,19 @@ fn outcome_index(class: FailureClass) -> usize {
 /// holder whether a guessed key id exists elsewhere. They are in the audit log.
 #[derive(Default)]
 pub(crate) struct Metrics {
-    by_org: Mutex<HashMap<OrgId, Counts>>,
+    by_org: Mutex<HashMap<OrgId, Arc<OrgSeries>>>,
 }
 
 impl Metrics {
-    fn count(&self, org: &OrgId, outcome: usize) {
+    fn series(&self, org: &OrgId) -> Arc<OrgSeries> {
         let mut m = self.by_org.lock().unwrap_or_else(PoisonError::into_inner);
-        m.entry(org.clone()).or_default()[outcome] += 1;
+        m.entry(org.clone())
+            .or_insert_with(|| Arc::new(OrgSeries::new(org)))
+            .clone()
     }
 
-    fn snapshot(&self, org: &OrgId) -> Counts {
-        let m = self.by_org.lock().unwrap_or_else(PoisonError::into_inner);
-        m.get(org).copied().unwrap_or_default()
+    fn count(&self, org: &OrgId, outcome: usize) {
+        self.series(org).outcomes[outcome].increment(1);
     }
 }
 
@@ -175,53 +232,17 @@ pub(crate) async fn count_success(
 // GET /metrics
 // ---------------------------------------------------------------------------------------------
 
-/// Escapes a Prometheus label value (backslash, double quote, newline).
-fn label(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 pub(crate) async fn metrics(
     State(state): State<AppState>,
     key: Verified,
 ) -> Result<Response, ApiError> {
     let org = key.org().clone();
     let [active, expired, revoked] = state.key_counts.counts(&state, &org).await?;
-    let counts = state.metrics.snapshot(&org);
-    let org_label = label(org.as_str());
-    let mut out = String::new();
-    out.push_str(
-        "# HELP api_keys_verifications_total API key verifications of this organization's keys, by outcome.\n\
-         # TYPE api_keys_verifications_total counter\n",
-    );
-    for (outcome, n) in OUTCOMES.iter().zip(counts) {
-        let _ = writeln!(
-            out,
-            "api_keys_verifications_total{{org=\"{org_label}\",outcome=\"{outcome}\"}} {n}"
-        );
+    let series = state.metrics.series(&org);
+    for (gauge, n) in series.keys.iter().zip([active, expired, revoked]) {
+        gauge.set(n as f64);
     }
-    out.push_str(
-        "# HELP api_keys_keys This organization's API keys, by status.\n\
-         # TYPE api_keys_keys gauge\n",
-    );
-    for (status, n) in [
-        ("active", active),
-        ("expired", expired),
-        ("revoked", revoked),
-    ] {
-        let _ = writeln!(
-            out,
-            "api_keys_keys{{org=\"{org_label}\",status=\"{status}\"}} {n}"
-        );
-    }
+    let out = series.recorder.handle().render();
     Ok((
         [(
             CONTENT_TYPE,
@@ -230,4 +251,48 @@ pub(crate) async fn metrics(
         out,
     )
         .into_response())
+}
+
+/// Installs the process-wide Prometheus recorder for the crate's own metrics (feature
+/// `metrics`: verification outcomes and latency, cache, feed, store errors, dropped audit
+/// lines — every organization together). Call once, before serving them.
+///
+/// # Errors
+/// Another recorder is already installed.
+#[cfg(feature = "metrics")]
+pub fn install_crate_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    ::metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+    api_keys::metrics::describe();
+    Ok(handle)
+}
+
+/// Serves what [`install_crate_recorder`] records as `GET /metrics` on `listener`: an
+/// operator's endpoint, kept off the public address, since it is not scoped to an
+/// organization.
+///
+/// # Errors
+/// The listener fails.
+#[cfg(feature = "metrics")]
+pub async fn serve_crate_metrics(
+    listener: tokio::net::TcpListener,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<(), String> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app).await.map_err(|e| e.to_string())
 }

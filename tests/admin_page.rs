@@ -1523,3 +1523,128 @@ fn has_event_handler_attribute(html: &str) -> bool {
         })
     })
 }
+
+/// Usage limits on the page: the generate form's optional rate limit and credits reach the
+/// key, its row shows them with the credits left (which go down as the key is used), and a
+/// manager changes them from the row's Limits dialog; a bad number is refused on the page.
+#[tokio::test]
+async fn limits_are_shown_and_set_on_the_page() {
+    let Some(h) = Harness::start("limits").await else {
+        return;
+    };
+    h.open_page().await;
+    h.css("#open-generate").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('generate-panel').hidden")
+        .await;
+    h.css("#key-name")
+        .await
+        .send_keys("Metered scraper")
+        .await
+        .unwrap();
+    h.css("#key-rate").await.send_keys("100").await.unwrap();
+    h.css("#key-rate-window")
+        .await
+        .select_by_value("60000")
+        .await
+        .unwrap();
+    h.css("#key-credits").await.send_keys("3").await.unwrap();
+    h.css("#key-credits-refill")
+        .await
+        .select_by_value("daily")
+        .await
+        .unwrap();
+    h.css("#generate-submit").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('new-key-panel').hidden")
+        .await;
+    let token = h.value("#new-key-token").await;
+    let listed = h
+        .call(Method::GET, "/api/keys", Some(&h.manager.clone()), None)
+        .await;
+    let key = &listed.json[0];
+    let id = key["id"].as_str().unwrap().to_owned();
+    assert_eq!(key["rate_limits"][0]["limit"], json!(100));
+    assert_eq!(key["rate_limits"][0]["window_ms"], json!(60_000));
+    assert_eq!(
+        key["credits"],
+        json!({"initial": 3, "refill": {"every": "daily", "amount": 3}})
+    );
+    let cell = format!("tr[data-key-id=\"{id}\"] .col-limits");
+    let cell_js = serde_json::to_string(&cell).unwrap();
+    let cell_has = |needle: &str| {
+        format!("(document.querySelector({cell_js}) || {{textContent: ''}}).textContent.includes({needle:?})")
+    };
+    h.wait_js(&cell_has("3 of 3 credits left")).await;
+    assert!(h.text(&cell).await.contains("100 / minute"), "{}", h.text(&cell).await);
+
+    // One use spends one credit; the page shows it after a reload.
+    assert_eq!(h.metrics_status(&token).await, StatusCode::OK);
+    h.open_page().await;
+    h.wait_js(&cell_has("2 of 3 credits left")).await;
+
+    // The Limits dialog: prefilled, and saving changes both.
+    h.css(&format!("tr[data-key-id=\"{id}\"] .action-limits"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('limits-dialog').open")
+        .await;
+    assert_eq!(h.value("#limits-rate").await, "100");
+    assert_eq!(h.value("#limits-credits").await, "3");
+    h.css("#limits-rate").await.clear().await.unwrap();
+    h.css("#limits-rate").await.send_keys("5").await.unwrap();
+    h.css("#limits-rate-window")
+        .await
+        .select_by_value("1000")
+        .await
+        .unwrap();
+    h.css("#limits-credits").await.clear().await.unwrap();
+    h.css("#limits-credits").await.send_keys("10").await.unwrap();
+    h.css("#limits-save").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('limits-dialog').open")
+        .await;
+    h.wait_js(&cell_has("10 of 10 credits left")).await;
+    assert!(h.text(&cell).await.contains("5 / second"), "{}", h.text(&cell).await);
+    let got = h
+        .call(
+            Method::GET,
+            &format!("/api/keys/{id}"),
+            Some(&h.manager.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(got.json["rate_limits"][0]["limit"], json!(5));
+    assert_eq!(got.json["rate_limits"][0]["window_ms"], json!(1000));
+    assert_eq!(got.json["credits"]["initial"], json!(10));
+
+    // A bad number is refused on the page; nothing changes.
+    h.css(&format!("tr[data-key-id=\"{id}\"] .action-limits"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('limits-dialog').open")
+        .await;
+    h.css("#limits-rate").await.clear().await.unwrap();
+    h.css("#limits-rate").await.send_keys("0").await.unwrap();
+    h.css("#limits-save").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('limits-error').hidden")
+        .await;
+    assert!(
+        h.text("#limits-error")
+            .await
+            .starts_with("A rate limit is a whole number")
+    );
+    h.css("#limits-cancel").await.click().await.unwrap();
+    let again = h
+        .call(
+            Method::GET,
+            &format!("/api/keys/{id}"),
+            Some(&h.manager.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(again.json["rate_limits"], got.json["rate_limits"]);
+    assert_eq!(h.csp_violations().await, 0);
+    h.finish().await;
+}

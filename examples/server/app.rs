@@ -8,6 +8,8 @@
 // (`mod app;`) and from a test that includes this file with `#[path = ".../app.rs"]`.
 #[path = "app/errors.rs"]
 pub mod errors;
+#[path = "app/limits.rs"]
+pub mod limits;
 #[path = "app/manage.rs"]
 pub mod manage;
 #[path = "app/metrics.rs"]
@@ -33,7 +35,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 // The tests reach these through `app::`.
 #[allow(unused_imports)]
@@ -157,6 +159,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/keys/{id}/revoke", post(manage::revoke_key))
         .route("/api/keys/{id}/roll", post(manage::roll_key))
         .route("/api/keys/{id}/reveal", post(manage::reveal_key))
+        .route("/api/keys/{id}/limits", put(limits::set_limits))
+        .route(
+            "/api/keys/{id}/credits",
+            get(limits::get_credits).put(limits::set_credits),
+        )
         .merge(metrics)
         .merge(scim)
         .merge(page::routes())

@@ -52,6 +52,11 @@ impl From<Error> for ApiError {
                 "expired",
                 "the key has expired; generate a new one",
             ),
+            Error::LimitsUnavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "limits_unavailable",
+                "the usage counters are unreachable; try again",
+            ),
             other => {
                 tracing::error!(target: "server", error = %other, "management request failed");
                 ApiError::new(

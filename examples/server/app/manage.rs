@@ -1,7 +1,7 @@
 //! The JSON management API: policy, create, list, get, revoke, roll, reveal, delete.
 
 use api_keys::time::{Duration, OffsetDateTime};
-use api_keys::{Expiry, GenerateRequest, Scope};
+use api_keys::{Credits, Expiry, GenerateRequest, RateLimit, Scope};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -15,7 +15,8 @@ use super::AppState;
 use super::errors::{ApiError, Body, key_id, no_store, parse_json};
 #[allow(unused_imports)] // named by the `utoipa::path` annotations
 use super::openapi::{
-    CreatedKey, ExpiryDoc, KeyInfoDoc, PolicyDoc, Problem, RevealedKey, ScopeDoc,
+    CreatedKey, CreditsDoc, ExpiryDoc, KeyInfoDoc, PolicyDoc, Problem, RateLimitDoc, RevealedKey,
+    ScopeDoc,
 };
 use super::sessions::Session;
 
@@ -50,6 +51,14 @@ pub(crate) struct CreateBody {
     #[schema(value_type = Option<ExpiryDoc>)]
     #[serde(default)]
     expiry: Option<Value>,
+    /// Rate limits (at most 8; see `PUT /api/keys/{id}/limits`); absent for none.
+    #[schema(value_type = Option<Vec<RateLimitDoc>>, max_items = 8)]
+    #[serde(default)]
+    rate_limits: Option<Vec<RateLimit>>,
+    /// A credit budget; absent for none.
+    #[schema(value_type = Option<CreditsDoc>)]
+    #[serde(default)]
+    credits: Option<Credits>,
 }
 
 /// `{"days":N}`, `{"at":<unix seconds>}`, `"never"`, or absent/null (the policy's default).
@@ -125,6 +134,12 @@ pub(crate) async fn create_key(
     let mut req = GenerateRequest::new(body.name).scopes(scopes);
     if let Some(expiry) = parse_expiry(&state, body.expiry)? {
         req = req.expiry(expiry);
+    }
+    for limit in body.rate_limits.into_iter().flatten() {
+        req = req.rate_limit(limit);
+    }
+    if let Some(credits) = body.credits {
+        req = req.credits(credits);
     }
     let (key, info) = state.manager.generate(&actor, req).await?;
     state.key_counts.forget(actor.org());

@@ -84,17 +84,81 @@ pub struct KeyInfoDoc {
     /// The host's owner / external id.
     owner: Option<String>,
     /// Named rate limits.
-    #[schema(value_type = Vec<Object>)]
-    rate_limits: Vec<Value>,
-    /// The credit configuration, if any.
-    #[schema(value_type = Option<Object>)]
-    credits: Option<Value>,
+    rate_limits: Vec<RateLimitDoc>,
+    /// The credit configuration, if any (what is left: `GET /api/keys/{id}/credits`).
+    credits: Option<CreditsDoc>,
     /// Status at the time of the answer.
     status: KeyStatusDoc,
     /// Last recorded use.
     last_used_at: Option<i64>,
     /// Masked hint, e.g. `sak_…x7Qa`.
     hint: String,
+}
+
+/// Whom a rate limit counts.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum LimitScopeDoc {
+    /// This key alone.
+    Key,
+    /// Every key of the organization with a limit of the same name, together.
+    Org,
+}
+
+/// A named rate limit: at most `limit` units per `window_ms` (fixed windows).
+#[derive(ToSchema)]
+pub struct RateLimitDoc {
+    /// `[a-z][a-z0-9._-]{0,31}`, unique per key.
+    #[schema(pattern = "^[a-z][a-z0-9._-]{0,31}$")]
+    name: String,
+    /// Units per window (each verification costs 1 unless the host says otherwise).
+    #[schema(minimum = 1)]
+    limit: u64,
+    /// The window in milliseconds (1 ms to 366 days).
+    #[schema(minimum = 1, maximum = 31_622_400_000_u64)]
+    window_ms: u64,
+    /// `key` (the default) or `org`.
+    #[schema(nullable = false)]
+    scope: Option<LimitScopeDoc>,
+}
+
+/// How often a refill comes.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum RefillEveryDoc {
+    /// Every day at 00:00 UTC.
+    Daily,
+    /// Every month on `day` at 00:00 UTC.
+    Monthly,
+}
+
+/// A refill *sets* the balance to `amount` (it does not add).
+#[derive(ToSchema)]
+pub struct RefillDoc {
+    every: RefillEveryDoc,
+    /// The balance after a refill.
+    amount: u64,
+    /// For `monthly`: the day of the month, 1 to 28.
+    #[schema(minimum = 1, maximum = 28, nullable = false)]
+    day: Option<u8>,
+}
+
+/// Usage credits: a balance each verification spends from.
+#[derive(ToSchema)]
+pub struct CreditsDoc {
+    /// The starting balance.
+    initial: u64,
+    /// The refill schedule, or `null` for none.
+    refill: Option<RefillDoc>,
+}
+
+/// A key's credit budget and what is left of it now.
+#[derive(ToSchema)]
+pub struct KeyCreditsDoc {
+    /// The budget, or `null` for a key without credits.
+    credits: Option<CreditsDoc>,
+    /// Credits left now (after any refill due), or `null` for a key without credits.
+    remaining: Option<u64>,
 }
 
 /// A new key: the token, shown once, and its metadata.
@@ -202,8 +266,11 @@ pub enum NeverDoc {
         super::manage::revoke_key,
         super::manage::roll_key,
         super::manage::reveal_key,
+        super::limits::set_limits,
+        super::limits::set_credits,
+        super::limits::get_credits,
     ),
-    components(schemas(Problem, KeyInfoDoc, CreatedKey, RevealedKey, PolicyDoc, WhoAmI, Health, ExpiryDoc, NeverDoc)),
+    components(schemas(Problem, KeyInfoDoc, CreatedKey, RevealedKey, PolicyDoc, WhoAmI, Health, ExpiryDoc, NeverDoc, RateLimitDoc, CreditsDoc, KeyCreditsDoc)),
     modifiers(&CommonAnswers),
     tags((name = "keys", description = "An organization's API keys (managers only, except reading the policy)"),
          (name = "session", description = "The demo stand-in for the host's login"))

@@ -28,6 +28,8 @@
     me: null, // {org, user, role} from GET /api/whoami
     policy: null, // GET /api/policy
     keys: [],
+    credits: {}, // key id -> credits left now (GET /api/keys/{id}/credits), for keys with a budget
+    limitsKey: null, // the key whose limits dialog is open
     generation: 0, // bumps on every identity switch; stale responses are dropped
     dialog: null, // {mode, key, opener}
     busy: false,
@@ -345,6 +347,8 @@
       const keys = await api('GET', '/api/keys');
       if (gen !== state.generation) return;
       state.keys = Array.isArray(keys) ? keys : [];
+      state.credits = await loadCredits(state.keys, gen);
+      if (gen !== state.generation) return;
       renderKeys(null);
     } catch (err) {
       if (gen !== state.generation) return;
@@ -356,6 +360,63 @@
         showError(describeError(err));
       }
     }
+  }
+
+  // What is left of each budget, read without spending (one request per key with credits).
+  async function loadCredits(keys, gen) {
+    const left = {};
+    await Promise.all(
+      keys
+        .filter((k) => k.credits && k.status !== 'revoked')
+        .map(async (k) => {
+          try {
+            const c = await api('GET', '/api/keys/' + encodeURIComponent(k.id) + '/credits');
+            if (gen === state.generation && c && typeof c.remaining === 'number') left[k.id] = c.remaining;
+          } catch (_) {
+            // Shown as unknown; the list itself loaded.
+          }
+        }),
+    );
+    return left;
+  }
+
+  const WINDOWS = { 1000: 'second', 60000: 'minute', 3600000: 'hour', 86400000: 'day' };
+
+  function windowText(ms) {
+    if (WINDOWS[ms]) return WINDOWS[ms];
+    if (ms % 86400000 === 0) return ms / 86400000 + ' days';
+    if (ms % 3600000 === 0) return ms / 3600000 + ' hours';
+    if (ms % 60000 === 0) return ms / 60000 + ' minutes';
+    if (ms % 1000 === 0) return ms / 1000 + ' seconds';
+    return ms + ' ms';
+  }
+
+  function refillText(refill) {
+    if (!refill) return '';
+    if (refill.every === 'daily') return ', refilled to ' + refill.amount + ' daily';
+    return ', refilled to ' + refill.amount + ' on day ' + refill.day + ' of each month';
+  }
+
+  function limitsCell(key) {
+    const parts = [];
+    for (const l of key.rate_limits || []) {
+      parts.push(
+        el('span', {
+          cls: 'limit',
+          text: l.limit + ' / ' + windowText(l.window_ms) + (l.scope === 'org' ? ' (organization)' : ''),
+          attrs: { title: 'Rate limit “' + l.name + '”' },
+        }),
+      );
+    }
+    if (key.credits) {
+      const left = state.credits[key.id];
+      const text =
+        (typeof left === 'number' ? left + ' of ' + key.credits.initial + ' credits left' : key.credits.initial + ' credits') +
+        refillText(key.credits.refill);
+      parts.push(el('span', { cls: 'credits', text }));
+    }
+    if (parts.length === 0) parts.push(el('span', { cls: 'muted', text: 'None' }));
+    return parts;
   }
 
   function renderKeys(emptyText) {
@@ -408,6 +469,7 @@
       ]),
       cell('Expires', [timeEl(key.expires_at, 'Never', true)], 'col-expires'),
       cell('Last used', [timeEl(key.last_used_at, 'Never used')], 'col-last-used'),
+      cell('Limits', limitsCell(key), 'col-limits'),
       cell('Status', [el('span', { cls: 'badge ' + st.cls, text: st.text })], 'col-status'),
     );
 
@@ -420,6 +482,9 @@
       }
       if (active && !key.replaced_by) {
         actions.append(rowButton('Roll', 'action-roll', key, (ev) => openDialog('roll', key, ev.currentTarget)));
+      }
+      if (active) {
+        actions.append(rowButton('Limits', 'action-limits', key, (ev) => openLimits(key, ev.currentTarget)));
       }
       if (!revoked) {
         actions.append(
@@ -568,8 +633,16 @@
       document.querySelector('#generate-form input[name="scope"]').focus();
       return;
     }
+    const limits = readLimits('key-rate', 'key-rate-window', 'key-credits', 'key-credits-refill');
+    if (limits.error) {
+      setGenerateError(limits.error);
+      $(limits.field).focus();
+      return;
+    }
     const v = $('key-expiry').value;
     const body = { name, scopes };
+    if (limits.rate) body.rate_limits = [limits.rate];
+    if (limits.credits) body.credits = limits.credits;
     if (v.startsWith('days:')) body.expiry = { days: Number(v.slice(5)) };
     else if (v === 'never') body.expiry = 'never';
     else if (v === 'custom') {
@@ -596,6 +669,107 @@
     } finally {
       state.busy = false;
       $('generate-submit').disabled = false;
+    }
+  }
+
+  // ---- usage limits --------------------------------------------------------------------------
+
+  // Reads a rate limit and a credit budget from a form: {rate, credits} (each null when its
+  // field is empty), or {error, field}.
+  function readLimits(rateId, windowId, creditsId, refillId) {
+    const whole = (id, min) => {
+      const raw = $(id).value.trim();
+      if (raw === '') return null;
+      const n = Number(raw);
+      return /^[0-9]+$/.test(raw) && Number.isSafeInteger(n) && n >= min ? n : NaN;
+    };
+    const rate = whole(rateId, 1);
+    if (Number.isNaN(rate)) return { error: 'A rate limit is a whole number of at least 1.', field: rateId };
+    const credits = whole(creditsId, 0);
+    if (Number.isNaN(credits)) return { error: 'Credits are a whole number of 0 or more.', field: creditsId };
+    const out = { rate: null, credits: null };
+    if (rate !== null) {
+      const windowMs = Number($(windowId).value);
+      out.rate = { name: 'per-' + WINDOWS[windowMs], limit: rate, window_ms: windowMs, scope: 'key' };
+    }
+    if (credits !== null) {
+      const every = $(refillId).value;
+      let refill = null;
+      if (every === 'daily') refill = { every: 'daily', amount: credits };
+      else if (every === 'monthly') refill = { every: 'monthly', day: 1, amount: credits };
+      out.credits = { initial: credits, refill };
+    }
+    return out;
+  }
+
+  function setLimitsError(text) {
+    const e = $('limits-error');
+    e.textContent = text;
+    show(e, text !== '');
+  }
+
+  function openLimits(key, opener) {
+    state.limitsKey = { key, opener };
+    $('limits-title').textContent = 'Usage limits of “' + key.name + '”';
+    const limits = key.rate_limits || [];
+    const first = limits[0];
+    $('limits-rate').value = first ? String(first.limit) : '';
+    $('limits-rate-window').value = first && WINDOWS[first.window_ms] ? String(first.window_ms) : '60000';
+    const note = $('limits-note');
+    note.textContent =
+      limits.length > 1 || (first && !WINDOWS[first.window_ms])
+        ? 'This key has limits set through the API; saving replaces them with the one above.'
+        : '';
+    show(note, note.textContent !== '');
+    const c = key.credits;
+    $('limits-credits').value = c ? String(c.initial) : '';
+    $('limits-credits-refill').value = c && c.refill ? c.refill.every : 'none';
+    setLimitsError('');
+    $('limits-dialog').showModal();
+    $('limits-rate').focus();
+  }
+
+  function closeLimits() {
+    const dialog = $('limits-dialog');
+    if (dialog.open) dialog.close();
+  }
+
+  function onLimitsClosed() {
+    const d = state.limitsKey;
+    state.limitsKey = null;
+    if (d && d.opener && d.opener.isConnected) d.opener.focus();
+  }
+
+  async function saveLimits() {
+    const d = state.limitsKey;
+    if (!d || state.busy) return;
+    const read = readLimits('limits-rate', 'limits-rate-window', 'limits-credits', 'limits-credits-refill');
+    if (read.error) {
+      setLimitsError(read.error);
+      $(read.field).focus();
+      return;
+    }
+    const key = d.key;
+    const path = '/api/keys/' + encodeURIComponent(key.id);
+    const rateLimits = read.rate ? [read.rate] : [];
+    const sameRate = JSON.stringify(
+      (key.rate_limits || []).map((l) => [l.limit, l.window_ms, l.scope]),
+    ) === JSON.stringify(rateLimits.map((l) => [l.limit, l.window_ms, l.scope]));
+    const sameCredits = JSON.stringify(key.credits || null) === JSON.stringify(read.credits);
+    state.busy = true;
+    $('limits-save').disabled = true;
+    setLimitsError('');
+    try {
+      if (!sameRate) await api('PUT', path + '/limits', { rate_limits: rateLimits });
+      if (!sameCredits) await api('PUT', path + '/credits', { credits: read.credits });
+      closeLimits();
+      announce('Usage limits of “' + key.name + '” saved.');
+      await loadKeys();
+    } catch (err) {
+      setLimitsError(describeError(err));
+    } finally {
+      state.busy = false;
+      $('limits-save').disabled = false;
     }
   }
 
@@ -814,6 +988,13 @@
     $('confirm-cancel').addEventListener('click', closeDialog);
     $('confirm-ok').addEventListener('click', confirmDialog);
     $('roll-instead').addEventListener('click', rollInstead);
+    $('limits-cancel').addEventListener('click', closeLimits);
+    $('limits-save').addEventListener('click', saveLimits);
+    $('limits-dialog').addEventListener('close', onLimitsClosed);
+    $('limits-form').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      saveLimits();
+    });
     const dialog = $('confirm-dialog');
     dialog.addEventListener('cancel', (ev) => {
       // Escape closes the dialog, except while a request is in flight.

@@ -1583,7 +1583,9 @@ async fn revocation_reasons_idle_keys_and_the_expiry_banner() {
         m.revoke_leaked(&leaked_token, source).await.unwrap(),
         api_keys::LeakVerdict::TruePositive
     );
-    m.revoke(&alice, &api_keys::KeyId::parse(&manual).unwrap()).await.unwrap();
+    m.revoke(&alice, &api_keys::KeyId::parse(&manual).unwrap())
+        .await
+        .unwrap();
     assert_eq!(
         m.revoke_created_by(&alice, &UserId::new("carol"))
             .await
@@ -1592,9 +1594,13 @@ async fn revocation_reasons_idle_keys_and_the_expiry_banner() {
     );
     let report = m.sweep().await.unwrap();
     assert_eq!(report.revoked_unused, 1, "{report:?}");
-    m.roll(&alice, &api_keys::KeyId::parse(&rolled).unwrap(), TimeDuration::ZERO)
-        .await
-        .unwrap();
+    m.roll(
+        &alice,
+        &api_keys::KeyId::parse(&rolled).unwrap(),
+        TimeDuration::ZERO,
+    )
+    .await
+    .unwrap();
 
     let Some(h) = Harness::start_with("revocation_reasons", state).await else {
         return;
@@ -1610,7 +1616,10 @@ async fn revocation_reasons_idle_keys_and_the_expiry_banner() {
         h.text(&reason(&departed)).await,
         "Revoked: its creator left the organization"
     );
-    assert_eq!(h.text(&reason(&stale)).await, "Revoked: unused for too long");
+    assert_eq!(
+        h.text(&reason(&stale)).await,
+        "Revoked: unused for too long"
+    );
     assert_eq!(h.text(&reason(&rolled)).await, "Replaced by a roll");
     assert_eq!(h.row_status(&rolled).await, "Expired");
     // Working keys carry no reason, and say how long they have been unused.
@@ -1624,10 +1633,14 @@ async fn revocation_reasons_idle_keys_and_the_expiry_banner() {
         .await;
     assert_eq!(
         notice,
-        format!("Will be revoked as unused (warned {})", utc_date(now.unix_timestamp() as u64))
+        format!(
+            "Will be revoked as unused (warned {})",
+            utc_date(now.unix_timestamp() as u64)
+        )
     );
     assert_eq!(
-        h.count(&format!("tr[data-key-id=\"{manual}\"] .idle")).await,
+        h.count(&format!("tr[data-key-id=\"{manual}\"] .idle"))
+            .await,
         0,
         "a revoked key is not called unused"
     );
@@ -1641,7 +1654,9 @@ async fn revocation_reasons_idle_keys_and_the_expiry_banner() {
     );
     assert_eq!(h.count("#expiry-banner-keys li").await, 1);
     let item = h
-        .text(&format!("#expiry-banner-keys li[data-key-id=\"{expiring}\"]"))
+        .text(&format!(
+            "#expiry-banner-keys li[data-key-id=\"{expiring}\"]"
+        ))
         .await;
     assert!(
         item.starts_with("“Expiring soon” (") && item.contains(") expires in 20 days, on "),

@@ -1572,8 +1572,16 @@ async fn key_json_carries_reasons_last_use_and_warnings() {
     )
     .expect("state");
     let srv = serve_state(state, app::Limits::default()).await;
-    let policy = srv.get("/api/policy").session(&srv.alice()).send().await.json();
-    assert_eq!(policy["warn_before_seconds"], json!([14 * 86_400, 2 * 86_400]));
+    let policy = srv
+        .get("/api/policy")
+        .session(&srv.alice())
+        .send()
+        .await
+        .json();
+    assert_eq!(
+        policy["warn_before_seconds"],
+        json!([14 * 86_400, 2 * 86_400])
+    );
     assert_eq!(policy["revoke_unused_after_seconds"], json!(30 * 86_400));
 
     let thirty = json!({"days": 30});
@@ -1649,13 +1657,19 @@ async fn key_json_carries_reasons_last_use_and_warnings() {
         }
     };
     let k = get(&manual).await;
-    assert_eq!((&k["status"], &k["revocation"]), (&json!("revoked"), &json!({"kind": "manual"})));
+    assert_eq!(
+        (&k["status"], &k["revocation"]),
+        (&json!("revoked"), &json!({"kind": "manual"}))
+    );
     let k = get(&leaked).await;
     assert_eq!(k["revocation"], json!({"kind": "leaked", "source": source}));
     let k = get(&departed).await;
     assert_eq!(k["revocation"], json!({"kind": "departed_user"}));
     let k = get(&rolled).await;
-    assert_eq!((&k["status"], &k["revocation"]), (&json!("expired"), &json!({"kind": "rolled"})));
+    assert_eq!(
+        (&k["status"], &k["revocation"]),
+        (&json!("expired"), &json!({"kind": "rolled"}))
+    );
     let k = get(&idle).await;
     assert_eq!(k["revocation"], json!({"kind": "unused"}));
     assert_eq!(k["last_used_at"], Value::Null);
@@ -1666,12 +1680,21 @@ async fn key_json_carries_reasons_last_use_and_warnings() {
     );
     let k = get(&used).await;
     assert_eq!(k["status"], "expired");
-    assert_eq!(k["revocation"], Value::Null, "an expired key was not revoked");
+    assert_eq!(
+        k["revocation"],
+        Value::Null,
+        "an expired key was not revoked"
+    );
     assert_eq!(k["last_used_at"], json!(t0.unix_timestamp()));
     assert_eq!(k["notices"]["expiry_warned"], json!([14 * 86_400]));
     assert_eq!(k["notices"]["expired"], true);
     // The list carries the same.
-    let list = srv.get("/api/keys").session(&srv.alice()).send().await.json();
+    let list = srv
+        .get("/api/keys")
+        .session(&srv.alice())
+        .send()
+        .await
+        .json();
     let listed = list
         .as_array()
         .unwrap()

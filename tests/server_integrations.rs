@@ -121,8 +121,14 @@ impl Server {
 
     async fn manage(&self, method: Method, path: &str) -> Reply {
         let session = self.alice();
-        self.send(method, path, None, &[("x-demo-session", &session)], Vec::new())
-            .await
+        self.send(
+            method,
+            path,
+            None,
+            &[("x-demo-session", &session)],
+            Vec::new(),
+        )
+        .await
     }
 
     async fn scrape(&self, token: &str) -> StatusCode {
@@ -190,7 +196,10 @@ fn verify(d: &Delivery) -> bool {
     let mut content = format!("{id}.{ts}.").into_bytes();
     content.extend_from_slice(&d.body);
     sigs.split(' ').any(|s| {
-        let Some(sig) = s.strip_prefix("v1,").and_then(|b| Base64::decode_vec(b).ok()) else {
+        let Some(sig) = s
+            .strip_prefix("v1,")
+            .and_then(|b| Base64::decode_vec(b).ok())
+        else {
             return false;
         };
         let mut mac = Hmac::<Sha256>::new_from_slice(SECRET_BYTES).unwrap();
@@ -242,7 +251,10 @@ async fn management_actions_and_sweep_events_arrive_as_signed_webhooks() {
         let (kind, data) = next(&mut rx, &tokens).await;
         assert_eq!(kind, "api_key.generated");
         assert_eq!(data["key_id"], info["id"]);
-        assert_eq!((&data["org"], &data["actor"]), (&json!("acme"), &json!("alice")));
+        assert_eq!(
+            (&data["org"], &data["actor"]),
+            (&json!("acme"), &json!("alice"))
+        );
     }
     let path = format!("/api/keys/{}/revoke", gone_info["id"].as_str().unwrap());
     assert_eq!(srv.manage(Method::POST, &path).await.status, StatusCode::OK);
@@ -354,7 +366,12 @@ async fn a_leaked_token_reported_by_github_is_revoked_with_its_source() {
     ])
     .to_string();
     let r = report(&srv, &github, body.as_bytes()).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     let hash = hex::encode(Sha256::digest(token.as_bytes()));
     let feedback = r.json();
     assert_eq!(feedback[0]["token_hash"], hash);
@@ -385,8 +402,9 @@ async fn a_report_with_a_wrong_signature_revokes_nothing() {
     let (token, info) = srv
         .create(json!({"name": "ci", "scopes": ["prometheus"]}))
         .await;
-    let body = json!([{"token": token, "type": "t", "url": "https://x.example/", "source": "content"}])
-        .to_string();
+    let body =
+        json!([{"token": token, "type": "t", "url": "https://x.example/", "source": "content"}])
+            .to_string();
 
     let impostor = signing_key();
     let r = report(&srv, &impostor, body.as_bytes()).await;
@@ -422,7 +440,10 @@ async fn a_report_with_a_wrong_signature_revokes_nothing() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 
     let k = key_json(&srv, &info).await;
-    assert_eq!((&k["status"], &k["revocation"]), (&json!("active"), &Value::Null));
+    assert_eq!(
+        (&k["status"], &k["revocation"]),
+        (&json!("active"), &Value::Null)
+    );
     assert_eq!(srv.scrape(&token).await, StatusCode::OK);
 
     // Only the partner endpoint is exempt from the Host check.

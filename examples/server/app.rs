@@ -32,8 +32,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use api_keys::axum::ApiKeyLayer;
-use api_keys::time::{Duration, OffsetDateTime};
 use api_keys::axum::secret_scanning::PublicKeys;
+use api_keys::time::{Duration, OffsetDateTime};
 use api_keys::{AnyStore, Error, KeyManager, Keyring, OrgId, Policy, Scope};
 use axum::Router;
 use axum::http::StatusCode;

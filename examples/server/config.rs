@@ -92,7 +92,10 @@ fn option_value(
     Some(Ok(value.to_string()))
 }
 
-fn webhook_target(url: Option<String>, secret: Option<String>) -> Result<Option<WebhookTarget>, String> {
+fn webhook_target(
+    url: Option<String>,
+    secret: Option<String>,
+) -> Result<Option<WebhookTarget>, String> {
     let secret = secret.map(Secret::new);
     match (url, secret) {
         (None, None) => Ok(None),
@@ -332,8 +335,11 @@ mod tests {
     #[test]
     fn webhooks_take_the_url_from_flag_or_env_and_the_secret_from_env_only() {
         let env = env_of(&[("API_KEYS_WEBHOOK_SECRET", SECRET)]);
-        let c = parse_config(args(&["--webhook-url", "http://127.0.0.1:9000/hooks"]), &env)
-            .unwrap();
+        let c = parse_config(
+            args(&["--webhook-url", "http://127.0.0.1:9000/hooks"]),
+            &env,
+        )
+        .unwrap();
         let target = c.webhook.unwrap();
         assert_eq!(target.url, "http://127.0.0.1:9000/hooks");
         assert_eq!(target.secret.expose(), SECRET);
@@ -363,7 +369,10 @@ mod tests {
         // Neither: no webhooks; empty values count as unset.
         let c = parse_config(
             args(&[]),
-            env_of(&[("API_KEYS_WEBHOOK_URL", ""), ("API_KEYS_WEBHOOK_SECRET", "")]),
+            env_of(&[
+                ("API_KEYS_WEBHOOK_URL", ""),
+                ("API_KEYS_WEBHOOK_SECRET", ""),
+            ]),
         )
         .unwrap();
         assert!(c.webhook.is_none());
@@ -373,8 +382,8 @@ mod tests {
     fn webhooks_need_both_a_url_and_a_valid_secret() {
         let e = parse_config(args(&["--webhook-url", "http://h/x"]), env_of(&[])).unwrap_err();
         assert!(e.contains("API_KEYS_WEBHOOK_SECRET"), "{e}");
-        let e = parse_config(args(&[]), env_of(&[("API_KEYS_WEBHOOK_SECRET", SECRET)]))
-            .unwrap_err();
+        let e =
+            parse_config(args(&[]), env_of(&[("API_KEYS_WEBHOOK_SECRET", SECRET)])).unwrap_err();
         assert!(e.contains("no webhook URL"), "{e}");
         // The secret is never a flag (it would show in `ps`), and the refusal says where it goes.
         for flag in [
@@ -386,16 +395,19 @@ mod tests {
             assert!(!e.contains("whsec_"), "{e}");
         }
         let with_secret = |secret: &'static str, url: &'static str| {
-            parse_config(
-                args(&["--webhook-url", url]),
-                move |k: &str| (k == "API_KEYS_WEBHOOK_SECRET").then(|| secret.to_string()),
-            )
+            parse_config(args(&["--webhook-url", url]), move |k: &str| {
+                (k == "API_KEYS_WEBHOOK_SECRET").then(|| secret.to_string())
+            })
         };
         for bad_url in ["https://h/x", "h/x", "http://", "not a url"] {
             let e = with_secret(SECRET, bad_url).unwrap_err();
             assert!(e.contains("invalid webhook URL"), "{bad_url}: {e}");
         }
-        for bad_secret in ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_***", "whsec_c2hvcnQ="] {
+        for bad_secret in [
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_***",
+            "whsec_c2hvcnQ=",
+        ] {
             let e = with_secret(bad_secret, "http://h/x").unwrap_err();
             assert!(e.starts_with("API_KEYS_WEBHOOK_SECRET:"), "{e}");
             assert!(!e.contains(bad_secret), "the error repeats the secret: {e}");
@@ -441,9 +453,15 @@ FT0yfSuxQbRhZYLj4v4hDvPVksR4TnJ0IzFWxTjThlRbyG4R9FoKUIv3kg==\n\
         assert_eq!(keys.identifiers().collect::<Vec<_>>(), vec!["k1"]);
         let missing = dir.join("missing.json");
         let e = github_keys(&missing).unwrap_err();
-        assert!(e.contains("cannot read GitHub's public keys") && e.contains("missing.json"), "{e}");
+        assert!(
+            e.contains("cannot read GitHub's public keys") && e.contains("missing.json"),
+            "{e}"
+        );
         let e = github_keys(&write("bad.json", "{\"keys\": 1}")).unwrap_err();
-        assert!(e.contains("bad.json") && e.contains("public-key document"), "{e}");
+        assert!(
+            e.contains("bad.json") && e.contains("public-key document"),
+            "{e}"
+        );
         let e = github_keys(&write(
             "badkey.json",
             r#"{"public_keys": [{"key_identifier": "k", "key": "nope", "is_current": true}]}"#,

@@ -1487,6 +1487,23 @@ async fn the_openapi_description_covers_every_management_route_and_error() {
             "{method} {path}"
         );
     }
+    // What the admin page reads is described: the policy's warning lead times, and a key's
+    // revocation reason (every kind), last use and notices.
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["PolicyDoc"]["properties"]["warn_before_seconds"].is_object());
+    for field in ["revocation", "last_used_at", "notices"] {
+        assert!(
+            schemas["KeyInfo"]["properties"][field].is_object(),
+            "KeyInfo.{field}"
+        );
+    }
+    let kinds = schemas["RevocationKindDoc"]["enum"].clone();
+    assert_eq!(
+        kinds,
+        json!(["manual", "leaked", "unused", "departed_user", "rolled"]),
+        "{}",
+        schemas
+    );
     // Stateful links from a created key.
     let links = &paths["/api/keys"]["post"]["responses"]["201"]["links"];
     assert_eq!(links["RevokeKey"]["operationId"], "revoke_key");

@@ -262,6 +262,25 @@ async fn management_actions_and_sweep_events_arrive_as_signed_webhooks() {
     assert_eq!(kind, "api_key.revoked");
     assert_eq!(data["key_id"], gone_info["id"]);
 
+    // A leak report (as the partner endpoint makes it) is an automation event.
+    let (leaked, leaked_info) = srv
+        .create(json!({"name": "leaky", "scopes": ["prometheus"]}))
+        .await;
+    let tokens = [kept.as_str(), gone.as_str(), leaked.as_str()];
+    assert_eq!(next(&mut rx, &tokens).await.0, "api_key.generated");
+    let source = "https://github.com/acme/app/blob/main/.env";
+    srv.state
+        .manager
+        .revoke_leaked(&leaked, source)
+        .await
+        .unwrap();
+    let (kind, data) = next(&mut rx, &tokens).await;
+    assert_eq!(kind, "api_key.leaked");
+    assert_eq!(
+        (&data["key_id"], &data["source"]),
+        (&leaked_info["id"], &json!(source))
+    );
+
     // 25 days on, 5 are left: the 7-day warning (the 30-day one does not fit a 30-day key).
     clock.set(t0 + Duration::days(25));
     let report = srv.state.manager.sweep().await.unwrap();

@@ -793,7 +793,8 @@ async fn expiry_forms_and_policy_document() {
     let r = srv.get("/api/policy").session(&srv.alice()).send().await;
     assert_eq!(
         r.json(),
-        json!({"periods":[7,30,60,90,180,365],"default_days":90,"max_days":365,"allow_never":false,"allow_reveal":false})
+        json!({"periods":[7,30,60,90,180,365],"default_days":90,"max_days":365,"allow_never":false,"allow_reveal":false,
+               "warn_before_seconds":[30 * 86_400, 7 * 86_400, 86_400],"revoke_unused_after_seconds":null})
     );
     let now = srv.state.manager.now().unix_timestamp();
     let (_, default) = srv
@@ -822,9 +823,16 @@ async fn expiry_forms_and_policy_document() {
         "status",
         "last_used_at",
         "hint",
+        "revocation",
+        "notices",
     ] {
         assert!(explicit.get(field).is_some(), "KeyInfo lacks {field}");
     }
+    assert_eq!(explicit["revocation"], Value::Null);
+    assert_eq!(
+        explicit["notices"],
+        json!({"expiry_warned": [], "expired": false, "unused_warned": false})
+    );
     assert_eq!(explicit["created_by"], "alice");
     assert_eq!(explicit["revoked_at"], Value::Null);
 }
@@ -1483,6 +1491,23 @@ async fn the_openapi_description_covers_every_management_route_and_error() {
             "{method} {path}"
         );
     }
+    // What the admin page reads is described: the policy's warning lead times, and a key's
+    // revocation reason (every kind), last use and notices.
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["PolicyDoc"]["properties"]["warn_before_seconds"].is_object());
+    for field in ["revocation", "last_used_at", "notices"] {
+        assert!(
+            schemas["KeyInfo"]["properties"][field].is_object(),
+            "KeyInfo.{field}"
+        );
+    }
+    let kinds = schemas["RevocationKindDoc"]["enum"].clone();
+    assert_eq!(
+        kinds,
+        json!(["manual", "leaked", "unused", "departed_user", "rolled"]),
+        "{}",
+        schemas
+    );
     // Stateful links from a created key.
     let links = &paths["/api/keys"]["post"]["responses"]["201"]["links"];
     assert_eq!(links["RevokeKey"]["operationId"], "revoke_key");
@@ -1541,6 +1566,163 @@ async fn the_crate_metrics_are_served_on_the_operator_listener() {
         assert!(text.contains(line), "no `{line}` in:\n{text}");
     }
     assert!(!text.contains(key.expose_secret()));
+}
+
+/// What the admin page shows comes from the key JSON: why a key stopped working (and, for a
+/// leak, where it was found), its last use, and the warnings the sweep sent; the policy
+/// document names the warning lead times. Driven with a manual clock, no sleeping.
+#[tokio::test]
+async fn key_json_carries_reasons_last_use_and_warnings() {
+    use api_keys::time::{Duration, OffsetDateTime};
+    use api_keys::{Actor, LeakVerdict, ManualClock, OrgId, Policy, UserId};
+
+    capture_logs();
+    let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let clock = ManualClock::new(t0);
+    let policy = Policy::default()
+        .warn_before(&[Duration::days(2), Duration::days(14)])
+        .revoke_unused_after(Duration::days(30));
+    let state = app::AppState::with_integrations(
+        AnyStore::new(MemoryStore::new()),
+        Keyring::new(1, MasterKey::generate()),
+        app::Integrations {
+            policy,
+            clock: Some(std::sync::Arc::new(clock.clone())),
+            ..app::Integrations::default()
+        },
+    )
+    .expect("state");
+    let srv = serve_state(state, app::Limits::default()).await;
+    let policy = srv
+        .get("/api/policy")
+        .session(&srv.alice())
+        .send()
+        .await
+        .json();
+    assert_eq!(
+        policy["warn_before_seconds"],
+        json!([14 * 86_400, 2 * 86_400])
+    );
+    assert_eq!(policy["revoke_unused_after_seconds"], json!(30 * 86_400));
+
+    let thirty = json!({"days": 30});
+    let (_, manual) = srv
+        .create(json!({"name": "manual", "scopes": ["prometheus"]}))
+        .await;
+    let (leaked_token, leaked) = srv
+        .create(json!({"name": "leaked", "scopes": ["prometheus"]}))
+        .await;
+    let (used_token, used) = srv
+        .create(json!({"name": "used", "scopes": ["prometheus"], "expiry": thirty}))
+        .await;
+    let (_, idle) = srv
+        .create(json!({"name": "idle", "scopes": ["prometheus"], "expiry": {"days": 365}}))
+        .await;
+    let (_, rolled) = srv
+        .create(json!({"name": "rolled", "scopes": ["prometheus"]}))
+        .await;
+    let carol = srv.state.session("acme", "carol", "manager").unwrap();
+    let r = srv
+        .post("/api/keys")
+        .session(&carol)
+        .json(&json!({"name": "carol's", "scopes": ["prometheus"]}))
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let departed = r.json()["info"].clone();
+    let id = |v: &Value| v["id"].as_str().unwrap().to_string();
+
+    let r = srv
+        .post(&format!("/api/keys/{}/revoke", id(&manual)))
+        .session(&srv.alice())
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let source = "https://github.com/acme/app/blob/main/.env";
+    let m = &srv.state.manager;
+    assert_eq!(
+        m.revoke_leaked(&leaked_token, source).await.unwrap(),
+        LeakVerdict::TruePositive
+    );
+    let alice = Actor::manager(OrgId::new("acme"), UserId::new("alice"));
+    assert_eq!(
+        m.revoke_created_by(&alice, &UserId::new("carol"))
+            .await
+            .unwrap(),
+        1
+    );
+    let r = srv
+        .post(&format!("/api/keys/{}/roll", id(&rolled)))
+        .session(&srv.alice())
+        .json(&json!({"overlap_seconds": 0}))
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(srv.scrape(&used_token).await.status, StatusCode::OK);
+    m.flush_last_use().await.unwrap();
+
+    // Day 20: "used" expires in 10 days (its 14-day warning); day 25: "idle" is warned before
+    // its revocation as unused; day 33: "used" expired, "idle" is revoked as unused.
+    for day in [20, 25, 33] {
+        clock.set(t0 + Duration::days(day));
+        m.sweep().await.unwrap();
+    }
+    let get = |v: &Value| {
+        let path = format!("/api/keys/{}", id(v));
+        let session = srv.alice();
+        let call = srv.get(&path).session(&session);
+        async move {
+            let r = call.send().await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            r.json()
+        }
+    };
+    let k = get(&manual).await;
+    assert_eq!(
+        (&k["status"], &k["revocation"]),
+        (&json!("revoked"), &json!({"kind": "manual"}))
+    );
+    let k = get(&leaked).await;
+    assert_eq!(k["revocation"], json!({"kind": "leaked", "source": source}));
+    let k = get(&departed).await;
+    assert_eq!(k["revocation"], json!({"kind": "departed_user"}));
+    let k = get(&rolled).await;
+    assert_eq!(
+        (&k["status"], &k["revocation"]),
+        (&json!("expired"), &json!({"kind": "rolled"}))
+    );
+    let k = get(&idle).await;
+    assert_eq!(k["revocation"], json!({"kind": "unused"}));
+    assert_eq!(k["last_used_at"], Value::Null);
+    assert_eq!(k["notices"]["unused_warned"], true);
+    assert_eq!(
+        k["notices"]["unused_warned_at"],
+        json!((t0 + Duration::days(25)).unix_timestamp())
+    );
+    let k = get(&used).await;
+    assert_eq!(k["status"], "expired");
+    assert_eq!(
+        k["revocation"],
+        Value::Null,
+        "an expired key was not revoked"
+    );
+    assert_eq!(k["last_used_at"], json!(t0.unix_timestamp()));
+    assert_eq!(k["notices"]["expiry_warned"], json!([14 * 86_400]));
+    assert_eq!(k["notices"]["expired"], true);
+    // The list carries the same.
+    let list = srv
+        .get("/api/keys")
+        .session(&srv.alice())
+        .send()
+        .await
+        .json();
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == leaked["id"])
+        .unwrap();
+    assert_eq!(listed["revocation"]["source"], source);
 }
 
 /// Usage limits through the management API: a key generated with a rate limit and credits

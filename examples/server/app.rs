@@ -8,6 +8,8 @@
 // (`mod app;`) and from a test that includes this file with `#[path = ".../app.rs"]`.
 #[path = "app/errors.rs"]
 pub mod errors;
+#[path = "app/integrations.rs"]
+pub mod integrations;
 #[path = "app/limits.rs"]
 pub mod limits;
 #[path = "app/manage.rs"]
@@ -24,11 +26,15 @@ pub mod scim;
 pub mod serve;
 #[path = "app/sessions.rs"]
 pub mod sessions;
+// The server's webhook delivery and periodic sweep (also included alone by tests/webhooks.rs).
+#[path = "webhooks.rs"]
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use api_keys::axum::ApiKeyLayer;
+use api_keys::axum::secret_scanning::PublicKeys;
 use api_keys::time::{Duration, OffsetDateTime};
 use api_keys::{AnyStore, Error, KeyManager, Keyring, OrgId, Policy, Scope};
 use axum::Router;
@@ -40,6 +46,9 @@ use axum::routing::{get, post, put};
 // The tests reach these through `app::`.
 #[allow(unused_imports)]
 pub use errors::ApiError;
+#[allow(unused_imports)]
+pub use integrations::{Integrations, SECRET_SCANNING_PATH};
+use integrations::{ServerAudit, SharedClock};
 use metrics::{KeyCounts, Metrics, MetricsAudit};
 use scim::DirectoryUser;
 #[allow(unused_imports)]
@@ -66,6 +75,8 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     key_counts: Arc<KeyCounts>,
     directory: Arc<HashMap<OrgId, Vec<DirectoryUser>>>,
+    /// GitHub's secret-scanning keys, when the partner endpoint is mounted.
+    github_keys: Option<PublicKeys>,
 }
 
 impl AppState {
@@ -85,18 +96,57 @@ impl AppState {
     ///
     /// # Errors
     /// As [`AppState::new`], and [`Error::Policy`] for an invalid policy.
+    // `main.rs` goes through `with_integrations`; the integration tests use this.
+    #[allow(dead_code)]
     pub fn with_policy(
         store: AnyStore,
         keyring: Keyring,
         policy: Policy,
     ) -> Result<AppState, Error> {
+        AppState::with_integrations(
+            store,
+            keyring,
+            Integrations {
+                policy,
+                ..Integrations::default()
+            },
+        )
+    }
+
+    /// The state with everything the host plugs in: the policy; webhooks, which then receive
+    /// every management action (through the audit sink, beside `tracing` and the counters) and
+    /// every automation event (as the manager's notifier); GitHub's keys, which mount the
+    /// secret-scanning partner endpoint; and the manager's clock.
+    ///
+    /// # Errors
+    /// As [`AppState::with_policy`].
+    pub fn with_integrations(
+        store: AnyStore,
+        keyring: Keyring,
+        integrations: Integrations,
+    ) -> Result<AppState, Error> {
+        let Integrations {
+            policy,
+            webhooks,
+            github_keys,
+            clock,
+        } = integrations;
         let metrics = Arc::new(Metrics::default());
-        let manager = KeyManager::builder(store, keyring)
+        let mut builder = KeyManager::builder(store, keyring)
             .policy(policy)
-            .audit(MetricsAudit {
-                metrics: metrics.clone(),
-            })
-            .build()?;
+            .audit(ServerAudit {
+                metrics: MetricsAudit {
+                    metrics: metrics.clone(),
+                },
+                webhooks: webhooks.clone(),
+            });
+        if let Some(hooks) = webhooks {
+            builder = builder.notifier(hooks);
+        }
+        if let Some(clock) = clock {
+            builder = builder.clock(SharedClock(clock));
+        }
+        let manager = builder.build()?;
         let mut directory = HashMap::new();
         directory.insert(
             OrgId::new("acme"),
@@ -113,6 +163,7 @@ impl AppState {
             metrics,
             key_counts: Arc::default(),
             directory: Arc::new(directory),
+            github_keys,
         })
     }
 
@@ -126,7 +177,7 @@ impl AppState {
 }
 
 /// The router: the demo login, the management API, `/metrics`, `/scim/v2/Users`, the admin
-/// page's routes and `/healthz`. Every error answer is JSON (SCIM's are SCIM errors). Serve it
+/// page's routes, `/healthz`, and GitHub's secret-scanning partner endpoint when configured. Every error answer is JSON (SCIM's are SCIM errors). Serve it
 /// through [`guard`] (Host check, limits) and [`serve`] (timeouts, connection limit).
 pub fn router(state: AppState) -> Router {
     let metrics = Router::new()
@@ -167,6 +218,7 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics)
         .merge(scim)
         .merge(page::routes())
+        .merge(integrations::secret_scanning_routes(&state))
         .fallback(not_found)
         .layer(middleware::from_fn(errors::json_errors))
         .with_state(state)

@@ -1,11 +1,71 @@
-//! What the command line and the environment ask for, the master key, and the store.
+//! What the command line and the environment ask for, the master key, the store, and
+//! GitHub's secret-scanning public keys.
 
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use api_keys::axum::secret_scanning::PublicKeys;
 use api_keys::{AnyStore, Keyring, MasterKey, MemoryStore};
+use axum::http::Uri;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
 
-const USAGE: &str = "usage: server [PORT] [--allow-reveal]   (PORT also from the environment; default 8080; binds 127.0.0.1)
-  --allow-reveal   let managers copy an existing key again (every reveal is audited)
-  --db PATH        the SQLite file (builds with the `sqlite` feature; default api-keys-example.db)
-environment: PORT, API_KEYS_DB, API_KEYS_MASTER_KEY (32 hex digits; random when unset)";
+use crate::app::webhooks::parse_secret;
+
+const USAGE: &str = "usage: server [PORT] [--allow-reveal] [--db PATH] [--webhook-url URL] [--github-keys FILE]
+  (PORT also from the environment; default 8080; binds 127.0.0.1)
+  --allow-reveal        let managers copy an existing key again (every reveal is audited)
+  --db PATH             the SQLite file (builds with the `sqlite` feature; default api-keys-example.db)
+  --webhook-url URL     POST every management action and automation event (expiry warnings,
+                        expired, unused, leaked, departed user) to this http:// URL, signed per
+                        Standard Webhooks; needs API_KEYS_WEBHOOK_SECRET
+  --github-keys FILE    mount GitHub's secret-scanning partner endpoint at POST /github/secret-scanning,
+                        checking reports against the public keys in FILE (GitHub's document from
+                        https://api.github.com/meta/public_keys/secret_scanning)
+environment:
+  PORT, API_KEYS_DB, API_KEYS_MASTER_KEY (32 hex digits; random when unset)
+  API_KEYS_WEBHOOK_URL        as --webhook-url
+  API_KEYS_WEBHOOK_SECRET     the webhook signing secret, whsec_<base64> (from the environment only:
+                              on the command line it would show in `ps`)
+  API_KEYS_GITHUB_KEYS_FILE   as --github-keys
+  API_KEYS_OPS_METRICS_ADDR   serve the crate's own metrics there (feature `metrics`)";
+
+/// A secret read from the environment: never printed, compared in constant time, wiped when
+/// dropped.
+pub struct Secret(Zeroizing<String>);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(Zeroizing::new(s))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+
+impl Eq for Secret {}
+
+/// Where the webhooks go, and the key they are signed with.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WebhookTarget {
+    /// An `http://host[:port]/path` URL.
+    pub url: Uri,
+    /// `whsec_<base64>`, checked.
+    pub secret: Secret,
+}
 
 /// What the command line and the environment ask for.
 #[derive(Debug, PartialEq, Eq)]
@@ -13,6 +73,52 @@ pub struct Config {
     pub port: u16,
     pub db: Option<String>,
     pub allow_reveal: bool,
+    /// Webhook delivery, when both the URL and the secret are given.
+    pub webhook: Option<WebhookTarget>,
+    /// The file holding GitHub's secret-scanning public keys.
+    pub github_keys: Option<PathBuf>,
+}
+
+/// The value of `--name VALUE` or `--name=VALUE` for the argument `arg`, if it is that option.
+fn option_value(
+    name: &str,
+    arg: &str,
+    rest: &mut impl Iterator<Item = String>,
+) -> Option<Result<String, String>> {
+    if arg == name {
+        return Some(rest.next().ok_or_else(|| format!("{name} needs a value")));
+    }
+    let value = arg.strip_prefix(name)?.strip_prefix('=')?;
+    Some(Ok(value.to_string()))
+}
+
+fn webhook_target(
+    url: Option<String>,
+    secret: Option<String>,
+) -> Result<Option<WebhookTarget>, String> {
+    let secret = secret.map(Secret::new);
+    match (url, secret) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(
+            "--webhook-url / API_KEYS_WEBHOOK_URL needs the signing secret in the environment: \
+             API_KEYS_WEBHOOK_SECRET=whsec_<base64>"
+                .to_string(),
+        ),
+        (None, Some(_)) => Err(
+            "API_KEYS_WEBHOOK_SECRET is set but no webhook URL is: give --webhook-url URL or \
+             API_KEYS_WEBHOOK_URL (or unset the secret)"
+                .to_string(),
+        ),
+        (Some(url), Some(secret)) => {
+            let bad = || format!("invalid webhook URL {url:?}: expected http://host[:port]/path");
+            let uri: Uri = url.parse().map_err(|_| bad())?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return Err(bad());
+            }
+            parse_secret(secret.expose()).map_err(|e| format!("API_KEYS_WEBHOOK_SECRET: {e}"))?;
+            Ok(Some(WebhookTarget { url: uri, secret }))
+        }
+    }
 }
 
 pub fn parse_config(
@@ -22,13 +128,28 @@ pub fn parse_config(
     let mut port: Option<String> = None;
     let mut db: Option<String> = None;
     let mut allow_reveal = false;
+    let mut webhook_url: Option<String> = None;
+    let mut github_keys: Option<String> = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
+        if let Some(v) = option_value("--webhook-url", &arg, &mut args) {
+            webhook_url = Some(v?);
+            continue;
+        }
+        if let Some(v) = option_value("--github-keys", &arg, &mut args) {
+            github_keys = Some(v?);
+            continue;
+        }
         match arg.as_str() {
             "-h" | "--help" => return Err(USAGE.to_string()),
             "--allow-reveal" => allow_reveal = true,
             "--db" => db = Some(args.next().ok_or("--db needs a path")?),
             a if a.starts_with("--db=") => db = Some(a["--db=".len()..].to_string()),
+            a if a == "--webhook-secret" || a.starts_with("--webhook-secret=") => {
+                return Err("the webhook secret is read from the environment only \
+                     (API_KEYS_WEBHOOK_SECRET): on the command line it would show in `ps`"
+                    .to_string());
+            }
             a if a.starts_with('-') => return Err(format!("unknown option {a}\n{USAGE}")),
             a if port.is_none() => port = Some(a.to_string()),
             a => return Err(format!("unexpected argument {a}\n{USAGE}")),
@@ -40,12 +161,41 @@ pub fn parse_config(
             .map_err(|_| format!("invalid port {p:?}: expected 0-65535"))?,
         None => 8080,
     };
-    let db = db.or_else(|| env("API_KEYS_DB").filter(|p| !p.is_empty()));
+    let set = |name: &str| env(name).filter(|v| !v.is_empty());
+    let db = db.or_else(|| set("API_KEYS_DB"));
+    let webhook = webhook_target(
+        webhook_url.or_else(|| set("API_KEYS_WEBHOOK_URL")),
+        set("API_KEYS_WEBHOOK_SECRET"),
+    )?;
+    let github_keys = github_keys
+        .or_else(|| set("API_KEYS_GITHUB_KEYS_FILE"))
+        .map(PathBuf::from);
     Ok(Config {
         port,
         db,
         allow_reveal,
+        webhook,
+        github_keys,
     })
+}
+
+/// GitHub's secret-scanning public keys, read from `path` (GitHub's document, as
+/// `https://api.github.com/meta/public_keys/secret_scanning` serves it). A real host fetches
+/// and refreshes that document itself (a `PublicKeySource`); the demo reads it once at start.
+pub fn github_keys(path: &Path) -> Result<PublicKeys, String> {
+    let shown = path.display();
+    let document = std::fs::read(path)
+        .map_err(|e| format!("cannot read GitHub's public keys from {shown}: {e}"))?;
+    let keys = PublicKeys::from_github_json(&document).map_err(|e| match e {
+        api_keys::Error::Policy(why) => format!("{shown}: {why}"),
+        other => format!("{shown}: {other}"),
+    })?;
+    if keys.identifiers().next().is_none() {
+        return Err(format!(
+            "{shown}: GitHub's public-key document lists no keys: every report would be refused"
+        ));
+    }
+    Ok(keys)
 }
 
 fn keyring_from_hex(hex_key: &str, what: &str) -> Result<Keyring, String> {
@@ -152,7 +302,9 @@ mod tests {
             Config {
                 port: 8080,
                 db: None,
-                allow_reveal: false
+                allow_reveal: false,
+                webhook: None,
+                github_keys: None,
             }
         );
         let c = parse_config(args(&["--allow-reveal", "81"]), env_of(&[])).unwrap();
@@ -176,6 +328,149 @@ mod tests {
         assert_eq!((c.port, c.db.as_deref()), (81, Some("x.db")));
         let c = parse_config(args(&[]), env_of(&[("API_KEYS_DB", "e.db")])).unwrap();
         assert_eq!(c.db.as_deref(), Some("e.db"));
+    }
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[test]
+    fn webhooks_take_the_url_from_flag_or_env_and_the_secret_from_env_only() {
+        let env = env_of(&[("API_KEYS_WEBHOOK_SECRET", SECRET)]);
+        let c = parse_config(
+            args(&["--webhook-url", "http://127.0.0.1:9000/hooks"]),
+            &env,
+        )
+        .unwrap();
+        let target = c.webhook.unwrap();
+        assert_eq!(target.url, "http://127.0.0.1:9000/hooks");
+        assert_eq!(target.secret.expose(), SECRET);
+        // Never printed.
+        assert!(!format!("{target:?}").contains("MfKQ9r8G"), "{target:?}");
+        let c = parse_config(args(&["--webhook-url=http://h/x"]), &env).unwrap();
+        assert_eq!(c.webhook.unwrap().url, "http://h/x");
+        let c = parse_config(
+            args(&[]),
+            env_of(&[
+                ("API_KEYS_WEBHOOK_URL", "http://hooks.internal/api-keys"),
+                ("API_KEYS_WEBHOOK_SECRET", SECRET),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.webhook.unwrap().url, "http://hooks.internal/api-keys");
+        // The flag wins over the environment.
+        let c = parse_config(
+            args(&["--webhook-url", "http://flag/x"]),
+            env_of(&[
+                ("API_KEYS_WEBHOOK_URL", "http://env/x"),
+                ("API_KEYS_WEBHOOK_SECRET", SECRET),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.webhook.unwrap().url, "http://flag/x");
+        // Neither: no webhooks; empty values count as unset.
+        let c = parse_config(
+            args(&[]),
+            env_of(&[
+                ("API_KEYS_WEBHOOK_URL", ""),
+                ("API_KEYS_WEBHOOK_SECRET", ""),
+            ]),
+        )
+        .unwrap();
+        assert!(c.webhook.is_none());
+    }
+
+    #[test]
+    fn webhooks_need_both_a_url_and_a_valid_secret() {
+        let e = parse_config(args(&["--webhook-url", "http://h/x"]), env_of(&[])).unwrap_err();
+        assert!(e.contains("API_KEYS_WEBHOOK_SECRET"), "{e}");
+        let e =
+            parse_config(args(&[]), env_of(&[("API_KEYS_WEBHOOK_SECRET", SECRET)])).unwrap_err();
+        assert!(e.contains("no webhook URL"), "{e}");
+        // The secret is never a flag (it would show in `ps`), and the refusal says where it goes.
+        for flag in [
+            vec!["--webhook-url", "http://h/x", "--webhook-secret", SECRET],
+            vec!["--webhook-secret=whsec_x"],
+        ] {
+            let e = parse_config(args(&flag), env_of(&[])).unwrap_err();
+            assert!(e.contains("environment only"), "{e}");
+            assert!(!e.contains("whsec_"), "{e}");
+        }
+        let with_secret = |secret: &'static str, url: &'static str| {
+            parse_config(args(&["--webhook-url", url]), move |k: &str| {
+                (k == "API_KEYS_WEBHOOK_SECRET").then(|| secret.to_string())
+            })
+        };
+        for bad_url in ["https://h/x", "h/x", "http://", "not a url"] {
+            let e = with_secret(SECRET, bad_url).unwrap_err();
+            assert!(e.contains("invalid webhook URL"), "{bad_url}: {e}");
+        }
+        for bad_secret in [
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_***",
+            "whsec_c2hvcnQ=",
+        ] {
+            let e = with_secret(bad_secret, "http://h/x").unwrap_err();
+            assert!(e.starts_with("API_KEYS_WEBHOOK_SECRET:"), "{e}");
+            assert!(!e.contains(bad_secret), "the error repeats the secret: {e}");
+        }
+        assert!(parse_config(args(&["--webhook-url"]), env_of(&[])).is_err());
+    }
+
+    /// A P-256 public key (any will do: nothing is verified here).
+    const PEM: &str = "-----BEGIN PUBLIC KEY-----\n\
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEpB9va3SrSLs9UpaiNAwX1WmzxW5m\n\
+FT0yfSuxQbRhZYLj4v4hDvPVksR4TnJ0IzFWxTjThlRbyG4R9FoKUIv3kg==\n\
+-----END PUBLIC KEY-----\n";
+
+    #[test]
+    fn github_keys_from_flag_or_env_read_at_start() {
+        let c = parse_config(args(&["--github-keys", "gh.json"]), env_of(&[])).unwrap();
+        assert_eq!(c.github_keys.as_deref(), Some(Path::new("gh.json")));
+        let c = parse_config(args(&["--github-keys=a.json"]), env_of(&[])).unwrap();
+        assert_eq!(c.github_keys.as_deref(), Some(Path::new("a.json")));
+        let c = parse_config(
+            args(&[]),
+            env_of(&[("API_KEYS_GITHUB_KEYS_FILE", "/etc/gh.json")]),
+        )
+        .unwrap();
+        assert_eq!(c.github_keys.as_deref(), Some(Path::new("/etc/gh.json")));
+        assert!(parse_config(args(&["--github-keys"]), env_of(&[])).is_err());
+
+        let dir = std::env::temp_dir().join(format!("api-keys-gh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let good = write(
+            "good.json",
+            &serde_json::json!({"public_keys": [
+                {"key_identifier": "k1", "key": PEM, "is_current": true}
+            ]})
+            .to_string(),
+        );
+        let keys = github_keys(&good).unwrap();
+        assert_eq!(keys.identifiers().collect::<Vec<_>>(), vec!["k1"]);
+        let missing = dir.join("missing.json");
+        let e = github_keys(&missing).unwrap_err();
+        assert!(
+            e.contains("cannot read GitHub's public keys") && e.contains("missing.json"),
+            "{e}"
+        );
+        let e = github_keys(&write("bad.json", "{\"keys\": 1}")).unwrap_err();
+        assert!(
+            e.contains("bad.json") && e.contains("public-key document"),
+            "{e}"
+        );
+        let e = github_keys(&write(
+            "badkey.json",
+            r#"{"public_keys": [{"key_identifier": "k", "key": "nope", "is_current": true}]}"#,
+        ))
+        .unwrap_err();
+        assert!(e.contains("not a PEM P-256 public key"), "{e}");
+        let e = github_keys(&write("empty.json", r#"{"public_keys": []}"#)).unwrap_err();
+        assert!(e.contains("no keys"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[cfg(not(feature = "sqlite"))]

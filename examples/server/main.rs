@@ -2,7 +2,8 @@
 //! keys, with a JSON management API for an organization's managers.
 //!
 //! ```text
-//! cargo run --example server --features axum -- [PORT] [--allow-reveal]
+//! cargo run --example server --features axum -- [PORT] [--allow-reveal] [--db PATH] \
+//!     [--webhook-url URL] [--github-keys FILE]
 //! ```
 //!
 //! The port comes from the first argument, else `PORT`, else 8080; the server binds
@@ -19,17 +20,24 @@
 //! acme; bob, a member); no route hands sessions out. It answers only requests whose `Host` is
 //! its own address (against DNS rebinding), with header and body read timeouts and a
 //! connection limit. A real host builds the `Actor` from its own session instead.
+//!
+//! The automations run hourly (`manager.sweep()`: expiry warnings, unused keys, retention).
+//! With `--webhook-url` (or `API_KEYS_WEBHOOK_URL`) and the signing secret in
+//! `API_KEYS_WEBHOOK_SECRET` (the environment only: a flag would show in `ps`), every
+//! management action and every automation event is delivered there as a Standard Webhooks
+//! message. With `--github-keys FILE` (or `API_KEYS_GITHUB_KEYS_FILE`: GitHub's secret-scanning
+//! public-key document) the partner endpoint `POST /github/secret-scanning` revokes the leaked
+//! keys GitHub reports.
 
 mod app;
 mod config;
-#[allow(dead_code)] // `Webhooks` is wired into AppState's builder by the host config (webhooks.rs)
-mod webhooks;
 
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
 
 use api_keys::Policy;
-use config::{keyring, parse_config, store};
+use app::webhooks::{self, WebhookConfig, Webhooks};
+use config::{github_keys, keyring, parse_config, store};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -49,8 +57,24 @@ async fn main() -> ExitCode {
 async fn run() -> Result<(), String> {
     let config = parse_config(std::env::args().skip(1), |k| std::env::var(k).ok())?;
     let policy = Policy::default().allow_reveal(config.allow_reveal);
+    let github_keys = config.github_keys.as_deref().map(github_keys).transpose()?;
     let (store, key_file) = store(&config)?;
-    let state = app::AppState::with_policy(store, keyring(key_file.as_deref())?, policy)
+    let keyring = keyring(key_file.as_deref())?;
+    let webhooks = match &config.webhook {
+        Some(target) => Some(Webhooks::start(WebhookConfig::new(
+            target.url.clone(),
+            target.secret.expose(),
+        ))?),
+        None => None,
+    };
+    let integrations = app::Integrations {
+        policy,
+        webhooks: webhooks.clone(),
+        github_keys,
+        clock: None,
+    };
+    let partner = integrations.github_keys.is_some();
+    let state = app::AppState::with_integrations(store, keyring, integrations)
         .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, config.port))
         .await
@@ -79,6 +103,21 @@ async fn run() -> Result<(), String> {
     ));
     let nonce = state.login_nonce().map_err(|e| e.to_string())?;
     println!("api-keys example server on http://{addr}");
+    if let Some(target) = &config.webhook {
+        println!(
+            "webhooks: every management action and automation event is POSTed to {}",
+            target.url
+        );
+    }
+    if partner {
+        println!(
+            "GitHub secret scanning: POST http://{addr}{} revokes the leaked keys GitHub reports; \
+             register https://<your public name>{} with the pattern \\b{}_[0-9A-Za-z]{{61}}\\b",
+            app::SECRET_SCANNING_PATH,
+            app::SECRET_SCANNING_PATH,
+            state.manager.prefix()
+        );
+    }
     println!(
         "admin page (a one-time login link, valid for an hour; the part after # never leaves your browser):"
     );
@@ -107,6 +146,14 @@ async fn run() -> Result<(), String> {
     })
     .await
     .map_err(|e| e.to_string())?;
+    if let Some(hooks) = &webhooks {
+        println!(
+            "webhooks: {} delivered, {} given up, {} dropped (queue full)",
+            hooks.delivered(),
+            hooks.failed(),
+            hooks.dropped()
+        );
+    }
     // Keys' last uses are buffered: write them before leaving.
     manager.flush_last_use().await.map_err(|e| e.to_string())
 }

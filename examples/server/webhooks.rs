@@ -34,8 +34,8 @@ use sha2::Sha256;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-/// Where and how to deliver.
-#[derive(Clone, Debug)]
+/// Where and how to deliver. Its `Debug` leaves the secret out.
+#[derive(Clone)]
 pub struct WebhookConfig {
     /// The receiver, `http://host:port/path` (plain HTTP: put a TLS proxy in front, or a
     /// loopback relay).
@@ -50,6 +50,19 @@ pub struct WebhookConfig {
     pub backoff: Duration,
     /// Longest wait for one attempt's answer.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("secret", &"..")
+            .field("capacity", &self.capacity)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl WebhookConfig {

@@ -32,6 +32,12 @@ pub(crate) async fn policy(State(state): State<AppState>, Session(_): Session) -
             "max_days": p.max_period(),
             "allow_never": p.never_allowed(),
             "allow_reveal": p.reveal_allowed(),
+            "warn_before_seconds": p
+                .warnings()
+                .iter()
+                .map(|d| d.whole_seconds())
+                .collect::<Vec<_>>(),
+            "revoke_unused_after_seconds": p.unused_revocation().map(|d| d.whole_seconds()),
         })),
     )
 }

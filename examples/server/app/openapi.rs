@@ -74,9 +74,9 @@ pub struct KeyInfoDoc {
     expires_at: Option<i64>,
     /// Revocation time; `null` unless revoked.
     revoked_at: Option<i64>,
-    /// Why the key stopped working (an object with `kind`), or `null`.
-    #[schema(value_type = Option<Object>)]
-    revocation: Option<Value>,
+    /// Why the key stopped working, or `null` (a working key, or one that simply expired).
+    #[schema(required = true)]
+    revocation: Option<RevocationDoc>,
     /// The key this one replaced (by a roll).
     replaces: Option<String>,
     /// The key that replaced this one (by a roll).
@@ -89,10 +89,50 @@ pub struct KeyInfoDoc {
     credits: Option<CreditsDoc>,
     /// Status at the time of the answer.
     status: KeyStatusDoc,
-    /// Last recorded use.
+    /// Last recorded use (`null` = never used).
+    #[schema(required = true)]
     last_used_at: Option<i64>,
     /// Masked hint, e.g. `sak_…x7Qa`.
     hint: String,
+    /// What the sweep already announced about the key.
+    notices: NoticesDoc,
+}
+
+/// Why a key was revoked, or why it stopped working.
+#[derive(ToSchema)]
+#[schema(as = Revocation)]
+pub struct RevocationDoc {
+    /// `manual` (a manager), `leaked` (reported by someone holding the token, e.g. GitHub's
+    /// secret scanning), `unused` (idle past the policy's limit), `departed_user` (its
+    /// creator was offboarded), `rolled` (replaced by a roll, overlap over).
+    kind: RevocationKindDoc,
+    /// For `leaked`: where the token was found (e.g. a URL), as reported.
+    source: Option<String>,
+}
+
+/// The reason's kind.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum RevocationKindDoc {
+    Manual,
+    Leaked,
+    Unused,
+    DepartedUser,
+    Rolled,
+}
+
+/// The warnings the sweep already sent for a key (each exactly once).
+#[derive(ToSchema)]
+#[schema(as = Notices)]
+pub struct NoticesDoc {
+    /// Lead times (seconds before expiry) whose expiry warning was sent.
+    expiry_warned: Vec<i64>,
+    /// Whether the `expired` event was sent.
+    expired: bool,
+    /// Whether the warning before an unused-key revocation was sent.
+    unused_warned: bool,
+    /// When that warning was sent (absent when never).
+    unused_warned_at: Option<i64>,
 }
 
 /// Whom a rate limit counts.
@@ -189,6 +229,13 @@ pub struct PolicyDoc {
     allow_never: bool,
     /// Whether managers may reveal an existing key.
     allow_reveal: bool,
+    /// The expiry warnings' lead times in seconds, longest first (the first is the warning
+    /// window the page's banner uses); empty when expiry warnings are off.
+    warn_before_seconds: Vec<i64>,
+    /// After how many seconds without use (since creation, if never used) the sweep revokes a
+    /// key; `null` when unused keys are kept.
+    #[schema(required = true)]
+    revoke_unused_after_seconds: Option<i64>,
 }
 
 /// The caller's role.
@@ -270,7 +317,7 @@ pub enum NeverDoc {
         super::limits::set_credits,
         super::limits::get_credits,
     ),
-    components(schemas(Problem, KeyInfoDoc, CreatedKey, RevealedKey, PolicyDoc, WhoAmI, Health, ExpiryDoc, NeverDoc, RateLimitDoc, CreditsDoc, KeyCreditsDoc)),
+    components(schemas(Problem, KeyInfoDoc, RevocationDoc, NoticesDoc, CreatedKey, RevealedKey, PolicyDoc, WhoAmI, Health, ExpiryDoc, NeverDoc, RateLimitDoc, CreditsDoc, KeyCreditsDoc)),
     modifiers(&CommonAnswers),
     tags((name = "keys", description = "An organization's API keys (managers only, except reading the policy)"),
          (name = "session", description = "The demo stand-in for the host's login"))

@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use super::errors::ApiError;
+use super::integrations::SECRET_SCANNING_PATH;
 
 /// How much a client may send, and how slowly.
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +59,12 @@ pub fn allowed_hosts(addr: SocketAddr) -> Vec<String> {
 }
 
 /// Wraps `router` with the request-level limits and the `Host` check for `addr`.
+///
+/// The one path exempt from the `Host` check is GitHub's secret-scanning partner endpoint
+/// ([`SECRET_SCANNING_PATH`]): GitHub calls it through the host's public name (behind a
+/// proxy, say), and a report only acts when GitHub's signature over its body checks out, so a
+/// DNS-rebinding page gains nothing there. The header cap, the body timeout and the endpoint's
+/// own body cap (1 MiB, 413 beyond) still apply.
 pub fn guard(router: Router, addr: SocketAddr, limits: Limits) -> Router {
     let hosts: Arc<[String]> = allowed_hosts(addr).into();
     let max_header_bytes = limits.max_header_bytes;
@@ -97,7 +104,7 @@ async fn check_request(
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()));
     let known = host.is_some_and(|h| hosts.iter().any(|a| a.eq_ignore_ascii_case(h)));
-    if !known {
+    if !known && req.uri().path() != SECRET_SCANNING_PATH {
         return ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
             "wrong_host",

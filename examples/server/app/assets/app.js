@@ -182,6 +182,85 @@
     return { text: 'Active', cls: 'badge-active' };
   }
 
+  // Why a key stopped working, from its `revocation` ({kind, source}), for a person.
+  function reasonText(key) {
+    const r = key.revocation;
+    if (!r || typeof r.kind !== 'string') return null;
+    switch (r.kind) {
+      case 'manual':
+        return 'Revoked by a manager';
+      case 'leaked':
+        return typeof r.source === 'string' && r.source !== ''
+          ? 'Leaked: found at ' + r.source
+          : 'Leaked: reported as found in public';
+      case 'unused':
+        return 'Revoked: unused for too long';
+      case 'departed_user':
+        return 'Revoked: its creator left the organization';
+      case 'rolled':
+        return 'Replaced by a roll';
+      default:
+        return 'Revoked (' + r.kind + ')';
+    }
+  }
+
+  // Whole days since the key's last use, or its creation if it was never used.
+  function idleDays(key, now) {
+    const since = key.last_used_at !== null && key.last_used_at !== undefined ? key.last_used_at : key.created_at;
+    return Math.max(0, Math.floor((now - since) / DAY));
+  }
+
+  // The first (longest) expiry-warning window of the policy, in seconds; 0 when warnings are off.
+  function warningWindow() {
+    const p = state.policy;
+    if (!p || !Array.isArray(p.warn_before_seconds)) return 0;
+    return p.warn_before_seconds.reduce((m, s) => (typeof s === 'number' && s > m ? s : m), 0);
+  }
+
+  // Working keys (not a rolled key's old half, which is meant to expire) that expire within the
+  // first warning window, soonest first.
+  function expiringKeys(now) {
+    const lead = warningWindow();
+    if (lead <= 0) return [];
+    return state.keys
+      .filter(
+        (k) =>
+          k.status === 'active' &&
+          !k.replaced_by &&
+          k.expires_at !== null &&
+          k.expires_at > now &&
+          k.expires_at - now <= lead,
+      )
+      .sort((a, b) => a.expires_at - b.expires_at);
+  }
+
+  function renderExpiryBanner(now) {
+    const banner = $('expiry-banner');
+    const keys = expiringKeys(now);
+    const list = $('expiry-banner-keys');
+    list.replaceChildren();
+    if (keys.length === 0) {
+      show(banner, false);
+      return;
+    }
+    $('expiry-banner-title').textContent =
+      (keys.length === 1 ? '1 key expires' : keys.length + ' keys expire') +
+      ' within ' + untilText(warningWindow()) +
+      '. Roll ' + (keys.length === 1 ? 'it' : 'them') + ' before the integrations using ' +
+      (keys.length === 1 ? 'it' : 'them') + ' stop working:';
+    for (const k of keys) {
+      list.append(
+        el('li', { attrs: { 'data-key-id': k.id } }, [
+          el('span', { text: '“' + k.name + '” (' }),
+          el('code', { text: k.hint }),
+          el('span', { text: ') expires in ' + untilText(k.expires_at - now) + ', on ' }),
+          timeEl(k.expires_at, '', true),
+        ]),
+      );
+    }
+    show(banner, true);
+  }
+
   function isManager() {
     return state.me !== null && state.me.role === 'manager';
   }
@@ -426,6 +505,7 @@
     const manager = isManager();
     rows.replaceChildren();
     table.classList.toggle('read-only', !manager);
+    renderExpiryBanner(nowUnix());
     if (state.keys.length === 0) {
       empty.textContent =
         emptyText !== null
@@ -468,9 +548,9 @@
         el('span', { cls: 'muted by', text: ' by ' + key.created_by }),
       ]),
       cell('Expires', [timeEl(key.expires_at, 'Never', true)], 'col-expires'),
-      cell('Last used', [timeEl(key.last_used_at, 'Never used')], 'col-last-used'),
+      cell('Last used', [timeEl(key.last_used_at, 'Never used')].concat(idleNote(key, st, now)), 'col-last-used'),
       cell('Limits', limitsCell(key), 'col-limits'),
-      cell('Status', [el('span', { cls: 'badge ' + st.cls, text: st.text })], 'col-status'),
+      cell('Status', [el('span', { cls: 'badge ' + st.cls, text: st.text })].concat(reasonNote(key)), 'col-status'),
     );
 
     const actions = el('td', { cls: 'col-actions', attrs: { 'data-label': 'Actions' } });
@@ -503,6 +583,39 @@
     }
     tr.append(actions);
     return tr;
+  }
+
+  // "unused for N days" for a working key idle a day or more, and the sweep's warning when it
+  // has announced the key's revocation as unused.
+  function idleNote(key, st, now) {
+    if (st.cls === 'badge-revoked' || st.cls === 'badge-expired') return [];
+    const notes = [];
+    const days = idleDays(key, now);
+    if (days >= 1) {
+      notes.push(el('span', { cls: 'idle', text: 'unused for ' + days + (days === 1 ? ' day' : ' days') }));
+    }
+    // The sweep's warning before revoking it as unused; a use after the warning cancels it.
+    const n = key.notices;
+    if (n && n.unused_warned === true) {
+      const at = typeof n.unused_warned_at === 'number' ? n.unused_warned_at : null;
+      const usedSince = at !== null && key.last_used_at !== null && key.last_used_at > at;
+      if (!usedSince) {
+        notes.push(
+          el('span', {
+            cls: 'unused-notice',
+            text: 'Will be revoked as unused' + (at !== null ? ' (warned ' + isoDate(at) + ')' : ''),
+          }),
+        );
+      }
+    }
+    return notes;
+  }
+
+  function reasonNote(key) {
+    const text = reasonText(key);
+    if (text === null) return [];
+    const kind = String(key.revocation.kind).replace(/[^a-z_]/g, '');
+    return [el('span', { cls: 'reason reason-' + kind, text })];
   }
 
   // After a roll both rows keep the name: say which key replaced which, by the other's hint.

@@ -244,8 +244,12 @@ fn yardstick(c: &mut Criterion) {
     for n in [100_000, 1_000_000] {
         let y = worlds(n);
         assert_eq!(y.lean.len(), y.n);
-        walk(&mut g, "lean_sha256", n, &y.lean_tokens, |t| lean_verify(&y, t));
-        walk(&mut g, "cold_model", n, &y.lean_tokens, |t| model_verify(&y, t));
+        walk(&mut g, "lean_sha256", n, &y.lean_tokens, |t| {
+            lean_verify(&y, t)
+        });
+        walk(&mut g, "cold_model", n, &y.lean_tokens, |t| {
+            model_verify(&y, t)
+        });
         drop(y);
         let w = world(n);
         let valid = Packed::new(w.valid.iter().map(String::as_str));

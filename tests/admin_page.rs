@@ -1731,10 +1731,16 @@ async fn limits_are_shown_and_set_on_the_page() {
     let cell = format!("tr[data-key-id=\"{id}\"] .col-limits");
     let cell_js = serde_json::to_string(&cell).unwrap();
     let cell_has = |needle: &str| {
-        format!("(document.querySelector({cell_js}) || {{textContent: ''}}).textContent.includes({needle:?})")
+        format!(
+            "(document.querySelector({cell_js}) || {{textContent: ''}}).textContent.includes({needle:?})"
+        )
     };
     h.wait_js(&cell_has("3 of 3 credits left")).await;
-    assert!(h.text(&cell).await.contains("100 / minute"), "{}", h.text(&cell).await);
+    assert!(
+        h.text(&cell).await.contains("100 / minute"),
+        "{}",
+        h.text(&cell).await
+    );
 
     // One use spends one credit; the page shows it after a reload.
     assert_eq!(h.metrics_status(&token).await, StatusCode::OK);
@@ -1759,12 +1765,20 @@ async fn limits_are_shown_and_set_on_the_page() {
         .await
         .unwrap();
     h.css("#limits-credits").await.clear().await.unwrap();
-    h.css("#limits-credits").await.send_keys("10").await.unwrap();
+    h.css("#limits-credits")
+        .await
+        .send_keys("10")
+        .await
+        .unwrap();
     h.css("#limits-save").await.click().await.unwrap();
     h.wait_js("!document.getElementById('limits-dialog').open")
         .await;
     h.wait_js(&cell_has("10 of 10 credits left")).await;
-    assert!(h.text(&cell).await.contains("5 / second"), "{}", h.text(&cell).await);
+    assert!(
+        h.text(&cell).await.contains("5 / second"),
+        "{}",
+        h.text(&cell).await
+    );
     let got = h
         .call(
             Method::GET,

@@ -1770,7 +1770,10 @@ async fn limits_and_credits_are_shown_and_set_through_the_api() {
         .send()
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(r.json(), json!({"credits": {"initial": 5, "refill": null}, "remaining": 5}));
+    assert_eq!(
+        r.json(),
+        json!({"credits": {"initial": 5, "refill": null}, "remaining": 5})
+    );
     assert_eq!(srv.scrape(&token).await.status, StatusCode::OK);
     assert_eq!(credits(&srv, &id).await.json()["remaining"], json!(4));
 
@@ -1859,7 +1862,12 @@ async fn limits_and_credits_are_shown_and_set_through_the_api() {
         .send()
         .await;
     r.assert_error(StatusCode::BAD_REQUEST, "policy");
-    let listed = srv.get("/api/keys").session(&srv.alice()).send().await.json();
+    let listed = srv
+        .get("/api/keys")
+        .session(&srv.alice())
+        .send()
+        .await
+        .json();
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
 }
 

@@ -1374,8 +1374,8 @@ async fn a_member_cannot_manage_keys() {
     h.open_page().await;
     assert_eq!(
         h.count("#key-rows button").await,
-        3,
-        "the manager sees actions (roll, revoke, revoke and delete)"
+        4,
+        "the manager sees actions (roll, limits, revoke, revoke and delete)"
     );
 
     h.choose_session("member").await;

@@ -1440,7 +1440,7 @@ async fn a_member_cannot_manage_keys() {
     h.choose_session("manager").await;
     h.wait_js(
         "!document.getElementById('manager-actions').hidden && \
-         document.querySelectorAll('#key-rows button').length === 3",
+         document.querySelectorAll('#key-rows button').length === 4",
     )
     .await;
     h.finish().await;

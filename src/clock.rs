@@ -31,6 +31,14 @@ pub trait Clock: Send + Sync + 'static {
     fn now_unix_ms(&self) -> i64 {
         i64::try_from(self.now().unix_timestamp_nanos().div_euclid(1_000_000)).unwrap_or(i64::MAX)
     }
+
+    /// The current time in Unix milliseconds, given `monotonic`, an [`Instant`] the caller
+    /// read just before (as [`Clock::now_unix_at`]). The default ignores `monotonic` and calls
+    /// [`Clock::now_unix_ms`].
+    fn now_unix_ms_at(&self, monotonic: Instant) -> i64 {
+        let _ = monotonic;
+        self.now_unix_ms()
+    }
 }
 
 /// The system's wall clock.
@@ -44,11 +52,16 @@ pub struct SystemClock;
 
 /// How long [`SystemClock::now_unix_at`] trusts one reading of the wall clock.
 const WALL_REFRESH: Duration = Duration::milliseconds(50);
+/// [`WALL_REFRESH`] as a `std` duration.
+const WALL_REFRESH_STD: std::time::Duration = std::time::Duration::from_millis(50);
 
 thread_local! {
     /// Per thread (nothing shared between verifying threads): a monotonic window
     /// `[from, until)` during which the wall clock shows the whole second `secs`.
     static WALL_SECOND: Cell<Option<(Instant, Instant, i64)>> = const { Cell::new(None) };
+    /// Per thread: one reading of both clocks (`at`, wall nanoseconds then), trusted for
+    /// [`WALL_REFRESH`] to turn a monotonic reading into Unix milliseconds.
+    static WALL_MS: Cell<Option<(Instant, i64)>> = const { Cell::new(None) };
 }
 
 /// Nanoseconds since the Unix epoch (negative before it), saturating.
@@ -70,6 +83,25 @@ impl Clock for SystemClock {
 
     fn now_unix_ms(&self) -> i64 {
         wall_ns().div_euclid(1_000_000)
+    }
+
+    /// From the caller's monotonic reading and a per-thread pair of readings at most 50 ms
+    /// old (so a step of the wall clock reaches usage-limit windows within 50 ms), without
+    /// reading the system clock again on most calls.
+    fn now_unix_ms_at(&self, monotonic: Instant) -> i64 {
+        if let Some((at, wall)) = WALL_MS.get()
+            && let Some(since) = monotonic.checked_duration_since(at)
+            && since < WALL_REFRESH_STD
+        {
+            return wall
+                .saturating_add(since.as_nanos() as i64)
+                .div_euclid(1_000_000);
+        }
+        let at = Instant::now();
+        let wall = wall_ns();
+        WALL_MS.set(Some((at, wall)));
+        // A monotonic reading from before `at` is at most the caller's few nanoseconds older.
+        wall.div_euclid(1_000_000)
     }
 
     fn now_unix_at(&self, monotonic: Instant) -> i64 {
@@ -139,6 +171,9 @@ impl<C: Clock> Clock for Arc<C> {
     fn now_unix_ms(&self) -> i64 {
         (**self).now_unix_ms()
     }
+    fn now_unix_ms_at(&self, monotonic: Instant) -> i64 {
+        (**self).now_unix_ms_at(monotonic)
+    }
 }
 
 #[cfg(test)]
@@ -169,6 +204,35 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(60));
         let _ = c.now_unix_at(Instant::now());
         assert!((c.now_unix_at(old) - c.now_unix()).abs() <= 1);
+    }
+
+    #[test]
+    fn system_clock_milliseconds_from_a_monotonic_reading_track_the_wall_clock() {
+        let c = SystemClock;
+        // Readings inside one 50 ms window, and past it (a fresh pair is taken): the derived
+        // milliseconds always lie between two direct readings (allowing the rounding of one
+        // millisecond and the drift of the two clocks within one window).
+        for pause in [0u64, 3, 20, 70] {
+            let direct = c.now_unix_ms();
+            let derived = c.now_unix_ms_at(Instant::now());
+            let again = c.now_unix_ms();
+            assert!(
+                direct - 1 <= derived && derived <= again + 1,
+                "{direct} {derived} {again}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(pause));
+        }
+        // An instant from before the cached pair is answered, never a panic.
+        let old = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let _ = c.now_unix_ms_at(Instant::now());
+        assert!((c.now_unix_ms_at(old) - c.now_unix_ms()).abs() <= 10);
+        // Other clocks ignore the reading.
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        assert_eq!(
+            ManualClock::new(t).now_unix_ms_at(Instant::now()),
+            1_700_000_000_000
+        );
     }
 
     #[test]

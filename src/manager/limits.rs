@@ -17,8 +17,10 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         facts: &Facts,
         limits: &KeyLimits,
         cost: u64,
+        mono: Instant,
     ) -> Result<Box<Spent>, Error> {
-        let now_ms = self.inner.clock.now_unix_ms();
+        // The monotonic reading the hot path already took (no second system-clock read).
+        let now_ms = self.inner.clock.now_unix_ms_at(mono);
         let req = UsageRequest {
             key: facts.id,
             org: &facts.org,

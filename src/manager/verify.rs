@@ -91,7 +91,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         // for a key without limits.
         let spent = match &facts.limits {
             None => None,
-            Some(limits) => Some(self.spend(&facts, limits, cost).await?),
+            Some(limits) => Some(self.spend(&facts, limits, cost, mono).await?),
         };
         if self.record_use(&facts, now) {
             self.flush_inline().await;

@@ -13,7 +13,10 @@
 //! - When Redis has nothing left for this node, the node refuses locally until the window
 //!   ends, asking again in the background at most once per `sync_every`.
 //! - The background task (every `sync_every`) forgets ended windows and hands back leases
-//!   that went unused for `sync_every`, so that an idle node does not sit on budget.
+//!   that went unused for `sync_every`, an eighth of the window (at most 1 s) and twice the
+//!   node's usual
+//!   time between spends on that counter, so that a node that went idle does not sit on
+//!   budget (while a node with a steady trickle of requests keeps its lease).
 //!
 //! **Bounds.** Redis never grants more than `limit` units of a window in all, and a node
 //! admits only units it was granted, so nodes never over-admit together (clocks agreeing on
@@ -98,6 +101,8 @@ pub(super) struct Lease {
     solo: u64,
     /// Last spend or grant (engine ms): an idle lease is handed back.
     last_use: u64,
+    /// This node's typical time between spends on this counter (ms, moving average).
+    gap: u64,
 }
 
 impl Lease {
@@ -113,6 +118,7 @@ impl Lease {
             short: None,
             solo: 0,
             last_use: 0,
+            gap: 0,
         }
     }
 
@@ -239,6 +245,10 @@ impl RedisCounters {
         for (l, k) in req.limits.iter().zip(keys) {
             let Some(e) = map.get_mut(k) else { continue };
             e.held -= req.cost;
+            if e.last_use != 0 {
+                let d = now.saturating_sub(e.last_use);
+                e.gap = if e.gap == 0 { d } else { (e.gap * 3 + d) / 4 };
+            }
             e.last_use = now;
             usage.push(LimitUsage {
                 remaining: e.remaining(),
@@ -520,7 +530,13 @@ impl RedisCounters {
             map.retain(|_, e| e.reset_ms.saturating_add(1000) > wall_ms);
             map.iter_mut()
                 .filter(|(_, e)| {
-                    e.held > 0 && !e.fetching && now.saturating_sub(e.last_use) >= idle_ms
+                    // Idle: nothing spent for `sync_every`, for an eighth of the window (at
+                    // most a second), and for twice this node's usual time between spends (a
+                    // steady trickle keeps its lease).
+                    let idle = idle_ms
+                        .max((e.window_ms / LEASE_DIVISOR).min(1000))
+                        .max(e.gap.saturating_mul(2));
+                    e.held > 0 && !e.fetching && now.saturating_sub(e.last_use) >= idle
                 })
                 .map(|(k, e)| {
                     let held = std::mem::take(&mut e.held);

@@ -1,9 +1,14 @@
 //! [`RedisCounters`]: usage counters shared by every node through one Redis (feature
 //! `redis`).
 //!
-//! *Strict* mode: every verification of a key with limits is one `EVALSHA` of one server-side
-//! Lua script that checks and spends all of the key's limits and its credits atomically (Redis
-//! runs a script alone), so no node ever admits more than a limit or a balance allows.
+//! *Strict* mode (`strict.rs`): every verification of a key with limits is one `EVALSHA` of
+//! one server-side Lua script that checks and spends all of the key's limits and its credits
+//! atomically (Redis runs a script alone), so no node ever admits more than a limit or a
+//! balance allows.
+//!
+//! *Local-first* mode (`lease.rs`, [`RedisCountersBuilder::local_first`]): each node leases
+//! batches of a window's budget with one script and admits from them locally; it never
+//! over-admits either, and most verifications make no network call.
 //!
 //! Each call has a timeout, and a circuit breaker stops calling a Redis that keeps failing
 //! (a dead Redis then costs nothing per request instead of its timeout) and lets one probe
@@ -78,17 +83,28 @@ pub struct RedisCountersBuilder {
 }
 
 impl RedisCountersBuilder {
-    /// *Local-first* mode: rate limits are decided from this node's view of the counters
-    /// (no network on the verification), and a background task sends this node's spending
-    /// to Redis and reads everyone's every `sync_every` (one pipelined round trip for all
-    /// active counters). Credits stay strict (one round trip each; never over-spent).
+    /// *Local-first* mode: each node *leases* a share of a window's budget from Redis (one
+    /// atomic script: `max(cost, ⌈left / 8⌉)` of what is left, shrinking as the window
+    /// fills, at least 1) and admits from its lease with no network on the verification. The
+    /// next lease is fetched in the background when a lease falls to half its size; only a
+    /// verification that finds no lease for one of its limits waits for Redis (bounded by
+    /// the timeout and the breaker). Credits stay strict (one round trip each; never
+    /// over-spent).
     ///
-    /// Over-admission is bounded: in one window, a node admits at most what the counter
-    /// had left at its last sync, so across `n` nodes the overshoot is at most what the
-    /// other `n - 1` nodes admit within one sync interval (≈ `(n-1) × per-node rate ×
-    /// sync_every`), and never more than `(n-1) × limit`. While Redis is down each node
-    /// keeps enforcing every limit on its own count (at most `n × limit` in all).
-    /// The first sync task starts with the first verification (inside a Tokio runtime).
+    /// Never over-admits: Redis grants at most `limit` units of a window in all and a node
+    /// admits only granted units (nodes' clocks agreeing on the window). The cost is bounded
+    /// *under*-admission: units leased but unspent when a window ends, at most two leases
+    /// (`2 · ⌈limit / 8⌉`) per node, near zero under sustained load.
+    ///
+    /// `sync_every` (at least 1 ms) paces the background work: every `sync_every` a node
+    /// hands back leases it has not spent from for that long (and for an eighth of the window,
+    /// at most 1 s, and twice its usual time between spends) and forgets ended windows; a
+    /// node that Redis told "nothing left" refuses locally and asks again at most once per
+    /// `sync_every`, in the background. While Redis is down a node spends the lease it holds;
+    /// past it, a limit that fails open is enforced on this node's own count (at most
+    /// `nodes × limit` in all; `degraded`), any other refuses. The background task starts
+    /// with the first verification (inside a Tokio runtime). See `src/limits/redis/lease.rs`
+    /// for the design.
     pub fn local_first(mut self, sync_every: StdDuration) -> Self {
         self.local_first = Some(sync_every.max(StdDuration::from_millis(1)));
         self
@@ -215,8 +231,8 @@ struct Decided {
     waited: AtomicU64,
 }
 
-/// Usage counters in one Redis shared by every node (feature `redis`), strict mode. See the
-/// module documentation above for the guarantees, keys and failure handling.
+/// Usage counters in one Redis shared by every node (feature `redis`), strict or local-first.
+/// See the module documentation above for the guarantees, keys and failure handling.
 #[derive(Clone)]
 pub struct RedisCounters {
     inner: Arc<Inner>,

@@ -451,8 +451,8 @@ async fn local_first_hands_idle_leases_back_for_other_nodes() {
     let p = prefix();
     let store = MemoryStore::new();
     let hour = StdDuration::from_secs(3600);
-    // A lease idle for 20 ms (and for an eighth of the window, at most a second) goes back;
-    // B re-asks Redis 20 ms after it found nothing left.
+    // A lease idle for 20 ms and for half the window (at most a second) goes back; B asks
+    // Redis again 20 ms after it found nothing left.
     let every = StdDuration::from_millis(20);
     let (ea, eb) = (local_first(&url, &p, every), local_first(&url, &p, every));
     let (a, _) = manager(store.clone(), ea.clone());

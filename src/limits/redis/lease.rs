@@ -10,20 +10,21 @@
 //! - Only a verification that finds no lease for one of its limits waits for Redis (one
 //!   round trip for all of them; concurrent ones wait for the same call), bounded by the
 //!   per-call timeout and the breaker.
+//! - In the last quarter of a window (at most its last second), a spend also leases from the
+//!   next window, so that a busy node starts each window with a lease.
 //! - When Redis has nothing left for this node, the node refuses locally until the window
 //!   ends, asking again in the background at most once per `sync_every`.
 //! - The background task (every `sync_every`) forgets ended windows and hands back leases
-//!   that went unused for `sync_every`, an eighth of the window (at most 1 s) and twice the
-//!   node's usual
-//!   time between spends on that counter, so that a node that went idle does not sit on
-//!   budget (while a node with a steady trickle of requests keeps its lease).
+//!   that went unused for `sync_every` and for half the window (at most 1 s), so that a node
+//!   that went quiet does not sit on budget others could use.
 //!
 //! **Bounds.** Redis never grants more than `limit` units of a window in all, and a node
 //! admits only units it was granted, so nodes never over-admit together (clocks agreeing on
 //! the window). Units leased but not spent when the window ends are admitted by nobody:
 //! under-admission, at most what each node holds then — its lease and one prefetched lease,
-//! each at most `⌈limit / 8⌉` (≤ `2 · nodes · ⌈limit / 8⌉` per window), near zero under
-//! sustained load since a busy node spends its lease within moments.
+//! each at most `⌈limit / 8⌉` (≤ `2 · nodes · ⌈limit / 8⌉` per window; a lease taken ahead
+//! from the next window is the first of these), near zero under sustained load since a busy
+//! node spends its lease within moments.
 //!
 //! While Redis cannot answer: a node keeps spending the lease it holds; past it, a limit that
 //! fails open is enforced on this node's own count alone (each node admits up to `limit`, so
@@ -47,13 +48,13 @@ pub(super) const LEASE_DIVISOR: u64 = 8;
 /// How many times a waiting verification re-decides before it gives up on Redis.
 const MAX_ROUNDS: usize = 8;
 
-/// Grants leases. KEYS: counters. ARGV per counter: limit, window ms, need, divisor.
+/// Grants leases. KEYS: counters. ARGV per counter: limit, expiry (ms), need, divisor.
 /// Returns {granted, leased so far (everyone's)} per counter.
 pub(super) const LEASE: &str = r#"
 local out = {}
 for i = 1, #KEYS do
   local limit = tonumber(ARGV[4 * i - 3])
-  local win = tonumber(ARGV[4 * i - 2])
+  local ttl = tonumber(ARGV[4 * i - 2])
   local need = tonumber(ARGV[4 * i - 1])
   local div = tonumber(ARGV[4 * i])
   local used = tonumber(redis.call('GET', KEYS[i]) or '0')
@@ -63,7 +64,7 @@ for i = 1, #KEYS do
     grant = math.max(need, math.ceil(left / div))
     if grant > left then grant = left end
     used = redis.call('INCRBY', KEYS[i], grant)
-    redis.call('PEXPIRE', KEYS[i], win + 1000)
+    redis.call('PEXPIRE', KEYS[i], ttl)
   end
   out[2 * i - 1] = grant
   out[2 * i] = used
@@ -101,8 +102,6 @@ pub(super) struct Lease {
     solo: u64,
     /// Last spend or grant (engine ms): an idle lease is handed back.
     last_use: u64,
-    /// This node's typical time between spends on this counter (ms, moving average).
-    gap: u64,
 }
 
 impl Lease {
@@ -118,7 +117,6 @@ impl Lease {
             short: None,
             solo: 0,
             last_use: 0,
-            gap: 0,
         }
     }
 
@@ -135,7 +133,7 @@ impl Lease {
 struct Ask {
     key: String,
     limit: u64,
-    window_ms: u64,
+    ttl_ms: u64,
     need: u64,
 }
 
@@ -216,7 +214,7 @@ impl RedisCounters {
                 // once the answer is `sync_every` old.
                 if now.saturating_sub(at) >= recheck && !e.fetching {
                     e.fetching = true;
-                    asks.push(ask(k, e, 1));
+                    asks.push(ask(k, e, 1, req.now_ms));
                 }
                 if refused.is_none_or(|(_, r)| reset > r) {
                     refused = Some((i, reset));
@@ -245,10 +243,6 @@ impl RedisCounters {
         for (l, k) in req.limits.iter().zip(keys) {
             let Some(e) = map.get_mut(k) else { continue };
             e.held -= req.cost;
-            if e.last_use != 0 {
-                let d = now.saturating_sub(e.last_use);
-                e.gap = if e.gap == 0 { d } else { (e.gap * 3 + d) / 4 };
-            }
             e.last_use = now;
             usage.push(LimitUsage {
                 remaining: e.remaining(),
@@ -257,7 +251,24 @@ impl RedisCounters {
             // Prefetch: the next lease is on its way before this one runs out.
             if e.held <= e.last_batch / 2 && e.short.is_none() && !e.fetching {
                 e.fetching = true;
-                asks.push(ask(k, e, 1));
+                asks.push(ask(k, e, 1, req.now_ms));
+            }
+            // Near the window's end, a lease of the next window too, so that its first
+            // verifications need not wait.
+            let reset = window_of(l, req.now_ms).1;
+            let ahead = i64::try_from((l.window_ms() / 4).min(1000)).unwrap_or(1000);
+            if reset.saturating_sub(req.now_ms) <= ahead {
+                let next = UsageRequest {
+                    now_ms: reset,
+                    ..*req
+                };
+                let nk = self.counter_key(l, &next);
+                if !map.contains_key(&nk) {
+                    let mut n = Lease::new(l, window_of(l, reset).1);
+                    n.fetching = true;
+                    asks.push(ask(&nk, &n, 1, req.now_ms));
+                    map.insert(nk, n);
+                }
             }
         }
         Step::Done(Decision::Allowed {
@@ -290,7 +301,12 @@ impl RedisCounters {
                                 .iter()
                                 .filter_map(|&i| {
                                     let e = map.get(&keys[i])?;
-                                    Some(ask(&keys[i], e, req.cost.saturating_sub(e.held).max(1)))
+                                    Some(ask(
+                                        &keys[i],
+                                        e,
+                                        req.cost.saturating_sub(e.held).max(1),
+                                        req.now_ms,
+                                    ))
                                 })
                                 .collect()
                         };
@@ -361,7 +377,7 @@ impl RedisCounters {
         }
         for a in &asks {
             inv.arg(a.limit)
-                .arg(a.window_ms)
+                .arg(a.ttl_ms)
                 .arg(a.need)
                 .arg(LEASE_DIVISOR);
         }
@@ -530,13 +546,12 @@ impl RedisCounters {
             map.retain(|_, e| e.reset_ms.saturating_add(1000) > wall_ms);
             map.iter_mut()
                 .filter(|(_, e)| {
-                    // Idle: nothing spent for `sync_every`, for an eighth of the window (at
-                    // most a second), and for twice this node's usual time between spends (a
-                    // steady trickle keeps its lease).
-                    let idle = idle_ms
-                        .max((e.window_ms / LEASE_DIVISOR).min(1000))
-                        .max(e.gap.saturating_mul(2));
-                    e.held > 0 && !e.fetching && now.saturating_sub(e.last_use) >= idle
+                    // Idle: nothing spent for `sync_every` and for half the window (at most
+                    // a second): a node with bursts of traffic keeps its lease between them.
+                    let idle = idle_ms.max((e.window_ms / 2).min(1000));
+                    // A lease taken ahead for a window not started yet is not idle.
+                    let started = e.reset_ms.saturating_sub(e.window_ms as i64) <= wall_ms;
+                    started && e.held > 0 && !e.fetching && now.saturating_sub(e.last_use) >= idle
                 })
                 .map(|(k, e)| {
                     let held = std::mem::take(&mut e.held);
@@ -574,11 +589,14 @@ impl RedisCounters {
     }
 }
 
-fn ask(key: &str, e: &Lease, need: u64) -> Ask {
+fn ask(key: &str, e: &Lease, need: u64, now_ms: i64) -> Ask {
+    let to_end = u64::try_from(e.reset_ms.saturating_sub(now_ms)).unwrap_or(0);
     Ask {
         key: key.to_owned(),
         limit: e.limit,
-        window_ms: e.window_ms,
+        // Relative to Redis's clock: the counter outlives its window by a window and a
+        // second, whatever the skew between the nodes' clocks and Redis's.
+        ttl_ms: e.window_ms.saturating_add(to_end).saturating_add(1000),
         need,
     }
 }

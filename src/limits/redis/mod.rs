@@ -97,8 +97,8 @@ impl RedisCountersBuilder {
     /// (`2 · ⌈limit / 8⌉`) per node, near zero under sustained load.
     ///
     /// `sync_every` (at least 1 ms) paces the background work: every `sync_every` a node
-    /// hands back leases it has not spent from for that long (and for an eighth of the window,
-    /// at most 1 s, and twice its usual time between spends) and forgets ended windows; a
+    /// hands back leases it has not spent from for that long (and for half the window, at most
+    /// 1 s) and forgets ended windows; a
     /// node that Redis told "nothing left" refuses locally and asks again at most once per
     /// `sync_every`, in the background. While Redis is down a node spends the lease it holds;
     /// past it, a limit that fails open is enforced on this node's own count (at most

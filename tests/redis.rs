@@ -76,6 +76,16 @@ async fn the_redis_engine_passes_the_counters_conformance_suite() {
     api_keys::testkit::counters::run(&engine).await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_first_engine_passes_the_counters_conformance_suite() {
+    let Some(url) = redis_url("the_local_first_engine_passes_the_counters_conformance_suite")
+    else {
+        return;
+    };
+    let engine = local_first(&url, &prefix(), StdDuration::from_secs(3600));
+    api_keys::testkit::counters::run(&engine).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn n_credits_admit_exactly_n_verifies_across_three_managers() {
     let Some(url) = redis_url("n_credits_admit_exactly_n_verifies_across_three_managers") else {

@@ -10,8 +10,9 @@
 //! - Only a verification that finds no lease for one of its limits waits for Redis (one
 //!   round trip for all of them; concurrent ones wait for the same call), bounded by the
 //!   per-call timeout and the breaker.
-//! - In the last quarter of a window (at most its last second), a spend also leases from the
-//!   next window, so that a busy node starts each window with a lease.
+//! - In the last quarter of a window (at most its last second), a verification (admitted or
+//!   refused) also leases from the next window, so that a busy node starts each window with a
+//!   lease.
 //! - When Redis has nothing left for this node, the node refuses locally until the window
 //!   ends, asking again in the background at most once per `sync_every`.
 //! - The background task (every `sync_every`) forgets ended windows and hands back leases
@@ -226,6 +227,10 @@ impl RedisCounters {
             }
         }
         if let Some((i, reset)) = refused {
+            // A refused node is busy too: it starts the next window with a lease.
+            for l in req.limits {
+                self.lease_ahead(map, l, req, asks);
+            }
             return Step::Done(refusal(req, keys, map, i, reset));
         }
         if !missing.is_empty() || wait {
@@ -253,28 +258,39 @@ impl RedisCounters {
                 e.fetching = true;
                 asks.push(ask(k, e, 1, req.now_ms));
             }
-            // Near the window's end, a lease of the next window too, so that its first
-            // verifications need not wait.
-            let reset = window_of(l, req.now_ms).1;
-            let ahead = i64::try_from((l.window_ms() / 4).min(1000)).unwrap_or(1000);
-            if reset.saturating_sub(req.now_ms) <= ahead {
-                let next = UsageRequest {
-                    now_ms: reset,
-                    ..*req
-                };
-                let nk = self.counter_key(l, &next);
-                if !map.contains_key(&nk) {
-                    let mut n = Lease::new(l, window_of(l, reset).1);
-                    n.fetching = true;
-                    asks.push(ask(&nk, &n, 1, req.now_ms));
-                    map.insert(nk, n);
-                }
-            }
+            self.lease_ahead(map, l, req, asks);
         }
         Step::Done(Decision::Allowed {
             usage,
             degraded: false,
         })
+    }
+
+    /// Near a window's end (its last quarter, at most its last second), leases from the next
+    /// window too, so that a busy node's first verifications there need not wait.
+    fn lease_ahead(
+        &self,
+        map: &mut HashMap<String, Lease>,
+        l: &crate::RateLimit,
+        req: &UsageRequest<'_>,
+        asks: &mut Vec<Ask>,
+    ) {
+        let reset = window_of(l, req.now_ms).1;
+        let ahead = i64::try_from((l.window_ms() / 4).min(1000)).unwrap_or(1000);
+        if reset.saturating_sub(req.now_ms) > ahead {
+            return;
+        }
+        let next = UsageRequest {
+            now_ms: reset,
+            ..*req
+        };
+        let nk = self.counter_key(l, &next);
+        if !map.contains_key(&nk) {
+            let mut n = Lease::new(l, window_of(l, reset).1);
+            n.fetching = true;
+            asks.push(ask(&nk, &n, 1, req.now_ms));
+            map.insert(nk, n);
+        }
     }
 
     /// Waits for the leases a decision needs (fetching them, or waiting for the call in

@@ -285,11 +285,11 @@ impl RedisCounters {
             ..*req
         };
         let nk = self.counter_key(l, &next);
-        if !map.contains_key(&nk) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(nk) {
             let mut n = Lease::new(l, window_of(l, reset).1);
             n.fetching = true;
-            asks.push(ask(&nk, &n, 1, req.now_ms));
-            map.insert(nk, n);
+            asks.push(ask(slot.key(), &n, 1, req.now_ms));
+            slot.insert(n);
         }
     }
 

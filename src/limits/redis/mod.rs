@@ -6,9 +6,10 @@
 //! atomically (Redis runs a script alone), so no node ever admits more than a limit or a
 //! balance allows.
 //!
-//! *Local-first* mode (`lease.rs`, [`RedisCountersBuilder::local_first`]): each node leases
-//! batches of a window's budget with one script and admits from them locally; it never
-//! over-admits either, and most verifications make no network call.
+//! *Local-first* mode (`lease.rs`, its background work in `sync.rs`;
+//! [`RedisCountersBuilder::local_first`]): each node leases batches of a window's budget with
+//! one script and admits from them locally; it never over-admits either, and most
+//! verifications make no network call.
 //!
 //! Each call has a timeout, and a circuit breaker stops calling a Redis that keeps failing
 //! (a dead Redis then costs nothing per request instead of its timeout) and lets one probe
@@ -27,6 +28,7 @@
 
 mod lease;
 mod strict;
+mod sync;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -169,7 +171,7 @@ impl RedisCountersBuilder {
                 conn,
                 consume: Script::new(strict::CONSUME),
                 lease: Script::new(lease::LEASE),
-                give_back: Script::new(lease::RETURN),
+                give_back: Script::new(sync::RETURN),
                 credits: Script::new(CREDITS),
                 link: Script::new(LINK),
                 prefix: self.prefix,

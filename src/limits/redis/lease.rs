@@ -142,6 +142,10 @@ enum Step {
 impl RedisCounters {
     pub(super) fn consume_leased<'a>(&'a self, req: UsageRequest<'a>) -> Consumed<'a> {
         self.start_sync();
+        // Mostly a read: the background task forgets windows by this clock.
+        if req.now_ms > self.inner.clock_ms.load(Ordering::Relaxed) {
+            self.inner.clock_ms.store(req.now_ms, Ordering::Relaxed);
+        }
         let keys: Vec<String> = req
             .limits
             .iter()

@@ -31,7 +31,7 @@ mod strict;
 mod sync;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
@@ -186,6 +186,7 @@ impl RedisCountersBuilder {
                 local: Mutex::new(HashMap::new()),
                 leased: tokio::sync::Notify::new(),
                 sync_started: AtomicBool::new(false),
+                clock_ms: AtomicI64::new(0),
                 stats: Decided::default(),
             }),
         })
@@ -223,6 +224,8 @@ struct Inner {
     /// Local-first: woken when a lease call ends.
     leased: tokio::sync::Notify,
     sync_started: AtomicBool,
+    /// Local-first: the latest manager time a verification brought (Unix ms).
+    clock_ms: AtomicI64,
     stats: Decided,
 }
 

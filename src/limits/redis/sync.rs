@@ -46,13 +46,21 @@ impl RedisCounters {
     }
 
     /// Local-first: runs the background task's work once now — forgets the counters of
-    /// ended windows and hands back to Redis the leases this node has not spent from for
-    /// `sync_every` (so that other nodes may use them). Runs by itself every `sync_every`;
+    /// ended windows (on the managers' clock, as verifications bring it) and hands back to
+    /// Redis the leases this node has not spent from for `sync_every` and half their window,
+    /// at most a second (so that other nodes may use them). Runs by itself every `sync_every`;
     /// public for tests and for a host that drives it.
     pub async fn sync_once(&self) {
-        let wall_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        // The managers' clock as last seen by a verification (the counters' windows are
+        // on it); the system clock before any.
+        let seen = self.inner.clock_ms.load(Ordering::Relaxed);
+        let wall_ms = if seen != 0 {
+            seen
+        } else {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        };
         let idle_ms = u64::try_from(self.inner.local_first.unwrap_or_default().as_millis())
             .unwrap_or(u64::MAX);
         let now = self.now_ms();

@@ -420,6 +420,8 @@ async fn local_first_admits_from_leases_mostly_without_redis_and_never_over_the_
     // A verification waits only when it finds no lease: at most once per lease (batches of
     // an eighth of what is left: about 25 leases for 100 units), so most are local.
     assert!(s.decided_locally >= 60, "{s:?}");
+    // One client in sequence waits at most once per lease call.
+    assert!(s.waited_for_redis <= s.calls, "{s:?}");
     assert_eq!(s.decided_locally + s.waited_for_redis, 101, "{s:?}");
     assert!(s.calls <= 40, "one lease call per batch: {s:?}");
     // The other node shares the same count: nothing left for it either.

@@ -150,6 +150,24 @@ fn redis_strict(c: &mut Criterion) {
             })
         });
     }
+    // Local-first: the key's lease is taken during the warm-up, so every measured
+    // verification is decided from it, with no network.
+    let engine = api_keys::RedisCounters::builder(url.clone())
+        .prefix(format!("api-keys-bench-lf-{}", std::process::id()))
+        .timeout(Duration::from_secs(1))
+        .local_first(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let (m, tokens) = rt.block_on(world(Variant::One, Some(std::sync::Arc::new(engine))));
+    g.bench_function("redis_local_first_one_limit", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let t = &tokens[i];
+            i = (i + 1) % tokens.len();
+            rt.block_on(m.verify(black_box(t), &Scope::Prometheus))
+                .is_ok()
+        })
+    });
     // One loopback round trip for comparison: PING.
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = rt

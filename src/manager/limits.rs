@@ -88,7 +88,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// and window carry on.
     ///
     /// # Errors
-    /// [`Error::PermissionDenied`]; [`Error::Policy`] for invalid limits; [`Error::NotFound`];
+    /// [`Error::PermissionDenied`]; [`Error::Policy`] for invalid limits or limits outside the
+    /// policy's maxima ([`Policy::max_rate_limits`], [`Policy::max_rate`]: with a maximum rate
+    /// an empty list is refused); [`Error::NotFound`];
     /// [`Error::Integrity`]; [`Error::Conflict`]; [`Error::Store`].
     pub async fn set_limits(
         &self,
@@ -98,6 +100,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     ) -> Result<KeyInfo, Error> {
         Self::require_manager(actor)?;
         check_limits(&limits, None)?;
+        self.inner.policy.check_rate_limits(&limits)?;
         let (rec, _) = self
             .modify(Some(actor), id, |r| {
                 if r.rate_limits == limits {
@@ -121,7 +124,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// budget. Sealed with compare-and-swap and audited (`credits_changed`).
     ///
     /// # Errors
-    /// [`Error::PermissionDenied`]; [`Error::Policy`] for invalid credits; [`Error::NotFound`];
+    /// [`Error::PermissionDenied`]; [`Error::Policy`] for invalid credits or credits above
+    /// [`Policy::max_credits`] (with that maximum, `None` is refused); [`Error::NotFound`];
     /// [`Error::Integrity`]; [`Error::Conflict`]; [`Error::Store`];
     /// [`Error::LimitsUnavailable`] when the balance could not be written to the counters
     /// (the configuration is written; retry to set the balance).
@@ -135,6 +139,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         if let Some(c) = &credits {
             c.check()?;
         }
+        self.inner.policy.check_credits(credits.as_ref())?;
         let (rec, _) = self
             .modify(Some(actor), id, |r| {
                 r.credits = credits;

@@ -6,8 +6,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// Generates a key. The secret is returned once, as an [`ApiKey`].
     ///
     /// # Errors
-    /// [`Error::PermissionDenied`] for a non-manager; [`Error::Policy`] for a name, scope list
-    /// or expiry outside the policy, or when the organization already has
+    /// [`Error::PermissionDenied`] for a non-manager; [`Error::Policy`] for a name, scope list,
+    /// expiry or usage limits outside the policy (a request that names no rate limits or no
+    /// credits gets the policy's defaults, see [`Policy`]), or when the organization already has
     /// `max_active_keys` active keys; [`Error::Store`] / [`Error::Random`] on failures.
     pub async fn generate(
         &self,
@@ -17,7 +18,10 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         Self::require_manager(actor)?;
         check_name(&req.name)?;
         let scopes = check_scopes(&req.scopes)?;
-        check_limits(&req.rate_limits, req.credits.as_ref())?;
+        let (rate_limits, credits) = self
+            .inner
+            .policy
+            .resolve_limits(req.rate_limits, req.credits)?;
         check_meta(&req.meta)?;
         if let Some(owner) = &req.owner {
             check_owner(owner)?;
@@ -43,8 +47,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             replaces: None,
             owner: req.owner,
             meta: req.meta,
-            rate_limits: req.rate_limits,
-            credits: req.credits,
+            rate_limits,
+            credits,
         };
         let (key, rec) = self.create(draft).await?;
         self.audit_best_effort(

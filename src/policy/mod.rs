@@ -1,11 +1,14 @@
-//! What managers may ask for: expiry periods, reveal, how many keys.
+//! What managers may ask for: expiry periods, reveal, how many keys, usage limits.
+
+mod limits;
 
 use std::collections::BTreeMap;
 
 use time::{Duration, OffsetDateTime};
 
+use crate::limits::check_limits;
 use crate::record::whole_seconds;
-use crate::{Credits, Error, RateLimit, Scope};
+use crate::{Credits, Error, MAX_RATE_LIMITS, RateLimit, Scope};
 
 /// Longest key name, in characters.
 pub const MAX_NAME_CHARS: usize = 128;
@@ -36,6 +39,36 @@ pub enum Expiry {
 ///
 /// `max_active_keys` is best-effort under concurrent `generate` calls for one organization:
 /// the count is read before the insert, so two racing calls may both pass the last slot.
+///
+/// **Usage limits.** By default a key gets only the limits its request names, and any valid
+/// limits are accepted. A policy may give keys *defaults* — [`Policy::default_rate_limits`]
+/// (used when a [`GenerateRequest`] names no rate limit) and [`Policy::default_credits`] (used
+/// when it names no credits) — and *maxima* that [`KeyManager::generate`],
+/// [`KeyManager::set_limits`] and [`KeyManager::set_credits`] enforce with
+/// [`Error::Policy`]: [`Policy::max_rate_limits`] (how many limits one key may carry),
+/// [`Policy::max_rate`] (the highest rate any limit may allow) and [`Policy::max_credits`]
+/// (the largest balance or refill). A maximum also means a key cannot be without that kind of
+/// limit (it would be unlimited): with `max_rate` set, every key needs at least one rate
+/// limit, and with `max_credits` set, every key needs credits. [`KeyManager::roll`] copies a
+/// key's limits as they are (maxima apply when a configuration is chosen, not to a copy).
+///
+/// ```
+/// use std::time::Duration;
+/// use api_keys::{Credits, Policy, RateLimit, Refill};
+/// let policy = Policy::default()
+///     .default_rate_limits(&[RateLimit::new("burst", 10, Duration::from_secs(1))])
+///     .default_credits(Credits::new(1_000).refill(Refill::monthly(1, 1_000)))
+///     .max_rate(100, Duration::from_secs(1))
+///     .max_credits(100_000)
+///     .max_rate_limits(3);
+/// assert_eq!(policy.default_limits().len(), 1);
+/// assert_eq!(policy.rate_cap(), Some((100, Duration::from_secs(1))));
+/// ```
+///
+/// [`KeyManager::generate`]: crate::KeyManager::generate
+/// [`KeyManager::set_limits`]: crate::KeyManager::set_limits
+/// [`KeyManager::set_credits`]: crate::KeyManager::set_credits
+/// [`KeyManager::roll`]: crate::KeyManager::roll
 #[derive(Clone, Debug)]
 pub struct Policy {
     allowed_days: Vec<u16>,
@@ -47,6 +80,12 @@ pub struct Policy {
     revoke_unused_after: Option<Duration>,
     warn_before: Vec<Duration>,
     purge_after: Option<Duration>,
+    default_rate_limits: Vec<RateLimit>,
+    default_credits: Option<Credits>,
+    max_rate_limits: usize,
+    /// The highest rate a limit may allow: `(limit, window in ms)`.
+    max_rate: Option<(u64, u64)>,
+    max_credits: Option<u64>,
 }
 
 impl Default for Policy {
@@ -61,6 +100,11 @@ impl Default for Policy {
             revoke_unused_after: None,
             warn_before: vec![Duration::days(30), Duration::days(7), Duration::days(1)],
             purge_after: None,
+            default_rate_limits: Vec::new(),
+            default_credits: None,
+            max_rate_limits: MAX_RATE_LIMITS,
+            max_rate: None,
+            max_credits: None,
         }
     }
 }
@@ -212,6 +256,28 @@ impl Policy {
             return Err(Error::Policy(
                 "revoke_unused_after, purge_after and warn_before need positive durations".into(),
             ));
+        }
+        if !(1..=MAX_RATE_LIMITS).contains(&self.max_rate_limits) {
+            return Err(Error::Policy(format!(
+                "max_rate_limits must be 1 to {MAX_RATE_LIMITS}"
+            )));
+        }
+        if self.max_rate.is_some_and(|(l, ms)| l == 0 || ms == 0) {
+            return Err(Error::Policy(
+                "max_rate needs a limit of at least 1 per a window of at least 1 ms".into(),
+            ));
+        }
+        // The defaults must pass the policy's own maxima (checked only where they apply:
+        // a policy may cap rates and leave the limits to each request).
+        if !self.default_rate_limits.is_empty() {
+            check_limits(&self.default_rate_limits, None)?;
+            self.check_rate_limits(&self.default_rate_limits)
+                .map_err(|e| Error::Policy(format!("default_rate_limits: {e}")))?;
+        }
+        if let Some(c) = &self.default_credits {
+            c.check()?;
+            self.check_credits(Some(c))
+                .map_err(|e| Error::Policy(format!("default_credits: {e}")))?;
         }
         Ok(())
     }

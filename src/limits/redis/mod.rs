@@ -1,9 +1,15 @@
 //! [`RedisCounters`]: usage counters shared by every node through one Redis (feature
 //! `redis`).
 //!
-//! *Strict* mode: every verification of a key with limits is one `EVALSHA` of one server-side
-//! Lua script that checks and spends all of the key's limits and its credits atomically (Redis
-//! runs a script alone), so no node ever admits more than a limit or a balance allows.
+//! *Strict* mode (`strict.rs`): every verification of a key with limits is one `EVALSHA` of
+//! one server-side Lua script that checks and spends all of the key's limits and its credits
+//! atomically (Redis runs a script alone), so no node ever admits more than a limit or a
+//! balance allows.
+//!
+//! *Local-first* mode (`lease.rs`, its background work in `sync.rs`;
+//! [`RedisCountersBuilder::local_first`]): each node leases batches of a window's budget with
+//! one script and admits from them locally; it never over-admits either, and most
+//! verifications make no network call.
 //!
 //! Each call has a timeout, and a circuit breaker stops calling a Redis that keeps failing
 //! (a dead Redis then costs nothing per request instead of its timeout) and lets one probe
@@ -20,75 +26,23 @@
 //! Credits persist as long as Redis does: run it with `appendonly yes` (and `appendfsync
 //! everysec`, or `always` to lose no spend on a crash) — see the README.
 
+mod lease;
+mod strict;
+mod sync;
+
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
 use super::engine::{
-    Consumed, CounterError, Decision, LimitUsage, Usage, UsageCounters, UsageRequest,
-    refill_period, window_of,
+    Consumed, CounterError, UsageCounters, UsageRequest, refill_period, window_of,
 };
 use crate::store::BoxFuture;
 use crate::{Credits, KeyId, LimitScope, RateLimit};
-
-/// Checks every limit, then the credits (refilled first), then spends all or nothing.
-/// KEYS: the limits' counters, then the key's credit link. ARGV: now, cost, n, per limit
-/// (limit, reset, window), then has_credits, initial, refill amount (-1: none), period, own account.
-/// Returns {status (0 ok, 1 rate limited, 2 out of credits), refusing index, balance (-1:
-/// none), used...}.
-const CONSUME: &str = r#"
-local cost = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-local used = {}
-local refused, refused_reset = -1, -1
-for i = 1, n do
-  local limit = tonumber(ARGV[1 + 3 * i])
-  local reset = tonumber(ARGV[2 + 3 * i])
-  local u = tonumber(redis.call('GET', KEYS[i]) or '0')
-  used[i] = u
-  if u + cost > limit and reset > refused_reset then
-    refused, refused_reset = i - 1, reset
-  end
-end
-local off = 3 + 3 * n
-local balance, account = -1, nil
-if ARGV[off + 1] == '1' then
-  account = redis.call('GET', KEYS[n + 1]) or ARGV[off + 5]
-  local amount, period = tonumber(ARGV[off + 3]), tonumber(ARGV[off + 4])
-  local st = redis.call('HMGET', account, 'b', 'p')
-  if not st[1] then
-    balance = tonumber(ARGV[off + 2])
-    redis.call('HSET', account, 'b', balance, 'p', period)
-  else
-    balance = tonumber(st[1])
-    if amount >= 0 and period > tonumber(st[2]) then
-      balance = amount
-      redis.call('HSET', account, 'b', balance, 'p', period)
-    end
-  end
-end
-if refused >= 0 then
-  return {1, refused, balance, unpack(used)}
-end
-if account and balance < cost then
-  return {2, 0, balance, unpack(used)}
-end
-for i = 1, n do
-  used[i] = redis.call('INCRBY', KEYS[i], cost)
-  -- Relative to Redis's clock: a counter outlives its window by a second whatever the
-  -- skew between the nodes' clocks and Redis's.
-  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[3 + 3 * i]) + 1000)
-end
-if account then
-  balance = balance - cost
-  redis.call('HSET', account, 'b', balance)
-end
-return {0, 0, balance, unpack(used)}
-"#;
 
 /// KEYS: link. ARGV: own account, mode (get | set), initial, refill amount, period, balance.
 const CREDITS: &str = r#"
@@ -131,17 +85,28 @@ pub struct RedisCountersBuilder {
 }
 
 impl RedisCountersBuilder {
-    /// *Local-first* mode: rate limits are decided from this node's view of the counters
-    /// (no network on the verification), and a background task sends this node's spending
-    /// to Redis and reads everyone's every `sync_every` (one pipelined round trip for all
-    /// active counters). Credits stay strict (one round trip each; never over-spent).
+    /// *Local-first* mode: each node *leases* a share of a window's budget from Redis (one
+    /// atomic script: `max(cost, ⌈left / 8⌉)` of what is left, shrinking as the window
+    /// fills, at least 1) and admits from its lease with no network on the verification. The
+    /// next lease is fetched in the background when a lease falls to half its size; only a
+    /// verification that finds no lease for one of its limits waits for Redis (bounded by
+    /// the timeout and the breaker). Credits stay strict (one round trip each; never
+    /// over-spent).
     ///
-    /// Over-admission is bounded: in one window, a node admits at most what the counter
-    /// had left at its last sync, so across `n` nodes the overshoot is at most what the
-    /// other `n - 1` nodes admit within one sync interval (≈ `(n-1) × per-node rate ×
-    /// sync_every`), and never more than `(n-1) × limit`. While Redis is down each node
-    /// keeps enforcing every limit on its own count (at most `n × limit` in all).
-    /// The first sync task starts with the first verification (inside a Tokio runtime).
+    /// Never over-admits: Redis grants at most `limit` units of a window in all and a node
+    /// admits only granted units (nodes' clocks agreeing on the window). The cost is bounded
+    /// *under*-admission: units leased but unspent when a window ends, at most two leases
+    /// (`2 · ⌈limit / 8⌉`) per node, near zero under sustained load.
+    ///
+    /// `sync_every` (at least 1 ms) paces the background work: every `sync_every` a node
+    /// hands back leases it has not spent from for that long (and for half the window, at most
+    /// 1 s) and forgets ended windows; a
+    /// node that Redis told "nothing left" refuses locally and asks again at most once per
+    /// `sync_every`, in the background. While Redis is down a node spends the lease it holds;
+    /// past it, a limit that fails open is enforced on this node's own count (at most
+    /// `nodes × limit` in all; `degraded`), any other refuses. The background task starts
+    /// with the first verification (inside a Tokio runtime). See `src/limits/redis/lease.rs`
+    /// for the design.
     pub fn local_first(mut self, sync_every: StdDuration) -> Self {
         self.local_first = Some(sync_every.max(StdDuration::from_millis(1)));
         self
@@ -204,7 +169,9 @@ impl RedisCountersBuilder {
         Ok(RedisCounters {
             inner: Arc::new(Inner {
                 conn,
-                consume: Script::new(CONSUME),
+                consume: Script::new(strict::CONSUME),
+                lease: Script::new(lease::LEASE),
+                give_back: Script::new(sync::RETURN),
                 credits: Script::new(CREDITS),
                 link: Script::new(LINK),
                 prefix: self.prefix,
@@ -217,7 +184,10 @@ impl RedisCountersBuilder {
                 epoch: Instant::now(),
                 local_first: self.local_first,
                 local: Mutex::new(HashMap::new()),
+                leased: tokio::sync::Notify::new(),
                 sync_started: AtomicBool::new(false),
+                clock_ms: AtomicI64::new(0),
+                stats: Decided::default(),
             }),
         })
     }
@@ -236,6 +206,8 @@ struct Breaker {
 struct Inner {
     conn: ConnectionManager,
     consume: Script,
+    lease: Script,
+    give_back: Script,
     credits: Script,
     link: Script,
     prefix: String,
@@ -247,24 +219,25 @@ struct Inner {
     breaker: Breaker,
     epoch: Instant,
     local_first: Option<StdDuration>,
-    /// Local-first: this node's view of each active counter, by Redis key.
-    local: Mutex<HashMap<String, LocalCount>>,
+    /// Local-first: this node's leases, by counter (Redis key).
+    local: Mutex<HashMap<String, lease::Lease>>,
+    /// Local-first: woken when a lease call ends.
+    leased: tokio::sync::Notify,
     sync_started: AtomicBool,
+    /// Local-first: the latest manager time a verification brought (Unix ms).
+    clock_ms: AtomicI64,
+    stats: Decided,
 }
 
-/// Local-first: one counter as this node sees it.
-struct LocalCount {
-    /// The window's end (Unix ms, the node's clock): the entry is dropped after it.
-    reset_ms: i64,
-    window_ms: u64,
-    /// Everyone's count at the last sync (this node's synced spending included).
-    global: u64,
-    /// This node's spending not yet sent.
-    pending: u64,
+/// Local-first: how verifications were decided.
+#[derive(Default)]
+struct Decided {
+    local: AtomicU64,
+    waited: AtomicU64,
 }
 
-/// Usage counters in one Redis shared by every node (feature `redis`), strict mode. See the
-/// module documentation above for the guarantees, keys and failure handling.
+/// Usage counters in one Redis shared by every node (feature `redis`), strict or local-first.
+/// See the module documentation above for the guarantees, keys and failure handling.
 #[derive(Clone)]
 pub struct RedisCounters {
     inner: Arc<Inner>,
@@ -288,6 +261,10 @@ pub struct RedisStats {
     pub short_circuited: u64,
     /// Whether the breaker is open now.
     pub open: bool,
+    /// Local-first: verifications decided from this node's leases, with no network.
+    pub decided_locally: u64,
+    /// Local-first: verifications that waited for Redis (no lease for one of their limits).
+    pub waited_for_redis: u64,
 }
 
 fn unavailable(e: Option<RedisError>) -> CounterError {
@@ -316,6 +293,8 @@ impl RedisCounters {
             calls: b.calls.load(Ordering::Relaxed),
             short_circuited: b.short_circuited.load(Ordering::Relaxed),
             open: b.open_until.load(Ordering::Acquire) != 0,
+            decided_locally: self.inner.stats.local.load(Ordering::Relaxed),
+            waited_for_redis: self.inner.stats.waited.load(Ordering::Relaxed),
         }
     }
 
@@ -413,231 +392,6 @@ impl RedisCounters {
         format!("{}:cra:{:016x}", self.inner.prefix, key.value())
     }
 
-    /// The decision while Redis cannot answer: admitted (degraded) if every limit of the
-    /// request fails open and its credits do too; an error otherwise.
-    fn degraded(&self, req: &UsageRequest<'_>, e: CounterError) -> Result<Decision, CounterError> {
-        let all_open = req
-            .limits
-            .iter()
-            .all(|l| self.inner.fail_open.contains(l.name()))
-            && (req.credits.is_none() || self.inner.credits_fail_open);
-        if !all_open {
-            return Err(e);
-        }
-        let mut usage = Usage::new();
-        for l in req.limits {
-            usage.push(LimitUsage {
-                remaining: l.limit(),
-                reset_ms: window_of(l, req.now_ms).1,
-            });
-        }
-        Ok(Decision::Allowed {
-            usage,
-            degraded: true,
-        })
-    }
-
-    async fn consume_strict(&self, req: UsageRequest<'_>) -> Result<Decision, CounterError> {
-        let mut inv = self.inner.consume.prepare_invoke();
-        for l in req.limits {
-            inv.key(self.counter_key(l, &req));
-        }
-        inv.key(self.link_key(req.key));
-        inv.arg(req.now_ms).arg(req.cost).arg(req.limits.len());
-        for l in req.limits {
-            inv.arg(l.limit())
-                .arg(window_of(l, req.now_ms).1)
-                .arg(l.window_ms());
-        }
-        match req.credits {
-            Some(c) => {
-                let refill = c.refill_schedule();
-                inv.arg(1)
-                    .arg(c.initial())
-                    .arg(refill.map_or(-1, |r| i64::try_from(r.amount()).unwrap_or(i64::MAX)))
-                    .arg(refill_period(refill, req.now_ms))
-                    .arg(self.account(req.key));
-            }
-            None => {
-                inv.arg(0).arg(0).arg(-1).arg(0).arg("");
-            }
-        }
-        let mut conn = self.inner.conn.clone();
-        let reply: Result<Vec<i64>, CounterError> = self.call(inv.invoke_async(&mut conn)).await;
-        let reply = match reply {
-            Ok(r) => r,
-            Err(e) => return self.degraded(&req, e),
-        };
-        let status = reply.first().copied().unwrap_or(-1);
-        let refusing = reply.get(1).copied().unwrap_or(0);
-        let balance = reply.get(2).copied().unwrap_or(-1);
-        let mut usage = Usage::new();
-        for (i, l) in req.limits.iter().enumerate() {
-            let used = reply.get(3 + i).copied().unwrap_or(0);
-            usage.push(LimitUsage {
-                remaining: l.limit().saturating_sub(u64::try_from(used).unwrap_or(0)),
-                reset_ms: window_of(l, req.now_ms).1,
-            });
-        }
-        if req.credits.is_some() {
-            usage.credits = Some(u64::try_from(balance).unwrap_or(0));
-        }
-        match status {
-            0 => Ok(Decision::Allowed {
-                usage,
-                degraded: false,
-            }),
-            1 => {
-                let i = usize::try_from(refusing).unwrap_or(0);
-                let reset = req
-                    .limits
-                    .get(i)
-                    .map_or(req.now_ms, |l| window_of(l, req.now_ms).1);
-                Ok(Decision::RateLimited {
-                    limit: i,
-                    retry_after: StdDuration::from_millis(
-                        u64::try_from(reset - req.now_ms).unwrap_or(0),
-                    ),
-                    usage,
-                })
-            }
-            2 => Ok(Decision::OutOfCredits { usage }),
-            _ => Err(unavailable(None)),
-        }
-    }
-
-    /// Local-first: decides from this node's view, all or nothing.
-    fn consume_local(&self, req: &UsageRequest<'_>) -> Decision {
-        let keys: Vec<String> = req
-            .limits
-            .iter()
-            .map(|l| self.counter_key(l, req))
-            .collect();
-        let mut local = self
-            .inner
-            .local
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut usage = Usage::new();
-        let mut refused: Option<(usize, i64)> = None;
-        for (i, (l, k)) in req.limits.iter().zip(&keys).enumerate() {
-            let reset = window_of(l, req.now_ms).1;
-            let seen = local.get(k).map_or(0, |c| c.global + c.pending);
-            if seen.saturating_add(req.cost) > l.limit() && refused.is_none_or(|(_, r)| reset > r) {
-                refused = Some((i, reset));
-            }
-        }
-        if let Some((i, reset)) = refused {
-            for (l, k) in req.limits.iter().zip(&keys) {
-                let seen = local.get(k).map_or(0, |c| c.global + c.pending);
-                usage.push(LimitUsage {
-                    remaining: l.limit().saturating_sub(seen),
-                    reset_ms: window_of(l, req.now_ms).1,
-                });
-            }
-            return Decision::RateLimited {
-                limit: i,
-                retry_after: StdDuration::from_millis(
-                    u64::try_from(reset - req.now_ms).unwrap_or(0),
-                ),
-                usage,
-            };
-        }
-        for (l, k) in req.limits.iter().zip(keys) {
-            let reset_ms = window_of(l, req.now_ms).1;
-            let c = local.entry(k).or_insert(LocalCount {
-                reset_ms,
-                window_ms: l.window_ms(),
-                global: 0,
-                pending: 0,
-            });
-            c.pending = c.pending.saturating_add(req.cost);
-            usage.push(LimitUsage {
-                remaining: l.limit().saturating_sub(c.global + c.pending),
-                reset_ms,
-            });
-        }
-        Decision::Allowed {
-            usage,
-            degraded: false,
-        }
-    }
-
-    /// Starts the background sync once (local-first), if a Tokio runtime is running.
-    fn start_sync(&self) {
-        let Some(every) = self.inner.local_first else {
-            return;
-        };
-        if self.inner.sync_started.load(Ordering::Acquire)
-            || self
-                .inner
-                .sync_started
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            self.inner.sync_started.store(false, Ordering::Release);
-            return;
-        };
-        // The task holds a weak reference: it ends when the engine is dropped.
-        let weak = Arc::downgrade(&self.inner);
-        handle.spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(inner) = weak.upgrade() else { return };
-                RedisCounters { inner }.sync_once().await;
-            }
-        });
-    }
-
-    /// Local-first: sends this node's pending spending and reads everyone's counts, in one
-    /// pipelined round trip. On failure the pending counts stay and are sent next time.
-    pub async fn sync_once(&self) {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        let batch: Vec<(String, u64, u64)> = {
-            let mut local = self
-                .inner
-                .local
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            // A window that ended (plus a second of slack) is gone for good.
-            local.retain(|_, c| c.reset_ms.saturating_add(1000) > now_ms);
-            local
-                .iter()
-                .map(|(k, c)| (k.clone(), c.pending, c.window_ms))
-                .collect()
-        };
-        if batch.is_empty() {
-            return;
-        }
-        let mut pipe = redis::pipe();
-        for (k, pending, window_ms) in &batch {
-            pipe.cmd("INCRBY").arg(k).arg(*pending);
-            pipe.cmd("PEXPIRE")
-                .arg(k)
-                .arg(window_ms.saturating_add(1000))
-                .ignore();
-        }
-        let mut conn = self.inner.conn.clone();
-        let totals: Result<Vec<u64>, CounterError> = self.call(pipe.query_async(&mut conn)).await;
-        let Ok(totals) = totals else { return };
-        let mut local = self
-            .inner
-            .local
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for ((k, sent, _), total) in batch.iter().zip(totals) {
-            if let Some(c) = local.get_mut(k) {
-                c.pending = c.pending.saturating_sub(*sent);
-                c.global = total;
-            }
-        }
-    }
-
     async fn credits_call(
         &self,
         key: KeyId,
@@ -663,8 +417,7 @@ impl RedisCounters {
 impl UsageCounters for RedisCounters {
     fn consume<'a>(&'a self, req: UsageRequest<'a>) -> Consumed<'a> {
         if self.inner.local_first.is_some() && req.credits.is_none() {
-            self.start_sync();
-            return Consumed::Ready(Ok(self.consume_local(&req)));
+            return self.consume_leased(req);
         }
         Consumed::Pending(Box::pin(self.consume_strict(req)))
     }

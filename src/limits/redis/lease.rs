@@ -1,0 +1,542 @@
+//! Local-first mode of [`RedisCounters`]: each node *leases* part of a window's budget from
+//! Redis and admits from its lease without a network round trip.
+//!
+//! - A lease is granted by one atomic script ([`LEASE`]): of what is left of the window's
+//!   budget (`limit − everything leased so far`), a node gets `max(need, ⌈left / 8⌉)`, at most
+//!   `left`. Batches shrink as the window fills (13, 11, 10, … of 100), down to 1.
+//! - A verification spends from the node's lease under a short lock (all of a key's limits
+//!   together, all or nothing). When a spend leaves a lease at or below half its last batch,
+//!   the next lease is fetched in the background, so a busy node rarely waits.
+//! - Only a verification that finds no lease for one of its limits waits for Redis (one
+//!   round trip for all of them; concurrent ones wait for the same call), bounded by the
+//!   per-call timeout and the breaker.
+//! - In the last quarter of a window (at most its last second), a verification (admitted or
+//!   refused) also leases from the next window, so that a busy node starts each window with a
+//!   lease.
+//! - When Redis has nothing left for this node, the node refuses locally until the window
+//!   ends, asking again in the background at most once per `sync_every`.
+//! - The background task (every `sync_every`) forgets ended windows and hands back leases
+//!   that went unused for `sync_every` and for half the window (at most 1 s), so that a node
+//!   that went quiet does not sit on budget others could use.
+//!
+//! **Bounds.** Redis never grants more than `limit` units of a window in all, and a node
+//! admits only units it was granted, so nodes never over-admit together (clocks agreeing on
+//! the window). Units leased but not spent when the window ends are admitted by nobody:
+//! under-admission, at most what each node holds then — its lease and one prefetched lease,
+//! each at most `⌈limit / 8⌉` (≤ `2 · nodes · ⌈limit / 8⌉` per window; a lease taken ahead
+//! from the next window is the first of these), near zero under sustained load since a busy
+//! node spends its lease within moments.
+//!
+//! While Redis cannot answer: a node keeps spending the lease it holds; past it, a limit that
+//! fails open is enforced on this node's own count alone (each node admits up to `limit`, so
+//! at most `nodes × limit` in all) and reported `degraded`; a limit that fails closed refuses
+//! with [`CounterError::Unavailable`].
+
+use std::collections::HashMap;
+use std::pin::pin;
+use std::sync::PoisonError;
+use std::sync::atomic::Ordering;
+use std::time::Duration as StdDuration;
+
+use super::{RedisCounters, unavailable};
+use crate::limits::engine::{
+    Consumed, CounterError, Decision, LimitUsage, Usage, UsageRequest, window_of,
+};
+
+/// A lease takes `1 / LEASE_DIVISOR` of what is left of a window (at least what is needed).
+pub(super) const LEASE_DIVISOR: u64 = 8;
+
+/// How many times a waiting verification re-decides before it gives up on Redis.
+const MAX_ROUNDS: usize = 8;
+
+/// Grants leases. KEYS: counters. ARGV per counter: limit, expiry (ms), need, divisor.
+/// Returns {granted, leased so far (everyone's)} per counter.
+pub(super) const LEASE: &str = r#"
+local out = {}
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[4 * i - 3])
+  local ttl = tonumber(ARGV[4 * i - 2])
+  local need = tonumber(ARGV[4 * i - 1])
+  local div = tonumber(ARGV[4 * i])
+  local used = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local left = limit - used
+  local grant = 0
+  if left > 0 and left >= need then
+    grant = math.max(need, math.ceil(left / div))
+    if grant > left then grant = left end
+    used = redis.call('INCRBY', KEYS[i], grant)
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+  out[2 * i - 1] = grant
+  out[2 * i] = used
+end
+return out
+"#;
+
+/// One counter of one window as this node sees it.
+pub(super) struct Lease {
+    /// The window's end (Unix ms, the manager's clock): the entry is forgotten after it.
+    pub(super) reset_ms: i64,
+    pub(super) window_ms: u64,
+    pub(super) limit: u64,
+    /// Units leased to this node and not spent yet.
+    pub(super) held: u64,
+    /// The size of the last lease granted.
+    pub(super) last_batch: u64,
+    /// Everyone's leased units at the last answer from Redis.
+    pub(super) global: u64,
+    /// A lease call for this counter is in flight.
+    pub(super) fetching: bool,
+    /// Redis had less than was asked left (engine ms of the answer, and what it had left).
+    pub(super) short: Option<(u64, u64)>,
+    /// Spent while Redis could not answer (fail open), on this node's own count.
+    pub(super) solo: u64,
+    /// Last spend or grant (engine ms): an idle lease is handed back.
+    pub(super) last_use: u64,
+}
+
+impl Lease {
+    fn new(limit: &crate::RateLimit, reset_ms: i64) -> Self {
+        Lease {
+            reset_ms,
+            window_ms: limit.window_ms(),
+            limit: limit.limit(),
+            held: 0,
+            last_batch: 0,
+            global: 0,
+            fetching: false,
+            short: None,
+            solo: 0,
+            last_use: 0,
+        }
+    }
+
+    /// What this node believes is left: the unleased budget plus its own lease.
+    fn remaining(&self) -> u64 {
+        self.limit
+            .saturating_sub(self.global.saturating_add(self.solo))
+            .saturating_add(self.held)
+            .min(self.limit)
+    }
+}
+
+/// A lease to ask Redis for.
+struct Ask {
+    key: String,
+    limit: u64,
+    ttl_ms: u64,
+    need: u64,
+}
+
+/// What this node can decide without Redis.
+enum Step {
+    Done(Decision),
+    /// Leases to fetch (indices into the request's limits, marked as being fetched by this
+    /// caller), and whether another caller is fetching one already.
+    Lease {
+        fetch: Vec<usize>,
+        wait: bool,
+    },
+}
+
+impl RedisCounters {
+    pub(super) fn consume_leased<'a>(&'a self, req: UsageRequest<'a>) -> Consumed<'a> {
+        self.start_sync();
+        // Mostly a read: the background task forgets windows by this clock.
+        if req.now_ms > self.inner.clock_ms.load(Ordering::Relaxed) {
+            self.inner.clock_ms.store(req.now_ms, Ordering::Relaxed);
+        }
+        let keys: Vec<String> = req
+            .limits
+            .iter()
+            .map(|l| self.counter_key(l, &req))
+            .collect();
+        match self.decide(&req, &keys) {
+            Step::Done(d) => {
+                self.inner.stats.local.fetch_add(1, Ordering::Relaxed);
+                Consumed::Ready(Ok(d))
+            }
+            step => {
+                self.inner.stats.waited.fetch_add(1, Ordering::Relaxed);
+                Consumed::Pending(Box::pin(self.consume_waiting(req, keys, step)))
+            }
+        }
+    }
+
+    /// Decides from this node's leases, spending them if every limit has room; starts
+    /// background leases where one runs low.
+    fn decide(&self, req: &UsageRequest<'_>, keys: &[String]) -> Step {
+        let mut asks = Vec::new();
+        let step = {
+            let mut map = self
+                .inner
+                .local
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.decide_locked(&mut map, req, keys, &mut asks)
+        };
+        self.spawn_lease(asks);
+        step
+    }
+
+    fn decide_locked(
+        &self,
+        map: &mut HashMap<String, Lease>,
+        req: &UsageRequest<'_>,
+        keys: &[String],
+        asks: &mut Vec<Ask>,
+    ) -> Step {
+        let now = self.now_ms();
+        let recheck = u64::try_from(self.inner.local_first.unwrap_or_default().as_millis())
+            .unwrap_or(u64::MAX);
+        let mut refused: Option<(usize, i64)> = None;
+        let mut missing = Vec::new();
+        let mut wait = false;
+        for (i, (l, k)) in req.limits.iter().zip(keys).enumerate() {
+            let reset = window_of(l, req.now_ms).1;
+            if !map.contains_key(k) {
+                map.insert(k.clone(), Lease::new(l, reset));
+            }
+            let Some(e) = map.get_mut(k) else { continue };
+            if e.held >= req.cost {
+                continue;
+            }
+            let need = req.cost - e.held;
+            if let Some((at, left)) = e.short
+                && need > left
+            {
+                // Redis had too little left: refuse here, and ask again (in the background)
+                // once the answer is `sync_every` old.
+                if now.saturating_sub(at) >= recheck && !e.fetching {
+                    e.fetching = true;
+                    asks.push(ask(k, e, 1, req.now_ms));
+                }
+                if refused.is_none_or(|(_, r)| reset > r) {
+                    refused = Some((i, reset));
+                }
+            } else if e.fetching {
+                wait = true;
+            } else {
+                missing.push(i);
+            }
+        }
+        if let Some((i, reset)) = refused {
+            // A refused node is busy too: it starts the next window with a lease.
+            for l in req.limits {
+                self.lease_ahead(map, l, req, asks);
+            }
+            return Step::Done(refusal(req, keys, map, i, reset));
+        }
+        if !missing.is_empty() || wait {
+            for &i in &missing {
+                if let Some(e) = map.get_mut(&keys[i]) {
+                    e.fetching = true;
+                }
+            }
+            return Step::Lease {
+                fetch: missing,
+                wait,
+            };
+        }
+        let mut usage = Usage::new();
+        for (l, k) in req.limits.iter().zip(keys) {
+            let Some(e) = map.get_mut(k) else { continue };
+            e.held -= req.cost;
+            e.last_use = now;
+            usage.push(LimitUsage {
+                remaining: e.remaining(),
+                reset_ms: window_of(l, req.now_ms).1,
+            });
+            // Prefetch: the next lease is on its way before this one runs out.
+            if e.held <= e.last_batch / 2 && e.short.is_none() && !e.fetching {
+                e.fetching = true;
+                asks.push(ask(k, e, 1, req.now_ms));
+            }
+            self.lease_ahead(map, l, req, asks);
+        }
+        Step::Done(Decision::Allowed {
+            usage,
+            degraded: false,
+        })
+    }
+
+    /// Near a window's end (its last quarter, at most its last second), leases from the next
+    /// window too, so that a busy node's first verifications there need not wait.
+    fn lease_ahead(
+        &self,
+        map: &mut HashMap<String, Lease>,
+        l: &crate::RateLimit,
+        req: &UsageRequest<'_>,
+        asks: &mut Vec<Ask>,
+    ) {
+        let reset = window_of(l, req.now_ms).1;
+        let ahead = i64::try_from((l.window_ms() / 4).min(1000)).unwrap_or(1000);
+        if reset.saturating_sub(req.now_ms) > ahead {
+            return;
+        }
+        let next = UsageRequest {
+            now_ms: reset,
+            ..*req
+        };
+        let nk = self.counter_key(l, &next);
+        if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(nk) {
+            let mut n = Lease::new(l, window_of(l, reset).1);
+            n.fetching = true;
+            asks.push(ask(slot.key(), &n, 1, req.now_ms));
+            slot.insert(n);
+        }
+    }
+
+    /// Waits for the leases a decision needs (fetching them, or waiting for the call in
+    /// flight), then decides; falls back to the failure policy when Redis cannot answer.
+    async fn consume_waiting(
+        &self,
+        req: UsageRequest<'_>,
+        keys: Vec<String>,
+        mut step: Step,
+    ) -> Result<Decision, CounterError> {
+        for _ in 0..MAX_ROUNDS {
+            let mut notified = pin!(self.inner.leased.notified());
+            match step {
+                Step::Done(d) => return Ok(d),
+                Step::Lease { fetch, wait } => {
+                    if !fetch.is_empty() {
+                        let asks = {
+                            let map = self
+                                .inner
+                                .local
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner);
+                            fetch
+                                .iter()
+                                .filter_map(|&i| {
+                                    let e = map.get(&keys[i])?;
+                                    Some(ask(
+                                        &keys[i],
+                                        e,
+                                        req.cost.saturating_sub(e.held).max(1),
+                                        req.now_ms,
+                                    ))
+                                })
+                                .collect()
+                        };
+                        // The fetching caller decides under the same lock that records its
+                        // grant, so the units it waited for cannot be taken by another.
+                        match self.lease(asks, Some((&req, &keys))).await {
+                            Ok(Some(next)) => {
+                                step = next;
+                                continue;
+                            }
+                            Ok(None) => {}
+                            Err(e) => return self.degraded_local(&req, &keys, e),
+                        }
+                    } else if wait {
+                        // Registered before deciding again, so the call in flight cannot
+                        // finish unseen between the two.
+                        notified.as_mut().enable();
+                        match self.decide(&req, &keys) {
+                            Step::Lease { fetch, wait: true } if fetch.is_empty() => {
+                                let _ = tokio::time::timeout(self.inner.timeout, notified).await;
+                            }
+                            other => {
+                                step = other;
+                                continue;
+                            }
+                        }
+                    }
+                }
+            }
+            step = self.decide(&req, &keys);
+        }
+        match step {
+            Step::Done(d) => Ok(d),
+            Step::Lease { fetch, .. } => {
+                self.release(&keys, &fetch);
+                self.degraded_local(&req, &keys, unavailable(None))
+            }
+        }
+    }
+
+    /// Clears the in-flight marks of leases this caller will not fetch after all.
+    fn release(&self, keys: &[String], fetch: &[usize]) {
+        let mut map = self
+            .inner
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for &i in fetch {
+            if let Some(e) = map.get_mut(&keys[i]) {
+                e.fetching = false;
+            }
+        }
+    }
+
+    /// Fetches the asked leases in one round trip and records what Redis granted; then, for
+    /// a caller that waits (`then`), decides its request under the same lock.
+    async fn lease(
+        &self,
+        asks: Vec<Ask>,
+        then: Option<(&UsageRequest<'_>, &[String])>,
+    ) -> Result<Option<Step>, CounterError> {
+        if asks.is_empty() {
+            return Ok(None);
+        }
+        let mut inv = self.inner.lease.prepare_invoke();
+        for a in &asks {
+            inv.key(&a.key);
+        }
+        for a in &asks {
+            inv.arg(a.limit)
+                .arg(a.ttl_ms)
+                .arg(a.need)
+                .arg(LEASE_DIVISOR);
+        }
+        let mut conn = self.inner.conn.clone();
+        let reply: Result<Vec<i64>, CounterError> = self.call(inv.invoke_async(&mut conn)).await;
+        let now = self.now_ms();
+        let mut more = Vec::new();
+        let step = {
+            let mut map = self
+                .inner
+                .local
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (i, a) in asks.iter().enumerate() {
+                // A window that ended meanwhile was forgotten: its late grant lapses with it.
+                let Some(e) = map.get_mut(&a.key) else {
+                    continue;
+                };
+                e.fetching = false;
+                let Ok(r) = &reply else { continue };
+                let grant = u64::try_from(r.get(2 * i).copied().unwrap_or(0)).unwrap_or(0);
+                let used = u64::try_from(r.get(2 * i + 1).copied().unwrap_or(0)).unwrap_or(0);
+                e.global = used;
+                if grant > 0 {
+                    e.held = e.held.saturating_add(grant);
+                    e.last_batch = grant;
+                    e.short = None;
+                    e.last_use = now;
+                } else {
+                    e.short = Some((now, a.limit.saturating_sub(used)));
+                }
+            }
+            match (&reply, then) {
+                (Ok(_), Some((req, keys))) => {
+                    Some(self.decide_locked(&mut map, req, keys, &mut more))
+                }
+                _ => None,
+            }
+        };
+        self.inner.leased.notify_waiters();
+        self.spawn_lease(more);
+        reply.map(|_| step)
+    }
+
+    /// Fetches leases in the background (inside a Tokio runtime; without one, the next
+    /// verification that needs them waits instead).
+    fn spawn_lease(&self, asks: Vec<Ask>) {
+        if asks.is_empty() {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let engine = self.clone();
+            handle.spawn(async move {
+                let _ = engine.lease(asks, None).await;
+            });
+            return;
+        }
+        let mut map = self
+            .inner
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for a in &asks {
+            if let Some(e) = map.get_mut(&a.key) {
+                e.fetching = false;
+            }
+        }
+    }
+
+    /// The decision when Redis cannot grant a lease: spend what the node holds; past it,
+    /// limits that fail open are counted by this node alone, and any other limit refuses.
+    fn degraded_local(
+        &self,
+        req: &UsageRequest<'_>,
+        keys: &[String],
+        err: CounterError,
+    ) -> Result<Decision, CounterError> {
+        let mut map = self
+            .inner
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut refused: Option<(usize, i64)> = None;
+        for (i, (l, k)) in req.limits.iter().zip(keys).enumerate() {
+            let reset = window_of(l, req.now_ms).1;
+            let e = map.entry(k.clone()).or_insert_with(|| Lease::new(l, reset));
+            if e.held >= req.cost {
+                continue;
+            }
+            if !self.inner.fail_open.contains(l.name()) {
+                return Err(err);
+            }
+            if e.solo.saturating_add(req.cost) > l.limit() && refused.is_none_or(|(_, r)| reset > r)
+            {
+                refused = Some((i, reset));
+            }
+        }
+        if let Some((i, reset)) = refused {
+            return Ok(refusal(req, keys, &map, i, reset));
+        }
+        let mut usage = Usage::new();
+        let mut degraded = false;
+        for (l, k) in req.limits.iter().zip(keys) {
+            let Some(e) = map.get_mut(k) else { continue };
+            if e.held >= req.cost {
+                e.held -= req.cost;
+            } else {
+                e.solo = e.solo.saturating_add(req.cost);
+                degraded = true;
+            }
+            usage.push(LimitUsage {
+                remaining: e.remaining(),
+                reset_ms: window_of(l, req.now_ms).1,
+            });
+        }
+        Ok(Decision::Allowed { usage, degraded })
+    }
+}
+
+fn ask(key: &str, e: &Lease, need: u64, now_ms: i64) -> Ask {
+    let to_end = u64::try_from(e.reset_ms.saturating_sub(now_ms)).unwrap_or(0);
+    Ask {
+        key: key.to_owned(),
+        limit: e.limit,
+        // Relative to Redis's clock: the counter outlives its window by a window and a
+        // second, whatever the skew between the nodes' clocks and Redis's.
+        ttl_ms: e.window_ms.saturating_add(to_end).saturating_add(1000),
+        need,
+    }
+}
+
+/// A local refusal: nothing spent, every limit's state as this node sees it.
+fn refusal(
+    req: &UsageRequest<'_>,
+    keys: &[String],
+    map: &HashMap<String, Lease>,
+    i: usize,
+    reset: i64,
+) -> Decision {
+    let mut usage = Usage::new();
+    for (l, k) in req.limits.iter().zip(keys) {
+        usage.push(LimitUsage {
+            remaining: map.get(k).map_or(l.limit(), Lease::remaining),
+            reset_ms: window_of(l, req.now_ms).1,
+        });
+    }
+    Decision::RateLimited {
+        limit: i,
+        retry_after: StdDuration::from_millis(u64::try_from(reset - req.now_ms).unwrap_or(0)),
+        usage,
+    }
+}

@@ -1,0 +1,165 @@
+//! Strict mode of [`RedisCounters`]: one server-side script per verification.
+
+use std::time::Duration as StdDuration;
+
+use super::{RedisCounters, unavailable};
+use crate::limits::engine::{
+    CounterError, Decision, LimitUsage, Usage, UsageRequest, refill_period, window_of,
+};
+
+/// Checks every limit, then the credits (refilled first), then spends all or nothing.
+/// KEYS: the limits' counters, then the key's credit link. ARGV: now, cost, n, per limit
+/// (limit, reset, window), then has_credits, initial, refill amount (-1: none), period, own account.
+/// Returns {status (0 ok, 1 rate limited, 2 out of credits), refusing index, balance (-1:
+/// none), used...}.
+pub(super) const CONSUME: &str = r#"
+local cost = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local used = {}
+local refused, refused_reset = -1, -1
+for i = 1, n do
+  local limit = tonumber(ARGV[1 + 3 * i])
+  local reset = tonumber(ARGV[2 + 3 * i])
+  local u = tonumber(redis.call('GET', KEYS[i]) or '0')
+  used[i] = u
+  if u + cost > limit and reset > refused_reset then
+    refused, refused_reset = i - 1, reset
+  end
+end
+local off = 3 + 3 * n
+local balance, account = -1, nil
+if ARGV[off + 1] == '1' then
+  account = redis.call('GET', KEYS[n + 1]) or ARGV[off + 5]
+  local amount, period = tonumber(ARGV[off + 3]), tonumber(ARGV[off + 4])
+  local st = redis.call('HMGET', account, 'b', 'p')
+  if not st[1] then
+    balance = tonumber(ARGV[off + 2])
+    redis.call('HSET', account, 'b', balance, 'p', period)
+  else
+    balance = tonumber(st[1])
+    if amount >= 0 and period > tonumber(st[2]) then
+      balance = amount
+      redis.call('HSET', account, 'b', balance, 'p', period)
+    end
+  end
+end
+if refused >= 0 then
+  return {1, refused, balance, unpack(used)}
+end
+if account and balance < cost then
+  return {2, 0, balance, unpack(used)}
+end
+for i = 1, n do
+  used[i] = redis.call('INCRBY', KEYS[i], cost)
+  -- Relative to Redis's clock: a counter outlives its window by a second whatever the
+  -- skew between the nodes' clocks and Redis's.
+  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[3 + 3 * i]) + 1000)
+end
+if account then
+  balance = balance - cost
+  redis.call('HSET', account, 'b', balance)
+end
+return {0, 0, balance, unpack(used)}
+"#;
+
+impl RedisCounters {
+    /// The decision while Redis cannot answer: admitted (degraded) if every limit of the
+    /// request fails open and its credits do too; an error otherwise.
+    pub(super) fn degraded(
+        &self,
+        req: &UsageRequest<'_>,
+        e: CounterError,
+    ) -> Result<Decision, CounterError> {
+        let all_open = req
+            .limits
+            .iter()
+            .all(|l| self.inner.fail_open.contains(l.name()))
+            && (req.credits.is_none() || self.inner.credits_fail_open);
+        if !all_open {
+            return Err(e);
+        }
+        let mut usage = Usage::new();
+        for l in req.limits {
+            usage.push(LimitUsage {
+                remaining: l.limit(),
+                reset_ms: window_of(l, req.now_ms).1,
+            });
+        }
+        Ok(Decision::Allowed {
+            usage,
+            degraded: true,
+        })
+    }
+
+    pub(super) async fn consume_strict(
+        &self,
+        req: UsageRequest<'_>,
+    ) -> Result<Decision, CounterError> {
+        let mut inv = self.inner.consume.prepare_invoke();
+        for l in req.limits {
+            inv.key(self.counter_key(l, &req));
+        }
+        inv.key(self.link_key(req.key));
+        inv.arg(req.now_ms).arg(req.cost).arg(req.limits.len());
+        for l in req.limits {
+            inv.arg(l.limit())
+                .arg(window_of(l, req.now_ms).1)
+                .arg(l.window_ms());
+        }
+        match req.credits {
+            Some(c) => {
+                let refill = c.refill_schedule();
+                inv.arg(1)
+                    .arg(c.initial())
+                    .arg(refill.map_or(-1, |r| i64::try_from(r.amount()).unwrap_or(i64::MAX)))
+                    .arg(refill_period(refill, req.now_ms))
+                    .arg(self.account(req.key));
+            }
+            None => {
+                inv.arg(0).arg(0).arg(-1).arg(0).arg("");
+            }
+        }
+        let mut conn = self.inner.conn.clone();
+        let reply: Result<Vec<i64>, CounterError> = self.call(inv.invoke_async(&mut conn)).await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => return self.degraded(&req, e),
+        };
+        let status = reply.first().copied().unwrap_or(-1);
+        let refusing = reply.get(1).copied().unwrap_or(0);
+        let balance = reply.get(2).copied().unwrap_or(-1);
+        let mut usage = Usage::new();
+        for (i, l) in req.limits.iter().enumerate() {
+            let used = reply.get(3 + i).copied().unwrap_or(0);
+            usage.push(LimitUsage {
+                remaining: l.limit().saturating_sub(u64::try_from(used).unwrap_or(0)),
+                reset_ms: window_of(l, req.now_ms).1,
+            });
+        }
+        if req.credits.is_some() {
+            usage.credits = Some(u64::try_from(balance).unwrap_or(0));
+        }
+        match status {
+            0 => Ok(Decision::Allowed {
+                usage,
+                degraded: false,
+            }),
+            1 => {
+                let i = usize::try_from(refusing).unwrap_or(0);
+                let reset = req
+                    .limits
+                    .get(i)
+                    .map_or(req.now_ms, |l| window_of(l, req.now_ms).1);
+                Ok(Decision::RateLimited {
+                    limit: i,
+                    retry_after: StdDuration::from_millis(
+                        u64::try_from(reset - req.now_ms).unwrap_or(0),
+                    ),
+                    usage,
+                })
+            }
+            2 => Ok(Decision::OutOfCredits { usage }),
+            _ => Err(unavailable(None)),
+        }
+    }
+}

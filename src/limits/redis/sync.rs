@@ -1,0 +1,118 @@
+//! Local-first's background work: forgetting ended windows and handing idle leases back.
+
+use std::sync::PoisonError;
+use std::sync::atomic::Ordering;
+
+use super::{CounterError, RedisCounters};
+
+/// Hands unused leases back. KEYS: counters. ARGV: units per counter.
+pub(super) const RETURN: &str = r#"
+for i = 1, #KEYS do
+  local used = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local back = math.min(used, tonumber(ARGV[i]))
+  if back > 0 then redis.call('DECRBY', KEYS[i], back) end
+end
+return 1
+"#;
+
+impl RedisCounters {
+    /// Starts the background task once, if a Tokio runtime is running.
+    pub(super) fn start_sync(&self) {
+        let Some(every) = self.inner.local_first else {
+            return;
+        };
+        if self.inner.sync_started.load(Ordering::Acquire)
+            || self
+                .inner
+                .sync_started
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.inner.sync_started.store(false, Ordering::Release);
+            return;
+        };
+        // The task holds a weak reference: it ends when the engine is dropped.
+        let weak = std::sync::Arc::downgrade(&self.inner);
+        handle.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                RedisCounters { inner }.sync_once().await;
+            }
+        });
+    }
+
+    /// Local-first: runs the background task's work once now — forgets the counters of
+    /// ended windows (on the managers' clock, as verifications bring it) and hands back to
+    /// Redis the leases this node has not spent from for `sync_every` and half their window,
+    /// at most a second (so that other nodes may use them). Runs by itself every `sync_every`;
+    /// public for tests and for a host that drives it.
+    pub async fn sync_once(&self) {
+        // The managers' clock as last seen by a verification (the counters' windows are
+        // on it); the system clock before any.
+        let seen = self.inner.clock_ms.load(Ordering::Relaxed);
+        let wall_ms = if seen != 0 {
+            seen
+        } else {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        };
+        let idle_ms = u64::try_from(self.inner.local_first.unwrap_or_default().as_millis())
+            .unwrap_or(u64::MAX);
+        let now = self.now_ms();
+        let back: Vec<(String, u64)> = {
+            let mut map = self
+                .inner
+                .local
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // A window that ended (plus a second of slack) is gone for good.
+            map.retain(|_, e| e.reset_ms.saturating_add(1000) > wall_ms);
+            map.iter_mut()
+                .filter(|(_, e)| {
+                    // Idle: nothing spent for `sync_every` and for half the window (at most
+                    // a second): a node with bursts of traffic keeps its lease between them.
+                    let idle = idle_ms.max((e.window_ms / 2).min(1000));
+                    // A lease taken ahead for a window not started yet is not idle.
+                    let started = e.reset_ms.saturating_sub(e.window_ms as i64) <= wall_ms;
+                    started && e.held > 0 && !e.fetching && now.saturating_sub(e.last_use) >= idle
+                })
+                .map(|(k, e)| {
+                    let held = std::mem::take(&mut e.held);
+                    e.global = e.global.saturating_sub(held);
+                    // Handed back: the next need leases afresh.
+                    e.last_batch = 0;
+                    (k.clone(), held)
+                })
+                .collect()
+        };
+        if back.is_empty() {
+            return;
+        }
+        let mut inv = self.inner.give_back.prepare_invoke();
+        for (k, _) in &back {
+            inv.key(k);
+        }
+        for (_, n) in &back {
+            inv.arg(*n);
+        }
+        let mut conn = self.inner.conn.clone();
+        // On failure the units stay counted as leased: under-admission in this window only.
+        let _: Result<i64, CounterError> = self.call(inv.invoke_async(&mut conn)).await;
+    }
+
+    /// This node's leases of the limits' current windows (units held, not yet spent), for
+    /// tests and health pages.
+    pub fn leased(&self) -> u64 {
+        let map = self
+            .inner
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.values().map(|e| e.held).sum()
+    }
+}

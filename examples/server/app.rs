@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use api_keys::axum::ApiKeyLayer;
 use api_keys::time::{Duration, OffsetDateTime};
-use api_keys::{AnyStore, Error, KeyManager, Keyring, OrgId, Policy, Scope};
+use api_keys::{AnyStore, Error, KeyManager, KeyManagerBuilder, Keyring, OrgId, Policy, Scope};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::middleware;
@@ -88,13 +88,27 @@ impl AppState {
         keyring: Keyring,
         policy: Policy,
     ) -> Result<AppState, Error> {
+        AppState::with_manager_options(store, keyring, policy, |b| b)
+    }
+
+    /// [`AppState::with_policy`], with `configure` applied to the manager's builder last
+    /// (e.g. shared usage counters, see `backends.rs`).
+    ///
+    /// # Errors
+    /// As [`AppState::with_policy`].
+    pub fn with_manager_options(
+        store: AnyStore,
+        keyring: Keyring,
+        policy: Policy,
+        configure: impl FnOnce(KeyManagerBuilder<AnyStore>) -> KeyManagerBuilder<AnyStore>,
+    ) -> Result<AppState, Error> {
         let metrics = Arc::new(Metrics::default());
-        let manager = KeyManager::builder(store, keyring)
+        let builder = KeyManager::builder(store, keyring)
             .policy(policy)
             .audit(MetricsAudit {
                 metrics: metrics.clone(),
-            })
-            .build()?;
+            });
+        let manager = configure(builder).build()?;
         let mut directory = HashMap::new();
         directory.insert(
             OrgId::new("acme"),

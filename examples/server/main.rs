@@ -3,7 +3,11 @@
 //!
 //! ```text
 //! cargo run --example server --features axum -- [PORT] [--allow-reveal]
+//! cargo run --example server --features axum,postgres,redis -- [PORT] --postgres URL --redis URL
 //! ```
+//!
+//! With `--features axum,postgres,redis`, `--postgres URL` and `--redis URL` make this node one
+//! of many sharing one database and one Redis (see `backends.rs` and README "Many nodes").
 //!
 //! The port comes from the first argument, else `PORT`, else 8080; the server binds
 //! 127.0.0.1. Without the `sqlite` feature keys live in memory (they vanish with the process)
@@ -21,6 +25,7 @@
 //! connection limit. A real host builds the `Actor` from its own session instead.
 
 mod app;
+mod backends;
 mod config;
 #[allow(dead_code)] // `Webhooks` is wired into AppState's builder by the host config (webhooks.rs)
 mod webhooks;
@@ -47,11 +52,22 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), String> {
-    let config = parse_config(std::env::args().skip(1), |k| std::env::var(k).ok())?;
+    let env = |k: &str| std::env::var(k).ok();
+    let (shared, args) = backends::take_backends(std::env::args().skip(1), env)
+        .map_err(|e| format!("{e}\n{}", backends::USAGE))?;
+    let config = parse_config(args, env)?;
     let policy = Policy::default().allow_reveal(config.allow_reveal);
-    let (store, key_file) = store(&config)?;
-    let state = app::AppState::with_policy(store, keyring(key_file.as_deref())?, policy)
-        .map_err(|e| e.to_string())?;
+    let (store, key_file) = match backends::postgres_store(&shared).await? {
+        Some(pg) => (pg, None),
+        None => store(&config)?,
+    };
+    let state = app::AppState::with_manager_options(
+        store,
+        keyring(key_file.as_deref())?,
+        policy,
+        backends::counters(&shared)?,
+    )
+    .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, config.port))
         .await
         .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", config.port))?;

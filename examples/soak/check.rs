@@ -107,7 +107,7 @@ pub fn judge(
     let mut wrongly_refused = 0u64;
     let mut accepted_invalid = 0u64;
     let mut outside = Vec::new();
-    let mut inside: Vec<BTreeMap<&'static str, u64>> = vec![BTreeMap::new(); windows.len()];
+    let mut inside: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); windows.len()];
     let mut last_failure: Vec<Option<Duration>> = vec![None; windows.len()];
     let mut accepted_per_key: HashMap<usize, u64> = HashMap::new();
     let mut per_window: HashMap<(usize, i64), u64> = HashMap::new();
@@ -119,12 +119,16 @@ pub fn judge(
         total.add(s);
         let key = s.key.map(|k| (k, &keys[k]));
         if s.res.failed() {
+            // In a fault's window if it was in flight at any time from the fault's start to
+            // its end plus the settle time.
             let w = windows
                 .iter()
-                .position(|w| s.sent >= w.start && s.sent <= w.end + bounds.settle);
+                .position(|w| s.done >= w.start && s.sent <= w.end + bounds.settle);
             match w {
                 Some(i) => {
-                    *inside[i].entry(outcome(s.res)).or_default() += 1;
+                    *inside[i]
+                        .entry(format!("{} {}", s.kind.name(), outcome(s.res)))
+                        .or_default() += 1;
                     let l = &mut last_failure[i];
                     *l = Some(l.map_or(s.sent, |l| l.max(s.sent)));
                 }

@@ -17,11 +17,15 @@ pub struct Backends {
     pub postgres: Option<String>,
     /// The Redis URL of the usage counters.
     pub redis: Option<String>,
+    /// The timeout of one Redis call (`API_KEYS_REDIS_TIMEOUT_MS`; the crate's default,
+    /// 50 ms, when unset).
+    pub redis_timeout: Option<std::time::Duration>,
 }
 
 /// Usage of the options this module takes.
 pub const USAGE: &str = "  --postgres URL   keys in PostgreSQL, shared by every node (feature `postgres`; also API_KEYS_POSTGRES_URL; needs API_KEYS_MASTER_KEY)
-  --redis URL      usage counters in Redis, shared by every node (feature `redis`; also API_KEYS_REDIS_URL)";
+  --redis URL      usage counters in Redis, shared by every node (feature `redis`; also API_KEYS_REDIS_URL;
+                   API_KEYS_REDIS_TIMEOUT_MS: the timeout of one Redis call, default 50)";
 
 /// Takes `--postgres` and `--redis` (with a separate or `=` value) out of `args` and returns
 /// them with the remaining arguments; the environment fills in what the arguments leave unset.
@@ -55,6 +59,14 @@ pub fn take_backends(
         .postgres
         .or_else(|| from_env("API_KEYS_POSTGRES_URL"));
     backends.redis = backends.redis.or_else(|| from_env("API_KEYS_REDIS_URL"));
+    if let Some(ms) = from_env("API_KEYS_REDIS_TIMEOUT_MS") {
+        let ms: u64 = ms
+            .parse()
+            .ok()
+            .filter(|&ms| ms > 0)
+            .ok_or("API_KEYS_REDIS_TIMEOUT_MS must be a positive number of milliseconds")?;
+        backends.redis_timeout = Some(std::time::Duration::from_millis(ms));
+    }
     check_master_key(&backends, &env)?;
     Ok((backends, rest))
 }
@@ -107,7 +119,11 @@ pub fn counters(
     let engine = match &b.redis {
         None => None,
         Some(url) => {
-            let engine = api_keys::RedisCounters::builder(url.clone())
+            let mut engine = api_keys::RedisCounters::builder(url.clone());
+            if let Some(t) = b.redis_timeout {
+                engine = engine.timeout(t);
+            }
+            let engine = engine
                 .build()
                 .map_err(|e| format!("invalid Redis URL (--redis): {e}"))?;
             println!("usage counters are kept in Redis, shared by every node (strict mode)");
@@ -172,6 +188,18 @@ mod tests {
         assert_eq!(b.postgres.as_deref(), Some("postgres://env/db"));
         assert_eq!(b.redis.as_deref(), Some("redis://arg/"));
         assert!(rest.is_empty());
+        assert_eq!(b.redis_timeout, None);
+    }
+
+    #[test]
+    fn the_redis_timeout_comes_from_the_environment() {
+        let env = |ms: &'static str| {
+            move |k: &str| (k == "API_KEYS_REDIS_TIMEOUT_MS").then(|| ms.to_string())
+        };
+        let (b, _) = take_backends(args(&[]), env("250")).unwrap();
+        assert_eq!(b.redis_timeout, Some(std::time::Duration::from_millis(250)));
+        assert!(take_backends(args(&[]), env("0")).is_err());
+        assert!(take_backends(args(&[]), env("soon")).is_err());
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub struct Bounds {
     pub settle: Duration,
 }
 
+/// A revocation that takes longer than this to reach a node is listed in the report.
+const SLOW_MS: f64 = 50.0;
+
 fn hist() -> Histogram<u64> {
     // 1 µs to 10 min, 3 significant digits.
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
@@ -231,19 +234,35 @@ pub fn judge(
     let mut propagation = hist();
     let mut never = 0u64;
     let mut victims = 0u64;
+    let mut slow = Vec::new();
     for (k, key) in keys.iter().enumerate() {
         if key.class != Class::Victim {
             continue;
         }
         let Some(r) = key.revoked else { continue };
         victims += 1;
+        let mut per_node = Vec::new();
         for node in 0..nodes {
             match first_refusal.get(&(k, node)) {
                 Some(&f) => {
-                    let _ = propagation.record(f.saturating_sub(r).as_micros().max(1) as u64);
+                    let d = f.saturating_sub(r);
+                    let _ = propagation.record(d.as_micros().max(1) as u64);
+                    per_node.push(json!(ms(d)));
                 }
-                None => never += 1,
+                None => {
+                    never += 1;
+                    per_node.push(Value::Null);
+                }
             }
+        }
+        let slowest = per_node
+            .iter()
+            .filter_map(Value::as_f64)
+            .fold(0.0, f64::max);
+        // A revocation slower than the feed (tens of ms at worst when it is up) went by
+        // the fallback TTL: listed with when it happened, to set beside the faults.
+        if slowest > SLOW_MS {
+            slow.push(json!({"at_s": ms(r) / 1e3, "key": key.id, "node_ms": per_node}));
         }
     }
 
@@ -307,6 +326,8 @@ pub fn judge(
         "revocations": victims,
         "revoke_propagation": hist_json(&propagation),
         "revoke_never_refused_by_probe": never,
+        "slow_revocations": slow,
+        "slow_revocation_ms": SLOW_MS,
         "over_admissions": over,
         "credits": credits_spent,
         "wrongly_refused": wrongly_refused,
@@ -373,6 +394,15 @@ pub fn table(r: &Value) -> String {
         p["count"],
         r["revoke_never_refused_by_probe"]
     );
+    for s in r["slow_revocations"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            t,
+            "  slower than {} ms: revoke returned at {:.1} s; first refusal per node (ms): {}",
+            r["slow_revocation_ms"],
+            s["at_s"].as_f64().unwrap_or(0.0),
+            s["node_ms"]
+        );
+    }
     let a = &r["accepted_after_revoke_returned"];
     let _ = writeln!(
         t,

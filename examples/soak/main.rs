@@ -32,7 +32,8 @@ use load::{Res, Shared, Window, lock};
 use procs::{Node, Postgres, Redis};
 
 const USAGE: &str = "usage: soak [--server PATH] [--rate N] [--duration SECS] [--late-bound-ms MS]
-            [--settle-secs SECS] [--timeout-ms MS] [--json PATH] [--no-faults]
+            [--settle-secs SECS] [--timeout-ms MS] [--json PATH] [--redis-timeout-ms MS]
+            [--no-faults]
   --server PATH       the built example server (default target/release/examples/server)
   --rate N            requests per second across the three nodes, open loop (default 100)
   --duration SECS     how long the traffic runs (default 60)
@@ -41,6 +42,7 @@ const USAGE: &str = "usage: soak [--server PATH] [--rate N] [--duration SECS] [-
   --settle-secs SECS  failures up to this long after a fault ends belong to it (default 5)
   --timeout-ms MS     a request unanswered this long is a hang (default 5000)
   --json PATH         also write the report as JSON
+  --redis-timeout-ms MS  the nodes' timeout of one Redis call (default 250; the crate's is 50)
   --no-faults         traffic only";
 
 struct Args {
@@ -52,6 +54,7 @@ struct Args {
     timeout: Duration,
     json: Option<PathBuf>,
     faults: bool,
+    redis_timeout_ms: u64,
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
@@ -64,6 +67,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         timeout: Duration::from_millis(5000),
         json: None,
         faults: true,
+        redis_timeout_ms: 250,
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -95,6 +99,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             }
             "--json" => a.json = Some(value("--json")?.into()),
             "--no-faults" => a.faults = false,
+            "--redis-timeout-ms" => {
+                a.redis_timeout_ms = num(value("--redis-timeout-ms")?, "--redis-timeout-ms")? as u64
+            }
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
@@ -186,7 +193,22 @@ async fn run(args: &Args) -> Result<bool, String> {
         "--redis".to_string(),
         redis.url.clone(),
     ];
-    let env = vec![("API_KEYS_MASTER_KEY".to_string(), master_hex)];
+    let env = vec![
+        ("API_KEYS_MASTER_KEY".to_string(), master_hex),
+        // The crate's default Redis timeout is 50 ms; on a shared 2-core CI machine a Redis
+        // call (the first one of a node above all: connect, then load the script) sometimes
+        // takes longer, and a strict limit then answers 503 with no fault at all.
+        (
+            "API_KEYS_REDIS_TIMEOUT_MS".to_string(),
+            args.redis_timeout_ms.to_string(),
+        ),
+    ];
+    // The nodes' output stays for a post-mortem with SOAK_KEEP_LOGS=1.
+    let mut logs = logs;
+    if std::env::var_os("SOAK_KEEP_LOGS").is_some() {
+        logs.disable_cleanup(true);
+        println!("soak: node logs kept in {}", logs.path().display());
+    }
     let mut cluster = Cluster {
         pg,
         redis,
@@ -287,6 +309,7 @@ async fn run(args: &Args) -> Result<bool, String> {
     report["config"] = json!({
         "nodes": 3, "rate": args.rate, "duration_s": args.duration.as_secs_f64(),
         "faults": args.faults, "timeout_ms": args.timeout.as_millis() as u64,
+        "redis_timeout_ms": args.redis_timeout_ms, "late_bound_ms": args.late_bound.as_millis() as u64,
     });
     println!("\n{}", check::table(&report));
     if let Some(path) = &args.json {

@@ -332,18 +332,24 @@ enum Fault {
     Burst,
 }
 
-/// Every fault once, spread over the run.
+/// Every fault once per cycle, spread over it; a run has one cycle per full 2 minutes (at
+/// least one), so a 60 s run has each fault once and a 10-minute run five times.
 fn fault_schedule(d: Duration) -> Vec<(Duration, Fault)> {
-    [
-        (0.10, Fault::KillNode),
-        (0.27, Fault::RestartPostgres),
-        (0.42, Fault::TerminateBackends),
-        (0.56, Fault::StopRedis),
-        (0.80, Fault::Burst),
-    ]
-    .into_iter()
-    .map(|(f, fault)| (d.mul_f64(f), fault))
-    .collect()
+    let cycles = ((d.as_secs_f64() / 120.0).floor() as u32).max(1);
+    let cycle = d / cycles;
+    (0..cycles)
+        .flat_map(|c| {
+            [
+                (0.10, Fault::KillNode),
+                (0.27, Fault::RestartPostgres),
+                (0.42, Fault::TerminateBackends),
+                (0.56, Fault::StopRedis),
+                (0.80, Fault::Burst),
+            ]
+            .into_iter()
+            .map(move |(f, fault)| (cycle * c + cycle.mul_f64(f), fault))
+        })
+        .collect()
 }
 
 fn unbidden_exit(c: &mut Cluster) -> Option<String> {
@@ -541,5 +547,13 @@ mod tests {
         assert_eq!(s.len(), 5);
         assert!(s.windows(2).all(|w| w[0].0 < w[1].0));
         assert!(s.last().unwrap().0 + Duration::from_secs(5) < Duration::from_secs(60));
+        // Ten minutes: five cycles of the five faults, the Redis outage (10 s) and the burst
+        // (5 s) each over before the next fault.
+        let s = fault_schedule(Duration::from_secs(600));
+        assert_eq!(s.len(), 25);
+        assert!(
+            s.windows(2)
+                .all(|w| w[0].0 + Duration::from_secs(10) < w[1].0)
+        );
     }
 }

@@ -183,12 +183,14 @@ pub fn judge(
             *f = (*f).min(s.sent);
             let _ = r;
         }
-        // A refusal of a key that should work: it is not limited, and no revoke or delete of
-        // it had been sent yet (a roll keeps the old key working through the overlap).
+        // A refusal of a key that should work: it is not limited, and the whole exchange
+        // ended before any revoke or delete of it was sent (a request in flight while the
+        // revoke is sent may go either way; a roll keeps the old key working through the
+        // overlap).
         let refused = matches!(s.res, Res::Status(401 | 403))
             || (s.res == Res::Status(429)
                 && !matches!(key.class, Class::Rate { .. } | Class::Credits { .. }));
-        if refused && key.revoke_sent.is_none_or(|r| s.sent < r) {
+        if refused && key.revoke_sent.is_none_or(|r| s.done < r) {
             wrongly_refused += 1;
             if wrongly_refused <= 20 {
                 failures.push(format!(

@@ -156,7 +156,7 @@ struct Cluster {
     nodes: Vec<Node>,
     /// Nodes the harness is restarting (their exit is no failure).
     down: Vec<bool>,
-    _logs: tempfile::TempDir,
+    logs: tempfile::TempDir,
 }
 
 impl Drop for Cluster {
@@ -214,7 +214,7 @@ async fn run(args: &Args) -> Result<bool, String> {
         redis,
         nodes: Vec::new(),
         down: vec![false; 3],
-        _logs: logs,
+        logs,
     };
     let mut sessions = Vec::new();
     for i in 0..3 {
@@ -223,7 +223,7 @@ async fn run(args: &Args) -> Result<bool, String> {
             &args.server,
             node_args.clone(),
             env.clone(),
-            cluster._logs.path(),
+            cluster.logs.path(),
         )?;
         let session = tokio::task::block_in_place(|| node.start(Duration::from_secs(30)))?;
         println!("soak: node {i} on 127.0.0.1:{}", node.port);

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use api_keys::axum::ApiKeyLayer;
 use api_keys::axum::secret_scanning::PublicKeys;
 use api_keys::time::{Duration, OffsetDateTime};
-use api_keys::{AnyStore, Error, KeyManager, Keyring, OrgId, Policy, Scope};
+use api_keys::{AnyStore, Error, KeyManager, KeyManagerBuilder, Keyring, OrgId, Policy, Scope};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::middleware;
@@ -125,6 +125,39 @@ impl AppState {
         keyring: Keyring,
         integrations: Integrations,
     ) -> Result<AppState, Error> {
+        AppState::with_integrations_and(store, keyring, integrations, |b| b)
+    }
+
+    /// [`AppState::with_policy`], with `configure` applied to the manager's builder last
+    /// (e.g. shared usage counters, see `backends.rs`).
+    ///
+    /// # Errors
+    /// As [`AppState::with_policy`].
+    #[allow(dead_code)] // the soak harness's nodes go through `with_integrations_and`
+    pub fn with_manager_options(
+        store: AnyStore,
+        keyring: Keyring,
+        policy: Policy,
+        configure: impl FnOnce(KeyManagerBuilder<AnyStore>) -> KeyManagerBuilder<AnyStore>,
+    ) -> Result<AppState, Error> {
+        let integrations = Integrations {
+            policy,
+            ..Integrations::default()
+        };
+        AppState::with_integrations_and(store, keyring, integrations, configure)
+    }
+
+    /// [`AppState::with_integrations`], with `configure` applied to the manager's builder
+    /// last (e.g. shared usage counters, see `backends.rs`).
+    ///
+    /// # Errors
+    /// As [`AppState::with_policy`].
+    pub fn with_integrations_and(
+        store: AnyStore,
+        keyring: Keyring,
+        integrations: Integrations,
+        configure: impl FnOnce(KeyManagerBuilder<AnyStore>) -> KeyManagerBuilder<AnyStore>,
+    ) -> Result<AppState, Error> {
         let Integrations {
             policy,
             webhooks,
@@ -146,7 +179,7 @@ impl AppState {
         if let Some(clock) = clock {
             builder = builder.clock(SharedClock(clock));
         }
-        let manager = builder.build()?;
+        let manager = configure(builder).build()?;
         let mut directory = HashMap::new();
         directory.insert(
             OrgId::new("acme"),

@@ -4,7 +4,11 @@
 //! ```text
 //! cargo run --example server --features axum -- [PORT] [--allow-reveal] [--db PATH] \
 //!     [--webhook-url URL] [--github-keys FILE]
+//! cargo run --example server --features axum,postgres,redis -- [PORT] --postgres URL --redis URL
 //! ```
+//!
+//! With `--features axum,postgres,redis`, `--postgres URL` and `--redis URL` make this node one
+//! of many sharing one database and one Redis (see `backends.rs` and README "Many nodes").
 //!
 //! The port comes from the first argument, else `PORT`, else 8080; the server binds
 //! 127.0.0.1. Without the `sqlite` feature keys live in memory (they vanish with the process)
@@ -30,6 +34,7 @@
 //! keys GitHub reports.
 
 mod app;
+mod backends;
 mod config;
 
 use std::net::Ipv4Addr;
@@ -55,10 +60,16 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), String> {
-    let config = parse_config(std::env::args().skip(1), |k| std::env::var(k).ok())?;
+    let env = |k: &str| std::env::var(k).ok();
+    let (shared, args) = backends::take_backends(std::env::args().skip(1), env)
+        .map_err(|e| format!("{e}\n{}", backends::USAGE))?;
+    let config = parse_config(args, env)?;
     let policy = Policy::default().allow_reveal(config.allow_reveal);
     let github_keys = config.github_keys.as_deref().map(github_keys).transpose()?;
-    let (store, key_file) = store(&config)?;
+    let (store, key_file) = match backends::postgres_store(&shared).await? {
+        Some(pg) => (pg, None),
+        None => store(&config)?,
+    };
     let keyring = keyring(key_file.as_deref())?;
     let webhooks = match &config.webhook {
         Some(target) => Some(Webhooks::start(WebhookConfig::new(
@@ -74,8 +85,13 @@ async fn run() -> Result<(), String> {
         clock: None,
     };
     let partner = integrations.github_keys.is_some();
-    let state = app::AppState::with_integrations(store, keyring, integrations)
-        .map_err(|e| e.to_string())?;
+    let state = app::AppState::with_integrations_and(
+        store,
+        keyring,
+        integrations,
+        backends::counters(&shared)?,
+    )
+    .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, config.port))
         .await
         .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", config.port))?;

@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use api_keys::bench_support::parse_token;
 use api_keys::{KeyManager, KeyStore, Scope};
-use common::{PREFIX, World, block_on, world};
+use common::{PREFIX, World, block_on, lean, world};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -116,42 +116,48 @@ fn main() {
         .unwrap_or(1_000_000);
     let w = world(n);
     let len = w.valid.len();
-    type Run<'a> = Box<dyn Fn(&[String]) -> usize + 'a>;
-    let kinds: Vec<(&str, Run, &Vec<String>)> = vec![
+    // Issue 15's yardstick over the same number of keys: the lean SHA-256 lookup and the
+    // model of the cold path's work (benches/common/lean.rs).
+    let y = lean::worlds(n);
+    type Run<'a> = Box<dyn Fn(usize, usize) -> usize + 'a>;
+    let over = |m: &'static KeyManager<_>, t: &'static Vec<String>| -> Run<'static> {
+        Box::new(move |off, b| verify_batch(m, &t[off..off + b]))
+    };
+    let kinds: Vec<(&str, Run)> = vec![
         (
             "baseline_sha256",
-            Box::new(|t| baseline_batch(w, t)),
-            &w.valid,
+            Box::new(|off, b| baseline_batch(w, &w.valid[off..off + b])),
         ),
-        (
-            "valid_warm",
-            Box::new(|t| verify_batch(&w.warm, t)),
-            &w.valid,
-        ),
-        (
-            "wrong_secret_warm",
-            Box::new(|t| verify_batch(&w.warm, t)),
-            &w.wrong,
-        ),
+        ("valid_warm", over(&w.warm, &w.valid)),
+        ("wrong_secret_warm", over(&w.warm, &w.wrong)),
         (
             "broken_checksum",
-            Box::new(|t| verify_batch(&w.cold, t)),
-            &w.broken,
+            Box::new(|off, b| verify_batch(&w.cold, &w.broken[off..off + b])),
         ),
-        (
-            "unknown_id_warm",
-            Box::new(|t| verify_batch(&w.warm, t)),
-            &w.unknown,
-        ),
+        ("unknown_id_warm", over(&w.warm, &w.unknown)),
         (
             "valid_cold",
-            Box::new(|t| verify_batch(&w.cold, t)),
-            &w.valid,
+            Box::new(|off, b| verify_batch(&w.cold, &w.valid[off..off + b])),
         ),
         (
             "wrong_secret_cold",
-            Box::new(|t| verify_batch(&w.cold, t)),
-            &w.wrong,
+            Box::new(|off, b| verify_batch(&w.cold, &w.wrong[off..off + b])),
+        ),
+        (
+            "lean_sha256",
+            Box::new(|off, b| {
+                (off..off + b)
+                    .filter(|&i| lean::lean_verify(&y, black_box(y.lean_tokens.get(i))))
+                    .count()
+            }),
+        ),
+        (
+            "cold_model",
+            Box::new(|off, b| {
+                (off..off + b)
+                    .filter(|&i| lean::model_verify(&y, black_box(y.lean_tokens.get(i))))
+                    .count()
+            }),
         ),
     ];
     // `RATIOS_ONLY=valid_warm` (a name from the list) runs one kind alone, e.g. to count
@@ -168,10 +174,10 @@ fn main() {
     let rounds = rounds();
     for r in 0..rounds {
         let off = (r * 7919 * batch) % (len - batch + 1);
-        for (k, (name, f, tokens)) in kinds.iter().enumerate() {
+        for (k, (name, f)) in kinds.iter().enumerate() {
             let before = w.calls.load(Ordering::Relaxed);
             let t0 = cpu_ns();
-            black_box(f(&tokens[off..off + batch]));
+            black_box(f(off, batch));
             per_op[k].push((cpu_ns() - t0) as f64 / batch as f64);
             if *name == "broken_checksum" {
                 broken_calls += w.calls.load(Ordering::Relaxed) - before;
@@ -183,13 +189,28 @@ fn main() {
     println!(
         "store of {n} keys; median of {rounds} interleaved batches of {batch}, thread CPU time"
     );
-    for ((name, _, _), m) in kinds.iter().zip(&med) {
+    for ((name, _), m) in kinds.iter().zip(&med) {
         println!("  {name:18} {m:8.1} ns/op");
     }
     if only.is_some() {
         return;
     }
     let (base, valid, wrong, broken) = (med[0], med[1], med[2], med[3]);
+    let (valid_cold, wrong_cold, lean, model) = (med[5], med[6], med[7], med[8]);
+    println!("issue 15 (lean yardstick):");
+    println!(
+        "  valid warm / lean SHA-256   = {:.3}  (target <= 1.0 at 1M keys, <= 1.3 at 100k)",
+        valid / lean
+    );
+    println!(
+        "  valid cold / cold model     = {:.3}  (target <= 1.3)",
+        valid_cold / model
+    );
+    println!(
+        "  wrong / valid: warm {:.3}, cold {:.3}  (target 0.9..1.1)",
+        wrong / valid,
+        wrong_cold / valid_cold
+    );
     println!("targets:");
     println!(
         "  valid warm / baseline      = {:.3}  (target <= 1.0)",

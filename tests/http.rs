@@ -1878,3 +1878,58 @@ async fn credits(srv: &Server, id: &str) -> Reply {
         .send()
         .await
 }
+
+/// The key store unreachable (a database restarting): a verification that needs it and a
+/// management call both answer 503 with `Retry-After`, so a client or a load balancer retries;
+/// a key the cache already holds keeps working; once the store is back, so is everything.
+#[tokio::test]
+async fn an_unreachable_store_is_a_503_to_retry() {
+    capture_logs();
+    let store = CountingStore::default();
+    let keyring = Keyring::new(1, MasterKey::from_bytes([7; 16]));
+    let node = |keyring: Keyring| {
+        let state = app::AppState::new(AnyStore::new(store.clone()), keyring).expect("state");
+        serve_state(state, app::Limits::default())
+    };
+    let srv = node(keyring.clone()).await;
+    let (warm, _) = srv
+        .create(json!({"name": "warm", "scopes": ["prometheus"]}))
+        .await;
+    let (cold, info) = srv
+        .create(json!({"name": "cold", "scopes": ["prometheus"]}))
+        .await;
+    let id = info["id"].as_str().unwrap().to_string();
+    // A second node over the same store: its cache holds only what it has verified.
+    let srv = node(keyring).await;
+    assert_eq!(srv.scrape(&warm).await.status, StatusCode::OK);
+
+    store
+        .fail_get
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = srv.scrape(&cold).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(r.header(axum::http::header::RETRY_AFTER), Some("1"));
+    assert_eq!(r.json(), json!({"error": "unavailable"}));
+    assert_eq!(r.header(WWW_AUTHENTICATE), None);
+    assert!(!r.text().contains(&cold));
+    // The warm key is answered from the cache.
+    assert_eq!(srv.scrape(&warm).await.status, StatusCode::OK);
+    let r = srv
+        .get(&format!("/api/keys/{id}"))
+        .session(&srv.alice())
+        .send()
+        .await;
+    r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert_eq!(r.header(axum::http::header::RETRY_AFTER), Some("1"));
+
+    store
+        .fail_get
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(srv.scrape(&cold).await.status, StatusCode::OK);
+    let r = srv
+        .get(&format!("/api/keys/{id}"))
+        .session(&srv.alice())
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+}

@@ -189,4 +189,3 @@ pub fn model_verify(w: &Worlds, token: &str) -> bool {
     }
     bool::from(plain.ct_eq(&secret))
 }
-

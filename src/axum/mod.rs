@@ -47,7 +47,8 @@
 //! | an unusable header: longer than [`MAX_AUTHORIZATION_LEN`], not visible ASCII, an empty or non-`b64token` token, several `Authorization` headers | 400 | `Bearer realm="api", error="invalid_request"` |
 //! | a malformed, unknown, wrong, expired or revoked key | 401 | `Bearer realm="api", error="invalid_token"` |
 //! | a genuine key without the required scope | 403 | `Bearer realm="api", error="insufficient_scope", scope="<scope>"` |
-//! | a stored record failing its integrity check, a store failure | 500 | none |
+//! | the key store cannot be reached (a database restart, a network fault) | 503 `{"error":"unavailable"}` | none; `Retry-After: 1` |
+//! | a stored record failing its integrity check | 500 | none |
 //! | a genuine, allowed key refused by a rate limit | 429 `{"error":"rate_limited"}` | none; `Retry-After`, `RateLimit-Policy`, `RateLimit` |
 //! | a genuine, allowed key out of usage credits | 429 `{"error":"usage_exceeded"}` | none |
 //! | the usage counters cannot decide and a limit fails closed | 503 `{"error":"limits_unavailable"}` | none; `Retry-After: 1` |
@@ -59,7 +60,8 @@
 //! whether a key was expired or revoked (only a client holding the genuine secret could learn
 //! that, and it learns it from the manager's audit trail, not from the response).
 //! The header is never logged: the manager's audit sink records failed verifications by key id
-//! and class, and a 500 adds one `tracing` error event (target `api_keys::http`) with the class.
+//! and class, a 500 adds one `tracing` error event (target `api_keys::http`) with the class,
+//! and a 503 one warning.
 //! The header is capped at [`MAX_AUTHORIZATION_LEN`] bytes before any parsing; a longer one is
 //! refused without calling the manager.
 
@@ -73,7 +75,7 @@ use std::task::{Context, Poll};
 
 use ::axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use ::axum::response::{IntoResponse, Response as AxumResponse};
-use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use zeroize::Zeroizing;
@@ -228,6 +230,9 @@ enum Rejection {
     InvalidToken,
     /// 403 `insufficient_scope`.
     InsufficientScope,
+    /// 503 with `Retry-After`: the key store cannot be reached now (a database restart, a
+    /// network fault); the same request may succeed in a moment.
+    Unavailable,
     /// 500: the server's fault.
     Internal,
 }
@@ -239,10 +244,17 @@ impl Rejection {
                 Rejection::InvalidToken
             }
             Error::ScopeNotAllowed => Rejection::InsufficientScope,
+            Error::Store(_) => {
+                tracing::warn!(
+                    target: "api_keys::http",
+                    class = "store",
+                    "API key verification could not reach the key store"
+                );
+                Rejection::Unavailable
+            }
             other => {
                 let class = match other {
                     Error::Integrity => "integrity",
-                    Error::Store(_) => "store",
                     _ => "other",
                 };
                 tracing::error!(
@@ -261,6 +273,7 @@ impl Rejection {
             Rejection::InvalidRequest => (StatusCode::BAD_REQUEST, "invalid_request"),
             Rejection::InvalidToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Rejection::InsufficientScope => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            Rejection::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Rejection::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let challenge = match self {
@@ -276,7 +289,7 @@ impl Rejection {
                 ),
                 None => format!("Bearer realm=\"{REALM}\", error=\"{code}\""),
             }),
-            Rejection::Internal => None,
+            Rejection::Unavailable | Rejection::Internal => None,
         };
         let mut resp = Response::new(B::from(format!("{{\"error\":\"{code}\"}}")));
         *resp.status_mut() = status;
@@ -285,6 +298,9 @@ impl Rejection {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(c) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             headers.insert(WWW_AUTHENTICATE, c);
+        }
+        if self == Rejection::Unavailable {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }

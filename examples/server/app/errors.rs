@@ -3,7 +3,7 @@
 use api_keys::{Actor, Error, KeyId};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -57,6 +57,14 @@ impl From<Error> for ApiError {
                 "limits_unavailable",
                 "the usage counters are unreachable; try again",
             ),
+            Error::Store(e) => {
+                tracing::warn!(target: "server", error = %e, "the key store is unreachable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the key store cannot be reached now; try again in a moment",
+                )
+            }
             other => {
                 tracing::error!(target: "server", error = %other, "management request failed");
                 ApiError::new(
@@ -87,6 +95,10 @@ impl IntoResponse for ApiError {
         let mut resp = no_store(self.status, body.to_string());
         resp.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp
     }
 }

@@ -325,7 +325,8 @@ pub struct ApiDoc;
 
 /// Adds the session security scheme, the links from a created key, and the answers every operation can give: 400 (a
 /// malformed request), 408/413 (a body too slow or too large), 421 (a Host that is not this
-/// server), 431 (headers too large), 500; and 401 where a session is needed.
+/// server), 431 (headers too large), 500; and 401 and 503 where a session is needed (a
+/// session's routes read the key store).
 struct CommonAnswers;
 
 impl Modify for CommonAnswers {
@@ -399,8 +400,14 @@ impl Modify for CommonAnswers {
                 );
                 add(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "A store fault; see the server log.",
+                    "A record failed its integrity check, or another server fault; see the server log.",
                 );
+                if secured {
+                    add(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "The key store cannot be reached now (`unavailable`, with `Retry-After`); try again.",
+                    );
+                }
             }
         }
     }

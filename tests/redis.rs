@@ -545,3 +545,13 @@ async fn local_first_without_redis_fails_closed_or_counts_alone_as_configured() 
     let s = engine.stats();
     assert!(s.open || s.short_circuited > 0, "{s:?}");
 }
+
+/// A Redis URL can carry a password: the builder's `Debug` never shows the URL.
+#[test]
+fn the_builder_never_shows_its_url() {
+    let b = api_keys::RedisCounters::builder("redis://:hunter2-secret@cache.internal:6379/0");
+    let shown = format!("{b:?}");
+    assert!(!shown.contains("hunter2-secret"), "{shown}");
+    assert!(!shown.contains("cache.internal"), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+}

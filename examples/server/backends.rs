@@ -10,8 +10,9 @@
 
 use api_keys::{AnyStore, KeyManagerBuilder};
 
-/// The shared backends asked for on the command line or in the environment.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// The shared backends asked for on the command line or in the environment. Its `Debug`
+/// says which are set, never the URLs (they can carry passwords).
+#[derive(Default, PartialEq, Eq)]
 pub struct Backends {
     /// The PostgreSQL URL of the key store.
     pub postgres: Option<String>,
@@ -20,6 +21,17 @@ pub struct Backends {
     /// The timeout of one Redis call (`API_KEYS_REDIS_TIMEOUT_MS`; the crate's default,
     /// 50 ms, when unset).
     pub redis_timeout: Option<std::time::Duration>,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: &Option<String>| if v.is_some() { "<set>" } else { "<unset>" };
+        f.debug_struct("Backends")
+            .field("postgres", &set(&self.postgres))
+            .field("redis", &set(&self.redis))
+            .field("redis_timeout", &self.redis_timeout)
+            .finish()
+    }
 }
 
 /// Usage of the options this module takes.
@@ -156,6 +168,18 @@ mod tests {
     }
 
     const KEY: &str = "000102030405060708090a0b0c0d0e0f";
+
+    #[test]
+    fn debug_never_shows_the_urls() {
+        let b = Backends {
+            postgres: Some("postgres://app:pg-secret@db/keys".into()),
+            redis: Some("redis://:redis-secret@cache/".into()),
+            redis_timeout: None,
+        };
+        let shown = format!("{b:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("<set>"), "{shown}");
+    }
 
     #[test]
     fn backends_come_out_of_the_arguments_and_the_rest_stays() {

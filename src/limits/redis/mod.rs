@@ -72,7 +72,7 @@ return 1
 "#;
 
 /// Builds a [`RedisCounters`]; see [`RedisCounters::builder`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RedisCountersBuilder {
     url: String,
     prefix: String,
@@ -241,6 +241,22 @@ struct Decided {
 #[derive(Clone)]
 pub struct RedisCounters {
     inner: Arc<Inner>,
+}
+
+/// A Redis URL can carry a password (`redis://:secret@host/`): `Debug` never shows it.
+impl std::fmt::Debug for RedisCountersBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCountersBuilder")
+            .field("url", &"<redacted>")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("failures_to_open", &self.failures_to_open)
+            .field("open_for", &self.open_for)
+            .field("fail_open", &self.fail_open)
+            .field("credits_fail_open", &self.credits_fail_open)
+            .field("local_first", &self.local_first)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for RedisCounters {

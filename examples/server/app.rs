@@ -128,25 +128,6 @@ impl AppState {
         AppState::with_integrations_and(store, keyring, integrations, |b| b)
     }
 
-    /// [`AppState::with_policy`], with `configure` applied to the manager's builder last
-    /// (e.g. shared usage counters, see `backends.rs`).
-    ///
-    /// # Errors
-    /// As [`AppState::with_policy`].
-    #[allow(dead_code)] // the soak harness's nodes go through `with_integrations_and`
-    pub fn with_manager_options(
-        store: AnyStore,
-        keyring: Keyring,
-        policy: Policy,
-        configure: impl FnOnce(KeyManagerBuilder<AnyStore>) -> KeyManagerBuilder<AnyStore>,
-    ) -> Result<AppState, Error> {
-        let integrations = Integrations {
-            policy,
-            ..Integrations::default()
-        };
-        AppState::with_integrations_and(store, keyring, integrations, configure)
-    }
-
     /// [`AppState::with_integrations`], with `configure` applied to the manager's builder
     /// last (e.g. shared usage counters, see `backends.rs`).
     ///

@@ -8,7 +8,7 @@
 //! day of the month). The manager checks the values (names, windows, amounts) and answers
 //! `policy` for a value it refuses.
 
-use api_keys::{Credits, RateLimit};
+use api_keys::{Actor, Credits, KeyId, RateLimit};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -87,11 +87,7 @@ pub(crate) async fn set_credits(
     let id = key_id(&actor, &id)?;
     let body: CreditsBody = parse_json(&body)?;
     let info = state.manager.set_credits(&actor, &id, body.credits).await?;
-    let remaining = state.manager.credits_remaining(&actor, &id).await?;
-    Ok(no_store(
-        StatusCode::OK,
-        Json(json!({"credits": info.credits, "remaining": remaining})),
-    ))
+    credits_answer(&state, &actor, &id, info.credits).await
 }
 
 #[utoipa::path(get, path = "/api/keys/{id}/credits", tag = "keys", security(("demo_session" = [])),
@@ -109,9 +105,19 @@ pub(crate) async fn get_credits(
 ) -> Result<Response, ApiError> {
     let id = key_id(&actor, &id)?;
     let info = state.manager.get(&actor, &id).await?;
-    let remaining = state.manager.credits_remaining(&actor, &id).await?;
+    credits_answer(&state, &actor, &id, info.credits).await
+}
+
+/// `{"credits": <budget or null>, "remaining": <credits left now or null>}`.
+async fn credits_answer(
+    state: &AppState,
+    actor: &Actor,
+    id: &KeyId,
+    credits: Option<Credits>,
+) -> Result<Response, ApiError> {
+    let remaining = state.manager.credits_remaining(actor, id).await?;
     Ok(no_store(
         StatusCode::OK,
-        Json(json!({"credits": info.credits, "remaining": remaining})),
+        Json(json!({"credits": credits, "remaining": remaining})),
     ))
 }

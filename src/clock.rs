@@ -52,16 +52,17 @@ pub struct SystemClock;
 
 /// How long [`SystemClock::now_unix_at`] trusts one reading of the wall clock.
 const WALL_REFRESH: Duration = Duration::milliseconds(50);
-/// [`WALL_REFRESH`] as a `std` duration.
-const WALL_REFRESH_STD: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A monotonic window `[from, until)` and the wall clock's value (in some unit) during it.
+type WallWindow = (Instant, Instant, i64);
 
 thread_local! {
     /// Per thread (nothing shared between verifying threads): a monotonic window
     /// `[from, until)` during which the wall clock shows the whole second `secs`.
-    static WALL_SECOND: Cell<Option<(Instant, Instant, i64)>> = const { Cell::new(None) };
-    /// Per thread: one reading of both clocks (`at`, wall nanoseconds then), trusted for
-    /// [`WALL_REFRESH`] to turn a monotonic reading into Unix milliseconds.
-    static WALL_MS: Cell<Option<(Instant, i64)>> = const { Cell::new(None) };
+    static WALL_SECOND: Cell<Option<WallWindow>> = const { Cell::new(None) };
+    /// Per thread: a monotonic window `[from, until)` during which the wall clock shows the
+    /// whole millisecond `ms`.
+    static WALL_MS: Cell<Option<WallWindow>> = const { Cell::new(None) };
 }
 
 /// Nanoseconds since the Unix epoch (negative before it), saturating.
@@ -85,49 +86,49 @@ impl Clock for SystemClock {
         wall_ns().div_euclid(1_000_000)
     }
 
-    /// From the caller's monotonic reading and a per-thread pair of readings at most 50 ms
-    /// old (so a step of the wall clock reaches usage-limit windows within 50 ms), without
-    /// reading the system clock again on most calls.
+    /// From the caller's monotonic reading: the system clock is read at most once per
+    /// millisecond per thread (and at least every 50 ms, so a step of the wall clock reaches
+    /// usage-limit windows within 50 ms); in between, two comparisons answer.
     fn now_unix_ms_at(&self, monotonic: Instant) -> i64 {
-        if let Some((at, wall)) = WALL_MS.get()
-            && let Some(since) = monotonic.checked_duration_since(at)
-            && since < WALL_REFRESH_STD
-        {
-            return wall
-                .saturating_add(since.as_nanos() as i64)
-                .div_euclid(1_000_000);
-        }
-        let at = Instant::now();
-        let wall = wall_ns();
-        WALL_MS.set(Some((at, wall)));
-        // A monotonic reading from before `at` is at most the caller's few nanoseconds older.
-        wall.div_euclid(1_000_000)
+        whole_units_at(&WALL_MS, 1_000_000, monotonic)
     }
 
+    /// As [`SystemClock::now_unix_ms_at`], in whole seconds.
     fn now_unix_at(&self, monotonic: Instant) -> i64 {
-        if let Some((from, until, secs)) = WALL_SECOND.get()
-            && from <= monotonic
-            && monotonic < until
-        {
-            return secs;
-        }
-        // Read the wall clock and trust it until its next whole second or for 50 ms,
-        // whichever comes first (so a step of the wall clock is seen within 50 ms).
-        let now = Instant::now();
-        let wall = wall_ns();
-        let secs = wall.div_euclid(1_000_000_000);
-        let to_next_second = 1_000_000_000 - wall.rem_euclid(1_000_000_000);
-        let valid = Duration::nanoseconds(to_next_second).min(WALL_REFRESH);
-        let until = std::time::Duration::try_from(valid)
-            .ok()
-            .and_then(|d| now.checked_add(d));
-        if let Some(until) = until {
-            WALL_SECOND.set(Some((now, until, secs)));
-        }
-        // An instant from before this reading belongs to an earlier second at most; the
-        // expiry check it serves is then (harmlessly) decided a little late.
-        secs
+        whole_units_at(&WALL_SECOND, 1_000_000_000, monotonic)
     }
+}
+
+/// The wall clock in whole `unit`s (nanoseconds per unit) at the monotonic reading
+/// `monotonic`, from the thread's window in `cell` when the reading falls inside it;
+/// otherwise the wall clock is read and trusted until its next whole unit or for
+/// [`WALL_REFRESH`], whichever comes first.
+#[inline]
+fn whole_units_at(
+    cell: &'static std::thread::LocalKey<Cell<Option<WallWindow>>>,
+    unit: i64,
+    monotonic: Instant,
+) -> i64 {
+    if let Some((from, until, value)) = cell.get()
+        && from <= monotonic
+        && monotonic < until
+    {
+        return value;
+    }
+    let now = Instant::now();
+    let wall = wall_ns();
+    let value = wall.div_euclid(unit);
+    let to_next = unit - wall.rem_euclid(unit);
+    let valid = Duration::nanoseconds(to_next).min(WALL_REFRESH);
+    let until = std::time::Duration::try_from(valid)
+        .ok()
+        .and_then(|d| now.checked_add(d));
+    if let Some(until) = until {
+        cell.set(Some((now, until, value)));
+    }
+    // An instant from before this reading belongs to an earlier unit at most; the decision
+    // it serves (expiry, a limit's window) is then (harmlessly) made a little late.
+    value
 }
 
 /// A clock that only moves when told to; clones share one time. For tests.

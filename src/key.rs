@@ -203,7 +203,8 @@ pub(crate) struct Facts {
 }
 
 impl Facts {
-    pub(crate) fn from_record(rec: &KeyRecord) -> Facts {
+    /// The facts of a record; a key with limits gets its handle into `local`'s counters.
+    pub(crate) fn from_record(rec: &KeyRecord, local: Option<&crate::LocalCounters>) -> Facts {
         let builtin_scopes = rec.scopes.iter().fold(0u8, |bits, s| match s {
             Scope::Scim => bits | 1,
             Scope::Prometheus => bits | 2,
@@ -219,6 +220,14 @@ impl Facts {
                 None
             } else {
                 Some(Box::new(KeyLimits {
+                    local: local.map_or_else(crate::limits::LocalHandle::unresolved, |l| {
+                        l.handle(
+                            rec.id,
+                            rec.org.as_str(),
+                            &rec.rate_limits,
+                            rec.credits.as_ref(),
+                        )
+                    }),
                     rate_limits: rec.rate_limits.clone().into_boxed_slice(),
                     credits: rec.credits,
                 }))
@@ -248,7 +257,12 @@ impl Facts {
 }
 
 /// A key's limit configuration, as its authenticated record says.
+#[repr(C)]
 pub(crate) struct KeyLimits {
+    /// Where the in-process engine keeps this key's counters, resolved when these facts were
+    /// built (a manager over [`LocalCounters`](crate::LocalCounters)); first, so a warm
+    /// verification reads it with the allocation's first cache line.
+    pub local: crate::limits::LocalHandle,
     pub rate_limits: Box<[RateLimit]>,
     pub credits: Option<Credits>,
 }
@@ -270,11 +284,32 @@ pub struct LimitStatus<'a> {
     pub reset_after: std::time::Duration,
 }
 
-/// What a verification of a key with limits spent (boxed: keys without limits carry none).
+/// What a verification of a key with limits left: per rate limit the units left in its
+/// window, and the credits left. Compact and inline (no allocation per verification): a
+/// window's end follows from the time, since windows are aligned to the Unix epoch (the
+/// [`UsageCounters`](crate::UsageCounters) duties).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Spent {
-    pub usage: Usage,
-    pub at_ms: i64,
+    remaining: [u64; crate::MAX_RATE_LIMITS],
+    len: u8,
+    credits: Option<u64>,
+    at_ms: i64,
+}
+
+impl Spent {
+    pub(crate) fn new(usage: &Usage, at_ms: i64) -> Self {
+        let mut remaining = [0u64; crate::MAX_RATE_LIMITS];
+        let limits = usage.limits();
+        for (r, u) in remaining.iter_mut().zip(limits) {
+            *r = u.remaining;
+        }
+        Spent {
+            remaining,
+            len: u8::try_from(limits.len()).unwrap_or(u8::MAX),
+            credits: usage.credits,
+            at_ms,
+        }
+    }
 }
 
 /// Proof that a token was verified: only [`KeyManager::verify`](crate::KeyManager::verify)
@@ -285,11 +320,11 @@ pub(crate) struct Spent {
 #[derive(Clone)]
 pub struct Verified {
     facts: Arc<Facts>,
-    spent: Option<Box<Spent>>,
+    spent: Option<Spent>,
 }
 
 impl Verified {
-    pub(crate) fn new(facts: Arc<Facts>, spent: Option<Box<Spent>>) -> Self {
+    pub(crate) fn new(facts: Arc<Facts>, spent: Option<Spent>) -> Self {
         Verified { facts, spent }
     }
 
@@ -302,21 +337,20 @@ impl Verified {
             .limits
             .as_ref()
             .map_or(&[], |l| &l.rate_limits[..]);
-        let spent = self.spent.as_deref();
+        let spent = self.spent.as_ref();
         configured.iter().enumerate().filter_map(move |(i, l)| {
             let s = spent?;
-            let u = s.usage.limits().get(i)?;
+            let remaining = *s.remaining[..usize::from(s.len)].get(i)?;
+            let reset_ms = crate::limits::window_of(l, s.at_ms).1;
             Some(LimitStatus {
                 name: l.name(),
                 limit: l.limit(),
                 window: l.window(),
-                remaining: u.remaining,
-                reset: OffsetDateTime::from_unix_timestamp_nanos(
-                    i128::from(u.reset_ms) * 1_000_000,
-                )
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                remaining,
+                reset: OffsetDateTime::from_unix_timestamp_nanos(i128::from(reset_ms) * 1_000_000)
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
                 reset_after: std::time::Duration::from_millis(
-                    u64::try_from(u.reset_ms.saturating_sub(s.at_ms)).unwrap_or(0),
+                    u64::try_from(reset_ms.saturating_sub(s.at_ms)).unwrap_or(0),
                 ),
             })
         })
@@ -324,7 +358,7 @@ impl Verified {
 
     /// The credits left after this verification (`None` for a key without credits).
     pub fn credits_remaining(&self) -> Option<u64> {
-        self.spent.as_deref().and_then(|s| s.usage.credits)
+        self.spent.as_ref().and_then(|s| s.credits)
     }
 
     /// The verified key's id.

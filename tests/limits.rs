@@ -447,6 +447,59 @@ async fn managers_change_limits_and_credits_audited() {
 }
 
 #[tokio::test]
+async fn a_changed_limit_keeps_its_count_only_while_its_name_and_window_stay() {
+    let s = setup();
+    let (key, info) = s
+        .manager
+        .generate(
+            &alice(),
+            req("c").rate_limit(RateLimit::new("burst", 2, secs(60))),
+        )
+        .await
+        .unwrap();
+    let t = key.expose_secret();
+    s.clock.advance(Duration::seconds(1));
+    let left = |v: api_keys::Verified| v.limits().next().map(|l| (l.remaining, l.reset_after));
+    // (The test clock starts on a 10-second boundary, not necessarily a minute's.)
+    let (first, reset) = left(ok(&s.manager, t).await).unwrap();
+    assert_eq!(first, 1);
+    assert!(reset <= secs(59));
+    // Same name and window, a higher limit: the count carries on (1 used + this one).
+    s.manager
+        .set_limits(
+            &alice(),
+            &info.id,
+            vec![RateLimit::new("burst", 3, secs(60))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(left(ok(&s.manager, t).await), Some((1, reset)));
+    // Same name, another window: a fresh count in a window of the new length.
+    s.manager
+        .set_limits(
+            &alice(),
+            &info.id,
+            vec![RateLimit::new("burst", 3, secs(10))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(left(ok(&s.manager, t).await), Some((2, secs(9))));
+    assert_eq!(left(ok(&s.manager, t).await), Some((1, secs(9))));
+    assert_eq!(left(ok(&s.manager, t).await), Some((0, secs(9))));
+    retry_after(s.manager.verify(t, &Scope::Prometheus).await);
+    // Back to the first window: fresh again (the count of the 60 s window is gone).
+    s.manager
+        .set_limits(
+            &alice(),
+            &info.id,
+            vec![RateLimit::new("burst", 3, secs(60))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(left(ok(&s.manager, t).await), Some((2, reset)));
+}
+
+#[tokio::test]
 async fn a_tampered_limit_in_the_stored_record_is_an_integrity_failure() {
     let store = MemoryStore::new();
     let s = setup_with(store.clone(), api_keys::Policy::default());

@@ -8,18 +8,21 @@ use std::time::Duration as StdDuration;
 use foldhash::fast::FixedState;
 
 use super::engine::{
-    Consumed, CounterError, Decision, LimitUsage, Usage, UsageCounters, UsageRequest,
-    refill_period, window_of,
+    Consumed, CounterError, Decision, LimitUsage, Usage, UsageCounters, UsageRequest, refill_period,
 };
 use crate::store::BoxFuture;
-use crate::{Credits, KeyId, LimitScope, MAX_RATE_LIMITS};
+use crate::{Credits, KeyId, LimitScope, MAX_RATE_LIMITS, RateLimit};
 
 const SHARDS: usize = 64;
 
 /// Counters in this process's memory: exact (every decision under the locks of the counters
-/// it reads), sharded 64 ways by key id (organization-wide limits by organization), and
-/// allocation-free once a key's counters exist (a key's first limited verification allocates
-/// them).
+/// it reads), and allocation-free once a key's counters exist (a key's first limited
+/// verification allocates them).
+///
+/// Each key's counters (and each organization's) sit behind a lock of their own; a map sharded
+/// 64 ways finds them. A [`KeyManager`](crate::KeyManager) built with this engine keeps a
+/// handle to a key's counters next to its cached record, so a warm verification goes straight
+/// to them: no map lookup, no shard lock, no hashing of limit names.
 ///
 /// What it does not do: share counts with other processes (each node counts alone — use the
 /// Redis engine for limits across nodes) or keep credit balances across a restart (a
@@ -30,15 +33,71 @@ pub struct LocalCounters {
     hasher: FixedState,
 }
 
+/// A key's counters, shared by the map and the handles of cached records.
+type KeyCell = Arc<Mutex<KeyEntry>>;
+/// An organization's counters of its org-wide limits.
+type OrgCell = Arc<Mutex<Windows>>;
+
 #[derive(Default)]
 struct Shard {
-    keys: HashMap<u64, KeyEntry, FixedState>,
-    orgs: HashMap<Box<str>, Windows, FixedState>,
+    keys: HashMap<u64, KeyCell, FixedState>,
+    orgs: HashMap<Box<str>, OrgCell, FixedState>,
 }
 
-/// One key's counters, inline in its shard's map (one lookup, no pointer to chase). Laid out
-/// so that the count of windows and the first window share the map entry's first cache line
-/// with the key.
+/// Where one key's counters are and what its limits say, resolved when the manager builds
+/// the key's cached facts ([`LocalCounters::handle`]): the key's cell, its organization's
+/// cell (when a limit is org-wide) and each limit compacted (hashed name, limit, window,
+/// scope), in the key's order, so a decision reads no string and follows no pointer but the
+/// cells'. Laid out so that the cells and the first limit come first. Lock order: the key's
+/// cell, then the organization's, then a shared credit balance.
+#[repr(C, align(64))]
+pub(crate) struct LocalHandle {
+    key: Option<KeyCell>,
+    org: Option<OrgCell>,
+    len: u8,
+    has_credits: bool,
+    limits: [Lim; MAX_RATE_LIMITS],
+    credits: Option<Credits>,
+}
+
+impl LocalHandle {
+    /// A handle to nothing (the facts of a manager over another engine, which never uses it).
+    pub(crate) fn unresolved() -> Self {
+        LocalHandle {
+            key: None,
+            org: None,
+            len: 0,
+            has_credits: false,
+            limits: [Lim::default(); MAX_RATE_LIMITS],
+            credits: None,
+        }
+    }
+}
+
+/// One rate limit, compacted for deciding (24 bytes: the first sits in the handle's first
+/// cache line).
+#[derive(Clone, Copy, Default)]
+struct Lim {
+    name: u64,
+    limit: u64,
+    /// The window in ms, and [`ORG`] for an org-wide limit.
+    window: u64,
+}
+
+/// The bit of [`Lim::window`] that marks an org-wide limit (windows are at most a year).
+const ORG: u64 = 1 << 63;
+
+impl Lim {
+    fn org(&self) -> bool {
+        self.window & ORG != 0
+    }
+
+    fn window_ms(&self) -> i64 {
+        (self.window & !ORG) as i64
+    }
+}
+
+/// One key's counters (the windows' count and first windows first, next to the lock).
 #[derive(Default)]
 #[repr(C)]
 struct KeyEntry {
@@ -55,18 +114,51 @@ struct Windows {
     items: [Window; MAX_RATE_LIMITS],
 }
 
-#[derive(Clone, Copy, Default)]
+/// One limit's count in its current window `[start, end)` (Unix ms; a verification inside it
+/// needs no division). A window of another length (a changed limit) starts a fresh count.
+#[derive(Clone, Copy)]
 struct Window {
     /// The limit's name, hashed (names of one key are unique; 64-bit hashes of at most a
     /// few dozen names per key or organization do not collide in practice).
     name: u64,
-    window_ms: u64,
-    idx: i64,
     used: u64,
+    start: i64,
+    end: i64,
 }
 
-/// A key's credit balance: its own (inline, under the shard lock), or shared with the keys
-/// of a roll (under its own lock, always taken after the shard's).
+impl Default for Window {
+    fn default() -> Self {
+        Window::fresh(0)
+    }
+}
+
+impl Window {
+    fn fresh(name: u64) -> Self {
+        Window {
+            name,
+            used: 0,
+            start: i64::MAX,
+            end: i64::MIN,
+        }
+    }
+
+    /// Moves the count to the window of `window_ms` containing `now` (a new window, or a
+    /// window of another length, starts at zero) and returns that window's end.
+    #[inline]
+    fn roll(&mut self, window_ms: i64, now: i64) -> i64 {
+        let w = window_ms.max(1);
+        if now < self.start || now >= self.end || self.end.wrapping_sub(self.start) != w {
+            let start = now.div_euclid(w).saturating_mul(w);
+            self.start = start;
+            self.end = start.saturating_add(w);
+            self.used = 0;
+        }
+        self.end
+    }
+}
+
+/// A key's credit balance: its own (inline, under the key's lock), or shared with the keys
+/// of a roll (under its own lock, always taken after the key's).
 #[derive(Default)]
 enum CreditCell {
     #[default]
@@ -139,7 +231,7 @@ impl std::fmt::Debug for LocalCounters {
     }
 }
 
-fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -148,7 +240,8 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 /// slot when all are taken: only an organization whose keys use more than
 /// [`MAX_RATE_LIMITS`] distinct org-wide names in all gets there, and those names then share
 /// a fresh count instead of keeping their own).
-fn find(windows: &mut Windows, hint: usize, name: u64, window_ms: u64) -> &mut Window {
+#[inline]
+fn find(windows: &mut Windows, hint: usize, name: u64) -> &mut Window {
     let len = usize::from(windows.len);
     let pos = if hint < len && windows.items[hint].name == name {
         hint
@@ -156,23 +249,11 @@ fn find(windows: &mut Windows, hint: usize, name: u64, window_ms: u64) -> &mut W
         p
     } else {
         let p = len.min(MAX_RATE_LIMITS - 1);
-        windows.items[p] = Window {
-            name,
-            window_ms,
-            idx: i64::MIN,
-            used: 0,
-        };
+        windows.items[p] = Window::fresh(name);
         windows.len = u8::try_from(p + 1).unwrap_or(u8::MAX);
         p
     };
-    let w = &mut windows.items[pos];
-    if w.window_ms != window_ms {
-        // The limit's window was changed: a fresh count.
-        w.window_ms = window_ms;
-        w.idx = i64::MIN;
-        w.used = 0;
-    }
-    w
+    &mut windows.items[pos]
 }
 
 impl LocalCounters {
@@ -192,130 +273,143 @@ impl LocalCounters {
         (self.hasher.hash_one(org) as usize) % SHARDS
     }
 
-    /// Decides one request (synchronously).
-    pub fn decide(&self, req: &UsageRequest<'_>) -> Decision {
-        let mut names = [0u64; MAX_RATE_LIMITS];
-        for (n, l) in names.iter_mut().zip(req.limits) {
-            *n = self.hasher.hash_one(l.name());
-        }
-        let ks = self.key_shard(req.key);
-        let needs_org = req.limits.iter().any(|l| l.scope() == LimitScope::Org);
-        let os = if needs_org {
-            Some(self.org_shard(req.org.as_str()))
-        } else {
-            None
-        };
-        match os {
-            None => {
-                let mut g = lock(&self.shards[ks]);
-                let Shard { keys, orgs } = &mut *g;
-                decide(keys, orgs, &names, req)
-            }
-            Some(os) if os == ks => {
-                let mut g = lock(&self.shards[ks]);
-                let Shard { keys, orgs } = &mut *g;
-                decide(keys, orgs, &names, req)
-            }
-            Some(os) => {
-                // Two shards: always locked in index order.
-                let (mut kg, mut og) = if ks < os {
-                    let k = lock(&self.shards[ks]);
-                    (k, lock(&self.shards[os]))
-                } else {
-                    let o = lock(&self.shards[os]);
-                    (lock(&self.shards[ks]), o)
-                };
-                decide(&mut kg.keys, &mut og.orgs, &names, req)
-            }
+    /// A key's cell (created on first use).
+    fn key_cell(&self, key: KeyId) -> KeyCell {
+        lock(&self.shards[self.key_shard(key)])
+            .keys
+            .entry(key.value())
+            .or_default()
+            .clone()
+    }
+
+    /// An organization's cell (created on first use).
+    fn org_cell(&self, org: &str) -> OrgCell {
+        let mut g = lock(&self.shards[self.org_shard(org)]);
+        match g.orgs.get(org) {
+            Some(c) => c.clone(),
+            None => g.orgs.entry(org.into()).or_default().clone(),
         }
     }
 
-    fn cell(&self, key: KeyId) -> Arc<Mutex<Balance>> {
-        let mut g = lock(&self.shards[self.key_shard(key)]);
-        g.keys.entry(key.value()).or_default().credits.share()
+    /// Resolves where the counters of a key with these limits are (one map lookup per cell).
+    /// A handle stays valid for the configuration it was made for: a record with other
+    /// limits needs a new one.
+    pub(crate) fn handle(
+        &self,
+        key: KeyId,
+        org: &str,
+        rate_limits: &[RateLimit],
+        credits: Option<&Credits>,
+    ) -> LocalHandle {
+        let mut limits = [Lim::default(); MAX_RATE_LIMITS];
+        for (lim, l) in limits.iter_mut().zip(rate_limits) {
+            let scope = if l.scope() == LimitScope::Org { ORG } else { 0 };
+            *lim = Lim {
+                name: self.hasher.hash_one(l.name()),
+                limit: l.limit(),
+                window: l.window_ms().min(i64::MAX as u64) | scope,
+            };
+        }
+        let len = rate_limits.len().min(MAX_RATE_LIMITS);
+        let needs_key = limits[..len].iter().any(|l| !l.org()) || credits.is_some();
+        let needs_org = limits[..len].iter().any(|l| l.org());
+        LocalHandle {
+            key: needs_key.then(|| self.key_cell(key)),
+            org: needs_org.then(|| self.org_cell(org)),
+            len: u8::try_from(len).unwrap_or(u8::MAX),
+            has_credits: credits.is_some(),
+            limits,
+            credits: credits.copied(),
+        }
+    }
+
+    /// Decides one request (synchronously).
+    pub fn decide(&self, req: &UsageRequest<'_>) -> Decision {
+        let h = self.handle(req.key, req.org.as_str(), req.limits, req.credits);
+        self.decide_with(&h, req.cost, req.now_ms)
+    }
+
+    /// Decides one request on the counters and limits `h` resolved: the key's lock, then the organization's, held together so the
+    /// decision is all or nothing.
+    #[inline]
+    pub(crate) fn decide_with(&self, h: &LocalHandle, cost: u64, now: i64) -> Decision {
+        let mut key = h.key.as_deref().map(lock);
+        let mut org = h.org.as_deref().map(lock);
+        let limits = &h.limits[..usize::from(h.len)];
+        let credits = if h.has_credits {
+            h.credits.as_ref()
+        } else {
+            None
+        };
+        decide(
+            key.as_deref_mut(),
+            org.as_deref_mut(),
+            limits,
+            credits,
+            cost,
+            now,
+        )
     }
 
     /// Runs `f` on a key's balance.
     fn balance<R>(&self, key: KeyId, f: impl FnOnce(&mut Balance) -> R) -> R {
-        let mut g = lock(&self.shards[self.key_shard(key)]);
-        g.keys.entry(key.value()).or_default().credits.with(f)
+        lock(&self.key_cell(key)).credits.with(f)
     }
 }
 
 fn decide(
-    keys: &mut HashMap<u64, KeyEntry, FixedState>,
-    orgs: &mut HashMap<Box<str>, Windows, FixedState>,
-    names: &[u64],
-    req: &UsageRequest<'_>,
+    mut entry: Option<&mut KeyEntry>,
+    mut org_windows: Option<&mut Windows>,
+    limits: &[Lim],
+    credits: Option<&Credits>,
+    cost: u64,
+    now: i64,
 ) -> Decision {
-    let now = req.now_ms;
-    let cost = req.cost;
     let mut used = [0u64; MAX_RATE_LIMITS];
-    // Each limit's window (index, end), computed once.
-    let mut windows_at = [(0i64, 0i64); MAX_RATE_LIMITS];
-    let mut usage = Usage::new();
+    // Each limit's window end, found once.
+    let mut ends = [0i64; MAX_RATE_LIMITS];
     let mut refused: Option<(usize, i64)> = None;
-    let limits = &req.limits[..req.limits.len().min(MAX_RATE_LIMITS)];
-    let entry = if req.limits.iter().any(|l| l.scope() == LimitScope::Key) || req.credits.is_some()
-    {
-        Some(keys.entry(req.key.value()).or_default())
-    } else {
-        None
-    };
-    let mut entry = entry;
-    let mut org_windows = if limits.iter().any(|l| l.scope() == LimitScope::Org) {
-        Some(match orgs.get_mut(req.org.as_str()) {
-            Some(v) => v,
-            None => orgs.entry(req.org.as_str().into()).or_default(),
-        })
-    } else {
-        None
-    };
     // Pass 1: roll windows and check every limit; nothing is spent.
     for (i, l) in limits.iter().enumerate() {
-        let windows = match l.scope() {
-            LimitScope::Key => match entry.as_deref_mut() {
-                Some(e) => &mut e.windows,
-                None => continue,
-            },
-            LimitScope::Org => match org_windows.as_deref_mut() {
-                Some(v) => v,
-                None => continue,
-            },
+        let windows = if l.org() {
+            org_windows.as_deref_mut()
+        } else {
+            entry.as_deref_mut().map(|e| &mut e.windows)
         };
-        let w = find(windows, i, names[i], l.window_ms());
-        let (idx, reset) = window_of(l, now);
-        windows_at[i] = (idx, reset);
-        if w.idx != idx {
-            w.idx = idx;
-            w.used = 0;
-        }
+        let Some(windows) = windows else { continue };
+        let w = find(windows, i, l.name);
+        let reset = w.roll(l.window_ms(), now);
+        ends[i] = reset;
         used[i] = w.used;
-        if w.used.saturating_add(cost) > l.limit() && refused.is_none_or(|(_, r)| reset > r) {
+        if w.used.saturating_add(cost) > l.limit && refused.is_none_or(|(_, r)| reset > r) {
             refused = Some((i, reset));
         }
     }
-    let report = |usage: &mut Usage, used: &[u64]| {
+    let report = |used: &[u64; MAX_RATE_LIMITS], credits: Option<u64>| {
+        let mut usage = Usage::new();
         for (i, l) in limits.iter().enumerate() {
             usage.push(LimitUsage {
-                remaining: l.limit().saturating_sub(used[i]),
-                reset_ms: windows_at[i].1,
+                remaining: l.limit.saturating_sub(used[i]),
+                reset_ms: ends[i],
             });
         }
+        usage.credits = credits;
+        usage
     };
     if let Some((i, reset)) = refused {
-        report(&mut usage, &used);
-        if let (Some(c), Some(e)) = (req.credits, entry.as_deref_mut()) {
-            usage.credits = Some(e.credits.with(|b| b.current(c, now)));
-        }
+        let left = match (credits, entry.as_deref_mut()) {
+            (Some(c), Some(e)) => Some(e.credits.with(|b| b.current(c, now))),
+            _ => None,
+        };
         return Decision::RateLimited {
             limit: i,
             retry_after: StdDuration::from_millis(u64::try_from(reset - now).unwrap_or(0)),
-            usage,
+            usage: report(&used, left),
         };
     }
-    // Credits: checked and spent under the shard lock (and a shared balance's own lock).
-    if let (Some(c), Some(e)) = (req.credits, entry.as_deref_mut()) {
+    // Credits: checked and spent under the key's lock (and a shared balance's own lock).
+    let mut left = None;
+    if let (Some(c), Some(e)) = (credits, entry.as_deref_mut()) {
         let spent = e.credits.with(|b| {
             let balance = b.current(c, now);
             if balance < cost {
@@ -326,33 +420,29 @@ fn decide(
             }
         });
         match spent {
-            Ok(left) => usage.credits = Some(left),
+            Ok(l) => left = Some(l),
             Err(balance) => {
-                report(&mut usage, &used);
-                usage.credits = Some(balance);
-                return Decision::OutOfCredits { usage };
+                return Decision::OutOfCredits {
+                    usage: report(&used, Some(balance)),
+                };
             }
         }
     }
-    // Pass 2: spend on every limit.
+    // Pass 2: spend on every limit (each window was found and rolled in pass 1, under the
+    // same locks).
     for (i, l) in limits.iter().enumerate() {
-        let windows = match l.scope() {
-            LimitScope::Key => match entry.as_deref_mut() {
-                Some(e) => &mut e.windows,
-                None => continue,
-            },
-            LimitScope::Org => match org_windows.as_deref_mut() {
-                Some(v) => v,
-                None => continue,
-            },
+        let windows = if l.org() {
+            org_windows.as_deref_mut()
+        } else {
+            entry.as_deref_mut().map(|e| &mut e.windows)
         };
-        let w = find(windows, i, names[i], l.window_ms());
+        let Some(windows) = windows else { continue };
+        let w = find(windows, i, l.name);
         w.used = w.used.saturating_add(cost);
         used[i] = w.used;
     }
-    report(&mut usage, &used);
     Decision::Allowed {
-        usage,
+        usage: report(&used, left),
         degraded: false,
     }
 }
@@ -394,9 +484,8 @@ impl UsageCounters for LocalCounters {
         from: KeyId,
         to: KeyId,
     ) -> BoxFuture<'a, Result<(), CounterError>> {
-        let cell = self.cell(from);
-        let mut g = lock(&self.shards[self.key_shard(to)]);
-        g.keys.entry(to.value()).or_default().credits = CreditCell::Shared(cell);
+        let shared = lock(&self.key_cell(from)).credits.share();
+        lock(&self.key_cell(to)).credits = CreditCell::Shared(shared);
         Box::pin(std::future::ready(Ok(())))
     }
 

@@ -18,20 +18,27 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         limits: &KeyLimits,
         cost: u64,
         mono: Instant,
-    ) -> Result<Box<Spent>, Error> {
+    ) -> Result<Spent, Error> {
         // The monotonic reading the hot path already took (no second system-clock read).
         let now_ms = self.inner.clock.now_unix_ms_at(mono);
-        let req = UsageRequest {
-            key: facts.id,
-            org: &facts.org,
-            limits: &limits.rate_limits,
-            credits: limits.credits.as_ref(),
-            cost,
-            now_ms,
-        };
-        let decided = match self.inner.counters.consume(req) {
-            Consumed::Ready(r) => r,
-            Consumed::Pending(f) => f.await,
+        let decided = match &self.inner.local {
+            // The in-process engine, through the handle these cached facts keep (which has
+            // everything it needs in its first cache line for a key's first limit).
+            Some(local) => Ok(local.decide_with(&limits.local, cost, now_ms)),
+            None => {
+                let req = UsageRequest {
+                    key: facts.id,
+                    org: &facts.org,
+                    limits: &limits.rate_limits,
+                    credits: limits.credits.as_ref(),
+                    cost,
+                    now_ms,
+                };
+                match self.inner.counters.consume(req) {
+                    Consumed::Ready(r) => r,
+                    Consumed::Pending(f) => f.await,
+                }
+            }
         };
         let refused =
             |class| self.verify_failed(class, Some(&facts.org), Some(facts.id), Instant::now());
@@ -54,10 +61,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                         Some(facts.id),
                     );
                 }
-                Ok(Box::new(Spent {
-                    usage,
-                    at_ms: now_ms,
-                }))
+                Ok(Spent::new(&usage, now_ms))
             }
             Ok(Decision::RateLimited {
                 limit, retry_after, ..

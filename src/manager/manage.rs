@@ -102,7 +102,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                     // In the cache from the start: a wrong secret costs the same for a new,
                     // a used, a revoked or an expired key.
                     fence.install(
-                        Arc::new(Facts::from_record(&rec)),
+                        Arc::new(Facts::from_record(&rec, self.inner.local.as_deref())),
                         self.inner.cache.fingerprint(&secret),
                     );
                     let token = format_token(&self.inner.prefix, rec.id, &secret);

@@ -45,20 +45,42 @@ pub struct KeyManagerBuilder<S> {
     last_use_interval: StdDuration,
     last_use_capacity: usize,
     counters: Arc<dyn UsageCounters>,
+    /// `counters` when it is the in-process engine (the warm path's shortcut).
+    local: Option<Arc<LocalCounters>>,
 }
 
 impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
     /// Where the counters of usage limits live (default: a fresh [`LocalCounters`], counting
     /// in this process only). Give every manager of a deployment the same shared engine
     /// (e.g. the `redis` feature's) to enforce limits across nodes.
-    pub fn counters(mut self, counters: impl UsageCounters) -> Self {
-        self.counters = Arc::new(counters);
+    ///
+    /// With [`LocalCounters`] given here (or the default), each cached record keeps a handle
+    /// to its key's counters, so a warm verification of a limited key goes straight to them.
+    pub fn counters<C: UsageCounters>(mut self, counters: C) -> Self {
+        let mut slot = Some(counters);
+        let local = (&mut slot as &mut dyn std::any::Any)
+            .downcast_mut::<Option<LocalCounters>>()
+            .and_then(Option::take);
+        match (local, slot) {
+            (Some(local), _) => {
+                let local = Arc::new(local);
+                self.local = Some(local.clone());
+                self.counters = local;
+            }
+            (None, Some(other)) => {
+                self.local = None;
+                self.counters = Arc::new(other);
+            }
+            // `take` emptied the slot only when it was a `LocalCounters`.
+            (None, None) => {}
+        }
         self
     }
 
     /// As [`KeyManagerBuilder::counters`], for an engine already shared (e.g. by several
     /// managers of one process).
     pub fn shared_counters(mut self, counters: Arc<dyn UsageCounters>) -> Self {
+        self.local = None;
         self.counters = counters;
         self
     }
@@ -178,6 +200,7 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
                 notifier: self.notifier,
                 uses: uses::Uses::new(self.last_use_capacity, self.last_use_interval),
                 counters: self.counters,
+                local: self.local,
             }),
         })
     }
@@ -194,6 +217,8 @@ pub(crate) struct Inner<S> {
     pub(crate) notifier: Option<Arc<dyn Notifier>>,
     uses: uses::Uses,
     counters: Arc<dyn UsageCounters>,
+    /// `counters` when it is the in-process engine.
+    local: Option<Arc<LocalCounters>>,
 }
 
 /// Generates, verifies and manages an organization's API keys over a [`KeyStore`].
@@ -238,7 +263,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             last_use_interval: StdDuration::from_secs(10),
             last_use_capacity: 10_000,
             counters: Arc::new(LocalCounters::new()),
+            local: None,
         }
+        .counters(LocalCounters::new())
     }
 
     /// The token prefix.
@@ -430,7 +457,10 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             match result {
                 Ok(()) => {
                     let fingerprint = self.inner.cache.fingerprint(&secret);
-                    fence.install(Arc::new(Facts::from_record(&next)), fingerprint);
+                    fence.install(
+                        Arc::new(Facts::from_record(&next, self.inner.local.as_deref())),
+                        fingerprint,
+                    );
                     return Ok((next, true));
                 }
                 Err(StoreError::Conflict) => continue,

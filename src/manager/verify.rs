@@ -140,7 +140,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             }
         }
         let matched: bool = secret.ct_eq(&**presented).into();
-        let facts = Arc::new(Facts::from_record(&rec));
+        let facts = Arc::new(Facts::from_record(&rec, self.inner.local.as_deref()));
         let fingerprint = cache.fingerprint(&secret);
         if !matched {
             // Cached too, so that the next wrong guess is answered from the cache whatever

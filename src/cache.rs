@@ -25,14 +25,14 @@
 //! Entries hold a keyed fingerprint of the secret (a CBC-MAC under a per-process random key,
 //! fixed 32-byte input), never the secret, so a hit costs one fingerprint and a constant-time
 //! compare. The fingerprint of the presented secret depends only on the token, so it is
-//! computed while the lookup's memory access is in flight. Entries sit inline in the map
-//! (fingerprint, deadline and the shared `Facts`), so a hit costs the map's own access plus
-//! the one cache line of `Facts` that the returned [`Verified`](crate::Verified) needs.
+//! computed while the lookup's memory access is in flight. Entries sit inline in the table,
+//! one cache line each (id, fingerprint, deadlines in ns since the cache's creation, feed
+//! epoch and the shared `Facts`), so a hit costs the table's control bytes, that one line,
+//! and the line of `Facts` that the returned [`Verified`](crate::Verified) needs.
 //!
 //! A full shard evicts an arbitrary entry; expired entries are swept from it at most once per
 //! fallback TTL, so a fill never scans a full shard on every call.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -45,6 +45,8 @@ use crate::crypto::{Block, fill_random};
 use crate::key::Facts;
 use crate::store::{Change, ChangeListener};
 use crate::{Error, KeyId};
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
 
 const SHARDS: usize = 64;
 
@@ -61,24 +63,30 @@ const NO_EPOCH: u16 = u16::MAX;
 /// A trust deadline meaning "until the feed reports a drop".
 const FOREVER_MS: u64 = (1 << 48) - 1;
 
+#[repr(C, align(64))]
 struct Entry {
+    id: KeyId,
     fingerprint: Fingerprint,
-    /// When the store read that filled it began.
-    started: Instant,
+    /// When the store read that filled it began (ns since the cache's `base`).
+    started: u64,
     /// Served until then whatever the feed does (read start + fallback TTL).
-    fresh_until: Instant,
+    fresh_until: u64,
     /// Never served after this (read start + the TTL chosen by the ticket).
-    valid_until: Instant,
+    valid_until: u64,
+    facts: Arc<Facts>,
     /// The feed epoch the ticket saw live, or [`NO_EPOCH`].
     epoch: u16,
-    facts: Arc<Facts>,
 }
+
+// One cache line an entry (the table's allocation is aligned to it).
+const _: () = assert!(std::mem::size_of::<Entry>() == 64);
 
 struct Shard {
     generation: u64,
     /// When expired entries were last swept out of this shard.
     swept: Instant,
-    map: HashMap<KeyId, Entry, foldhash::fast::FixedState>,
+    /// Entries by id, hashed with the cache's seeded hasher.
+    map: HashTable<Entry>,
 }
 
 /// A ticket taken before a store read: the shard generation and the time the read began.
@@ -100,6 +108,7 @@ struct TrustState {
 
 pub(crate) struct Cache {
     shards: Box<[RwLock<Shard>]>,
+    hasher: foldhash::fast::FixedState,
     fingerprint_key: Aes128,
     feed: AtomicU8,
     /// `(epoch << 48) | trust deadline in ms since base` of the live feed.
@@ -135,12 +144,13 @@ impl Cache {
                 RwLock::new(Shard {
                     generation: 0,
                     swept: now,
-                    map: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(seed)),
+                    map: HashTable::new(),
                 })
             })
             .collect();
         Ok(Cache {
             shards,
+            hasher: foldhash::fast::FixedState::with_seed(seed),
             fingerprint_key: Aes128::new(GenericArray::from_slice(&*key)),
             feed: AtomicU8::new(FEED_NONE),
             trust: AtomicU64::new(pack(0, 0)),
@@ -166,6 +176,18 @@ impl Cache {
         &self.shards[(id.value() as usize) % SHARDS]
     }
 
+    /// An id's hash in its shard's table.
+    #[inline]
+    fn hash(&self, id: &KeyId) -> u64 {
+        self.hasher.hash_one(id.value())
+    }
+
+    /// Whole ns since `base` (saturating; a `u64` of ns lasts 584 years).
+    #[inline]
+    fn ns(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// Keyed fingerprint of a 32-byte secret: `E(k, E(k, s[..16]) ^ s[16..])`, a CBC-MAC over
     /// a fixed-length message (a PRF for that length).
     pub(crate) fn fingerprint(&self, secret: &[u8; 32]) -> Fingerprint {
@@ -189,11 +211,13 @@ impl Cache {
     /// the caller took; the caller reuses it for the expiry check).
     #[inline]
     pub(crate) fn get(&self, id: &KeyId, now: Instant) -> Option<(Arc<Facts>, Fingerprint)> {
+        let hash = self.hash(id);
+        let now = self.ns(now);
         let shard = self
             .shard(id)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let found = match shard.map.get(id) {
+        let found = match shard.map.find(hash, |e| e.id == *id) {
             Some(e)
                 if now < e.fresh_until || (now < e.valid_until && self.trusted(e.epoch, now)) =>
             {
@@ -205,11 +229,11 @@ impl Cache {
         found
     }
 
-    /// Whether the feed of `epoch` is trusted at `now`.
+    /// Whether the feed of `epoch` is trusted at `now` (ns since `base`).
     #[inline]
-    fn trusted(&self, epoch: u16, now: Instant) -> bool {
+    fn trusted(&self, epoch: u16, now: u64) -> bool {
         let t = self.trust.load(Ordering::Acquire);
-        epoch != NO_EPOCH && (t >> 48) as u16 == epoch && self.ms(now) < (t & FOREVER_MS)
+        epoch != NO_EPOCH && (t >> 48) as u16 == epoch && now / 1_000_000 < (t & FOREVER_MS)
     }
 
     /// Whole ms since `base` (rounded down).
@@ -224,21 +248,28 @@ impl Cache {
         if self.max_stale.is_zero() {
             return None;
         }
+        let hash = self.hash(id);
+        let now = self.ns(now);
         let shard = self
             .shard(id)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let e = shard.map.get(id)?;
-        let until = e.started.checked_add(self.max_stale)?;
+        let e = shard.map.find(hash, |e| e.id == *id)?;
+        let until = e.started.checked_add(self.ns_len(self.max_stale)?)?;
         (now < until).then(|| (e.facts.clone(), e.fingerprint))
     }
 
-    /// Until when an entry is kept (swept after).
-    fn keep_until(&self, e: &Entry) -> Instant {
-        let stale = e
-            .started
-            .checked_add(self.max_stale)
-            .unwrap_or(e.valid_until);
+    /// A duration in whole ns, if it fits.
+    fn ns_len(&self, d: Duration) -> Option<u64> {
+        u64::try_from(d.as_nanos()).ok()
+    }
+
+    /// Until when an entry is kept (swept after), in ns since `base`.
+    fn keep_until(&self, e: &Entry) -> u64 {
+        let stale = self
+            .ns_len(self.max_stale)
+            .and_then(|d| e.started.checked_add(d))
+            .unwrap_or(u64::MAX);
         e.valid_until.max(stale)
     }
 
@@ -284,38 +315,47 @@ impl Cache {
             return;
         }
         // A TTL too large for the clock means "do not cache", never a panic.
+        let started = self.ns(ticket.started);
         let (Some(valid_until), Some(fresh_until)) = (
-            ticket.started.checked_add(ticket.ttl),
-            ticket.started.checked_add(self.fallback_ttl),
+            self.ns_len(ticket.ttl).and_then(|d| started.checked_add(d)),
+            self.ns_len(self.fallback_ttl)
+                .and_then(|d| started.checked_add(d)),
         ) else {
             return;
         };
-        if shard.map.len() >= self.per_shard && !shard.map.contains_key(&id) {
+        let hash = self.hash(&id);
+        let entry = Entry {
+            id,
+            fingerprint,
+            started,
+            fresh_until,
+            valid_until,
+            facts,
+            epoch: ticket.epoch,
+        };
+        let rehash = |e: &Entry| self.hash(&e.id);
+        if let Some(e) = shard.map.find_mut(hash, |e| e.id == id) {
+            *e = entry;
+            return;
+        }
+        if shard.map.len() >= self.per_shard {
             let now = Instant::now();
             // Sweep expired entries at most once per fallback TTL, then evict one arbitrary
             // entry (ids are random) if still full: bounded work per fill.
             if now.saturating_duration_since(shard.swept) >= self.fallback_ttl {
-                shard.map.retain(|_, e| self.keep_until(e) > now);
+                let now_ns = self.ns(now);
+                shard.map.retain(|e| self.keep_until(e) > now_ns);
                 shard.swept = now;
             }
             if shard.map.len() >= self.per_shard
-                && let Some(victim) = shard.map.keys().next().copied()
+                && let Some(victim) = shard.map.iter().next().map(|e| e.id)
+                && let Ok(found) = shard.map.find_entry(self.hash(&victim), |e| e.id == victim)
             {
-                shard.map.remove(&victim);
+                found.remove();
                 crate::metrics::cache_evicted(1);
             }
         }
-        shard.map.insert(
-            id,
-            Entry {
-                fingerprint,
-                started: ticket.started,
-                fresh_until,
-                valid_until,
-                epoch: ticket.epoch,
-                facts,
-            },
-        );
+        shard.map.insert_unique(hash, entry, rehash);
     }
 
     /// [`Cache::fill`], but only if the shard has room: never evicts another entry.
@@ -346,14 +386,16 @@ impl Cache {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         shard.generation = shard.generation.wrapping_add(1);
-        match shard.map.get_mut(id) {
-            Some(e) if e.facts.revoked && !self.max_stale.is_zero() => {
+        let hash = self.hash(id);
+        let keep_revoked = !self.max_stale.is_zero();
+        if let Ok(found) = shard.map.find_entry(hash, |e| e.id == *id) {
+            if keep_revoked && found.get().facts.revoked {
+                let e = found.into_mut();
                 e.fresh_until = e.started;
                 e.valid_until = e.started;
                 e.epoch = NO_EPOCH;
-            }
-            _ => {
-                shard.map.remove(id);
+            } else {
+                found.remove();
             }
         }
     }

@@ -357,6 +357,22 @@ impl LocalCounters {
     }
 }
 
+/// The counter of limit `i` (`l`): among the key's windows, or its organization's.
+#[inline]
+fn counter<'a>(
+    entry: &'a mut Option<&mut KeyEntry>,
+    org: &'a mut Option<&mut Windows>,
+    i: usize,
+    l: &Lim,
+) -> Option<&'a mut Window> {
+    let windows = if l.org() {
+        org.as_deref_mut()
+    } else {
+        entry.as_deref_mut().map(|e| &mut e.windows)
+    };
+    windows.map(|w| find(w, i, l.name))
+}
+
 fn decide(
     mut entry: Option<&mut KeyEntry>,
     mut org_windows: Option<&mut Windows>,
@@ -371,13 +387,9 @@ fn decide(
     let mut refused: Option<(usize, i64)> = None;
     // Pass 1: roll windows and check every limit; nothing is spent.
     for (i, l) in limits.iter().enumerate() {
-        let windows = if l.org() {
-            org_windows.as_deref_mut()
-        } else {
-            entry.as_deref_mut().map(|e| &mut e.windows)
+        let Some(w) = counter(&mut entry, &mut org_windows, i, l) else {
+            continue;
         };
-        let Some(windows) = windows else { continue };
-        let w = find(windows, i, l.name);
         let reset = w.roll(l.window_ms(), now);
         ends[i] = reset;
         used[i] = w.used;
@@ -431,13 +443,9 @@ fn decide(
     // Pass 2: spend on every limit (each window was found and rolled in pass 1, under the
     // same locks).
     for (i, l) in limits.iter().enumerate() {
-        let windows = if l.org() {
-            org_windows.as_deref_mut()
-        } else {
-            entry.as_deref_mut().map(|e| &mut e.windows)
+        let Some(w) = counter(&mut entry, &mut org_windows, i, l) else {
+            continue;
         };
-        let Some(windows) = windows else { continue };
-        let w = find(windows, i, l.name);
         w.used = w.used.saturating_add(cost);
         used[i] = w.used;
     }

@@ -266,10 +266,12 @@ impl Cache {
 
     /// Until when an entry is kept (swept after), in ns since `base`.
     fn keep_until(&self, e: &Entry) -> u64 {
+        // A maximum staleness too large for the clock serves nothing stale (`get_stale`), so
+        // it keeps nothing longer either.
         let stale = self
             .ns_len(self.max_stale)
             .and_then(|d| e.started.checked_add(d))
-            .unwrap_or(u64::MAX);
+            .unwrap_or(e.valid_until);
         e.valid_until.max(stale)
     }
 

@@ -221,12 +221,7 @@ impl Facts {
             } else {
                 Some(Box::new(KeyLimits {
                     local: local.map_or_else(crate::limits::LocalHandle::unresolved, |l| {
-                        l.handle(
-                            rec.id,
-                            rec.org.as_str(),
-                            &rec.rate_limits,
-                            rec.credits.as_ref(),
-                        )
+                        l.handle(&rec.rate_limits, rec.credits.as_ref())
                     }),
                     rate_limits: rec.rate_limits.clone().into_boxed_slice(),
                     credits: rec.credits,

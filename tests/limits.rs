@@ -500,6 +500,96 @@ async fn a_changed_limit_keeps_its_count_only_while_its_name_and_window_stay() {
 }
 
 #[tokio::test]
+async fn a_clock_stepping_back_a_moment_never_gives_a_window_a_fresh_count() {
+    let s = setup();
+    let (key, _) = s
+        .manager
+        .generate(
+            &alice(),
+            req("c").rate_limit(RateLimit::new("ten", 2, secs(10))),
+        )
+        .await
+        .unwrap();
+    let t = key.expose_secret();
+    // The test clock starts on a 10-second boundary: this is the next window's first second.
+    s.clock.advance(Duration::seconds(10));
+    ok(&s.manager, t).await;
+    // A reading a second earlier (another thread's clock, an NTP step) counts in the window
+    // already counting, instead of starting the previous one afresh...
+    s.clock.advance(Duration::seconds(-1));
+    assert_eq!(
+        ok(&s.manager, t).await.limits().next().unwrap().remaining,
+        0
+    );
+    // ...so that, back in the window, the limit is spent: 2 admitted, not 3.
+    s.clock.advance(Duration::seconds(1));
+    retry_after(s.manager.verify(t, &Scope::Prometheus).await);
+    // The next window starts fresh as always.
+    s.clock.advance(Duration::seconds(10));
+    ok(&s.manager, t).await;
+}
+
+#[tokio::test]
+async fn limits_renamed_many_times_keep_their_own_counts() {
+    let s = setup();
+    let minute = |name: &str, n| RateLimit::new(name, n, secs(60));
+    let (key, info) = s
+        .manager
+        .generate(&alice(), req("r").rate_limit(minute("n0", 100)))
+        .await
+        .unwrap();
+    let t = key.expose_secret();
+    ok(&s.manager, t).await;
+    // Eight names counted over time (each rename counts once under the new name)...
+    for i in 1..8 {
+        s.manager
+            .set_limits(&alice(), &info.id, vec![minute(&format!("n{i}"), 100)])
+            .await
+            .unwrap();
+        ok(&s.manager, t).await;
+    }
+    // ...then two new names at once: each keeps its own count, so both are enforced.
+    s.manager
+        .set_limits(&alice(), &info.id, vec![minute("x", 1), minute("y", 2)])
+        .await
+        .unwrap();
+    let v = ok(&s.manager, t).await;
+    let remaining: Vec<u64> = v.limits().map(|l| l.remaining).collect();
+    assert_eq!(remaining, [0, 1]);
+    let (limit, _) = retry_after(s.manager.verify(t, &Scope::Prometheus).await);
+    assert_eq!(limit, "x");
+}
+
+#[tokio::test]
+async fn an_organization_counts_more_org_wide_names_than_one_key_can_have() {
+    let s = setup();
+    let mut tokens = Vec::new();
+    for i in 0..api_keys::MAX_RATE_LIMITS + 2 {
+        let (key, _) = s
+            .manager
+            .generate(
+                &alice(),
+                req(&format!("k{i}"))
+                    .rate_limit(RateLimit::new(format!("org-{i}"), 1, secs(60)).per_org()),
+            )
+            .await
+            .unwrap();
+        tokens.push(key);
+    }
+    for key in &tokens {
+        ok(&s.manager, key.expose_secret()).await;
+    }
+    // Every key's org-wide limit kept its own count: none is admitted a second time.
+    for key in &tokens {
+        retry_after(
+            s.manager
+                .verify(key.expose_secret(), &Scope::Prometheus)
+                .await,
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_tampered_limit_in_the_stored_record_is_an_integrity_failure() {
     let store = MemoryStore::new();
     let s = setup_with(store.clone(), api_keys::Policy::default());

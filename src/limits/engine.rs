@@ -131,7 +131,10 @@ pub enum CounterError {
 ///   `[k·window_ms, (k+1)·window_ms)` (Unix milliseconds) that contains `now_ms`; a request is
 ///   admitted only if every limit's count plus the cost stays `≤ limit`. A refused request's
 ///   `retry_after` is the time from `now_ms` to the end of the latest window among the
-///   refusing limits.
+///   refusing limits. A reading a moment earlier than one already counted (threads or nodes
+///   whose clocks differ slightly, a wall clock stepped back) must not restart a count: it
+///   counts in the window already counting (and reports that window's end), or in its own
+///   window's count as it stands.
 /// - **Counter identity.** A [`LimitScope::Key`](crate::LimitScope::Key) limit is counted per (key, name); a
 ///   [`LimitScope::Org`](crate::LimitScope::Org) limit per (organization, name), shared by every key of the
 ///   organization. A limit whose window changes (a `set_limits`) may start a fresh count.

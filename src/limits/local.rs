@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration as StdDuration;
 
 use foldhash::fast::FixedState;
@@ -44,16 +44,20 @@ struct Shard {
     orgs: HashMap<Box<str>, OrgCell, FixedState>,
 }
 
-/// Where one key's counters are and what its limits say, resolved when the manager builds
-/// the key's cached facts ([`LocalCounters::handle`]): the key's cell, its organization's
-/// cell (when a limit is org-wide) and each limit compacted (hashed name, limit, window,
-/// scope), in the key's order, so a decision reads no string and follows no pointer but the
-/// cells'. Laid out so that the cells and the first limit come first. Lock order: the key's
-/// cell, then the organization's, then a shared credit balance.
+/// Where one key's counters are and what its limits say, made when the manager builds the
+/// key's cached facts ([`LocalCounters::handle`]): each limit compacted (hashed name, limit,
+/// window, scope), in the key's order, and the key's cell and its organization's (when a
+/// limit is org-wide), found on the first decision that needs them — a record read only to
+/// be refused (a wrong secret, a revoked key) creates no counters. A decision then reads no
+/// string and follows no pointer but the cells'. Laid out so that the cells and the first
+/// limit share the first cache line. Lock order: the key's cell, then the organization's,
+/// then a shared credit balance.
 #[repr(C, align(64))]
 pub(crate) struct LocalHandle {
-    key: Option<KeyCell>,
-    org: Option<OrgCell>,
+    key: OnceLock<KeyCell>,
+    org: OnceLock<OrgCell>,
+    /// Which cells a decision needs: [`NEEDS_KEY`], [`NEEDS_ORG`].
+    needs: u8,
     len: u8,
     has_credits: bool,
     limits: [Lim; MAX_RATE_LIMITS],
@@ -64,8 +68,9 @@ impl LocalHandle {
     /// A handle to nothing (the facts of a manager over another engine, which never uses it).
     pub(crate) fn unresolved() -> Self {
         LocalHandle {
-            key: None,
-            org: None,
+            key: OnceLock::new(),
+            org: OnceLock::new(),
+            needs: 0,
             len: 0,
             has_credits: false,
             limits: [Lim::default(); MAX_RATE_LIMITS],
@@ -73,6 +78,14 @@ impl LocalHandle {
         }
     }
 }
+
+// The cells and the first limit in the handle's first cache line.
+const _: () = assert!(std::mem::offset_of!(LocalHandle, limits) + std::mem::size_of::<Lim>() <= 64);
+
+/// [`LocalHandle::needs`]: the key's own cell (a key-scope limit or credits).
+const NEEDS_KEY: u8 = 1;
+/// [`LocalHandle::needs`]: the organization's cell (an org-wide limit).
+const NEEDS_ORG: u8 = 2;
 
 /// One rate limit, compacted for deciding (24 bytes: the first sits in the handle's first
 /// cache line).
@@ -105,15 +118,16 @@ struct KeyEntry {
     credits: CreditCell,
 }
 
-/// A key's (or organization's) window counters, inline: at most [`MAX_RATE_LIMITS`] per
-/// key; an organization's beyond that share the last slot's fate (see `find`).
+/// A key's (or organization's) window counters: the first [`MAX_RATE_LIMITS`] inline (all a
+/// key ever needs), an organization's further ones in `more` (its keys may name more org-wide
+/// limits between them than one key can have).
 #[derive(Default)]
 #[repr(C)]
 struct Windows {
     len: u8,
     items: [Window; MAX_RATE_LIMITS],
+    more: Vec<Window>,
 }
-
 /// One limit's count in its current window `[start, end)` (Unix ms; a verification inside it
 /// needs no division). A window of another length (a changed limit) starts a fresh count.
 #[derive(Clone, Copy)]
@@ -142,18 +156,27 @@ impl Window {
         }
     }
 
-    /// Moves the count to the window of `window_ms` containing `now` (a new window, or a
-    /// window of another length, starts at zero) and returns that window's end.
+    /// Moves the count to the window of `window_ms` containing `now` (a later window, or a
+    /// window of another length, starts at zero) and returns that window's end. A reading
+    /// before the current window's start (a thread whose clock read a moment earlier than
+    /// another's, a wall clock stepped back) counts in the current window: going back to an
+    /// earlier window would zero a count the next reading then zeroes again, admitting more
+    /// than the limit.
     #[inline]
     fn roll(&mut self, window_ms: i64, now: i64) -> i64 {
         let w = window_ms.max(1);
-        if now < self.start || now >= self.end || self.end.wrapping_sub(self.start) != w {
+        if now >= self.end || self.end.wrapping_sub(self.start) != w {
             let start = now.div_euclid(w).saturating_mul(w);
             self.start = start;
             self.end = start.saturating_add(w);
             self.used = 0;
         }
         self.end
+    }
+
+    /// Whether this window's count still matters at `now` (a reading in or before it).
+    fn live(&self, now: i64) -> bool {
+        now < self.end
     }
 }
 
@@ -235,25 +258,68 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The counter named `name` (hashed); `hint` is where it usually is (the limit's index in
-/// the key's configuration), checked first. A new name takes the next free slot (the last
-/// slot when all are taken: only an organization whose keys use more than
-/// [`MAX_RATE_LIMITS`] distinct org-wide names in all gets there, and those names then share
-/// a fresh count instead of keeping their own).
+/// The counter of limit `l` among `windows`; `hint` is where it usually is (the limit's
+/// index in the key's configuration), checked first. A name not counted yet takes a slot no
+/// current limit of this decision uses, so a decision never moves another limit's count:
+/// - a free inline slot;
+/// - for a key's own limits, a slot whose name the key's configuration no longer has (a key
+///   has at most [`MAX_RATE_LIMITS`] limits, so there always is one once all are taken);
+/// - for an organization's (whose other keys may count in any slot), a slot whose window is
+///   over (its count would start at zero anyway), else a new slot.
 #[inline]
-fn find(windows: &mut Windows, hint: usize, name: u64) -> &mut Window {
+fn find<'w>(
+    windows: &'w mut Windows,
+    hint: usize,
+    l: &Lim,
+    limits: &[Lim],
+    now: i64,
+) -> &'w mut Window {
     let len = usize::from(windows.len);
-    let pos = if hint < len && windows.items[hint].name == name {
-        hint
-    } else if let Some(p) = windows.items[..len].iter().position(|w| w.name == name) {
-        p
-    } else {
-        let p = len.min(MAX_RATE_LIMITS - 1);
-        windows.items[p] = Window::fresh(name);
-        windows.len = u8::try_from(p + 1).unwrap_or(u8::MAX);
-        p
+    let name = l.name;
+    if hint < len && windows.items[hint].name == name {
+        return &mut windows.items[hint];
+    }
+    if let Some(p) = windows.items[..len].iter().position(|w| w.name == name) {
+        return &mut windows.items[p];
+    }
+    if let Some(p) = windows.more.iter().position(|w| w.name == name) {
+        return &mut windows.more[p];
+    }
+    let current = |w: &Window| {
+        limits
+            .iter()
+            .any(|c| c.org() == l.org() && c.name == w.name)
     };
-    &mut windows.items[pos]
+    let slot = if len < MAX_RATE_LIMITS {
+        windows.len = u8::try_from(len + 1).unwrap_or(u8::MAX);
+        &mut windows.items[len]
+    } else if !l.org() {
+        // At most MAX_RATE_LIMITS - 1 other current names: one slot is free of them.
+        let p = windows
+            .items
+            .iter()
+            .position(|w| !current(w))
+            .unwrap_or(MAX_RATE_LIMITS - 1);
+        &mut windows.items[p]
+    } else if let Some(p) = windows
+        .items
+        .iter()
+        .position(|w| !w.live(now) && !current(w))
+    {
+        &mut windows.items[p]
+    } else if let Some(p) = windows
+        .more
+        .iter()
+        .position(|w| !w.live(now) && !current(w))
+    {
+        &mut windows.more[p]
+    } else {
+        windows.more.push(Window::fresh(name));
+        let last = windows.more.len() - 1;
+        &mut windows.more[last]
+    };
+    *slot = Window::fresh(name);
+    slot
 }
 
 impl LocalCounters {
@@ -291,13 +357,10 @@ impl LocalCounters {
         }
     }
 
-    /// Resolves where the counters of a key with these limits are (one map lookup per cell).
-    /// A handle stays valid for the configuration it was made for: a record with other
-    /// limits needs a new one.
+    /// Compacts a key's limits for [`decide_with`](Self::decide_with). A handle stays valid
+    /// for the configuration it was made for: a record with other limits needs a new one.
     pub(crate) fn handle(
         &self,
-        key: KeyId,
-        org: &str,
         rate_limits: &[RateLimit],
         credits: Option<&Credits>,
     ) -> LocalHandle {
@@ -314,8 +377,9 @@ impl LocalCounters {
         let needs_key = limits[..len].iter().any(|l| !l.org()) || credits.is_some();
         let needs_org = limits[..len].iter().any(|l| l.org());
         LocalHandle {
-            key: needs_key.then(|| self.key_cell(key)),
-            org: needs_org.then(|| self.org_cell(org)),
+            key: OnceLock::new(),
+            org: OnceLock::new(),
+            needs: if needs_key { NEEDS_KEY } else { 0 } | if needs_org { NEEDS_ORG } else { 0 },
             len: u8::try_from(len).unwrap_or(u8::MAX),
             has_credits: credits.is_some(),
             limits,
@@ -325,16 +389,26 @@ impl LocalCounters {
 
     /// Decides one request (synchronously).
     pub fn decide(&self, req: &UsageRequest<'_>) -> Decision {
-        let h = self.handle(req.key, req.org.as_str(), req.limits, req.credits);
-        self.decide_with(&h, req.cost, req.now_ms)
+        let h = self.handle(req.limits, req.credits);
+        self.decide_with(&h, req.key, req.org.as_str(), req.cost, req.now_ms)
     }
 
-    /// Decides one request on the counters and limits `h` resolved: the key's lock, then the organization's, held together so the
-    /// decision is all or nothing.
+    /// Decides one request of key `id` (of organization `org`) on the limits `h` compacted:
+    /// the key's lock, then the organization's, held together so the decision is all or
+    /// nothing.
     #[inline]
-    pub(crate) fn decide_with(&self, h: &LocalHandle, cost: u64, now: i64) -> Decision {
-        let mut key = h.key.as_deref().map(lock);
-        let mut org = h.org.as_deref().map(lock);
+    pub(crate) fn decide_with(
+        &self,
+        h: &LocalHandle,
+        id: KeyId,
+        org: &str,
+        cost: u64,
+        now: i64,
+    ) -> Decision {
+        let key_cell = (h.needs & NEEDS_KEY != 0).then(|| h.key.get_or_init(|| self.key_cell(id)));
+        let org_cell = (h.needs & NEEDS_ORG != 0).then(|| h.org.get_or_init(|| self.org_cell(org)));
+        let mut key = key_cell.map(|c| lock(c));
+        let mut org = org_cell.map(|c| lock(c));
         let limits = &h.limits[..usize::from(h.len)];
         let credits = if h.has_credits {
             h.credits.as_ref()
@@ -362,15 +436,17 @@ impl LocalCounters {
 fn counter<'a>(
     entry: &'a mut Option<&mut KeyEntry>,
     org: &'a mut Option<&mut Windows>,
+    limits: &[Lim],
     i: usize,
-    l: &Lim,
+    now: i64,
 ) -> Option<&'a mut Window> {
+    let l = &limits[i];
     let windows = if l.org() {
         org.as_deref_mut()
     } else {
         entry.as_deref_mut().map(|e| &mut e.windows)
     };
-    windows.map(|w| find(w, i, l.name))
+    windows.map(|w| find(w, i, l, limits, now))
 }
 
 fn decide(
@@ -387,7 +463,7 @@ fn decide(
     let mut refused: Option<(usize, i64)> = None;
     // Pass 1: roll windows and check every limit; nothing is spent.
     for (i, l) in limits.iter().enumerate() {
-        let Some(w) = counter(&mut entry, &mut org_windows, i, l) else {
+        let Some(w) = counter(&mut entry, &mut org_windows, limits, i, now) else {
             continue;
         };
         let reset = w.roll(l.window_ms(), now);
@@ -442,12 +518,12 @@ fn decide(
     }
     // Pass 2: spend on every limit (each window was found and rolled in pass 1, under the
     // same locks).
-    for (i, l) in limits.iter().enumerate() {
-        let Some(w) = counter(&mut entry, &mut org_windows, i, l) else {
+    for (i, u) in used.iter_mut().enumerate().take(limits.len()) {
+        let Some(w) = counter(&mut entry, &mut org_windows, limits, i, now) else {
             continue;
         };
         w.used = w.used.saturating_add(cost);
-        used[i] = w.used;
+        *u = w.used;
     }
     Decision::Allowed {
         usage: report(&used, left),
@@ -502,5 +578,51 @@ impl UsageCounters for LocalCounters {
             .keys
             .remove(&key.value());
         Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::OrgId;
+
+    fn cells(c: &LocalCounters) -> (usize, usize) {
+        c.shards.iter().fold((0, 0), |(k, o), s| {
+            let s = lock(s);
+            (k + s.keys.len(), o + s.orgs.len())
+        })
+    }
+
+    #[test]
+    fn a_handle_creates_counters_only_when_a_decision_needs_them() {
+        let c = LocalCounters::new();
+        let limits = [
+            RateLimit::new("own", 5, StdDuration::from_secs(1)),
+            RateLimit::new("shared", 5, StdDuration::from_secs(1)).per_org(),
+        ];
+        let h = c.handle(&limits, None);
+        // Facts built for a record that is then refused (wrong secret, revoked) stop here.
+        assert_eq!(cells(&c), (0, 0));
+        let id = KeyId(7);
+        let org = OrgId::try_new("acme").unwrap();
+        assert!(matches!(
+            c.decide_with(&h, id, org.as_str(), 1, 0),
+            Decision::Allowed { .. }
+        ));
+        assert_eq!(cells(&c), (1, 1));
+        // The map and the handle count in the same cells.
+        let req = UsageRequest {
+            key: id,
+            org: &org,
+            limits: &limits,
+            credits: None,
+            cost: 4,
+            now_ms: 0,
+        };
+        assert!(matches!(c.decide(&req), Decision::Allowed { .. }));
+        assert!(matches!(
+            c.decide_with(&h, id, org.as_str(), 1, 0),
+            Decision::RateLimited { .. }
+        ));
     }
 }

@@ -24,7 +24,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let decided = match &self.inner.local {
             // The in-process engine, through the handle these cached facts keep (which has
             // everything it needs in its first cache line for a key's first limit).
-            Some(local) => Ok(local.decide_with(&limits.local, cost, now_ms)),
+            Some(local) => {
+                Ok(local.decide_with(&limits.local, facts.id, facts.org.as_str(), cost, now_ms))
+            }
             None => {
                 let req = UsageRequest {
                     key: facts.id,

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::record::{unix, unix_opt};
-use crate::{Credits, Error, KeyId, KeyRecord, OrgId, RateLimit, Scope, Usage, UserId};
+use crate::{Credits, Error, KeyId, KeyRecord, OrgId, RateLimit, Scope, UserId};
 
 /// A full API key token. Shown once at generation (and by `reveal` when the policy allows).
 /// Zeroized on drop; `Debug` shows only the id; no `Display`, `PartialEq` or `Serialize`.
@@ -292,16 +292,11 @@ pub(crate) struct Spent {
 }
 
 impl Spent {
-    pub(crate) fn new(usage: &Usage, at_ms: i64) -> Self {
-        let mut remaining = [0u64; crate::MAX_RATE_LIMITS];
-        let limits = usage.limits();
-        for (r, u) in remaining.iter_mut().zip(limits) {
-            *r = u.remaining;
-        }
+    pub(crate) fn new(verdict: &crate::limits::Verdict, at_ms: i64) -> Self {
         Spent {
-            remaining,
-            len: u8::try_from(limits.len()).unwrap_or(u8::MAX),
-            credits: usage.credits,
+            remaining: verdict.remaining,
+            len: verdict.len,
+            credits: verdict.credits,
             at_ms,
         }
     }

@@ -90,6 +90,86 @@ pub enum Decision {
     },
 }
 
+/// A decision in the crate's compact form: the in-process engine makes one directly (the
+/// manager builds a verification's report from it without a [`Usage`]);
+/// [`Verdict::into_decision`] and [`Verdict::from_decision`] convert from and to the trait's
+/// [`Decision`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Verdict {
+    pub(crate) refused: Refused,
+    /// Number of rate limits.
+    pub(crate) len: u8,
+    /// Per rate limit, units left in its window after the decision.
+    pub(crate) remaining: [u64; MAX_RATE_LIMITS],
+    /// Credits left (`None` for a key without credits).
+    pub(crate) credits: Option<u64>,
+}
+
+/// Why a decision refused, if it did (nothing was spent then).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    No,
+    /// By rate limit `limit` (of the refusing ones, the one whose window ends last), until
+    /// `retry_after`.
+    Rate {
+        limit: usize,
+        retry_after: StdDuration,
+    },
+    Credits,
+}
+
+impl Verdict {
+    /// The trait's form of this verdict; `ends` are the ends of the windows each rate limit
+    /// counted in (Unix ms).
+    pub(crate) fn into_decision(self, ends: &[i64; MAX_RATE_LIMITS]) -> Decision {
+        let mut usage = Usage::new();
+        let len = usize::from(self.len);
+        for (&remaining, &reset_ms) in self.remaining[..len].iter().zip(&ends[..len]) {
+            usage.push(LimitUsage {
+                remaining,
+                reset_ms,
+            });
+        }
+        usage.credits = self.credits;
+        match self.refused {
+            Refused::No => Decision::Allowed {
+                usage,
+                degraded: false,
+            },
+            Refused::Rate { limit, retry_after } => Decision::RateLimited {
+                limit,
+                retry_after,
+                usage,
+            },
+            Refused::Credits => Decision::OutOfCredits { usage },
+        }
+    }
+
+    /// The compact form of an engine's decision, and whether it was made degraded (some
+    /// limits skipped, failing open).
+    pub(crate) fn from_decision(d: Decision) -> (Verdict, bool) {
+        let (refused, usage, degraded) = match d {
+            Decision::Allowed { usage, degraded } => (Refused::No, usage, degraded),
+            Decision::RateLimited {
+                limit,
+                retry_after,
+                usage,
+            } => (Refused::Rate { limit, retry_after }, usage, false),
+            Decision::OutOfCredits { usage } => (Refused::Credits, usage, false),
+        };
+        let mut v = Verdict {
+            refused,
+            len: usage.len,
+            remaining: [0; MAX_RATE_LIMITS],
+            credits: usage.credits,
+        };
+        for (r, l) in v.remaining.iter_mut().zip(usage.limits()) {
+            *r = l.remaining;
+        }
+        (v, degraded)
+    }
+}
+
 /// What [`UsageCounters::consume`] returns: a decision made at once (no allocation), or a
 /// future for an engine that must wait (a network round trip).
 pub enum Consumed<'a> {

@@ -8,7 +8,7 @@ use std::time::Duration as StdDuration;
 use foldhash::fast::FixedState;
 
 use super::engine::{
-    Consumed, CounterError, Decision, LimitUsage, Usage, UsageCounters, UsageRequest, refill_period,
+    Consumed, CounterError, Decision, Refused, UsageCounters, UsageRequest, Verdict, refill_period,
 };
 use crate::store::BoxFuture;
 use crate::{Credits, KeyId, LimitScope, MAX_RATE_LIMITS, RateLimit};
@@ -266,7 +266,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 ///   has at most [`MAX_RATE_LIMITS`] limits, so there always is one once all are taken);
 /// - for an organization's (whose other keys may count in any slot), a slot whose window is
 ///   over (its count would start at zero anyway), else a new slot.
-#[inline]
+#[inline(always)]
 fn find<'w>(
     windows: &'w mut Windows,
     hint: usize,
@@ -274,11 +274,23 @@ fn find<'w>(
     limits: &[Lim],
     now: i64,
 ) -> &'w mut Window {
-    let len = usize::from(windows.len);
-    let name = l.name;
-    if hint < len && windows.items[hint].name == name {
+    if hint < usize::from(windows.len) && windows.items[hint].name == l.name {
         return &mut windows.items[hint];
     }
+    find_elsewhere(windows, l, limits, now)
+}
+
+/// [`find`] when the counter is not at its hint (the first decision of a configuration).
+#[cold]
+#[inline(never)]
+fn find_elsewhere<'w>(
+    windows: &'w mut Windows,
+    l: &Lim,
+    limits: &[Lim],
+    now: i64,
+) -> &'w mut Window {
+    let len = usize::from(windows.len);
+    let name = l.name;
     if let Some(p) = windows.items[..len].iter().position(|w| w.name == name) {
         return &mut windows.items[p];
     }
@@ -390,7 +402,16 @@ impl LocalCounters {
     /// Decides one request (synchronously).
     pub fn decide(&self, req: &UsageRequest<'_>) -> Decision {
         let h = self.handle(req.limits, req.credits);
-        self.decide_with(&h, req.key, req.org.as_str(), req.cost, req.now_ms)
+        let mut ends = [0; MAX_RATE_LIMITS];
+        self.decide_in(
+            &h,
+            req.key,
+            req.org.as_str(),
+            req.cost,
+            req.now_ms,
+            Some(&mut ends),
+        )
+        .into_decision(&ends)
     }
 
     /// Decides one request of key `id` (of organization `org`) on the limits `h` compacted:
@@ -404,7 +425,22 @@ impl LocalCounters {
         org: &str,
         cost: u64,
         now: i64,
-    ) -> Decision {
+    ) -> Verdict {
+        self.decide_in(h, id, org, cost, now, None)
+    }
+
+    /// [`decide_with`](Self::decide_with), also writing into `ends` the end of the window
+    /// each rate limit counted in.
+    #[inline]
+    fn decide_in(
+        &self,
+        h: &LocalHandle,
+        id: KeyId,
+        org: &str,
+        cost: u64,
+        now: i64,
+        ends: Option<&mut [i64; MAX_RATE_LIMITS]>,
+    ) -> Verdict {
         let key_cell = (h.needs & NEEDS_KEY != 0).then(|| h.key.get_or_init(|| self.key_cell(id)));
         let org_cell = (h.needs & NEEDS_ORG != 0).then(|| h.org.get_or_init(|| self.org_cell(org)));
         let mut key = key_cell.map(|c| lock(c));
@@ -422,6 +458,7 @@ impl LocalCounters {
             credits,
             cost,
             now,
+            ends,
         )
     }
 
@@ -432,7 +469,7 @@ impl LocalCounters {
 }
 
 /// The counter of limit `i` (`l`): among the key's windows, or its organization's.
-#[inline]
+#[inline(always)]
 fn counter<'a>(
     entry: &'a mut Option<&mut KeyEntry>,
     org: &'a mut Option<&mut Windows>,
@@ -449,6 +486,10 @@ fn counter<'a>(
     windows.map(|w| find(w, i, l, limits, now))
 }
 
+/// Decides under the locks of the counters it reads, in one pass: each limit is checked and
+/// spent in turn, and a refusal (a later limit, or the credits) puts back what earlier limits
+/// spent before any lock is released — so the decision is all or nothing, and a key's usual
+/// decision (admitted) touches each counter once.
 fn decide(
     mut entry: Option<&mut KeyEntry>,
     mut org_windows: Option<&mut Windows>,
@@ -456,47 +497,63 @@ fn decide(
     credits: Option<&Credits>,
     cost: u64,
     now: i64,
-) -> Decision {
-    let mut used = [0u64; MAX_RATE_LIMITS];
-    // Each limit's window end, found once.
-    let mut ends = [0i64; MAX_RATE_LIMITS];
+    mut ends: Option<&mut [i64; MAX_RATE_LIMITS]>,
+) -> Verdict {
+    let mut v = Verdict {
+        refused: Refused::No,
+        len: u8::try_from(limits.len()).unwrap_or(u8::MAX),
+        remaining: [0; MAX_RATE_LIMITS],
+        credits: None,
+    };
+    // The refusing limit whose window ends last, and the first refusing limit's index
+    // (limits before it were spent).
     let mut refused: Option<(usize, i64)> = None;
-    // Pass 1: roll windows and check every limit; nothing is spent.
+    let mut spent_upto = limits.len();
     for (i, l) in limits.iter().enumerate() {
         let Some(w) = counter(&mut entry, &mut org_windows, limits, i, now) else {
             continue;
         };
-        let reset = w.roll(l.window_ms(), now);
-        ends[i] = reset;
-        used[i] = w.used;
-        if w.used.saturating_add(cost) > l.limit && refused.is_none_or(|(_, r)| reset > r) {
-            refused = Some((i, reset));
+        let end = w.roll(l.window_ms(), now);
+        if let Some(e) = ends.as_deref_mut() {
+            e[i] = end;
+        }
+        match w.used.checked_add(cost).filter(|&after| after <= l.limit) {
+            Some(after) if refused.is_none() => {
+                w.used = after;
+                v.remaining[i] = l.limit - after;
+            }
+            Some(_) => v.remaining[i] = l.limit - w.used,
+            None => {
+                v.remaining[i] = l.limit.saturating_sub(w.used);
+                if refused.is_none() {
+                    spent_upto = i;
+                }
+                if refused.is_none_or(|(_, r)| end > r) {
+                    refused = Some((i, end));
+                }
+            }
         }
     }
-    let report = |used: &[u64; MAX_RATE_LIMITS], credits: Option<u64>| {
-        let mut usage = Usage::new();
-        for (i, l) in limits.iter().enumerate() {
-            usage.push(LimitUsage {
-                remaining: l.limit.saturating_sub(used[i]),
-                reset_ms: ends[i],
-            });
-        }
-        usage.credits = credits;
-        usage
-    };
-    if let Some((i, reset)) = refused {
-        let left = match (credits, entry.as_deref_mut()) {
-            (Some(c), Some(e)) => Some(e.credits.with(|b| b.current(c, now))),
-            _ => None,
-        };
-        return Decision::RateLimited {
+    if let Some((i, end)) = refused {
+        put_back(
+            &mut entry,
+            &mut org_windows,
+            limits,
+            spent_upto,
+            cost,
+            &mut v,
+            now,
+        );
+        v.refused = Refused::Rate {
             limit: i,
-            retry_after: StdDuration::from_millis(u64::try_from(reset - now).unwrap_or(0)),
-            usage: report(&used, left),
+            retry_after: StdDuration::from_millis(u64::try_from(end - now).unwrap_or(0)),
         };
+        if let (Some(c), Some(e)) = (credits, entry.as_deref_mut()) {
+            v.credits = Some(e.credits.with(|b| b.current(c, now)));
+        }
+        return v;
     }
     // Credits: checked and spent under the key's lock (and a shared balance's own lock).
-    let mut left = None;
     if let (Some(c), Some(e)) = (credits, entry.as_deref_mut()) {
         let spent = e.credits.with(|b| {
             let balance = b.current(c, now);
@@ -508,26 +565,36 @@ fn decide(
             }
         });
         match spent {
-            Ok(l) => left = Some(l),
+            Ok(left) => v.credits = Some(left),
             Err(balance) => {
-                return Decision::OutOfCredits {
-                    usage: report(&used, Some(balance)),
-                };
+                v.credits = Some(balance);
+                let n = limits.len();
+                put_back(&mut entry, &mut org_windows, limits, n, cost, &mut v, now);
+                v.refused = Refused::Credits;
             }
         }
     }
-    // Pass 2: spend on every limit (each window was found and rolled in pass 1, under the
-    // same locks).
-    for (i, u) in used.iter_mut().enumerate().take(limits.len()) {
-        let Some(w) = counter(&mut entry, &mut org_windows, limits, i, now) else {
-            continue;
-        };
-        w.used = w.used.saturating_add(cost);
-        *u = w.used;
-    }
-    Decision::Allowed {
-        usage: report(&used, left),
-        degraded: false,
+    v
+}
+
+/// Takes back the `cost` that limits `..upto` spent in this decision (each was found, rolled
+/// and spent by it without overflow, under the same locks: a refused decision spends
+/// nothing).
+#[cold]
+fn put_back(
+    entry: &mut Option<&mut KeyEntry>,
+    org_windows: &mut Option<&mut Windows>,
+    limits: &[Lim],
+    upto: usize,
+    cost: u64,
+    v: &mut Verdict,
+    now: i64,
+) {
+    for (i, l) in limits.iter().enumerate().take(upto) {
+        if let Some(w) = counter(entry, org_windows, limits, i, now) {
+            w.used = w.used.saturating_sub(cost);
+            v.remaining[i] = l.limit.saturating_sub(w.used);
+        }
     }
 }
 
@@ -605,10 +672,10 @@ mod tests {
         assert_eq!(cells(&c), (0, 0));
         let id = KeyId(7);
         let org = OrgId::try_new("acme").unwrap();
-        assert!(matches!(
-            c.decide_with(&h, id, org.as_str(), 1, 0),
-            Decision::Allowed { .. }
-        ));
+        assert_eq!(
+            c.decide_with(&h, id, org.as_str(), 1, 0).refused,
+            Refused::No
+        );
         assert_eq!(cells(&c), (1, 1));
         // The map and the handle count in the same cells.
         let req = UsageRequest {
@@ -621,8 +688,8 @@ mod tests {
         };
         assert!(matches!(c.decide(&req), Decision::Allowed { .. }));
         assert!(matches!(
-            c.decide_with(&h, id, org.as_str(), 1, 0),
-            Decision::RateLimited { .. }
+            c.decide_with(&h, id, org.as_str(), 1, 0).refused,
+            Refused::Rate { limit: 0, .. }
         ));
     }
 }

@@ -14,9 +14,9 @@ mod redis;
 pub use self::redis::{RedisCounters, RedisCountersBuilder, RedisStats};
 pub(crate) use config::check_limits;
 pub use config::{Credits, LimitScope, MAX_RATE_LIMITS, RateLimit, Refill};
-pub(crate) use engine::window_of;
 pub use engine::{
     Consumed, CounterError, Decision, LimitUsage, Usage, UsageCounters, UsageRequest,
 };
+pub(crate) use engine::{Refused, Verdict, window_of};
 pub use local::LocalCounters;
 pub(crate) use local::LocalHandle;

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::key::{KeyLimits, Spent};
+use crate::limits::{Refused, Verdict};
 use crate::{Credits, RateLimit};
 
 /// The clock's time in Unix milliseconds.
@@ -11,22 +12,22 @@ fn unix_ms(t: OffsetDateTime) -> i64 {
 
 impl<S: KeyStore + 'static> KeyManager<S> {
     /// Spends `cost` on every limit of a verified key, all or nothing, through the counter
-    /// engine; refusals are audited (bounded like every failed verification).
+    /// engine at `now_ms` (the verification's reading of the manager's clock); refusals are
+    /// audited (bounded like every failed verification).
     pub(super) async fn spend(
         &self,
         facts: &Facts,
         limits: &KeyLimits,
         cost: u64,
-        mono: Instant,
+        now_ms: i64,
     ) -> Result<Spent, Error> {
-        // The monotonic reading the hot path already took (no second system-clock read).
-        let now_ms = self.inner.clock.now_unix_ms_at(mono);
         let decided = match &self.inner.local {
             // The in-process engine, through the handle these cached facts keep (which has
             // everything it needs in its first cache line for a key's first limit).
-            Some(local) => {
-                Ok(local.decide_with(&limits.local, facts.id, facts.org.as_str(), cost, now_ms))
-            }
+            Some(local) => Ok((
+                local.decide_with(&limits.local, facts.id, facts.org.as_str(), cost, now_ms),
+                false,
+            )),
             None => {
                 let req = UsageRequest {
                     key: facts.id,
@@ -40,12 +41,20 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                     Consumed::Ready(r) => r,
                     Consumed::Pending(f) => f.await,
                 }
+                .map(Verdict::from_decision)
             }
         };
         let refused =
             |class| self.verify_failed(class, Some(&facts.org), Some(facts.id), Instant::now());
-        match decided {
-            Ok(Decision::Allowed { usage, degraded }) => {
+        let (verdict, degraded) = match decided {
+            Ok(d) => d,
+            Err(e) => {
+                refused(FailureClass::LimitsUnavailable);
+                return Err(Error::LimitsUnavailable(e));
+            }
+        };
+        match verdict.refused {
+            Refused::No => {
                 if degraded {
                     self.audit_best_effort(
                         AuditAction::LimitsFailedOpen,
@@ -54,7 +63,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                         Some(facts.id),
                     );
                 }
-                if cost > 0 && usage.credits == Some(0) {
+                if cost > 0 && verdict.credits == Some(0) {
                     // This verification spent the last credits: raised once per exhaustion.
                     self.audit_best_effort(
                         AuditAction::CreditsExhausted,
@@ -63,11 +72,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                         Some(facts.id),
                     );
                 }
-                Ok(Spent::new(&usage, now_ms))
+                Ok(Spent::new(&verdict, now_ms))
             }
-            Ok(Decision::RateLimited {
-                limit, retry_after, ..
-            }) => {
+            Refused::Rate { limit, retry_after } => {
                 refused(FailureClass::RateLimited);
                 let l = limits.rate_limits.get(limit);
                 Err(Error::RateLimited {
@@ -77,13 +84,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                     retry_after,
                 })
             }
-            Ok(Decision::OutOfCredits { .. }) => {
+            Refused::Credits => {
                 refused(FailureClass::UsageExceeded);
                 Err(Error::UsageExceeded)
-            }
-            Err(e) => {
-                refused(FailureClass::LimitsUnavailable);
-                Err(Error::LimitsUnavailable(e))
             }
         }
     }

@@ -11,7 +11,7 @@ use crate::audit::{AuditAction, AuditEvent, AuditSink, FailureClass, TracingAudi
 use crate::cache::Cache;
 use crate::crypto::fill_random;
 use crate::key::Facts;
-use crate::limits::{Consumed, Decision, LocalCounters, UsageCounters, UsageRequest, check_limits};
+use crate::limits::{Consumed, LocalCounters, UsageCounters, UsageRequest, check_limits};
 use crate::policy::{check_meta, check_name, check_owner, check_scopes};
 use crate::record::{Draft, whole_seconds};
 use crate::store::ChangeListener;

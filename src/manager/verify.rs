@@ -73,7 +73,16 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 Instant::now(),
             ),
         };
-        let now = self.inner.clock.now_unix_at(mono);
+        // One reading of the clock: in milliseconds for a key with usage limits (their
+        // windows), whole seconds otherwise.
+        let now_ms = facts
+            .limits
+            .is_some()
+            .then(|| self.inner.clock.now_unix_ms_at(mono));
+        let now = match now_ms {
+            Some(ms) => ms.div_euclid(1000),
+            None => self.inner.clock.now_unix_at(mono),
+        };
         let class = if facts.revoked {
             Some((FailureClass::Revoked, Error::Revoked))
         } else if now >= facts.expires_unix {
@@ -89,9 +98,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         }
         // Usage limits last: a key refused for any other reason consumes nothing. One branch
         // for a key without limits.
-        let spent = match &facts.limits {
-            None => None,
-            Some(limits) => Some(self.spend(&facts, limits, cost, mono).await?),
+        let spent = match (&facts.limits, now_ms) {
+            (Some(limits), Some(now_ms)) => Some(self.spend(&facts, limits, cost, now_ms).await?),
+            _ => None,
         };
         if self.record_use(&facts, now) {
             self.flush_inline().await;

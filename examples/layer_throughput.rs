@@ -97,7 +97,8 @@ async fn main() -> Result<(), String> {
     let (mut without, mut with) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         // wrk blocks: run it off the runtime's threads.
-        let a = tokio::task::spawn_blocking(move || wrk(plain, secs, None))
+        let t = token.clone();
+        let a = tokio::task::spawn_blocking(move || wrk(plain, secs, Some(&t)))
             .await
             .map_err(|e| e.to_string())??;
         let t = token.clone();

@@ -5,7 +5,9 @@
 //! must carry `Authorization: Bearer <key>` for a key granted `scope`. The layer verifies the
 //! key with [`KeyManager::verify`], removes the `Authorization` header (so nothing downstream
 //! can log the key) and inserts the [`Verified`] result into the request extensions, where a
-//! handler takes it as an extractor argument.
+//! handler takes it as an extractor argument. The token is read where the HTTP stack put it
+//! and dropped with the header after verification: the layer makes no copy of it (the
+//! server's read buffer is the HTTP stack's, which no copy could clear either).
 //!
 //! ```
 //! use api_keys::{KeyManager, Keyring, MasterKey, MemoryStore, OrgId, Scope, Verified};
@@ -70,6 +72,7 @@ pub use rate_headers::{RATELIMIT, RATELIMIT_POLICY};
 
 use std::fmt;
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -78,7 +81,6 @@ use ::axum::response::{IntoResponse, Response as AxumResponse};
 use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use zeroize::Zeroizing;
 
 use crate::{Error, KeyManager, KeyStore, Scope, Verified};
 pub mod secret_scanning;
@@ -189,20 +191,33 @@ where
         // leave a fresh clone in its place (tower's guidance for services that clone inner).
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
-        let token = match bearer_token(req.headers()) {
-            Ok(t) => t,
+        let (header, token) = match bearer_token(req.headers()) {
+            // Taken out of the request (nothing downstream sees or logs it); the token is
+            // read in place (no copy of the secret is made).
+            Ok(range) => match req.headers_mut().remove(AUTHORIZATION) {
+                Some(header) => (header, range),
+                None => {
+                    let resp = Rejection::Missing.response(Some(&self.scope));
+                    return Box::pin(async move { Ok(resp) });
+                }
+            },
             Err(rejection) => {
                 let resp = rejection.response(Some(&self.scope));
                 return Box::pin(async move { Ok(resp) });
             }
         };
-        req.headers_mut().remove(AUTHORIZATION);
         let manager = self.manager.clone();
         let scope = self.scope.clone();
         Box::pin(async move {
-            match manager.verify(&token, &scope).await {
+            // Checked ASCII by `bearer_token`.
+            let token = header
+                .as_bytes()
+                .get(token)
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .unwrap_or_default();
+            match manager.verify(token, &scope).await {
                 Ok(verified) => {
-                    drop(token);
+                    drop(header);
                     // Usage-limit fields (only for a key with rate limits).
                     let fields = rate_headers::fields(&verified);
                     req.extensions_mut().insert(verified);
@@ -306,8 +321,9 @@ impl Rejection {
     }
 }
 
-/// Reads the bearer token of a request, checking size and shape before anything else.
-fn bearer_token(headers: &HeaderMap) -> Result<Zeroizing<String>, Rejection> {
+/// Where the bearer token is in the request's only `Authorization` value, checking size and
+/// shape before anything else.
+fn bearer_token(headers: &HeaderMap) -> Result<Range<usize>, Rejection> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(Rejection::Missing);
@@ -319,51 +335,90 @@ fn bearer_token(headers: &HeaderMap) -> Result<Zeroizing<String>, Rejection> {
         return Err(Rejection::InvalidRequest);
     }
     let bytes = value.as_bytes();
-    // Visible ASCII, space and tab only (RFC 9110 field values as credentials use them).
-    if !bytes
-        .iter()
-        .all(|&b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+    // The usual shape, `Bearer <b64token without padding>`, in one pass: exactly what the
+    // general rules accept for such a value.
+    if let [scheme @ .., b' '] = bytes.get(..7).unwrap_or_default()
+        && scheme.eq_ignore_ascii_case(b"bearer")
+        && bytes.len() > 7
+        && bytes[7..].iter().all(|&b| class(b) == B64)
     {
-        return Err(Rejection::InvalidRequest);
+        return Ok(7..bytes.len());
     }
-    let text = trim_ows(bytes);
-    if text.is_empty() {
-        return Err(Rejection::Missing);
-    }
-    let scheme_end = text
-        .iter()
-        .position(|&b| b == b' ' || b == b'\t')
-        .unwrap_or(text.len());
-    let (scheme, rest) = text.split_at(scheme_end);
-    if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return Err(Rejection::Missing);
-    }
-    let token = trim_ows(rest);
-    if token.is_empty() || !is_b64token(token) {
-        return Err(Rejection::InvalidRequest);
-    }
-    // `token` is ASCII (checked above), so this conversion cannot fail.
-    let token = std::str::from_utf8(token).map_err(|_| Rejection::InvalidRequest)?;
-    Ok(Zeroizing::new(token.to_owned()))
+    locate_token(bytes)
 }
 
-fn trim_ows(mut b: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = b {
-        b = rest;
+/// The general rules: where the bearer token is in an `Authorization` value of at most
+/// [`MAX_AUTHORIZATION_LEN`] bytes.
+fn locate_token(bytes: &[u8]) -> Result<Range<usize>, Rejection> {
+    // Visible ASCII, space and tab only (RFC 9110 field values as credentials use them).
+    if bytes.iter().any(|&b| class(b) == OTHER) {
+        return Err(Rejection::InvalidRequest);
     }
-    while let [rest @ .., b' ' | b'\t'] = b {
-        b = rest;
+    let (start, end) = trim_ows(bytes, 0, bytes.len());
+    if start == end {
+        return Err(Rejection::Missing);
     }
-    b
+    let scheme_end = bytes[start..end]
+        .iter()
+        .position(|&b| class(b) == OWS)
+        .map_or(end, |p| start + p);
+    if !bytes[start..scheme_end].eq_ignore_ascii_case(b"bearer") {
+        return Err(Rejection::Missing);
+    }
+    let (start, end) = trim_ows(bytes, scheme_end, end);
+    if start == end || !is_b64token(&bytes[start..end]) {
+        return Err(Rejection::InvalidRequest);
+    }
+    Ok(start..end)
 }
+
+/// `bytes[start..end]` without optional whitespace (space, tab) at either end.
+fn trim_ows(bytes: &[u8], mut start: usize, mut end: usize) -> (usize, usize) {
+    while start < end && class(bytes[start]) == OWS {
+        start += 1;
+    }
+    while end > start && class(bytes[end - 1]) == OWS {
+        end -= 1;
+    }
+    (start, end)
+}
+
+/// A byte's class in an `Authorization` value: [`B64`] (the body characters of a b64token),
+/// [`OWS`] (space, tab), [`VISIBLE`] (other visible ASCII) or [`OTHER`].
+fn class(b: u8) -> u8 {
+    CLASSES[usize::from(b)]
+}
+
+const OTHER: u8 = 0;
+const VISIBLE: u8 = 1;
+const OWS: u8 = 2;
+const B64: u8 = 3;
+
+const CLASSES: [u8; 256] = {
+    let mut t = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        {
+            B64
+        } else if c == b' ' || c == b'\t' {
+            OWS
+        } else if c.is_ascii_graphic() {
+            VISIBLE
+        } else {
+            OTHER
+        };
+        b += 1;
+    }
+    t
+};
 
 /// RFC 6750 `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn is_b64token(t: &[u8]) -> bool {
     let body_end = t.iter().position(|&b| b == b'=').unwrap_or(t.len());
     body_end > 0
-        && t[..body_end].iter().all(|&b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        })
+        && t[..body_end].iter().all(|&b| class(b) == B64)
         && t[body_end..].iter().all(|&b| b == b'=')
 }
 

@@ -397,6 +397,15 @@ fn layer_and_service_debug_show_no_secret_material() {
 #[derive(Clone, Debug)]
 struct NeedsReadyDebug;
 
+/// The token `bearer_token` finds, as text.
+fn token_of(h: &HeaderMap) -> Result<String, Rejection> {
+    let range = bearer_token(h)?;
+    let value = h.get(AUTHORIZATION).expect("one value");
+    Ok(std::str::from_utf8(&value.as_bytes()[range])
+        .expect("ASCII")
+        .to_owned())
+}
+
 fn header_map(value: &[u8]) -> Option<HeaderMap> {
     let v = HeaderValue::from_bytes(value).ok()?;
     let mut h = HeaderMap::new();
@@ -415,7 +424,7 @@ proptest::proptest! {
         let mut bytes = prefix.as_bytes().to_vec();
         bytes.extend_from_slice(&value);
         if let Some(h) = header_map(&bytes) {
-            match bearer_token(&h) {
+            match token_of(&h) {
                 Ok(t) => {
                     proptest::prop_assert!(bytes.len() <= MAX_AUTHORIZATION_LEN);
                     proptest::prop_assert!(is_b64token(t.as_bytes()));
@@ -430,11 +439,25 @@ proptest::proptest! {
         }
     }
 
+    /// The one-pass reading of the usual `Bearer <token>` shape answers exactly what the
+    /// general rules answer, for any value.
+    #[test]
+    fn the_usual_shape_is_read_as_the_general_rules_read_it(
+        value in r"[A-Za-z0-9._~+/= \t-]{0,80}|[\x00-\xff]{0,80}",
+        prefix in proptest::sample::select(vec!["", "Bearer ", "bearer ", "BEARER\t", "Bearer  ", "Bearer"]),
+    ) {
+        let mut bytes = prefix.as_bytes().to_vec();
+        bytes.extend_from_slice(value.as_bytes());
+        if let Some(h) = header_map(&bytes) {
+            proptest::prop_assert_eq!(bearer_token(&h), locate_token(&bytes));
+        }
+    }
+
     /// Every token of the b64token grammar gets through unchanged.
     #[test]
     fn b64tokens_pass_unchanged(t in "[A-Za-z0-9._~+/-]{1,200}={0,3}") {
         let h = header_map(format!("Bearer {t}").as_bytes()).unwrap();
-        let got = bearer_token(&h).unwrap();
+        let got = token_of(&h).unwrap();
         proptest::prop_assert_eq!(got.as_str(), t.as_str());
     }
 }

@@ -403,7 +403,7 @@ impl LocalCounters {
     pub fn decide(&self, req: &UsageRequest<'_>) -> Decision {
         let h = self.handle(req.limits, req.credits);
         let mut ends = [0; MAX_RATE_LIMITS];
-        self.decide_in(
+        self.decide_with(
             &h,
             req.key,
             req.org.as_str(),
@@ -416,23 +416,10 @@ impl LocalCounters {
 
     /// Decides one request of key `id` (of organization `org`) on the limits `h` compacted:
     /// the key's lock, then the organization's, held together so the decision is all or
-    /// nothing.
+    /// nothing. With `ends`, also writes there the end of the window each rate limit counted
+    /// in.
     #[inline]
     pub(crate) fn decide_with(
-        &self,
-        h: &LocalHandle,
-        id: KeyId,
-        org: &str,
-        cost: u64,
-        now: i64,
-    ) -> Verdict {
-        self.decide_in(h, id, org, cost, now, None)
-    }
-
-    /// [`decide_with`](Self::decide_with), also writing into `ends` the end of the window
-    /// each rate limit counted in.
-    #[inline]
-    fn decide_in(
         &self,
         h: &LocalHandle,
         id: KeyId,
@@ -673,7 +660,7 @@ mod tests {
         let id = KeyId(7);
         let org = OrgId::try_new("acme").unwrap();
         assert_eq!(
-            c.decide_with(&h, id, org.as_str(), 1, 0).refused,
+            c.decide_with(&h, id, org.as_str(), 1, 0, None).refused,
             Refused::No
         );
         assert_eq!(cells(&c), (1, 1));
@@ -688,7 +675,7 @@ mod tests {
         };
         assert!(matches!(c.decide(&req), Decision::Allowed { .. }));
         assert!(matches!(
-            c.decide_with(&h, id, org.as_str(), 1, 0).refused,
+            c.decide_with(&h, id, org.as_str(), 1, 0, None).refused,
             Refused::Rate { limit: 0, .. }
         ));
     }

@@ -25,7 +25,14 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             // The in-process engine, through the handle these cached facts keep (which has
             // everything it needs in its first cache line for a key's first limit).
             Some(local) => Ok((
-                local.decide_with(&limits.local, facts.id, facts.org.as_str(), cost, now_ms),
+                local.decide_with(
+                    &limits.local,
+                    facts.id,
+                    facts.org.as_str(),
+                    cost,
+                    now_ms,
+                    None,
+                ),
                 false,
             )),
             None => {

@@ -35,6 +35,10 @@ pub trait Clock: Send + Sync + 'static {
     /// The current time in Unix milliseconds, given `monotonic`, an [`Instant`] the caller
     /// read just before (as [`Clock::now_unix_at`]). The default ignores `monotonic` and calls
     /// [`Clock::now_unix_ms`].
+    ///
+    /// The verification of a key with usage limits reads only this (one clock reading) and
+    /// takes its expiry second from it (`div_euclid(1000)`): an implementation that overrides
+    /// the seconds methods must keep this one in agreement with them.
     fn now_unix_ms_at(&self, monotonic: Instant) -> i64 {
         let _ = monotonic;
         self.now_unix_ms()

@@ -287,6 +287,8 @@ pub struct LimitStatus<'a> {
 pub(crate) struct Spent {
     remaining: [u64; crate::MAX_RATE_LIMITS],
     len: u8,
+    /// Bit `i`: limit `i` counted in the window after the one containing `at_ms`.
+    ahead: u8,
     credits: Option<u64>,
     at_ms: i64,
 }
@@ -296,6 +298,7 @@ impl Spent {
         Spent {
             remaining: verdict.remaining,
             len: verdict.len,
+            ahead: verdict.ahead,
             credits: verdict.credits,
             at_ms,
         }
@@ -331,7 +334,11 @@ impl Verified {
         configured.iter().enumerate().filter_map(move |(i, l)| {
             let s = spent?;
             let remaining = *s.remaining[..usize::from(s.len)].get(i)?;
-            let reset_ms = crate::limits::window_of(l, s.at_ms).1;
+            let mut reset_ms = crate::limits::window_of(l, s.at_ms).1;
+            if s.ahead & (1 << i) != 0 {
+                // Counted in the next window (a reading a moment before it).
+                reset_ms = reset_ms.saturating_add(i64::try_from(l.window_ms()).unwrap_or(0));
+            }
             Some(LimitStatus {
                 name: l.name(),
                 limit: l.limit(),

@@ -515,18 +515,43 @@ async fn a_clock_stepping_back_a_moment_never_gives_a_window_a_fresh_count() {
     s.clock.advance(Duration::seconds(10));
     ok(&s.manager, t).await;
     // A reading a second earlier (another thread's clock, an NTP step) counts in the window
-    // already counting, instead of starting the previous one afresh...
+    // already counting, instead of starting the previous one afresh, and says when that
+    // window ends...
     s.clock.advance(Duration::seconds(-1));
-    assert_eq!(
-        ok(&s.manager, t).await.limits().next().unwrap().remaining,
-        0
-    );
+    let v = ok(&s.manager, t).await;
+    let l = v.limits().next().unwrap();
+    assert_eq!((l.remaining, l.reset_after), (0, secs(11)));
     // ...so that, back in the window, the limit is spent: 2 admitted, not 3.
     s.clock.advance(Duration::seconds(1));
     retry_after(s.manager.verify(t, &Scope::Prometheus).await);
     // The next window starts fresh as always.
     s.clock.advance(Duration::seconds(10));
     ok(&s.manager, t).await;
+}
+
+#[tokio::test]
+async fn a_clock_stepped_back_by_more_than_a_window_does_not_lock_a_key_out() {
+    let s = setup();
+    let (key, _) = s
+        .manager
+        .generate(
+            &alice(),
+            req("c").rate_limit(RateLimit::new("ten", 1, secs(10))),
+        )
+        .await
+        .unwrap();
+    let t = key.expose_secret();
+    s.clock.advance(Duration::seconds(30));
+    ok(&s.manager, t).await;
+    retry_after(s.manager.verify(t, &Scope::Prometheus).await);
+    // The wall clock steps back by 25 s (more than the window): the key is counted in the
+    // window of that time, not refused until the clock is back where it was.
+    s.clock.advance(Duration::seconds(-25));
+    let v = ok(&s.manager, t).await;
+    let l = v.limits().next().unwrap();
+    assert_eq!((l.remaining, l.reset_after), (0, secs(5)));
+    let (_, after) = retry_after(s.manager.verify(t, &Scope::Prometheus).await);
+    assert_eq!(after, secs(5));
 }
 
 #[tokio::test]

@@ -101,6 +101,9 @@ pub(crate) struct Verdict {
     pub(crate) len: u8,
     /// Per rate limit, units left in its window after the decision.
     pub(crate) remaining: [u64; MAX_RATE_LIMITS],
+    /// Bit `i`: rate limit `i` counted in the window after the one containing the decision's
+    /// time (a reading a moment before the window already counting).
+    pub(crate) ahead: u8,
     /// Credits left (`None` for a key without credits).
     pub(crate) credits: Option<u64>,
 }
@@ -161,6 +164,7 @@ impl Verdict {
             refused,
             len: usage.len,
             remaining: [0; MAX_RATE_LIMITS],
+            ahead: 0,
             credits: usage.credits,
         };
         for (r, l) in v.remaining.iter_mut().zip(usage.limits()) {

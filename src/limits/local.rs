@@ -82,6 +82,11 @@ impl LocalHandle {
 // The cells and the first limit in the handle's first cache line.
 const _: () = assert!(std::mem::offset_of!(LocalHandle, limits) + std::mem::size_of::<Lim>() <= 64);
 
+/// How many org-wide names beyond the inline [`MAX_RATE_LIMITS`] an organization's counters
+/// keep at most (its keys may name that many different org-wide limits at once); past that,
+/// the count whose window ends first gives way to a new name.
+const MORE_ORG_WINDOWS: usize = 56;
+
 /// [`LocalHandle::needs`]: the key's own cell (a key-scope limit or credits).
 const NEEDS_KEY: u8 = 1;
 /// [`LocalHandle::needs`]: the organization's cell (an org-wide limit).
@@ -158,14 +163,19 @@ impl Window {
 
     /// Moves the count to the window of `window_ms` containing `now` (a later window, or a
     /// window of another length, starts at zero) and returns that window's end. A reading
-    /// before the current window's start (a thread whose clock read a moment earlier than
-    /// another's, a wall clock stepped back) counts in the current window: going back to an
-    /// earlier window would zero a count the next reading then zeroes again, admitting more
-    /// than the limit.
+    /// in the window just before the current one (a thread whose clock read a moment earlier
+    /// than another's, a wall clock stepped back a little) counts in the current window:
+    /// going back would zero a count the next reading then zeroes again, admitting more than
+    /// the limit. A reading further back (a step of the wall clock by more than a window)
+    /// starts over in its own window, so that such a step cannot keep a key refused until
+    /// the clock catches up again.
     #[inline]
     fn roll(&mut self, window_ms: i64, now: i64) -> i64 {
         let w = window_ms.max(1);
-        if now >= self.end || self.end.wrapping_sub(self.start) != w {
+        if now >= self.end
+            || now < self.start.saturating_sub(w)
+            || self.end.wrapping_sub(self.start) != w
+        {
             let start = now.div_euclid(w).saturating_mul(w);
             self.start = start;
             self.end = start.saturating_add(w);
@@ -265,7 +275,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// - for a key's own limits, a slot whose name the key's configuration no longer has (a key
 ///   has at most [`MAX_RATE_LIMITS`] limits, so there always is one once all are taken);
 /// - for an organization's (whose other keys may count in any slot), a slot whose window is
-///   over (its count would start at zero anyway), else a new slot.
+///   over (its count would start at zero anyway), else a new slot — at most
+///   [`MORE_ORG_WINDOWS`] beyond the inline ones, then the slot of another name whose window
+///   ends first.
 #[inline(always)]
 fn find<'w>(
     windows: &'w mut Windows,
@@ -325,10 +337,32 @@ fn find_elsewhere<'w>(
         .position(|w| !w.live(now) && !current(w))
     {
         &mut windows.more[p]
-    } else {
+    } else if windows.more.len() < MORE_ORG_WINDOWS {
         windows.more.push(Window::fresh(name));
         let last = windows.more.len() - 1;
         &mut windows.more[last]
+    } else {
+        // Bounded: the count of another name (not one of this decision's) whose window ends
+        // first gives way.
+        let inline = windows
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (false, i, w.end, current(w)));
+        let more = windows
+            .more
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (true, i, w.end, current(w)));
+        match inline
+            .chain(more)
+            .filter(|&(.., cur)| !cur)
+            .min_by_key(|&(_, _, end, _)| end)
+        {
+            Some((true, i, ..)) => &mut windows.more[i],
+            Some((false, i, ..)) => &mut windows.items[i],
+            None => &mut windows.items[MAX_RATE_LIMITS - 1],
+        }
     };
     *slot = Window::fresh(name);
     slot
@@ -490,6 +524,7 @@ fn decide(
         refused: Refused::No,
         len: u8::try_from(limits.len()).unwrap_or(u8::MAX),
         remaining: [0; MAX_RATE_LIMITS],
+        ahead: 0,
         credits: None,
     };
     // The refusing limit whose window ends last, and the first refusing limit's index
@@ -501,6 +536,10 @@ fn decide(
             continue;
         };
         let end = w.roll(l.window_ms(), now);
+        if now < w.start {
+            // Counted in the window after `now`'s (see `Window::roll`).
+            v.ahead |= 1 << i;
+        }
         if let Some(e) = ends.as_deref_mut() {
             e[i] = end;
         }
@@ -533,7 +572,9 @@ fn decide(
         );
         v.refused = Refused::Rate {
             limit: i,
-            retry_after: StdDuration::from_millis(u64::try_from(end - now).unwrap_or(0)),
+            retry_after: StdDuration::from_millis(
+                u64::try_from(end.saturating_sub(now)).unwrap_or(0),
+            ),
         };
         if let (Some(c), Some(e)) = (credits, entry.as_deref_mut()) {
             v.credits = Some(e.credits.with(|b| b.current(c, now)));
@@ -645,6 +686,86 @@ mod tests {
             let s = lock(s);
             (k + s.keys.len(), o + s.orgs.len())
         })
+    }
+
+    fn org_request<'a>(org: &'a OrgId, limit: &'a [RateLimit], now_ms: i64) -> UsageRequest<'a> {
+        UsageRequest {
+            key: KeyId(1),
+            org,
+            limits: limit,
+            credits: None,
+            cost: 1,
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn an_organizations_counters_stay_bounded_and_reuse_windows_that_are_over() {
+        let c = LocalCounters::new();
+        let org = OrgId::try_new("acme").unwrap();
+        let minute = |i: usize| {
+            [RateLimit::new(format!("org-{i}"), 1, StdDuration::from_secs(60)).per_org()]
+        };
+        let more = |c: &LocalCounters| lock(&c.org_cell("acme")).more.len();
+        // One name per key, many keys: each name keeps its own count...
+        let names = MAX_RATE_LIMITS + MORE_ORG_WINDOWS;
+        for i in 0..names {
+            assert!(matches!(
+                c.decide(&org_request(&org, &minute(i), 0)),
+                Decision::Allowed { .. }
+            ));
+            assert!(matches!(
+                c.decide(&org_request(&org, &minute(i), 0)),
+                Decision::RateLimited { .. }
+            ));
+        }
+        assert_eq!(more(&c), MORE_ORG_WINDOWS);
+        // ...up to the bound: a further name takes the slot whose window ends first.
+        assert!(matches!(
+            c.decide(&org_request(&org, &minute(names), 0)),
+            Decision::Allowed { .. }
+        ));
+        assert_eq!(more(&c), MORE_ORG_WINDOWS);
+        // Once the windows are over, new names reuse their slots instead of growing.
+        for i in names + 1..names + 10 {
+            assert!(matches!(
+                c.decide(&org_request(&org, &minute(i), 60_000)),
+                Decision::Allowed { .. }
+            ));
+        }
+        assert_eq!(more(&c), MORE_ORG_WINDOWS);
+    }
+
+    #[test]
+    fn a_reading_far_before_the_counting_window_starts_over_and_never_overflows() {
+        let c = LocalCounters::new();
+        let org = OrgId::try_new("acme").unwrap();
+        let limit = [RateLimit::new("second", 1, StdDuration::from_secs(1))];
+        let req = |now_ms| UsageRequest {
+            key: KeyId(2),
+            ..org_request(&org, &limit, now_ms)
+        };
+        assert!(matches!(
+            c.decide(&req(1_000_000)),
+            Decision::Allowed { .. }
+        ));
+        // Just before the window: counted in it (refused), retry at its end.
+        match c.decide(&req(999_500)) {
+            Decision::RateLimited { retry_after, .. } => {
+                assert_eq!(retry_after, StdDuration::from_millis(1_500));
+            }
+            other => panic!("expected RateLimited, got {other:?}"),
+        }
+        // Far before (a clock stepped back, or any value a caller passes): its own window.
+        assert!(matches!(
+            c.decide(&req(i64::MIN + 5)),
+            Decision::Allowed { .. }
+        ));
+        assert!(matches!(
+            c.decide(&req(i64::MIN + 5)),
+            Decision::RateLimited { .. }
+        ));
+        assert!(matches!(c.decide(&req(i64::MAX)), Decision::Allowed { .. }));
     }
 
     #[test]

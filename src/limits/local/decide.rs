@@ -1,0 +1,411 @@
+//! One key's (or organization's) counters and one decision on them: the window counts, the
+//! credit balance, how a limit finds its count, and the all-or-nothing decision.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration as StdDuration;
+
+use crate::limits::engine::{Refused, Verdict, refill_period};
+use crate::{Credits, MAX_RATE_LIMITS};
+
+/// How many org-wide names beyond the inline [`MAX_RATE_LIMITS`] an organization's counters
+/// keep at most (its keys may name that many different org-wide limits at once); past that,
+/// the count whose window ends first gives way to a new name.
+pub(super) const MORE_ORG_WINDOWS: usize = 56;
+
+/// One rate limit, compacted for deciding (24 bytes: the first sits in the handle's first
+/// cache line).
+#[derive(Clone, Copy, Default)]
+pub(super) struct Lim {
+    pub(super) name: u64,
+    pub(super) limit: u64,
+    /// The window in ms, and [`ORG`] for an org-wide limit.
+    pub(super) window: u64,
+}
+
+/// The bit of [`Lim::window`] that marks an org-wide limit (windows are at most a year).
+pub(super) const ORG: u64 = 1 << 63;
+
+impl Lim {
+    pub(super) fn org(&self) -> bool {
+        self.window & ORG != 0
+    }
+
+    pub(super) fn window_ms(&self) -> i64 {
+        (self.window & !ORG) as i64
+    }
+}
+
+/// One key's counters (the windows' count and first windows first, next to the lock).
+#[derive(Default)]
+#[repr(C)]
+pub(super) struct KeyEntry {
+    pub(super) windows: Windows,
+    pub(super) credits: CreditCell,
+}
+
+/// A key's (or organization's) window counters: the first [`MAX_RATE_LIMITS`] inline (all a
+/// key ever needs), an organization's further ones in `more` (its keys may name more org-wide
+/// limits between them than one key can have).
+#[derive(Default)]
+#[repr(C)]
+pub(super) struct Windows {
+    pub(super) len: u8,
+    pub(super) items: [Window; MAX_RATE_LIMITS],
+    pub(super) more: Vec<Window>,
+}
+
+/// One limit's count in its current window `[start, end)` (Unix ms; a verification inside it
+/// needs no division). A window of another length (a changed limit) starts a fresh count.
+#[derive(Clone, Copy)]
+pub(super) struct Window {
+    /// The limit's name, hashed (names of one key are unique; 64-bit hashes of at most a
+    /// few dozen names per key or organization do not collide in practice).
+    pub(super) name: u64,
+    pub(super) used: u64,
+    pub(super) start: i64,
+    pub(super) end: i64,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window::fresh(0)
+    }
+}
+
+impl Window {
+    pub(super) fn fresh(name: u64) -> Self {
+        Window {
+            name,
+            used: 0,
+            start: i64::MAX,
+            end: i64::MIN,
+        }
+    }
+
+    /// Moves the count to the window of `window_ms` containing `now` (a later window, or a
+    /// window of another length, starts at zero) and returns that window's end. A reading
+    /// in the window just before the current one (a thread whose clock read a moment earlier
+    /// than another's, a wall clock stepped back a little) counts in the current window:
+    /// going back would zero a count the next reading then zeroes again, admitting more than
+    /// the limit. A reading further back (a step of the wall clock by more than a window)
+    /// starts over in its own window, so that such a step cannot keep a key refused until
+    /// the clock catches up again.
+    #[inline]
+    pub(super) fn roll(&mut self, window_ms: i64, now: i64) -> i64 {
+        let w = window_ms.max(1);
+        if now >= self.end
+            || now < self.start.saturating_sub(w)
+            || self.end.wrapping_sub(self.start) != w
+        {
+            let start = now.div_euclid(w).saturating_mul(w);
+            self.start = start;
+            self.end = start.saturating_add(w);
+            self.used = 0;
+        }
+        self.end
+    }
+
+    /// Whether this window's count still matters at `now` (a reading in or before it).
+    pub(super) fn live(&self, now: i64) -> bool {
+        now < self.end
+    }
+}
+
+/// A key's credit balance: its own (inline, under the key's lock), or shared with the keys
+/// of a roll (under its own lock, always taken after the key's).
+#[derive(Default)]
+pub(super) enum CreditCell {
+    #[default]
+    None,
+    Own(Balance),
+    Shared(Arc<Mutex<Balance>>),
+}
+
+impl CreditCell {
+    pub(super) fn with<R>(&mut self, f: impl FnOnce(&mut Balance) -> R) -> R {
+        match self {
+            CreditCell::Own(b) => f(b),
+            CreditCell::Shared(a) => f(&mut a.lock().unwrap_or_else(PoisonError::into_inner)),
+            CreditCell::None => {
+                *self = CreditCell::Own(Balance::default());
+                self.with(f)
+            }
+        }
+    }
+
+    /// Makes the balance shareable and returns it.
+    pub(super) fn share(&mut self) -> Arc<Mutex<Balance>> {
+        let own = match std::mem::take(self) {
+            CreditCell::Shared(a) => a,
+            CreditCell::Own(b) => Arc::new(Mutex::new(b)),
+            CreditCell::None => Arc::new(Mutex::new(Balance::default())),
+        };
+        *self = CreditCell::Shared(own.clone());
+        own
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+pub(super) struct Balance {
+    pub(super) initialized: bool,
+    pub(super) balance: u64,
+    pub(super) period: i64,
+}
+
+impl Balance {
+    /// Brings the balance to `now_ms`: the configured start on first use, a refill (which
+    /// sets) in a new period.
+    pub(super) fn current(&mut self, credits: &Credits, now_ms: i64) -> u64 {
+        let period = refill_period(credits.refill_schedule(), now_ms);
+        if !self.initialized {
+            *self = Balance {
+                initialized: true,
+                balance: credits.initial(),
+                period,
+            };
+        } else if let Some(r) = credits.refill_schedule()
+            && period > self.period
+        {
+            self.balance = r.amount();
+            self.period = period;
+        }
+        self.balance
+    }
+}
+
+/// The counter of limit `l` among `windows`; `hint` is where it usually is (the limit's
+/// index in the key's configuration), checked first. A name not counted yet takes a slot no
+/// current limit of this decision uses, so a decision never moves another limit's count:
+/// - a free inline slot;
+/// - for a key's own limits, a slot whose name the key's configuration no longer has (a key
+///   has at most [`MAX_RATE_LIMITS`] limits, so there always is one once all are taken);
+/// - for an organization's (whose other keys may count in any slot), a slot whose window is
+///   over (its count would start at zero anyway), else a new slot — at most
+///   [`MORE_ORG_WINDOWS`] beyond the inline ones, then the slot of another name whose window
+///   ends first.
+#[inline(always)]
+pub(super) fn find<'w>(
+    windows: &'w mut Windows,
+    hint: usize,
+    l: &Lim,
+    limits: &[Lim],
+    now: i64,
+) -> &'w mut Window {
+    if hint < usize::from(windows.len) && windows.items[hint].name == l.name {
+        return &mut windows.items[hint];
+    }
+    find_elsewhere(windows, l, limits, now)
+}
+
+/// [`find`] when the counter is not at its hint (the first decision of a configuration).
+#[cold]
+#[inline(never)]
+pub(super) fn find_elsewhere<'w>(
+    windows: &'w mut Windows,
+    l: &Lim,
+    limits: &[Lim],
+    now: i64,
+) -> &'w mut Window {
+    let len = usize::from(windows.len);
+    let name = l.name;
+    if let Some(p) = windows.items[..len].iter().position(|w| w.name == name) {
+        return &mut windows.items[p];
+    }
+    if let Some(p) = windows.more.iter().position(|w| w.name == name) {
+        return &mut windows.more[p];
+    }
+    let current = |w: &Window| {
+        limits
+            .iter()
+            .any(|c| c.org() == l.org() && c.name == w.name)
+    };
+    let slot = if len < MAX_RATE_LIMITS {
+        windows.len = u8::try_from(len + 1).unwrap_or(u8::MAX);
+        &mut windows.items[len]
+    } else if !l.org() {
+        // At most MAX_RATE_LIMITS - 1 other current names: one slot is free of them.
+        let p = windows
+            .items
+            .iter()
+            .position(|w| !current(w))
+            .unwrap_or(MAX_RATE_LIMITS - 1);
+        &mut windows.items[p]
+    } else if let Some(p) = windows
+        .items
+        .iter()
+        .position(|w| !w.live(now) && !current(w))
+    {
+        &mut windows.items[p]
+    } else if let Some(p) = windows
+        .more
+        .iter()
+        .position(|w| !w.live(now) && !current(w))
+    {
+        &mut windows.more[p]
+    } else if windows.more.len() < MORE_ORG_WINDOWS {
+        windows.more.push(Window::fresh(name));
+        let last = windows.more.len() - 1;
+        &mut windows.more[last]
+    } else {
+        // Bounded: the count of another name (not one of this decision's) whose window ends
+        // first gives way.
+        let inline = windows
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (false, i, w.end, current(w)));
+        let more = windows
+            .more
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (true, i, w.end, current(w)));
+        match inline
+            .chain(more)
+            .filter(|&(.., cur)| !cur)
+            .min_by_key(|&(_, _, end, _)| end)
+        {
+            Some((true, i, ..)) => &mut windows.more[i],
+            Some((false, i, ..)) => &mut windows.items[i],
+            None => &mut windows.items[MAX_RATE_LIMITS - 1],
+        }
+    };
+    *slot = Window::fresh(name);
+    slot
+}
+
+/// The counter of limit `i` (`l`): among the key's windows, or its organization's.
+#[inline(always)]
+pub(super) fn counter<'a>(
+    entry: &'a mut Option<&mut KeyEntry>,
+    org: &'a mut Option<&mut Windows>,
+    limits: &[Lim],
+    i: usize,
+    now: i64,
+) -> Option<&'a mut Window> {
+    let l = &limits[i];
+    let windows = if l.org() {
+        org.as_deref_mut()
+    } else {
+        entry.as_deref_mut().map(|e| &mut e.windows)
+    };
+    windows.map(|w| find(w, i, l, limits, now))
+}
+
+/// Decides under the locks of the counters it reads, in one pass: each limit is checked and
+/// spent in turn, and a refusal (a later limit, or the credits) puts back what earlier limits
+/// spent before any lock is released — so the decision is all or nothing, and a key's usual
+/// decision (admitted) touches each counter once.
+pub(super) fn decide(
+    mut entry: Option<&mut KeyEntry>,
+    mut org_windows: Option<&mut Windows>,
+    limits: &[Lim],
+    credits: Option<&Credits>,
+    cost: u64,
+    now: i64,
+    mut ends: Option<&mut [i64; MAX_RATE_LIMITS]>,
+) -> Verdict {
+    let mut v = Verdict {
+        refused: Refused::No,
+        len: u8::try_from(limits.len()).unwrap_or(u8::MAX),
+        remaining: [0; MAX_RATE_LIMITS],
+        ahead: 0,
+        credits: None,
+    };
+    // The refusing limit whose window ends last, and the first refusing limit's index
+    // (limits before it were spent).
+    let mut refused: Option<(usize, i64)> = None;
+    let mut spent_upto = limits.len();
+    for (i, l) in limits.iter().enumerate() {
+        let Some(w) = counter(&mut entry, &mut org_windows, limits, i, now) else {
+            continue;
+        };
+        let end = w.roll(l.window_ms(), now);
+        if now < w.start {
+            // Counted in the window after `now`'s (see `Window::roll`).
+            v.ahead |= 1 << i;
+        }
+        if let Some(e) = ends.as_deref_mut() {
+            e[i] = end;
+        }
+        match w.used.checked_add(cost).filter(|&after| after <= l.limit) {
+            Some(after) if refused.is_none() => {
+                w.used = after;
+                v.remaining[i] = l.limit - after;
+            }
+            Some(_) => v.remaining[i] = l.limit - w.used,
+            None => {
+                v.remaining[i] = l.limit.saturating_sub(w.used);
+                if refused.is_none() {
+                    spent_upto = i;
+                }
+                if refused.is_none_or(|(_, r)| end > r) {
+                    refused = Some((i, end));
+                }
+            }
+        }
+    }
+    if let Some((i, end)) = refused {
+        put_back(
+            &mut entry,
+            &mut org_windows,
+            limits,
+            spent_upto,
+            cost,
+            &mut v,
+            now,
+        );
+        v.refused = Refused::Rate {
+            limit: i,
+            retry_after: StdDuration::from_millis(
+                u64::try_from(end.saturating_sub(now)).unwrap_or(0),
+            ),
+        };
+        if let (Some(c), Some(e)) = (credits, entry.as_deref_mut()) {
+            v.credits = Some(e.credits.with(|b| b.current(c, now)));
+        }
+        return v;
+    }
+    // Credits: checked and spent under the key's lock (and a shared balance's own lock).
+    if let (Some(c), Some(e)) = (credits, entry.as_deref_mut()) {
+        let spent = e.credits.with(|b| {
+            let balance = b.current(c, now);
+            if balance < cost {
+                Err(balance)
+            } else {
+                b.balance = balance - cost;
+                Ok(b.balance)
+            }
+        });
+        match spent {
+            Ok(left) => v.credits = Some(left),
+            Err(balance) => {
+                v.credits = Some(balance);
+                let n = limits.len();
+                put_back(&mut entry, &mut org_windows, limits, n, cost, &mut v, now);
+                v.refused = Refused::Credits;
+            }
+        }
+    }
+    v
+}
+
+/// Takes back the `cost` that limits `..upto` spent in this decision (each was found, rolled
+/// and spent by it without overflow, under the same locks: a refused decision spends
+/// nothing).
+#[cold]
+pub(super) fn put_back(
+    entry: &mut Option<&mut KeyEntry>,
+    org_windows: &mut Option<&mut Windows>,
+    limits: &[Lim],
+    upto: usize,
+    cost: u64,
+    v: &mut Verdict,
+    now: i64,
+) {
+    for (i, l) in limits.iter().enumerate().take(upto) {
+        if let Some(w) = counter(entry, org_windows, limits, i, now) {
+            w.used = w.used.saturating_sub(cost);
+            v.remaining[i] = l.limit.saturating_sub(w.used);
+        }
+    }
+}

@@ -1,0 +1,125 @@
+use std::time::Duration as StdDuration;
+
+use super::decide::MORE_ORG_WINDOWS;
+use super::*;
+use crate::OrgId;
+use crate::limits::engine::Refused;
+
+fn cells(c: &LocalCounters) -> (usize, usize) {
+    c.shards.iter().fold((0, 0), |(k, o), s| {
+        let s = lock(s);
+        (k + s.keys.len(), o + s.orgs.len())
+    })
+}
+
+fn org_request<'a>(org: &'a OrgId, limit: &'a [RateLimit], now_ms: i64) -> UsageRequest<'a> {
+    UsageRequest {
+        key: KeyId(1),
+        org,
+        limits: limit,
+        credits: None,
+        cost: 1,
+        now_ms,
+    }
+}
+
+#[test]
+fn an_organizations_counters_stay_bounded_and_reuse_windows_that_are_over() {
+    let c = LocalCounters::new();
+    let org = OrgId::try_new("acme").unwrap();
+    let minute =
+        |i: usize| [RateLimit::new(format!("org-{i}"), 1, StdDuration::from_secs(60)).per_org()];
+    let more = |c: &LocalCounters| lock(&c.org_cell("acme")).more.len();
+    // One name per key, many keys: each name keeps its own count...
+    let names = MAX_RATE_LIMITS + MORE_ORG_WINDOWS;
+    for i in 0..names {
+        assert!(matches!(
+            c.decide(&org_request(&org, &minute(i), 0)),
+            Decision::Allowed { .. }
+        ));
+        assert!(matches!(
+            c.decide(&org_request(&org, &minute(i), 0)),
+            Decision::RateLimited { .. }
+        ));
+    }
+    assert_eq!(more(&c), MORE_ORG_WINDOWS);
+    // ...up to the bound: a further name takes the slot whose window ends first.
+    assert!(matches!(
+        c.decide(&org_request(&org, &minute(names), 0)),
+        Decision::Allowed { .. }
+    ));
+    assert_eq!(more(&c), MORE_ORG_WINDOWS);
+    // Once the windows are over, new names reuse their slots instead of growing.
+    for i in names + 1..names + 10 {
+        assert!(matches!(
+            c.decide(&org_request(&org, &minute(i), 60_000)),
+            Decision::Allowed { .. }
+        ));
+    }
+    assert_eq!(more(&c), MORE_ORG_WINDOWS);
+}
+
+#[test]
+fn a_reading_far_before_the_counting_window_starts_over_and_never_overflows() {
+    let c = LocalCounters::new();
+    let org = OrgId::try_new("acme").unwrap();
+    let limit = [RateLimit::new("second", 1, StdDuration::from_secs(1))];
+    let req = |now_ms| UsageRequest {
+        key: KeyId(2),
+        ..org_request(&org, &limit, now_ms)
+    };
+    assert!(matches!(
+        c.decide(&req(1_000_000)),
+        Decision::Allowed { .. }
+    ));
+    // Just before the window: counted in it (refused), retry at its end.
+    match c.decide(&req(999_500)) {
+        Decision::RateLimited { retry_after, .. } => {
+            assert_eq!(retry_after, StdDuration::from_millis(1_500));
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    // Far before (a clock stepped back, or any value a caller passes): its own window.
+    assert!(matches!(
+        c.decide(&req(i64::MIN + 5)),
+        Decision::Allowed { .. }
+    ));
+    assert!(matches!(
+        c.decide(&req(i64::MIN + 5)),
+        Decision::RateLimited { .. }
+    ));
+    assert!(matches!(c.decide(&req(i64::MAX)), Decision::Allowed { .. }));
+}
+
+#[test]
+fn a_handle_creates_counters_only_when_a_decision_needs_them() {
+    let c = LocalCounters::new();
+    let limits = [
+        RateLimit::new("own", 5, StdDuration::from_secs(1)),
+        RateLimit::new("shared", 5, StdDuration::from_secs(1)).per_org(),
+    ];
+    let h = c.handle(&limits, None);
+    // Facts built for a record that is then refused (wrong secret, revoked) stop here.
+    assert_eq!(cells(&c), (0, 0));
+    let id = KeyId(7);
+    let org = OrgId::try_new("acme").unwrap();
+    assert_eq!(
+        c.decide_with(&h, id, org.as_str(), 1, 0, None).refused,
+        Refused::No
+    );
+    assert_eq!(cells(&c), (1, 1));
+    // The map and the handle count in the same cells.
+    let req = UsageRequest {
+        key: id,
+        org: &org,
+        limits: &limits,
+        credits: None,
+        cost: 4,
+        now_ms: 0,
+    };
+    assert!(matches!(c.decide(&req), Decision::Allowed { .. }));
+    assert!(matches!(
+        c.decide_with(&h, id, org.as_str(), 1, 0, None).refused,
+        Refused::Rate { limit: 0, .. }
+    ));
+}

@@ -32,7 +32,7 @@
 //! at most `nodes × limit` in all) and reported `degraded`; a limit that fails closed refuses
 //! with [`CounterError::Unavailable`].
 
-use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::pin::pin;
 use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
@@ -42,6 +42,7 @@ use super::{RedisCounters, unavailable};
 use crate::limits::engine::{
     Consumed, CounterError, Decision, LimitUsage, Usage, UsageRequest, window_of,
 };
+use crate::{LimitScope, MAX_RATE_LIMITS, RateLimit};
 
 /// A lease takes `1 / LEASE_DIVISOR` of what is left of a window (at least what is needed).
 pub(super) const LEASE_DIVISOR: u64 = 8;
@@ -73,8 +74,142 @@ end
 return out
 "#;
 
+/// This node's leases, by counter.
+pub(super) type Leases = hashbrown::HashMap<LeaseId, Lease, foldhash::fast::RandomState>;
+
+/// Which counter a lease is of: one limit (name and window length) of a key or of an
+/// organization, in one window (its index since the epoch). Its Redis key is kept in the
+/// [`Lease`], formatted once when the lease is first needed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct LeaseId {
+    name: Box<str>,
+    window_ms: u64,
+    idx: i64,
+    key: u64,
+    org: Option<Box<str>>,
+}
+
+/// A [`LeaseId`] borrowed from a request: a verification finds its leases without formatting
+/// or allocating anything.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LeaseRef<'a> {
+    name: &'a str,
+    window_ms: u64,
+    idx: i64,
+    /// The key's id for a key's limit (0 for an organization's).
+    key: u64,
+    /// The organization for an org-wide limit.
+    org: Option<&'a str>,
+}
+
+impl<'a> LeaseRef<'a> {
+    const NONE: LeaseRef<'static> = LeaseRef {
+        name: "",
+        window_ms: 0,
+        idx: 0,
+        key: 0,
+        org: None,
+    };
+
+    /// The counter of limit `l` of `req`'s key in the window containing `now_ms`.
+    fn of(l: &'a RateLimit, req: &UsageRequest<'a>, now_ms: i64) -> Self {
+        let (key, org) = match l.scope() {
+            LimitScope::Key => (req.key.value(), None),
+            LimitScope::Org => (0, Some(req.org.as_str())),
+        };
+        LeaseRef {
+            name: l.name(),
+            window_ms: l.window_ms(),
+            idx: window_of(l, now_ms).0,
+            key,
+            org,
+        }
+    }
+
+    fn to_id(self) -> LeaseId {
+        LeaseId {
+            name: self.name.into(),
+            window_ms: self.window_ms,
+            idx: self.idx,
+            key: self.key,
+            org: self.org.map(Into::into),
+        }
+    }
+}
+
+/// The counters of a request's limits, in its order.
+#[derive(Clone, Copy)]
+struct Ids<'a> {
+    ids: [LeaseRef<'a>; MAX_RATE_LIMITS],
+    len: usize,
+}
+
+impl<'a> Ids<'a> {
+    fn of(req: &UsageRequest<'a>) -> Self {
+        let mut ids = [LeaseRef::NONE; MAX_RATE_LIMITS];
+        for (id, l) in ids.iter_mut().zip(req.limits) {
+            *id = LeaseRef::of(l, req, req.now_ms);
+        }
+        Ids {
+            ids,
+            len: req.limits.len().min(MAX_RATE_LIMITS),
+        }
+    }
+
+    fn as_slice(&self) -> &[LeaseRef<'a>] {
+        &self.ids[..self.len]
+    }
+}
+
+// One hash for a `LeaseId` and the `LeaseRef` naming the same counter.
+fn hash_parts<H: Hasher>(
+    h: &mut H,
+    name: &str,
+    window_ms: u64,
+    idx: i64,
+    key: u64,
+    org: Option<&str>,
+) {
+    name.hash(h);
+    window_ms.hash(h);
+    idx.hash(h);
+    key.hash(h);
+    org.hash(h);
+}
+
+impl Hash for LeaseId {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        hash_parts(
+            h,
+            &self.name,
+            self.window_ms,
+            self.idx,
+            self.key,
+            self.org.as_deref(),
+        );
+    }
+}
+
+impl Hash for LeaseRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        hash_parts(h, self.name, self.window_ms, self.idx, self.key, self.org);
+    }
+}
+
+impl hashbrown::Equivalent<LeaseId> for LeaseRef<'_> {
+    fn equivalent(&self, id: &LeaseId) -> bool {
+        self.key == id.key
+            && self.idx == id.idx
+            && self.window_ms == id.window_ms
+            && *self.name == *id.name
+            && self.org == id.org.as_deref()
+    }
+}
+
 /// One counter of one window as this node sees it.
 pub(super) struct Lease {
+    /// The counter's key in Redis.
+    pub(super) redis_key: String,
     /// The window's end (Unix ms, the manager's clock): the entry is forgotten after it.
     pub(super) reset_ms: i64,
     pub(super) window_ms: u64,
@@ -96,8 +231,9 @@ pub(super) struct Lease {
 }
 
 impl Lease {
-    fn new(limit: &crate::RateLimit, reset_ms: i64) -> Self {
+    fn new(limit: &RateLimit, reset_ms: i64, redis_key: String) -> Self {
         Lease {
+            redis_key,
             reset_ms,
             window_ms: limit.window_ms(),
             limit: limit.limit(),
@@ -122,6 +258,7 @@ impl Lease {
 
 /// A lease to ask Redis for.
 struct Ask {
+    id: LeaseId,
     key: String,
     limit: u64,
     ttl_ms: u64,
@@ -146,26 +283,22 @@ impl RedisCounters {
         if req.now_ms > self.inner.clock_ms.load(Ordering::Relaxed) {
             self.inner.clock_ms.store(req.now_ms, Ordering::Relaxed);
         }
-        let keys: Vec<String> = req
-            .limits
-            .iter()
-            .map(|l| self.counter_key(l, &req))
-            .collect();
-        match self.decide(&req, &keys) {
+        let ids = Ids::of(&req);
+        match self.decide(&req, ids.as_slice()) {
             Step::Done(d) => {
                 self.inner.stats.local.fetch_add(1, Ordering::Relaxed);
                 Consumed::Ready(Ok(d))
             }
             step => {
                 self.inner.stats.waited.fetch_add(1, Ordering::Relaxed);
-                Consumed::Pending(Box::pin(self.consume_waiting(req, keys, step)))
+                Consumed::Pending(Box::pin(self.consume_waiting(req, ids, step)))
             }
         }
     }
 
     /// Decides from this node's leases, spending them if every limit has room; starts
     /// background leases where one runs low.
-    fn decide(&self, req: &UsageRequest<'_>, keys: &[String]) -> Step {
+    fn decide(&self, req: &UsageRequest<'_>, keys: &[LeaseRef<'_>]) -> Step {
         let mut asks = Vec::new();
         let step = {
             let mut map = self
@@ -181,9 +314,9 @@ impl RedisCounters {
 
     fn decide_locked(
         &self,
-        map: &mut HashMap<String, Lease>,
+        map: &mut Leases,
         req: &UsageRequest<'_>,
-        keys: &[String],
+        keys: &[LeaseRef<'_>],
         asks: &mut Vec<Ask>,
     ) -> Step {
         let now = self.now_ms();
@@ -195,7 +328,7 @@ impl RedisCounters {
         for (i, (l, k)) in req.limits.iter().zip(keys).enumerate() {
             let reset = window_of(l, req.now_ms).1;
             if !map.contains_key(k) {
-                map.insert(k.clone(), Lease::new(l, reset));
+                map.insert(k.to_id(), Lease::new(l, reset, self.counter_key(l, req)));
             }
             let Some(e) = map.get_mut(k) else { continue };
             if e.held >= req.cost {
@@ -209,7 +342,7 @@ impl RedisCounters {
                 // once the answer is `sync_every` old.
                 if now.saturating_sub(at) >= recheck && !e.fetching {
                     e.fetching = true;
-                    asks.push(ask(k, e, 1, req.now_ms));
+                    asks.push(ask(k.to_id(), e, 1, req.now_ms));
                 }
                 if refused.is_none_or(|(_, r)| reset > r) {
                     refused = Some((i, reset));
@@ -250,7 +383,7 @@ impl RedisCounters {
             // Prefetch: the next lease is on its way before this one runs out.
             if e.held <= e.last_batch / 2 && e.short.is_none() && !e.fetching {
                 e.fetching = true;
-                asks.push(ask(k, e, 1, req.now_ms));
+                asks.push(ask(k.to_id(), e, 1, req.now_ms));
             }
             self.lease_ahead(map, l, req, asks);
         }
@@ -264,8 +397,8 @@ impl RedisCounters {
     /// window too, so that a busy node's first verifications there need not wait.
     fn lease_ahead(
         &self,
-        map: &mut HashMap<String, Lease>,
-        l: &crate::RateLimit,
+        map: &mut Leases,
+        l: &RateLimit,
         req: &UsageRequest<'_>,
         asks: &mut Vec<Ask>,
     ) {
@@ -278,12 +411,12 @@ impl RedisCounters {
             now_ms: reset,
             ..*req
         };
-        let nk = self.counter_key(l, &next);
-        if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(nk) {
-            let mut n = Lease::new(l, window_of(l, reset).1);
+        let id = LeaseRef::of(l, req, reset);
+        if !map.contains_key(&id) {
+            let mut n = Lease::new(l, window_of(l, reset).1, self.counter_key(l, &next));
             n.fetching = true;
-            asks.push(ask(slot.key(), &n, 1, req.now_ms));
-            slot.insert(n);
+            asks.push(ask(id.to_id(), &n, 1, req.now_ms));
+            map.insert(id.to_id(), n);
         }
     }
 
@@ -292,9 +425,10 @@ impl RedisCounters {
     async fn consume_waiting(
         &self,
         req: UsageRequest<'_>,
-        keys: Vec<String>,
+        ids: Ids<'_>,
         mut step: Step,
     ) -> Result<Decision, CounterError> {
+        let keys = ids.as_slice();
         for _ in 0..MAX_ROUNDS {
             let mut notified = pin!(self.inner.leased.notified());
             match step {
@@ -312,7 +446,7 @@ impl RedisCounters {
                                 .filter_map(|&i| {
                                     let e = map.get(&keys[i])?;
                                     Some(ask(
-                                        &keys[i],
+                                        keys[i].to_id(),
                                         e,
                                         req.cost.saturating_sub(e.held).max(1),
                                         req.now_ms,
@@ -322,19 +456,19 @@ impl RedisCounters {
                         };
                         // The fetching caller decides under the same lock that records its
                         // grant, so the units it waited for cannot be taken by another.
-                        match self.lease(asks, Some((&req, &keys))).await {
+                        match self.lease(asks, Some((&req, keys))).await {
                             Ok(Some(next)) => {
                                 step = next;
                                 continue;
                             }
                             Ok(None) => {}
-                            Err(e) => return self.degraded_local(&req, &keys, e),
+                            Err(e) => return self.degraded_local(&req, keys, e),
                         }
                     } else if wait {
                         // Registered before deciding again, so the call in flight cannot
                         // finish unseen between the two.
                         notified.as_mut().enable();
-                        match self.decide(&req, &keys) {
+                        match self.decide(&req, keys) {
                             Step::Lease { fetch, wait: true } if fetch.is_empty() => {
                                 let _ = tokio::time::timeout(self.inner.timeout, notified).await;
                             }
@@ -346,19 +480,19 @@ impl RedisCounters {
                     }
                 }
             }
-            step = self.decide(&req, &keys);
+            step = self.decide(&req, keys);
         }
         match step {
             Step::Done(d) => Ok(d),
             Step::Lease { fetch, .. } => {
-                self.release(&keys, &fetch);
-                self.degraded_local(&req, &keys, unavailable(None))
+                self.release(keys, &fetch);
+                self.degraded_local(&req, keys, unavailable(None))
             }
         }
     }
 
     /// Clears the in-flight marks of leases this caller will not fetch after all.
-    fn release(&self, keys: &[String], fetch: &[usize]) {
+    fn release(&self, keys: &[LeaseRef<'_>], fetch: &[usize]) {
         let mut map = self
             .inner
             .local
@@ -376,7 +510,7 @@ impl RedisCounters {
     async fn lease(
         &self,
         asks: Vec<Ask>,
-        then: Option<(&UsageRequest<'_>, &[String])>,
+        then: Option<(&UsageRequest<'_>, &[LeaseRef<'_>])>,
     ) -> Result<Option<Step>, CounterError> {
         if asks.is_empty() {
             return Ok(None);
@@ -403,7 +537,7 @@ impl RedisCounters {
                 .unwrap_or_else(PoisonError::into_inner);
             for (i, a) in asks.iter().enumerate() {
                 // A window that ended meanwhile was forgotten: its late grant lapses with it.
-                let Some(e) = map.get_mut(&a.key) else {
+                let Some(e) = map.get_mut(&a.id) else {
                     continue;
                 };
                 e.fetching = false;
@@ -451,7 +585,7 @@ impl RedisCounters {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for a in &asks {
-            if let Some(e) = map.get_mut(&a.key) {
+            if let Some(e) = map.get_mut(&a.id) {
                 e.fetching = false;
             }
         }
@@ -462,7 +596,7 @@ impl RedisCounters {
     fn degraded_local(
         &self,
         req: &UsageRequest<'_>,
-        keys: &[String],
+        keys: &[LeaseRef<'_>],
         err: CounterError,
     ) -> Result<Decision, CounterError> {
         let mut map = self
@@ -473,7 +607,10 @@ impl RedisCounters {
         let mut refused: Option<(usize, i64)> = None;
         for (i, (l, k)) in req.limits.iter().zip(keys).enumerate() {
             let reset = window_of(l, req.now_ms).1;
-            let e = map.entry(k.clone()).or_insert_with(|| Lease::new(l, reset));
+            if !map.contains_key(k) {
+                map.insert(k.to_id(), Lease::new(l, reset, self.counter_key(l, req)));
+            }
+            let Some(e) = map.get_mut(k) else { continue };
             if e.held >= req.cost {
                 continue;
             }
@@ -507,10 +644,11 @@ impl RedisCounters {
     }
 }
 
-fn ask(key: &str, e: &Lease, need: u64, now_ms: i64) -> Ask {
+fn ask(id: LeaseId, e: &Lease, need: u64, now_ms: i64) -> Ask {
     let to_end = u64::try_from(e.reset_ms.saturating_sub(now_ms)).unwrap_or(0);
     Ask {
-        key: key.to_owned(),
+        id,
+        key: e.redis_key.clone(),
         limit: e.limit,
         // Relative to Redis's clock: the counter outlives its window by a window and a
         // second, whatever the skew between the nodes' clocks and Redis's.
@@ -522,8 +660,8 @@ fn ask(key: &str, e: &Lease, need: u64, now_ms: i64) -> Ask {
 /// A local refusal: nothing spent, every limit's state as this node sees it.
 fn refusal(
     req: &UsageRequest<'_>,
-    keys: &[String],
-    map: &HashMap<String, Lease>,
+    keys: &[LeaseRef<'_>],
+    map: &Leases,
     i: usize,
     reset: i64,
 ) -> Decision {
@@ -538,5 +676,65 @@ fn refusal(
         limit: i,
         retry_after: StdDuration::from_millis(u64::try_from(reset - req.now_ms).unwrap_or(0)),
         usage,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{KeyId, OrgId};
+
+    #[test]
+    fn a_borrowed_counter_name_finds_exactly_its_own_lease() {
+        let org = OrgId::try_new("acme").unwrap();
+        let other_org = OrgId::try_new("acmf").unwrap();
+        let limits = [
+            RateLimit::new("minute", 10, Duration::from_secs(60)),
+            RateLimit::new("minute", 10, Duration::from_secs(60)).per_org(),
+            RateLimit::new("minute", 10, Duration::from_secs(3600)),
+        ];
+        fn req(key: u64, org: &OrgId) -> UsageRequest<'_> {
+            UsageRequest {
+                key: KeyId(key),
+                org,
+                limits: &[],
+                credits: None,
+                cost: 1,
+                now_ms: 0,
+            }
+        }
+        let ids = [
+            LeaseRef::of(&limits[0], &req(7, &org), 0),
+            LeaseRef::of(&limits[0], &req(8, &org), 0),
+            LeaseRef::of(&limits[0], &req(7, &org), 60_000),
+            LeaseRef::of(&limits[1], &req(7, &org), 0),
+            LeaseRef::of(&limits[1], &req(8, &org), 0),
+            LeaseRef::of(&limits[1], &req(7, &other_org), 0),
+            LeaseRef::of(&limits[2], &req(7, &org), 0),
+        ];
+        let mut map = Leases::default();
+        for (i, id) in ids.iter().enumerate() {
+            let l = &limits[0];
+            map.entry(id.to_id())
+                .or_insert_with(|| Lease::new(l, 0, format!("k{i}")));
+        }
+        // Two keys of one organization share the org-wide counter (ids 3 and 4); every other
+        // pair differs by key, window, scope, organization or window length.
+        assert_eq!(map.len(), ids.len() - 1);
+        let hasher = *map.hasher();
+        for (i, id) in ids.iter().enumerate() {
+            let owned = id.to_id();
+            assert_eq!(hasher.hash_one(id), hasher.hash_one(&owned));
+            let found = &map.get(id).unwrap().redis_key;
+            let expected = if i == 4 {
+                "k3".to_owned()
+            } else {
+                format!("k{i}")
+            };
+            assert_eq!(found, &expected);
+        }
     }
 }

@@ -30,7 +30,7 @@ mod lease;
 mod strict;
 mod sync;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
@@ -183,7 +183,7 @@ impl RedisCountersBuilder {
                 breaker: Breaker::default(),
                 epoch: Instant::now(),
                 local_first: self.local_first,
-                local: Mutex::new(HashMap::new()),
+                local: Mutex::new(lease::Leases::default()),
                 leased: tokio::sync::Notify::new(),
                 sync_started: AtomicBool::new(false),
                 clock_ms: AtomicI64::new(0),
@@ -220,7 +220,7 @@ struct Inner {
     epoch: Instant,
     local_first: Option<StdDuration>,
     /// Local-first: this node's leases, by counter (Redis key).
-    local: Mutex<HashMap<String, lease::Lease>>,
+    local: Mutex<lease::Leases>,
     /// Local-first: woken when a lease call ends.
     leased: tokio::sync::Notify,
     sync_started: AtomicBool,

@@ -81,12 +81,12 @@ impl RedisCounters {
                     let started = e.reset_ms.saturating_sub(e.window_ms as i64) <= wall_ms;
                     started && e.held > 0 && !e.fetching && now.saturating_sub(e.last_use) >= idle
                 })
-                .map(|(k, e)| {
+                .map(|(_, e)| {
                     let held = std::mem::take(&mut e.held);
                     e.global = e.global.saturating_sub(held);
                     // Handed back: the next need leases afresh.
                     e.last_batch = 0;
-                    (k.clone(), held)
+                    (e.redis_key.clone(), held)
                 })
                 .collect()
         };

@@ -27,6 +27,7 @@
 //! everysec`, or `always` to lose no spend on a crash) — see the README.
 
 mod lease;
+mod lease_id;
 mod strict;
 mod sync;
 

@@ -285,24 +285,8 @@ pub struct LimitStatus<'a> {
 /// [`UsageCounters`](crate::UsageCounters) duties).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Spent {
-    remaining: [u64; crate::MAX_RATE_LIMITS],
-    len: u8,
-    /// Bit `i`: limit `i` counted in the window after the one containing `at_ms`.
-    ahead: u8,
-    credits: Option<u64>,
-    at_ms: i64,
-}
-
-impl Spent {
-    pub(crate) fn new(verdict: &crate::limits::Verdict, at_ms: i64) -> Self {
-        Spent {
-            remaining: verdict.remaining,
-            len: verdict.len,
-            ahead: verdict.ahead,
-            credits: verdict.credits,
-            at_ms,
-        }
-    }
+    pub(crate) left: crate::limits::Left,
+    pub(crate) at_ms: i64,
 }
 
 /// Proof that a token was verified: only [`KeyManager::verify`](crate::KeyManager::verify)
@@ -333,9 +317,9 @@ impl Verified {
         let spent = self.spent.as_ref();
         configured.iter().enumerate().filter_map(move |(i, l)| {
             let s = spent?;
-            let remaining = *s.remaining[..usize::from(s.len)].get(i)?;
+            let remaining = *s.left.remaining[..usize::from(s.left.len)].get(i)?;
             let mut reset_ms = crate::limits::window_of(l, s.at_ms).1;
-            if s.ahead & (1 << i) != 0 {
+            if s.left.ahead & (1 << i) != 0 {
                 // Counted in the next window (a reading a moment before it).
                 reset_ms = reset_ms.saturating_add(i64::try_from(l.window_ms()).unwrap_or(0));
             }
@@ -355,7 +339,7 @@ impl Verified {
 
     /// The credits left after this verification (`None` for a key without credits).
     pub fn credits_remaining(&self) -> Option<u64> {
-        self.spent.as_ref().and_then(|s| s.credits)
+        self.spent.as_ref().and_then(|s| s.left.credits)
     }
 
     /// The verified key's id.

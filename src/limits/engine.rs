@@ -97,6 +97,12 @@ pub enum Decision {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Verdict {
     pub(crate) refused: Refused,
+    pub(crate) left: Left,
+}
+
+/// What a decision left of a key's limits, compact (a verification's `Spent` keeps it).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Left {
     /// Number of rate limits.
     pub(crate) len: u8,
     /// Per rate limit, units left in its window after the decision.
@@ -126,14 +132,14 @@ impl Verdict {
     /// counted in (Unix ms).
     pub(crate) fn into_decision(self, ends: &[i64; MAX_RATE_LIMITS]) -> Decision {
         let mut usage = Usage::new();
-        let len = usize::from(self.len);
-        for (&remaining, &reset_ms) in self.remaining[..len].iter().zip(&ends[..len]) {
+        let len = usize::from(self.left.len);
+        for (&remaining, &reset_ms) in self.left.remaining[..len].iter().zip(&ends[..len]) {
             usage.push(LimitUsage {
                 remaining,
                 reset_ms,
             });
         }
-        usage.credits = self.credits;
+        usage.credits = self.left.credits;
         match self.refused {
             Refused::No => Decision::Allowed {
                 usage,
@@ -160,17 +166,16 @@ impl Verdict {
             } => (Refused::Rate { limit, retry_after }, usage, false),
             Decision::OutOfCredits { usage } => (Refused::Credits, usage, false),
         };
-        let mut v = Verdict {
-            refused,
+        let mut left = Left {
             len: usage.len,
             remaining: [0; MAX_RATE_LIMITS],
             ahead: 0,
             credits: usage.credits,
         };
-        for (r, l) in v.remaining.iter_mut().zip(usage.limits()) {
+        for (r, l) in left.remaining.iter_mut().zip(usage.limits()) {
             *r = l.remaining;
         }
-        (v, degraded)
+        (Verdict { refused, left }, degraded)
     }
 }
 

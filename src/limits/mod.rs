@@ -17,6 +17,6 @@ pub use config::{Credits, LimitScope, MAX_RATE_LIMITS, RateLimit, Refill};
 pub use engine::{
     Consumed, CounterError, Decision, LimitUsage, Usage, UsageCounters, UsageRequest,
 };
-pub(crate) use engine::{Refused, Verdict, window_of};
+pub(crate) use engine::{Left, Refused, Verdict, window_of};
 pub use local::LocalCounters;
 pub(crate) use local::LocalHandle;

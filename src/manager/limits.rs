@@ -70,7 +70,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                         Some(facts.id),
                     );
                 }
-                if cost > 0 && verdict.credits == Some(0) {
+                if cost > 0 && verdict.left.credits == Some(0) {
                     // This verification spent the last credits: raised once per exhaustion.
                     self.audit_best_effort(
                         AuditAction::CreditsExhausted,
@@ -79,7 +79,10 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                         Some(facts.id),
                     );
                 }
-                Ok(Spent::new(&verdict, now_ms))
+                Ok(Spent {
+                    left: verdict.left,
+                    at_ms: now_ms,
+                })
             }
             Refused::Rate { limit, retry_after } => {
                 refused(FailureClass::RateLimited);

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration as StdDuration;
 
-use crate::limits::engine::{Refused, Verdict, refill_period};
+use crate::limits::engine::{Left, Refused, Verdict, refill_period};
 use crate::{Credits, MAX_RATE_LIMITS};
 
 /// How many org-wide names beyond the inline [`MAX_RATE_LIMITS`] an organization's counters
@@ -306,10 +306,12 @@ pub(super) fn decide(
 ) -> Verdict {
     let mut v = Verdict {
         refused: Refused::No,
-        len: u8::try_from(limits.len()).unwrap_or(u8::MAX),
-        remaining: [0; MAX_RATE_LIMITS],
-        ahead: 0,
-        credits: None,
+        left: Left {
+            len: u8::try_from(limits.len()).unwrap_or(u8::MAX),
+            remaining: [0; MAX_RATE_LIMITS],
+            ahead: 0,
+            credits: None,
+        },
     };
     // The refusing limit whose window ends last, and the first refusing limit's index
     // (limits before it were spent).
@@ -322,7 +324,7 @@ pub(super) fn decide(
         let end = w.roll(l.window_ms(), now);
         if now < w.start {
             // Counted in the window after `now`'s (see `Window::roll`).
-            v.ahead |= 1 << i;
+            v.left.ahead |= 1 << i;
         }
         if let Some(e) = ends.as_deref_mut() {
             e[i] = end;
@@ -330,11 +332,11 @@ pub(super) fn decide(
         match w.used.checked_add(cost).filter(|&after| after <= l.limit) {
             Some(after) if refused.is_none() => {
                 w.used = after;
-                v.remaining[i] = l.limit - after;
+                v.left.remaining[i] = l.limit - after;
             }
-            Some(_) => v.remaining[i] = l.limit - w.used,
+            Some(_) => v.left.remaining[i] = l.limit - w.used,
             None => {
-                v.remaining[i] = l.limit.saturating_sub(w.used);
+                v.left.remaining[i] = l.limit.saturating_sub(w.used);
                 if refused.is_none() {
                     spent_upto = i;
                 }
@@ -361,7 +363,7 @@ pub(super) fn decide(
             ),
         };
         if let (Some(c), Some(e)) = (credits, entry.as_deref_mut()) {
-            v.credits = Some(e.credits.with(|b| b.current(c, now)));
+            v.left.credits = Some(e.credits.with(|b| b.current(c, now)));
         }
         return v;
     }
@@ -377,9 +379,9 @@ pub(super) fn decide(
             }
         });
         match spent {
-            Ok(left) => v.credits = Some(left),
+            Ok(left) => v.left.credits = Some(left),
             Err(balance) => {
-                v.credits = Some(balance);
+                v.left.credits = Some(balance);
                 let n = limits.len();
                 put_back(&mut entry, &mut org_windows, limits, n, cost, &mut v, now);
                 v.refused = Refused::Credits;
@@ -405,7 +407,7 @@ pub(super) fn put_back(
     for (i, l) in limits.iter().enumerate().take(upto) {
         if let Some(w) = counter(entry, org_windows, limits, i, now) {
             w.used = w.used.saturating_sub(cost);
-            v.remaining[i] = l.limit.saturating_sub(w.used);
+            v.left.remaining[i] = l.limit.saturating_sub(w.used);
         }
     }
 }

@@ -228,7 +228,7 @@ impl Data {
         let extra = row.extra.as_deref();
         Ok(KeyRecord {
             format: row.format,
-            class: row.class.to_string(),
+            class: String::from(&*row.class),
             revocation: row.revocation.clone(),
             replaces: extra.and_then(|e| e.replaces),
             replaced_by: row.replaced_by,
@@ -239,7 +239,7 @@ impl Data {
             notices: extra.map(|e| e.notices.clone()).unwrap_or_default(),
             id: row.id,
             org: row.org.clone(),
-            name: row.name.to_string(),
+            name: String::from(&*row.name),
             scopes: row.scopes.to_vec(),
             created_at: time(CREATED)?
                 .ok_or_else(|| StoreError::Corrupt("stored record has no creation time".into()))?,

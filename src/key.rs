@@ -177,6 +177,13 @@ impl KeyInfo {
     }
 }
 
+/// The parts of a record that [`Facts`] keeps whole.
+struct Moved {
+    scopes: Vec<Scope>,
+    owner: Option<String>,
+    meta: std::collections::BTreeMap<String, String>,
+}
+
 /// What the manager knows about a genuine key, shared between its cache and [`Verified`].
 ///
 /// The fields the hot path reads (`id`, `expires_unix`, `last_touch`, `revoked`,
@@ -203,9 +210,32 @@ pub(crate) struct Facts {
 }
 
 impl Facts {
+    /// The facts of a record the caller is done with: its scopes, owner and metadata move
+    /// over instead of being copied (the cold path reads an owned record from the store and
+    /// drops it right after).
+    pub(crate) fn from_owned(rec: KeyRecord, local: Option<&crate::LocalCounters>) -> Facts {
+        let mut rec = rec;
+        let moved = Moved {
+            scopes: std::mem::take(&mut rec.scopes),
+            owner: rec.owner.take(),
+            meta: std::mem::take(&mut rec.meta),
+        };
+        Facts::build(&rec, moved, local)
+    }
+
     /// The facts of a record; a key with limits gets its handle into `local`'s counters.
     pub(crate) fn from_record(rec: &KeyRecord, local: Option<&crate::LocalCounters>) -> Facts {
-        let builtin_scopes = rec.scopes.iter().fold(0u8, |bits, s| match s {
+        let copied = Moved {
+            scopes: rec.scopes.clone(),
+            owner: rec.owner.clone(),
+            meta: rec.meta.clone(),
+        };
+        Facts::build(rec, copied, local)
+    }
+
+    /// `rec`'s facts, with its scopes, owner and metadata given apart (moved or copied).
+    fn build(rec: &KeyRecord, own: Moved, local: Option<&crate::LocalCounters>) -> Facts {
+        let builtin_scopes = own.scopes.iter().fold(0u8, |bits, s| match s {
             Scope::Scim => bits | 1,
             Scope::Prometheus => bits | 2,
             Scope::Custom(_) => bits,
@@ -233,10 +263,10 @@ impl Facts {
             // the store's shared `Arc` would be both cold and shared by the whole
             // organization.
             org: OrgId::try_new(rec.org.as_str()).unwrap_or_else(|_| rec.org.clone()),
-            scopes: rec.scopes.clone().into_boxed_slice(),
+            scopes: own.scopes.into_boxed_slice(),
             expires_at: rec.expires_at,
-            owner: rec.owner.clone(),
-            meta: rec.meta.clone(),
+            owner: own.owner,
+            meta: own.meta,
         }
     }
 

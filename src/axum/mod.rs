@@ -82,6 +82,10 @@ use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 
+use zeroize::Zeroizing;
+
+use crate::manager::Step;
+use crate::token::SECRET_LEN;
 use crate::{Error, KeyManager, KeyStore, Scope, Verified};
 pub mod secret_scanning;
 
@@ -187,10 +191,6 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        // `self.inner` is the clone that was driven to readiness: take it for this request and
-        // leave a fresh clone in its place (tower's guidance for services that clone inner).
-        let fresh = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, fresh);
         let (header, token) = match bearer_token(req.headers()) {
             // Taken out of the request (nothing downstream sees or logs it); the token is
             // read in place (no copy of the secret is made).
@@ -206,32 +206,92 @@ where
                 return Box::pin(async move { Ok(resp) });
             }
         };
+        // Most verifications (a cached key, limits kept in process) decide without waiting:
+        // then the service that was driven to readiness is called right here, and the
+        // response future holds only its future. The presented secret is parsed into a
+        // zeroizing buffer of this call that no future captures.
+        let started = crate::metrics::start();
+        let step = {
+            let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
+            self.manager
+                .verify_now(token_text(&header, &token), &self.scope, 1, &mut secret)
+        };
+        let wait = match step {
+            Step::Done(result) => {
+                crate::metrics::verification(started, &result);
+                drop(header);
+                return match result {
+                    Ok(verified) => accepted(&mut self.inner, req, verified),
+                    Err(e) => {
+                        let resp = refusal(&e, &self.scope);
+                        Box::pin(async move { Ok(resp) })
+                    }
+                };
+            }
+            Step::Wait(wait) => Some(wait),
+            // The secret is read again from the header by a fresh verification (what the
+            // cold path costs dwarfs a second parse).
+            Step::Cold { .. } => None,
+        };
+        // `self.inner` is the clone that was driven to readiness: take it for this request and
+        // leave a fresh clone in its place (tower's guidance for services that clone inner).
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
         let manager = self.manager.clone();
         let scope = self.scope.clone();
         Box::pin(async move {
-            // Checked ASCII by `bearer_token`.
-            let token = header
-                .as_bytes()
-                .get(token)
-                .and_then(|t| std::str::from_utf8(t).ok())
-                .unwrap_or_default();
-            match manager.verify(token, &scope).await {
-                Ok(verified) => {
-                    drop(header);
-                    // Usage-limit fields (only for a key with rate limits).
-                    let fields = rate_headers::fields(&verified);
-                    req.extensions_mut().insert(verified);
-                    let mut resp = inner.call(req).await?;
-                    if let Some(f) = fields {
-                        rate_headers::insert(resp.headers_mut(), f);
-                    }
-                    Ok(resp)
+            let result = match wait {
+                Some(wait) => {
+                    let result = manager.wait(wait).await;
+                    crate::metrics::verification(started, &result);
+                    result
                 }
-                Err(e) => Ok(rate_headers::refusal(&e)
-                    .unwrap_or_else(|| Rejection::from_error(&e).response(Some(&scope)))),
+                None => manager.verify(token_text(&header, &token), &scope).await,
+            };
+            drop(header);
+            match result {
+                Ok(verified) => accepted(&mut inner, req, verified).await,
+                Err(e) => Ok(refusal(&e, &scope)),
             }
         })
     }
+}
+
+/// The token inside the `Authorization` value (checked ASCII by `bearer_token`).
+fn token_text<'h>(header: &'h HeaderValue, token: &Range<usize>) -> &'h str {
+    header
+        .as_bytes()
+        .get(token.clone())
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .unwrap_or_default()
+}
+
+/// Calls `inner` (ready) with the verified key in the request's extensions, and adds the
+/// usage-limit fields (only for a key with rate limits) to its response.
+fn accepted<T, ReqBody, ResBody>(
+    inner: &mut T,
+    mut req: Request<ReqBody>,
+    verified: Verified,
+) -> ResponseFuture<Response<ResBody>, T::Error>
+where
+    T: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    T::Future: Send + 'static,
+{
+    let fields = rate_headers::fields(&verified);
+    req.extensions_mut().insert(verified);
+    let response = inner.call(req);
+    Box::pin(async move {
+        let mut resp = response.await?;
+        if let Some(f) = fields {
+            rate_headers::insert(resp.headers_mut(), f);
+        }
+        Ok(resp)
+    })
+}
+
+/// The response to a refused verification.
+fn refusal<B: From<String>>(e: &Error, scope: &Scope) -> Response<B> {
+    rate_headers::refusal(e).unwrap_or_else(|| Rejection::from_error(e).response(Some(scope)))
 }
 
 /// Why a request was refused, as far as the client may know.

@@ -461,3 +461,121 @@ proptest::proptest! {
         proptest::prop_assert_eq!(got.as_str(), t.as_str());
     }
 }
+
+/// An in-process engine that answers every decision later (after a yield), as a network
+/// engine does: the layer's path for verifications that must wait.
+struct Later(crate::LocalCounters);
+
+impl crate::UsageCounters for Later {
+    fn consume<'a>(&'a self, req: crate::UsageRequest<'a>) -> crate::Consumed<'a> {
+        match self.0.consume(req) {
+            crate::Consumed::Ready(decided) => crate::Consumed::Pending(Box::pin(async move {
+                tokio::task::yield_now().await;
+                decided
+            })),
+            pending => pending,
+        }
+    }
+
+    fn set_credits<'a>(
+        &'a self,
+        key: crate::KeyId,
+        credits: &'a crate::Credits,
+        balance: u64,
+        now_ms: i64,
+    ) -> crate::BoxFuture<'a, Result<(), crate::CounterError>> {
+        self.0.set_credits(key, credits, balance, now_ms)
+    }
+
+    fn credits<'a>(
+        &'a self,
+        key: crate::KeyId,
+        credits: Option<&'a crate::Credits>,
+        now_ms: i64,
+    ) -> crate::BoxFuture<'a, Result<Option<u64>, crate::CounterError>> {
+        self.0.credits(key, credits, now_ms)
+    }
+
+    fn link_credits<'a>(
+        &'a self,
+        from: crate::KeyId,
+        to: crate::KeyId,
+    ) -> crate::BoxFuture<'a, Result<(), crate::CounterError>> {
+        self.0.link_credits(from, to)
+    }
+
+    fn forget<'a>(
+        &'a self,
+        key: crate::KeyId,
+    ) -> crate::BoxFuture<'a, Result<(), crate::CounterError>> {
+        self.0.forget(key)
+    }
+}
+
+/// A cached key whose limits are kept by an engine that must be waited for: the layer waits
+/// for the decision (the limit is enforced, its fields are set, a refusal is a 429 and never
+/// reaches the inner service), on the first (cold) request and on the cached ones after it.
+#[tokio::test]
+async fn limits_kept_by_an_engine_that_waits_are_enforced_by_the_layer() {
+    let clock = ManualClock::new(OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap());
+    let manager = KeyManager::builder(MemoryStore::new(), Keyring::new(1, MasterKey::generate()))
+        .clock(clock.clone())
+        .counters(Later(crate::LocalCounters::new()))
+        .build()
+        .unwrap();
+    let admin = Actor::manager(OrgId::new("acme"), UserId::new("alice"));
+    let (key, _) = manager
+        .generate(
+            &admin,
+            GenerateRequest::new("k")
+                .scope(Scope::Prometheus)
+                .rate_limit(crate::RateLimit::new(
+                    "burst",
+                    3,
+                    std::time::Duration::from_secs(60),
+                )),
+        )
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let mut svc = ApiKeyLayer::new(manager.clone(), Scope::Prometheus).layer(service_fn(
+        move |_req: Request<Body>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(Body::from("ok"))) }
+        },
+    ));
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let req = Request::builder()
+            .header(AUTHORIZATION, format!("Bearer {}", key.expose_secret()))
+            .body(Body::empty())
+            .unwrap();
+        let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+        let remaining = resp
+            .headers()
+            .get(&RATELIMIT)
+            .map(|v| v.to_str().unwrap().to_string());
+        answers.push((resp.status(), remaining));
+    }
+    let statuses: Vec<_> = answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    assert!(
+        answers[0].1.as_deref().unwrap().contains("r=2"),
+        "{answers:?}"
+    );
+    assert!(
+        answers[2].1.as_deref().unwrap().contains("r=0"),
+        "{answers:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(manager.cached_records(), 1);
+}

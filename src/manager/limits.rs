@@ -21,36 +21,58 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         cost: u64,
         now_ms: i64,
     ) -> Result<Spent, Error> {
-        let decided = match &self.inner.local {
-            // The in-process engine, through the handle these cached facts keep (which has
-            // everything it needs in its first cache line for a key's first limit).
-            Some(local) => Ok((
-                local.decide_with(
-                    &limits.local,
-                    facts.id,
-                    facts.org.as_str(),
-                    cost,
-                    now_ms,
-                    None,
-                ),
-                false,
-            )),
-            None => {
-                let req = UsageRequest {
-                    key: facts.id,
-                    org: &facts.org,
-                    limits: &limits.rate_limits,
-                    credits: limits.credits.as_ref(),
-                    cost,
-                    now_ms,
-                };
-                match self.inner.counters.consume(req) {
-                    Consumed::Ready(r) => r,
-                    Consumed::Pending(f) => f.await,
-                }
-                .map(Verdict::from_decision)
-            }
+        if let Some(local) = &self.inner.local {
+            return self.spend_local(local, facts, limits, cost, now_ms);
+        }
+        let req = UsageRequest {
+            key: facts.id,
+            org: &facts.org,
+            limits: &limits.rate_limits,
+            credits: limits.credits.as_ref(),
+            cost,
+            now_ms,
         };
+        let decided = match self.inner.counters.consume(req) {
+            Consumed::Ready(r) => r,
+            Consumed::Pending(f) => f.await,
+        }
+        .map(Verdict::from_decision);
+        self.settle(facts, limits, decided, cost, now_ms)
+    }
+
+    /// [`KeyManager::spend`] with the in-process engine, which never waits: through the
+    /// handle these cached facts keep (which has everything it needs in its first cache line
+    /// for a key's first limit).
+    #[inline]
+    pub(super) fn spend_local(
+        &self,
+        local: &crate::LocalCounters,
+        facts: &Facts,
+        limits: &KeyLimits,
+        cost: u64,
+        now_ms: i64,
+    ) -> Result<Spent, Error> {
+        let verdict = local.decide_with(
+            &limits.local,
+            facts.id,
+            facts.org.as_str(),
+            cost,
+            now_ms,
+            None,
+        );
+        self.settle(facts, limits, Ok((verdict, false)), cost, now_ms)
+    }
+
+    /// What an engine decided, as the verification's answer (audited).
+    #[inline]
+    fn settle(
+        &self,
+        facts: &Facts,
+        limits: &KeyLimits,
+        decided: Result<(Verdict, bool), crate::CounterError>,
+        cost: u64,
+        now_ms: i64,
+    ) -> Result<Spent, Error> {
         let refused =
             |class| self.verify_failed(class, Some(&facts.org), Some(facts.id), Instant::now());
         let (verdict, degraded) = match decided {

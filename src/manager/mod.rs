@@ -478,4 +478,6 @@ mod manage;
 mod uses;
 mod verify;
 
+pub(crate) use verify::Step;
+
 pub use lifecycle::RewrapReport;

@@ -2,6 +2,38 @@
 
 use super::*;
 
+/// Where the part of a verification that needs no waiting left it.
+pub(crate) enum Step {
+    /// Decided (every verification of a cached key with the in-process engine).
+    Done(Result<Verified, Error>),
+    /// Not cached: the store must be read; the presented secret is in the caller's buffer.
+    Cold {
+        id: KeyId,
+        presented: crate::cache::Fingerprint,
+    },
+    /// Verified so far; the rest must wait.
+    Wait(Wait),
+}
+
+/// What a verification of a genuine key still waits for.
+pub(crate) enum Wait {
+    /// Its limits, kept by a counter engine that may need the network.
+    Spend {
+        facts: Arc<Facts>,
+        cost: u64,
+        now_ms: i64,
+        now: i64,
+    },
+    /// The last-use buffer, which asked to be written before the answer.
+    Flush(Verified),
+}
+
+/// The decision once the secret matched.
+enum Decided {
+    Now(Result<Verified, Error>),
+    Wait(Wait),
+}
+
 impl<S: KeyStore + 'static> KeyManager<S> {
     /// Verifies a presented token for `scope`, spending 1 unit of the key's usage limits
     /// (see [`KeyManager::verify_with`]).
@@ -44,35 +76,64 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         // The presented secret lives in this future's own zeroizing buffer (no copy is left
         // behind by moves); only the public id comes back by value.
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
-        let id = match UntrustedToken::parse_into(&self.inner.prefix, token, &mut secret) {
+        match self.verify_now(token, scope, cost, &mut secret) {
+            Step::Done(result) => result,
+            Step::Wait(wait) => self.wait(wait).await,
+            // After a store read, expiry is decided at the time it returned. The cold path's
+            // state is boxed (it allocates anyway) so that the hot path's future stays small
+            // to move.
+            Step::Cold { id, presented } => {
+                let facts = Box::pin(self.verify_cold(id, &secret, presented)).await?;
+                match self.decide(facts, Instant::now(), scope, cost) {
+                    Decided::Now(result) => result,
+                    Decided::Wait(wait) => self.wait(wait).await,
+                }
+            }
+        }
+    }
+
+    /// The part of a verification that needs no waiting: parse, cache lookup, and for a
+    /// cached key all of the decision unless its counter engine or the last-use buffer must
+    /// wait. The presented secret is parsed into `secret` (the caller's zeroizing buffer,
+    /// which the cold path reads next).
+    #[inline]
+    pub(crate) fn verify_now(
+        &self,
+        token: &str,
+        scope: &Scope,
+        cost: u64,
+        secret: &mut Zeroizing<[u8; SECRET_LEN]>,
+    ) -> Step {
+        let id = match UntrustedToken::parse_into(&self.inner.prefix, token, secret) {
             Ok(id) => id,
             Err(e) => {
                 self.verify_failed(FailureClass::Malformed, None, None, Instant::now());
-                return Err(e);
+                return Step::Done(Err(e));
             }
         };
         let cache = &self.inner.cache;
         // The presented secret's fingerprint does not depend on the lookup: computed while
         // the lookup's memory access is in flight. One monotonic reading serves the cache's
         // TTL and (through the clock) the expiry check.
-        let presented = cache.fingerprint(&secret);
+        let presented = cache.fingerprint(secret);
         let mono = Instant::now();
-        let (facts, mono) = match cache.get(&id, mono) {
-            Some((facts, fingerprint)) => {
-                if !bool::from(presented[..].ct_eq(&fingerprint[..])) {
-                    self.verify_failed(FailureClass::InvalidKey, Some(&facts.org), Some(id), mono);
-                    return Err(Error::InvalidKey);
-                }
-                (facts, mono)
-            }
-            // After a store read, expiry is decided at the time it returned. The cold path's
-            // state is boxed (it allocates anyway) so that the hot path's future stays small
-            // to move.
-            None => (
-                Box::pin(self.verify_cold(id, &secret, presented)).await?,
-                Instant::now(),
-            ),
+        let Some((facts, fingerprint)) = cache.get(&id, mono) else {
+            return Step::Cold { id, presented };
         };
+        if !bool::from(presented[..].ct_eq(&fingerprint[..])) {
+            self.verify_failed(FailureClass::InvalidKey, Some(&facts.org), Some(id), mono);
+            return Step::Done(Err(Error::InvalidKey));
+        }
+        match self.decide(facts, mono, scope, cost) {
+            Decided::Now(result) => Step::Done(result),
+            Decided::Wait(wait) => Step::Wait(wait),
+        }
+    }
+
+    /// Everything after the secret matched: state checks (revoked, expired at the clock's
+    /// time for the monotonic reading `mono`, scope), then usage limits, then the last use.
+    #[inline(always)]
+    fn decide(&self, facts: Arc<Facts>, mono: Instant, scope: &Scope, cost: u64) -> Decided {
         // One reading of the clock: in milliseconds for a key with usage limits (their
         // windows), whole seconds otherwise.
         let now_ms = facts
@@ -93,19 +154,61 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             None
         };
         if let Some((class, err)) = class {
-            self.verify_failed(class, Some(&facts.org), Some(id), mono);
-            return Err(err);
+            self.verify_failed(class, Some(&facts.org), Some(facts.id), mono);
+            return Decided::Now(Err(err));
         }
         // Usage limits last: a key refused for any other reason consumes nothing. One branch
-        // for a key without limits.
-        let spent = match (&facts.limits, now_ms) {
-            (Some(limits), Some(now_ms)) => Some(self.spend(&facts, limits, cost, now_ms).await?),
+        // for a key without limits; the in-process engine decides here, another engine may
+        // have to wait.
+        let spent = match (&facts.limits, now_ms, &self.inner.local) {
+            (Some(limits), Some(now_ms), Some(local)) => {
+                match self.spend_local(local, &facts, limits, cost, now_ms) {
+                    Ok(spent) => Some(spent),
+                    Err(e) => return Decided::Now(Err(e)),
+                }
+            }
+            (Some(_), Some(now_ms), None) => {
+                return Decided::Wait(Wait::Spend {
+                    facts,
+                    cost,
+                    now_ms,
+                    now,
+                });
+            }
             _ => None,
         };
-        if self.record_use(&facts, now) {
-            self.flush_inline().await;
+        let flush = self.record_use(&facts, now);
+        let verified = Verified::new(facts, spent);
+        if flush {
+            Decided::Wait(Wait::Flush(verified))
+        } else {
+            Decided::Now(Ok(verified))
         }
-        Ok(Verified::new(facts, spent))
+    }
+
+    /// Finishes a verification that had to wait.
+    pub(crate) async fn wait(&self, wait: Wait) -> Result<Verified, Error> {
+        match wait {
+            Wait::Spend {
+                facts,
+                cost,
+                now_ms,
+                now,
+            } => {
+                let spent = match &facts.limits {
+                    Some(limits) => Some(self.spend(&facts, limits, cost, now_ms).await?),
+                    None => None,
+                };
+                if self.record_use(&facts, now) {
+                    self.flush_inline().await;
+                }
+                Ok(Verified::new(facts, spent))
+            }
+            Wait::Flush(verified) => {
+                self.flush_inline().await;
+                Ok(verified)
+            }
+        }
     }
 
     async fn verify_cold(
@@ -149,19 +252,19 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             }
         }
         let matched: bool = secret.ct_eq(&**presented).into();
-        let facts = Arc::new(Facts::from_record(&rec, self.inner.local.as_deref()));
+        let facts = Arc::new(Facts::from_owned(rec, self.inner.local.as_deref()));
         let fingerprint = cache.fingerprint(&secret);
         if !matched {
             // Cached too, so that the next wrong guess is answered from the cache whatever
             // the key's state (a revoked key must not answer slower than an active one), but
             // only into free room: wrong guesses never evict another key's entry.
-            cache.fill_if_room(ticket, facts, fingerprint);
             self.verify_failed(
                 FailureClass::InvalidKey,
-                Some(&rec.org),
+                Some(&facts.org),
                 Some(id),
                 Instant::now(),
             );
+            cache.fill_if_room(ticket, facts, fingerprint);
             return Err(Error::InvalidKey);
         }
         cache.fill(ticket, facts.clone(), fingerprint);

@@ -78,16 +78,19 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
         match self.verify_now(token, scope, cost, &mut secret) {
             Step::Done(result) => result,
-            Step::Wait(wait) => self.wait(wait).await,
-            // After a store read, expiry is decided at the time it returned. The cold path's
-            // state is boxed (it allocates anyway) so that the hot path's future stays small
-            // to move.
+            // What waits is boxed (it waits for I/O, next to which an allocation is nothing)
+            // so that the hot path's future stays small to create and move.
+            Step::Wait(wait) => Box::pin(self.wait(wait)).await,
+            // After a store read, expiry is decided at the time it returned.
             Step::Cold { id, presented } => {
-                let facts = Box::pin(self.verify_cold(id, &secret, presented)).await?;
-                match self.decide(facts, Instant::now(), scope, cost) {
-                    Decided::Now(result) => result,
-                    Decided::Wait(wait) => self.wait(wait).await,
-                }
+                Box::pin(async {
+                    let facts = self.verify_cold(id, &secret, presented).await?;
+                    match self.decide(facts, Instant::now(), scope, cost) {
+                        Decided::Now(result) => result,
+                        Decided::Wait(wait) => self.wait(wait).await,
+                    }
+                })
+                .await
             }
         }
     }

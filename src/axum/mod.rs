@@ -216,7 +216,7 @@ where
             self.manager
                 .verify_now(token_text(&header, &token), &self.scope, 1, &mut secret)
         };
-        let wait = match step {
+        let later = match step {
             Step::Done(result) => {
                 crate::metrics::verification(started, &result);
                 drop(header);
@@ -228,10 +228,8 @@ where
                     }
                 };
             }
-            Step::Wait(wait) => Some(wait),
-            // The secret is read again from the header by a fresh verification (what the
-            // cold path costs dwarfs a second parse).
-            Step::Cold { .. } => None,
+            Step::Wait(wait) => Later::Wait(wait),
+            Step::Cold { id, presented } => Later::Cold(id, presented),
         };
         // `self.inner` is the clone that was driven to readiness: take it for this request and
         // leave a fresh clone in its place (tower's guidance for services that clone inner).
@@ -240,14 +238,18 @@ where
         let manager = self.manager.clone();
         let scope = self.scope.clone();
         Box::pin(async move {
-            let result = match wait {
-                Some(wait) => {
-                    let result = manager.wait(wait).await;
-                    crate::metrics::verification(started, &result);
-                    result
+            let result = match later {
+                Later::Wait(wait) => manager.wait(wait).await,
+                // The secret is read again from the header (by a future that keeps it in a
+                // zeroizing buffer of its own); the cache is not asked twice.
+                Later::Cold(id, presented) => {
+                    let token = token_text(&header, &token);
+                    manager
+                        .verify_cold_token(token, id, presented, &scope, 1)
+                        .await
                 }
-                None => manager.verify(token_text(&header, &token), &scope).await,
             };
+            crate::metrics::verification(started, &result);
             drop(header);
             match result {
                 Ok(verified) => accepted(&mut inner, req, verified).await,
@@ -255,6 +257,12 @@ where
             }
         })
     }
+}
+
+/// What a request's verification still waits for once `call` returned.
+enum Later {
+    Wait(crate::manager::Wait),
+    Cold(crate::KeyId, crate::cache::Fingerprint),
 }
 
 /// The token inside the `Authorization` value (checked ASCII by `bearer_token`).

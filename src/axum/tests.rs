@@ -579,3 +579,103 @@ async fn limits_kept_by_an_engine_that_waits_are_enforced_by_the_layer() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(manager.cached_records(), 1);
 }
+
+/// A key the cache does not hold is looked up in the cache once per request, and each
+/// request is one verification (the layer's cold path reads the store without asking the
+/// cache again).
+#[cfg(feature = "metrics")]
+#[test]
+fn a_cold_request_through_the_layer_counts_one_lookup_and_one_verification() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let f = fixture();
+                let (token, _) = f.key(Scope::Prometheus).await;
+                assert_eq!(f.manager.cached_records(), 0);
+                let calls = Arc::new(AtomicUsize::new(0));
+                let mut svc = f.service(&calls);
+                for _ in 0..2 {
+                    let req = Request::builder()
+                        .header(AUTHORIZATION, format!("Bearer {token}"))
+                        .body(Body::empty())
+                        .unwrap();
+                    let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+                    assert_eq!(resp.status(), StatusCode::OK);
+                }
+                assert_eq!(calls.load(Ordering::SeqCst), 2);
+            })
+    });
+    let mut counters = Vec::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if let DebugValue::Counter(n) = value {
+            counters.push((key.key().name().to_string(), n));
+        }
+    }
+    counters.sort();
+    let count = |name: &str| -> u64 {
+        counters
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .sum()
+    };
+    assert_eq!(count(crate::metrics::CACHE_MISSES_TOTAL), 1, "{counters:?}");
+    assert_eq!(count(crate::metrics::CACHE_HITS_TOTAL), 1, "{counters:?}");
+    assert_eq!(
+        count(crate::metrics::VERIFICATIONS_TOTAL),
+        2,
+        "{counters:?}"
+    );
+}
+
+/// Polls a future to completion on this thread (no runtime: the manager then writes last
+/// uses inline, from the verification that finds a flush due).
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+/// Without a runtime, the verification that finds a last-use flush due writes it. If the
+/// layer's response future carrying that flush is dropped unpolled, the next use flushes
+/// instead: last-use recording never stalls.
+#[test]
+fn a_dropped_response_future_never_stalls_last_use_recording() {
+    let f = fixture();
+    let (a, a_info) = block_on(f.key(Scope::Prometheus));
+    let (b, b_info) = block_on(f.key(Scope::Prometheus));
+    for t in [&a, &b] {
+        block_on(f.manager.verify(t, &Scope::Prometheus)).unwrap();
+    }
+    f.clock.advance(Duration::minutes(2));
+    let now = crate::Clock::now(&f.clock);
+    let last_used = |id| {
+        block_on(f.store.get(id))
+            .unwrap()
+            .unwrap()
+            .last_used_at
+            .unwrap()
+    };
+    assert!(last_used(&a_info.id) < now);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = f.service(&calls);
+    block_on(svc.ready()).unwrap();
+    let req = Request::builder()
+        .header(AUTHORIZATION, format!("Bearer {a}"))
+        .body(Body::empty())
+        .unwrap();
+    drop(svc.call(req));
+    block_on(f.manager.verify(&b, &Scope::Prometheus)).unwrap();
+    assert_eq!(last_used(&a_info.id), now);
+    assert_eq!(last_used(&b_info.id), now);
+}

@@ -478,6 +478,7 @@ mod manage;
 mod uses;
 mod verify;
 
-pub(crate) use verify::Step;
+#[cfg(feature = "axum")]
+pub(crate) use verify::{Step, Wait};
 
 pub use lifecycle::RewrapReport;

@@ -13,8 +13,8 @@
 //!   [`KeyManager::flush_last_use`] writes the buffer now (e.g. at shutdown).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
 
 use super::*;
 
@@ -23,8 +23,8 @@ pub(super) struct Uses {
     capacity: usize,
     #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     interval: StdDuration,
-    /// A flush is scheduled or running.
-    scheduled: AtomicBool,
+    /// A flush is scheduled or running (shared with a due inline flush's [`FlushDue`]).
+    scheduled: Arc<AtomicBool>,
     dropped: AtomicU64,
 }
 
@@ -34,7 +34,7 @@ impl Uses {
             pending: Mutex::new(HashMap::new()),
             capacity,
             interval,
-            scheduled: AtomicBool::new(false),
+            scheduled: Arc::new(AtomicBool::new(false)),
             dropped: AtomicU64::new(0),
         }
     }
@@ -51,11 +51,23 @@ impl Uses {
     }
 }
 
+/// An inline flush that is due (no runtime to flush in the background). Until it ran, no
+/// other flush is scheduled; dropped before it ran — a verification's future dropped unpolled
+/// or cancelled during the write — it clears the mark, so the next use schedules one again
+/// instead of every later use waiting for this one.
+pub(crate) struct FlushDue(Arc<AtomicBool>);
+
+impl Drop for FlushDue {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 impl<S: KeyStore + 'static> KeyManager<S> {
     /// Records a use of `facts`' key at `now` (Unix seconds): at most once a minute per key
-    /// and process, into the buffer. Returns `true` when the caller must flush inline (no
-    /// runtime to flush in the background).
-    pub(super) fn record_use(&self, facts: &Facts, now: i64) -> bool {
+    /// and process, into the buffer. Returns a due flush when the caller must flush inline
+    /// (no runtime to flush in the background).
+    pub(super) fn record_use(&self, facts: &Facts, now: i64) -> Option<FlushDue> {
         let last = facts.last_touch.load(Ordering::Relaxed);
         if now.saturating_sub(last) < TOUCH_INTERVAL_SECS
             || facts
@@ -63,7 +75,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
         {
-            return false;
+            return None;
         }
         let uses = &self.inner.uses;
         {
@@ -71,15 +83,16 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             if pending.len() >= uses.capacity && !pending.contains_key(&facts.id) {
                 drop(pending);
                 uses.dropped.fetch_add(1, Ordering::Relaxed);
-                return false;
+                return None;
             }
             let at = pending.entry(facts.id).or_insert(now);
             *at = (*at).max(now);
         }
         if uses.scheduled.swap(true, Ordering::SeqCst) {
-            return false;
+            return None;
         }
         self.schedule_flush()
+            .then(|| FlushDue(uses.scheduled.clone()))
     }
 
     /// Starts the background flush; `true` if there is no runtime to run it in.
@@ -108,9 +121,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     }
 
     /// The flush of a verify without a runtime (see [`Uses`]).
-    pub(super) async fn flush_inline(&self) {
+    pub(super) async fn flush_inline(&self, due: FlushDue) {
         self.write_uses().await;
-        self.inner.uses.scheduled.store(false, Ordering::SeqCst);
+        drop(due);
     }
 
     /// Writes the buffer in one batch; a failure is logged (those uses are lost).

@@ -25,7 +25,7 @@ pub(crate) enum Wait {
         now: i64,
     },
     /// The last-use buffer, which asked to be written before the answer.
-    Flush(Verified),
+    Flush(Verified, super::uses::FlushDue),
 }
 
 /// The decision once the secret matched.
@@ -81,17 +81,49 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             // What waits is boxed (it waits for I/O, next to which an allocation is nothing)
             // so that the hot path's future stays small to create and move.
             Step::Wait(wait) => Box::pin(self.wait(wait)).await,
-            // After a store read, expiry is decided at the time it returned.
             Step::Cold { id, presented } => {
-                Box::pin(async {
-                    let facts = self.verify_cold(id, &secret, presented).await?;
-                    match self.decide(facts, Instant::now(), scope, cost) {
-                        Decided::Now(result) => result,
-                        Decided::Wait(wait) => self.wait(wait).await,
-                    }
-                })
-                .await
+                Box::pin(self.finish_cold(id, &secret, presented, scope, cost)).await
             }
+        }
+    }
+
+    /// Finishes a verification whose [`KeyManager::verify_now`] answered [`Step::Cold`],
+    /// from the same token: parsed again into this future's own zeroizing buffer (the first
+    /// one is gone), without a second cache lookup.
+    #[cfg(feature = "axum")]
+    pub(crate) async fn verify_cold_token(
+        &self,
+        token: &str,
+        id: KeyId,
+        presented: crate::cache::Fingerprint,
+        scope: &Scope,
+        cost: u64,
+    ) -> Result<Verified, Error> {
+        let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
+        // The token `verify_now` parsed: it parses to the same id again.
+        match UntrustedToken::parse_into(&self.inner.prefix, token, &mut secret) {
+            Ok(again) if again == id => {
+                Box::pin(self.finish_cold(id, &secret, presented, scope, cost)).await
+            }
+            Ok(_) => Err(Error::InvalidKey),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The store read of a key the cache does not hold, then the decision. After a store
+    /// read, expiry is decided at the time it returned.
+    async fn finish_cold(
+        &self,
+        id: KeyId,
+        secret: &Zeroizing<[u8; SECRET_LEN]>,
+        presented: crate::cache::Fingerprint,
+        scope: &Scope,
+        cost: u64,
+    ) -> Result<Verified, Error> {
+        let facts = self.verify_cold(id, secret, presented).await?;
+        match self.decide(facts, Instant::now(), scope, cost) {
+            Decided::Now(result) => result,
+            Decided::Wait(wait) => self.wait(wait).await,
         }
     }
 
@@ -182,10 +214,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         };
         let flush = self.record_use(&facts, now);
         let verified = Verified::new(facts, spent);
-        if flush {
-            Decided::Wait(Wait::Flush(verified))
-        } else {
-            Decided::Now(Ok(verified))
+        match flush {
+            Some(due) => Decided::Wait(Wait::Flush(verified, due)),
+            None => Decided::Now(Ok(verified)),
         }
     }
 
@@ -202,13 +233,13 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                     Some(limits) => Some(self.spend(&facts, limits, cost, now_ms).await?),
                     None => None,
                 };
-                if self.record_use(&facts, now) {
-                    self.flush_inline().await;
+                if let Some(due) = self.record_use(&facts, now) {
+                    self.flush_inline(due).await;
                 }
                 Ok(Verified::new(facts, spent))
             }
-            Wait::Flush(verified) => {
-                self.flush_inline().await;
+            Wait::Flush(verified, due) => {
+                self.flush_inline(due).await;
                 Ok(verified)
             }
         }

@@ -130,6 +130,14 @@ async fn send(
     }
 }
 
+/// A request to the guarded service with `Authorization: Bearer <token>`.
+fn bearer_request(token: &str) -> Request<Body> {
+    Request::builder()
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
 const BARE: &str = "Bearer realm=\"api\"";
 const INVALID_REQUEST: &str = "Bearer realm=\"api\", error=\"invalid_request\"";
 const INVALID_TOKEN: &str = "Bearer realm=\"api\", error=\"invalid_token\"";
@@ -329,10 +337,7 @@ async fn the_inner_service_that_was_made_ready_is_the_one_called() {
     let mut svc =
         ApiKeyLayer::new(f.manager.clone(), Scope::Prometheus).layer(NeedsReady { ready: false });
     for _ in 0..3 {
-        let req = Request::builder()
-            .header(AUTHORIZATION, format!("Bearer {token}"))
-            .body(Body::empty())
-            .unwrap();
+        let req = bearer_request(&token);
         let resp = svc.ready().await.unwrap().call(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
     }
@@ -547,10 +552,7 @@ async fn limits_kept_by_an_engine_that_waits_are_enforced_by_the_layer() {
     ));
     let mut answers = Vec::new();
     for _ in 0..4 {
-        let req = Request::builder()
-            .header(AUTHORIZATION, format!("Bearer {}", key.expose_secret()))
-            .body(Body::empty())
-            .unwrap();
+        let req = bearer_request(key.expose_secret());
         let resp = svc.ready().await.unwrap().call(req).await.unwrap();
         let remaining = resp
             .headers()
@@ -601,10 +603,7 @@ fn a_cold_request_through_the_layer_counts_one_lookup_and_one_verification() {
                 let calls = Arc::new(AtomicUsize::new(0));
                 let mut svc = f.service(&calls);
                 for _ in 0..2 {
-                    let req = Request::builder()
-                        .header(AUTHORIZATION, format!("Bearer {token}"))
-                        .body(Body::empty())
-                        .unwrap();
+                    let req = bearer_request(&token);
                     let resp = svc.ready().await.unwrap().call(req).await.unwrap();
                     assert_eq!(resp.status(), StatusCode::OK);
                 }
@@ -670,10 +669,7 @@ fn a_dropped_response_future_never_stalls_last_use_recording() {
     let calls = Arc::new(AtomicUsize::new(0));
     let mut svc = f.service(&calls);
     block_on(svc.ready()).unwrap();
-    let req = Request::builder()
-        .header(AUTHORIZATION, format!("Bearer {a}"))
-        .body(Body::empty())
-        .unwrap();
+    let req = bearer_request(&a);
     drop(svc.call(req));
     block_on(f.manager.verify(&b, &Scope::Prometheus)).unwrap();
     assert_eq!(last_used(&a_info.id), now);

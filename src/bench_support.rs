@@ -63,10 +63,9 @@ pub fn open_record(
     record: &KeyRecord,
     secret: &[u8; SECRET_LEN],
 ) -> Result<bool, Error> {
-    use subtle::ConstantTimeEq;
     let mut plain = zeroize::Zeroizing::new([0u8; SECRET_LEN]);
     record.open_to_verify(keyring, &record.class, record.id, &mut plain)?;
-    Ok(plain.ct_eq(secret).into())
+    Ok(crate::crypto::ct_eq_bytes(&plain, secret).into())
 }
 
 /// Parses a token exactly as `verify` does (format, checksum, canonical decoding) and returns

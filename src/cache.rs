@@ -188,6 +188,14 @@ impl Cache {
         u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// Whether two fingerprints are equal, in constant time (one `subtle` decision on
+    /// their accumulated difference).
+    #[inline]
+    pub(crate) fn same_fingerprint(a: &Fingerprint, b: &Fingerprint) -> subtle::Choice {
+        use subtle::ConstantTimeEq;
+        std::hint::black_box((a[0] ^ b[0]) | (a[1] ^ b[1])).ct_eq(&0)
+    }
+
     /// Keyed fingerprint of a 32-byte secret: `E(k, E(k, s[..16]) ^ s[16..])`, a CBC-MAC over
     /// a fixed-length message (a PRF for that length).
     pub(crate) fn fingerprint(&self, secret: &[u8; 32]) -> Fingerprint {

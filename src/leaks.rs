@@ -2,7 +2,6 @@
 //! ([`KeyManager::revoke_leaked`]) — holding it proves it is out.
 
 use serde::Serialize;
-use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::audit::AuditAction;
@@ -115,7 +114,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             }
             return Ok(LeakVerdict::FalsePositive);
         }
-        if !bool::from(stored.ct_eq(&*presented)) {
+        if !bool::from(crate::crypto::ct_eq_bytes(&stored, &presented)) {
             return Ok(LeakVerdict::FalsePositive);
         }
         let now = whole_seconds(self.inner.clock.now());

@@ -4,7 +4,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration as StdDuration, Instant};
 
-use subtle::ConstantTimeEq;
 use time::{Duration, OffsetDateTime};
 
 use crate::audit::{AuditAction, AuditEvent, AuditSink, FailureClass, TracingAudit};

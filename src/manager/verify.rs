@@ -155,7 +155,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let Some((facts, fingerprint)) = cache.get(&id, mono) else {
             return Step::Cold { id, presented };
         };
-        if !bool::from(presented[..].ct_eq(&fingerprint[..])) {
+        if !bool::from(Cache::same_fingerprint(&presented, &fingerprint)) {
             self.verify_failed(FailureClass::InvalidKey, Some(&facts.org), Some(id), mono);
             return Step::Done(Err(Error::InvalidKey));
         }
@@ -285,7 +285,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 return Err(e);
             }
         }
-        let matched: bool = secret.ct_eq(&**presented).into();
+        let matched: bool = crate::crypto::ct_eq_bytes(&secret, presented).into();
         let facts = Arc::new(Facts::from_owned(rec, self.inner.local.as_deref()));
         let fingerprint = cache.fingerprint(&secret);
         if !matched {
@@ -311,7 +311,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     fn serve_stale(&self, id: KeyId, presented: crate::cache::Fingerprint) -> Option<Arc<Facts>> {
         let now = Instant::now();
         let (facts, fingerprint) = self.inner.cache.get_stale(&id, now)?;
-        if !bool::from(presented[..].ct_eq(&fingerprint[..])) {
+        if !bool::from(Cache::same_fingerprint(&presented, &fingerprint)) {
             return None;
         }
         if !facts.revoked {

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -413,7 +412,10 @@ impl KeyRecord {
     ) -> Result<&'k Subkeys, Error> {
         let keys = self.check_main_tag(keyring, class)?;
         let details = self.compute_details_tag(keys);
-        if bool::from(details.ct_eq(&self.sealed.details_tag)) {
+        if bool::from(crate::crypto::ct_eq_bytes(
+            &details,
+            &self.sealed.details_tag,
+        )) {
             Ok(keys)
         } else {
             Err(Error::Integrity)
@@ -430,7 +432,7 @@ impl KeyRecord {
             .ok_or(Error::Integrity)?;
         let tag = self.compute_tag(keys);
         // The class is under the tag; compared after it, it is authentic.
-        if bool::from(tag.ct_eq(&self.sealed.tag)) && self.class == class {
+        if bool::from(crate::crypto::ct_eq_bytes(&tag, &self.sealed.tag)) && self.class == class {
             Ok(keys)
         } else {
             Err(Error::Integrity)

@@ -90,11 +90,12 @@ pub(crate) fn kdf(master: &[u8; 16], label: &[u8], context: &[u8]) -> Zeroizing<
 }
 
 /// The two subkeys of one master key, derived once, as ready-to-use cipher states (zeroized
-/// on drop by the `zeroize` features of `aes` and `cmac`).
+/// on drop by the `zeroize` feature of `aes`).
 #[derive(Clone)]
 pub(crate) struct Subkeys {
     enc: Aes128,
-    mac: Cmac<Aes128>,
+    /// AES under `k_mac`: CMAC states borrow it ([`Subkeys::mac`]).
+    mac: Aes128,
 }
 
 impl Subkeys {
@@ -103,13 +104,18 @@ impl Subkeys {
         let k_mac = kdf(master.bytes(), LABEL_MAC, KDF_CONTEXT);
         Subkeys {
             enc: Aes128::new(GenericArray::from_slice(&*k_enc)),
-            mac: <Cmac<Aes128> as KeyInit>::new(GenericArray::from_slice(&*k_mac)),
+            mac: Aes128::new(GenericArray::from_slice(&*k_mac)),
         }
     }
 
-    /// A fresh pre-keyed CMAC state under `k_mac`.
-    pub(crate) fn mac(&self) -> Cmac<Aes128> {
-        self.mac.clone()
+    /// A fresh CMAC state under `k_mac`, borrowing the cipher: `cmac`'s own construction
+    /// (RustCrypto's `CmacCore` over `&Aes128`, which `cipher` implements the block-cipher
+    /// traits for), with a state of a few dozen bytes instead of a copy of the whole cipher
+    /// (sized for the software fallback's fixsliced keys, ~1 KiB with the MAC state) cloned,
+    /// moved through `finalize` and zeroized for every tag.
+    pub(crate) fn mac(&self) -> Cmac<&Aes128> {
+        use cmac::digest::{core_api::CoreWrapper, crypto_common::InnerInit};
+        CoreWrapper::from_core(cmac::CmacCore::inner_init(&self.mac))
     }
 
     /// AES-128-CBC without padding over exactly two blocks.
@@ -340,10 +346,57 @@ mod tests {
             (40, "dfa66747de9ae63030ca32611497c827"),
             (64, "51f0bebf7e3b9d92fc49741779363cfe"),
         ];
+        // The same vectors through `Subkeys::mac`'s construction (CMAC over a borrowed
+        // cipher).
+        let sub = Subkeys {
+            enc: Aes128::new(GenericArray::from_slice(&key)),
+            mac: Aes128::new(GenericArray::from_slice(&key)),
+        };
         for (len, tag) in cases {
             let mut m = <Cmac<Aes128> as KeyInit>::new(GenericArray::from_slice(&key));
             m.update(&msg[..len]);
             assert_eq!(m.finalize().into_bytes().to_vec(), h(tag), "length {len}");
+            let mut b = sub.mac();
+            b.update(&msg[..len]);
+            assert_eq!(
+                b.finalize().into_bytes().to_vec(),
+                h(tag),
+                "borrowed, length {len}"
+            );
+        }
+    }
+
+    /// CMAC over the borrowed cipher agrees with `Cmac<Aes128>` on random keys and messages
+    /// of every length from 0 to 300 bytes (partial, whole and several blocks), fed in
+    /// random pieces.
+    #[test]
+    fn borrowed_cipher_cmac_agrees_with_the_owned_one() {
+        for len in 0..=300 {
+            let mut key = [0u8; 16];
+            fill_random(&mut key).unwrap();
+            let mut msg = vec![0u8; len];
+            fill_random(&mut msg).unwrap();
+            let cipher = Aes128::new(GenericArray::from_slice(&key));
+            let sub = Subkeys {
+                enc: cipher.clone(),
+                mac: cipher,
+            };
+            let mut owned = <Cmac<Aes128> as KeyInit>::new(GenericArray::from_slice(&key));
+            owned.update(&msg);
+            let mut borrowed = sub.mac();
+            let mut rest = &msg[..];
+            let mut cut = [0u8; 1];
+            while !rest.is_empty() {
+                fill_random(&mut cut).unwrap();
+                let (piece, tail) = rest.split_at(usize::from(cut[0] % 40).min(rest.len()));
+                borrowed.update(piece);
+                rest = tail;
+            }
+            assert_eq!(
+                owned.finalize().into_bytes(),
+                borrowed.finalize().into_bytes(),
+                "length {len}"
+            );
         }
     }
 

@@ -23,18 +23,19 @@ fn string(out: &mut (impl FnMut(&[u8]) + ?Sized), s: &str) {
 /// bytes instead of one per field. The encoding streams ~40 pieces of 1 to 16 bytes for a
 /// typical record, and the MAC's block-buffer bookkeeping per call cost more than its AES
 /// work. Nothing secret passes through (the encoding holds the ciphertext, not the secret).
-/// It borrows the MAC state, so neither is moved (the state is ~1 KiB).
-struct MacFeed<'m> {
-    mac: &'m mut cmac::Cmac<aes::Aes128>,
+/// It borrows the MAC state, which borrows the cipher (see [`Subkeys::mac`]): nothing large
+/// is copied or moved.
+struct MacFeed<'m, 'k> {
+    mac: &'m mut cmac::Cmac<&'k aes::Aes128>,
     buf: [u8; MacFeed::CAP],
     len: usize,
 }
 
-impl MacFeed<'_> {
+impl MacFeed<'_, '_> {
     const CAP: usize = 256;
 
     /// The tag of what `encode` streams, under `keys`.
-    fn tag(keys: &Subkeys, encode: impl FnOnce(&mut MacFeed<'_>)) -> [u8; 16] {
+    fn tag(keys: &Subkeys, encode: impl FnOnce(&mut MacFeed<'_, '_>)) -> [u8; 16] {
         let mut mac = keys.mac();
         let mut feed = MacFeed {
             mac: &mut mac,

@@ -5,9 +5,11 @@
 //! one slab (`Vec`), found for point reads through a hash index of slots and for `scan`
 //! through an ordered `BTreeMap<KeyId, u32>`; timestamps are Unix seconds (sub-second parts,
 //! which records never have, are kept aside only when present); built-in scope lists are a
-//! bit mask; organization, class, user ids and leak sources are interned, and a row holds
-//! their numbers; the revocation reason is a code. Fields most keys leave empty sit in one
-//! optional box, but what a revoke or a roll writes stays inline.
+//! bit mask; organization, class and user ids are interned, and a row holds their numbers;
+//! the revocation reason is a code. Fields most keys leave empty sit in one optional box, but
+//! what a revoke or a roll writes (the reason's kind, the revoker, the replacement) stays
+//! inline.
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::{Future, ready};
 use std::hash::BuildHasher;
@@ -39,7 +41,6 @@ struct Data {
     orgs: Interner<OrgId>,
     users: Interner<UserId>,
     classes: Interner<Arc<str>>,
-    sources: Interner<Arc<str>>,
 }
 
 impl Data {

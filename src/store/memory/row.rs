@@ -55,8 +55,10 @@ impl Scopes {
 }
 
 /// The fields most keys leave empty, boxed only when one is set. (What a revoke or a roll
-/// writes — the reason, the replacement — stays inline in the row: reading a revoked or a
-/// rolled key must cost what reading an active one does.)
+/// writes — the reason's kind, the revoker, the replacement — stays inline in the row:
+/// reading a revoked or a rolled key must cost what reading an active one does. A leak
+/// report's source is the exception: copying it allocated before it moved here, and a key
+/// reported leaked has been revoked in public.)
 #[derive(Default, PartialEq)]
 pub(super) struct Extra {
     pub(super) replaces: Option<KeyId>,
@@ -71,6 +73,9 @@ pub(super) struct Extra {
     /// The nanoseconds of `created_at`, `expires_at`, `revoked_at`, `last_used_at`, only when
     /// one is not a whole second (the crate never writes such times).
     pub(super) nanos: Option<[u32; 4]>,
+    /// Where a leak report found the key (each report's own, so kept with the row rather
+    /// than interned: it goes when the row does).
+    pub(super) leak_source: Option<Box<str>>,
 }
 
 /// [`Row::scopes`] when the list is in [`Extra::scopes`].
@@ -86,10 +91,9 @@ pub(super) struct Row {
     pub(super) created_by: u32,
     pub(super) revoked_by: u32,
     pub(super) extra: Option<Box<Extra>>,
-    /// The revocation reason's kind ([`Reason`]), and for a leak report its source
-    /// (interned; [`NO_NAME`] otherwise).
+    /// The revocation reason's kind ([`Reason`]; a leak report's source is in
+    /// [`Extra::leak_source`]).
     pub(super) revocation: u8,
-    pub(super) leak_source: u32,
     /// The replacing key, when `has_replacement` (no `Option`: 8 bytes, not 16).
     pub(super) replaced_by: u64,
     pub(super) has_replacement: bool,
@@ -134,8 +138,8 @@ pub(super) fn join(secs: i64, nanos: u32) -> Result<Option<OffsetDateTime>, Stor
 pub(super) const NO_NAME: u32 = u32::MAX;
 
 /// Equal values stored once, each known by a `u32` that rows hold instead of the value. Kept
-/// for the store's lifetime: bounded by the distinct organizations, users, classes and leak
-/// sources it has seen.
+/// for the store's lifetime: bounded by the distinct organizations, users and classes it has
+/// seen.
 pub(super) struct Interner<T> {
     pub(super) items: Vec<T>,
     pub(super) ids: HashMap<T, u32>,
@@ -197,14 +201,14 @@ impl Data {
             Scopes::List(list) => (CUSTOM_SCOPES, Some(list)),
         };
         let (revocation, leak_source) = match r.revocation {
-            None => (Reason::NONE, NO_NAME),
-            Some(RevocationReason::Manual) => (Reason::MANUAL, NO_NAME),
+            None => (Reason::NONE, None),
+            Some(RevocationReason::Manual) => (Reason::MANUAL, None),
             Some(RevocationReason::Leaked { source }) => {
-                (Reason::LEAKED, self.sources.id(Arc::from(source))?)
+                (Reason::LEAKED, Some(source.into_boxed_str()))
             }
-            Some(RevocationReason::Unused) => (Reason::UNUSED, NO_NAME),
-            Some(RevocationReason::DepartedUser) => (Reason::DEPARTED_USER, NO_NAME),
-            Some(RevocationReason::Rolled) => (Reason::ROLLED, NO_NAME),
+            Some(RevocationReason::Unused) => (Reason::UNUSED, None),
+            Some(RevocationReason::DepartedUser) => (Reason::DEPARTED_USER, None),
+            Some(RevocationReason::Rolled) => (Reason::ROLLED, None),
         };
         let revoked_by = match r.revoked_by {
             Some(u) => self.users.id(u)?,
@@ -219,6 +223,7 @@ impl Data {
             notices: r.notices,
             scopes: custom,
             nanos,
+            leak_source,
         };
         Ok(Row {
             id: r.id,
@@ -228,7 +233,6 @@ impl Data {
             revoked_by,
             extra: (extra != Extra::default()).then(|| Box::new(extra)),
             revocation,
-            leak_source,
             replaced_by: r.replaced_by.map_or(0, |k| k.0),
             has_replacement: r.replaced_by.is_some(),
             name: r.name.into_boxed_str(),
@@ -314,7 +318,12 @@ impl Data {
             Reason::NONE => return Ok(None),
             Reason::MANUAL => RevocationReason::Manual,
             Reason::LEAKED => RevocationReason::Leaked {
-                source: String::from(&**self.sources.get(row.leak_source)),
+                source: row
+                    .extra
+                    .as_ref()
+                    .and_then(|e| e.leak_source.as_deref())
+                    .map(String::from)
+                    .ok_or_else(|| StoreError::Corrupt("leak report without a source".into()))?,
             },
             Reason::UNUSED => RevocationReason::Unused,
             Reason::DEPARTED_USER => RevocationReason::DepartedUser,

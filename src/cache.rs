@@ -189,11 +189,10 @@ impl Cache {
     }
 
     /// Whether two fingerprints are equal, in constant time (one `subtle` decision on
-    /// their accumulated difference).
+    /// their accumulated difference, see [`crate::crypto::ct_eq_bytes`]).
     #[inline]
     pub(crate) fn same_fingerprint(a: &Fingerprint, b: &Fingerprint) -> subtle::Choice {
-        use subtle::ConstantTimeEq;
-        std::hint::black_box((a[0] ^ b[0]) | (a[1] ^ b[1])).ct_eq(&0)
+        !crate::crypto::differs((a[0] ^ b[0]) | (a[1] ^ b[1]))
     }
 
     /// Keyed fingerprint of a 32-byte secret: `E(k, E(k, s[..16]) ^ s[16..])`, a CBC-MAC over

@@ -172,11 +172,11 @@ pub(crate) fn cbc_decrypt_into(
 ///
 /// `subtle`'s comparison of byte arrays makes one optimization-barrier decision per byte;
 /// over the 16-byte tag and the 32-byte secret of every cold verification that was ~400
-/// instructions. The accumulated difference goes through `black_box` before the decision,
-/// so the compiler cannot turn the fold into a comparison that stops at the first
-/// difference.
+/// instructions. The accumulated difference is reduced to one bit without a branch
+/// (`(d | -d) >> 63`) and only that bit passes the optimization barrier (`black_box`, then
+/// `subtle`'s own): the compiler sees no comparison it could end early, and what a barrier
+/// leaves on the stack is the answer alone, not the XOR of the secret with its guess.
 pub(crate) fn ct_eq_bytes<const N: usize>(a: &[u8; N], b: &[u8; N]) -> subtle::Choice {
-    use subtle::ConstantTimeEq;
     let words = a.chunks_exact(8).zip(b.chunks_exact(8));
     let mut diff = words.fold(0u64, |d, (x, y)| {
         let (mut xw, mut yw) = ([0u8; 8], [0u8; 8]);
@@ -188,7 +188,14 @@ pub(crate) fn ct_eq_bytes<const N: usize>(a: &[u8; N], b: &[u8; N]) -> subtle::C
     for (x, y) in tail.zip(b.chunks_exact(8).remainder()) {
         diff |= u64::from(x ^ y);
     }
-    std::hint::black_box(diff).ct_eq(&0)
+    !differs(diff)
+}
+
+/// 1 when `d` is not zero, as a `subtle::Choice`, without a branch on `d`.
+#[inline]
+pub(crate) fn differs(d: u64) -> subtle::Choice {
+    let bit = ((d | d.wrapping_neg()) >> 63) as u8;
+    subtle::Choice::from(std::hint::black_box(bit))
 }
 
 /// The master keys a manager knows, by version: the current one (seals), previous ones

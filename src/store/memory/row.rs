@@ -55,7 +55,8 @@ impl Scopes {
 }
 
 /// The fields most keys leave empty, boxed only when one is set. (What a revoke or a roll
-/// writes — the reason's kind, the revoker, the replacement — stays inline in the row:
+/// writes to an existing key — the reason's kind, the revoker, the replacing key — stays
+/// inline in the row:
 /// reading a revoked or a rolled key must cost what reading an active one does. A leak
 /// report's source is the exception: copying it allocated before it moved here, and a key
 /// reported leaked has been revoked in public.)

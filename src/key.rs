@@ -213,8 +213,7 @@ impl Facts {
     /// The facts of a record the caller is done with: its scopes, owner and metadata move
     /// over instead of being copied (the cold path reads an owned record from the store and
     /// drops it right after).
-    pub(crate) fn from_owned(rec: KeyRecord, local: Option<&crate::LocalCounters>) -> Facts {
-        let mut rec = rec;
+    pub(crate) fn from_owned(mut rec: KeyRecord, local: Option<&crate::LocalCounters>) -> Facts {
         let moved = Moved {
             scopes: std::mem::take(&mut rec.scopes),
             owner: rec.owner.take(),

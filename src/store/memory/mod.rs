@@ -37,7 +37,8 @@ struct Data {
     /// Seeded per store.
     hasher: foldhash::fast::RandomState,
     rows: Vec<Row>,
-    by_org: HashMap<OrgId, BTreeSet<KeyId>>,
+    /// The ids of each organization's keys, by the organization's number in `orgs`.
+    by_org: HashMap<u32, BTreeSet<KeyId>>,
     orgs: Interner<OrgId>,
     users: Interner<UserId>,
     classes: Interner<Arc<str>>,
@@ -45,7 +46,7 @@ struct Data {
 
 impl Data {
     fn hash(&self, id: &KeyId) -> u64 {
-        self.hasher.hash_one(id.value())
+        hash_id(&self.hasher, id)
     }
 
     /// The slot of `id`'s row.
@@ -68,14 +69,12 @@ impl Data {
     fn put(&mut self, record: KeyRecord) -> Result<(), StoreError> {
         let id = record.id;
         let row = self.compact(record)?;
-        let org = self.orgs.get(row.org).clone();
+        let org = row.org;
         match self.slot(&id) {
             Some(slot) => {
-                let new_org = row.org;
                 let old = std::mem::replace(&mut self.rows[slot as usize], row);
-                if old.org != new_org {
-                    let old_org = self.orgs.get(old.org).clone();
-                    self.unlink(&old_org, &id);
+                if old.org != org {
+                    self.unlink(old.org, &id);
                     self.by_org.entry(org).or_default().insert(id);
                 }
             }
@@ -92,20 +91,18 @@ impl Data {
                     hasher,
                     ..
                 } = self;
-                slots.insert_unique(hash, slot, |&s| {
-                    hasher.hash_one(rows[s as usize].id.value())
-                });
+                slots.insert_unique(hash, slot, |&s| hash_id(hasher, &rows[s as usize].id));
                 self.by_org.entry(org).or_default().insert(id);
             }
         }
         Ok(())
     }
 
-    fn unlink(&mut self, org: &OrgId, id: &KeyId) {
-        if let Some(set) = self.by_org.get_mut(org) {
+    fn unlink(&mut self, org: u32, id: &KeyId) {
+        if let Some(set) = self.by_org.get_mut(&org) {
             set.remove(id);
             if set.is_empty() {
-                self.by_org.remove(org);
+                self.by_org.remove(&org);
             }
         }
     }
@@ -127,10 +124,14 @@ impl Data {
                 *s = slot;
             }
         }
-        let org = self.orgs.get(row.org).clone();
-        self.unlink(&org, id);
+        self.unlink(row.org, id);
         true
     }
+}
+
+/// The hash index's hash of an id.
+fn hash_id(hasher: &foldhash::fast::RandomState, id: &KeyId) -> u64 {
+    hasher.hash_one(id.value())
 }
 
 #[derive(Default)]
@@ -263,7 +264,7 @@ impl KeyStore for MemoryStore {
 
     fn list(&self, org: &OrgId) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
         let d = self.read();
-        let out = match d.by_org.get(org) {
+        let out = match d.orgs.find(org).and_then(|n| d.by_org.get(&n)) {
             Some(ids) => ids
                 .iter()
                 .filter_map(|id| d.row(id))

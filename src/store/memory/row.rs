@@ -170,6 +170,11 @@ impl<T: Clone + Eq + std::hash::Hash> Interner<T> {
         Ok(i)
     }
 
+    /// `v`'s number, if it has one.
+    pub(super) fn find(&self, v: &T) -> Option<u32> {
+        self.ids.get(v).copied()
+    }
+
     /// The value numbered `i` (a number this interner handed out).
     pub(super) fn get(&self, i: u32) -> &T {
         &self.items[i as usize]

@@ -82,6 +82,20 @@ pub(crate) mod base62 {
         bad == 0
     }
 
+    /// Whether the last `BODY_LEN` bytes of a 64-byte window are all ASCII alphanumeric:
+    /// [`all_alnum`] over whole 16-byte vectors (the window's first bytes, the end of the
+    /// prefix and its separator, are masked out instead of handled one by one).
+    #[inline(always)]
+    pub(crate) fn all_alnum_window(w: &[u8; 64]) -> bool {
+        let mut bad = 0u8;
+        for (i, &c) in w.iter().enumerate() {
+            let digit = c.wrapping_sub(b'0') < 10;
+            let alpha = (c | 0x20).wrapping_sub(b'a') < 26;
+            bad |= u8::from(!(digit | alpha)) & u8::from(i >= 64 - super::BODY_LEN);
+        }
+        bad == 0
+    }
+
     /// The digit of a byte already known to be alphanumeric: fewer operations than
     /// [`digit`], still without branches or table look-ups.
     #[inline(always)]
@@ -114,28 +128,62 @@ pub(crate) mod base62 {
     }
 
     /// Decodes at most 11 characters already checked to be alphanumeric (branch-free per
-    /// character); `None` when the value overflows a `u64`. Two independent Horner chains
-    /// (first five digits, next five) halve the multiply latency; the eleventh digit is
-    /// applied in 128 bits to detect overflow.
+    /// character; eleven through [`word11`]); `None` when the value overflows a `u64`.
     #[inline(always)]
     pub(crate) fn word(b: &[u8]) -> Option<u64> {
         debug_assert!(b.len() <= 11);
-        if b.len() < 11 {
-            let mut acc: u64 = 0;
-            for &c in b {
-                acc = acc * 62 + u64::from(alnum_digit(c));
-            }
-            return Some(acc);
+        if let Ok(b) = <&[u8; 11]>::try_from(b) {
+            let (v, overflow) = word11(b);
+            return (!overflow).then_some(v);
         }
-        let mut hi: u64 = 0;
-        let mut lo: u64 = 0;
-        for k in 0..5 {
-            hi = hi * 62 + u64::from(alnum_digit(b[k]));
-            lo = lo * 62 + u64::from(alnum_digit(b[k + 5]));
+        let mut acc: u64 = 0;
+        for &c in b {
+            acc = acc * 62 + u64::from(alnum_digit(c));
         }
-        // 62^5 = 916_132_832; hi * 62^5 + lo < 62^10 < 2^60.
-        let acc = hi * 916_132_832 + lo;
-        u64::try_from(u128::from(acc) * 62 + u128::from(alnum_digit(b[10]))).ok()
+        Some(acc)
+    }
+
+    /// The digits of eight ASCII alphanumerics loaded little-endian (the first character in
+    /// the low byte), one a byte: [`alnum_digit`] on all eight at once. Every byte is below
+    /// 0x80, so adding 0x46 (or 0x25) carries into no other byte and sets a byte's top bit
+    /// exactly when it is above `'9'` (or `'Z'`); no byte's subtraction borrows.
+    #[inline(always)]
+    pub(crate) fn digits8(x: u64) -> u64 {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const TOP: u64 = 0x8080_8080_8080_8080;
+        let above_9 = ((x + 0x46 * ONES) & TOP) >> 7;
+        let above_z = ((x + 0x25 * ONES) & TOP) >> 7;
+        x - 0x30 * ONES - 7 * above_9 - 6 * above_z
+    }
+
+    /// Eight digits (one a byte, the most significant in the low byte) to their value:
+    /// neighbouring digits, then pairs, then quads are joined inside the word. No lane
+    /// carries into the next: 61·62 + 61 < 2^16, 3843·62² + 3843 < 2^32.
+    #[inline(always)]
+    pub(crate) fn value8(d: u64) -> u64 {
+        let t = (d & 0x00FF_00FF_00FF_00FF) * 62 + ((d >> 8) & 0x00FF_00FF_00FF_00FF);
+        let u = (t & 0x0000_FFFF_0000_FFFF) * (62 * 62) + ((t >> 16) & 0x0000_FFFF_0000_FFFF);
+        (u & 0xFFFF_FFFF) * 14_776_336 + (u >> 32)
+    }
+
+    /// Decodes exactly 11 characters already checked to be alphanumeric, without branches
+    /// or table look-ups (secrets pass through here): characters 0..8 and 3..11 are read as
+    /// two words, the first eight digits joined inside one, the last three taken from the
+    /// other, and the two parts joined in 128 bits. Returns the value's low 64 bits and
+    /// whether it overflowed a `u64` (a second spelling of a smaller value: malformed).
+    #[inline(always)]
+    pub(crate) fn word11(b: &[u8; 11]) -> (u64, bool) {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&b[..8]);
+        let mut tail = [0u8; 8];
+        tail.copy_from_slice(&b[3..]);
+        let v = value8(digits8(u64::from_le_bytes(head)));
+        // Digits 8, 9, 10 are bytes 5, 6, 7 of the second word.
+        let t = digits8(u64::from_le_bytes(tail)) >> 40;
+        let last = (t & 0xFF) * (62 * 62) + ((t >> 8) & 0xFF) * 62 + (t >> 16);
+        // 62^3 = 238_328.
+        let wide = u128::from(v) * 238_328 + u128::from(last);
+        (wide as u64, (wide >> 64) != 0)
     }
 
     /// Decodes alphanumeric digits into a `u64`; `None` for any other byte, more than 11
@@ -206,31 +254,48 @@ impl UntrustedToken {
         let Ok(body) = <&[u8; BODY_LEN]>::try_from(&b[p + 1..]) else {
             return Err(Error::Malformed);
         };
-        // Character set first (branch-free, so it vectorizes), then the checksum: noise and
+        // Character set first (branch-free, so it vectorizes: over the token's last 64
+        // bytes when the prefix is long enough to fill them), then the checksum: noise and
         // typos are rejected before any decoding.
-        if !base62::all_alnum(body) {
+        let alnum = match b
+            .len()
+            .checked_sub(64)
+            .map(|start| <&[u8; 64]>::try_from(&b[start..]))
+        {
+            Some(Ok(window)) => base62::all_alnum_window(window),
+            _ => base62::all_alnum(body),
+        };
+        if !alnum {
             return Err(Error::Malformed);
         }
-        let (before_check, check) = b.split_at(b.len() - CHECK_CHARS);
-        if base62::word(check) != Some(u64::from(crc32fast::hash(before_check))) {
+        let (before_check, _) = b.split_at(b.len() - CHECK_CHARS);
+        // The check characters are the top of the token's last eight bytes (loaded
+        // little-endian: the first of them above the two bytes before it); with those two
+        // cleared, a word of eight digits whose first two are zero.
+        let mut last = [0u8; 8];
+        last.copy_from_slice(&b[b.len() - 8..]);
+        let check = base62::value8(
+            base62::digits8(u64::from_le_bytes(last)) & (u64::MAX << (8 * (8 - CHECK_CHARS))),
+        );
+        if check != u64::from(crc32fast::hash(before_check)) {
             return Err(Error::Malformed);
         }
-        // Digits of the id and the secret in one branch-free pass (it vectorizes), then the
-        // fixed-width words.
-        let mut digits = Zeroizing::new([0u8; KeyId::LEN + SECRET_CHARS]);
-        for (d, &c) in digits.iter_mut().zip(body.iter()) {
-            *d = base62::alnum_digit(c);
-        }
-        let id = base62::value(&digits[..KeyId::LEN]).ok_or(Error::Malformed)?;
-        let mut overflow = false;
-        for (i, chunk) in digits[KeyId::LEN..].chunks_exact(11).enumerate() {
-            match base62::value(chunk) {
-                Some(mut w) => {
-                    secret[i * 8..i * 8 + 8].copy_from_slice(&w.to_be_bytes());
-                    w.zeroize();
-                }
-                None => overflow = true,
-            }
+        // The id and the secret's four words, eleven characters each, decoded without
+        // branches; one decision on whether any of them overflowed.
+        let Some((id_text, mut rest)) = body.split_first_chunk::<11>() else {
+            return Err(Error::Malformed);
+        };
+        let (id, mut overflow) = base62::word11(id_text);
+        for i in 0..SECRET_LEN / 8 {
+            let Some((text, more)) = rest.split_first_chunk::<11>() else {
+                overflow = true;
+                break;
+            };
+            rest = more;
+            let (mut w, over) = base62::word11(text);
+            secret[i * 8..i * 8 + 8].copy_from_slice(&w.to_be_bytes());
+            w.zeroize();
+            overflow |= over;
         }
         if overflow {
             secret.zeroize();
@@ -364,6 +429,74 @@ mod tests {
         assert_eq!(base62::decode_u64(b"zzzzzzzzzzz"), None);
         assert_eq!(base62::decode_u64(b"0000000000-"), None);
         assert_eq!(base62::decode_u64(b"000000000000"), None);
+    }
+
+    #[test]
+    fn eleven_character_words_match_the_reference_in_every_position() {
+        let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let reference = |t: &[u8; 11]| -> u128 {
+            t.iter().fold(0u128, |acc, &c| {
+                let d = alphabet.iter().position(|&a| a == c).unwrap();
+                acc * 62 + d as u128
+            })
+        };
+        // Every character in every position, over backgrounds of the smallest and largest
+        // digits and the edges of the three ranges (the per-byte carries and borrows of the
+        // word-at-once decoding).
+        for background in [b'0', b'z', b'9', b'A', b'Z', b'a'] {
+            for pos in 0..11 {
+                for &c in alphabet {
+                    let mut t = [background; 11];
+                    t[pos] = c;
+                    let want = reference(&t);
+                    let (v, overflow) = base62::word11(&t);
+                    assert_eq!(overflow, want > u128::from(u64::MAX), "{t:?}");
+                    assert_eq!(v, want as u64, "{t:?}");
+                }
+            }
+        }
+        // Around the largest value that fits.
+        assert_eq!(base62::word11(b"LygHa16AHYF"), (u64::MAX, false));
+        assert!(base62::word11(b"LygHa16AHYG").1);
+        assert_eq!(base62::word11(b"LygHa16AHYE"), (u64::MAX - 1, false));
+        assert!(base62::word11(b"zzzzzzzzzzz").1);
+    }
+
+    #[test]
+    fn only_the_exact_checksum_spelling_parses() {
+        let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let t = format_token("sak", KeyId(0x0123_4567_89ab_cdef), &[0x5a; SECRET_LEN]);
+        assert!(UntrustedToken::parse("sak", &t).is_ok());
+        for pos in t.len() - CHECK_CHARS..t.len() {
+            for &c in alphabet {
+                let mut other = t.as_bytes().to_vec();
+                if other[pos] == c {
+                    continue;
+                }
+                other[pos] = c;
+                let other = String::from_utf8(other).unwrap();
+                assert!(
+                    matches!(UntrustedToken::parse("sak", &other), Err(Error::Malformed)),
+                    "check character {pos} changed to {}",
+                    char::from(c)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn character_set_window_checks_exactly_the_body() {
+        let mut window = [b'a'; 64];
+        window[64 - BODY_LEN - 1] = b'_';
+        for pos in 0..64 {
+            for c in 0..=255u8 {
+                let mut w = window;
+                w[pos] = c;
+                let in_body = pos >= 64 - BODY_LEN;
+                let want = !in_body || c.is_ascii_alphanumeric();
+                assert_eq!(base62::all_alnum_window(&w), want, "byte {c} at {pos}");
+            }
+        }
     }
 
     #[test]

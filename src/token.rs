@@ -96,15 +96,6 @@ pub(crate) mod base62 {
         bad == 0
     }
 
-    /// The digit of a byte already known to be alphanumeric: fewer operations than
-    /// [`digit`], still without branches or table look-ups.
-    #[inline(always)]
-    pub(crate) fn alnum_digit(c: u8) -> u8 {
-        c.wrapping_sub(b'0')
-            .wrapping_sub(7 * u8::from(c > b'9'))
-            .wrapping_sub(6 * u8::from(c > b'Z'))
-    }
-
     /// Digits (0..62 each) to a value, most significant first; `None` when the value does not
     /// fit a `u64` (which would make a second spelling of the same value possible).
     /// At most 11 digits: the first ten fit a `u64` (62^10 < 2^60), the last step is checked
@@ -127,24 +118,8 @@ pub(crate) mod base62 {
         u64::try_from(u128::from(acc) * 62 + u128::from(d[10])).ok()
     }
 
-    /// Decodes at most 11 characters already checked to be alphanumeric (branch-free per
-    /// character; eleven through [`word11`]); `None` when the value overflows a `u64`.
-    #[inline(always)]
-    pub(crate) fn word(b: &[u8]) -> Option<u64> {
-        debug_assert!(b.len() <= 11);
-        if let Ok(b) = <&[u8; 11]>::try_from(b) {
-            let (v, overflow) = word11(b);
-            return (!overflow).then_some(v);
-        }
-        let mut acc: u64 = 0;
-        for &c in b {
-            acc = acc * 62 + u64::from(alnum_digit(c));
-        }
-        Some(acc)
-    }
-
     /// The digits of eight ASCII alphanumerics loaded little-endian (the first character in
-    /// the low byte), one a byte: [`alnum_digit`] on all eight at once. Every byte is below
+    /// the low byte), one a byte: `c - '0'`, less 7 above `'9'`, less 6 more above `'Z'`. Every byte is below
     /// 0x80, so adding 0x46 (or 0x25) carries into no other byte and sets a byte's top bit
     /// exactly when it is above `'9'` (or `'Z'`); no byte's subtraction borrows.
     #[inline(always)]
@@ -417,11 +392,15 @@ mod tests {
                 let d: Vec<u8> = (0..len).map(|k| ((x >> (k * 5)) % 62) as u8).collect();
                 assert_eq!(base62::value(&d), reference(&d), "{d:?}");
                 let text: Vec<u8> = d.iter().map(|&x| alphabet[usize::from(x)]).collect();
-                assert_eq!(base62::word(&text), reference(&d), "{d:?}");
+                assert_eq!(base62::decode_u64(&text), reference(&d), "{d:?}");
+                if let Ok(t) = <&[u8; 11]>::try_from(&text[..]) {
+                    let (v, overflow) = base62::word11(t);
+                    assert_eq!((!overflow).then_some(v), reference(&d), "{d:?}");
+                }
             }
             let top = vec![61u8; len];
             assert_eq!(base62::value(&top), reference(&top));
-            assert_eq!(base62::word(&vec![b'z'; len]), reference(&top));
+            assert_eq!(base62::decode_u64(&vec![b'z'; len]), reference(&top));
         }
         for v in [0, 1, 61, 62, u64::MAX - 1, u64::MAX] {
             assert_eq!(base62::decode_u64(&base62::encode_u64(v)), Some(v));

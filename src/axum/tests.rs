@@ -458,6 +458,33 @@ proptest::proptest! {
         }
     }
 
+    /// Taking the header out answers what reading it answers, for none, one or two values,
+    /// and leaves no `Authorization` value behind.
+    #[test]
+    fn taking_the_header_reads_it_as_the_rules_do(
+        values in proptest::collection::vec(
+            r"(Bearer |bearer\t|Basic )?[A-Za-z0-9._~+/= \t-]{0,60}",
+            0..3,
+        ),
+    ) {
+        let mut h = HeaderMap::new();
+        for v in &values {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                h.append(AUTHORIZATION, v);
+            }
+        }
+        h.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+        let read = bearer_token(&h);
+        let mut taken = h.clone();
+        let got = take_authorization(&mut taken);
+        proptest::prop_assert_eq!(got.as_ref().map(|(_, r)| r.clone()).map_err(|e| *e), read.clone());
+        if let Ok((value, _)) = &got {
+            proptest::prop_assert_eq!(Some(value), h.get(AUTHORIZATION));
+        }
+        proptest::prop_assert!(taken.get(AUTHORIZATION).is_none());
+        proptest::prop_assert!(taken.get(http::header::ACCEPT).is_some());
+    }
+
     /// Every token of the b64token grammar gets through unchanged.
     #[test]
     fn b64tokens_pass_unchanged(t in "[A-Za-z0-9._~+/-]{1,200}={0,3}") {
@@ -674,4 +701,17 @@ fn a_dropped_response_future_never_stalls_last_use_recording() {
     block_on(f.manager.verify(&b, &Scope::Prometheus)).unwrap();
     assert_eq!(last_used(&a_info.id), now);
     assert_eq!(last_used(&b_info.id), now);
+}
+
+/// The compared character set is exactly the table's `b64token` class, byte by byte.
+#[test]
+fn compared_b64_characters_are_the_table_class() {
+    for b in 0..=255u8 {
+        assert_eq!(all_b64(&[b]), class(b) == B64, "byte {b}");
+        assert_eq!(all_b64(&[b; 40]), class(b) == B64, "byte {b}");
+        let mut long = [b'A'; 37];
+        long[36] = b;
+        assert_eq!(all_b64(&long), class(b) == B64, "byte {b} last of 37");
+    }
+    assert!(all_b64(b""));
 }

@@ -71,9 +71,7 @@ mod rate_headers;
 pub use rate_headers::{RATELIMIT, RATELIMIT_POLICY};
 
 use std::fmt;
-use std::future::Future;
 use std::ops::Range;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use ::axum::extract::{FromRequestParts, OptionalFromRequestParts};
@@ -87,6 +85,7 @@ use zeroize::Zeroizing;
 use crate::manager::Step;
 use crate::token::SECRET_LEN;
 use crate::{Error, KeyManager, KeyStore, Scope, Verified};
+mod future;
 pub mod secret_scanning;
 
 /// Longest `Authorization` header value the layer reads, in bytes. A token is at most
@@ -168,8 +167,7 @@ impl<S, T: fmt::Debug> fmt::Debug for ApiKeyService<S, T> {
     }
 }
 
-/// The boxed future of [`ApiKeyService`].
-pub type ResponseFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send + 'static>>;
+pub use future::ResponseFuture;
 
 impl<S, T, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for ApiKeyService<S, T>
 where
@@ -184,7 +182,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = T::Error;
-    type Future = ResponseFuture<Self::Response, Self::Error>;
+    type Future = ResponseFuture<T::Future, ResBody, T::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -197,8 +195,7 @@ where
         let (header, token) = match take_authorization(req.headers_mut()) {
             Ok(taken) => taken,
             Err(rejection) => {
-                let resp = rejection.response(Some(&self.scope));
-                return Box::pin(async move { Ok(resp) });
+                return ResponseFuture::refused(rejection.response(Some(&self.scope)));
             }
         };
         // Most verifications (a cached key, limits kept in process) decide without waiting:
@@ -217,10 +214,7 @@ where
                 drop(header);
                 return match result {
                     Ok(verified) => accepted(&mut self.inner, req, verified),
-                    Err(e) => {
-                        let resp = refusal(&e, &self.scope);
-                        Box::pin(async move { Ok(resp) })
-                    }
+                    Err(e) => ResponseFuture::refused(refusal(&e, &self.scope)),
                 };
             }
             Step::Wait(wait) => Later::Wait(wait),
@@ -232,7 +226,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let manager = self.manager.clone();
         let scope = self.scope.clone();
-        Box::pin(async move {
+        ResponseFuture::waiting(Box::pin(async move {
             let result = match later {
                 Later::Wait(wait) => manager.wait(wait).await,
                 // The secret is read again from the header (by a future that keeps it in a
@@ -250,7 +244,7 @@ where
                 Ok(verified) => accepted(&mut inner, req, verified).await,
                 Err(e) => Ok(refusal(&e, &scope)),
             }
-        })
+        }))
     }
 }
 
@@ -275,21 +269,13 @@ fn accepted<T, ReqBody, ResBody>(
     inner: &mut T,
     mut req: Request<ReqBody>,
     verified: Verified,
-) -> ResponseFuture<Response<ResBody>, T::Error>
+) -> ResponseFuture<T::Future, ResBody, T::Error>
 where
     T: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
-    T::Future: Send + 'static,
 {
     let fields = rate_headers::fields(&verified);
     req.extensions_mut().insert(verified);
-    let response = inner.call(req);
-    Box::pin(async move {
-        let mut resp = response.await?;
-        if let Some(f) = fields {
-            rate_headers::insert(resp.headers_mut(), f);
-        }
-        Ok(resp)
-    })
+    ResponseFuture::accepted(inner.call(req), fields)
 }
 
 /// The response to a refused verification.

@@ -75,6 +75,6 @@ pub fn open_record(
 /// [`Error::Malformed`] as [`UntrustedToken::parse`](crate::UntrustedToken::parse).
 pub fn parse_token(prefix: &str, token: &str) -> Result<(KeyId, [u8; SECRET_LEN]), Error> {
     let mut secret = zeroize::Zeroizing::new([0u8; SECRET_LEN]);
-    let id = crate::UntrustedToken::parse_into(prefix, token, &mut secret)?;
+    let id = crate::UntrustedToken::parse_into(prefix, token.as_bytes(), &mut secret)?;
     Ok((id, *secret))
 }

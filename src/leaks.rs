@@ -86,7 +86,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
 
     async fn leaked_one(&self, token: &str, source: &str) -> Result<LeakVerdict, Error> {
         let mut presented = Zeroizing::new([0u8; SECRET_LEN]);
-        let Ok(id) = UntrustedToken::parse_into(&self.inner.prefix, token, &mut presented) else {
+        let Ok(id) =
+            UntrustedToken::parse_into(&self.inner.prefix, token.as_bytes(), &mut presented)
+        else {
             return Ok(LeakVerdict::FalsePositive);
         };
         let rec = match self.inner.store.get(&id).await {

@@ -209,19 +209,14 @@ impl UntrustedToken {
     /// echoes its input.
     pub fn parse(prefix: &str, token: &str) -> Result<Self, Error> {
         let mut secret = Box::new(Zeroizing::new([0u8; SECRET_LEN]));
-        let id = Self::parse_into(prefix, token, &mut secret)?;
+        let id = Self::parse_into(prefix, token.as_bytes(), &mut secret)?;
         Ok(UntrustedToken { id, secret })
     }
 
     /// [`UntrustedToken::parse`] into memory the caller owns: the secret is written straight
     /// into `secret` (the hot path keeps it in its own zeroizing buffer) and only the public id
     /// is returned by value.
-    pub(crate) fn parse_into(
-        prefix: &str,
-        token: &str,
-        secret: &mut Secret,
-    ) -> Result<KeyId, Error> {
-        let b = token.as_bytes();
+    pub(crate) fn parse_into(prefix: &str, b: &[u8], secret: &mut Secret) -> Result<KeyId, Error> {
         let p = prefix.len();
         if b.len() != p + 1 + BODY_LEN || !b.starts_with(prefix.as_bytes()) || b[p] != b'_' {
             return Err(Error::Malformed);

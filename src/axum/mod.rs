@@ -254,13 +254,10 @@ enum Later {
     Cold(crate::KeyId, crate::cache::Fingerprint),
 }
 
-/// The token inside the `Authorization` value (checked ASCII by `bearer_token`).
-fn token_text<'h>(header: &'h HeaderValue, token: &Range<usize>) -> &'h str {
-    header
-        .as_bytes()
-        .get(token.clone())
-        .and_then(|t| std::str::from_utf8(t).ok())
-        .unwrap_or_default()
+/// The token inside the `Authorization` value (its bytes checked by `bearer_in`; the parser
+/// reads bytes, so it is not validated as UTF-8 again).
+fn token_text<'h>(header: &'h HeaderValue, token: &Range<usize>) -> &'h [u8] {
+    header.as_bytes().get(token.clone()).unwrap_or_default()
 }
 
 /// Calls `inner` (ready) with the verified key in the request's extensions, and adds the

@@ -76,7 +76,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         // The presented secret lives in this future's own zeroizing buffer (no copy is left
         // behind by moves); only the public id comes back by value.
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
-        match self.verify_now(token, scope, cost, &mut secret) {
+        match self.verify_now(token.as_bytes(), scope, cost, &mut secret) {
             Step::Done(result) => result,
             // What waits is boxed (it waits for I/O, next to which an allocation is nothing)
             // so that the hot path's future stays small to create and move.
@@ -93,7 +93,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     #[cfg(feature = "axum")]
     pub(crate) async fn verify_cold_token(
         &self,
-        token: &str,
+        token: &[u8],
         id: KeyId,
         presented: crate::cache::Fingerprint,
         scope: &Scope,
@@ -134,7 +134,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     #[inline]
     pub(crate) fn verify_now(
         &self,
-        token: &str,
+        token: &[u8],
         scope: &Scope,
         cost: u64,
         secret: &mut Zeroizing<[u8; SECRET_LEN]>,

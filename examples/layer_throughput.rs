@@ -9,8 +9,9 @@
 //! Each round runs `wrk -t2 -c32 -d<SECONDS>s` against the plain server, then against the
 //! guarded one (with `Authorization: Bearer <key>`), and the median requests per second of the
 //! rounds are compared, and so is the median of each round's own ratio (the pair of a round
-//! runs back to back, so that ratio cancels what drifts between rounds). Without `wrk` on `PATH` it prints the two addresses and the key for a
-//! manual run (a demo key of a throw-away in-memory store, so printing it is harmless).
+//! runs back to back, so that ratio cancels what drifts between rounds). Without `wrk` on
+//! `PATH` it prints the two addresses and the key for a manual run (a demo key of a throw-away
+//! in-memory store, so printing it is harmless).
 
 use std::net::SocketAddr;
 use std::process::Command;

@@ -119,16 +119,19 @@ pub(crate) mod base62 {
     }
 
     /// The digits of eight ASCII alphanumerics loaded little-endian (the first character in
-    /// the low byte), one a byte: `c - '0'`, less 7 above `'9'`, less 6 more above `'Z'`. Every byte is below
-    /// 0x80, so adding 0x46 (or 0x25) carries into no other byte and sets a byte's top bit
-    /// exactly when it is above `'9'` (or `'Z'`); no byte's subtraction borrows.
+    /// the low byte), one a byte: `c - '0'`, less 7 above `'9'`, less 6 more above `'Z'`.
+    /// Every byte is below 0x80, so adding 0x46 (or 0x25) carries into no other byte and sets
+    /// a byte's top bit exactly when it is above `'9'` (or `'Z'`); no byte's subtraction
+    /// borrows. (Wrapping operations: other bytes give garbage, never a panic.)
     #[inline(always)]
     pub(crate) fn digits8(x: u64) -> u64 {
         const ONES: u64 = 0x0101_0101_0101_0101;
         const TOP: u64 = 0x8080_8080_8080_8080;
-        let above_9 = ((x + 0x46 * ONES) & TOP) >> 7;
-        let above_z = ((x + 0x25 * ONES) & TOP) >> 7;
-        x - 0x30 * ONES - 7 * above_9 - 6 * above_z
+        let above_9 = (x.wrapping_add(0x46 * ONES) & TOP) >> 7;
+        let above_z = (x.wrapping_add(0x25 * ONES) & TOP) >> 7;
+        x.wrapping_sub(0x30 * ONES)
+            .wrapping_sub(7 * above_9)
+            .wrapping_sub(6 * above_z)
     }
 
     /// Eight digits (one a byte, the most significant in the low byte) to their value:
@@ -136,9 +139,15 @@ pub(crate) mod base62 {
     /// carries into the next: 61·62 + 61 < 2^16, 3843·62² + 3843 < 2^32.
     #[inline(always)]
     pub(crate) fn value8(d: u64) -> u64 {
-        let t = (d & 0x00FF_00FF_00FF_00FF) * 62 + ((d >> 8) & 0x00FF_00FF_00FF_00FF);
-        let u = (t & 0x0000_FFFF_0000_FFFF) * (62 * 62) + ((t >> 16) & 0x0000_FFFF_0000_FFFF);
-        (u & 0xFFFF_FFFF) * 14_776_336 + (u >> 32)
+        const BYTES: u64 = 0x00FF_00FF_00FF_00FF;
+        const PAIRS: u64 = 0x0000_FFFF_0000_FFFF;
+        let t = (d & BYTES).wrapping_mul(62).wrapping_add((d >> 8) & BYTES);
+        let u = (t & PAIRS)
+            .wrapping_mul(62 * 62)
+            .wrapping_add((t >> 16) & PAIRS);
+        (u & 0xFFFF_FFFF)
+            .wrapping_mul(14_776_336)
+            .wrapping_add(u >> 32)
     }
 
     /// Decodes exactly 11 characters already checked to be alphanumeric, without branches
@@ -155,7 +164,7 @@ pub(crate) mod base62 {
         let v = value8(digits8(u64::from_le_bytes(head)));
         // Digits 8, 9, 10 are bytes 5, 6, 7 of the second word.
         let t = digits8(u64::from_le_bytes(tail)) >> 40;
-        let last = (t & 0xFF) * (62 * 62) + ((t >> 8) & 0xFF) * 62 + (t >> 16);
+        let last = (t & 0xFF) * (62 * 62) + ((t >> 8) & 0xFF) * 62 + ((t >> 16) & 0xFF);
         // 62^3 = 238_328.
         let wide = u128::from(v) * 238_328 + u128::from(last);
         (wide as u64, (wide >> 64) != 0)
@@ -252,16 +261,13 @@ impl UntrustedToken {
         }
         // The id and the secret's four words, eleven characters each, decoded without
         // branches; one decision on whether any of them overflowed.
-        let Some((id_text, mut rest)) = body.split_first_chunk::<11>() else {
+        let (words, _check) = body.as_chunks::<11>();
+        let mut words = words.iter();
+        let Some(id_text) = words.next() else {
             return Err(Error::Malformed);
         };
         let (id, mut overflow) = base62::word11(id_text);
-        for i in 0..SECRET_LEN / 8 {
-            let Some((text, more)) = rest.split_first_chunk::<11>() else {
-                overflow = true;
-                break;
-            };
-            rest = more;
+        for (i, text) in words.take(SECRET_LEN / 8).enumerate() {
             let (mut w, over) = base62::word11(text);
             secret[i * 8..i * 8 + 8].copy_from_slice(&w.to_be_bytes());
             w.zeroize();
@@ -475,7 +481,7 @@ mod tests {
 
     #[test]
     fn overflowing_word_is_malformed_even_with_valid_checksum() {
-        // "LygHa16AHYG" is u64::MAX; "LygHa16AHYH" is one more.
+        // "LygHa16AHYF" is u64::MAX; "LygHa16AHYG" is one more.
         assert_eq!(base62::decode_u64(b"LygHa16AHYF"), Some(u64::MAX));
         assert_eq!(base62::decode_u64(b"LygHa16AHYG"), None);
         let t = format_token("sak", KeyId(7), &[0xff; SECRET_LEN]);

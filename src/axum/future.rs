@@ -16,7 +16,10 @@ pin_project_lite::pin_project! {
     /// once; the inner service's future, for a request whose key was decided in `call` (a
     /// cached key with its limits kept in process: most requests), with the usage-limit
     /// fields to add to its response; or, for a verification that must wait, a boxed future.
-    /// Polling it again after it completed panics, as an `async` block does.
+    /// Like any future it must not be polled after it completed: a refusal or a waiting
+    /// verification then panics (as an `async` block does); an accepted request passes the
+    /// poll to the inner service's future.
+    #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<F, B, E> {
         #[pin]
         state: State<F, B, E>,
@@ -55,6 +58,19 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         ResponseFuture {
             state: State::Waiting { future },
         }
+    }
+}
+
+impl<F, B, E> std::fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Refused { .. } => "refused",
+            State::Accepted { .. } => "accepted",
+            State::Waiting { .. } => "waiting",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
     }
 }
 

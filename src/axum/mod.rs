@@ -367,11 +367,14 @@ impl Rejection {
     }
 }
 
-/// Removes the request's `Authorization` values and returns the only one with where its
-/// bearer token is, checking size and shape before anything else.
+/// Removes the request's `Authorization` values and returns the only one, with the range of
+/// its bearer token, checking size and shape before anything else.
 fn take_authorization(headers: &mut HeaderMap) -> Result<(HeaderValue, Range<usize>), Rejection> {
-    let http::header::Entry::Occupied(entry) = headers.entry(AUTHORIZATION) else {
-        return Err(Rejection::Missing);
+    // `try_entry`: a map too full to grow is refused, never a panic.
+    let entry = match headers.try_entry(AUTHORIZATION) {
+        Ok(http::header::Entry::Occupied(entry)) => entry,
+        Ok(http::header::Entry::Vacant(_)) => return Err(Rejection::Missing),
+        Err(_) => return Err(Rejection::InvalidRequest),
     };
     let (_, mut values) = entry.remove_entry_mult();
     let (Some(value), None) = (values.next(), values.next()) else {

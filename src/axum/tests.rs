@@ -715,3 +715,22 @@ fn compared_b64_characters_are_the_table_class() {
     }
     assert!(all_b64(b""));
 }
+
+/// A header map too full to grow is refused, not a panic (`entry` would panic there).
+#[test]
+fn a_full_header_map_is_refused_without_a_panic() {
+    let mut h = HeaderMap::new();
+    let mut i = 0u32;
+    loop {
+        let name = http::header::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap();
+        if h.try_insert(name, HeaderValue::from_static("v")).is_err() {
+            break;
+        }
+        i += 1;
+    }
+    assert!(i > 1000, "filled after {i} names");
+    assert_eq!(
+        take_authorization(&mut h).map(|(_, r)| r),
+        Err(Rejection::InvalidRequest)
+    );
+}

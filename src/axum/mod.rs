@@ -76,17 +76,20 @@ use std::task::{Context, Poll};
 
 use ::axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use ::axum::response::{IntoResponse, Response as AxumResponse};
-use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 
 use zeroize::Zeroizing;
 
 use crate::manager::Step;
 use crate::token::SECRET_LEN;
 use crate::{Error, KeyManager, KeyStore, Scope, Verified};
+mod bearer;
 mod future;
 pub mod secret_scanning;
+
+use bearer::take_authorization;
 
 /// Longest `Authorization` header value the layer reads, in bytes. A token is at most
 /// [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN) characters; anything far longer is refused as
@@ -365,144 +368,6 @@ impl Rejection {
         }
         resp
     }
-}
-
-/// Removes the request's `Authorization` values and returns the only one, with the range of
-/// its bearer token, checking size and shape before anything else.
-fn take_authorization(headers: &mut HeaderMap) -> Result<(HeaderValue, Range<usize>), Rejection> {
-    // `try_entry`: a map too full to grow is refused, never a panic.
-    let entry = match headers.try_entry(AUTHORIZATION) {
-        Ok(http::header::Entry::Occupied(entry)) => entry,
-        Ok(http::header::Entry::Vacant(_)) => return Err(Rejection::Missing),
-        Err(_) => return Err(Rejection::InvalidRequest),
-    };
-    let (_, mut values) = entry.remove_entry_mult();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return Err(Rejection::InvalidRequest);
-    };
-    drop(values);
-    let token = bearer_in(&value)?;
-    Ok((value, token))
-}
-
-/// Where the bearer token is in the request's only `Authorization` value, checking size and
-/// shape before anything else.
-#[cfg(test)]
-fn bearer_token(headers: &HeaderMap) -> Result<Range<usize>, Rejection> {
-    let mut values = headers.get_all(AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
-        return Err(Rejection::Missing);
-    };
-    if values.next().is_some() {
-        return Err(Rejection::InvalidRequest);
-    }
-    bearer_in(value)
-}
-
-/// Where the bearer token is in one `Authorization` value.
-fn bearer_in(value: &HeaderValue) -> Result<Range<usize>, Rejection> {
-    if value.len() > MAX_AUTHORIZATION_LEN {
-        return Err(Rejection::InvalidRequest);
-    }
-    let bytes = value.as_bytes();
-    // The usual shape, `Bearer <b64token without padding>`, in one pass: exactly what the
-    // general rules accept for such a value.
-    if let [scheme @ .., b' '] = bytes.get(..7).unwrap_or_default()
-        && scheme.eq_ignore_ascii_case(b"bearer")
-        && bytes.len() > 7
-        && all_b64(&bytes[7..])
-    {
-        return Ok(7..bytes.len());
-    }
-    locate_token(bytes)
-}
-
-/// Whether every byte is a `b64token` body character (class [`B64`]): compared, not looked
-/// up, and without an early exit, so it runs over whole vectors.
-fn all_b64(t: &[u8]) -> bool {
-    let mut bad = 0u8;
-    for &c in t {
-        let alnum = (c.wrapping_sub(b'0') < 10) | ((c | 0x20).wrapping_sub(b'a') < 26);
-        let mark =
-            (c == b'-') | (c == b'.') | (c == b'_') | (c == b'~') | (c == b'+') | (c == b'/');
-        bad |= u8::from(!(alnum | mark));
-    }
-    bad == 0
-}
-
-/// The general rules: where the bearer token is in an `Authorization` value of at most
-/// [`MAX_AUTHORIZATION_LEN`] bytes.
-fn locate_token(bytes: &[u8]) -> Result<Range<usize>, Rejection> {
-    // Visible ASCII, space and tab only (RFC 9110 field values as credentials use them).
-    if bytes.iter().any(|&b| class(b) == OTHER) {
-        return Err(Rejection::InvalidRequest);
-    }
-    let (start, end) = trim_ows(bytes, 0, bytes.len());
-    if start == end {
-        return Err(Rejection::Missing);
-    }
-    let scheme_end = bytes[start..end]
-        .iter()
-        .position(|&b| class(b) == OWS)
-        .map_or(end, |p| start + p);
-    if !bytes[start..scheme_end].eq_ignore_ascii_case(b"bearer") {
-        return Err(Rejection::Missing);
-    }
-    let (start, end) = trim_ows(bytes, scheme_end, end);
-    if start == end || !is_b64token(&bytes[start..end]) {
-        return Err(Rejection::InvalidRequest);
-    }
-    Ok(start..end)
-}
-
-/// `bytes[start..end]` without optional whitespace (space, tab) at either end.
-fn trim_ows(bytes: &[u8], mut start: usize, mut end: usize) -> (usize, usize) {
-    while start < end && class(bytes[start]) == OWS {
-        start += 1;
-    }
-    while end > start && class(bytes[end - 1]) == OWS {
-        end -= 1;
-    }
-    (start, end)
-}
-
-/// A byte's class in an `Authorization` value: [`B64`] (the body characters of a b64token),
-/// [`OWS`] (space, tab), [`VISIBLE`] (other visible ASCII) or [`OTHER`].
-fn class(b: u8) -> u8 {
-    CLASSES[usize::from(b)]
-}
-
-const OTHER: u8 = 0;
-const VISIBLE: u8 = 1;
-const OWS: u8 = 2;
-const B64: u8 = 3;
-
-const CLASSES: [u8; 256] = {
-    let mut t = [OTHER; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        {
-            B64
-        } else if c == b' ' || c == b'\t' {
-            OWS
-        } else if c.is_ascii_graphic() {
-            VISIBLE
-        } else {
-            OTHER
-        };
-        b += 1;
-    }
-    t
-};
-
-/// RFC 6750 `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
-fn is_b64token(t: &[u8]) -> bool {
-    let body_end = t.iter().position(|&b| b == b'=').unwrap_or(t.len());
-    body_end > 0
-        && t[..body_end].iter().all(|&b| class(b) == B64)
-        && t[body_end..].iter().all(|&b| b == b'=')
 }
 
 /// The rejection of the [`Verified`] extractor when no [`ApiKeyLayer`] verified the request

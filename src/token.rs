@@ -532,5 +532,53 @@ mod tests {
         fn base62_words_round_trip(v: u64) {
             proptest::prop_assert_eq!(base62::decode_u64(&base62::encode_u64(v)), Some(v));
         }
+
+        /// Any alphanumeric body with its correct checksum: parsed exactly when all five
+        /// words fit a `u64`, and then to the values a plain 128-bit decoder reads.
+        #[test]
+        fn checksummed_bodies_parse_to_the_reference_values(
+            // Words that fit, words near `u64::MAX` ("LygHa16AHYF"), and any words.
+            words in proptest::collection::vec(
+                proptest::prop_oneof![
+                    3 => "[0-9A-K][0-9A-Za-z]{10}",
+                    1 => "Lyg[G-I][0-9A-Za-z]{7}",
+                    1 => "[0-9A-Za-z]{11}",
+                ],
+                5,
+            ),
+            prefix in "[a-z][a-z0-9]{1,15}",
+        ) {
+            let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+            let body = words.concat();
+            let mut t = format!("{prefix}_{body}");
+            let crc = crc32fast::hash(t.as_bytes());
+            t.push_str(std::str::from_utf8(&base62::encode_u32(crc)).unwrap());
+            let words: Vec<u128> = body
+                .as_bytes()
+                .chunks(11)
+                .map(|w| {
+                    w.iter().fold(0u128, |acc, &c| {
+                        let d = alphabet.iter().position(|&a| a == c).unwrap();
+                        acc * 62 + d as u128
+                    })
+                })
+                .collect();
+            let fits = words.iter().all(|&w| w <= u128::from(u64::MAX));
+            match UntrustedToken::parse(&prefix, &t) {
+                Ok(p) => {
+                    proptest::prop_assert!(fits);
+                    proptest::prop_assert_eq!(u128::from(p.id().value()), words[0]);
+                    for (i, w) in words[1..].iter().enumerate() {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&p.secret()[i * 8..i * 8 + 8]);
+                        proptest::prop_assert_eq!(u128::from(u64::from_be_bytes(b)), *w);
+                    }
+                }
+                Err(e) => {
+                    proptest::prop_assert!(!fits, "{:?}", e);
+                    proptest::prop_assert!(matches!(e, Error::Malformed));
+                }
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ mod audit;
 #[doc(hidden)]
 pub mod bench_support;
 mod cache;
+mod checksum;
 mod clock;
 mod crypto;
 mod error;

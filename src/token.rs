@@ -256,7 +256,7 @@ impl UntrustedToken {
         let check = base62::value8(
             base62::digits8(u64::from_le_bytes(last)) & (u64::MAX << (8 * (8 - CHECK_CHARS))),
         );
-        if check != u64::from(crc32fast::hash(before_check)) {
+        if check != u64::from(crate::checksum::crc32(before_check)) {
             return Err(Error::Malformed);
         }
         // The id and the secret's four words, eleven characters each, decoded without
@@ -312,7 +312,7 @@ pub(crate) fn format_token(
         w.zeroize();
         enc.zeroize();
     }
-    let crc = crc32fast::hash(&buf);
+    let crc = crate::checksum::crc32(&buf);
     buf.extend_from_slice(&base62::encode_u32(crc));
     // Every byte pushed is ASCII.
     let s = String::from_utf8(std::mem::take(&mut *buf)).unwrap_or_default();

@@ -88,9 +88,13 @@ pub trait ChangeListener: Send + Sync {
 ///   [`KeyId`]'s `Ord`); `scan` returns records of all organizations with ids strictly greater
 ///   than `after`, ascending by that same order, at most `limit` of them.
 /// - revisions fit in an `i64`.
-/// - (known limit) a `touch` that lands between a manager's read and its compare-and-swap
-///   `update` of the same record is overwritten by the older `last_used_at`; it only affects
-///   last-use reporting, and the next use (a minute later at most) records it again.
+/// - `update` should keep the later of the stored and the given `last_used_at` (the shipped
+///   stores do): otherwise a `touch` that lands between a manager's read and its
+///   compare-and-swap `update` of the same record is overwritten by the older copy's value,
+///   and until the key's next recorded use (a minute later at most while it is in use) it
+///   looks unused to [`KeyManager::sweep`](crate::KeyManager::sweep). (Not checked by
+///   `testkit::run`, so that stores written to the earlier contract keep
+///   passing.)
 /// - a record read back is equal to the one written (timestamps are whole seconds).
 pub trait KeyStore: Send + Sync {
     /// Inserts a new record.

@@ -216,7 +216,7 @@ impl MemoryStore {
         Ok(())
     }
 
-    fn update_now(&self, record: KeyRecord, expected: u64) -> Result<(), StoreError> {
+    fn update_now(&self, mut record: KeyRecord, expected: u64) -> Result<(), StoreError> {
         let change = Change {
             id: record.id,
             revision: record.revision,
@@ -229,6 +229,13 @@ impl MemoryStore {
             };
             if cur.revision != expected {
                 return Err(StoreError::Conflict);
+            }
+            // The last use only rises (as in the SQL stores): a `touch` that landed after the
+            // caller read the record is kept, not replaced by the caller's older copy (which
+            // would make a key in use look unused to `sweep`).
+            let stored = row::join(cur.last_used.load(Ordering::Relaxed), cur.last_used_nanos())?;
+            if stored > record.last_used_at {
+                record.last_used_at = stored;
             }
             d.put(record)?;
         }
@@ -328,13 +335,7 @@ impl KeyStore for MemoryStore {
         }
         let mut d = self.write();
         if let Some(r) = d.row_mut(id) {
-            let prev = (
-                r.last_used.load(Ordering::Relaxed),
-                r.extra
-                    .as_ref()
-                    .and_then(|e| e.nanos)
-                    .map_or(0, |n| n[LAST_USED]),
-            );
+            let prev = (r.last_used.load(Ordering::Relaxed), r.last_used_nanos());
             // `NO_TIME` is below every real time, so an unset last use is always raised.
             if (secs, nanos) > prev {
                 r.last_used.store(secs, Ordering::Relaxed);

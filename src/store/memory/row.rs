@@ -135,6 +135,16 @@ pub(super) fn join(secs: i64, nanos: u32) -> Result<Option<OffsetDateTime>, Stor
     Ok(present.then_some(t))
 }
 
+impl Row {
+    /// The sub-second part of `last_used_at` (0 for the whole seconds the manager records).
+    pub(super) fn last_used_nanos(&self) -> u32 {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.nanos)
+            .map_or(0, |n| n[LAST_USED])
+    }
+}
+
 /// "No name": an unset `revoked_by` or leak source. Interners never hand out this number.
 pub(super) const NO_NAME: u32 = u32::MAX;
 

@@ -194,3 +194,39 @@ fn indexes_agree_with_a_map_through_random_changes() {
 fn passes_the_conformance_suite() {
     block_on(crate::testkit::run(&MemoryStore::new())).unwrap();
 }
+
+/// An update made from a copy read before a `touch` keeps the touch's later last use (a key
+/// in use must not look unused to `sweep`); a later last use in the update itself is taken.
+#[test]
+fn update_never_lowers_the_last_use() {
+    let store = MemoryStore::new();
+    let t = |s: i64| OffsetDateTime::from_unix_timestamp(s).unwrap();
+    let mut rec = record(7, "acme", vec![Scope::Scim]);
+    rec.last_used_at = Some(t(1_700_000_100));
+    block_on(store.insert(rec.clone())).unwrap();
+    let read = block_on(store.get(&KeyId(7))).unwrap().unwrap();
+    block_on(store.touch(&KeyId(7), t(1_700_000_500))).unwrap();
+
+    let mut changed = read.clone();
+    changed.name = "renamed".into();
+    changed.revision = read.revision + 1;
+    block_on(store.update(changed.clone(), read.revision)).unwrap();
+    let got = block_on(store.get(&KeyId(7))).unwrap().unwrap();
+    assert_eq!(got.last_used_at, Some(t(1_700_000_500)));
+    assert_eq!(got.name, "renamed");
+    assert_eq!(got.revision, read.revision + 1);
+
+    // Sub-second touches are kept too; an update carrying a later use sets it.
+    let precise = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_600_250_000_000).unwrap();
+    block_on(store.touch(&KeyId(7), precise)).unwrap();
+    let mut again = got.clone();
+    again.revision += 1;
+    block_on(store.update(again.clone(), got.revision)).unwrap();
+    let got = block_on(store.get(&KeyId(7))).unwrap().unwrap();
+    assert_eq!(got.last_used_at, Some(precise));
+    let mut later = got.clone();
+    later.revision += 1;
+    later.last_used_at = Some(t(1_700_000_900));
+    block_on(store.update(later.clone(), got.revision)).unwrap();
+    assert_eq!(block_on(store.get(&KeyId(7))).unwrap(), Some(later));
+}

@@ -174,6 +174,97 @@ async fn a_rate_limit_is_one_count_across_managers() {
     }
 }
 
+/// Every counter a verification starts expires a second after its window, also one whose
+/// first request was refused (and so put back to zero), and counts only what was admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_expire_after_their_window_and_keep_only_admitted_counts() {
+    let Some(url) = redis_url("counters_expire_after_their_window_and_keep_only_admitted_counts")
+    else {
+        return;
+    };
+    let p = prefix();
+    let engine = RedisCounters::builder(url.clone())
+        .prefix(&p)
+        .timeout(StdDuration::from_secs(2))
+        .build()
+        .unwrap();
+    let (m, _) = manager(MemoryStore::new(), engine);
+    let hour = StdDuration::from_secs(3600);
+    let (two, _) = m
+        .generate(
+            &alice(),
+            req("two")
+                .rate_limit(RateLimit::new("hour", 2, hour))
+                .rate_limit(RateLimit::new("ten", 5, StdDuration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    let (big, _) = m
+        .generate(
+            &alice(),
+            req("big").rate_limit(RateLimit::new("minute", 3, StdDuration::from_secs(60))),
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        m.verify(two.expose_secret(), &Scope::Prometheus)
+            .await
+            .unwrap();
+    }
+    // The hour's limit refuses; the ten-second limit's count is put back with it.
+    assert!(matches!(
+        m.verify(two.expose_secret(), &Scope::Prometheus).await,
+        Err(Error::RateLimited { .. })
+    ));
+    // A first request above the limit starts its counter and is refused.
+    assert!(matches!(
+        m.verify_with(big.expose_secret(), &Scope::Prometheus, 5)
+            .await,
+        Err(Error::RateLimited { .. })
+    ));
+
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{p}:rl:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Summed per limit: a window may end between two of the requests above.
+    let mut seen = std::collections::BTreeMap::new();
+    for k in &keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let count: i64 = redis::cmd("GET")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let (window_ms, name) = if k.contains(":hour:") {
+            (3_600_000, "hour")
+        } else if k.contains(":ten:") {
+            (10_000, "ten")
+        } else {
+            (60_000, "minute")
+        };
+        assert!(
+            ttl > 0 && ttl <= window_ms + 1_000,
+            "{name}: PTTL {ttl} for a {window_ms} ms window"
+        );
+        *seen.entry(name).or_insert(0) += count;
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        [("hour", 2), ("minute", 0), ("ten", 2)]
+    );
+}
+
 /// A private `redis-server` that this test starts and stops by its pid.
 struct PrivateRedis {
     dir: PathBuf,

@@ -174,8 +174,9 @@ async fn a_rate_limit_is_one_count_across_managers() {
     }
 }
 
-/// Every counter a verification starts expires a second after its window, also one whose
-/// first request was refused (and so put back to zero), and counts only what was admitted.
+/// Every counter a verification starts expires a second after its window and counts only
+/// what was admitted; a refused request writes nothing (a refused first request starts no
+/// counter).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_expire_after_their_window_and_keep_only_admitted_counts() {
     let Some(url) = redis_url("counters_expire_after_their_window_and_keep_only_admitted_counts")
@@ -216,7 +217,7 @@ async fn counters_expire_after_their_window_and_keep_only_admitted_counts() {
         m.verify(two.expose_secret(), &Scope::Prometheus).await,
         Err(Error::RateLimited { .. })
     ));
-    // A first request above the limit starts its counter and is refused.
+    // A first request above the limit is refused; the next one starts the counter.
     assert!(matches!(
         m.verify_with(big.expose_secret(), &Scope::Prometheus, 5)
             .await,
@@ -226,6 +227,15 @@ async fn counters_expire_after_their_window_and_keep_only_admitted_counts() {
     let mut conn = redis::Client::open(url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let started: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{p}:rl:k:minute:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(started, Vec::<String>::new(), "a refusal wrote a counter");
+    m.verify_with(big.expose_secret(), &Scope::Prometheus, 2)
         .await
         .unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -261,7 +271,7 @@ async fn counters_expire_after_their_window_and_keep_only_admitted_counts() {
     }
     assert_eq!(
         seen.into_iter().collect::<Vec<_>>(),
-        [("hour", 2), ("minute", 0), ("ten", 2)]
+        [("hour", 2), ("minute", 2), ("ten", 2)]
     );
 }
 

@@ -7,30 +7,26 @@ use crate::limits::engine::{
     CounterError, Decision, LimitUsage, Usage, UsageRequest, refill_period, window_of,
 };
 
-/// Counts every limit, then checks the credits (refilled first), and puts every count back
-/// if a limit or the credits refuse: all or nothing, since the script runs atomically (no
-/// other client sees a count that is put back). Admitted, that is one `INCRBY` per limit (and
-/// a `PEXPIRE` when it starts a counter) instead of a read, an increment and an expiry.
+/// Checks every limit, then the credits (refilled first), then spends all or nothing. A
+/// refusal only reads (a key hammered past its limit makes no writes to replicate or append);
+/// an admitted request increments each counter, and sets its expiry only when it starts it.
 /// KEYS: the limits' counters, then the key's credit link. ARGV: now, cost, n, per limit
 /// (limit, reset, window), then has_credits, initial, refill amount (-1: none), period, own account.
 /// Returns {status (0 ok, 1 rate limited, 2 out of credits), refusing index, balance (-1:
-/// none), used...} (the counts after this request; on a refusal, as they were before it).
+/// none), used...}.
 pub(super) const CONSUME: &str = r#"
 local cost = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
-local used = {}
+local used, fresh = {}, {}
 local refused, refused_reset = -1, -1
 for i = 1, n do
-  local u = redis.call('INCRBY', KEYS[i], cost)
-  if u == cost then
-    -- A counter this request started (or one back at zero). Its expiry is relative to
-    -- Redis's clock: it outlives its window by a second whatever the skew between the
-    -- nodes' clocks and Redis's.
-    redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[3 + 3 * i]) + 1000)
-  end
-  used[i] = u
+  local limit = tonumber(ARGV[1 + 3 * i])
   local reset = tonumber(ARGV[2 + 3 * i])
-  if u > tonumber(ARGV[1 + 3 * i]) and reset > refused_reset then
+  local v = redis.call('GET', KEYS[i])
+  local u = tonumber(v or '0')
+  fresh[i] = not v
+  used[i] = u
+  if u + cost > limit and reset > refused_reset then
     refused, refused_reset = i - 1, reset
   end
 end
@@ -51,17 +47,20 @@ if ARGV[off + 1] == '1' then
     end
   end
 end
-local status = 0
 if refused >= 0 then
-  status = 1
-elseif account and balance < cost then
-  status = 2
+  return {1, refused, balance, unpack(used)}
 end
-if status > 0 then
-  for i = 1, n do
-    used[i] = redis.call('DECRBY', KEYS[i], cost)
+if account and balance < cost then
+  return {2, 0, balance, unpack(used)}
+end
+for i = 1, n do
+  used[i] = redis.call('INCRBY', KEYS[i], cost)
+  if fresh[i] then
+    -- A counter this request started. Its expiry is relative to Redis's clock: it
+    -- outlives its window by a second whatever the skew between the nodes' clocks and
+    -- Redis's.
+    redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[3 + 3 * i]) + 1000)
   end
-  return {status, math.max(refused, 0), balance, unpack(used)}
 end
 if account then
   balance = balance - cost

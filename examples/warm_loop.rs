@@ -37,7 +37,7 @@ use time::OffsetDateTime;
 /// 2026-12-01T00:00:00Z, always.
 struct FixedClock;
 
-const NOW: i64 = 1_795_996_800;
+const NOW: i64 = 1_796_083_200;
 
 impl Clock for FixedClock {
     fn now(&self) -> OffsetDateTime {

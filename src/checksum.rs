@@ -6,19 +6,24 @@
 //! uses tables only where the CPU has no carry-less-multiply or CRC instructions: in 1.5.5
 //! (the oldest release the crate accepts, whose code was read for this), x86 / x86_64 with
 //! PCLMULQDQ, SSE4.1 and SSSE3 (inputs of 16 bytes and more) and aarch64 with the CRC
-//! extension compute it in registers. There it is used; on every other CPU (and
-//! for inputs under 16 bytes, which tokens never are) a bitwise CRC whose steps depend on the
-//! data only through masks computes the same value, at about 40 instructions a byte.
+//! extension compute it in registers, for inputs from 16 bytes up to well past a token's 72.
+//! There it is used; on every other CPU (and for other lengths, which tokens never have) a
+//! bitwise CRC whose steps depend on the data only through masks computes the same value, at
+//! about 40 instructions a byte.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// The reflected IEEE polynomial.
 const POLY: u32 = 0xEDB8_8320;
 
+/// The longest input given to `crc32fast`: its aarch64 code merges streams through tables
+/// indexed by the CRC state from 1 536 bytes on. A token's checked part is at most 72 bytes.
+const MAX_REGISTER_INPUT: usize = 1024;
+
 /// CRC-32 (IEEE) of `bytes`, with no memory access or branch chosen by their values.
 #[inline]
 pub(crate) fn crc32(bytes: &[u8]) -> u32 {
-    if bytes.len() >= 16 && crc32fast_is_table_free() {
+    if (16..=MAX_REGISTER_INPUT).contains(&bytes.len()) && crc32fast_is_table_free() {
         crc32fast::hash(bytes)
     } else {
         portable(bytes)
@@ -70,12 +75,17 @@ fn detect() -> bool {
 }
 
 /// The bitwise CRC: per bit, the polynomial is XORed in under a mask made from the low bit.
+///
+/// The polynomial goes through `black_box`: LLVM (21 and later) recognises a bitwise CRC loop
+/// over a constant polynomial and may rewrite it into the 256-entry table lookup this function
+/// exists to avoid.
 pub(crate) fn portable(bytes: &[u8]) -> u32 {
+    let poly = std::hint::black_box(POLY);
     let mut crc = !0u32;
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = (crc >> 1) ^ (POLY & (crc & 1).wrapping_neg());
+            crc = (crc >> 1) ^ (poly & (crc & 1).wrapping_neg());
         }
     }
     !crc

@@ -212,7 +212,7 @@ async fn counters_expire_after_their_window_and_keep_only_admitted_counts() {
             .await
             .unwrap();
     }
-    // The hour's limit refuses; the ten-second limit's count is put back with it.
+    // The hour's limit refuses, and the ten-second limit's count stays as it was.
     assert!(matches!(
         m.verify(two.expose_secret(), &Scope::Prometheus).await,
         Err(Error::RateLimited { .. })

@@ -95,7 +95,8 @@ pub trait ChangeListener: Send + Sync {
 ///   looks unused to [`KeyManager::sweep`](crate::KeyManager::sweep). (Not checked by
 ///   `testkit::run`, so that stores written to the earlier contract keep
 ///   passing.)
-/// - a record read back is equal to the one written (timestamps are whole seconds).
+/// - a record read back is equal to the one written (timestamps are whole seconds), except
+///   for a later `last_used_at` that `update` kept (above).
 pub trait KeyStore: Send + Sync {
     /// Inserts a new record.
     fn insert(&self, record: KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -5,8 +5,8 @@
 //! through the cache which entries — and so which secret characters — were used. `crc32fast`
 //! uses tables only where the CPU has no carry-less-multiply or CRC instructions: in 1.5.5
 //! (the oldest release the crate accepts, whose code was read for this), x86 / x86_64 with
-//! PCLMULQDQ, SSE4.1 and SSSE3 (inputs of 16 bytes and more) and aarch64 with the CRC
-//! extension compute it in registers, for inputs from 16 bytes up to well past a token's 72.
+//! SSE2, PCLMULQDQ, SSE4.1 and SSSE3 and aarch64 with the CRC extension compute it in
+//! registers, for inputs from 16 bytes up to well past a token's 72.
 //! There it is used; on every other CPU (and for other lengths, which tokens never have) a
 //! bitwise CRC whose steps depend on the data only through masks computes the same value, at
 //! about 40 instructions a byte.
@@ -79,7 +79,7 @@ fn detect() -> bool {
 /// The polynomial goes through `black_box`: LLVM (21 and later) recognises a bitwise CRC loop
 /// over a constant polynomial and may rewrite it into the 256-entry table lookup this function
 /// exists to avoid.
-pub(crate) fn portable(bytes: &[u8]) -> u32 {
+fn portable(bytes: &[u8]) -> u32 {
     let poly = std::hint::black_box(POLY);
     let mut crc = !0u32;
     for &b in bytes {

@@ -93,8 +93,7 @@ pub trait ChangeListener: Send + Sync {
 ///   compare-and-swap `update` of the same record is overwritten by the older copy's value,
 ///   and until the key's next recorded use (a minute later at most while it is in use) it
 ///   looks unused to [`KeyManager::sweep`](crate::KeyManager::sweep). (Not checked by
-///   `testkit::run`, so that stores written to the earlier contract keep
-///   passing.)
+///   `testkit::run`, so that stores written to the earlier contract keep passing.)
 /// - a record read back is equal to the one written (timestamps are whole seconds), except
 ///   for a later `last_used_at` that `update` kept (above).
 pub trait KeyStore: Send + Sync {

@@ -47,17 +47,23 @@ fn bearer_in(value: &HeaderValue) -> Result<Range<usize>, Rejection> {
     locate_token(bytes)
 }
 
-/// Whether every byte is a `b64token` body character (class [`B64`]): compared, not looked
-/// up, and without an early exit, so it runs over whole vectors.
+/// Whether every byte is a `b64token` body character (class [`B64`]), without an early exit,
+/// so it runs over whole vectors.
 fn all_b64(t: &[u8]) -> bool {
     let mut bad = 0u8;
     for &c in t {
-        let alnum = (c.wrapping_sub(b'0') < 10) | ((c | 0x20).wrapping_sub(b'a') < 26);
-        let mark =
-            (c == b'-') | (c == b'.') | (c == b'_') | (c == b'~') | (c == b'+') | (c == b'/');
-        bad |= u8::from(!(alnum | mark));
+        bad |= u8::from(!is_b64(c));
     }
     bad == 0
+}
+
+/// Whether `c` is a `b64token` body character: ALPHA / DIGIT / `-` `.` `_` `~` `+` `/`.
+/// Compared, never looked up in a table: the token's characters are the secret's.
+#[inline(always)]
+fn is_b64(c: u8) -> bool {
+    let alnum = (c.wrapping_sub(b'0') < 10) | ((c | 0x20).wrapping_sub(b'a') < 26);
+    let mark = (c == b'-') | (c == b'.') | (c == b'_') | (c == b'~') | (c == b'+') | (c == b'/');
+    alnum | mark
 }
 
 /// The general rules: where the bearer token is in an `Authorization` value of at most
@@ -97,35 +103,20 @@ fn trim_ows(bytes: &[u8], mut start: usize, mut end: usize) -> (usize, usize) {
 }
 
 /// A byte's class in an `Authorization` value: [`B64`] (the body characters of a b64token),
-/// [`OWS`] (space, tab), [`VISIBLE`] (other visible ASCII) or [`OTHER`].
+/// [`OWS`] (space, tab), [`VISIBLE`] (other visible ASCII) or [`OTHER`]. Computed without a
+/// table or a branch (the general rules also read the token, whose characters are secret):
+/// every `b64token` character is visible, and [`B64`] is [`VISIBLE`] + [`OWS`].
 fn class(b: u8) -> u8 {
-    CLASSES[usize::from(b)]
+    let visible = u8::from(b.wrapping_sub(0x21) < 0x5e);
+    let ows = (b == b' ') | (b == b'\t');
+    VISIBLE * visible + OWS * u8::from(is_b64(b) | ows)
 }
 
 const OTHER: u8 = 0;
 const VISIBLE: u8 = 1;
 const OWS: u8 = 2;
 const B64: u8 = 3;
-
-const CLASSES: [u8; 256] = {
-    let mut t = [OTHER; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        {
-            B64
-        } else if c == b' ' || c == b'\t' {
-            OWS
-        } else if c.is_ascii_graphic() {
-            VISIBLE
-        } else {
-            OTHER
-        };
-        b += 1;
-    }
-    t
-};
+const _: () = assert!(B64 == VISIBLE + OWS);
 
 /// RFC 6750 `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn is_b64token(t: &[u8]) -> bool {
@@ -242,15 +233,29 @@ mod tests {
         }
     }
 
-    /// The compared character set is exactly the table's `b64token` class, byte by byte.
+    /// Each byte's class as RFC 6750 and RFC 9110 name it, written out plainly.
+    fn spec_class(c: u8) -> u8 {
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/') {
+            B64
+        } else if c == b' ' || c == b'\t' {
+            OWS
+        } else if c.is_ascii_graphic() {
+            VISIBLE
+        } else {
+            OTHER
+        }
+    }
+
+    /// The computed classes and the compared character set are the grammar's, byte by byte.
     #[test]
-    fn compared_b64_characters_are_the_table_class() {
+    fn computed_classes_are_the_grammar() {
         for b in 0..=255u8 {
-            assert_eq!(all_b64(&[b]), class(b) == B64, "byte {b}");
-            assert_eq!(all_b64(&[b; 40]), class(b) == B64, "byte {b}");
+            assert_eq!(class(b), spec_class(b), "byte {b}");
+            assert_eq!(all_b64(&[b]), spec_class(b) == B64, "byte {b}");
+            assert_eq!(all_b64(&[b; 40]), spec_class(b) == B64, "byte {b}");
             let mut long = [b'A'; 37];
             long[36] = b;
-            assert_eq!(all_b64(&long), class(b) == B64, "byte {b} last of 37");
+            assert_eq!(all_b64(&long), spec_class(b) == B64, "byte {b} last of 37");
         }
         assert!(all_b64(b""));
     }

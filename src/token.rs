@@ -75,11 +75,17 @@ pub(crate) mod base62 {
     pub(crate) fn all_alnum<const N: usize>(b: &[u8; N]) -> bool {
         let mut bad = 0u8;
         for &c in b {
-            let digit = c.wrapping_sub(b'0') < 10;
-            let alpha = (c | 0x20).wrapping_sub(b'a') < 26;
-            bad |= u8::from(!(digit | alpha));
+            bad |= not_alnum(c);
         }
         bad == 0
+    }
+
+    /// 1 when `c` is not ASCII alphanumeric, else 0 (compares only).
+    #[inline(always)]
+    fn not_alnum(c: u8) -> u8 {
+        let digit = c.wrapping_sub(b'0') < 10;
+        let alpha = (c | 0x20).wrapping_sub(b'a') < 26;
+        u8::from(!(digit | alpha))
     }
 
     /// Whether the last `BODY_LEN` bytes of a 64-byte window are all ASCII alphanumeric:
@@ -89,33 +95,18 @@ pub(crate) mod base62 {
     pub(crate) fn all_alnum_window(w: &[u8; 64]) -> bool {
         let mut bad = 0u8;
         for (i, &c) in w.iter().enumerate() {
-            let digit = c.wrapping_sub(b'0') < 10;
-            let alpha = (c | 0x20).wrapping_sub(b'a') < 26;
-            bad |= u8::from(!(digit | alpha)) & u8::from(i >= 64 - super::BODY_LEN);
+            bad |= not_alnum(c) & u8::from(i >= 64 - super::BODY_LEN);
         }
         bad == 0
     }
 
-    /// Digits (0..62 each) to a value, most significant first; `None` when the value does not
-    /// fit a `u64` (which would make a second spelling of the same value possible).
-    /// At most 11 digits: the first ten fit a `u64` (62^10 < 2^60), the last step is checked
-    /// in 128 bits.
-    #[inline(always)]
+    /// Digits (0..62 each, at most 11) to a value, most significant first; `None` when the
+    /// value does not fit a `u64` (which would make a second spelling of the same value
+    /// possible). Off the hot path since tokens decode through [`word11`]: one Horner chain
+    /// in 128 bits (62^11 < 2^66).
     pub(crate) fn value(d: &[u8]) -> Option<u64> {
         debug_assert!(d.len() <= 11);
-        if d.len() < 11 {
-            return Some(d.iter().fold(0u64, |acc, &x| acc * 62 + u64::from(x)));
-        }
-        // Two independent Horner chains (digits 0..5 and 5..10) halve the multiply latency;
-        // 62^5 = 916_132_832, and hi * 62^5 + lo < 62^10 < 2^60.
-        let mut hi: u64 = 0;
-        let mut lo: u64 = 0;
-        for k in 0..5 {
-            hi = hi * 62 + u64::from(d[k]);
-            lo = lo * 62 + u64::from(d[k + 5]);
-        }
-        let acc = hi * 916_132_832 + lo;
-        u64::try_from(u128::from(acc) * 62 + u128::from(d[10])).ok()
+        u64::try_from(d.iter().fold(0u128, |acc, &x| acc * 62 + u128::from(x))).ok()
     }
 
     /// The digits of eight ASCII alphanumerics loaded little-endian (the first character in
@@ -341,6 +332,17 @@ pub(crate) fn hint(prefix: &str, id: KeyId) -> String {
 mod tests {
     use super::*;
 
+    /// The alphabet as the format names it, written out here independently of the encoder's.
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+    /// A base62 text's value in 128 bits (no overflow for up to 21 characters).
+    fn reference(text: &[u8]) -> u128 {
+        text.iter().fold(0u128, |acc, &c| {
+            let d = ALPHABET.iter().position(|&a| a == c).unwrap();
+            acc * 62 + d as u128
+        })
+    }
+
     #[test]
     fn round_trip_and_extremes() {
         for (id, fill) in [(0u64, 0u8), (u64::MAX, 0xff), (42, 0x5a)] {
@@ -365,22 +367,20 @@ mod tests {
 
     #[test]
     fn digit_is_exact_over_every_byte() {
-        let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
         for c in 0..=255u8 {
             let (d, ok) = base62::digit(c);
             assert_eq!(ok, c.is_ascii_alphanumeric(), "byte {c}");
             assert_eq!(base62::all_alnum(&[c]), ok, "byte {c}");
             assert_eq!(base62::all_alnum(&[b'a', c, b'0']), ok, "byte {c}");
             if ok {
-                assert_eq!(alphabet[usize::from(d)], c, "byte {c}");
+                assert_eq!(ALPHABET[usize::from(d)], c, "byte {c}");
             }
         }
     }
 
     #[test]
-    fn value_matches_wide_reference() {
-        let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-        let reference = |d: &[u8]| -> Option<u64> {
+    fn value_matches_wide_of_digits() {
+        let of_digits = |d: &[u8]| -> Option<u64> {
             let v = d.iter().fold(0u128, |acc, &x| acc * 62 + u128::from(x));
             u64::try_from(v).ok()
         };
@@ -391,17 +391,17 @@ mod tests {
                 x ^= x >> 7;
                 x ^= x << 17;
                 let d: Vec<u8> = (0..len).map(|k| ((x >> (k * 5)) % 62) as u8).collect();
-                assert_eq!(base62::value(&d), reference(&d), "{d:?}");
-                let text: Vec<u8> = d.iter().map(|&x| alphabet[usize::from(x)]).collect();
-                assert_eq!(base62::decode_u64(&text), reference(&d), "{d:?}");
+                assert_eq!(base62::value(&d), of_digits(&d), "{d:?}");
+                let text: Vec<u8> = d.iter().map(|&x| ALPHABET[usize::from(x)]).collect();
+                assert_eq!(base62::decode_u64(&text), of_digits(&d), "{d:?}");
                 if let Ok(t) = <&[u8; 11]>::try_from(&text[..]) {
                     let (v, overflow) = base62::word11(t);
-                    assert_eq!((!overflow).then_some(v), reference(&d), "{d:?}");
+                    assert_eq!((!overflow).then_some(v), of_digits(&d), "{d:?}");
                 }
             }
             let top = vec![61u8; len];
-            assert_eq!(base62::value(&top), reference(&top));
-            assert_eq!(base62::decode_u64(&vec![b'z'; len]), reference(&top));
+            assert_eq!(base62::value(&top), of_digits(&top));
+            assert_eq!(base62::decode_u64(&vec![b'z'; len]), of_digits(&top));
         }
         for v in [0, 1, 61, 62, u64::MAX - 1, u64::MAX] {
             assert_eq!(base62::decode_u64(&base62::encode_u64(v)), Some(v));
@@ -413,19 +413,12 @@ mod tests {
 
     #[test]
     fn eleven_character_words_match_the_reference_in_every_position() {
-        let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-        let reference = |t: &[u8; 11]| -> u128 {
-            t.iter().fold(0u128, |acc, &c| {
-                let d = alphabet.iter().position(|&a| a == c).unwrap();
-                acc * 62 + d as u128
-            })
-        };
         // Every character in every position, over backgrounds of the smallest and largest
         // digits and the edges of the three ranges (the per-byte carries and borrows of the
         // word-at-once decoding).
         for background in [b'0', b'z', b'9', b'A', b'Z', b'a'] {
             for pos in 0..11 {
-                for &c in alphabet {
+                for &c in ALPHABET {
                     let mut t = [background; 11];
                     t[pos] = c;
                     let want = reference(&t);
@@ -444,11 +437,10 @@ mod tests {
 
     #[test]
     fn only_the_exact_checksum_spelling_parses() {
-        let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
         let t = format_token("sak", KeyId(0x0123_4567_89ab_cdef), &[0x5a; SECRET_LEN]);
         assert!(UntrustedToken::parse("sak", &t).is_ok());
         for pos in t.len() - CHECK_CHARS..t.len() {
-            for &c in alphabet {
+            for &c in ALPHABET {
                 let mut other = t.as_bytes().to_vec();
                 if other[pos] == c {
                     continue;
@@ -548,7 +540,6 @@ mod tests {
             ),
             prefix in "[a-z][a-z0-9]{1,15}",
         ) {
-            let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
             let body = words.concat();
             let mut t = format!("{prefix}_{body}");
             let crc = crc32fast::hash(t.as_bytes());
@@ -556,12 +547,7 @@ mod tests {
             let words: Vec<u128> = body
                 .as_bytes()
                 .chunks(11)
-                .map(|w| {
-                    w.iter().fold(0u128, |acc, &c| {
-                        let d = alphabet.iter().position(|&a| a == c).unwrap();
-                        acc * 62 + d as u128
-                    })
-                })
+                .map(reference)
                 .collect();
             let fits = words.iter().all(|&w| w <= u128::from(u64::MAX));
             match UntrustedToken::parse(&prefix, &t) {

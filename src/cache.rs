@@ -3,7 +3,9 @@
 //! Invariant (DESIGN.md, "Caching"): an entry is served only if
 //! (a) the store read that filled it began after this manager's last invalidation of that id
 //!     (every shard has a generation, bumped by every invalidation; a fill carries the
-//!     generation read *before* its store read began and is dropped if it moved),
+//!     generation read *before* its store read began and is dropped if it moved; a record
+//!     this manager wrote is installed by moving the generation too, so a read that began
+//!     while the write was in flight cannot replace it),
 //! (b) less than its TTL has passed since that read began, on the monotonic clock, and
 //! (c) beyond the short fallback TTL after that read began, the change feed is *proven* live:
 //!     an entry filled while the feed was connected (feed epoch `e`) is served past its
@@ -321,6 +323,19 @@ impl Cache {
 
     /// Installs what a store read returned, unless an invalidation happened since the ticket.
     pub(crate) fn fill(&self, ticket: FillTicket, facts: Arc<Facts>, fingerprint: Fingerprint) {
+        self.put(ticket, facts, fingerprint, false);
+    }
+
+    /// [`Cache::fill`]; with `supersede`, the fill also fences off every ticket taken before
+    /// it (the record a manager just wrote must not be replaced by a store read that began
+    /// before the write committed).
+    fn put(
+        &self,
+        ticket: FillTicket,
+        facts: Arc<Facts>,
+        fingerprint: Fingerprint,
+        supersede: bool,
+    ) {
         if !self.enabled() {
             return;
         }
@@ -329,7 +344,16 @@ impl Cache {
             .shard(&id)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if shard.generation != ticket.generation {
+        let current = shard.generation == ticket.generation;
+        if supersede {
+            shard.generation = shard.generation.wrapping_add(1);
+        }
+        if !current {
+            if supersede {
+                // Changed again since the write began: what a fill after that change put
+                // here may predate this write.
+                self.forget_in(&mut shard, &id);
+            }
             return;
         }
         // A TTL too large for the clock means "do not cache", never a panic.
@@ -404,6 +428,11 @@ impl Cache {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         shard.generation = shard.generation.wrapping_add(1);
+        self.forget_in(&mut shard, id);
+    }
+
+    /// Removes `id`'s entry from `shard` (a revoked one stays for stale serving only).
+    fn forget_in(&self, shard: &mut Shard, id: &KeyId) {
         let hash = self.hash(id);
         let keep_revoked = !self.max_stale.is_zero();
         if let Ok(found) = shard.map.find_entry(hash, |e| e.id == *id) {
@@ -469,9 +498,13 @@ impl Fence<'_> {
     /// by its next verify at once, and a revoked key answers a wrong secret from the cache
     /// exactly as an active one does). Dropped, like any fill, if the id was invalidated
     /// since the fence was taken; then the entry is simply absent.
+    ///
+    /// The install also fences off every fill whose ticket was taken before it: a
+    /// verification that read the store while the write was in flight (the old record: still
+    /// active, say, for a revoke) must not replace the written record afterwards.
     pub(crate) fn install(mut self, facts: Arc<Facts>, fingerprint: Fingerprint) {
         if let Some(ticket) = self.ticket.take() {
-            self.cache.fill(ticket, facts, fingerprint);
+            self.cache.put(ticket, facts, fingerprint, true);
         }
     }
 }

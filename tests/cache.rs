@@ -22,6 +22,8 @@ type Pause = Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>;
 struct PausingStore {
     inner: MemoryStore,
     pause: Arc<Mutex<Pause>>,
+    /// The same for the next `update`, before it writes.
+    pause_update: Arc<Mutex<Pause>>,
     listener: Arc<Mutex<Option<Weak<dyn ChangeListener>>>>,
     feed: bool,
 }
@@ -43,6 +45,11 @@ impl KeyStore for PausingStore {
         self.inner.list(org).await
     }
     async fn update(&self, r: KeyRecord, e: u64) -> Result<(), StoreError> {
+        let pause = self.pause_update.lock().unwrap().take();
+        if let Some((entered, release)) = pause {
+            let _ = entered.send(());
+            let _ = release.await;
+        }
         self.inner.update(r, e).await
     }
     async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
@@ -102,6 +109,76 @@ async fn a_lookup_racing_a_revoke_never_puts_the_old_record_back() {
     assert!(
         matches!(after, Err(Error::Revoked)),
         "stale record served: {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_during_a_revokes_write_never_replaces_the_revoked_record() {
+    let store = PausingStore::default();
+    // No feed and long TTLs: only the manager's own fencing keeps the stale record out.
+    let m = KeyManager::builder(store.clone(), keyring())
+        .cache_ttl(StdDuration::from_secs(3600))
+        .cache_fallback_ttl(StdDuration::from_secs(3600))
+        .build()
+        .unwrap();
+    let (key, info) = m.generate(&alice(), prom()).await.unwrap();
+    let token = key.expose_secret().to_string();
+    // The revoke is fenced and writing, not committed yet.
+    let (entered_tx, entered) = oneshot::channel();
+    let (commit, commit_rx) = oneshot::channel();
+    *store.pause_update.lock().unwrap() = Some((entered_tx, commit_rx));
+    let revoking = {
+        let m = m.clone();
+        let id = info.id;
+        tokio::spawn(async move { m.revoke(&alice(), &id).await.map(|_| ()) })
+    };
+    entered.await.unwrap();
+    // A verification now misses the cache and reads the still-active row.
+    let (read_done_tx, read_done) = oneshot::channel();
+    let (release, release_rx) = oneshot::channel();
+    *store.pause.lock().unwrap() = Some((read_done_tx, release_rx));
+    let racing = {
+        let m = m.clone();
+        let t = token.clone();
+        tokio::spawn(async move { m.verify(&t, &Scope::Prometheus).await.map(|_| ()) })
+    };
+    read_done.await.unwrap();
+    // The revoke commits and returns; then the verification's read comes back.
+    commit.send(()).unwrap();
+    revoking.await.unwrap().unwrap();
+    release.send(()).unwrap();
+    racing.await.unwrap().unwrap();
+    let after = m.verify(&token, &Scope::Prometheus).await;
+    assert!(
+        matches!(after, Err(Error::Revoked)),
+        "the row read during the revoke's write replaced the revoked record: {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_key_revoked_elsewhere_forgets_what_this_node_cached() {
+    let store = PausingStore::default();
+    let m = KeyManager::builder(store.clone(), keyring())
+        .cache_ttl(StdDuration::from_secs(3600))
+        .cache_fallback_ttl(StdDuration::from_secs(3600))
+        .build()
+        .unwrap();
+    // Another node, on the same rows, which this one does not hear from (no feed).
+    let other = KeyManager::builder(store.inner.clone(), keyring())
+        .build()
+        .unwrap();
+    let (key, info) = m.generate(&alice(), prom()).await.unwrap();
+    m.verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    other.revoke(&alice(), &info.id).await.unwrap();
+    // The operator revokes again here: already revoked, so nothing is written.
+    let again = m.revoke(&alice(), &info.id).await.unwrap();
+    assert!(again.revoked_at.is_some());
+    let after = m.verify(key.expose_secret(), &Scope::Prometheus).await;
+    assert!(
+        matches!(after, Err(Error::Revoked)),
+        "a revoke that returned kept serving the key from this node's cache: {after:?}"
     );
 }
 

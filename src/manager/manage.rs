@@ -195,16 +195,24 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         reason: RevocationReason,
         now: OffsetDateTime,
     ) -> Result<(KeyRecord, bool), Error> {
-        self.modify(actor, id, |r| {
-            if r.revoked_at.is_some() {
-                return Ok(false);
-            }
-            r.revoked_at = Some(now);
-            r.revoked_by = actor.map(|a| a.user().clone());
-            r.revocation = Some(reason.clone());
-            Ok(true)
-        })
-        .await
+        let (rec, changed) = self
+            .modify(actor, id, |r| {
+                if r.revoked_at.is_some() {
+                    return Ok(false);
+                }
+                r.revoked_at = Some(now);
+                r.revoked_by = actor.map(|a| a.user().clone());
+                r.revocation = Some(reason.clone());
+                Ok(true)
+            })
+            .await?;
+        if !changed {
+            // Revoked elsewhere (another node, whose change feed may lag or be absent): what
+            // this node's cache holds of the key may predate that; the next verification reads
+            // the store.
+            self.inner.cache.invalidate(id);
+        }
+        Ok((rec, changed))
     }
 
     /// Offboarding: revokes every active key of the actor's organization that `user` created

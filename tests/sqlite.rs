@@ -654,6 +654,58 @@ async fn many_concurrent_verifications() {
     }
 }
 
+/// A background flush dropped with its runtime (here before it ever ran, as when a warm-up
+/// runtime is shut down) does not stop later uses, on another runtime, from being written.
+#[test]
+fn a_flush_dropped_with_its_runtime_does_not_stop_later_last_uses() {
+    let dir = TempDir::new("flush-runtime");
+    let m = KeyManager::builder(SqliteStore::open(dir.path("keys.db")).unwrap(), keyring())
+        .last_use_flush_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let warm_up = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (second, second_id) = warm_up.block_on(async {
+        let prom = |n: &str| GenerateRequest::new(n).scope(Scope::Prometheus);
+        let (first, _) = m.generate(&alice(), prom("first")).await.unwrap();
+        let (second, info) = m.generate(&alice(), prom("second")).await.unwrap();
+        m.verify(first.expose_secret(), &Scope::Prometheus)
+            .await
+            .unwrap();
+        (second, info.id)
+    });
+    drop(warm_up);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        m.verify(second.expose_secret(), &Scope::Prometheus)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while m
+            .store()
+            .get(&second_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at
+            .is_none()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no flush was scheduled again: {} uses wait in the buffer",
+                m.pending_last_uses()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
 /// Last use never holds up a verify: with another connection holding the write lock (as
 /// another process would), verifies of never-used keys complete well within the 5 s busy
 /// timeout their last-use write would wait, and the uses are written once the lock is gone.

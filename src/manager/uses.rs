@@ -51,8 +51,8 @@ impl Uses {
     }
 }
 
-/// An inline flush that is due (no runtime to flush in the background). Until it ran, no
-/// other flush is scheduled; dropped before it ran — a verification's future dropped unpolled
+/// A flush that is due: inline (no runtime to flush in the background) or the background
+/// task's. Until it ran, no other flush is scheduled; dropped before it ran — a verification's future dropped unpolled
 /// or cancelled during the write — it clears the mark, so the next use schedules one again
 /// instead of every later use waiting for this one.
 pub(crate) struct FlushDue(Arc<AtomicBool>);
@@ -100,23 +100,28 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         #[cfg(any(feature = "sqlite", feature = "postgres"))]
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let this = self.clone();
-            rt.spawn(async move { this.flush_loop().await });
+            // The task owns the mark from here: dropped with its runtime (a warm-up runtime,
+            // a worker pool restarted), even before it first ran, it clears the mark, so the
+            // next use schedules a flush again instead of every later use waiting for it.
+            let due = FlushDue(self.inner.uses.scheduled.clone());
+            rt.spawn(async move { this.flush_loop(due).await });
             return false;
         }
         true
     }
 
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    async fn flush_loop(self) {
+    async fn flush_loop(self, mut due: FlushDue) {
         let uses = &self.inner.uses;
         loop {
             tokio::time::sleep(uses.interval).await;
             self.write_uses().await;
-            uses.scheduled.store(false, Ordering::SeqCst);
+            drop(due);
             // A use recorded while this flush ran saw it scheduled: pick it up.
             if uses.lock().is_empty() || uses.scheduled.swap(true, Ordering::SeqCst) {
                 return;
             }
+            due = FlushDue(uses.scheduled.clone());
         }
     }
 

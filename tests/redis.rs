@@ -656,3 +656,58 @@ fn the_builder_never_shows_its_url() {
     assert!(!shown.contains("cache.internal"), "{shown}");
     assert!(shown.contains("<redacted>"), "{shown}");
 }
+
+/// A Redis that accepts connections and never answers (a frozen server), on a loopback port;
+/// it needs no `redis-server`. The accepted sockets stay open until the process ends.
+fn frozen_redis() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_dropped_before_its_answer_lets_the_next_call_probe() {
+    let open_for = StdDuration::from_millis(50);
+    let engine = RedisCounters::builder(frozen_redis())
+        .timeout(StdDuration::from_millis(300))
+        .breaker(1, open_for)
+        .build()
+        .unwrap();
+    let (m, _) = manager(MemoryStore::new(), engine.clone());
+    let (key, _) = m
+        .generate(
+            &alice(),
+            req("k").rate_limit(RateLimit::new("hard", 100, StdDuration::from_secs(3600))),
+        )
+        .await
+        .unwrap();
+    let verify = || m.verify(key.expose_secret(), &Scope::Prometheus);
+    // The first call times out: the breaker opens.
+    assert!(matches!(verify().await, Err(Error::LimitsUnavailable(_))));
+    assert!(engine.stats().open);
+    // Its time up, the next verification is the probe, and its caller gives up before the
+    // answer (a client gone, the host's own deadline).
+    tokio::time::sleep(open_for + StdDuration::from_millis(20)).await;
+    let before = engine.stats();
+    assert!(
+        tokio::time::timeout(StdDuration::from_millis(40), verify())
+            .await
+            .is_err()
+    );
+    assert_eq!(engine.stats().calls, before.calls + 1, "it was the probe");
+    // A later verification may probe again instead of being cut off for good.
+    let before = engine.stats();
+    assert!(matches!(verify().await, Err(Error::LimitsUnavailable(_))));
+    let after = engine.stats();
+    assert_eq!(
+        (after.calls, after.short_circuited),
+        (before.calls + 1, before.short_circuited),
+        "the dropped probe kept the breaker shut to every later call"
+    );
+}

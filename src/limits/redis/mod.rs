@@ -194,6 +194,16 @@ impl RedisCountersBuilder {
     }
 }
 
+/// The breaker's probe, held by the call that won it; clears the mark when dropped (after
+/// [`RedisCounters::record`] did, or without an answer).
+struct Probe<'a>(&'a Breaker);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        self.0.probing.store(false, Ordering::Release);
+    }
+}
+
 #[derive(Default)]
 struct Breaker {
     failures: AtomicU32,
@@ -321,23 +331,23 @@ impl RedisCounters {
             .max(1)
     }
 
-    /// Whether a call may go out now: the breaker is closed, or it is open, its time is up
-    /// and this caller won the single probe.
-    fn admit_call(&self) -> bool {
+    /// Whether a call may go out now: the breaker is closed (`Some(false)`), or it is open,
+    /// its time is up and this caller won the single probe (`Some(true)`).
+    fn admit_call(&self) -> Option<bool> {
         let b = &self.inner.breaker;
         let until = b.open_until.load(Ordering::Acquire);
         if until == 0 {
-            return true;
+            return Some(false);
         }
         if self.now_ms() >= until
             && b.probing
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            return true;
+            return Some(true);
         }
         b.short_circuited.fetch_add(1, Ordering::Relaxed);
-        false
+        None
     }
 
     fn record(&self, ok: bool) {
@@ -354,7 +364,6 @@ impl RedisCounters {
                     .store(self.now_ms().saturating_add(ms).max(1), Ordering::Release);
             }
         }
-        b.probing.store(false, Ordering::Release);
     }
 
     /// Runs one call through the breaker and the timeout.
@@ -362,9 +371,12 @@ impl RedisCounters {
     where
         F: Future<Output = Result<T, RedisError>>,
     {
-        if !self.admit_call() {
+        let Some(probe) = self.admit_call() else {
             return Err(unavailable(None));
-        }
+        };
+        // A probe whose caller is dropped before the answer (a client gone, a host's own
+        // timeout) hands the probe back: otherwise no call would ever be let through again.
+        let _probe = probe.then(|| Probe(&self.inner.breaker));
         self.inner.breaker.calls.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(self.inner.timeout, f).await {
             Ok(Ok(v)) => {

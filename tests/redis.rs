@@ -711,3 +711,40 @@ async fn a_probe_dropped_before_its_answer_lets_the_next_call_probe() {
         "the dropped probe kept the breaker shut to every later call"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_first_keeps_deciding_after_a_waiting_verification_is_dropped() {
+    let Some(url) = redis_url("local_first_keeps_deciding_after_a_waiting_verification_is_dropped")
+    else {
+        return;
+    };
+    let engine = RedisCounters::builder(&url)
+        .prefix(prefix())
+        .timeout(StdDuration::from_millis(500))
+        .local_first(StdDuration::from_secs(3600))
+        .build()
+        .unwrap();
+    let (m, _) = manager(MemoryStore::new(), engine.clone());
+    let hour = StdDuration::from_secs(3600);
+    let (key, _) = m
+        .generate(
+            &alice(),
+            req("k").rate_limit(RateLimit::new("hour", 100, hour).per_org()),
+        )
+        .await
+        .unwrap();
+    let verify = || m.verify(key.expose_secret(), &Scope::Prometheus);
+    // The window's first verification waits for a lease; its caller goes away during the
+    // call (polled once, then dropped).
+    assert!(
+        tokio::time::timeout(StdDuration::ZERO, verify())
+            .await
+            .is_err()
+    );
+    assert_eq!(engine.stats().waited_for_redis, 1);
+    // The next ones fetch a lease and are admitted, instead of waiting for the dropped call.
+    for _ in 0..3 {
+        let v = verify().await;
+        assert!(v.is_ok(), "a healthy Redis answered {v:?}");
+    }
+}

@@ -140,11 +140,58 @@ struct Ask {
 enum Step {
     Done(Decision),
     /// Leases to fetch (indices into the request's limits, marked as being fetched by this
-    /// caller), and whether another caller is fetching one already.
+    /// caller, who owes the marks through `marks`), and whether another caller is fetching
+    /// one already.
     Lease {
         fetch: Vec<usize>,
+        marks: Marks,
         wait: bool,
     },
+}
+
+/// Leases a caller marked as being fetched ([`Lease::fetching`]) and owes an answer for.
+/// Dropped before [`Marks::settle`] (a verification's future dropped while it waited, or
+/// before it first ran; a background fetch dropped with its runtime), it clears the marks
+/// and wakes the waiters: otherwise every later verification of those counters would wait
+/// for a call nobody makes, and then give up on a healthy Redis until the window ends.
+pub(super) struct Marks {
+    engine: Option<RedisCounters>,
+    ids: Vec<LeaseId>,
+}
+
+impl Marks {
+    fn new(engine: &RedisCounters, ids: Vec<LeaseId>) -> Self {
+        Marks {
+            engine: (!ids.is_empty()).then(|| engine.clone()),
+            ids,
+        }
+    }
+
+    /// The caller answered for its marks (the reply was recorded under the lock).
+    fn settle(mut self) {
+        self.engine = None;
+    }
+}
+
+impl Drop for Marks {
+    fn drop(&mut self) {
+        let Some(engine) = self.engine.take() else {
+            return;
+        };
+        {
+            let mut map = engine
+                .inner
+                .local
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for id in &self.ids {
+                if let Some(e) = map.get_mut(id) {
+                    e.fetching = false;
+                }
+            }
+        }
+        engine.inner.leased.notify_waiters();
+    }
 }
 
 impl RedisCounters {
@@ -232,13 +279,16 @@ impl RedisCounters {
             return Step::Done(refusal(req, keys, map, i, reset));
         }
         if !missing.is_empty() || wait {
+            let mut marked = Vec::with_capacity(missing.len());
             for &i in &missing {
                 if let Some(e) = map.get_mut(&keys[i]) {
                     e.fetching = true;
+                    marked.push(keys[i].to_id());
                 }
             }
             return Step::Lease {
                 fetch: missing,
+                marks: Marks::new(self, marked),
                 wait,
             };
         }
@@ -304,7 +354,7 @@ impl RedisCounters {
             let mut notified = pin!(self.inner.leased.notified());
             match step {
                 Step::Done(d) => return Ok(d),
-                Step::Lease { fetch, wait } => {
+                Step::Lease { fetch, marks, wait } => {
                     if !fetch.is_empty() {
                         let asks = {
                             let map = self
@@ -325,6 +375,8 @@ impl RedisCounters {
                                 })
                                 .collect()
                         };
+                        // `lease` owes the marks from here (its asks are these leases).
+                        marks.settle();
                         // The fetching caller decides under the same lock that records its
                         // grant, so the units it waited for cannot be taken by another.
                         match self.lease(asks, Some((&req, keys))).await {
@@ -340,7 +392,9 @@ impl RedisCounters {
                         // finish unseen between the two.
                         notified.as_mut().enable();
                         match self.decide(&req, keys) {
-                            Step::Lease { fetch, wait: true } if fetch.is_empty() => {
+                            Step::Lease {
+                                fetch, wait: true, ..
+                            } if fetch.is_empty() => {
                                 let _ = tokio::time::timeout(self.inner.timeout, notified).await;
                             }
                             other => {
@@ -355,23 +409,10 @@ impl RedisCounters {
         }
         match step {
             Step::Done(d) => Ok(d),
-            Step::Lease { fetch, .. } => {
-                self.release(keys, &fetch);
+            Step::Lease { marks, .. } => {
+                // Not fetched after all: the marks are cleared first.
+                drop(marks);
                 self.degraded_local(&req, keys, unavailable(None))
-            }
-        }
-    }
-
-    /// Clears the in-flight marks of leases this caller will not fetch after all.
-    fn release(&self, keys: &[LeaseRef<'_>], fetch: &[usize]) {
-        let mut map = self
-            .inner
-            .local
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for &i in fetch {
-            if let Some(e) = map.get_mut(&keys[i]) {
-                e.fetching = false;
             }
         }
     }
@@ -386,6 +427,8 @@ impl RedisCounters {
         if asks.is_empty() {
             return Ok(None);
         }
+        // Owed until the reply is recorded, even if this future is dropped on the way.
+        let marks = Marks::new(self, asks.iter().map(|a| a.id.clone()).collect());
         let mut inv = self.inner.lease.prepare_invoke();
         for a in &asks {
             inv.key(&a.key);
@@ -432,6 +475,7 @@ impl RedisCounters {
                 _ => None,
             }
         };
+        marks.settle();
         self.inner.leased.notify_waiters();
         self.spawn_lease(more);
         reply.map(|_| step)
@@ -443,22 +487,15 @@ impl RedisCounters {
         if asks.is_empty() {
             return;
         }
+        // Owed by the task (dropped with it, even before it first ran), or at once.
+        let marks = Marks::new(self, asks.iter().map(|a| a.id.clone()).collect());
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let engine = self.clone();
             handle.spawn(async move {
+                // `lease` takes the marks over (no await between).
+                marks.settle();
                 let _ = engine.lease(asks, None).await;
             });
-            return;
-        }
-        let mut map = self
-            .inner
-            .local
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for a in &asks {
-            if let Some(e) = map.get_mut(&a.id) {
-                e.fetching = false;
-            }
         }
     }
 

@@ -748,3 +748,44 @@ async fn local_first_keeps_deciding_after_a_waiting_verification_is_dropped() {
         assert!(v.is_ok(), "a healthy Redis answered {v:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_first_follows_a_changed_limit_within_its_window() {
+    let Some(url) = redis_url("local_first_follows_a_changed_limit_within_its_window") else {
+        return;
+    };
+    let hour = StdDuration::from_secs(3600);
+    let engine = local_first(&url, &prefix(), hour);
+    let (m, _) = manager(MemoryStore::new(), engine);
+    let (key, info) = m
+        .generate(
+            &alice(),
+            req("k").rate_limit(RateLimit::new("hour", 100, hour)),
+        )
+        .await
+        .unwrap();
+    let t = key.expose_secret();
+    let admitted = |n: usize| {
+        let m = m.clone();
+        let t = t.to_string();
+        async move {
+            let mut ok = 0;
+            for _ in 0..n {
+                ok += usize::from(m.verify(&t, &Scope::Prometheus).await.is_ok());
+            }
+            ok
+        }
+    };
+    // A lease of the 100 is held after the first verification.
+    assert_eq!(admitted(1).await, 1);
+    // Lowered to 3 in this window: 2 more, whatever this node still holds.
+    m.set_limits(&alice(), &info.id, vec![RateLimit::new("hour", 3, hour)])
+        .await
+        .unwrap();
+    assert_eq!(admitted(10).await, 2, "the lowered limit holds");
+    // Raised to 6: this node asks again instead of refusing on its remembered answer.
+    m.set_limits(&alice(), &info.id, vec![RateLimit::new("hour", 6, hour)])
+        .await
+        .unwrap();
+    assert_eq!(admitted(10).await, 3, "the raised limit admits");
+}

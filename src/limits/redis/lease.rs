@@ -15,6 +15,9 @@
 //!   lease.
 //! - When Redis has nothing left for this node, the node refuses locally until the window
 //!   ends, asking again in the background at most once per `sync_every`.
+//! - Each verification brings its key's limit: a lease follows a changed limit at once (a
+//!   lowered one drops what this node holds beyond it and hands that back to Redis; a
+//!   raised one asks Redis again).
 //! - The background task (every `sync_every`) forgets ended windows and hands back leases
 //!   that went unused for `sync_every` and for half the window (at most 1 s), so that a node
 //!   that went quiet does not sit on budget others could use.
@@ -99,6 +102,8 @@ pub(super) struct Lease {
     pub(super) solo: u64,
     /// Last spend or grant (engine ms): an idle lease is handed back.
     pub(super) last_use: u64,
+    /// Units dropped from the lease under a lowered limit, to hand back to Redis.
+    pub(super) returning: u64,
 }
 
 impl Lease {
@@ -115,7 +120,32 @@ impl Lease {
             short: None,
             solo: 0,
             last_use: 0,
+            returning: 0,
         }
+    }
+
+    /// Follows a changed limit (a manager's `set_limits`, or another key of the organization
+    /// naming the same org-wide limit with another value: each request is decided by its own
+    /// key's limit, as in strict mode). Under a lower limit this node keeps of its lease
+    /// only what the new limit leaves beyond everything leased elsewhere or already spent;
+    /// the rest is never admitted here and is handed back to Redis (`true`: some is owed).
+    /// Either way Redis is asked again instead of a remembered "nothing left".
+    fn follow(&mut self, limit: u64) -> bool {
+        if self.limit == limit {
+            return false;
+        }
+        let mut dropped = 0;
+        if limit < self.limit {
+            let elsewhere = self.global.saturating_sub(self.held);
+            let keep = self.held.min(limit.saturating_sub(elsewhere));
+            dropped = self.held - keep;
+            self.held = keep;
+            self.global = self.global.saturating_sub(dropped);
+            self.returning = self.returning.saturating_add(dropped);
+        }
+        self.limit = limit;
+        self.short = None;
+        dropped > 0
     }
 
     /// What this node believes is left: the unleased budget plus its own lease.
@@ -227,6 +257,7 @@ impl RedisCounters {
             self.decide_locked(&mut map, req, keys, &mut asks)
         };
         self.spawn_lease(asks);
+        self.spawn_give_back();
         step
     }
 
@@ -249,6 +280,9 @@ impl RedisCounters {
                 map.insert(k.to_id(), Lease::new(l, reset, self.counter_key(l, req)));
             }
             let Some(e) = map.get_mut(k) else { continue };
+            if e.follow(l.limit()) {
+                self.inner.returning.store(true, Ordering::Relaxed);
+            }
             if e.held >= req.cost {
                 continue;
             }
@@ -478,6 +512,7 @@ impl RedisCounters {
         marks.settle();
         self.inner.leased.notify_waiters();
         self.spawn_lease(more);
+        self.spawn_give_back();
         reply.map(|_| step)
     }
 
@@ -519,6 +554,9 @@ impl RedisCounters {
                 map.insert(k.to_id(), Lease::new(l, reset, self.counter_key(l, req)));
             }
             let Some(e) = map.get_mut(k) else { continue };
+            if e.follow(l.limit()) {
+                self.inner.returning.store(true, Ordering::Relaxed);
+            }
             if e.held >= req.cost {
                 continue;
             }

@@ -187,6 +187,7 @@ impl RedisCountersBuilder {
                 local: Mutex::new(lease::Leases::default()),
                 leased: tokio::sync::Notify::new(),
                 sync_started: AtomicBool::new(false),
+                returning: AtomicBool::new(false),
                 clock_ms: AtomicI64::new(0),
                 stats: Decided::default(),
             }),
@@ -235,6 +236,8 @@ struct Inner {
     /// Local-first: woken when a lease call ends.
     leased: tokio::sync::Notify,
     sync_started: AtomicBool,
+    /// Local-first: a lowered limit left units to hand back ([`lease::Lease::returning`]).
+    returning: AtomicBool,
     /// Local-first: the latest manager time a verification brought (Unix ms).
     clock_ms: AtomicI64,
     stats: Decided,

@@ -72,24 +72,66 @@ impl RedisCounters {
                 .unwrap_or_else(PoisonError::into_inner);
             // A window that ended (plus a second of slack) is gone for good.
             map.retain(|_, e| e.reset_ms.saturating_add(1000) > wall_ms);
-            map.iter_mut()
-                .filter(|(_, e)| {
-                    // Idle: nothing spent for `sync_every` and for half the window (at most
-                    // a second): a node with bursts of traffic keeps its lease between them.
-                    let idle = idle_ms.max((e.window_ms / 2).min(1000));
-                    // A lease taken ahead for a window not started yet is not idle.
-                    let started = e.reset_ms.saturating_sub(e.window_ms as i64) <= wall_ms;
-                    started && e.held > 0 && !e.fetching && now.saturating_sub(e.last_use) >= idle
-                })
-                .map(|(_, e)| {
-                    let held = std::mem::take(&mut e.held);
-                    e.global = e.global.saturating_sub(held);
-                    // Handed back: the next need leases afresh.
-                    e.last_batch = 0;
-                    (e.redis_key.clone(), held)
-                })
-                .collect()
+            let mut back: Vec<(String, u64)> = map
+                .values_mut()
+                .filter(|e| e.returning > 0)
+                .map(|e| (e.redis_key.clone(), std::mem::take(&mut e.returning)))
+                .collect();
+            back.extend(
+                map.iter_mut()
+                    .filter(|(_, e)| {
+                        // Idle: nothing spent for `sync_every` and for half the window (at most
+                        // a second): a node with bursts of traffic keeps its lease between them.
+                        let idle = idle_ms.max((e.window_ms / 2).min(1000));
+                        // A lease taken ahead for a window not started yet is not idle.
+                        let started = e.reset_ms.saturating_sub(e.window_ms as i64) <= wall_ms;
+                        started
+                            && e.held > 0
+                            && !e.fetching
+                            && now.saturating_sub(e.last_use) >= idle
+                    })
+                    .map(|(_, e)| {
+                        let held = std::mem::take(&mut e.held);
+                        e.global = e.global.saturating_sub(held);
+                        // Handed back: the next need leases afresh.
+                        e.last_batch = 0;
+                        (e.redis_key.clone(), held)
+                    }),
+            );
+            back
         };
+        self.give_back(back).await;
+    }
+
+    /// Hands back, in the background, units a lowered limit dropped from this node's leases
+    /// (left for [`RedisCounters::sync_once`] without a runtime).
+    pub(super) fn spawn_give_back(&self) {
+        if !self.inner.returning.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.inner.returning.store(false, Ordering::Relaxed);
+        let engine = self.clone();
+        handle.spawn(async move {
+            let back: Vec<(String, u64)> = {
+                let mut map = engine
+                    .inner
+                    .local
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                map.values_mut()
+                    .filter(|e| e.returning > 0)
+                    .map(|e| (e.redis_key.clone(), std::mem::take(&mut e.returning)))
+                    .collect()
+            };
+            engine.give_back(back).await;
+        });
+    }
+
+    /// Hands units back to their counters in one call.
+    async fn give_back(&self, back: Vec<(String, u64)>) {
         if back.is_empty() {
             return;
         }

@@ -47,7 +47,7 @@ pub use key::{ApiKey, KeyInfo, KeyStatus, LimitStatus, RevocationReason, Verifie
 pub use leaks::{LeakVerdict, MAX_LEAK_BATCH, MAX_LEAK_SOURCE_BYTES};
 pub use limits::{
     Consumed, CounterError, Credits, Decision, LimitScope, LimitUsage, LocalCounters,
-    MAX_RATE_LIMITS, RateLimit, Refill, Usage, UsageCounters, UsageRequest,
+    MAX_RATE_LIMITS, MAX_UNITS, RateLimit, Refill, Usage, UsageCounters, UsageRequest,
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -386,6 +386,21 @@ async fn managers_change_limits_and_credits_audited() {
         s.manager.set_limits(&alice(), &info.id, bad).await,
         Err(Error::Policy(_))
     ));
+    // Every engine counts up to 2^53 exactly (Redis in Lua's doubles): no more is accepted.
+    let huge = vec![RateLimit::new("x", api_keys::MAX_UNITS + 1, secs(1))];
+    assert!(matches!(
+        s.manager.set_limits(&alice(), &info.id, huge).await,
+        Err(Error::Policy(_))
+    ));
+    for c in [
+        Credits::new(api_keys::MAX_UNITS + 1),
+        Credits::new(1).refill(Refill::daily(api_keys::MAX_UNITS + 1)),
+    ] {
+        assert!(matches!(
+            s.manager.set_credits(&alice(), &info.id, Some(c)).await,
+            Err(Error::Policy(_))
+        ));
+    }
     let got = s
         .manager
         .set_limits(

@@ -789,3 +789,39 @@ async fn local_first_follows_a_changed_limit_within_its_window() {
         .unwrap();
     assert_eq!(admitted(10).await, 3, "the raised limit admits");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_limits_and_balances_count_exactly_on_redis() {
+    let Some(url) = redis_url("the_largest_limits_and_balances_count_exactly_on_redis") else {
+        return;
+    };
+    let hour = StdDuration::from_secs(3600);
+    let max = api_keys::MAX_UNITS;
+    for engine in [
+        RedisCounters::builder(&url)
+            .prefix(prefix())
+            .build()
+            .unwrap(),
+        local_first(&url, &prefix(), hour),
+    ] {
+        let (m, _) = manager(MemoryStore::new(), engine.clone());
+        let (key, _) = m
+            .generate(
+                &alice(),
+                req("k")
+                    .rate_limit(RateLimit::new("hour", max, hour))
+                    .credits(Credits::new(max)),
+            )
+            .await
+            .unwrap();
+        for spent in 1..=3 {
+            let v = m
+                .verify(key.expose_secret(), &Scope::Prometheus)
+                .await
+                .unwrap();
+            assert_eq!(v.credits_remaining(), Some(max - spent));
+            assert_eq!(v.limits().next().unwrap().remaining, max - spent);
+        }
+        assert!(!engine.stats().open, "{:?}", engine.stats());
+    }
+}

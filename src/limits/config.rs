@@ -8,6 +8,10 @@ use crate::Error;
 
 /// Most rate limits one key may carry.
 pub const MAX_RATE_LIMITS: usize = 8;
+/// The largest limit, credit balance or refill amount: 2^53, counted exactly by every engine
+/// (Redis's scripts count in Lua numbers, which are doubles; Redis before 7.2 also writes a
+/// number of 10^17 or more in exponent form, which its integer commands refuse).
+pub const MAX_UNITS: u64 = 1 << 53;
 /// The longest rate-limit window (one year).
 const MAX_WINDOW_MS: u64 = 366 * 86_400 * 1000;
 
@@ -93,9 +97,9 @@ impl RateLimit {
                 "a rate limit's name must match [a-z][a-z0-9._-]{0,31}".into(),
             ));
         }
-        if self.limit == 0 || self.limit > i64::MAX as u64 {
+        if self.limit == 0 || self.limit > MAX_UNITS {
             return Err(Error::Policy(format!(
-                "rate limit `{}`: the limit must be at least 1",
+                "rate limit `{}`: the limit must be 1 to {MAX_UNITS}",
                 self.name
             )));
         }
@@ -202,12 +206,9 @@ impl Credits {
     /// # Errors
     /// [`Error::Policy`] saying what is allowed.
     pub fn check(&self) -> Result<(), Error> {
-        if self.initial > i64::MAX as u64
-            || self.refill.is_some_and(|r| r.amount() > i64::MAX as u64)
-        {
+        if self.initial > MAX_UNITS || self.refill.is_some_and(|r| r.amount() > MAX_UNITS) {
             return Err(Error::Policy(format!(
-                "credits must be at most {}",
-                i64::MAX
+                "credits must be at most {MAX_UNITS}"
             )));
         }
         if let Some(Refill::Monthly { day, .. }) = self.refill

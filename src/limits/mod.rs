@@ -13,7 +13,7 @@ mod redis;
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisCounters, RedisCountersBuilder, RedisStats};
 pub(crate) use config::check_limits;
-pub use config::{Credits, LimitScope, MAX_RATE_LIMITS, RateLimit, Refill};
+pub use config::{Credits, LimitScope, MAX_RATE_LIMITS, MAX_UNITS, RateLimit, Refill};
 pub use engine::{
     Consumed, CounterError, Decision, LimitUsage, Usage, UsageCounters, UsageRequest,
 };

@@ -16,6 +16,7 @@ pub(super) const MORE_ORG_WINDOWS: usize = 56;
 /// cache line).
 #[derive(Clone, Copy, Default)]
 pub(super) struct Lim {
+    /// The limit's name and window length, hashed: what identifies its count.
     pub(super) name: u64,
     pub(super) limit: u64,
     /// The window in ms, and [`ORG`] for an org-wide limit.
@@ -55,11 +56,11 @@ pub(super) struct Windows {
 }
 
 /// One limit's count in its current window `[start, end)` (Unix ms; a verification inside it
-/// needs no division). A window of another length (a changed limit) starts a fresh count.
+/// needs no division). A limit of another window length is another count (see [`Lim::name`]).
 #[derive(Clone, Copy)]
 pub(super) struct Window {
-    /// The limit's name, hashed (names of one key are unique; 64-bit hashes of at most a
-    /// few dozen names per key or organization do not collide in practice).
+    /// The limit's name and window length, hashed (names of one key are unique; 64-bit
+    /// hashes of at most a few dozen per key or organization do not collide in practice).
     pub(super) name: u64,
     pub(super) used: u64,
     pub(super) start: i64,

@@ -151,7 +151,10 @@ impl LocalCounters {
         for (lim, l) in limits.iter_mut().zip(rate_limits) {
             let scope = if l.scope() == LimitScope::Org { ORG } else { 0 };
             *lim = Lim {
-                name: self.hasher.hash_one(l.name()),
+                // A count is a name *and* a window length (as Redis's keys are): two keys of
+                // an organization naming one org-wide limit with different windows keep two
+                // counts instead of resetting each other's.
+                name: self.hasher.hash_one((l.name(), l.window_ms())),
                 limit: l.limit(),
                 window: l.window_ms().min(i64::MAX as u64) | scope,
             };

@@ -234,7 +234,9 @@ pub enum CounterError {
 ///   monthly on day `d`: from `d` 00:00 UTC to the next month's `d`), never adds. The balance
 ///   never goes below zero, and never admits more than it holds: with `n` credits, exactly
 ///   `n` concurrent requests of cost 1 are admitted, on every node sharing the counters.
-/// - `set_credits` sets a balance (and its period is the current one); `link_credits(from,
+/// - `set_credits` sets a balance; a balance started, set or refilled on a day is not refilled
+///   again before the next period that begins after that day, whatever the schedule of the
+///   request that finds it (days, not per-schedule period numbers, are compared); `link_credits(from,
 ///   to)` makes `to` spend from the same balance as `from` from then on (a roll), never
 ///   giving `to` a fresh one.
 /// - An engine that can be unreachable fails closed for credits unless configured otherwise,
@@ -275,20 +277,43 @@ pub trait UsageCounters: Send + Sync + 'static {
 
 const DAY_MS: i64 = 86_400_000;
 
-/// The refill period containing `now_ms`: an index that grows by one per period.
-pub(crate) fn refill_period(refill: Option<Refill>, now_ms: i64) -> i64 {
-    match refill {
-        None => 0,
-        Some(Refill::Daily { .. }) => now_ms.div_euclid(DAY_MS),
-        Some(Refill::Monthly { day, .. }) => {
-            let Ok(t) = time::OffsetDateTime::from_unix_timestamp(now_ms.div_euclid(1000)) else {
-                return 0;
-            };
-            let months = i64::from(t.year()) * 12 + i64::from(u8::from(t.month())) - 1;
-            if t.day() >= day { months } else { months - 1 }
-        }
-    }
+/// The Unix day (days since 1970-01-01) of `now_ms`.
+pub(crate) fn unix_day(now_ms: i64) -> i64 {
+    now_ms.div_euclid(DAY_MS)
 }
+
+/// The Unix day on which the refill period containing `now_ms` began: today for a daily
+/// refill, the refill day of this month or of the month before for a monthly one (today
+/// without a refill).
+///
+/// A balance remembers the Unix day it was last started, set or refilled, and a refill is due
+/// when the current period began after that day. Both schedules count in days, so a balance
+/// shared by keys of different schedules (a roll whose replacement got other credits), or one
+/// whose schedule a manager changed while another node still decides by the old one, compares
+/// days with days: a balance set today is never refilled today by either schedule.
+pub(crate) fn refill_period(refill: Option<Refill>, now_ms: i64) -> i64 {
+    let today = unix_day(now_ms);
+    let Some(Refill::Monthly { day, .. }) = refill else {
+        return today;
+    };
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp(now_ms.div_euclid(1000)) else {
+        return today;
+    };
+    let (year, month) = if t.day() >= day {
+        (t.year(), t.month())
+    } else if t.month() == time::Month::January {
+        (t.year() - 1, time::Month::December)
+    } else {
+        (t.year(), t.month().previous())
+    };
+    // Days 1 to 28 exist in every month (`Credits::check`).
+    time::Date::from_calendar_date(year, month, day).map_or(today, |d| {
+        i64::from(d.to_julian_day()) - UNIX_EPOCH_JULIAN_DAY
+    })
+}
+
+/// The Julian day number of 1970-01-01.
+const UNIX_EPOCH_JULIAN_DAY: i64 = 2_440_588;
 
 /// The end of the window containing `now_ms`, and its index.
 #[inline]
@@ -309,18 +334,18 @@ mod tests {
                 time::Date::from_calendar_date(2026, time::Month::try_from(m).unwrap(), d).unwrap();
             (date.midnight().assume_utc().unix_timestamp() + secs) * 1000
         };
+        let day = |m: u8, d: u8| t(m, d, 0) / 86_400_000;
         let r = Some(Refill::monthly(15, 10));
-        let a = refill_period(r, t(3, 14, 86_399));
-        let b = refill_period(r, t(3, 15, 0));
-        let c = refill_period(r, t(4, 14, 43_200));
-        let d = refill_period(r, t(4, 15, 0));
-        assert_eq!(b, a + 1);
-        assert_eq!(c, b);
-        assert_eq!(d, b + 1);
+        assert_eq!(refill_period(r, t(3, 14, 86_399)), day(2, 15));
+        assert_eq!(refill_period(r, t(3, 15, 0)), day(3, 15));
+        assert_eq!(refill_period(r, t(4, 14, 43_200)), day(3, 15));
+        assert_eq!(refill_period(r, t(4, 15, 0)), day(4, 15));
+        // Across a year, and a day that is not the month's first.
+        assert_eq!(refill_period(r, t(1, 3, 0)), day(1, 3) - 19);
         let daily = Some(Refill::daily(1));
-        assert_eq!(
-            refill_period(daily, t(3, 15, 0)),
-            refill_period(daily, t(3, 14, 0)) + 1
-        );
+        assert_eq!(refill_period(daily, t(3, 15, 3_600)), day(3, 15));
+        assert_eq!(refill_period(None, t(3, 15, 3_600)), day(3, 15));
+        // Daily and monthly periods are in one unit: comparable with each other.
+        assert!(refill_period(daily, t(3, 20, 0)) > refill_period(r, t(3, 20, 0)));
     }
 }

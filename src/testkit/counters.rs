@@ -39,6 +39,7 @@ pub async fn run<C: UsageCounters>(engine: &C) -> Check {
     credits_are_exact_under_concurrency(engine).await?;
     refill_sets_the_balance(engine).await?;
     set_and_link_credits(engine).await?;
+    schedules_compare_by_day(engine).await?;
     Ok(())
 }
 
@@ -381,6 +382,67 @@ pub async fn set_and_link_credits<C: UsageCounters>(engine: &C) -> Check {
             Decision::OutOfCredits { .. }
         ) {
             return Err(fail(C, format!("key {name} must be out of credits")));
+        }
+    }
+    Ok(())
+}
+
+/// A balance set, started or refilled on a day is not refilled again before a period that
+/// begins after that day, whatever the schedule of the request that finds it (a roll's keys
+/// with different credits; a node still deciding by a schedule a manager just changed):
+/// daily and monthly periods are compared as days, never as period numbers of their own.
+pub async fn schedules_compare_by_day<C: UsageCounters>(engine: &C) -> Check {
+    const C: &str = "schedules_compare_by_day";
+    let org = random_org();
+    let k = key();
+    let daily = Credits::new(100).refill(Refill::daily(3));
+    let monthly = Credits::new(100).refill(Refill::monthly(1, 1000));
+    // 2026-01-11, 01:00 UTC: not a monthly refill day.
+    let t = T0 + 10 * DAY + 3_600_000;
+    engine
+        .set_credits(k, &daily, 5, t)
+        .await
+        .map_err(|e| err(C, e))?;
+    let steps: [(&Credits, i64, u64, &str); 5] = [
+        (
+            &monthly,
+            t + 60_000,
+            4,
+            "a monthly schedule, the day the balance was set",
+        ),
+        (&daily, t + 120_000, 3, "the daily schedule, the same day"),
+        (
+            &daily,
+            t + DAY,
+            2,
+            "the daily schedule, the next day (refilled to 3)",
+        ),
+        (
+            &monthly,
+            t + 2 * DAY,
+            1,
+            "a monthly schedule whose period began before that",
+        ),
+        (
+            &monthly,
+            T0 + 31 * DAY,
+            999,
+            "a monthly schedule, its next period",
+        ),
+    ];
+    for (credits, now, left, what) in steps {
+        let u = allowed(
+            C,
+            &consume(engine, request(k, &org, &[], Some(credits), 1, now))
+                .await
+                .map_err(|e| err(C, e))?,
+            what,
+        )?;
+        if u.credits != Some(left) {
+            return Err(fail(
+                C,
+                format!("{what}: {:?} credits left, expected {left}", u.credits),
+            ));
         }
     }
     Ok(())

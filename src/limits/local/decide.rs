@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration as StdDuration;
 
-use crate::limits::engine::{Left, Refused, Verdict, refill_period};
+use crate::limits::engine::{Left, Refused, Verdict, refill_period, unix_day};
 use crate::{Credits, MAX_RATE_LIMITS};
 
 /// How many org-wide names beyond the inline [`MAX_RATE_LIMITS`] an organization's counters
@@ -150,25 +150,26 @@ impl CreditCell {
 pub(super) struct Balance {
     pub(super) initialized: bool,
     pub(super) balance: u64,
-    pub(super) period: i64,
+    /// The Unix day the balance was last started, set or refilled (see
+    /// [`refill_period`]).
+    pub(super) day: i64,
 }
 
 impl Balance {
     /// Brings the balance to `now_ms`: the configured start on first use, a refill (which
     /// sets) in a new period.
     pub(super) fn current(&mut self, credits: &Credits, now_ms: i64) -> u64 {
-        let period = refill_period(credits.refill_schedule(), now_ms);
         if !self.initialized {
             *self = Balance {
                 initialized: true,
                 balance: credits.initial(),
-                period,
+                day: unix_day(now_ms),
             };
         } else if let Some(r) = credits.refill_schedule()
-            && period > self.period
+            && refill_period(Some(r), now_ms) > self.day
         {
             self.balance = r.amount();
-            self.period = period;
+            self.day = unix_day(now_ms);
         }
         self.balance
     }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use foldhash::fast::FixedState;
 
 use super::engine::{
-    Consumed, CounterError, Decision, UsageCounters, UsageRequest, Verdict, refill_period,
+    Consumed, CounterError, Decision, UsageCounters, UsageRequest, Verdict, unix_day,
 };
 use crate::store::BoxFuture;
 
@@ -237,7 +237,7 @@ impl UsageCounters for LocalCounters {
     fn set_credits<'a>(
         &'a self,
         key: KeyId,
-        credits: &'a Credits,
+        _credits: &'a Credits,
         balance: u64,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<(), CounterError>> {
@@ -245,7 +245,7 @@ impl UsageCounters for LocalCounters {
             *b = Balance {
                 initialized: true,
                 balance,
-                period: refill_period(credits.refill_schedule(), now_ms),
+                day: unix_day(now_ms),
             }
         });
         Box::pin(std::future::ready(Ok(())))

@@ -19,7 +19,7 @@
 //!
 //! Keys (under the prefix, default `api-keys`): `…:rl:k:<name>:<window_ms>:<window>:<key id>`
 //! and `…:rl:o:<name>:<window_ms>:<window>:<org>` (strings, expiring a window and a second
-//! after their last use, on Redis's clock), `…:cr:<key id>` (a hash: balance `b`, refill period `p`; no expiry) and
+//! after their last use, on Redis's clock), `…:cr:<key id>` (a hash: balance `b`, the Unix day `d` it was last started, set or refilled; no expiry) and
 //! `…:cra:<key id>` (a roll's link to the balance it shares). The scripts name keys they
 //! derive, so this engine needs a single Redis (or a primary with replicas), not Redis Cluster.
 //!
@@ -40,26 +40,33 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
 use super::engine::{
-    Consumed, CounterError, UsageCounters, UsageRequest, refill_period, window_of,
+    Consumed, CounterError, UsageCounters, UsageRequest, refill_period, unix_day, window_of,
 };
 use crate::store::BoxFuture;
 use crate::{Credits, KeyId, LimitScope, RateLimit};
 
-/// KEYS: link. ARGV: own account, mode (get | set), initial, refill amount, period, balance.
+/// KEYS: link. ARGV: own account, mode (get | set), initial, refill amount, the current
+/// refill period's first day, balance, today (Unix days). A balance keeps the day it was last
+/// started, set or refilled (`d`); a refill is due when the period began after it. A balance
+/// written before `d` existed counts as set today (never an unplanned refill).
 const CREDITS: &str = r#"
 local account = redis.call('GET', KEYS[1]) or ARGV[1]
 if ARGV[2] == 'set' then
-  redis.call('HSET', account, 'b', ARGV[6], 'p', ARGV[5])
+  redis.call('HSET', account, 'b', ARGV[6], 'd', ARGV[7])
   return tonumber(ARGV[6])
 end
-local st = redis.call('HMGET', account, 'b', 'p')
+local st = redis.call('HMGET', account, 'b', 'd')
 if not st[1] then
-  redis.call('HSET', account, 'b', ARGV[3], 'p', ARGV[5])
+  redis.call('HSET', account, 'b', ARGV[3], 'd', ARGV[7])
   return tonumber(ARGV[3])
+end
+if not st[2] then
+  redis.call('HSET', account, 'd', ARGV[7])
+  return tonumber(st[1])
 end
 local amount, period = tonumber(ARGV[4]), tonumber(ARGV[5])
 if amount >= 0 and period > tonumber(st[2]) then
-  redis.call('HSET', account, 'b', amount, 'p', period)
+  redis.call('HSET', account, 'b', amount, 'd', ARGV[7])
   return amount
 end
 return tonumber(st[1])
@@ -439,7 +446,8 @@ impl RedisCounters {
             .arg(credits.initial())
             .arg(refill.map_or(-1, |r| i64::try_from(r.amount()).unwrap_or(i64::MAX)))
             .arg(refill_period(refill, now_ms))
-            .arg(set.unwrap_or(0));
+            .arg(set.unwrap_or(0))
+            .arg(unix_day(now_ms));
         let mut conn = self.inner.conn.clone();
         let v: i64 = self.call(inv.invoke_async(&mut conn)).await?;
         Ok(u64::try_from(v).unwrap_or(0))

@@ -24,25 +24,40 @@ fn side_file(db: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// DEMO ONLY: the master key kept in a file next to the database (hex).
+/// DEMO ONLY: the master key kept in a file next to the database (32 hex digits), created on
+/// the first run. A file that is there but unreadable or malformed is an error, never replaced.
 fn demo_master_key(path: &Path) -> Result<MasterKey> {
-    if let Ok(text) = std::fs::read_to_string(path) {
-        let text = text.trim();
-        let mut bytes = [0u8; 16];
-        if text.len() != 32 {
-            return Err(format!("{} does not hold 32 hex digits", path.display()).into());
+    match std::fs::read(path) {
+        Ok(text) => match parse_hex_key(text.trim_ascii()) {
+            Some(bytes) => Ok(MasterKey::from_bytes(bytes)),
+            None => Err(format!("{} does not hold 32 hex digits", path.display()).into()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 16];
+            getrandom::getrandom(&mut bytes).map_err(|e| e.to_string())?;
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(path, hex + "\n")?;
+            Ok(MasterKey::from_bytes(bytes))
         }
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
-                .map_err(|_| format!("{} does not hold 32 hex digits", path.display()))?;
-        }
-        return Ok(MasterKey::from_bytes(bytes));
+        Err(e) => Err(format!("cannot read {}: {e}", path.display()).into()),
+    }
+}
+
+/// 16 bytes from exactly 32 hex digits, read byte by byte (the file may hold anything).
+fn parse_hex_key(text: &[u8]) -> Option<[u8; 16]> {
+    fn nibble(c: u8) -> Option<u8> {
+        char::from(c)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    }
+    if text.len() != 32 {
+        return None;
     }
     let mut bytes = [0u8; 16];
-    getrandom::getrandom(&mut bytes).map_err(|e| e.to_string())?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(path, hex + "\n")?;
-    Ok(MasterKey::from_bytes(bytes))
+    for (b, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+        *b = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(bytes)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -109,4 +124,29 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_hex_key;
+
+    #[test]
+    fn a_key_file_is_read_as_bytes() {
+        assert_eq!(
+            parse_hex_key(b"000102030405060708090a0b0c0d0eFF"),
+            Some([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 255])
+        );
+        // 32 bytes that are not 32 hex digits: refused, never a panic (after one ASCII digit,
+        // every two-byte letter straddles a pair).
+        let shifted = format!("0{}0", "ü".repeat(15));
+        assert_eq!(shifted.len(), 32);
+        for bad in [
+            shifted.as_bytes(),
+            b"+a+b+c+d+e+f+0+1+2+3+4+5+6+7+8+9",
+            &[0xff; 32],
+            b"0011",
+        ] {
+            assert_eq!(parse_hex_key(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -18,7 +18,8 @@ pub enum Error {
     /// wrong prefix, bad checksum or non-canonical encoding. Never reaches the store.
     #[error("malformed API key")]
     Malformed,
-    /// The token is well formed but no key with that id and secret exists.
+    /// The token is well formed but no key of this manager's class with that id and secret
+    /// exists.
     #[error("invalid API key")]
     InvalidKey,
     /// The key is genuine but its expiry has passed.

@@ -202,6 +202,73 @@ async fn keys_show_names_the_key_and_says_when_there_is_none() {
     assert!(stderr(out.get_output()).contains("API_KEYS_PREVIOUS_KEYS"));
 }
 
+/// Values from the store or the host reach the operator's terminal escaped: a key name
+/// rewritten in the database (it is not under the tag) and ids holding control or bidi
+/// characters cannot move the cursor, rewrite lines or reorder `keys list` / `show` /
+/// `expiring`; ordinary UTF-8 prints unchanged, and JSON keeps the values as they are.
+#[tokio::test]
+async fn text_output_escapes_terminal_and_bidi_controls_from_the_store() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let eve = Actor::manager(OrgId::new("acme"), UserId::new("eve\u{1b}[1A\u{202e}"));
+    let (evil, _) = make(&m, &eve, "placeholder", 30).await;
+    let (_plain, _) = make(&m, &acme(), "Zürich – 東京", 30).await;
+    let other = Actor::manager(OrgId::new("glo\u{1b}]0;pwned\u{7}bex"), UserId::new("gina"));
+    let _ = make(&m, &other, "other", 7).await;
+    // Someone who can write to the table renames the key: the record still opens.
+    let evil_name = "ok\u{1b}[1A\u{1b}[2K\u{202e}gro.evil";
+    let raw = SqliteStore::open(&db.path).unwrap();
+    let mut rec = raw.get(evil.id()).await.unwrap().unwrap();
+    rec.name = evil_name.into();
+    let revision = rec.revision;
+    rec.revision = revision + 1;
+    raw.update(rec, revision).await.unwrap();
+    let raw_controls = |s: &str| s.contains(['\u{1b}', '\u{7}', '\u{202e}']);
+    let id = evil.id().to_string();
+
+    let out = cli_with(&db.path, 1, &OLD)
+        .args(["keys", "list", "--org", "acme"])
+        .assert()
+        .success();
+    let table = stdout(out.get_output());
+    assert!(!raw_controls(&table), "{table:?}");
+    assert!(
+        table.contains("ok\\u{1b}[1A\\u{1b}[2K\\u{202e}gro.evil"),
+        "{table:?}"
+    );
+    assert!(table.contains("Zürich – 東京"), "{table:?}");
+
+    let out = cli_with(&db.path, 1, &OLD)
+        .args(["keys", "show", &id])
+        .assert()
+        .success();
+    let shown = stdout(out.get_output());
+    assert!(!raw_controls(&shown), "{shown:?}");
+    assert!(
+        shown.contains("ok\\u{1b}[1A\\u{1b}[2K\\u{202e}gro.evil"),
+        "{shown:?}"
+    );
+    assert!(shown.contains("by eve\\u{1b}[1A\\u{202e}\n"), "{shown:?}");
+
+    let out = cli_with(&db.path, 1, &OLD)
+        .args(["keys", "expiring", "--within", "10d"])
+        .assert()
+        .success();
+    let expiring = stdout(out.get_output());
+    assert!(!raw_controls(&expiring), "{expiring:?}");
+    assert!(
+        expiring.contains("glo\\u{1b}]0;pwned\\u{7}bex"),
+        "{expiring:?}"
+    );
+
+    // Scripts get the stored values, escaped by JSON itself.
+    let out = cli_with(&db.path, 1, &OLD)
+        .args(["keys", "show", &id, "--json"])
+        .assert()
+        .success();
+    assert_eq!(json(out.get_output())["name"], evil_name);
+}
+
 #[tokio::test]
 async fn keys_expiring_lists_every_organization_soonest_first() {
     let db = db();

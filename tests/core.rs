@@ -561,6 +561,61 @@ async fn a_manager_with_another_prefix_rejects_our_tokens_as_malformed() {
         .unwrap();
 }
 
+/// Two key classes over one store: a `sak` key's public id under the `sap` prefix (with its
+/// public checksum recomputed) names an authentic record of the other class. The `sap` manager
+/// answers exactly as for an unknown id — `InvalidKey`, audited as `invalid_key` without the
+/// key's organization, nothing cached — with the genuine secret or any other.
+#[tokio::test]
+async fn another_class_key_id_is_an_invalid_key_like_an_unknown_id() {
+    use api_keys::{AuditAction, FailureClass};
+    let store = MemoryStore::new();
+    let system = setup_with(store.clone(), Policy::default());
+    let pool_audit = Recorder::default();
+    let pool = KeyManager::builder(store.clone(), keyring())
+        .prefix("sap")
+        .audit(pool_audit.clone())
+        .build()
+        .unwrap();
+    let (key, info) = system
+        .manager
+        .generate(&alice(), prom("sys"))
+        .await
+        .unwrap();
+    let sap = |token: &str| fix_checksum(&format!("sap_{}", &token[4..token.len() - 6]));
+    let t = key.expose_secret();
+    let moved = sap(t);
+    let guessed = sap(&wrong_secret(t));
+    let unknown = sap(&with_id(t, "0000000000z"));
+    for token in [&moved, &guessed, &unknown, &moved] {
+        let r = pool.verify(token, &Scope::Prometheus).await;
+        assert!(matches!(r, Err(Error::InvalidKey)), "{r:?}");
+    }
+    assert_eq!(pool.cached_records(), 0);
+    let events = pool_audit.events();
+    assert_eq!(events.len(), 4);
+    for e in &events {
+        assert!(
+            matches!(
+                e.action,
+                AuditAction::VerificationFailed(FailureClass::InvalidKey)
+            ),
+            "{e:?}"
+        );
+        assert_eq!(e.org, None, "{e:?}");
+    }
+    assert_eq!(events[0].key_id, Some(info.id));
+    // The `sak` manager still accepts its key.
+    system.manager.verify(t, &Scope::Prometheus).await.unwrap();
+    // A record whose tag fails stays an integrity failure: relabelled for the other class.
+    let mut relabelled = store.get(&info.id).await.unwrap().unwrap();
+    relabelled.class = "sap".into();
+    store.overwrite_unchecked(relabelled);
+    assert!(matches!(
+        pool.verify(&moved, &Scope::Prometheus).await,
+        Err(Error::Integrity)
+    ));
+}
+
 /// Transplants one field from another record and verifies through a fresh manager.
 #[tokio::test]
 async fn transplanting_any_deciding_field_fails_integrity() {

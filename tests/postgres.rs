@@ -973,7 +973,7 @@ async fn two_key_classes_in_one_table_never_accept_each_other() {
     let moved = common::fix_checksum(&format!("sap_{}", &t[4..t.len() - 6]));
     assert!(matches!(
         sap.verify(&moved, &Scope::Scim).await,
-        Err(Error::Integrity)
+        Err(Error::InvalidKey)
     ));
     let ids: Vec<KeyId> = sap.list(&a).await.unwrap().iter().map(|k| k.id).collect();
     assert_eq!(ids, vec![pool.id]);

@@ -532,11 +532,11 @@ async fn two_key_classes_in_one_table_never_accept_each_other() {
         "sap_{}",
         &key.expose_secret()[4..key.expose_secret().len() - 6]
     ));
+    // Not `sap`'s key: an invalid key, as an unknown id is, and audited as one.
     assert!(matches!(
         sap.verify(&moved, &Scope::Scim).await,
-        Err(Error::Integrity)
+        Err(Error::InvalidKey)
     ));
-    // Reported as an integrity failure of that key id.
     assert!(
         events
             .0
@@ -546,7 +546,7 @@ async fn two_key_classes_in_one_table_never_accept_each_other() {
             .any(|e| e.key_id == Some(info.id)
                 && matches!(
                     e.action,
-                    AuditAction::VerificationFailed(api_keys::FailureClass::Integrity)
+                    AuditAction::VerificationFailed(api_keys::FailureClass::InvalidKey)
                 ))
     );
     assert!(matches!(

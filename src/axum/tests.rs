@@ -280,6 +280,37 @@ async fn a_key_without_the_scope_is_insufficient_scope() {
     assert!(a.challenge.unwrap().ends_with("scope=\"billing.read\""));
 }
 
+/// A `sap` manager shares the store with the fixture's `sak` manager. A `sap_` token naming
+/// an existing `sak` key (the checksum is public) is an invalid token, as an unknown id is:
+/// not a 500 that would tell the id exists under another class.
+#[tokio::test]
+async fn another_class_key_id_is_an_invalid_token_like_an_unknown_id() {
+    let f = fixture();
+    let pool_failures = Failures::default();
+    let pool = KeyManager::builder(f.store.clone(), (*f.manager.keyring()).clone())
+        .prefix("sap")
+        .clock(f.clock.clone())
+        .audit(pool_failures.clone())
+        .build()
+        .unwrap();
+    let (_, info) = f.key(Scope::Prometheus).await;
+    let moved = crate::token::format_token("sap", info.id, &[7u8; 32]).to_string();
+    let (_, gone) = f.key(Scope::Prometheus).await;
+    f.manager.delete(&f.admin, &gone.id).await.unwrap();
+    let unknown = crate::token::format_token("sap", gone.id, &[7u8; 32]).to_string();
+    let svc =
+        ApiKeyLayer::new(pool, Scope::Prometheus).layer(service_fn(|_req: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(Body::from("inner")))
+        }));
+    for token in [&moved, &unknown, &moved] {
+        let a = send(svc.clone(), &[format!("Bearer {token}").as_bytes()]).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(a.challenge.as_deref(), Some(INVALID_TOKEN));
+        assert_eq!(a.body, r#"{"error":"invalid_token"}"#);
+    }
+    assert_eq!(pool_failures.take(), vec![FailureClass::InvalidKey; 3]);
+}
+
 #[tokio::test]
 async fn a_tampered_record_is_a_generic_500_without_a_challenge() {
     let f = fixture();

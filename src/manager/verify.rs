@@ -55,8 +55,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// only a key that passed all of them spends anything or can be refused by its limits.
     ///
     /// # Errors
-    /// [`Error::Malformed`] (never touches the store), [`Error::InvalidKey`] (unknown id or
-    /// wrong secret), the state errors above, [`Error::RateLimited`] /
+    /// [`Error::Malformed`] (never touches the store), [`Error::InvalidKey`] (unknown id,
+    /// wrong secret, or the id of another manager's key class in a shared store), the state
+    /// errors above, [`Error::RateLimited`] /
     /// [`Error::UsageExceeded`] (nothing spent), [`Error::LimitsUnavailable`] when the counter
     /// engine cannot decide and a limit fails closed, [`Error::Integrity`] for a tampered
     /// record or wrong master key, [`Error::Store`].
@@ -275,15 +276,14 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         };
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
         if let Err(e) = rec.open_to_verify(&self.keyring(), &self.inner.prefix, id, &mut secret) {
-            {
-                self.verify_failed(
-                    FailureClass::Integrity,
-                    Some(&rec.org),
-                    Some(id),
-                    Instant::now(),
-                );
-                return Err(e);
-            }
+            let (class, org) = match e {
+                // An authentic record of another manager's class (a shared store): the same
+                // answer and audit as an unknown id, not decrypted, not cached.
+                Error::InvalidKey => (FailureClass::InvalidKey, None),
+                _ => (FailureClass::Integrity, Some(&rec.org)),
+            };
+            self.verify_failed(class, org, Some(id), Instant::now());
+            return Err(e);
         }
         let matched: bool = crate::crypto::ct_eq_bytes(&secret, presented).into();
         let facts = Arc::new(Facts::from_owned(rec, self.inner.local.as_deref()));

@@ -181,6 +181,44 @@ fn another_class_fails_closed() {
         open(&moved, &keyring, "sap", rec.id),
         Err(Error::Integrity)
     ));
+    let mut out = Zeroizing::new([0u8; 32]);
+    assert!(matches!(
+        moved.open_to_verify(&keyring, "sap", rec.id, &mut out),
+        Err(Error::Integrity)
+    ));
+}
+
+#[test]
+fn verification_treats_an_authentic_record_of_another_class_as_absent() {
+    let v = v();
+    let (keyring, rec, _) = record(&v);
+    // Authentic, but another manager's key: `InvalidKey` (as an unknown id), never decrypted.
+    let mut out = Zeroizing::new([0u8; 32]);
+    assert!(matches!(
+        rec.open_to_verify(&keyring, "sap", rec.id, &mut out),
+        Err(Error::InvalidKey)
+    ));
+    assert_eq!(*out, [0u8; 32]);
+    // A tag that fails stays an integrity failure, whatever the class.
+    let mut tampered = rec.clone();
+    tampered.sealed.tag[0] ^= 1;
+    for class in ["sak", "sap"] {
+        assert!(matches!(
+            tampered.open_to_verify(&keyring, class, rec.id, &mut out),
+            Err(Error::Integrity)
+        ));
+    }
+    let wrong_master = Keyring::new(rec.sealed.key_version, MasterKey::from_bytes([0; 16]));
+    assert!(matches!(
+        rec.open_to_verify(&wrong_master, "sap", rec.id, &mut out),
+        Err(Error::Integrity)
+    ));
+    // A record served under another id stays an integrity failure too.
+    assert!(matches!(
+        rec.open_to_verify(&keyring, "sap", KeyId(rec.id.0 ^ 1), &mut out),
+        Err(Error::Integrity)
+    ));
+    assert_eq!(*out, [0u8; 32]);
 }
 
 #[test]

@@ -59,7 +59,8 @@ impl fmt::Debug for Sealed {
 /// `replaces`, `replaced_by`, `owner`, `meta`, `rate_limits`, `credits`, `sealed.iv` and
 /// `sealed.ciphertext`. `name`, `last_used_at`, `revision` and `notices` are not (they decide
 /// nothing). A record whose tag does not match is never accepted, and a record of another
-/// class (another manager's prefix) fails closed as [`Error::Integrity`].
+/// class (another manager's prefix) is never this manager's key: management calls treat it as
+/// absent, verification as an unknown id.
 ///
 /// Timestamps are whole UTC seconds, serialized as Unix seconds.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -376,8 +377,13 @@ impl KeyRecord {
     /// active, a revoked, an expired or a rolled key (the key's state must not be observable
     /// without its secret).
     ///
+    /// An authentic record of another class (a manager of another prefix sharing the store)
+    /// is not this manager's key: it is as absent as an unknown id, and never decrypted.
+    ///
     /// # Errors
-    /// As [`KeyRecord::open_into`].
+    /// [`Error::InvalidKey`] for a record whose tag verifies but whose class is not `class`;
+    /// [`Error::Integrity`] for an unknown format or key version, a tag mismatch or an id
+    /// mismatch.
     pub(crate) fn open_to_verify(
         &self,
         keyring: &Keyring,
@@ -385,8 +391,17 @@ impl KeyRecord {
         expected: KeyId,
         out: &mut Zeroizing<[u8; SECRET_LEN]>,
     ) -> Result<(), Error> {
-        let keys = self.check_main_tag(keyring, class)?;
-        self.decrypt_if(keys, expected, out)
+        let keys = self.check_tag(keyring)?;
+        if self.id != expected {
+            return Err(Error::Integrity);
+        }
+        // The class is under the tag; compared after it, it is authentic (and public: it is
+        // the token prefix shown in every listing's hint).
+        if self.class != class {
+            return Err(Error::InvalidKey);
+        }
+        keys.decrypt_into(&self.sealed.iv, &self.sealed.ciphertext, out);
+        Ok(())
     }
 
     /// After authentication: decrypts into `out` if the record is the one the token names.
@@ -424,6 +439,18 @@ impl KeyRecord {
 
     /// Checks the format, the key version, (in constant time) the main tag and the class.
     fn check_main_tag<'k>(&self, keyring: &'k Keyring, class: &str) -> Result<&'k Subkeys, Error> {
+        let keys = self.check_tag(keyring)?;
+        // The class is under the tag; compared after it, it is authentic.
+        if self.class == class {
+            Ok(keys)
+        } else {
+            Err(Error::Integrity)
+        }
+    }
+
+    /// Checks the format, the key version and (in constant time) the main tag, which covers
+    /// the record's own class.
+    fn check_tag<'k>(&self, keyring: &'k Keyring) -> Result<&'k Subkeys, Error> {
         if self.format != RECORD_FORMAT || !self.is_canonical() {
             return Err(Error::Integrity);
         }
@@ -431,8 +458,7 @@ impl KeyRecord {
             .get(self.sealed.key_version)
             .ok_or(Error::Integrity)?;
         let tag = self.compute_tag(keys);
-        // The class is under the tag; compared after it, it is authentic.
-        if bool::from(crate::crypto::ct_eq_bytes(&tag, &self.sealed.tag)) && self.class == class {
+        if bool::from(crate::crypto::ct_eq_bytes(&tag, &self.sealed.tag)) {
             Ok(keys)
         } else {
             Err(Error::Integrity)

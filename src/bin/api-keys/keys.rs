@@ -6,7 +6,7 @@ use api_keys::time::Duration;
 use api_keys::{Actor, AnyStore, Error, KeyId, KeyManager, KeyStore, LeakVerdict, OrgId};
 
 use crate::config::{operator, parse_duration};
-use crate::output::{print_json, print_key, print_table};
+use crate::output::{print_json, print_key, print_table, text};
 use crate::{Failure, Global};
 
 #[derive(Subcommand, Debug)]
@@ -62,8 +62,9 @@ pub(crate) async fn run(
                 print_json(&infos);
             } else if infos.is_empty() {
                 eprintln!(
-                    "no keys of the prefix `{}` in organization {org}",
-                    m.prefix()
+                    "no keys of the prefix `{}` in organization {}",
+                    m.prefix(),
+                    text(org.as_str())
                 );
             } else {
                 print_table(&infos, false, m.now());

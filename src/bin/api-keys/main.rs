@@ -180,7 +180,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("api-keys: {}", f.message);
+            // A message may quote the host's input or a store's error text.
+            eprintln!("api-keys: {}", output::text(&f.message));
             ExitCode::from(f.code)
         }
     }

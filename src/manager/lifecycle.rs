@@ -1,6 +1,9 @@
 //! Roll, reveal, rewrap and expiry queries.
 
+use std::collections::BTreeMap;
+
 use super::*;
+use crate::{Credits, RateLimit};
 
 /// Counts returned by [`KeyManager::rewrap`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -16,6 +19,33 @@ pub struct RewrapReport {
     pub newer: usize,
     /// Records of another key class (another manager sharing the store), left to it.
     pub other_class: usize,
+}
+
+/// What a roll's replacement copies from the key it replaces: the roll builds the
+/// replacement from these and shortens the old key only while they are still the same.
+#[derive(PartialEq)]
+struct Inherited<'a> {
+    org: &'a OrgId,
+    name: &'a str,
+    scopes: &'a [Scope],
+    owner: &'a Option<String>,
+    meta: &'a BTreeMap<String, String>,
+    rate_limits: &'a [RateLimit],
+    credits: &'a Option<Credits>,
+}
+
+impl<'a> Inherited<'a> {
+    fn of(r: &'a KeyRecord) -> Self {
+        Inherited {
+            org: &r.org,
+            name: &r.name,
+            scopes: &r.scopes,
+            owner: &r.owner,
+            meta: &r.meta,
+            rate_limits: &r.rate_limits,
+            credits: &r.credits,
+        }
+    }
 }
 
 impl<S: KeyStore + 'static> KeyManager<S> {
@@ -65,10 +95,17 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// replacement: a roll at the limit works, and at most `max_active_keys + 1` keys work
     /// at once, only until that overlap ends.
     ///
+    /// The replacement is built from the key as the roll first read it; if a manager changes
+    /// what it copies (name, scopes, limits, credit configuration, owner, metadata) before the
+    /// old key is shortened, the roll fails with [`Error::Conflict`] and deletes the
+    /// replacement, and the old key keeps its new configuration and its expiry: roll again.
+    /// Changes that copy nothing (a sweep's notices, last use, a rewrap) do not fail a roll.
+    ///
     /// # Errors
     /// [`Error::PermissionDenied`]; [`Error::NotFound`]; [`Error::Revoked`] / [`Error::Expired`]
     /// for a key that no longer works; [`Error::Policy`] (already rolled, or the limit);
-    /// [`Error::Integrity`]; [`Error::Conflict`]; [`Error::Store`]. If shortening the old key
+    /// [`Error::Integrity`]; [`Error::Conflict`] (repeated lost races, or the key changed while
+    /// it was being rolled); [`Error::Store`]. If shortening the old key
     /// fails, the old record is read again: when the change did commit (a lost reply), the
     /// roll succeeded; otherwise the replacement is deleted again.
     pub async fn roll(
@@ -102,20 +139,21 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                  at most {limit} are allowed — wait for the overlap to end, or revoke or delete one first"
             )));
         }
+        let inherited = Inherited::of(&old);
         let draft = Draft {
             class: self.inner.prefix.clone(),
             id: KeyId(0),
-            org: old.org.clone(),
-            name: old.name.clone(),
-            scopes: old.scopes.clone(),
+            org: inherited.org.clone(),
+            name: inherited.name.to_owned(),
+            scopes: inherited.scopes.to_vec(),
             created_at: now,
             created_by: actor.user().clone(),
             expires_at: self.inner.policy.resolve(None, now)?,
             replaces: Some(*id),
-            owner: old.owner.clone(),
-            meta: old.meta.clone(),
-            rate_limits: old.rate_limits.clone(),
-            credits: old.credits,
+            owner: inherited.owner.clone(),
+            meta: inherited.meta.clone(),
+            rate_limits: inherited.rate_limits.to_vec(),
+            credits: *inherited.credits,
         };
         let (key, new_rec) = self.create(draft).await?;
         let new_id = new_rec.id;
@@ -140,6 +178,12 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                     return Err(Error::Policy(format!(
                         "key {id} was rolled meanwhile; its replacement is key {other}"
                     )));
+                }
+                // A manager changed what the replacement copied (e.g. tightened its limits):
+                // the replacement would silently carry the old configuration on. The
+                // revision is no test: a sweep's notice mark or a rewrap bumps it too.
+                if Inherited::of(r) != inherited {
+                    return Err(Error::Conflict);
                 }
                 r.replaced_by = Some(new_id);
                 if r.expires_at.is_none_or(|e| e > cutoff) {

@@ -880,6 +880,42 @@ async fn a_roll_fails_when_the_old_key_changes_before_it_is_shortened() {
 }
 
 #[tokio::test]
+async fn a_roll_refused_by_a_change_deletes_its_replacement_even_if_the_store_then_fails() {
+    let store = CountingStore::default();
+    let s = setup_with(store.clone(), Policy::default());
+    let minute = std::time::Duration::from_secs(60);
+    let (_, info) = s
+        .manager
+        .generate(
+            &alice(),
+            prom("a").rate_limit(RateLimit::new("burst", 100, minute)),
+        )
+        .await
+        .unwrap();
+    let tighter = vec![RateLimit::new("burst", 1, minute)];
+    // The limits change after the replacement was created; once the roll has read the
+    // changed key (and refused to shorten it), the store becomes unreachable for reads.
+    let (m, id, limits, hooks) = (s.manager.clone(), info.id, tighter.clone(), store.clone());
+    store.after_next_insert(move || async move {
+        m.set_limits(&alice(), &id, limits).await.unwrap();
+        let fail_get = hooks.fail_get.clone();
+        hooks.after_next_get(move || async move {
+            fail_get.store(true, Ordering::SeqCst);
+        });
+    });
+    assert!(matches!(
+        s.manager.roll(&alice(), &info.id, Duration::hours(1)).await,
+        Err(Error::Conflict)
+    ));
+    store.fail_get.store(false, Ordering::SeqCst);
+    // Nothing was written to the old key, so the replacement with the looser limits is gone.
+    let keys = s.manager.list(&alice()).await.unwrap();
+    assert_eq!(keys.len(), 1, "the replacement was deleted: {keys:?}");
+    assert_eq!(keys[0].rate_limits, tighter);
+    assert_eq!(keys[0].replaced_by, None);
+}
+
+#[tokio::test]
 async fn a_roll_survives_a_sweep_marking_the_old_key_meanwhile() {
     // A sweep's notice mark changes the record (and its revision) but nothing the
     // replacement copied: the roll goes through.
@@ -911,6 +947,37 @@ async fn a_roll_survives_a_sweep_marking_the_old_key_meanwhile() {
     );
     works(&s.manager, old.expose_secret()).await.unwrap();
     works(&s.manager, new.expose_secret()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_roll_whose_outcome_cannot_be_checked_keeps_the_replacement() {
+    let store = CountingStore::default();
+    let s = setup_with(store.clone(), Policy::default().allow_reveal(true));
+    let (old, info) = s.manager.generate(&alice(), prom("a")).await.unwrap();
+    // The update that shortens the old key commits, its reply is lost, and the read that
+    // would tell whether it committed fails too.
+    store.lose_update_reply.store(true, Ordering::SeqCst);
+    let fail_get = store.fail_get.clone();
+    store.after_next_update(move || async move {
+        fail_get.store(true, Ordering::SeqCst);
+    });
+    assert!(matches!(
+        s.manager.roll(&alice(), &info.id, Duration::hours(1)).await,
+        Err(Error::Store(_))
+    ));
+    store.fail_get.store(false, Ordering::SeqCst);
+    // The old key stops at the cutoff, so the replacement it names must still be there.
+    let old_now = s.manager.get(&alice(), &info.id).await.unwrap();
+    assert_eq!(old_now.expires_at, Some(start() + Duration::hours(1)));
+    let new_id = old_now.replaced_by.expect("the shortening committed");
+    let new_info = s.manager.get(&alice(), &new_id).await.unwrap();
+    assert_eq!(new_info.replaces, Some(info.id));
+    let new = s.manager.reveal(&alice(), &new_id).await.unwrap();
+    works(&s.manager, new.expose_secret()).await.unwrap();
+    works(&s.manager, old.expose_secret()).await.unwrap();
+    s.clock.advance(Duration::hours(1));
+    works(&s.manager, new.expose_secret()).await.unwrap();
+    assert!(works(&s.manager, old.expose_secret()).await.is_err());
 }
 
 #[tokio::test]

@@ -101,6 +101,9 @@ pub struct CountingStore {
     /// Runs once, right after the next `update` committed and before its reply (set with
     /// [`CountingStore::after_next_update`]).
     pub after_update: Arc<Mutex<Option<Hook>>>,
+    /// Runs once, right after the next successful `get` read (set with
+    /// [`CountingStore::after_next_get`]).
+    pub after_get: Arc<Mutex<Option<Hook>>>,
 }
 
 /// A step a test runs inside a store call, so that it lands deterministically between two
@@ -164,6 +167,15 @@ impl CountingStore {
         *self.after_insert.lock().unwrap() = Some(hook(step));
     }
 
+    /// Runs `step` once, right after the next `get` read (before its reply).
+    pub fn after_next_get<F, Fut>(&self, step: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        *self.after_get.lock().unwrap() = Some(hook(step));
+    }
+
     /// Runs `step` once, right after the next `update` committed (before its reply, which
     /// [`CountingStore::lose_update_reply`] may then lose).
     pub fn after_next_update<F, Fut>(&self, step: F)
@@ -190,7 +202,9 @@ impl KeyStore for CountingStore {
                 "store unreachable",
             )));
         }
-        self.inner.get(id).await
+        let found = self.inner.get(id).await?;
+        run(&self.after_get).await;
+        Ok(found)
     }
     async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
         self.pause().await;

@@ -44,7 +44,9 @@ pub enum Error {
     /// The request is outside the configured policy; the message says what is allowed.
     #[error("policy: {0}")]
     Policy(String),
-    /// A concurrent change won a compare-and-swap race too many times; retry the operation.
+    /// A concurrent change won a compare-and-swap race too many times, or changed what the
+    /// operation had read and depends on (e.g. a key's limits while it was being rolled);
+    /// retry the operation.
     #[error("conflicting concurrent change; retry")]
     Conflict,
     /// The store failed.

@@ -9,7 +9,7 @@ use api_keys::time::Duration;
 use api_keys::{
     AuditAction, AuditEvent, AuditSink, BoxError, Error, Expiry, FailureClass, GenerateRequest,
     KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore, Keyring, MasterKey, MemoryStore, OrgId,
-    Policy, Scope, StoreError,
+    Policy, RateLimit, Scope, StoreError,
 };
 use common::*;
 
@@ -835,6 +835,149 @@ async fn a_roll_whose_update_really_failed_removes_the_replacement() {
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].expires_at, info.expires_at);
     assert_eq!(keys[0].replaced_by, None);
+}
+
+#[tokio::test]
+async fn a_roll_fails_when_the_old_key_changes_before_it_is_shortened() {
+    let store = CountingStore::default();
+    let s = setup_with(store.clone(), Policy::default());
+    let minute = std::time::Duration::from_secs(60);
+    let (old, info) = s
+        .manager
+        .generate(
+            &alice(),
+            prom("a").rate_limit(RateLimit::new("burst", 100, minute)),
+        )
+        .await
+        .unwrap();
+    let tighter = vec![RateLimit::new("burst", 1, minute)];
+    // Another manager tightens the key's limits after the roll created the replacement from
+    // the key as it was, and before the roll shortens it.
+    let (m, id, limits) = (s.manager.clone(), info.id, tighter.clone());
+    store.after_next_insert(move || async move {
+        m.set_limits(&alice(), &id, limits).await.unwrap();
+    });
+    assert!(matches!(
+        s.manager.roll(&alice(), &info.id, Duration::hours(1)).await,
+        Err(Error::Conflict)
+    ));
+    // No replacement with the looser limits is left; the key keeps its new limits and its
+    // expiry, and still works.
+    let keys = s.manager.list(&alice()).await.unwrap();
+    assert_eq!(keys.len(), 1, "the replacement was deleted: {keys:?}");
+    assert_eq!(keys[0].id, info.id);
+    assert_eq!(keys[0].rate_limits, tighter);
+    assert_eq!(keys[0].expires_at, info.expires_at);
+    assert_eq!(keys[0].replaced_by, None);
+    works(&s.manager, old.expose_secret()).await.unwrap();
+    // Rolling again carries the new limits over.
+    let (_, new_info) = s
+        .manager
+        .roll(&alice(), &info.id, Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(new_info.rate_limits, tighter);
+}
+
+#[tokio::test]
+async fn a_roll_refused_by_a_change_deletes_its_replacement_even_if_the_store_then_fails() {
+    let store = CountingStore::default();
+    let s = setup_with(store.clone(), Policy::default());
+    let minute = std::time::Duration::from_secs(60);
+    let (_, info) = s
+        .manager
+        .generate(
+            &alice(),
+            prom("a").rate_limit(RateLimit::new("burst", 100, minute)),
+        )
+        .await
+        .unwrap();
+    let tighter = vec![RateLimit::new("burst", 1, minute)];
+    // The limits change after the replacement was created; once the roll has read the
+    // changed key (and refused to shorten it), the store becomes unreachable for reads.
+    let (m, id, limits, hooks) = (s.manager.clone(), info.id, tighter.clone(), store.clone());
+    store.after_next_insert(move || async move {
+        m.set_limits(&alice(), &id, limits).await.unwrap();
+        let fail_get = hooks.fail_get.clone();
+        hooks.after_next_get(move || async move {
+            fail_get.store(true, Ordering::SeqCst);
+        });
+    });
+    assert!(matches!(
+        s.manager.roll(&alice(), &info.id, Duration::hours(1)).await,
+        Err(Error::Conflict)
+    ));
+    store.fail_get.store(false, Ordering::SeqCst);
+    // Nothing was written to the old key, so the replacement with the looser limits is gone.
+    let keys = s.manager.list(&alice()).await.unwrap();
+    assert_eq!(keys.len(), 1, "the replacement was deleted: {keys:?}");
+    assert_eq!(keys[0].rate_limits, tighter);
+    assert_eq!(keys[0].replaced_by, None);
+}
+
+#[tokio::test]
+async fn a_roll_survives_a_sweep_marking_the_old_key_meanwhile() {
+    // A sweep's notice mark changes the record (and its revision) but nothing the
+    // replacement copied: the roll goes through.
+    let store = CountingStore::default();
+    let s = setup_with(store.clone(), Policy::default());
+    let (old, info) = s
+        .manager
+        .generate(&alice(), prom("a").expiry(Expiry::Days(30)))
+        .await
+        .unwrap();
+    // Six days left: the seven-day warning is due.
+    s.clock.advance(Duration::days(24));
+    let m = s.manager.clone();
+    store.after_next_insert(move || async move {
+        let report = m.sweep().await.unwrap();
+        assert!(report.expiry_warnings > 0, "{report:?}");
+    });
+    let (new, new_info) = s
+        .manager
+        .roll(&alice(), &info.id, Duration::hours(1))
+        .await
+        .unwrap();
+    let old_now = s.manager.get(&alice(), &info.id).await.unwrap();
+    assert!(!old_now.notices.expiry_warned.is_empty());
+    assert_eq!(old_now.replaced_by, Some(new_info.id));
+    assert_eq!(
+        old_now.expires_at,
+        Some(start() + Duration::days(24) + Duration::hours(1))
+    );
+    works(&s.manager, old.expose_secret()).await.unwrap();
+    works(&s.manager, new.expose_secret()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_roll_whose_outcome_cannot_be_checked_keeps_the_replacement() {
+    let store = CountingStore::default();
+    let s = setup_with(store.clone(), Policy::default().allow_reveal(true));
+    let (old, info) = s.manager.generate(&alice(), prom("a")).await.unwrap();
+    // The update that shortens the old key commits, its reply is lost, and the read that
+    // would tell whether it committed fails too.
+    store.lose_update_reply.store(true, Ordering::SeqCst);
+    let fail_get = store.fail_get.clone();
+    store.after_next_update(move || async move {
+        fail_get.store(true, Ordering::SeqCst);
+    });
+    assert!(matches!(
+        s.manager.roll(&alice(), &info.id, Duration::hours(1)).await,
+        Err(Error::Store(_))
+    ));
+    store.fail_get.store(false, Ordering::SeqCst);
+    // The old key stops at the cutoff, so the replacement it names must still be there.
+    let old_now = s.manager.get(&alice(), &info.id).await.unwrap();
+    assert_eq!(old_now.expires_at, Some(start() + Duration::hours(1)));
+    let new_id = old_now.replaced_by.expect("the shortening committed");
+    let new_info = s.manager.get(&alice(), &new_id).await.unwrap();
+    assert_eq!(new_info.replaces, Some(info.id));
+    let new = s.manager.reveal(&alice(), &new_id).await.unwrap();
+    works(&s.manager, new.expose_secret()).await.unwrap();
+    works(&s.manager, old.expose_secret()).await.unwrap();
+    s.clock.advance(Duration::hours(1));
+    works(&s.manager, new.expose_secret()).await.unwrap();
+    assert!(works(&s.manager, old.expose_secret()).await.is_err());
 }
 
 #[tokio::test]

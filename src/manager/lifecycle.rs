@@ -1,6 +1,9 @@
 //! Roll, reveal, rewrap and expiry queries.
 
+use std::collections::BTreeMap;
+
 use super::*;
+use crate::{Credits, RateLimit};
 
 /// Counts returned by [`KeyManager::rewrap`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -16,6 +19,53 @@ pub struct RewrapReport {
     pub newer: usize,
     /// Records of another key class (another manager sharing the store), left to it.
     pub other_class: usize,
+}
+
+/// What a roll's replacement copies from the key it replaces: the roll builds the
+/// replacement from these and shortens the old key only while they are still the same.
+#[derive(PartialEq)]
+struct Inherited<'a> {
+    org: &'a OrgId,
+    name: &'a str,
+    scopes: &'a [Scope],
+    owner: &'a Option<String>,
+    meta: &'a BTreeMap<String, String>,
+    rate_limits: &'a [RateLimit],
+    credits: &'a Option<Credits>,
+}
+
+impl<'a> Inherited<'a> {
+    fn of(r: &'a KeyRecord) -> Self {
+        Inherited {
+            org: &r.org,
+            name: &r.name,
+            scopes: &r.scopes,
+            owner: &r.owner,
+            meta: &r.meta,
+            rate_limits: &r.rate_limits,
+            credits: &r.credits,
+        }
+    }
+}
+
+/// Whether a roll may shorten `r` (the old key `id` as the shortening reads it), having
+/// copied `inherited` from it into the replacement.
+fn may_shorten(r: &KeyRecord, id: &KeyId, inherited: &Inherited<'_>) -> Result<(), Error> {
+    if r.revoked_at.is_some() {
+        return Err(Error::Revoked);
+    }
+    if let Some(other) = r.replaced_by {
+        return Err(Error::Policy(format!(
+            "key {id} was rolled meanwhile; its replacement is key {other}"
+        )));
+    }
+    // A manager changed what the replacement copied (e.g. tightened its limits): the
+    // replacement would silently carry the old configuration on. The revision is no test: a
+    // sweep's notice mark or a rewrap bumps it too.
+    if Inherited::of(r) != *inherited {
+        return Err(Error::Conflict);
+    }
+    Ok(())
 }
 
 impl<S: KeyStore + 'static> KeyManager<S> {
@@ -65,12 +115,27 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// replacement: a roll at the limit works, and at most `max_active_keys + 1` keys work
     /// at once, only until that overlap ends.
     ///
+    /// The replacement is built from the key as the roll first read it; if a manager changes
+    /// what it copies (name, scopes, limits, credit configuration, owner, metadata) before the
+    /// old key is shortened, the roll fails with [`Error::Conflict`] and deletes the
+    /// replacement, and the old key keeps its new configuration and its expiry: roll again.
+    /// Changes that copy nothing (a sweep's notices, last use, a rewrap) do not fail a roll.
+    ///
     /// # Errors
     /// [`Error::PermissionDenied`]; [`Error::NotFound`]; [`Error::Revoked`] / [`Error::Expired`]
     /// for a key that no longer works; [`Error::Policy`] (already rolled, or the limit);
-    /// [`Error::Integrity`]; [`Error::Conflict`]; [`Error::Store`]. If shortening the old key
-    /// fails, the old record is read again: when the change did commit (a lost reply), the
-    /// roll succeeded; otherwise the replacement is deleted again.
+    /// [`Error::Integrity`]; [`Error::Conflict`] (repeated lost races, or the key changed while
+    /// it was being rolled); [`Error::Store`].
+    ///
+    /// If writing the shortened old key fails, the old record is read again: when the write
+    /// did commit (a lost reply), the roll succeeded; when the read shows it did not, the
+    /// replacement is deleted again and that failure is returned. When that read fails
+    /// too, the outcome is **unknown**: the replacement is kept (the old key may already stop
+    /// at the cutoff and name it) and the read's error is returned ([`Error::Store`], or
+    /// [`Error::Integrity`] for a record that fails its check). After an [`Error::Store`],
+    /// read the key again (`get`): if `replaced_by` names a replacement, the roll took effect
+    /// — [`reveal`](Self::reveal) the replacement (when allowed) or roll it to get a token
+    /// before the cutoff; otherwise delete any key whose `replaces` names it, and roll again.
     pub async fn roll(
         &self,
         actor: &Actor,
@@ -102,20 +167,21 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                  at most {limit} are allowed — wait for the overlap to end, or revoke or delete one first"
             )));
         }
+        let inherited = Inherited::of(&old);
         let draft = Draft {
             class: self.inner.prefix.clone(),
             id: KeyId(0),
-            org: old.org.clone(),
-            name: old.name.clone(),
-            scopes: old.scopes.clone(),
+            org: inherited.org.clone(),
+            name: inherited.name.to_owned(),
+            scopes: inherited.scopes.to_vec(),
             created_at: now,
             created_by: actor.user().clone(),
             expires_at: self.inner.policy.resolve(None, now)?,
             replaces: Some(*id),
-            owner: old.owner.clone(),
-            meta: old.meta.clone(),
-            rate_limits: old.rate_limits.clone(),
-            credits: old.credits,
+            owner: inherited.owner.clone(),
+            meta: inherited.meta.clone(),
+            rate_limits: inherited.rate_limits.to_vec(),
+            credits: *inherited.credits,
         };
         let (key, new_rec) = self.create(draft).await?;
         let new_id = new_rec.id;
@@ -123,23 +189,19 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         if old.credits.is_some()
             && let Err(e) = self.share_credits(*id, new_id).await
         {
-            let _fence = self.inner.cache.fence(new_id);
-            if let Err(cleanup) = self.inner.store.delete(&new_id).await {
-                tracing::error!(target: "api_keys", key_id = %new_id, error = %cleanup, "could not delete the replacement of a failed roll");
-            }
+            self.discard_replacement(new_id).await;
             return Err(e);
         }
         // Saturating: an absurd overlap (it may come from a request) can never panic.
         let cutoff = whole_seconds(now.saturating_add(overlap.max(Duration::ZERO)));
+        // Set when the old key, as the shortening read it, may not be shortened: then
+        // nothing was written.
+        let mut refused = false;
         let shortened = self
             .modify(Some(actor), id, |r| {
-                if r.revoked_at.is_some() {
-                    return Err(Error::Revoked);
-                }
-                if let Some(other) = r.replaced_by {
-                    return Err(Error::Policy(format!(
-                        "key {id} was rolled meanwhile; its replacement is key {other}"
-                    )));
+                if let Err(e) = may_shorten(r, id, &inherited) {
+                    refused = true;
+                    return Err(e);
                 }
                 r.replaced_by = Some(new_id);
                 if r.expires_at.is_none_or(|e| e > cutoff) {
@@ -149,24 +211,32 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             })
             .await;
         if let Err(e) = shortened {
-            // The write may have committed with its reply lost: then the old key already
-            // stops at the cutoff, and deleting the replacement would break its integrations.
-            let committed = matches!(
-                self.inner.store.get(id).await,
-                Ok(Some(r)) if r.id == *id && r.replaced_by == Some(new_id)
-                    && self.authentic(&self.keyring(), &r, Some(actor))
-            );
-            if !committed {
-                let removed = {
-                    let _fence = self.inner.cache.fence(new_id);
-                    self.inner.store.delete(&new_id).await
-                };
-                if let Err(cleanup) = removed {
-                    tracing::error!(target: "api_keys", key_id = %new_id, error = %cleanup, "could not delete the replacement of a failed roll");
+            // A failed write may have committed with its reply lost: then the old key
+            // already stops at the cutoff, and deleting the replacement would break its
+            // integrations. So the replacement goes only when nothing was written, or a read
+            // shows that the old key does not name it.
+            let committed = if refused {
+                Ok(false)
+            } else {
+                self.shortened_to(actor, id, new_id).await
+            };
+            match committed {
+                Ok(false) => {
+                    self.discard_replacement(new_id).await;
+                    return Err(e);
                 }
-                return Err(e);
+                Ok(true) => self.inner.cache.invalidate(id),
+                Err(unknown) => {
+                    self.inner.cache.invalidate(id);
+                    tracing::error!(
+                        target: "api_keys",
+                        key_id = %id, replacement = %new_id, error = %e, check = %unknown,
+                        "roll outcome unknown: shortening the old key failed and it could not \
+                         be read back; the replacement is kept"
+                    );
+                    return Err(unknown);
+                }
             }
-            self.inner.cache.invalidate(id);
         }
         self.audit_best_effort(
             AuditAction::Rolled {
@@ -177,6 +247,31 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             Some(*id),
         );
         Ok((key, self.info(&new_rec, now)))
+    }
+
+    /// Deletes the replacement of a roll that did not take effect. Best effort: a failure is
+    /// logged, and the roll reports its own error.
+    async fn discard_replacement(&self, new_id: KeyId) {
+        let _fence = self.inner.cache.fence(new_id);
+        if let Err(cleanup) = self.inner.store.delete(&new_id).await {
+            tracing::error!(target: "api_keys", key_id = %new_id, error = %cleanup, "could not delete the replacement of a failed roll");
+        }
+    }
+
+    /// Whether the stored old key `id` names `new_id` as its replacement (a roll's shortening
+    /// committed). `Ok(false)` only when a read shows it does not, or that the key is gone.
+    ///
+    /// # Errors
+    /// The read's error, or [`Error::Integrity`] for a record that fails its check: either
+    /// way, whether the shortening committed is unknown.
+    async fn shortened_to(&self, actor: &Actor, id: &KeyId, new_id: KeyId) -> Result<bool, Error> {
+        match self.inner.store.get(id).await? {
+            None => Ok(false),
+            Some(r) if r.id == *id && self.authentic(&self.keyring(), &r, Some(actor)) => {
+                Ok(r.replaced_by == Some(new_id))
+            }
+            Some(_) => Err(Error::Integrity),
+        }
     }
 
     /// The organization's active keys that expire within `window` from now, soonest first.

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -93,6 +95,35 @@ pub struct CountingStore {
     pub lists: Arc<AtomicUsize>,
     /// The next `update` commits, then reports a failure (a reply lost on the way back).
     pub lose_update_reply: Arc<std::sync::atomic::AtomicBool>,
+    /// Runs once, right after the next `insert` committed (set with
+    /// [`CountingStore::after_next_insert`]).
+    pub after_insert: Arc<Mutex<Option<Hook>>>,
+    /// Runs once, right after the next `update` committed and before its reply (set with
+    /// [`CountingStore::after_next_update`]).
+    pub after_update: Arc<Mutex<Option<Hook>>>,
+    /// Runs once, right after the next successful `get` read (set with
+    /// [`CountingStore::after_next_get`]).
+    pub after_get: Arc<Mutex<Option<Hook>>>,
+}
+
+/// A step a test runs inside a store call, so that it lands deterministically between two
+/// steps of the operation being tested (e.g. another manager's change).
+pub type Hook = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+fn hook<F, Fut>(step: F) -> Hook
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Box::new(move || Box::pin(step()))
+}
+
+async fn run(slot: &Mutex<Option<Hook>>) {
+    // Taken before it runs: the step may call this store again without running twice.
+    let step = slot.lock().unwrap().take();
+    if let Some(step) = step {
+        step().await;
+    }
 }
 
 impl CountingStore {
@@ -126,12 +157,42 @@ impl CountingStore {
     pub fn lists(&self) -> usize {
         self.lists.load(Ordering::SeqCst)
     }
+
+    /// Runs `step` once, right after the next `insert` committed.
+    pub fn after_next_insert<F, Fut>(&self, step: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        *self.after_insert.lock().unwrap() = Some(hook(step));
+    }
+
+    /// Runs `step` once, right after the next `get` read (before its reply).
+    pub fn after_next_get<F, Fut>(&self, step: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        *self.after_get.lock().unwrap() = Some(hook(step));
+    }
+
+    /// Runs `step` once, right after the next `update` committed (before its reply, which
+    /// [`CountingStore::lose_update_reply`] may then lose).
+    pub fn after_next_update<F, Fut>(&self, step: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        *self.after_update.lock().unwrap() = Some(hook(step));
+    }
 }
 
 impl KeyStore for CountingStore {
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
         self.pause().await;
-        self.inner.insert(record).await
+        self.inner.insert(record).await?;
+        run(&self.after_insert).await;
+        Ok(())
     }
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.pause().await;
@@ -141,7 +202,9 @@ impl KeyStore for CountingStore {
                 "store unreachable",
             )));
         }
-        self.inner.get(id).await
+        let found = self.inner.get(id).await?;
+        run(&self.after_get).await;
+        Ok(found)
     }
     async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
         self.pause().await;
@@ -151,6 +214,7 @@ impl KeyStore for CountingStore {
     async fn update(&self, record: KeyRecord, expected: u64) -> Result<(), StoreError> {
         self.pause().await;
         self.inner.update(record, expected).await?;
+        run(&self.after_update).await;
         if self.lose_update_reply.swap(false, Ordering::SeqCst) {
             return Err(StoreError::backend(std::io::Error::other(
                 "connection reset after commit",

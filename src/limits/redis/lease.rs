@@ -32,8 +32,10 @@
 //!
 //! While Redis cannot answer: a node keeps spending the lease it holds; past it, a limit that
 //! fails open is enforced on this node's own count alone (each node admits up to `limit`, so
-//! at most `nodes × limit` in all) and reported `degraded`; a limit that fails closed refuses
-//! with [`CounterError::Unavailable`].
+//! at most `nodes × limit` in all while Redis is down) and reported `degraded`; a limit that
+//! fails closed refuses with [`CounterError::Unavailable`]. Units admitted alone are not
+//! reported to Redis when it comes back: in a window in which Redis recovers, up to `limit`
+//! more may be admitted through leases (`(nodes + 1) × limit` at most in that window).
 
 use std::pin::pin;
 use std::sync::PoisonError;
@@ -53,16 +55,21 @@ pub(super) const LEASE_DIVISOR: u64 = 8;
 /// How many times a waiting verification re-decides before it gives up on Redis.
 const MAX_ROUNDS: usize = 8;
 
-/// Grants leases. KEYS: counters. ARGV per counter: limit, expiry (ms), need, divisor.
-/// Returns {granted, leased so far (everyone's)} per counter.
+/// Grants leases. KEYS: counters. ARGV per counter: limit, expiry (ms), need, divisor, units
+/// handed back first (a lowered limit's). Returns {granted, leased so far (everyone's)} per
+/// counter.
 pub(super) const LEASE: &str = r#"
 local out = {}
 for i = 1, #KEYS do
-  local limit = tonumber(ARGV[4 * i - 3])
-  local ttl = tonumber(ARGV[4 * i - 2])
-  local need = tonumber(ARGV[4 * i - 1])
-  local div = tonumber(ARGV[4 * i])
+  local limit = tonumber(ARGV[5 * i - 4])
+  local ttl = tonumber(ARGV[5 * i - 3])
+  local need = tonumber(ARGV[5 * i - 2])
+  local div = tonumber(ARGV[5 * i - 1])
+  local back = tonumber(ARGV[5 * i])
   local used = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if back > 0 and used > 0 then
+    used = redis.call('DECRBY', KEYS[i], math.min(used, back))
+  end
   local left = limit - used
   local grant = 0
   if left > 0 and left >= need then
@@ -102,7 +109,8 @@ pub(super) struct Lease {
     pub(super) solo: u64,
     /// Last spend or grant (engine ms): an idle lease is handed back.
     pub(super) last_use: u64,
-    /// Units dropped from the lease under a lowered limit, to hand back to Redis.
+    /// Units dropped from the lease under a lowered limit, to hand back to Redis (with this
+    /// counter's next lease call, or by the background task).
     pub(super) returning: u64,
 }
 
@@ -128,24 +136,23 @@ impl Lease {
     /// naming the same org-wide limit with another value: each request is decided by its own
     /// key's limit, as in strict mode). Under a lower limit this node keeps of its lease
     /// only what the new limit leaves beyond everything leased elsewhere or already spent;
-    /// the rest is never admitted here and is handed back to Redis (`true`: some is owed).
-    /// Either way Redis is asked again instead of a remembered "nothing left".
-    fn follow(&mut self, limit: u64) -> bool {
+    /// the rest is never admitted here and goes back to Redis with the counter's next lease
+    /// call (before that call's grant: in order). Either way Redis is asked again instead of a
+    /// remembered "nothing left".
+    fn follow(&mut self, limit: u64) {
         if self.limit == limit {
-            return false;
+            return;
         }
-        let mut dropped = 0;
         if limit < self.limit {
             let elsewhere = self.global.saturating_sub(self.held);
             let keep = self.held.min(limit.saturating_sub(elsewhere));
-            dropped = self.held - keep;
+            let dropped = self.held - keep;
             self.held = keep;
             self.global = self.global.saturating_sub(dropped);
             self.returning = self.returning.saturating_add(dropped);
         }
         self.limit = limit;
         self.short = None;
-        dropped > 0
     }
 
     /// What this node believes is left: the unleased budget plus its own lease.
@@ -164,6 +171,8 @@ struct Ask {
     limit: u64,
     ttl_ms: u64,
     need: u64,
+    /// Units handed back before the grant (lost, never counted twice, if the call fails).
+    back: u64,
 }
 
 /// What this node can decide without Redis.
@@ -257,7 +266,6 @@ impl RedisCounters {
             self.decide_locked(&mut map, req, keys, &mut asks)
         };
         self.spawn_lease(asks);
-        self.spawn_give_back();
         step
     }
 
@@ -280,9 +288,7 @@ impl RedisCounters {
                 map.insert(k.to_id(), Lease::new(l, reset, self.counter_key(l, req)));
             }
             let Some(e) = map.get_mut(k) else { continue };
-            if e.follow(l.limit()) {
-                self.inner.returning.store(true, Ordering::Relaxed);
-            }
+            e.follow(l.limit());
             if e.held >= req.cost {
                 continue;
             }
@@ -370,7 +376,7 @@ impl RedisCounters {
         if !map.contains_key(&id) {
             let mut n = Lease::new(l, window_of(l, reset).1, self.counter_key(l, &next));
             n.fetching = true;
-            asks.push(ask(id.to_id(), &n, 1, req.now_ms));
+            asks.push(ask(id.to_id(), &mut n, 1, req.now_ms));
             map.insert(id.to_id(), n);
         }
     }
@@ -391,7 +397,7 @@ impl RedisCounters {
                 Step::Lease { fetch, marks, wait } => {
                     if !fetch.is_empty() {
                         let asks = {
-                            let map = self
+                            let mut map = self
                                 .inner
                                 .local
                                 .lock()
@@ -399,13 +405,9 @@ impl RedisCounters {
                             fetch
                                 .iter()
                                 .filter_map(|&i| {
-                                    let e = map.get(&keys[i])?;
-                                    Some(ask(
-                                        keys[i].to_id(),
-                                        e,
-                                        req.cost.saturating_sub(e.held).max(1),
-                                        req.now_ms,
-                                    ))
+                                    let e = map.get_mut(&keys[i])?;
+                                    let need = req.cost.saturating_sub(e.held).max(1);
+                                    Some(ask(keys[i].to_id(), e, need, req.now_ms))
                                 })
                                 .collect()
                         };
@@ -471,7 +473,8 @@ impl RedisCounters {
             inv.arg(a.limit)
                 .arg(a.ttl_ms)
                 .arg(a.need)
-                .arg(LEASE_DIVISOR);
+                .arg(LEASE_DIVISOR)
+                .arg(a.back);
         }
         let mut conn = self.inner.conn.clone();
         let reply: Result<Vec<i64>, CounterError> = self.call(inv.invoke_async(&mut conn)).await;
@@ -512,7 +515,6 @@ impl RedisCounters {
         marks.settle();
         self.inner.leased.notify_waiters();
         self.spawn_lease(more);
-        self.spawn_give_back();
         reply.map(|_| step)
     }
 
@@ -554,9 +556,7 @@ impl RedisCounters {
                 map.insert(k.to_id(), Lease::new(l, reset, self.counter_key(l, req)));
             }
             let Some(e) = map.get_mut(k) else { continue };
-            if e.follow(l.limit()) {
-                self.inner.returning.store(true, Ordering::Relaxed);
-            }
+            e.follow(l.limit());
             if e.held >= req.cost {
                 continue;
             }
@@ -590,11 +590,12 @@ impl RedisCounters {
     }
 }
 
-fn ask(id: LeaseId, e: &Lease, need: u64, now_ms: i64) -> Ask {
+fn ask(id: LeaseId, e: &mut Lease, need: u64, now_ms: i64) -> Ask {
     let to_end = u64::try_from(e.reset_ms.saturating_sub(now_ms)).unwrap_or(0);
     Ask {
         id,
         key: e.redis_key.clone(),
+        back: std::mem::take(&mut e.returning),
         limit: e.limit,
         // Relative to Redis's clock: the counter outlives its window by a window and a
         // second, whatever the skew between the nodes' clocks and Redis's.

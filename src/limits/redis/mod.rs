@@ -127,6 +127,12 @@ impl RedisCountersBuilder {
     }
 
     /// The timeout of one call, connecting included (default 50 ms).
+    ///
+    /// A call that times out may still have run on Redis: in strict mode its script may have
+    /// spent the request's units and credits although the verification answered
+    /// [`crate::Error::LimitsUnavailable`] (or, failing open, admitted it uncounted). A
+    /// client that retries such a request can be charged twice; keep the timeout well above
+    /// the round trip (the breaker bounds what a dead Redis costs anyway).
     pub fn timeout(mut self, timeout: StdDuration) -> Self {
         self.timeout = timeout;
         self
@@ -194,7 +200,6 @@ impl RedisCountersBuilder {
                 local: Mutex::new(lease::Leases::default()),
                 leased: tokio::sync::Notify::new(),
                 sync_started: AtomicBool::new(false),
-                returning: AtomicBool::new(false),
                 clock_ms: AtomicI64::new(0),
                 stats: Decided::default(),
             }),
@@ -243,8 +248,6 @@ struct Inner {
     /// Local-first: woken when a lease call ends.
     leased: tokio::sync::Notify,
     sync_started: AtomicBool,
-    /// Local-first: a lowered limit left units to hand back ([`lease::Lease::returning`]).
-    returning: AtomicBool,
     /// Local-first: the latest manager time a verification brought (Unix ms).
     clock_ms: AtomicI64,
     stats: Decided,

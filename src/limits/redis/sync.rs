@@ -103,33 +103,6 @@ impl RedisCounters {
         self.give_back(back).await;
     }
 
-    /// Hands back, in the background, units a lowered limit dropped from this node's leases
-    /// (left for [`RedisCounters::sync_once`] without a runtime).
-    pub(super) fn spawn_give_back(&self) {
-        if !self.inner.returning.load(Ordering::Relaxed) {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        self.inner.returning.store(false, Ordering::Relaxed);
-        let engine = self.clone();
-        handle.spawn(async move {
-            let back: Vec<(String, u64)> = {
-                let mut map = engine
-                    .inner
-                    .local
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                map.values_mut()
-                    .filter(|e| e.returning > 0)
-                    .map(|e| (e.redis_key.clone(), std::mem::take(&mut e.returning)))
-                    .collect()
-            };
-            engine.give_back(back).await;
-        });
-    }
-
     /// Hands units back to their counters in one call.
     async fn give_back(&self, back: Vec<(String, u64)>) {
         if back.is_empty() {

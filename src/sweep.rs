@@ -379,6 +379,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         match removed {
             Ok(true) => {
                 report.purged += 1;
+                // Its counters too, as `delete` does: a purged key never verifies again.
+                self.forget_counters(rec.id).await;
                 if !self.announce(AutomationEvent::Purged, None, rec, now) {
                     report.notify_failed += 1;
                 }

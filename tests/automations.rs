@@ -946,3 +946,71 @@ async fn concurrent_sweeps_on_postgres_announce_each_event_once() {
     let prefix = format!("swp{:08x}", u32::from_le_bytes(r));
     concurrent_sweeps_announce_once(a, b, &prefix, false).await;
 }
+
+/// Usage counters that note whose counters were forgotten, deciding through `LocalCounters`.
+#[derive(Clone, Default)]
+struct Forgetful {
+    inner: Arc<api_keys::LocalCounters>,
+    forgotten: Arc<Mutex<Vec<KeyId>>>,
+}
+
+impl api_keys::UsageCounters for Forgetful {
+    fn consume<'a>(&'a self, req: api_keys::UsageRequest<'a>) -> api_keys::Consumed<'a> {
+        self.inner.consume(req)
+    }
+    fn set_credits<'a>(
+        &'a self,
+        key: KeyId,
+        credits: &'a api_keys::Credits,
+        balance: u64,
+        now_ms: i64,
+    ) -> api_keys::BoxFuture<'a, Result<(), api_keys::CounterError>> {
+        self.inner.set_credits(key, credits, balance, now_ms)
+    }
+    fn credits<'a>(
+        &'a self,
+        key: KeyId,
+        credits: Option<&'a api_keys::Credits>,
+        now_ms: i64,
+    ) -> api_keys::BoxFuture<'a, Result<Option<u64>, api_keys::CounterError>> {
+        self.inner.credits(key, credits, now_ms)
+    }
+    fn link_credits<'a>(
+        &'a self,
+        from: KeyId,
+        to: KeyId,
+    ) -> api_keys::BoxFuture<'a, Result<(), api_keys::CounterError>> {
+        self.inner.link_credits(from, to)
+    }
+    fn forget<'a>(
+        &'a self,
+        key: KeyId,
+    ) -> api_keys::BoxFuture<'a, Result<(), api_keys::CounterError>> {
+        self.forgotten.lock().unwrap().push(key);
+        self.inner.forget(key)
+    }
+}
+
+#[tokio::test]
+async fn a_purged_key_leaves_no_usage_counters_behind() {
+    let clock = ManualClock::new(start());
+    let counters = Forgetful::default();
+    let manager = KeyManager::builder(MemoryStore::new(), keyring())
+        .clock(clock.clone())
+        .policy(Policy::default().purge_after(days(30)).warn_before(&[]))
+        .counters(counters.clone())
+        .build()
+        .unwrap();
+    let (key, _) = manager
+        .generate(&alice(), req("limited").credits(api_keys::Credits::new(10)))
+        .await
+        .unwrap();
+    manager
+        .verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    manager.revoke(&alice(), key.id()).await.unwrap();
+    clock.set(start() + days(31));
+    assert_eq!(manager.sweep().await.unwrap().purged, 1);
+    assert_eq!(*counters.forgotten.lock().unwrap(), vec![*key.id()]);
+}

@@ -515,7 +515,24 @@ async fn a_changed_limit_keeps_its_count_only_while_its_name_and_window_stay() {
 
 #[tokio::test]
 async fn a_clock_stepping_back_a_moment_never_gives_a_window_a_fresh_count() {
-    let s = setup();
+    stepping_back_a_moment(setup()).await;
+    // The same through the counters trait (an engine given as `shared_counters`), whose
+    // decisions report each window's end themselves.
+    let clock = api_keys::ManualClock::new(start());
+    let manager = KeyManager::builder(MemoryStore::new(), keyring())
+        .clock(clock.clone())
+        .shared_counters(std::sync::Arc::new(api_keys::LocalCounters::new()))
+        .build()
+        .unwrap();
+    stepping_back_a_moment(common::Setup {
+        manager,
+        clock,
+        audit: Recorder::default(),
+    })
+    .await;
+}
+
+async fn stepping_back_a_moment(s: common::Setup<MemoryStore>) {
     let (key, _) = generate(
         &s.manager,
         req("c").rate_limit(RateLimit::new("ten", 2, secs(10))),

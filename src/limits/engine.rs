@@ -154,9 +154,14 @@ impl Verdict {
         }
     }
 
-    /// The compact form of an engine's decision, and whether it was made degraded (some
-    /// limits skipped, failing open).
-    pub(crate) fn from_decision(d: Decision) -> (Verdict, bool) {
+    /// The compact form of an engine's decision on `limits` at `now_ms`, and whether it was
+    /// made degraded (some limits skipped, failing open). A limit the engine counted in the
+    /// window after `now_ms`'s (its reported reset is later: a reading a moment before a
+    /// window already counting) is marked `ahead`, so that [`Verified::limits`] reports that
+    /// window's reset as the engine did.
+    ///
+    /// [`Verified::limits`]: crate::Verified::limits
+    pub(crate) fn from_decision(d: Decision, limits: &[RateLimit], now_ms: i64) -> (Verdict, bool) {
         let (refused, usage, degraded) = match d {
             Decision::Allowed { usage, degraded } => (Refused::No, usage, degraded),
             Decision::RateLimited {
@@ -172,8 +177,14 @@ impl Verdict {
             ahead: 0,
             credits: usage.credits,
         };
-        for (r, l) in left.remaining.iter_mut().zip(usage.limits()) {
-            *r = l.remaining;
+        for (i, (r, u)) in left.remaining.iter_mut().zip(usage.limits()).enumerate() {
+            *r = u.remaining;
+            if limits
+                .get(i)
+                .is_some_and(|l| u.reset_ms > window_of(l, now_ms).1)
+            {
+                left.ahead |= 1 << i;
+            }
         }
         (Verdict { refused, left }, degraded)
     }

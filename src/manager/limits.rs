@@ -36,7 +36,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             Consumed::Ready(r) => r,
             Consumed::Pending(f) => f.await,
         }
-        .map(Verdict::from_decision);
+        .map(|d| Verdict::from_decision(d, &limits.rate_limits, now_ms));
         self.settle(facts, limits, decided, cost, now_ms)
     }
 
@@ -233,7 +233,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     }
 
     /// Forgets a deleted key's counters (best effort).
-    pub(super) async fn forget_counters(&self, id: KeyId) {
+    pub(crate) async fn forget_counters(&self, id: KeyId) {
         if let Err(e) = self.inner.counters.forget(id).await {
             tracing::warn!(target: "api_keys", key_id = %id, error = %e, "could not forget a deleted key's usage counters");
         }

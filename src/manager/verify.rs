@@ -47,6 +47,11 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// Verifies a presented token for `scope` and spends `cost` units of the key's usage
     /// limits (its rate limits and credits; a key without limits spends nothing).
     ///
+    /// A `cost` of 0 spends nothing and is never refused by a limit (a free call, not a way
+    /// to ask whether there is room). A `cost` above a rate limit's `limit` can never pass
+    /// it: it is refused as [`Error::RateLimited`] in every window, and its `retry_after`
+    /// only says when that window ends — charge such requests in smaller units.
+    ///
     /// Order: parse and checksum (no I/O) → cache or `store.get(id)` → tag check → decrypt →
     /// constant-time compare of the secret → state checks (revoked, expired at
     /// `clock.now()`, scope) → usage limits (all of the key's limits together, all or

@@ -573,6 +573,34 @@ async fn a_node_with_the_next_key_opens_records_sealed_by_upgraded_nodes() {
     ));
 }
 
+/// During a rotation, a node not yet upgraded (the new key as *next*) that changes a record an
+/// upgraded node sealed keeps it under the new version: once the old version is retired, the
+/// record still opens.
+#[tokio::test]
+async fn a_lagging_node_never_moves_a_record_back_to_the_retiring_key() {
+    let store = MemoryStore::new();
+    let upgraded = KeyManager::builder(store.clone(), v2_keyring())
+        .build()
+        .unwrap();
+    let (key, info) = upgraded.generate(&alice(), prom("k")).await.unwrap();
+    let lagging = KeyManager::builder(
+        store.clone(),
+        Keyring::new(1, MasterKey::from_bytes(MASTER))
+            .with_next(2, MasterKey::from_bytes(*b"fedcba9876543210")),
+    )
+    .build()
+    .unwrap();
+    lagging.revoke(&alice(), &info.id).await.unwrap();
+    let retired = KeyManager::builder(
+        store,
+        Keyring::new(2, MasterKey::from_bytes(*b"fedcba9876543210")),
+    )
+    .build()
+    .unwrap();
+    let r = works(&retired, key.expose_secret()).await;
+    assert!(matches!(r, Err(Error::Revoked)), "{r:?}");
+}
+
 #[tokio::test]
 async fn the_audit_sink_receives_every_event_and_no_event_carries_a_token() {
     let s = setup_with(MemoryStore::new(), Policy::default().allow_reveal(true));

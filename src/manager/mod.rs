@@ -448,7 +448,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 .checked_add(1)
                 .filter(|r| *r <= i64::MAX as u64)
                 .ok_or(Error::Integrity)?;
-            next.reseal(&keyring, &secret)?;
+            next.reseal_change(&keyring, &secret)?;
             // Fenced before the write and after it, even if this future is dropped midway; on
             // success the written record is installed instead.
             let fence = self.inner.cache.fence(*id);

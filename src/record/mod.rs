@@ -338,8 +338,35 @@ impl KeyRecord {
         Ok(())
     }
 
+    /// [`KeyRecord::reseal`] for a change to a stored record: one sealed under the keyring's
+    /// *next* version (written by a node already upgraded, during a rotation) stays under it,
+    /// so a node not yet upgraded never moves it back to the version the rotation retires.
+    pub(crate) fn reseal_change(
+        &mut self,
+        keyring: &Keyring,
+        secret: &[u8; SECRET_LEN],
+    ) -> Result<(), Error> {
+        let v = self.sealed.key_version;
+        let sealing = match keyring.get(v) {
+            Some(keys) if keyring.is_next(v) => (v, keys),
+            _ => keyring.current(),
+        };
+        let mut iv = [0u8; 16];
+        fill_random(&mut iv)?;
+        self.seal_under(sealing, secret, iv);
+        Ok(())
+    }
+
     fn reseal_with_iv(&mut self, keyring: &Keyring, secret: &[u8; SECRET_LEN], iv: [u8; 16]) {
-        let (version, keys) = keyring.current();
+        self.seal_under(keyring.current(), secret, iv);
+    }
+
+    fn seal_under(
+        &mut self,
+        (version, keys): (u32, &Subkeys),
+        secret: &[u8; SECRET_LEN],
+        iv: [u8; 16],
+    ) {
         self.format = RECORD_FORMAT;
         self.created_at = whole_seconds(self.created_at);
         self.expires_at = self.expires_at.map(whole_seconds);

@@ -520,6 +520,25 @@ fn configuration_errors_say_what_to_do() {
         .code(3);
     assert!(stderr(out.get_output()).contains("is not a file"));
     assert!(!db.path.exists());
+    // A password never goes on the command line (the process list shows it): usage, and
+    // the password is not echoed.
+    for url in [
+        "postgres://app:hunter2@127.0.0.1:1/x",
+        "postgresql://app:hunter2@[::1]:1/x?sslmode=disable",
+        "postgres://127.0.0.1:1/x?user=app&password=hunter2",
+        "host=127.0.0.1 user=app password=hunter2",
+    ] {
+        let out = cli()
+            .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
+            .args(["--postgres", url, "keys", "list", "--org", "acme"])
+            .assert()
+            .code(2);
+        let err = stderr(out.get_output());
+        assert!(
+            err.contains("DATABASE_URL") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
     // A PostgreSQL server that is not there (or a build without PostgreSQL): exit 3.
     let out = cli()
         .env("API_KEYS_MASTER_KEY", hex_of(&OLD))

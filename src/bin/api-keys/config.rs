@@ -165,6 +165,12 @@ pub(crate) async fn store(global: &Global) -> Result<AnyStore, Failure> {
             ));
         }
         (Some(path), None) => return sqlite(path),
+        (None, Some(url)) if carries_password(url) => {
+            return Err(Failure::usage(
+                "--postgres URL carries a password, which other users of the machine can read \
+                 in the process list: give the URL in DATABASE_URL instead",
+            ));
+        }
         (None, Some(url)) => return postgres(url).await,
         (None, None) => {}
     }
@@ -177,6 +183,23 @@ pub(crate) async fn store(global: &Global) -> Result<AnyStore, Failure> {
     Err(Failure::usage(
         "no key store: pass --sqlite PATH or --postgres URL (or set DATABASE_URL)",
     ))
+}
+
+/// Whether a PostgreSQL connection string carries a password: `scheme://user:password@…`,
+/// or a `password=` keyword of the key-value form.
+fn carries_password(url: &str) -> bool {
+    match url.split_once("://") {
+        Some((_, rest)) => {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            authority
+                .rsplit_once('@')
+                .is_some_and(|(user_info, _)| user_info.contains(':'))
+                || rest.contains("password=")
+        }
+        None => url
+            .split_whitespace()
+            .any(|kv| kv.trim_start().to_ascii_lowercase().starts_with("password")),
+    }
 }
 
 #[cfg(feature = "sqlite")]

@@ -44,7 +44,9 @@ pub(crate) struct Global {
     /// The SQLite file of the key store.
     #[arg(long, global = true, value_name = "PATH")]
     sqlite: Option<std::path::PathBuf>,
-    /// The PostgreSQL URL of the key store; without --sqlite or --postgres, DATABASE_URL.
+    /// The PostgreSQL URL of the key store; without --sqlite or --postgres, DATABASE_URL. A
+    /// URL with a password is refused here (the process list shows arguments): use
+    /// DATABASE_URL for it.
     #[arg(long, global = true, value_name = "URL")]
     postgres: Option<String>,
     /// A file with the master keys, one `VERSION:HEX` per line: the first is the current key,

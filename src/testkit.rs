@@ -1,7 +1,9 @@
 //! A conformance suite for [`KeyStore`] implementations (feature `testkit`).
 //!
-//! Run it from your store's tests, on a fresh store or on one shared with other data (every
-//! check uses its own random organization and ids):
+//! Run it from your store's tests, best on a fresh store. On one shared with other data every
+//! check uses its own random organization (`testkit-…`) and ids, and the records it leaves
+//! behind are of class [`TESTKIT_CLASS`], which managers of other prefixes skip (`sweep` and
+//! `rewrap` count them as `other_class`); delete them afterwards by that organization prefix:
 //!
 //! ```
 //! # async fn demo() {
@@ -95,7 +97,13 @@ fn t(secs: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(secs).expect("valid timestamp")
 }
 
-/// A sealed record for tests (sealed under a throwaway key; stores never open records).
+/// The key class (token prefix) of the records the suite writes. Give no manager this prefix:
+/// managers of every other prefix sharing the store skip these records in their sweeps,
+/// rewraps and verifications.
+pub const TESTKIT_CLASS: &str = "testkit";
+
+/// A sealed record for tests (class [`TESTKIT_CLASS`], sealed under a throwaway key; stores
+/// never open records).
 pub fn sample_record(id: KeyId, org: &OrgId) -> KeyRecord {
     let keyring = Keyring::new(1, MasterKey::from_bytes([7; 16]));
     let draft = Draft {
@@ -106,7 +114,7 @@ pub fn sample_record(id: KeyId, org: &OrgId) -> KeyRecord {
         created_at: t(1_700_000_000),
         created_by: UserId::new("testkit"),
         expires_at: Some(t(1_700_000_000) + Duration::days(90)),
-        ..Draft::new("sak")
+        ..Draft::new(TESTKIT_CLASS)
     };
     KeyRecord::seal_new(&keyring, draft, &[9; 32]).expect("sealing a sample record")
 }

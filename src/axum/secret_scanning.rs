@@ -160,6 +160,12 @@ impl PublicKeys {
 /// (`GET https://api.github.com/meta/public_keys/secret_scanning`), caches it, and
 /// refreshes it when asked for an identifier it does not know (GitHub rotates its keys).
 /// [`PublicKeys`] itself is a fixed source.
+///
+/// The identifier comes from the request's header *before* any signature is checked: anyone
+/// can send any identifier. Refresh at most once every few minutes whatever the identifiers
+/// asked for, with one fetch shared by concurrent callers, and answer from the cache in
+/// between — otherwise unauthenticated requests make the host call GitHub's API once each,
+/// use up its rate limit, and a genuine key rotation can no longer be fetched.
 pub trait PublicKeySource: Send + Sync + 'static {
     /// The keys to check a report signed by `key_identifier` against.
     ///

@@ -367,9 +367,15 @@ async fn a_failing_touch_never_fails_verify() {
     );
 }
 
+const V2: [u8; 16] = *b"fedcba9876543210";
+
 fn v2_keyring() -> Keyring {
-    Keyring::new(2, MasterKey::from_bytes(*b"fedcba9876543210"))
-        .with_previous(1, MasterKey::from_bytes(MASTER))
+    Keyring::new(2, MasterKey::from_bytes(V2)).with_previous(1, MasterKey::from_bytes(MASTER))
+}
+
+/// A node of a rotation's step 2: still sealing under 1, already opening 2.
+fn lagging_keyring() -> Keyring {
+    Keyring::new(1, MasterKey::from_bytes(MASTER)).with_next(2, MasterKey::from_bytes(V2))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,13 +442,10 @@ async fn rewrap_moves_every_record_while_keys_keep_verifying() {
         (0, 601, 0)
     );
     // After: a node with only the new key verifies everything; the revoked key stays revoked.
-    let only_v2 = KeyManager::builder(
-        store.clone(),
-        Keyring::new(2, MasterKey::from_bytes(*b"fedcba9876543210")),
-    )
-    .clock(new.clock.clone())
-    .build()
-    .unwrap();
+    let only_v2 = KeyManager::builder(store.clone(), Keyring::new(2, MasterKey::from_bytes(V2)))
+        .clock(new.clock.clone())
+        .build()
+        .unwrap();
     for k in &keys {
         works(&only_v2, k.expose_secret()).await.unwrap();
     }
@@ -558,13 +561,9 @@ async fn a_node_with_the_next_key_opens_records_sealed_by_upgraded_nodes() {
         .build()
         .unwrap();
     let (key, _) = upgraded.generate(&alice(), prom("k")).await.unwrap();
-    let lagging = KeyManager::builder(
-        store.clone(),
-        Keyring::new(1, MasterKey::from_bytes(MASTER))
-            .with_next(2, MasterKey::from_bytes(*b"fedcba9876543210")),
-    )
-    .build()
-    .unwrap();
+    let lagging = KeyManager::builder(store.clone(), lagging_keyring())
+        .build()
+        .unwrap();
     works(&lagging, key.expose_secret()).await.unwrap();
     let not_ready = setup_with(store, Policy::default());
     assert!(matches!(
@@ -583,20 +582,13 @@ async fn a_lagging_node_never_moves_a_record_back_to_the_retiring_key() {
         .build()
         .unwrap();
     let (key, info) = upgraded.generate(&alice(), prom("k")).await.unwrap();
-    let lagging = KeyManager::builder(
-        store.clone(),
-        Keyring::new(1, MasterKey::from_bytes(MASTER))
-            .with_next(2, MasterKey::from_bytes(*b"fedcba9876543210")),
-    )
-    .build()
-    .unwrap();
+    let lagging = KeyManager::builder(store.clone(), lagging_keyring())
+        .build()
+        .unwrap();
     lagging.revoke(&alice(), &info.id).await.unwrap();
-    let retired = KeyManager::builder(
-        store,
-        Keyring::new(2, MasterKey::from_bytes(*b"fedcba9876543210")),
-    )
-    .build()
-    .unwrap();
+    let retired = KeyManager::builder(store, Keyring::new(2, MasterKey::from_bytes(V2)))
+        .build()
+        .unwrap();
     let r = works(&retired, key.expose_secret()).await;
     assert!(matches!(r, Err(Error::Revoked)), "{r:?}");
 }
@@ -736,14 +728,10 @@ async fn rewrap_on_a_lagging_node_never_moves_newer_records_down() {
         .generate(&alice(), prom("k"))
         .await
         .unwrap();
-    let lagging = KeyManager::builder(
-        store.clone(),
-        Keyring::new(1, MasterKey::from_bytes(MASTER))
-            .with_next(2, MasterKey::from_bytes(*b"fedcba9876543210")),
-    )
-    .clock(upgraded.clock.clone())
-    .build()
-    .unwrap();
+    let lagging = KeyManager::builder(store.clone(), lagging_keyring())
+        .clock(upgraded.clock.clone())
+        .build()
+        .unwrap();
     let report = lagging.rewrap().await.unwrap();
     assert_eq!((report.rewrapped, report.newer, report.failed), (0, 1, 0));
     assert_eq!(store.get(&info.id).await.unwrap().unwrap().key_version(), 2);
@@ -865,12 +853,18 @@ async fn a_roll_whose_update_really_failed_removes_the_replacement() {
     assert_eq!(keys[0].replaced_by, None);
 }
 
-#[tokio::test]
-async fn a_roll_fails_when_the_old_key_changes_before_it_is_shortened() {
+/// A key limited to 100 a minute over a `CountingStore`, and a tighter configuration for it.
+async fn limited_key() -> (
+    CountingStore,
+    Setup<CountingStore>,
+    api_keys::ApiKey,
+    api_keys::KeyInfo,
+    Vec<RateLimit>,
+) {
     let store = CountingStore::default();
     let s = setup_with(store.clone(), Policy::default());
     let minute = std::time::Duration::from_secs(60);
-    let (old, info) = s
+    let (key, info) = s
         .manager
         .generate(
             &alice(),
@@ -878,7 +872,18 @@ async fn a_roll_fails_when_the_old_key_changes_before_it_is_shortened() {
         )
         .await
         .unwrap();
-    let tighter = vec![RateLimit::new("burst", 1, minute)];
+    (
+        store,
+        s,
+        key,
+        info,
+        vec![RateLimit::new("burst", 1, minute)],
+    )
+}
+
+#[tokio::test]
+async fn a_roll_fails_when_the_old_key_changes_before_it_is_shortened() {
+    let (store, s, old, info, tighter) = limited_key().await;
     // Another manager tightens the key's limits after the roll created the replacement from
     // the key as it was, and before the roll shortens it.
     let (m, id, limits) = (s.manager.clone(), info.id, tighter.clone());
@@ -909,18 +914,7 @@ async fn a_roll_fails_when_the_old_key_changes_before_it_is_shortened() {
 
 #[tokio::test]
 async fn a_roll_refused_by_a_change_deletes_its_replacement_even_if_the_store_then_fails() {
-    let store = CountingStore::default();
-    let s = setup_with(store.clone(), Policy::default());
-    let minute = std::time::Duration::from_secs(60);
-    let (_, info) = s
-        .manager
-        .generate(
-            &alice(),
-            prom("a").rate_limit(RateLimit::new("burst", 100, minute)),
-        )
-        .await
-        .unwrap();
-    let tighter = vec![RateLimit::new("burst", 1, minute)];
+    let (store, s, _, info, tighter) = limited_key().await;
     // The limits change after the replacement was created; once the roll has read the
     // changed key (and refused to shorten it), the store becomes unreachable for reads.
     let (m, id, limits, hooks) = (s.manager.clone(), info.id, tighter.clone(), store.clone());

@@ -143,16 +143,41 @@ impl Lease {
         if self.limit == limit {
             return;
         }
-        if limit < self.limit {
-            let elsewhere = self.global.saturating_sub(self.held);
-            let keep = self.held.min(limit.saturating_sub(elsewhere));
-            let dropped = self.held - keep;
-            self.held = keep;
-            self.global = self.global.saturating_sub(dropped);
-            self.returning = self.returning.saturating_add(dropped);
-        }
+        let lowered = limit < self.limit;
         self.limit = limit;
         self.short = None;
+        if lowered {
+            self.trim();
+        }
+    }
+
+    /// Keeps of the lease only what `limit` leaves beyond everything leased elsewhere or
+    /// already spent; the rest goes back to Redis with the counter's next lease call.
+    fn trim(&mut self) {
+        let elsewhere = self.global.saturating_sub(self.held);
+        let keep = self.held.min(self.limit.saturating_sub(elsewhere));
+        let dropped = self.held - keep;
+        self.held = keep;
+        self.global = self.global.saturating_sub(dropped);
+        self.returning = self.returning.saturating_add(dropped);
+    }
+
+    /// Records Redis's answer to a lease asked under `asked` (the limit when the call went
+    /// out): `grant` units for this node, `used` leased by everyone. A limit lowered while the
+    /// call was in flight trims the grant as [`Lease::follow`] trims a lease.
+    fn record(&mut self, asked: u64, grant: u64, used: u64, now: u64) {
+        self.global = used;
+        if grant > 0 {
+            self.held = self.held.saturating_add(grant);
+            self.last_batch = grant;
+            self.short = None;
+            self.last_use = now;
+        } else {
+            self.short = Some((now, self.limit.min(asked).saturating_sub(used)));
+        }
+        if asked > self.limit {
+            self.trim();
+        }
     }
 
     /// What this node believes is left: the unleased budget plus its own lease.
@@ -495,15 +520,7 @@ impl RedisCounters {
                 let Ok(r) = &reply else { continue };
                 let grant = u64::try_from(r.get(2 * i).copied().unwrap_or(0)).unwrap_or(0);
                 let used = u64::try_from(r.get(2 * i + 1).copied().unwrap_or(0)).unwrap_or(0);
-                e.global = used;
-                if grant > 0 {
-                    e.held = e.held.saturating_add(grant);
-                    e.last_batch = grant;
-                    e.short = None;
-                    e.last_use = now;
-                } else {
-                    e.short = Some((now, a.limit.saturating_sub(used)));
-                }
+                e.record(a.limit, grant, used, now);
             }
             match (&reply, then) {
                 (Ok(_), Some((req, keys))) => {
@@ -623,5 +640,49 @@ fn refusal(
         limit: i,
         retry_after: StdDuration::from_millis(u64::try_from(reset - req.now_ms).unwrap_or(0)),
         usage,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(limit: u64) -> Lease {
+        Lease::new(
+            &RateLimit::new("burst", limit, StdDuration::from_secs(60)),
+            60_000,
+            "k".into(),
+        )
+    }
+
+    #[test]
+    fn a_grant_asked_under_a_higher_limit_is_trimmed_to_the_current_one() {
+        // Asked under 1000 (125 units), lowered to 10 while the call was in flight: of the
+        // 125 leased (Redis's count), this node may admit 10 at most.
+        let mut e = lease(1000);
+        e.follow(10);
+        e.record(1000, 125, 125, 1);
+        assert_eq!((e.held, e.returning, e.global), (10, 115, 10));
+        // Others had leased 6 before: 4 are left for this node.
+        let mut e = lease(1000);
+        e.follow(10);
+        e.record(1000, 125, 131, 1);
+        assert_eq!((e.held, e.returning), (4, 121));
+        // Asked under the current limit: kept whole.
+        let mut e = lease(10);
+        e.record(10, 2, 2, 1);
+        assert_eq!((e.held, e.returning), (2, 0));
+    }
+
+    #[test]
+    fn a_lowered_limit_keeps_what_it_leaves_and_a_raised_one_asks_again() {
+        let mut e = lease(100);
+        e.record(100, 13, 13, 1);
+        e.held = 12; // one spent
+        e.follow(3);
+        assert_eq!((e.held, e.returning, e.global), (2, 10, 3));
+        e.short = Some((1, 0));
+        e.follow(6);
+        assert_eq!((e.held, e.short), (2, None));
     }
 }

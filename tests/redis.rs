@@ -825,3 +825,122 @@ async fn the_largest_limits_and_balances_count_exactly_on_redis() {
         assert!(!engine.stats().open, "{:?}", engine.stats());
     }
 }
+
+/// Balances written by builds that kept only a period number (`p`), and balances an older node
+/// changes during a rolling upgrade, keep their refills: due ones happen, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balances_of_earlier_builds_and_older_nodes_refill_once_per_period() {
+    use api_keys::{Consumed, Decision, KeyId, OrgId, Refill, UsageRequest};
+    let Some(url) = redis_url("balances_of_earlier_builds_and_older_nodes_refill_once_per_period")
+    else {
+        return;
+    };
+    let p = prefix();
+    let engine = RedisCounters::builder(url.clone())
+        .prefix(&p)
+        .timeout(StdDuration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let credits = Credits::new(100).refill(Refill::monthly(1, 100));
+    let org = OrgId::new("acme");
+    let at = |month: u8, day: u8| {
+        let date = api_keys::time::Date::from_calendar_date(
+            2026,
+            api_keys::time::Month::try_from(month).unwrap(),
+            day,
+        )
+        .unwrap();
+        date.midnight().assume_utc().unix_timestamp() * 1000 + 3_600_000
+    };
+    // The earlier builds' period number of a monthly refill: months since year 0.
+    let month_index = |month: u8| 2026 * 12 + i64::from(month) - 1;
+    let left = |(key, _): (KeyId, u64), now_ms: i64| {
+        let engine = engine.clone();
+        let (org, credits) = (org.clone(), credits);
+        async move {
+            let req = UsageRequest {
+                key,
+                org: &org,
+                limits: &[],
+                credits: Some(&credits),
+                cost: 1,
+                now_ms,
+            };
+            let d = match engine.consume(req) {
+                Consumed::Ready(r) => r,
+                Consumed::Pending(f) => f.await,
+            };
+            match d.unwrap() {
+                Decision::Allowed { usage, .. } => usage.credits,
+                other => panic!("refused: {other:?}"),
+            }
+        }
+    };
+    let hset = |key: (KeyId, u64), fields: Vec<(&'static str, i64)>| {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(format!("{p}:cr:{:016x}", key.1));
+        for (f, v) in fields {
+            cmd.arg(f).arg(v);
+        }
+        cmd
+    };
+    let key = random_key;
+
+    // Spent out in February by an earlier build: March's refill is due on its first use.
+    let k = key();
+    let _: i64 = hset(k, vec![("b", 0), ("p", month_index(2))])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left(k, at(3, 10)).await, Some(99));
+    // Refilled in March by an earlier build: not again in March, again in April.
+    let k = key();
+    let _: i64 = hset(k, vec![("b", 5), ("p", month_index(3))])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left(k, at(3, 10)).await, Some(4));
+    assert_eq!(left(k, at(4, 1)).await, Some(99));
+    // Started here in March; on April 1st an older node refills it and spends it down to 40:
+    // this node must not refill it again in April.
+    let k = key();
+    assert_eq!(left(k, at(3, 10)).await, Some(99));
+    let p_written: i64 = redis::cmd("HGET")
+        .arg(format!("{p}:cr:{:016x}", k.1))
+        .arg("p")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        p_written,
+        month_index(3),
+        "older nodes find their period number"
+    );
+    let _: i64 = hset(k, vec![("b", 40), ("p", month_index(4))])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left(k, at(4, 2)).await, Some(39));
+    assert_eq!(left(k, at(5, 1)).await, Some(99));
+}
+
+/// A random key id and its number (its text is the number in 11 base62 digits, big-endian).
+fn random_key() -> (api_keys::KeyId, u64) {
+    use std::hash::{BuildHasher, Hasher};
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let n = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let (mut x, mut text) = (n, [b'0'; 11]);
+    for c in text.iter_mut().rev() {
+        *c = ALPHABET[(x % 62) as usize];
+        x /= 62;
+    }
+    let id = api_keys::KeyId::parse(std::str::from_utf8(&text).unwrap()).unwrap();
+    (id, n)
+}

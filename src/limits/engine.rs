@@ -310,17 +310,40 @@ pub(crate) fn refill_period(refill: Option<Refill>, now_ms: i64) -> i64 {
     let Ok(t) = time::OffsetDateTime::from_unix_timestamp(now_ms.div_euclid(1000)) else {
         return today;
     };
-    let (year, month) = if t.day() >= day {
-        (t.year(), t.month())
-    } else if t.month() == time::Month::January {
-        (t.year() - 1, time::Month::December)
-    } else {
-        (t.year(), t.month().previous())
+    // Days 1 to 28 exist in every month (`Credits::check`); a day past a month's end (a
+    // `Refill` built without that check) is that month's last day, never "every day".
+    let on = |year: i32, month: time::Month| {
+        let d = day.clamp(1, month.length(year));
+        time::Date::from_calendar_date(year, month, d).ok()
     };
-    // Days 1 to 28 exist in every month (`Credits::check`).
-    time::Date::from_calendar_date(year, month, day).map_or(today, |d| {
+    let this_month = on(t.year(), t.month());
+    let start = match this_month {
+        Some(d) if t.date() >= d => Some(d),
+        _ if t.month() == time::Month::January => on(t.year() - 1, time::Month::December),
+        _ => on(t.year(), t.month().previous()),
+    };
+    start.map_or(today, |d| {
         i64::from(d.to_julian_day()) - UNIX_EPOCH_JULIAN_DAY
     })
+}
+
+/// The period number builds before the day-based periods kept in Redis (`p`): days since 1970
+/// for a daily refill, months since year 0 for a monthly one (from its refill day), 0 without
+/// a refill. Still written next to the day, so that nodes of such a build sharing the Redis
+/// during a rolling upgrade neither fail on a balance without it nor refill it twice, and
+/// read once from a balance such a build wrote.
+pub(crate) fn legacy_period(refill: Option<Refill>, now_ms: i64) -> i64 {
+    match refill {
+        None => 0,
+        Some(Refill::Daily { .. }) => unix_day(now_ms),
+        Some(Refill::Monthly { day, .. }) => {
+            let Ok(t) = time::OffsetDateTime::from_unix_timestamp(now_ms.div_euclid(1000)) else {
+                return 0;
+            };
+            let months = i64::from(t.year()) * 12 + i64::from(u8::from(t.month())) - 1;
+            if t.day() >= day { months } else { months - 1 }
+        }
+    }
 }
 
 /// The Julian day number of 1970-01-01.
@@ -356,6 +379,11 @@ mod tests {
         let daily = Some(Refill::daily(1));
         assert_eq!(refill_period(daily, t(3, 15, 3_600)), day(3, 15));
         assert_eq!(refill_period(None, t(3, 15, 3_600)), day(3, 15));
+        // A day past a month's end is that month's last day (never "every day").
+        let late = Some(Refill::monthly(31, 10));
+        assert_eq!(refill_period(late, t(4, 29, 0)), day(3, 31));
+        assert_eq!(refill_period(late, t(4, 30, 0)), day(4, 30));
+        assert_eq!(refill_period(late, t(5, 1, 0)), day(4, 30));
         // Daily and monthly periods are in one unit: comparable with each other.
         assert!(refill_period(daily, t(3, 20, 0)) > refill_period(r, t(3, 20, 0)));
     }

@@ -19,7 +19,7 @@
 //!
 //! Keys (under the prefix, default `api-keys`): `…:rl:k:<name>:<window_ms>:<window>:<key id>`
 //! and `…:rl:o:<name>:<window_ms>:<window>:<org>` (strings, expiring a window and a second
-//! after their last use, on Redis's clock), `…:cr:<key id>` (a hash: balance `b`, the Unix day `d` it was last started, set or refilled; no expiry) and
+//! after their last use, on Redis's clock), `…:cr:<key id>` (a hash: balance `b`, the Unix day `d` it was last started, set or refilled, and the earlier builds' period number `p`; no expiry) and
 //! `…:cra:<key id>` (a roll's link to the balance it shares). The scripts name keys they
 //! derive, so this engine needs a single Redis (or a primary with replicas), not Redis Cluster.
 //!
@@ -40,37 +40,63 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
 use super::engine::{
-    Consumed, CounterError, UsageCounters, UsageRequest, refill_period, unix_day, window_of,
+    Consumed, CounterError, UsageCounters, UsageRequest, legacy_period, refill_period, unix_day,
+    window_of,
 };
 use crate::store::BoxFuture;
 use crate::{Credits, KeyId, LimitScope, RateLimit};
 
-/// KEYS: link. ARGV: own account, mode (get | set), initial, refill amount, the current
-/// refill period's first day, balance, today (Unix days). A balance keeps the day it was last
-/// started, set or refilled (`d`); a refill is due when the period began after it. A balance
-/// written before `d` existed counts as set today (never an unplanned refill).
-const CREDITS: &str = r#"
-local account = redis.call('GET', KEYS[1]) or ARGV[1]
-if ARGV[2] == 'set' then
-  redis.call('HSET', account, 'b', ARGV[6], 'd', ARGV[7])
-  return tonumber(ARGV[6])
-end
-local st = redis.call('HMGET', account, 'b', 'd')
-if not st[1] then
-  redis.call('HSET', account, 'b', ARGV[3], 'd', ARGV[7])
-  return tonumber(ARGV[3])
-end
-if not st[2] then
-  redis.call('HSET', account, 'd', ARGV[7])
+/// A Lua function both credit scripts start with: the balance of `account` now, started or
+/// refilled if due. A balance keeps the Unix day it was last started, set or refilled (`d`); a
+/// refill is due when the current period began (`start`) after that day. It also keeps the
+/// period number of earlier builds (`p`, see `legacy_period`) and the `p` this build last
+/// wrote (`dp`): a balance such a build wrote (no `d`) is decided by `p` once, as it would
+/// have been; one whose `p` such a build changed since (a rolling upgrade) counts as set today.
+macro_rules! current_balance_lua {
+    () => {
+        r#"
+local function current(account, initial, amount, start, today, legacy)
+  local st = redis.call('HMGET', account, 'b', 'd', 'p', 'dp')
+  if not st[1] then
+    redis.call('HSET', account, 'b', initial, 'd', today, 'p', legacy, 'dp', legacy)
+    return tonumber(initial)
+  end
+  local due
+  if not st[2] then
+    due = st[3] and tonumber(legacy) > tonumber(st[3])
+  elseif st[3] ~= st[4] then
+    due = false
+  else
+    due = tonumber(start) > tonumber(st[2])
+  end
+  if tonumber(amount) >= 0 and due then
+    redis.call('HSET', account, 'b', amount, 'd', today, 'p', legacy, 'dp', legacy)
+    return tonumber(amount)
+  end
+  if not st[2] or st[3] ~= st[4] then
+    local p = st[3] or legacy
+    redis.call('HSET', account, 'd', today, 'p', p, 'dp', p)
+  end
   return tonumber(st[1])
 end
-local amount, period = tonumber(ARGV[4]), tonumber(ARGV[5])
-if amount >= 0 and period > tonumber(st[2]) then
-  redis.call('HSET', account, 'b', amount, 'd', ARGV[7])
-  return amount
+"#
+    };
+}
+pub(super) use current_balance_lua;
+
+/// KEYS: link. ARGV: own account, mode (get | set), initial, refill amount, the current
+/// refill period's first day, balance, today (Unix days), the earlier builds' period number.
+const CREDITS: &str = concat!(
+    current_balance_lua!(),
+    r#"
+local account = redis.call('GET', KEYS[1]) or ARGV[1]
+if ARGV[2] == 'set' then
+  redis.call('HSET', account, 'b', ARGV[6], 'd', ARGV[7], 'p', ARGV[8], 'dp', ARGV[8])
+  return tonumber(ARGV[6])
 end
-return tonumber(st[1])
-"#;
+return current(account, ARGV[3], ARGV[4], ARGV[5], ARGV[7], ARGV[8])
+"#
+);
 
 /// KEYS: from's link, to's link. ARGV: from's own account.
 const LINK: &str = r#"
@@ -450,7 +476,8 @@ impl RedisCounters {
             .arg(refill.map_or(-1, |r| i64::try_from(r.amount()).unwrap_or(i64::MAX)))
             .arg(refill_period(refill, now_ms))
             .arg(set.unwrap_or(0))
-            .arg(unix_day(now_ms));
+            .arg(unix_day(now_ms))
+            .arg(legacy_period(refill, now_ms));
         let mut conn = self.inner.conn.clone();
         let v: i64 = self.call(inv.invoke_async(&mut conn)).await?;
         Ok(u64::try_from(v).unwrap_or(0))

@@ -4,7 +4,8 @@ use std::time::Duration as StdDuration;
 
 use super::{RedisCounters, unavailable};
 use crate::limits::engine::{
-    CounterError, Decision, LimitUsage, Usage, UsageRequest, refill_period, unix_day, window_of,
+    CounterError, Decision, LimitUsage, Usage, UsageRequest, legacy_period, refill_period,
+    unix_day, window_of,
 };
 
 /// Checks every limit, then the credits (refilled first), then spends all or nothing. A
@@ -12,10 +13,13 @@ use crate::limits::engine::{
 /// an admitted request increments each counter, and sets its expiry only when it starts it.
 /// KEYS: the limits' counters, then the key's credit link. ARGV: now, cost, n, per limit
 /// (limit, reset, window), then has_credits, initial, refill amount (-1: none), the refill
-/// period's first day, own account, today (Unix days; see `CREDITS` in `mod.rs`).
+/// period's first day, own account, today (Unix days), the earlier builds' period number (see
+/// `current_balance_lua` in `mod.rs`).
 /// Returns {status (0 ok, 1 rate limited, 2 out of credits), refusing index, balance (-1:
 /// none), used...}.
-pub(super) const CONSUME: &str = r#"
+pub(super) const CONSUME: &str = concat!(
+    super::current_balance_lua!(),
+    r#"
 local cost = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 local used, fresh = {}, {}
@@ -35,21 +39,8 @@ local off = 3 + 3 * n
 local balance, account = -1, nil
 if ARGV[off + 1] == '1' then
   account = redis.call('GET', KEYS[n + 1]) or ARGV[off + 5]
-  local amount, period = tonumber(ARGV[off + 3]), tonumber(ARGV[off + 4])
-  local st = redis.call('HMGET', account, 'b', 'd')
-  if not st[1] then
-    balance = tonumber(ARGV[off + 2])
-    redis.call('HSET', account, 'b', balance, 'd', ARGV[off + 6])
-  elseif not st[2] then
-    balance = tonumber(st[1])
-    redis.call('HSET', account, 'd', ARGV[off + 6])
-  else
-    balance = tonumber(st[1])
-    if amount >= 0 and period > tonumber(st[2]) then
-      balance = amount
-      redis.call('HSET', account, 'b', balance, 'd', ARGV[off + 6])
-    end
-  end
+  balance = current(account, ARGV[off + 2], ARGV[off + 3], ARGV[off + 4], ARGV[off + 6],
+    ARGV[off + 7])
 end
 if refused >= 0 then
   return {1, refused, balance, unpack(used)}
@@ -71,7 +62,8 @@ if account then
   redis.call('HSET', account, 'b', balance)
 end
 return {0, 0, balance, unpack(used)}
-"#;
+"#
+);
 
 impl RedisCounters {
     /// The decision while Redis cannot answer: admitted (degraded) if every limit of the
@@ -125,10 +117,11 @@ impl RedisCounters {
                     .arg(refill.map_or(-1, |r| i64::try_from(r.amount()).unwrap_or(i64::MAX)))
                     .arg(refill_period(refill, req.now_ms))
                     .arg(self.account(req.key))
-                    .arg(unix_day(req.now_ms));
+                    .arg(unix_day(req.now_ms))
+                    .arg(legacy_period(refill, req.now_ms));
             }
             None => {
-                inv.arg(0).arg(0).arg(-1).arg(0).arg("").arg(0);
+                inv.arg(0).arg(0).arg(-1).arg(0).arg("").arg(0).arg(0);
             }
         }
         let mut conn = self.inner.conn.clone();

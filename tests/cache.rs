@@ -179,6 +179,27 @@ async fn revoking_a_key_revoked_elsewhere_forgets_what_this_node_cached() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_key_deleted_elsewhere_forgets_what_this_node_cached() {
+    let store = PausingStore::default();
+    let m = long_lived(&store);
+    let other = other_node(&store);
+    let (key, info) = m.generate(&alice(), prom()).await.unwrap();
+    m.verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    other.delete(&alice(), &info.id).await.unwrap();
+    assert!(matches!(
+        m.revoke(&alice(), &info.id).await,
+        Err(Error::NotFound)
+    ));
+    let after = m.verify(key.expose_secret(), &Scope::Prometheus).await;
+    assert!(
+        matches!(after, Err(Error::InvalidKey)),
+        "a key the operator was told is gone kept verifying here: {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_event_fences_off_a_fill_that_began_before_it() {
     let store = PausingStore {
         feed: true,

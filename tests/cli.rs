@@ -527,6 +527,9 @@ fn configuration_errors_say_what_to_do() {
         "postgresql://app:hunter2@[::1]:1/x?sslmode=disable",
         "postgres://127.0.0.1:1/x?user=app&password=hunter2",
         "host=127.0.0.1 user=app password=hunter2",
+        // An unencoded `/` in the password, and a key-value string with a URL in a value.
+        "postgres://app:hun/ter2@127.0.0.1:1/x",
+        "password=hunter2 host=127.0.0.1 application_name=http://x",
     ] {
         let out = cli()
             .env("API_KEYS_MASTER_KEY", hex_of(&OLD))

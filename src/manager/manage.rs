@@ -195,7 +195,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         reason: RevocationReason,
         now: OffsetDateTime,
     ) -> Result<(KeyRecord, bool), Error> {
-        let (rec, changed) = self
+        let result = self
             .modify(actor, id, |r| {
                 if r.revoked_at.is_some() {
                     return Ok(false);
@@ -205,14 +205,14 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 r.revocation = Some(reason.clone());
                 Ok(true)
             })
-            .await?;
-        if !changed {
-            // Revoked elsewhere (another node, whose change feed may lag or be absent): what
-            // this node's cache holds of the key may predate that; the next verification reads
-            // the store.
+            .await;
+        if matches!(result, Ok((_, false)) | Err(Error::NotFound)) {
+            // Revoked or deleted elsewhere (another node, whose change feed may lag or be
+            // absent): what this node's cache holds of the key may predate that; the next
+            // verification reads the store.
             self.inner.cache.invalidate(id);
         }
-        Ok((rec, changed))
+        result
     }
 
     /// Offboarding: revokes every active key of the actor's organization that `user` created

@@ -185,20 +185,22 @@ pub(crate) async fn store(global: &Global) -> Result<AnyStore, Failure> {
     ))
 }
 
-/// Whether a PostgreSQL connection string carries a password: `scheme://user:password@…`,
-/// or a `password=` keyword of the key-value form.
+/// Whether a PostgreSQL connection string carries a password, read the way `tokio-postgres`
+/// reads it: a URL (`postgres://` or `postgresql://`) whose text before its first `@` holds a
+/// `:` (user:password; a password may hold `/` or `?` unencoded), or a `password=` parameter;
+/// otherwise the key-value form with a `password` key.
 fn carries_password(url: &str) -> bool {
-    match url.split_once("://") {
-        Some((_, rest)) => {
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-            authority
-                .rsplit_once('@')
+    let lower = url.trim_start().to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("postgres://")
+        .or_else(|| lower.strip_prefix("postgresql://"));
+    match rest {
+        Some(rest) => {
+            rest.split_once('@')
                 .is_some_and(|(user_info, _)| user_info.contains(':'))
                 || rest.contains("password=")
         }
-        None => url
-            .split_whitespace()
-            .any(|kv| kv.trim_start().to_ascii_lowercase().starts_with("password")),
+        None => lower.contains("password"),
     }
 }
 

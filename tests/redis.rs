@@ -184,11 +184,7 @@ async fn counters_expire_after_their_window_and_keep_only_admitted_counts() {
         return;
     };
     let p = prefix();
-    let engine = RedisCounters::builder(url.clone())
-        .prefix(&p)
-        .timeout(StdDuration::from_secs(2))
-        .build()
-        .unwrap();
+    let (engine, mut conn) = strict_with_connection(&url, &p).await;
     let (m, _) = manager(MemoryStore::new(), engine);
     let hour = StdDuration::from_secs(3600);
     let (two, _) = m
@@ -224,11 +220,6 @@ async fn counters_expire_after_their_window_and_keep_only_admitted_counts() {
         Err(Error::RateLimited { .. })
     ));
 
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
     let started: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{p}:rl:k:minute:*"))
         .query_async(&mut conn)
@@ -836,16 +827,7 @@ async fn balances_of_earlier_builds_and_older_nodes_refill_once_per_period() {
         return;
     };
     let p = prefix();
-    let engine = RedisCounters::builder(url.clone())
-        .prefix(&p)
-        .timeout(StdDuration::from_secs(2))
-        .build()
-        .unwrap();
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let (engine, mut conn) = strict_with_connection(&url, &p).await;
     let credits = Credits::new(100).refill(Refill::monthly(1, 100));
     let org = OrgId::new("acme");
     let at = |month: u8, day: u8| {
@@ -943,4 +925,22 @@ fn random_key() -> (api_keys::KeyId, u64) {
     }
     let id = api_keys::KeyId::parse(std::str::from_utf8(&text).unwrap()).unwrap();
     (id, n)
+}
+
+/// A strict engine under prefix `p`, and a connection of the test's own to look at its keys.
+async fn strict_with_connection(
+    url: &str,
+    p: &str,
+) -> (RedisCounters, redis::aio::MultiplexedConnection) {
+    let engine = RedisCounters::builder(url)
+        .prefix(p)
+        .timeout(StdDuration::from_secs(2))
+        .build()
+        .unwrap();
+    let conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    (engine, conn)
 }

@@ -332,6 +332,7 @@ pub(crate) fn refill_period(refill: Option<Refill>, now_ms: i64) -> i64 {
 /// a refill. Still written next to the day, so that nodes of such a build sharing the Redis
 /// during a rolling upgrade neither fail on a balance without it nor refill it twice, and
 /// read once from a balance such a build wrote.
+#[cfg(feature = "redis")]
 pub(crate) fn legacy_period(refill: Option<Refill>, now_ms: i64) -> i64 {
     match refill {
         None => 0,

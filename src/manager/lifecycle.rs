@@ -249,12 +249,19 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         Ok((key, self.info(&new_rec, now)))
     }
 
-    /// Deletes the replacement of a roll that did not take effect. Best effort: a failure is
+    /// Deletes the replacement of a roll that did not take effect, with its usage counters
+    /// (its link to the old key's balance), as `delete` does. Best effort: a failure is
     /// logged, and the roll reports its own error.
     async fn discard_replacement(&self, new_id: KeyId) {
-        let _fence = self.inner.cache.fence(new_id);
-        if let Err(cleanup) = self.inner.store.delete(&new_id).await {
-            tracing::error!(target: "api_keys", key_id = %new_id, error = %cleanup, "could not delete the replacement of a failed roll");
+        let removed = {
+            let _fence = self.inner.cache.fence(new_id);
+            self.inner.store.delete(&new_id).await
+        };
+        match removed {
+            Ok(_) => self.forget_counters(new_id).await,
+            Err(cleanup) => {
+                tracing::error!(target: "api_keys", key_id = %new_id, error = %cleanup, "could not delete the replacement of a failed roll");
+            }
         }
     }
 

@@ -52,9 +52,10 @@ impl Uses {
 }
 
 /// A flush that is due: inline (no runtime to flush in the background) or the background
-/// task's. Until it ran, no other flush is scheduled; dropped before it ran — a verification's future dropped unpolled
-/// or cancelled during the write — it clears the mark, so the next use schedules one again
-/// instead of every later use waiting for this one.
+/// task's. Until it ran, no other flush is scheduled; dropped before it ran — a
+/// verification's future dropped unpolled or cancelled during the write, a task dropped with
+/// its runtime — it clears the mark, so the next use schedules one again instead of every
+/// later use waiting for this one.
 pub(crate) struct FlushDue(Arc<AtomicBool>);
 
 impl Drop for FlushDue {

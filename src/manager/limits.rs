@@ -60,6 +60,14 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             now_ms,
             None,
         );
+        if verdict.refused == Refused::No && verdict.left.credits.is_none() {
+            // Admitted, nothing to audit (no credits to run out): straight into the report,
+            // without `settle`'s copy of the verdict.
+            return Ok(Spent {
+                left: verdict.left,
+                at_ms: now_ms,
+            });
+        }
         self.settle(facts, limits, Ok((verdict, false)), cost, now_ms)
     }
 

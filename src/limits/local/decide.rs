@@ -19,20 +19,43 @@ pub(super) struct Lim {
     /// The limit's name and window length, hashed: what identifies its count.
     pub(super) name: u64,
     pub(super) limit: u64,
-    /// The window in ms, and [`ORG`] for an org-wide limit.
+    /// The window in ms (bits 0..56), the limit's [`Lim::hint`] (bits 56..63) and [`ORG`]
+    /// for an org-wide limit.
     pub(super) window: u64,
 }
 
 /// The bit of [`Lim::window`] that marks an org-wide limit (windows are at most a year).
-pub(super) const ORG: u64 = 1 << 63;
+const ORG: u64 = 1 << 63;
+/// Where [`Lim::hint`] sits in [`Lim::window`].
+const HINT_SHIFT: u32 = 56;
+const WINDOW_MASK: u64 = (1 << HINT_SHIFT) - 1;
 
 impl Lim {
+    /// `window_ms` at most a year (so well below [`WINDOW_MASK`]); `nth` is the limit's index
+    /// among the key's limits of its scope.
+    pub(super) fn new(name: u64, limit: u64, window_ms: u64, org: bool, nth: usize) -> Self {
+        let nth = (nth as u64).min(MAX_RATE_LIMITS as u64);
+        Lim {
+            name,
+            limit,
+            window: window_ms.min(WINDOW_MASK) | nth << HINT_SHIFT | if org { ORG } else { 0 },
+        }
+    }
+
     pub(super) fn org(&self) -> bool {
         self.window & ORG != 0
     }
 
     pub(super) fn window_ms(&self) -> i64 {
-        (self.window & !ORG) as i64
+        (self.window & WINDOW_MASK) as i64
+    }
+
+    /// Where this limit's count usually is: its index among the limits of its scope. A
+    /// key's windows hold only its own limits and an organization's only org-wide ones (in
+    /// the order its keys first named them: usually the same for every key of it).
+    #[inline(always)]
+    pub(super) fn hint(&self) -> usize {
+        ((self.window & !ORG) >> HINT_SHIFT) as usize
     }
 }
 
@@ -114,23 +137,23 @@ impl Window {
 
 /// A key's credit balance: its own (inline, under the key's lock), or shared with the keys
 /// of a roll (under its own lock, always taken after the key's).
-#[derive(Default)]
 pub(super) enum CreditCell {
-    #[default]
-    None,
     Own(Balance),
     Shared(Arc<Mutex<Balance>>),
 }
 
+impl Default for CreditCell {
+    fn default() -> Self {
+        CreditCell::Own(Balance::default())
+    }
+}
+
 impl CreditCell {
+    #[inline]
     pub(super) fn with<R>(&mut self, f: impl FnOnce(&mut Balance) -> R) -> R {
         match self {
             CreditCell::Own(b) => f(b),
             CreditCell::Shared(a) => f(&mut a.lock().unwrap_or_else(PoisonError::into_inner)),
-            CreditCell::None => {
-                *self = CreditCell::Own(Balance::default());
-                self.with(f)
-            }
         }
     }
 
@@ -139,7 +162,6 @@ impl CreditCell {
         let own = match std::mem::take(self) {
             CreditCell::Shared(a) => a,
             CreditCell::Own(b) => Arc::new(Mutex::new(b)),
-            CreditCell::None => Arc::new(Mutex::new(Balance::default())),
         };
         *self = CreditCell::Shared(own.clone());
         own
@@ -175,8 +197,8 @@ impl Balance {
     }
 }
 
-/// The counter of limit `l` among `windows`; `hint` is where it usually is (the limit's
-/// index in the key's configuration), checked first. A name not counted yet takes a slot no
+/// The counter of limit `l` among `windows`; `hint` is where it usually is (see
+/// [`counter`]), checked first. A name not counted yet takes a slot no
 /// current limit of this decision uses, so a decision never moves another limit's count:
 /// - a free inline slot;
 /// - for a key's own limits, a slot whose name the key's configuration no longer has (a key
@@ -275,9 +297,10 @@ pub(super) fn find_elsewhere<'w>(
     slot
 }
 
-/// The counter of limit `i` (`l`): among the key's windows, or its organization's.
+/// The counter of limit `i` (`l`): among the key's windows, or its organization's. `ONE`:
+/// the decision's only limit is the key's own (so its count is usually the key's first).
 #[inline(always)]
-pub(super) fn counter<'a>(
+pub(super) fn counter<'a, const ONE: bool>(
     entry: &'a mut Option<&mut KeyEntry>,
     org: &'a mut Option<&mut Windows>,
     limits: &[Lim],
@@ -285,19 +308,26 @@ pub(super) fn counter<'a>(
     now: i64,
 ) -> Option<&'a mut Window> {
     let l = &limits[i];
-    let windows = if l.org() {
+    let windows = if !ONE && l.org() {
         org.as_deref_mut()
     } else {
         entry.as_deref_mut().map(|e| &mut e.windows)
     };
-    windows.map(|w| find(w, i, l, limits, now))
+    let hint = if ONE { 0 } else { l.hint() };
+    windows.map(|w| find(w, hint, l, limits, now))
 }
 
 /// Decides under the locks of the counters it reads, in one pass: each limit is checked and
 /// spent in turn, and a refusal (a later limit, or the credits) puts back what earlier limits
 /// spent before any lock is released — so the decision is all or nothing, and a key's usual
 /// decision (admitted) touches each counter once.
-pub(super) fn decide(
+///
+/// Always inlined: [`decide_any`] is its out-of-line form, and the handle's common case (one
+/// limit of the key's own, no credits) inlines it with those constants, which leaves a
+/// handful of instructions (see [`LocalCounters::decide_with`](super::LocalCounters)).
+/// `ONE` says that `limits` is one limit of the key's own and `credits` is `None`.
+#[inline]
+pub(super) fn decide<const ONE: bool>(
     mut entry: Option<&mut KeyEntry>,
     mut org_windows: Option<&mut Windows>,
     limits: &[Lim],
@@ -320,7 +350,7 @@ pub(super) fn decide(
     let mut refused: Option<(usize, i64)> = None;
     let mut spent_upto = limits.len();
     for (i, l) in limits.iter().enumerate() {
-        let Some(w) = counter(&mut entry, &mut org_windows, limits, i, now) else {
+        let Some(w) = counter::<ONE>(&mut entry, &mut org_windows, limits, i, now) else {
             continue;
         };
         let end = w.roll(l.window_ms(), now);
@@ -393,6 +423,19 @@ pub(super) fn decide(
     v
 }
 
+/// [`decide`], out of line (every configuration but the common one).
+pub(super) fn decide_any(
+    entry: Option<&mut KeyEntry>,
+    org_windows: Option<&mut Windows>,
+    limits: &[Lim],
+    credits: Option<&Credits>,
+    cost: u64,
+    now: i64,
+    ends: Option<&mut [i64; MAX_RATE_LIMITS]>,
+) -> Verdict {
+    decide::<false>(entry, org_windows, limits, credits, cost, now, ends)
+}
+
 /// Takes back the `cost` that limits `..upto` spent in this decision (each was found, rolled
 /// and spent by it without overflow, under the same locks: a refused decision spends
 /// nothing).
@@ -407,7 +450,7 @@ pub(super) fn put_back(
     now: i64,
 ) {
     for (i, l) in limits.iter().enumerate().take(upto) {
-        if let Some(w) = counter(entry, org_windows, limits, i, now) {
+        if let Some(w) = counter::<false>(entry, org_windows, limits, i, now) {
             w.used = w.used.saturating_sub(cost);
             v.left.remaining[i] = l.limit.saturating_sub(w.used);
         }

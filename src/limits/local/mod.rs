@@ -13,7 +13,7 @@ use crate::store::BoxFuture;
 
 mod decide;
 use crate::{Credits, KeyId, LimitScope, MAX_RATE_LIMITS, RateLimit};
-use decide::{Balance, CreditCell, KeyEntry, Lim, ORG, Windows, decide};
+use decide::{Balance, CreditCell, KeyEntry, Lim, Windows, decide, decide_any};
 
 const SHARDS: usize = 64;
 
@@ -62,6 +62,8 @@ pub(crate) struct LocalHandle {
     needs: u8,
     len: u8,
     has_credits: bool,
+    /// The common case: one limit of the key's own and no credits.
+    one: bool,
     limits: [Lim; MAX_RATE_LIMITS],
     credits: Option<Credits>,
 }
@@ -75,6 +77,7 @@ impl LocalHandle {
             needs: 0,
             len: 0,
             has_credits: false,
+            one: false,
             limits: [Lim::default(); MAX_RATE_LIMITS],
             credits: None,
         }
@@ -148,23 +151,24 @@ impl LocalCounters {
         credits: Option<&Credits>,
     ) -> LocalHandle {
         let mut limits = [Lim::default(); MAX_RATE_LIMITS];
+        let mut nth = [0; 2];
         for (lim, l) in limits.iter_mut().zip(rate_limits) {
-            let scope = if l.scope() == LimitScope::Org { ORG } else { 0 };
-            *lim = Lim {
-                // A count is a name *and* a window length (as Redis's keys are): two keys of
-                // an organization naming one org-wide limit with different windows keep two
-                // counts instead of resetting each other's.
-                name: self.hasher.hash_one((l.name(), l.window_ms())),
-                limit: l.limit(),
-                window: l.window_ms().min(i64::MAX as u64) | scope,
-            };
+            let org = l.scope() == LimitScope::Org;
+            // A count is a name *and* a window length (as Redis's keys are): two keys of an
+            // organization naming one org-wide limit with different windows keep two counts
+            // instead of resetting each other's.
+            let name = self.hasher.hash_one((l.name(), l.window_ms()));
+            *lim = Lim::new(name, l.limit(), l.window_ms(), org, nth[usize::from(org)]);
+            nth[usize::from(org)] += 1;
         }
         let len = rate_limits.len().min(MAX_RATE_LIMITS);
         let needs_key = limits[..len].iter().any(|l| !l.org()) || credits.is_some();
         let needs_org = limits[..len].iter().any(|l| l.org());
+        let one = len == 1 && !limits[0].org() && credits.is_none();
         LocalHandle {
             key: OnceLock::new(),
             org: OnceLock::new(),
+            one,
             needs: if needs_key { NEEDS_KEY } else { 0 } | if needs_org { NEEDS_ORG } else { 0 },
             len: u8::try_from(len).unwrap_or(u8::MAX),
             has_credits: credits.is_some(),
@@ -202,6 +206,12 @@ impl LocalCounters {
         now: i64,
         ends: Option<&mut [i64; MAX_RATE_LIMITS]>,
     ) -> Verdict {
+        if h.one && ends.is_none() {
+            // The common case (one limit of the key's own, no credits), with the constants
+            // that let `decide` shrink to its few instructions for it.
+            let mut key = lock(h.key.get_or_init(|| self.key_cell(id)));
+            return decide::<true>(Some(&mut key), None, &h.limits[..1], None, cost, now, None);
+        }
         let key_cell = (h.needs & NEEDS_KEY != 0).then(|| h.key.get_or_init(|| self.key_cell(id)));
         let org_cell = (h.needs & NEEDS_ORG != 0).then(|| h.org.get_or_init(|| self.org_cell(org)));
         let mut key = key_cell.map(|c| lock(c));
@@ -212,7 +222,7 @@ impl LocalCounters {
         } else {
             None
         };
-        decide(
+        decide_any(
             key.as_deref_mut(),
             org.as_deref_mut(),
             limits,

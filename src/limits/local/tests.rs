@@ -123,3 +123,28 @@ fn a_handle_creates_counters_only_when_a_decision_needs_them() {
         Refused::Rate { limit: 0, .. }
     ));
 }
+
+proptest::proptest! {
+    /// The handle's common case (one limit of the key's own, no credits) has a path of its
+    /// own: it decides exactly as the general one, call for call (window edges, costs above
+    /// the limit, readings before the window).
+    #[test]
+    fn the_one_limit_path_decides_as_the_general_one(
+        limit in 1u64..6,
+        window_ms in 1u64..5_000,
+        steps in proptest::collection::vec((0u64..8, -6_000i64..6_000), 1..80),
+    ) {
+        let limits = [RateLimit::new("own", limit, StdDuration::from_millis(window_ms))];
+        let (fast, general) = (LocalCounters::new(), LocalCounters::new());
+        let (hf, hg) = (fast.handle(&limits, None), general.handle(&limits, None));
+        proptest::prop_assert!(hf.one);
+        let mut now = 1_000_000_i64;
+        for (cost, step) in steps {
+            now += step;
+            let a = fast.decide_with(&hf, KeyId(1), "acme", cost, now, None);
+            let mut ends = [0; MAX_RATE_LIMITS];
+            let b = general.decide_with(&hg, KeyId(1), "acme", cost, now, Some(&mut ends));
+            proptest::prop_assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        }
+    }
+}

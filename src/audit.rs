@@ -223,7 +223,10 @@ pub trait AuditSink: Send + Sync + 'static {
 /// count of the window) follows at the first failure of that class in a later window. The
 /// bound is per process. Exact counts of every failure reach any other sink the host
 /// installs (the sink is called for every event); [`TracingAudit::suppressed_total`] counts
-/// the lines left out.
+/// the lines left out. Two other events that can come once per request are bounded the same
+/// way: [`AuditAction::ServedStale`] (during a store outage, every request of a warm key;
+/// with summary lines of its own) and [`AuditAction::LimitsFailedOpen`] (counted with the
+/// `limits_unavailable` failures).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TracingAudit;
 
@@ -232,6 +235,51 @@ pub const LOG_FULL_PER_WINDOW: u32 = 5;
 /// The window of the failed-verification log bound, in seconds.
 pub const LOG_WINDOW_SECS: i64 = 10;
 const LOG_SLOTS: usize = 1024;
+
+/// What a bounded line is about: a failed verification (by class), or a key accepted from
+/// the cache while the store is unreachable.
+#[derive(Clone, Copy)]
+enum Bounded {
+    Failed(FailureClass),
+    Stale,
+}
+
+impl Bounded {
+    const COUNT: usize = FailureClass::ALL.len() + 1;
+
+    fn index(self) -> usize {
+        match self {
+            Bounded::Failed(class) => class.index(),
+            Bounded::Stale => FailureClass::ALL.len(),
+        }
+    }
+
+    fn action(self) -> &'static str {
+        match self {
+            Bounded::Failed(_) => "verification_failed",
+            Bounded::Stale => AuditAction::ServedStale.name(),
+        }
+    }
+
+    fn outcome(self) -> &'static str {
+        match self {
+            Bounded::Failed(class) => class.as_str(),
+            Bounded::Stale => AuditAction::ServedStale.name(),
+        }
+    }
+
+    fn summary(self) -> &'static str {
+        match self {
+            Bounded::Failed(_) => {
+                "API key verification failures not logged one by one in an earlier window"
+            }
+            Bounded::Stale => {
+                "API keys accepted from the cache while the key store was unreachable, not \
+                 logged one by one in an earlier window"
+            }
+        }
+    }
+}
 
 /// One slot of the bound, shared by the (class, key id) pairs that hash to it: the window it
 /// counts and how many lines it logged in that window.
@@ -257,7 +305,7 @@ const SUMMARY: Summary = Summary {
     suppressed: AtomicU64::new(0),
 };
 static SLOTS: [Slot; LOG_SLOTS] = [SLOT; LOG_SLOTS];
-static SUMMARIES: [Summary; FailureClass::ALL.len()] = [SUMMARY; FailureClass::ALL.len()];
+static SUMMARIES: [Summary; Bounded::COUNT] = [SUMMARY; Bounded::COUNT];
 static SUPPRESSED_TOTAL: AtomicU64 = AtomicU64::new(0);
 
 impl TracingAudit {
@@ -267,11 +315,11 @@ impl TracingAudit {
         SUPPRESSED_TOTAL.load(Ordering::Relaxed)
     }
 
-    /// Whether this failure gets a full line; emits the class's summary of an earlier window
+    /// Whether this line is logged in full; emits the kind's summary of an earlier window
     /// first, when one is due.
-    fn admit(class: FailureClass, key_id: Option<KeyId>, at: i64) -> bool {
+    fn admit(kind: Bounded, key_id: Option<KeyId>, at: i64) -> bool {
         let window = at.div_euclid(LOG_WINDOW_SECS);
-        let summary = &SUMMARIES[class.index()];
+        let summary = &SUMMARIES[kind.index()];
         let seen = summary.window.load(Ordering::Acquire);
         if seen != window
             && summary
@@ -283,17 +331,18 @@ impl TracingAudit {
             if n > 0 {
                 tracing::warn!(
                     target: "api_keys::audit",
-                    action = "verification_failed",
-                    outcome = class.as_str(),
+                    action = kind.action(),
+                    outcome = kind.outcome(),
                     suppressed = n,
                     window_secs = LOG_WINDOW_SECS,
-                    "API key verification failures not logged one by one in an earlier window"
+                    "{}",
+                    kind.summary()
                 );
             }
         }
-        // Key ids are uniformly random; the class spreads the id-less failures.
+        // Key ids are uniformly random; the kind spreads the id-less failures.
         let h = key_id.map_or(0, |k| k.value())
-            ^ (class.index() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            ^ (kind.index() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let slot = &SLOTS[(h % LOG_SLOTS as u64) as usize];
         let w = slot.window.load(Ordering::Acquire);
         if w != window
@@ -325,7 +374,7 @@ impl AuditSink for TracingAudit {
         let actor = e.actor.as_ref().map(UserId::as_str);
         match &e.action {
             AuditAction::VerificationFailed(class) => {
-                if Self::admit(*class, e.key_id, e.at.unix_timestamp()) {
+                if Self::admit(Bounded::Failed(*class), e.key_id, e.at.unix_timestamp()) {
                     tracing::warn!(
                         target: "api_keys::audit",
                         action = e.action.name(),
@@ -336,18 +385,23 @@ impl AuditSink for TracingAudit {
                     );
                 }
             }
-            AuditAction::ServedStale => tracing::warn!(
-                target: "api_keys::audit",
-                action = e.action.name(),
-                key_id,
-                org,
-                "API key accepted from the cache while the key store is unreachable"
-            ),
+            AuditAction::ServedStale => {
+                // Bounded too: during an outage every request of a warm key is one.
+                if Self::admit(Bounded::Stale, e.key_id, e.at.unix_timestamp()) {
+                    tracing::warn!(
+                        target: "api_keys::audit",
+                        action = e.action.name(),
+                        key_id,
+                        org,
+                        "API key accepted from the cache while the key store is unreachable"
+                    );
+                }
+            }
             AuditAction::LimitsFailedOpen => {
                 // Bounded like failed verifications: a dead counter engine would otherwise
                 // log one line per request.
                 if Self::admit(
-                    FailureClass::LimitsUnavailable,
+                    Bounded::Failed(FailureClass::LimitsUnavailable),
                     e.key_id,
                     e.at.unix_timestamp(),
                 ) {

@@ -1,7 +1,7 @@
 //! A flood of bad tokens cannot flood the logs: the default `TracingAudit` sink logs the first
-//! few failed verifications per class, key id and window in full and then one summary line
-//! with the exact count; management actions are never sampled. (Its own test binary: the
-//! bound is per process.)
+//! few failed verifications (and stale answers during a store outage) per class, key id and
+//! window in full and then one summary line with the exact count; management actions are
+//! never sampled. (Its own test binary: the bound is per process.)
 
 mod common;
 
@@ -13,7 +13,7 @@ use api_keys::{
 use common::*;
 
 #[tokio::test(flavor = "current_thread")]
-async fn failed_verifications_are_logged_with_a_bound_and_exact_counts() {
+async fn failed_verifications_and_stale_answers_are_logged_with_a_bound_and_exact_counts() {
     let buffer = LogBuffer::default();
     let writer = buffer.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -76,4 +76,60 @@ async fn failed_verifications_are_logged_with_a_bound_and_exact_counts() {
     assert_eq!(TracingAudit::suppressed_total(), 2 * suppressed);
     // 4 000 failures produced a bounded number of lines.
     assert!(lines.len() < 60, "{} lines", lines.len());
+
+    // A store outage with stale serving on: every request of a warm key is accepted from the
+    // cache and audited, but the log gets the same bound (and a summary of its own).
+    let store = CountingStore::default();
+    let fallback = std::time::Duration::from_millis(100);
+    let stale = KeyManager::builder(store.clone(), keyring())
+        .clock(clock.clone())
+        .cache_fallback_ttl(fallback)
+        .serve_stale_while_store_unreachable(std::time::Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let (warm, _) = stale
+        .generate(&a, GenerateRequest::new("w").scope(Scope::Prometheus))
+        .await
+        .unwrap();
+    stale
+        .verify(warm.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    store
+        .fail_get
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(fallback + std::time::Duration::from_millis(50)).await;
+    const OUTAGE: u64 = 500;
+    for _ in 0..OUTAGE {
+        stale
+            .verify(warm.expose_secret(), &Scope::Prometheus)
+            .await
+            .unwrap();
+    }
+    let stale_lines = |text: String| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("action=\"served_stale\""))
+            .map(str::to_string)
+            .collect()
+    };
+    let served = stale_lines(buffer.text());
+    assert_eq!(served.len(), LOG_FULL_PER_WINDOW as usize, "{served:?}");
+    clock.advance(Duration::seconds(LOG_WINDOW_SECS));
+    stale
+        .verify(warm.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    let served = stale_lines(buffer.text());
+    let left_out = OUTAGE - u64::from(LOG_FULL_PER_WINDOW);
+    let summary: Vec<_> = served
+        .iter()
+        .filter(|l| l.contains("suppressed="))
+        .collect();
+    assert_eq!(summary.len(), 1, "{served:?}");
+    assert!(
+        summary[0].contains(&format!("suppressed={left_out}")),
+        "{}",
+        summary[0]
+    );
+    assert_eq!(TracingAudit::suppressed_total(), 2 * suppressed + left_out);
 }

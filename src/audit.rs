@@ -230,9 +230,10 @@ pub trait AuditSink: Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TracingAudit;
 
-/// Failed verifications logged in full per class, key id and window (see [`TracingAudit`]).
+/// Bounded lines (failed verifications, stale answers) logged in full per class, key id and
+/// window (see [`TracingAudit`]).
 pub const LOG_FULL_PER_WINDOW: u32 = 5;
-/// The window of the failed-verification log bound, in seconds.
+/// The window of the log bound on failed verifications and stale answers, in seconds.
 pub const LOG_WINDOW_SECS: i64 = 10;
 const LOG_SLOTS: usize = 1024;
 
@@ -309,8 +310,8 @@ static SUMMARIES: [Summary; Bounded::COUNT] = [SUMMARY; Bounded::COUNT];
 static SUPPRESSED_TOTAL: AtomicU64 = AtomicU64::new(0);
 
 impl TracingAudit {
-    /// Failed-verification lines this process left out of the log so far (counted in the
-    /// summary lines).
+    /// Bounded lines (failed verifications, stale answers) this process left out of the log
+    /// so far (counted in the summary lines).
     pub fn suppressed_total() -> u64 {
         SUPPRESSED_TOTAL.load(Ordering::Relaxed)
     }

@@ -117,10 +117,11 @@ impl Window {
     #[inline]
     pub(super) fn roll(&mut self, window_ms: i64, now: i64) -> i64 {
         let w = window_ms.max(1);
-        if now >= self.end
-            || now < self.start.saturating_sub(w)
-            || self.end.wrapping_sub(self.start) != w
-        {
+        // In this window, or (rarely) in the one before it.
+        let keep = now < self.end
+            && self.end.wrapping_sub(self.start) == w
+            && (now >= self.start || now >= self.start.saturating_sub(w));
+        if !keep {
             let start = now.div_euclid(w).saturating_mul(w);
             self.start = start;
             self.end = start.saturating_add(w);
@@ -233,6 +234,14 @@ pub(super) fn find_elsewhere<'w>(
     let len = usize::from(windows.len);
     let name = l.name;
     if let Some(p) = windows.items[..len].iter().position(|w| w.name == name) {
+        // Moved to where the limit's hint looks (a key whose limits were reordered or
+        // removed), so that the next decisions find it there. Counts are found by name, so
+        // where one sits never changes what it counts.
+        let hint = l.hint();
+        if hint < len {
+            windows.items.swap(p, hint);
+            return &mut windows.items[hint];
+        }
         return &mut windows.items[p];
     }
     if let Some(p) = windows.more.iter().position(|w| w.name == name) {
@@ -322,11 +331,11 @@ pub(super) fn counter<'a, const ONE: bool>(
 /// spent before any lock is released — so the decision is all or nothing, and a key's usual
 /// decision (admitted) touches each counter once.
 ///
-/// Always inlined: [`decide_any`] is its out-of-line form, and the handle's common case (one
-/// limit of the key's own, no credits) inlines it with those constants, which leaves a
-/// handful of instructions (see [`LocalCounters::decide_with`](super::LocalCounters)).
-/// `ONE` says that `limits` is one limit of the key's own and `credits` is `None`.
-#[inline]
+/// `ONE` says that `limits` is one limit of the key's own and `credits` is `None`: the
+/// handle's common case, which [`LocalCounters::decide_with`](super::LocalCounters) inlines
+/// with those constants (no loop, no organization, no credits). [`decide_any`] is the
+/// out-of-line form for every other configuration.
+#[inline(always)]
 pub(super) fn decide<const ONE: bool>(
     mut entry: Option<&mut KeyEntry>,
     mut org_windows: Option<&mut Windows>,
@@ -336,6 +345,9 @@ pub(super) fn decide<const ONE: bool>(
     now: i64,
     mut ends: Option<&mut [i64; MAX_RATE_LIMITS]>,
 ) -> Verdict {
+    // A key has at most MAX_RATE_LIMITS (the handle keeps no more); said here so that the
+    // per-limit arrays need no bounds checks.
+    let limits = &limits[..limits.len().min(MAX_RATE_LIMITS)];
     let mut v = Verdict {
         refused: Refused::No,
         left: Left {

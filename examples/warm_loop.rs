@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Arguments: the kind (`none`, `one`: one rate limit, `three`: three limits, one of them
-//! per organization, and credits), the rounds, and optionally the number of keys (10 000).
+//! per organization, and credits, `three_own`: three limits of the key's own and credits), the
+//! rounds, and optionally the number of keys (10 000).
 //! Every key is verified once first (cached); each round then verifies every key once, in a
 //! fixed shuffled order. The limits are large and their windows an hour long, so nothing is
 //! refused and no window rolls, however slowly valgrind runs.
@@ -81,8 +82,13 @@ fn request(kind: &str) -> GenerateRequest {
             .rate_limit(RateLimit::new("hourly", 1 << 40, hour))
             .rate_limit(RateLimit::new("org", 1 << 40, hour).per_org())
             .credits(Credits::new(1 << 50)),
+        "three_own" => r
+            .rate_limit(RateLimit::new("burst", 1 << 40, hour))
+            .rate_limit(RateLimit::new("hourly", 1 << 40, hour))
+            .rate_limit(RateLimit::new("daily", 1 << 40, hour))
+            .credits(Credits::new(1 << 50)),
         other => {
-            eprintln!("unknown kind {other:?}: none, one or three");
+            eprintln!("unknown kind {other:?}: none, one, three or three_own");
             std::process::exit(2);
         }
     }

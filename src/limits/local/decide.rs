@@ -97,11 +97,13 @@ impl Default for Window {
 }
 
 impl Window {
+    /// A count not started yet: `end - start` is 0, never a window's length, so its first
+    /// [`roll`](Window::roll) starts it.
     pub(super) fn fresh(name: u64) -> Self {
         Window {
             name,
             used: 0,
-            start: i64::MAX,
+            start: i64::MIN,
             end: i64::MIN,
         }
     }
@@ -114,13 +116,28 @@ impl Window {
     /// the limit. A reading further back (a step of the wall clock by more than a window)
     /// starts over in its own window, so that such a step cannot keep a key refused until
     /// the clock catches up again.
-    #[inline]
+    #[inline(always)]
     pub(super) fn roll(&mut self, window_ms: i64, now: i64) -> i64 {
         let w = window_ms.max(1);
-        // In this window, or (rarely) in the one before it.
+        // The usual case, `now` in `[start, end)`: `end - start == w` says `end` did not
+        // saturate (`end == start + w`), so the unsigned difference decides exactly.
+        if self.end.wrapping_sub(self.start) == w
+            && (now.wrapping_sub(self.start) as u64) < w as u64
+        {
+            return self.end;
+        }
+        self.roll_elsewhere(w, now)
+    }
+
+    /// [`Window::roll`] when `now` is not in the current window (a new window, a reading
+    /// before it, a count of another length or not started).
+    #[cold]
+    #[inline(never)]
+    fn roll_elsewhere(&mut self, w: i64, now: i64) -> i64 {
+        // In this window, or in the one before it.
         let keep = now < self.end
             && self.end.wrapping_sub(self.start) == w
-            && (now >= self.start || now >= self.start.saturating_sub(w));
+            && now >= self.start.saturating_sub(w);
         if !keep {
             let start = now.div_euclid(w).saturating_mul(w);
             self.start = start;

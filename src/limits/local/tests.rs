@@ -148,3 +148,53 @@ proptest::proptest! {
         }
     }
 }
+
+/// [`Window::roll`] as first written (every test in one condition): the model its fast path
+/// must agree with.
+fn roll_model(w: &mut super::decide::Window, window_ms: i64, now: i64) -> i64 {
+    let win = window_ms.max(1);
+    if now >= w.end || now < w.start.saturating_sub(win) || w.end.wrapping_sub(w.start) != win {
+        let start = now.div_euclid(win).saturating_mul(win);
+        w.start = start;
+        w.end = start.saturating_add(win);
+        w.used = 0;
+    }
+    w.end
+}
+
+proptest::proptest! {
+    /// The window check's usual-case shortcut decides as the full condition for any count
+    /// and reading, the extremes of `i64` included.
+    #[test]
+    fn the_window_shortcut_agrees_with_the_full_check(
+        start in proptest::prop_oneof![
+            proptest::prelude::any::<i64>(),
+            proptest::prelude::Just(i64::MIN),
+            proptest::prelude::Just(i64::MAX),
+            -5_000i64..5_000
+        ],
+        window_ms in proptest::prop_oneof![1i64..5_000, 1i64..(1 << 40)],
+        near in -12_000i64..12_000,
+        far in proptest::prelude::any::<i64>(),
+        pick in 0u8..8,
+        aligned in proptest::prelude::any::<bool>(),
+        used in 0u64..10,
+    ) {
+        let end = if aligned { start.saturating_add(window_ms) } else { start.wrapping_add(7) };
+        // The edges of the window and of the one before it, anywhere near, anywhere at all.
+        let now = match pick {
+            0 => start.wrapping_add(window_ms),
+            1 => start.wrapping_add(window_ms - 1),
+            2 => start,
+            3 => start.wrapping_sub(window_ms),
+            4 => start.wrapping_sub(window_ms + 1),
+            5 => far,
+            _ => start.saturating_add(near),
+        };
+        let mut a = super::decide::Window { name: 1, used, start, end };
+        let mut b = super::decide::Window { name: 1, used, start, end };
+        let ra = a.roll(window_ms, now);
+        let rb = roll_model(&mut b, window_ms, now);
+        proptest::prop_assert_eq!((ra, a.start, a.end, a.used), (rb, b.start, b.end, b.used));
+    }
+}

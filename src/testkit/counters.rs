@@ -35,6 +35,7 @@ pub async fn run<C: UsageCounters>(engine: &C) -> Check {
     window_edges(engine).await?;
     all_or_nothing(engine).await?;
     rate_limited_spends_no_credits(engine).await?;
+    cost_zero_is_never_refused(engine).await?;
     org_limits_are_shared(engine).await?;
     credits_are_exact_under_concurrency(engine).await?;
     refill_sets_the_balance(engine).await?;
@@ -227,6 +228,44 @@ pub async fn rate_limited_spends_no_credits<C: UsageCounters>(engine: &C) -> Che
             C,
             format!("refusals spent something: {u:?}, expected 1 credit and 3 units left"),
         ));
+    }
+    Ok(())
+}
+
+/// A cost of 0 spends nothing and is never refused by a rate limit: not at the limit, and
+/// not when the limit was lowered below the window's count since (cost 1 is refused there).
+pub async fn cost_zero_is_never_refused<C: UsageCounters>(engine: &C) -> Check {
+    const C: &str = "cost_zero_is_never_refused";
+    let org = random_org();
+    let k = key();
+    let two = [RateLimit::new("minute", 2, StdDuration::from_secs(60))];
+    let one = [RateLimit::new("minute", 1, StdDuration::from_secs(60))];
+    let step = |limits: &'static str, cost| {
+        let l = if limits == "two" { &two } else { &one };
+        consume(engine, request(k, &org, l, None, cost, T0 + 5))
+    };
+    for _ in 0..2 {
+        allowed(
+            C,
+            &step("two", 1).await.map_err(|e| err(C, e))?,
+            "cost 1 within the limit",
+        )?;
+    }
+    allowed(
+        C,
+        &step("two", 0).await.map_err(|e| err(C, e))?,
+        "cost 0 at the limit",
+    )?;
+    allowed(
+        C,
+        &step("one", 0).await.map_err(|e| err(C, e))?,
+        "cost 0 above a lowered limit",
+    )?;
+    if !matches!(
+        step("one", 1).await.map_err(|e| err(C, e))?,
+        Decision::RateLimited { .. }
+    ) {
+        return Err(fail(C, "cost 1 above a lowered limit must be RateLimited"));
     }
     Ok(())
 }

@@ -31,14 +31,14 @@ const HINT_SHIFT: u32 = 56;
 const WINDOW_MASK: u64 = (1 << HINT_SHIFT) - 1;
 
 impl Lim {
-    /// `window_ms` at most a year (so well below [`WINDOW_MASK`]); `nth` is the limit's index
-    /// among the key's limits of its scope.
+    /// `window_ms` at most a year (so well below [`WINDOW_MASK`]; 0 counts as 1); `nth` is
+    /// the limit's index among the key's limits of its scope (below [`MAX_RATE_LIMITS`]).
     pub(super) fn new(name: u64, limit: u64, window_ms: u64, org: bool, nth: usize) -> Self {
-        let nth = (nth as u64).min(MAX_RATE_LIMITS as u64);
+        let nth = (nth % MAX_RATE_LIMITS) as u64;
         Lim {
             name,
             limit,
-            window: window_ms.min(WINDOW_MASK) | nth << HINT_SHIFT | if org { ORG } else { 0 },
+            window: window_ms.clamp(1, WINDOW_MASK) | nth << HINT_SHIFT | if org { ORG } else { 0 },
         }
     }
 
@@ -55,7 +55,7 @@ impl Lim {
     /// the order its keys first named them: usually the same for every key of it).
     #[inline(always)]
     pub(super) fn hint(&self) -> usize {
-        ((self.window & !ORG) >> HINT_SHIFT) as usize
+        ((self.window & !ORG) >> HINT_SHIFT) as usize % MAX_RATE_LIMITS
     }
 }
 
@@ -118,7 +118,9 @@ impl Window {
     /// the clock catches up again.
     #[inline(always)]
     pub(super) fn roll(&mut self, window_ms: i64, now: i64) -> i64 {
-        let w = window_ms.max(1);
+        // (A window of 0, which `Lim` never holds, would go to `roll_elsewhere`: no count has
+        // length 0 but a count not started, and no difference is below 0.)
+        let w = window_ms;
         // The usual case, `now` in `[start, end)`: `end - start == w` says `end` did not
         // saturate (`end == start + w`), so the unsigned difference decides exactly.
         if self.end.wrapping_sub(self.start) == w
@@ -134,6 +136,7 @@ impl Window {
     #[cold]
     #[inline(never)]
     fn roll_elsewhere(&mut self, w: i64, now: i64) -> i64 {
+        let w = w.max(1);
         // In this window, or in the one before it.
         let keep = now < self.end
             && self.end.wrapping_sub(self.start) == w
@@ -323,17 +326,17 @@ pub(super) fn find_elsewhere<'w>(
     slot
 }
 
-/// The counter of limit `i` (`l`): among the key's windows, or its organization's. `ONE`:
-/// the decision's only limit is the key's own (so its count is usually the key's first).
+/// The counter of limit `l` (one of `limits`): among the key's windows, or its
+/// organization's. `ONE`: the decision's only limit is the key's own (so its count is
+/// usually the key's first).
 #[inline(always)]
 pub(super) fn counter<'a, const ONE: bool>(
     entry: &'a mut Option<&mut KeyEntry>,
     org: &'a mut Option<&mut Windows>,
+    l: &Lim,
     limits: &[Lim],
-    i: usize,
     now: i64,
 ) -> Option<&'a mut Window> {
-    let l = &limits[i];
     let windows = if !ONE && l.org() {
         org.as_deref_mut()
     } else {
@@ -360,7 +363,7 @@ pub(super) fn decide<const ONE: bool>(
     credits: Option<&Credits>,
     cost: u64,
     now: i64,
-    mut ends: Option<&mut [i64; MAX_RATE_LIMITS]>,
+    ends: Option<&mut [i64; MAX_RATE_LIMITS]>,
 ) -> Verdict {
     // A key has at most MAX_RATE_LIMITS (the handle keeps no more); said here so that the
     // per-limit arrays need no bounds checks.
@@ -374,12 +377,19 @@ pub(super) fn decide<const ONE: bool>(
             credits: None,
         },
     };
+    // Where the windows' ends go (a caller that does not ask for them gets a scratch array,
+    // so the loop does not test for it).
+    let mut scratch = [0; MAX_RATE_LIMITS];
+    let ends = match ends {
+        Some(e) => e,
+        None => &mut scratch,
+    };
     // The refusing limit whose window ends last, and the first refusing limit's index
     // (limits before it were spent).
     let mut refused: Option<(usize, i64)> = None;
     let mut spent_upto = limits.len();
     for (i, l) in limits.iter().enumerate() {
-        let Some(w) = counter::<ONE>(&mut entry, &mut org_windows, limits, i, now) else {
+        let Some(w) = counter::<ONE>(&mut entry, &mut org_windows, l, limits, now) else {
             continue;
         };
         let end = w.roll(l.window_ms(), now);
@@ -387,23 +397,22 @@ pub(super) fn decide<const ONE: bool>(
             // Counted in the window after `now`'s (see `Window::roll`).
             v.left.ahead |= 1 << i;
         }
-        if let Some(e) = ends.as_deref_mut() {
-            e[i] = end;
-        }
-        match w.used.checked_add(cost).filter(|&after| after <= l.limit) {
-            Some(after) if refused.is_none() => {
+        ends[i] = end;
+        // A cost of 0 is never refused, even by a count above a limit lowered since.
+        if let Some(after) = w.used.checked_add(cost)
+            && (after <= l.limit || cost == 0)
+        {
+            if refused.is_none() {
                 w.used = after;
-                v.left.remaining[i] = l.limit - after;
             }
-            Some(_) => v.left.remaining[i] = l.limit - w.used,
-            None => {
-                v.left.remaining[i] = l.limit.saturating_sub(w.used);
-                if refused.is_none() {
-                    spent_upto = i;
-                }
-                if refused.is_none_or(|(_, r)| end > r) {
-                    refused = Some((i, end));
-                }
+            v.left.remaining[i] = l.limit.saturating_sub(w.used);
+        } else {
+            v.left.remaining[i] = l.limit.saturating_sub(w.used);
+            if refused.is_none() {
+                spent_upto = i;
+            }
+            if refused.is_none_or(|(_, r)| end > r) {
+                refused = Some((i, end));
             }
         }
     }
@@ -479,7 +488,7 @@ pub(super) fn put_back(
     now: i64,
 ) {
     for (i, l) in limits.iter().enumerate().take(upto) {
-        if let Some(w) = counter::<false>(entry, org_windows, limits, i, now) {
+        if let Some(w) = counter::<false>(entry, org_windows, l, limits, now) {
             w.used = w.used.saturating_sub(cost);
             v.left.remaining[i] = l.limit.saturating_sub(w.used);
         }

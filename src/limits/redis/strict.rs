@@ -31,7 +31,7 @@ for i = 1, n do
   local u = tonumber(v or '0')
   fresh[i] = not v
   used[i] = u
-  if u + cost > limit and reset > refused_reset then
+  if cost > 0 and u + cost > limit and reset > refused_reset then
     refused, refused_reset = i - 1, reset
   end
 end

@@ -219,8 +219,8 @@ impl Balance {
 }
 
 /// The counter of limit `l` among `windows`; `hint` is where it usually is (see
-/// [`counter`]), checked first. A name not counted yet takes a slot no
-/// current limit of this decision uses, so a decision never moves another limit's count:
+/// [`Lim::hint`]), checked first. A name not counted yet takes a slot no current limit of
+/// this decision uses, so a decision never takes over another limit's count:
 /// - a free inline slot;
 /// - for a key's own limits, a slot whose name the key's configuration no longer has (a key
 ///   has at most [`MAX_RATE_LIMITS`] limits, so there always is one once all are taken);

@@ -192,6 +192,49 @@ async fn each_policy_refusal_says_what_is_allowed() {
     assert_eq!(info.scopes.len(), 8);
 }
 
+/// What an actor writes into a record (its organization and user ids) and metadata values
+/// are held to what every store can keep and every log can show: control characters in the
+/// ids (NUL, which PostgreSQL refuses, or a line break that forges a log line) and NUL in a
+/// metadata value are a policy error before anything is written, never a store error.
+#[tokio::test]
+async fn ids_and_metadata_no_store_can_keep_are_refused_before_the_store() {
+    let s = setup();
+    let m = &s.manager;
+    for (org, user) in [
+        ("acme\0", "alice"),
+        ("acme", "al\nice"),
+        ("ac\u{7}me", "alice"),
+    ] {
+        let bad = Actor::manager(OrgId::new(org), UserId::new(user));
+        let msg = policy_message(m.generate(&bad, prom("k")).await);
+        assert!(msg.contains("control characters"), "{msg}");
+        assert!(
+            !msg.contains(org) && !msg.contains(user),
+            "the id is not echoed: {msg}"
+        );
+    }
+    let msg = policy_message(m.generate(&alice(), prom("k").meta("plan", "pro\0")).await);
+    assert!(msg.contains("NUL"), "{msg}");
+    assert!(
+        m.list(&alice()).await.unwrap().is_empty(),
+        "nothing was written"
+    );
+
+    // A revoker or roller whose user id cannot be recorded is refused; the key keeps working.
+    let (key, info) = m.generate(&alice(), prom("k")).await.unwrap();
+    let odd = Actor::manager(OrgId::new("acme"), UserId::new("eve\r\nadmin"));
+    policy_message(m.revoke(&odd, &info.id).await);
+    policy_message(m.roll(&odd, &info.id, Duration::hours(1)).await);
+    m.verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.list(&alice()).await.unwrap().len(),
+        1,
+        "no replacement either"
+    );
+}
+
 #[tokio::test]
 async fn never_and_custom_periods_follow_the_policy() {
     let policy = Policy::default()

@@ -123,7 +123,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     ///
     /// # Errors
     /// [`Error::PermissionDenied`]; [`Error::NotFound`]; [`Error::Revoked`] / [`Error::Expired`]
-    /// for a key that no longer works; [`Error::Policy`] (already rolled, or the limit);
+    /// for a key that no longer works; [`Error::Policy`] (already rolled, the limit, or control
+    /// characters in the actor's user id, recorded as the replacement's creator);
     /// [`Error::Integrity`]; [`Error::Conflict`] (repeated lost races, or the key changed while
     /// it was being rolled); [`Error::Store`].
     ///
@@ -143,6 +144,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         overlap: Duration,
     ) -> Result<(ApiKey, KeyInfo), Error> {
         Self::require_manager(actor)?;
+        check_written_id("a user id", actor.user().as_str())?;
         let now = whole_seconds(self.inner.clock.now());
         let old = self.load(Some(actor), id).await?;
         if !self.authentic(&self.keyring(), &old, Some(actor)) {

@@ -8,14 +8,18 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// # Errors
     /// [`Error::PermissionDenied`] for a non-manager; [`Error::Policy`] for a name, scope list,
     /// expiry or usage limits outside the policy (a request that names no rate limits or no
-    /// credits gets the policy's defaults, see [`Policy`]), or when the organization already has
-    /// `max_active_keys` active keys; [`Error::Store`] / [`Error::Random`] on failures.
+    /// credits gets the policy's defaults, see [`Policy`]), for control characters in the
+    /// actor's organization or user id or NUL in a metadata value (written into the record),
+    /// or when the organization already has `max_active_keys` active keys; [`Error::Store`] /
+    /// [`Error::Random`] on failures.
     pub async fn generate(
         &self,
         actor: &Actor,
         req: GenerateRequest,
     ) -> Result<(ApiKey, KeyInfo), Error> {
         Self::require_manager(actor)?;
+        check_written_id("an organization id", actor.org().as_str())?;
+        check_written_id("a user id", actor.user().as_str())?;
         check_name(&req.name)?;
         let scopes = check_scopes(&req.scopes)?;
         let (rate_limits, credits) = self
@@ -167,7 +171,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     ///
     /// # Errors
     /// [`Error::PermissionDenied`]; [`Error::NotFound`]; [`Error::Integrity`];
-    /// [`Error::Conflict`] after repeated lost races; [`Error::Store`].
+    /// [`Error::Policy`] for control characters in the actor's user id (recorded as the
+    /// revoker); [`Error::Conflict`] after repeated lost races; [`Error::Store`].
     pub async fn revoke(&self, actor: &Actor, id: &KeyId) -> Result<KeyInfo, Error> {
         Self::require_manager(actor)?;
         let now = whole_seconds(self.inner.clock.now());
@@ -195,6 +200,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         reason: RevocationReason,
         now: OffsetDateTime,
     ) -> Result<(KeyRecord, bool), Error> {
+        if let Some(a) = actor {
+            check_written_id("a user id", a.user().as_str())?;
+        }
         let result = self
             .modify(actor, id, |r| {
                 if r.revoked_at.is_some() {

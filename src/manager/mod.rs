@@ -11,7 +11,7 @@ use crate::cache::Cache;
 use crate::crypto::fill_random;
 use crate::key::Facts;
 use crate::limits::{Consumed, LocalCounters, UsageCounters, UsageRequest, check_limits};
-use crate::policy::{check_meta, check_name, check_owner, check_scopes};
+use crate::policy::{check_meta, check_name, check_owner, check_scopes, check_written_id};
 use crate::record::{Draft, whole_seconds};
 use crate::store::ChangeListener;
 use crate::token::{DEFAULT_PREFIX, SECRET_LEN, UntrustedToken, format_token, valid_prefix};

@@ -376,7 +376,25 @@ pub(crate) fn check_owner(owner: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Checks metadata: non-empty keys without control characters, at most 4 KiB in all.
+/// Checks an id an actor writes into a key record (its organization into a new key; its user
+/// as creator or revoker): no control characters, as for names and owners. [`OrgId`] and
+/// [`UserId`] check only their length when made, so that records of earlier builds keep
+/// loading; what is written now is held to this (PostgreSQL cannot store NUL at all, and a
+/// line break in an id would forge lines in a plain-text log).
+///
+/// [`OrgId`]: crate::OrgId
+/// [`UserId`]: crate::UserId
+pub(crate) fn check_written_id(what: &str, id: &str) -> Result<(), Error> {
+    if id.chars().any(char::is_control) {
+        return Err(Error::Policy(format!(
+            "{what} written into a key must have no control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks metadata: non-empty keys without control characters, values without NUL (which
+/// PostgreSQL's JSON cannot hold), at most 4 KiB in all.
 pub(crate) fn check_meta(meta: &BTreeMap<String, String>) -> Result<(), Error> {
     let size: usize = meta.iter().map(|(k, v)| k.len() + v.len()).sum();
     if size > MAX_META_BYTES {
@@ -390,6 +408,11 @@ pub(crate) fn check_meta(meta: &BTreeMap<String, String>) -> Result<(), Error> {
     {
         return Err(Error::Policy(
             "metadata keys must be non-empty with no control characters".into(),
+        ));
+    }
+    if meta.values().any(|v| v.contains('\0')) {
+        return Err(Error::Policy(
+            "metadata values must not contain NUL (U+0000): not every key store can keep it".into(),
         ));
     }
     Ok(())

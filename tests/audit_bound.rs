@@ -62,16 +62,7 @@ async fn failed_verifications_and_stale_answers_are_logged_with_a_bound_and_exac
     let lines: Vec<String> = buffer.text().lines().map(str::to_string).collect();
     let suppressed = FLOOD - u64::from(LOG_FULL_PER_WINDOW);
     for class in ["malformed", "invalid_key"] {
-        let summary: Vec<_> = lines
-            .iter()
-            .filter(|l| l.contains(&format!("outcome=\"{class}\"")) && l.contains("suppressed="))
-            .collect();
-        assert_eq!(summary.len(), 1, "{summary:?}");
-        assert!(
-            summary[0].contains(&format!("suppressed={suppressed}")),
-            "{}",
-            summary[0]
-        );
+        one_summary(&lines, &format!("outcome=\"{class}\""), suppressed);
     }
     assert_eq!(TracingAudit::suppressed_total(), 2 * suppressed);
     // 4 000 failures produced a bounded number of lines.
@@ -121,17 +112,25 @@ async fn failed_verifications_and_stale_answers_are_logged_with_a_bound_and_exac
         .verify(warm.expose_secret(), &Scope::Prometheus)
         .await
         .unwrap();
-    let served = stale_lines(buffer.text());
     let left_out = OUTAGE - u64::from(LOG_FULL_PER_WINDOW);
-    let summary: Vec<_> = served
+    one_summary(
+        &stale_lines(buffer.text()),
+        "action=\"served_stale\"",
+        left_out,
+    );
+    assert_eq!(TracingAudit::suppressed_total(), 2 * suppressed + left_out);
+}
+
+/// Exactly one summary line among `lines` contains `needle`, and it counts `left_out`.
+fn one_summary(lines: &[String], needle: &str, left_out: u64) {
+    let summary: Vec<_> = lines
         .iter()
-        .filter(|l| l.contains("suppressed="))
+        .filter(|l| l.contains(needle) && l.contains("suppressed="))
         .collect();
-    assert_eq!(summary.len(), 1, "{served:?}");
+    assert_eq!(summary.len(), 1, "{lines:?}");
     assert!(
         summary[0].contains(&format!("suppressed={left_out}")),
         "{}",
         summary[0]
     );
-    assert_eq!(TracingAudit::suppressed_total(), 2 * suppressed + left_out);
 }

@@ -869,7 +869,11 @@ async fn revoke_and_delete_through_the_dialog() {
     // The other key is untouched.
     assert_eq!(h.count(&format!("tr[data-key-id=\"{keep_id}\"]")).await, 1);
     assert_eq!(h.metrics_status(&keep_token).await, StatusCode::OK);
-    assert!(h.text("#status").await.contains("deleted") || h.text("#status").await.is_empty());
+    let status = h.text("#status").await;
+    assert!(
+        status.contains("deleted") || status.is_empty(),
+        "{status:?}"
+    );
     assert_eq!(h.csp_violations().await, 0);
     h.finish().await;
 }

@@ -35,9 +35,22 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let decided = match self.inner.counters.consume(req) {
             Consumed::Ready(r) => r,
             Consumed::Pending(f) => f.await,
+        };
+        match decided {
+            Ok(d) => {
+                let (verdict, degraded) = Verdict::from_decision(d, &limits.rate_limits, now_ms);
+                self.settle(facts, limits, &verdict, degraded, cost, now_ms)
+            }
+            Err(e) => {
+                self.verify_failed(
+                    FailureClass::LimitsUnavailable,
+                    Some(&facts.org),
+                    Some(facts.id),
+                    Instant::now(),
+                );
+                Err(Error::LimitsUnavailable(e))
+            }
         }
-        .map(|d| Verdict::from_decision(d, &limits.rate_limits, now_ms));
-        self.settle(facts, limits, decided, cost, now_ms)
     }
 
     /// [`KeyManager::spend`] with the in-process engine, which never waits: through the
@@ -68,7 +81,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 at_ms: now_ms,
             });
         }
-        self.settle(facts, limits, Ok((verdict, false)), cost, now_ms)
+        self.settle(facts, limits, &verdict, false, cost, now_ms)
     }
 
     /// What an engine decided, as the verification's answer (audited).
@@ -77,19 +90,13 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         &self,
         facts: &Facts,
         limits: &KeyLimits,
-        decided: Result<(Verdict, bool), crate::CounterError>,
+        verdict: &Verdict,
+        degraded: bool,
         cost: u64,
         now_ms: i64,
     ) -> Result<Spent, Error> {
         let refused =
             |class| self.verify_failed(class, Some(&facts.org), Some(facts.id), Instant::now());
-        let (verdict, degraded) = match decided {
-            Ok(d) => d,
-            Err(e) => {
-                refused(FailureClass::LimitsUnavailable);
-                return Err(Error::LimitsUnavailable(e));
-            }
-        };
         match verdict.refused {
             Refused::No => {
                 if degraded {

@@ -192,22 +192,17 @@ async fn each_policy_refusal_says_what_is_allowed() {
     assert_eq!(info.scopes.len(), 8);
 }
 
-/// What an actor writes into a record (its organization and user ids) and metadata values
-/// are held to what every store can keep and every log can show: control characters in the
-/// ids (NUL, which PostgreSQL refuses, or a line break that forges a log line) and NUL in a
-/// metadata value are a policy error before anything is written, never a store error.
+/// NUL (U+0000), which PostgreSQL cannot store, in what an actor writes into a record (its
+/// organization and user ids) or in a metadata value is a policy error before anything is
+/// written, on every store, never a store error on one of them.
 #[tokio::test]
 async fn ids_and_metadata_no_store_can_keep_are_refused_before_the_store() {
     let s = setup();
     let m = &s.manager;
-    for (org, user) in [
-        ("acme\0", "alice"),
-        ("acme", "al\nice"),
-        ("ac\u{7}me", "alice"),
-    ] {
+    for (org, user) in [("acme\0", "alice"), ("acme", "al\0ice")] {
         let bad = Actor::manager(OrgId::new(org), UserId::new(user));
         let msg = policy_message(m.generate(&bad, prom("k")).await);
-        assert!(msg.contains("control characters"), "{msg}");
+        assert!(msg.contains("NUL"), "{msg}");
         assert!(
             !msg.contains(org) && !msg.contains(user),
             "the id is not echoed: {msg}"
@@ -222,7 +217,7 @@ async fn ids_and_metadata_no_store_can_keep_are_refused_before_the_store() {
 
     // A revoker or roller whose user id cannot be recorded is refused; the key keeps working.
     let (key, info) = m.generate(&alice(), prom("k")).await.unwrap();
-    let odd = Actor::manager(OrgId::new("acme"), UserId::new("eve\r\nadmin"));
+    let odd = Actor::manager(OrgId::new("acme"), UserId::new("eve\0admin"));
     policy_message(m.revoke(&odd, &info.id).await);
     policy_message(m.roll(&odd, &info.id, Duration::hours(1)).await);
     m.verify(key.expose_secret(), &Scope::Prometheus)
@@ -233,6 +228,9 @@ async fn ids_and_metadata_no_store_can_keep_are_refused_before_the_store() {
         1,
         "no replacement either"
     );
+    // Other control characters are the host's to allow (and escaped where shown).
+    let tab = Actor::manager(OrgId::new("acme"), UserId::new("eve\tadmin"));
+    m.revoke(&tab, &info.id).await.unwrap();
 }
 
 #[tokio::test]

@@ -123,8 +123,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     ///
     /// # Errors
     /// [`Error::PermissionDenied`]; [`Error::NotFound`]; [`Error::Revoked`] / [`Error::Expired`]
-    /// for a key that no longer works; [`Error::Policy`] (already rolled, the limit, or control
-    /// characters in the actor's user id, recorded as the replacement's creator);
+    /// for a key that no longer works; [`Error::Policy`] (already rolled, the limit, or NUL in
+    /// the actor's user id, recorded as the replacement's creator);
     /// [`Error::Integrity`]; [`Error::Conflict`] (repeated lost races, or the key changed while
     /// it was being rolled); [`Error::Store`].
     ///

@@ -8,8 +8,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// # Errors
     /// [`Error::PermissionDenied`] for a non-manager; [`Error::Policy`] for a name, scope list,
     /// expiry or usage limits outside the policy (a request that names no rate limits or no
-    /// credits gets the policy's defaults, see [`Policy`]), for control characters in the
-    /// actor's organization or user id or NUL in a metadata value (written into the record),
+    /// credits gets the policy's defaults, see [`Policy`]), for NUL (U+0000) in the actor's
+    /// organization or user id or in a metadata value (written into the record),
     /// or when the organization already has `max_active_keys` active keys; [`Error::Store`] /
     /// [`Error::Random`] on failures.
     pub async fn generate(
@@ -171,8 +171,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     ///
     /// # Errors
     /// [`Error::PermissionDenied`]; [`Error::NotFound`]; [`Error::Integrity`];
-    /// [`Error::Policy`] for control characters in the actor's user id (recorded as the
-    /// revoker); [`Error::Conflict`] after repeated lost races; [`Error::Store`].
+    /// [`Error::Policy`] for NUL (U+0000) in the actor's user id (recorded as the revoker);
+    /// [`Error::Conflict`] after repeated lost races; [`Error::Store`].
     pub async fn revoke(&self, actor: &Actor, id: &KeyId) -> Result<KeyInfo, Error> {
         Self::require_manager(actor)?;
         let now = whole_seconds(self.inner.clock.now());

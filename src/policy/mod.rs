@@ -377,17 +377,17 @@ pub(crate) fn check_owner(owner: &str) -> Result<(), Error> {
 }
 
 /// Checks an id an actor writes into a key record (its organization into a new key; its user
-/// as creator or revoker): no control characters, as for names and owners. [`OrgId`] and
-/// [`UserId`] check only their length when made, so that records of earlier builds keep
-/// loading; what is written now is held to this (PostgreSQL cannot store NUL at all, and a
-/// line break in an id would forge lines in a plain-text log).
+/// as creator or revoker): no NUL (U+0000), which PostgreSQL cannot store, so that a record
+/// any store accepts is one every store accepts. [`OrgId`] and [`UserId`] check only their
+/// length when made, so that records of earlier builds keep loading; other control
+/// characters are the host's to allow (the CLI escapes them when it shows a record).
 ///
 /// [`OrgId`]: crate::OrgId
 /// [`UserId`]: crate::UserId
 pub(crate) fn check_written_id(what: &str, id: &str) -> Result<(), Error> {
-    if id.chars().any(char::is_control) {
+    if id.contains('\0') {
         return Err(Error::Policy(format!(
-            "{what} written into a key must have no control characters"
+            "{what} written into a key must not contain NUL (U+0000): not every key store can keep it"
         )));
     }
     Ok(())

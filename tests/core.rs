@@ -194,7 +194,8 @@ async fn each_policy_refusal_says_what_is_allowed() {
 
 /// NUL (U+0000), which PostgreSQL cannot store, in what an actor writes into a record (its
 /// organization and user ids) or in a metadata value is a policy error before anything is
-/// written, on every store, never a store error on one of them.
+/// written, on every store, never a store error on one of them; a revocation is never refused
+/// for it.
 #[tokio::test]
 async fn ids_and_metadata_no_store_can_keep_are_refused_before_the_store() {
     let s = setup();
@@ -215,22 +216,26 @@ async fn ids_and_metadata_no_store_can_keep_are_refused_before_the_store() {
         "nothing was written"
     );
 
-    // A revoker or roller whose user id cannot be recorded is refused; the key keeps working.
+    // A roll, which would record such a user as the replacement's creator, is refused.
     let (key, info) = m.generate(&alice(), prom("k")).await.unwrap();
     let odd = Actor::manager(OrgId::new("acme"), UserId::new("eve\0admin"));
-    policy_message(m.revoke(&odd, &info.id).await);
     policy_message(m.roll(&odd, &info.id, Duration::hours(1)).await);
-    m.verify(key.expose_secret(), &Scope::Prometheus)
-        .await
-        .unwrap();
-    assert_eq!(
-        m.list(&alice()).await.unwrap().len(),
-        1,
-        "no replacement either"
-    );
+    assert_eq!(m.list(&alice()).await.unwrap().len(), 1, "no replacement");
+    // A revocation never is: the revoker's NUL is recorded as U+FFFD.
+    let revoked = m.revoke(&odd, &info.id).await.unwrap();
+    assert_eq!(revoked.status, KeyStatus::Revoked);
+    assert!(matches!(
+        m.verify(key.expose_secret(), &Scope::Prometheus).await,
+        Err(Error::Revoked)
+    ));
+    let rec = m.store().get(&info.id).await.unwrap().unwrap();
+    assert_eq!(rec.revoked_by, Some(UserId::new("eve\u{FFFD}admin")));
     // Other control characters are the host's to allow (and escaped where shown).
+    let (_, other) = m.generate(&alice(), prom("k2")).await.unwrap();
     let tab = Actor::manager(OrgId::new("acme"), UserId::new("eve\tadmin"));
-    m.revoke(&tab, &info.id).await.unwrap();
+    m.revoke(&tab, &other.id).await.unwrap();
+    let rec = m.store().get(&other.id).await.unwrap().unwrap();
+    assert_eq!(rec.revoked_by, Some(UserId::new("eve\tadmin")));
 }
 
 #[tokio::test]

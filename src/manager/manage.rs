@@ -171,8 +171,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     ///
     /// # Errors
     /// [`Error::PermissionDenied`]; [`Error::NotFound`]; [`Error::Integrity`];
-    /// [`Error::Policy`] for NUL (U+0000) in the actor's user id (recorded as the revoker);
-    /// [`Error::Conflict`] after repeated lost races; [`Error::Store`].
+    /// [`Error::Conflict`] after repeated lost races; [`Error::Store`]. A revocation is never
+    /// refused for its revoker's id: a NUL (U+0000) in it, which PostgreSQL cannot store, is
+    /// recorded as U+FFFD.
     pub async fn revoke(&self, actor: &Actor, id: &KeyId) -> Result<KeyInfo, Error> {
         Self::require_manager(actor)?;
         let now = whole_seconds(self.inner.clock.now());
@@ -200,16 +201,14 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         reason: RevocationReason,
         now: OffsetDateTime,
     ) -> Result<(KeyRecord, bool), Error> {
-        if let Some(a) = actor {
-            check_written_id("a user id", a.user().as_str())?;
-        }
+        let revoker = actor.and_then(|a| recordable_revoker(a.user()));
         let result = self
             .modify(actor, id, |r| {
                 if r.revoked_at.is_some() {
                     return Ok(false);
                 }
                 r.revoked_at = Some(now);
-                r.revoked_by = actor.map(|a| a.user().clone());
+                r.revoked_by = revoker.clone();
                 r.revocation = Some(reason.clone());
                 Ok(true)
             })
@@ -302,4 +301,14 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         );
         Ok(())
     }
+}
+
+/// The revoker's id as every store can hold it. A revocation is never refused for its
+/// revoker's id: a NUL (U+0000), which PostgreSQL cannot store, becomes U+FFFD (and the id is
+/// left out if that would pass an id's length limit). The audit event keeps the actor as it is.
+fn recordable_revoker(user: &crate::UserId) -> Option<crate::UserId> {
+    if !user.as_str().contains('\0') {
+        return Some(user.clone());
+    }
+    crate::UserId::try_new(user.as_str().replace('\0', "\u{FFFD}")).ok()
 }

@@ -377,7 +377,7 @@ pub(crate) fn check_owner(owner: &str) -> Result<(), Error> {
 }
 
 /// Checks an id an actor writes into a key record (its organization into a new key; its user
-/// as creator or revoker): no NUL (U+0000), which PostgreSQL cannot store, so that a record
+/// as creator): no NUL (U+0000), which PostgreSQL cannot store, so that a record
 /// any store accepts is one every store accepts. [`OrgId`] and [`UserId`] check only their
 /// length when made, so that records of earlier builds keep loading; other control
 /// characters are the host's to allow (the CLI escapes them when it shows a record).

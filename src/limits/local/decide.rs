@@ -12,6 +12,11 @@ use crate::{Credits, MAX_RATE_LIMITS};
 /// the count whose window ends first gives way to a new name.
 pub(super) const MORE_ORG_WINDOWS: usize = 56;
 
+/// How long before the window being counted a reading still counts in it, for windows
+/// shorter than this (longer ones: one window). A verification reads the clock before it
+/// waits for the key's lock; under load a thread can wait longer than a 1 ms window.
+pub(super) const STALE_MS: i64 = 1_000;
+
 /// One rate limit, compacted for deciding (24 bytes: the first sits in the handle's first
 /// cache line).
 #[derive(Clone, Copy, Default)]
@@ -110,12 +115,13 @@ impl Window {
 
     /// Moves the count to the window of `window_ms` containing `now` (a later window, or a
     /// window of another length, starts at zero) and returns that window's end. A reading
-    /// in the window just before the current one (a thread whose clock read a moment earlier
-    /// than another's, a wall clock stepped back a little) counts in the current window:
-    /// going back would zero a count the next reading then zeroes again, admitting more than
-    /// the limit. A reading further back (a step of the wall clock by more than a window)
-    /// starts over in its own window, so that such a step cannot keep a key refused until
-    /// the clock catches up again.
+    /// up to one window — and, for windows under a second, up to [`STALE_MS`] — before the
+    /// current window (a thread that read the clock and then waited for the lock, a wall
+    /// clock stepped back a little) counts in the current window: going back would zero a
+    /// count the next reading then zeroes again, admitting more than the limit. A reading
+    /// further back (a step of the wall clock by more than that) starts over in its own
+    /// window, so that such a step cannot keep a key refused until the clock catches up
+    /// again. The last window below `i64::MAX`, whose end saturates, counts like any other.
     #[inline(always)]
     pub(super) fn roll(&mut self, window_ms: i64, now: i64) -> i64 {
         // (A window of 0, which `Lim` never holds, would go to `roll_elsewhere`: no count has
@@ -137,10 +143,12 @@ impl Window {
     #[inline(never)]
     fn roll_elsewhere(&mut self, w: i64, now: i64) -> i64 {
         let w = w.max(1);
-        // In this window, or in the one before it.
-        let keep = now < self.end
-            && self.end.wrapping_sub(self.start) == w
-            && now >= self.start.saturating_sub(w);
+        // A count of this length (its end saturated or not; a count not started, `(MIN,
+        // MIN)`, is none), and `now` in it or at most a window (a second) before it.
+        let counting = self.end == self.start.saturating_add(w);
+        let keep = counting
+            && (now < self.end || self.end == i64::MAX)
+            && now >= self.start.saturating_sub(w.max(STALE_MS));
         if !keep {
             let start = now.div_euclid(w).saturating_mul(w);
             self.start = start;
@@ -152,7 +160,7 @@ impl Window {
 
     /// Whether this window's count still matters at `now` (a reading in or before it).
     pub(super) fn live(&self, now: i64) -> bool {
-        now < self.end
+        now < self.end || self.end == i64::MAX
     }
 }
 

@@ -92,6 +92,44 @@ fn a_reading_far_before_the_counting_window_starts_over_and_never_overflows() {
 }
 
 #[test]
+fn a_reading_up_to_a_second_before_a_short_window_counts_in_it() {
+    let c = LocalCounters::new();
+    let org = OrgId::try_new("acme").unwrap();
+    let limit = [RateLimit::new("burst", 1, StdDuration::from_millis(10))];
+    let req = |now_ms| UsageRequest {
+        key: KeyId(3),
+        ..org_request(&org, &limit, now_ms)
+    };
+    assert!(matches!(c.decide(&req(30_000)), Decision::Allowed { .. }));
+    // A thread that read the clock 20 ms (two windows) earlier and then waited for the lock:
+    // counted in [30 000, 30 010), which is full; retry at its end.
+    match c.decide(&req(29_980)) {
+        Decision::RateLimited { retry_after, .. } => {
+            assert_eq!(retry_after, StdDuration::from_millis(30));
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    // The window being counted kept its count.
+    assert!(matches!(c.decide(&req(30_001)), Decision::RateLimited { .. }));
+    // More than a second back (a clock stepped back): its own window, from zero.
+    assert!(matches!(c.decide(&req(28_990)), Decision::Allowed { .. }));
+}
+
+#[test]
+fn the_last_window_below_i64_max_counts_like_any_other() {
+    let c = LocalCounters::new();
+    let org = OrgId::try_new("acme").unwrap();
+    let limit = [RateLimit::new("second", 1, StdDuration::from_secs(1))];
+    let req = |now_ms| UsageRequest {
+        key: KeyId(4),
+        ..org_request(&org, &limit, now_ms)
+    };
+    assert!(matches!(c.decide(&req(i64::MAX - 10)), Decision::Allowed { .. }));
+    assert!(matches!(c.decide(&req(i64::MAX - 9)), Decision::RateLimited { .. }));
+    assert!(matches!(c.decide(&req(i64::MAX)), Decision::RateLimited { .. }));
+}
+
+#[test]
 fn a_handle_creates_counters_only_when_a_decision_needs_them() {
     let c = LocalCounters::new();
     let limits = [
@@ -149,11 +187,14 @@ proptest::proptest! {
     }
 }
 
-/// [`Window::roll`] as first written (every test in one condition): the model its fast path
-/// must agree with.
+/// [`Window::roll`] with every test in one condition: the model its fast path must agree
+/// with.
 fn roll_model(w: &mut super::decide::Window, window_ms: i64, now: i64) -> i64 {
     let win = window_ms.max(1);
-    if now >= w.end || now < w.start.saturating_sub(win) || w.end.wrapping_sub(w.start) != win {
+    let counting = w.end == w.start.saturating_add(win);
+    let inside = now < w.end || w.end == i64::MAX;
+    let slack = win.max(super::decide::STALE_MS);
+    if !counting || !inside || now < w.start.saturating_sub(slack) {
         let start = now.div_euclid(win).saturating_mul(win);
         w.start = start;
         w.end = start.saturating_add(win);
@@ -176,7 +217,7 @@ proptest::proptest! {
         window_ms in proptest::prop_oneof![1i64..5_000, 1i64..(1 << 40)],
         near in -12_000i64..12_000,
         far in proptest::prelude::any::<i64>(),
-        pick in 0u8..8,
+        pick in 0u8..10,
         aligned in proptest::prelude::any::<bool>(),
         used in 0u64..10,
     ) {
@@ -191,6 +232,8 @@ proptest::proptest! {
             3 => start.wrapping_sub(window_ms),
             4 => start.wrapping_sub(window_ms + 1),
             5 => far,
+            6 => start.wrapping_sub(super::decide::STALE_MS),
+            7 => start.wrapping_sub(super::decide::STALE_MS + 1),
             _ => start.saturating_add(near),
         };
         let mut a = super::decide::Window { name: 1, used, start, end };

@@ -271,6 +271,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let mut report = SweepReport::default();
         // This node's buffered uses reach the store first, so that no key used here is
         // judged unused (other nodes' buffers hold seconds of uses; the periods are days).
+        // Uses it could not write stay buffered, and each key's plan counts them.
         if let Err(e) = self.flush_last_use().await {
             tracing::warn!(target: "api_keys", error = %e, "sweep could not flush buffered last uses");
         }
@@ -302,7 +303,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                     continue;
                 }
                 let mut current = rec.clone();
-                if !plan(&mut current.clone(), policy, now).is_empty() {
+                if !plan(&mut self.with_buffered_use(current.clone()), policy, now).is_empty() {
                     current = match self.sweep_one(rec.id, now, &mut report).await {
                         Some(r) => r,
                         None => continue,
@@ -317,6 +318,24 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         Ok(report)
     }
 
+    /// `r` with this node's buffered use of it counted (a use its flush could not write yet).
+    fn with_buffered_use(&self, mut r: KeyRecord) -> KeyRecord {
+        self.count_buffered_use(&mut r);
+        r
+    }
+
+    /// Raises `r.last_used_at` to this node's buffered use of it, if later.
+    fn count_buffered_use(&self, r: &mut KeyRecord) {
+        let buffered = self
+            .buffered_use(&r.id)
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+        if let Some(at) = buffered
+            && r.last_used_at.is_none_or(|l| l < at)
+        {
+            r.last_used_at = Some(at);
+        }
+    }
+
     /// Claims and announces what is due for one key; the record as it is afterwards (`None`
     /// when it is gone or could not be written).
     async fn sweep_one(
@@ -329,6 +348,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let mut events = Vec::new();
         let result = self
             .modify(None, &id, |r| {
+                self.count_buffered_use(r);
                 events = plan(r, policy, now);
                 Ok(!events.is_empty())
             })

@@ -608,6 +608,50 @@ fn unused_policy() -> Policy {
         .warn_before(&[])
 }
 
+/// A use whose last-use write failed stays buffered: the next flush writes it, and a sweep
+/// that cannot write it either still counts it, so a key used after its warning is not
+/// revoked as unused because of a store hiccup.
+#[tokio::test]
+async fn a_use_whose_write_failed_still_keeps_the_key_from_being_revoked_as_unused() {
+    let store = common::CountingStore::default();
+    let clock = ManualClock::new(start());
+    let n = node_with(store.clone(), unused_policy(), &clock);
+    let (key, _) = n
+        .manager
+        .generate(&alice(), req("daily-job").expiry(Expiry::Never))
+        .await
+        .unwrap();
+    let id = *key.id();
+    n.clock.set(start() + days(53));
+    assert_eq!(n.manager.sweep().await.unwrap().unused_warnings, 1);
+    // Day 59: the job runs while the store refuses last-use writes, and they keep failing
+    // through the day-60 sweep.
+    n.clock.set(start() + days(59));
+    store
+        .fail_touch
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    n.manager
+        .verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    n.clock.set(start() + days(60));
+    let r = n.manager.sweep().await.unwrap();
+    assert_eq!((r.unused_warnings, r.revoked_unused), (0, 0), "{r:?}");
+    assert_eq!(n.manager.pending_last_uses(), 1);
+    // The store recovers: the next sweep writes the use, and the key stays active.
+    store
+        .fail_touch
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    n.clock.set(start() + days(61));
+    let r = n.manager.sweep().await.unwrap();
+    assert_eq!((r.unused_warnings, r.revoked_unused), (0, 0), "{r:?}");
+    let info = n.manager.get(&alice(), &id).await.unwrap();
+    assert_eq!(info.status, KeyStatus::Active);
+    assert_eq!(info.last_used_at, Some(start() + days(59)));
+    assert_eq!(n.manager.pending_last_uses(), 0);
+    assert_eq!(n.notes.names(), vec!["unused_warning"]);
+}
+
 #[tokio::test]
 async fn an_unused_key_is_warned_then_revoked_on_a_later_sweep() {
     let n = node(unused_policy());

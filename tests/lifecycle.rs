@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use api_keys::time::Duration;
+use api_keys::time::{Duration, OffsetDateTime};
 use api_keys::{
     AuditAction, AuditEvent, AuditSink, BoxError, Error, Expiry, FailureClass, GenerateRequest,
     KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore, Keyring, MasterKey, MemoryStore, OrgId,
@@ -354,17 +354,21 @@ async fn a_failing_touch_never_fails_verify() {
     let s = setup_with(store.clone(), Policy::default());
     let (key, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
     works(&s.manager, key.expose_secret()).await.unwrap();
-    // Buffered (then this flush fails) or written by the verify itself (and logged).
-    let _ = s.manager.flush_last_use().await;
-    assert_eq!(store.touches.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        s.manager
-            .get(&alice(), &info.id)
-            .await
-            .unwrap()
-            .last_used_at,
-        None
-    );
+    // Buffered, or written by the verify itself (which failed, logged); either way this
+    // flush fails too, and the use stays buffered for the next one.
+    assert!(s.manager.flush_last_use().await.is_err());
+    assert!(store.touches.load(Ordering::SeqCst) >= 1);
+    assert_eq!(s.manager.pending_last_uses(), 1);
+    let last_used = |s: &Setup<CountingStore>| {
+        let id = info.id;
+        let m = s.manager.clone();
+        async move { m.get(&alice(), &id).await.unwrap().last_used_at }
+    };
+    assert_eq!(last_used(&s).await, None);
+    store.fail_touch.store(false, Ordering::SeqCst);
+    s.manager.flush_last_use().await.unwrap();
+    assert_eq!(s.manager.pending_last_uses(), 0);
+    assert_eq!(last_used(&s).await, Some(start()));
 }
 
 const V2: [u8; 16] = *b"fedcba9876543210";
@@ -1028,5 +1032,103 @@ async fn buffered_last_uses_are_written_without_being_asked() {
             .last_used_at
             .is_some()
     );
+    assert_eq!(m.pending_last_uses(), 0);
+}
+
+/// A store whose first `touch_many` waits until the test releases it.
+#[derive(Clone, Default)]
+struct GatedTouch {
+    inner: MemoryStore,
+    #[allow(clippy::type_complexity)]
+    gate: Arc<
+        std::sync::Mutex<
+            Option<(
+                tokio::sync::oneshot::Sender<()>,
+                tokio::sync::oneshot::Receiver<()>,
+            )>,
+        >,
+    >,
+}
+
+impl KeyStore for GatedTouch {
+    async fn insert(&self, r: KeyRecord) -> Result<(), StoreError> {
+        self.inner.insert(r).await
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.list(org).await
+    }
+    async fn update(&self, r: KeyRecord, expected: u64) -> Result<(), StoreError> {
+        self.inner.update(r, expected).await
+    }
+    async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
+        self.inner.delete(id).await
+    }
+    async fn scan(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.scan(after, limit).await
+    }
+    async fn touch(&self, id: &KeyId, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.inner.touch(id, at).await
+    }
+    async fn touch_many(&self, uses: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
+        let gate = self.gate.lock().unwrap().take();
+        if let Some((entered, release)) = gate {
+            let _ = entered.send(());
+            let _ = release.await;
+        }
+        for (id, at) in uses {
+            self.inner.touch(id, *at).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A use recorded while a flush is writing sees a flush scheduled and starts none: the
+/// running flush (inline without a runtime, the background task with one) writes it after.
+#[tokio::test]
+async fn a_use_recorded_during_a_flush_is_written_by_it_afterwards() {
+    let store = GatedTouch::default();
+    let m = KeyManager::builder(store.clone(), keyring())
+        .last_use_flush_interval(std::time::Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let (a, _) = m.generate(&alice(), prom("a")).await.unwrap();
+    let (b, b_info) = m.generate(&alice(), prom("b")).await.unwrap();
+    let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel();
+    *store.gate.lock().unwrap() = Some((entered_tx, release_rx));
+    let first = tokio::spawn({
+        let m = m.clone();
+        let token = a.expose_secret().to_owned();
+        async move { works(&m, &token).await }
+    });
+    // a's use is being written (by its verification, or by the background flush).
+    entered_rx.await.unwrap();
+    works(&m, b.expose_secret()).await.unwrap();
+    release_tx.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store
+        .inner
+        .get(&b_info.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .last_used_at
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b's use stayed in the buffer: {} pending",
+            m.pending_last_uses()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert_eq!(m.pending_last_uses(), 0);
 }

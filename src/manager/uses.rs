@@ -7,8 +7,11 @@
 //!   answers at once).
 //! - At most one flush is in flight: while the store is slow or blocked, uses accumulate
 //!   (one per key) up to the buffer's capacity; uses beyond it are dropped (counted and
-//!   logged). A failed flush is logged and its uses are lost; the key's next use after the
-//!   per-key throttle (a minute) records it again.
+//!   logged). A failed flush is logged and its uses go back into the buffer (the later use of
+//!   a key wins), for the next flush: a use is not lost to one store hiccup, so a key used
+//!   once a day is not judged unused by the sweep because of it.
+//! - A flush picks up what was buffered while it ran: without a runtime, the verification
+//!   that flushed writes again while uses remain and its writes succeed.
 //! - A crash loses at most what is buffered: the uses of the last flush interval.
 //!   [`KeyManager::flush_last_use`] writes the buffer now (e.g. at shutdown).
 
@@ -48,6 +51,27 @@ impl Uses {
             .into_iter()
             .filter_map(|(id, at)| Some((id, OffsetDateTime::from_unix_timestamp(at).ok()?)))
             .collect()
+    }
+
+    /// Puts the uses of a failed write back (a later use buffered meanwhile wins); beyond the
+    /// capacity they are dropped and counted.
+    fn put_back(&self, batch: &[(KeyId, OffsetDateTime)]) {
+        let mut pending = self.lock();
+        for (id, at) in batch {
+            let at = at.unix_timestamp();
+            if let Some(t) = pending.get_mut(id) {
+                *t = (*t).max(at);
+            } else if pending.len() < self.capacity {
+                pending.insert(*id, at);
+            } else {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The use of `id` waiting in the buffer (Unix seconds), if any.
+    fn pending(&self, id: &KeyId) -> Option<i64> {
+        self.lock().get(id).copied()
     }
 }
 
@@ -126,14 +150,24 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         }
     }
 
-    /// The flush of a verify without a runtime (see [`Uses`]).
-    pub(super) async fn flush_inline(&self, due: FlushDue) {
-        self.write_uses().await;
-        drop(due);
+    /// The flush of a verify without a runtime (see [`Uses`]): it writes again while uses
+    /// recorded during its write wait (they saw it scheduled, so none of them flushes), until
+    /// the buffer is empty or a write fails (what failed waits for the next use's flush).
+    pub(super) async fn flush_inline(&self, mut due: FlushDue) {
+        let uses = &self.inner.uses;
+        loop {
+            let written = self.write_uses().await;
+            drop(due);
+            if !written || uses.lock().is_empty() || uses.scheduled.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            due = FlushDue(uses.scheduled.clone());
+        }
     }
 
-    /// Writes the buffer in one batch; a failure is logged (those uses are lost).
-    async fn write_uses(&self) {
+    /// Writes the buffer in one batch; `false` if the write failed (logged, and its uses put
+    /// back for the next flush).
+    async fn write_uses(&self) -> bool {
         let uses = &self.inner.uses;
         let dropped = uses.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
@@ -141,29 +175,37 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         }
         let batch = uses.take();
         if batch.is_empty() {
-            return;
+            return true;
         }
         if let Err(e) = self.inner.store.touch_many(&batch).await {
             crate::metrics::store_error(&e);
-            tracing::warn!(target: "api_keys", error = %e, uses = batch.len(), "could not record last use");
+            tracing::warn!(target: "api_keys", error = %e, uses = batch.len(), "could not record last use; kept for the next flush");
+            uses.put_back(&batch);
+            return false;
         }
+        true
     }
 
     /// Writes the buffered last uses to the store now, in one batch (e.g. at shutdown; the
     /// background flush does it every flush interval).
     ///
     /// # Errors
-    /// [`Error::Store`] if the write fails; those uses are then lost.
+    /// [`Error::Store`] if the write fails; those uses stay buffered for the next flush.
     pub async fn flush_last_use(&self) -> Result<(), Error> {
         let batch = self.inner.uses.take();
         if batch.is_empty() {
             return Ok(());
         }
-        self.inner
-            .store
-            .touch_many(&batch)
-            .await
-            .map_err(Error::from)
+        let written = self.inner.store.touch_many(&batch).await;
+        if written.is_err() {
+            self.inner.uses.put_back(&batch);
+        }
+        written.map_err(Error::from)
+    }
+
+    /// This node's use of `id` waiting in the buffer (Unix seconds), if any.
+    pub(crate) fn buffered_use(&self, id: &KeyId) -> Option<i64> {
+        self.inner.uses.pending(id)
     }
 
     /// Number of uses waiting in the last-use buffer.

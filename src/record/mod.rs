@@ -143,7 +143,9 @@ impl fmt::Debug for KeyRecord {
 
 /// What the sweep already announced for a key, so that each notice goes out once even when
 /// several nodes sweep at the same moment (changed with compare-and-swap). Not under the tag:
-/// a forged mark can only suppress or repeat a notice, never make a key work.
+/// a forged mark can suppress or repeat a notice, or (an `unused_warned_at` in the past) let an
+/// idle key be revoked without its warning — denial of service, as deleting the row is — but
+/// never make a key work.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notices {
     /// Lead times (seconds before expiry) whose warning was sent.

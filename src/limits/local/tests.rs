@@ -110,7 +110,10 @@ fn a_reading_up_to_a_second_before_a_short_window_counts_in_it() {
         other => panic!("expected RateLimited, got {other:?}"),
     }
     // The window being counted kept its count.
-    assert!(matches!(c.decide(&req(30_001)), Decision::RateLimited { .. }));
+    assert!(matches!(
+        c.decide(&req(30_001)),
+        Decision::RateLimited { .. }
+    ));
     // More than a second back (a clock stepped back): its own window, from zero.
     assert!(matches!(c.decide(&req(28_990)), Decision::Allowed { .. }));
 }
@@ -124,9 +127,18 @@ fn the_last_window_below_i64_max_counts_like_any_other() {
         key: KeyId(4),
         ..org_request(&org, &limit, now_ms)
     };
-    assert!(matches!(c.decide(&req(i64::MAX - 10)), Decision::Allowed { .. }));
-    assert!(matches!(c.decide(&req(i64::MAX - 9)), Decision::RateLimited { .. }));
-    assert!(matches!(c.decide(&req(i64::MAX)), Decision::RateLimited { .. }));
+    assert!(matches!(
+        c.decide(&req(i64::MAX - 10)),
+        Decision::Allowed { .. }
+    ));
+    assert!(matches!(
+        c.decide(&req(i64::MAX - 9)),
+        Decision::RateLimited { .. }
+    ));
+    assert!(matches!(
+        c.decide(&req(i64::MAX)),
+        Decision::RateLimited { .. }
+    ));
 }
 
 #[test]

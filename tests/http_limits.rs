@@ -125,3 +125,40 @@ async fn limited_keys_get_ratelimit_fields_and_429s_over_http() {
     assert_eq!(body, r#"{"error":"usage_exceeded"}"#);
     assert!(headers.get(RETRY_AFTER).is_none());
 }
+
+/// A limit the crate accepts can be larger than a structured-field integer (15 digits): the
+/// fields then carry the largest one, so that a conforming parser still reads them.
+#[tokio::test]
+async fn quotas_above_fifteen_digits_are_written_as_structured_field_integers() {
+    let s = setup();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new()
+        .route("/metrics", get(|| async { "ok" }))
+        .layer(ApiKeyLayer::new(s.manager.clone(), Scope::Prometheus));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let (key, _) = s
+        .manager
+        .generate(
+            &alice(),
+            GenerateRequest::new("big")
+                .scope(Scope::Prometheus)
+                .rate_limit(RateLimit::new(
+                    "big",
+                    api_keys::MAX_UNITS,
+                    StdDuration::from_secs(1),
+                )),
+        )
+        .await
+        .unwrap();
+    let (status, headers, _) = get_metrics(addr, key.expose_secret()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        h(&headers, "ratelimit-policy"),
+        Some("\"big\";q=999999999999999;w=1")
+    );
+    assert_eq!(
+        h(&headers, "ratelimit"),
+        Some("\"big\";r=999999999999999;t=1")
+    );
+}

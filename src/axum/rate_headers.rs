@@ -4,7 +4,9 @@
 //! Field syntax (draft-ietf-httpapi-ratelimit-headers, structured-field lists): one item per
 //! limit, named by the limit's name, `RateLimit-Policy: "burst";q=10;w=1` (quota and window
 //! in seconds) and `RateLimit: "burst";r=3;t=1` (remaining and seconds until the window
-//! resets; both rounded up).
+//! resets; both rounded up). Structured-field integers have at most 15 digits, so a quota
+//! or remainder above that (limits go up to `MAX_UNITS` = 2^53) is written as
+//! 999 999 999 999 999: a larger number would make a conforming parser drop the whole field.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -20,7 +22,15 @@ pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-pol
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    sf_int(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
+/// The largest structured-field integer (RFC 9651: at most 15 digits).
+const SF_INT_MAX: u64 = 999_999_999_999_999;
+
+/// `n` as a structured-field integer may be written (clamped to [`SF_INT_MAX`]).
+fn sf_int(n: u64) -> u64 {
+    n.min(SF_INT_MAX)
 }
 
 /// The two fields for a verified key with rate limits (`None` for a key without: nothing is
@@ -35,14 +45,14 @@ pub(super) fn fields(v: &Verified) -> Option<(HeaderValue, HeaderValue)> {
             policy,
             "{sep}\"{}\";q={};w={}",
             l.name,
-            l.limit,
+            sf_int(l.limit),
             ceil_secs(l.window).max(1)
         );
         let _ = write!(
             state,
             "{sep}\"{}\";r={};t={}",
             l.name,
-            l.remaining,
+            sf_int(l.remaining),
             ceil_secs(l.reset_after)
         );
     }
@@ -96,7 +106,11 @@ pub(super) fn refusal<B: From<String>>(e: &Error) -> Option<Response<B>> {
         retry_after,
     } = e
     {
-        let policy = format!("\"{limit}\";q={quota};w={}", ceil_secs(*window).max(1));
+        let policy = format!(
+            "\"{limit}\";q={};w={}",
+            sf_int(*quota),
+            ceil_secs(*window).max(1)
+        );
         let state = format!("\"{limit}\";r=0;t={}", ceil_secs(*retry_after).max(1));
         if let (Ok(p), Ok(s)) = (
             HeaderValue::from_str(&policy),

@@ -817,6 +817,62 @@ async fn the_largest_limits_and_balances_count_exactly_on_redis() {
     }
 }
 
+/// A cost above `MAX_UNITS` cannot fit any limit or balance: refused on every engine alike,
+/// and nothing spent (Lua's doubles would round it down to 2^53, which fits a full limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn costs_above_the_largest_limit_are_refused_on_every_engine() {
+    let Some(url) = redis_url("costs_above_the_largest_limit_are_refused_on_every_engine") else {
+        return;
+    };
+    let hour = StdDuration::from_secs(3600);
+    let max = api_keys::MAX_UNITS;
+    let strict = RedisCounters::builder(&url)
+        .prefix(prefix())
+        .build()
+        .unwrap();
+    let managers = [
+        manager(MemoryStore::new(), strict).0,
+        manager(MemoryStore::new(), local_first(&url, &prefix(), hour)).0,
+        manager(MemoryStore::new(), api_keys::LocalCounters::new()).0,
+    ];
+    for m in managers {
+        let (limited, _) = m
+            .generate(
+                &alice(),
+                req("limited").rate_limit(RateLimit::new("hour", max, hour)),
+            )
+            .await
+            .unwrap();
+        let (paid, _) = m
+            .generate(&alice(), req("paid").credits(Credits::new(max)))
+            .await
+            .unwrap();
+        for cost in [max + 1, max + 2, u64::MAX] {
+            let r = m
+                .verify_with(limited.expose_secret(), &Scope::Prometheus, cost)
+                .await;
+            assert!(
+                matches!(r, Err(Error::RateLimited { .. })),
+                "cost {cost}: {r:?}"
+            );
+            let r = m
+                .verify_with(paid.expose_secret(), &Scope::Prometheus, cost)
+                .await;
+            assert!(matches!(r, Err(Error::UsageExceeded)), "cost {cost}: {r:?}");
+        }
+        let v = m
+            .verify(limited.expose_secret(), &Scope::Prometheus)
+            .await
+            .unwrap();
+        assert_eq!(v.limits().next().unwrap().remaining, max - 1);
+        let v = m
+            .verify(paid.expose_secret(), &Scope::Prometheus)
+            .await
+            .unwrap();
+        assert_eq!(v.credits_remaining(), Some(max - 1));
+    }
+}
+
 /// Balances written by builds that kept only a period number (`p`), and balances an older node
 /// changes during a rolling upgrade, keep their refills: due ones happen, none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,6 +65,17 @@ return {0, 0, balance, unpack(used)}
 "#
 );
 
+/// The cost as the script receives it: Lua's numbers are doubles, exact only up to 2^53
+/// (`MAX_UNITS`, the largest limit or balance), so a larger cost is sent as 2^54 — exact,
+/// and above every count plus limit — instead of being rounded down to one that fits.
+fn script_cost(cost: u64) -> u64 {
+    if cost > crate::MAX_UNITS {
+        1 << 54
+    } else {
+        cost
+    }
+}
+
 impl RedisCounters {
     /// The decision while Redis cannot answer: admitted (degraded) if every limit of the
     /// request fails open and its credits do too; an error otherwise.
@@ -103,7 +114,9 @@ impl RedisCounters {
             inv.key(self.counter_key(l, &req));
         }
         inv.key(self.link_key(req.key));
-        inv.arg(req.now_ms).arg(req.cost).arg(req.limits.len());
+        inv.arg(req.now_ms)
+            .arg(script_cost(req.cost))
+            .arg(req.limits.len());
         for l in req.limits {
             inv.arg(l.limit())
                 .arg(window_of(l, req.now_ms).1)

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use api_keys::{
-    AuditAction, Credits, Error, GenerateRequest, KeyManager, MemoryStore, RateLimit,
-    RedisCounters, Scope, UsageCounters,
+    AuditAction, Consumed, Credits, Decision, Error, GenerateRequest, KeyManager, MemoryStore,
+    RateLimit, RedisCounters, Scope, UsageCounters, UsageRequest,
 };
 use common::*;
 
@@ -817,6 +817,55 @@ async fn the_largest_limits_and_balances_count_exactly_on_redis() {
     }
 }
 
+/// After the managers' clock steps back by hours, the background sync keeps the leases of
+/// the new time's windows (it forgot them as ended, leaving their units counted in Redis, and
+/// the key was refused after a fraction of its limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_first_keeps_its_leases_after_the_clock_steps_back() {
+    let Some(url) = redis_url("local_first_keeps_its_leases_after_the_clock_steps_back") else {
+        return;
+    };
+    let engine = local_first(&url, &prefix(), StdDuration::from_secs(3600));
+    let org = api_keys::OrgId::try_new("acme").unwrap();
+    let (key, _) = random_key();
+    let limits = [RateLimit::new("hour", 100, StdDuration::from_secs(3600))];
+    let at = |now_ms| UsageRequest {
+        key,
+        org: &org,
+        limits: &limits,
+        credits: None,
+        cost: 1,
+        now_ms,
+    };
+    const HOUR: i64 = 3_600_000;
+    let t0 = 1_796_083_200_000;
+    let engine = &engine;
+    let consume = |req| async move {
+        match engine.consume(req) {
+            Consumed::Ready(r) => r,
+            Consumed::Pending(f) => f.await,
+        }
+        .unwrap()
+    };
+    // A reading two hours ahead, then the clock back where it belongs.
+    assert!(matches!(
+        consume(at(t0 + 2 * HOUR)).await,
+        Decision::Allowed { .. }
+    ));
+    for i in 0..100 {
+        match consume(at(t0 + 10_000 + i)).await {
+            Decision::Allowed { .. } => {}
+            other => panic!("refused after {i} of 100 units in the window: {other:?}"),
+        }
+        // What the background task does every `sync_every`.
+        engine.sync_once().await;
+    }
+    assert!(matches!(
+        consume(at(t0 + 20_000)).await,
+        Decision::RateLimited { .. }
+    ));
+}
+
 /// A cost above `MAX_UNITS` cannot fit any limit or balance: refused on every engine alike,
 /// and nothing spent (Lua's doubles would round it down to 2^53, which fits a full limit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -877,7 +926,7 @@ async fn costs_above_the_largest_limit_are_refused_on_every_engine() {
 /// changes during a rolling upgrade, keep their refills: due ones happen, none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balances_of_earlier_builds_and_older_nodes_refill_once_per_period() {
-    use api_keys::{Consumed, Decision, KeyId, OrgId, Refill, UsageRequest};
+    use api_keys::{KeyId, OrgId, Refill};
     let Some(url) = redis_url("balances_of_earlier_builds_and_older_nodes_refill_once_per_period")
     else {
         return;

@@ -261,8 +261,11 @@ impl Drop for Marks {
 impl RedisCounters {
     pub(super) fn consume_leased<'a>(&'a self, req: UsageRequest<'a>) -> Consumed<'a> {
         self.start_sync();
-        // Mostly a read: the background task forgets windows by this clock.
-        if req.now_ms > self.inner.clock_ms.load(Ordering::Relaxed) {
+        // The latest reading, not the highest: the background task forgets windows by this
+        // clock, and after a step back the windows of the new time must stay (a lease it
+        // forgot would keep its units counted in Redis, refusing below the limit). Mostly a
+        // read: it changes once a millisecond.
+        if req.now_ms != self.inner.clock_ms.load(Ordering::Relaxed) {
             self.inner.clock_ms.store(req.now_ms, Ordering::Relaxed);
         }
         let ids = Ids::of(&req);

@@ -51,7 +51,7 @@ impl RedisCounters {
     /// at most a second (so that other nodes may use them). Runs by itself every `sync_every`;
     /// public for tests and for a host that drives it.
     pub async fn sync_once(&self) {
-        // The managers' clock as last seen by a verification (the counters' windows are
+        // The managers' clock as the latest verification read it (the counters' windows are
         // on it); the system clock before any.
         let seen = self.inner.clock_ms.load(Ordering::Relaxed);
         let wall_ms = if seen != 0 {

@@ -255,6 +255,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// [notifier](crate::KeyManagerBuilder::notifier), exactly once per key even when several
     /// nodes sweep at the same moment: its mark is written into the record's
     /// [`Notices`](crate::Notices) with compare-and-swap first, and only the winner announces.
+    /// A write whose reply is lost is read back: finding its claim one revision on, the sweep
+    /// announces it (only if another node wrote the very same claim in the same second, its
+    /// reply lost, would both announce).
     ///
     /// A record failing its integrity check (tampered, undecodable, unknown master key) is
     /// reported, counted in [`SweepReport::failed`], never acted on (a forged revocation time
@@ -346,13 +349,30 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     ) -> Option<KeyRecord> {
         let policy = &self.inner.policy;
         let mut events = Vec::new();
+        // The last attempt's planned record (its revision still the one it read).
+        let mut planned: Option<KeyRecord> = None;
         let result = self
             .modify(None, &id, |r| {
                 self.count_buffered_use(r);
                 events = plan(r, policy, now);
+                planned = (!events.is_empty()).then(|| r.clone());
                 Ok(!events.is_empty())
             })
             .await;
+        let result = match result {
+            // The write may have committed with its reply lost: a read that finds exactly
+            // this claim, one revision on, makes it ours to announce (else no node would: the
+            // mark is set). Two nodes writing the same claim in the same second, one of them
+            // losing its reply, would both announce it: at least once rather than never.
+            Err(Error::Store(e)) => match &planned {
+                Some(p) => match self.committed_claim(p).await {
+                    Some(r) => Ok((r, true)),
+                    None => Err(Error::Store(e)),
+                },
+                None => Err(Error::Store(e)),
+            },
+            other => other,
+        };
         match result {
             // Another node claimed it first (or nothing is due any more): not ours to send.
             Ok((rec, false)) => Some(rec),
@@ -378,6 +398,19 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 None
             }
         }
+    }
+
+    /// The stored record, if it is `planned` as the claim was written: genuine, the next
+    /// revision, with exactly its marks and revocation.
+    async fn committed_claim(&self, planned: &KeyRecord) -> Option<KeyRecord> {
+        let r = self.inner.store.get(&planned.id).await.ok()??;
+        (r.id == planned.id
+            && Some(r.revision) == planned.revision.checked_add(1)
+            && r.notices == planned.notices
+            && r.revoked_at == planned.revoked_at
+            && r.revocation == planned.revocation
+            && self.authentic(&self.keyring(), &r, None))
+        .then_some(r)
     }
 
     async fn purge_if_due(&self, rec: &KeyRecord, now: OffsetDateTime, report: &mut SweepReport) {

@@ -652,6 +652,48 @@ async fn a_use_whose_write_failed_still_keeps_the_key_from_being_revoked_as_unus
     assert_eq!(n.notes.names(), vec!["unused_warning"]);
 }
 
+/// A sweep's claim that committed but whose reply was lost is still announced, once: the
+/// sweep reads the record back and finds its own claim (before, the mark was set and no
+/// sweep ever sent the warning, the revocation's event or its audit line).
+#[tokio::test]
+async fn a_claim_whose_reply_was_lost_is_announced_once() {
+    let store = common::CountingStore::default();
+    let clock = ManualClock::new(start());
+    let n = node_with(store.clone(), unused_policy(), &clock);
+    let (key, _) = n
+        .manager
+        .generate(&alice(), req("idle").expiry(Expiry::Never))
+        .await
+        .unwrap();
+    let lose_next_reply = || {
+        store
+            .lose_update_reply
+            .store(true, std::sync::atomic::Ordering::SeqCst)
+    };
+    n.clock.set(start() + days(53));
+    lose_next_reply();
+    let r = n.manager.sweep().await.unwrap();
+    assert_eq!((r.unused_warnings, r.failed), (1, 0), "{r:?}");
+    n.clock.set(start() + days(54));
+    assert_eq!(n.manager.sweep().await.unwrap().unused_warnings, 0);
+    n.clock.set(start() + days(60));
+    lose_next_reply();
+    let r = n.manager.sweep().await.unwrap();
+    assert_eq!((r.revoked_unused, r.failed), (1, 0), "{r:?}");
+    n.clock.set(start() + days(61));
+    assert_eq!(n.manager.sweep().await.unwrap().revoked_unused, 0);
+    let info = n.manager.get(&alice(), key.id()).await.unwrap();
+    assert_eq!(info.revocation, Some(RevocationReason::Unused));
+    assert_eq!(n.notes.names(), vec!["unused_warning", "revoked_unused"]);
+    let audited = n
+        .audit
+        .events()
+        .iter()
+        .filter(|e| e.action == AuditAction::RevokedUnused)
+        .count();
+    assert_eq!(audited, 1);
+}
+
 #[tokio::test]
 async fn an_unused_key_is_warned_then_revoked_on_a_later_sweep() {
     let n = node(unused_policy());

@@ -353,7 +353,8 @@ const UNIX_EPOCH_JULIAN_DAY: i64 = 2_440_588;
 /// The end of the window containing `now_ms`, and its index.
 #[inline]
 pub(crate) fn window_of(limit: &RateLimit, now_ms: i64) -> (i64, i64) {
-    let w = limit.window_ms().max(1) as i64;
+    // A limit the trait was handed without `check` may say up to `u64::MAX` ms.
+    let w = i64::try_from(limit.window_ms()).unwrap_or(i64::MAX).max(1);
     let idx = now_ms.div_euclid(w);
     (idx, idx.saturating_add(1).saturating_mul(w))
 }
@@ -361,6 +362,33 @@ pub(crate) fn window_of(limit: &RateLimit, now_ms: i64) -> (i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Unchecked limits reach the trait's engines too: the longest window at the clock's
+    /// extremes gives a window, never a panic (a window of `u64::MAX` ms cast to `i64` was -1,
+    /// and `i64::MIN / -1` overflows).
+    #[test]
+    fn the_longest_unchecked_window_never_panics() {
+        let l = RateLimit::new("forever", 1, StdDuration::MAX);
+        assert_eq!(l.window_ms(), u64::MAX);
+        for now in [i64::MIN, -1, 0, i64::MAX] {
+            let (idx, end) = window_of(&l, now);
+            assert!(end >= now || end == i64::MAX, "{now}: {idx} {end}");
+        }
+        let c = crate::LocalCounters::new();
+        let org = crate::OrgId::try_new("acme").unwrap();
+        let limits = [l];
+        for now_ms in [i64::MIN, i64::MAX] {
+            let d = c.decide(&UsageRequest {
+                key: crate::KeyId(9),
+                org: &org,
+                limits: &limits,
+                credits: None,
+                cost: 1,
+                now_ms,
+            });
+            assert!(matches!(d, Decision::Allowed { .. }), "{d:?}");
+        }
+    }
 
     #[test]
     fn monthly_periods_start_on_the_day() {

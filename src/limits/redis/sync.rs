@@ -84,7 +84,10 @@ impl RedisCounters {
                         // a second): a node with bursts of traffic keeps its lease between them.
                         let idle = idle_ms.max((e.window_ms / 2).min(1000));
                         // A lease taken ahead for a window not started yet is not idle.
-                        let started = e.reset_ms.saturating_sub(e.window_ms as i64) <= wall_ms;
+                        let started = e
+                            .reset_ms
+                            .saturating_sub(i64::try_from(e.window_ms).unwrap_or(i64::MAX))
+                            <= wall_ms;
                         started
                             && e.held > 0
                             && !e.fetching

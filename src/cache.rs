@@ -323,18 +323,19 @@ impl Cache {
 
     /// Installs what a store read returned, unless an invalidation happened since the ticket.
     pub(crate) fn fill(&self, ticket: FillTicket, facts: Arc<Facts>, fingerprint: Fingerprint) {
-        self.put(ticket, facts, fingerprint, false);
+        self.put(ticket, facts, fingerprint, false, true);
     }
 
     /// [`Cache::fill`]; with `supersede`, the fill also fences off every ticket taken before
     /// it (the record a manager just wrote must not be replaced by a store read that began
-    /// before the write committed).
+    /// before the write committed). Without `evict`, a full shard takes no new entry.
     fn put(
         &self,
         ticket: FillTicket,
         facts: Arc<Facts>,
         fingerprint: Fingerprint,
         supersede: bool,
+        evict: bool,
     ) {
         if !self.enabled() {
             return;
@@ -356,13 +357,17 @@ impl Cache {
             }
             return;
         }
-        // A TTL too large for the clock means "do not cache", never a panic.
+        // A TTL too large for the clock means "do not cache", never a panic; a write's
+        // record then still removes what a fill during the write put here.
         let started = self.ns(ticket.started);
         let (Some(valid_until), Some(fresh_until)) = (
             self.ns_len(ticket.ttl).and_then(|d| started.checked_add(d)),
             self.ns_len(self.fallback_ttl)
                 .and_then(|d| started.checked_add(d)),
         ) else {
+            if supersede {
+                self.forget_in(&mut shard, &id);
+            }
             return;
         };
         let hash = self.hash(&id);
@@ -378,6 +383,9 @@ impl Cache {
         let rehash = |e: &Entry| self.hash(&e.id);
         if let Some(e) = shard.map.find_mut(hash, |e| e.id == id) {
             *e = entry;
+            return;
+        }
+        if !evict && shard.map.len() >= self.per_shard {
             return;
         }
         if shard.map.len() >= self.per_shard {
@@ -407,16 +415,7 @@ impl Cache {
         facts: Arc<Facts>,
         fingerprint: Fingerprint,
     ) {
-        let full = self
-            .shard(&facts.id)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .map
-            .len()
-            >= self.per_shard;
-        if !full {
-            self.fill(ticket, facts, fingerprint);
-        }
+        self.put(ticket, facts, fingerprint, false, false);
     }
 
     /// Forgets `id` and fences off every fill that began before now. An entry that says
@@ -504,7 +503,7 @@ impl Fence<'_> {
     /// active, say, for a revoke) must not replace the written record afterwards.
     pub(crate) fn install(mut self, facts: Arc<Facts>, fingerprint: Fingerprint) {
         if let Some(ticket) = self.ticket.take() {
-            self.cache.put(ticket, facts, fingerprint, true);
+            self.cache.put(ticket, facts, fingerprint, true, true);
         }
     }
 }

@@ -576,3 +576,50 @@ async fn an_unreachable_store_serves_stale_entries_only_when_asked_and_never_a_r
     );
     assert_eq!(served(&audit), 1);
 }
+
+/// With a TTL too large for the clock ("cache for as long as the feed is live"), a revoke
+/// whose write overlaps a feed drop returned while this node still served the pre-revoke
+/// record: the revoked record's install was skipped (its TTL overflows) and nothing removed
+/// what a fill during the write had put there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_with_an_enormous_ttl_never_leaves_the_old_record_cached() {
+    let store = PausingStore {
+        feed: true,
+        ..Default::default()
+    };
+    let m = KeyManager::builder(store.clone(), keyring())
+        .cache_ttl(StdDuration::MAX)
+        .cache_fallback_ttl(StdDuration::from_secs(10))
+        .build()
+        .unwrap();
+    let listener = store
+        .listener
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap()
+        .upgrade()
+        .unwrap();
+    listener.connected();
+    let (key, info) = m.generate(&alice(), prom()).await.unwrap();
+    let token = key.expose_secret().to_string();
+    // The revoke's write is held; its fence was taken while the feed was live.
+    let (entered, go_on) = arm(&store.pause_update);
+    let revoking = {
+        let m = m.clone();
+        tokio::spawn(async move { m.revoke(&alice(), &info.id).await.map(|_| ()) })
+    };
+    entered.await.unwrap();
+    // The feed drops while the write is in flight; a verification reads the still active
+    // record and fills the cache with the fallback TTL.
+    listener.disconnected();
+    m.verify(&token, &Scope::Prometheus).await.unwrap();
+    go_on.send(()).unwrap();
+    revoking.await.unwrap().unwrap();
+    let after = m.verify(&token, &Scope::Prometheus).await;
+    assert!(
+        matches!(after, Err(Error::Revoked)),
+        "after revoke returned: {:?}",
+        after.map(|v| *v.key_id())
+    );
+}

@@ -502,6 +502,77 @@ async fn one_bad_row_never_blocks_an_organization_or_a_rotation() {
     assert!(listed.contains(&good.id) && listed.contains(&fresh.id));
 }
 
+/// SQLite keeps whatever type a hand edit writes into a column: a row whose `last_used_at`,
+/// `revision` or `record` column has the wrong type is one undecodable row (reported,
+/// skipped, deletable), never an error for every read that touches the table.
+#[tokio::test]
+async fn a_column_of_the_wrong_type_is_one_bad_row() {
+    for (what, sql) in [
+        (
+            "text last_used_at",
+            "UPDATE api_keys SET last_used_at = '2024-01-01' WHERE id = ?1",
+        ),
+        (
+            "real last_used_at",
+            "UPDATE api_keys SET last_used_at = 1.5 WHERE id = ?1",
+        ),
+        (
+            "blob record",
+            "UPDATE api_keys SET record = CAST(record AS BLOB) WHERE id = ?1",
+        ),
+        (
+            "non-UTF-8 record",
+            "UPDATE api_keys SET record = CAST(x'7bff7d' AS TEXT) WHERE id = ?1",
+        ),
+        (
+            "text revision",
+            "UPDATE api_keys SET revision = 'x' WHERE id = ?1",
+        ),
+    ] {
+        let dir = TempDir::new("column-type");
+        let path = dir.path("keys.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let p = path.clone();
+        api_keys::testkit::damaged_rows_stay_deletable(&store, |id| async move {
+            let conn = rusqlite::Connection::open(&p).unwrap();
+            assert_eq!(conn.execute(sql, [id.to_string()]).unwrap(), 1);
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    // Through a manager: list, sweep and rewrap go on past it.
+    let dir = TempDir::new("column-type-manager");
+    let path = dir.path("keys.db");
+    let m = manager(SqliteStore::open(&path).unwrap());
+    let a = alice();
+    let prom = || GenerateRequest::new("k").scope(Scope::Prometheus);
+    let (_, bad) = m.generate(&a, prom()).await.unwrap();
+    let (good_key, good) = m.generate(&a, prom()).await.unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE api_keys SET last_used_at = '2024-01-01' WHERE id = ?1",
+            [bad.id.to_string()],
+        )
+        .unwrap();
+    let listed: Vec<KeyId> = m.list(&a).await.unwrap().iter().map(|k| k.id).collect();
+    assert_eq!(listed, vec![good.id]);
+    let swept = m.sweep().await.unwrap();
+    assert_eq!((swept.scanned, swept.failed), (2, 1), "{swept:?}");
+    let m2 = KeyManager::builder(
+        SqliteStore::open(&path).unwrap(),
+        Keyring::new(2, MasterKey::from_bytes(*b"sqlite-test-key2"))
+            .with_previous(1, MasterKey::from_bytes(MASTER)),
+    )
+    .build()
+    .unwrap();
+    let report = m2.rewrap().await.unwrap();
+    assert_eq!((report.rewrapped, report.failed), (1, 1), "{report:?}");
+    m2.verify(good_key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+}
+
 /// Two managers of different key classes (`sak` system keys, `sap` agent-pool keys) share one
 /// SQLite table: neither accepts, lists or acts on the other's keys — not even a `sak` token
 /// re-prefixed as `sap_` with its public checksum recomputed.

@@ -57,17 +57,20 @@ pub(crate) fn decode_row(
     last_used: Option<i64>,
     json: &str,
 ) -> Result<KeyRecord, StoreError> {
-    match decode_row_strict(id, org, revision, last_used, json) {
-        Ok(rec) => Ok(rec),
-        Err(e) => {
-            let (Ok(key_id), Ok(org_id)) = (KeyId::parse(id), OrgId::try_new(org)) else {
-                return Err(e);
-            };
-            // The id only: a decoder's message can quote the row's content.
-            tracing::error!(target: "api_keys", key_id = %key_id, "a stored key row does not decode; it is reported and skipped");
-            Ok(KeyRecord::undecodable(key_id, org_id))
-        }
-    }
+    decode_row_strict(id, org, revision, last_used, json).or_else(|e| placeholder(id, org, e))
+}
+
+/// The [`KeyRecord::undecodable`] placeholder of a row whose id and org columns decode but
+/// whose other columns (or JSON) do not; `e` itself when the id or org does not decode
+/// either. (SQLite keeps whatever type a hand edit wrote into a column: a text
+/// `last_used_at` must not fail every `scan` and so every sweep and rewrap.)
+pub(crate) fn placeholder(id: &str, org: &str, e: StoreError) -> Result<KeyRecord, StoreError> {
+    let (Ok(key_id), Ok(org_id)) = (KeyId::parse(id), OrgId::try_new(org)) else {
+        return Err(e);
+    };
+    // The id only: a decoder's message can quote the row's content.
+    tracing::error!(target: "api_keys", key_id = %key_id, "a stored key row does not decode; it is reported and skipped");
+    Ok(KeyRecord::undecodable(key_id, org_id))
 }
 
 fn decode_row_strict(

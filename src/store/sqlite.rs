@@ -405,10 +405,17 @@ fn decode(row: &rusqlite::Row<'_>) -> Result<KeyRecord, StoreError> {
     let id: String = row.get(0).map_err(|e| corrupt(None, e))?;
     let id = id.as_str();
     let org: String = row.get(1).map_err(|e| corrupt(Some(id), e))?;
-    let revision: i64 = row.get(2).map_err(|e| corrupt(Some(id), e))?;
-    let last_used: Option<i64> = row.get(3).map_err(|e| corrupt(Some(id), e))?;
-    let json: String = row.get(4).map_err(|e| corrupt(Some(id), e))?;
-    super::sql::decode_row(id, &org, revision, last_used, &json)
+    // SQLite keeps any type a hand edit writes: a column of the wrong type makes this row
+    // undecodable, never the whole read.
+    let columns = (|| -> rusqlite::Result<(i64, Option<i64>, String)> {
+        Ok((row.get(2)?, row.get(3)?, row.get(4)?))
+    })();
+    match columns {
+        Ok((revision, last_used, json)) => {
+            super::sql::decode_row(id, &org, revision, last_used, &json)
+        }
+        Err(e) => super::sql::placeholder(id, &org, corrupt(Some(id), e)),
+    }
 }
 
 /// Runs a query returning rows of [`COLUMNS`] and decodes them all.

@@ -60,6 +60,9 @@ macro_rules! ensure {
     };
 }
 
+mod reads;
+pub use reads::reads_follow_every_write;
+
 fn store_err(check: &'static str, what: &str, e: StoreError) -> Failure {
     fail(check, format!("{what} failed unexpectedly: {e} ({e:?})"))
 }
@@ -79,6 +82,7 @@ pub async fn run<S: KeyStore>(store: &S) -> Check {
     touch_only_raises_last_use(store).await?;
     touch_many_raises_each_last_use(store).await?;
     concurrent_updates_have_one_winner(store).await?;
+    reads_follow_every_write(store).await?;
     Ok(())
 }
 

@@ -55,6 +55,18 @@ enum Fault {
     TouchCreatesRow,
     CasNotAtomic,
     LosesUnicode,
+    /// `get` answers from a read cache that only `touch` clears.
+    GetCachesReads,
+    /// `list` and `scan` serve the copies written by `insert`.
+    ListAndScanServeInsertedCopies,
+    /// The sweep's notice marks are not stored.
+    DropsNotices,
+    /// The revocation reason, owner and metadata are not stored.
+    DropsRevocationOwnerMeta,
+    /// `update` clears `last_used_at`.
+    UpdateClearsLastUse,
+    /// `scan` still returns deleted rows.
+    ScanKeepsDeleted,
 }
 
 /// A deliberately faulty store: a `BTreeMap` behind a mutex, with one duty broken.
@@ -64,6 +76,8 @@ struct Faulty {
     rows: Arc<Mutex<BTreeMap<String, KeyRecord>>>,
     /// Snapshot taken at insert, used by the stale read-modify-write `touch`.
     snapshots: Arc<Mutex<BTreeMap<String, KeyRecord>>>,
+    /// `get`'s read cache ([`Fault::GetCachesReads`]).
+    cache: Arc<Mutex<BTreeMap<String, KeyRecord>>>,
 }
 
 impl Faulty {
@@ -72,6 +86,7 @@ impl Faulty {
             fault,
             rows: Arc::default(),
             snapshots: Arc::default(),
+            cache: Arc::default(),
         }
     }
 
@@ -84,8 +99,15 @@ impl Faulty {
     }
 
     fn stored(&self, mut r: KeyRecord) -> KeyRecord {
-        if self.fault == Fault::LosesUnicode {
-            r.name = r.name.chars().filter(char::is_ascii).collect();
+        match self.fault {
+            Fault::LosesUnicode => r.name = r.name.chars().filter(char::is_ascii).collect(),
+            Fault::DropsNotices => r.notices = Default::default(),
+            Fault::DropsRevocationOwnerMeta => {
+                r.revocation = None;
+                r.owner = None;
+                r.meta.clear();
+            }
+            _ => {}
         }
         r
     }
@@ -107,11 +129,25 @@ impl KeyStore for Faulty {
     }
 
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self.rows.lock().unwrap().get(&self.key(id)).cloned())
+        let k = self.key(id);
+        if self.fault == Fault::GetCachesReads
+            && let Some(r) = self.cache.lock().unwrap().get(&k)
+        {
+            return Ok(Some(r.clone()));
+        }
+        let r = self.rows.lock().unwrap().get(&k).cloned();
+        if let Some(r) = &r {
+            self.cache.lock().unwrap().insert(k, r.clone());
+        }
+        Ok(r)
     }
 
     async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = self.rows.lock().unwrap();
+        let rows = if self.fault == Fault::ListAndScanServeInsertedCopies {
+            self.snapshots.lock().unwrap()
+        } else {
+            self.rows.lock().unwrap()
+        };
         let leak = self.fault == Fault::ListLeaksOtherOrgs;
         Ok(rows
             .values()
@@ -138,13 +174,20 @@ impl KeyStore for Faulty {
         if self.fault == Fault::UpdateBumpsRevisionItself {
             record.revision = expected + 2;
         }
+        if self.fault == Fault::UpdateClearsLastUse {
+            record.last_used_at = None;
+        }
         let record = self.stored(record);
         self.rows.lock().unwrap().insert(k, record);
         Ok(())
     }
 
     async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
-        let removed = self.rows.lock().unwrap().remove(&self.key(id)).is_some();
+        let k = self.key(id);
+        let removed = self.rows.lock().unwrap().remove(&k).is_some();
+        if self.fault != Fault::ScanKeepsDeleted {
+            self.snapshots.lock().unwrap().remove(&k);
+        }
         Ok(removed || self.fault == Fault::DeleteAlwaysTrue)
     }
 
@@ -153,7 +196,16 @@ impl KeyStore for Faulty {
         after: Option<&KeyId>,
         limit: usize,
     ) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = self.rows.lock().unwrap();
+        let mut rows = self.rows.lock().unwrap().clone();
+        match self.fault {
+            Fault::ListAndScanServeInsertedCopies => rows = self.snapshots.lock().unwrap().clone(),
+            Fault::ScanKeepsDeleted => {
+                for (k, r) in self.snapshots.lock().unwrap().iter() {
+                    rows.entry(k.clone()).or_insert_with(|| r.clone());
+                }
+            }
+            _ => {}
+        }
         let mut out: Vec<KeyRecord> = rows
             .values()
             .filter(|r| match after {
@@ -173,6 +225,7 @@ impl KeyStore for Faulty {
 
     async fn touch(&self, id: &KeyId, at: OffsetDateTime) -> Result<(), StoreError> {
         let k = self.key(id);
+        self.cache.lock().unwrap().remove(&k);
         let mut rows = self.rows.lock().unwrap();
         let Some(row) = rows.get_mut(&k) else {
             if self.fault == Fault::TouchCreatesRow {
@@ -251,6 +304,15 @@ async fn the_kit_catches_each_fault() {
         ),
         (Fault::TouchCreatesRow, "touch_only_raises_last_use"),
         (Fault::CasNotAtomic, "concurrent_updates_have_one_winner"),
+        (Fault::GetCachesReads, "reads_follow_every_write"),
+        (
+            Fault::ListAndScanServeInsertedCopies,
+            "reads_follow_every_write",
+        ),
+        (Fault::DropsNotices, "reads_follow_every_write"),
+        (Fault::DropsRevocationOwnerMeta, "reads_follow_every_write"),
+        (Fault::UpdateClearsLastUse, "reads_follow_every_write"),
+        (Fault::ScanKeepsDeleted, "reads_follow_every_write"),
     ];
     for (fault, check) in cases {
         let f = failure_of(fault).await;

@@ -1,0 +1,135 @@
+//! Reads after writes: every field written comes back, and no read — `get`, `list` or
+//! `scan` — serves a record an `update` replaced or a `delete` removed, even after the same
+//! read ran before the write (a store that caches reads).
+
+use std::collections::BTreeMap;
+use std::time::Duration as StdDuration;
+
+use super::{Check, fail, random_org, random_u64, sample_record, store_err, t};
+use crate::{
+    Credits, KeyId, KeyRecord, KeyStore, Notices, OrgId, RateLimit, Refill, RevocationReason,
+    UserId,
+};
+
+/// `rec` with every optional field set (stores never open records, so the tag need not
+/// match), one revision on, and a last use later than any it had.
+pub(super) fn with_every_field(rec: &KeyRecord) -> KeyRecord {
+    let mut r = rec.clone();
+    r.revision = rec.revision + 1;
+    r.name = "every field — ünïcode 🔑".into();
+    r.revoked_at = Some(t(1_800_000_100));
+    r.revoked_by = Some(UserId::new("testkit-admin"));
+    r.revocation = Some(RevocationReason::Leaked {
+        source: "https://example.com/paste/1?a=b&c=d".into(),
+    });
+    r.replaces = Some(KeyId(random_u64()));
+    r.replaced_by = Some(KeyId(random_u64()));
+    r.owner = Some("customer-42 (ext)".into());
+    r.meta = BTreeMap::from([
+        ("plan".to_owned(), "pro".to_owned()),
+        ("région".to_owned(), "eu-west — ✓".to_owned()),
+    ]);
+    r.rate_limits = vec![
+        RateLimit::new("burst", 10, StdDuration::from_secs(1)),
+        RateLimit::new("org.hourly", 10_000, StdDuration::from_secs(3600)).per_org(),
+    ];
+    r.credits = Some(Credits::new(500).refill(Refill::monthly(28, 400)));
+    r.notices = Notices {
+        expiry_warned: vec![2_592_000, 604_800],
+        expired: true,
+        unused_warned: true,
+        unused_warned_at: Some(t(1_800_000_000)),
+    };
+    r.last_used_at = Some(t(1_800_000_050));
+    r
+}
+
+/// The record `id` as `scan` returns it (paging from just below it), if it does.
+async fn scanned<S: KeyStore>(
+    store: &S,
+    id: KeyId,
+) -> Result<Option<KeyRecord>, crate::StoreError> {
+    let below = KeyId(id.0 - 1);
+    let page = store.scan(Some(&below), 1).await?;
+    Ok(page.into_iter().find(|r| r.id == id))
+}
+
+/// What `get`, `list` and `scan` return for `id` of `org`.
+async fn reads<S: KeyStore>(
+    store: &S,
+    id: KeyId,
+    org: &OrgId,
+) -> Result<[Option<KeyRecord>; 3], crate::StoreError> {
+    let got = store.get(&id).await?;
+    let listed = store.list(org).await?.into_iter().find(|r| r.id == id);
+    Ok([got, listed, scanned(store, id).await?])
+}
+
+/// After an `update` that sets every optional field, `get`, `list` and `scan` return exactly
+/// the record written (each read also ran before the write); after a `delete`, none returns
+/// it.
+pub async fn reads_follow_every_write<S: KeyStore>(store: &S) -> Check {
+    const C: &str = "reads_follow_every_write";
+    let org = random_org();
+    // Above 0, so that `scan` can page from just below it.
+    let rec = sample_record(KeyId(random_u64() | 1), &org);
+    store
+        .insert(rec.clone())
+        .await
+        .map_err(|e| store_err(C, "insert", e))?;
+    let before = reads(store, rec.id, &org)
+        .await
+        .map_err(|e| store_err(C, "a read", e))?;
+    for (read, got) in ["get", "list", "scan"].iter().zip(&before) {
+        ensure!(
+            C,
+            got.as_ref() == Some(&rec),
+            "{read} after insert returned {got:?}, expected {rec:?}"
+        );
+    }
+    let next = with_every_field(&rec);
+    store
+        .update(next.clone(), rec.revision)
+        .await
+        .map_err(|e| store_err(C, "update", e))?;
+    let after = reads(store, rec.id, &org)
+        .await
+        .map_err(|e| store_err(C, "a read", e))?;
+    for (read, got) in ["get", "list", "scan"].iter().zip(&after) {
+        ensure!(
+            C,
+            got.as_ref() == Some(&next),
+            "{read} after update returned {got:?}, expected the record written: {next:?}"
+        );
+    }
+    let removed = store
+        .delete(&rec.id)
+        .await
+        .map_err(|e| store_err(C, "delete", e))?;
+    ensure!(C, removed, "delete of an existing record returned false");
+    let gone = reads(store, rec.id, &org)
+        .await
+        .map_err(|e| store_err(C, "a read", e))?;
+    for (read, got) in ["get", "list", "scan"].iter().zip(&gone) {
+        if let Some(r) = got {
+            return Err(fail(C, format!("{read} after delete still returned {r:?}")));
+        }
+    }
+    // Every field through `insert` too.
+    let full = with_every_field(&sample_record(KeyId(random_u64() | 1), &org));
+    store
+        .insert(full.clone())
+        .await
+        .map_err(|e| store_err(C, "insert", e))?;
+    let read = reads(store, full.id, &org)
+        .await
+        .map_err(|e| store_err(C, "a read", e))?;
+    for (read, got) in ["get", "list", "scan"].iter().zip(&read) {
+        ensure!(
+            C,
+            got.as_ref() == Some(&full),
+            "{read} after insert returned {got:?}, expected the record written: {full:?}"
+        );
+    }
+    Ok(())
+}

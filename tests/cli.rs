@@ -530,6 +530,9 @@ fn configuration_errors_say_what_to_do() {
         // An unencoded `/` in the password, and a key-value string with a URL in a value.
         "postgres://app:hun/ter2@127.0.0.1:1/x",
         "password=hunter2 host=127.0.0.1 application_name=http://x",
+        // A percent-encoded parameter name, which tokio-postgres decodes.
+        "postgres://app@127.0.0.1:1/x?%70assword=hunter2",
+        "postgres://app@127.0.0.1:1/x?PASS%57ORD=hunter2",
     ] {
         let out = cli()
             .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
@@ -710,6 +713,75 @@ async fn keys_revoke_leaked_reads_tokens_from_standard_input() {
         })
     );
     m.verify(kept.expose_secret(), &read()).await.unwrap();
+}
+
+/// A line that is not UTF-8 (a binary paste) is a false positive like any other non-token:
+/// the leaked token after it is still revoked, and the report names both.
+#[tokio::test]
+async fn keys_revoke_leaked_goes_on_past_a_line_that_is_not_utf8() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let (first, _) = make(&m, &acme(), "first", 30).await;
+    let (second, _) = make(&m, &acme(), "second", 30).await;
+    let mut input = Vec::new();
+    input.extend_from_slice(first.expose_secret().as_bytes());
+    input.extend_from_slice(b"\n\xff\xfe garbage from a paste\n");
+    input.extend_from_slice(second.expose_secret().as_bytes());
+    input.push(b'\n');
+    let out = cli_with(&db.path, 1, &OLD)
+        .args(["keys", "revoke-leaked", "--source", "paste"])
+        .write_stdin(input)
+        .assert()
+        .success();
+    let text = stdout(out.get_output());
+    assert!(
+        text.contains("2 genuine token(s) revoked (lines [1, 3]); 1 false positive(s) (lines [2])"),
+        "{text}"
+    );
+    for key in [&first, &second] {
+        assert!(matches!(
+            m.verify(key.expose_secret(), &read()).await,
+            Err(Error::Revoked)
+        ));
+    }
+}
+
+/// An invalid `--source` is a usage error (exit 2) before anything is read, also when
+/// standard input is empty.
+#[tokio::test]
+async fn keys_revoke_leaked_refuses_a_bad_source_as_usage() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let (key, _) = make(&m, &acme(), "k", 30).await;
+    for (source, input) in [
+        ("x".repeat(600), String::new()),
+        (
+            "line\nbreak".to_owned(),
+            format!("{}\n", key.expose_secret()),
+        ),
+    ] {
+        let out = cli_with(&db.path, 1, &OLD)
+            .args(["keys", "revoke-leaked", "--source", &source])
+            .write_stdin(input)
+            .assert()
+            .code(2);
+        assert!(stderr(out.get_output()).contains("--source"));
+    }
+    m.verify(key.expose_secret(), &read()).await.unwrap();
+}
+
+/// A master-key version given twice is a configuration error (exit 3) wherever it repeats.
+#[test]
+fn a_previous_master_key_version_given_twice_is_a_configuration_error() {
+    let db = db();
+    let _ = SqliteStore::open(&db.path).unwrap();
+    let previous = format!("1:{},1:{}", hex_of(&OLD), hex_of(&OLD));
+    let out = cli_with(&db.path, 2, &NEW)
+        .env("API_KEYS_PREVIOUS_KEYS", previous)
+        .args(["keys", "expiring"])
+        .assert()
+        .code(3);
+    assert!(stderr(out.get_output()).contains("twice"));
 }
 
 /// `sweep`: the automations once, with the flags' policy, counts at the end — and a second

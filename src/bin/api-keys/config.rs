@@ -38,8 +38,9 @@ pub(crate) fn keyring(file: Option<&Path>) -> Result<Keyring, Failure> {
     };
     let (version, key) = keys.remove(0);
     let mut ring = Keyring::new(version, key);
+    let mut seen = std::collections::BTreeSet::from([version]);
     for (v, k) in keys {
-        if v == version {
+        if !seen.insert(v) {
             return Err(Failure::config(format!(
                 "master key version {v} is given twice; each version must appear once"
             )));
@@ -187,8 +188,9 @@ pub(crate) async fn store(global: &Global) -> Result<AnyStore, Failure> {
 
 /// Whether a PostgreSQL connection string carries a password, read the way `tokio-postgres`
 /// reads it: a URL (`postgres://` or `postgresql://`) whose text before its first `@` holds a
-/// `:` (user:password; a password may hold `/` or `?` unencoded), or a `password=` parameter;
-/// otherwise the key-value form with a `password` key.
+/// `:` (user:password; a password may hold `/` or `?` unencoded), or a `password=` parameter
+/// (parameter names are percent-decoded: `%70assword=` is one); otherwise the key-value form
+/// with a `password` key.
 fn carries_password(url: &str) -> bool {
     let lower = url.trim_start().to_ascii_lowercase();
     let rest = lower
@@ -198,10 +200,37 @@ fn carries_password(url: &str) -> bool {
         Some(rest) => {
             rest.split_once('@')
                 .is_some_and(|(user_info, _)| user_info.contains(':'))
-                || rest.contains("password=")
+                || percent_decoded(rest)
+                    .to_ascii_lowercase()
+                    .contains("password=")
         }
         None => lower.contains("password"),
     }
+}
+
+/// `s` with every `%XX` escape decoded (others kept as they are), lossily as UTF-8.
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(feature = "sqlite")]

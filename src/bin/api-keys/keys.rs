@@ -119,7 +119,9 @@ pub(crate) async fn run(
     Ok(0)
 }
 
-/// `keys revoke-leaked`: tokens from standard input, each held in zeroizing memory.
+/// `keys revoke-leaked`: tokens from standard input, each held in zeroizing memory. A line
+/// that is not UTF-8 is a false positive like any other non-token: the batch goes on. When a
+/// line fails (the store), what was done before it is still reported.
 async fn revoke_leaked(
     m: &KeyManager<AnyStore>,
     global: &Global,
@@ -127,38 +129,54 @@ async fn revoke_leaked(
 ) -> Result<u8, Failure> {
     use std::io::BufRead;
     use zeroize::Zeroizing;
+    // A usage error before anything is read (the library checks it again per token).
+    if source.len() > api_keys::MAX_LEAK_SOURCE_BYTES || source.chars().any(char::is_control) {
+        return Err(Failure::usage(format!(
+            "--source must be at most {} bytes with no control characters",
+            api_keys::MAX_LEAK_SOURCE_BYTES
+        )));
+    }
     let mut genuine = Vec::new();
     let mut false_positives = Vec::new();
     let stdin = std::io::stdin();
-    let mut line = Zeroizing::new(String::new());
+    let mut line = Zeroizing::new(Vec::new());
     let mut number = 0usize;
+    let mut failed = None;
     loop {
         line.clear();
-        let n = stdin
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| Failure::usage(format!("cannot read standard input: {e}")))?;
+        let n = match stdin.lock().read_until(b'\n', &mut line) {
+            Ok(n) => n,
+            Err(e) => {
+                failed = Some(Failure::usage(format!("cannot read standard input: {e}")));
+                break;
+            }
+        };
         if n == 0 {
             break;
         }
         number += 1;
-        let token = line.trim();
+        let Ok(text) = std::str::from_utf8(&line) else {
+            false_positives.push(number);
+            continue;
+        };
+        let token = text.trim();
         if token.is_empty() {
             continue;
         }
-        let verdict = m
-            .revoke_leaked(token, source)
-            .await
-            .map_err(|e| Failure::from_error(e, &format!("line {number}")))?;
-        match verdict {
-            LeakVerdict::TruePositive => genuine.push(number),
-            LeakVerdict::FalsePositive => false_positives.push(number),
+        match m.revoke_leaked(token, source).await {
+            Ok(LeakVerdict::TruePositive) => genuine.push(number),
+            Ok(LeakVerdict::FalsePositive) => false_positives.push(number),
+            Err(e) => {
+                failed = Some(Failure::from_error(e, &format!("line {number}")));
+                break;
+            }
         }
     }
     if global.json {
         print_json(&serde_json::json!({
             "true_positive_lines": genuine,
             "false_positive_lines": false_positives,
+            "stopped_at_line": failed.as_ref().map(|_| number),
         }));
     } else {
         println!(
@@ -168,8 +186,14 @@ async fn revoke_leaked(
             false_positives.len(),
             false_positives
         );
+        if failed.is_some() {
+            println!("stopped at line {number}: the lines after it were not read");
+        }
     }
-    Ok(0)
+    match failed {
+        Some(f) => Err(f),
+        None => Ok(0),
+    }
 }
 
 fn parse_id(s: &str) -> Result<KeyId, Failure> {

@@ -496,7 +496,9 @@ impl Fence<'_> {
     /// The write went through: install the record it wrote (the manager's own change is seen
     /// by its next verify at once, and a revoked key answers a wrong secret from the cache
     /// exactly as an active one does). Dropped, like any fill, if the id was invalidated
-    /// since the fence was taken; then the entry is simply absent.
+    /// since the fence was taken — which a store whose change feed reports a write to its
+    /// writer too (`MemoryStore`, PostgreSQL) always does; then the entry is simply absent
+    /// and the next verification reads the record.
     ///
     /// The install also fences off every fill whose ticket was taken before it: a
     /// verification that read the store while the write was in flight (the old record: still

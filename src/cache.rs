@@ -16,7 +16,8 @@
 //!     until its last proof was *sent* + the fallback TTL. So a feed drop or a hung feed never
 //!     serves an entry later than the drop (or last proof) + the fallback TTL, and warm keys
 //!     keep verifying until then instead of being flushed at once. A reconnect starts a new
-//!     epoch: entries of the old one keep only their fallback deadline. A keyring change
+//!     epoch: entries of the old one keep only their fallback deadline (epochs are numbered
+//!     modulo 65 535; when they start over, the cache is flushed). A keyring change
 //!     flushes everything and bumps every generation. While the feed is down, or when the
 //!     store has none, new entries get the short fallback TTL only.
 //!
@@ -531,6 +532,11 @@ impl ChangeListener for Cache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         st.epoch = st.epoch.wrapping_add(1) % NO_EPOCH;
+        if st.epoch == 0 {
+            // The epochs start over (every 65 535 connections): an entry of the cycle before
+            // must not be trusted again when its number comes back round.
+            self.flush();
+        }
         let deadline = if st.proof_mode {
             st.pending_proof.take().map_or(0, |sent| {
                 sent.saturating_add(self.ms_len(self.fallback_ttl))

@@ -623,3 +623,45 @@ async fn a_revoke_with_an_enormous_ttl_never_leaves_the_old_record_cached() {
         after.map(|v| *v.key_id())
     );
 }
+
+/// Feed epochs are numbered modulo 65 535: after that many reconnections an entry of the
+/// first cycle would be trusted again, although the feed was down when another node revoked
+/// its key. The cache starts empty at each new cycle.
+#[tokio::test]
+async fn an_entry_is_never_trusted_again_when_the_feed_epochs_come_back_round() {
+    let store = PausingStore {
+        feed: true,
+        ..Default::default()
+    };
+    let m = KeyManager::builder(store.clone(), keyring())
+        .cache_ttl(StdDuration::from_secs(3600))
+        .cache_fallback_ttl(StdDuration::from_millis(1))
+        .build()
+        .unwrap();
+    let listener = store
+        .listener
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap()
+        .upgrade()
+        .unwrap();
+    listener.connected();
+    let (key, info) = m.generate(&alice(), prom()).await.unwrap();
+    let token = key.expose_secret().to_string();
+    m.verify(&token, &Scope::Prometheus).await.unwrap();
+    assert_eq!(m.cached_records(), 1);
+    // The feed goes down; meanwhile another node revokes the key (unheard).
+    listener.disconnected();
+    other_node(&store).revoke(&alice(), &info.id).await.unwrap();
+    tokio::time::sleep(StdDuration::from_millis(20)).await;
+    // Reconnections bring the epoch back round to the entry's.
+    for _ in 0..65_535 {
+        listener.disconnected();
+        listener.connected();
+    }
+    assert!(matches!(
+        m.verify(&token, &Scope::Prometheus).await,
+        Err(Error::Revoked)
+    ));
+}

@@ -1933,3 +1933,201 @@ async fn an_unreachable_store_is_a_503_to_retry() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+// ---------------------------------------------------------------------------------------------
+// REV6
+// ---------------------------------------------------------------------------------------------
+
+type ListHook =
+    Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
+
+/// A memory store whose next `list` runs a step after it has read the records and before it
+/// answers (as a slow network store would let other requests in).
+#[derive(Clone, Default)]
+struct ListHookStore {
+    inner: MemoryStore,
+    after_list: std::sync::Arc<std::sync::Mutex<Option<ListHook>>>,
+}
+
+impl api_keys::KeyStore for ListHookStore {
+    async fn insert(&self, r: api_keys::KeyRecord) -> Result<(), api_keys::StoreError> {
+        self.inner.insert(r).await
+    }
+    async fn get(
+        &self,
+        id: &api_keys::KeyId,
+    ) -> Result<Option<api_keys::KeyRecord>, api_keys::StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list(
+        &self,
+        org: &api_keys::OrgId,
+    ) -> Result<Vec<api_keys::KeyRecord>, api_keys::StoreError> {
+        let read = self.inner.list(org).await;
+        let step = self.after_list.lock().unwrap().take();
+        if let Some(step) = step {
+            step().await;
+        }
+        read
+    }
+    async fn update(
+        &self,
+        r: api_keys::KeyRecord,
+        expected: u64,
+    ) -> Result<(), api_keys::StoreError> {
+        self.inner.update(r, expected).await
+    }
+    async fn delete(&self, id: &api_keys::KeyId) -> Result<bool, api_keys::StoreError> {
+        self.inner.delete(id).await
+    }
+    async fn scan(
+        &self,
+        after: Option<&api_keys::KeyId>,
+        limit: usize,
+    ) -> Result<Vec<api_keys::KeyRecord>, api_keys::StoreError> {
+        self.inner.scan(after, limit).await
+    }
+    async fn touch(
+        &self,
+        id: &api_keys::KeyId,
+        at: api_keys::time::OffsetDateTime,
+    ) -> Result<(), api_keys::StoreError> {
+        self.inner.touch(id, at).await
+    }
+}
+
+/// README: the key counts of `/metrics` show changes made through this server's management
+/// API at once. A key generated while a scrape is reading the key states is missing from the
+/// counts for the next 30 s: the scrape caches what it read after the generation dropped the
+/// cache.
+#[tokio::test]
+async fn a_key_generated_during_a_scrape_shows_in_the_next_scrape() {
+    let store = ListHookStore::default();
+    let srv = start_with(AnyStore::new(store.clone()), app::Limits::default()).await;
+    let (token, _) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+    let active = r#"api_keys_keys{org="acme",status="active"}"#;
+    // While the next scrape reads the key states, alice generates a second key.
+    let (addr, alice) = (srv.addr, srv.alice());
+    *store.after_list.lock().unwrap() = Some(Box::new(move || {
+        Box::pin(async move {
+            let r = Call {
+                addr,
+                method: Method::POST,
+                path: "/api/keys".into(),
+                headers: Vec::new(),
+                body: Bytes::new(),
+            }
+            .session(&alice)
+            .json(&json!({"name": "q", "scopes": ["prometheus"]}))
+            .send()
+            .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        })
+    }));
+    let first = parse_exposition(&srv.scrape(&token).await.text());
+    assert_eq!(first[active], 1.0, "the scrape that raced the generation");
+    // The generation has completed: the next scrape must count both keys.
+    let r = srv.get("/api/keys").session(&srv.alice()).send().await;
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+    let next = parse_exposition(&srv.scrape(&token).await.text());
+    assert_eq!(
+        next[active], 2.0,
+        "a key generated through the API is missing"
+    );
+}
+
+/// README "The admin page": "every management call of a member gets `403 permission_denied`".
+#[tokio::test]
+async fn a_member_gets_403_whatever_the_body() {
+    let srv = start().await;
+    let (_, info) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+    let id = info["id"].as_str().unwrap();
+    let bob = srv.bob();
+    let calls = [
+        srv.post("/api/keys").session(&bob).json(&json!({})),
+        srv.post("/api/keys")
+            .session(&bob)
+            .json(&json!({"name": "x", "scopes": ["Not A Scope!"]})),
+        srv.post(&format!("/api/keys/{id}/roll"))
+            .session(&bob)
+            .json(&json!({"overlap_seconds": -1})),
+        srv.put(&format!("/api/keys/{id}/limits"))
+            .session(&bob)
+            .json(&json!({})),
+        srv.put(&format!("/api/keys/{id}/credits"))
+            .session(&bob)
+            .json(&json!({"credits": 5})),
+    ];
+    let mut wrong = Vec::new();
+    for call in calls {
+        let path = call.path.clone();
+        let r = call.send().await;
+        if r.status != StatusCode::FORBIDDEN {
+            wrong.push(format!("{path}: {} {}", r.status, r.json()["error"]));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "a member's calls not refused with 403: {wrong:#?}"
+    );
+}
+
+/// Under `/scim/` a rate-limited request is a SCIM error whose detail says what happened.
+#[tokio::test]
+async fn a_rate_limited_scim_request_is_not_called_malformed() {
+    let srv = start().await;
+    let (token, _) = srv
+        .create(json!({"name": "s", "scopes": ["scim"],
+            "rate_limits": [{"name": "burst", "limit": 1, "window_ms": 60000}]}))
+        .await;
+    let r = srv.get("/scim/v2/Users").bearer(&token).send().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = srv.get("/scim/v2/Users").bearer(&token).send().await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert!(r.header(axum::http::header::RETRY_AFTER).is_some());
+    let detail = r.json()["detail"].as_str().unwrap().to_string();
+    assert_ne!(detail, "the request is malformed", "{}", r.text());
+}
+
+/// The Authorization header shapes of the README's table, through the real server.
+#[tokio::test]
+async fn authorization_header_shapes_through_the_server() {
+    let srv = start().await;
+    let (token, _) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+    for ok in [
+        format!("bearer {token}"),
+        format!("BEARER {token}"),
+        format!("Bearer\t{token}"),
+        format!("Bearer   {token}  "),
+    ] {
+        let r = srv
+            .get("/metrics")
+            .header(AUTHORIZATION, ok.as_bytes())
+            .send()
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{ok:?}");
+    }
+    for (v, status) in [
+        (&b""[..], StatusCode::UNAUTHORIZED),
+        (b"   ", StatusCode::UNAUTHORIZED),
+        (b"Token abc", StatusCode::UNAUTHORIZED),
+        (b"Bearer   ", StatusCode::BAD_REQUEST),
+        (b"Bearer a\xffb", StatusCode::BAD_REQUEST),
+        (b"Basic \xff", StatusCode::BAD_REQUEST),
+    ] {
+        let r = srv.get("/metrics").header(AUTHORIZATION, v).send().await;
+        assert_eq!(r.status, status, "{v:?}");
+    }
+    // A token in the query string is not a credential.
+    let r = srv
+        .get(&format!("/metrics?access_token={token}"))
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}

@@ -211,3 +211,36 @@ async fn the_sweep_and_management_actions_arrive_as_webhooks() {
     assert_eq!(v["data"]["lead_seconds"], 30 * 86_400);
     assert!(!String::from_utf8_lossy(&d.body).contains(key.expose_secret()));
 }
+
+/// REV6: a receiver on an IPv6 literal (`http://[::1]:PORT/hooks`): `Webhooks::start`
+/// accepts the URL, but every attempt connects to the host string with its brackets.
+#[tokio::test]
+async fn an_ipv6_literal_receiver_gets_its_webhooks() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/hooks",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(Delivery { headers, body });
+                StatusCode::OK
+            }
+        }),
+    );
+    let Ok(listener) = TcpListener::bind("[::1]:0").await else {
+        eprintln!("skipping: this machine has no IPv6 loopback");
+        return;
+    };
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url: axum::http::Uri = format!("http://{addr}/hooks").parse().unwrap();
+    let hooks = Webhooks::start(config(url)).expect("the URL is accepted");
+    assert!(hooks.enqueue("api_key.revoked", common::start(), serde_json::json!({})));
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+    assert!(
+        matches!(got, Ok(Some(ref d)) if verify(d)),
+        "no delivery to {addr}: delivered {}, given up {}",
+        hooks.delivered(),
+        hooks.failed()
+    );
+}

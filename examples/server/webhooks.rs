@@ -296,6 +296,11 @@ async fn deliver(
 
 async fn attempt_once(config: &WebhookConfig, key: &[u8], m: &Message) -> Result<u16, BoxError> {
     let host = config.url.host().ok_or("no host")?;
+    // An IPv6 literal keeps its brackets in the URI (`[::1]`); the socket address has none.
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     let port = config.url.port_u16().unwrap_or(80);
     let stream = TcpStream::connect((host, port)).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;

@@ -210,6 +210,16 @@ pub(crate) async fn json_errors(req: Request, next: Next) -> Response {
     fresh
 }
 
+/// A manager-only call by anyone else is 403 before its body is read: a member's answer
+/// never depends on what it sent.
+pub(crate) fn manager_only(actor: &Actor) -> Result<(), ApiError> {
+    if actor.is_manager() {
+        Ok(())
+    } else {
+        Err(ApiError::from(Error::PermissionDenied))
+    }
+}
+
 /// Parses a key id from the path. A malformed id names no key: 404 for a manager, and 403 for
 /// anyone else (as the manager answers for any id).
 pub(crate) fn key_id(actor: &Actor, text: &str) -> Result<KeyId, ApiError> {

@@ -18,7 +18,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::errors::{ApiError, Body, key_id, no_store, parse_json};
+use super::errors::{ApiError, Body, key_id, manager_only, no_store, parse_json};
 #[allow(unused_imports)] // named by the `utoipa::path` annotations
 use super::openapi::{CreditsDoc, KeyCreditsDoc, KeyInfoDoc, Problem, RateLimitDoc};
 use super::sessions::Session;
@@ -58,6 +58,7 @@ pub(crate) async fn set_limits(
     Path(id): Path<String>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
+    manager_only(&actor)?;
     let id = key_id(&actor, &id)?;
     let body: LimitsBody = parse_json(&body)?;
     let info = state
@@ -84,6 +85,7 @@ pub(crate) async fn set_credits(
     Path(id): Path<String>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
+    manager_only(&actor)?;
     let id = key_id(&actor, &id)?;
     let body: CreditsBody = parse_json(&body)?;
     let info = state.manager.set_credits(&actor, &id, body.credits).await?;

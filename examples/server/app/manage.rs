@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::errors::{ApiError, Body, key_id, no_store, parse_json};
+use super::errors::{ApiError, Body, key_id, manager_only, no_store, parse_json};
 #[allow(unused_imports)] // named by the `utoipa::path` annotations
 use super::openapi::{
     CreatedKey, CreditsDoc, ExpiryDoc, KeyInfoDoc, PolicyDoc, Problem, RateLimitDoc, RevealedKey,
@@ -131,6 +131,7 @@ pub(crate) async fn create_key(
     Session(actor): Session,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
+    manager_only(&actor)?;
     let body: CreateBody = parse_json(&body)?;
     let scopes = body
         .scopes
@@ -232,6 +233,7 @@ pub(crate) async fn roll_key(
     Path(id): Path<String>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
+    manager_only(&actor)?;
     let id = key_id(&actor, &id)?;
     let overlap = if body.iter().all(u8::is_ascii_whitespace) {
         DEFAULT_OVERLAP_SECS

@@ -139,7 +139,14 @@ pub const KEY_STATES_TTL: std::time::Duration = std::time::Duration::from_secs(3
 /// active/expired/revoked keys at the current time without reading every record.
 #[derive(Default)]
 pub(crate) struct KeyCounts {
-    by_org: Mutex<HashMap<OrgId, CachedStates>>,
+    by_org: Mutex<Cached>,
+}
+
+#[derive(Default)]
+struct Cached {
+    states: HashMap<OrgId, CachedStates>,
+    /// Bumped by every `forget`: a read that began before a change is not cached after it.
+    generation: u64,
 }
 
 /// When the states were read, and the states.
@@ -155,16 +162,20 @@ impl KeyCounts {
     /// Drops `org`'s cached states (after a key of it was created, revoked, rolled, deleted).
     pub(crate) fn forget(&self, org: &OrgId) {
         let mut m = self.by_org.lock().unwrap_or_else(PoisonError::into_inner);
-        m.remove(org);
+        m.states.remove(org);
+        m.generation = m.generation.wrapping_add(1);
     }
 
     /// `org`'s (active, expired, revoked) counts at `now`, from the cache when it is fresh.
     async fn counts(&self, state: &AppState, org: &OrgId) -> Result<[u64; 3], Error> {
-        let cached = {
+        let (cached, generation) = {
             let m = self.by_org.lock().unwrap_or_else(PoisonError::into_inner);
-            m.get(org)
+            let cached = m
+                .states
+                .get(org)
                 .filter(|(at, _)| at.elapsed() < KEY_STATES_TTL)
-                .map(|(_, states)| states.clone())
+                .map(|(_, states)| states.clone());
+            (cached, m.generation)
         };
         let states = match cached {
             Some(states) => states,
@@ -180,7 +191,10 @@ impl KeyCounts {
                     })
                     .collect();
                 let mut m = self.by_org.lock().unwrap_or_else(PoisonError::into_inner);
-                m.insert(org.clone(), (read_at, states.clone()));
+                // A change during the read: answer what was read, but do not keep it.
+                if m.generation == generation {
+                    m.states.insert(org.clone(), (read_at, states.clone()));
+                }
                 states
             }
         };

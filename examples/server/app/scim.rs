@@ -97,6 +97,11 @@ pub(crate) async fn scim_errors(req: Request, next: Next) -> Response {
         "invalid_request" => "the Authorization header is malformed",
         "invalid_token" => "the API key is not valid",
         "insufficient_scope" => "the API key does not have the scim scope",
+        "rate_limited" => "the API key's rate limit is reached; retry after Retry-After seconds",
+        "usage_exceeded" => "the API key's usage credits are used up",
+        "unavailable" | "limits_unavailable" => {
+            "the service cannot check API keys now; retry after Retry-After seconds"
+        }
         _ if status == StatusCode::METHOD_NOT_ALLOWED => "this resource does not take this method",
         _ if status.is_server_error() => "internal error; see the server log",
         _ => "the request is malformed",

@@ -219,7 +219,8 @@ pub trait AuditSink: Send + Sync + 'static {
 /// Failed verifications are logged with a bound, so that a flood of bad tokens cannot flood
 /// the logs: per failure class and key id (where there is one), the first
 /// [`LOG_FULL_PER_WINDOW`] failures of each [`LOG_WINDOW_SECS`]-second window are logged in
-/// full; the rest are counted, and one summary line per class (`suppressed = N`, the exact
+/// full (the budgets sit in 1 024 slots chosen by a per-process keyed hash: a class and id
+/// sharing a slot share its budget, and no sender can choose which do); the rest are counted, and one summary line per class (`suppressed = N`, the exact
 /// count of the window) follows at the first failure of that class in a later window. The
 /// bound is per process. Exact counts of every failure reach any other sink the host
 /// installs (the sink is called for every event); [`TracingAudit::suppressed_total`] counts
@@ -309,6 +310,22 @@ static SLOTS: [Slot; LOG_SLOTS] = [SLOT; LOG_SLOTS];
 static SUMMARIES: [Summary; Bounded::COUNT] = [SUMMARY; Bounded::COUNT];
 static SUPPRESSED_TOTAL: AtomicU64 = AtomicU64::new(0);
 
+/// The per-process key of [`slot_of`].
+fn slot_key() -> &'static std::collections::hash_map::RandomState {
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEY.get_or_init(std::collections::hash_map::RandomState::new)
+}
+
+/// The log-bound slot of a line of `kind` about `key_id`, by a keyed hash: key ids are public
+/// and a token's id is the sender's choice, so with an unkeyed mix anyone could pick ids
+/// whose failures share a chosen key's slot and use up its lines (the failures of a revoked
+/// key's stolen token then left no line naming it). Under a per-process random key, which ids
+/// share a slot is no one's choice.
+fn slot_of(key: &impl std::hash::BuildHasher, kind: usize, key_id: Option<KeyId>) -> usize {
+    (key.hash_one((kind, key_id.map(|k| k.value()))) % LOG_SLOTS as u64) as usize
+}
+
 impl TracingAudit {
     /// Bounded lines (failed verifications, stale answers) this process left out of the log
     /// so far (counted in the summary lines).
@@ -341,10 +358,7 @@ impl TracingAudit {
                 );
             }
         }
-        // Key ids are uniformly random; the kind spreads the id-less failures.
-        let h = key_id.map_or(0, |k| k.value())
-            ^ (kind.index() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let slot = &SLOTS[(h % LOG_SLOTS as u64) as usize];
+        let slot = &SLOTS[slot_of(slot_key(), kind.index(), key_id)];
         let w = slot.window.load(Ordering::Acquire);
         if w != window
             && slot
@@ -439,5 +453,34 @@ impl AuditSink for TracingAudit {
 impl<T: AuditSink> AuditSink for std::sync::Arc<T> {
     fn record(&self, event: &AuditEvent) -> Result<(), BoxError> {
         (**self).record(event)
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    /// The former unkeyed mix put the failures of class `a` about id `x` and those of class
+    /// `b` about `x ^ G·a ^ G·b` in one slot, for every `x`: anyone could hide a key's lines.
+    #[test]
+    fn no_sender_can_choose_ids_that_share_a_slot() {
+        const G: u64 = 0x9e37_79b9_7f4a_7c15;
+        let key = foldhash::fast::FixedState::with_seed(0x5eed);
+        let (revoked, invalid) = (3usize, 1usize);
+        let shared = (0..4096u64)
+            .map(|i| i.wrapping_mul(0x2545_f491_4f6c_dd1d))
+            .filter(|&x| {
+                let decoy = x ^ G.wrapping_mul(revoked as u64) ^ G.wrapping_mul(invalid as u64);
+                slot_of(&key, revoked, Some(KeyId(x))) == slot_of(&key, invalid, Some(KeyId(decoy)))
+            })
+            .count();
+        // About 4 096 / 1 024 by chance.
+        assert!(shared < 32, "{shared} of 4096");
+        // And which slot is the key's: another key, other slots.
+        let other = foldhash::fast::FixedState::with_seed(0x0dd);
+        let moved = (0..64u64)
+            .filter(|&x| slot_of(&key, 1, Some(KeyId(x))) != slot_of(&other, 1, Some(KeyId(x))))
+            .count();
+        assert!(moved > 48, "{moved} of 64");
     }
 }

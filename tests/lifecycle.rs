@@ -1132,3 +1132,67 @@ async fn a_use_recorded_during_a_flush_is_written_by_it_afterwards() {
     }
     assert_eq!(m.pending_last_uses(), 0);
 }
+
+/// Every read of an organization's keys is audited: `expiring_within` like `list`, and
+/// `credits_remaining` like `get`.
+#[tokio::test]
+async fn expiring_within_and_credits_remaining_are_audited_like_list_and_get() {
+    let s = setup();
+    let (_, info) = s
+        .manager
+        .generate(&alice(), prom("paid").credits(api_keys::Credits::new(10)))
+        .await
+        .unwrap();
+    let before = s.audit.events().len();
+    let found = s
+        .manager
+        .expiring_within(&alice(), Duration::days(365))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        s.manager
+            .credits_remaining(&alice(), &info.id)
+            .await
+            .unwrap(),
+        Some(10)
+    );
+    let actions: Vec<_> = s.audit.events()[before..]
+        .iter()
+        .map(|e| (e.action.clone(), e.key_id))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            (AuditAction::Listed, None),
+            (AuditAction::Viewed, Some(info.id))
+        ]
+    );
+}
+
+/// A default period that `generate` would always refuse (0 days) is refused when the manager
+/// is built, like any default outside the allowed periods.
+#[test]
+fn a_default_period_of_zero_days_is_refused_at_build() {
+    let built = KeyManager::builder(MemoryStore::new(), keyring())
+        .policy(Policy::default().allowed_days(&[0, 30]).default_days(0))
+        .build();
+    assert!(matches!(built, Err(Error::Policy(_))));
+    assert_eq!(Policy::default().allowed_days(&[0, 30]).periods(), vec![30]);
+}
+
+/// At the end of the calendar an expiry that does not fit is refused, never shortened to
+/// whatever is left (a key that dies seconds after it was handed out).
+#[tokio::test]
+async fn an_expiry_past_the_end_of_the_calendar_is_refused_not_shortened() {
+    let s = setup();
+    let now = OffsetDateTime::new_utc(
+        api_keys::time::Date::MAX,
+        api_keys::time::Time::from_hms(23, 59, 0).unwrap(),
+    );
+    s.clock.set(now);
+    assert!(matches!(
+        s.manager.generate(&alice(), prom("k")).await,
+        Err(Error::Policy(_))
+    ));
+}

@@ -301,6 +301,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             .filter(|i| expiring(i, now, window))
             .collect();
         infos.sort_by(|a, b| a.expires_at.cmp(&b.expires_at).then(a.id.cmp(&b.id)));
+        // The organization's keys, like `list`.
+        self.audit_best_effort(AuditAction::Listed, Some(actor), Some(actor.org()), None);
         Ok(infos)
     }
 

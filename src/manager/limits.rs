@@ -231,11 +231,20 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         if !self.authentic(&self.keyring(), &rec, Some(actor)) {
             return Err(Error::Integrity);
         }
-        self.inner
+        let left = self
+            .inner
             .counters
             .credits(*id, rec.credits.as_ref(), unix_ms(self.inner.clock.now()))
             .await
-            .map_err(Error::LimitsUnavailable)
+            .map_err(Error::LimitsUnavailable)?;
+        // A read of one key, like `get`.
+        self.audit_best_effort(
+            AuditAction::Viewed,
+            Some(actor),
+            Some(actor.org()),
+            Some(*id),
+        );
+        Ok(left)
     }
 
     /// Makes a roll's replacement spend from the rolled key's balance.

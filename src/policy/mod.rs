@@ -189,12 +189,12 @@ impl Policy {
         self.purge_after
     }
 
-    /// The allowed periods, ascending, limited to `max_days`.
+    /// The allowed periods (1 day or more), ascending, limited to `max_days`.
     pub fn periods(&self) -> Vec<u16> {
         self.allowed_days
             .iter()
             .copied()
-            .filter(|d| *d <= self.max_days)
+            .filter(|d| (1..=self.max_days).contains(d))
             .collect()
     }
 
@@ -297,7 +297,13 @@ impl Policy {
                         self.allowed_text()
                     )));
                 }
-                Ok(Some(now.saturating_add(Duration::days(i64::from(d)))))
+                // Never shortened: past the calendar's end is no expiry the store can hold.
+                match now.checked_add(Duration::days(i64::from(d))) {
+                    Some(t) => Ok(Some(t)),
+                    None => Err(Error::Policy(format!(
+                        "an expiry of {d} days from now falls past the end of the calendar"
+                    ))),
+                }
             }
             Expiry::At(t) => {
                 let t = whole_seconds(t);

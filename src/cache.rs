@@ -524,6 +524,10 @@ impl ChangeListener for Cache {
         self.invalidate(&change.id);
     }
 
+    fn reset(&self) {
+        self.flush();
+    }
+
     fn connected(&self) {
         // A new epoch: entries of earlier ones (or filled while the feed was down, which may
         // have missed changes) keep only their fallback deadline. No flush is needed.

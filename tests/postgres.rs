@@ -312,7 +312,7 @@ async fn testkit_conforms() {
     };
     let store = connect(&cfg, &app("testkit")).await;
     api_keys::testkit::run(&store).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -858,7 +858,7 @@ async fn fresh_database_concurrent_migration_and_newer_schema() {
         .collect();
     for n in nodes {
         let store = n.await.unwrap().unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 2);
+        assert_eq!(store.schema_version().await.unwrap(), 3);
     }
     let in_db = admin_db(&cfg, &db).await;
     in_db
@@ -872,7 +872,7 @@ async fn fresh_database_concurrent_migration_and_newer_schema() {
         pg_error(&e).kind(),
         PostgresErrorKind::NewerSchema {
             found: 9,
-            supported: 2
+            supported: 3
         }
     );
     assert!(chain(&e).contains("upgrade api-keys"));
@@ -1143,7 +1143,7 @@ async fn a_least_privilege_role_connects_after_migrate_ran_as_the_owner() {
         pg_error(&e).kind(),
         PostgresErrorKind::SchemaOutdated {
             found: 0,
-            required: 2
+            required: 3
         }
     );
     assert!(
@@ -1357,4 +1357,259 @@ async fn a_store_in_a_table_of_its_own() {
         .await
         .unwrap_err();
     assert_eq!(pg_error(&e).kind(), PostgresErrorKind::InvalidTable);
+}
+
+// ---------------------------------------------------------------- frozen servers, replica mode, truncate, names
+
+/// a call on a connection whose server stopped answering (a frozen server, a
+/// half-open socket) must end within the statement timeout, not hang forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_does_not_hang_a_read_forever() {
+    let Some(cfg) = database_url("a_frozen_server_does_not_hang_a_read_forever") else {
+        return;
+    };
+    let proxy = Proxy::start(tcp_target(&cfg)).await;
+    let store = PostgresStore::options()
+        .statement_timeout(Duration::from_secs(1))
+        .pool_wait_timeout(Duration::from_secs(1))
+        .connect_timeout(Duration::from_secs(2))
+        .connect_and_migrate(&conninfo(&cfg, &app("frozen-pool"), Some(proxy.addr), None))
+        .await
+        .unwrap();
+    let rec = api_keys::testkit::sample_record(random_id(), &org());
+    store.insert(rec.clone()).await.unwrap();
+    assert!(store.get(&rec.id).await.unwrap().is_some());
+    proxy.set_frozen(true);
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(20), store.get(&rec.id)).await;
+    proxy.set_frozen(false);
+    assert!(
+        r.is_ok(),
+        "store.get against a frozen server was still pending after {:?} (statement_timeout 1 s, pool wait 1 s, connect timeout 2 s)",
+        started.elapsed()
+    );
+}
+
+/// the user-visible side: a warm key on a node that opted into
+/// `serve_stale_while_store_unreachable` must keep verifying (or fail) when the database
+/// freezes; it must not hang the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_does_not_hang_when_the_database_freezes() {
+    let Some(cfg) = database_url("verify_does_not_hang_when_the_database_freezes") else {
+        return;
+    };
+    let org = org();
+    let boss = manager_of(&org);
+    let proxy = Proxy::start(tcp_target(&cfg)).await;
+    let store = PostgresStore::options()
+        .statement_timeout(Duration::from_secs(1))
+        .pool_wait_timeout(Duration::from_secs(1))
+        .connect_and_migrate(&conninfo(
+            &cfg,
+            &app("frozen-verify"),
+            Some(proxy.addr),
+            None,
+        ))
+        .await
+        .unwrap();
+    let node = KeyManager::builder(store, keyring())
+        .cache_fallback_ttl(Duration::from_secs(1))
+        .serve_stale_while_store_unreachable(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let (key, _) = node
+        .generate(&boss, GenerateRequest::new("k").scope(Scope::Prometheus))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    node.verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    proxy.set_frozen(true);
+    // Past the last proof + the fallback TTL: the verify now asks the store.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let started = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        node.verify(key.expose_secret(), &Scope::Prometheus),
+    )
+    .await;
+    proxy.set_frozen(false);
+    match r {
+        Ok(res) => eprintln!(
+            "verify ended after {:?}: {:?}",
+            started.elapsed(),
+            res.map(|_| ())
+        ),
+        Err(_) => panic!(
+            "verify of a warm key was still pending after {:?} with the database frozen (statement_timeout 1 s, serve_stale 600 s)",
+            started.elapsed()
+        ),
+    }
+}
+
+/// a change made in a session with `session_replication_role = replica` (logical
+/// replication's apply worker, `pg_restore`/bulk loads that set it) commits without a
+/// notification, while the feed keeps proving itself live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_in_replica_mode_reaches_the_feed() {
+    let Some(cfg) = database_url("a_delete_in_replica_mode_reaches_the_feed") else {
+        return;
+    };
+    let store = connect(&cfg, &app("replica")).await;
+    let (spy, log) = Spy::recorder();
+    let listener: Arc<dyn ChangeListener> = spy;
+    store.changes(Arc::downgrade(&listener));
+    wait_until(Duration::from_secs(10), || {
+        log.count(&FeedEvent::Connected) == 1
+    })
+    .await
+    .expect("the feed never connected");
+    let rec = api_keys::testkit::sample_record(random_id(), &org());
+    store.insert(rec.clone()).await.unwrap();
+    let admin = admin(&cfg, None).await;
+    admin
+        .batch_execute(&format!(
+            "SET session_replication_role = replica; DELETE FROM api_keys WHERE id = '{}'",
+            rec.id
+        ))
+        .await
+        .unwrap();
+    assert!(
+        store.get(&rec.id).await.unwrap().is_none(),
+        "the row is gone"
+    );
+    let heard = wait_until(Duration::from_secs(3), || {
+        log.events().iter().any(|e| {
+            matches!(e, FeedEvent::Changed(c) if c.id == rec.id && c.kind == ChangeKind::Deleted)
+        })
+    })
+    .await;
+    let events = log.events();
+    assert!(
+        heard.is_some(),
+        "a committed DELETE was never reported; feed still live: connected={} disconnected={}",
+        events
+            .iter()
+            .filter(|e| **e == FeedEvent::Connected)
+            .count(),
+        events
+            .iter()
+            .filter(|e| **e == FeedEvent::Disconnected)
+            .count()
+    );
+}
+
+/// `table()` documents `[a-z_][a-z0-9_]{0,47}` as the valid names and
+/// `InvalidTable` for any other; a reserved word inside that pattern is accepted and then
+/// breaks the migration with a syntax error.
+#[tokio::test]
+async fn a_table_name_the_pattern_accepts_works_or_is_invalid_table() {
+    let Some(cfg) = database_url("a_table_name_the_pattern_accepts_works_or_is_invalid_table")
+    else {
+        return;
+    };
+    let url = conninfo(&cfg, &app("reserved"), None, None);
+    for name in ["order", "user", "table"] {
+        match PostgresStore::options()
+            .table(name)
+            .connect_and_migrate(&url)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => assert_eq!(
+                pg_error(&e).kind(),
+                PostgresErrorKind::InvalidTable,
+                "table({name:?}): {}",
+                chain(&e).replace('\n', " |")
+            ),
+        }
+    }
+}
+
+/// a TRUNCATE (notified as `reset`) deletes every key, but the other node keeps
+/// accepting a warm key from its cache for up to the fallback TTL: nothing is invalidated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_is_seen_at_once_by_a_warm_node() {
+    let Some(cfg) = database_url("a_truncate_is_seen_at_once_by_a_warm_node") else {
+        return;
+    };
+    let url = conninfo(&cfg, &app("truncate"), None, None);
+    let table = format!("keys_{:08x}", random_u64() as u32);
+    let opts = PostgresStore::options().table(&table);
+    let node_a = KeyManager::builder(opts.connect_and_migrate(&url).await.unwrap(), keyring())
+        .build()
+        .unwrap();
+    let node_b = KeyManager::builder(opts.connect(&url).await.unwrap(), keyring())
+        .build()
+        .unwrap();
+    let org = org();
+    let (key, _) = node_a
+        .generate(
+            &manager_of(&org),
+            GenerateRequest::new("t").scope(Scope::Scim),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    node_b
+        .verify(key.expose_secret(), &Scope::Scim)
+        .await
+        .unwrap();
+    let admin = admin(&cfg, None).await;
+    admin
+        .batch_execute(&format!("TRUNCATE {table}"))
+        .await
+        .unwrap();
+    let truncated = Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut accepted = 0;
+    while truncated.elapsed() < Duration::from_millis(2000) {
+        match node_b.verify(key.expose_secret(), &Scope::Scim).await {
+            Ok(_) => accepted += 1,
+            Err(_) => break,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        accepted,
+        0,
+        "a key deleted by TRUNCATE was accepted {accepted} times, until {:?} after the TRUNCATE",
+        truncated.elapsed()
+    );
+}
+
+/// the migration's `CREATE OR REPLACE FUNCTION <table>_notify()` silently replaces a
+/// host function of that name (e.g. table `audit` and the host's own `audit_notify()`).
+#[tokio::test]
+async fn migration_does_not_replace_a_host_function() {
+    let Some(cfg) = database_url("migration_does_not_replace_a_host_function") else {
+        return;
+    };
+    let admin = admin(&cfg, None).await;
+    let table = format!("host_{:08x}", random_u64() as u32);
+    admin
+        .batch_execute(&format!(
+            "CREATE FUNCTION {table}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_notify('host_channel', 'host'); RETURN NULL; END $$;"
+        ))
+        .await
+        .unwrap();
+    let r = PostgresStore::options()
+        .table(&table)
+        .connect_and_migrate(&conninfo(&cfg, &app("clobber"), None, None))
+        .await;
+    let body: String = admin
+        .query_one(
+            "SELECT prosrc FROM pg_proc WHERE proname = $1",
+            &[&format!("{table}_notify")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        r.is_err() || body.contains("host_channel"),
+        "migration succeeded and replaced the host's {table}_notify(): now {}",
+        body.trim().lines().next().unwrap_or("")
+    );
 }

@@ -417,3 +417,80 @@ async fn a_key_revoked_while_the_feed_is_frozen_is_refused_within_the_bound() {
         "postgres frozen feed backend: a remote revoke was refused {refused:?} after it returned (bound {bound:?})"
     ));
 }
+
+/// the pooled backends frozen (`kill -STOP`, as a server stuck on I/O): a read
+/// must end within the statement timeout (it cannot fire server-side) or a client-side bound,
+/// not hang forever.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_on_a_frozen_backend_ends() {
+    let Some(server) = server("a_read_on_a_frozen_backend_ends") else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let name = app("frozen-backend");
+    let store = PostgresStore::options()
+        .statement_timeout(Duration::from_secs(1))
+        .pool_size(1)
+        .connect_and_migrate(&with_app(&server.url, &name))
+        .await
+        .unwrap();
+    let org = OrgId::new(format!("faults-{:016x}", random_u64()));
+    let m = manager(
+        store.clone(),
+        Duration::from_secs(1),
+        Duration::ZERO,
+        Recorder::default(),
+    )
+    .await;
+    let token = keys(&m, &org, 1).await.remove(0);
+    let id = m.verify(&token, &read()).await.unwrap().key_id().to_owned();
+    let (admin, conn) = tokio_postgres::connect(&server.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let pids: Vec<i32> = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(pids.len(), 1, "one pooled backend");
+    let signal = |sig: &str| {
+        for pid in &pids {
+            assert!(
+                Command::new("kill")
+                    .arg(format!("-{sig}"))
+                    .arg(pid.to_string())
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+    };
+    struct Cont<F: Fn()>(F);
+    impl<F: Fn()> Drop for Cont<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    signal("STOP");
+    let _cont = Cont(|| signal("CONT"));
+    let started = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(15),
+        api_keys::KeyStore::get(&store, &id),
+    )
+    .await;
+    assert!(
+        r.is_ok(),
+        "store.get on a frozen backend still pending after {:?} (statement_timeout 1 s)",
+        started.elapsed()
+    );
+}

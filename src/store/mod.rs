@@ -66,6 +66,13 @@ pub trait ChangeListener: Send + Sync {
     fn proven(&self, sent: std::time::Instant) {
         let _ = sent;
     }
+    /// Every record may have changed at once (a `TRUNCATE`, a notification that names no
+    /// key): forget everything. The default reports a drop and a reconnection, which leaves
+    /// each entry its fallback TTL; the manager's cache empties itself.
+    fn reset(&self) {
+        self.disconnected();
+        self.connected();
+    }
 }
 
 /// Where an organization's keys live. Hosts implement it over their own database; this crate

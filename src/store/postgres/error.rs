@@ -14,7 +14,8 @@ pub enum PostgresErrorKind {
     /// part of it (it may hold a password).
     InvalidUrl,
     /// The table name given to [`PostgresOptions::table`](crate::PostgresOptions::table) is
-    /// not `[a-z_][a-z0-9_]{0,47}`.
+    /// not `[a-z_][a-z0-9_]{0,47}`, is a word PostgreSQL reserves, or names a
+    /// `<table>_notify()` function the host already has (the source says which).
     InvalidTable,
     /// No connection could be made (server down, refused, authentication failed, timed out
     /// connecting, ...).
@@ -51,6 +52,10 @@ pub enum PostgresErrorKind {
     NoRuntime,
     /// The server refused a statement.
     Query,
+    /// The server did not answer a call within the statement timeout plus a second (a frozen
+    /// server or a hung socket, where the server's own timeout cannot fire). The call's
+    /// connection is closed, never reused; the next call takes another.
+    Unresponsive,
 }
 
 /// The source of the [`StoreError::Backend`] errors of a [`PostgresStore`](super::PostgresStore): what failed,
@@ -98,9 +103,9 @@ impl PostgresError {
 impl fmt::Display for PostgresError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
-            PostgresErrorKind::InvalidTable => {
-                f.write_str("a PostgreSQL key store table name must match [a-z_][a-z0-9_]{0,47}")
-            }
+            PostgresErrorKind::InvalidTable => f.write_str(
+                "a PostgreSQL key store table name must match [a-z_][a-z0-9_]{0,47}, not be a reserved word, and not clash with a function of the host",
+            ),
             PostgresErrorKind::InvalidUrl => f.write_str(
                 "invalid PostgreSQL connection URL (in a key=value string, quote values that hold spaces with single quotes)",
             ),
@@ -129,6 +134,9 @@ impl fmt::Display for PostgresError {
                 f.write_str("PostgresStore must be created inside a tokio runtime")
             }
             PostgresErrorKind::Query => f.write_str("PostgreSQL refused a statement"),
+            PostgresErrorKind::Unresponsive => f.write_str(
+                "PostgreSQL did not answer within the statement timeout plus a second (a frozen server or a hung connection); that connection was closed",
+            ),
         }
     }
 }

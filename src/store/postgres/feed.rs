@@ -168,18 +168,13 @@ async fn listen(
                     }
                     match parse_payload(payload) {
                         Some(change) => l.changed(change),
-                        None if payload == "reset" => {
-                            // A TRUNCATE: a new epoch, every entry keeps only its fallback
-                            // deadline.
-                            l.disconnected();
-                            l.connected();
-                        }
+                        // A TRUNCATE: every key is gone.
+                        None if payload == "reset" => l.reset(),
                         None => {
-                            // Something we cannot attribute to one key: start a new epoch,
-                            // so that every entry keeps only its fallback deadline.
-                            tracing::warn!(target: "api_keys", "change feed: unrecognized notification; trusting the cache only for the fallback TTL");
-                            l.disconnected();
-                            l.connected();
+                            // Something we cannot attribute to one key: any key may have
+                            // changed.
+                            tracing::warn!(target: "api_keys", "change feed: unrecognized notification; the cache is emptied");
+                            l.reset();
                         }
                     }
                 }

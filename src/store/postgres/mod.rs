@@ -1,7 +1,7 @@
 //! [`PostgresStore`]: keys in PostgreSQL, shared by many server nodes, with a
 //! `LISTEN/NOTIFY` change feed (feature `postgres`).
 //!
-//! Layout (schema version 2):
+//! Layout (schema version 3):
 //!
 //! ```sql
 //! CREATE TABLE api_keys_schema (version INTEGER NOT NULL);   -- one row
@@ -21,7 +21,8 @@
 //! any column but `last_used_at` calls
 //! `pg_notify('api_keys_changes', '<id>:<revision>:<insert|update|delete>')`, and a
 //! `TRUNCATE` sends `reset`; so the notification is sent if and only if the change commits,
-//! whoever made it: this crate, the host's own SQL, a restore or a migration.
+//! whoever made it: this crate, the host's own SQL, a restore or a migration. Version 3 makes
+//! both triggers fire `ALWAYS`, also in sessions with `session_replication_role = replica`.
 
 use std::fmt;
 use std::sync::{Arc, Weak};
@@ -45,7 +46,7 @@ use feed::{FeedConnector, run_feed};
 pub use options::PostgresOptions;
 
 /// The schema version this crate writes. A database with a higher version is refused.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -86,6 +87,13 @@ const MIGRATIONS: &[&str] = &[
         AFTER TRUNCATE ON api_keys
         FOR EACH STATEMENT EXECUTE FUNCTION api_keys_notify();
 "#,
+    // The triggers fire in every session, also under `session_replication_role = replica`
+    // (a logical-replication apply worker, or the bulk-load idiom that skips triggers): a
+    // change committed there must be heard too.
+    r#"
+    ALTER TABLE api_keys ENABLE ALWAYS TRIGGER api_keys_notify;
+    ALTER TABLE api_keys ENABLE ALWAYS TRIGGER api_keys_notify_truncate;
+"#,
 ];
 
 /// Serializes concurrent migrations (any constant unlikely to collide with the host's own
@@ -104,6 +112,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// The table's name (`api_keys` by default).
     table: String,
+    /// The bound of one call on a pooled connection (statement timeout + 1 s; `None`: none).
+    call_timeout: Option<std::time::Duration>,
 }
 
 /// A [`KeyStore`] in PostgreSQL, shared by many server nodes.
@@ -235,6 +245,30 @@ impl PostgresStore {
             .map_err(pg)?
             .get(0);
         let found = found.unwrap_or(0);
+        if found < 2 {
+            // Version 2 creates `<table>_notify()`: a function of that name that is already
+            // there is the host's own, never replaced.
+            let taken: bool = tx
+                .query_one(
+                    &self.sql("SELECT to_regproc('api_keys_notify') IS NOT NULL"),
+                    &[],
+                )
+                .await
+                .map_err(pg)?
+                .get(0);
+            if taken {
+                return Err(StoreError::backend(PostgresError::new(
+                    PostgresErrorKind::InvalidTable,
+                    Some(
+                        format!(
+                            "a function named {} already exists: choose another table name",
+                            self.sql("api_keys_notify()")
+                        )
+                        .into(),
+                    ),
+                )));
+            }
+        }
         if found > SCHEMA_VERSION {
             return Err(StoreError::backend(PostgresError::new(
                 PostgresErrorKind::NewerSchema {
@@ -259,6 +293,27 @@ impl PostgresStore {
             .map_err(pg)?;
         }
         tx.commit().await.map_err(pg)
+    }
+
+    /// Refuses a table name that PostgreSQL reserves (`order`, `user`, ...): it matches the
+    /// name pattern but cannot name a table unquoted.
+    async fn check_table_name(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let reserved: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_get_keywords() WHERE word = $1 AND catcode IN ('R', 'T'))",
+                &[&self.inner.table],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        if reserved {
+            return Err(StoreError::backend(PostgresError::new(
+                PostgresErrorKind::InvalidTable,
+                Some(format!("`{}` is a reserved word in PostgreSQL", self.inner.table).into()),
+            )));
+        }
+        Ok(())
     }
 
     /// Checks that the schema is the one this crate writes, changing nothing.
@@ -315,6 +370,34 @@ impl PostgresStore {
         self.inner.pool.get().await.map_err(pool_err)
     }
 
+    /// Runs `work` (statements on `client`) within the call timeout. A server that does not
+    /// answer cannot fire its own statement timeout (frozen, or a hung socket): without this
+    /// bound a verification would wait on it forever.
+    async fn bounded<T>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Option<Result<T, StoreError>> {
+        match self.inner.call_timeout {
+            Some(d) => tokio::time::timeout(d, work).await.ok(),
+            None => Some(work.await),
+        }
+    }
+
+    /// The result of a [`PostgresStore::bounded`] call on `client`; a connection whose call
+    /// timed out may still carry it, so it is closed instead of going back to the pool.
+    fn finish<T>(
+        client: deadpool_postgres::Object,
+        result: Option<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        result.unwrap_or_else(|| {
+            drop(deadpool_postgres::Object::take(client));
+            Err(StoreError::backend(PostgresError::new(
+                PostgresErrorKind::Unresponsive,
+                None,
+            )))
+        })
+    }
+
     async fn query_records(
         &self,
         sql: &str,
@@ -334,9 +417,13 @@ impl PostgresStore {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<KeyRecord>, StoreError> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(sql).await.map_err(pg)?;
-        let rows = client.query(&stmt, params).await.map_err(pg)?;
-        rows.iter().map(decode).collect()
+        let rows = self
+            .bounded(async {
+                let stmt = client.prepare_cached(sql).await.map_err(pg)?;
+                client.query(&stmt, params).await.map_err(pg)
+            })
+            .await;
+        Self::finish(client, rows)?.iter().map(decode).collect()
     }
 }
 
@@ -361,28 +448,33 @@ impl KeyStore for PostgresStore {
             let json = record_json(&record)?;
             let revision = revision_to_sql(record.revision)?;
             let client = self.client().await?;
-            let stmt = client
-                .prepare_cached(&self.sql(
-                    "INSERT INTO api_keys (id, org, revision, expires_at, last_used_at, record)
-                     VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
-                     ON CONFLICT (id) DO NOTHING",
-                ))
-                .await
-                .map_err(pg)?;
-            let rows = client
-                .execute(
-                    &stmt,
-                    &[
-                        &record.id.to_string(),
-                        &record.org.as_str(),
-                        &revision,
-                        &unix(record.expires_at),
-                        &unix(record.last_used_at),
-                        &json,
-                    ],
-                )
-                .await
-                .map_err(pg)?;
+            let rows = self
+                .bounded(async {
+                    let stmt = client
+                        .prepare_cached(&self.sql(
+                            "INSERT INTO api_keys (id, org, revision, expires_at, last_used_at, record)
+                             VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
+                             ON CONFLICT (id) DO NOTHING",
+                        ))
+                        .await
+                        .map_err(pg)?;
+                    client
+                        .execute(
+                            &stmt,
+                            &[
+                                &record.id.to_string(),
+                                &record.org.as_str(),
+                                &revision,
+                                &unix(record.expires_at),
+                                &unix(record.last_used_at),
+                                &json,
+                            ],
+                        )
+                        .await
+                        .map_err(pg)
+                })
+                .await;
+            let rows = Self::finish(client, rows)?;
             if rows == 0 {
                 Err(StoreError::Duplicate)
             } else {
@@ -417,48 +509,53 @@ impl KeyStore for PostgresStore {
             let revision = revision_to_sql(record.revision)?;
             let id = record.id.to_string();
             let client = self.client().await?;
-            // No stored revision can be above i64::MAX: such an update can only fail.
-            if let Ok(expected) = i64::try_from(expected_revision) {
-                // `last_used_at` only ever rises (GREATEST ignores NULLs), even if the
-                // caller's copy is older than a concurrent `touch`.
-                let stmt = client
-                    .prepare_cached(&self.sql(
-                        "UPDATE api_keys SET org = $3, revision = $4, expires_at = $5,
-                             last_used_at = GREATEST(last_used_at, $6),
-                             record = $7::text::jsonb
-                         WHERE id = $1 AND revision = $2",
-                    ))
-                    .await
-                    .map_err(pg)?;
-                let rows = client
-                    .execute(
-                        &stmt,
-                        &[
-                            &id,
-                            &expected,
-                            &record.org.as_str(),
-                            &revision,
-                            &unix(record.expires_at),
-                            &unix(record.last_used_at),
-                            &json,
-                        ],
-                    )
-                    .await
-                    .map_err(pg)?;
-                if rows > 0 {
-                    return Ok(());
-                }
-            }
-            let stmt = client
-                .prepare_cached(&self.sql("SELECT 1 FROM api_keys WHERE id = $1"))
-                .await
-                .map_err(pg)?;
-            let exists = client.query_opt(&stmt, &[&id]).await.map_err(pg)?;
-            Err(if exists.is_some() {
-                StoreError::Conflict
-            } else {
-                StoreError::NotFound
-            })
+            let outcome = self
+                .bounded(async {
+                    // No stored revision can be above i64::MAX: such an update can only fail.
+                    if let Ok(expected) = i64::try_from(expected_revision) {
+                        // `last_used_at` only ever rises (GREATEST ignores NULLs), even if the
+                        // caller's copy is older than a concurrent `touch`.
+                        let stmt = client
+                            .prepare_cached(&self.sql(
+                                "UPDATE api_keys SET org = $3, revision = $4, expires_at = $5,
+                                     last_used_at = GREATEST(last_used_at, $6),
+                                     record = $7::text::jsonb
+                                 WHERE id = $1 AND revision = $2",
+                            ))
+                            .await
+                            .map_err(pg)?;
+                        let rows = client
+                            .execute(
+                                &stmt,
+                                &[
+                                    &id,
+                                    &expected,
+                                    &record.org.as_str(),
+                                    &revision,
+                                    &unix(record.expires_at),
+                                    &unix(record.last_used_at),
+                                    &json,
+                                ],
+                            )
+                            .await
+                            .map_err(pg)?;
+                        if rows > 0 {
+                            return Ok(());
+                        }
+                    }
+                    let stmt = client
+                        .prepare_cached(&self.sql("SELECT 1 FROM api_keys WHERE id = $1"))
+                        .await
+                        .map_err(pg)?;
+                    let exists = client.query_opt(&stmt, &[&id]).await.map_err(pg)?;
+                    Err(if exists.is_some() {
+                        StoreError::Conflict
+                    } else {
+                        StoreError::NotFound
+                    })
+                })
+                .await;
+            Self::finish(client, outcome)
         }
     }
 
@@ -466,12 +563,16 @@ impl KeyStore for PostgresStore {
         let id = id.to_string();
         async move {
             let client = self.client().await?;
-            let stmt = client
-                .prepare_cached(&self.sql("DELETE FROM api_keys WHERE id = $1"))
-                .await
-                .map_err(pg)?;
-            let rows = client.execute(&stmt, &[&id]).await.map_err(pg)?;
-            Ok(rows > 0)
+            let rows = self
+                .bounded(async {
+                    let stmt = client
+                        .prepare_cached(&self.sql("DELETE FROM api_keys WHERE id = $1"))
+                        .await
+                        .map_err(pg)?;
+                    client.execute(&stmt, &[&id]).await.map_err(pg)
+                })
+                .await;
+            Ok(Self::finish(client, rows)? > 0)
         }
     }
 
@@ -517,17 +618,21 @@ impl KeyStore for PostgresStore {
                 return Ok(());
             }
             let client = self.client().await?;
-            let stmt = client
-                .prepare_cached(&self.sql(
-                    "UPDATE api_keys AS k SET last_used_at = u.at
-                     FROM (SELECT id, max(at) AS at
-                           FROM unnest($1::text[], $2::bigint[]) AS x(id, at) GROUP BY id) AS u
-                     WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
-                ))
-                .await
-                .map_err(pg)?;
-            client.execute(&stmt, &[&ids, &ats]).await.map_err(pg)?;
-            Ok(())
+            let done = self
+                .bounded(async {
+                    let stmt = client
+                        .prepare_cached(&self.sql(
+                            "UPDATE api_keys AS k SET last_used_at = u.at
+                             FROM (SELECT id, max(at) AS at
+                                   FROM unnest($1::text[], $2::bigint[]) AS x(id, at) GROUP BY id) AS u
+                             WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
+                        ))
+                        .await
+                        .map_err(pg)?;
+                    client.execute(&stmt, &[&ids, &ats]).await.map_err(pg)
+                })
+                .await;
+            Self::finish(client, done).map(|_| ())
         }
     }
 

@@ -22,7 +22,7 @@ const DEFAULT_APPLICATION_NAME: &str = "api-keys";
 /// |---|---|---|
 /// | [`pool_size`](Self::pool_size) | 16 connections (plus one for the change feed) | — |
 /// | [`connect_timeout`](Self::connect_timeout) | the URL's `connect_timeout`, else 10 s | [`PostgresErrorKind::Connect`] |
-/// | [`statement_timeout`](Self::statement_timeout) | 5 s (server-side `statement_timeout`) | [`PostgresErrorKind::StatementTimeout`] |
+/// | [`statement_timeout`](Self::statement_timeout) | 5 s (server-side `statement_timeout`; every call is also bounded on this side by it plus 1 s) | [`PostgresErrorKind::StatementTimeout`]; [`PostgresErrorKind::Unresponsive`] when the server does not answer at all |
 /// | [`pool_wait_timeout`](Self::pool_wait_timeout) | 5 s waiting for a free connection | [`PostgresErrorKind::PoolTimeout`] |
 /// | [`table`](Self::table) | `api_keys` | — |
 ///
@@ -69,7 +69,9 @@ impl PostgresOptions {
     /// stores of separate products can share one database this way; managers of different
     /// key classes (token prefixes) may also share one table — every record is bound to its
     /// class — so a table of its own keeps rows apart, it is not needed for safety. An invalid
-    /// name fails `connect` with [`PostgresErrorKind::InvalidTable`].
+    /// name — or one PostgreSQL reserves (`order`, `user`, ...), or whose `<table>_notify()`
+    /// function a new schema would replace — fails `connect` with
+    /// [`PostgresErrorKind::InvalidTable`].
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
         self
@@ -89,7 +91,10 @@ impl PostgresOptions {
 
     /// The server-side `statement_timeout` of the pooled connections: a statement that runs
     /// (or waits on a lock) longer is cancelled and fails with
-    /// [`PostgresErrorKind::StatementTimeout`]. Zero: no limit.
+    /// [`PostgresErrorKind::StatementTimeout`]. A server that does not answer at all (frozen,
+    /// a hung socket) cannot cancel anything, so each call is also bounded here, by this
+    /// timeout plus a second, after which it fails with [`PostgresErrorKind::Unresponsive`] and
+    /// its connection is closed. Zero: no limit on either side.
     pub fn statement_timeout(mut self, d: Duration) -> Self {
         self.statement_timeout = d;
         self
@@ -236,8 +241,13 @@ impl PostgresOptions {
                 feed,
                 runtime,
                 table: self.table.clone(),
+                call_timeout: (!self.statement_timeout.is_zero()).then(|| {
+                    self.statement_timeout
+                        .saturating_add(Duration::from_secs(1))
+                }),
             }),
         };
+        store.check_table_name().await?;
         if migrate {
             store.run_migrations().await?;
         }

@@ -91,6 +91,20 @@ fn arm(slot: &Mutex<Pause>) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
     (reached, go_on)
 }
 
+/// The manager's listener on `store`'s feed, told the feed is connected.
+fn connected_feed(store: &PausingStore) -> Arc<dyn ChangeListener> {
+    let listener = store
+        .listener
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the manager listens to the feed")
+        .upgrade()
+        .expect("the manager is alive");
+    listener.connected();
+    listener
+}
+
 /// Another node on the same rows, which the manager under test does not hear from.
 fn other_node(store: &PausingStore) -> KeyManager<MemoryStore> {
     KeyManager::builder(store.inner.clone(), keyring())
@@ -197,15 +211,7 @@ async fn a_feed_event_fences_off_a_fill_that_began_before_it() {
         ..Default::default()
     };
     let verifier = long_lived(&store);
-    let listener = store
-        .listener
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap()
-        .upgrade()
-        .unwrap();
-    listener.connected();
+    let listener = connected_feed(&store);
     // Another node (no shared process) revokes directly in the store.
     let other = other_node(&store);
     let (key, info) = other.generate(&alice(), prom()).await.unwrap();
@@ -592,15 +598,7 @@ async fn a_revoke_with_an_enormous_ttl_never_leaves_the_old_record_cached() {
         .cache_fallback_ttl(StdDuration::from_secs(10))
         .build()
         .unwrap();
-    let listener = store
-        .listener
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap()
-        .upgrade()
-        .unwrap();
-    listener.connected();
+    let listener = connected_feed(&store);
     let (key, info) = m.generate(&alice(), prom()).await.unwrap();
     let token = key.expose_secret().to_string();
     // The revoke's write is held; its fence was taken while the feed was live.
@@ -638,15 +636,7 @@ async fn an_entry_is_never_trusted_again_when_the_feed_epochs_come_back_round() 
         .cache_fallback_ttl(StdDuration::from_millis(1))
         .build()
         .unwrap();
-    let listener = store
-        .listener
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap()
-        .upgrade()
-        .unwrap();
-    listener.connected();
+    let listener = connected_feed(&store);
     let (key, info) = m.generate(&alice(), prom()).await.unwrap();
     let token = key.expose_secret().to_string();
     m.verify(&token, &Scope::Prometheus).await.unwrap();

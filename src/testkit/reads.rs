@@ -65,6 +65,20 @@ async fn reads<S: KeyStore>(
     Ok([got, listed, scanned(store, id).await?])
 }
 
+/// Fails unless `get`, `list` and `scan` (in `got`) all returned `want` after `step`.
+fn all_read(got: &[Option<KeyRecord>; 3], want: Option<&KeyRecord>, step: &str) -> Check {
+    const C: &str = "reads_follow_every_write";
+    for (read, got) in ["get", "list", "scan"].iter().zip(got) {
+        if got.as_ref() != want {
+            return Err(fail(
+                C,
+                format!("{read} after {step} returned {got:?}, expected {want:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// After an `update` that sets every optional field, `get`, `list` and `scan` return exactly
 /// the record written (each read also ran before the write); after a `delete`, none returns
 /// it.
@@ -80,13 +94,7 @@ pub async fn reads_follow_every_write<S: KeyStore>(store: &S) -> Check {
     let before = reads(store, rec.id, &org)
         .await
         .map_err(|e| store_err(C, "a read", e))?;
-    for (read, got) in ["get", "list", "scan"].iter().zip(&before) {
-        ensure!(
-            C,
-            got.as_ref() == Some(&rec),
-            "{read} after insert returned {got:?}, expected {rec:?}"
-        );
-    }
+    all_read(&before, Some(&rec), "insert")?;
     let next = with_every_field(&rec);
     store
         .update(next.clone(), rec.revision)
@@ -95,13 +103,7 @@ pub async fn reads_follow_every_write<S: KeyStore>(store: &S) -> Check {
     let after = reads(store, rec.id, &org)
         .await
         .map_err(|e| store_err(C, "a read", e))?;
-    for (read, got) in ["get", "list", "scan"].iter().zip(&after) {
-        ensure!(
-            C,
-            got.as_ref() == Some(&next),
-            "{read} after update returned {got:?}, expected the record written: {next:?}"
-        );
-    }
+    all_read(&after, Some(&next), "an update setting every field")?;
     let removed = store
         .delete(&rec.id)
         .await
@@ -110,11 +112,7 @@ pub async fn reads_follow_every_write<S: KeyStore>(store: &S) -> Check {
     let gone = reads(store, rec.id, &org)
         .await
         .map_err(|e| store_err(C, "a read", e))?;
-    for (read, got) in ["get", "list", "scan"].iter().zip(&gone) {
-        if let Some(r) = got {
-            return Err(fail(C, format!("{read} after delete still returned {r:?}")));
-        }
-    }
+    all_read(&gone, None, "delete")?;
     // Every field through `insert` too.
     let full = with_every_field(&sample_record(KeyId(random_u64() | 1), &org));
     store
@@ -124,12 +122,5 @@ pub async fn reads_follow_every_write<S: KeyStore>(store: &S) -> Check {
     let read = reads(store, full.id, &org)
         .await
         .map_err(|e| store_err(C, "a read", e))?;
-    for (read, got) in ["get", "list", "scan"].iter().zip(&read) {
-        ensure!(
-            C,
-            got.as_ref() == Some(&full),
-            "{read} after insert returned {got:?}, expected the record written: {full:?}"
-        );
-    }
-    Ok(())
+    all_read(&read, Some(&full), "an insert setting every field")
 }

@@ -1627,3 +1627,34 @@ async fn migration_does_not_replace_a_host_function() {
         body.trim().lines().next().unwrap_or("")
     );
 }
+
+/// A statement the driver refuses to encode (a column whose type was changed by hand) is
+/// `Query`, not `ConnectionLost` ("the next call uses a new connection"), which would send an
+/// operator to the network instead of the schema.
+#[tokio::test]
+async fn an_encoding_error_is_not_reported_as_connection_lost() {
+    let Some(cfg) = database_url("an_encoding_error_is_not_reported_as_connection_lost") else {
+        return;
+    };
+    let table = format!("drift_{:08x}", random_u64() as u32);
+    let store = PostgresStore::options()
+        .table(&table)
+        .connect_and_migrate(&conninfo(&cfg, &app("drift"), None, None))
+        .await
+        .unwrap();
+    let admin = admin(&cfg, None).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE {table} ALTER COLUMN last_used_at TYPE integer"
+        ))
+        .await
+        .unwrap();
+    let rec = api_keys::testkit::sample_record(random_id(), &org());
+    let e = store.insert(rec).await.unwrap_err();
+    assert_eq!(
+        pg_error(&e).kind(),
+        PostgresErrorKind::Query,
+        "{}",
+        chain(&e).replace('\n', " |")
+    );
+}

@@ -81,7 +81,7 @@ impl PostgresError {
     fn from_pg(e: tokio_postgres::Error) -> Self {
         let lost = e.is_closed()
             || match e.code() {
-                None => e.as_db_error().is_none(),
+                None => e.as_db_error().is_none() && !is_about_the_statement(&e),
                 Some(code) => {
                     code.code().starts_with("08")
                         || *code == SqlState::ADMIN_SHUTDOWN
@@ -147,6 +147,25 @@ impl std::error::Error for PostgresError {
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
+}
+
+/// Whether a driver error without a server code is about the statement and its values, not
+/// the connection: a parameter that does not encode or a column that does not decode (a
+/// column's type changed by hand), a column or parameter count that does not match. The
+/// driver does not expose its error kinds; these are the `Display` texts of those kinds in
+/// `tokio-postgres` 0.7. Anything else without a code is taken as a lost connection, as
+/// before (a read is then retried once on a fresh one).
+fn is_about_the_statement(e: &tokio_postgres::Error) -> bool {
+    let text = e.to_string();
+    [
+        "error serializing parameter",
+        "error deserializing column",
+        "invalid column",
+        "query returned an unexpected number of",
+    ]
+    .iter()
+    .any(|p| text.starts_with(p))
+        || (text.starts_with("expected ") && text.contains(" parameters but got "))
 }
 
 pub(super) fn pg(e: tokio_postgres::Error) -> StoreError {

@@ -60,7 +60,9 @@ macro_rules! ensure {
     };
 }
 
+mod last_use;
 mod reads;
+pub use last_use::{touch_many_raises_each_last_use, touch_only_raises_last_use};
 pub use reads::reads_follow_every_write;
 
 fn store_err(check: &'static str, what: &str, e: StoreError) -> Failure {
@@ -485,151 +487,6 @@ pub async fn ids_compare_byte_for_byte<S: KeyStore>(store: &S) -> Check {
         KeyId(base + 9),
         ids.first()
     );
-    Ok(())
-}
-
-/// `touch_many` does what `touch` does for each use of the batch: raises each
-/// `last_used_at` (to the latest of its uses), never lowers one, never changes the revision,
-/// never creates a row.
-pub async fn touch_many_raises_each_last_use<S: KeyStore>(store: &S) -> Check {
-    const C: &str = "touch_many_raises_each_last_use";
-    let org = random_org();
-    let (a, b) = (
-        sample_record(random_id(), &org),
-        sample_record(random_id(), &org),
-    );
-    for r in [&a, &b] {
-        store
-            .insert(r.clone())
-            .await
-            .map_err(|e| store_err(C, "insert", e))?;
-    }
-    store
-        .touch(&b.id, t(1_720_000_000))
-        .await
-        .map_err(|e| store_err(C, "touch", e))?;
-    let ghost = random_id();
-    store
-        .touch_many(&[
-            (a.id, t(1_710_000_000)),
-            (a.id, t(1_715_000_000)),
-            (b.id, t(1_711_000_000)),
-            (ghost, t(1_711_000_000)),
-        ])
-        .await
-        .map_err(|e| store_err(C, "touch_many", e))?;
-    let got_a = store
-        .get(&a.id)
-        .await
-        .map_err(|e| store_err(C, "get", e))?
-        .ok_or_else(|| fail(C, "record vanished"))?;
-    ensure!(
-        C,
-        got_a.last_used_at == Some(t(1_715_000_000)) && got_a.revision == a.revision,
-        "touch_many did not raise last_used_at to the latest use: {:?}",
-        got_a.last_used_at
-    );
-    let got_b = store
-        .get(&b.id)
-        .await
-        .map_err(|e| store_err(C, "get", e))?
-        .ok_or_else(|| fail(C, "record vanished"))?;
-    ensure!(
-        C,
-        got_b.last_used_at == Some(t(1_720_000_000)),
-        "touch_many lowered last_used_at to {:?}",
-        got_b.last_used_at
-    );
-    let got = store
-        .get(&ghost)
-        .await
-        .map_err(|e| store_err(C, "get", e))?;
-    ensure!(C, got.is_none(), "touch_many created a row: {got:?}");
-    Ok(())
-}
-
-/// `touch` raises `last_used_at`, never lowers it, never changes the revision or any other
-/// field (a touch racing a revoke must not un-revoke), and never creates a row.
-pub async fn touch_only_raises_last_use<S: KeyStore>(store: &S) -> Check {
-    const C: &str = "touch_only_raises_last_use";
-    let org = random_org();
-    let rec = sample_record(random_id(), &org);
-    store
-        .insert(rec.clone())
-        .await
-        .map_err(|e| store_err(C, "insert", e))?;
-    store
-        .touch(&rec.id, t(1_710_000_000))
-        .await
-        .map_err(|e| store_err(C, "touch", e))?;
-    let got = store
-        .get(&rec.id)
-        .await
-        .map_err(|e| store_err(C, "get", e))?
-        .ok_or_else(|| fail(C, "record vanished"))?;
-    ensure!(
-        C,
-        got.last_used_at == Some(t(1_710_000_000)),
-        "touch did not set last_used_at: {:?}",
-        got.last_used_at
-    );
-    ensure!(
-        C,
-        got.revision == rec.revision,
-        "touch changed the revision from {} to {}",
-        rec.revision,
-        got.revision
-    );
-    store
-        .touch(&rec.id, t(1_705_000_000))
-        .await
-        .map_err(|e| store_err(C, "touch", e))?;
-    let got = store
-        .get(&rec.id)
-        .await
-        .map_err(|e| store_err(C, "get", e))?
-        .ok_or_else(|| fail(C, "record vanished"))?;
-    ensure!(
-        C,
-        got.last_used_at == Some(t(1_710_000_000)),
-        "touch lowered last_used_at to {:?}",
-        got.last_used_at
-    );
-    // Revoke through CAS, then touch: the revocation must survive.
-    let mut revoked = got.clone();
-    revoked.revision += 1;
-    revoked.revoked_at = Some(t(1_711_000_000));
-    revoked.revoked_by = Some(UserId::new("revoker"));
-    store
-        .update(revoked.clone(), got.revision)
-        .await
-        .map_err(|e| store_err(C, "update", e))?;
-    store
-        .touch(&rec.id, t(1_712_000_000))
-        .await
-        .map_err(|e| store_err(C, "touch", e))?;
-    let got = store
-        .get(&rec.id)
-        .await
-        .map_err(|e| store_err(C, "get", e))?
-        .ok_or_else(|| fail(C, "record vanished"))?;
-    let mut expected = revoked;
-    expected.last_used_at = Some(t(1_712_000_000));
-    ensure!(
-        C,
-        got == expected,
-        "touch changed more than last_used_at: got {got:?}, expected {expected:?}"
-    );
-    let ghost = random_id();
-    store
-        .touch(&ghost, t(1_712_000_000))
-        .await
-        .map_err(|e| store_err(C, "touch of a missing row", e))?;
-    let got = store
-        .get(&ghost)
-        .await
-        .map_err(|e| store_err(C, "get", e))?;
-    ensure!(C, got.is_none(), "touch created a row: {got:?}");
     Ok(())
 }
 

@@ -28,10 +28,18 @@ pub enum LeakVerdict {
     FalsePositive,
 }
 
+/// A source is shown to managers (audit events, notifications, the admin page): no control
+/// characters, and no bidirectional controls, which would make `https://x/\u{202e}txt.exe`
+/// display as another URL (the rule key names follow).
 fn check_source(source: &str) -> Result<(), Error> {
-    if source.len() > MAX_LEAK_SOURCE_BYTES || source.chars().any(char::is_control) {
+    if source.len() > MAX_LEAK_SOURCE_BYTES
+        || source
+            .chars()
+            .any(|c| c.is_control() || crate::policy::is_bidi_control(c))
+    {
         return Err(Error::Policy(format!(
-            "a leak source must be at most {MAX_LEAK_SOURCE_BYTES} bytes with no control characters"
+            "a leak source must be at most {MAX_LEAK_SOURCE_BYTES} bytes with no control \
+             characters and no bidirectional controls (U+202A–U+202E, U+2066–U+2069)"
         )));
     }
     Ok(())
@@ -51,7 +59,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     ///
     /// # Errors
     /// [`Error::Policy`] for a source longer than [`MAX_LEAK_SOURCE_BYTES`] or with control
-    /// characters; [`Error::Store`]; [`Error::Conflict`] after repeated lost races.
+    /// characters or bidirectional controls; [`Error::Store`]; [`Error::Conflict`] after repeated lost races.
     pub async fn revoke_leaked(&self, token: &str, source: &str) -> Result<LeakVerdict, Error> {
         check_source(source)?;
         self.leaked_one(token, source).await

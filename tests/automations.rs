@@ -260,6 +260,13 @@ async fn leak_batches_are_bounded_and_sources_checked() {
         n.manager.revoke_leaked(a.expose_secret(), &long).await,
         Err(Error::Policy(_))
     ));
+    // A source is shown to managers: one that would display as another URL is refused.
+    for reordering in ["https://x/\u{202e}gpj.exe", "https://x/\u{2067}a"] {
+        assert!(matches!(
+            n.manager.revoke_leaked(a.expose_secret(), reordering).await,
+            Err(Error::Policy(_))
+        ));
+    }
     // One bad source refuses the whole batch before anything is revoked.
     let bad = n
         .manager

@@ -759,6 +759,10 @@ async fn keys_revoke_leaked_refuses_a_bad_source_as_usage() {
             "line\nbreak".to_owned(),
             format!("{}\n", key.expose_secret()),
         ),
+        (
+            "https://x/\u{202e}gpj.exe".to_owned(),
+            format!("{}\n", key.expose_secret()),
+        ),
     ] {
         let out = cli_with(&db.path, 1, &OLD)
             .args(["keys", "revoke-leaked", "--source", &source])

@@ -231,11 +231,15 @@ fn sha256_hex(token: &str) -> String {
     out
 }
 
-/// The report's URL as a leak source: control characters dropped, cut to
+/// The report's URL as a leak source: control characters and bidirectional controls dropped
+/// (a source may hold neither, and the report must still revoke), cut to
 /// [`MAX_LEAK_SOURCE_BYTES`] at a character boundary.
 fn source_of(url: &str) -> String {
     let mut s = String::with_capacity(url.len().min(MAX_LEAK_SOURCE_BYTES));
-    for c in url.chars().filter(|c| !c.is_control()) {
+    for c in url
+        .chars()
+        .filter(|&c| !c.is_control() && !crate::policy::is_bidi_control(c))
+    {
         if s.len() + c.len_utf8() > MAX_LEAK_SOURCE_BYTES {
             break;
         }
@@ -401,6 +405,10 @@ mod tests {
         assert!(s.len() <= MAX_LEAK_SOURCE_BYTES);
         assert!(long.starts_with(&s));
         assert_eq!(source_of("a\nb\u{7}c"), "abc");
+        assert_eq!(
+            source_of("https://x/\u{202e}gpj.exe\u{2066}"),
+            "https://x/gpj.exe"
+        );
     }
 
     #[test]

@@ -355,7 +355,9 @@ pub(crate) fn check_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn is_bidi_control(c: char) -> bool {
+/// U+202A–U+202E and U+2066–U+2069: the embeddings, overrides and isolates that reorder the
+/// text around them when it is displayed.
+pub(crate) fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 

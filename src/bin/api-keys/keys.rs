@@ -130,9 +130,14 @@ async fn revoke_leaked(
     use std::io::BufRead;
     use zeroize::Zeroizing;
     // A usage error before anything is read (the library checks it again per token).
-    if source.len() > api_keys::MAX_LEAK_SOURCE_BYTES || source.chars().any(char::is_control) {
+    // The library's rule: no control characters, no bidirectional controls.
+    let reorders = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    if source.len() > api_keys::MAX_LEAK_SOURCE_BYTES
+        || source.chars().any(|c| c.is_control() || reorders(c))
+    {
         return Err(Failure::usage(format!(
-            "--source must be at most {} bytes with no control characters",
+            "--source must be at most {} bytes with no control characters and no \
+             bidirectional controls (U+202A–U+202E, U+2066–U+2069)",
             api_keys::MAX_LEAK_SOURCE_BYTES
         )));
     }

@@ -25,13 +25,13 @@
 //! up to a maximum staleness after its read began ([`Cache::get_stale`]); an invalidated
 //! entry is gone and a revoked one still says revoked, so this never un-revokes a key.
 //!
-//! Entries hold a keyed fingerprint of the secret (a CBC-MAC under a per-process random key,
-//! fixed 32-byte input), never the secret, so a hit costs one fingerprint and a constant-time
-//! compare. The fingerprint of the presented secret depends only on the token, so it is
-//! computed while the lookup's memory access is in flight. Entries sit inline in the table,
-//! one cache line each (id, fingerprint, deadlines in ns since the cache's creation, feed
-//! epoch and the shared `Facts`), so a hit costs the table's control bytes, that one line,
-//! and the line of `Facts` that the returned [`Verified`](crate::Verified) needs.
+//! Entries hold a keyed fingerprint of the secret (a CBC-MAC under a per-process random key
+//! over the secret's fixed 44-character text), never the secret, so a hit costs one
+//! fingerprint and a constant-time compare, and the presented secret is never decoded.
+//! Entries sit inline in the table, one cache line each (id, fingerprint, deadlines in ns
+//! since the cache's creation, feed epoch and the shared `Facts`), so a hit costs the
+//! table's control bytes, that one line, and the line of `Facts` that the returned
+//! [`Verified`](crate::Verified) needs.
 //!
 //! A full shard evicts an arbitrary entry; expired entries are swept from it at most once per
 //! fallback TTL, so a fill never scans a full shard on every call.
@@ -47,6 +47,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::crypto::{Block, fill_random};
 use crate::key::Facts;
 use crate::store::{Change, ChangeListener};
+use crate::token::{SECRET_CHARS, SECRET_LEN, secret_text_of};
 use crate::{Error, KeyId};
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
@@ -207,12 +208,19 @@ impl Cache {
         !crate::crypto::differs((a[0] ^ b[0]) | (a[1] ^ b[1]))
     }
 
-    /// Keyed fingerprint of a 32-byte secret: `E(k, E(k, s[..16]) ^ s[16..])`, a CBC-MAC over
-    /// a fixed-length message (a PRF for that length).
-    pub(crate) fn fingerprint(&self, secret: &[u8; 32]) -> Fingerprint {
-        let mut b = Block::clone_from_slice(&secret[..16]);
+    /// Keyed fingerprint of a secret, taken over the 44 characters a token spells it with:
+    /// `E(k, E(k, E(k, t[..16]) ^ t[16..32]) ^ (t[32..] ‖ 0000))`, a CBC-MAC over a message of
+    /// one fixed length (a PRF for that length). Canonical texts and secrets correspond one to
+    /// one ([`UntrustedToken::secret_text`](crate::UntrustedToken)), so a warm verification
+    /// compares fingerprints without decoding the presented secret.
+    pub(crate) fn fingerprint(&self, text: &[u8; SECRET_CHARS]) -> Fingerprint {
+        let mut b = Block::clone_from_slice(&text[..16]);
         self.fingerprint_key.encrypt_block(&mut b);
-        for (x, y) in b.iter_mut().zip(&secret[16..]) {
+        for (x, y) in b.iter_mut().zip(&text[16..32]) {
+            *x ^= *y;
+        }
+        self.fingerprint_key.encrypt_block(&mut b);
+        for (x, y) in b.iter_mut().zip(&text[32..]) {
             *x ^= *y;
         }
         self.fingerprint_key.encrypt_block(&mut b);
@@ -224,6 +232,12 @@ impl Cache {
         b.as_mut_slice().zeroize();
         w.zeroize();
         [hi, lo]
+    }
+
+    /// [`Cache::fingerprint`] of a secret's bytes (a new or rewritten key's, or the stored one
+    /// a cold verification decrypted): spelled as a token spells it first.
+    pub(crate) fn fingerprint_of(&self, secret: &[u8; SECRET_LEN]) -> Fingerprint {
+        self.fingerprint(&secret_text_of(secret))
     }
 
     /// A cached entry for `id`, if one may still be served at `now` (a monotonic reading

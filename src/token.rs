@@ -21,7 +21,7 @@ use crate::{Error, KeyId};
 pub const DEFAULT_PREFIX: &str = "sak";
 /// Number of secret bytes.
 pub(crate) const SECRET_LEN: usize = 32;
-const SECRET_CHARS: usize = 44;
+pub(crate) const SECRET_CHARS: usize = 44;
 const CHECK_CHARS: usize = 6;
 /// Characters after `prefix_`.
 pub const BODY_LEN: usize = KeyId::LEN + SECRET_CHARS + CHECK_CHARS;
@@ -47,6 +47,33 @@ pub(crate) mod base62 {
 
     pub(crate) fn encode_u64(v: u64) -> [u8; 11] {
         encode::<11>(v)
+    }
+
+    /// The text of `u64::MAX`: the largest canonical word.
+    const MAX_WORD: &[u8; 11] = b"LygHa16AHYF";
+    const MAX_HEAD: u64 = u64::from_be_bytes([
+        MAX_WORD[0],
+        MAX_WORD[1],
+        MAX_WORD[2],
+        MAX_WORD[3],
+        MAX_WORD[4],
+        MAX_WORD[5],
+        MAX_WORD[6],
+        MAX_WORD[7],
+    ]);
+    const MAX_TAIL: u32 = u32::from_be_bytes([0, MAX_WORD[8], MAX_WORD[9], MAX_WORD[10]]);
+
+    /// Whether eleven digits (already checked to be base62 digits) stand for more than
+    /// `u64::MAX`. Fixed-width digits compare like their values, and ASCII orders `0-9A-Za-z`
+    /// as base62 does, so this compares the text with [`MAX_WORD`]'s as two big-endian
+    /// numbers: no branch, no table look-up on a digit.
+    #[inline]
+    pub(crate) fn above_u64(w: &[u8; 11]) -> bool {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&w[..8]);
+        let head = u64::from_be_bytes(head);
+        let tail = u32::from_be_bytes([0, w[8], w[9], w[10]]);
+        (head > MAX_HEAD) | ((head == MAX_HEAD) & (tail > MAX_TAIL))
     }
 
     pub(crate) fn encode_u32(v: u32) -> [u8; 6] {
@@ -217,13 +244,16 @@ impl UntrustedToken {
     /// into `secret` (the hot path keeps it in its own zeroizing buffer) and only the public id
     /// is returned by value.
     pub(crate) fn parse_into(prefix: &str, b: &[u8], secret: &mut Secret) -> Result<KeyId, Error> {
-        let p = prefix.len();
-        if b.len() != p + 1 + BODY_LEN || !b.starts_with(prefix.as_bytes()) || b[p] != b'_' {
-            return Err(Error::Malformed);
-        }
-        let Ok(body) = <&[u8; BODY_LEN]>::try_from(&b[p + 1..]) else {
-            return Err(Error::Malformed);
-        };
+        let id = Self::check_id(prefix, b)?;
+        Self::secret_into(b, secret)?;
+        Ok(id)
+    }
+
+    /// The first half of [`UntrustedToken::parse_into`]: shape, character set and checksum,
+    /// then the public id. A warm verification goes on with the secret's text
+    /// ([`UntrustedToken::secret_text`]) and decodes it only when it must read the store.
+    pub(crate) fn check_id(prefix: &str, b: &[u8]) -> Result<KeyId, Error> {
+        let body = Self::body(prefix, b)?;
         // Character set first (branch-free, so it vectorizes: over the token's last 64
         // bytes when the prefix is long enough to fill them), then the checksum: noise and
         // typos are rejected before any decoding.
@@ -250,15 +280,31 @@ impl UntrustedToken {
         if check != u64::from(crate::checksum::crc32(before_check)) {
             return Err(Error::Malformed);
         }
-        // The id and the secret's four words, eleven characters each, decoded without
-        // branches; one decision on whether any of them overflowed.
         let (words, _check) = body.as_chunks::<11>();
-        let mut words = words.iter();
-        let Some(id_text) = words.next() else {
+        let Some(id_text) = words.first() else {
             return Err(Error::Malformed);
         };
-        let (id, mut overflow) = base62::word11(id_text);
-        for (i, text) in words.take(SECRET_LEN / 8).enumerate() {
+        match base62::word11(id_text) {
+            (id, false) => Ok(KeyId(id)),
+            (_, true) => Err(Error::Malformed),
+        }
+    }
+
+    /// The second half of [`UntrustedToken::parse_into`], for a token that passed
+    /// [`UntrustedToken::check_id`]: the secret's four words, eleven characters each, decoded
+    /// without branches, then one decision on whether any of them overflowed (`secret` is
+    /// cleared if one did).
+    pub(crate) fn secret_into(b: &[u8], secret: &mut Secret) -> Result<(), Error> {
+        let Some(body) = b
+            .len()
+            .checked_sub(BODY_LEN)
+            .and_then(|start| <&[u8; BODY_LEN]>::try_from(&b[start..]).ok())
+        else {
+            return Err(Error::Malformed);
+        };
+        let (words, _check) = body.as_chunks::<11>();
+        let mut overflow = false;
+        for (i, text) in words.iter().skip(1).take(SECRET_LEN / 8).enumerate() {
             let (mut w, over) = base62::word11(text);
             secret[i * 8..i * 8 + 8].copy_from_slice(&w.to_be_bytes());
             w.zeroize();
@@ -268,7 +314,44 @@ impl UntrustedToken {
             secret.zeroize();
             return Err(Error::Malformed);
         }
-        Ok(KeyId(id))
+        Ok(())
+    }
+
+    /// The secret's 44 characters in a token that passed [`UntrustedToken::check_id`], if each
+    /// of its four words is canonical (the text of a `u64`; [`UntrustedToken::secret_into`]
+    /// refuses the same tokens). Canonical words and values correspond one to one, so the
+    /// text stands for the secret: the cache fingerprints it without decoding it. The check
+    /// compares each word with the largest one, as numbers, without branches: the digits'
+    /// ASCII order is their numeric order.
+    pub(crate) fn secret_text(b: &[u8]) -> Result<&[u8; SECRET_CHARS], Error> {
+        let Some(text) = b
+            .len()
+            .checked_sub(SECRET_CHARS + CHECK_CHARS)
+            .and_then(|start| {
+                <&[u8; SECRET_CHARS]>::try_from(&b[start..b.len() - CHECK_CHARS]).ok()
+            })
+        else {
+            return Err(Error::Malformed);
+        };
+        let (words, _) = text.as_chunks::<11>();
+        let mut over = false;
+        for w in words {
+            over |= base62::above_u64(w);
+        }
+        if over {
+            Err(Error::Malformed)
+        } else {
+            Ok(text)
+        }
+    }
+
+    /// The token's body after `prefix` and `_`, if the length and prefix are right.
+    fn body<'b>(prefix: &str, b: &'b [u8]) -> Result<&'b [u8; BODY_LEN], Error> {
+        let p = prefix.len();
+        if b.len() != p + 1 + BODY_LEN || !b.starts_with(prefix.as_bytes()) || b[p] != b'_' {
+            return Err(Error::Malformed);
+        }
+        <&[u8; BODY_LEN]>::try_from(&b[p + 1..]).map_err(|_| Error::Malformed)
     }
 
     /// The key id the token claims (public).
@@ -293,21 +376,28 @@ pub(crate) fn format_token(
     buf.extend_from_slice(prefix.as_bytes());
     buf.push(b'_');
     buf.extend_from_slice(&id.encode());
-    for chunk in secret.chunks_exact(8) {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(chunk);
-        let mut v = u64::from_be_bytes(w);
-        let mut enc = base62::encode_u64(v);
-        buf.extend_from_slice(&enc);
-        v.zeroize();
-        w.zeroize();
-        enc.zeroize();
-    }
+    buf.extend_from_slice(&*secret_text_of(secret));
     let crc = crate::checksum::crc32(&buf);
     buf.extend_from_slice(&base62::encode_u32(crc));
     // Every byte pushed is ASCII.
     let s = String::from_utf8(std::mem::take(&mut *buf)).unwrap_or_default();
     Zeroizing::new(s)
+}
+
+/// The text a token spells `secret` with: four words of eleven base62 digits.
+pub(crate) fn secret_text_of(secret: &[u8; SECRET_LEN]) -> Zeroizing<[u8; SECRET_CHARS]> {
+    let mut text = Zeroizing::new([0u8; SECRET_CHARS]);
+    for (chunk, out) in secret.chunks_exact(8).zip(text.chunks_exact_mut(11)) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let mut v = u64::from_be_bytes(w);
+        let mut enc = base62::encode_u64(v);
+        out.copy_from_slice(&enc);
+        v.zeroize();
+        w.zeroize();
+        enc.zeroize();
+    }
+    text
 }
 
 /// Checks a configured prefix against `[a-z][a-z0-9]{1,15}`.
@@ -489,6 +579,29 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_word_is_the_text_of_u64_max() {
+        for (w, above) in [
+            (b"LygHa16AHYF", false),
+            (b"LygHa16AHYG", true),
+            (b"LygHa16AHZ0", true),
+            (b"LygHa16AHYE", false),
+            (b"LygHa17AHYF", true),
+            (b"LygHa15zzzz", false),
+            (b"00000000000", false),
+            (b"zzzzzzzzzzz", true),
+        ] {
+            assert_eq!(
+                base62::above_u64(w),
+                above,
+                "{}",
+                std::str::from_utf8(w).unwrap()
+            );
+            assert_eq!(base62::word11(w).1, above);
+        }
+        assert_eq!(base62::word11(b"LygHa16AHYF").0, u64::MAX);
+    }
+
+    #[test]
     fn prefixes() {
         assert!(valid_prefix("sak"));
         assert!(valid_prefix("ab"));
@@ -550,6 +663,15 @@ mod tests {
                 .map(reference)
                 .collect();
             let fits = words.iter().all(|&w| w <= u128::from(u64::MAX));
+            // The warm path's reading (id, then the secret's text without decoding it)
+            // accepts exactly the same tokens, and the text it fingerprints is the one the
+            // decoded secret is spelled with.
+            let warm = UntrustedToken::check_id(&prefix, t.as_bytes())
+                .and_then(|_| UntrustedToken::secret_text(t.as_bytes()));
+            proptest::prop_assert_eq!(warm.is_ok(), fits);
+            if let (Ok(text), Ok(p)) = (warm, UntrustedToken::parse(&prefix, &t)) {
+                proptest::prop_assert_eq!(text, &*secret_text_of(p.secret()));
+            }
             match UntrustedToken::parse(&prefix, &t) {
                 Ok(p) => {
                     proptest::prop_assert!(fits);

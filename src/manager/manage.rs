@@ -107,7 +107,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                     // a used, a revoked or an expired key.
                     fence.install(
                         Arc::new(Facts::from_record(&rec, self.inner.local.as_deref())),
-                        self.inner.cache.fingerprint(&secret),
+                        self.inner.cache.fingerprint_of(&secret),
                     );
                     let token = format_token(&self.inner.prefix, rec.id, &secret);
                     return Ok((ApiKey::new(rec.id, token), rec));

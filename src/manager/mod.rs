@@ -455,7 +455,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             let result = self.inner.store.update(next.clone(), rec.revision).await;
             match result {
                 Ok(()) => {
-                    let fingerprint = self.inner.cache.fingerprint(&secret);
+                    let fingerprint = self.inner.cache.fingerprint_of(&secret);
                     fence.install(
                         Arc::new(Facts::from_record(&next, self.inner.local.as_deref())),
                         fingerprint,

@@ -145,20 +145,27 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         cost: u64,
         secret: &mut Zeroizing<[u8; SECRET_LEN]>,
     ) -> Step {
-        let id = match UntrustedToken::parse_into(&self.inner.prefix, token, secret) {
-            Ok(id) => id,
+        let checked = UntrustedToken::check_id(&self.inner.prefix, token)
+            .and_then(|id| Ok((id, UntrustedToken::secret_text(token)?)));
+        let (id, text) = match checked {
+            Ok(both) => both,
             Err(e) => {
                 self.verify_failed(FailureClass::Malformed, None, None, Instant::now());
                 return Step::Done(Err(e));
             }
         };
         let cache = &self.inner.cache;
-        // The presented secret's fingerprint does not depend on the lookup: computed while
-        // the lookup's memory access is in flight. One monotonic reading serves the cache's
-        // TTL and (through the clock) the expiry check.
-        let presented = cache.fingerprint(secret);
+        // The presented secret is fingerprinted as the token spells it: a cached key's
+        // verification never decodes it. One monotonic reading serves the cache's TTL and
+        // (through the clock) the expiry check.
+        let presented = cache.fingerprint(text);
         let mono = Instant::now();
         let Some((facts, fingerprint)) = cache.get(&id, mono) else {
+            // The store must be read: the secret's bytes, for the record's.
+            if let Err(e) = UntrustedToken::secret_into(token, secret) {
+                self.verify_failed(FailureClass::Malformed, None, None, mono);
+                return Step::Done(Err(e));
+            }
             return Step::Cold { id, presented };
         };
         if !bool::from(Cache::same_fingerprint(&presented, &fingerprint)) {
@@ -292,7 +299,12 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         }
         let matched: bool = crate::crypto::ct_eq_bytes(&secret, presented).into();
         let facts = Arc::new(Facts::from_owned(rec, self.inner.local.as_deref()));
-        let fingerprint = cache.fingerprint(&secret);
+        // A matching secret spells the presented text: its fingerprint is the presented one.
+        let fingerprint = if matched {
+            presented_fp
+        } else {
+            cache.fingerprint_of(&secret)
+        };
         if !matched {
             // Cached too, so that the next wrong guess is answered from the cache whatever
             // the key's state (a revoked key must not answer slower than an active one), but

@@ -272,3 +272,69 @@ fn a_document_with_a_bad_key_is_refused() {
     assert!(PublicKeys::from_github_json(doc.to_string().as_bytes()).is_err());
     assert!(PublicKeys::from_github_json(b"[]").is_err());
 }
+
+/// A body that fails while it is read (the client went away mid-upload, a proxy reset the
+/// stream) is a 400, not a 413: only a body over `MAX_REPORT_BYTES` is too large — also when
+/// it comes chunked, with no length announced.
+#[tokio::test]
+async fn a_body_that_fails_to_arrive_is_a_bad_request_not_too_large() {
+    use axum::body::Body;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use tower::ServiceExt;
+
+    let p = start_partner().await;
+    let k = key(&p).await;
+    let body = report(&[k.expose_secret()]);
+    let sig = sign(&p.github, &body);
+    let keys = PublicKeys::single(KEY_ID, &pem(&p.github)).unwrap();
+    let app: Router = Router::new().route(PATH, endpoint(p.manager.clone(), keys));
+    let send = |chunks: Vec<Result<Frame<Bytes>, std::io::Error>>| {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(PATH)
+            .header("Github-Public-Key-Identifier", KEY_ID)
+            .header("Github-Public-Key-Signature", sig.as_str())
+            .body(Body::new(StreamBody::new(futures_util::stream::iter(
+                chunks,
+            ))))
+            .unwrap();
+        app.clone().oneshot(req)
+    };
+
+    let cut = send(vec![
+        Ok(Frame::data(Bytes::copy_from_slice(&body[..10]))),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(cut.status(), StatusCode::BAD_REQUEST);
+    let text = cut.into_body().collect().await.unwrap().to_bytes();
+    assert!(!text.is_empty() && !String::from_utf8_lossy(&text).contains("too_large"));
+
+    // Over the cap in chunks, no length announced: still 413.
+    let chunk = Bytes::from(vec![b' '; 64 * 1024]);
+    let over = (0..=MAX_REPORT_BYTES / chunk.len())
+        .map(|_| Ok(Frame::data(chunk.clone())))
+        .collect();
+    let r = send(over).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Over a smaller limit the host put around the body: 413 too.
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(PATH)
+        .header("Github-Public-Key-Identifier", KEY_ID)
+        .header("Github-Public-Key-Signature", sig.as_str())
+        .body(Body::new(http_body_util::Limited::new(
+            Body::from(vec![b' '; 2048]),
+            1024,
+        )))
+        .unwrap();
+    let r = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    assert!(works(&p, k.expose_secret()).await);
+}

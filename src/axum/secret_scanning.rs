@@ -5,8 +5,8 @@
 //! P-256 / SHA-256 over the *raw* request body: the `Github-Public-Key-Identifier` header names
 //! the key, `Github-Public-Key-Signature` carries the base64 DER signature. The handler
 //!
-//! 1. caps the body at [`MAX_REPORT_BYTES`] (413 beyond) and reads it as bytes, never
-//!    re-serialized;
+//! 1. caps the body at [`MAX_REPORT_BYTES`] (413 beyond; 400 for a body that fails to
+//!    arrive) and reads it as bytes, never re-serialized;
 //! 2. finds the named public key through the host's [`PublicKeySource`] (GitHub publishes
 //!    them at `https://api.github.com/meta/public_keys/secret_scanning`; fetching and caching
 //!    that document is the host's job — [`PublicKeys::from_github_json`] parses it);
@@ -271,6 +271,19 @@ fn header<'h>(headers: &'h HeaderMap, name: &str, max: usize) -> Option<&'h str>
     v.to_str().ok().filter(|s| !s.is_empty())
 }
 
+/// Whether reading a body failed because it was over a length limit: ours, or one a layer of
+/// the host put around the body (the limit's error is then deeper in the chain).
+fn over_a_limit(e: &::axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// The handler behind [`endpoint`]: verifies, revokes, answers.
 pub struct SecretScanning<S, K> {
     manager: KeyManager<S>,
@@ -314,7 +327,11 @@ impl<S: KeyStore + 'static, K: PublicKeySource> SecretScanning<S, K> {
         };
         let raw = match to_bytes(body, MAX_REPORT_BYTES).await {
             Ok(b) => b,
-            Err(_) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            Err(e) if over_a_limit(&e) => {
+                return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+            }
+            // The client went away mid-body, a proxy reset the stream, a malformed chunk.
+            Err(_) => return refuse(StatusCode::BAD_REQUEST, "body_unreadable"),
         };
         let keys = match self.keys.public_keys(key_id).await {
             Ok(k) => k,

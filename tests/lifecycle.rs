@@ -1196,3 +1196,54 @@ async fn an_expiry_past_the_end_of_the_calendar_is_refused_not_shortened() {
         Err(Error::Policy(_))
     ));
 }
+
+/// `rewrap` counts every record that fails its integrity check in `failed` and reports it,
+/// whatever version it names: a tampered row sealed under the current version (or under a
+/// `next` one) is no more "already current" (or "newer") than one under an old version.
+#[tokio::test]
+async fn rewrap_reports_tampered_records_of_the_current_and_next_versions() {
+    let store = MemoryStore::new();
+    let s = setup_with(store.clone(), Policy::default());
+    let (_, genuine) = s.manager.generate(&alice(), prom("genuine")).await.unwrap();
+    let (_, victim) = s.manager.generate(&alice(), prom("victim")).await.unwrap();
+    let mut rec = store.get(&victim.id).await.unwrap().unwrap();
+    rec.scopes.push(Scope::Scim);
+    store.overwrite_unchecked(rec);
+    let report = s.manager.rewrap().await.unwrap();
+    assert_eq!(
+        (report.already_current, report.failed),
+        (1, 1),
+        "{report:?}"
+    );
+    assert!(
+        s.audit
+            .events()
+            .iter()
+            .any(|e| { e.action == AuditAction::IntegrityFailure && e.key_id == Some(victim.id) })
+    );
+    assert!(
+        !s.audit
+            .events()
+            .iter()
+            .any(|e| { e.action == AuditAction::IntegrityFailure && e.key_id == Some(genuine.id) })
+    );
+
+    // A row sealed under a `next` version by an upgraded node, tampered, on a lagging node.
+    let store = MemoryStore::new();
+    let upgraded = setup_with(store.clone(), Policy::default());
+    upgraded.manager.set_keyring(v2_keyring()).unwrap();
+    let (_, newer) = upgraded
+        .manager
+        .generate(&alice(), prom("k"))
+        .await
+        .unwrap();
+    let mut rec = store.get(&newer.id).await.unwrap().unwrap();
+    rec.scopes.push(Scope::Scim);
+    store.overwrite_unchecked(rec);
+    let lagging = KeyManager::builder(store.clone(), lagging_keyring())
+        .clock(upgraded.clock.clone())
+        .build()
+        .unwrap();
+    let report = lagging.rewrap().await.unwrap();
+    assert_eq!((report.newer, report.failed), (0, 1), "{report:?}");
+}

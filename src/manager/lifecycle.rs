@@ -10,12 +10,13 @@ use crate::{Credits, RateLimit};
 pub struct RewrapReport {
     /// Records re-sealed under the current version.
     pub rewrapped: usize,
-    /// Records already sealed under the current version.
+    /// Authentic records already sealed under the current version.
     pub already_current: usize,
     /// Records that failed their integrity check (reported, never re-sealed) or could not be
     /// written after retries.
     pub failed: usize,
-    /// Records sealed under a `next` version (by nodes already upgraded), left as they are.
+    /// Authentic records sealed under a `next` version (by nodes already upgraded), left as
+    /// they are.
     pub newer: usize,
     /// Records of another key class (another manager sharing the store), left to it.
     pub other_class: usize,
@@ -375,6 +376,15 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 }
                 let keyring = self.keyring();
                 let current = keyring.current_version();
+                let stays =
+                    rec.sealed.key_version == current || keyring.is_next(rec.sealed.key_version);
+                // A record left under its version is checked here (one moved is opened by
+                // `modify`): a tampered row is a failure whatever version it names, never
+                // "already current" or "newer".
+                if stays && !self.authentic(&keyring, rec, None) {
+                    report.failed += 1;
+                    continue;
+                }
                 if rec.sealed.key_version == current {
                     report.already_current += 1;
                     continue;

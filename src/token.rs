@@ -317,32 +317,29 @@ impl UntrustedToken {
         Ok(())
     }
 
-    /// The secret's 44 characters in a token that passed [`UntrustedToken::check_id`], if each
-    /// of its four words is canonical (the text of a `u64`; [`UntrustedToken::secret_into`]
-    /// refuses the same tokens). Canonical words and values correspond one to one, so the
-    /// text stands for the secret: the cache fingerprints it without decoding it. The check
-    /// compares each word with the largest one, as numbers, without branches: the digits'
-    /// ASCII order is their numeric order.
+    /// The secret's 44 characters in a token that passed [`UntrustedToken::check_id`]. Words
+    /// that are canonical (the text of a `u64`: [`UntrustedToken::canonical`]) and values
+    /// correspond one to one, so the text stands for the secret: the cache fingerprints it
+    /// without decoding it.
     pub(crate) fn secret_text(b: &[u8]) -> Result<&[u8; SECRET_CHARS], Error> {
-        let Some(text) = b
-            .len()
+        b.len()
             .checked_sub(SECRET_CHARS + CHECK_CHARS)
             .and_then(|start| {
                 <&[u8; SECRET_CHARS]>::try_from(&b[start..b.len() - CHECK_CHARS]).ok()
             })
-        else {
-            return Err(Error::Malformed);
-        };
+            .ok_or(Error::Malformed)
+    }
+
+    /// Whether each of a secret text's four words is canonical, i.e. at most the text of
+    /// `u64::MAX` ([`UntrustedToken::secret_into`] refuses the same texts). Compared as
+    /// numbers, without branches: the digits' ASCII order is their numeric order.
+    pub(crate) fn canonical(text: &[u8; SECRET_CHARS]) -> bool {
         let (words, _) = text.as_chunks::<11>();
         let mut over = false;
         for w in words {
             over |= base62::above_u64(w);
         }
-        if over {
-            Err(Error::Malformed)
-        } else {
-            Ok(text)
-        }
+        !over
     }
 
     /// The token's body after `prefix` and `_`, if the length and prefix are right.
@@ -667,7 +664,10 @@ mod tests {
             // accepts exactly the same tokens, and the text it fingerprints is the one the
             // decoded secret is spelled with.
             let warm = UntrustedToken::check_id(&prefix, t.as_bytes())
-                .and_then(|_| UntrustedToken::secret_text(t.as_bytes()));
+                .and_then(|_| UntrustedToken::secret_text(t.as_bytes()))
+                .and_then(|text| {
+                    if UntrustedToken::canonical(text) { Ok(text) } else { Err(Error::Malformed) }
+                });
             proptest::prop_assert_eq!(warm.is_ok(), fits);
             if let (Ok(text), Ok(p)) = (warm, UntrustedToken::parse(&prefix, &t)) {
                 proptest::prop_assert_eq!(text, &*secret_text_of(p.secret()));

@@ -169,6 +169,13 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             return Step::Cold { id, presented };
         };
         if !bool::from(Cache::same_fingerprint(&presented, &fingerprint)) {
+            // A matching fingerprint is of the key's own text, which is canonical (a PRF
+            // collision aside), so the words are checked only here: a text that is not
+            // canonical is a malformed token, not a wrong secret.
+            if !UntrustedToken::canonical(text) {
+                self.verify_failed(FailureClass::Malformed, None, None, mono);
+                return Step::Done(Err(Error::Malformed));
+            }
             self.verify_failed(FailureClass::InvalidKey, Some(&facts.org), Some(id), mono);
             return Step::Done(Err(Error::InvalidKey));
         }

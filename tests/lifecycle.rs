@@ -1247,3 +1247,28 @@ async fn rewrap_reports_tampered_records_of_the_current_and_next_versions() {
     let report = lagging.rewrap().await.unwrap();
     assert_eq!((report.newer, report.failed), (0, 1), "{report:?}");
 }
+
+#[tokio::test]
+async fn a_verification_cancelled_while_it_writes_last_uses_loses_none_of_them() {
+    use futures_util::FutureExt;
+    let store = CountingStore::default();
+    let s = setup_with(store.clone(), Policy::default());
+    let (key, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
+    // The verification writes the buffered uses itself (no runtime feature) and its request
+    // is cancelled (client gone, a timeout) while that write is in flight.
+    store.yields.store(true, Ordering::SeqCst);
+    let cancelled = works(&s.manager, key.expose_secret()).now_or_never();
+    assert!(cancelled.is_none(), "the last-use write was in flight");
+    store.yields.store(false, Ordering::SeqCst);
+    // The use is still buffered, and the next flush writes it.
+    assert_eq!(s.manager.pending_last_uses(), 1);
+    s.manager.flush_last_use().await.unwrap();
+    assert_eq!(
+        s.manager
+            .get(&alice(), &info.id)
+            .await
+            .unwrap()
+            .last_used_at,
+        Some(start())
+    );
+}

@@ -9,7 +9,8 @@
 //!   (one per key) up to the buffer's capacity; uses beyond it are dropped (counted and
 //!   logged). A failed flush is logged and its uses go back into the buffer (the later use of
 //!   a key wins), for the next flush: a use is not lost to one store hiccup, so a key used
-//!   once a day is not judged unused by the sweep because of it.
+//!   once a day is not judged unused by the sweep because of it. So do the uses of a write
+//!   whose future is dropped midway (a verification cancelled while it flushed).
 //! - A flush picks up what was buffered while it ran: without a runtime, the verification
 //!   that flushed writes again while uses remain and its writes succeed.
 //! - A crash loses at most what is buffered: the uses of the last flush interval.
@@ -46,11 +47,17 @@ impl Uses {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn take(&self) -> Vec<(KeyId, OffsetDateTime)> {
-        std::mem::take(&mut *self.lock())
+    /// Takes the buffer for one write (see [`Batch`]).
+    fn take(&self) -> Batch<'_> {
+        let items = std::mem::take(&mut *self.lock())
             .into_iter()
             .filter_map(|(id, at)| Some((id, OffsetDateTime::from_unix_timestamp(at).ok()?)))
-            .collect()
+            .collect();
+        Batch {
+            uses: self,
+            items,
+            written: false,
+        }
     }
 
     /// Puts the uses of a failed write back (a later use buffered meanwhile wins); beyond the
@@ -72,6 +79,25 @@ impl Uses {
     /// The use of `id` waiting in the buffer (Unix seconds), if any.
     fn pending(&self, id: &KeyId) -> Option<i64> {
         self.lock().get(id).copied()
+    }
+}
+
+/// The uses one write takes out of the buffer. Until the write is marked done, dropping the
+/// batch puts its uses back (a later use buffered meanwhile wins): when the write failed, and
+/// when the future writing it was dropped midway — a verification whose request was cancelled
+/// while it flushed inline, a background flush dropped with its runtime. Otherwise one
+/// cancelled request would lose every use buffered in the interval.
+struct Batch<'a> {
+    uses: &'a Uses,
+    items: Vec<(KeyId, OffsetDateTime)>,
+    written: bool,
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if !self.written {
+            self.uses.put_back(&self.items);
+        }
     }
 }
 
@@ -173,16 +199,17 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         if dropped > 0 {
             tracing::warn!(target: "api_keys", dropped, "last-use buffer full: uses were not recorded");
         }
-        let batch = uses.take();
-        if batch.is_empty() {
+        let mut batch = uses.take();
+        if batch.items.is_empty() {
             return true;
         }
-        if let Err(e) = self.inner.store.touch_many(&batch).await {
+        if let Err(e) = self.inner.store.touch_many(&batch.items).await {
             crate::metrics::store_error(&e);
-            tracing::warn!(target: "api_keys", error = %e, uses = batch.len(), "could not record last use; kept for the next flush");
-            uses.put_back(&batch);
+            tracing::warn!(target: "api_keys", error = %e, uses = batch.items.len(), "could not record last use; kept for the next flush");
+            // Dropping the batch puts its uses back.
             return false;
         }
+        batch.written = true;
         true
     }
 
@@ -192,15 +219,14 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// # Errors
     /// [`Error::Store`] if the write fails; those uses stay buffered for the next flush.
     pub async fn flush_last_use(&self) -> Result<(), Error> {
-        let batch = self.inner.uses.take();
-        if batch.is_empty() {
+        let mut batch = self.inner.uses.take();
+        if batch.items.is_empty() {
             return Ok(());
         }
-        let written = self.inner.store.touch_many(&batch).await;
-        if written.is_err() {
-            self.inner.uses.put_back(&batch);
-        }
-        written.map_err(Error::from)
+        // A failed (or dropped) write puts the batch back when it is dropped.
+        self.inner.store.touch_many(&batch.items).await?;
+        batch.written = true;
+        Ok(())
     }
 
     /// This node's use of `id` waiting in the buffer (Unix seconds), if any.

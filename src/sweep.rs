@@ -351,20 +351,29 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let mut events = Vec::new();
         // The last attempt's planned record (its revision still the one it read).
         let mut planned: Option<KeyRecord> = None;
+        // Whether the failed write's outcome is unknown (not a conflict followed by a failed
+        // re-read: that write did not commit, and the claim found one revision on is another
+        // node's, already announced by it).
+        let mut in_doubt = false;
         let result = self
-            .modify(None, &id, |r| {
-                self.count_buffered_use(r);
-                events = plan(r, policy, now);
-                planned = (!events.is_empty()).then(|| r.clone());
-                Ok(!events.is_empty())
-            })
+            .modify_reporting(
+                None,
+                &id,
+                |r| {
+                    self.count_buffered_use(r);
+                    events = plan(r, policy, now);
+                    planned = (!events.is_empty()).then(|| r.clone());
+                    Ok(!events.is_empty())
+                },
+                &mut in_doubt,
+            )
             .await;
         let result = match result {
             // The write may have committed with its reply lost: a read that finds exactly
             // this claim, one revision on, makes it ours to announce (else no node would: the
             // mark is set). Two nodes writing the same claim in the same second, one of them
             // losing its reply, would both announce it: at least once rather than never.
-            Err(Error::Store(e)) => match &planned {
+            Err(Error::Store(e)) if in_doubt => match &planned {
                 Some(p) => match self.committed_claim(p).await {
                     Some(r) => Ok((r, true)),
                     None => Err(Error::Store(e)),

@@ -1107,3 +1107,82 @@ async fn a_purged_key_leaves_no_usage_counters_behind() {
     assert_eq!(manager.sweep().await.unwrap().purged, 1);
     assert_eq!(*counters.forgotten.lock().unwrap(), vec![*key.id()]);
 }
+
+/// Over a shared `MemoryStore`: after its first `get` it runs `then` (another node's step),
+/// and its `fail_get`-th get fails as an unreachable store would.
+#[derive(Clone)]
+struct GetThenFail {
+    inner: MemoryStore,
+    gets: Arc<std::sync::atomic::AtomicUsize>,
+    fail_get: Arc<std::sync::atomic::AtomicUsize>,
+    then: Arc<Mutex<Option<KeyManager<MemoryStore>>>>,
+}
+
+impl KeyStore for GetThenFail {
+    async fn insert(&self, r: api_keys::KeyRecord) -> Result<(), api_keys::StoreError> {
+        self.inner.insert(r).await
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<api_keys::KeyRecord>, api_keys::StoreError> {
+        let n = 1 + self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n == self.fail_get.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(api_keys::StoreError::backend(std::io::Error::other(
+                "store unreachable",
+            )));
+        }
+        let found = self.inner.get(id).await?;
+        let other = self.then.lock().unwrap().take();
+        if let Some(other) = other {
+            other.sweep().await.unwrap();
+        }
+        Ok(found)
+    }
+    async fn list(&self, org: &OrgId) -> Result<Vec<api_keys::KeyRecord>, api_keys::StoreError> {
+        self.inner.list(org).await
+    }
+    async fn update(&self, r: api_keys::KeyRecord, rev: u64) -> Result<(), api_keys::StoreError> {
+        self.inner.update(r, rev).await
+    }
+    async fn delete(&self, id: &KeyId) -> Result<bool, api_keys::StoreError> {
+        self.inner.delete(id).await
+    }
+    async fn scan(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<api_keys::KeyRecord>, api_keys::StoreError> {
+        self.inner.scan(after, limit).await
+    }
+    async fn touch(
+        &self,
+        id: &KeyId,
+        at: api_keys::time::OffsetDateTime,
+    ) -> Result<(), api_keys::StoreError> {
+        self.inner.touch(id, at).await
+    }
+}
+
+#[tokio::test]
+async fn a_sweep_that_lost_the_race_and_then_a_read_is_not_announcing_the_winners_claim() {
+    let shared = MemoryStore::new();
+    let clock = ManualClock::new(start());
+    let store = GetThenFail {
+        inner: shared.clone(),
+        gets: Arc::default(),
+        fail_get: Arc::default(),
+        then: Arc::default(),
+    };
+    let a = node_with(store.clone(), Policy::default(), &clock);
+    let b = node_with(shared.clone(), Policy::default(), &clock);
+    a.manager.generate(&alice(), req("ci")).await.unwrap();
+    clock.set(start() + days(60));
+    // Node A reads the key and plans its 30-day warning; meanwhile node B claims and sends
+    // it. A's write then meets a conflict (a definite "not written"), and A's re-read fails.
+    *store.then.lock().unwrap() = Some(b.manager.clone());
+    store.fail_get.store(
+        store.gets.load(std::sync::atomic::Ordering::SeqCst) + 2,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    let _ = a.manager.sweep().await.unwrap();
+    let sent = a.notes.all().len() + b.notes.all().len();
+    assert_eq!(sent, 1, "A {:?} B {:?}", a.notes.names(), b.notes.names());
+}

@@ -431,10 +431,25 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         &self,
         actor: Option<&Actor>,
         id: &KeyId,
+        change: impl FnMut(&mut KeyRecord) -> Result<bool, Error>,
+    ) -> Result<(KeyRecord, bool), Error> {
+        self.modify_reporting(actor, id, change, &mut false).await
+    }
+
+    /// [`KeyManager::modify`], also saying, when it fails, whether its last write is in
+    /// doubt: `in_doubt` is `true` only when the store failed to answer the `update` itself
+    /// (the write may have committed). After a conflict (a definite "not written") followed
+    /// by a failed re-read, it is `false`.
+    pub(crate) async fn modify_reporting(
+        &self,
+        actor: Option<&Actor>,
+        id: &KeyId,
         mut change: impl FnMut(&mut KeyRecord) -> Result<bool, Error>,
+        in_doubt: &mut bool,
     ) -> Result<(KeyRecord, bool), Error> {
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
         for _ in 0..CAS_RETRIES {
+            *in_doubt = false;
             let rec = self.load(actor, id).await?;
             let keyring = self.keyring();
             self.open(&keyring, &rec, actor, &mut secret)?;
@@ -464,7 +479,10 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 }
                 Err(StoreError::Conflict) => continue,
                 Err(StoreError::NotFound) => return Err(Error::NotFound),
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    *in_doubt = true;
+                    return Err(e.into());
+                }
             }
         }
         Err(Error::Conflict)

@@ -1272,3 +1272,32 @@ async fn a_verification_cancelled_while_it_writes_last_uses_loses_none_of_them()
         Some(start())
     );
 }
+
+#[tokio::test]
+async fn a_revocation_whose_reply_was_lost_is_still_audited() {
+    let store = CountingStore::default();
+    let s = setup_with(store.clone(), Policy::default());
+    let (key, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
+    // The update that revokes commits, but its reply is lost on the way back.
+    store.lose_update_reply.store(true, Ordering::SeqCst);
+    let first = s.manager.revoke(&alice(), &info.id).await;
+    // Whatever the first call answered, the key is revoked: the manager may retry.
+    if first.is_err() {
+        s.manager.revoke(&alice(), &info.id).await.unwrap();
+    }
+    assert_eq!(
+        s.manager.get(&alice(), &info.id).await.unwrap().status,
+        KeyStatus::Revoked
+    );
+    assert!(matches!(
+        works(&s.manager, key.expose_secret()).await,
+        Err(Error::Revoked)
+    ));
+    let revoked = s
+        .audit
+        .events()
+        .into_iter()
+        .filter(|e| e.action == AuditAction::Revoked && e.key_id == Some(info.id))
+        .count();
+    assert_eq!(revoked, 1, "the revocation took effect: it is audited once");
+}

@@ -168,6 +168,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
 
     /// Revokes a key: it stops working at once (on this node: every verify that starts after
     /// this returns fails) and stays listed as revoked. Revoking a revoked key is a no-op.
+    /// A revocation whose write committed but whose reply was lost is read back and reported
+    /// (and audited) as done, so a retry's no-op never leaves it unaudited.
     ///
     /// # Errors
     /// [`Error::PermissionDenied`]; [`Error::NotFound`]; [`Error::Integrity`];
@@ -202,17 +204,40 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         now: OffsetDateTime,
     ) -> Result<(KeyRecord, bool), Error> {
         let revoker = actor.and_then(|a| recordable_revoker(a.user()));
+        // The last attempt's revoked record (its revision still the one it read).
+        let mut planned: Option<KeyRecord> = None;
+        let mut in_doubt = false;
         let result = self
-            .modify(actor, id, |r| {
-                if r.revoked_at.is_some() {
-                    return Ok(false);
-                }
-                r.revoked_at = Some(now);
-                r.revoked_by = revoker.clone();
-                r.revocation = Some(reason.clone());
-                Ok(true)
-            })
+            .modify_reporting(
+                actor,
+                id,
+                |r| {
+                    planned = None;
+                    if r.revoked_at.is_some() {
+                        return Ok(false);
+                    }
+                    r.revoked_at = Some(now);
+                    r.revoked_by = revoker.clone();
+                    r.revocation = Some(reason.clone());
+                    planned = Some(r.clone());
+                    Ok(true)
+                },
+                &mut in_doubt,
+            )
             .await;
+        let result = match (result, &planned) {
+            // The write may have committed with its reply lost. A retry would then find the
+            // key revoked and change nothing, so the revocation would never be reported (nor
+            // audited): a read that finds exactly this revocation, one revision on, makes it
+            // this call's.
+            (Err(Error::Store(e)), Some(p)) if in_doubt => {
+                match self.committed_revocation(actor, p).await {
+                    Some(rec) => Ok((rec, true)),
+                    None => Err(Error::Store(e)),
+                }
+            }
+            (other, _) => other,
+        };
         if matches!(result, Ok((_, false)) | Err(Error::NotFound)) {
             // Revoked or deleted elsewhere (another node, whose change feed may lag or be
             // absent): what this node's cache holds of the key may predate that; the next
@@ -220,6 +245,22 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             self.inner.cache.invalidate(id);
         }
         result
+    }
+
+    /// The stored record, if it is `planned` as a revocation wrote it: genuine, the next
+    /// revision, with exactly its revocation.
+    async fn committed_revocation(
+        &self,
+        actor: Option<&Actor>,
+        planned: &KeyRecord,
+    ) -> Option<KeyRecord> {
+        let r = self.load(actor, &planned.id).await.ok()?;
+        (Some(r.revision) == planned.revision.checked_add(1)
+            && r.revoked_at == planned.revoked_at
+            && r.revoked_by == planned.revoked_by
+            && r.revocation == planned.revocation
+            && self.authentic(&self.keyring(), &r, actor))
+        .then_some(r)
     }
 
     /// Offboarding: revokes every active key of the actor's organization that `user` created

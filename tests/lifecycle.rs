@@ -1301,3 +1301,29 @@ async fn a_revocation_whose_reply_was_lost_is_still_audited() {
         .count();
     assert_eq!(revoked, 1, "the revocation took effect: it is audited once");
 }
+
+#[tokio::test]
+async fn a_deletion_whose_reply_was_lost_is_still_audited() {
+    let store = CountingStore::default();
+    let s = setup_with(store.clone(), Policy::default());
+    let (key, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
+    // The delete commits, but its reply is lost on the way back.
+    store.lose_delete_reply.store(true, Ordering::SeqCst);
+    let first = s.manager.delete(&alice(), &info.id).await;
+    // Whatever the first call answered, the manager may retry: the key is gone.
+    if first.is_err() {
+        let _ = s.manager.delete(&alice(), &info.id).await;
+    }
+    assert!(matches!(
+        s.manager.get(&alice(), &info.id).await,
+        Err(Error::NotFound)
+    ));
+    assert!(works(&s.manager, key.expose_secret()).await.is_err());
+    let deleted = s
+        .audit
+        .events()
+        .into_iter()
+        .filter(|e| e.action == AuditAction::Deleted && e.key_id == Some(info.id))
+        .count();
+    assert_eq!(deleted, 1, "the deletion took effect: it is audited once");
+}

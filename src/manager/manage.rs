@@ -319,7 +319,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     }
 
     /// Revokes and deletes a key: it stops working at once and disappears. A record that fails
-    /// its integrity check can still be deleted.
+    /// its integrity check can still be deleted. A deletion whose reply was lost is read back:
+    /// when the key is gone, it is reported (and audited) as done.
     ///
     /// # Errors
     /// [`Error::PermissionDenied`]; [`Error::NotFound`]; [`Error::Store`].
@@ -330,7 +331,17 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             let _fence = self.inner.cache.fence(*id);
             self.inner.store.delete(id).await
         };
-        if !removed? {
+        let removed = match removed {
+            Ok(removed) => removed,
+            // The delete may have committed with its reply lost. A retry would then find
+            // nothing (NotFound) and the deletion would never be audited: a read showing the
+            // key (found just before) gone makes it this call's.
+            Err(e) => match self.inner.store.get(id).await {
+                Ok(None) => true,
+                _ => return Err(e.into()),
+            },
+        };
+        if !removed {
             return Err(Error::NotFound);
         }
         self.forget_counters(*id).await;

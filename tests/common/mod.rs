@@ -95,6 +95,8 @@ pub struct CountingStore {
     pub lists: Arc<AtomicUsize>,
     /// The next `update` commits, then reports a failure (a reply lost on the way back).
     pub lose_update_reply: Arc<std::sync::atomic::AtomicBool>,
+    /// The next `delete` commits, then reports a failure (a reply lost on the way back).
+    pub lose_delete_reply: Arc<std::sync::atomic::AtomicBool>,
     /// Runs once, right after the next `insert` committed (set with
     /// [`CountingStore::after_next_insert`]).
     pub after_insert: Arc<Mutex<Option<Hook>>>,
@@ -224,7 +226,13 @@ impl KeyStore for CountingStore {
     }
     async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
         self.pause().await;
-        self.inner.delete(id).await
+        let removed = self.inner.delete(id).await?;
+        if self.lose_delete_reply.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::backend(std::io::Error::other(
+                "connection reset after commit",
+            )));
+        }
+        Ok(removed)
     }
     async fn scan(
         &self,

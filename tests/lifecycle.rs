@@ -1327,3 +1327,32 @@ async fn a_deletion_whose_reply_was_lost_is_still_audited() {
         .count();
     assert_eq!(deleted, 1, "the deletion took effect: it is audited once");
 }
+
+#[tokio::test]
+async fn a_generate_whose_insert_reply_was_lost_leaves_no_unaudited_key() {
+    let store = CountingStore::default();
+    let s = setup_with(store.clone(), Policy::default());
+    // The insert commits, but its reply is lost on the way back.
+    store.lose_insert_reply.store(true, Ordering::SeqCst);
+    let first = s.manager.generate(&alice(), prom("k")).await;
+    let generated: Vec<Option<KeyId>> = s
+        .audit
+        .events()
+        .into_iter()
+        .filter(|e| e.action == AuditAction::Generated)
+        .map(|e| e.key_id)
+        .collect();
+    // Every key that exists was generated on the record, and its token was handed out.
+    let listed = s.manager.list(&alice()).await.unwrap();
+    for k in &listed {
+        assert!(
+            generated.contains(&Some(k.id)),
+            "key {} exists but its generation was never audited (generate said {:?})",
+            k.id,
+            first.as_ref().map(|(_, i)| i.id)
+        );
+    }
+    if let Ok((key, _)) = first {
+        works(&s.manager, key.expose_secret()).await.unwrap();
+    }
+}

@@ -101,7 +101,19 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             fill_random(&mut *secret)?;
             let rec = KeyRecord::seal_new(&keyring, draft.clone(), &secret)?;
             let fence = self.inner.cache.fence(rec.id);
-            match self.inner.store.insert(rec.clone()).await {
+            let inserted = match self.inner.store.insert(rec.clone()).await {
+                // The insert may have committed with its reply lost (or a driver's retry of it
+                // met its own row as a duplicate): then the key exists, counts against the
+                // limit and works, and a retry would only add another. A read that finds this
+                // very record (its tag covers the fresh IV and ciphertext) makes it this
+                // call's, to hand out and audit.
+                Err(e) => match self.inner.store.get(&rec.id).await {
+                    Ok(Some(r)) if r.id == rec.id && r.sealed.tag == rec.sealed.tag => Ok(()),
+                    _ => Err(e),
+                },
+                ok => ok,
+            };
+            match inserted {
                 Ok(()) => {
                     // In the cache from the start: a wrong secret costs the same for a new,
                     // a used, a revoked or an expired key.

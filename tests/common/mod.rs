@@ -95,6 +95,8 @@ pub struct CountingStore {
     pub lists: Arc<AtomicUsize>,
     /// The next `update` commits, then reports a failure (a reply lost on the way back).
     pub lose_update_reply: Arc<std::sync::atomic::AtomicBool>,
+    /// The next `insert` commits, then reports a failure (a reply lost on the way back).
+    pub lose_insert_reply: Arc<std::sync::atomic::AtomicBool>,
     /// The next `delete` commits, then reports a failure (a reply lost on the way back).
     pub lose_delete_reply: Arc<std::sync::atomic::AtomicBool>,
     /// Runs once, right after the next `insert` committed (set with
@@ -194,6 +196,11 @@ impl KeyStore for CountingStore {
         self.pause().await;
         self.inner.insert(record).await?;
         run(&self.after_insert).await;
+        if self.lose_insert_reply.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::backend(std::io::Error::other(
+                "connection reset after commit",
+            )));
+        }
         Ok(())
     }
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {

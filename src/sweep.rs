@@ -438,6 +438,17 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             let _fence = self.inner.cache.fence(rec.id);
             self.inner.store.delete(&rec.id).await
         };
+        // The delete may have committed with its reply lost: no later sweep would find the
+        // row to announce it. A read showing it gone makes the purge ours to announce (only
+        // if another node purged it in that instant, its own reply intact, would both
+        // announce it: at least once rather than never).
+        let removed = match removed {
+            Err(e) => match self.inner.store.get(&rec.id).await {
+                Ok(None) => Ok(true),
+                _ => Err(e),
+            },
+            ok => ok,
+        };
         match removed {
             Ok(true) => {
                 report.purged += 1;

@@ -1186,3 +1186,32 @@ async fn a_sweep_that_lost_the_race_and_then_a_read_is_not_announcing_the_winner
     let sent = a.notes.all().len() + b.notes.all().len();
     assert_eq!(sent, 1, "A {:?} B {:?}", a.notes.names(), b.notes.names());
 }
+
+#[tokio::test]
+async fn a_purge_whose_reply_was_lost_is_announced_once() {
+    let store = common::CountingStore::default();
+    let clock = ManualClock::new(start());
+    let n = node_with(
+        store.clone(),
+        Policy::default().purge_after(days(30)).warn_before(&[]),
+        &clock,
+    );
+    let (key, _) = n.manager.generate(&alice(), req("old")).await.unwrap();
+    n.manager.revoke(&alice(), key.id()).await.unwrap();
+    clock.set(start() + days(30));
+    // The purge's delete commits, but its reply is lost on the way back.
+    store
+        .lose_delete_reply
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    n.manager.sweep().await.unwrap();
+    n.manager.sweep().await.unwrap();
+    assert!(matches!(
+        n.manager.get(&alice(), key.id()).await,
+        Err(Error::NotFound)
+    ));
+    assert_eq!(n.notes.names(), vec!["purged"]);
+    assert_eq!(
+        audited(&n.audit, &AuditAction::Purged),
+        vec![Some(*key.id())]
+    );
+}

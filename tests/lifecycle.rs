@@ -1356,3 +1356,22 @@ async fn a_generate_whose_insert_reply_was_lost_leaves_no_unaudited_key() {
         works(&s.manager, key.expose_secret()).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_rewrap_whose_reply_was_lost_is_still_audited() {
+    let store = CountingStore::default();
+    let s = setup_with(store.clone(), Policy::default());
+    let (_, info) = s.manager.generate(&alice(), prom("k")).await.unwrap();
+    s.manager.set_keyring(v2_keyring()).unwrap();
+    // The re-seal commits, but its reply is lost on the way back; the host runs rewrap again.
+    store.lose_update_reply.store(true, Ordering::SeqCst);
+    s.manager.rewrap().await.unwrap();
+    s.manager.rewrap().await.unwrap();
+    let rewrapped = s
+        .audit
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e.action, AuditAction::Rewrapped { .. }) && e.key_id == Some(info.id))
+        .count();
+    assert_eq!(rewrapped, 1, "the record was re-sealed: it is audited once");
+}

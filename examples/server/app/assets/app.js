@@ -162,11 +162,14 @@
   }
 
   // "45 minutes", "1 hour", "23 hours", "1 day", "14 days": minutes under an hour, hours
-  // under a day, then days (rounded to the nearest).
+  // under a day (both rounded up, and a count that rounds up to the next unit says it in
+  // that unit: 59 min 30 s is "1 hour", not "60 minutes"), then days (rounded to the nearest).
   function untilText(seconds) {
     const plural = (n, unit) => n + ' ' + unit + (n === 1 ? '' : 's');
-    if (seconds < 3600) return plural(Math.max(1, Math.ceil(seconds / 60)), 'minute');
-    if (seconds < DAY) return plural(Math.ceil(seconds / 3600), 'hour');
+    const minutes = Math.max(1, Math.ceil(seconds / 60));
+    if (minutes < 60) return plural(minutes, 'minute');
+    const hours = Math.ceil(seconds / 3600);
+    if (hours < 24) return plural(hours, 'hour');
     return plural(Math.max(1, Math.round(seconds / DAY)), 'day');
   }
 

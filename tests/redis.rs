@@ -1049,3 +1049,66 @@ async fn strict_with_connection(
         .unwrap();
     (engine, conn)
 }
+
+/// Decides one request through the trait (waiting if the engine must).
+async fn consume_once(engine: &RedisCounters, req: UsageRequest<'_>) -> Decision {
+    match engine.consume(req) {
+        Consumed::Ready(r) => r,
+        Consumed::Pending(f) => f.await,
+    }
+    .unwrap()
+}
+
+/// Two keys of one organization share an org-wide limit with different values: a request is
+/// admitted only if the shared count plus its cost stays within *its own key's* limit (the
+/// trait's duty, as strict mode decides). A node that leased under the larger limit and
+/// heard nothing from Redis since must not admit the smaller limit's requests from its lease
+/// when other nodes already spent far beyond that smaller limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_first_decides_a_smaller_limit_on_the_shared_count_not_a_stale_lease() {
+    let Some(url) =
+        redis_url("local_first_decides_a_smaller_limit_on_the_shared_count_not_a_stale_lease")
+    else {
+        return;
+    };
+    let p = prefix();
+    let hour = StdDuration::from_secs(3600);
+    let node1 = local_first(&url, &p, hour);
+    let node2 = local_first(&url, &p, hour);
+    let org = api_keys::OrgId::new("acme");
+    let big = [RateLimit::new("daily", 100, hour).per_org()];
+    let small = [RateLimit::new("daily", 10, hour).per_org()];
+    let (key_a, key_b) = (random_key().0, random_key().0);
+    // Mid-window of an hour-long window, on a fixed clock: the test never straddles two.
+    let now_ms = 1_800_000_i64 + 3_600_000 * 500_000;
+    let req = |key, limits, cost| UsageRequest {
+        key,
+        org: &org,
+        limits,
+        credits: None,
+        cost,
+        now_ms,
+    };
+    // Node 1 admits one request of key A (limit 100) and keeps the rest of its lease.
+    let d = consume_once(&node1, req(key_a, &big[..], 1)).await;
+    assert!(matches!(d, Decision::Allowed { .. }), "{d:?}");
+    // Node 2 admits 40 more of key A: the organization's count is now at least 41.
+    for _ in 0..40 {
+        let d = consume_once(&node2, req(key_a, &big[..], 1)).await;
+        assert!(matches!(d, Decision::Allowed { .. }), "{d:?}");
+    }
+    // Key B's limit is 10: with 41 already counted, every request of it must be refused, on
+    // either node (node 2 does refuse: its view of the count is fresh).
+    let d = consume_once(&node2, req(key_b, &small[..], 1)).await;
+    assert!(matches!(d, Decision::RateLimited { .. }), "node 2: {d:?}");
+    let mut admitted = 0;
+    for _ in 0..10 {
+        if let Decision::Allowed { .. } = consume_once(&node1, req(key_b, &small[..], 1)).await {
+            admitted += 1;
+        }
+    }
+    assert_eq!(
+        admitted, 0,
+        "node 1 admitted key B past its limit of 10 from a lease taken under key A's 100"
+    );
+}

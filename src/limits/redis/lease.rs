@@ -16,8 +16,8 @@
 //! - When Redis has nothing left for this node, the node refuses locally until the window
 //!   ends, asking again in the background at most once per `sync_every`.
 //! - Each verification brings its key's limit: a lease follows a changed limit at once (a
-//!   lowered one drops what this node holds beyond it and hands that back to Redis; a
-//!   raised one asks Redis again).
+//!   lowered one hands back all this node holds and asks Redis, which alone knows the
+//!   current count; a raised one asks Redis again).
 //! - The background task (every `sync_every`) forgets ended windows and hands back leases
 //!   that went unused for `sync_every` and for half the window (at most 1 s), so that a node
 //!   that went quiet does not sit on budget others could use.
@@ -134,11 +134,12 @@ impl Lease {
 
     /// Follows a changed limit (a manager's `set_limits`, or another key of the organization
     /// naming the same org-wide limit with another value: each request is decided by its own
-    /// key's limit, as in strict mode). Under a lower limit this node keeps of its lease
-    /// only what the new limit leaves beyond everything leased elsewhere or already spent;
-    /// the rest is never admitted here and goes back to Redis with the counter's next lease
-    /// call (before that call's grant: in order). Either way Redis is asked again instead of a
-    /// remembered "nothing left".
+    /// key's limit, as in strict mode). Under a lower limit this node keeps nothing of its
+    /// lease: what others leased is known only as of this node's last answer from Redis (other
+    /// nodes may have spent far past the new limit since), so no unit of it is known to fit.
+    /// It goes back to Redis with the counter's next lease call (before that call's grant: in
+    /// order), which decides on the current count. Either way Redis is asked again instead of
+    /// a remembered "nothing left".
     fn follow(&mut self, limit: u64) {
         if self.limit == limit {
             return;
@@ -147,7 +148,9 @@ impl Lease {
         self.limit = limit;
         self.short = None;
         if lowered {
-            self.trim();
+            let dropped = std::mem::take(&mut self.held);
+            self.global = self.global.saturating_sub(dropped);
+            self.returning = self.returning.saturating_add(dropped);
         }
     }
 
@@ -678,14 +681,16 @@ mod tests {
     }
 
     #[test]
-    fn a_lowered_limit_keeps_what_it_leaves_and_a_raised_one_asks_again() {
+    fn a_lowered_limit_hands_its_lease_back_and_a_raised_one_asks_again() {
         let mut e = lease(100);
         e.record(100, 13, 13, 1);
         e.held = 12; // one spent
+        // Others may have leased since this node's last answer: all of it goes back, and the
+        // next lease call decides on Redis's count.
         e.follow(3);
-        assert_eq!((e.held, e.returning, e.global), (2, 10, 3));
+        assert_eq!((e.held, e.returning, e.global), (0, 12, 1));
         e.short = Some((1, 0));
         e.follow(6);
-        assert_eq!((e.held, e.short), (2, None));
+        assert_eq!((e.held, e.short), (0, None));
     }
 }

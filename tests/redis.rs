@@ -1112,3 +1112,68 @@ async fn local_first_decides_a_smaller_limit_on_the_shared_count_not_a_stale_lea
         "node 1 admitted key B past its limit of 10 from a lease taken under key A's 100"
     );
 }
+
+/// Redis answering an error about one key's own data (a counter edited by hand into text, or
+/// into another type) is not Redis failing: that key cannot be decided (it fails as
+/// configured), but the breaker stays closed and every other key is decided as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_edited_by_hand_fails_its_own_key_and_never_opens_the_breaker() {
+    let Some(url) =
+        redis_url("a_counter_edited_by_hand_fails_its_own_key_and_never_opens_the_breaker")
+    else {
+        return;
+    };
+    let p = prefix();
+    let (engine, mut conn) = strict_with_connection(&url, &p).await;
+    let org = api_keys::OrgId::new("acme");
+    let limits = [RateLimit::new("hour", 5, StdDuration::from_secs(3600))];
+    let decide = |key| {
+        let (engine, org, limits) = (engine.clone(), org.clone(), limits.clone());
+        async move {
+            let req = UsageRequest {
+                key,
+                org: &org,
+                limits: &limits,
+                credits: None,
+                cost: 1,
+                now_ms: 1_800_000,
+            };
+            match engine.consume(req) {
+                Consumed::Ready(r) => r,
+                Consumed::Pending(f) => f.await,
+            }
+        }
+    };
+    let (text, other_type, healthy) = (random_key(), random_key(), random_key().0);
+    // Each key's counter is started, then edited by hand: into text, and into a hash.
+    for ((key, n), edit) in [(text, "SET"), (other_type, "HSET")] {
+        decide(key).await.expect("a healthy Redis decides a key");
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{p}:rl:k:*:{n:016x}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let counter = keys.pop().unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(&counter)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut cmd = redis::cmd(edit);
+        cmd.arg(&counter);
+        if edit == "HSET" {
+            cmd.arg("f");
+        }
+        let _: redis::Value = cmd.arg("oops").query_async(&mut conn).await.unwrap();
+        for _ in 0..3 {
+            let r = decide(key).await;
+            assert!(r.is_err(), "{edit}: {r:?}");
+        }
+    }
+    assert!(!engine.stats().open, "a healthy Redis opened the breaker");
+    let r = decide(healthy).await;
+    assert!(
+        matches!(r, Ok(Decision::Allowed { .. })),
+        "an unrelated key: {r:?}"
+    );
+}

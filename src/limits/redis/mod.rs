@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script};
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 
 use super::engine::{
     Consumed, CounterError, UsageCounters, UsageRequest, legacy_period, refill_period, unix_day,
@@ -166,7 +166,8 @@ impl RedisCountersBuilder {
 
     /// The circuit breaker: after `failures` consecutive failed calls, no call is made for
     /// `open_for`; then one probe goes through, and its success closes the breaker (default
-    /// 3 failures, 1 s).
+    /// 3 failures, 1 s). A call Redis answers with an error about its own keys (a counter
+    /// edited by hand into text or another type) fails alone: it is not a failure of Redis.
     pub fn breaker(mut self, failures: u32, open_for: StdDuration) -> Self {
         self.failures_to_open = failures.max(1);
         self.open_for = open_for;
@@ -333,6 +334,21 @@ pub struct RedisStats {
     pub waited_for_redis: u64,
 }
 
+/// Whether an error is Redis's answer about the call's own keys — a value a script cannot
+/// read as a number (a counter or balance edited by hand), a key of another type, a reply of
+/// the wrong shape — rather than a sign that Redis cannot serve. Such a call fails (its limits
+/// fail as configured) but does not count toward the breaker: one bad key must not cut every
+/// other key off from a healthy Redis.
+fn about_own_keys(e: &RedisError) -> bool {
+    match e.kind() {
+        ErrorKind::UnexpectedReturnType => true,
+        ErrorKind::Server(ServerErrorKind::ResponseError) => {
+            e.detail().is_some_and(|d| d.contains("user_script"))
+        }
+        _ => e.code() == Some("WRONGTYPE"),
+    }
+}
+
 fn unavailable(e: Option<RedisError>) -> CounterError {
     CounterError::Unavailable(e.map(|e| Box::new(e) as crate::BoxError))
 }
@@ -423,7 +439,8 @@ impl RedisCounters {
                 Ok(v)
             }
             Ok(Err(e)) => {
-                self.record(false);
+                // Redis answered, about this call's own keys: the call fails, Redis does not.
+                self.record(about_own_keys(&e));
                 Err(unavailable(Some(e)))
             }
             Err(_) => {

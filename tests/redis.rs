@@ -1177,3 +1177,58 @@ async fn a_counter_edited_by_hand_fails_its_own_key_and_never_opens_the_breaker(
         "an unrelated key: {r:?}"
     );
 }
+
+/// Polls a future once, without yielding to the runtime.
+async fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx))).await
+}
+
+/// A verification waiting for its counter's lease, which another verification is fetching,
+/// is woken whenever any lease call of the node ends (other keys' counters included). Those
+/// wake-ups are not answers about its own counter: however many come while the call it waits
+/// for is in flight, it must wait for that call and be decided on its answer, never give up
+/// on a healthy Redis (`Unavailable` for a limit that fails closed).
+#[tokio::test]
+async fn local_first_waits_for_its_own_lease_through_other_counters_wakeups() {
+    let Some(url) = redis_url("local_first_waits_for_its_own_lease_through_other_counters_wakeups")
+    else {
+        return;
+    };
+    let engine = local_first(&url, &prefix(), StdDuration::from_secs(3600));
+    let org = api_keys::OrgId::new("acme");
+    let limits = [RateLimit::new("hour", 100, StdDuration::from_secs(3600))];
+    let req = |key| UsageRequest {
+        key,
+        org: &org,
+        limits: &limits,
+        credits: None,
+        cost: 1,
+        now_ms: 1_800_000,
+    };
+    let pending = |c| match c {
+        Consumed::Pending(f) => f,
+        Consumed::Ready(r) => panic!("decided without a lease: {r:?}"),
+    };
+    let key = random_key().0;
+    // The first verification of the window fetches the key's lease (its call goes out)...
+    let mut fetching = pending(engine.consume(req(key)));
+    assert!(poll_once(&mut fetching).await.is_pending());
+    // ...and a second one waits for that call.
+    let mut waiting = pending(engine.consume(req(key)));
+    assert!(poll_once(&mut waiting).await.is_pending());
+    // Meanwhile lease calls of other counters end on this node (here: verifications of other
+    // keys that go away before their call, which wakes the waiters as an answer would).
+    for _ in 0..20 {
+        drop(pending(engine.consume(req(random_key().0))));
+        let r = poll_once(&mut waiting).await;
+        assert!(
+            r.is_pending(),
+            "gave up before its own lease call answered: {r:?}"
+        );
+    }
+    // The lease call answers: both are admitted.
+    let first = fetching.await;
+    assert!(matches!(first, Ok(Decision::Allowed { .. })), "{first:?}");
+    let second = waiting.await;
+    assert!(matches!(second, Ok(Decision::Allowed { .. })), "{second:?}");
+}

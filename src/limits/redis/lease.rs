@@ -421,7 +421,7 @@ impl RedisCounters {
         mut step: Step,
     ) -> Result<Decision, CounterError> {
         let keys = ids.as_slice();
-        for _ in 0..MAX_ROUNDS {
+        'rounds: for _ in 0..MAX_ROUNDS {
             let mut notified = pin!(self.inner.leased.notified());
             match step {
                 Step::Done(d) => return Ok(d),
@@ -455,18 +455,32 @@ impl RedisCounters {
                             Err(e) => return self.degraded_local(&req, keys, e),
                         }
                     } else if wait {
-                        // Registered before deciding again, so the call in flight cannot
-                        // finish unseen between the two.
-                        notified.as_mut().enable();
-                        match self.decide(&req, keys) {
-                            Step::Lease {
-                                fetch, wait: true, ..
-                            } if fetch.is_empty() => {
-                                let _ = tokio::time::timeout(self.inner.timeout, notified).await;
-                            }
-                            other => {
-                                step = other;
-                                continue;
+                        // Woken whenever any lease call of this node ends: a wake-up that
+                        // leaves this request still waiting (another counter's call) is not a
+                        // round, or other counters' traffic would use the rounds up and make
+                        // it give up on a healthy Redis. The call it waits for is bounded by
+                        // the timeout, and so is this wait.
+                        let waiting_since = std::time::Instant::now();
+                        loop {
+                            // Registered before deciding again, so the call in flight cannot
+                            // finish unseen between the two.
+                            notified.as_mut().enable();
+                            match self.decide(&req, keys) {
+                                Step::Lease {
+                                    fetch, wait: true, ..
+                                } if fetch.is_empty() => {
+                                    let left =
+                                        self.inner.timeout.saturating_sub(waiting_since.elapsed());
+                                    if tokio::time::timeout(left, notified.as_mut()).await.is_err()
+                                    {
+                                        break;
+                                    }
+                                    notified.set(self.inner.leased.notified());
+                                }
+                                other => {
+                                    step = other;
+                                    continue 'rounds;
+                                }
                             }
                         }
                     }

@@ -1232,3 +1232,33 @@ async fn local_first_waits_for_its_own_lease_through_other_counters_wakeups() {
     let second = waiting.await;
     assert!(matches!(second, Ok(Decision::Allowed { .. })), "{second:?}");
 }
+
+/// At the largest limit, a count one below it and a cost of 2 is over it by one: Lua's
+/// doubles round `2^53 - 1 + 2` down to `2^53`, which must not make strict mode admit it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_refuses_a_cost_that_passes_the_largest_limit_by_one() {
+    let Some(url) = redis_url("strict_refuses_a_cost_that_passes_the_largest_limit_by_one") else {
+        return;
+    };
+    let (engine, _) = strict_with_connection(&url, &prefix()).await;
+    let org = api_keys::OrgId::new("acme");
+    let max = api_keys::MAX_UNITS;
+    let limits = [RateLimit::new("hour", max, StdDuration::from_secs(3600))];
+    let key = random_key().0;
+    let req = |cost| UsageRequest {
+        key,
+        org: &org,
+        limits: &limits,
+        credits: None,
+        cost,
+        now_ms: 1_800_000,
+    };
+    let d = consume_once(&engine, req(max - 1)).await;
+    assert!(matches!(d, Decision::Allowed { .. }), "{d:?}");
+    let d = consume_once(&engine, req(2)).await;
+    assert!(
+        matches!(d, Decision::RateLimited { .. }),
+        "admitted {} units under a limit of {max}: {d:?}",
+        max + 1
+    );
+}

@@ -31,7 +31,9 @@ for i = 1, n do
   local u = tonumber(v or '0')
   fresh[i] = not v
   used[i] = u
-  if cost > 0 and u + cost > limit and reset > refused_reset then
+  -- Not `u + cost > limit`: that sum can pass 2^53, where a double rounds it (2^53 - 1 + 2
+  -- is 2^53); the difference of two numbers up to 2^53 is exact.
+  if cost > 0 and u > limit - cost and reset > refused_reset then
     refused, refused_reset = i - 1, reset
   end
 end

@@ -28,6 +28,7 @@
 
 mod lease;
 mod lease_id;
+mod local_first;
 mod strict;
 mod sync;
 

@@ -46,11 +46,12 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::crypto::{Block, fill_random};
 use crate::key::Facts;
-use crate::store::{Change, ChangeListener};
 use crate::token::{SECRET_CHARS, SECRET_LEN, secret_text_of};
 use crate::{Error, KeyId};
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
+
+mod feed;
 
 const SHARDS: usize = 64;
 
@@ -529,82 +530,6 @@ impl Drop for Fence<'_> {
     fn drop(&mut self) {
         if self.ticket.is_some() {
             self.cache.invalidate(&self.id);
-        }
-    }
-}
-
-impl ChangeListener for Cache {
-    fn changed(&self, change: Change) {
-        self.invalidate(&change.id);
-    }
-
-    fn reset(&self) {
-        self.flush();
-    }
-
-    fn connected(&self) {
-        // A new epoch: entries of earlier ones (or filled while the feed was down, which may
-        // have missed changes) keep only their fallback deadline. No flush is needed.
-        let mut st = self
-            .trust_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        st.epoch = st.epoch.wrapping_add(1) % NO_EPOCH;
-        if st.epoch == 0 {
-            // The epochs start over (every 65 535 connections): an entry of the cycle before
-            // must not be trusted again when its number comes back round.
-            self.flush();
-        }
-        let deadline = if st.proof_mode {
-            st.pending_proof.take().map_or(0, |sent| {
-                sent.saturating_add(self.ms_len(self.fallback_ttl))
-            })
-        } else {
-            FOREVER_MS
-        };
-        self.trust
-            .store(pack(st.epoch, deadline), Ordering::Release);
-        let before = self.feed.swap(FEED_LIVE, Ordering::AcqRel);
-        crate::metrics::feed(true, before == FEED_DOWN);
-    }
-
-    fn disconnected(&self) {
-        // Entries filled while the feed was live stay servable until the drop (or, for a
-        // proving feed, its last proof) + the fallback TTL: they are as fresh as that.
-        let st = self
-            .trust_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.feed.store(FEED_DOWN, Ordering::Release);
-        crate::metrics::feed(false, false);
-        let t = self.trust.load(Ordering::Acquire);
-        let cap = self
-            .ms(Instant::now())
-            .saturating_add(self.ms_len(self.fallback_ttl));
-        self.trust
-            .store(pack(st.epoch, (t & FOREVER_MS).min(cap)), Ordering::Release);
-    }
-
-    fn proven(&self, sent: Instant) {
-        let mut st = self
-            .trust_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        st.proof_mode = true;
-        let sent = self.ms(sent);
-        if self.feed.load(Ordering::Acquire) == FEED_LIVE {
-            let t = self.trust.load(Ordering::Acquire);
-            let deadline = sent.saturating_add(self.ms_len(self.fallback_ttl));
-            let current = t & FOREVER_MS;
-            // The first proof of a feed that was trusted "forever" bounds it from now on.
-            let next = if current == FOREVER_MS {
-                deadline
-            } else {
-                current.max(deadline)
-            };
-            self.trust.store(pack(st.epoch, next), Ordering::Release);
-        } else {
-            st.pending_proof = Some(sent);
         }
     }
 }

@@ -62,8 +62,10 @@ macro_rules! ensure {
 
 mod last_use;
 mod reads;
+mod shapes;
 pub use last_use::{touch_many_raises_each_last_use, touch_only_raises_last_use};
 pub use reads::reads_follow_every_write;
+pub use shapes::every_value_shape_round_trips;
 
 fn store_err(check: &'static str, what: &str, e: StoreError) -> Failure {
     fail(check, format!("{what} failed unexpectedly: {e} ({e:?})"))
@@ -85,6 +87,7 @@ pub async fn run<S: KeyStore>(store: &S) -> Check {
     touch_many_raises_each_last_use(store).await?;
     concurrent_updates_have_one_winner(store).await?;
     reads_follow_every_write(store).await?;
+    every_value_shape_round_trips(store).await?;
     Ok(())
 }
 

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use api_keys::testkit::{self, Failure};
 use api_keys::time::OffsetDateTime;
-use api_keys::{AnyStore, KeyId, KeyRecord, KeyStore, MemoryStore, OrgId, StoreError};
+use api_keys::{
+    AnyStore, KeyId, KeyRecord, KeyStore, MemoryStore, OrgId, RevocationReason, StoreError,
+};
 
 #[tokio::test]
 async fn memory_store_conforms() {
@@ -67,6 +69,12 @@ enum Fault {
     UpdateClearsLastUse,
     /// `scan` still returns deleted rows.
     ScanKeepsDeleted,
+    /// The revocation is stored as "revoked" plus an optional leak source (a column-mapped
+    /// store written before the other reasons existed): any other reason reads back as
+    /// `Manual`.
+    CollapsesRevocationReasons,
+    /// Text longer than 255 bytes is cut to 255 (a `VARCHAR(255)` column that truncates).
+    TruncatesLongText,
 }
 
 /// A deliberately faulty store: a `BTreeMap` behind a mutex, with one duty broken.
@@ -106,6 +114,23 @@ impl Faulty {
                 r.revocation = None;
                 r.owner = None;
                 r.meta.clear();
+            }
+            Fault::CollapsesRevocationReasons => {
+                let other = !matches!(r.revocation, None | Some(RevocationReason::Leaked { .. }));
+                if other {
+                    r.revocation = Some(RevocationReason::Manual);
+                }
+            }
+            Fault::TruncatesLongText => {
+                fn cut(s: &mut String) {
+                    let mut n = s.len().min(255);
+                    while !s.is_char_boundary(n) {
+                        n -= 1;
+                    }
+                    s.truncate(n);
+                }
+                cut(&mut r.name);
+                r.meta.values_mut().for_each(cut);
             }
             _ => {}
         }
@@ -313,6 +338,11 @@ async fn the_kit_catches_each_fault() {
         (Fault::DropsRevocationOwnerMeta, "reads_follow_every_write"),
         (Fault::UpdateClearsLastUse, "reads_follow_every_write"),
         (Fault::ScanKeepsDeleted, "reads_follow_every_write"),
+        (
+            Fault::CollapsesRevocationReasons,
+            "every_value_shape_round_trips",
+        ),
+        (Fault::TruncatesLongText, "every_value_shape_round_trips"),
     ];
     for (fault, check) in cases {
         let f = failure_of(fault).await;

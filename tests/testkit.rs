@@ -75,6 +75,9 @@ enum Fault {
     CollapsesRevocationReasons,
     /// Text longer than 255 bytes is cut to 255 (a `VARCHAR(255)` column that truncates).
     TruncatesLongText,
+    /// `touch_many` stops at the first id that has no row (a Lua loop's `return` where a
+    /// `continue` was meant): the uses after it are lost.
+    TouchManyStopsAtMissingRow,
 }
 
 /// A deliberately faulty store: a `BTreeMap` behind a mutex, with one duty broken.
@@ -290,6 +293,18 @@ impl KeyStore for Faulty {
         }
         Ok(())
     }
+
+    async fn touch_many(&self, uses: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
+        for (id, at) in uses {
+            if self.fault == Fault::TouchManyStopsAtMissingRow
+                && !self.rows.lock().unwrap().contains_key(&self.key(id))
+            {
+                return Ok(());
+            }
+            self.touch(id, *at).await?;
+        }
+        Ok(())
+    }
 }
 
 #[tokio::test]
@@ -343,6 +358,10 @@ async fn the_kit_catches_each_fault() {
             "every_value_shape_round_trips",
         ),
         (Fault::TruncatesLongText, "every_value_shape_round_trips"),
+        (
+            Fault::TouchManyStopsAtMissingRow,
+            "touch_many_raises_each_last_use",
+        ),
     ];
     for (fault, check) in cases {
         let f = failure_of(fault).await;

@@ -7,7 +7,7 @@ use crate::{KeyStore, UserId};
 
 /// `touch_many` does what `touch` does for each use of the batch: raises each
 /// `last_used_at` (to the latest of its uses), never lowers one, never changes the revision,
-/// never creates a row.
+/// never creates a row, and skips a use of a missing row without dropping the others.
 pub async fn touch_many_raises_each_last_use<S: KeyStore>(store: &S) -> Check {
     const C: &str = "touch_many_raises_each_last_use";
     let org = random_org();
@@ -26,12 +26,14 @@ pub async fn touch_many_raises_each_last_use<S: KeyStore>(store: &S) -> Check {
         .await
         .map_err(|e| store_err(C, "touch", e))?;
     let ghost = random_id();
+    // The missing row comes first: the uses after it must still be written (a batch holds
+    // the ids of keys deleted since their use, in any order).
     store
         .touch_many(&[
+            (ghost, t(1_711_000_000)),
             (a.id, t(1_710_000_000)),
             (a.id, t(1_715_000_000)),
             (b.id, t(1_711_000_000)),
-            (ghost, t(1_711_000_000)),
         ])
         .await
         .map_err(|e| store_err(C, "touch_many", e))?;

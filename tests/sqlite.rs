@@ -325,6 +325,30 @@ fn a_file_that_is_not_a_database_is_refused_untouched() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
 }
 
+/// A key store file damaged on disk (here: cut in half, as a failed copy leaves it) is
+/// `NotADatabase`, as documented, not a failed statement to retry.
+#[tokio::test]
+async fn a_damaged_file_is_refused_as_damaged() {
+    let dir = TempDir::new("damaged-file");
+    let path = dir.path("keys.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        for i in 0..300u64 {
+            let id = KeyId::parse(&format!("{:011}", i * 7 + 1)).unwrap();
+            let mut r = api_keys::testkit::sample_record(id, &OrgId::new(format!("org{}", i % 5)));
+            r.meta.insert("m".into(), "v".repeat(300));
+            store.insert(r).await.unwrap();
+        }
+    }
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 100_000, "{}", bytes.len());
+    bytes.truncate(bytes.len() / 2 + 100);
+    std::fs::write(&path, &bytes).unwrap();
+    let e = open_err(&path);
+    let se = sqlite_error(&e);
+    assert_eq!(se.kind(), SqliteErrorKind::NotADatabase, "{se} ({se:?})");
+}
+
 #[tokio::test]
 async fn a_read_only_file_is_refused() {
     use std::os::unix::fs::PermissionsExt;

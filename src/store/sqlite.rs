@@ -117,7 +117,10 @@ impl SqliteError {
             Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => {
                 SqliteErrorKind::CannotOpen
             }
-            Some(ErrorCode::NotADatabase) => SqliteErrorKind::NotADatabase,
+            // A damaged file (`SQLITE_CORRUPT`) is no database to retry a statement on.
+            Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
+                SqliteErrorKind::NotADatabase
+            }
             Some(ErrorCode::ReadOnly) => SqliteErrorKind::ReadOnly,
             _ => SqliteErrorKind::Query,
         };
@@ -132,7 +135,9 @@ impl fmt::Display for SqliteError {
             SqliteErrorKind::CannotOpen => {
                 write!(f, "cannot open or create the SQLite key store at {p}")
             }
-            SqliteErrorKind::NotADatabase => write!(f, "{p} is not a SQLite database"),
+            SqliteErrorKind::NotADatabase => {
+                write!(f, "{p} is not a SQLite database (or is damaged)")
+            }
             SqliteErrorKind::ReadOnly => write!(
                 f,
                 "the SQLite key store at {p} is read-only; it needs write access to the file and its directory"

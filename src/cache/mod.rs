@@ -46,7 +46,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::crypto::{Block, fill_random};
 use crate::key::Facts;
-use crate::token::{SECRET_CHARS, SECRET_LEN, secret_text_of};
+use crate::token::{SECRET_CHARS, SECRET_LEN, secret_text_into};
 use crate::{Error, KeyId};
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
@@ -238,7 +238,9 @@ impl Cache {
     /// [`Cache::fingerprint`] of a secret's bytes (a new or rewritten key's, or the stored one
     /// a cold verification decrypted): spelled as a token spells it first.
     pub(crate) fn fingerprint_of(&self, secret: &[u8; SECRET_LEN]) -> Fingerprint {
-        self.fingerprint(&secret_text_of(secret))
+        let mut text = Zeroizing::new([0u8; SECRET_CHARS]);
+        secret_text_into(secret, &mut text);
+        self.fingerprint(&text)
     }
 
     /// A cached entry for `id`, if one may still be served at `now` (a monotonic reading

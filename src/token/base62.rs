@@ -1,16 +1,25 @@
 //! Fixed-width base62 over the ASCII-ordered alphabet `0-9A-Za-z` (the token's digits).
 
-const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-/// Encodes `v` as exactly `N` digits (the caller guarantees it fits).
+/// Encodes `v` as exactly `N` digits (the caller guarantees it fits). Secrets pass through
+/// here (a cold verification spells the stored secret to fingerprint it): no branch and no
+/// table look-up on a digit.
 fn encode<const N: usize>(mut v: u64) -> [u8; N] {
     let mut out = [b'0'; N];
     for slot in out.iter_mut().rev() {
         // Division by a constant: no data-dependent branch.
-        *slot = ALPHABET[(v % 62) as usize];
+        *slot = char_of(v % 62);
         v /= 62;
     }
     out
+}
+
+/// The character of a digit below 62: `'0' + d`, 7 more above 9, 6 more above 35 (each
+/// "above" is the top bit of a wrapping subtraction, so no compare is branched on).
+#[inline(always)]
+fn char_of(d: u64) -> u8 {
+    let above_9 = 9u64.wrapping_sub(d) >> 63;
+    let above_35 = 35u64.wrapping_sub(d) >> 63;
+    (u64::from(b'0') + d + 7 * above_9 + 6 * above_35) as u8
 }
 
 pub(crate) fn encode_u64(v: u64) -> [u8; 11] {
@@ -280,6 +289,16 @@ pub(super) mod tests {
                 let want = !in_body || c.is_ascii_alphanumeric();
                 assert_eq!(all_alnum_window(&w), want, "byte {c} at {pos}");
             }
+        }
+    }
+
+    #[test]
+    fn every_digit_is_spelled_by_its_alphabet_character() {
+        for (d, &c) in ALPHABET.iter().enumerate() {
+            let d = d as u64;
+            assert_eq!(encode_u64(d)[10], c, "digit {d}");
+            assert_eq!(encode_u64(d * 62)[9], c, "digit {d}");
+            assert_eq!(encode_u32(d as u32)[5], c, "digit {d}");
         }
     }
 

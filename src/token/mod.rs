@@ -200,7 +200,9 @@ pub(crate) fn format_token(
     buf.extend_from_slice(prefix.as_bytes());
     buf.push(b'_');
     buf.extend_from_slice(&id.encode());
-    buf.extend_from_slice(&*secret_text_of(secret));
+    let mut text = Zeroizing::new([0u8; SECRET_CHARS]);
+    secret_text_into(secret, &mut text);
+    buf.extend_from_slice(&*text);
     let crc = crate::checksum::crc32(&buf);
     buf.extend_from_slice(&base62::encode_u32(crc));
     // Every byte pushed is ASCII.
@@ -208,9 +210,10 @@ pub(crate) fn format_token(
     Zeroizing::new(s)
 }
 
-/// The text a token spells `secret` with: four words of eleven base62 digits.
-pub(crate) fn secret_text_of(secret: &[u8; SECRET_LEN]) -> Zeroizing<[u8; SECRET_CHARS]> {
-    let mut text = Zeroizing::new([0u8; SECRET_CHARS]);
+/// Writes the text a token spells `secret` with (four words of eleven base62 digits) into
+/// `text`, memory the caller owns and clears: returned by value, the text would be built in
+/// this function's frame and left there.
+pub(crate) fn secret_text_into(secret: &[u8; SECRET_LEN], text: &mut [u8; SECRET_CHARS]) {
     for (chunk, out) in secret.chunks_exact(8).zip(text.chunks_exact_mut(11)) {
         let mut w = [0u8; 8];
         w.copy_from_slice(chunk);
@@ -221,7 +224,6 @@ pub(crate) fn secret_text_of(secret: &[u8; SECRET_LEN]) -> Zeroizing<[u8; SECRET
         w.zeroize();
         enc.zeroize();
     }
-    text
 }
 
 /// Checks a configured prefix against `[a-z][a-z0-9]{1,15}`.
@@ -366,7 +368,9 @@ mod tests {
                 });
             proptest::prop_assert_eq!(warm.is_ok(), fits);
             if let (Ok(text), Ok(p)) = (warm, UntrustedToken::parse(&prefix, &t)) {
-                proptest::prop_assert_eq!(text, &*secret_text_of(p.secret()));
+                let mut spelled = [0u8; SECRET_CHARS];
+                secret_text_into(p.secret(), &mut spelled);
+                proptest::prop_assert_eq!(text, &spelled);
             }
             match UntrustedToken::parse(&prefix, &t) {
                 Ok(p) => {

@@ -17,8 +17,8 @@
 //! CREATE INDEX api_keys_expires_at ON api_keys (expires_at);
 //! ```
 //!
-//! Version 2 adds a trigger (see [`MIGRATIONS`]): every row inserted, deleted, or updated in
-//! any column but `last_used_at` calls
+//! Version 2 adds a trigger (see `MIGRATIONS` in `schema.rs`): every row inserted, deleted,
+//! or updated in any column but `last_used_at` calls
 //! `pg_notify('api_keys_changes', '<id>:<revision>:<insert|update|delete>')`, and a
 //! `TRUNCATE` sends `reset`; so the notification is sent if and only if the change commits,
 //! whoever made it: this crate, the host's own SQL, a restore or a migration. Version 3 makes
@@ -39,66 +39,12 @@ use crate::{KeyId, KeyRecord, OrgId, StoreError};
 mod error;
 mod feed;
 mod options;
+mod schema;
 
 pub use error::{PostgresError, PostgresErrorKind};
 use error::{is_connection_lost, pg, pool_err};
 use feed::{FeedConnector, run_feed};
 pub use options::PostgresOptions;
-
-/// The schema version this crate writes. A database with a higher version is refused.
-const SCHEMA_VERSION: i32 = 3;
-
-/// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    r#"
-    CREATE TABLE api_keys (
-        id           TEXT COLLATE "C" PRIMARY KEY,
-        org          TEXT   NOT NULL,
-        revision     BIGINT NOT NULL,
-        expires_at   BIGINT,
-        last_used_at BIGINT,
-        record       JSONB  NOT NULL
-    );
-    CREATE INDEX api_keys_org ON api_keys (org);
-    CREATE INDEX api_keys_expires_at ON api_keys (expires_at);
-"#,
-    r#"
-    CREATE OR REPLACE FUNCTION api_keys_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        IF TG_OP = 'TRUNCATE' THEN
-            PERFORM pg_notify('api_keys_changes', 'reset');
-            RETURN NULL;
-        END IF;
-        IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.id IS DISTINCT FROM NEW.id) THEN
-            PERFORM pg_notify('api_keys_changes', OLD.id || ':0:delete');
-        END IF;
-        IF TG_OP = 'INSERT' THEN
-            PERFORM pg_notify('api_keys_changes', NEW.id || ':' || NEW.revision || ':insert');
-        ELSIF TG_OP = 'UPDATE' THEN
-            PERFORM pg_notify('api_keys_changes', NEW.id || ':' || NEW.revision || ':update');
-        END IF;
-        RETURN NULL;
-    END
-    $$;
-    CREATE TRIGGER api_keys_notify
-        AFTER INSERT OR DELETE OR UPDATE OF id, org, revision, expires_at, record ON api_keys
-        FOR EACH ROW EXECUTE FUNCTION api_keys_notify();
-    CREATE TRIGGER api_keys_notify_truncate
-        AFTER TRUNCATE ON api_keys
-        FOR EACH STATEMENT EXECUTE FUNCTION api_keys_notify();
-"#,
-    // The triggers fire in every session, also under `session_replication_role = replica`
-    // (a logical-replication apply worker, or the bulk-load idiom that skips triggers): a
-    // change committed there must be heard too.
-    r#"
-    ALTER TABLE api_keys ENABLE ALWAYS TRIGGER api_keys_notify;
-    ALTER TABLE api_keys ENABLE ALWAYS TRIGGER api_keys_notify_truncate;
-"#,
-];
-
-/// Serializes concurrent migrations (any constant unlikely to collide with the host's own
-/// advisory locks: "api-keys" in ASCII).
-const MIGRATION_LOCK: i64 = 0x6170_692d_6b65_7973;
 
 /// The notification channel of the change feed (also spelled out in the statements).
 /// The change feed's channel for the default table (`<table>_changes` for another).
@@ -218,142 +164,6 @@ impl PostgresStore {
     /// timeouts.
     pub fn options() -> PostgresOptions {
         PostgresOptions::new()
-    }
-
-    async fn run_migrations(&self) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(pg)?;
-        let exists: bool = tx
-            .query_one(
-                &self.sql("SELECT to_regclass('api_keys_schema') IS NOT NULL"),
-                &[],
-            )
-            .await
-            .map_err(pg)?
-            .get(0);
-        if !exists {
-            tx.batch_execute(&self.sql("CREATE TABLE api_keys_schema (version INTEGER NOT NULL)"))
-                .await
-                .map_err(pg)?;
-        }
-        let found: Option<i32> = tx
-            .query_one(&self.sql("SELECT max(version) FROM api_keys_schema"), &[])
-            .await
-            .map_err(pg)?
-            .get(0);
-        let found = found.unwrap_or(0);
-        if found < 2 {
-            // Version 2 creates `<table>_notify()`: a function of that name that is already
-            // there is the host's own, never replaced.
-            let taken: bool = tx
-                .query_one(
-                    &self.sql("SELECT to_regproc('api_keys_notify') IS NOT NULL"),
-                    &[],
-                )
-                .await
-                .map_err(pg)?
-                .get(0);
-            if taken {
-                return Err(StoreError::backend(PostgresError::new(
-                    PostgresErrorKind::InvalidTable,
-                    Some(
-                        format!(
-                            "a function named {} already exists: choose another table name",
-                            self.sql("api_keys_notify()")
-                        )
-                        .into(),
-                    ),
-                )));
-            }
-        }
-        if found > SCHEMA_VERSION {
-            return Err(StoreError::backend(PostgresError::new(
-                PostgresErrorKind::NewerSchema {
-                    found,
-                    supported: SCHEMA_VERSION,
-                },
-                None,
-            )));
-        }
-        if found < SCHEMA_VERSION {
-            for step in &MIGRATIONS[found.max(0) as usize..] {
-                tx.batch_execute(&self.sql(step)).await.map_err(pg)?;
-            }
-            tx.execute(&self.sql("DELETE FROM api_keys_schema"), &[])
-                .await
-                .map_err(pg)?;
-            tx.execute(
-                &self.sql("INSERT INTO api_keys_schema (version) VALUES ($1)"),
-                &[&SCHEMA_VERSION],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        tx.commit().await.map_err(pg)
-    }
-
-    /// Refuses a table name that PostgreSQL reserves (`order`, `user`, ...): it matches the
-    /// name pattern but cannot name a table unquoted.
-    async fn check_table_name(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let reserved: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_get_keywords() WHERE word = $1 AND catcode IN ('R', 'T'))",
-                &[&self.inner.table],
-            )
-            .await
-            .map_err(pg)?
-            .get(0);
-        if reserved {
-            return Err(StoreError::backend(PostgresError::new(
-                PostgresErrorKind::InvalidTable,
-                Some(format!("`{}` is a reserved word in PostgreSQL", self.inner.table).into()),
-            )));
-        }
-        Ok(())
-    }
-
-    /// Checks that the schema is the one this crate writes, changing nothing.
-    async fn check_schema(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let found = match client
-            .query_one(&self.sql("SELECT max(version) FROM api_keys_schema"), &[])
-            .await
-        {
-            Ok(row) => row.try_get::<_, Option<i32>>(0).map_err(pg)?.unwrap_or(0),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
-            Err(e) => return Err(pg(e)),
-        };
-        let kind = match found.cmp(&SCHEMA_VERSION) {
-            std::cmp::Ordering::Equal => return Ok(()),
-            std::cmp::Ordering::Greater => PostgresErrorKind::NewerSchema {
-                found,
-                supported: SCHEMA_VERSION,
-            },
-            std::cmp::Ordering::Less => PostgresErrorKind::SchemaOutdated {
-                found,
-                required: SCHEMA_VERSION,
-            },
-        };
-        Err(StoreError::backend(PostgresError::new(kind, None)))
-    }
-
-    /// The schema version of the database.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`] if the query fails.
-    pub async fn schema_version(&self) -> Result<i32, StoreError> {
-        let client = self.client().await?;
-        client
-            .query_one(&self.sql("SELECT max(version) FROM api_keys_schema"), &[])
-            .await
-            .map_err(pg)?
-            .try_get::<_, Option<i32>>(0)
-            .map_err(pg)
-            .map(|v| v.unwrap_or(0))
     }
 
     /// `sql` written for the default table, for this store's table.

@@ -819,3 +819,35 @@ async fn sweep_warns_once_and_revokes_unused_keys_when_asked() {
         .assert()
         .code(2);
 }
+
+/// A token typed as an argument (rather than on standard input, or where an id belongs) is a
+/// usage error that never repeats it: standard error may be logged, and the token is secret.
+#[test]
+fn a_token_given_as_an_argument_is_refused_without_echoing_it() {
+    let token = format!("sak_{}x", "A1b2C3d4E5".repeat(6));
+    let with_source = [
+        "keys",
+        "revoke-leaked",
+        "--source",
+        "https://x.example/a",
+        &token,
+    ];
+    for args in [
+        &["keys", "revoke-leaked", &token][..],
+        &with_source[..],
+        &["keys", "revoke", "00000000001", &token][..],
+        &[&token, "keys", "list"][..],
+    ] {
+        let out = cli()
+            .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
+            .args(args)
+            .assert()
+            .code(2);
+        let (out, err) = (stdout(out.get_output()), stderr(out.get_output()));
+        assert!(
+            !err.contains(&token) && !out.contains(&token),
+            "{args:?}: {err}{out}"
+        );
+        assert!(!err.contains("A1b2C3d4E5"), "{args:?}: {err}");
+    }
+}

@@ -167,7 +167,10 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     if cli.global.verbose {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
@@ -187,6 +190,33 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// A command line clap refuses. An argument clap does not expect is not repeated (clap would
+/// quote it): it may be a whole token typed where none belongs, and standard error may be
+/// logged. An unknown option is still named.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::UnknownArgument | ErrorKind::InvalidSubcommand
+    ) {
+        e.exit();
+    }
+    match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) if arg.starts_with('-') && !arg.contains('=') => {
+            eprintln!(
+                "api-keys: unknown option {}; see `api-keys --help`",
+                output::text(arg)
+            );
+        }
+        _ => eprintln!(
+            "api-keys: unexpected argument (not repeated here: it may be a token; tokens are \
+             read from standard input by `keys revoke-leaked`, never taken as arguments); see \
+             `api-keys --help`"
+        ),
+    }
+    ExitCode::from(EXIT_USAGE)
 }
 
 fn run(cli: Cli) -> Result<u8, Failure> {

@@ -2131,3 +2131,69 @@ async fn authorization_header_shapes_through_the_server() {
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
+
+/// An unknown field inside a rate limit or a credit budget is refused like one at the top of
+/// the body: a typo such as `"scoep": "org"` must not quietly make a per-key limit, nor a
+/// misspelt `"refil"` a budget that is never refilled.
+#[tokio::test]
+async fn unknown_fields_in_limits_and_credits_are_refused() {
+    let srv = start().await;
+    let alice = srv.alice();
+    let (_, info) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+    let id = info["id"].as_str().unwrap();
+    let limit = json!([{"name": "daily", "limit": 10, "window_ms": 86_400_000, "scoep": "org"}]);
+    let credits = json!({"initial": 5, "refil": {"every": "daily", "amount": 5}});
+    let calls = [
+        (
+            srv.post("/api/keys")
+                .session(&alice)
+                .json(&json!({"name": "m", "scopes": ["prometheus"], "rate_limits": limit})),
+            "`scoep`",
+        ),
+        (
+            srv.post("/api/keys")
+                .session(&alice)
+                .json(&json!({"name": "m", "scopes": ["prometheus"], "credits": credits})),
+            "`refil`",
+        ),
+        (
+            srv.put(&format!("/api/keys/{id}/limits"))
+                .session(&alice)
+                .json(&json!({ "rate_limits": limit })),
+            "`scoep`",
+        ),
+        (
+            srv.put(&format!("/api/keys/{id}/credits"))
+                .session(&alice)
+                .json(&json!({ "credits": credits })),
+            "`refil`",
+        ),
+    ];
+    for (call, field) in calls {
+        let path = call.path.clone();
+        let r = call.send().await;
+        r.assert_error(StatusCode::BAD_REQUEST, "bad_request");
+        let message = r.json()["detail"].as_str().unwrap().to_string();
+        assert!(message.contains(field), "{path}: {message}");
+    }
+    // Nothing was made or changed.
+    let r = srv.get("/api/keys").session(&alice).send().await;
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+    let r = srv
+        .get(&format!("/api/keys/{id}"))
+        .session(&alice)
+        .send()
+        .await;
+    assert_eq!(r.json()["rate_limits"], json!([]));
+    assert_eq!(r.json()["credits"], Value::Null);
+    // The same shapes spelt right are taken as they are.
+    let limit = json!([{"name": "daily", "limit": 10, "window_ms": 86_400_000, "scope": "org"}]);
+    let credits = json!({"initial": 5, "refill": {"every": "monthly", "day": 3, "amount": 5}});
+    let (_, made) = srv
+        .create(json!({"name": "m", "scopes": ["prometheus"], "rate_limits": limit, "credits": credits}))
+        .await;
+    assert_eq!(made["rate_limits"], limit);
+    assert_eq!(made["credits"], credits);
+}

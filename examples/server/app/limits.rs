@@ -6,9 +6,12 @@
 //! `key` or `org`, default `key`); credits are `{"initial":1000,"refill":{"every":"daily",
 //! "amount":1000}}` (`refill` optional; `{"every":"monthly","day":1,"amount":N}` refills on a
 //! day of the month). The manager checks the values (names, windows, amounts) and answers
-//! `policy` for a value it refuses.
+//! `policy` for a value it refuses. Like the bodies around them, these shapes take no unknown
+//! field (`bad_request`): a typo such as `"scoep": "org"` must not quietly make a per-key limit.
 
-use api_keys::{Actor, Credits, KeyId, RateLimit};
+use std::time::Duration;
+
+use api_keys::{Actor, Credits, KeyId, LimitScope, RateLimit, Refill};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -23,13 +26,62 @@ use super::errors::{ApiError, Body, key_id, manager_only, no_store, parse_json};
 use super::openapi::{CreditsDoc, KeyCreditsDoc, KeyInfoDoc, Problem, RateLimitDoc};
 use super::sessions::Session;
 
+/// A [`RateLimit`] as a request gives it (the crate's shape), refusing unknown fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateLimitIn {
+    name: String,
+    limit: u64,
+    window_ms: u64,
+    #[serde(default)]
+    scope: LimitScope,
+}
+
+impl From<RateLimitIn> for RateLimit {
+    fn from(l: RateLimitIn) -> RateLimit {
+        let limit = RateLimit::new(l.name, l.limit, Duration::from_millis(l.window_ms));
+        match l.scope {
+            LimitScope::Org => limit.per_org(),
+            LimitScope::Key => limit,
+        }
+    }
+}
+
+/// [`Credits`] as a request gives them (the crate's shape), refusing unknown fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreditsIn {
+    initial: u64,
+    #[serde(default)]
+    refill: Option<RefillIn>,
+}
+
+/// A [`Refill`] as a request gives it, refusing unknown fields.
+#[derive(Deserialize)]
+#[serde(tag = "every", rename_all = "snake_case", deny_unknown_fields)]
+enum RefillIn {
+    Daily { amount: u64 },
+    Monthly { day: u8, amount: u64 },
+}
+
+impl From<CreditsIn> for Credits {
+    fn from(c: CreditsIn) -> Credits {
+        let credits = Credits::new(c.initial);
+        match c.refill {
+            None => credits,
+            Some(RefillIn::Daily { amount }) => credits.refill(Refill::daily(amount)),
+            Some(RefillIn::Monthly { day, amount }) => credits.refill(Refill::monthly(day, amount)),
+        }
+    }
+}
+
 /// `PUT /api/keys/{id}/limits` body.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LimitsBody {
     /// The key's rate limits from now on (all of them; `[]` removes every limit).
     #[schema(value_type = Vec<RateLimitDoc>, max_items = 8)]
-    rate_limits: Vec<RateLimit>,
+    rate_limits: Vec<RateLimitIn>,
 }
 
 /// `PUT /api/keys/{id}/credits` body.
@@ -39,7 +91,7 @@ pub(crate) struct CreditsBody {
     /// The credit budget from now on (the balance is set to `initial` now), or `null` to
     /// remove it.
     #[schema(value_type = Option<CreditsDoc>)]
-    credits: Option<Credits>,
+    credits: Option<CreditsIn>,
 }
 
 #[utoipa::path(put, path = "/api/keys/{id}/limits", tag = "keys", security(("demo_session" = [])),
@@ -63,7 +115,11 @@ pub(crate) async fn set_limits(
     let body: LimitsBody = parse_json(&body)?;
     let info = state
         .manager
-        .set_limits(&actor, &id, body.rate_limits)
+        .set_limits(
+            &actor,
+            &id,
+            body.rate_limits.into_iter().map(Into::into).collect(),
+        )
         .await?;
     Ok(no_store(StatusCode::OK, Json(info)))
 }
@@ -88,7 +144,10 @@ pub(crate) async fn set_credits(
     manager_only(&actor)?;
     let id = key_id(&actor, &id)?;
     let body: CreditsBody = parse_json(&body)?;
-    let info = state.manager.set_credits(&actor, &id, body.credits).await?;
+    let info = state
+        .manager
+        .set_credits(&actor, &id, body.credits.map(Into::into))
+        .await?;
     credits_answer(&state, &actor, &id, info.credits).await
 }
 

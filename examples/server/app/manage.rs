@@ -1,7 +1,7 @@
 //! The JSON management API: policy, create, list, get, revoke, roll, reveal, delete.
 
 use api_keys::time::{Duration, OffsetDateTime};
-use api_keys::{Credits, Expiry, GenerateRequest, RateLimit, Scope};
+use api_keys::{Expiry, GenerateRequest, Scope};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::errors::{ApiError, Body, key_id, manager_only, no_store, parse_json};
+use super::limits::{CreditsIn, RateLimitIn};
 #[allow(unused_imports)] // named by the `utoipa::path` annotations
 use super::openapi::{
     CreatedKey, CreditsDoc, ExpiryDoc, KeyInfoDoc, PolicyDoc, Problem, RateLimitDoc, RevealedKey,
@@ -60,11 +61,11 @@ pub(crate) struct CreateBody {
     /// Rate limits (at most 8; see `PUT /api/keys/{id}/limits`); absent for none.
     #[schema(value_type = Option<Vec<RateLimitDoc>>, max_items = 8)]
     #[serde(default)]
-    rate_limits: Option<Vec<RateLimit>>,
+    rate_limits: Option<Vec<RateLimitIn>>,
     /// A credit budget; absent for none.
     #[schema(value_type = Option<CreditsDoc>)]
     #[serde(default)]
-    credits: Option<Credits>,
+    credits: Option<CreditsIn>,
 }
 
 /// `{"days":N}`, `{"at":<unix seconds>}`, `"never"`, or absent/null (the policy's default).
@@ -143,10 +144,10 @@ pub(crate) async fn create_key(
         req = req.expiry(expiry);
     }
     for limit in body.rate_limits.into_iter().flatten() {
-        req = req.rate_limit(limit);
+        req = req.rate_limit(limit.into());
     }
     if let Some(credits) = body.credits {
-        req = req.credits(credits);
+        req = req.credits(credits.into());
     }
     let (key, info) = state.manager.generate(&actor, req).await?;
     state.key_counts.forget(actor.org());

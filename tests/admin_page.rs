@@ -1828,3 +1828,56 @@ async fn limits_are_shown_and_set_on_the_page() {
     assert_eq!(h.csp_violations().await, 0);
     h.finish().await;
 }
+
+/// The Limits dialog offers one per-key rate limit; a key whose limit was set through the API
+/// as an organization-wide one (README's `"scope":"org"` example) keeps it as it is when a
+/// manager changes only its credits there: the rate fields were left as shown.
+#[tokio::test]
+async fn saving_only_credits_keeps_an_org_wide_rate_limit() {
+    let Some(h) = Harness::start("limits-org").await else {
+        return;
+    };
+    let (id, _) = h.create_key("Shared scraper").await;
+    let daily =
+        json!([{"name": "daily", "limit": 10_000, "window_ms": 86_400_000, "scope": "org"}]);
+    let r = h
+        .call(
+            Method::PUT,
+            &format!("/api/keys/{id}/limits"),
+            Some(&h.manager.clone()),
+            Some(json!({ "rate_limits": daily })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    h.open_page().await;
+    h.css(&format!("tr[data-key-id=\"{id}\"] .action-limits"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('limits-dialog').open")
+        .await;
+    assert_eq!(h.value("#limits-rate").await, "10000");
+    h.css("#limits-credits")
+        .await
+        .send_keys("50")
+        .await
+        .unwrap();
+    h.css("#limits-save").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('limits-dialog').open")
+        .await;
+    let got = h
+        .call(
+            Method::GET,
+            &format!("/api/keys/{id}"),
+            Some(&h.manager.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(got.json["credits"]["initial"], json!(50));
+    assert_eq!(
+        got.json["rate_limits"], daily,
+        "the rate limit was left as shown"
+    );
+    h.finish().await;
+}

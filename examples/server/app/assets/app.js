@@ -867,6 +867,13 @@
     }
     const key = d.key;
     const path = '/api/keys/' + encodeURIComponent(key.id);
+    // The dialog shows a limit's number and window, not its name or scope: a key's only limit
+    // saved with the same window keeps them (an organization-wide limit stays one).
+    const existing = key.rate_limits || [];
+    if (read.rate && existing.length === 1 && existing[0].window_ms === read.rate.window_ms) {
+      read.rate.name = existing[0].name;
+      read.rate.scope = existing[0].scope;
+    }
     const rateLimits = read.rate ? [read.rate] : [];
     const sameRate = JSON.stringify(
       (key.rate_limits || []).map((l) => [l.limit, l.window_ms, l.scope]),

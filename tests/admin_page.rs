@@ -1881,3 +1881,66 @@ async fn saving_only_credits_keeps_an_org_wide_rate_limit() {
     );
     h.finish().await;
 }
+
+/// Changing only a key's rate limit in the Limits dialog leaves its credits alone: a budget set
+/// through the API with a refill the dialog cannot show (the 15th of the month) keeps it, and
+/// the balance is not set back to the full budget.
+#[tokio::test]
+async fn saving_only_a_rate_limit_keeps_the_credits() {
+    let Some(h) = Harness::start("limits-credits").await else {
+        return;
+    };
+    let (id, token) = h.create_key("Metered").await;
+    let credits = json!({"initial": 100, "refill": {"every": "monthly", "day": 15, "amount": 100}});
+    let r = h
+        .call(
+            Method::PUT,
+            &format!("/api/keys/{id}/credits"),
+            Some(&h.manager.clone()),
+            Some(json!({ "credits": credits })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(h.metrics_status(&token).await, StatusCode::OK);
+    h.open_page().await;
+    h.css(&format!("tr[data-key-id=\"{id}\"] .action-limits"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('limits-dialog').open")
+        .await;
+    assert_eq!(h.value("#limits-credits").await, "100");
+    h.css("#limits-rate").await.send_keys("5").await.unwrap();
+    h.css("#limits-save").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('limits-dialog').open")
+        .await;
+    let manager = h.manager.clone();
+    let got = h
+        .call(
+            Method::GET,
+            &format!("/api/keys/{id}"),
+            Some(&manager),
+            None,
+        )
+        .await;
+    assert_eq!(got.json["rate_limits"][0]["limit"], json!(5));
+    assert_eq!(
+        got.json["credits"], credits,
+        "the credits were left as shown"
+    );
+    let left = h
+        .call(
+            Method::GET,
+            &format!("/api/keys/{id}/credits"),
+            Some(&manager),
+            None,
+        )
+        .await;
+    assert_eq!(
+        left.json["remaining"],
+        json!(99),
+        "the balance is not reset"
+    );
+    h.finish().await;
+}

@@ -874,6 +874,13 @@
       read.rate.name = existing[0].name;
       read.rate.scope = existing[0].scope;
     }
+    // Likewise a budget left as shown (the same credits and refill kind) keeps its refill's
+    // day and amount, and is not written again: writing credits sets the balance back to full.
+    const had = key.credits || null;
+    const kind = (c) => (c && c.refill ? c.refill.every : 'none');
+    if (read.credits && had && read.credits.initial === had.initial && kind(read.credits) === kind(had)) {
+      read.credits = had;
+    }
     const rateLimits = read.rate ? [read.rate] : [];
     const sameRate = JSON.stringify(
       (key.rate_limits || []).map((l) => [l.limit, l.window_ms, l.scope]),

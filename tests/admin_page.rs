@@ -1944,3 +1944,42 @@ async fn saving_only_a_rate_limit_keeps_the_credits() {
     );
     h.finish().await;
 }
+
+/// Revoking the old half of a roll (its replacement is made: the usual next step) offers no
+/// "Roll instead": a key is rolled once, so that action could only fail.
+#[tokio::test]
+async fn revoking_a_rolled_key_offers_no_second_roll() {
+    let Some(h) = Harness::start("revoke-rolled").await else {
+        return;
+    };
+    let (id, _) = h.create_key("Rolled").await;
+    let r = h
+        .call(
+            Method::POST,
+            &format!("/api/keys/{id}/roll"),
+            Some(&h.manager.clone()),
+            Some(json!({"overlap_seconds": 3600})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    h.open_page().await;
+    for action in ["action-revoke", "action-delete"] {
+        h.css(&format!("tr[data-key-id=\"{id}\"] button.{action}"))
+            .await
+            .click()
+            .await
+            .unwrap();
+        h.wait_js("document.getElementById('confirm-dialog').open")
+            .await;
+        assert_eq!(
+            h.js("return document.getElementById('roll-section').hidden;")
+                .await,
+            Value::Bool(true),
+            "{action}"
+        );
+        h.css("#confirm-cancel").await.click().await.unwrap();
+        h.wait_js("!document.getElementById('confirm-dialog').open")
+            .await;
+    }
+    h.finish().await;
+}

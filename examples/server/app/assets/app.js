@@ -1003,7 +1003,8 @@
         'All integrations using this key will stop working immediately. ' +
         'If an integration still needs access, create the replacement key first.';
     }
-    show($('roll-section'), mode !== 'delete-revoked' && active);
+    // A key is rolled once: the old half of a roll offers no second one.
+    show($('roll-section'), mode !== 'delete-revoked' && active && !key.replaced_by);
     $('roll-overlap').value = '86400';
     setConfirmError('');
     setDialogBusy(false);

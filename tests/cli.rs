@@ -851,3 +851,43 @@ fn a_token_given_as_an_argument_is_refused_without_echoing_it() {
         assert!(!err.contains("A1b2C3d4E5"), "{args:?}: {err}");
     }
 }
+
+/// A reader that stops early (`api-keys keys list --org acme | head -1`) ends the output, not
+/// the tool: no panic, and the exit code is still the command's own (a documented one) —
+/// for `master-key new`, whose output is the whole point, 3 (the key did not reach anyone).
+#[tokio::test]
+async fn a_reader_that_stops_early_is_not_a_panic() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let _ = make(&m, &acme(), "deploy-bot", 30).await;
+    let db_arg = db.path.to_str().unwrap();
+    for (args, code) in [
+        (&["master-key", "new"][..], 3),
+        (
+            &["--sqlite", db_arg, "keys", "list", "--org", "acme"][..],
+            0,
+        ),
+        (
+            &[
+                "--sqlite", db_arg, "keys", "list", "--org", "acme", "--json",
+            ][..],
+            0,
+        ),
+    ] {
+        // The reader is gone before the tool starts.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_api-keys"))
+            .env_clear()
+            .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    }
+}

@@ -1,6 +1,7 @@
 //! Where the tool's configuration comes from: master keys (environment or file, never
 //! arguments), the store, durations.
 
+use std::io::Write as _;
 use std::path::Path;
 
 use api_keys::time::Duration;
@@ -22,12 +23,17 @@ pub(crate) fn new_master_key(json: bool) -> Result<(), Failure> {
         ))
     })?;
     let hex = Zeroizing::new(hex::encode(*bytes));
-    if json {
-        println!("{{\"master_key\":\"{}\"}}", hex.as_str());
+    // Printing is the whole command: a key that did not reach its reader is a failure.
+    let line = if json {
+        Zeroizing::new(format!("{{\"master_key\":\"{}\"}}\n", hex.as_str()))
     } else {
-        println!("{}", hex.as_str());
-    }
-    Ok(())
+        Zeroizing::new(format!("{}\n", hex.as_str()))
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(line.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Failure::config(format!("cannot write the master key: {e}")))
 }
 
 /// The keyring from `--master-key-file`, or else from the environment.

@@ -107,9 +107,9 @@ pub(crate) async fn run(
                 print_json(&info);
             } else {
                 if was_revoked {
-                    println!("key {id} was already revoked");
+                    out!("key {id} was already revoked");
                 } else {
-                    println!("key {id} revoked: it no longer verifies");
+                    out!("key {id} revoked: it no longer verifies");
                 }
                 print_key(&info, m.now());
             }
@@ -184,7 +184,7 @@ async fn revoke_leaked(
             "stopped_at_line": failed.as_ref().map(|_| number),
         }));
     } else {
-        println!(
+        out!(
             "{} genuine token(s) revoked (lines {:?}); {} false positive(s) (lines {:?})",
             genuine.len(),
             genuine,
@@ -192,7 +192,7 @@ async fn revoke_leaked(
             false_positives
         );
         if failed.is_some() {
-            println!("stopped at line {number}: the lines after it were not read");
+            out!("stopped at line {number}: the lines after it were not read");
         }
     }
     match failed {

@@ -10,6 +10,19 @@
 //! check (tampered, or sealed under a master key the keyring lacks).
 #![forbid(unsafe_code)]
 
+/// `println!` that a reader gone away (a closed pipe: `api-keys keys list ... | head -1`) does
+/// not turn into a panic: the output ends there and the command's own exit code stands.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*)
+            && e.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            panic!("failed printing to stdout: {e}");
+        }
+    }};
+}
+
 mod config;
 mod keys;
 mod output;
@@ -278,7 +291,7 @@ async fn sweep(
             "notify_failed": r.notify_failed,
         }));
     } else {
-        println!(
+        out!(
             "swept {} records: {} expiry warning(s), {} expired, {} unused-key warning(s), \
              {} revoked as unused, {} purged, {} failed",
             r.scanned,

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 pub(crate) fn print_json<T: Serialize + ?Sized>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => out!("{s}"),
         // Our own types always serialize; never a panic over output.
         Err(e) => eprintln!("api-keys: cannot write JSON: {e}"),
     }
@@ -163,7 +163,7 @@ pub(crate) fn print_table(infos: &[KeyInfo], with_org: bool, now: OffsetDateTime
             .zip(&widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        out!("{}", line.join("  ").trim_end());
     }
 }
 
@@ -209,7 +209,7 @@ pub(crate) fn print_key(i: &KeyInfo, now: OffsetDateTime) {
         lines.push(("owner", o.clone()));
     }
     for (k, v) in lines {
-        println!("{:<12} {}", format!("{k}:"), text(&v));
+        out!("{:<12} {}", format!("{k}:"), text(&v));
     }
 }
 

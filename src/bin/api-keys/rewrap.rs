@@ -33,7 +33,7 @@ pub(crate) async fn run(store: AnyStore, keyring: Keyring, global: &Global) -> R
     if global.json {
         print_json(&Json::from((&report, current)));
     } else {
-        println!(
+        out!(
             "rewrapped {}, already current {}, failed {}, sealed under a newer version {}, other prefix {}",
             report.rewrapped,
             report.already_current,

@@ -351,10 +351,10 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let mut events = Vec::new();
         // The last attempt's planned record (its revision still the one it read).
         let mut planned: Option<KeyRecord> = None;
-        // Whether the failed write's outcome is unknown (not a conflict followed by a failed
-        // re-read: that write did not commit, and the claim found one revision on is another
-        // node's, already announced by it).
-        let mut in_doubt = false;
+        // The seal of the failed write whose outcome is unknown (not a conflict followed by a
+        // failed re-read: that write did not commit, and the claim found one revision on is
+        // another node's, already announced by it).
+        let mut in_doubt = None;
         let result = self
             .modify_reporting(
                 None,
@@ -371,10 +371,10 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let result = match result {
             // The write may have committed with its reply lost: a read that finds exactly
             // this claim, one revision on, makes it ours to announce (else no node would: the
-            // mark is set). Two nodes writing the same claim in the same second, one of them
-            // losing its reply, would both announce it: at least once rather than never.
-            Err(Error::Store(e)) if in_doubt => match &planned {
-                Some(p) => match self.committed_claim(p).await {
+            // mark is set). Only this write's seal (a fresh IV) counts: another node's
+            // identical claim is that node's to announce.
+            Err(Error::Store(e)) if in_doubt.is_some() => match &planned {
+                Some(p) => match self.committed_claim(p, in_doubt.as_ref()).await {
                     Some(r) => Ok((r, true)),
                     None => Err(Error::Store(e)),
                 },
@@ -409,11 +409,17 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         }
     }
 
-    /// The stored record, if it is `planned` as the claim was written: genuine, the next
-    /// revision, with exactly its marks and revocation.
-    async fn committed_claim(&self, planned: &KeyRecord) -> Option<KeyRecord> {
+    /// The stored record, if it is `planned` as this sweep's claim was written (under `sent`,
+    /// the seal of that write): genuine, the next revision, with exactly its marks and
+    /// revocation.
+    async fn committed_claim(
+        &self,
+        planned: &KeyRecord,
+        sent: Option<&crate::record::Sealed>,
+    ) -> Option<KeyRecord> {
         let r = self.inner.store.get(&planned.id).await.ok()??;
-        (r.id == planned.id
+        (Some(&r.sealed) == sent
+            && r.id == planned.id
             && Some(r.revision) == planned.revision.checked_add(1)
             && r.notices == planned.notices
             && r.revoked_at == planned.revoked_at

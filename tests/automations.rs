@@ -1215,3 +1215,28 @@ async fn a_purge_whose_reply_was_lost_is_announced_once() {
         vec![Some(*key.id())]
     );
 }
+
+#[tokio::test]
+async fn a_sweep_whose_write_failed_does_not_announce_another_nodes_claim() {
+    let store = common::CountingStore::default();
+    let clock = ManualClock::new(start());
+    let a = node_with(store.clone(), Policy::default(), &clock);
+    let b = node_with(store.inner.clone(), Policy::default(), &clock);
+    a.manager.generate(&alice(), req("ci")).await.unwrap();
+    clock.set(start() + days(60));
+    // Node A reads the key and plans its 30-day warning; meanwhile node B claims and sends
+    // it. A's own update then never reaches the store (it writes nothing).
+    let (node_b, st) = (b.manager.clone(), store.clone());
+    store.after_next_get(move || async move {
+        node_b.sweep().await.unwrap();
+        st.fail_update
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let _ = a.manager.sweep().await.unwrap();
+    assert_eq!(b.notes.all().len(), 1, "B claimed and sent the warning");
+    assert_eq!(
+        a.notes.all().len(),
+        0,
+        "A wrote nothing: B's claim is not A's to send"
+    );
+}

@@ -1378,3 +1378,65 @@ async fn a_rewrap_whose_reply_was_lost_is_still_audited() {
         .count();
     assert_eq!(rewrapped, 1, "the record was re-sealed: it is audited once");
 }
+
+#[tokio::test]
+async fn a_rewrap_whose_write_failed_does_not_claim_another_nodes_reseal() {
+    let store = CountingStore::default();
+    let a = setup_with(store.clone(), Policy::default());
+    let b = setup_with(store.clone(), Policy::default());
+    let (_, info) = a.manager.generate(&alice(), prom("k")).await.unwrap();
+    a.manager.set_keyring(v2_keyring()).unwrap();
+    b.manager.set_keyring(v2_keyring()).unwrap();
+    // Right after A read the record, node B re-seals it; A's own update then never reaches
+    // the store (it writes nothing).
+    let (node_b, st) = (b.manager.clone(), store.clone());
+    store.after_next_get(move || async move {
+        node_b.rewrap().await.unwrap();
+        st.fail_update.store(true, Ordering::SeqCst);
+    });
+    let report = a.manager.rewrap().await.unwrap();
+    let rewrapped = |r: &Recorder| {
+        r.events()
+            .into_iter()
+            .filter(|e| {
+                matches!(e.action, AuditAction::Rewrapped { .. }) && e.key_id == Some(info.id)
+            })
+            .count()
+    };
+    assert_eq!(rewrapped(&b.audit), 1, "B re-sealed the record");
+    assert_eq!(
+        rewrapped(&a.audit),
+        0,
+        "A's write did nothing: B's re-seal is not A's"
+    );
+    assert_eq!(report.failed, 1);
+}
+
+#[tokio::test]
+async fn a_revocation_whose_write_failed_does_not_claim_another_nodes_revocation() {
+    let store = CountingStore::default();
+    let a = setup_with(store.clone(), Policy::default());
+    let b = setup_with(store.clone(), Policy::default());
+    let (_, info) = a.manager.generate(&alice(), prom("k")).await.unwrap();
+    // The same manager's revocation reaches two nodes in the same second (a retried
+    // request): B revokes right after A read the record, and A's update never reaches the
+    // store.
+    let (node_b, st, id) = (b.manager.clone(), store.clone(), info.id);
+    store.after_next_get(move || async move {
+        node_b.revoke(&alice(), &id).await.unwrap();
+        st.fail_update.store(true, Ordering::SeqCst);
+    });
+    let first = a.manager.revoke(&alice(), &info.id).await;
+    let revoked = |r: &Recorder| {
+        r.events()
+            .into_iter()
+            .filter(|e| e.action == AuditAction::Revoked && e.key_id == Some(info.id))
+            .count()
+    };
+    assert_eq!(revoked(&b.audit), 1, "B revoked the key");
+    assert_eq!(
+        revoked(&a.audit),
+        0,
+        "A's write did nothing: B's revocation is not A's ({first:?})"
+    );
+}

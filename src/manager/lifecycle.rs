@@ -397,7 +397,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 let from = rec.sealed.key_version;
                 // The revision the last attempt read, and whether its write is in doubt.
                 let mut read_revision = None;
-                let mut in_doubt = false;
+                let mut in_doubt = None;
                 let result = self
                     .modify_reporting(
                         None,
@@ -411,13 +411,15 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                     )
                     .await;
                 // The re-seal may have committed with its reply lost: the next rewrap would
-                // find the record current and never report it. A read that finds it sealed
-                // under the current version one revision on makes it this run's.
-                let result = match (result, read_revision) {
-                    (Err(Error::Store(e)), Some(read)) if in_doubt => {
+                // find the record current and never report it. A read that finds this write
+                // (its seal: another node's re-seal has another) under the current version
+                // one revision on makes it this run's.
+                let result = match (result, read_revision, in_doubt) {
+                    (Err(Error::Store(e)), Some(read), Some(sent)) => {
                         match self.inner.store.get(&rec.id).await {
                             Ok(Some(r))
                                 if r.id == rec.id
+                                    && r.sealed == sent
                                     && Some(r.revision) == read.checked_add(1)
                                     && r.sealed.key_version == current
                                     && self.authentic(&keyring, &r, None) =>
@@ -427,7 +429,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                             _ => Err(Error::Store(e)),
                         }
                     }
-                    (other, _) => other,
+                    (other, _, _) => other,
                 };
                 match result {
                     Ok((_, false)) => report.already_current += 1,

@@ -218,7 +218,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let revoker = actor.and_then(|a| recordable_revoker(a.user()));
         // The last attempt's revoked record (its revision still the one it read).
         let mut planned: Option<KeyRecord> = None;
-        let mut in_doubt = false;
+        let mut in_doubt = None;
         let result = self
             .modify_reporting(
                 actor,
@@ -240,10 +240,10 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let result = match (result, &planned) {
             // The write may have committed with its reply lost. A retry would then find the
             // key revoked and change nothing, so the revocation would never be reported (nor
-            // audited): a read that finds exactly this revocation, one revision on, makes it
-            // this call's.
-            (Err(Error::Store(e)), Some(p)) if in_doubt => {
-                match self.committed_revocation(actor, p).await {
+            // audited): a read that finds exactly this write (its seal), one revision on, makes
+            // it this call's.
+            (Err(Error::Store(e)), Some(p)) if in_doubt.is_some() => {
+                match self.committed_revocation(actor, p, in_doubt.as_ref()).await {
                     Some(rec) => Ok((rec, true)),
                     None => Err(Error::Store(e)),
                 }
@@ -259,15 +259,18 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         result
     }
 
-    /// The stored record, if it is `planned` as a revocation wrote it: genuine, the next
-    /// revision, with exactly its revocation.
+    /// The stored record, if it is `planned` as this call's revocation wrote it (under
+    /// `sent`, the seal of that write: another node's identical revocation has another):
+    /// genuine, the next revision, with exactly its revocation.
     async fn committed_revocation(
         &self,
         actor: Option<&Actor>,
         planned: &KeyRecord,
+        sent: Option<&Sealed>,
     ) -> Option<KeyRecord> {
         let r = self.load(actor, &planned.id).await.ok()?;
-        (Some(r.revision) == planned.revision.checked_add(1)
+        (Some(&r.sealed) == sent
+            && Some(r.revision) == planned.revision.checked_add(1)
             && r.revoked_at == planned.revoked_at
             && r.revoked_by == planned.revoked_by
             && r.revocation == planned.revocation

@@ -12,7 +12,7 @@ use crate::crypto::fill_random;
 use crate::key::Facts;
 use crate::limits::{Consumed, LocalCounters, UsageCounters, UsageRequest, check_limits};
 use crate::policy::{check_meta, check_name, check_owner, check_scopes, check_written_id};
-use crate::record::{Draft, whole_seconds};
+use crate::record::{Draft, Sealed, whole_seconds};
 use crate::store::ChangeListener;
 use crate::token::{DEFAULT_PREFIX, SECRET_LEN, UntrustedToken, format_token, valid_prefix};
 use crate::{
@@ -433,23 +433,24 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         id: &KeyId,
         change: impl FnMut(&mut KeyRecord) -> Result<bool, Error>,
     ) -> Result<(KeyRecord, bool), Error> {
-        self.modify_reporting(actor, id, change, &mut false).await
+        self.modify_reporting(actor, id, change, &mut None).await
     }
 
     /// [`KeyManager::modify`], also saying, when it fails, whether its last write is in
-    /// doubt: `in_doubt` is `true` only when the store failed to answer the `update` itself
-    /// (the write may have committed). After a conflict (a definite "not written") followed
-    /// by a failed re-read, it is `false`.
+    /// doubt: `in_doubt` holds the seal that write sent only when the store failed to answer
+    /// the `update` itself (the write may have committed). After a conflict (a definite "not
+    /// written") followed by a failed re-read, it is `None`. The seal has a fresh IV: a record
+    /// read back with it is this write's, never another writer's identical change.
     pub(crate) async fn modify_reporting(
         &self,
         actor: Option<&Actor>,
         id: &KeyId,
         mut change: impl FnMut(&mut KeyRecord) -> Result<bool, Error>,
-        in_doubt: &mut bool,
+        in_doubt: &mut Option<Sealed>,
     ) -> Result<(KeyRecord, bool), Error> {
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
         for _ in 0..CAS_RETRIES {
-            *in_doubt = false;
+            *in_doubt = None;
             let rec = self.load(actor, id).await?;
             let keyring = self.keyring();
             self.open(&keyring, &rec, actor, &mut secret)?;
@@ -480,7 +481,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 Err(StoreError::Conflict) => continue,
                 Err(StoreError::NotFound) => return Err(Error::NotFound),
                 Err(e) => {
-                    *in_doubt = true;
+                    *in_doubt = Some(next.sealed);
                     return Err(e.into());
                 }
             }

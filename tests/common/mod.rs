@@ -95,6 +95,9 @@ pub struct CountingStore {
     pub lists: Arc<AtomicUsize>,
     /// The next `update` commits, then reports a failure (a reply lost on the way back).
     pub lose_update_reply: Arc<std::sync::atomic::AtomicBool>,
+    /// The next `update` writes nothing and reports a failure (a request that never reached
+    /// the store).
+    pub fail_update: Arc<std::sync::atomic::AtomicBool>,
     /// The next `insert` commits, then reports a failure (a reply lost on the way back).
     pub lose_insert_reply: Arc<std::sync::atomic::AtomicBool>,
     /// The next `delete` commits, then reports a failure (a reply lost on the way back).
@@ -222,6 +225,11 @@ impl KeyStore for CountingStore {
     }
     async fn update(&self, record: KeyRecord, expected: u64) -> Result<(), StoreError> {
         self.pause().await;
+        if self.fail_update.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::backend(std::io::Error::other(
+                "connection refused",
+            )));
+        }
         self.inner.update(record, expected).await?;
         run(&self.after_update).await;
         if self.lose_update_reply.swap(false, Ordering::SeqCst) {

@@ -340,12 +340,26 @@ pub struct RedisStats {
 /// the wrong shape — rather than a sign that Redis cannot serve. Such a call fails (its limits
 /// fail as configured) but does not count toward the breaker: one bad key must not cut every
 /// other key off from a healthy Redis.
+///
+/// A script's error names Redis's own condition when a `redis.call` inside it met one (Redis 6
+/// and earlier report an out-of-memory or read-only server that way, as a script error): that
+/// is Redis failing, whatever the keys.
 fn about_own_keys(e: &RedisError) -> bool {
+    const REDIS_CONDITIONS: [&str; 8] = [
+        "OOM",
+        "READONLY",
+        "LOADING",
+        "BUSY",
+        "MASTERDOWN",
+        "NOREPLICAS",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+    ];
     match e.kind() {
         ErrorKind::UnexpectedReturnType => true,
-        ErrorKind::Server(ServerErrorKind::ResponseError) => {
-            e.detail().is_some_and(|d| d.contains("user_script"))
-        }
+        ErrorKind::Server(ServerErrorKind::ResponseError) => e.detail().is_some_and(|d| {
+            d.contains("user_script") && !REDIS_CONDITIONS.iter().any(|c| d.contains(c))
+        }),
         _ => e.code() == Some("WRONGTYPE"),
     }
 }
@@ -562,5 +576,37 @@ impl UsageCounters for RedisCounters {
             let _: i64 = self.call(cmd.query_async(&mut conn)).await?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script_error(detail: &str) -> RedisError {
+        RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "An error was signalled by the server",
+            detail.to_owned(),
+        ))
+    }
+
+    #[test]
+    fn a_script_error_is_about_the_keys_unless_it_names_redis_failing() {
+        // A counter edited by hand into text (Redis 7's wording).
+        assert!(about_own_keys(&script_error(
+            "user_script:12: attempt to perform arithmetic on a nil value (local 'u') script: abc, on @user_script:12."
+        )));
+        // Redis 6 wraps what `redis.call` met inside the script: the server, not the keys.
+        for condition in [
+            "Error running script (call to f_abc): @user_script:1: OOM command not allowed when used memory > 'maxmemory'.",
+            "Error running script (call to f_abc): @user_script:1: READONLY You can't write against a read only replica.",
+        ] {
+            assert!(!about_own_keys(&script_error(condition)), "{condition}");
+        }
+        assert!(!about_own_keys(&RedisError::from((
+            ErrorKind::Io,
+            "connection reset"
+        ))));
     }
 }

@@ -410,6 +410,24 @@ impl Harness {
         .join(" ")
     }
 
+    /// Opens the Limits dialog of key `id`.
+    async fn open_limits(&self, id: &str) {
+        self.css(&format!("tr[data-key-id=\"{id}\"] .action-limits"))
+            .await
+            .click()
+            .await
+            .unwrap();
+        self.wait_js("document.getElementById('limits-dialog').open")
+            .await;
+    }
+
+    /// Saves the open Limits dialog and waits for it to close.
+    async fn save_limits(&self) {
+        self.css("#limits-save").await.click().await.unwrap();
+        self.wait_js("!document.getElementById('limits-dialog').open")
+            .await;
+    }
+
     async fn row_status(&self, id: &str) -> String {
         self.text(&format!("tr[data-key-id=\"{id}\"] .badge")).await
     }
@@ -1754,13 +1772,7 @@ async fn limits_are_shown_and_set_on_the_page() {
     h.wait_js(&cell_has("2 of 3 credits left")).await;
 
     // The Limits dialog: prefilled, and saving changes both.
-    h.css(&format!("tr[data-key-id=\"{id}\"] .action-limits"))
-        .await
-        .click()
-        .await
-        .unwrap();
-    h.wait_js("document.getElementById('limits-dialog').open")
-        .await;
+    h.open_limits(&id).await;
     assert_eq!(h.value("#limits-rate").await, "100");
     assert_eq!(h.value("#limits-credits").await, "3");
     h.css("#limits-rate").await.clear().await.unwrap();
@@ -1776,9 +1788,7 @@ async fn limits_are_shown_and_set_on_the_page() {
         .send_keys("10")
         .await
         .unwrap();
-    h.css("#limits-save").await.click().await.unwrap();
-    h.wait_js("!document.getElementById('limits-dialog').open")
-        .await;
+    h.save_limits().await;
     h.wait_js(&cell_has("10 of 10 credits left")).await;
     assert!(
         h.text(&cell).await.contains("5 / second"),
@@ -1798,13 +1808,7 @@ async fn limits_are_shown_and_set_on_the_page() {
     assert_eq!(got.json["credits"]["initial"], json!(10));
 
     // A bad number is refused on the page; nothing changes.
-    h.css(&format!("tr[data-key-id=\"{id}\"] .action-limits"))
-        .await
-        .click()
-        .await
-        .unwrap();
-    h.wait_js("document.getElementById('limits-dialog').open")
-        .await;
+    h.open_limits(&id).await;
     h.css("#limits-rate").await.clear().await.unwrap();
     h.css("#limits-rate").await.send_keys("0").await.unwrap();
     h.css("#limits-save").await.click().await.unwrap();
@@ -1850,22 +1854,14 @@ async fn saving_only_credits_keeps_an_org_wide_rate_limit() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
     h.open_page().await;
-    h.css(&format!("tr[data-key-id=\"{id}\"] .action-limits"))
-        .await
-        .click()
-        .await
-        .unwrap();
-    h.wait_js("document.getElementById('limits-dialog').open")
-        .await;
+    h.open_limits(&id).await;
     assert_eq!(h.value("#limits-rate").await, "10000");
     h.css("#limits-credits")
         .await
         .send_keys("50")
         .await
         .unwrap();
-    h.css("#limits-save").await.click().await.unwrap();
-    h.wait_js("!document.getElementById('limits-dialog').open")
-        .await;
+    h.save_limits().await;
     let got = h
         .call(
             Method::GET,
@@ -1903,18 +1899,10 @@ async fn saving_only_a_rate_limit_keeps_the_credits() {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
     assert_eq!(h.metrics_status(&token).await, StatusCode::OK);
     h.open_page().await;
-    h.css(&format!("tr[data-key-id=\"{id}\"] .action-limits"))
-        .await
-        .click()
-        .await
-        .unwrap();
-    h.wait_js("document.getElementById('limits-dialog').open")
-        .await;
+    h.open_limits(&id).await;
     assert_eq!(h.value("#limits-credits").await, "100");
     h.css("#limits-rate").await.send_keys("5").await.unwrap();
-    h.css("#limits-save").await.click().await.unwrap();
-    h.wait_js("!document.getElementById('limits-dialog').open")
-        .await;
+    h.save_limits().await;
     let manager = h.manager.clone();
     let got = h
         .call(

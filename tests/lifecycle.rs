@@ -1296,12 +1296,7 @@ async fn a_revocation_whose_reply_was_lost_is_still_audited() {
         works(&s.manager, key.expose_secret()).await,
         Err(Error::Revoked)
     ));
-    let revoked = s
-        .audit
-        .events()
-        .into_iter()
-        .filter(|e| e.action == AuditAction::Revoked && e.key_id == Some(info.id))
-        .count();
+    let revoked = s.audit.count(info.id, |a| *a == AuditAction::Revoked);
     assert_eq!(revoked, 1, "the revocation took effect: it is audited once");
 }
 
@@ -1322,12 +1317,7 @@ async fn a_deletion_whose_reply_was_lost_is_still_audited() {
         Err(Error::NotFound)
     ));
     assert!(works(&s.manager, key.expose_secret()).await.is_err());
-    let deleted = s
-        .audit
-        .events()
-        .into_iter()
-        .filter(|e| e.action == AuditAction::Deleted && e.key_id == Some(info.id))
-        .count();
+    let deleted = s.audit.count(info.id, |a| *a == AuditAction::Deleted);
     assert_eq!(deleted, 1, "the deletion took effect: it is audited once");
 }
 
@@ -1372,10 +1362,7 @@ async fn a_rewrap_whose_reply_was_lost_is_still_audited() {
     s.manager.rewrap().await.unwrap();
     let rewrapped = s
         .audit
-        .events()
-        .into_iter()
-        .filter(|e| matches!(e.action, AuditAction::Rewrapped { .. }) && e.key_id == Some(info.id))
-        .count();
+        .count(info.id, |a| matches!(a, AuditAction::Rewrapped { .. }));
     assert_eq!(rewrapped, 1, "the record was re-sealed: it is audited once");
 }
 
@@ -1395,14 +1382,7 @@ async fn a_rewrap_whose_write_failed_does_not_claim_another_nodes_reseal() {
         st.fail_update.store(true, Ordering::SeqCst);
     });
     let report = a.manager.rewrap().await.unwrap();
-    let rewrapped = |r: &Recorder| {
-        r.events()
-            .into_iter()
-            .filter(|e| {
-                matches!(e.action, AuditAction::Rewrapped { .. }) && e.key_id == Some(info.id)
-            })
-            .count()
-    };
+    let rewrapped = |r: &Recorder| r.count(info.id, |a| matches!(a, AuditAction::Rewrapped { .. }));
     assert_eq!(rewrapped(&b.audit), 1, "B re-sealed the record");
     assert_eq!(
         rewrapped(&a.audit),
@@ -1427,12 +1407,7 @@ async fn a_revocation_whose_write_failed_does_not_claim_another_nodes_revocation
         st.fail_update.store(true, Ordering::SeqCst);
     });
     let first = a.manager.revoke(&alice(), &info.id).await;
-    let revoked = |r: &Recorder| {
-        r.events()
-            .into_iter()
-            .filter(|e| e.action == AuditAction::Revoked && e.key_id == Some(info.id))
-            .count()
-    };
+    let revoked = |r: &Recorder| r.count(info.id, |a| *a == AuditAction::Revoked);
     assert_eq!(revoked(&b.audit), 1, "B revoked the key");
     assert_eq!(
         revoked(&a.audit),

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex, Weak};
 
 use api_keys::time::{Duration, OffsetDateTime};
 use api_keys::{
-    Actor, AuditEvent, AuditSink, BoxError, ChangeListener, KeyId, KeyManager, KeyRecord, KeyStore,
-    Keyring, ManualClock, MasterKey, MemoryStore, OrgId, Policy, StoreError, UserId,
+    Actor, AuditAction, AuditEvent, AuditSink, BoxError, ChangeListener, KeyId, KeyManager,
+    KeyRecord, KeyStore, Keyring, ManualClock, MasterKey, MemoryStore, OrgId, Policy, StoreError,
+    UserId,
 };
 
 pub const MASTER: [u8; 16] = *b"0123456789abcdef";
@@ -41,6 +42,17 @@ pub struct Recorder(pub Arc<Mutex<Vec<AuditEvent>>>);
 impl Recorder {
     pub fn events(&self) -> Vec<AuditEvent> {
         self.0.lock().unwrap().clone()
+    }
+
+    /// How many events about key `id` have an action that `what` accepts.
+    #[allow(dead_code)] // not every test binary counts events
+    pub fn count(&self, id: KeyId, what: impl Fn(&AuditAction) -> bool) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.key_id == Some(id) && what(&e.action))
+            .count()
     }
 }
 

@@ -837,6 +837,9 @@ fn a_token_given_as_an_argument_is_refused_without_echoing_it() {
         &with_source[..],
         &["keys", "revoke", "00000000001", &token][..],
         &[&token, "keys", "list"][..],
+        // An option's value that does not parse (the parser's own reason quoted it too).
+        &["keys", "expiring", "--within", &token][..],
+        &["keys", "expiring", &format!("--within={token}")][..],
     ] {
         let out = cli()
             .env("API_KEYS_MASTER_KEY", hex_of(&OLD))

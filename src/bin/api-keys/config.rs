@@ -299,32 +299,29 @@ pub(crate) fn operator(global: &Global) -> Result<UserId, Failure> {
     UserId::try_new(&name).map_err(|_| Failure::usage("--operator must be 1 to 128 bytes"))
 }
 
-/// `14d`, `12h`, `30m`, `90s`, `2w`.
+/// `14d`, `12h`, `30m`, `90s`, `2w`. The reasons never quote the value: a token typed here by
+/// mistake must not reach standard error.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{s}` needs a unit: e.g. 14d, 12h, 30m, 90s or 2w"))?;
+        .ok_or_else(|| "a duration needs a unit: e.g. 14d, 12h, 30m, 90s or 2w".to_owned())?;
     let (n, unit) = s.split_at(split);
     let n: i64 = n
         .parse()
-        .map_err(|_| format!("`{s}` must start with a whole number, e.g. 14d"))?;
+        .map_err(|_| "a duration starts with a whole number, e.g. 14d".to_owned())?;
     let secs = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3_600,
         "d" => 86_400,
         "w" => 604_800,
-        _ => {
-            return Err(format!(
-                "unknown unit `{unit}`: use s, m, h, d or w (e.g. 14d)"
-            ));
-        }
+        _ => return Err("unknown unit: use s, m, h, d or w (e.g. 14d)".to_owned()),
     };
     n.checked_mul(secs)
         .filter(|s| *s <= 100 * 365 * 86_400)
         .map(Duration::seconds)
-        .ok_or_else(|| format!("`{s}` is too long; at most 100 years"))
+        .ok_or_else(|| "too long: at most 100 years".to_owned())
 }
 
 #[cfg(test)]

@@ -205,11 +205,30 @@ fn main() -> ExitCode {
     }
 }
 
-/// A command line clap refuses. An argument clap does not expect is not repeated (clap would
-/// quote it): it may be a whole token typed where none belongs, and standard error may be
-/// logged. An unknown option is still named.
+/// A command line clap refuses. An argument clap does not expect, or an option's value it
+/// cannot read, is not repeated (clap would quote it): it may be a whole token typed where
+/// none belongs, and standard error may be logged. An unknown option is still named, and so is
+/// the option whose value was refused.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        let option = match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(arg)) => output::text(arg),
+            _ => "an option".into(),
+        };
+        // The option's own parser says why without quoting the value (`parse_duration`).
+        let why = std::error::Error::source(&e)
+            .map(|s| format!(": {}", output::text(&s.to_string())))
+            .unwrap_or_default();
+        eprintln!(
+            "api-keys: the value given for {option} is not valid{why} (the value is not \
+             repeated here: it may be a token); see `api-keys --help`"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
     if !matches!(
         e.kind(),
         ErrorKind::UnknownArgument | ErrorKind::InvalidSubcommand

@@ -110,6 +110,19 @@ fn webhook_target(
                 .to_string(),
         ),
         (Some(url), Some(secret)) => {
+            // Credentials in the URL would be printed at start (and in this very error): the
+            // webhook is authenticated by its signing secret, which stays in the environment.
+            if url
+                .split('/')
+                .nth(2)
+                .is_some_and(|authority| authority.contains('@'))
+            {
+                return Err(
+                    "invalid webhook URL: credentials (user:password@) are refused; \
+                     the receiver checks the signature made with API_KEYS_WEBHOOK_SECRET"
+                        .to_string(),
+                );
+            }
             let bad = || format!("invalid webhook URL {url:?}: expected http://host[:port]/path");
             let uri: Uri = url.parse().map_err(|_| bad())?;
             if uri.scheme_str() != Some("http") || uri.host().is_none() {
@@ -376,6 +389,22 @@ mod tests {
         )
         .unwrap();
         assert!(c.webhook.is_none());
+    }
+
+    #[test]
+    fn a_webhook_url_with_credentials_is_refused_without_repeating_them() {
+        let env = env_of(&[("API_KEYS_WEBHOOK_SECRET", SECRET)]);
+        for url in [
+            "http://ops:hunter2@hooks.internal/x",
+            "http://hunter2@h:9000/x",
+        ] {
+            let e = parse_config(args(&["--webhook-url", url]), &env).unwrap_err();
+            assert!(e.contains("credentials"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        // An `@` after the host is part of the path, not credentials.
+        let c = parse_config(args(&["--webhook-url", "http://h/a@b"]), &env).unwrap();
+        assert_eq!(c.webhook.unwrap().url, "http://h/a@b");
     }
 
     #[test]

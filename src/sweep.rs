@@ -418,7 +418,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         sent: Option<&crate::record::Sealed>,
     ) -> Option<KeyRecord> {
         let r = self.inner.store.get(&planned.id).await.ok()??;
-        (Some(&r.sealed) == sent
+        (sent.is_some_and(|s| s.same_seal(&r.sealed))
             && r.id == planned.id
             && Some(r.revision) == planned.revision.checked_add(1)
             && r.notices == planned.notices

@@ -419,7 +419,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                         match self.inner.store.get(&rec.id).await {
                             Ok(Some(r))
                                 if r.id == rec.id
-                                    && r.sealed == sent
+                                    && r.sealed.same_seal(&sent)
                                     && Some(r.revision) == read.checked_add(1)
                                     && r.sealed.key_version == current
                                     && self.authentic(&keyring, &r, None) =>

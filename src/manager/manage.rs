@@ -108,7 +108,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 // very record (its tag covers the fresh IV and ciphertext) makes it this
                 // call's, to hand out and audit.
                 Err(e) => match self.inner.store.get(&rec.id).await {
-                    Ok(Some(r)) if r.id == rec.id && r.sealed.tag == rec.sealed.tag => Ok(()),
+                    Ok(Some(r)) if r.id == rec.id && r.sealed.same_seal(&rec.sealed) => Ok(()),
                     _ => Err(e),
                 },
                 ok => ok,
@@ -269,7 +269,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         sent: Option<&Sealed>,
     ) -> Option<KeyRecord> {
         let r = self.load(actor, &planned.id).await.ok()?;
-        (Some(&r.sealed) == sent
+        (sent.is_some_and(|s| s.same_seal(&r.sealed))
             && Some(r.revision) == planned.revision.checked_add(1)
             && r.revoked_at == planned.revoked_at
             && r.revoked_by == planned.revoked_by

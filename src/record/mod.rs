@@ -43,6 +43,17 @@ pub struct Sealed {
     pub tag: [u8; 16],
 }
 
+impl Sealed {
+    /// Whether `other` is this very seal, as a write sent it: the same key version and both
+    /// tags equal, the tags compared in constant time. The main tag covers the IV, fresh for
+    /// every write, so another writer's identical change has another seal.
+    pub(crate) fn same_seal(&self, other: &Sealed) -> bool {
+        let tags = crate::crypto::ct_eq_bytes(&self.tag, &other.tag)
+            & crate::crypto::ct_eq_bytes(&self.details_tag, &other.details_tag);
+        self.key_version == other.key_version && bool::from(tags)
+    }
+}
+
 impl fmt::Debug for Sealed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sealed")

@@ -2,8 +2,21 @@
 //! that is not there, and never over a change made in between (a touch racing a revoke must
 //! not un-revoke).
 
-use super::{Check, fail, random_id, random_org, sample_record, store_err, t};
-use crate::{KeyStore, UserId};
+use super::{Check, Failure, fail, random_id, random_org, sample_record, store_err, t};
+use crate::{KeyId, KeyRecord, KeyStore, UserId};
+
+/// The stored record `id` of check `check`, which must still be there.
+async fn read<S: KeyStore>(
+    store: &S,
+    check: &'static str,
+    id: &KeyId,
+) -> Result<KeyRecord, Failure> {
+    store
+        .get(id)
+        .await
+        .map_err(|e| store_err(check, "get", e))?
+        .ok_or_else(|| fail(check, "record vanished"))
+}
 
 /// `touch_many` does what `touch` does for each use of the batch: raises each
 /// `last_used_at` (to the latest of its uses), never lowers one, never changes the revision,
@@ -37,22 +50,14 @@ pub async fn touch_many_raises_each_last_use<S: KeyStore>(store: &S) -> Check {
         ])
         .await
         .map_err(|e| store_err(C, "touch_many", e))?;
-    let got_a = store
-        .get(&a.id)
-        .await
-        .map_err(|e| store_err(C, "get", e))?
-        .ok_or_else(|| fail(C, "record vanished"))?;
+    let got_a = read(store, C, &a.id).await?;
     ensure!(
         C,
         got_a.last_used_at == Some(t(1_715_000_000)) && got_a.revision == a.revision,
         "touch_many did not raise last_used_at to the latest use: {:?}",
         got_a.last_used_at
     );
-    let got_b = store
-        .get(&b.id)
-        .await
-        .map_err(|e| store_err(C, "get", e))?
-        .ok_or_else(|| fail(C, "record vanished"))?;
+    let got_b = read(store, C, &b.id).await?;
     ensure!(
         C,
         got_b.last_used_at == Some(t(1_720_000_000)),
@@ -81,11 +86,7 @@ pub async fn touch_only_raises_last_use<S: KeyStore>(store: &S) -> Check {
         .touch(&rec.id, t(1_710_000_000))
         .await
         .map_err(|e| store_err(C, "touch", e))?;
-    let got = store
-        .get(&rec.id)
-        .await
-        .map_err(|e| store_err(C, "get", e))?
-        .ok_or_else(|| fail(C, "record vanished"))?;
+    let got = read(store, C, &rec.id).await?;
     ensure!(
         C,
         got.last_used_at == Some(t(1_710_000_000)),
@@ -103,11 +104,7 @@ pub async fn touch_only_raises_last_use<S: KeyStore>(store: &S) -> Check {
         .touch(&rec.id, t(1_705_000_000))
         .await
         .map_err(|e| store_err(C, "touch", e))?;
-    let got = store
-        .get(&rec.id)
-        .await
-        .map_err(|e| store_err(C, "get", e))?
-        .ok_or_else(|| fail(C, "record vanished"))?;
+    let got = read(store, C, &rec.id).await?;
     ensure!(
         C,
         got.last_used_at == Some(t(1_710_000_000)),
@@ -127,11 +124,7 @@ pub async fn touch_only_raises_last_use<S: KeyStore>(store: &S) -> Check {
         .touch(&rec.id, t(1_712_000_000))
         .await
         .map_err(|e| store_err(C, "touch", e))?;
-    let got = store
-        .get(&rec.id)
-        .await
-        .map_err(|e| store_err(C, "get", e))?
-        .ok_or_else(|| fail(C, "record vanished"))?;
+    let got = read(store, C, &rec.id).await?;
     let mut expected = revoked;
     expected.last_used_at = Some(t(1_712_000_000));
     ensure!(

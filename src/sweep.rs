@@ -349,39 +349,13 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     ) -> Option<KeyRecord> {
         let policy = &self.inner.policy;
         let mut events = Vec::new();
-        // The last attempt's planned record (its revision still the one it read).
-        let mut planned: Option<KeyRecord> = None;
-        // The seal of the failed write whose outcome is unknown (not a conflict followed by a
-        // failed re-read: that write did not commit, and the claim found one revision on is
-        // another node's, already announced by it).
-        let mut in_doubt = None;
         let result = self
-            .modify_reporting(
-                None,
-                &id,
-                |r| {
-                    self.count_buffered_use(r);
-                    events = plan(r, policy, now);
-                    planned = (!events.is_empty()).then(|| r.clone());
-                    Ok(!events.is_empty())
-                },
-                &mut in_doubt,
-            )
+            .modify(None, &id, |r| {
+                self.count_buffered_use(r);
+                events = plan(r, policy, now);
+                Ok(!events.is_empty())
+            })
             .await;
-        let result = match result {
-            // The write may have committed with its reply lost: a read that finds exactly
-            // this claim, one revision on, makes it ours to announce (else no node would: the
-            // mark is set). Only this write's seal (a fresh IV) counts: another node's
-            // identical claim is that node's to announce.
-            Err(Error::Store(e)) if in_doubt.is_some() => match &planned {
-                Some(p) => match self.committed_claim(p, in_doubt.as_ref()).await {
-                    Some(r) => Ok((r, true)),
-                    None => Err(Error::Store(e)),
-                },
-                None => Err(Error::Store(e)),
-            },
-            other => other,
-        };
         match result {
             // Another node claimed it first (or nothing is due any more): not ours to send.
             Ok((rec, false)) => Some(rec),
@@ -407,25 +381,6 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 None
             }
         }
-    }
-
-    /// The stored record, if it is `planned` as this sweep's claim was written (under `sent`,
-    /// the seal of that write): genuine, the next revision, with exactly its marks and
-    /// revocation.
-    async fn committed_claim(
-        &self,
-        planned: &KeyRecord,
-        sent: Option<&crate::record::Sealed>,
-    ) -> Option<KeyRecord> {
-        let r = self.inner.store.get(&planned.id).await.ok()??;
-        (sent.is_some_and(|s| s.same_seal(&r.sealed))
-            && r.id == planned.id
-            && Some(r.revision) == planned.revision.checked_add(1)
-            && r.notices == planned.notices
-            && r.revoked_at == planned.revoked_at
-            && r.revocation == planned.revocation
-            && self.authentic(&self.keyring(), &r, None))
-        .then_some(r)
     }
 
     async fn purge_if_due(&self, rec: &KeyRecord, now: OffsetDateTime, report: &mut SweepReport) {

@@ -395,42 +395,12 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                     continue;
                 }
                 let from = rec.sealed.key_version;
-                // The revision the last attempt read, and whether its write is in doubt.
-                let mut read_revision = None;
-                let mut in_doubt = None;
                 let result = self
-                    .modify_reporting(
-                        None,
-                        &rec.id,
-                        |r| {
-                            read_revision = Some(r.revision);
-                            Ok(r.sealed.key_version != current
-                                && !keyring.is_next(r.sealed.key_version))
-                        },
-                        &mut in_doubt,
-                    )
+                    .modify(None, &rec.id, |r| {
+                        Ok(r.sealed.key_version != current
+                            && !keyring.is_next(r.sealed.key_version))
+                    })
                     .await;
-                // The re-seal may have committed with its reply lost: the next rewrap would
-                // find the record current and never report it. A read that finds this write
-                // (its seal: another node's re-seal has another) under the current version
-                // one revision on makes it this run's.
-                let result = match (result, read_revision, in_doubt) {
-                    (Err(Error::Store(e)), Some(read), Some(sent)) => {
-                        match self.inner.store.get(&rec.id).await {
-                            Ok(Some(r))
-                                if r.id == rec.id
-                                    && r.sealed.same_seal(&sent)
-                                    && Some(r.revision) == read.checked_add(1)
-                                    && r.sealed.key_version == current
-                                    && self.authentic(&keyring, &r, None) =>
-                            {
-                                Ok((r, true))
-                            }
-                            _ => Err(Error::Store(e)),
-                        }
-                    }
-                    (other, _, _) => other,
-                };
                 match result {
                     Ok((_, false)) => report.already_current += 1,
                     Ok((r, true)) => {

@@ -216,40 +216,17 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         now: OffsetDateTime,
     ) -> Result<(KeyRecord, bool), Error> {
         let revoker = actor.and_then(|a| recordable_revoker(a.user()));
-        // The last attempt's revoked record (its revision still the one it read).
-        let mut planned: Option<KeyRecord> = None;
-        let mut in_doubt = None;
         let result = self
-            .modify_reporting(
-                actor,
-                id,
-                |r| {
-                    planned = None;
-                    if r.revoked_at.is_some() {
-                        return Ok(false);
-                    }
-                    r.revoked_at = Some(now);
-                    r.revoked_by = revoker.clone();
-                    r.revocation = Some(reason.clone());
-                    planned = Some(r.clone());
-                    Ok(true)
-                },
-                &mut in_doubt,
-            )
-            .await;
-        let result = match (result, &planned) {
-            // The write may have committed with its reply lost. A retry would then find the
-            // key revoked and change nothing, so the revocation would never be reported (nor
-            // audited): a read that finds exactly this write (its seal), one revision on, makes
-            // it this call's.
-            (Err(Error::Store(e)), Some(p)) if in_doubt.is_some() => {
-                match self.committed_revocation(actor, p, in_doubt.as_ref()).await {
-                    Some(rec) => Ok((rec, true)),
-                    None => Err(Error::Store(e)),
+            .modify(actor, id, |r| {
+                if r.revoked_at.is_some() {
+                    return Ok(false);
                 }
-            }
-            (other, _) => other,
-        };
+                r.revoked_at = Some(now);
+                r.revoked_by = revoker.clone();
+                r.revocation = Some(reason.clone());
+                Ok(true)
+            })
+            .await;
         if matches!(result, Ok((_, false)) | Err(Error::NotFound)) {
             // Revoked or deleted elsewhere (another node, whose change feed may lag or be
             // absent): what this node's cache holds of the key may predate that; the next
@@ -257,25 +234,6 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             self.inner.cache.invalidate(id);
         }
         result
-    }
-
-    /// The stored record, if it is `planned` as this call's revocation wrote it (under
-    /// `sent`, the seal of that write: another node's identical revocation has another):
-    /// genuine, the next revision, with exactly its revocation.
-    async fn committed_revocation(
-        &self,
-        actor: Option<&Actor>,
-        planned: &KeyRecord,
-        sent: Option<&Sealed>,
-    ) -> Option<KeyRecord> {
-        let r = self.load(actor, &planned.id).await.ok()?;
-        (sent.is_some_and(|s| s.same_seal(&r.sealed))
-            && Some(r.revision) == planned.revision.checked_add(1)
-            && r.revoked_at == planned.revoked_at
-            && r.revoked_by == planned.revoked_by
-            && r.revocation == planned.revocation
-            && self.authentic(&self.keyring(), &r, actor))
-        .then_some(r)
     }
 
     /// Offboarding: revokes every active key of the actor's organization that `user` created

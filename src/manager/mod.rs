@@ -12,7 +12,7 @@ use crate::crypto::fill_random;
 use crate::key::Facts;
 use crate::limits::{Consumed, LocalCounters, UsageCounters, UsageRequest, check_limits};
 use crate::policy::{check_meta, check_name, check_owner, check_scopes, check_written_id};
-use crate::record::{Draft, Sealed, whole_seconds};
+use crate::record::{Draft, whole_seconds};
 use crate::store::ChangeListener;
 use crate::token::{DEFAULT_PREFIX, SECRET_LEN, UntrustedToken, format_token, valid_prefix};
 use crate::{
@@ -427,30 +427,21 @@ impl<S: KeyStore + 'static> KeyManager<S> {
 
     /// Re-reads, opens, changes and re-seals a record with compare-and-swap, retrying when a
     /// concurrent change won. `change` returns `false` to leave the record as it is.
+    ///
+    /// An `update` the store did not answer may have committed (its reply lost): a retry would
+    /// then find the change made and report nothing, so nobody would audit or announce it.
+    /// Every write is sealed with a fresh IV under the tag, so its seal identifies it: a read
+    /// that finds the record at this write's revision with this write's seal makes the change
+    /// this call's. Another writer's identical change has another seal; a later one, another
+    /// revision.
     pub(crate) async fn modify(
         &self,
         actor: Option<&Actor>,
         id: &KeyId,
-        change: impl FnMut(&mut KeyRecord) -> Result<bool, Error>,
-    ) -> Result<(KeyRecord, bool), Error> {
-        self.modify_reporting(actor, id, change, &mut None).await
-    }
-
-    /// [`KeyManager::modify`], also saying, when it fails, whether its last write is in
-    /// doubt: `in_doubt` holds the seal that write sent only when the store failed to answer
-    /// the `update` itself (the write may have committed). After a conflict (a definite "not
-    /// written") followed by a failed re-read, it is `None`. The seal has a fresh IV: a record
-    /// read back with it is this write's, never another writer's identical change.
-    pub(crate) async fn modify_reporting(
-        &self,
-        actor: Option<&Actor>,
-        id: &KeyId,
         mut change: impl FnMut(&mut KeyRecord) -> Result<bool, Error>,
-        in_doubt: &mut Option<Sealed>,
     ) -> Result<(KeyRecord, bool), Error> {
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
         for _ in 0..CAS_RETRIES {
-            *in_doubt = None;
             let rec = self.load(actor, id).await?;
             let keyring = self.keyring();
             self.open(&keyring, &rec, actor, &mut secret)?;
@@ -481,8 +472,21 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 Err(StoreError::Conflict) => continue,
                 Err(StoreError::NotFound) => return Err(Error::NotFound),
                 Err(e) => {
-                    *in_doubt = Some(next.sealed);
-                    return Err(e.into());
+                    return match self.inner.store.get(id).await {
+                        Ok(Some(r))
+                            if r.revision == next.revision
+                                && r.sealed.same_seal(&next.sealed)
+                                && self.authentic(&keyring, &r, actor) =>
+                        {
+                            let fingerprint = self.inner.cache.fingerprint_of(&secret);
+                            fence.install(
+                                Arc::new(Facts::from_record(&r, self.inner.local.as_deref())),
+                                fingerprint,
+                            );
+                            Ok((r, true))
+                        }
+                        _ => Err(e.into()),
+                    };
                 }
             }
         }

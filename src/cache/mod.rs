@@ -27,7 +27,7 @@
 //!
 //! Entries hold a keyed fingerprint of the secret (a CBC-MAC under a per-process random key
 //! over the secret's fixed 44-character text), never the secret, so a hit costs one
-//! fingerprint and a constant-time compare, and the presented secret is never decoded.
+//! fingerprint and a constant-time compare, and a hit never decodes the presented secret.
 //! Entries sit inline in the table, one cache line each (id, fingerprint, deadlines in ns
 //! since the cache's creation, feed epoch and the shared `Facts`), so a hit costs the
 //! table's control bytes, that one line, and the line of `Facts` that the returned

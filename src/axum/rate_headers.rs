@@ -21,8 +21,10 @@ pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-pol
 /// `RateLimit`.
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
+/// `d` in whole seconds, rounded up, as a structured-field integer. Saturating: a host's
+/// [`UsageCounters`](crate::UsageCounters) may answer any `retry_after`, up to `Duration::MAX`.
 fn ceil_secs(d: Duration) -> u64 {
-    sf_int(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+    sf_int(d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0)))
 }
 
 /// The largest structured-field integer (RFC 9651: at most 15 digits).

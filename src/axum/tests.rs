@@ -642,3 +642,92 @@ fn a_dropped_response_future_never_stalls_last_use_recording() {
     assert_eq!(last_used(&a_info.id), now);
     assert_eq!(last_used(&b_info.id), now);
 }
+
+/// A host's engine that refuses every request with the longest `retry_after` a `Duration`
+/// holds (nothing in the trait bounds it).
+struct RefusesForever;
+
+impl crate::UsageCounters for RefusesForever {
+    fn consume<'a>(&'a self, _req: crate::UsageRequest<'a>) -> crate::Consumed<'a> {
+        crate::Consumed::Ready(Ok(crate::Decision::RateLimited {
+            limit: 0,
+            retry_after: std::time::Duration::MAX,
+            usage: crate::Usage::new(),
+        }))
+    }
+
+    fn set_credits<'a>(
+        &'a self,
+        _key: crate::KeyId,
+        _credits: &'a crate::Credits,
+        _balance: u64,
+        _now_ms: i64,
+    ) -> crate::BoxFuture<'a, Result<(), crate::CounterError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn credits<'a>(
+        &'a self,
+        _key: crate::KeyId,
+        _credits: Option<&'a crate::Credits>,
+        _now_ms: i64,
+    ) -> crate::BoxFuture<'a, Result<Option<u64>, crate::CounterError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn link_credits<'a>(
+        &'a self,
+        _from: crate::KeyId,
+        _to: crate::KeyId,
+    ) -> crate::BoxFuture<'a, Result<(), crate::CounterError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn forget<'a>(
+        &'a self,
+        _key: crate::KeyId,
+    ) -> crate::BoxFuture<'a, Result<(), crate::CounterError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// An engine's `retry_after` of `Duration::MAX` is a 429 whose `Retry-After` and `RateLimit`
+/// are clamped to the largest structured-field integer: rounding it up to whole seconds
+/// overflowed `u64` (a panic in a debug build, `Retry-After: 1` after wrapping in release).
+#[tokio::test]
+async fn the_longest_retry_after_an_engine_gives_is_clamped_not_overflowed() {
+    let manager = KeyManager::builder(MemoryStore::new(), Keyring::new(1, MasterKey::generate()))
+        .counters(RefusesForever)
+        .build()
+        .unwrap();
+    let admin = Actor::manager(OrgId::new("acme"), UserId::new("alice"));
+    let (key, _) = manager
+        .generate(
+            &admin,
+            GenerateRequest::new("k")
+                .scope(Scope::Prometheus)
+                .rate_limit(crate::RateLimit::new(
+                    "burst",
+                    3,
+                    std::time::Duration::from_secs(60),
+                )),
+        )
+        .await
+        .unwrap();
+    let svc = ApiKeyLayer::new(manager, Scope::Prometheus).layer(service_fn(
+        |_req: Request<Body>| async { Ok::<_, Infallible>(Response::new(Body::from("ok"))) },
+    ));
+    let resp = svc
+        .oneshot(bearer_request(key.expose_secret()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        resp.headers().get(http::header::RETRY_AFTER).unwrap(),
+        "999999999999999"
+    );
+    assert_eq!(
+        resp.headers().get(&RATELIMIT).unwrap(),
+        "\"burst\";r=0;t=999999999999999"
+    );
+}

@@ -1146,6 +1146,48 @@ async fn sessions_expire() {
     r.assert_error(StatusCode::UNAUTHORIZED, "unauthenticated");
 }
 
+/// A session lifetime past the end of the calendar (the state's setting is the host's) makes
+/// sessions that last until the calendar's end: adding it to the clock's time panicked
+/// ("overflow adding duration to date") when a session was made.
+#[tokio::test]
+async fn a_session_lifetime_past_the_calendar_saturates() {
+    let srv = start().await;
+    let forever = srv
+        .state
+        .clone()
+        .with_session_ttl(api_keys::time::Duration::MAX)
+        .session("acme", "alice", "manager")
+        .expect("a valid name gets a session");
+    let end: i64 = forever.split('.').nth(3).unwrap().parse().unwrap();
+    assert_eq!(
+        end,
+        api_keys::time::PrimitiveDateTime::MAX
+            .assume_utc()
+            .unix_timestamp()
+    );
+    let r = srv.get("/api/whoami").session(&forever).send().await;
+    assert_eq!(
+        r.json(),
+        json!({"org": "acme", "user": "alice", "role": "manager"})
+    );
+
+    // The clock is the host's too: half an hour before the calendar's end, a login link (valid
+    // for an hour) and a 12-hour session end with the calendar.
+    let late =
+        api_keys::time::PrimitiveDateTime::MAX.assume_utc() - api_keys::time::Duration::minutes(30);
+    let state = app::AppState::with_integrations(
+        AnyStore::new(MemoryStore::new()),
+        Keyring::new(1, MasterKey::generate()),
+        app::Integrations {
+            clock: Some(std::sync::Arc::new(api_keys::ManualClock::new(late))),
+            ..app::Integrations::default()
+        },
+    )
+    .expect("state");
+    assert!(state.login_nonce().is_ok());
+    assert!(state.session("acme", "alice", "manager").is_some());
+}
+
 #[tokio::test]
 async fn a_login_link_works_once() {
     let srv = start().await;

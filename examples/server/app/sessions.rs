@@ -32,10 +32,12 @@ const MAX_PENDING_LOGINS: usize = 16;
 
 impl AppState {
     /// A signed `X-Demo-Session` value for `user` with `role` (`manager` or `member`) in `org`,
-    /// valid for the state's session lifetime from now. Org and user must match
-    /// `[A-Za-z0-9_-]{1,64}`; anything else is `None`.
+    /// valid for the state's session lifetime from now (at most until the calendar's end: the
+    /// lifetime is the host's setting, and a sum past the end must not panic). Org and user
+    /// must match `[A-Za-z0-9_-]{1,64}`; anything else is `None`.
     pub fn session(&self, org: &str, user: &str, role: &str) -> Option<String> {
-        self.session_until(org, user, role, self.manager.now() + self.session_ttl)
+        let until = self.manager.now().saturating_add(self.session_ttl);
+        self.session_until(org, user, role, until)
     }
 
     /// [`AppState::session`] ending at `expires_at` instead.
@@ -80,7 +82,8 @@ impl AppState {
     pub fn login_nonce(&self) -> Result<String, Error> {
         let mut nonce = [0u8; 16];
         getrandom::getrandom(&mut nonce).map_err(|_| Error::Random)?;
-        let expires = self.manager.now() + LOGIN_TTL;
+        // Saturating: the manager's clock is the host's (a test clock may be near the end).
+        let expires = self.manager.now().saturating_add(LOGIN_TTL);
         let mut pending = self.logins.lock().unwrap_or_else(PoisonError::into_inner);
         if pending.len() >= MAX_PENDING_LOGINS {
             pending.remove(0);

@@ -1197,6 +1197,46 @@ async fn an_expiry_past_the_end_of_the_calendar_is_refused_not_shortened() {
     ));
 }
 
+/// A clock may show a time whose UTC instant lies just outside the calendar (the last
+/// moment of 9999 at UTC-1, the first of -9999 at UTC+1). Records hold whole UTC seconds, so
+/// such a time is held as the calendar's nearest end: truncating it kept the clock's value
+/// as it was (not whole seconds, not UTC), and `generate` handed out a key whose record
+/// failed its own integrity check from then on (or failed with `Integrity` itself), and
+/// could not be revoked either.
+#[tokio::test]
+async fn a_clock_just_outside_the_calendar_makes_keys_that_work() {
+    use api_keys::time::{PrimitiveDateTime, UtcOffset};
+    let ends = [
+        (
+            PrimitiveDateTime::MAX.assume_offset(UtcOffset::from_hms(-1, 0, 0).unwrap()),
+            Expiry::Never,
+        ),
+        (
+            PrimitiveDateTime::MIN.assume_offset(UtcOffset::from_hms(1, 0, 0).unwrap()),
+            Expiry::Days(7),
+        ),
+    ];
+    for (now, expiry) in ends {
+        let s = setup_with(MemoryStore::new(), Policy::default().allow_never(true));
+        s.clock.set(now);
+        let (key, info) = s
+            .manager
+            .generate(&alice(), prom("k").expiry(expiry))
+            .await
+            .unwrap_or_else(|e| panic!("{now}: {e:?}"));
+        assert_eq!(info.created_at.offset(), UtcOffset::UTC, "{now}");
+        assert_eq!(info.created_at.nanosecond(), 0, "{now}");
+        works(&s.manager, key.expose_secret())
+            .await
+            .unwrap_or_else(|e| panic!("{now}: {e:?}"));
+        s.manager.revoke(&alice(), &info.id).await.unwrap();
+        assert!(matches!(
+            works(&s.manager, key.expose_secret()).await,
+            Err(Error::Revoked)
+        ));
+    }
+}
+
 /// `rewrap` counts every record that fails its integrity check in `failed` and reports it,
 /// whatever version it names: a tampered row sealed under the current version (or under a
 /// `next` one) is no more "already current" (or "newer") than one under an old version.

@@ -174,9 +174,15 @@ pub struct Notices {
     pub unused_warned_at: Option<OffsetDateTime>,
 }
 
-/// Truncates to whole seconds (records hold whole seconds only).
+/// Truncates to whole UTC seconds (records hold whole UTC seconds only). A time whose UTC
+/// instant lies outside the calendar (its last moment at a negative offset, its first at a
+/// positive one: a clock may show either) is held as the calendar's nearest end, so the
+/// result is always a time a record can hold and its tag can cover.
 pub(crate) fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(t.unix_timestamp()).unwrap_or(t)
+    const FIRST: i64 = time::PrimitiveDateTime::MIN.assume_utc().unix_timestamp();
+    const LAST: i64 = time::PrimitiveDateTime::MAX.assume_utc().unix_timestamp();
+    OffsetDateTime::from_unix_timestamp(t.unix_timestamp().clamp(FIRST, LAST))
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// The deciding fields of a new record, before sealing.

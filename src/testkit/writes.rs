@@ -1,0 +1,236 @@
+//! Writes: `update` is compare-and-swap with one winner under concurrency, `delete` removes,
+//! and a damaged row stays deletable.
+
+use futures_util::future::join_all;
+
+use super::{Check, fail, random_id, random_org, sample_record, store_err, t};
+use crate::{KeyId, KeyRecord, KeyStore, StoreError, UserId};
+
+/// `update` stores the record only when the revision matches, keeps `record.revision` as
+/// given, is `Conflict` on a stale revision and `NotFound` for a missing row.
+pub async fn update_is_compare_and_swap<S: KeyStore>(store: &S) -> Check {
+    const C: &str = "update_is_compare_and_swap";
+    let org = random_org();
+    let rec = sample_record(random_id(), &org);
+    store
+        .insert(rec.clone())
+        .await
+        .map_err(|e| store_err(C, "insert", e))?;
+    let mut next = rec.clone();
+    next.revision = rec.revision + 1;
+    next.revoked_at = Some(t(1_750_000_000));
+    next.revoked_by = Some(UserId::new("revoker"));
+    store
+        .update(next.clone(), rec.revision)
+        .await
+        .map_err(|e| store_err(C, "update", e))?;
+    let got = store
+        .get(&rec.id)
+        .await
+        .map_err(|e| store_err(C, "get", e))?;
+    ensure!(
+        C,
+        got.as_ref() == Some(&next),
+        "after update, get returned {got:?}, expected {next:?}"
+    );
+    let mut stale = rec.clone();
+    stale.revision = rec.revision + 1;
+    stale.name = "stale writer".into();
+    match store.update(stale, rec.revision).await {
+        Err(StoreError::Conflict) => {}
+        r => {
+            return Err(fail(
+                C,
+                format!("update with a stale revision returned {r:?}, expected Err(Conflict)"),
+            ));
+        }
+    }
+    let got = store
+        .get(&rec.id)
+        .await
+        .map_err(|e| store_err(C, "get", e))?;
+    ensure!(
+        C,
+        got.as_ref() == Some(&next),
+        "a rejected update changed the record: {got:?}"
+    );
+    let ghost = sample_record(random_id(), &org);
+    match store.update(ghost.clone(), ghost.revision).await {
+        Err(StoreError::NotFound) => {}
+        r => {
+            return Err(fail(
+                C,
+                format!("update of a missing row returned {r:?}, expected Err(NotFound)"),
+            ));
+        }
+    }
+    let got = store
+        .get(&ghost.id)
+        .await
+        .map_err(|e| store_err(C, "get", e))?;
+    ensure!(C, got.is_none(), "update of a missing row created it");
+    Ok(())
+}
+
+/// `delete` returns `true` once, then `false`; the record is gone from `get` and `list`.
+pub async fn delete_removes<S: KeyStore>(store: &S) -> Check {
+    const C: &str = "delete_removes";
+    let org = random_org();
+    let rec = sample_record(random_id(), &org);
+    store
+        .insert(rec.clone())
+        .await
+        .map_err(|e| store_err(C, "insert", e))?;
+    let first = store
+        .delete(&rec.id)
+        .await
+        .map_err(|e| store_err(C, "delete", e))?;
+    ensure!(C, first, "delete of an existing row returned false");
+    let second = store
+        .delete(&rec.id)
+        .await
+        .map_err(|e| store_err(C, "delete", e))?;
+    ensure!(C, !second, "second delete returned true");
+    let got = store
+        .get(&rec.id)
+        .await
+        .map_err(|e| store_err(C, "get", e))?;
+    ensure!(C, got.is_none(), "deleted record still returned by get");
+    let listed = store
+        .list(&org)
+        .await
+        .map_err(|e| store_err(C, "list", e))?;
+    ensure!(
+        C,
+        listed.is_empty(),
+        "deleted record still listed: {listed:?}"
+    );
+    Ok(())
+}
+
+/// Eight concurrent `update`s expecting the same revision: exactly one wins, the others get
+/// `Conflict`, and the stored record is the winner's.
+pub async fn concurrent_updates_have_one_winner<S: KeyStore>(store: &S) -> Check {
+    const C: &str = "concurrent_updates_have_one_winner";
+    let org = random_org();
+    let rec = sample_record(random_id(), &org);
+    store
+        .insert(rec.clone())
+        .await
+        .map_err(|e| store_err(C, "insert", e))?;
+    let candidates: Vec<KeyRecord> = (0..8)
+        .map(|i| {
+            let mut r = rec.clone();
+            r.revision = rec.revision + 1;
+            r.name = format!("writer {i}");
+            r
+        })
+        .collect();
+    let results = join_all(
+        candidates
+            .iter()
+            .map(|r| store.update(r.clone(), rec.revision)),
+    )
+    .await;
+    let mut winners = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(()) => winners.push(i),
+            Err(StoreError::Conflict) => {}
+            Err(e) => return Err(store_err(C, "a concurrent update", e)),
+        }
+    }
+    ensure!(
+        C,
+        winners.len() == 1,
+        "{} of 8 concurrent updates won: {winners:?}",
+        winners.len()
+    );
+    let got = store
+        .get(&rec.id)
+        .await
+        .map_err(|e| store_err(C, "get", e))?;
+    ensure!(
+        C,
+        got.as_ref() == Some(&candidates[winners[0]]),
+        "stored record {got:?} is not the winner's"
+    );
+    Ok(())
+}
+
+/// One damaged row never fails a whole read, and can still be deleted by its id.
+///
+/// Not part of [`run`](super::run): it needs `damage`, a hook that damages the stored row of
+/// the given id in the store's own backend (for a SQL store, e.g. bump its `revision` column
+/// so that it disagrees with the serialized record, or write JSON that does not decode).
+/// Afterwards `get`, `list` and `scan` must still succeed and still name the row's id (as the
+/// record, or as a [`KeyRecord::undecodable`] placeholder that the manager reports and leaves
+/// out), the other rows must come back intact, and `delete` must remove the row.
+///
+/// # Errors
+/// A [`Failure`](super::Failure) naming `damaged_rows_stay_deletable`.
+pub async fn damaged_rows_stay_deletable<S, F, Fut>(store: &S, damage: F) -> Check
+where
+    S: KeyStore,
+    F: FnOnce(KeyId) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    const C: &str = "damaged_rows_stay_deletable";
+    let org = random_org();
+    let bad = sample_record(random_id(), &org);
+    let good = sample_record(random_id(), &org);
+    for r in [&bad, &good] {
+        store
+            .insert(r.clone())
+            .await
+            .map_err(|e| store_err(C, "insert", e))?;
+    }
+    damage(bad.id).await;
+    let got = store
+        .get(&bad.id)
+        .await
+        .map_err(|e| store_err(C, "get of the damaged row", e))?;
+    ensure!(
+        C,
+        got.as_ref().is_some_and(|r| r.id == bad.id),
+        "get of the damaged row returned {got:?}"
+    );
+    let listed = store
+        .list(&org)
+        .await
+        .map_err(|e| store_err(C, "list of an organization with a damaged row", e))?;
+    ensure!(
+        C,
+        listed.iter().any(|r| r.id == bad.id) && listed.contains(&good),
+        "list lost a row: {listed:?}"
+    );
+    let mut seen_bad = false;
+    let mut seen_good = false;
+    let mut after = None;
+    loop {
+        let page = store
+            .scan(after.as_ref(), 100)
+            .await
+            .map_err(|e| store_err(C, "scan over a damaged row", e))?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        seen_bad |= page.iter().any(|r| r.id == bad.id);
+        seen_good |= page.contains(&good);
+    }
+    ensure!(C, seen_bad && seen_good, "scan lost a row");
+    let removed = store
+        .delete(&bad.id)
+        .await
+        .map_err(|e| store_err(C, "delete of the damaged row", e))?;
+    ensure!(C, removed, "delete of the damaged row returned false");
+    let gone = store
+        .get(&bad.id)
+        .await
+        .map_err(|e| store_err(C, "get", e))?;
+    ensure!(C, gone.is_none(), "the damaged row is still there");
+    store
+        .delete(&good.id)
+        .await
+        .map_err(|e| store_err(C, "delete", e))?;
+    Ok(())
+}

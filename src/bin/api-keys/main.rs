@@ -4,8 +4,8 @@
 //! the machine can read arguments in the process list). See `api-keys --help` and README's
 //! "Operating" section.
 //!
-//! Exit codes: 0 success; 1 `rewrap` finished but some records failed; 2 usage (bad or
-//! missing arguments); 3 configuration or store error (master key missing or malformed, store
+//! Exit codes: 0 success; 1 `rewrap` or `sweep` finished but some records failed; 2 usage
+//! (bad or missing arguments); 3 configuration or store error (master key missing or malformed, store
 //! unreachable, store support not built in); 4 no such key; 5 a record failed its integrity
 //! check (tampered, or sealed under a master key the keyring lacks).
 #![forbid(unsafe_code)]
@@ -40,8 +40,8 @@ use api_keys::{AnyStore, Error, KeyManager, Keyring};
 /// Master keys are read from the environment (API_KEYS_MASTER_KEY, API_KEYS_MASTER_KEY_VERSION,
 /// API_KEYS_PREVIOUS_KEYS) or from --master-key-file, never from an argument.
 ///
-/// Exit codes: 0 ok; 1 rewrap left failed records; 2 usage; 3 configuration or store error;
-/// 4 no such key; 5 a record failed its integrity check.
+/// Exit codes: 0 ok; 1 rewrap or sweep left failed records; 2 usage; 3 configuration or store
+/// error; 4 no such key; 5 a record failed its integrity check.
 #[derive(Parser, Debug)]
 #[command(name = "api-keys", version, about, long_about)]
 struct Cli {

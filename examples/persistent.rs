@@ -123,6 +123,9 @@ async fn main() -> Result<()> {
             }
         }
     }
+    // Last uses are buffered and written in batches; write them before the process ends, so
+    // that the CLI's listing of this database shows the key's last use.
+    manager.flush_last_use().await?;
     Ok(())
 }
 

@@ -787,6 +787,29 @@ async fn a_key_is_rolled_once_and_rolls_cannot_bypass_max_active_keys() {
         .unwrap();
 }
 
+/// The rolled key's slot passes to its replacement: an organization at its
+/// `max_active_keys` can still roll a key (the documented way to replace a leaked or expiring
+/// key must not need a free slot), and the old key keeps working through the overlap.
+#[tokio::test]
+async fn a_roll_at_the_active_key_limit_works() {
+    let s = setup_with(MemoryStore::new(), Policy::default().max_active_keys(2));
+    let (old, info) = s.manager.generate(&alice(), prom("a")).await.unwrap();
+    s.manager.generate(&alice(), prom("b")).await.unwrap();
+    // At the limit: a new key is refused...
+    assert!(matches!(
+        s.manager.generate(&alice(), prom("c")).await,
+        Err(Error::Policy(_))
+    ));
+    // ...but a roll is not.
+    let (new, _) = s
+        .manager
+        .roll(&alice(), &info.id, Duration::hours(1))
+        .await
+        .unwrap();
+    works(&s.manager, old.expose_secret()).await.unwrap();
+    works(&s.manager, new.expose_secret()).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_roll_whose_reply_is_lost_keeps_the_replacement() {
     let store = CountingStore::default();

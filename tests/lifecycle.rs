@@ -661,6 +661,26 @@ async fn the_audit_sink_receives_every_event_and_no_event_carries_a_token() {
     }
 }
 
+/// A wrong secret for a key this node has cached is answered from the cache, without a
+/// store read; it is still a failed verification, audited with the key's id like a cold one
+/// (guessing against a warm key must not be invisible to the audit sink).
+#[tokio::test]
+async fn a_wrong_secret_for_a_cached_key_is_audited() {
+    let s = setup();
+    let m = &s.manager;
+    let (key, info) = m.generate(&alice(), prom("k")).await.unwrap();
+    works(m, key.expose_secret()).await.unwrap();
+    assert_eq!(m.cached_records(), 1);
+    let guess = wrong_secret(key.expose_secret());
+    for _ in 0..2 {
+        assert!(matches!(works(m, &guess).await, Err(Error::InvalidKey)));
+    }
+    let failed = s.audit.count(info.id, |a| {
+        *a == AuditAction::VerificationFailed(FailureClass::InvalidKey)
+    });
+    assert_eq!(failed, 2, "{:?}", s.audit.events());
+}
+
 #[tokio::test]
 async fn absurd_durations_from_requests_never_panic() {
     let s = setup();

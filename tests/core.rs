@@ -111,6 +111,27 @@ fn policy_message(r: Result<impl std::fmt::Debug, Error>) -> String {
     }
 }
 
+/// `max_days` caps every period: one still in the allowed list but longer than
+/// `max_days` is refused.
+#[tokio::test]
+async fn max_days_caps_every_allowed_period() {
+    let s = setup_with(
+        MemoryStore::new(),
+        Policy::default().max_days(30).default_days(30),
+    );
+    let (a, m) = (alice(), &s.manager);
+    // 60, 90 and 365 are still in the (default) allowed list, but beyond max_days.
+    for days in [60, 90, 365] {
+        let msg = policy_message(m.generate(&a, prom("x").expiry(Expiry::Days(days))).await);
+        assert!(msg.contains("allowed: 7, 30 days,"), "{msg}");
+    }
+    let (_, info) = m
+        .generate(&a, prom("x").expiry(Expiry::Days(30)))
+        .await
+        .unwrap();
+    assert_eq!(info.expires_at, Some(start() + Duration::days(30)));
+}
+
 #[tokio::test]
 async fn each_policy_refusal_says_what_is_allowed() {
     let s = setup();

@@ -132,6 +132,27 @@ async fn max_days_caps_every_allowed_period() {
     assert_eq!(info.expires_at, Some(start() + Duration::days(30)));
 }
 
+/// An explicit date is allowed up to exactly `max_days` from now, and not a second more.
+#[tokio::test]
+async fn an_explicit_date_at_exactly_max_days_is_allowed() {
+    let s = setup_with(
+        MemoryStore::new(),
+        Policy::default().max_days(30).default_days(30),
+    );
+    let (a, m) = (alice(), &s.manager);
+    let edge = start() + Duration::days(30);
+    let (_, info) = m
+        .generate(&a, prom("x").expiry(Expiry::At(edge)))
+        .await
+        .unwrap();
+    assert_eq!(info.expires_at, Some(edge));
+    let past_edge = edge + Duration::seconds(1);
+    policy_message(
+        m.generate(&a, prom("x").expiry(Expiry::At(past_edge)))
+            .await,
+    );
+}
+
 #[tokio::test]
 async fn each_policy_refusal_says_what_is_allowed() {
     let s = setup();

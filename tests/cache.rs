@@ -24,6 +24,8 @@ struct PausingStore {
     pause: Arc<Mutex<Pause>>,
     /// The same for the next `update`, before it writes.
     pause_update: Arc<Mutex<Pause>>,
+    /// The same for the next `delete`, before it deletes.
+    pause_delete: Arc<Mutex<Pause>>,
     listener: Arc<Mutex<Option<Weak<dyn ChangeListener>>>>,
     feed: bool,
 }
@@ -53,6 +55,11 @@ impl KeyStore for PausingStore {
         self.inner.update(r, e).await
     }
     async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
+        let pause = self.pause_delete.lock().unwrap().take();
+        if let Some((entered, release)) = pause {
+            let _ = entered.send(());
+            let _ = release.await;
+        }
         self.inner.delete(id).await
     }
     async fn scan(&self, a: Option<&KeyId>, l: usize) -> Result<Vec<KeyRecord>, StoreError> {
@@ -169,6 +176,36 @@ async fn a_lookup_during_a_revokes_write_never_replaces_the_revoked_record() {
     assert!(
         is_revoked(&m, &token).await,
         "the row read during the revoke's write replaced the revoked record"
+    );
+}
+
+/// A verification that reads the row while a delete is writing caches the still-present
+/// record; the delete must forget it when its write ends (a delete installs no record), or
+/// the deleted key keeps verifying on this node for a whole TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_during_a_deletes_write_never_keeps_the_deleted_key_working() {
+    // No feed: only the manager's own fencing forgets the cached record.
+    let store = PausingStore::default();
+    let m = long_lived(&store);
+    let (key, info) = m.generate(&alice(), prom()).await.unwrap();
+    let token = key.expose_secret().to_string();
+    // The delete is fenced and writing, not committed yet.
+    let (entered, commit) = arm(&store.pause_delete);
+    let deleting = {
+        let m = m.clone();
+        let id = info.id;
+        tokio::spawn(async move { m.delete(&alice(), &id).await })
+    };
+    entered.await.unwrap();
+    // The row is still there: this verification reads it and caches it.
+    spawn_verify(&m, &token).await.unwrap().unwrap();
+    assert_eq!(m.cached_records(), 1);
+    commit.send(()).unwrap();
+    deleting.await.unwrap().unwrap();
+    let after = m.verify(&token, &Scope::Prometheus).await;
+    assert!(
+        matches!(after, Err(Error::InvalidKey)),
+        "the deleted key still verifies: {after:?}"
     );
 }
 

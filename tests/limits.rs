@@ -143,6 +143,31 @@ async fn all_limits_of_a_key_are_spent_together_or_not_at_all() {
     assert_eq!((name.as_str(), after), ("minute", secs(to_minute)));
 }
 
+/// All or nothing, whichever limit refuses: a refusal by the key's *first* limit must not
+/// spend the limits after it either.
+#[tokio::test]
+async fn a_refusal_by_an_earlier_limit_spends_none_of_the_later_ones() {
+    let s = setup();
+    let (key, _) = generate(
+        &s.manager,
+        req("a")
+            .rate_limit(RateLimit::new("second", 1, secs(1)))
+            .rate_limit(RateLimit::new("minute", 2, secs(60))),
+    )
+    .await;
+    let t = key.expose_secret();
+    let v = ok(&s.manager, t).await;
+    let left: Vec<_> = v.limits().map(|l| (l.name, l.remaining)).collect();
+    assert_eq!(left, vec![("second", 0), ("minute", 1)]);
+    // Refused by `second`, the first limit: `minute` keeps its one remaining use.
+    let (name, _) = retry_after(s.manager.verify(t, &Scope::Prometheus).await);
+    assert_eq!(name, "second");
+    s.clock.advance(Duration::seconds(1));
+    let v = ok(&s.manager, t).await;
+    let left: Vec<_> = v.limits().map(|l| (l.name, l.remaining)).collect();
+    assert_eq!(left, vec![("second", 0), ("minute", 0)]);
+}
+
 #[tokio::test]
 async fn a_rate_limited_request_spends_no_credits() {
     let s = setup();

@@ -165,6 +165,31 @@ fn revocation_details_are_authenticated_by_their_own_tag() {
     ));
 }
 
+/// The format number fixes the layout: a record of any other format fails closed, even one
+/// whose tags were computed over this layout (a record written by another version of the
+/// crate is never read as this format).
+#[test]
+fn an_unknown_format_fails_closed_even_with_matching_tags() {
+    let v = v();
+    let (keyring, rec, _) = record(&v);
+    let keys = keyring.get(rec.sealed.key_version).unwrap();
+    let mut out = Zeroizing::new([0u8; 32]);
+    for format in [RECORD_FORMAT - 1, RECORD_FORMAT + 1] {
+        let mut other = rec.clone();
+        other.format = format;
+        other.sealed.details_tag = other.compute_details_tag(keys);
+        other.sealed.tag = other.compute_tag(keys);
+        assert!(matches!(
+            open(&other, &keyring, "sak", rec.id),
+            Err(Error::Integrity)
+        ));
+        assert!(matches!(
+            other.open_to_verify(&keyring, "sak", rec.id, &mut out),
+            Err(Error::Integrity)
+        ));
+    }
+}
+
 #[test]
 fn another_class_fails_closed() {
     let v = v();

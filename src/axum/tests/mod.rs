@@ -278,6 +278,21 @@ async fn a_key_without_the_scope_is_insufficient_scope() {
     let a = send(svc, &[format!("Bearer {token}").as_bytes()]).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert!(a.challenge.unwrap().ends_with("scope=\"billing.read\""));
+    // A `Scope::Custom` built by hand, bypassing `Scope::custom`'s rule, cannot break the
+    // challenge's syntax (a `"` would end the quoted string and start a parameter of its own).
+    for odd in ["x\", error=\"other", "a\\b", ""] {
+        let svc =
+            ApiKeyLayer::new(f.manager.clone(), Scope::Custom(Arc::from(odd))).layer(service_fn(
+                |_req: Request<Body>| async { Ok::<_, Infallible>(Response::new(Body::empty())) },
+            ));
+        let a = send(svc, &[format!("Bearer {token}").as_bytes()]).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            a.challenge.as_deref(),
+            Some("Bearer realm=\"api\", error=\"insufficient_scope\""),
+            "{odd:?}"
+        );
+    }
 }
 
 /// A `sap` manager shares the store with the fixture's `sak` manager. A `sap_` token naming

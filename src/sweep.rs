@@ -101,7 +101,8 @@ pub trait Notifier: Send + Sync + 'static {
     ///
     /// # Errors
     /// Whatever kept it from being delivered or queued; the event is then logged and counted
-    /// in [`SweepReport::notify_failed`], and not sent again.
+    /// in [`SweepReport::notify_failed`], and not sent again. A panic counts as such a
+    /// failure (it is caught: the sweep goes on).
     fn notify(&self, notification: &Notification) -> Result<(), BoxError>;
 }
 
@@ -454,10 +455,20 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             key: self.info(rec, now),
             at: now,
         };
-        match notifier.notify(&notification) {
-            Ok(()) => true,
-            Err(e) => {
+        // A panicking notifier is a failed delivery like an error: the event's claim is
+        // already written, and unwinding out of the sweep would lose the other notices of
+        // the same claim (and stop a host's sweep loop).
+        let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            notifier.notify(&notification)
+        }));
+        match delivered {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
                 tracing::error!(target: "api_keys", key_id = %rec.id, event = notification.event.name(), error = %e, "notifier failed");
+                false
+            }
+            Err(_) => {
+                tracing::error!(target: "api_keys", key_id = %rec.id, event = notification.event.name(), "notifier panicked");
                 false
             }
         }

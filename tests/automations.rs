@@ -1240,3 +1240,62 @@ async fn a_sweep_whose_write_failed_does_not_announce_another_nodes_claim() {
         "A wrote nothing: B's claim is not A's to send"
     );
 }
+
+/// A notifier that panics on its first call (a host's bug), then records quietly.
+#[derive(Clone, Default)]
+struct PanicsOnce {
+    calls: Arc<Mutex<Vec<&'static str>>>,
+}
+
+impl Notifier for PanicsOnce {
+    fn notify(&self, n: &Notification) -> Result<(), BoxError> {
+        let first = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(n.event.name());
+            calls.len() == 1
+        };
+        assert!(!first, "notifier bug");
+        Ok(())
+    }
+}
+
+/// One claim can hold two notices (an unused-key warning and an expiry warning). A notifier
+/// that panics on the first must not lose the second: its mark is already written, so no
+/// later sweep would ever send it (before, the panic unwound out of the sweep and the expiry
+/// warning was never sent; a host sweeping in a spawned loop also lost every later sweep).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_notifier_loses_no_other_notice_of_the_same_claim() {
+    let clock = ManualClock::new(start());
+    let notes = PanicsOnce::default();
+    let manager = KeyManager::builder(MemoryStore::new(), keyring())
+        .clock(clock.clone())
+        .policy(Policy::default().revoke_unused_after(days(60)))
+        .notifier(notes.clone())
+        .build()
+        .unwrap();
+    let (key, _) = manager
+        .generate(&alice(), req("ci").expiry(Expiry::At(start() + days(80))))
+        .await
+        .unwrap();
+    // Day 53: unused for 53 days (warning due) and 27 days left (the 30-day warning due).
+    clock.set(start() + days(53));
+    let m = manager.clone();
+    let first = tokio::spawn(async move { m.sweep().await }).await;
+    let again = manager.sweep().await.unwrap();
+    let notices = manager.get(&alice(), key.id()).await.unwrap().notices;
+    assert!(notices.unused_warned && notices.expiry_warned == vec![days(30).whole_seconds()]);
+    assert_eq!(
+        *notes.calls.lock().unwrap(),
+        vec!["unused_warning", "expiry_warning"],
+        "first sweep {first:?}, second {again:?}"
+    );
+    let first = first.expect("the sweep survives its notifier").unwrap();
+    assert_eq!(
+        (
+            first.notify_failed,
+            first.unused_warnings,
+            first.expiry_warnings
+        ),
+        (1, 1, 1)
+    );
+}

@@ -176,11 +176,15 @@ pub(crate) fn plan(
     if let Some(unused) = policy.unused_revocation() {
         let last = r.last_used_at.map_or(r.created_at, |t| t.max(r.created_at));
         let notice = unused_notice(unused);
-        // A warning older than the last use is stale: that idle period ended.
+        // A warning counts only for the idle period it was sent in: one sent before that
+        // period was due for a warning (`U - N` after its last use) is stale, as a use after
+        // it ended the idle period it announced. Comparing with the last use alone is not
+        // enough: a node whose clock is a few seconds behind records a use right after the
+        // warning as one before it.
         let warned = r
             .notices
             .unused_warned_at
-            .filter(|w| r.notices.unused_warned && *w >= last);
+            .filter(|w| r.notices.unused_warned && *w >= last.saturating_add(unused - notice));
         match warned {
             Some(w) if now >= last.saturating_add(unused) && now >= w.saturating_add(notice) => {
                 r.revoked_at = Some(whole_seconds(now));

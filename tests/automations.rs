@@ -1299,3 +1299,40 @@ async fn a_panicking_notifier_loses_no_other_notice_of_the_same_claim() {
         (1, 1, 1)
     );
 }
+
+/// Node A's clock runs a few seconds ahead of node B's. A warns an idle key; right after,
+/// the key is used through B, whose clock records the use a few seconds "before" the warning.
+/// That use still ends the idle period: 60 idle days later the key gets a new warning, not a
+/// revocation without one (before, the old warning counted and the key was revoked at once).
+#[tokio::test]
+async fn a_use_right_after_the_warning_on_a_node_whose_clock_is_behind_still_cancels_it() {
+    let store = MemoryStore::new();
+    let ahead = ManualClock::new(start());
+    let behind = ManualClock::new(start());
+    let a = node_with(store.clone(), unused_policy(), &ahead);
+    let b = node_with(store.clone(), unused_policy(), &behind);
+    let (key, _) = a
+        .manager
+        .generate(&alice(), req("job").expiry(Expiry::Never))
+        .await
+        .unwrap();
+    let skew = Duration::seconds(5);
+    ahead.set(start() + days(53) + skew);
+    behind.set(start() + days(53));
+    assert_eq!(a.manager.sweep().await.unwrap().unused_warnings, 1);
+    b.manager
+        .verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    b.manager.flush_last_use().await.unwrap();
+    let info = a.manager.get(&alice(), key.id()).await.unwrap();
+    assert_eq!(info.last_used_at, Some(start() + days(53)));
+    // Idle for the whole period after that use: warned again first, never revoked at once.
+    ahead.set(start() + days(53 + 60) + skew);
+    let r = a.manager.sweep().await.unwrap();
+    assert_eq!((r.unused_warnings, r.revoked_unused), (1, 0), "{r:?}");
+    assert_eq!(
+        a.manager.get(&alice(), key.id()).await.unwrap().status,
+        KeyStatus::Active
+    );
+}

@@ -205,7 +205,9 @@ pub(crate) fn plan(
             _ => {}
         }
     }
-    if let Some(expires) = r.expires_at {
+    // A key already announced expired (by a clock ahead of this one, or before this one
+    // stepped back) is never told it expires within a lead time afterwards.
+    if let Some(expires) = r.expires_at.filter(|_| !r.notices.expired) {
         let lifetime = expires - r.created_at;
         // A lead time the key's whole lifetime fits in is skipped: its creator chose the
         // expiry knowingly. Of the leads due at once, one warning (the shortest) is sent and

@@ -1336,3 +1336,30 @@ async fn a_use_right_after_the_warning_on_a_node_whose_clock_is_behind_still_can
         KeyStatus::Active
     );
 }
+
+/// A key announced `Expired` by a sweep whose clock then steps back (or by a node whose
+/// clock runs ahead of another's) is never warned that it "expires within" a lead time
+/// afterwards (before, a sweep that had missed the last day sent the 1-day warning after the
+/// `Expired` event).
+#[tokio::test]
+async fn no_expiry_warning_follows_the_expired_event_when_a_clock_steps_back() {
+    let n = node(Policy::default());
+    let (key, _) = n.manager.generate(&alice(), req("ci")).await.unwrap();
+    // The sweep did not run during the key's last day: the first one after sees it expired.
+    n.clock.set(start() + days(90) + Duration::seconds(1));
+    assert_eq!(n.manager.sweep().await.unwrap().expired, 1);
+    // The clock steps back (NTP correction, or the next sweep runs on a node whose clock is
+    // behind): the key is not yet expired by that clock.
+    n.clock.set(start() + days(90) - Duration::seconds(30));
+    let r = n.manager.sweep().await.unwrap();
+    assert_eq!(r.expiry_warnings, 0, "{r:?}");
+    assert_eq!(n.notes.names(), vec!["expired"]);
+    assert!(
+        n.manager
+            .get(&alice(), key.id())
+            .await
+            .unwrap()
+            .notices
+            .expired
+    );
+}

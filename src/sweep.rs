@@ -211,13 +211,16 @@ pub(crate) fn plan(
         let lifetime = expires - r.created_at;
         // A lead time the key's whole lifetime fits in is skipped: its creator chose the
         // expiry knowingly. Of the leads due at once, one warning (the shortest) is sent and
-        // all are marked.
+        // all are marked. A lead no shorter than one already warned (a lead time added to the
+        // policy since) is past: a warning never follows a more pressing one.
+        let sent = r.notices.expiry_warned.iter().copied().min();
         let due: Vec<Duration> = policy
             .warnings()
             .iter()
             .copied()
             .filter(|lead| {
                 lifetime > *lead
+                    && sent.is_none_or(|s| lead.whole_seconds() < s)
                     && now >= expires.saturating_sub(*lead)
                     && !r.notices.expiry_warned.contains(&lead.whole_seconds())
             })

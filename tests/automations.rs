@@ -1363,3 +1363,34 @@ async fn no_expiry_warning_follows_the_expired_event_when_a_clock_steps_back() {
             .expired
     );
 }
+
+/// The lead times change between sweeps (a new policy rolled out, node by node): a key
+/// already warned 7 days before its expiry never gets a less pressing 30-day warning
+/// afterwards (before, the first sweep under the new policy sent "expires within 30 days"
+/// five days before the expiry, after the 7-day warning).
+#[tokio::test]
+async fn a_lead_time_added_later_never_sends_a_warning_less_pressing_than_one_sent() {
+    let store = MemoryStore::new();
+    let clock = ManualClock::new(start());
+    let old = node_with(
+        store.clone(),
+        Policy::default().warn_before(&[days(7), days(1)]),
+        &clock,
+    );
+    let new = node_with(store.clone(), Policy::default(), &clock);
+    let (key, _) = old.manager.generate(&alice(), req("ci")).await.unwrap();
+    clock.set(start() + days(83));
+    assert_eq!(old.manager.sweep().await.unwrap().expiry_warnings, 1);
+    clock.set(start() + days(85));
+    let r = new.manager.sweep().await.unwrap();
+    assert_eq!(r.expiry_warnings, 0, "{:?}", new.notes.all());
+    clock.set(start() + days(89));
+    assert_eq!(new.manager.sweep().await.unwrap().expiry_warnings, 1);
+    let events: Vec<_> = new.notes.all().into_iter().map(|n| n.event).collect();
+    assert_eq!(
+        events,
+        vec![AutomationEvent::ExpiryWarning { lead: days(1) }]
+    );
+    let info = new.manager.get(&alice(), key.id()).await.unwrap();
+    assert_eq!(info.last_expiry_warning(), Some(days(1)));
+}

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Headless Chromium for the admin page's browser tests (tests/admin_page.rs).
+# Headless Chromium for the admin page's browser tests (tests/admin_page/).
 # Sourced by .ci/run; defines `browser_install`, which installs Debian's `chromium` and
 # `chromium-driver` non-interactively when they are missing and exports where they are:
 #   CHROME=/usr/bin/chromium  CHROMEDRIVER=/usr/bin/chromedriver

@@ -1,0 +1,138 @@
+//! Revoking leaked tokens read from standard input, and sweeps that warn and revoke unused keys.
+
+use super::*;
+
+/// `keys revoke-leaked`: tokens on standard input; genuine ones revoked with the source, the
+/// rest false positives; the output names lines, never tokens.
+#[tokio::test]
+async fn keys_revoke_leaked_reads_tokens_from_standard_input() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let (leaked, _) = make(&m, &acme(), "leaked", 30).await;
+    let (kept, _) = make(&m, &acme(), "kept", 30).await;
+    let t = leaked.expose_secret();
+    let wrong = format!("{}{}", &t[..20], if &t[20..21] == "a" { "b" } else { "a" });
+    let input = format!("{t}\n\nnot-a-token\n{wrong}{}\n", &t[21..]);
+    let out = cli_with(&db.path, 1, &OLD)
+        .args([
+            "keys",
+            "revoke-leaked",
+            "--source",
+            "https://example.com/paste/9",
+        ])
+        .write_stdin(input)
+        .assert()
+        .success();
+    let text = stdout(out.get_output());
+    assert!(
+        text.contains("1 genuine token(s) revoked (lines [1])"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2 false positive(s) (lines [3, 4])"),
+        "{text}"
+    );
+    for part in [t, &t[15..40]] {
+        assert!(!text.contains(part) && !stderr(out.get_output()).contains(part));
+    }
+    assert!(matches!(m.verify(t, &read()).await, Err(Error::Revoked)));
+    let rec = m.store().get(leaked.id()).await.unwrap().unwrap();
+    assert_eq!(
+        rec.revocation,
+        Some(RevocationReason::Leaked {
+            source: "https://example.com/paste/9".into()
+        })
+    );
+    m.verify(kept.expose_secret(), &read()).await.unwrap();
+}
+
+/// A line that is not UTF-8 (a binary paste) is a false positive like any other non-token:
+/// the leaked token after it is still revoked, and the report names both.
+#[tokio::test]
+async fn keys_revoke_leaked_goes_on_past_a_line_that_is_not_utf8() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let (first, _) = make(&m, &acme(), "first", 30).await;
+    let (second, _) = make(&m, &acme(), "second", 30).await;
+    let mut input = Vec::new();
+    input.extend_from_slice(first.expose_secret().as_bytes());
+    input.extend_from_slice(b"\n\xff\xfe garbage from a paste\n");
+    input.extend_from_slice(second.expose_secret().as_bytes());
+    input.push(b'\n');
+    let out = cli_with(&db.path, 1, &OLD)
+        .args(["keys", "revoke-leaked", "--source", "paste"])
+        .write_stdin(input)
+        .assert()
+        .success();
+    let text = stdout(out.get_output());
+    assert!(
+        text.contains("2 genuine token(s) revoked (lines [1, 3]); 1 false positive(s) (lines [2])"),
+        "{text}"
+    );
+    for key in [&first, &second] {
+        assert!(matches!(
+            m.verify(key.expose_secret(), &read()).await,
+            Err(Error::Revoked)
+        ));
+    }
+}
+
+/// An invalid `--source` is a usage error (exit 2) before anything is read, also when
+/// standard input is empty.
+#[tokio::test]
+async fn keys_revoke_leaked_refuses_a_bad_source_as_usage() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let (key, _) = make(&m, &acme(), "k", 30).await;
+    for (source, input) in [
+        ("x".repeat(600), String::new()),
+        (
+            "line\nbreak".to_owned(),
+            format!("{}\n", key.expose_secret()),
+        ),
+        (
+            "https://x/\u{202e}gpj.exe".to_owned(),
+            format!("{}\n", key.expose_secret()),
+        ),
+    ] {
+        let out = cli_with(&db.path, 1, &OLD)
+            .args(["keys", "revoke-leaked", "--source", &source])
+            .write_stdin(input)
+            .assert()
+            .code(2);
+        assert!(stderr(out.get_output()).contains("--source"));
+    }
+    m.verify(key.expose_secret(), &read()).await.unwrap();
+}
+
+/// `sweep`: the automations once, with the flags' policy, counts at the end — and a second
+/// sweep sends no warning twice.
+#[tokio::test]
+async fn sweep_warns_once_and_revokes_unused_keys_when_asked() {
+    let db = db();
+    // Keys created 25 days ago: a 30-day key expires in 5 days (its 7-day warning is due),
+    // a 365-day key much later (none due).
+    let past = api_keys::time::OffsetDateTime::now_utc() - api_keys::time::Duration::days(25);
+    let m = KeyManager::builder(SqliteStore::open(&db.path).unwrap(), old_ring())
+        .clock(api_keys::ManualClock::new(past))
+        .build()
+        .unwrap();
+    make(&m, &acme(), "soon", 30).await;
+    make(&m, &acme(), "later", 365).await;
+    let out = cli_with(&db.path, 1, &OLD)
+        .args(["sweep", "--json", "--warn-before", "30d,7d,1d"])
+        .assert()
+        .success();
+    let v = json(out.get_output());
+    assert_eq!(v["scanned"], 2);
+    assert_eq!(v["expiry_warnings"], 1, "{v}");
+    let out = cli_with(&db.path, 1, &OLD)
+        .args(["sweep", "--json"])
+        .assert()
+        .success();
+    assert_eq!(json(out.get_output())["expiry_warnings"], 0);
+    cli_with(&db.path, 1, &OLD)
+        .args(["sweep", "--warn-before", "soon"])
+        .assert()
+        .code(2);
+}

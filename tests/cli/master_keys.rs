@@ -1,0 +1,227 @@
+//! Master keys: rotation and rewrap with the CLI, keys from a file, and configuration errors that say what to do.
+
+use super::*;
+
+/// README's rotation walk-through: a new key as current with the old one as previous,
+/// rewrap, then retire the old key — every key keeps verifying.
+#[tokio::test]
+async fn a_master_key_rotation_with_the_cli() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let mut keys = Vec::new();
+    for i in 0..5 {
+        keys.push(make(&m, &acme(), &format!("k{i}"), 30).await.0);
+    }
+
+    let out = cli_with(&db.path, 2, &NEW)
+        .env("API_KEYS_PREVIOUS_KEYS", format!("1:{}", hex_of(&OLD)))
+        .args(["rewrap", "--json"])
+        .assert()
+        .success();
+    let report = json(out.get_output());
+    assert_eq!(report["rewrapped"], 5, "{report}");
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["current_version"], 2);
+    // Not a terminal here: plain progress lines on standard error.
+    assert!(stderr(out.get_output()).contains("rewrap: 5 records to check"));
+
+    // Again: nothing left to do.
+    let out = cli_with(&db.path, 2, &NEW)
+        .env("API_KEYS_PREVIOUS_KEYS", format!("1:{}", hex_of(&OLD)))
+        .arg("rewrap")
+        .assert()
+        .success();
+    assert!(stdout(out.get_output()).contains("rewrapped 0, already current 5, failed 0"));
+
+    // The old key retired: a manager with the new key alone verifies every key.
+    let retired = manager(SqliteStore::open(&db.path).unwrap(), new_ring());
+    for k in &keys {
+        retired.verify(k.expose_secret(), &read()).await.unwrap();
+    }
+    cli_with(&db.path, 2, &NEW)
+        .args(["keys", "list", "--org", "acme"])
+        .assert()
+        .success();
+}
+
+#[tokio::test]
+async fn rewrap_exits_1_when_records_fail() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let (k, _) = make(&m, &acme(), "sealed-under-1", 30).await;
+    // Version 1 is not in the keyring: its records cannot be opened, so they are reported
+    // and left as they are.
+    let out = cli_with(&db.path, 2, &NEW)
+        .args(["rewrap", "--json"])
+        .assert()
+        .code(1);
+    assert_eq!(json(out.get_output())["failed"], 1);
+    assert!(stderr(out.get_output()).contains("could not be re-sealed"));
+    // Nothing was destroyed: the key still verifies under the old keyring.
+    m.verify(k.expose_secret(), &read()).await.unwrap();
+}
+
+#[tokio::test]
+async fn master_keys_from_a_file() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let (k, _) = make(&m, &acme(), "k", 30).await;
+    let file = db.path.with_file_name("master.keys");
+    std::fs::write(
+        &file,
+        format!(
+            "# current first\n2:{}\n1:{}  # retire after rewrap\n",
+            hex_of(&NEW),
+            hex_of(&OLD)
+        ),
+    )
+    .unwrap();
+    let out = cli()
+        .arg("--sqlite")
+        .arg(&db.path)
+        .arg("--master-key-file")
+        .arg(&file)
+        .args(["rewrap", "--json"])
+        .assert()
+        .success();
+    assert_eq!(json(out.get_output())["rewrapped"], 1);
+    let retired = manager(SqliteStore::open(&db.path).unwrap(), new_ring());
+    retired.verify(k.expose_secret(), &read()).await.unwrap();
+
+    // A file that is not there, or not keys: exit 3, and the key material is never echoed.
+    cli()
+        .arg("--sqlite")
+        .arg(&db.path)
+        .arg("--master-key-file")
+        .arg(file.with_file_name("missing"))
+        .arg("rewrap")
+        .assert()
+        .code(3);
+    std::fs::write(&file, "2:0011zz\n").unwrap();
+    let out = cli()
+        .arg("--sqlite")
+        .arg(&db.path)
+        .arg("--master-key-file")
+        .arg(&file)
+        .arg("rewrap")
+        .assert()
+        .code(3);
+    let err = stderr(out.get_output());
+    assert!(
+        err.contains("32 hexadecimal characters") && !err.contains("0011zz"),
+        "{err}"
+    );
+}
+
+#[test]
+fn configuration_errors_say_what_to_do() {
+    let db = db();
+    // No store at all: usage.
+    let out = cli()
+        .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
+        .args(["keys", "list", "--org", "acme"])
+        .assert()
+        .code(2);
+    assert!(stderr(out.get_output()).contains("--sqlite PATH or --postgres URL"));
+    // Both: usage. An explicit --sqlite wins over a machine-wide DATABASE_URL.
+    cli_with(&db.path, 1, &OLD)
+        .args([
+            "--postgres",
+            "postgres://127.0.0.1:1/x",
+            "keys",
+            "list",
+            "--org",
+            "a",
+        ])
+        .assert()
+        .code(2);
+    let out = cli_with(&db.path, 1, &OLD)
+        .env("DATABASE_URL", "postgres://127.0.0.1:1/x")
+        .args(["keys", "list", "--org", "a"])
+        .assert()
+        .code(3);
+    assert!(
+        stderr(out.get_output()).contains("is not a file"),
+        "the SQLite path was used"
+    );
+    // No master key.
+    let out = cli()
+        .arg("--sqlite")
+        .arg(&db.path)
+        .args(["keys", "list", "--org", "acme"])
+        .assert()
+        .code(3);
+    let err = stderr(out.get_output());
+    assert!(
+        err.contains("API_KEYS_MASTER_KEY") && err.contains("master-key new"),
+        "{err}"
+    );
+    // A malformed master key is never echoed.
+    let out = cli()
+        .arg("--sqlite")
+        .arg(&db.path)
+        .env("API_KEYS_MASTER_KEY", "deadbeef")
+        .args(["keys", "list", "--org", "acme"])
+        .assert()
+        .code(3);
+    assert!(!stderr(out.get_output()).contains("deadbeef"));
+    // A SQLite path that does not exist is not silently created.
+    let out = cli_with(&db.path, 1, &OLD)
+        .args(["keys", "list", "--org", "acme"])
+        .assert()
+        .code(3);
+    assert!(stderr(out.get_output()).contains("is not a file"));
+    assert!(!db.path.exists());
+    // A password never goes on the command line (the process list shows it): usage, and
+    // the password is not echoed.
+    for url in [
+        "postgres://app:hunter2@127.0.0.1:1/x",
+        "postgresql://app:hunter2@[::1]:1/x?sslmode=disable",
+        "postgres://127.0.0.1:1/x?user=app&password=hunter2",
+        "host=127.0.0.1 user=app password=hunter2",
+        // An unencoded `/` in the password, and a key-value string with a URL in a value.
+        "postgres://app:hun/ter2@127.0.0.1:1/x",
+        "password=hunter2 host=127.0.0.1 application_name=http://x",
+        // A percent-encoded parameter name, which tokio-postgres decodes.
+        "postgres://app@127.0.0.1:1/x?%70assword=hunter2",
+        "postgres://app@127.0.0.1:1/x?PASS%57ORD=hunter2",
+    ] {
+        let out = cli()
+            .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
+            .args(["--postgres", url, "keys", "list", "--org", "acme"])
+            .assert()
+            .code(2);
+        let err = stderr(out.get_output());
+        assert!(
+            err.contains("DATABASE_URL") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+    // A PostgreSQL server that is not there (or a build without PostgreSQL): exit 3.
+    let out = cli()
+        .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
+        .args(["--postgres", "postgres://postgres@127.0.0.1:1/x"])
+        .args(["keys", "list", "--org", "acme"])
+        .assert()
+        .code(3);
+    assert!(stderr(out.get_output()).contains("PostgreSQL"));
+    // The master key is not an option at all.
+    cli_with(&db.path, 1, &OLD)
+        .args(["--master-key", &hex_of(&OLD), "rewrap"])
+        .assert()
+        .code(2);
+}
+
+/// A master-key version given twice is a configuration error (exit 3) wherever it repeats.
+#[test]
+fn a_previous_master_key_version_given_twice_is_a_configuration_error() {
+    let db = db();
+    let _ = SqliteStore::open(&db.path).unwrap();
+    let previous = format!("1:{},1:{}", hex_of(&OLD), hex_of(&OLD));
+    let out = cli_with(&db.path, 2, &NEW)
+        .env("API_KEYS_PREVIOUS_KEYS", previous)
+        .args(["keys", "expiring"])
+        .assert()
+        .code(3);
+    assert!(stderr(out.get_output()).contains("twice"));
+}

@@ -19,7 +19,10 @@ impl ChangeListener for Cache {
 
     fn connected(&self) {
         // A new epoch: entries of earlier ones (or filled while the feed was down, which may
-        // have missed changes) keep only their fallback deadline. No flush is needed.
+        // have missed changes) keep only their fallback deadline. No flush is needed, but
+        // none of them may be served stale any more (the contract's flush on a reconnect).
+        self.stale_floor
+            .fetch_max(self.ns(Instant::now()), Ordering::AcqRel);
         let mut st = self
             .trust_lock
             .lock()

@@ -23,7 +23,11 @@
 //!
 //! Optionally (off by default) an entry may also be served while the *store* is unreachable,
 //! up to a maximum staleness after its read began ([`Cache::get_stale`]); an invalidated
-//! entry is gone and a revoked one still says revoked, so this never un-revokes a key.
+//! entry is gone and a revoked one still says revoked, so this never un-revokes a key. Only
+//! an entry read since the feed last connected qualifies: the contract flushes the cache on a
+//! reconnect, and an older entry may predate a change whose notification was lost while the
+//! feed was down — the store was reachable then, so that change was not made "during the
+//! outage" and must not go unnoticed (a revoked entry still answers "revoked").
 //!
 //! Entries hold a keyed fingerprint of the secret (a CBC-MAC under a per-process random key
 //! over the secret's fixed 44-character text), never the secret, so a hit costs one
@@ -133,6 +137,9 @@ pub(crate) struct Cache {
     fallback_ttl: Duration,
     /// Maximum staleness while the store is unreachable (zero: off).
     max_stale: Duration,
+    /// When the feed last connected (ns since `base`): an entry whose read began before it
+    /// may have missed a change, and is never served stale.
+    stale_floor: AtomicU64,
     per_shard: usize,
 }
 
@@ -177,6 +184,7 @@ impl Cache {
             ttl,
             fallback_ttl,
             max_stale,
+            stale_floor: AtomicU64::new(0),
             per_shard: capacity.div_ceil(SHARDS),
         })
     }
@@ -291,6 +299,11 @@ impl Cache {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let e = shard.map.find(hash, |e| e.id == *id)?;
+        // Read before the feed's last (re)connection: a change since may have gone unheard,
+        // so only a revoked entry (a refusal) may still answer.
+        if e.started < self.stale_floor.load(Ordering::Acquire) && !e.facts.revoked {
+            return None;
+        }
         let until = e.started.checked_add(self.ns_len(self.max_stale)?)?;
         (now < until).then(|| (e.facts.clone(), e.fingerprint))
     }

@@ -439,6 +439,26 @@ impl Cache {
         shard.map.insert_unique(hash, entry, rehash);
     }
 
+    /// A store read (begun at `ticket`) found no record for `id`: the key is gone, so an
+    /// entry read before that goes too, and a fill still in flight from an older read is
+    /// fenced off — otherwise it could be served stale later, although this node saw the
+    /// key deleted. Nothing changes (no generation moves) when no such entry exists, so reads
+    /// of unknown ids cannot fence off other keys' fills.
+    pub(crate) fn gone(&self, ticket: FillTicket, id: &KeyId) {
+        let mut shard = self
+            .shard(id)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let started = self.ns(ticket.started);
+        let hash = self.hash(id);
+        if let Ok(found) = shard.map.find_entry(hash, |e| e.id == *id)
+            && found.get().started < started
+        {
+            found.remove();
+            shard.generation = shard.generation.wrapping_add(1);
+        }
+    }
+
     /// [`Cache::fill`], but only if the shard has room: never evicts another entry.
     pub(crate) fn fill_if_room(
         &self,

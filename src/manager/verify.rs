@@ -276,6 +276,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         let rec = match self.inner.store.get(&id).await {
             Ok(Some(rec)) => rec,
             Ok(None) => {
+                // Deleted (another node's change, unheard): what this node cached of it must
+                // not answer later, not even as a stale entry during an outage.
+                cache.gone(ticket, &id);
                 self.verify_failed(FailureClass::InvalidKey, None, Some(id), Instant::now());
                 return Err(Error::InvalidKey);
             }

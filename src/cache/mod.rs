@@ -385,6 +385,19 @@ impl Cache {
                 // Changed again since the write began: what a fill after that change put
                 // here may predate this write.
                 self.forget_in(&mut shard, &id);
+            } else {
+                // Fenced off, but still newer than an entry read before it: that entry must
+                // not outlive a read that may have found the key changed (revoked, say) —
+                // it could otherwise be served stale later (a revoked one stays as such).
+                let started = self.ns(ticket.started);
+                let hash = self.hash(&id);
+                if shard
+                    .map
+                    .find(hash, |e| e.id == id)
+                    .is_some_and(|e| e.started < started)
+                {
+                    self.forget_in(&mut shard, &id);
+                }
             }
             return;
         }

@@ -452,10 +452,10 @@ impl Cache {
         shard.map.insert_unique(hash, entry, rehash);
     }
 
-    /// A store read (begun at `ticket`) found no record for `id`: the key is gone, so an
-    /// entry read before that goes too, and a fill still in flight from an older read is
-    /// fenced off — otherwise it could be served stale later, although this node saw the
-    /// key deleted. Nothing changes (no generation moves) when no such entry exists, so reads
+    /// A store read (begun at `ticket`) found no record for `id` that this node can use (the
+    /// key is gone, or its record fails its integrity check), so an entry read before that
+    /// goes too, and a fill still in flight from an older read is fenced off — otherwise it
+    /// could be served stale later, although this node saw the key deleted or tampered. Nothing changes (no generation moves) when no such entry exists, so reads
     /// of unknown ids cannot fence off other keys' fills.
     pub(crate) fn gone(&self, ticket: FillTicket, id: &KeyId) {
         let mut shard = self

@@ -298,6 +298,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         };
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
         if let Err(e) = rec.open_to_verify(&self.keyring(), &self.inner.prefix, id, &mut secret) {
+            // A record this node cannot trust (tampered, or sealed under a key it lacks): what
+            // it cached of the key before must not answer later as a stale entry either.
+            cache.gone(ticket, &id);
             let (class, org) = match e {
                 // An authentic record of another manager's class (a shared store): the same
                 // answer and audit as an unknown id, not decrypted, not cached.

@@ -426,7 +426,12 @@ impl Cache {
         };
         let rehash = |e: &Entry| self.hash(&e.id);
         if let Some(e) = shard.map.find_mut(hash, |e| e.id == id) {
-            *e = entry;
+            // A read that began before the one that filled the entry (two cold reads racing
+            // a change this node has not heard of yet) never replaces it: the newer one may
+            // have seen the key revoked. A manager's own write always does.
+            if supersede || e.started <= started {
+                *e = entry;
+            }
             return;
         }
         if !evict && shard.map.len() >= self.per_shard {

@@ -226,3 +226,229 @@ async fn an_unreachable_store_serves_stale_entries_only_when_asked_and_never_a_r
     );
     assert_eq!(served(&audit), 1);
 }
+
+/// A revocation this node's feed missed while it reconnected (the store was reachable all
+/// along, the revoke returned long before any outage) must not be accepted later as a stale
+/// entry while the store is unreachable: the contract flushes the cache on a reconnect, so
+/// an entry read before it can no longer be trusted to say what the store holds — not by the
+/// feed, and not by `serve_stale_while_store_unreachable` either.
+#[tokio::test]
+async fn a_revoke_missed_during_a_feed_reconnect_is_never_served_stale_later() {
+    let store = CountingStore::default();
+    let audit = Recorder::default();
+    let fallback = StdDuration::from_millis(100);
+    let m = KeyManager::builder(store.clone(), keyring())
+        .cache_ttl(StdDuration::from_secs(3600))
+        .cache_fallback_ttl(fallback)
+        .serve_stale_while_store_unreachable(StdDuration::from_secs(600))
+        .audit(audit.clone())
+        .build()
+        .unwrap();
+    store.feed(true);
+    let other = KeyManager::builder(store.inner.clone(), keyring())
+        .build()
+        .unwrap();
+    let (key, info) = other.generate(&alice(), prom()).await.unwrap();
+    m.verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    // The feed drops; another node revokes the key (the notification is lost); the feed
+    // comes back. The store stays reachable throughout.
+    store.feed(false);
+    other.revoke(&alice(), &info.id).await.unwrap();
+    store.feed(true);
+    tokio::time::sleep(fallback + StdDuration::from_millis(50)).await;
+    // Later the store becomes unreachable: the revocation predates the outage.
+    store
+        .fail_get
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let after = m.verify(key.expose_secret(), &Scope::Prometheus).await;
+    assert!(
+        after.is_err(),
+        "a key revoked before the outage was accepted as a stale entry"
+    );
+    assert!(
+        !audit
+            .events()
+            .iter()
+            .any(|e| e.action == api_keys::AuditAction::ServedStale)
+    );
+}
+
+/// A node that opted into stale serving, over a store whose changes it does not hear (no
+/// feed): it warms `key`, another node changes it, and after the fallback TTL `m` reads the
+/// store again. Returns the stale manager, its audit and the other node.
+fn stale_node(store: &CountingStore) -> (KeyManager<CountingStore>, Recorder) {
+    let audit = Recorder::default();
+    let m = KeyManager::builder(store.clone(), keyring())
+        .cache_fallback_ttl(StdDuration::from_millis(100))
+        .serve_stale_while_store_unreachable(StdDuration::from_secs(600))
+        .policy(Policy::default().max_active_keys(1000))
+        .audit(audit.clone())
+        .build()
+        .unwrap();
+    (m, audit)
+}
+
+fn served_stale(audit: &Recorder) -> usize {
+    audit
+        .events()
+        .iter()
+        .filter(|e| e.action == api_keys::AuditAction::ServedStale)
+        .count()
+}
+
+/// A key deleted on another node, which this node then *read as gone* (and refused), must
+/// never be accepted again from its older cache entry once the store is unreachable: the
+/// node knows the key was deleted.
+#[tokio::test]
+async fn a_key_read_as_deleted_is_never_served_stale_afterwards() {
+    let store = CountingStore::default();
+    let (m, audit) = stale_node(&store);
+    let other = KeyManager::builder(store.inner.clone(), keyring())
+        .build()
+        .unwrap();
+    let (key, info) = other.generate(&alice(), prom()).await.unwrap();
+    let token = key.expose_secret().to_string();
+    m.verify(&token, &Scope::Prometheus).await.unwrap();
+    other.delete(&alice(), &info.id).await.unwrap();
+    tokio::time::sleep(StdDuration::from_millis(150)).await;
+    // Past the fallback TTL this node reads the store: the key is gone, and refused.
+    assert!(matches!(
+        m.verify(&token, &Scope::Prometheus).await,
+        Err(Error::InvalidKey)
+    ));
+    // Later the store becomes unreachable.
+    store
+        .fail_get
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let after = m.verify(&token, &Scope::Prometheus).await;
+    assert!(
+        after.is_err(),
+        "a key this node had read as deleted was accepted again from its stale entry"
+    );
+    assert_eq!(served_stale(&audit), 0);
+}
+
+/// The same for a key read as revoked, when that read's fill is fenced off by an unrelated
+/// invalidation in the key's cache shard (here: this node revokes another key of that shard
+/// while the read is in flight). The older, active entry must not survive the read that saw
+/// the key revoked, or it is accepted again once the store is unreachable.
+#[tokio::test]
+async fn a_key_read_as_revoked_is_never_served_stale_afterwards_even_if_its_fill_was_fenced() {
+    let store = CountingStore::default();
+    let (m, audit) = stale_node(&store);
+    let other = KeyManager::builder(store.inner.clone(), keyring())
+        .policy(Policy::default().max_active_keys(1000))
+        .build()
+        .unwrap();
+    // Two keys of one cache shard.
+    let mut by_shard: std::collections::HashMap<u64, (String, KeyId)> = Default::default();
+    let ((token, id), (_, neighbour)) = loop {
+        let (key, info) = other.generate(&alice(), prom()).await.unwrap();
+        let slot = shard_of(&info.id.to_string());
+        let this = (key.expose_secret().to_string(), info.id);
+        if let Some(first) = by_shard.insert(slot, this.clone()) {
+            break (first, this);
+        }
+    };
+    m.verify(&token, &Scope::Prometheus).await.unwrap();
+    other.revoke(&alice(), &id).await.unwrap();
+    tokio::time::sleep(StdDuration::from_millis(150)).await;
+    // This node reads the key (revoked); meanwhile it changes the other key of the shard.
+    let m2 = m.clone();
+    store.after_next_get(move || async move {
+        m2.revoke(&alice(), &neighbour).await.unwrap();
+    });
+    assert!(matches!(
+        m.verify(&token, &Scope::Prometheus).await,
+        Err(Error::Revoked)
+    ));
+    store
+        .fail_get
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let after = m.verify(&token, &Scope::Prometheus).await;
+    assert!(
+        after.is_err(),
+        "a key this node had read as revoked was accepted again from its stale entry"
+    );
+    assert_eq!(served_stale(&audit), 0);
+}
+
+/// A record that fails its integrity check when this node reads it (tampered, or revoked by
+/// a node sealing under a master key this one lacks) is refused as `Integrity`; the older
+/// entry must not be served stale afterwards ("never a tampered record").
+#[tokio::test]
+async fn a_key_read_as_tampered_is_never_served_stale_afterwards() {
+    let store = CountingStore::default();
+    let (m, audit) = stale_node(&store);
+    let other = KeyManager::builder(store.inner.clone(), keyring())
+        .build()
+        .unwrap();
+    let (key, info) = other.generate(&alice(), prom()).await.unwrap();
+    let token = key.expose_secret().to_string();
+    m.verify(&token, &Scope::Prometheus).await.unwrap();
+    let mut row = store.inner.get(&info.id).await.unwrap().unwrap();
+    row.expires_at = None;
+    store.inner.overwrite_unchecked(row);
+    tokio::time::sleep(StdDuration::from_millis(150)).await;
+    let first = m.verify(&token, &Scope::Prometheus).await;
+    assert!(
+        matches!(first, Err(Error::Integrity)),
+        "{:?}",
+        first.map(|_| ())
+    );
+    store
+        .fail_get
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let after = m.verify(&token, &Scope::Prometheus).await;
+    assert!(
+        after.is_err(),
+        "a key this node had read as tampered was accepted again from its stale entry"
+    );
+    assert_eq!(served_stale(&audit), 0);
+}
+
+/// Two cold reads of one key race: the later one sees it revoked (and refuses), the earlier
+/// one - begun before the revoke - finishes last. Its older record must not replace the
+/// revoked one in the cache, or the node, which has refused the key, accepts it again as a
+/// stale entry once the store is unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_read_finishing_last_never_replaces_a_newer_entry() {
+    let store = PausingStore::default();
+    let audit = Recorder::default();
+    let m = KeyManager::builder(store.clone(), keyring())
+        .cache_fallback_ttl(StdDuration::from_millis(100))
+        .serve_stale_while_store_unreachable(StdDuration::from_secs(600))
+        .audit(audit.clone())
+        .build()
+        .unwrap();
+    let other = other_node(&store);
+    let (key, info) = other.generate(&alice(), prom()).await.unwrap();
+    let token = key.expose_secret().to_string();
+    // The first read holds the active record ...
+    let (read, go_on) = arm(&store.pause);
+    let first = spawn_verify(&m, &token);
+    read.await.unwrap();
+    // ... another node revokes the key, and a second read sees that.
+    other.revoke(&alice(), &info.id).await.unwrap();
+    assert!(is_revoked(&m, &token).await);
+    // The first read finishes last (it began before the revoke: accepting it is fine).
+    go_on.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    tokio::time::sleep(StdDuration::from_millis(150)).await;
+    store
+        .fail_get
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let after = m.verify(&token, &Scope::Prometheus).await;
+    assert!(
+        after.is_err(),
+        "a key this node had read as revoked was accepted again from an older read's entry"
+    );
+    assert!(
+        !audit
+            .events()
+            .iter()
+            .any(|e| e.action == api_keys::AuditAction::ServedStale)
+    );
+}

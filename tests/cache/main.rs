@@ -33,6 +33,8 @@ struct PausingStore {
     pause_delete: Arc<Mutex<Pause>>,
     listener: Arc<Mutex<Option<Weak<dyn ChangeListener>>>>,
     feed: bool,
+    /// Makes `get` fail as an unreachable store would.
+    fail_get: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl KeyStore for PausingStore {
@@ -40,6 +42,11 @@ impl KeyStore for PausingStore {
         self.inner.insert(r).await
     }
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        if self.fail_get.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::backend(std::io::Error::other(
+                "store unreachable",
+            )));
+        }
         let snapshot = self.inner.get(id).await;
         let pause = self.pause.lock().unwrap().take();
         if let Some((read_done, release)) = pause {

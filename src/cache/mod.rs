@@ -460,15 +460,25 @@ impl Cache {
     /// A store read (begun at `ticket`) found no record for `id` that this node can use (the
     /// key is gone, or its record fails its integrity check), so an entry read before that
     /// goes too, and a fill still in flight from an older read is fenced off — otherwise it
-    /// could be served stale later, although this node saw the key deleted or tampered. Nothing changes (no generation moves) when no such entry exists, so reads
-    /// of unknown ids cannot fence off other keys' fills.
+    /// could be served stale later, although this node saw the key deleted or tampered.
+    /// Nothing changes (no generation moves, no write lock is taken) when no such entry
+    /// exists, so a flood of unknown ids neither fences off other keys' fills nor holds up
+    /// the verifications reading their shard.
     pub(crate) fn gone(&self, ticket: FillTicket, id: &KeyId) {
-        let mut shard = self
-            .shard(id)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
         let started = self.ns(ticket.started);
         let hash = self.hash(id);
+        let older = |e: &Entry| e.started < started;
+        let lock = self.shard(id);
+        let found = lock
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .find(hash, |e| e.id == *id)
+            .is_some_and(older);
+        if !found {
+            return;
+        }
+        let mut shard = lock.write().unwrap_or_else(PoisonError::into_inner);
         if let Ok(found) = shard.map.find_entry(hash, |e| e.id == *id)
             && found.get().started < started
         {

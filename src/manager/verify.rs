@@ -285,6 +285,10 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             Err(e) => {
                 let e = Error::from(e);
                 let class = if matches!(e, Error::Integrity) {
+                    // A row the store cannot decode (damaged or tampered): as for a record
+                    // that fails its tag below, what this node cached of the key before must
+                    // not answer later as a stale entry.
+                    cache.gone(ticket, &id);
                     FailureClass::Integrity
                 } else {
                     if let Some(facts) = self.serve_stale(id, presented_fp) {

@@ -425,3 +425,51 @@ async fn an_older_read_finishing_last_never_replaces_a_newer_entry() {
         "a key this node had read as revoked was accepted again from an older read's entry"
     );
 }
+
+/// A row the store reports as undecodable (`StoreError::Corrupt`: damaged or tampered beyond
+/// parsing) is refused as `Integrity`, like a row whose tag fails; the older entry must not be
+/// served stale afterwards either ("never a tampered record").
+#[tokio::test]
+async fn a_key_read_as_corrupt_is_never_served_stale_afterwards() {
+    let store = PausingStore::default();
+    let audit = Recorder::default();
+    let m = KeyManager::builder(store.clone(), keyring())
+        .cache_fallback_ttl(StdDuration::from_millis(100))
+        .serve_stale_while_store_unreachable(StdDuration::from_secs(600))
+        .audit(audit.clone())
+        .build()
+        .unwrap();
+    let other = other_node(&store);
+    let (key, _) = other.generate(&alice(), prom()).await.unwrap();
+    let token = key.expose_secret().to_string();
+    m.verify(&token, &Scope::Prometheus).await.unwrap();
+    tokio::time::sleep(StdDuration::from_millis(150)).await;
+    // Past the fallback TTL this node reads the row again: it no longer decodes.
+    store
+        .corrupt_get
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let first = m.verify(&token, &Scope::Prometheus).await;
+    assert!(
+        matches!(first, Err(Error::Integrity)),
+        "{:?}",
+        first.map(|_| ())
+    );
+    // Later the store becomes unreachable.
+    store
+        .corrupt_get
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    store
+        .fail_get
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let after = m.verify(&token, &Scope::Prometheus).await;
+    assert!(
+        after.is_err(),
+        "a key this node had read as corrupt was accepted again from its stale entry"
+    );
+    assert!(
+        !audit
+            .events()
+            .iter()
+            .any(|e| e.action == api_keys::AuditAction::ServedStale)
+    );
+}

@@ -35,6 +35,8 @@ struct PausingStore {
     feed: bool,
     /// Makes `get` fail as an unreachable store would.
     fail_get: Arc<std::sync::atomic::AtomicBool>,
+    /// Makes `get` report the row as undecodable (`StoreError::Corrupt`: a damaged row).
+    corrupt_get: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl KeyStore for PausingStore {
@@ -46,6 +48,9 @@ impl KeyStore for PausingStore {
             return Err(StoreError::backend(std::io::Error::other(
                 "store unreachable",
             )));
+        }
+        if self.corrupt_get.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Corrupt("row does not decode".into()));
         }
         let snapshot = self.inner.get(id).await;
         let pause = self.pause.lock().unwrap().take();

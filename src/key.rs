@@ -207,6 +207,8 @@ pub(crate) struct Facts {
     pub expires_at: Option<OffsetDateTime>,
     pub owner: Option<String>,
     pub meta: std::collections::BTreeMap<String, String>,
+    /// The record's revision: of two records of the key, the later state.
+    pub revision: u64,
 }
 
 impl Facts {
@@ -266,6 +268,7 @@ impl Facts {
             expires_at: rec.expires_at,
             owner: own.owner,
             meta: own.meta,
+            revision: rec.revision,
         }
     }
 

@@ -415,6 +415,7 @@ impl Cache {
             return;
         };
         let hash = self.hash(&id);
+        let revision = facts.revision;
         let entry = Entry {
             id,
             fingerprint,
@@ -428,8 +429,15 @@ impl Cache {
         if let Some(e) = shard.map.find_mut(hash, |e| e.id == id) {
             // A read that began before the one that filled the entry (two cold reads racing
             // a change this node has not heard of yet) never replaces it: the newer one may
-            // have seen the key revoked. A manager's own write always does.
-            if supersede || e.started <= started {
+            // have seen the key revoked. A manager's own write replaces what a read during
+            // the write found (the record before it), but not a later revision: another
+            // node's change after the write, which a read since has seen (revoked, say).
+            let newer = if supersede {
+                e.facts.revision <= revision
+            } else {
+                e.started <= started
+            };
+            if newer {
                 *e = entry;
             }
             return;

@@ -473,3 +473,45 @@ async fn a_key_read_as_corrupt_is_never_served_stale_afterwards() {
             .any(|e| e.action == api_keys::AuditAction::ServedStale)
     );
 }
+
+/// This node changes a key (its limits); right after the write commits, another node revokes
+/// the key and this node reads it as revoked (and refuses it). The change's own record, older
+/// than that read's, must not replace it when the change returns: the node, which has refused
+/// the key as revoked, would accept it again from the cache - as a stale entry once the store
+/// is unreachable.
+#[tokio::test]
+async fn a_managers_own_write_never_replaces_a_later_read_of_the_key_revoked() {
+    let store = CountingStore::default();
+    let (m, audit) = stale_node(&store);
+    let other = KeyManager::builder(store.inner.clone(), keyring())
+        .build()
+        .unwrap();
+    let (key, info) = other.generate(&alice(), prom()).await.unwrap();
+    let token = key.expose_secret().to_string();
+    let seen = Arc::new(Mutex::new(None));
+    {
+        let (m, seen, token, id) = (m.clone(), seen.clone(), token.clone(), info.id);
+        store.after_next_update(move || async move {
+            other.revoke(&alice(), &id).await.unwrap();
+            let verdict = m.verify(&token, &Scope::Prometheus).await.map(|_| ());
+            *seen.lock().unwrap() = Some(verdict);
+        });
+    }
+    let limit = api_keys::RateLimit::new("burst", 100, StdDuration::from_secs(60));
+    m.set_limits(&alice(), &info.id, vec![limit]).await.unwrap();
+    let seen = seen.lock().unwrap().take();
+    assert!(
+        matches!(seen, Some(Err(Error::Revoked))),
+        "the read right after the write did not see the key revoked: {seen:?}"
+    );
+    tokio::time::sleep(StdDuration::from_millis(150)).await;
+    store
+        .fail_get
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let after = m.verify(&token, &Scope::Prometheus).await;
+    assert!(
+        after.is_err(),
+        "a key this node had read as revoked was accepted again from its own older write"
+    );
+    assert_eq!(served_stale(&audit), 0);
+}

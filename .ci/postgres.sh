@@ -70,7 +70,7 @@ pg_start() {
   "$pgbin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -q \
     -c 'CREATE DATABASE api_keys_test' || return 1
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/api_keys_test"
-  # For tests/postgres_faults.rs, which restarts, stops and starts this server.
+  # For tests/postgres_faults/, which restarts, stops and starts this server.
   export API_KEYS_PG_CTL="runuser -u postgres -- $pgbin/pg_ctl -D $PG_DIR/data"
   export API_KEYS_PG_START_ARGS="-l $PG_DIR/log -o '-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR'"
   echo "PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') running: DATABASE_URL=$DATABASE_URL (pid $(head -1 "$PG_DIR/data/postmaster.pid"))"

@@ -82,6 +82,15 @@ name_id!(
     OrgId,
     "an organization id"
 );
+impl OrgId {
+    /// The organization of a stored row whose org column is no organization's (empty, too
+    /// long, not text): empty, which `new`, `try_new` and deserialization all refuse, so no
+    /// actor belongs to it.
+    pub(crate) fn nobody() -> Self {
+        Self(Arc::from(""))
+    }
+}
+
 name_id!(
     /// A user of the host product (the manager who created or revoked a key).
     UserId,

@@ -46,10 +46,10 @@ pub(crate) fn record_json(record: &KeyRecord) -> Result<String, StoreError> {
 /// Decodes a row's columns, checking that the index columns agree with the JSON and taking
 /// `last_used_at` from its own column.
 ///
-/// A row that does not decode, but whose id and org columns do, becomes a
+/// A row that does not decode, but whose id column does, becomes a
 /// [`KeyRecord::undecodable`] placeholder: one corrupt row never fails a whole `list`, `scan`
 /// or `get` (the manager reports it by id, leaves it out and can still delete it). Only a row
-/// whose id or org column itself is unusable is an error.
+/// whose id column itself is unusable is an error.
 pub(crate) fn decode_row(
     id: &str,
     org: &str,
@@ -57,17 +57,26 @@ pub(crate) fn decode_row(
     last_used: Option<i64>,
     json: &str,
 ) -> Result<KeyRecord, StoreError> {
-    decode_row_strict(id, org, revision, last_used, json).or_else(|e| placeholder(id, org, e))
+    decode_row_strict(id, org, revision, last_used, json).or_else(|e| placeholder(id, Some(org), e))
 }
 
-/// The [`KeyRecord::undecodable`] placeholder of a row whose id and org columns decode but
-/// whose other columns (or JSON) do not; `e` itself when the id or org does not decode
-/// either. (SQLite keeps whatever type a hand edit wrote into a column: a text
-/// `last_used_at` must not fail every `scan` and so every sweep and rewrap.)
-pub(crate) fn placeholder(id: &str, org: &str, e: StoreError) -> Result<KeyRecord, StoreError> {
-    let (Ok(key_id), Ok(org_id)) = (KeyId::parse(id), OrgId::try_new(org)) else {
+/// The [`KeyRecord::undecodable`] placeholder of a row whose id column decodes but whose
+/// other columns (or JSON) do not; `e` itself when the id does not decode either. (SQLite
+/// keeps whatever type a hand edit wrote into a column: a text `last_used_at` must not fail
+/// every `scan` and so every sweep and rewrap.) An org column that is no organization's
+/// (`None`: not text; empty or too long) gives the placeholder an organization no actor
+/// belongs to: one such row must not fail every `scan` either.
+pub(crate) fn placeholder(
+    id: &str,
+    org: Option<&str>,
+    e: StoreError,
+) -> Result<KeyRecord, StoreError> {
+    let Ok(key_id) = KeyId::parse(id) else {
         return Err(e);
     };
+    let org_id = org
+        .and_then(|o| OrgId::try_new(o).ok())
+        .unwrap_or_else(OrgId::nobody);
     // The id only: a decoder's message can quote the row's content.
     tracing::error!(target: "api_keys", key_id = %key_id, "a stored key row does not decode; it is reported and skipped");
     Ok(KeyRecord::undecodable(key_id, org_id))

@@ -225,3 +225,62 @@ fn a_previous_master_key_version_given_twice_is_a_configuration_error() {
         .code(3);
     assert!(stderr(out.get_output()).contains("twice"));
 }
+
+/// README: "One bad row never blocks an organization or a rotation … `rewrap` counts it in
+/// `failed` and moves on". A row whose `org` column a hand edit left empty, or turned into a
+/// blob, is such a row: every other record is re-sealed, the damaged ones are counted
+/// failed (exit 1), and a second run gets just as far instead of stopping at the same row.
+#[tokio::test]
+async fn a_row_with_a_damaged_org_column_never_blocks_the_rewrap() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let mut keys = Vec::new();
+    for i in 0..4 {
+        keys.push(make(&m, &acme(), &format!("k{i}"), 30).await);
+    }
+    let (emptied, blob) = (keys[1].1.id, keys[2].1.id);
+    {
+        let conn = rusqlite::Connection::open(&db.path).unwrap();
+        conn.execute(
+            "UPDATE api_keys SET org = '' WHERE id = ?1",
+            [emptied.to_string()],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE api_keys SET org = X'00ff' WHERE id = ?1",
+            [blob.to_string()],
+        )
+        .unwrap();
+    }
+    let rewrap = || {
+        cli_with(&db.path, 2, &NEW)
+            .env("API_KEYS_PREVIOUS_KEYS", format!("1:{}", hex_of(&OLD)))
+            .args(["rewrap", "--json"])
+            .assert()
+    };
+    let out = rewrap().code(1);
+    let report = json(out.get_output());
+    assert_eq!(
+        (report["rewrapped"].as_u64(), report["failed"].as_u64()),
+        (Some(2), Some(2)),
+        "{report} {}",
+        stderr(out.get_output())
+    );
+    let out = rewrap().code(1);
+    let report = json(out.get_output());
+    assert_eq!(
+        (
+            report["already_current"].as_u64(),
+            report["failed"].as_u64()
+        ),
+        (Some(2), Some(2)),
+        "{report}"
+    );
+    // Every undamaged key moved: it verifies under the new key alone.
+    let retired = manager(SqliteStore::open(&db.path).unwrap(), new_ring());
+    for (k, info) in &keys {
+        if info.id != emptied && info.id != blob {
+            retired.verify(k.expose_secret(), &read()).await.unwrap();
+        }
+    }
+}

@@ -298,17 +298,18 @@ fn revision_to_sql(path: &Path, revision: u64) -> Result<i64, StoreError> {
 fn decode(row: &rusqlite::Row<'_>) -> Result<KeyRecord, StoreError> {
     let id: String = row.get(0).map_err(|e| corrupt(None, e))?;
     let id = id.as_str();
-    let org: String = row.get(1).map_err(|e| corrupt(Some(id), e))?;
-    // SQLite keeps any type a hand edit writes: a column of the wrong type makes this row
-    // undecodable, never the whole read.
+    // SQLite keeps any type a hand edit writes: a column of the wrong type (the org column
+    // included) makes this row undecodable, never the whole read.
+    let org: rusqlite::Result<String> = row.get(1);
     let columns = (|| -> rusqlite::Result<(i64, Option<i64>, String)> {
         Ok((row.get(2)?, row.get(3)?, row.get(4)?))
     })();
-    match columns {
-        Ok((revision, last_used, json)) => {
+    match (org, columns) {
+        (Ok(org), Ok((revision, last_used, json))) => {
             super::sql::decode_row(id, &org, revision, last_used, &json)
         }
-        Err(e) => super::sql::placeholder(id, &org, corrupt(Some(id), e)),
+        (Ok(org), Err(e)) => super::sql::placeholder(id, Some(&org), corrupt(Some(id), e)),
+        (Err(e), _) => super::sql::placeholder(id, None, corrupt(Some(id), e)),
     }
 }
 

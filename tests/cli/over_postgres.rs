@@ -1,5 +1,6 @@
 //! The CLI against a PostgreSQL store.
 
+#[cfg(feature = "postgres")]
 use super::*;
 
 /// The same operations over PostgreSQL, in a database of its own.

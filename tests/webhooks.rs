@@ -244,3 +244,20 @@ async fn an_ipv6_literal_receiver_gets_its_webhooks() {
         hooks.failed()
     );
 }
+
+/// REV6b: an event time carried in another offset than UTC (a host's `Clock` may return any
+/// `OffsetDateTime`) was written with its local wall-clock fields and a `Z`: the payload's
+/// `timestamp` named another instant than the event's.
+#[tokio::test]
+async fn the_payload_timestamp_is_the_event_instant_in_utc_whatever_its_offset() {
+    let (url, mut rx) = receiver(&[]).await;
+    let hooks = Webhooks::start(config(url)).unwrap();
+    let plus_two = api_keys::time::UtcOffset::from_hms(2, 0, 0).unwrap();
+    let at = common::start().to_offset(plus_two);
+    assert_eq!(at, common::start(), "the same instant");
+    assert!(hooks.enqueue("api_key.expired", at, serde_json::json!({})));
+    let d = next(&mut rx).await;
+    assert!(verify(&d));
+    let v: Value = serde_json::from_slice(&d.body).unwrap();
+    assert_eq!(v["timestamp"], "2025-06-15T15:06:40Z");
+}

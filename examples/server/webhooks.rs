@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use api_keys::time::OffsetDateTime;
+use api_keys::time::{OffsetDateTime, UtcOffset};
 use api_keys::{
     AuditAction, AuditEvent, AuditSink, AutomationEvent, BoxError, KeyManager, KeyStore,
     Notification, Notifier,
@@ -120,7 +120,10 @@ pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     format!("v1,{}", Base64::encode_string(&mac.finalize().into_bytes()))
 }
 
+/// `t` in UTC as RFC 3339 (whole seconds): the fields are read after converting to UTC, as the
+/// `Z` says (a host's clock may hand out any offset).
 fn rfc3339(t: OffsetDateTime) -> String {
+    let t = t.checked_to_offset(UtcOffset::UTC).unwrap_or(t);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
         t.year(),

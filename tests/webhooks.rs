@@ -261,3 +261,24 @@ async fn the_payload_timestamp_is_the_event_instant_in_utc_whatever_its_offset()
     let v: Value = serde_json::from_slice(&d.body).unwrap();
     assert_eq!(v["timestamp"], "2025-06-15T15:06:40Z");
 }
+
+/// REV6b: the server's configuration refuses a webhook URL with credentials, but
+/// `Webhooks::start` took one: the `user:password` went out in every request's `Host`
+/// header, and `WebhookConfig`'s `Debug` (which "leaves the secret out") printed it.
+#[tokio::test]
+async fn a_webhook_url_with_credentials_is_refused_and_never_shown() {
+    let (url, _rx) = receiver(&[]).await;
+    let authority = url.authority().unwrap().as_str().to_string();
+    let with_credentials: axum::http::Uri =
+        format!("http://hook-user:hook-password@{authority}/hooks")
+            .parse()
+            .unwrap();
+    let c = config(with_credentials);
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("hook-password"), "{shown}");
+    assert!(shown.contains(&authority), "{shown}");
+    let e = Webhooks::start(c)
+        .err()
+        .expect("credentials in the URL are refused");
+    assert!(!e.contains("hook-password"), "{e}");
+}

@@ -55,7 +55,7 @@ pub struct WebhookConfig {
 impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookConfig")
-            .field("url", &self.url)
+            .field("url", &format_args!("{}", shown_url(&self.url)))
             .field("secret", &"..")
             .field("capacity", &self.capacity)
             .field("max_attempts", &self.max_attempts)
@@ -63,6 +63,18 @@ impl std::fmt::Debug for WebhookConfig {
             .field("timeout", &self.timeout)
             .finish()
     }
+}
+
+/// `url` without its credentials (`user:password@`), if it has any.
+fn shown_url(url: &Uri) -> String {
+    let authority = url.authority().map_or("", |a| a.as_str());
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    let scheme = url
+        .scheme_str()
+        .map(|s| format!("{s}://"))
+        .unwrap_or_default();
+    let path = url.path_and_query().map_or("", |p| p.as_str());
+    format!("{scheme}{host}{path}")
 }
 
 impl WebhookConfig {
@@ -146,11 +158,21 @@ impl Webhooks {
     /// Starts the delivery task (on the current tokio runtime).
     ///
     /// # Errors
-    /// A message for an invalid secret or a URL that is not `http://host[:port]/...`.
+    /// A message for an invalid secret or a URL that is not `http://host[:port]/...` (one with
+    /// credentials, `user:password@`, included).
     pub fn start(config: WebhookConfig) -> Result<Webhooks, String> {
         let key = parse_secret(&config.secret)?;
         if config.url.scheme_str() != Some("http") || config.url.host().is_none() {
             return Err("the webhook URL must be http://host[:port]/path".into());
+        }
+        // `user:password@` would go out in every request's `Host` header (and into logs): the
+        // receiver authenticates a delivery by its signature.
+        if config
+            .url
+            .authority()
+            .is_some_and(|a| a.as_str().contains('@'))
+        {
+            return Err("the webhook URL must not carry credentials (user:password@)".into());
         }
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let hooks = Webhooks {

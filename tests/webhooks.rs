@@ -282,3 +282,25 @@ async fn a_webhook_url_with_credentials_is_refused_and_never_shown() {
         .expect("credentials in the URL are refused");
     assert!(!e.contains("hook-password"), "{e}");
 }
+
+/// REV6b: a port that is no TCP port (`:99999`, `:0`) was accepted at start; the delivery then
+/// read no port and fell back to 80: every signed event went to another service on that host
+/// (or nowhere).
+#[tokio::test]
+async fn a_webhook_url_whose_port_is_no_tcp_port_is_refused() {
+    for url in [
+        "http://127.0.0.1:99999/hooks",
+        "http://127.0.0.1:0/hooks",
+        "http://[::1]:65536/hooks",
+    ] {
+        let started = Webhooks::start(config(url.parse().unwrap()));
+        assert!(started.is_err(), "{url} was accepted");
+    }
+    // An empty port is the default one (RFC 3986), and an ordinary one is fine.
+    for url in ["http://127.0.0.1:/hooks", "http://127.0.0.1:65535/hooks"] {
+        assert!(
+            Webhooks::start(config(url.parse().unwrap())).is_ok(),
+            "{url}"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use axum::http::Uri;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::app::webhooks::parse_secret;
+use crate::app::webhooks::{check_url, parse_secret};
 
 const USAGE: &str = "usage: server [PORT] [--allow-reveal] [--db PATH] [--webhook-url URL] [--github-keys FILE]
   (PORT also from the environment; default 8080; binds 127.0.0.1)
@@ -125,7 +125,7 @@ fn webhook_target(
             }
             let bad = || format!("invalid webhook URL {url:?}: expected http://host[:port]/path");
             let uri: Uri = url.parse().map_err(|_| bad())?;
-            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            if check_url(&uri).is_err() {
                 return Err(bad());
             }
             parse_secret(secret.expose()).map_err(|e| format!("API_KEYS_WEBHOOK_SECRET: {e}"))?;
@@ -520,5 +520,15 @@ FT0yfSuxQbRhZYLj4v4hDvPVksR4TnJ0IzFWxTjThlRbyG4R9FoKUIv3kg==\n\
         assert_eq!(key_file, Some(dir.join("k.db.master-key")));
         assert!(path.exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// REV6b: a port that is no TCP port was accepted, and the webhooks then went to port 80.
+    #[test]
+    fn a_webhook_url_whose_port_is_no_tcp_port_is_refused() {
+        let env = env_of(&[("API_KEYS_WEBHOOK_SECRET", SECRET)]);
+        for url in ["http://h:99999/x", "http://h:0/x"] {
+            let e = parse_config(args(&["--webhook-url", url]), &env).unwrap_err();
+            assert!(e.contains("invalid webhook URL"), "{url}: {e}");
+        }
     }
 }

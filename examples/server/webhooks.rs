@@ -121,6 +121,33 @@ pub fn parse_secret(secret: &str) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
+/// Whether `url` is one delivery can use: `http://host[:port]/...` with a TCP port (1-65535;
+/// none, or an empty one, is 80) and no credentials.
+///
+/// # Errors
+/// A message (which never repeats the URL) when it is not.
+pub fn check_url(url: &Uri) -> Result<(), String> {
+    let shape = || "the webhook URL must be http://host[:port]/path".to_string();
+    let (Some("http"), Some(authority), Some(host)) =
+        (url.scheme_str(), url.authority(), url.host())
+    else {
+        return Err(shape());
+    };
+    // `user:password@` would go out in every request's `Host` header (and into logs): the
+    // receiver authenticates a delivery by its signature.
+    if authority.as_str().contains('@') {
+        return Err("the webhook URL must not carry credentials (user:password@)".into());
+    }
+    // A port the URI parser cannot read (`:99999`) leaves `port_u16` empty: delivery would
+    // fall back to 80, another service than the one named.
+    let after_host = authority.as_str().strip_prefix(host).unwrap_or(":");
+    let default_port = after_host.is_empty() || after_host == ":";
+    if !default_port && url.port_u16().is_none_or(|p| p == 0) {
+        return Err("the webhook URL's port must be 1-65535".into());
+    }
+    Ok(())
+}
+
 /// The `webhook-signature` value: `v1,` and the base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`.
 pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
@@ -162,18 +189,7 @@ impl Webhooks {
     /// credentials, `user:password@`, included).
     pub fn start(config: WebhookConfig) -> Result<Webhooks, String> {
         let key = parse_secret(&config.secret)?;
-        if config.url.scheme_str() != Some("http") || config.url.host().is_none() {
-            return Err("the webhook URL must be http://host[:port]/path".into());
-        }
-        // `user:password@` would go out in every request's `Host` header (and into logs): the
-        // receiver authenticates a delivery by its signature.
-        if config
-            .url
-            .authority()
-            .is_some_and(|a| a.as_str().contains('@'))
-        {
-            return Err("the webhook URL must not carry credentials (user:password@)".into());
-        }
+        check_url(&config.url)?;
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let hooks = Webhooks {
             tx,

@@ -304,3 +304,13 @@ async fn a_webhook_url_whose_port_is_no_tcp_port_is_refused() {
         );
     }
 }
+
+/// REV6b: `http://:PORT/hooks` (no host) was accepted at start, and every delivery then
+/// failed to connect: refused at start like any URL without a host.
+#[tokio::test]
+async fn a_webhook_url_with_an_empty_host_is_refused() {
+    let e = Webhooks::start(config("http://:9000/hooks".parse().unwrap()))
+        .err()
+        .expect("a URL without a host is refused");
+    assert!(e.contains("http://host"), "{e}");
+}

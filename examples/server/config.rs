@@ -531,4 +531,12 @@ FT0yfSuxQbRhZYLj4v4hDvPVksR4TnJ0IzFWxTjThlRbyG4R9FoKUIv3kg==\n\
             assert!(e.contains("invalid webhook URL"), "{url}: {e}");
         }
     }
+
+    /// REV6b: `http://:PORT/x` has no host; it was accepted and every delivery failed.
+    #[test]
+    fn a_webhook_url_with_an_empty_host_is_refused() {
+        let env = env_of(&[("API_KEYS_WEBHOOK_SECRET", SECRET)]);
+        let e = parse_config(args(&["--webhook-url", "http://:9000/x"]), &env).unwrap_err();
+        assert!(e.contains("invalid webhook URL"), "{e}");
+    }
 }

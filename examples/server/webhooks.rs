@@ -133,6 +133,10 @@ pub fn check_url(url: &Uri) -> Result<(), String> {
     else {
         return Err(shape());
     };
+    // `http://:9000/x` parses with an empty host, which no connection reaches.
+    if host.is_empty() {
+        return Err(shape());
+    }
     // `user:password@` would go out in every request's `Host` header (and into logs): the
     // receiver authenticates a delivery by its signature.
     if authority.as_str().contains('@') {

@@ -314,3 +314,40 @@ async fn a_webhook_url_with_an_empty_host_is_refused() {
         .expect("a URL without a host is refused");
     assert!(e.contains("http://host"), "{e}");
 }
+
+/// REV6b: a URL with a query and no path (`http://host:port?source=api-keys`, whose path is
+/// `/` by RFC 3986) was accepted at start, but each attempt built the request target `?...`,
+/// which is no valid target: every message was given up without reaching the receiver.
+#[tokio::test]
+async fn a_webhook_url_with_a_query_and_no_path_is_delivered_to_slash() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/",
+        post(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send((uri, Delivery { headers, body }));
+                    StatusCode::OK
+                }
+            },
+        ),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut c = config(format!("http://{addr}?source=api-keys").parse().unwrap());
+    c.max_attempts = 1;
+    let hooks = Webhooks::start(c).unwrap();
+    assert!(hooks.enqueue("api_key.revoked", common::start(), serde_json::json!({})));
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+    let Ok(Some((uri, d))) = got else {
+        panic!(
+            "no delivery: delivered {}, given up {}",
+            hooks.delivered(),
+            hooks.failed()
+        );
+    };
+    assert_eq!(uri.path_and_query().unwrap().as_str(), "/?source=api-keys");
+    assert!(verify(&d));
+}

@@ -351,11 +351,12 @@ async fn attempt_once(config: &WebhookConfig, key: &[u8], m: &Message) -> Result
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let timestamp = OffsetDateTime::now_utc().unix_timestamp();
-    let path = config
-        .url
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    // An empty path is `/` (RFC 3986): `http://host?query` asks for `/?query`, and a bare
+    // `?query` is no request target.
+    let path = match config.url.path_and_query().map_or("/", |p| p.as_str()) {
+        p if p.starts_with('/') => p.to_string(),
+        p => format!("/{p}"),
+    };
     let authority = config
         .url
         .authority()

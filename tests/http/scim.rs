@@ -69,10 +69,26 @@ async fn a_scim_key_lists_its_organizations_users() {
         (v["totalResults"].as_u64(), v["itemsPerPage"].as_u64()),
         (Some(2), Some(0))
     );
+    // RFC 7644 (3.4.2.4): a negative count is 0, a startIndex below 1 is 1.
+    let v = srv
+        .get("/scim/v2/Users?count=-1&startIndex=-5")
+        .bearer(&token)
+        .send()
+        .await
+        .json();
+    assert_eq!(
+        (
+            v["totalResults"].as_u64(),
+            v["startIndex"].as_u64(),
+            v["itemsPerPage"].as_u64()
+        ),
+        (Some(2), Some(1), Some(0))
+    );
     for bad in [
         "filter=name%20co%20%22a%22",
         "filter=userName%20eq%20bob",
-        "count=-1",
+        "count=two",
+        "startIndex=1.5",
     ] {
         let r = srv
             .get(&format!("/scim/v2/Users?{bad}"))

@@ -147,7 +147,8 @@ fn username_filter(filter: &str) -> Option<String> {
 }
 
 /// A minimal SCIM 2.0 `ListResponse` (RFC 7644 §3.4.2) of the key's organization's users,
-/// with `filter=userName eq "..."`, `startIndex` (1-based) and `count` (at most 100).
+/// with `filter=userName eq "..."`, `startIndex` (1-based; below 1 is 1) and `count` (at most
+/// 100; negative is 0), as RFC 7644 reads them.
 pub(crate) async fn scim_users(
     State(state): State<AppState>,
     key: Verified,
@@ -170,20 +171,21 @@ pub(crate) async fn scim_users(
             }
         },
     };
-    let number = |name: &str, default: usize| match params.get(name) {
+    let number = |name: &str, default: i64| match params.get(name) {
         None => Some(default),
-        Some(v) => v.parse::<usize>().ok(),
+        Some(v) => v.parse::<i64>().ok(),
     };
-    let (Some(start), Some(count)) = (number("startIndex", 1), number("count", SCIM_MAX_COUNT))
-    else {
+    let (Some(start), Some(count)) = (number("startIndex", 1), number("count", i64::MAX)) else {
         return scim_error(
             StatusCode::BAD_REQUEST,
             Some("invalidValue"),
-            "startIndex and count must be non-negative integers",
+            "startIndex and count must be integers",
         );
     };
-    // RFC 7644: a startIndex below 1 is 1; a count above the server's maximum is the maximum.
-    let (start, count) = (start.max(1), count.min(SCIM_MAX_COUNT));
+    // RFC 7644 (3.4.2.4): a startIndex below 1 is 1 and a negative count is 0; a count above
+    // the server's maximum is the maximum.
+    let start = usize::try_from(start.max(1)).unwrap_or(usize::MAX);
+    let count = usize::try_from(count.max(0)).map_or(SCIM_MAX_COUNT, |c| c.min(SCIM_MAX_COUNT));
     let matching: Vec<&DirectoryUser> = users
         .iter()
         .filter(|u| wanted.as_deref().is_none_or(|w| w == u.id))

@@ -64,7 +64,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let token: Arc<str> = key.expose_secret().into();
     let admitted: Arc<Mutex<BTreeMap<u64, u64>>> = Arc::default();
     let offered = Arc::new(AtomicU64::new(0));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let deadline = tokio::time::Instant::now()
+        .checked_add(Duration::from_secs(seconds))
+        .ok_or("the run's length in seconds is too large")?;
     let mut tasks = Vec::new();
     for node in &nodes {
         for _ in 0..CLIENTS_PER_NODE {

@@ -484,7 +484,9 @@ fn refusal(
     }
     Decision::RateLimited {
         limit: i,
-        retry_after: StdDuration::from_millis(u64::try_from(reset - req.now_ms).unwrap_or(0)),
+        retry_after: StdDuration::from_millis(
+            u64::try_from(reset.saturating_sub(req.now_ms)).unwrap_or(0),
+        ),
         usage,
     }
 }

@@ -212,7 +212,7 @@ async fn the_sweep_and_management_actions_arrive_as_webhooks() {
     assert!(!String::from_utf8_lossy(&d.body).contains(key.expose_secret()));
 }
 
-/// REV6: a receiver on an IPv6 literal (`http://[::1]:PORT/hooks`): `Webhooks::start`
+/// A receiver on an IPv6 literal (`http://[::1]:PORT/hooks`): `Webhooks::start`
 /// accepts the URL, but every attempt connects to the host string with its brackets.
 #[tokio::test]
 async fn an_ipv6_literal_receiver_gets_its_webhooks() {
@@ -245,7 +245,7 @@ async fn an_ipv6_literal_receiver_gets_its_webhooks() {
     );
 }
 
-/// REV6b: an event time carried in another offset than UTC (a host's `Clock` may return any
+/// An event time carried in another offset than UTC (a host's `Clock` may return any
 /// `OffsetDateTime`) was written with its local wall-clock fields and a `Z`: the payload's
 /// `timestamp` named another instant than the event's.
 #[tokio::test]
@@ -262,7 +262,7 @@ async fn the_payload_timestamp_is_the_event_instant_in_utc_whatever_its_offset()
     assert_eq!(v["timestamp"], "2025-06-15T15:06:40Z");
 }
 
-/// REV6b: the server's configuration refuses a webhook URL with credentials, but
+/// The server's configuration refuses a webhook URL with credentials, but
 /// `Webhooks::start` took one: the `user:password` went out in every request's `Host`
 /// header, and `WebhookConfig`'s `Debug` (which "leaves the secret out") printed it.
 #[tokio::test]
@@ -283,7 +283,7 @@ async fn a_webhook_url_with_credentials_is_refused_and_never_shown() {
     assert!(!e.contains("hook-password"), "{e}");
 }
 
-/// REV6b: a port that is no TCP port (`:99999`, `:0`) was accepted at start; the delivery then
+/// A port that is no TCP port (`:99999`, `:0`) was accepted at start; the delivery then
 /// read no port and fell back to 80: every signed event went to another service on that host
 /// (or nowhere).
 #[tokio::test]
@@ -305,7 +305,7 @@ async fn a_webhook_url_whose_port_is_no_tcp_port_is_refused() {
     }
 }
 
-/// REV6b: `http://:PORT/hooks` (no host) was accepted at start, and every delivery then
+/// `http://:PORT/hooks` (no host) was accepted at start, and every delivery then
 /// failed to connect: refused at start like any URL without a host.
 #[tokio::test]
 async fn a_webhook_url_with_an_empty_host_is_refused() {
@@ -315,7 +315,7 @@ async fn a_webhook_url_with_an_empty_host_is_refused() {
     assert!(e.contains("http://host"), "{e}");
 }
 
-/// REV6b: a URL with a query and no path (`http://host:port?source=api-keys`, whose path is
+/// A URL with a query and no path (`http://host:port?source=api-keys`, whose path is
 /// `/` by RFC 3986) was accepted at start, but each attempt built the request target `?...`,
 /// which is no valid target: every message was given up without reaching the receiver.
 #[tokio::test]

@@ -522,7 +522,7 @@ FT0yfSuxQbRhZYLj4v4hDvPVksR4TnJ0IzFWxTjThlRbyG4R9FoKUIv3kg==\n\
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// REV6b: a port that is no TCP port was accepted, and the webhooks then went to port 80.
+    /// A port that is no TCP port was accepted, and the webhooks then went to port 80.
     #[test]
     fn a_webhook_url_whose_port_is_no_tcp_port_is_refused() {
         let env = env_of(&[("API_KEYS_WEBHOOK_SECRET", SECRET)]);
@@ -532,7 +532,7 @@ FT0yfSuxQbRhZYLj4v4hDvPVksR4TnJ0IzFWxTjThlRbyG4R9FoKUIv3kg==\n\
         }
     }
 
-    /// REV6b: `http://:PORT/x` has no host; it was accepted and every delivery failed.
+    /// `http://:PORT/x` has no host; it was accepted and every delivery failed.
     #[test]
     fn a_webhook_url_with_an_empty_host_is_refused() {
         let env = env_of(&[("API_KEYS_WEBHOOK_SECRET", SECRET)]);

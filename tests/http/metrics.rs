@@ -151,7 +151,7 @@ async fn the_crate_metrics_are_served_on_the_operator_listener() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// REV6
+// Key counts of a scrape that races a write
 // ---------------------------------------------------------------------------------------------
 
 type ListHook =

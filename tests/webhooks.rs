@@ -351,3 +351,16 @@ async fn a_webhook_url_with_a_query_and_no_path_is_delivered_to_slash() {
     assert_eq!(uri.path_and_query().unwrap().as_str(), "/?source=api-keys");
     assert!(verify(&d));
 }
+
+/// A receiver's token in the URL's query (`?token=...`) is a credential too: `Debug` (and the
+/// server's start-up line, which shows the URL the same way) leaves the query out.
+#[tokio::test]
+async fn a_query_token_in_the_webhook_url_is_never_shown() {
+    let url: axum::http::Uri = "http://127.0.0.1:9000/hooks?token=hook-query-secret"
+        .parse()
+        .unwrap();
+    let shown = format!("{:?}", config(url.clone()));
+    assert!(!shown.contains("hook-query-secret"), "{shown}");
+    assert!(shown.contains("http://127.0.0.1:9000/hooks?..."), "{shown}");
+    assert_eq!(webhooks::shown_url(&url), "http://127.0.0.1:9000/hooks?...");
+}

@@ -122,7 +122,7 @@ async fn run() -> Result<(), String> {
     if let Some(target) = &config.webhook {
         println!(
             "webhooks: every management action and automation event is POSTed to {}",
-            target.url
+            webhooks::shown_url(&target.url)
         );
     }
     if partner {

@@ -65,16 +65,18 @@ impl std::fmt::Debug for WebhookConfig {
     }
 }
 
-/// `url` without its credentials (`user:password@`), if it has any.
-fn shown_url(url: &Uri) -> String {
+/// `url` as it may be shown (at start, in `Debug`): without its credentials
+/// (`user:password@`) or its query, which may carry a receiver's token (`?token=...`, shown
+/// as `?...`).
+pub fn shown_url(url: &Uri) -> String {
     let authority = url.authority().map_or("", |a| a.as_str());
     let host = authority.rsplit('@').next().unwrap_or(authority);
     let scheme = url
         .scheme_str()
         .map(|s| format!("{s}://"))
         .unwrap_or_default();
-    let path = url.path_and_query().map_or("", |p| p.as_str());
-    format!("{scheme}{host}{path}")
+    let query = if url.query().is_some() { "?..." } else { "" };
+    format!("{scheme}{host}{}{query}", url.path())
 }
 
 impl WebhookConfig {

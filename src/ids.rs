@@ -86,6 +86,7 @@ impl OrgId {
     /// The organization of a stored row whose org column is no organization's (empty, too
     /// long, not text): empty, which `new`, `try_new` and deserialization all refuse, so no
     /// actor belongs to it.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn nobody() -> Self {
         Self(Arc::from(""))
     }
@@ -182,6 +183,18 @@ pub enum Scope {
     Custom(Arc<str>),
 }
 
+/// Whether `name` matches `[a-z][a-z0-9._:-]{0,31}`, the spelling of every scope (the
+/// built-in names included).
+pub(crate) fn is_scope_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && b[0].is_ascii_lowercase()
+        && b[1..].iter().all(|&c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b':' | b'-')
+        })
+}
+
 impl Scope {
     /// A custom scope.
     ///
@@ -190,16 +203,7 @@ impl Scope {
     /// scope name.
     pub fn custom(name: impl AsRef<str>) -> Result<Self, Error> {
         let name = name.as_ref();
-        let b = name.as_bytes();
-        let ok = !b.is_empty()
-            && b.len() <= 32
-            && b[0].is_ascii_lowercase()
-            && b[1..].iter().all(|&c| {
-                c.is_ascii_lowercase()
-                    || c.is_ascii_digit()
-                    || matches!(c, b'.' | b'_' | b':' | b'-')
-            });
-        if !ok {
+        if !is_scope_name(name) {
             return Err(Error::Policy(
                 "a custom scope must match [a-z][a-z0-9._:-]{0,31}".into(),
             ));

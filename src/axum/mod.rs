@@ -348,13 +348,15 @@ impl Rejection {
             // Scope names match `[a-z][a-z0-9._:-]*`, safe inside a quoted string; a
             // `Scope::Custom` built by hand need not, and is then left out of the challenge
             // rather than breaking its syntax.
-            Rejection::InsufficientScope => Some(match scope.filter(|s| challenge_safe(s)) {
-                Some(scope) => format!(
-                    "Bearer realm=\"{REALM}\", error=\"{code}\", scope=\"{}\"",
-                    scope.as_str()
-                ),
-                None => format!("Bearer realm=\"{REALM}\", error=\"{code}\""),
-            }),
+            Rejection::InsufficientScope => Some(
+                match scope.filter(|s| crate::ids::is_scope_name(s.as_str())) {
+                    Some(scope) => format!(
+                        "Bearer realm=\"{REALM}\", error=\"{code}\", scope=\"{}\"",
+                        scope.as_str()
+                    ),
+                    None => format!("Bearer realm=\"{REALM}\", error=\"{code}\""),
+                },
+            ),
             Rejection::Unavailable | Rejection::Internal => None,
         };
         let mut resp = Response::new(B::from(format!("{{\"error\":\"{code}\"}}")));
@@ -370,15 +372,6 @@ impl Rejection {
         }
         resp
     }
-}
-
-/// Whether `scope` can be named in a challenge's quoted `scope` parameter as it is: the
-/// characters of a scope name (RFC 6750's scope-token allows more, but never `"` or `\`).
-fn challenge_safe(scope: &Scope) -> bool {
-    let s = scope.as_str();
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b':' | b'-'))
 }
 
 /// The rejection of the [`Verified`] extractor when no [`ApiKeyLayer`] verified the request

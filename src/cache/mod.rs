@@ -390,15 +390,7 @@ impl Cache {
                 // Fenced off, but still newer than an entry read before it: that entry must
                 // not outlive a read that may have found the key changed (revoked, say) —
                 // it could otherwise be served stale later (a revoked one stays as such).
-                let started = self.ns(ticket.started);
-                let hash = self.hash(&id);
-                if shard
-                    .map
-                    .find(hash, |e| e.id == id)
-                    .is_some_and(|e| e.started < started)
-                {
-                    self.forget_in(&mut shard, &id);
-                }
+                self.forget_older_in(&mut shard, &id, self.ns(ticket.started));
             }
             return;
         }
@@ -468,32 +460,41 @@ impl Cache {
 
     /// A store read (begun at `ticket`) found no record for `id` that this node can use (the
     /// key is gone, or its record fails its integrity check), so an entry read before that
-    /// goes too, and a fill still in flight from an older read is fenced off — otherwise it
-    /// could be served stale later, although this node saw the key deleted or tampered.
+    /// is forgotten like an invalidated one (a revoked one still answers "revoked" to stale
+    /// serving only), and a fill still in flight from an older read is fenced off — otherwise
+    /// it could be served stale later, although this node saw the key deleted or tampered.
     /// Nothing changes (no generation moves, no write lock is taken) when no such entry
     /// exists, so a flood of unknown ids neither fences off other keys' fills nor holds up
     /// the verifications reading their shard.
     pub(crate) fn gone(&self, ticket: FillTicket, id: &KeyId) {
         let started = self.ns(ticket.started);
-        let hash = self.hash(id);
-        let older = |e: &Entry| e.started < started;
         let lock = self.shard(id);
-        let found = lock
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .map
-            .find(hash, |e| e.id == *id)
-            .is_some_and(older);
-        if !found {
+        let read = lock.read().unwrap_or_else(PoisonError::into_inner);
+        if !self.older_in(&read, id, started) {
             return;
         }
+        drop(read);
         let mut shard = lock.write().unwrap_or_else(PoisonError::into_inner);
-        if let Ok(found) = shard.map.find_entry(hash, |e| e.id == *id)
-            && found.get().started < started
-        {
-            found.remove();
+        if self.forget_older_in(&mut shard, id, started) {
             shard.generation = shard.generation.wrapping_add(1);
         }
+    }
+
+    /// Whether `shard` holds an entry for `id` read before `started` (ns since `base`).
+    fn older_in(&self, shard: &Shard, id: &KeyId, started: u64) -> bool {
+        shard
+            .map
+            .find(self.hash(id), |e| e.id == *id)
+            .is_some_and(|e| e.started < started)
+    }
+
+    /// [`Cache::forget_in`] for an entry read before `started` only; whether there was one.
+    fn forget_older_in(&self, shard: &mut Shard, id: &KeyId, started: u64) -> bool {
+        let older = self.older_in(shard, id, started);
+        if older {
+            self.forget_in(shard, id);
+        }
+        older
     }
 
     /// [`Cache::fill`], but only if the shard has room: never evicts another entry.

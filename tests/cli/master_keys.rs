@@ -284,3 +284,38 @@ async fn a_row_with_a_damaged_org_column_never_blocks_the_rewrap() {
         }
     }
 }
+
+/// README: a SQLite path "is never created", and rotation step 4 retires the old master key on
+/// exit 0 with `failed 0`. A path that names another SQLite file (another application's
+/// database, a copy without the key store) is no key store either: `rewrap` over it must not
+/// report success over zero records, nor create the key store's tables in that file.
+#[test]
+fn a_sqlite_file_without_a_key_store_is_refused_and_left_alone() {
+    let db = db();
+    {
+        let conn = rusqlite::Connection::open(&db.path).unwrap();
+        conn.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+            .unwrap();
+    }
+    for args in [&["rewrap"][..], &["keys", "list", "--org", "acme"]] {
+        let out = cli_with(&db.path, 2, &NEW)
+            .env("API_KEYS_PREVIOUS_KEYS", format!("1:{}", hex_of(&OLD)))
+            .args(args)
+            .assert()
+            .code(3);
+        let err = stderr(out.get_output());
+        assert!(err.contains("no api-keys key store"), "{args:?}: {err}");
+    }
+    let conn = rusqlite::Connection::open(&db.path).unwrap();
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name LIKE 'api_keys%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        tables, 0,
+        "the key store's tables were created in another file"
+    );
+}

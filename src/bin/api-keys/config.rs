@@ -248,6 +248,16 @@ fn sqlite(path: &Path) -> Result<AnyStore, Failure> {
             path.display()
         )));
     }
+    // Opening also creates the key store's tables in a file that has none: another
+    // application's database, or a copy without them, would look like an empty store (and
+    // `rewrap` over it like a finished rotation).
+    if holds_no_key_store(path) {
+        return Err(Failure::config(format!(
+            "{} holds no api-keys key store (no table api_keys_schema); give the path of the \
+             service's existing SQLite key store",
+            path.display()
+        )));
+    }
     api_keys::SqliteStore::open(path)
         .map(AnyStore::new)
         .map_err(|e| {
@@ -257,6 +267,24 @@ fn sqlite(path: &Path) -> Result<AnyStore, Failure> {
                 crate::chain(&e)
             ))
         })
+}
+
+/// Whether `path` is a SQLite database without the key store's schema table, read without
+/// writing. A file that cannot be read here is left to `SqliteStore::open` to report.
+#[cfg(feature = "sqlite")]
+fn holds_no_key_store(path: &Path) -> bool {
+    use rusqlite::{Connection, OpenFlags};
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let Ok(conn) = Connection::open_with_flags(path, flags) else {
+        return false;
+    };
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'api_keys_schema'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .is_ok_and(|n| n == 0)
 }
 
 #[cfg(not(feature = "sqlite"))]

@@ -317,3 +317,34 @@ async fn a_reader_that_stops_early_is_not_a_panic() {
         assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
     }
 }
+
+/// Exit code 5 is "a record failed its integrity check (… sealed under a master key the
+/// keyring lacks)". `keys list` and `keys expiring` leave such records out: with the wrong
+/// master key (or a retired one still needed) they must not answer "nothing here" with exit
+/// 0 — a script reading `--json` would take the empty list for the truth. What did verify is
+/// still printed.
+#[tokio::test]
+async fn keys_left_out_for_failing_their_integrity_check_exit_5() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    make(&m, &acme(), "a-week", 7).await;
+    let wrong_key = || cli_with(&db.path, 2, &NEW);
+    for args in [
+        &["keys", "list", "--org", "acme", "--json"][..],
+        &["keys", "expiring", "--within", "14d", "--json"],
+        &["keys", "list", "--org", "acme"],
+        &["keys", "expiring", "--within", "14d"],
+    ] {
+        let out = wrong_key().args(args).assert().code(5);
+        let err = stderr(out.get_output());
+        assert!(err.contains("integrity check"), "{args:?}: {err}");
+        if args.contains(&"--json") {
+            assert!(ids(&json(out.get_output())).is_empty(), "{args:?}");
+        }
+    }
+    // With the right key nothing failed: exit 0.
+    cli_with(&db.path, 1, &OLD)
+        .args(["keys", "expiring", "--within", "14d", "--json"])
+        .assert()
+        .success();
+}

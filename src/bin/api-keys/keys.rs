@@ -69,6 +69,7 @@ pub(crate) async fn run(
             } else {
                 print_table(&infos, false, m.now());
             }
+            left_out()?;
         }
         KeysCommand::Show { id } => {
             let id = parse_id(&id)?;
@@ -95,6 +96,7 @@ pub(crate) async fn run(
             } else {
                 print_table(&infos, true, m.now());
             }
+            left_out()?;
         }
         KeysCommand::Revoke { id } => {
             let id = parse_id(&id)?;
@@ -198,6 +200,22 @@ async fn revoke_leaked(
     match failed {
         Some(f) => Err(f),
         None => Ok(0),
+    }
+}
+
+/// A listing that left records out for failing their integrity check is not the whole
+/// answer: exit 5, after what did verify was printed.
+fn left_out() -> Result<(), Failure> {
+    match crate::integrity_failures() {
+        0 => Ok(()),
+        n => Err(Failure::new(
+            crate::EXIT_INTEGRITY,
+            format!(
+                "{n} record(s) were left out: they failed their integrity check — tampered, or \
+                 sealed under a master key this keyring lacks (add that version to \
+                 API_KEYS_PREVIOUS_KEYS); their ids are in the log lines above"
+            ),
+        )),
     }
 }
 

@@ -29,10 +29,13 @@ mod output;
 mod rewrap;
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::{Args, Parser, Subcommand};
 
-use api_keys::{AnyStore, Error, KeyManager, Keyring};
+use api_keys::{
+    AnyStore, AuditAction, AuditEvent, AuditSink, Error, KeyManager, Keyring, TracingAudit,
+};
 
 /// Operate the API keys of an `api-keys` store: rotate the master key, find keys about to
 /// expire, revoke keys.
@@ -333,8 +336,31 @@ fn builder(
 ) -> api_keys::KeyManagerBuilder<AnyStore> {
     KeyManager::builder(store, keyring)
         .prefix(global.prefix.clone())
+        .audit(CountingAudit)
         // An operator's tool reads fresh: no verification cache.
         .cache_capacity(0)
+}
+
+/// Records left out of a listing (or skipped by any command) because they failed their
+/// integrity check, as the manager's audit sink saw them.
+static INTEGRITY_FAILURES: AtomicUsize = AtomicUsize::new(0);
+
+/// The default audit sink (`tracing`), counting integrity failures on the way: the listings
+/// leave such records out, and the exit code must say so.
+struct CountingAudit;
+
+impl AuditSink for CountingAudit {
+    fn record(&self, event: &AuditEvent) -> Result<(), api_keys::BoxError> {
+        if matches!(event.action, AuditAction::IntegrityFailure) {
+            INTEGRITY_FAILURES.fetch_add(1, Ordering::Relaxed);
+        }
+        TracingAudit.record(event)
+    }
+}
+
+/// How many records failed their integrity check so far in this run.
+pub(crate) fn integrity_failures() -> usize {
+    INTEGRITY_FAILURES.load(Ordering::Relaxed)
 }
 
 /// The manager over `store` with `keyring`.

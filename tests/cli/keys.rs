@@ -348,3 +348,25 @@ async fn keys_left_out_for_failing_their_integrity_check_exit_5() {
         .assert()
         .success();
 }
+
+/// A token pasted after a flag's `=` (`--json=sak_...`, a flag that takes no value) is an
+/// argument clap does not expect like any other: refused as usage, never repeated on
+/// standard error (which may be logged).
+#[test]
+fn a_token_given_as_a_flags_value_is_refused_without_echoing_it() {
+    let token = format!("sak_{}x", "A1b2C3d4E5".repeat(6));
+    for args in [
+        &["keys", "list", "--org", "acme", &format!("--json={token}")][..],
+        &["rewrap", &format!("--verbose={token}")][..],
+    ] {
+        let out = cli()
+            .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
+            .args(args)
+            .assert()
+            .code(2);
+        let (out, err) = (stdout(out.get_output()), stderr(out.get_output()));
+        assert!(!err.contains("A1b2C3d4E5"), "{args:?}: {err}");
+        assert!(!out.contains("A1b2C3d4E5"), "{args:?}: {out}");
+        assert!(err.contains("--help"), "{args:?}: {err}");
+    }
+}

@@ -232,6 +232,18 @@ fn usage_error(e: clap::Error) -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE);
     }
+    if e.kind() == ErrorKind::TooManyValues {
+        // `--json=VALUE`: clap would quote the value.
+        let option = match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(arg)) => output::text(arg).into_owned(),
+            _ => "an option".into(),
+        };
+        eprintln!(
+            "api-keys: {option} was given a value it does not take (the value is not repeated \
+             here: it may be a token); see `api-keys --help`"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
     if !matches!(
         e.kind(),
         ErrorKind::UnknownArgument | ErrorKind::InvalidSubcommand

@@ -136,3 +136,28 @@ async fn sweep_warns_once_and_revokes_unused_keys_when_asked() {
         .assert()
         .code(2);
 }
+
+/// A genuine leaked token whose record cannot be opened with the keyring given (the wrong
+/// master key, or a previous key missing mid-rotation) was not judged: it must not be
+/// reported as a false positive with exit 0 — the key still works. Its line is named apart
+/// and the exit code is 5 (a record failed its integrity check).
+#[tokio::test]
+async fn keys_revoke_leaked_with_the_wrong_master_key_is_not_a_false_positive() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let (leaked, _) = make(&m, &acme(), "leaked", 30).await;
+    let input = format!("not-a-token\n{}\n", leaked.expose_secret());
+    let out = cli_with(&db.path, 2, &NEW)
+        .args(["keys", "revoke-leaked", "--json"])
+        .write_stdin(input)
+        .assert()
+        .code(5);
+    let v = json(out.get_output());
+    assert_eq!(v["false_positive_lines"], serde_json::json!([1]), "{v}");
+    assert_eq!(v["integrity_failed_lines"], serde_json::json!([2]), "{v}");
+    let err = stderr(out.get_output());
+    assert!(err.contains("integrity check"), "{err}");
+    assert!(!err.contains(leaked.expose_secret()), "{err}");
+    // Not revoked: the operator must run it again with the right keyring.
+    m.verify(leaked.expose_secret(), &read()).await.unwrap();
+}

@@ -145,6 +145,9 @@ async fn revoke_leaked(
     }
     let mut genuine = Vec::new();
     let mut false_positives = Vec::new();
+    // Lines whose record failed its integrity check (the wrong master key, a previous key
+    // missing, a tampered row): not judged, so neither genuine nor false positives.
+    let mut unjudged = Vec::new();
     let stdin = std::io::stdin();
     let mut line = Zeroizing::new(Vec::new());
     let mut number = 0usize;
@@ -170,8 +173,12 @@ async fn revoke_leaked(
         if token.is_empty() {
             continue;
         }
+        let integrity_before = crate::integrity_failures();
         match m.revoke_leaked(token, source).await {
             Ok(LeakVerdict::TruePositive) => genuine.push(number),
+            Ok(LeakVerdict::FalsePositive) if crate::integrity_failures() > integrity_before => {
+                unjudged.push(number)
+            }
             Ok(LeakVerdict::FalsePositive) => false_positives.push(number),
             Err(e) => {
                 failed = Some(Failure::from_error(e, &format!("line {number}")));
@@ -183,6 +190,7 @@ async fn revoke_leaked(
         print_json(&serde_json::json!({
             "true_positive_lines": genuine,
             "false_positive_lines": false_positives,
+            "integrity_failed_lines": unjudged,
             "stopped_at_line": failed.as_ref().map(|_| number),
         }));
     } else {
@@ -193,12 +201,28 @@ async fn revoke_leaked(
             false_positives.len(),
             false_positives
         );
+        if !unjudged.is_empty() {
+            out!(
+                "{} line(s) not judged: their key's record failed its integrity check (lines {:?})",
+                unjudged.len(),
+                unjudged
+            );
+        }
         if failed.is_some() {
             out!("stopped at line {number}: the lines after it were not read");
         }
     }
     match failed {
         Some(f) => Err(f),
+        None if !unjudged.is_empty() => Err(Failure::new(
+            crate::EXIT_INTEGRITY,
+            format!(
+                "lines {unjudged:?} were not judged: their key's record failed its integrity \
+                 check — sealed under a master key this keyring lacks (add that version to \
+                 API_KEYS_PREVIOUS_KEYS) or tampered with; those keys were not revoked: run \
+                 it again for them with the right keyring"
+            ),
+        )),
         None => Ok(0),
     }
 }

@@ -161,3 +161,61 @@ async fn keys_revoke_leaked_with_the_wrong_master_key_is_not_a_false_positive() 
     // Not revoked: the operator must run it again with the right keyring.
     m.verify(leaked.expose_secret(), &read()).await.unwrap();
 }
+
+/// The tool has no notifier of the host's to hand a claimed notice to, and a claimed notice is
+/// never announced again: so `sweep` shows each one it claims — a line per notice, or the
+/// `notices` array of its JSON answer — instead of marking warnings sent that nobody saw.
+#[tokio::test]
+async fn sweep_shows_every_notice_it_claims() {
+    let db = db();
+    let past = api_keys::time::OffsetDateTime::now_utc() - api_keys::time::Duration::days(25);
+    let m = KeyManager::builder(SqliteStore::open(&db.path).unwrap(), old_ring())
+        .clock(api_keys::ManualClock::new(past))
+        .build()
+        .unwrap();
+    let (_, soon) = make(&m, &acme(), "soon", 30).await;
+    let (_, other) = make(&m, &acme(), "other soon", 30).await;
+    make(&m, &acme(), "later", 365).await;
+    let out = cli_with(&db.path, 1, &OLD)
+        .args(["sweep", "--warn-before", "7d"])
+        .assert()
+        .success();
+    // Text: one line for each claimed notice, naming the key, its organization and creator.
+    let text = stdout(out.get_output());
+    let notices: Vec<&str> = text.lines().filter(|l| l.starts_with("notice ")).collect();
+    assert_eq!(notices.len(), 2, "{text}");
+    for id in [soon.id, other.id] {
+        let line = notices
+            .iter()
+            .find(|l| l.contains(&id.to_string()))
+            .unwrap_or_else(|| panic!("no notice for {id}: {text}"));
+        assert!(line.starts_with("notice expiry_warning: "), "{line}");
+        assert!(line.contains("of acme, created by alice"), "{line}");
+    }
+    // JSON: the keys warned at 7 days get nothing more.
+    let out = cli_with(&db.path, 1, &OLD)
+        .args(["sweep", "--json", "--warn-before", "30d,7d"])
+        .assert()
+        .success();
+    let v = json(out.get_output());
+    // The 7-day warnings were sent: a longer lead is never sent after a shorter one.
+    assert_eq!(v["notices"], serde_json::json!([]), "{v}");
+    // A key made 35 days ago for 60 days: its 30-day warning is due, its 7-day one not yet.
+    let made = api_keys::time::OffsetDateTime::now_utc() - api_keys::time::Duration::days(35);
+    let m2 = KeyManager::builder(SqliteStore::open(&db.path).unwrap(), old_ring())
+        .clock(api_keys::ManualClock::new(made))
+        .build()
+        .unwrap();
+    let (_, fresh) = make(&m2, &acme(), "fresh", 60).await;
+    let out = cli_with(&db.path, 1, &OLD)
+        .args(["sweep", "--json", "--warn-before", "30d,7d"])
+        .assert()
+        .success();
+    let v = json(out.get_output());
+    let notices = v["notices"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(notices.len(), 1, "{v}");
+    assert_eq!(notices[0]["event"], "expiry_warning");
+    assert_eq!(notices[0]["lead_seconds"], 30 * 86_400);
+    assert_eq!(notices[0]["key"]["id"], fresh.id.to_string());
+    assert_eq!(v["expiry_warnings"], 1);
+}

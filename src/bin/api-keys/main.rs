@@ -27,6 +27,7 @@ mod config;
 mod keys;
 mod output;
 mod rewrap;
+mod sweep;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -95,22 +96,23 @@ enum Command {
     Keys(keys::KeysCommand),
     /// Run the automations once over every organization: expiry warnings (and `Expired`
     /// events) exactly once per key, unused-key warnings and revocations, retention purges.
-    /// Safe to run on every node at once.
+    /// Safe to run on every node at once. Each notice this run claims is printed (a line per
+    /// notice, or the `notices` array with --json): it is announced nowhere else.
     Sweep(SweepArgs),
 }
 
 /// The sweep's policy (the host's `Policy` decides in a server; here, the flags).
 #[derive(Args, Debug)]
-struct SweepArgs {
+pub(crate) struct SweepArgs {
     /// Lead times of expiry warnings, comma-separated (e.g. 30d,7d,1d); `none` for none.
     #[arg(long, default_value = "30d,7d,1d")]
-    warn_before: String,
+    pub(crate) warn_before: String,
     /// Revoke keys unused (or, never used, created) longer than this, after their warning.
     #[arg(long, value_parser = config::parse_duration)]
-    revoke_unused_after: Option<api_keys::time::Duration>,
+    pub(crate) revoke_unused_after: Option<api_keys::time::Duration>,
     /// Delete revoked and expired keys this long after they stopped working.
     #[arg(long, value_parser = config::parse_duration)]
-    purge_after: Option<api_keys::time::Duration>,
+    pub(crate) purge_after: Option<api_keys::time::Duration>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -283,65 +285,13 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             Command::Keys(cmd) => {
                 keys::run(&manager(store, keyring, &cli.global)?, &cli.global, cmd).await
             }
-            Command::Sweep(args) => sweep(store, keyring, &cli.global, args).await,
+            Command::Sweep(args) => sweep::sweep(store, keyring, &cli.global, args).await,
         }
     })
 }
 
-/// `sweep`: the automations once, with the flags' policy; the counts at the end. Exit 1 when
-/// records failed (reported by id in the audit log).
-async fn sweep(
-    store: AnyStore,
-    keyring: Keyring,
-    global: &Global,
-    args: SweepArgs,
-) -> Result<u8, Failure> {
-    let mut leads = Vec::new();
-    if args.warn_before.trim() != "none" {
-        for part in args.warn_before.split(',') {
-            leads.push(config::parse_duration(part).map_err(Failure::usage)?);
-        }
-    }
-    let mut policy = api_keys::Policy::default().warn_before(&leads);
-    if let Some(d) = args.revoke_unused_after {
-        policy = policy.revoke_unused_after(d);
-    }
-    if let Some(d) = args.purge_after {
-        policy = policy.purge_after(d);
-    }
-    let m = builder(store, keyring, global)
-        .policy(policy)
-        .build()
-        .map_err(build_failure)?;
-    let r = m
-        .sweep()
-        .await
-        .map_err(|e| Failure::from_error(e, "sweeping"))?;
-    if global.json {
-        output::print_json(&serde_json::json!({
-            "scanned": r.scanned, "expiry_warnings": r.expiry_warnings, "expired": r.expired,
-            "unused_warnings": r.unused_warnings, "revoked_unused": r.revoked_unused,
-            "purged": r.purged, "failed": r.failed, "other_class": r.other_class,
-            "notify_failed": r.notify_failed,
-        }));
-    } else {
-        out!(
-            "swept {} records: {} expiry warning(s), {} expired, {} unused-key warning(s), \
-             {} revoked as unused, {} purged, {} failed",
-            r.scanned,
-            r.expiry_warnings,
-            r.expired,
-            r.unused_warnings,
-            r.revoked_unused,
-            r.purged,
-            r.failed
-        );
-    }
-    Ok(if r.failed > 0 { EXIT_FAILED_RECORDS } else { 0 })
-}
-
 /// A builder of the operator's manager over `store` with `keyring`.
-fn builder(
+pub(crate) fn builder(
     store: AnyStore,
     keyring: Keyring,
     global: &Global,
@@ -386,7 +336,7 @@ pub(crate) fn manager(
         .map_err(build_failure)
 }
 
-fn build_failure(e: Error) -> Failure {
+pub(crate) fn build_failure(e: Error) -> Failure {
     match e {
         Error::Policy(msg) => Failure::usage(msg),
         other => Failure::config(other.to_string()),

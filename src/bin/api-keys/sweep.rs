@@ -1,0 +1,135 @@
+//! `sweep`: the automations once, with the flags' policy. The tool is the only party that
+//! sees the notices this run claims (claimed notices are never announced again), so it prints
+//! each of them: a line per notice as it is claimed, or a `notices` array in the JSON answer.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use api_keys::{AnyStore, AutomationEvent, BoxError, Keyring, Notification, Notifier};
+
+use crate::output::{print_json, text, when};
+use crate::{Failure, Global, SweepArgs, build_failure, builder, config};
+
+/// `sweep`: the counts at the end; exit 1 when records failed (reported by id in the audit
+/// log).
+pub(crate) async fn sweep(
+    store: AnyStore,
+    keyring: Keyring,
+    global: &Global,
+    args: SweepArgs,
+) -> Result<u8, Failure> {
+    let mut leads = Vec::new();
+    if args.warn_before.trim() != "none" {
+        for part in args.warn_before.split(',') {
+            leads.push(config::parse_duration(part).map_err(Failure::usage)?);
+        }
+    }
+    let mut policy = api_keys::Policy::default().warn_before(&leads);
+    if let Some(d) = args.revoke_unused_after {
+        policy = policy.revoke_unused_after(d);
+    }
+    if let Some(d) = args.purge_after {
+        policy = policy.purge_after(d);
+    }
+    let notices = Printer {
+        json: global.json,
+        kept: Arc::default(),
+    };
+    let kept = notices.kept.clone();
+    let m = builder(store, keyring, global)
+        .policy(policy)
+        .notifier(notices)
+        .build()
+        .map_err(build_failure)?;
+    let r = m
+        .sweep()
+        .await
+        .map_err(|e| Failure::from_error(e, "sweeping"))?;
+    if global.json {
+        let notices = std::mem::take(&mut *kept.lock().unwrap_or_else(PoisonError::into_inner));
+        print_json(&serde_json::json!({
+            "scanned": r.scanned, "expiry_warnings": r.expiry_warnings, "expired": r.expired,
+            "unused_warnings": r.unused_warnings, "revoked_unused": r.revoked_unused,
+            "purged": r.purged, "failed": r.failed, "other_class": r.other_class,
+            "notify_failed": r.notify_failed, "notices": notices,
+        }));
+    } else {
+        out!(
+            "swept {} records: {} expiry warning(s), {} expired, {} unused-key warning(s), \
+             {} revoked as unused, {} purged, {} failed",
+            r.scanned,
+            r.expiry_warnings,
+            r.expired,
+            r.unused_warnings,
+            r.revoked_unused,
+            r.purged,
+            r.failed
+        );
+    }
+    Ok(if r.failed > 0 {
+        crate::EXIT_FAILED_RECORDS
+    } else {
+        0
+    })
+}
+
+/// The run's notifier: prints each notice (text), or keeps it for the JSON answer.
+struct Printer {
+    json: bool,
+    kept: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Notifier for Printer {
+    fn notify(&self, n: &Notification) -> Result<(), BoxError> {
+        if self.json {
+            let mut v = serde_json::json!({
+                "event": n.event.name(),
+                "at": n.at.unix_timestamp(),
+                "key": n.key,
+            });
+            match &n.event {
+                AutomationEvent::ExpiryWarning { lead } => {
+                    v["lead_seconds"] = lead.whole_seconds().into();
+                }
+                AutomationEvent::UnusedWarning { revoke_at } => {
+                    v["revoke_at"] = revoke_at.unix_timestamp().into();
+                }
+                _ => {}
+            }
+            self.kept
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(v);
+        } else {
+            out!("{}", line(n));
+        }
+        Ok(())
+    }
+}
+
+/// One notice for a person: what, which key, whom it concerns.
+fn line(n: &Notification) -> String {
+    let k = &n.key;
+    let detail = match &n.event {
+        AutomationEvent::ExpiryWarning { .. } | AutomationEvent::Expired => k
+            .expires_at
+            .map(|e| format!("; expires {}", when(e)))
+            .unwrap_or_default(),
+        AutomationEvent::UnusedWarning { revoke_at } => {
+            format!("; revoked from {} unless used before", when(*revoke_at))
+        }
+        _ => String::new(),
+    };
+    let owner = k
+        .owner
+        .as_deref()
+        .map(|o| format!(", owner {}", text(o)))
+        .unwrap_or_default();
+    format!(
+        "notice {}: key {} ({}) of {}, created by {}{owner}{detail}",
+        n.event.name(),
+        k.id,
+        text(&k.name),
+        text(k.org.as_str()),
+        text(k.created_by.as_str()),
+    )
+}

@@ -370,3 +370,32 @@ fn a_token_given_as_a_flags_value_is_refused_without_echoing_it() {
         assert!(err.contains("--help"), "{args:?}: {err}");
     }
 }
+
+/// Standard output that fails (a full disk: `/dev/full`) is reported as a failure to write the
+/// answer, exit 3 — not a panic (exit 101, an undocumented code, with a backtrace hint).
+#[tokio::test]
+async fn an_answer_that_cannot_be_written_is_exit_3_not_a_panic() {
+    let db = db();
+    let m = KeyManager::builder(SqliteStore::open(&db.path).unwrap(), old_ring())
+        .build()
+        .unwrap();
+    make(&m, &acme(), "ci", 30).await;
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_api-keys"))
+        .env_clear()
+        .arg("--sqlite")
+        .arg(&db.path)
+        .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
+        .env("API_KEYS_MASTER_KEY_VERSION", "1")
+        .args(["keys", "list", "--org", "acme"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("cannot write the output"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

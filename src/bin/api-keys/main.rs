@@ -6,19 +6,20 @@
 //!
 //! Exit codes: 0 success; 1 `rewrap` or `sweep` finished but some records failed; 2 usage
 //! (bad or missing arguments); 3 configuration or store error (master key missing or malformed, store
-//! unreachable, store support not built in); 4 no such key; 5 a record failed its integrity
+//! unreachable, store support not built in), or the output could not be written; 4 no such key; 5 a record failed its integrity
 //! check (tampered, or sealed under a master key the keyring lacks).
 #![forbid(unsafe_code)]
 
 /// `println!` that a reader gone away (a closed pipe: `api-keys keys list ... | head -1`) does
-/// not turn into a panic: the output ends there and the command's own exit code stands.
+/// not turn into a panic: the output ends there and the command's own exit code stands. Any
+/// other failure to write is exit 3 ([`output_failed`]).
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
         if let Err(e) = writeln!(std::io::stdout(), $($arg)*)
             && e.kind() != std::io::ErrorKind::BrokenPipe
         {
-            panic!("failed printing to stdout: {e}");
+            $crate::output_failed(&e);
         }
     }};
 }
@@ -288,6 +289,16 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             Command::Sweep(args) => sweep::sweep(store, keyring, &cli.global, args).await,
         }
     })
+}
+
+/// Standard output failed for another reason than a closed pipe (a full disk, an I/O error):
+/// what the command did is done, but its answer is lost — exit 3 saying so, not a panic.
+pub(crate) fn output_failed(e: &std::io::Error) -> ! {
+    eprintln!(
+        "api-keys: cannot write the output: {e}; what the command did is done (see the log \
+         lines), but its answer was not written"
+    );
+    std::process::exit(EXIT_CONFIG.into())
 }
 
 /// A builder of the operator's manager over `store` with `keyring`.

@@ -49,7 +49,8 @@ pub(crate) fn record_json(record: &KeyRecord) -> Result<String, StoreError> {
 /// A row that does not decode, but whose id column does, becomes a
 /// [`KeyRecord::undecodable`] placeholder: one corrupt row never fails a whole `list`, `scan`
 /// or `get` (the manager reports it by id, leaves it out and can still delete it). Only a row
-/// whose id column itself is unusable is an error.
+/// whose id column itself is unusable is an error (the SQLite store logs and skips such a
+/// row in `list` and `scan`).
 pub(crate) fn decode_row(
     id: &str,
     org: &str,

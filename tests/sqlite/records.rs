@@ -245,3 +245,59 @@ async fn two_key_classes_in_one_table_never_accept_each_other() {
     assert_eq!(report.other_class, 1, "{report:?}");
     sak.verify(key.expose_secret(), &Scope::Scim).await.unwrap();
 }
+
+/// A row whose id column itself is damaged (a hand edit wrote text that is no key id, or a
+/// number) has no id to report or delete it by, but it is still one bad row: `list` of its
+/// organization, `sweep` and `rewrap` go on past it, and the other keys keep working.
+#[tokio::test]
+async fn a_damaged_id_column_is_one_bad_row() {
+    for (what, sql) in [
+        (
+            "text that is no key id",
+            "UPDATE api_keys SET id = 'not a key id' WHERE id = ?1",
+        ),
+        ("integer id", "UPDATE api_keys SET id = 42 WHERE id = ?1"),
+        (
+            "blob id",
+            "UPDATE api_keys SET id = CAST(id AS BLOB) WHERE id = ?1",
+        ),
+    ] {
+        let dir = TempDir::new("id-column");
+        let path = dir.path("keys.db");
+        let m = manager(SqliteStore::open(&path).unwrap());
+        let a = alice();
+        let prom = || GenerateRequest::new("k").scope(Scope::Prometheus);
+        let (_, bad) = m.generate(&a, prom()).await.unwrap();
+        let (good_key, good) = m.generate(&a, prom()).await.unwrap();
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute(sql, [bad.id.to_string()])
+            .unwrap();
+        let listed: Vec<KeyId> = m
+            .list(&a)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: list: {e:?}"))
+            .iter()
+            .map(|k| k.id)
+            .collect();
+        assert_eq!(listed, vec![good.id], "{what}");
+        m.sweep()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: sweep: {e:?}"));
+        let m2 = KeyManager::builder(
+            SqliteStore::open(&path).unwrap(),
+            Keyring::new(2, MasterKey::from_bytes(*b"sqlite-test-key2"))
+                .with_previous(1, MasterKey::from_bytes(MASTER)),
+        )
+        .build()
+        .unwrap();
+        let report = m2
+            .rewrap()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: rewrap: {e:?}"));
+        assert_eq!(report.rewrapped, 1, "{what}: {report:?}");
+        m2.verify(good_key.expose_secret(), &Scope::Prometheus)
+            .await
+            .unwrap();
+    }
+}

@@ -313,18 +313,39 @@ fn decode(row: &rusqlite::Row<'_>) -> Result<KeyRecord, StoreError> {
     }
 }
 
-/// Runs a query returning rows of [`COLUMNS`] and decodes them all.
+/// Runs a query returning rows of [`COLUMNS`] and decodes up to `limit` records.
+///
+/// A row whose id column itself is unusable (a hand edit wrote something that is no key id)
+/// has no id to report it by: it is logged and skipped, so it cannot fail every `list` of its
+/// organization and every `scan` (and with them every sweep and rewrap). It does not count
+/// towards `limit`: a page of such rows never looks like the end of a scan.
 fn query_records(
     conn: &Connection,
     path: &Path,
     sql: &str,
     params: impl rusqlite::Params,
+    limit: usize,
 ) -> Result<Vec<KeyRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(sql).map_err(|e| backend(path, e))?;
     let mut rows = stmt.query(params).map_err(|e| backend(path, e))?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(|e| backend(path, e))? {
-        out.push(decode(row)?);
+    while out.len() < limit {
+        let Some(row) = rows.next().map_err(|e| backend(path, e))? else {
+            break;
+        };
+        match decode(row) {
+            Ok(rec) => out.push(rec),
+            // Neither the row nor the decoder's message is quoted: either may hold the
+            // row's content. Counted as the corrupt-row error it was before.
+            Err(e) => {
+                crate::metrics::store_error(&e);
+                tracing::error!(
+                    target: "api_keys",
+                    path = %path.display(),
+                    "a stored key row has no usable id column; it is skipped"
+                );
+            }
+        }
     }
     Ok(out)
 }
@@ -379,7 +400,7 @@ impl KeyStore for SqliteStore {
         let org = org.clone();
         self.run(move |conn, path, t| {
             let sql = named(t, &format!("SELECT {COLUMNS} FROM api_keys WHERE org = ?1"));
-            query_records(conn, path, &sql, [org.as_str()])
+            query_records(conn, path, &sql, [org.as_str()], usize::MAX)
         })
     }
 
@@ -462,21 +483,19 @@ impl KeyStore for SqliteStore {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
         let after = after.map(KeyId::to_string);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // No `LIMIT` in the SQL: rows without a usable id are skipped and do not fill the
+        // page; the rows are read lazily and reading stops at `limit` records.
         self.run(move |conn, path, t| match after {
             Some(after) => {
                 let sql = named(
                     t,
-                    &format!("SELECT {COLUMNS} FROM api_keys WHERE id > ?1 ORDER BY id LIMIT ?2"),
+                    &format!("SELECT {COLUMNS} FROM api_keys WHERE id > ?1 ORDER BY id"),
                 );
-                query_records(conn, path, &sql, params![after, limit])
+                query_records(conn, path, &sql, [after], limit)
             }
             None => {
-                let sql = named(
-                    t,
-                    &format!("SELECT {COLUMNS} FROM api_keys ORDER BY id LIMIT ?1"),
-                );
-                query_records(conn, path, &sql, [limit])
+                let sql = named(t, &format!("SELECT {COLUMNS} FROM api_keys ORDER BY id"));
+                query_records(conn, path, &sql, [], limit)
             }
         })
     }

@@ -432,6 +432,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             Ok(false) => {}
             Err(e) => {
                 report.failed += 1;
+                crate::metrics::store_error(&e);
                 tracing::error!(target: "api_keys", key_id = %rec.id, error = %e, "sweep could not purge a record");
             }
         }

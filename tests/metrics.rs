@@ -289,3 +289,41 @@ fn audit_lines_dropped_by_the_log_bound_are_counted() {
         failures
     );
 }
+
+/// A store failure that a sweep only logs (a purge whose delete failed: the sweep reports it
+/// in `failed` and goes on) is counted like every other one, so an alert on the store-error
+/// counter sees a store that refuses deletes.
+#[test]
+fn a_purge_the_store_refused_is_a_counted_store_error() {
+    let clock = ManualClock::new(start());
+    let store = CountingStore::default();
+    let (report, snap) = recorded({
+        let store = store.clone();
+        let clock = clock.clone();
+        async move {
+            let m = KeyManager::builder(store.clone(), keyring())
+                .clock(clock.clone())
+                .policy(api_keys::Policy::default().purge_after(days(30)))
+                .audit(Recorder::default())
+                .build()
+                .unwrap();
+            let (_, rec) = m
+                .generate(&alice(), GenerateRequest::new("k").scope(Scope::Prometheus))
+                .await
+                .unwrap();
+            m.revoke(&alice(), &rec.id).await.unwrap();
+            clock.advance(days(31));
+            store
+                .fail_delete
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            m.sweep().await.unwrap()
+        }
+    });
+    assert_eq!((report.purged, report.failed), (0, 1), "{report:?}");
+    let v = values(&snap);
+    assert_eq!(
+        get(&v, names::STORE_ERRORS_TOTAL, "kind=backend"),
+        1.0,
+        "{v:?}"
+    );
+}

@@ -114,6 +114,9 @@ pub struct CountingStore {
     pub lose_insert_reply: Arc<std::sync::atomic::AtomicBool>,
     /// The next `delete` commits, then reports a failure (a reply lost on the way back).
     pub lose_delete_reply: Arc<std::sync::atomic::AtomicBool>,
+    /// The next `delete` removes nothing and reports a failure (a request that never
+    /// reached the store).
+    pub fail_delete: Arc<std::sync::atomic::AtomicBool>,
     /// Runs once, right after the next `insert` committed (set with
     /// [`CountingStore::after_next_insert`]).
     pub after_insert: Arc<Mutex<Option<Hook>>>,
@@ -253,6 +256,11 @@ impl KeyStore for CountingStore {
     }
     async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
         self.pause().await;
+        if self.fail_delete.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::backend(std::io::Error::other(
+                "connection refused",
+            )));
+        }
         let removed = self.inner.delete(id).await?;
         if self.lose_delete_reply.swap(false, Ordering::SeqCst) {
             return Err(StoreError::backend(std::io::Error::other(

@@ -327,3 +327,34 @@ fn a_purge_the_store_refused_is_a_counted_store_error() {
         "{v:?}"
     );
 }
+
+/// A roll that failed deletes its replacement best effort; when the store refuses that delete
+/// too, the failure is only logged, and is counted with the roll's own.
+#[test]
+fn a_failed_rolls_refused_cleanup_is_a_counted_store_error() {
+    let clock = ManualClock::new(start());
+    let store = CountingStore::default();
+    let (_, snap) = recorded({
+        let store = store.clone();
+        async move {
+            let m = manager(store.clone(), &clock);
+            let (_, rec) = m
+                .generate(&alice(), GenerateRequest::new("k").scope(Scope::Prometheus))
+                .await
+                .unwrap();
+            let seq = std::sync::atomic::Ordering::SeqCst;
+            // Shortening the old key fails (nothing written), then so does deleting the
+            // replacement.
+            store.fail_update.store(true, seq);
+            store.fail_delete.store(true, seq);
+            m.roll(&alice(), &rec.id, days(1)).await.unwrap_err();
+            assert!(!store.fail_delete.load(seq), "the cleanup was not tried");
+        }
+    });
+    let v = values(&snap);
+    assert_eq!(
+        get(&v, names::STORE_ERRORS_TOTAL, "kind=backend"),
+        2.0,
+        "{v:?}"
+    );
+}

@@ -263,6 +263,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         match removed {
             Ok(_) => self.forget_counters(new_id).await,
             Err(cleanup) => {
+                crate::metrics::store_error(&cleanup);
                 tracing::error!(target: "api_keys", key_id = %new_id, error = %cleanup, "could not delete the replacement of a failed roll");
             }
         }

@@ -76,3 +76,50 @@ async fn tracing_events_name_ids_and_outcomes_but_never_secrets() {
         );
     }
 }
+
+/// An audit sink that refuses every event.
+struct RefusingSink;
+
+impl api_keys::AuditSink for RefusingSink {
+    fn record(&self, _: &api_keys::AuditEvent) -> Result<(), api_keys::BoxError> {
+        Err("audit database unreachable".into())
+    }
+}
+
+/// When the host's sink fails, a management action still succeeds (its event is best
+/// effort), but the event is not lost without a trace: the log line names the action, the key,
+/// the organization and the actor, and says why the sink failed.
+#[tokio::test(flavor = "current_thread")]
+async fn an_event_the_sink_refused_is_logged_with_what_it_was() {
+    let buffer = LogBuffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let m = KeyManager::builder(MemoryStore::new(), keyring())
+        .audit(RefusingSink)
+        .build()
+        .unwrap();
+    let a = alice();
+    let (_, info) = m
+        .generate(&a, GenerateRequest::new("k").scope(Scope::Prometheus))
+        .await
+        .unwrap();
+    m.revoke(&a, &info.id).await.unwrap();
+    let out = buffer.text();
+    let line = out
+        .lines()
+        .find(|l| l.contains("audit sink failed") && l.contains("revoked"))
+        .unwrap_or_else(|| panic!("no line for the lost revoked event in:\n{out}"));
+    for part in [
+        info.id.to_string(),
+        "acme".to_string(),
+        "alice".to_string(),
+        "audit database unreachable".to_string(),
+    ] {
+        assert!(line.contains(&part), "{part} missing from: {line}");
+    }
+}

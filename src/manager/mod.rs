@@ -318,17 +318,29 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         org: Option<&OrgId>,
         key_id: Option<KeyId>,
     ) -> Result<(), Error> {
-        let event = AuditEvent {
+        let event = self.audit_event(action, actor, org, key_id);
+        self.inner.audit.record(&event).map_err(Error::Audit)
+    }
+
+    fn audit_event(
+        &self,
+        action: AuditAction,
+        actor: Option<&Actor>,
+        org: Option<&OrgId>,
+        key_id: Option<KeyId>,
+    ) -> AuditEvent {
+        AuditEvent {
             action,
             actor: actor.map(|a| a.user().clone()),
             org: org.cloned(),
             key_id,
             at: self.inner.clock.now(),
-        };
-        self.inner.audit.record(&event).map_err(Error::Audit)
+        }
     }
 
-    /// Audits an event whose recording failure must not fail the operation (it is logged).
+    /// Audits an event whose recording failure must not fail the operation: the failure is
+    /// logged with the event it lost (action, key, organization, actor — ids only) and the
+    /// sink's error.
     pub(crate) fn audit_best_effort(
         &self,
         action: AuditAction,
@@ -336,8 +348,17 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         org: Option<&OrgId>,
         key_id: Option<KeyId>,
     ) {
-        if let Err(e) = self.audit(action, actor, org, key_id) {
-            tracing::error!(target: "api_keys::audit", error = %e, "audit sink failed");
+        let event = self.audit_event(action, actor, org, key_id);
+        if let Err(e) = self.inner.audit.record(&event) {
+            tracing::error!(
+                target: "api_keys::audit",
+                action = event.action.name(),
+                key_id = event.key_id.map(tracing::field::display),
+                org = event.org.as_ref().map(OrgId::as_str),
+                actor = event.actor.as_ref().map(crate::UserId::as_str),
+                error = %e,
+                "audit sink failed; this event was not recorded"
+            );
         }
     }
 

@@ -203,7 +203,10 @@ impl fmt::Display for AuditEvent {
 }
 
 /// Receives audit events. Return an error when the event could not be recorded: a reveal then
-/// fails closed (the secret is not returned).
+/// fails closed (the secret is not returned). Any other event's failure is logged (target
+/// `api_keys::audit`, `ERROR`) with the event's ids and the error; for failed verifications
+/// with the per-window bound of [`TracingAudit`], so a flood of bad tokens while the sink is
+/// down does not flood the log.
 pub trait AuditSink: Send + Sync + 'static {
     /// Records one event.
     ///
@@ -238,27 +241,30 @@ pub const LOG_FULL_PER_WINDOW: u32 = 5;
 pub const LOG_WINDOW_SECS: i64 = 10;
 const LOG_SLOTS: usize = 1024;
 
-/// What a bounded line is about: a failed verification (by class), or a key accepted from
-/// the cache while the store is unreachable.
+/// What a bounded line is about: a failed verification (by class), a key accepted from
+/// the cache while the store is unreachable, or a failed verification's event that the
+/// host's sink refused.
 #[derive(Clone, Copy)]
 enum Bounded {
     Failed(FailureClass),
     Stale,
+    SinkFailed,
 }
 
 impl Bounded {
-    const COUNT: usize = FailureClass::ALL.len() + 1;
+    const COUNT: usize = FailureClass::ALL.len() + 2;
 
     fn index(self) -> usize {
         match self {
             Bounded::Failed(class) => class.index(),
             Bounded::Stale => FailureClass::ALL.len(),
+            Bounded::SinkFailed => FailureClass::ALL.len() + 1,
         }
     }
 
     fn action(self) -> &'static str {
         match self {
-            Bounded::Failed(_) => "verification_failed",
+            Bounded::Failed(_) | Bounded::SinkFailed => "verification_failed",
             Bounded::Stale => AuditAction::ServedStale.name(),
         }
     }
@@ -267,6 +273,7 @@ impl Bounded {
         match self {
             Bounded::Failed(class) => class.as_str(),
             Bounded::Stale => AuditAction::ServedStale.name(),
+            Bounded::SinkFailed => "audit_sink_failed",
         }
     }
 
@@ -278,6 +285,10 @@ impl Bounded {
             Bounded::Stale => {
                 "API keys accepted from the cache while the key store was unreachable, not \
                  logged one by one in an earlier window"
+            }
+            Bounded::SinkFailed => {
+                "failed-verification audit events the audit sink refused, not logged one by one \
+                 in an earlier window"
             }
         }
     }
@@ -327,8 +338,9 @@ fn slot_of(key: &impl std::hash::BuildHasher, kind: usize, key_id: Option<KeyId>
 }
 
 impl TracingAudit {
-    /// Bounded lines (failed verifications, stale answers) this process left out of the log
-    /// so far (counted in the summary lines).
+    /// Bounded lines (failed verifications, stale answers, failed verifications' events an
+    /// audit sink refused) this process left out of the log so far (counted in the summary
+    /// lines).
     pub fn suppressed_total() -> u64 {
         SUPPRESSED_TOTAL.load(Ordering::Relaxed)
     }
@@ -448,6 +460,13 @@ impl AuditSink for TracingAudit {
         }
         Ok(())
     }
+}
+
+/// Whether the failure of the host's sink to record a failed verification's event (at Unix
+/// second `at`) is logged in full: bounded like failed verifications themselves (one budget
+/// for all keys), so a flood of bad tokens while the sink is down does not flood the log.
+pub(crate) fn sink_failure_logged(at: i64) -> bool {
+    TracingAudit::admit(Bounded::SinkFailed, None, at)
 }
 
 impl<T: AuditSink> AuditSink for std::sync::Arc<T> {

@@ -123,3 +123,49 @@ async fn an_event_the_sink_refused_is_logged_with_what_it_was() {
         assert!(line.contains(&part), "{part} missing from: {line}");
     }
 }
+
+/// A flood of bad tokens while the host's sink is down must not flood the log with one
+/// "audit sink failed" line per request: those lines are bounded like the failed
+/// verifications `TracingAudit` logs, and the rest are summarized with their count.
+#[tokio::test(flavor = "current_thread")]
+async fn a_failing_sink_under_a_flood_of_bad_tokens_does_not_flood_the_log() {
+    let buffer = LogBuffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let clock = api_keys::ManualClock::new(start());
+    let m = KeyManager::builder(MemoryStore::new(), keyring())
+        .clock(clock.clone())
+        .audit(RefusingSink)
+        .build()
+        .unwrap();
+    for _ in 0..200 {
+        m.verify("sak_not_a_token", &Scope::Prometheus)
+            .await
+            .unwrap_err();
+    }
+    let out = buffer.text();
+    let lines = out
+        .lines()
+        .filter(|l| l.contains("audit sink failed"))
+        .count();
+    assert!(
+        (1..=api_keys::LOG_FULL_PER_WINDOW as usize).contains(&lines),
+        "{lines} lines for 200 failures in one window:\n{out}"
+    );
+    // A later window says how many were left out.
+    clock.advance(Duration::seconds(api_keys::LOG_WINDOW_SECS));
+    m.verify("sak_not_a_token", &Scope::Prometheus)
+        .await
+        .unwrap_err();
+    let out = buffer.text();
+    let left_out = 200 - lines;
+    assert!(
+        out.contains(&format!("suppressed={left_out}")),
+        "no summary of {left_out} in:\n{out}"
+    );
+}

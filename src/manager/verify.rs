@@ -373,8 +373,17 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             at: OffsetDateTime::from_unix_timestamp(secs)
                 .unwrap_or_else(|_| self.inner.clock.now()),
         };
-        if let Err(e) = self.inner.audit.record(&event) {
-            tracing::error!(target: "api_keys::audit", error = %e, "audit sink failed");
+        if let Err(e) = self.inner.audit.record(&event)
+            && crate::audit::sink_failure_logged(secs)
+        {
+            tracing::error!(
+                target: "api_keys::audit",
+                action = event.action.name(),
+                outcome = class.as_str(),
+                key_id = key_id.map(tracing::field::display),
+                error = %e,
+                "audit sink failed; this event was not recorded"
+            );
         }
     }
 

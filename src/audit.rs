@@ -204,9 +204,10 @@ impl fmt::Display for AuditEvent {
 
 /// Receives audit events. Return an error when the event could not be recorded: a reveal then
 /// fails closed (the secret is not returned). Any other event's failure is logged (target
-/// `api_keys::audit`, `ERROR`) with the event's ids and the error; for failed verifications
-/// with the per-window bound of [`TracingAudit`], so a flood of bad tokens while the sink is
-/// down does not flood the log.
+/// `api_keys::audit`, `ERROR`) with the event's ids and the error; for the events that can
+/// come once per request (failed verifications, [`AuditAction::ServedStale`],
+/// [`AuditAction::LimitsFailedOpen`]) with the per-window bound of [`TracingAudit`], so a
+/// flood of requests while the sink is down does not flood the log.
 pub trait AuditSink: Send + Sync + 'static {
     /// Records one event.
     ///
@@ -242,8 +243,8 @@ pub const LOG_WINDOW_SECS: i64 = 10;
 const LOG_SLOTS: usize = 1024;
 
 /// What a bounded line is about: a failed verification (by class), a key accepted from
-/// the cache while the store is unreachable, or a failed verification's event that the
-/// host's sink refused.
+/// the cache while the store is unreachable, or a per-request event that the host's sink
+/// refused.
 #[derive(Clone, Copy)]
 enum Bounded {
     Failed(FailureClass),
@@ -264,8 +265,9 @@ impl Bounded {
 
     fn action(self) -> &'static str {
         match self {
-            Bounded::Failed(_) | Bounded::SinkFailed => "verification_failed",
+            Bounded::Failed(_) => "verification_failed",
             Bounded::Stale => AuditAction::ServedStale.name(),
+            Bounded::SinkFailed => "audit_sink_failed",
         }
     }
 
@@ -287,8 +289,8 @@ impl Bounded {
                  logged one by one in an earlier window"
             }
             Bounded::SinkFailed => {
-                "failed-verification audit events the audit sink refused, not logged one by one \
-                 in an earlier window"
+                "per-request audit events the audit sink refused, not logged one by one in an \
+                 earlier window"
             }
         }
     }
@@ -338,8 +340,8 @@ fn slot_of(key: &impl std::hash::BuildHasher, kind: usize, key_id: Option<KeyId>
 }
 
 impl TracingAudit {
-    /// Bounded lines (failed verifications, stale answers, failed verifications' events an
-    /// audit sink refused) this process left out of the log so far (counted in the summary
+    /// Bounded lines (failed verifications, stale answers, per-request events an audit sink
+    /// refused) this process left out of the log so far (counted in the summary
     /// lines).
     pub fn suppressed_total() -> u64 {
         SUPPRESSED_TOTAL.load(Ordering::Relaxed)
@@ -462,9 +464,10 @@ impl AuditSink for TracingAudit {
     }
 }
 
-/// Whether the failure of the host's sink to record a failed verification's event (at Unix
-/// second `at`) is logged in full: bounded like failed verifications themselves (one budget
-/// for all keys), so a flood of bad tokens while the sink is down does not flood the log.
+/// Whether the failure of the host's sink to record an event that can come once per request
+/// (a failed verification, a stale answer, limits that failed open; at Unix second `at`) is
+/// logged in full: bounded like failed verifications themselves (one budget for all keys), so
+/// a flood of requests while the sink is down does not flood the log.
 pub(crate) fn sink_failure_logged(at: i64) -> bool {
     TracingAudit::admit(Bounded::SinkFailed, None, at)
 }

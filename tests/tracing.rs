@@ -169,3 +169,55 @@ async fn a_failing_sink_under_a_flood_of_bad_tokens_does_not_flood_the_log() {
         "no summary of {left_out} in:\n{out}"
     );
 }
+
+/// A store outage with stale serving on, while the host's sink (often in the same database)
+/// is down too: every request of a warm key is accepted from the cache, and the sink's
+/// refusals of those `served_stale` events are logged with the same bound, not once per
+/// request.
+#[tokio::test(flavor = "current_thread")]
+async fn a_failing_sink_during_a_store_outage_does_not_flood_the_log() {
+    let buffer = LogBuffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let clock = api_keys::ManualClock::new(start());
+    let store = CountingStore::default();
+    let fallback = std::time::Duration::from_millis(100);
+    let m = KeyManager::builder(store.clone(), keyring())
+        .clock(clock.clone())
+        .audit(RefusingSink)
+        .cache_fallback_ttl(fallback)
+        .serve_stale_while_store_unreachable(std::time::Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let (warm, _) = m
+        .generate(&alice(), GenerateRequest::new("w").scope(Scope::Prometheus))
+        .await
+        .unwrap();
+    m.verify(warm.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    store
+        .fail_get
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // Past the fallback TTL: each verify reads the (failing) store and is served stale.
+    tokio::time::sleep(fallback + std::time::Duration::from_millis(50)).await;
+    for _ in 0..200 {
+        m.verify(warm.expose_secret(), &Scope::Prometheus)
+            .await
+            .unwrap();
+    }
+    let out = buffer.text();
+    let lines = out
+        .lines()
+        .filter(|l| l.contains("audit sink failed") && l.contains("served_stale"))
+        .count();
+    assert!(
+        (1..=api_keys::LOG_FULL_PER_WINDOW as usize).contains(&lines),
+        "{lines} lines for 200 stale answers in one window:\n{out}"
+    );
+}

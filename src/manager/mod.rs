@@ -349,7 +349,14 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         key_id: Option<KeyId>,
     ) {
         let event = self.audit_event(action, actor, org, key_id);
-        if let Err(e) = self.inner.audit.record(&event) {
+        // Events that can come once per request are logged with the log bound.
+        let per_request = matches!(
+            event.action,
+            AuditAction::ServedStale | AuditAction::LimitsFailedOpen
+        );
+        if let Err(e) = self.inner.audit.record(&event)
+            && (!per_request || crate::audit::sink_failure_logged(event.at.unix_timestamp()))
+        {
             tracing::error!(
                 target: "api_keys::audit",
                 action = event.action.name(),

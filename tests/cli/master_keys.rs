@@ -319,3 +319,34 @@ fn a_sqlite_file_without_a_key_store_is_refused_and_left_alone() {
         "the key store's tables were created in another file"
     );
 }
+
+/// A master key file written by an editor that starts it with a byte-order mark works (the
+/// mark is not part of the first version), and a path that is no key file but a device that
+/// never ends (`/dev/zero`) is refused with exit 3 instead of being read without end.
+#[test]
+fn a_key_file_with_a_byte_order_mark_works_and_an_endless_one_is_refused() {
+    let db = db();
+    drop(SqliteStore::open(&db.path).unwrap());
+    let file = db.path.with_file_name("keys.txt");
+    std::fs::write(&file, format!("\u{feff}1:{}\n", hex_of(&OLD))).unwrap();
+    let out = cli()
+        .arg("--sqlite")
+        .arg(&db.path)
+        .arg("--master-key-file")
+        .arg(&file)
+        .args(["keys", "list", "--org", "acme", "--json"])
+        .assert()
+        .success();
+    assert_eq!(json(out.get_output()), serde_json::json!([]));
+    let out = cli()
+        .timeout(std::time::Duration::from_secs(60))
+        .arg("--sqlite")
+        .arg(&db.path)
+        .arg("--master-key-file")
+        .arg("/dev/zero")
+        .args(["keys", "list", "--org", "acme"])
+        .assert()
+        .code(3);
+    let err = stderr(out.get_output());
+    assert!(err.contains("not a master key file"), "{err}");
+}

@@ -90,17 +90,33 @@ fn from_env() -> Result<Vec<(u32, MasterKey)>, Failure> {
     Ok(keys)
 }
 
+/// The largest master key file read (a keyring of hundreds of versions fits).
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
 fn from_file(path: &Path) -> Result<Vec<(u32, MasterKey)>, Failure> {
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+    use std::io::Read as _;
+    let what = format!("the master key file {}", path.display());
+    let cannot = |e: std::io::Error| Failure::config(format!("cannot read {what}: {e}"));
+    // Read at most a little more than any keyring needs: a path to a device or a huge file
+    // (`/dev/zero`, a log given by mistake) is refused instead of read without end.
+    let mut bytes = Zeroizing::new(Vec::new());
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_KEY_FILE + 1).read_to_end(&mut bytes))
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_KEY_FILE {
+        return Err(Failure::config(format!(
+            "{what} is larger than {MAX_KEY_FILE} bytes: not a master key file"
+        )));
+    }
+    let text = Zeroizing::new(String::from_utf8(std::mem::take(&mut *bytes)).map_err(|_| {
         Failure::config(format!(
-            "cannot read the master key file {}: {e}",
-            path.display()
+            "{what} is not UTF-8 text: write one VERSION:HEX per line"
         ))
     })?);
     warn_if_readable_by_others(path);
-    let what = format!("the master key file {}", path.display());
     let mut keys = Vec::new();
-    for line in text.lines() {
+    // A byte-order mark (some editors write one) is not part of the first key's version.
+    for line in text.strip_prefix('\u{feff}').unwrap_or(&text).lines() {
         let line = line.split('#').next().unwrap_or("").trim();
         if !line.is_empty() {
             keys.push(parse_entry(line, &what)?);

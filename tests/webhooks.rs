@@ -364,3 +364,16 @@ async fn a_query_token_in_the_webhook_url_is_never_shown() {
     assert!(shown.contains("http://127.0.0.1:9000/hooks?..."), "{shown}");
     assert_eq!(webhooks::shown_url(&url), "http://127.0.0.1:9000/hooks?...");
 }
+
+/// A queue capacity past what a channel can hold is refused with a message, not a panic
+/// inside tokio's channel at start.
+#[tokio::test]
+async fn a_huge_queue_capacity_is_refused_not_a_panic() {
+    let mut c = config("http://127.0.0.1:9000/hooks".parse().unwrap());
+    c.capacity = usize::MAX;
+    let err = Webhooks::start(c).err().expect("refused");
+    assert!(err.contains("queue"), "{err}");
+    let mut c = config("http://127.0.0.1:9000/hooks".parse().unwrap());
+    c.capacity = webhooks::MAX_CAPACITY;
+    assert!(Webhooks::start(c).is_ok());
+}

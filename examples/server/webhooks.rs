@@ -187,15 +187,25 @@ fn random_id() -> String {
     format!("msg_{hex}")
 }
 
+/// The largest queue [`Webhooks::start`] accepts (tokio's channel panics past `usize::MAX >> 3`;
+/// a queue that large is a mistake anyway).
+pub const MAX_CAPACITY: usize = 1_000_000;
+
 impl Webhooks {
     /// Starts the delivery task (on the current tokio runtime).
     ///
     /// # Errors
-    /// A message for an invalid secret or a URL that is not `http://host[:port]/...` (one with
-    /// credentials, `user:password@`, included).
+    /// A message for an invalid secret, a URL that is not `http://host[:port]/...` (one with
+    /// credentials, `user:password@`, included) or a capacity over [`MAX_CAPACITY`].
     pub fn start(config: WebhookConfig) -> Result<Webhooks, String> {
         let key = parse_secret(&config.secret)?;
         check_url(&config.url)?;
+        if config.capacity > MAX_CAPACITY {
+            return Err(format!(
+                "a webhook queue of {} events is over the {MAX_CAPACITY} allowed",
+                config.capacity
+            ));
+        }
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let hooks = Webhooks {
             tx,

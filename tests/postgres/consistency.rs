@@ -229,3 +229,64 @@ async fn verifies_do_not_wait_on_last_use_while_writes_are_blocked() {
         keys.len()
     ));
 }
+
+/// A row whose id column is no key id (a hand insert, a botched restore) is skipped and
+/// reported like any other row that does not decode: it blocks neither its organization's
+/// `list` nor a `sweep` or `rewrap` over the whole table (README: "One bad row never blocks
+/// an organization or a rotation").
+#[tokio::test]
+async fn a_row_whose_id_is_no_key_id_blocks_neither_list_nor_sweep() {
+    let Some(cfg) = database_url("a_row_whose_id_is_no_key_id_blocks_neither_list_nor_sweep")
+    else {
+        return;
+    };
+    let url = conninfo(&cfg, &app("badid"), None, None);
+    let table = format!("badid_{:08x}", random_u64() as u32);
+    let store = PostgresStore::options()
+        .table(&table)
+        .connect_and_migrate(&url)
+        .await
+        .unwrap();
+    let m = KeyManager::builder(store, keyring()).build().unwrap();
+    let org = org();
+    let a = manager_of(&org);
+    let (_, good) = m
+        .generate(&a, GenerateRequest::new("k").scope(Scope::Prometheus))
+        .await
+        .unwrap();
+    let sql = admin(&cfg, None).await;
+    // Sorted before every key id ('0' < every base62 digit but none), and one after them all.
+    for junk in ["!not-a-key", "~not-a-key"] {
+        sql.execute(
+            &format!(
+                "INSERT INTO {table} (id, org, revision, record) \
+                 SELECT $1, org, revision, record FROM {table} WHERE id = $2"
+            ),
+            &[&junk, &good.id.to_string()],
+        )
+        .await
+        .unwrap();
+    }
+    let ids: Vec<KeyId> = m.list(&a).await.unwrap().iter().map(|k| k.id).collect();
+    assert_eq!(ids, vec![good.id]);
+    let scanned = m.store().scan(None, 10).await.unwrap();
+    assert_eq!(
+        scanned.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![good.id]
+    );
+    // A page of skipped rows only is not the end of the table.
+    let first = m.store().scan(None, 1).await.unwrap();
+    assert_eq!(
+        first.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![good.id]
+    );
+    assert!(m.store().scan(Some(&good.id), 1).await.unwrap().is_empty());
+    let report = m.sweep().await.unwrap();
+    assert_eq!(report.scanned, 1);
+    m.rewrap().await.unwrap();
+    sql.batch_execute(&format!(
+        "DROP TABLE {table}; DROP TABLE {table}_schema; DROP FUNCTION {table}_notify()"
+    ))
+    .await
+    .unwrap();
+}

@@ -71,6 +71,9 @@ struct Inner {
 /// - The schema is created or migrated on connect (under an advisory lock, so nodes starting
 ///   together do not race); a database written by a newer version of this crate is refused.
 /// - `update` is `UPDATE ... WHERE id = $1 AND revision = $2`; ids are `TEXT COLLATE "C"`.
+/// - A row that does not decode is a [`KeyRecord::undecodable`] placeholder (reported, left
+///   out of lists, deletable by its id); a row whose id column is no key id at all (a hand
+///   insert) is logged and skipped by `list` and `scan` — remove it with SQL.
 /// - Change feed: a trigger on the table notifies channel `api_keys_changes` of every
 ///   insert, delete and update (except of `last_used_at` alone) in the same transaction,
 ///   whoever made it (the host's own SQL too). [`KeyStore::changes`] starts a task on
@@ -212,7 +215,7 @@ impl PostgresStore {
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<KeyRecord>, StoreError> {
+    ) -> Result<Page, StoreError> {
         // A read is retried once on a lost connection: after a server restart the pool may
         // still hold connections that died with it, and a read has no effect to repeat.
         match self.query_records_once(sql, params).await {
@@ -225,7 +228,7 @@ impl PostgresStore {
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<KeyRecord>, StoreError> {
+    ) -> Result<Page, StoreError> {
         let client = self.client().await?;
         let rows = self
             .bounded(async {
@@ -233,8 +236,23 @@ impl PostgresStore {
                 client.query(&stmt, params).await.map_err(pg)
             })
             .await;
-        Self::finish(client, rows)?.iter().map(decode).collect()
+        let rows = Self::finish(client, rows)?;
+        let mut page = Page {
+            records: Vec::with_capacity(rows.len()),
+            last_id: rows.last().and_then(|r| r.try_get::<_, String>(0).ok()),
+            rows: rows.len(),
+        };
+        page.records.extend(rows.iter().filter_map(decode));
+        Ok(page)
     }
+}
+
+/// The rows a query read: the records of those whose id column is a key id, the raw id of
+/// the last row (where a scan goes on), and how many rows there were.
+struct Page {
+    records: Vec<KeyRecord>,
+    last_id: Option<String>,
+    rows: usize,
 }
 
 fn revision_to_sql(revision: u64) -> Result<i64, StoreError> {
@@ -242,14 +260,35 @@ fn revision_to_sql(revision: u64) -> Result<i64, StoreError> {
         .map_err(|_| StoreError::backend(PostgresError::new(PostgresErrorKind::OutOfRange, None)))
 }
 
-/// Decodes a row selected by [`SELECT`], checking that the columns agree with the JSON.
-fn decode(row: &Row) -> Result<KeyRecord, StoreError> {
-    let id: &str = row.try_get(0).map_err(|e| corrupt(None, e))?;
-    let org: &str = row.try_get(1).map_err(|e| corrupt(Some(id), e))?;
-    let revision: i64 = row.try_get(2).map_err(|e| corrupt(Some(id), e))?;
-    let last_used: Option<i64> = row.try_get(3).map_err(|e| corrupt(Some(id), e))?;
-    let json: &str = row.try_get(4).map_err(|e| corrupt(Some(id), e))?;
-    super::sql::decode_row(id, org, revision, last_used, json)
+/// Decodes a row selected by [`SELECT`], checking that the columns agree with the JSON. A
+/// row whose id column is a key id but which does not decode is a
+/// [`KeyRecord::undecodable`] placeholder; a row whose id column is no key id (a hand insert,
+/// a botched restore) is reported and left out (`None`): no key is ever looked up by it, and
+/// it must not fail every `list` of its organization and every `scan` (so every sweep and
+/// rewrap) either.
+fn decode(row: &Row) -> Option<KeyRecord> {
+    let decoded = match row.try_get::<_, &str>(0) {
+        Ok(id) => {
+            let org = row.try_get::<_, &str>(1);
+            let columns = (|| -> Result<(i64, Option<i64>, &str), tokio_postgres::Error> {
+                Ok((row.try_get(2)?, row.try_get(3)?, row.try_get(4)?))
+            })();
+            match (org, columns) {
+                (Ok(org), Ok((revision, last_used, json))) => {
+                    super::sql::decode_row(id, org, revision, last_used, json)
+                }
+                (Ok(org), Err(e)) => super::sql::placeholder(id, Some(org), corrupt(Some(id), e)),
+                (Err(e), _) => super::sql::placeholder(id, None, corrupt(Some(id), e)),
+            }
+        }
+        Err(e) => Err(corrupt(None, e)),
+    };
+    // Only a row whose id column is unusable fails to decode; its content is not logged.
+    decoded
+        .inspect_err(|_| {
+            tracing::error!(target: "api_keys", "a stored key row's id column is not a key id; it is reported and skipped");
+        })
+        .ok()
 }
 
 impl KeyStore for PostgresStore {
@@ -300,8 +339,7 @@ impl KeyStore for PostgresStore {
         let id = id.to_string();
         async move {
             let sql = self.sql(&format!("{SELECT} WHERE id = $1"));
-            let mut recs = self.query_records(&sql, &[&id]).await?;
-            Ok(recs.pop())
+            Ok(self.query_records(&sql, &[&id]).await?.records.pop())
         }
     }
 
@@ -309,7 +347,7 @@ impl KeyStore for PostgresStore {
         let org = org.clone();
         async move {
             let sql = self.sql(&format!("{SELECT} WHERE org = $1"));
-            self.query_records(&sql, &[&org.as_str()]).await
+            Ok(self.query_records(&sql, &[&org.as_str()]).await?.records)
         }
     }
 
@@ -391,17 +429,27 @@ impl KeyStore for PostgresStore {
         after: Option<&KeyId>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
-        let after = after.map(KeyId::to_string);
+        let mut after = after.map(KeyId::to_string);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         async move {
-            match after {
-                Some(after) => {
-                    let sql = self.sql(&format!("{SELECT} WHERE id > $1 ORDER BY id LIMIT $2"));
-                    self.query_records(&sql, &[&after, &limit]).await
+            loop {
+                let page = match &after {
+                    Some(after) => {
+                        let sql = self.sql(&format!("{SELECT} WHERE id > $1 ORDER BY id LIMIT $2"));
+                        self.query_records(&sql, &[after, &limit]).await?
+                    }
+                    None => {
+                        let sql = self.sql(&format!("{SELECT} ORDER BY id LIMIT $1"));
+                        self.query_records(&sql, &[&limit]).await?
+                    }
+                };
+                // A page of skipped rows only is not the end: an empty page is.
+                if !page.records.is_empty() || page.rows == 0 {
+                    return Ok(page.records);
                 }
-                None => {
-                    let sql = self.sql(&format!("{SELECT} ORDER BY id LIMIT $1"));
-                    self.query_records(&sql, &[&limit]).await
+                match page.last_id {
+                    Some(last) => after = Some(last),
+                    None => return Err(corrupt(None, "an id column that is not text")),
                 }
             }
         }

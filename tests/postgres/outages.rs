@@ -420,3 +420,38 @@ async fn an_encoding_error_is_not_reported_as_connection_lost() {
         chain(&e).replace('\n', " |")
     );
 }
+
+/// `schema_version` (a host's readiness probe) is a call on a pooled connection like any
+/// other: against a frozen server it ends with `Unresponsive` within the statement timeout
+/// plus a second (`PostgresOptions::statement_timeout`), never hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_version_against_a_frozen_server_is_unresponsive_not_a_hang() {
+    let Some(cfg) =
+        database_url("schema_version_against_a_frozen_server_is_unresponsive_not_a_hang")
+    else {
+        return;
+    };
+    let proxy = Proxy::start(tcp_target(&cfg)).await;
+    let store = PostgresStore::options()
+        .statement_timeout(Duration::from_secs(1))
+        .pool_size(1)
+        .connect_and_migrate(&conninfo(
+            &cfg,
+            &app("frozen-version"),
+            Some(proxy.addr),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), 3);
+    proxy.set_frozen(true);
+    // The guard only keeps a failing run from hanging the suite.
+    let r = tokio::time::timeout(Duration::from_secs(30), store.schema_version()).await;
+    proxy.set_frozen(false);
+    let e = r
+        .expect("schema_version against a frozen server was still pending after 30 s")
+        .unwrap_err();
+    assert_eq!(pg_error(&e).kind(), PostgresErrorKind::Unresponsive);
+    // Its connection was closed, never reused: the next call answers.
+    assert_eq!(store.schema_version().await.unwrap(), 3);
+}

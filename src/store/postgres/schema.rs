@@ -185,15 +185,22 @@ impl PostgresStore {
     /// The schema version of the database.
     ///
     /// # Errors
-    /// [`StoreError::Backend`] if the query fails.
+    /// [`StoreError::Backend`] if the query fails, with a [`PostgresError`] of kind
+    /// [`PostgresErrorKind::Unresponsive`] when the server does not answer within the
+    /// statement timeout plus a second, like every call.
     pub async fn schema_version(&self) -> Result<i32, StoreError> {
         let client = self.client().await?;
-        client
-            .query_one(&self.sql("SELECT max(version) FROM api_keys_schema"), &[])
-            .await
-            .map_err(pg)?
-            .try_get::<_, Option<i32>>(0)
-            .map_err(pg)
-            .map(|v| v.unwrap_or(0))
+        let version = self
+            .bounded(async {
+                client
+                    .query_one(&self.sql("SELECT max(version) FROM api_keys_schema"), &[])
+                    .await
+                    .map_err(pg)?
+                    .try_get::<_, Option<i32>>(0)
+                    .map_err(pg)
+                    .map(|v| v.unwrap_or(0))
+            })
+            .await;
+        Self::finish(client, version)
     }
 }

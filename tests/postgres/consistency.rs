@@ -290,3 +290,29 @@ async fn a_row_whose_id_is_no_key_id_blocks_neither_list_nor_sweep() {
     .await
     .unwrap();
 }
+
+/// An organization whose id holds a NUL (U+0000) has no keys — no key can be generated for
+/// it, and PostgreSQL cannot store one — so its manager's `list` is empty, as with every
+/// other store, not a store error (a 500 and a `store_errors_total` alarm any such actor
+/// could raise).
+#[tokio::test]
+async fn an_organization_id_with_nul_lists_no_keys() {
+    let Some(cfg) = database_url("an_organization_id_with_nul_lists_no_keys") else {
+        return;
+    };
+    let m = KeyManager::builder(connect(&cfg, &app("nul-org")).await, keyring())
+        .build()
+        .unwrap();
+    let a = manager_of(&OrgId::new("acme\0evil"));
+    assert!(m.list(&a).await.unwrap().is_empty());
+    assert!(
+        m.expiring_within(&a, time::Duration::days(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let m = KeyManager::builder(api_keys::MemoryStore::new(), keyring())
+        .build()
+        .unwrap();
+    assert!(m.list(&a).await.unwrap().is_empty());
+}

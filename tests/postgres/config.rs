@@ -153,3 +153,24 @@ async fn a_table_name_the_pattern_accepts_works_or_is_invalid_table() {
         }
     }
 }
+
+/// A statement timeout longer than PostgreSQL's largest (`i32::MAX` ms, about 24.8 days) —
+/// e.g. 30 days for a batch job, or `Duration::MAX` for "practically none" — is the
+/// largest the server takes, not a refused option that fails every connection as
+/// `Connect` ("cannot connect to PostgreSQL").
+#[tokio::test]
+async fn a_statement_timeout_beyond_the_servers_range_still_connects() {
+    let Some(cfg) = database_url("a_statement_timeout_beyond_the_servers_range_still_connects")
+    else {
+        return;
+    };
+    let url = conninfo(&cfg, &app("long-timeout"), None, None);
+    for d in [Duration::from_secs(30 * 86_400), Duration::MAX] {
+        let store = PostgresStore::options()
+            .statement_timeout(d)
+            .connect_and_migrate(&url)
+            .await
+            .unwrap_or_else(|e| panic!("statement_timeout({d:?}): {}", chain(&e)));
+        assert!(store.list(&org()).await.unwrap().is_empty());
+    }
+}

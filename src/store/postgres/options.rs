@@ -94,7 +94,8 @@ impl PostgresOptions {
     /// [`PostgresErrorKind::StatementTimeout`]. A server that does not answer at all (frozen,
     /// a hung socket) cannot cancel anything, so each call is also bounded here, by this
     /// timeout plus a second, after which it fails with [`PostgresErrorKind::Unresponsive`] and
-    /// its connection is closed. Zero: no limit on either side.
+    /// its connection is closed. Zero: no limit on either side. The server's side takes at
+    /// most `i32::MAX` milliseconds (about 24.8 days): a longer timeout is that long there.
     pub fn statement_timeout(mut self, d: Duration) -> Self {
         self.statement_timeout = d;
         self
@@ -199,7 +200,11 @@ impl PostgresOptions {
                 .unwrap_or(DEFAULT_APPLICATION_NAME)
         ));
         if !self.statement_timeout.is_zero() {
-            let ms = self.statement_timeout.as_millis().max(1);
+            // PostgreSQL refuses a longer one (and with it every connection): its largest.
+            let ms = self
+                .statement_timeout
+                .as_millis()
+                .clamp(1, i32::MAX as u128);
             let options = match config.get_options() {
                 Some(o) if !o.is_empty() => format!("{o} -c statement_timeout={ms}"),
                 _ => format!("-c statement_timeout={ms}"),

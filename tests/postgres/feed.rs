@@ -368,3 +368,92 @@ async fn a_truncate_is_seen_at_once_by_a_warm_node() {
         truncated.elapsed()
     );
 }
+
+/// A relay in front of the server that holds, forever, the first connection whose client
+/// sends `pattern` (neither forwarded nor closed: the socket just stops); dropping the
+/// returned task list closes every relayed connection.
+async fn hold_first(cfg: &tokio_postgres::Config, pattern: &'static [u8]) -> (SocketAddr, Relays) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = tcp_target(cfg);
+    let held = Arc::new(AtomicBool::new(false));
+    let relays = Relays::default();
+    let tasks = relays.0.clone();
+    let accept = tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let (upstream, held) = (upstream.clone(), held.clone());
+            let relay = tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let Ok(outbound) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut ri, wi) = inbound.into_split();
+                let (ro, mut wo) = outbound.into_split();
+                let up = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match ri.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if buf[..n].windows(pattern.len()).any(|w| w == pattern)
+                            && !held.swap(true, Ordering::SeqCst)
+                        {
+                            std::future::pending::<()>().await;
+                        }
+                        if wo.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = wo.shutdown().await;
+                };
+                tokio::join!(up, pump(ro, wi, Arc::new(AtomicBool::new(false))));
+            });
+            tasks.lock().unwrap().push(relay);
+        }
+    });
+    relays.0.lock().unwrap().push(accept);
+    (addr, relays)
+}
+
+#[derive(Default)]
+struct Relays(Arc<Mutex<Vec<JoinHandle<()>>>>);
+
+impl Drop for Relays {
+    fn drop(&mut self) {
+        for r in self.0.lock().unwrap().drain(..) {
+            r.abort();
+        }
+    }
+}
+
+/// Whether a store whose connections go through `addr` gets its change feed connected.
+async fn feed_connects(cfg: &tokio_postgres::Config, addr: SocketAddr, tag: &str) -> bool {
+    let store = PostgresStore::connect_and_migrate(&conninfo(cfg, &app(tag), Some(addr), None))
+        .await
+        .unwrap();
+    let (spy, log) = Spy::recorder();
+    let listener: Arc<dyn ChangeListener> = spy;
+    store.changes(Arc::downgrade(&listener));
+    wait_until(Duration::from_secs(30), || {
+        log.count(&FeedEvent::Connected) == 1
+    })
+    .await
+    .is_some()
+}
+
+/// A feed connection that hangs at its `LISTEN` (a half-open socket, a backend stuck right
+/// after connecting) is given up like one whose heartbeat stops, and replaced: the feed
+/// reconnects instead of waiting on it until TCP keepalive, with the cache on its fallback
+/// TTL all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_connection_that_hangs_at_listen_is_replaced() {
+    let Some(cfg) = database_url("a_feed_connection_that_hangs_at_listen_is_replaced") else {
+        return;
+    };
+    let (addr, _relays) = hold_first(&cfg, b"LISTEN ").await;
+    assert!(
+        feed_connects(&cfg, addr, "hung-listen").await,
+        "the feed never got past a connection that hung at LISTEN"
+    );
+}

@@ -133,9 +133,23 @@ async fn listen(
     });
     let _abort = AbortOnDrop(driver);
 
-    if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await {
-        tracing::warn!(target: "api_keys", error = %e, "change feed: LISTEN failed");
-        return FeedEnd::Lost { was_live: false };
+    // Bounded like a probe: a connection that hangs here (a half-open socket, a stuck
+    // backend) is replaced, not waited on until TCP keepalive gives up.
+    let listening = tokio::time::timeout(
+        HEARTBEAT_TIMEOUT,
+        client.batch_execute(&format!("LISTEN {channel}")),
+    )
+    .await;
+    match listening {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(target: "api_keys", error = %e, "change feed: LISTEN failed");
+            return FeedEnd::Lost { was_live: false };
+        }
+        Err(_) => {
+            tracing::warn!(target: "api_keys", "change feed: LISTEN got no answer; reconnecting");
+            return FeedEnd::Lost { was_live: false };
+        }
     }
     let mut live = false;
     let mut last_proof = Instant::now();

@@ -457,3 +457,20 @@ async fn a_feed_connection_that_hangs_at_listen_is_replaced() {
         "the feed never got past a connection that hung at LISTEN"
     );
 }
+
+/// The same for a feed connection whose startup handshake hangs (the server accepted the
+/// TCP connection and then stopped answering): the connect timeout covers the whole
+/// connection, as for a pooled one, and the feed tries again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_connection_that_hangs_in_its_handshake_is_replaced() {
+    let Some(cfg) = database_url("a_feed_connection_that_hangs_in_its_handshake_is_replaced")
+    else {
+        return;
+    };
+    // The startup message names the feed's connection `<application_name>-feed`.
+    let (addr, _relays) = hold_first(&cfg, b"-feed\0").await;
+    assert!(
+        feed_connects(&cfg, addr, "hung-startup").await,
+        "the feed never got past a connection whose handshake hung"
+    );
+}

@@ -34,9 +34,8 @@ pub(super) type FeedConnection = (
     tokio_postgres::Client,
     Pin<Box<dyn Stream<Item = Result<AsyncMessage, tokio_postgres::Error>> + Send>>,
 );
-pub(super) type FeedConnector = Arc<
-    dyn Fn() -> BoxFuture<'static, Result<FeedConnection, tokio_postgres::Error>> + Send + Sync,
->;
+pub(super) type FeedConnector =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<FeedConnection, crate::BoxError>> + Send + Sync>;
 
 /// Parses a notification payload `<id>:<revision>:<insert|update|delete>`.
 pub(super) fn parse_payload(payload: &str) -> Option<Change> {

@@ -235,7 +235,12 @@ impl PostgresOptions {
             let config = feed_config.clone();
             let tls = tls.clone();
             Box::pin(async move {
-                let (client, mut connection) = config.connect(tls).await?;
+                // The driver's own connect timeout covers the socket only: a server that
+                // accepts and then stops answering would hold the feed forever.
+                let (client, mut connection) =
+                    tokio::time::timeout(connect_timeout, config.connect(tls))
+                        .await
+                        .map_err(|_| "timed out connecting (the handshake got no answer)")??;
                 let messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
                 Ok((client, Box::pin(messages) as Pin<Box<_>>))
             })

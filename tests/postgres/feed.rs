@@ -372,7 +372,10 @@ async fn a_truncate_is_seen_at_once_by_a_warm_node() {
 /// A relay in front of the server that holds, forever, the first connection whose client
 /// sends `pattern` (neither forwarded nor closed: the socket just stops); dropping the
 /// returned task list closes every relayed connection.
-async fn hold_first(cfg: &tokio_postgres::Config, pattern: &'static [u8]) -> (SocketAddr, Relays) {
+pub(super) async fn hold_first(
+    cfg: &tokio_postgres::Config,
+    pattern: &'static [u8],
+) -> (SocketAddr, Relays) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let upstream = tcp_target(cfg);
@@ -417,7 +420,7 @@ async fn hold_first(cfg: &tokio_postgres::Config, pattern: &'static [u8]) -> (So
 }
 
 #[derive(Default)]
-struct Relays(Arc<Mutex<Vec<JoinHandle<()>>>>);
+pub(super) struct Relays(Arc<Mutex<Vec<JoinHandle<()>>>>);
 
 impl Drop for Relays {
     fn drop(&mut self) {

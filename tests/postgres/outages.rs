@@ -455,3 +455,30 @@ async fn schema_version_against_a_frozen_server_is_unresponsive_not_a_hang() {
     // Its connection was closed, never reused: the next call answers.
     assert_eq!(store.schema_version().await.unwrap(), 3);
 }
+
+/// `connect` at a node's start is bounded too: a server that stops answering while the
+/// store checks its table name and schema (here: the connection that asks is held) fails
+/// the start with `Unresponsive` instead of hanging it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_against_a_server_that_stops_answering_fails_not_hangs() {
+    let Some(cfg) = database_url("connect_against_a_server_that_stops_answering_fails_not_hangs")
+    else {
+        return;
+    };
+    connect(&cfg, &app("migrated")).await;
+    for pattern in [&b"pg_get_keywords"[..], b"max(version)"] {
+        let (addr, _relays) = super::feed::hold_first(&cfg, pattern).await;
+        let url = conninfo(&cfg, &app("held-start"), Some(addr), None);
+        // The guard only keeps a failing run from hanging the suite.
+        let r = tokio::time::timeout(
+            Duration::from_secs(30),
+            PostgresStore::options()
+                .statement_timeout(Duration::from_secs(1))
+                .connect(&url),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("connect still pending after 30 s (held at {pattern:?})"));
+        let e = r.expect_err("connect through a held connection succeeded");
+        assert_eq!(pg_error(&e).kind(), PostgresErrorKind::Unresponsive);
+    }
+}

@@ -118,7 +118,8 @@ impl PostgresStore {
     /// [`StoreError::Backend`] with a [`PostgresError`] source of kind
     /// [`PostgresErrorKind::InvalidUrl`], [`PostgresErrorKind::Connect`],
     /// [`PostgresErrorKind::SchemaOutdated`], [`PostgresErrorKind::NewerSchema`],
-    /// [`PostgresErrorKind::NoRuntime`], [`PostgresErrorKind::PoolTimeout`] or
+    /// [`PostgresErrorKind::NoRuntime`], [`PostgresErrorKind::PoolTimeout`],
+    /// [`PostgresErrorKind::Unresponsive`] (the server stopped answering its checks) or
     /// [`PostgresErrorKind::Query`].
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         PostgresOptions::new().connect(url).await

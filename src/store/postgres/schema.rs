@@ -140,15 +140,20 @@ impl PostgresStore {
     /// name pattern but cannot name a table unquoted.
     pub(super) async fn check_table_name(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
-        let reserved: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_get_keywords() WHERE word = $1 AND catcode IN ('R', 'T'))",
-                &[&self.inner.table],
-            )
-            .await
-            .map_err(pg)?
-            .get(0);
-        if reserved {
+        let reserved = self
+            .bounded(async {
+                client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_get_keywords() WHERE word = $1 AND catcode IN ('R', 'T'))",
+                        &[&self.inner.table],
+                    )
+                    .await
+                    .map_err(pg)?
+                    .try_get::<_, bool>(0)
+                    .map_err(pg)
+            })
+            .await;
+        if Self::finish(client, reserved)? {
             return Err(StoreError::backend(PostgresError::new(
                 PostgresErrorKind::InvalidTable,
                 Some(format!("`{}` is a reserved word in PostgreSQL", self.inner.table).into()),
@@ -160,14 +165,23 @@ impl PostgresStore {
     /// Checks that the schema is the one this crate writes, changing nothing.
     pub(super) async fn check_schema(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
-        let found = match client
-            .query_one(&self.sql("SELECT max(version) FROM api_keys_schema"), &[])
-            .await
-        {
-            Ok(row) => row.try_get::<_, Option<i32>>(0).map_err(pg)?.unwrap_or(0),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
-            Err(e) => return Err(pg(e)),
-        };
+        let found = self
+            .bounded(async {
+                match client
+                    .query_one(&self.sql("SELECT max(version) FROM api_keys_schema"), &[])
+                    .await
+                {
+                    Ok(row) => Ok(row.try_get::<_, Option<i32>>(0).map_err(pg)?.unwrap_or(0)),
+                    Err(e)
+                        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+                    {
+                        Ok(0)
+                    }
+                    Err(e) => Err(pg(e)),
+                }
+            })
+            .await;
+        let found = Self::finish(client, found)?;
         let kind = match found.cmp(&SCHEMA_VERSION) {
             std::cmp::Ordering::Equal => return Ok(()),
             std::cmp::Ordering::Greater => PostgresErrorKind::NewerSchema {

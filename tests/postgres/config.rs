@@ -174,3 +174,20 @@ async fn a_statement_timeout_beyond_the_servers_range_still_connects() {
         assert!(store.list(&org()).await.unwrap().is_empty());
     }
 }
+
+/// A pool size from a host's configuration is never a panic: far above what any PostgreSQL
+/// server accepts (`max_connections` is at most 262 143) it is that bound, and the store
+/// connects and works.
+#[tokio::test]
+async fn an_absurd_pool_size_is_bounded_not_a_panic() {
+    let Some(cfg) = database_url("an_absurd_pool_size_is_bounded_not_a_panic") else {
+        return;
+    };
+    let url = conninfo(&cfg, &app("huge-pool"), None, None);
+    let store = PostgresStore::options()
+        .pool_size(usize::MAX)
+        .connect_and_migrate(&url)
+        .await
+        .unwrap();
+    assert!(store.list(&org()).await.unwrap().is_empty());
+}

@@ -15,6 +15,8 @@ use super::{Inner, PostgresStore};
 use crate::StoreError;
 
 const DEFAULT_APPLICATION_NAME: &str = "api-keys";
+/// PostgreSQL's upper limit of `max_connections` (`MAX_BACKENDS`, 2^18 - 1).
+const MAX_POOL_SIZE: usize = 262_143;
 
 /// Pool size and timeouts of a [`PostgresStore`]; start from [`PostgresStore::options`].
 ///
@@ -77,9 +79,11 @@ impl PostgresOptions {
         self
     }
 
-    /// Most pooled connections (at least 1). The change feed has one more of its own.
+    /// Most pooled connections (at least 1, at most 262 143 — the most `max_connections` any
+    /// PostgreSQL server allows; the pool reserves its slots up front). The change feed has
+    /// one more of its own.
     pub fn pool_size(mut self, n: usize) -> Self {
-        self.pool_size = n.max(1);
+        self.pool_size = n.clamp(1, MAX_POOL_SIZE);
         self
     }
 

@@ -482,3 +482,31 @@ async fn connect_against_a_server_that_stops_answering_fails_not_hangs() {
         assert_eq!(pg_error(&e).kind(), PostgresErrorKind::Unresponsive);
     }
 }
+
+/// The same for `connect_and_migrate` (every node of a deploy may call it at start): a
+/// server that stops answering during the migration's transaction fails it with
+/// `Unresponsive`, and the held transaction is rolled back when its connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_against_a_server_that_stops_answering_fails_not_hangs() {
+    let Some(cfg) =
+        database_url("a_migration_against_a_server_that_stops_answering_fails_not_hangs")
+    else {
+        return;
+    };
+    let (addr, relays) = super::feed::hold_first(&cfg, b"pg_advisory_xact_lock").await;
+    let url = conninfo(&cfg, &app("held-migrate"), Some(addr), None);
+    // The guard only keeps a failing run from hanging the suite.
+    let r = tokio::time::timeout(
+        Duration::from_secs(60),
+        PostgresStore::options()
+            .statement_timeout(Duration::from_secs(1))
+            .connect_and_migrate(&url),
+    )
+    .await
+    .expect("connect_and_migrate still pending after 60 s");
+    let e = r.expect_err("a migration through a held connection succeeded");
+    assert_eq!(pg_error(&e).kind(), PostgresErrorKind::Unresponsive);
+    drop(relays);
+    // Nothing was left locked: the next node migrates.
+    connect(&cfg, &app("after-held-migrate")).await;
+}

@@ -60,9 +60,29 @@ const MIGRATIONS: &[&str] = &[
 /// advisory locks: "api-keys" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6170_692d_6b65_7973;
 
+/// More than the statements of the migration's transaction (its bound is this many calls).
+const MIGRATION_STATEMENTS: u32 = 16;
+
 impl PostgresStore {
     pub(super) async fn run_migrations(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
+        // The server bounds each statement by its statement timeout; this side bounds the
+        // whole transaction (fewer than MIGRATION_STATEMENTS of them) by as many calls, so a
+        // server that stops answering fails the migration instead of hanging it. The
+        // connection is then closed, which rolls the transaction back.
+        let done = match self.inner.call_timeout {
+            Some(d) => tokio::time::timeout(
+                d.saturating_mul(MIGRATION_STATEMENTS),
+                self.migrate_on(&mut client),
+            )
+            .await
+            .ok(),
+            None => Some(self.migrate_on(&mut client).await),
+        };
+        Self::finish(client, done)
+    }
+
+    async fn migrate_on(&self, client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
         let tx = client.transaction().await.map_err(pg)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await

@@ -274,3 +274,71 @@ async fn an_unreachable_store_is_a_503_to_retry() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+/// The limit and credit shapes (nested objects, a tagged refill, unsigned numbers) name the
+/// wrong field without a Rust type either: a script sees `expected struct RateLimitIn` or
+/// `expected u8` as noise it cannot act on.
+#[tokio::test]
+async fn nested_limit_and_credit_errors_name_no_rust_type() {
+    let srv = start().await;
+    let alice = srv.alice();
+    let (_, info) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"]}))
+        .await;
+    let id = info["id"].as_str().unwrap();
+    let create = |extra: Value| {
+        let mut body = json!({"name": "a", "scopes": ["scim"]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        srv.post("/api/keys").session(&alice).json(&body)
+    };
+    let calls = [
+        (create(json!({"rate_limits": [5]})), "rate_limits[0]"),
+        (create(json!({"credits": 5})), "credits"),
+        (
+            create(json!({"credits": {"initial": 1, "refill": 5}})),
+            "credits.refill",
+        ),
+        (
+            create(
+                json!({"credits": {"initial": 1, "refill": {"every": "monthly", "day": 300, "amount": 1}}}),
+            ),
+            "credits.refill",
+        ),
+        (
+            create(json!({"credits": {"initial": -1}})),
+            "credits.initial",
+        ),
+        (
+            srv.put(&format!("/api/keys/{id}/limits"))
+                .session(&alice)
+                .json(&json!({"rate_limits": [{"name": "b", "limit": "x", "window_ms": 1}]})),
+            "rate_limits[0].limit",
+        ),
+        (
+            srv.put(&format!("/api/keys/{id}/credits"))
+                .session(&alice)
+                .json(&json!({"credits": 5})),
+            "credits",
+        ),
+        (
+            srv.post(&format!("/api/keys/{id}/roll"))
+                .session(&alice)
+                .json(&json!({"overlap_seconds": 1.5})),
+            "overlap_seconds",
+        ),
+    ];
+    for (call, field) in calls {
+        let r = call.send().await;
+        r.assert_error(StatusCode::BAD_REQUEST, "bad_request");
+        let message = r.json()["detail"].as_str().unwrap().to_string();
+        assert!(message.contains(&format!("\"{field}\"")), "{message}");
+        for rust in ["struct", "enum", "In`", "In ", "u8", "u64", "i64"] {
+            assert!(
+                !message.contains(rust) && !message.ends_with("In"),
+                "{field}: {message}"
+            );
+        }
+    }
+}

@@ -146,13 +146,29 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
+        let inner = without_rust_types(e.into_inner().to_string());
         ApiError::bad_request(if path == "." {
             format!("the request body: {inner}")
         } else {
             format!("field \"{path}\": {inner}")
         })
     })
+}
+
+/// `serde`'s message with the integer type it expected (`expected u64`) said in words.
+fn without_rust_types(message: String) -> String {
+    const WORDS: [(&str, &str); 4] = [
+        ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u64", "a whole number from 0 to 18446744073709551615"),
+        ("i64", "a whole number"),
+    ];
+    for (rust, words) in WORDS {
+        if let Some(head) = message.strip_suffix(&format!("expected {rust}")) {
+            return format!("{head}expected {words}");
+        }
+    }
+    message
 }
 
 /// What a status means, for error responses that axum or hyper made without a JSON body

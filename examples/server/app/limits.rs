@@ -28,7 +28,10 @@ use super::sessions::Session;
 
 /// A [`RateLimit`] as a request gives it (the crate's shape), refusing unknown fields.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = r#"a rate limit {"name", "limit", "window_ms", "scope"}"#
+)]
 pub(crate) struct RateLimitIn {
     name: String,
     limit: u64,
@@ -49,7 +52,7 @@ impl From<RateLimitIn> for RateLimit {
 
 /// [`Credits`] as a request gives them (the crate's shape), refusing unknown fields.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = r#"credits {"initial", "refill"}"#)]
 pub(crate) struct CreditsIn {
     initial: u64,
     #[serde(default)]
@@ -58,7 +61,12 @@ pub(crate) struct CreditsIn {
 
 /// A [`Refill`] as a request gives it, refusing unknown fields.
 #[derive(Deserialize)]
-#[serde(tag = "every", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    tag = "every",
+    rename_all = "snake_case",
+    deny_unknown_fields,
+    expecting = r#"a refill {"every": "daily" | "monthly", "amount", "day"}"#
+)]
 enum RefillIn {
     Daily { amount: u64 },
     Monthly { day: u8, amount: u64 },

@@ -41,7 +41,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::Response;
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 
 // The tests reach these through `app::`.
 #[allow(unused_imports)]
@@ -204,6 +204,9 @@ pub fn router(state: AppState) -> Router {
     let scim = Router::new()
         .route("/scim/v2/Users", get(scim::scim_users))
         .route("/scim/v2/Users/{id}", get(scim::scim_user))
+        // Any other path under `/scim/` (`/Groups`, `/ServiceProviderConfig`, ...): a SCIM 404,
+        // behind the same key check.
+        .route("/scim/{*rest}", any(scim::scim_not_found))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::count_success,

@@ -187,3 +187,44 @@ async fn a_rate_limited_scim_request_is_not_called_malformed() {
     let detail = r.json()["detail"].as_str().unwrap().to_string();
     assert_ne!(detail, "the request is malformed", "{}", r.text());
 }
+
+/// A SCIM client asks for resources this directory does not have (`/Groups`,
+/// `/ServiceProviderConfig`, a trailing slash): the answer is a SCIM error too, not the
+/// management API's problem document, and still needs a key.
+#[tokio::test]
+async fn unknown_scim_paths_are_scim_errors() {
+    let srv = start().await;
+    let (token, _) = srv
+        .create(json!({"name": "okta", "scopes": ["scim"]}))
+        .await;
+    for path in [
+        "/scim/v2/Groups",
+        "/scim/v2/ServiceProviderConfig",
+        "/scim/v2/Users/",
+        "/scim/v2/Users/bob/x",
+    ] {
+        for (token, status) in [
+            (Some(&token), StatusCode::NOT_FOUND),
+            (None, StatusCode::UNAUTHORIZED),
+        ] {
+            let call = srv.get(path);
+            let r = match token {
+                Some(t) => call.bearer(t),
+                None => call,
+            }
+            .send()
+            .await;
+            assert_eq!(r.status, status, "{path}: {}", r.text());
+            assert_eq!(
+                r.header(CONTENT_TYPE),
+                Some("application/scim+json"),
+                "{path}"
+            );
+            assert_eq!(
+                r.json()["schemas"],
+                json!(["urn:ietf:params:scim:api:messages:2.0:Error"]),
+                "{path}"
+            );
+        }
+    }
+}

@@ -72,6 +72,15 @@ pub(crate) async fn scim_user(
     }
 }
 
+/// Any other path under `/scim/`: a SCIM 404 (the directory has users only).
+pub(crate) async fn scim_not_found() -> Response {
+    scim_error(
+        StatusCode::NOT_FOUND,
+        None,
+        "this directory serves /scim/v2/Users only",
+    )
+}
+
 /// Rebuilds every error answer under `/scim/` (the API key layer's 401/403, a 405, a
 /// rejected query) as a SCIM error, keeping its status and headers (`WWW-Authenticate`,
 /// `Allow`).

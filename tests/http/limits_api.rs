@@ -221,3 +221,34 @@ async fn unknown_fields_in_limits_and_credits_are_refused() {
     assert_eq!(made["rate_limits"], limit);
     assert_eq!(made["credits"], credits);
 }
+
+/// `PUT /api/keys/{id}/credits` removes a budget only when told so with `"credits": null`: an
+/// empty object (a form that sent nothing, a script that built the body wrong) must not quietly
+/// lift the key's usage cap, as `"rate_limits"` is required on `PUT .../limits`.
+#[tokio::test]
+async fn an_empty_credits_body_does_not_remove_the_budget() {
+    let srv = start().await;
+    let (_, info) = srv
+        .create(json!({"name": "m", "scopes": ["prometheus"], "credits": {"initial": 5}}))
+        .await;
+    let id = info["id"].as_str().unwrap();
+    let r = srv
+        .put(&format!("/api/keys/{id}/credits"))
+        .session(&srv.alice())
+        .json(&json!({}))
+        .send()
+        .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    assert!(r.text().contains("`credits`"), "{}", r.text());
+    let r = credits(&srv, id).await;
+    assert_eq!(
+        r.json(),
+        json!({"credits": {"initial": 5, "refill": null}, "remaining": 5})
+    );
+    // The description says the same: the member is required (and may be null).
+    let doc = srv.get("/api/openapi.json").send().await.json();
+    assert_eq!(
+        doc["components"]["schemas"]["CreditsBody"]["required"],
+        json!(["credits"])
+    );
+}

@@ -97,8 +97,9 @@ pub(crate) struct LimitsBody {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreditsBody {
     /// The credit budget from now on (the balance is set to `initial` now), or `null` to
-    /// remove it.
-    #[schema(value_type = Option<CreditsDoc>)]
+    /// remove it. Required: an empty body must not remove a budget.
+    #[schema(value_type = Option<CreditsDoc>, required = true)]
+    #[serde(deserialize_with = "Option::deserialize")]
     credits: Option<CreditsIn>,
 }
 

@@ -41,7 +41,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::Response;
-use axum::routing::{any, get, post, put};
+use axum::routing::{MethodRouter, any, get, post, put};
 
 // The tests reach these through `app::`.
 #[allow(unused_imports)]
@@ -194,24 +194,40 @@ impl AppState {
 /// page's routes, `/healthz`, and GitHub's secret-scanning partner endpoint when configured. Every error answer is JSON (SCIM's are SCIM errors). Serve it
 /// through [`guard`] (Host check, limits) and [`serve`] (timeouts, connection limit).
 pub fn router(state: AppState) -> Router {
-    let metrics = Router::new()
-        .route("/metrics", get(metrics::metrics))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            metrics::count_success,
-        ))
-        .route_layer(ApiKeyLayer::new(state.manager.clone(), Scope::Prometheus));
+    // The key check wraps each route's methods, not the route's 405 for a method it lacks: a
+    // wrong method is answered before any key is read (and spends none of its usage).
+    // (`any` has no 405: its one handler is the fallback, which `layer` wraps.)
+    let guarded = |route: MethodRouter<AppState>, scope: Scope| {
+        let count = middleware::from_fn_with_state(state.clone(), metrics::count_success);
+        let check = ApiKeyLayer::new(state.manager.clone(), scope);
+        route.route_layer(count).route_layer(check)
+    };
+    let guarded_any = |route: MethodRouter<AppState>, scope: Scope| {
+        let count = middleware::from_fn_with_state(state.clone(), metrics::count_success);
+        let check = ApiKeyLayer::new(state.manager.clone(), scope);
+        route
+            .layer::<_, std::convert::Infallible>(count)
+            .layer::<_, std::convert::Infallible>(check)
+    };
+    let metrics = Router::new().route(
+        "/metrics",
+        guarded(get(metrics::metrics), Scope::Prometheus),
+    );
     let scim = Router::new()
-        .route("/scim/v2/Users", get(scim::scim_users))
-        .route("/scim/v2/Users/{id}", get(scim::scim_user))
+        .route(
+            "/scim/v2/Users",
+            guarded(get(scim::scim_users), Scope::Scim),
+        )
+        .route(
+            "/scim/v2/Users/{id}",
+            guarded(get(scim::scim_user), Scope::Scim),
+        )
         // Any other path under `/scim/` (`/Groups`, `/ServiceProviderConfig`, ...): a SCIM 404,
         // behind the same key check.
-        .route("/scim/{*rest}", any(scim::scim_not_found))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            metrics::count_success,
-        ))
-        .route_layer(ApiKeyLayer::new(state.manager.clone(), Scope::Scim))
+        .route(
+            "/scim/{*rest}",
+            guarded_any(any(scim::scim_not_found), Scope::Scim),
+        )
         .route_layer(middleware::from_fn(scim::scim_errors));
     Router::new()
         .route("/healthz", get(healthz))

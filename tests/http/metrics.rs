@@ -253,3 +253,40 @@ async fn a_key_generated_during_a_scrape_shows_in_the_next_scrape() {
         "a key generated through the API is missing"
     );
 }
+
+/// A method a guarded route does not take is a 405 with `Allow`, decided before the key: it
+/// spends none of the key's credits or rate limit (and carries no `RateLimit` fields), and a
+/// request without a key gets the 405 too, not a 401 that sends the client hunting for a key.
+#[tokio::test]
+async fn a_wrong_method_on_a_guarded_route_is_405_and_spends_nothing() {
+    let srv = start().await;
+    let (token, info) = srv
+        .create(
+            json!({"name": "p", "scopes": ["prometheus", "scim"], "credits": {"initial": 5},
+            "rate_limits": [{"name": "burst", "limit": 100, "window_ms": 60000}]}),
+        )
+        .await;
+    let id = info["id"].as_str().unwrap();
+    for path in ["/metrics", "/scim/v2/Users", "/scim/v2/Users/bob"] {
+        for with_key in [true, false] {
+            let call = srv.call(Method::DELETE, path);
+            let call = if with_key { call.bearer(&token) } else { call };
+            let r = call.send().await;
+            assert_eq!(
+                r.status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{path}: {}",
+                r.text()
+            );
+            assert!(r.header(axum::http::header::ALLOW).is_some(), "{path}");
+            assert!(r.headers.get("ratelimit").is_none(), "{path}");
+            assert!(r.headers.get("ratelimit-policy").is_none(), "{path}");
+        }
+    }
+    let r = srv
+        .get(&format!("/api/keys/{id}/credits"))
+        .session(&srv.alice())
+        .send()
+        .await;
+    assert_eq!(r.json()["remaining"], 5, "{}", r.text());
+}

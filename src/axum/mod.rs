@@ -28,13 +28,16 @@
 //! # fn main() -> Result<(), api_keys::Error> {
 //! let manager = KeyManager::builder(MemoryStore::new(), Keyring::new(1, MasterKey::generate()))
 //!     .build()?;
+//! // The layer on each route's methods (`get(..).route_layer(..)`): a method the route does
+//! // not take is answered 405 before any key is read.
 //! let app: Router = Router::new()
-//!     .route("/metrics", get(metrics))
-//!     .route_layer(ApiKeyLayer::new(manager.clone(), Scope::Prometheus))
-//!     .merge(
-//!         Router::new()
-//!             .route("/orgs/{org}/users", get(users))
-//!             .route_layer(ApiKeyLayer::new(manager, Scope::Scim)),
+//!     .route(
+//!         "/metrics",
+//!         get(metrics).route_layer(ApiKeyLayer::new(manager.clone(), Scope::Prometheus)),
+//!     )
+//!     .route(
+//!         "/orgs/{org}/users",
+//!         get(users).route_layer(ApiKeyLayer::new(manager, Scope::Scim)),
 //!     );
 //! # let _ = app;
 //! # Ok(())

@@ -205,3 +205,57 @@ async fn the_longest_retry_after_an_engine_gives_is_clamped_not_overflowed() {
         "\"burst\";r=0;t=999999999999999"
     );
 }
+
+/// The form the docs give (`get(handler).route_layer(layer)`): a method the route does not
+/// take is a 405 before any key is read — it spends nothing and carries no `RateLimit` field,
+/// and a client without a key gets the 405 too, not a 401.
+#[tokio::test]
+async fn the_documented_route_form_answers_a_wrong_method_without_verifying() {
+    let manager = KeyManager::builder(MemoryStore::new(), Keyring::new(1, MasterKey::generate()))
+        .build()
+        .unwrap();
+    let admin = Actor::manager(OrgId::new("acme"), UserId::new("alice"));
+    let (key, info) = manager
+        .generate(
+            &admin,
+            GenerateRequest::new("k")
+                .scope(Scope::Prometheus)
+                .credits(crate::Credits::new(5))
+                .rate_limit(crate::RateLimit::new(
+                    "burst",
+                    10,
+                    std::time::Duration::from_secs(60),
+                )),
+        )
+        .await
+        .unwrap();
+    let app: Router = Router::new().route(
+        "/metrics",
+        get(|| async { "ok" }).route_layer(ApiKeyLayer::new(manager.clone(), Scope::Prometheus)),
+    );
+    for token in [Some(key.expose_secret()), None] {
+        let mut req = Request::builder().method("DELETE").uri("/metrics");
+        if let Some(t) = token {
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let resp = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(resp.headers().get(&RATELIMIT).is_none());
+    }
+    assert_eq!(
+        manager.credits_remaining(&admin, &info.id).await.unwrap(),
+        Some(5)
+    );
+    let mut get_req = bearer_request(key.expose_secret());
+    *get_req.uri_mut() = "/metrics".parse().unwrap();
+    let resp = app.clone().oneshot(get_req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        manager.credits_remaining(&admin, &info.id).await.unwrap(),
+        Some(4)
+    );
+}

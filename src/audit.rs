@@ -243,23 +243,26 @@ pub const LOG_WINDOW_SECS: i64 = 10;
 const LOG_SLOTS: usize = 1024;
 
 /// What a bounded line is about: a failed verification (by class), a key accepted from
-/// the cache while the store is unreachable, or a per-request event that the host's sink
-/// refused.
+/// the cache while the store is unreachable, a per-request event that the host's sink
+/// refused, or a secret-scanning report refused before it was read (anyone can send one).
 #[derive(Clone, Copy)]
 enum Bounded {
     Failed(FailureClass),
     Stale,
     SinkFailed,
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    ScanRefused,
 }
 
 impl Bounded {
-    const COUNT: usize = FailureClass::ALL.len() + 2;
+    const COUNT: usize = FailureClass::ALL.len() + 3;
 
     fn index(self) -> usize {
         match self {
             Bounded::Failed(class) => class.index(),
             Bounded::Stale => FailureClass::ALL.len(),
             Bounded::SinkFailed => FailureClass::ALL.len() + 1,
+            Bounded::ScanRefused => FailureClass::ALL.len() + 2,
         }
     }
 
@@ -268,6 +271,7 @@ impl Bounded {
             Bounded::Failed(_) => "verification_failed",
             Bounded::Stale => AuditAction::ServedStale.name(),
             Bounded::SinkFailed => "audit_sink_failed",
+            Bounded::ScanRefused => "secret_scanning_refused",
         }
     }
 
@@ -276,6 +280,7 @@ impl Bounded {
             Bounded::Failed(class) => class.as_str(),
             Bounded::Stale => AuditAction::ServedStale.name(),
             Bounded::SinkFailed => "audit_sink_failed",
+            Bounded::ScanRefused => "secret_scanning_refused",
         }
     }
 
@@ -291,6 +296,10 @@ impl Bounded {
             Bounded::SinkFailed => {
                 "per-request audit events the audit sink refused, not logged one by one in an \
                  earlier window"
+            }
+            Bounded::ScanRefused => {
+                "secret-scanning reports refused (bad signature, size or headers), not logged \
+                 one by one in an earlier window"
             }
         }
     }
@@ -470,6 +479,14 @@ impl AuditSink for TracingAudit {
 /// a flood of requests while the sink is down does not flood the log.
 pub(crate) fn sink_failure_logged(at: i64) -> bool {
     TracingAudit::admit(Bounded::SinkFailed, None, at)
+}
+
+/// Whether a refused secret-scanning report (at Unix second `at`) is logged in full: anyone
+/// can post one, so the lines are bounded like failed verifications (one budget), with a
+/// `suppressed=N` summary.
+#[cfg(feature = "axum")]
+pub(crate) fn scan_refusal_logged(at: i64) -> bool {
+    TracingAudit::admit(Bounded::ScanRefused, None, at)
 }
 
 impl<T: AuditSink> AuditSink for std::sync::Arc<T> {

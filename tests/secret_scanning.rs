@@ -338,3 +338,32 @@ async fn a_body_that_fails_to_arrive_is_a_bad_request_not_too_large() {
 
     assert!(works(&p, k.expose_secret()).await);
 }
+
+/// Anyone can post to the endpoint: a flood of refused reports (here, forged signatures) logs
+/// a bounded number of lines per window (with a `suppressed=N` summary later), not one each.
+#[tokio::test(flavor = "current_thread")]
+async fn a_flood_of_refused_reports_does_not_flood_the_log() {
+    let buffer = common::LogBuffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let p = start_partner().await;
+    let body = report(&["sak_not_a_real_token"]);
+    let forged = sign(&signing_key(), &body);
+    for _ in 0..60 {
+        let (s, _) = post_signed(&p, KEY_ID, &forged, body.clone()).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let lines = buffer
+        .text()
+        .lines()
+        .filter(|l| l.contains("secret-scanning report refused"))
+        .count();
+    // One window's budget, or two if the flood straddled a window's end.
+    let most = 2 * api_keys::LOG_FULL_PER_WINDOW as usize;
+    assert!((1..=most).contains(&lines), "{lines} lines for 60 refusals");
+}

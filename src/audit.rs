@@ -252,10 +252,13 @@ enum Bounded {
     SinkFailed,
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     ScanRefused,
+    /// The axum layer's 503 warning (the key store unreachable): one per request otherwise.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    HttpUnavailable,
 }
 
 impl Bounded {
-    const COUNT: usize = FailureClass::ALL.len() + 3;
+    const COUNT: usize = FailureClass::ALL.len() + 4;
 
     fn index(self) -> usize {
         match self {
@@ -263,6 +266,7 @@ impl Bounded {
             Bounded::Stale => FailureClass::ALL.len(),
             Bounded::SinkFailed => FailureClass::ALL.len() + 1,
             Bounded::ScanRefused => FailureClass::ALL.len() + 2,
+            Bounded::HttpUnavailable => FailureClass::ALL.len() + 3,
         }
     }
 
@@ -272,6 +276,7 @@ impl Bounded {
             Bounded::Stale => AuditAction::ServedStale.name(),
             Bounded::SinkFailed => "audit_sink_failed",
             Bounded::ScanRefused => "secret_scanning_refused",
+            Bounded::HttpUnavailable => "http_unavailable",
         }
     }
 
@@ -281,6 +286,7 @@ impl Bounded {
             Bounded::Stale => AuditAction::ServedStale.name(),
             Bounded::SinkFailed => "audit_sink_failed",
             Bounded::ScanRefused => "secret_scanning_refused",
+            Bounded::HttpUnavailable => "store",
         }
     }
 
@@ -299,6 +305,10 @@ impl Bounded {
             }
             Bounded::ScanRefused => {
                 "secret-scanning reports refused (bad signature, size or headers), not logged \
+                 one by one in an earlier window"
+            }
+            Bounded::HttpUnavailable => {
+                "HTTP requests answered 503 because the key store was unreachable, not logged \
                  one by one in an earlier window"
             }
         }
@@ -487,6 +497,21 @@ pub(crate) fn sink_failure_logged(at: i64) -> bool {
 #[cfg(feature = "axum")]
 pub(crate) fn scan_refusal_logged(at: i64) -> bool {
     TracingAudit::admit(Bounded::ScanRefused, None, at)
+}
+
+/// Whether the axum layer's warning for a 503 (the key store unreachable) is logged in full:
+/// during an outage every request gets one, so the lines share the bound.
+#[cfg(feature = "axum")]
+pub(crate) fn unavailable_logged() -> bool {
+    TracingAudit::admit(Bounded::HttpUnavailable, None, unix_now())
+}
+
+/// The system clock in Unix seconds (0 before the epoch).
+#[cfg(feature = "axum")]
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl<T: AuditSink> AuditSink for std::sync::Arc<T> {

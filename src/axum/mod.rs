@@ -312,11 +312,14 @@ impl Rejection {
             }
             Error::ScopeNotAllowed => Rejection::InsufficientScope,
             Error::Store(_) => {
-                tracing::warn!(
-                    target: "api_keys::http",
-                    class = "store",
-                    "API key verification could not reach the key store"
-                );
+                // One per request during an outage: bounded like failed verifications.
+                if crate::audit::unavailable_logged() {
+                    tracing::warn!(
+                        target: "api_keys::http",
+                        class = "store",
+                        "API key verification could not reach the key store"
+                    );
+                }
                 Rejection::Unavailable
             }
             other => {

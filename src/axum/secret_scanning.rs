@@ -258,10 +258,7 @@ fn answer(status: StatusCode, body: Vec<u8>) -> Response<Body> {
 
 fn refuse(status: StatusCode, error: &'static str) -> Response<Body> {
     // Anyone can post a report: the lines are bounded, so a flood cannot flood the log.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    if crate::audit::scan_refusal_logged(now) {
+    if crate::audit::scan_refusal_logged(crate::audit::unix_now()) {
         tracing::warn!(target: LOG, status = status.as_u16(), error, "secret-scanning report refused");
     }
     answer(status, format!("{{\"error\":\"{error}\"}}").into_bytes())

@@ -342,3 +342,41 @@ async fn nested_limit_and_credit_errors_name_no_rust_type() {
         }
     }
 }
+
+/// During a store outage every request needing the store is a 503: the layer's warning for
+/// it is bounded like failed verifications (a budget per window, then a summary), not one
+/// line per request.
+#[tokio::test]
+async fn an_outage_logs_a_bounded_number_of_503_warnings() {
+    capture_logs();
+    let store = CountingStore::default();
+    let keyring = Keyring::new(1, MasterKey::from_bytes([7; 16]));
+    let node = |keyring: Keyring| {
+        let state = app::AppState::new(AnyStore::new(store.clone()), keyring).expect("state");
+        serve_state(state, app::Limits::default())
+    };
+    let (token, _) = node(keyring.clone())
+        .await
+        .create(json!({"name": "cold", "scopes": ["prometheus"]}))
+        .await;
+    // Another node, whose cache does not hold the key.
+    let srv = node(keyring).await;
+    let warnings = || {
+        logs()
+            .lines()
+            .filter(|l| l.contains("could not reach the key store"))
+            .count()
+    };
+    let before = warnings();
+    store
+        .fail_get
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..60 {
+        let r = srv.scrape(&token).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    }
+    let logged = warnings() - before;
+    // One window's budget, or two if the requests straddled a window's end.
+    let most = 2 * api_keys::LOG_FULL_PER_WINDOW as usize;
+    assert!(logged <= most, "{logged} warnings for 60 answers of 503");
+}

@@ -229,8 +229,9 @@ pub(crate) struct LoginBody {
 }
 
 /// Trades a one-time login nonce for the demo sessions. Only the page on this origin can read
-/// the answer: the request needs a JSON body (so a cross-origin page would need a CORS
-/// preflight, which this server never grants) and the Host check refuses rebound names.
+/// the answer: a cross-origin page can send the request (a `text/plain` body needs no CORS
+/// preflight) but never read what comes back (this server grants no CORS), it cannot guess
+/// the nonce, and the Host check refuses rebound names.
 #[utoipa::path(post, path = "/demo/login", tag = "session",
     request_body(content = LoginBody, content_type = "application/json"),
     responses(

@@ -369,3 +369,6 @@ async fn the_kit_catches_each_fault() {
         assert!(!f.message.is_empty());
     }
 }
+
+#[path = "testkit/mutations.rs"]
+mod mutations;

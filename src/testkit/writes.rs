@@ -72,15 +72,19 @@ pub async fn update_is_compare_and_swap<S: KeyStore>(store: &S) -> Check {
     Ok(())
 }
 
-/// `delete` returns `true` once, then `false`; the record is gone from `get` and `list`.
+/// `delete` returns `true` once, then `false`; the record is gone from `get` and `list`, and
+/// every other record (of the same organization too) is still there.
 pub async fn delete_removes<S: KeyStore>(store: &S) -> Check {
     const C: &str = "delete_removes";
     let org = random_org();
     let rec = sample_record(random_id(), &org);
-    store
-        .insert(rec.clone())
-        .await
-        .map_err(|e| store_err(C, "insert", e))?;
+    let sibling = sample_record(random_id(), &org);
+    for r in [&rec, &sibling] {
+        store
+            .insert(r.clone())
+            .await
+            .map_err(|e| store_err(C, "insert", e))?;
+    }
     let first = store
         .delete(&rec.id)
         .await
@@ -102,8 +106,24 @@ pub async fn delete_removes<S: KeyStore>(store: &S) -> Check {
         .map_err(|e| store_err(C, "list", e))?;
     ensure!(
         C,
-        listed.is_empty(),
+        !listed.iter().any(|r| r.id == rec.id),
         "deleted record still listed: {listed:?}"
+    );
+    // A `DELETE` whose `WHERE` names the wrong column (the organization) removes every key
+    // of the organization with the one asked for.
+    ensure!(
+        C,
+        listed == [sibling.clone()],
+        "deleting one record changed its organization's others: list returned {listed:?}"
+    );
+    let kept = store
+        .get(&sibling.id)
+        .await
+        .map_err(|e| store_err(C, "get", e))?;
+    ensure!(
+        C,
+        kept.as_ref() == Some(&sibling),
+        "deleting one record removed another of its organization: get returned {kept:?}"
     );
     Ok(())
 }

@@ -1,0 +1,95 @@
+//! Plausible broken stores, each a `MemoryStore` with one written duty broken the way a
+//! host's own SQL might break it, that the suite must catch (and the same wrapper with
+//! nothing broken, that it must pass).
+
+use api_keys::testkit::{self, Failure};
+use api_keys::time::OffsetDateTime;
+use api_keys::{KeyId, KeyRecord, KeyStore, MemoryStore, OrgId, StoreError};
+
+/// The one duty a [`Mutant`] breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mutation {
+    None,
+    /// `DELETE FROM api_keys WHERE org = (SELECT org FROM api_keys WHERE id = $1)`: deleting
+    /// one key deletes every key of its organization.
+    DeleteRemovesWholeOrg,
+}
+
+/// A `MemoryStore` with one [`Mutation`].
+struct Mutant {
+    inner: MemoryStore,
+    mutation: Mutation,
+}
+
+impl Mutant {
+    fn new(mutation: Mutation) -> Self {
+        Mutant {
+            inner: MemoryStore::new(),
+            mutation,
+        }
+    }
+}
+
+impl KeyStore for Mutant {
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        self.inner.insert(record).await
+    }
+
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.get(id).await
+    }
+
+    async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.list(org).await
+    }
+
+    async fn update(&self, record: KeyRecord, expected: u64) -> Result<(), StoreError> {
+        self.inner.update(record, expected).await
+    }
+
+    async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
+        if self.mutation == Mutation::DeleteRemovesWholeOrg
+            && let Some(rec) = self.inner.get(id).await?
+        {
+            for r in self.inner.list(&rec.org).await? {
+                self.inner.delete(&r.id).await?;
+            }
+            return Ok(true);
+        }
+        self.inner.delete(id).await
+    }
+
+    async fn scan(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.scan(after, limit).await
+    }
+
+    async fn touch(&self, id: &KeyId, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.inner.touch(id, at).await
+    }
+
+    async fn touch_many(&self, uses: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
+        self.inner.touch_many(uses).await
+    }
+}
+
+async fn failure_of(mutation: Mutation) -> Failure {
+    match testkit::run(&Mutant::new(mutation)).await {
+        Err(f) => f,
+        Ok(()) => panic!("the test kit passed a store with {mutation:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_unmutated_wrapper_conforms() {
+    testkit::run(&Mutant::new(Mutation::None)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_delete_that_removes_the_whole_organization_is_caught() {
+    let f = failure_of(Mutation::DeleteRemovesWholeOrg).await;
+    assert_eq!(f.check, "delete_removes", "reported as: {f}");
+}

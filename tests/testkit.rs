@@ -372,3 +372,6 @@ async fn the_kit_catches_each_fault() {
 
 #[path = "testkit/mutations.rs"]
 mod mutations;
+
+#[path = "testkit/counter_mutations.rs"]
+mod counter_mutations;

@@ -141,7 +141,9 @@ pub async fn window_edges<C: UsageCounters>(engine: &C) -> Check {
     Ok(())
 }
 
-/// Two limits: a request refused by one spends nothing on the other.
+/// Two limits: a request refused by one spends nothing on the other, whichever of the two
+/// refuses (the first in the request's order, or the second; the one of the longer window, or
+/// of the shorter).
 pub async fn all_or_nothing<C: UsageCounters>(engine: &C) -> Check {
     const C: &str = "all_or_nothing";
     let org = random_org();
@@ -175,6 +177,41 @@ pub async fn all_or_nothing<C: UsageCounters>(engine: &C) -> Check {
         return Err(fail(
             C,
             format!("the refused request spent `minute`: remaining {left:?}, expected [0, 0]"),
+        ));
+    }
+    // The refusing limit first in the request, and of the longer window: an engine that
+    // spends limit by limit (shortest window first, or in reverse order) and stops at the
+    // first refusal has spent the other one already.
+    let k = key();
+    let limits = [
+        RateLimit::new("minute", 1, StdDuration::from_secs(60)),
+        RateLimit::new("second", 3, StdDuration::from_secs(1)),
+    ];
+    let step = |now, cost| consume(engine, request(k, &org, &limits, None, cost, now));
+    allowed(
+        C,
+        &step(T0, 1).await.map_err(|e| err(C, e))?,
+        "the first request",
+    )?;
+    if !matches!(
+        step(T0 + 10, 1).await.map_err(|e| err(C, e))?,
+        Decision::RateLimited { limit: 0, .. }
+    ) {
+        return Err(fail(
+            C,
+            "the second request in one minute must be refused by `minute`",
+        ));
+    }
+    let u = allowed(
+        C,
+        &step(T0 + 20, 0).await.map_err(|e| err(C, e))?,
+        "a request of cost 0",
+    )?;
+    let left: Vec<u64> = u.limits().iter().map(|l| l.remaining).collect();
+    if left != [0, 2] {
+        return Err(fail(
+            C,
+            format!("the refused request spent `second`: remaining {left:?}, expected [0, 2]"),
         ));
     }
     Ok(())

@@ -1,0 +1,136 @@
+//! Plausible broken counter engines, each the in-process `LocalCounters` with one written
+//! duty broken, that the counters suite must catch (and the same wrapper with nothing
+//! broken, that it must pass).
+
+use api_keys::testkit::{self, Failure};
+use api_keys::{
+    BoxFuture, Consumed, CounterError, Credits, Decision, KeyId, LocalCounters, Usage,
+    UsageCounters, UsageRequest,
+};
+
+/// The one duty a [`MutantCounters`] breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mutation {
+    None,
+    /// A request of several rate limits (and no credits) is decided limit by limit, the
+    /// shortest window first, each spent as soon as it admits (an `INCR` per limit that stops
+    /// at the first over its limit): a limit refusing later leaves the earlier ones spent.
+    SpendsLimitByLimit,
+}
+
+/// `LocalCounters` with one [`Mutation`].
+struct MutantCounters {
+    inner: LocalCounters,
+    mutation: Mutation,
+}
+
+impl MutantCounters {
+    fn new(mutation: Mutation) -> Self {
+        MutantCounters {
+            inner: LocalCounters::new(),
+            mutation,
+        }
+    }
+
+    async fn consume_inner(&self, req: UsageRequest<'_>) -> Result<Decision, CounterError> {
+        match self.inner.consume(req) {
+            Consumed::Ready(r) => r,
+            Consumed::Pending(f) => f.await,
+        }
+    }
+
+    /// [`Mutation::SpendsLimitByLimit`].
+    async fn limit_by_limit(&self, req: UsageRequest<'_>) -> Result<Decision, CounterError> {
+        let mut order: Vec<usize> = (0..req.limits.len()).collect();
+        order.sort_by_key(|&i| req.limits[i].window_ms());
+        let mut each = vec![Default::default(); req.limits.len()];
+        for i in order {
+            let one = UsageRequest {
+                limits: std::slice::from_ref(&req.limits[i]),
+                ..req
+            };
+            match self.consume_inner(one).await? {
+                Decision::Allowed { usage, .. } => each[i] = usage.limits()[0],
+                Decision::RateLimited { retry_after, .. } => {
+                    let mut usage = Usage::new();
+                    each.iter().for_each(|l| usage.push(*l));
+                    return Ok(Decision::RateLimited {
+                        limit: i,
+                        retry_after,
+                        usage,
+                    });
+                }
+                other => return Ok(other),
+            }
+        }
+        let mut usage = Usage::new();
+        each.iter().for_each(|l| usage.push(*l));
+        Ok(Decision::Allowed {
+            usage,
+            degraded: false,
+        })
+    }
+}
+
+impl UsageCounters for MutantCounters {
+    fn consume<'a>(&'a self, req: UsageRequest<'a>) -> Consumed<'a> {
+        if self.mutation == Mutation::SpendsLimitByLimit
+            && req.credits.is_none()
+            && req.limits.len() > 1
+        {
+            return Consumed::Pending(Box::pin(self.limit_by_limit(req)));
+        }
+        self.inner.consume(req)
+    }
+
+    fn set_credits<'a>(
+        &'a self,
+        key: KeyId,
+        credits: &'a Credits,
+        balance: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<(), CounterError>> {
+        self.inner.set_credits(key, credits, balance, now_ms)
+    }
+
+    fn credits<'a>(
+        &'a self,
+        key: KeyId,
+        credits: Option<&'a Credits>,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<u64>, CounterError>> {
+        self.inner.credits(key, credits, now_ms)
+    }
+
+    fn link_credits<'a>(
+        &'a self,
+        from: KeyId,
+        to: KeyId,
+    ) -> BoxFuture<'a, Result<(), CounterError>> {
+        self.inner.link_credits(from, to)
+    }
+
+    fn forget<'a>(&'a self, key: KeyId) -> BoxFuture<'a, Result<(), CounterError>> {
+        self.inner.forget(key)
+    }
+}
+
+async fn failure_of(mutation: Mutation) -> Failure {
+    match testkit::counters::run(&MutantCounters::new(mutation)).await {
+        Err(f) => f,
+        Ok(()) => panic!("the counters suite passed an engine with {mutation:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_unmutated_counters_wrapper_conforms() {
+    testkit::counters::run(&MutantCounters::new(Mutation::None))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_engine_spending_limit_by_limit_is_caught() {
+    let f = failure_of(Mutation::SpendsLimitByLimit).await;
+    assert_eq!(f.check, "all_or_nothing", "reported as: {f}");
+}

@@ -2,8 +2,10 @@
 //! that is not there, and never over a change made in between (a touch racing a revoke must
 //! not un-revoke).
 
+use futures_util::future::join;
+
 use super::{Check, Failure, fail, random_id, random_org, sample_record, store_err, t};
-use crate::{KeyId, KeyRecord, KeyStore, UserId};
+use crate::{KeyId, KeyRecord, KeyStore, OrgId, UserId};
 
 /// The stored record `id` of check `check`, which must still be there.
 async fn read<S: KeyStore>(
@@ -18,9 +20,53 @@ async fn read<S: KeyStore>(
         .ok_or_else(|| fail(check, "record vanished"))
 }
 
+/// A use (`touch`, or `touch_many` if `many`) and a revoking `update` of a new record of `org`,
+/// started together (the use first): the revocation must survive, whichever lands first. A
+/// use written as a read of the whole record and a write of it back un-revokes the key when
+/// the revocation lands in between.
+async fn use_racing_a_revoke<S: KeyStore>(
+    store: &S,
+    check: &'static str,
+    org: &OrgId,
+    many: bool,
+) -> Check {
+    let rec = sample_record(random_id(), org);
+    store
+        .insert(rec.clone())
+        .await
+        .map_err(|e| store_err(check, "insert", e))?;
+    let mut revoked = rec.clone();
+    revoked.revision += 1;
+    revoked.revoked_at = Some(t(1_711_000_000));
+    revoked.revoked_by = Some(UserId::new("revoker"));
+    let at = t(1_712_000_000);
+    let using = async {
+        if many {
+            store.touch_many(&[(rec.id, at)]).await
+        } else {
+            store.touch(&rec.id, at).await
+        }
+    };
+    let (used, updated) = join(using, store.update(revoked.clone(), rec.revision)).await;
+    used.map_err(|e| store_err(check, "a use racing a revoke", e))?;
+    updated.map_err(|e| store_err(check, "a revoke racing a use", e))?;
+    let mut got = read(store, check, &rec.id).await?;
+    // The use may land before the revoke (which then writes its own, older last use).
+    if got.last_used_at == Some(at) {
+        got.last_used_at = revoked.last_used_at;
+    }
+    ensure!(
+        check,
+        got == revoked,
+        "a use racing a revoke left {got:?}, expected the revoked record {revoked:?}"
+    );
+    Ok(())
+}
+
 /// `touch_many` does what `touch` does for each use of the batch: raises each
 /// `last_used_at` (to the latest of its uses), never lowers one, never changes the revision,
-/// never creates a row, and skips a use of a missing row without dropping the others.
+/// never creates a row, skips a use of a missing row without dropping the others, and does
+/// not un-revoke a key revoked while it runs.
 pub async fn touch_many_raises_each_last_use<S: KeyStore>(store: &S) -> Check {
     const C: &str = "touch_many_raises_each_last_use";
     let org = random_org();
@@ -69,11 +115,12 @@ pub async fn touch_many_raises_each_last_use<S: KeyStore>(store: &S) -> Check {
         .await
         .map_err(|e| store_err(C, "get", e))?;
     ensure!(C, got.is_none(), "touch_many created a row: {got:?}");
-    Ok(())
+    use_racing_a_revoke(store, C, &org, true).await
 }
 
 /// `touch` raises `last_used_at`, never lowers it, never changes the revision or any other
-/// field (a touch racing a revoke must not un-revoke), and never creates a row.
+/// field, never creates a row, and a touch racing a revoke does not un-revoke (the touch is not
+/// a read-modify-write of the whole record).
 pub async fn touch_only_raises_last_use<S: KeyStore>(store: &S) -> Check {
     const C: &str = "touch_only_raises_last_use";
     let org = random_org();
@@ -142,5 +189,5 @@ pub async fn touch_only_raises_last_use<S: KeyStore>(store: &S) -> Check {
         .await
         .map_err(|e| store_err(C, "get", e))?;
     ensure!(C, got.is_none(), "touch created a row: {got:?}");
-    Ok(())
+    use_racing_a_revoke(store, C, &org, false).await
 }

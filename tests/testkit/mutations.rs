@@ -13,6 +13,12 @@ enum Mutation {
     /// `DELETE FROM api_keys WHERE org = (SELECT org FROM api_keys WHERE id = $1)`: deleting
     /// one key deletes every key of its organization.
     DeleteRemovesWholeOrg,
+    /// `touch` reads the whole record, raises its last use and writes it all back (a store
+    /// of serialized records without a column to update alone): a revocation landing between
+    /// the read and the write is undone.
+    TouchReadModifyWrite,
+    /// `touch_many` does the same, use by use.
+    TouchManyReadModifyWrite,
 }
 
 /// A `MemoryStore` with one [`Mutation`].
@@ -68,11 +74,36 @@ impl KeyStore for Mutant {
     }
 
     async fn touch(&self, id: &KeyId, at: OffsetDateTime) -> Result<(), StoreError> {
+        if self.mutation == Mutation::TouchReadModifyWrite {
+            return self.read_modify_write(id, at).await;
+        }
         self.inner.touch(id, at).await
     }
 
     async fn touch_many(&self, uses: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
+        if self.mutation == Mutation::TouchManyReadModifyWrite {
+            for (id, at) in uses {
+                self.read_modify_write(id, *at).await?;
+            }
+            return Ok(());
+        }
         self.inner.touch_many(uses).await
+    }
+}
+
+impl Mutant {
+    /// A last use written as a read of the whole record and a write of it back, with a round
+    /// trip (here a yield) in between.
+    async fn read_modify_write(&self, id: &KeyId, at: OffsetDateTime) -> Result<(), StoreError> {
+        let Some(mut rec) = self.inner.get(id).await? else {
+            return Ok(());
+        };
+        tokio::task::yield_now().await;
+        if rec.last_used_at.is_none_or(|p| p < at) {
+            rec.last_used_at = Some(at);
+        }
+        self.inner.overwrite_unchecked(rec);
+        Ok(())
     }
 }
 
@@ -92,4 +123,15 @@ async fn the_unmutated_wrapper_conforms() {
 async fn a_delete_that_removes_the_whole_organization_is_caught() {
     let f = failure_of(Mutation::DeleteRemovesWholeOrg).await;
     assert_eq!(f.check, "delete_removes", "reported as: {f}");
+}
+
+#[tokio::test]
+async fn a_touch_that_rewrites_the_whole_record_is_caught() {
+    let f = failure_of(Mutation::TouchReadModifyWrite).await;
+    assert_eq!(f.check, "touch_only_raises_last_use", "reported as: {f}");
+    let f = failure_of(Mutation::TouchManyReadModifyWrite).await;
+    assert_eq!(
+        f.check, "touch_many_raises_each_last_use",
+        "reported as: {f}"
+    );
 }

@@ -236,10 +236,19 @@ pub async fn round_trip_is_exact<S: KeyStore>(store: &S) -> Check {
     Ok(())
 }
 
-/// `list(org)` returns exactly that organization's records.
+/// `list(org)` returns exactly that organization's records: organization ids compare byte
+/// for byte, so one that differs only in letter case or by a trailing space is another
+/// organization.
 pub async fn list_is_isolated_by_org<S: KeyStore>(store: &S) -> Check {
     const C: &str = "list_is_isolated_by_org";
-    let (a, b) = (random_org(), random_org());
+    let base = random_org();
+    let (a, b) = (OrgId::new(format!("{base}-org")), random_org());
+    // A case-insensitive or space-padding collation of the org column (MySQL's defaults)
+    // lists these with `a`.
+    let look_alikes = [
+        OrgId::new(format!("{base}-ORG")),
+        OrgId::new(format!("{base}-org ")),
+    ];
     let mut want_a = Vec::new();
     for _ in 0..3 {
         let r = sample_record(random_id(), &a);
@@ -254,6 +263,12 @@ pub async fn list_is_isolated_by_org<S: KeyStore>(store: &S) -> Check {
         .insert(rb.clone())
         .await
         .map_err(|e| store_err(C, "insert", e))?;
+    for org in &look_alikes {
+        store
+            .insert(sample_record(random_id(), org))
+            .await
+            .map_err(|e| store_err(C, "insert", e))?;
+    }
     let mut got: Vec<KeyId> = store
         .list(&a)
         .await

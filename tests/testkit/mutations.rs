@@ -19,6 +19,9 @@ enum Mutation {
     TouchReadModifyWrite,
     /// `touch_many` does the same, use by use.
     TouchManyReadModifyWrite,
+    /// `list` compares organization ids ignoring letter case and trailing spaces (MySQL's
+    /// default collations of a text column): `acme` is listed with `ACME` and `acme `.
+    ListFoldsOrgCase,
 }
 
 /// A `MemoryStore` with one [`Mutation`].
@@ -46,7 +49,19 @@ impl KeyStore for Mutant {
     }
 
     async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
-        self.inner.list(org).await
+        if self.mutation != Mutation::ListFoldsOrgCase {
+            return self.inner.list(org).await;
+        }
+        let folded = |o: &OrgId| o.as_str().trim_end_matches(' ').to_lowercase();
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.inner.scan(after.as_ref(), 100).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            out.extend(page.into_iter().filter(|r| folded(&r.org) == folded(org)));
+        }
+        Ok(out)
     }
 
     async fn update(&self, record: KeyRecord, expected: u64) -> Result<(), StoreError> {
@@ -134,4 +149,10 @@ async fn a_touch_that_rewrites_the_whole_record_is_caught() {
         f.check, "touch_many_raises_each_last_use",
         "reported as: {f}"
     );
+}
+
+#[tokio::test]
+async fn a_list_that_folds_organization_case_is_caught() {
+    let f = failure_of(Mutation::ListFoldsOrgCase).await;
+    assert_eq!(f.check, "list_is_isolated_by_org", "reported as: {f}");
 }

@@ -93,6 +93,9 @@ pub async fn touch_many_raises_each_last_use<S: KeyStore>(store: &S) -> Check {
             (a.id, t(1_710_000_000)),
             (a.id, t(1_715_000_000)),
             (b.id, t(1_711_000_000)),
+            // Not last, not first: a store that keeps either use of an id (a `VALUES` list
+            // joined without a `max` per id) loses the latest.
+            (a.id, t(1_712_000_000)),
         ])
         .await
         .map_err(|e| store_err(C, "touch_many", e))?;

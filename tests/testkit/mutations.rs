@@ -22,6 +22,9 @@ enum Mutation {
     /// `list` compares organization ids ignoring letter case and trailing spaces (MySQL's
     /// default collations of a text column): `acme` is listed with `ACME` and `acme `.
     ListFoldsOrgCase,
+    /// `touch_many` keeps one use per id, the last of the batch (an `UPDATE ... FROM
+    /// (VALUES ...)` without a `max` per id), instead of the latest.
+    TouchManyKeepsLastOfEachId,
 }
 
 /// A `MemoryStore` with one [`Mutation`].
@@ -102,6 +105,14 @@ impl KeyStore for Mutant {
             }
             return Ok(());
         }
+        if self.mutation == Mutation::TouchManyKeepsLastOfEachId {
+            let last: std::collections::BTreeMap<KeyId, OffsetDateTime> =
+                uses.iter().copied().collect();
+            for (id, at) in last {
+                self.inner.touch(&id, at).await?;
+            }
+            return Ok(());
+        }
         self.inner.touch_many(uses).await
     }
 }
@@ -155,4 +166,13 @@ async fn a_touch_that_rewrites_the_whole_record_is_caught() {
 async fn a_list_that_folds_organization_case_is_caught() {
     let f = failure_of(Mutation::ListFoldsOrgCase).await;
     assert_eq!(f.check, "list_is_isolated_by_org", "reported as: {f}");
+}
+
+#[tokio::test]
+async fn a_touch_many_that_keeps_the_last_use_of_an_id_is_caught() {
+    let f = failure_of(Mutation::TouchManyKeepsLastOfEachId).await;
+    assert_eq!(
+        f.check, "touch_many_raises_each_last_use",
+        "reported as: {f}"
+    );
 }

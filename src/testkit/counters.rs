@@ -182,7 +182,7 @@ pub async fn all_or_nothing<C: UsageCounters>(engine: &C) -> Check {
     // The refusing limit first in the request, and of the longer window: an engine that
     // spends limit by limit (shortest window first, or in reverse order) and stops at the
     // first refusal has spent the other one already.
-    let k = key();
+    let (org, k) = (random_org(), key());
     let limits = [
         RateLimit::new("minute", 1, StdDuration::from_secs(60)),
         RateLimit::new("second", 3, StdDuration::from_secs(1)),
@@ -307,10 +307,25 @@ pub async fn cost_zero_is_never_refused<C: UsageCounters>(engine: &C) -> Check {
     Ok(())
 }
 
-/// An organization's limit is one count for all its keys; another organization's is its own.
+/// An organization's limit is one count for all its keys; another organization's is its own;
+/// a key's own limit (not `per_org`) of the same name is counted for that key alone.
 pub async fn org_limits_are_shared<C: UsageCounters>(engine: &C) -> Check {
     const C: &str = "org_limits_are_shared";
     let (org, other) = (random_org(), random_org());
+    // Counted per (organization, name), a key's own limit would be spent by its neighbours.
+    let own = [RateLimit::new("own", 1, StdDuration::from_secs(60))];
+    for what in [
+        "a key's own limit",
+        "another key's own limit of the same name",
+    ] {
+        allowed(
+            C,
+            &consume(engine, request(key(), &org, &own, None, 1, T0))
+                .await
+                .map_err(|e| err(C, e))?,
+            what,
+        )?;
+    }
     let limits = [RateLimit::new("org", 2, StdDuration::from_secs(60)).per_org()];
     let (a, b) = (key(), key());
     allowed(

@@ -4,7 +4,7 @@
 
 use api_keys::testkit::{self, Failure};
 use api_keys::{
-    BoxFuture, Consumed, CounterError, Credits, Decision, KeyId, LocalCounters, Usage,
+    BoxFuture, Consumed, CounterError, Credits, Decision, KeyId, LocalCounters, RateLimit, Usage,
     UsageCounters, UsageRequest,
 };
 
@@ -16,6 +16,10 @@ enum Mutation {
     /// shortest window first, each spent as soon as it admits (an `INCR` per limit that stops
     /// at the first over its limit): a limit refusing later leaves the earlier ones spent.
     SpendsLimitByLimit,
+    /// A key's own limits are counted per (organization, name), as if every limit were
+    /// `per_org` (a counter key built from the organization and the name only): one busy key
+    /// uses up the limits of every other key of its organization.
+    CountsKeyLimitsPerOrg,
 }
 
 /// `LocalCounters` with one [`Mutation`].
@@ -74,6 +78,20 @@ impl MutantCounters {
 
 impl UsageCounters for MutantCounters {
     fn consume<'a>(&'a self, req: UsageRequest<'a>) -> Consumed<'a> {
+        if self.mutation == Mutation::CountsKeyLimitsPerOrg {
+            return Consumed::Pending(Box::pin(async move {
+                let limits: Vec<RateLimit> = req
+                    .limits
+                    .iter()
+                    .map(|l| RateLimit::new(l.name(), l.limit(), l.window()).per_org())
+                    .collect();
+                self.consume_inner(UsageRequest {
+                    limits: &limits,
+                    ..req
+                })
+                .await
+            }));
+        }
         if self.mutation == Mutation::SpendsLimitByLimit
             && req.credits.is_none()
             && req.limits.len() > 1
@@ -133,4 +151,10 @@ async fn the_unmutated_counters_wrapper_conforms() {
 async fn an_engine_spending_limit_by_limit_is_caught() {
     let f = failure_of(Mutation::SpendsLimitByLimit).await;
     assert_eq!(f.check, "all_or_nothing", "reported as: {f}");
+}
+
+#[tokio::test]
+async fn an_engine_counting_key_limits_per_organization_is_caught() {
+    let f = failure_of(Mutation::CountsKeyLimitsPerOrg).await;
+    assert_eq!(f.check, "org_limits_are_shared", "reported as: {f}");
 }

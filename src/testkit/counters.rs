@@ -91,8 +91,9 @@ fn allowed(check: &'static str, d: &Decision, what: &str) -> Result<crate::Usage
 }
 
 /// A limit of 3 per second: three requests in a window pass with remaining 2, 1, 0 and the
-/// window's end as reset; the fourth is refused with `retry_after` to the window's end; the
-/// next window admits again.
+/// window's end as reset; the fourth is refused with `retry_after` to the window's end; a
+/// reading a moment earlier (in the window before) does not restart the full window's count;
+/// the next window admits again.
 pub async fn window_edges<C: UsageCounters>(engine: &C) -> Check {
     const C: &str = "window_edges";
     let org = random_org();
@@ -125,6 +126,27 @@ pub async fn window_edges<C: UsageCounters>(engine: &C) -> Check {
             return Err(fail(
                 C,
                 format!("the 4th request: expected RateLimited after 701 ms, got {other:?}"),
+            ));
+        }
+    }
+    // A reading a moment earlier (another node's clock, a step back), in the window before:
+    // admitted in that window's own count or refused in the one already counting, it must
+    // not restart the count of the window that is full.
+    consume(engine, request(k, &org, &limits, None, 1, T0 - 100))
+        .await
+        .map_err(|e| err(C, e))?;
+    match consume(engine, request(k, &org, &limits, None, 1, now + 150))
+        .await
+        .map_err(|e| err(C, e))?
+    {
+        Decision::RateLimited { limit: 0, .. } => {}
+        other => {
+            return Err(fail(
+                C,
+                format!(
+                    "back in the full window after a reading a moment earlier: expected \
+                     RateLimited, got {other:?} (the earlier reading restarted the count)"
+                ),
             ));
         }
     }

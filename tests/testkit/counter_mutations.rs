@@ -2,6 +2,9 @@
 //! duty broken, that the counters suite must catch (and the same wrapper with nothing
 //! broken, that it must pass).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use api_keys::testkit::{self, Failure};
 use api_keys::{
     BoxFuture, Consumed, CounterError, Credits, Decision, KeyId, LocalCounters, RateLimit, Usage,
@@ -20,12 +23,18 @@ enum Mutation {
     /// `per_org` (a counter key built from the organization and the name only): one busy key
     /// uses up the limits of every other key of its organization.
     CountsKeyLimitsPerOrg,
+    /// One counter per (key, name) holding a window and its count, and a reading in another
+    /// window than the stored one starts a fresh count, even an earlier window (a node whose
+    /// clock is a moment behind): the full window's count is lost when the clock is back.
+    RestartsOnAnEarlierReading,
 }
 
 /// `LocalCounters` with one [`Mutation`].
 struct MutantCounters {
     inner: LocalCounters,
     mutation: Mutation,
+    /// The latest reading of each key ([`Mutation::RestartsOnAnEarlierReading`]).
+    latest: Mutex<HashMap<KeyId, i64>>,
 }
 
 impl MutantCounters {
@@ -33,6 +42,7 @@ impl MutantCounters {
         MutantCounters {
             inner: LocalCounters::new(),
             mutation,
+            latest: Mutex::default(),
         }
     }
 
@@ -90,6 +100,27 @@ impl UsageCounters for MutantCounters {
                     ..req
                 })
                 .await
+            }));
+        }
+        if self.mutation == Mutation::RestartsOnAnEarlierReading {
+            return Consumed::Pending(Box::pin(async move {
+                let latest = *self
+                    .latest
+                    .lock()
+                    .unwrap()
+                    .entry(req.key)
+                    .and_modify(|t| *t = (*t).max(req.now_ms))
+                    .or_insert(req.now_ms);
+                let window = |l: &RateLimit, t: i64| t.div_euclid(l.window_ms() as i64);
+                if req
+                    .limits
+                    .iter()
+                    .any(|l| window(l, req.now_ms) < window(l, latest))
+                {
+                    // The stored window is not this reading's: start afresh.
+                    self.inner.forget(req.key).await?;
+                }
+                self.consume_inner(req).await
             }));
         }
         if self.mutation == Mutation::SpendsLimitByLimit
@@ -157,4 +188,10 @@ async fn an_engine_spending_limit_by_limit_is_caught() {
 async fn an_engine_counting_key_limits_per_organization_is_caught() {
     let f = failure_of(Mutation::CountsKeyLimitsPerOrg).await;
     assert_eq!(f.check, "org_limits_are_shared", "reported as: {f}");
+}
+
+#[tokio::test]
+async fn an_engine_restarting_a_count_on_an_earlier_reading_is_caught() {
+    let f = failure_of(Mutation::RestartsOnAnEarlierReading).await;
+    assert_eq!(f.check, "window_edges", "reported as: {f}");
 }

@@ -93,7 +93,8 @@ fn allowed(check: &'static str, d: &Decision, what: &str) -> Result<crate::Usage
 /// A limit of 3 per second: three requests in a window pass with remaining 2, 1, 0 and the
 /// window's end as reset; the fourth is refused with `retry_after` to the window's end; a
 /// reading a moment earlier (in the window before) does not restart the full window's count;
-/// the next window admits again.
+/// the next window admits again. A request refused by two limits names the one whose window
+/// ends last and waits for it.
 pub async fn window_edges<C: UsageCounters>(engine: &C) -> Check {
     const C: &str = "window_edges";
     let org = random_org();
@@ -160,7 +161,37 @@ pub async fn window_edges<C: UsageCounters>(engine: &C) -> Check {
             format!("the next window: expected remaining 2, got {u:?}"),
         ));
     }
-    Ok(())
+    // Two limits refusing at once: the refusal names the one whose window ends last (here
+    // the second of the request) and waits for it, not for the first to end.
+    let k = key();
+    let both = [
+        RateLimit::new("second", 1, StdDuration::from_secs(1)),
+        RateLimit::new("minute", 1, StdDuration::from_secs(60)),
+    ];
+    allowed(
+        C,
+        &consume(engine, request(k, &org, &both, None, 1, T0))
+            .await
+            .map_err(|e| err(C, e))?,
+        "the first request under two limits",
+    )?;
+    match consume(engine, request(k, &org, &both, None, 1, T0 + 10))
+        .await
+        .map_err(|e| err(C, e))?
+    {
+        Decision::RateLimited {
+            limit: 1,
+            retry_after,
+            ..
+        } if retry_after == StdDuration::from_millis(59_990) => Ok(()),
+        other => Err(fail(
+            C,
+            format!(
+                "refused by both limits: expected RateLimited by limit 1 after 59990 ms (the \
+                 window ending last), got {other:?}"
+            ),
+        )),
+    }
 }
 
 /// Two limits: a request refused by one spends nothing on the other, whichever of the two

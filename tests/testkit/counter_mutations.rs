@@ -27,6 +27,10 @@ enum Mutation {
     /// window than the stored one starts a fresh count, even an earlier window (a node whose
     /// clock is a moment behind): the full window's count is lost when the clock is back.
     RestartsOnAnEarlierReading,
+    /// A request refused by several limits is reported as refused by the first of them in the
+    /// request's order, with its `retry_after` (a loop that stops at the first refusal):
+    /// the client retries when that window ends and is refused again by the others.
+    ReportsTheFirstRefusal,
 }
 
 /// `LocalCounters` with one [`Mutation`].
@@ -123,6 +127,27 @@ impl UsageCounters for MutantCounters {
                 self.consume_inner(req).await
             }));
         }
+        if self.mutation == Mutation::ReportsTheFirstRefusal {
+            return Consumed::Pending(Box::pin(async move {
+                match self.consume_inner(req).await? {
+                    Decision::RateLimited { usage, .. } => {
+                        let (limit, l) = usage
+                            .limits()
+                            .iter()
+                            .enumerate()
+                            .find(|(_, l)| l.remaining < req.cost)
+                            .expect("a refusing limit");
+                        let wait = u64::try_from(l.reset_ms - req.now_ms).unwrap_or(0);
+                        Ok(Decision::RateLimited {
+                            limit,
+                            retry_after: std::time::Duration::from_millis(wait),
+                            usage,
+                        })
+                    }
+                    other => Ok(other),
+                }
+            }));
+        }
         if self.mutation == Mutation::SpendsLimitByLimit
             && req.credits.is_none()
             && req.limits.len() > 1
@@ -180,7 +205,13 @@ async fn the_unmutated_counters_wrapper_conforms() {
 
 #[tokio::test]
 async fn an_engine_spending_limit_by_limit_is_caught() {
-    let f = failure_of(Mutation::SpendsLimitByLimit).await;
+    // It also names the wrong limit of a request refused by two (`window_edges` reports
+    // that first); the spending is `all_or_nothing`'s to catch.
+    failure_of(Mutation::SpendsLimitByLimit).await;
+    let engine = MutantCounters::new(Mutation::SpendsLimitByLimit);
+    let f = testkit::counters::all_or_nothing(&engine)
+        .await
+        .unwrap_err();
     assert_eq!(f.check, "all_or_nothing", "reported as: {f}");
 }
 
@@ -193,5 +224,11 @@ async fn an_engine_counting_key_limits_per_organization_is_caught() {
 #[tokio::test]
 async fn an_engine_restarting_a_count_on_an_earlier_reading_is_caught() {
     let f = failure_of(Mutation::RestartsOnAnEarlierReading).await;
+    assert_eq!(f.check, "window_edges", "reported as: {f}");
+}
+
+#[tokio::test]
+async fn an_engine_reporting_the_first_refusing_limit_is_caught() {
+    let f = failure_of(Mutation::ReportsTheFirstRefusal).await;
     assert_eq!(f.check, "window_edges", "reported as: {f}");
 }

@@ -440,13 +440,30 @@ pub async fn credits_are_exact_under_concurrency<C: UsageCounters>(engine: &C) -
 }
 
 /// A daily refill sets the balance at the first use of a new day (never adds), and not
-/// before.
+/// before; `credits` reads the balance as a use at that time would find it (the initial one
+/// before the first use, refilled once a new day began), without spending, and `None` for a
+/// key without credits.
 pub async fn refill_sets_the_balance<C: UsageCounters>(engine: &C) -> Check {
     const C: &str = "refill_sets_the_balance";
     let org = random_org();
     let k = key();
     let credits = Credits::new(1).refill(Refill::daily(3));
     let step = |now| consume(engine, request(k, &org, &[], Some(&credits), 1, now));
+    let read = |c, now| engine.credits(k, c, now);
+    let got = read(Some(&credits), T0).await.map_err(|e| err(C, e))?;
+    if got != Some(1) {
+        return Err(fail(
+            C,
+            format!("credits before the first use: {got:?}, expected the initial 1"),
+        ));
+    }
+    let got = read(None, T0).await.map_err(|e| err(C, e))?;
+    if got.is_some() {
+        return Err(fail(
+            C,
+            format!("credits of a key without credits: {got:?}, expected None"),
+        ));
+    }
     allowed(
         C,
         &step(T0 + 1).await.map_err(|e| err(C, e))?,
@@ -457,6 +474,18 @@ pub async fn refill_sets_the_balance<C: UsageCounters>(engine: &C) -> Check {
         Decision::OutOfCredits { .. }
     ) {
         return Err(fail(C, "no refill may happen before the day ends"));
+    }
+    // Read twice: a read refills a due balance and spends nothing.
+    for _ in 0..2 {
+        let got = read(Some(&credits), T0 + DAY)
+            .await
+            .map_err(|e| err(C, e))?;
+        if got != Some(3) {
+            return Err(fail(
+                C,
+                format!("credits on the next day: {got:?}, expected 3 (refilled, unspent)"),
+            ));
+        }
     }
     let u = allowed(
         C,

@@ -31,13 +31,17 @@ enum Mutation {
     /// request's order, with its `retry_after` (a loop that stops at the first refusal):
     /// the client retries when that window ends and is refused again by the others.
     ReportsTheFirstRefusal,
+    /// `credits` reads the stored balance as the last use left it (a plain `GET`, where the
+    /// refill lives in the spending script): a balance due for its refill reads as spent.
+    CreditsReadsWithoutRefill,
 }
 
 /// `LocalCounters` with one [`Mutation`].
 struct MutantCounters {
     inner: LocalCounters,
     mutation: Mutation,
-    /// The latest reading of each key ([`Mutation::RestartsOnAnEarlierReading`]).
+    /// The latest reading of each key ([`Mutation::RestartsOnAnEarlierReading`],
+    /// [`Mutation::CreditsReadsWithoutRefill`]).
     latest: Mutex<HashMap<KeyId, i64>>,
 }
 
@@ -148,6 +152,14 @@ impl UsageCounters for MutantCounters {
                 }
             }));
         }
+        if self.mutation == Mutation::CreditsReadsWithoutRefill {
+            self.latest
+                .lock()
+                .unwrap()
+                .entry(req.key)
+                .and_modify(|t| *t = (*t).max(req.now_ms))
+                .or_insert(req.now_ms);
+        }
         if self.mutation == Mutation::SpendsLimitByLimit
             && req.credits.is_none()
             && req.limits.len() > 1
@@ -173,6 +185,10 @@ impl UsageCounters for MutantCounters {
         credits: Option<&'a Credits>,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Option<u64>, CounterError>> {
+        if self.mutation == Mutation::CreditsReadsWithoutRefill {
+            let last = self.latest.lock().unwrap().get(&key).copied();
+            return self.inner.credits(key, credits, last.unwrap_or(now_ms));
+        }
         self.inner.credits(key, credits, now_ms)
     }
 
@@ -231,4 +247,10 @@ async fn an_engine_restarting_a_count_on_an_earlier_reading_is_caught() {
 async fn an_engine_reporting_the_first_refusing_limit_is_caught() {
     let f = failure_of(Mutation::ReportsTheFirstRefusal).await;
     assert_eq!(f.check, "window_edges", "reported as: {f}");
+}
+
+#[tokio::test]
+async fn an_engine_reading_credits_without_their_refill_is_caught() {
+    let f = failure_of(Mutation::CreditsReadsWithoutRefill).await;
+    assert_eq!(f.check, "refill_sets_the_balance", "reported as: {f}");
 }

@@ -136,8 +136,8 @@ fn random_id() -> KeyId {
     KeyId(random_u64())
 }
 
-/// `insert` then `get` returns the record; a second `insert` of the id is `Duplicate` and
-/// changes nothing; `get` of an unknown id is `None`.
+/// `insert` then `get` returns the record; a second `insert` of the id, in its organization
+/// or another, is `Duplicate` and changes nothing; `get` of an unknown id is `None`.
 pub async fn insert_get_and_duplicate<S: KeyStore>(store: &S) -> Check {
     const C: &str = "insert_get_and_duplicate";
     let org = random_org();
@@ -163,6 +163,21 @@ pub async fn insert_get_and_duplicate<S: KeyStore>(store: &S) -> Check {
             return Err(fail(
                 C,
                 format!("insert of an existing id returned {r:?}, expected Err(Duplicate)"),
+            ));
+        }
+    }
+    // The id alone is the key: not (organization, id).
+    let mut elsewhere = sample_record(rec.id, &random_org());
+    elsewhere.name = "the same id in another organization".into();
+    match store.insert(elsewhere).await {
+        Err(StoreError::Duplicate) => {}
+        r => {
+            return Err(fail(
+                C,
+                format!(
+                    "insert of an existing id in another organization returned {r:?}, \
+                     expected Err(Duplicate)"
+                ),
             ));
         }
     }

@@ -25,6 +25,9 @@ enum Mutation {
     /// `touch_many` keeps one use per id, the last of the batch (an `UPDATE ... FROM
     /// (VALUES ...)` without a `max` per id), instead of the latest.
     TouchManyKeepsLastOfEachId,
+    /// The primary key is `(org, id)`: an insert of an existing id in another organization
+    /// succeeds, and `get` of the id goes on returning the first row.
+    UniqueOnlyWithinOrg,
 }
 
 /// A `MemoryStore` with one [`Mutation`].
@@ -44,6 +47,16 @@ impl Mutant {
 
 impl KeyStore for Mutant {
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        if self.mutation == Mutation::UniqueOnlyWithinOrg
+            && self
+                .inner
+                .get(&record.id)
+                .await?
+                .is_some_and(|r| r.org != record.org)
+        {
+            // A second row, which `get` (reading the first) never returns.
+            return Ok(());
+        }
         self.inner.insert(record).await
     }
 
@@ -175,4 +188,10 @@ async fn a_touch_many_that_keeps_the_last_use_of_an_id_is_caught() {
         f.check, "touch_many_raises_each_last_use",
         "reported as: {f}"
     );
+}
+
+#[tokio::test]
+async fn an_id_unique_only_within_its_organization_is_caught() {
+    let f = failure_of(Mutation::UniqueOnlyWithinOrg).await;
+    assert_eq!(f.check, "insert_get_and_duplicate", "reported as: {f}");
 }

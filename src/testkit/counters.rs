@@ -363,8 +363,9 @@ pub async fn cost_zero_is_never_refused<C: UsageCounters>(engine: &C) -> Check {
     Ok(())
 }
 
-/// An organization's limit is one count for all its keys; another organization's is its own;
-/// a key's own limit (not `per_org`) of the same name is counted for that key alone.
+/// An organization's limit is one count for all its keys; another organization's is its own,
+/// and so is the organization's limit of another name; a key's own limit (not `per_org`) of
+/// the same name is counted for that key alone.
 pub async fn org_limits_are_shared<C: UsageCounters>(engine: &C) -> Check {
     const C: &str = "org_limits_are_shared";
     let (org, other) = (random_org(), random_org());
@@ -412,6 +413,15 @@ pub async fn org_limits_are_shared<C: UsageCounters>(engine: &C) -> Check {
             .await
             .map_err(|e| err(C, e))?,
         "another organization",
+    )?;
+    // The organization's limit of another name is a count of its own.
+    let named = [RateLimit::new("org.other", 2, StdDuration::from_secs(60)).per_org()];
+    allowed(
+        C,
+        &consume(engine, request(a, &org, &named, None, 1, T0))
+            .await
+            .map_err(|e| err(C, e))?,
+        "an organization limit of another name",
     )?;
     Ok(())
 }

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 
 use api_keys::testkit::{self, Failure};
 use api_keys::{
-    BoxFuture, Consumed, CounterError, Credits, Decision, KeyId, LocalCounters, RateLimit, Usage,
-    UsageCounters, UsageRequest,
+    BoxFuture, Consumed, CounterError, Credits, Decision, KeyId, LimitScope, LocalCounters,
+    RateLimit, Usage, UsageCounters, UsageRequest,
 };
 
 /// The one duty a [`MutantCounters`] breaks.
@@ -34,6 +34,9 @@ enum Mutation {
     /// `credits` reads the stored balance as the last use left it (a plain `GET`, where the
     /// refill lives in the spending script): a balance due for its refill reads as spent.
     CreditsReadsWithoutRefill,
+    /// An organization's limits are counted per organization only (a counter key without
+    /// the limit's name): every `per_org` limit of the organization spends one count.
+    CountsOrgLimitsWithoutName,
 }
 
 /// `LocalCounters` with one [`Mutation`].
@@ -129,6 +132,25 @@ impl UsageCounters for MutantCounters {
                     self.inner.forget(req.key).await?;
                 }
                 self.consume_inner(req).await
+            }));
+        }
+        if self.mutation == Mutation::CountsOrgLimitsWithoutName {
+            return Consumed::Pending(Box::pin(async move {
+                let limits: Vec<RateLimit> = req
+                    .limits
+                    .iter()
+                    .map(|l| match l.scope() {
+                        LimitScope::Org => {
+                            RateLimit::new("organization", l.limit(), l.window()).per_org()
+                        }
+                        _ => l.clone(),
+                    })
+                    .collect();
+                self.consume_inner(UsageRequest {
+                    limits: &limits,
+                    ..req
+                })
+                .await
             }));
         }
         if self.mutation == Mutation::ReportsTheFirstRefusal {
@@ -253,4 +275,10 @@ async fn an_engine_reporting_the_first_refusing_limit_is_caught() {
 async fn an_engine_reading_credits_without_their_refill_is_caught() {
     let f = failure_of(Mutation::CreditsReadsWithoutRefill).await;
     assert_eq!(f.check, "refill_sets_the_balance", "reported as: {f}");
+}
+
+#[tokio::test]
+async fn an_engine_counting_organization_limits_without_their_name_is_caught() {
+    let f = failure_of(Mutation::CountsOrgLimitsWithoutName).await;
+    assert_eq!(f.check, "org_limits_are_shared", "reported as: {f}");
 }

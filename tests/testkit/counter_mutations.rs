@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use api_keys::testkit::{self, Failure};
 use api_keys::{
     BoxFuture, Consumed, CounterError, Credits, Decision, KeyId, LimitScope, LocalCounters,
-    RateLimit, Usage, UsageCounters, UsageRequest,
+    RateLimit, Refill, Usage, UsageCounters, UsageRequest,
 };
 
 /// The one duty a [`MutantCounters`] breaks.
@@ -37,6 +37,18 @@ enum Mutation {
     /// An organization's limits are counted per organization only (a counter key without
     /// the limit's name): every `per_org` limit of the organization spends one count.
     CountsOrgLimitsWithoutName,
+    /// A monthly refill happens on the first of each calendar month, whatever its day.
+    RefillsMonthlyOnTheFirst,
+}
+
+/// `credits` with a monthly refill moved to the first of the month.
+fn on_the_first(credits: &Credits) -> Credits {
+    match credits.refill_schedule() {
+        Some(Refill::Monthly { amount, .. }) => {
+            Credits::new(credits.initial()).refill(Refill::monthly(1, amount))
+        }
+        _ => *credits,
+    }
 }
 
 /// `LocalCounters` with one [`Mutation`].
@@ -153,6 +165,18 @@ impl UsageCounters for MutantCounters {
                 .await
             }));
         }
+        if self.mutation == Mutation::RefillsMonthlyOnTheFirst
+            && let Some(c) = req.credits
+        {
+            return Consumed::Pending(Box::pin(async move {
+                let c = on_the_first(c);
+                self.consume_inner(UsageRequest {
+                    credits: Some(&c),
+                    ..req
+                })
+                .await
+            }));
+        }
         if self.mutation == Mutation::ReportsTheFirstRefusal {
             return Consumed::Pending(Box::pin(async move {
                 match self.consume_inner(req).await? {
@@ -198,6 +222,12 @@ impl UsageCounters for MutantCounters {
         balance: u64,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<(), CounterError>> {
+        if self.mutation == Mutation::RefillsMonthlyOnTheFirst {
+            return Box::pin(async move {
+                let c = on_the_first(credits);
+                self.inner.set_credits(key, &c, balance, now_ms).await
+            });
+        }
         self.inner.set_credits(key, credits, balance, now_ms)
     }
 
@@ -207,6 +237,14 @@ impl UsageCounters for MutantCounters {
         credits: Option<&'a Credits>,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Option<u64>, CounterError>> {
+        if self.mutation == Mutation::RefillsMonthlyOnTheFirst
+            && let Some(c) = credits
+        {
+            return Box::pin(async move {
+                let c = on_the_first(c);
+                self.inner.credits(key, Some(&c), now_ms).await
+            });
+        }
         if self.mutation == Mutation::CreditsReadsWithoutRefill {
             let last = self.latest.lock().unwrap().get(&key).copied();
             return self.inner.credits(key, credits, last.unwrap_or(now_ms));
@@ -281,4 +319,10 @@ async fn an_engine_reading_credits_without_their_refill_is_caught() {
 async fn an_engine_counting_organization_limits_without_their_name_is_caught() {
     let f = failure_of(Mutation::CountsOrgLimitsWithoutName).await;
     assert_eq!(f.check, "org_limits_are_shared", "reported as: {f}");
+}
+
+#[tokio::test]
+async fn an_engine_refilling_monthly_credits_on_the_first_is_caught() {
+    let f = failure_of(Mutation::RefillsMonthlyOnTheFirst).await;
+    assert_eq!(f.check, "refill_sets_the_balance", "reported as: {f}");
 }

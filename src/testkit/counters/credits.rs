@@ -34,7 +34,7 @@ pub async fn credits_are_exact_under_concurrency<C: UsageCounters>(engine: &C) -
 }
 
 /// A daily refill sets the balance at the first use of a new day (never adds), and not
-/// before; `credits` reads the balance as a use at that time would find it (the initial one
+/// before; a monthly one on day `d` at the first use from the `d`th on, not by calendar month; `credits` reads the balance as a use at that time would find it (the initial one
 /// before the first use, refilled once a new day began), without spending, and `None` for a
 /// key without credits.
 pub async fn refill_sets_the_balance<C: UsageCounters>(engine: &C) -> Check {
@@ -99,6 +99,39 @@ pub async fn refill_sets_the_balance<C: UsageCounters>(engine: &C) -> Check {
             C,
             format!("a refill must set, not add: {u:?}, expected 2 left"),
         ));
+    }
+    // A monthly refill on the 15th: its period runs from the 15th to the next month's 15th,
+    // not by calendar month.
+    let k = key();
+    let credits = Credits::new(1).refill(Refill::monthly(15, 5));
+    let steps: [(i64, Option<u64>, &str); 4] = [
+        (T0 + 9 * DAY, Some(0), "January 10th, the first use"),
+        (T0 + 14 * DAY - 1, None, "the last moment of January 14th"),
+        (T0 + 14 * DAY, Some(4), "January 15th (refilled to 5)"),
+        (
+            T0 + 31 * DAY,
+            Some(3),
+            "February 1st (no refill before the 15th)",
+        ),
+    ];
+    for (now, left, what) in steps {
+        let d = consume(engine, request(k, &org, &[], Some(&credits), 1, now))
+            .await
+            .map_err(|e| err(C, e))?;
+        let got = match d {
+            Decision::Allowed { usage, .. } => usage.credits,
+            Decision::OutOfCredits { .. } => None,
+            other => return Err(fail(C, format!("{what}: unexpected {other:?}"))),
+        };
+        if got != left {
+            return Err(fail(
+                C,
+                format!(
+                    "a monthly refill on the 15th, {what}: {got:?} credits left (None: \
+                     refused), expected {left:?}"
+                ),
+            ));
+        }
     }
     Ok(())
 }

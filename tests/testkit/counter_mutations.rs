@@ -39,6 +39,9 @@ enum Mutation {
     CountsOrgLimitsWithoutName,
     /// A monthly refill happens on the first of each calendar month, whatever its day.
     RefillsMonthlyOnTheFirst,
+    /// `forget` of a key deletes the balance it shares (one `DEL` of the balance the key
+    /// points to): the key that shares it starts afresh at its initial balance.
+    ForgetDeletesASharedBalance,
 }
 
 /// `credits` with a monthly refill moved to the first of the month.
@@ -58,6 +61,8 @@ struct MutantCounters {
     /// The latest reading of each key ([`Mutation::RestartsOnAnEarlierReading`],
     /// [`Mutation::CreditsReadsWithoutRefill`]).
     latest: Mutex<HashMap<KeyId, i64>>,
+    /// Every `link_credits` ([`Mutation::ForgetDeletesASharedBalance`]).
+    links: Mutex<Vec<(KeyId, KeyId)>>,
 }
 
 impl MutantCounters {
@@ -66,6 +71,7 @@ impl MutantCounters {
             inner: LocalCounters::new(),
             mutation,
             latest: Mutex::default(),
+            links: Mutex::default(),
         }
     }
 
@@ -257,10 +263,27 @@ impl UsageCounters for MutantCounters {
         from: KeyId,
         to: KeyId,
     ) -> BoxFuture<'a, Result<(), CounterError>> {
+        self.links.lock().unwrap().push((from, to));
         self.inner.link_credits(from, to)
     }
 
     fn forget<'a>(&'a self, key: KeyId) -> BoxFuture<'a, Result<(), CounterError>> {
+        if self.mutation == Mutation::ForgetDeletesASharedBalance {
+            return Box::pin(async move {
+                let sharing: Vec<KeyId> = self
+                    .links
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(f, t)| *f == key || *t == key)
+                    .flat_map(|(f, t)| [*f, *t])
+                    .collect();
+                for k in sharing {
+                    self.inner.forget(k).await?;
+                }
+                self.inner.forget(key).await
+            });
+        }
         self.inner.forget(key)
     }
 }
@@ -325,4 +348,10 @@ async fn an_engine_counting_organization_limits_without_their_name_is_caught() {
 async fn an_engine_refilling_monthly_credits_on_the_first_is_caught() {
     let f = failure_of(Mutation::RefillsMonthlyOnTheFirst).await;
     assert_eq!(f.check, "refill_sets_the_balance", "reported as: {f}");
+}
+
+#[tokio::test]
+async fn an_engine_whose_forget_deletes_a_shared_balance_is_caught() {
+    let f = failure_of(Mutation::ForgetDeletesASharedBalance).await;
+    assert_eq!(f.check, "set_and_link_credits", "reported as: {f}");
 }

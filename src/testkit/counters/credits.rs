@@ -136,7 +136,8 @@ pub async fn refill_sets_the_balance<C: UsageCounters>(engine: &C) -> Check {
     Ok(())
 }
 
-/// `set_credits` sets a balance; `link_credits` makes a second key spend from it.
+/// `set_credits` sets a balance; `link_credits` makes a second key spend from it, and
+/// `forget` of the first (deleted after a roll) leaves that balance to the second.
 pub async fn set_and_link_credits<C: UsageCounters>(engine: &C) -> Check {
     const C: &str = "set_and_link_credits";
     let org = random_org();
@@ -183,6 +184,19 @@ pub async fn set_and_link_credits<C: UsageCounters>(engine: &C) -> Check {
         ) {
             return Err(fail(C, format!("key {name} must be out of credits")));
         }
+    }
+    // The rolled key is deleted: its counters go, the balance it shares with `b` stays.
+    engine.forget(a).await.map_err(|e| err(C, e))?;
+    if !matches!(
+        consume(engine, request(b, &org, &[], Some(&credits), 1, T0))
+            .await
+            .map_err(|e| err(C, e))?,
+        Decision::OutOfCredits { .. }
+    ) {
+        return Err(fail(
+            C,
+            "forgetting key a gave key b, which shares its balance, a fresh one",
+        ));
     }
     Ok(())
 }

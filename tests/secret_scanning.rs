@@ -363,7 +363,8 @@ async fn a_flood_of_refused_reports_does_not_flood_the_log() {
         .lines()
         .filter(|l| l.contains("secret-scanning report refused"))
         .count();
-    // One window's budget, or two if the flood straddled a window's end.
+    // One window's budget, or two if the flood straddled a window's end (the budget is the
+    // process's: the other tests of this binary may have used some of it).
     let most = 2 * api_keys::LOG_FULL_PER_WINDOW as usize;
-    assert!((1..=most).contains(&lines), "{lines} lines for 60 refusals");
+    assert!(lines <= most, "{lines} lines for 60 refusals");
 }

@@ -59,10 +59,12 @@ macro_rules! ensure {
     };
 }
 
+mod feed;
 mod last_use;
 mod reads;
 mod shapes;
 mod writes;
+pub use feed::change_feed_reports_every_write;
 pub use last_use::{touch_many_raises_each_last_use, touch_only_raises_last_use};
 pub use reads::reads_follow_every_write;
 pub use shapes::every_value_shape_round_trips;
@@ -92,6 +94,7 @@ pub async fn run<S: KeyStore>(store: &S) -> Check {
     concurrent_updates_have_one_winner(store).await?;
     reads_follow_every_write(store).await?;
     every_value_shape_round_trips(store).await?;
+    change_feed_reports_every_write(store).await?;
     Ok(())
 }
 

@@ -2,9 +2,13 @@
 //! host's own SQL might break it, that the suite must catch (and the same wrapper with
 //! nothing broken, that it must pass).
 
+use std::sync::{Arc, Mutex, Weak};
+
 use api_keys::testkit::{self, Failure};
 use api_keys::time::OffsetDateTime;
-use api_keys::{KeyId, KeyRecord, KeyStore, MemoryStore, OrgId, StoreError};
+use api_keys::{
+    Change, ChangeKind, ChangeListener, KeyId, KeyRecord, KeyStore, MemoryStore, OrgId, StoreError,
+};
 
 /// The one duty a [`Mutant`] breaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,12 +32,18 @@ enum Mutation {
     /// The primary key is `(org, id)`: an insert of an existing id in another organization
     /// succeeds, and `get` of the id goes on returning the first row.
     UniqueOnlyWithinOrg,
+    /// The change feed's trigger fires on `INSERT OR DELETE` only: a revoke (an update) is
+    /// never reported, so other nodes go on accepting the key from their caches.
+    FeedDropsUpdates,
+    /// The trigger reports `OLD.revision` instead of `NEW.revision` for an update.
+    FeedReportsOldRevision,
 }
 
-/// A `MemoryStore` with one [`Mutation`].
+/// A `MemoryStore` with one [`Mutation`] (its change feed passed on through [`Relay`]s).
 struct Mutant {
     inner: MemoryStore,
     mutation: Mutation,
+    relays: Mutex<Vec<Arc<Relay>>>,
 }
 
 impl Mutant {
@@ -41,6 +51,36 @@ impl Mutant {
         Mutant {
             inner: MemoryStore::new(),
             mutation,
+            relays: Mutex::default(),
+        }
+    }
+}
+
+/// Passes the inner store's feed on to a subscriber, as the [`Mutation`] says.
+struct Relay {
+    to: Weak<dyn ChangeListener>,
+    mutation: Mutation,
+}
+
+impl ChangeListener for Relay {
+    fn changed(&self, mut change: Change) {
+        match (self.mutation, change.kind) {
+            (Mutation::FeedDropsUpdates, ChangeKind::Updated) => return,
+            (Mutation::FeedReportsOldRevision, ChangeKind::Updated) => change.revision -= 1,
+            _ => {}
+        }
+        if let Some(l) = self.to.upgrade() {
+            l.changed(change);
+        }
+    }
+    fn connected(&self) {
+        if let Some(l) = self.to.upgrade() {
+            l.connected();
+        }
+    }
+    fn disconnected(&self) {
+        if let Some(l) = self.to.upgrade() {
+            l.disconnected();
         }
     }
 }
@@ -128,6 +168,16 @@ impl KeyStore for Mutant {
         }
         self.inner.touch_many(uses).await
     }
+
+    fn changes(&self, listener: Weak<dyn ChangeListener>) -> bool {
+        let relay = Arc::new(Relay {
+            to: listener,
+            mutation: self.mutation,
+        });
+        let weak: Weak<dyn ChangeListener> = Arc::downgrade(&relay) as Weak<dyn ChangeListener>;
+        self.relays.lock().unwrap().push(relay);
+        self.inner.changes(weak)
+    }
 }
 
 impl Mutant {
@@ -194,4 +244,15 @@ async fn a_touch_many_that_keeps_the_last_use_of_an_id_is_caught() {
 async fn an_id_unique_only_within_its_organization_is_caught() {
     let f = failure_of(Mutation::UniqueOnlyWithinOrg).await;
     assert_eq!(f.check, "insert_get_and_duplicate", "reported as: {f}");
+}
+
+#[tokio::test]
+async fn a_change_feed_that_misses_revokes_or_misreports_revisions_is_caught() {
+    for mutation in [Mutation::FeedDropsUpdates, Mutation::FeedReportsOldRevision] {
+        let f = failure_of(mutation).await;
+        assert_eq!(
+            f.check, "change_feed_reports_every_write",
+            "{mutation:?} reported as: {f}"
+        );
+    }
 }

@@ -216,3 +216,4 @@ async fn consume_once(engine: &RedisCounters, req: UsageRequest<'_>) -> Decision
     }
     .unwrap()
 }
+mod faults;

@@ -3,8 +3,8 @@
 //! Redis only when a limit has no lease, and decide alone while Redis cannot answer.
 
 use std::pin::pin;
-use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration as StdDuration;
 
 use super::lease::{LEASE_DIVISOR, Lease, Leases};
@@ -19,6 +19,7 @@ use crate::limits::engine::{
 const MAX_ROUNDS: usize = 8;
 
 /// A lease to ask Redis for.
+#[derive(Clone)]
 struct Ask {
     id: LeaseId,
     key: String,
@@ -84,6 +85,37 @@ impl Drop for Marks {
             }
         }
         engine.inner.leased.notify_waiters();
+    }
+}
+
+/// The answer of a lease call running in its own task. Dropped before it was read (its
+/// caller gone), it records an answer that already came; one still to come is recorded by
+/// the task, which finds nobody to hand it to.
+struct PendingReply {
+    rx: Option<tokio::sync::oneshot::Receiver<Result<Vec<i64>, CounterError>>>,
+    engine: RedisCounters,
+    asks: Arc<Vec<Ask>>,
+}
+
+impl PendingReply {
+    async fn recv(&mut self) -> Result<Vec<i64>, CounterError> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(unavailable(None));
+        };
+        let reply = rx.await.unwrap_or_else(|_| Err(unavailable(None)));
+        self.rx = None;
+        reply
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if let Ok(reply) = rx.try_recv() {
+                self.engine.record_orphan(&self.asks, &reply);
+            }
+        }
     }
 }
 
@@ -336,19 +368,30 @@ impl RedisCounters {
         }
         // Owed until the reply is recorded, even if this future is dropped on the way.
         let marks = Marks::new(self, asks.iter().map(|a| a.id.clone()).collect());
-        let mut inv = self.inner.lease.prepare_invoke();
-        for a in &asks {
-            inv.key(&a.key);
-        }
-        for a in &asks {
-            inv.arg(a.limit)
-                .arg(a.ttl_ms)
-                .arg(a.need)
-                .arg(LEASE_DIVISOR)
-                .arg(a.back);
-        }
-        let mut conn = self.inner.conn.clone();
-        let reply: Result<Vec<i64>, CounterError> = self.call(inv.invoke_async(&mut conn)).await;
+        let asks = Arc::new(asks);
+        let reply = match tokio::runtime::Handle::try_current() {
+            // The call runs in a task of its own: a caller dropped while it is in flight (a
+            // client gone) does not lose what Redis grants, which Redis counts as leased to
+            // this node — the grant is recorded for the node's next verifications instead.
+            Ok(handle) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let engine = self.clone();
+                let task_asks = Arc::clone(&asks);
+                handle.spawn(async move {
+                    let reply = engine.lease_call(&task_asks).await;
+                    if let Err(reply) = tx.send(reply) {
+                        engine.record_orphan(&task_asks, &reply);
+                    }
+                });
+                let mut pending = PendingReply {
+                    rx: Some(rx),
+                    engine: self.clone(),
+                    asks: Arc::clone(&asks),
+                };
+                pending.recv().await
+            }
+            Err(_) => self.lease_call(&asks).await,
+        };
         let now = self.now_ms();
         let mut more = Vec::new();
         let step = {
@@ -379,6 +422,46 @@ impl RedisCounters {
         self.inner.leased.notify_waiters();
         self.spawn_lease(more);
         reply.map(|_| step)
+    }
+
+    /// One lease call for `asks`.
+    async fn lease_call(&self, asks: &[Ask]) -> Result<Vec<i64>, CounterError> {
+        let mut inv = self.inner.lease.prepare_invoke();
+        for a in asks {
+            inv.key(&a.key);
+        }
+        for a in asks {
+            inv.arg(a.limit)
+                .arg(a.ttl_ms)
+                .arg(a.need)
+                .arg(LEASE_DIVISOR)
+                .arg(a.back);
+        }
+        let mut conn = self.inner.conn.clone();
+        self.call(inv.invoke_async(&mut conn)).await
+    }
+
+    /// Records the answer to a lease call whose caller went away (its marks were cleared
+    /// then: a later call may be in flight, so `fetching` is left alone), and wakes waiters.
+    fn record_orphan(&self, asks: &[Ask], reply: &Result<Vec<i64>, CounterError>) {
+        let Ok(r) = reply else { return };
+        let now = self.now_ms();
+        {
+            let mut map = self
+                .inner
+                .local
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (i, a) in asks.iter().enumerate() {
+                let Some(e) = map.get_mut(&a.id) else {
+                    continue;
+                };
+                let grant = u64::try_from(r.get(2 * i).copied().unwrap_or(0)).unwrap_or(0);
+                let used = u64::try_from(r.get(2 * i + 1).copied().unwrap_or(0)).unwrap_or(0);
+                e.record(a.limit, grant, used, now);
+            }
+        }
+        self.inner.leased.notify_waiters();
     }
 
     /// Fetches leases in the background (inside a Tokio runtime; without one, the next

@@ -1,0 +1,133 @@
+//! Redis frozen, its scripts flushed, its balances edited by hand: what the engines answer.
+
+use super::*;
+
+/// Freezes a private Redis (SIGSTOP) until dropped (SIGCONT), so that a failing test never
+/// leaves it stopped.
+struct Frozen<'a>(&'a PrivateRedis);
+
+impl<'a> Frozen<'a> {
+    fn new(server: &'a PrivateRedis) -> Self {
+        let pid = server.pid().unwrap();
+        assert!(
+            Command::new("kill")
+                .args(["-STOP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        Frozen(server)
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.pid() {
+            let _ = Command::new("kill").args(["-CONT", &pid]).status();
+        }
+    }
+}
+
+/// A Redis key's integer value (0 when absent).
+async fn count_of(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> u64 {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut sum = 0;
+    for k in keys {
+        let v: u64 = redis::cmd("GET").arg(&k).query_async(conn).await.unwrap();
+        sum += v;
+    }
+    sum
+}
+
+/// Local-first: a verification whose caller goes away while its lease call is in flight (a
+/// client that disconnects: the host drops the verification's future) must not lose the
+/// units Redis grants for it. Redis counts them as leased to this node; if the node does not
+/// hold them, nobody can admit them in that window — under-admission past the documented
+/// bound (at most two leases per node), one lease lost per dropped verification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_first_keeps_the_lease_of_a_verification_dropped_during_its_call() {
+    if redis_url("local_first_keeps_the_lease_of_a_verification_dropped_during_its_call").is_none()
+    {
+        return;
+    }
+    let dir = temp_dir();
+    let server = PrivateRedis::start(dir, free_port());
+    let url = server.url();
+    let p = prefix();
+    let engine = RedisCounters::builder(&url)
+        .prefix(&p)
+        .timeout(StdDuration::from_secs(5))
+        .local_first(StdDuration::from_secs(3600))
+        .build()
+        .unwrap();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let org = api_keys::OrgId::new("acme");
+    let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
+    let (key, n) = random_key();
+    let req = || UsageRequest {
+        key,
+        org: &org,
+        limits: &limits,
+        credits: None,
+        cost: 1,
+        now_ms: 1_800_000,
+    };
+    // The engine's connection is up (another key), and its script loaded.
+    consume_once(
+        &engine,
+        UsageRequest {
+            key: random_key().0,
+            ..req()
+        },
+    )
+    .await;
+    let other_key_holds = engine.leased();
+    {
+        let _frozen = Frozen::new(&server);
+        let Consumed::Pending(mut f) = engine.consume(req()) else {
+            panic!("the window's first verification waits for a lease");
+        };
+        assert!(
+            futures_util::FutureExt::now_or_never(&mut f).is_none(),
+            "a frozen Redis answered"
+        );
+        // The call is on the wire; its caller goes away.
+        tokio::time::sleep(StdDuration::from_millis(200)).await;
+        drop(f);
+    }
+    // Redis runs the queued call once thawed; a PING behind it on another connection shows
+    // nothing about ordering, so wait until the counter exists.
+    let pattern = format!("{p}:rl:k:*:{n:016x}");
+    for _ in 0..400 {
+        if count_of(&mut conn, &pattern).await > 0 {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    // Let the background fetch the dropped call started (if any) settle.
+    tokio::time::sleep(StdDuration::from_millis(200)).await;
+    let mut admitted = 0u64;
+    loop {
+        match consume_once(&engine, req()).await {
+            Decision::Allowed { .. } => admitted += 1,
+            _ => break,
+        }
+        assert!(admitted <= 80, "admitted past the limit");
+    }
+    let counted = count_of(&mut conn, &pattern).await;
+    let held = engine.leased() - other_key_holds;
+    assert_eq!(
+        counted,
+        admitted + held,
+        "units Redis counts as leased to this node that it neither admitted nor holds \
+         (admitted {admitted}, held {held})"
+    );
+}

@@ -131,3 +131,61 @@ async fn local_first_keeps_the_lease_of_a_verification_dropped_during_its_call()
          (admitted {admitted}, held {held})"
     );
 }
+
+/// Local-first, a fail-open limit, Redis going down mid-window: what the node admits on its
+/// own count comes on top of what it admitted through Redis in that window. Documented: at
+/// most `nodes × limit` while Redis is down (one node: the limit), `(nodes + 1) × limit` only
+/// in the window in which Redis comes back. Counting alone from zero, one node admitted the
+/// limit again in the window in which Redis went down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_first_failing_open_mid_window_admits_at_most_the_limit_on_one_node() {
+    if redis_url("local_first_failing_open_mid_window_admits_at_most_the_limit_on_one_node")
+        .is_none()
+    {
+        return;
+    }
+    let server = PrivateRedis::start(temp_dir(), free_port());
+    let engine = RedisCounters::builder(server.url())
+        .prefix(prefix())
+        .timeout(StdDuration::from_millis(500))
+        .local_first(StdDuration::from_secs(3600))
+        .fail_open(["hour"])
+        .build()
+        .unwrap();
+    let org = api_keys::OrgId::new("acme");
+    let limits = [RateLimit::new("hour", 16, StdDuration::from_secs(3600))];
+    let key = random_key().0;
+    let req = || UsageRequest {
+        key,
+        org: &org,
+        limits: &limits,
+        credits: None,
+        cost: 1,
+        now_ms: 1_800_000,
+    };
+    let mut admitted = 0;
+    for _ in 0..12 {
+        assert!(matches!(
+            consume_once(&engine, req()).await,
+            Decision::Allowed {
+                degraded: false,
+                ..
+            }
+        ));
+        admitted += 1;
+    }
+    server.stop();
+    for _ in 0..40 {
+        let d = tokio::time::timeout(StdDuration::from_secs(10), consume_once(&engine, req()))
+            .await
+            .expect("a verification hung without Redis");
+        match d {
+            Decision::Allowed { .. } => admitted += 1,
+            _ => break,
+        }
+    }
+    assert!(
+        admitted <= 16,
+        "one node admitted {admitted} in one window of a limit of 16"
+    );
+}

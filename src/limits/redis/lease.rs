@@ -31,8 +31,9 @@
 //! node spends its lease within moments.
 //!
 //! While Redis cannot answer: a node keeps spending the lease it holds; past it, a limit that
-//! fails open is enforced on this node's own count alone (each node admits up to `limit`, so
-//! at most `nodes × limit` in all while Redis is down) and reported `degraded`; a limit that
+//! fails open is enforced on this node's own count alone, counted on from the window's count
+//! as Redis last reported it (each node admits up to `limit` in all, so at most `nodes × limit`
+//! in a window in which Redis goes down or stays down) and reported `degraded`; a limit that
 //! fails closed refuses with [`CounterError::Unavailable`]. Units admitted alone are not
 //! reported to Redis when it comes back: in a window in which Redis recovers, up to `limit`
 //! more may be admitted through leases (`(nodes + 1) × limit` at most in that window).

@@ -509,7 +509,11 @@ impl RedisCounters {
             if !self.inner.fail_open.contains(l.name()) {
                 return Err(err);
             }
-            if e.solo.saturating_add(req.cost) > l.limit() && refused.is_none_or(|(_, r)| reset > r)
+            // Alone, the node counts on from what Redis last told it was leased in this
+            // window (everyone's, its own spent units included), not from zero: in the window
+            // in which Redis goes down, what was admitted through it still counts.
+            if e.global.saturating_add(e.solo).saturating_add(req.cost) > l.limit()
+                && refused.is_none_or(|(_, r)| reset > r)
             {
                 refused = Some((i, reset));
             }

@@ -189,3 +189,38 @@ async fn local_first_failing_open_mid_window_admits_at_most_the_limit_on_one_nod
         "one node admitted {admitted} in one window of a limit of 16"
     );
 }
+
+/// Local-first, a cost one past the largest limit (`MAX_UNITS + 1`, which a Lua double rounds
+/// down to `MAX_UNITS`): refused, and it must not lease the whole window's budget to this
+/// node on the way (a node holds at most two leases, `2 · ⌈limit / 8⌉`; the budget it sits on
+/// is refused on every other node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_first_a_cost_past_the_largest_limit_leases_no_more_than_a_lease() {
+    let Some(url) =
+        redis_url("local_first_a_cost_past_the_largest_limit_leases_no_more_than_a_lease")
+    else {
+        return;
+    };
+    let engine = local_first(&url, &prefix(), StdDuration::from_secs(3600));
+    let org = api_keys::OrgId::new("acme");
+    let max = api_keys::MAX_UNITS;
+    let limits = [RateLimit::new("hour", max, StdDuration::from_secs(3600))];
+    let d = consume_once(
+        &engine,
+        UsageRequest {
+            key: random_key().0,
+            org: &org,
+            limits: &limits,
+            credits: None,
+            cost: max + 1,
+            now_ms: 1_800_000,
+        },
+    )
+    .await;
+    assert!(matches!(d, Decision::RateLimited { .. }), "{d:?}");
+    assert!(
+        engine.leased() <= 2 * max.div_ceil(8),
+        "one refused request left this node holding {} of {max}",
+        engine.leased()
+    );
+}

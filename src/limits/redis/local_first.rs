@@ -433,7 +433,7 @@ impl RedisCounters {
         for a in asks {
             inv.arg(a.limit)
                 .arg(a.ttl_ms)
-                .arg(a.need)
+                .arg(super::strict::script_cost(a.need))
                 .arg(LEASE_DIVISOR)
                 .arg(a.back);
         }

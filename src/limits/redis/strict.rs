@@ -70,7 +70,8 @@ return {0, 0, balance, unpack(used)}
 /// The cost as the script receives it: Lua's numbers are doubles, exact only up to 2^53
 /// (`MAX_UNITS`, the largest limit or balance), so a larger cost is sent as 2^54 — exact,
 /// and above every count plus limit — instead of being rounded down to one that fits.
-fn script_cost(cost: u64) -> u64 {
+/// Local-first sends a lease's need the same way.
+pub(super) fn script_cost(cost: u64) -> u64 {
     if cost > crate::MAX_UNITS {
         1 << 54
     } else {

@@ -343,14 +343,7 @@ async fn a_body_that_fails_to_arrive_is_a_bad_request_not_too_large() {
 /// a bounded number of lines per window (with a `suppressed=N` summary later), not one each.
 #[tokio::test(flavor = "current_thread")]
 async fn a_flood_of_refused_reports_does_not_flood_the_log() {
-    let buffer = common::LogBuffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buffer, _guard) = common::capture_thread_logs();
     let p = start_partner().await;
     let body = report(&["sak_not_a_real_token"]);
     let forged = sign(&signing_key(), &body);

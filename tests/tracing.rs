@@ -9,14 +9,7 @@ use common::*;
 
 #[tokio::test(flavor = "current_thread")]
 async fn tracing_events_name_ids_and_outcomes_but_never_secrets() {
-    let buffer = LogBuffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buffer, _guard) = capture_thread_logs();
 
     // The default audit sink is `TracingAudit`.
     let m = KeyManager::builder(MemoryStore::new(), keyring())
@@ -91,14 +84,7 @@ impl api_keys::AuditSink for RefusingSink {
 /// the organization and the actor, and says why the sink failed.
 #[tokio::test(flavor = "current_thread")]
 async fn an_event_the_sink_refused_is_logged_with_what_it_was() {
-    let buffer = LogBuffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buffer, _guard) = capture_thread_logs();
     let m = KeyManager::builder(MemoryStore::new(), keyring())
         .audit(RefusingSink)
         .build()
@@ -129,14 +115,7 @@ async fn an_event_the_sink_refused_is_logged_with_what_it_was() {
 /// verifications `TracingAudit` logs, and the rest are summarized with their count.
 #[tokio::test(flavor = "current_thread")]
 async fn a_failing_sink_under_a_flood_of_bad_tokens_does_not_flood_the_log() {
-    let buffer = LogBuffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buffer, _guard) = capture_thread_logs();
     let clock = api_keys::ManualClock::new(start());
     let m = KeyManager::builder(MemoryStore::new(), keyring())
         .clock(clock.clone())
@@ -176,14 +155,7 @@ async fn a_failing_sink_under_a_flood_of_bad_tokens_does_not_flood_the_log() {
 /// request.
 #[tokio::test(flavor = "current_thread")]
 async fn a_failing_sink_during_a_store_outage_does_not_flood_the_log() {
-    let buffer = LogBuffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buffer, _guard) = capture_thread_logs();
     let clock = api_keys::ManualClock::new(start());
     let store = CountingStore::default();
     let fallback = std::time::Duration::from_millis(100);

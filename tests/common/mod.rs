@@ -336,6 +336,19 @@ impl std::io::Write for LogBuffer {
     }
 }
 
+/// Captures this thread's `tracing` events (every level, no colours) into a buffer, until
+/// the guard is dropped.
+pub fn capture_thread_logs() -> (LogBuffer, tracing::subscriber::DefaultGuard) {
+    let buffer = LogBuffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    (buffer, tracing::subscriber::set_default(subscriber))
+}
+
 impl LogBuffer {
     /// Everything logged so far.
     pub fn text(&self) -> String {

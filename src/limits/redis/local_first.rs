@@ -400,17 +400,7 @@ impl RedisCounters {
                 .local
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            for (i, a) in asks.iter().enumerate() {
-                // A window that ended meanwhile was forgotten: its late grant lapses with it.
-                let Some(e) = map.get_mut(&a.id) else {
-                    continue;
-                };
-                e.fetching = false;
-                let Ok(r) = &reply else { continue };
-                let grant = u64::try_from(r.get(2 * i).copied().unwrap_or(0)).unwrap_or(0);
-                let used = u64::try_from(r.get(2 * i + 1).copied().unwrap_or(0)).unwrap_or(0);
-                e.record(a.limit, grant, used, now);
-            }
+            record_grants(&mut map, &asks, &reply, now, true);
             match (&reply, then) {
                 (Ok(_), Some((req, keys))) => {
                     Some(self.decide_locked(&mut map, req, keys, &mut more))
@@ -444,7 +434,9 @@ impl RedisCounters {
     /// Records the answer to a lease call whose caller went away (its marks were cleared
     /// then: a later call may be in flight, so `fetching` is left alone), and wakes waiters.
     fn record_orphan(&self, asks: &[Ask], reply: &Result<Vec<i64>, CounterError>) {
-        let Ok(r) = reply else { return };
+        if reply.is_err() {
+            return;
+        }
         let now = self.now_ms();
         {
             let mut map = self
@@ -452,14 +444,7 @@ impl RedisCounters {
                 .local
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            for (i, a) in asks.iter().enumerate() {
-                let Some(e) = map.get_mut(&a.id) else {
-                    continue;
-                };
-                let grant = u64::try_from(r.get(2 * i).copied().unwrap_or(0)).unwrap_or(0);
-                let used = u64::try_from(r.get(2 * i + 1).copied().unwrap_or(0)).unwrap_or(0);
-                e.record(a.limit, grant, used, now);
-            }
+            record_grants(&mut map, asks, reply, now, false);
         }
         self.inner.leased.notify_waiters();
     }
@@ -575,5 +560,30 @@ fn refusal(
             u64::try_from(reset.saturating_sub(req.now_ms)).unwrap_or(0),
         ),
         usage,
+    }
+}
+
+/// Records a lease call's answer for `asks` (a grant and the window's count per ask) in
+/// `map`. A window that ended meanwhile was forgotten: its late grant lapses with it. With
+/// `done`, the asks' fetches are over (their `fetching` marks are cleared, also on an
+/// error); an orphaned answer leaves them alone (a later call may be in flight).
+fn record_grants(
+    map: &mut Leases,
+    asks: &[Ask],
+    reply: &Result<Vec<i64>, CounterError>,
+    now: u64,
+    done: bool,
+) {
+    for (i, a) in asks.iter().enumerate() {
+        let Some(e) = map.get_mut(&a.id) else {
+            continue;
+        };
+        if done {
+            e.fetching = false;
+        }
+        let Ok(r) = reply else { continue };
+        let grant = u64::try_from(r.get(2 * i).copied().unwrap_or(0)).unwrap_or(0);
+        let used = u64::try_from(r.get(2 * i + 1).copied().unwrap_or(0)).unwrap_or(0);
+        e.record(a.limit, grant, used, now);
     }
 }

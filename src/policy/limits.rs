@@ -34,7 +34,7 @@ impl Policy {
     /// minute do not). Every key then needs at least one rate limit (without one it would be
     /// unlimited): give requests a limit, or the policy [`Policy::default_rate_limits`].
     pub fn max_rate(mut self, limit: u64, per: StdDuration) -> Self {
-        self.max_rate = Some((limit, u64::try_from(per.as_millis()).unwrap_or(u64::MAX)));
+        self.max_rate = Some((limit, per));
         self
     }
 
@@ -64,7 +64,6 @@ impl Policy {
     /// The highest rate a limit may allow (`limit` per window), if capped.
     pub fn rate_cap(&self) -> Option<(u64, StdDuration)> {
         self.max_rate
-            .map(|(l, ms)| (l, StdDuration::from_millis(ms)))
     }
 
     /// The largest credit balance, if capped.
@@ -82,21 +81,25 @@ impl Policy {
                 limits.len()
             )));
         }
-        let Some((cap, per_ms)) = self.max_rate else {
+        let Some((cap, per)) = self.max_rate else {
             return Ok(());
         };
         if limits.is_empty() {
             return Err(Error::Policy(format!(
-                "this policy allows at most {cap} per {per_ms} ms, so a key needs at least one rate limit"
+                "this policy allows at most {cap} per {per:?}, so a key needs at least one rate limit"
             )));
         }
         for l in limits {
-            // l.limit / l.window <= cap / per, without division.
-            if u128::from(l.limit()) * u128::from(per_ms)
-                > u128::from(cap) * u128::from(l.window_ms())
-            {
+            // l.limit / l.window <= cap / per, without division, in nanoseconds (`per` may
+            // have a fraction of a millisecond). The right side stays below 2^120 for a
+            // checked window (at most a year); a left side past u128 is above it.
+            let allowed = u128::from(cap)
+                .saturating_mul(u128::from(l.window_ms()))
+                .saturating_mul(1_000_000);
+            let asked = u128::from(l.limit()).checked_mul(per.as_nanos());
+            if asked.is_none_or(|asked| asked > allowed) {
                 return Err(Error::Policy(format!(
-                    "rate limit `{}` allows {} per {} ms, above this policy's maximum rate of {cap} per {per_ms} ms",
+                    "rate limit `{}` allows {} per {} ms, above this policy's maximum rate of {cap} per {per:?}",
                     l.name(),
                     l.limit(),
                     l.window_ms()

@@ -83,8 +83,9 @@ pub struct Policy {
     default_rate_limits: Vec<RateLimit>,
     default_credits: Option<Credits>,
     max_rate_limits: usize,
-    /// The highest rate a limit may allow: `(limit, window in ms)`.
-    max_rate: Option<(u64, u64)>,
+    /// The highest rate a limit may allow: `limit` per `per`, kept exactly (a fraction of a
+    /// millisecond in `per` is part of the cap).
+    max_rate: Option<(u64, std::time::Duration)>,
     max_credits: Option<u64>,
 }
 
@@ -262,7 +263,10 @@ impl Policy {
                 "max_rate_limits must be 1 to {MAX_RATE_LIMITS}"
             )));
         }
-        if self.max_rate.is_some_and(|(l, ms)| l == 0 || ms == 0) {
+        if self
+            .max_rate
+            .is_some_and(|(l, per)| l == 0 || per < std::time::Duration::from_millis(1))
+        {
             return Err(Error::Policy(
                 "max_rate needs a limit of at least 1 per a window of at least 1 ms".into(),
             ));

@@ -224,3 +224,46 @@ fn a_policy_whose_defaults_break_its_maxima_is_refused_at_build() {
     }
     assert!(build(limited_policy()).is_ok());
 }
+
+/// `max_rate(limit, per)` caps the average rate at `limit / per`; a `per` with a fraction
+/// of a millisecond was cut to whole milliseconds, which raised the cap: with at most 1 per
+/// 1.5 ms, a limit of 1 per 1 ms (a third faster) was accepted, and `rate_cap` reported
+/// 1 per 1 ms.
+#[tokio::test]
+async fn max_rate_is_not_raised_by_a_fraction_of_a_millisecond() {
+    let per = StdDuration::from_micros(1_500);
+    let s = setup_with(MemoryStore::new(), Policy::default().max_rate(1, per));
+    assert_eq!(s.manager.policy().rate_cap(), Some((1, per)));
+    let one_per_ms = RateLimit::new("fast", 1, StdDuration::from_millis(1));
+    policy_error(
+        s.manager
+            .generate(&alice(), req("f").rate_limit(one_per_ms.clone()))
+            .await,
+    );
+    // At the cap exactly (2 per 3 ms) and below it pass.
+    for ok_limit in [
+        RateLimit::new("even", 2, StdDuration::from_millis(3)),
+        RateLimit::new("slow", 1, StdDuration::from_millis(2)),
+    ] {
+        let (_, info) = generate(&s.manager, req("s").rate_limit(ok_limit.clone())).await;
+        assert_eq!(info.rate_limits, vec![ok_limit]);
+    }
+    // set_limits applies the same cap.
+    let (_, info) = generate(
+        &s.manager,
+        req("t").rate_limit(RateLimit::new("slow", 1, StdDuration::from_millis(2))),
+    )
+    .await;
+    policy_error(
+        s.manager
+            .set_limits(&alice(), &info.id, vec![one_per_ms])
+            .await,
+    );
+    // A window under a millisecond is still refused when the manager is built.
+    assert!(matches!(
+        KeyManager::builder(MemoryStore::new(), keyring())
+            .policy(Policy::default().max_rate(1, StdDuration::from_micros(999)))
+            .build(),
+        Err(Error::Policy(_))
+    ));
+}

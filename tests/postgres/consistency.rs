@@ -316,3 +316,51 @@ async fn an_organization_id_with_nul_lists_no_keys() {
         .unwrap();
     assert!(m.list(&a).await.unwrap().is_empty());
 }
+
+/// A page that lost a skipped row (an id column that is no key id) to its `limit` must still
+/// be full while records follow: `expiring_all` and the CLI's rewrap count stop at the first
+/// short page, so a short page in the middle of the table hid every record after it (the
+/// SQLite store does not count skipped rows towards the page).
+#[tokio::test]
+async fn a_skipped_row_does_not_shorten_a_scan_page() {
+    let Some(cfg) = database_url("a_skipped_row_does_not_shorten_a_scan_page") else {
+        return;
+    };
+    let url = conninfo(&cfg, &app("badid-page"), None, None);
+    let table = format!("badidp_{:08x}", random_u64() as u32);
+    let store = PostgresStore::options()
+        .table(&table)
+        .connect_and_migrate(&url)
+        .await
+        .unwrap();
+    let m = KeyManager::builder(store, keyring()).build().unwrap();
+    let a = manager_of(&org());
+    let mut ids = Vec::new();
+    for name in ["k1", "k2"] {
+        let (_, k) = m
+            .generate(&a, GenerateRequest::new(name).scope(Scope::Prometheus))
+            .await
+            .unwrap();
+        ids.push(k.id);
+    }
+    ids.sort();
+    let sql = admin(&cfg, None).await;
+    // Sorted before every key id: the first page's rows are this one and the first key.
+    sql.execute(
+        &format!(
+            "INSERT INTO {table} (id, org, revision, record) \
+             SELECT '!not-a-key', org, revision, record FROM {table} WHERE id = $1"
+        ),
+        &[&ids[0].to_string()],
+    )
+    .await
+    .unwrap();
+    let page = m.store().scan(None, 2).await.unwrap();
+    let got: Vec<KeyId> = page.iter().map(|r| r.id).collect();
+    sql.batch_execute(&format!(
+        "DROP TABLE {table}; DROP TABLE {table}_schema; DROP FUNCTION {table}_notify()"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(got, ids, "a short page ends every pager that stops on one");
+}

@@ -436,28 +436,34 @@ impl KeyStore for PostgresStore {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
         let mut after = after.map(KeyId::to_string);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         async move {
-            loop {
+            // Skipped rows do not count towards `limit` (as with SQLite): a short page is the
+            // end of the table to every pager (`expiring_all`, the CLI's rewrap count), so a
+            // page is read on until it is full or the rows run out.
+            let mut out: Vec<KeyRecord> = Vec::new();
+            while out.len() < limit {
+                let want = limit - out.len();
+                let want_sql = i64::try_from(want).unwrap_or(i64::MAX);
                 let page = match &after {
                     Some(after) => {
                         let sql = self.sql(&format!("{SELECT} WHERE id > $1 ORDER BY id LIMIT $2"));
-                        self.query_records(&sql, &[after, &limit]).await?
+                        self.query_records(&sql, &[after, &want_sql]).await?
                     }
                     None => {
                         let sql = self.sql(&format!("{SELECT} ORDER BY id LIMIT $1"));
-                        self.query_records(&sql, &[&limit]).await?
+                        self.query_records(&sql, &[&want_sql]).await?
                     }
                 };
-                // A page of skipped rows only is not the end: an empty page is.
-                if !page.records.is_empty() || page.rows == 0 {
-                    return Ok(page.records);
+                out.extend(page.records);
+                if page.rows < want {
+                    break;
                 }
                 match page.last_id {
                     Some(last) => after = Some(last),
                     None => return Err(corrupt(None, "an id column that is not text")),
                 }
             }
+            Ok(out)
         }
     }
 

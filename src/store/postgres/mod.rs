@@ -286,7 +286,9 @@ fn decode(row: &Row) -> Option<KeyRecord> {
     };
     // Only a row whose id column is unusable fails to decode; its content is not logged.
     decoded
-        .inspect_err(|_| {
+        .inspect_err(|e| {
+            // Counted as the corrupt-row error it was before (as the SQLite store counts it).
+            crate::metrics::store_error(e);
             tracing::error!(target: "api_keys", "a stored key row's id column is not a key id; it is reported and skipped");
         })
         .ok()

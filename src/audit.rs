@@ -224,7 +224,9 @@ pub trait AuditSink: Send + Sync + 'static {
 /// the logs: per failure class and key id (where there is one), the first
 /// [`LOG_FULL_PER_WINDOW`] failures of each [`LOG_WINDOW_SECS`]-second window are logged in
 /// full (the budgets sit in 1 024 slots chosen by a per-process keyed hash: a class and id
-/// sharing a slot share its budget, and no sender can choose which do); the rest are counted, and one summary line per class (`suppressed = N`, the exact
+/// sharing a slot share its budget, and no sender can choose which do; a line without a key
+/// id has a budget of its own per class); the rest are counted, and one summary line per
+/// class (`suppressed = N`, the exact
 /// count of the window) follows at the first failure of that class in a later window. The
 /// bound is per process. Exact counts of every failure reach any other sink the host
 /// installs (the sink is called for every event); [`TracingAudit::suppressed_total`] counts
@@ -339,6 +341,7 @@ const SUMMARY: Summary = Summary {
     suppressed: AtomicU64::new(0),
 };
 static SLOTS: [Slot; LOG_SLOTS] = [SLOT; LOG_SLOTS];
+static KEYLESS_SLOTS: [Slot; Bounded::COUNT] = [SLOT; Bounded::COUNT];
 static SUMMARIES: [Summary; Bounded::COUNT] = [SUMMARY; Bounded::COUNT];
 static SUPPRESSED_TOTAL: AtomicU64 = AtomicU64::new(0);
 
@@ -391,7 +394,13 @@ impl TracingAudit {
                 );
             }
         }
-        let slot = &SLOTS[slot_of(slot_key(), kind.index(), key_id)];
+        // A line without a key id has a slot of its own kind: a flood of failures under
+        // many ids fills every hashed slot and must not take the whole budget of the lines
+        // that name no key (refused secret-scanning reports, 503 warnings, sink failures).
+        let slot = match key_id {
+            Some(_) => &SLOTS[slot_of(slot_key(), kind.index(), key_id)],
+            None => &KEYLESS_SLOTS[kind.index()],
+        };
         let w = slot.window.load(Ordering::Acquire);
         if w != window
             && slot
@@ -546,5 +555,29 @@ mod slot_tests {
             .filter(|&x| slot_of(&key, 1, Some(KeyId(x))) != slot_of(&other, 1, Some(KeyId(x))))
             .count();
         assert!(moved > 48, "{moved} of 64");
+    }
+
+    /// A flood of failed verifications under many key ids (anyone can send tokens with
+    /// random ids) fills every hashed slot; the lines logged without a key id (a refused
+    /// secret-scanning report, the axum layer's 503 warning, a sink's failure) must keep
+    /// their own budget, not lose every line to it.
+    #[test]
+    fn a_flood_of_failures_leaves_the_other_kinds_their_lines() {
+        let at = 7_777_777_770;
+        for i in 0..200_000u64 {
+            let id = KeyId(i.wrapping_mul(0x2545_f491_4f6c_dd1d));
+            TracingAudit::admit(Bounded::Failed(FailureClass::ALL[0]), Some(id), at);
+        }
+        for kind in [
+            Bounded::SinkFailed,
+            Bounded::ScanRefused,
+            Bounded::HttpUnavailable,
+        ] {
+            assert!(
+                TracingAudit::admit(kind, None, at),
+                "{} lost its lines",
+                kind.action()
+            );
+        }
     }
 }

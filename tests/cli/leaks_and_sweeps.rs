@@ -219,3 +219,39 @@ async fn sweep_shows_every_notice_it_claims() {
     assert_eq!(notices[0]["key"]["id"], fresh.id.to_string());
     assert_eq!(v["expiry_warnings"], 1);
 }
+
+/// A claimed notice is never announced again, so when standard output fails (a full disk)
+/// the sweep must still name, on standard error, each key whose notice it claimed but could
+/// not show, and finish the run it reports as done: it exited at the first notice instead,
+/// saying the work was done, with that key's notice marked sent and shown nowhere and the
+/// rest of the sweep not run.
+#[tokio::test]
+async fn sweep_with_a_failing_output_names_the_notices_it_could_not_show() {
+    let db = db();
+    let past = api_keys::time::OffsetDateTime::now_utc() - api_keys::time::Duration::days(25);
+    let m = KeyManager::builder(SqliteStore::open(&db.path).unwrap(), old_ring())
+        .clock(api_keys::ManualClock::new(past))
+        .build()
+        .unwrap();
+    let (_, first) = make(&m, &acme(), "first", 30).await;
+    let (_, second) = make(&m, &acme(), "second", 30).await;
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        eprintln!("skipped: no /dev/full");
+        return;
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_api-keys"))
+        .env_clear()
+        .arg("--sqlite")
+        .arg(&db.path)
+        .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
+        .env("API_KEYS_MASTER_KEY_VERSION", "1")
+        .args(["sweep", "--warn-before", "7d"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    for id in [first.id, second.id] {
+        assert!(err.contains(&id.to_string()), "{id} not named: {err}");
+    }
+}

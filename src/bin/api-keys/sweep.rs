@@ -100,7 +100,16 @@ impl Notifier for Printer {
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(v);
         } else {
-            out!("{}", line(n));
+            // Not `out!`: exiting here would stop the sweep at its first notice, that notice
+            // claimed and shown nowhere. A failed write is this notice's failure (the sweep
+            // logs it with the key's id, counts it and goes on); the summary's `out!` then
+            // reports the output failure once the run is done. A closed pipe stays quiet.
+            use std::io::Write as _;
+            if let Err(e) = writeln!(std::io::stdout(), "{}", line(n))
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                return Err(format!("the notice could not be printed: {e}").into());
+            }
         }
         Ok(())
     }

@@ -255,3 +255,41 @@ async fn sweep_with_a_failing_output_names_the_notices_it_could_not_show() {
         assert!(err.contains(&id.to_string()), "{id} not named: {err}");
     }
 }
+
+/// When standard output fails (a full disk), a line `keys revoke-leaked` could not judge
+/// must still be reported on standard error with exit 5: the key still works. The tool
+/// exited 3 at its first line of output instead, saying what it did was done, and the
+/// message that those keys were not revoked was never written.
+#[tokio::test]
+async fn keys_revoke_leaked_with_a_failing_output_still_reports_unrevoked_lines() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let (leaked, _) = make(&m, &acme(), "leaked", 30).await;
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        eprintln!("skipped: no /dev/full");
+        return;
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_api-keys"))
+        .env_clear()
+        .arg("--sqlite")
+        .arg(&db.path)
+        .env("API_KEYS_MASTER_KEY", hex_of(&NEW))
+        .env("API_KEYS_MASTER_KEY_VERSION", "2")
+        .args(["keys", "revoke-leaked"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(full)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{}", leaked.expose_secret()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("were not revoked"), "{err}");
+    assert!(err.contains("cannot write the output"), "{err}");
+    m.verify(leaked.expose_secret(), &read()).await.unwrap();
+}

@@ -6,13 +6,15 @@
 //!
 //! Exit codes: 0 success; 1 `rewrap` or `sweep` finished but some records failed; 2 usage
 //! (bad or missing arguments); 3 configuration or store error (master key missing or malformed, store
-//! unreachable, store support not built in), or the output could not be written; 4 no such key; 5 a record failed its integrity
-//! check (tampered, or sealed under a master key the keyring lacks).
+//! unreachable, store support not built in), or the output could not be written (when
+//! nothing else failed); 4 no such key; 5 a record failed its integrity check (tampered, or
+//! sealed under a master key the keyring lacks).
 #![forbid(unsafe_code)]
 
 /// `println!` that a reader gone away (a closed pipe: `api-keys keys list ... | head -1`) does
 /// not turn into a panic: the output ends there and the command's own exit code stands. Any
-/// other failure to write is exit 3 ([`output_failed`]).
+/// other failure to write is recorded ([`output_failed`]): the command runs to its end, and
+/// its own failure (with its message) or else exit 3 is reported then.
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -201,7 +203,16 @@ fn main() -> ExitCode {
             .with_max_level(tracing::Level::WARN)
             .init();
     }
-    match run(cli) {
+    let result = run(cli);
+    if let Some(e) = OUTPUT_FAILED.get() {
+        eprintln!(
+            "api-keys: cannot write the output: {e}; the command ran to its end, but its \
+             answer was not written"
+        );
+    }
+    match result {
+        // The command's own failure stands: its code and message say more than exit 3.
+        Ok(0) if OUTPUT_FAILED.get().is_some() => ExitCode::from(EXIT_CONFIG),
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             // A message may quote the host's input or a store's error text.
@@ -291,14 +302,14 @@ fn run(cli: Cli) -> Result<u8, Failure> {
     })
 }
 
-/// Standard output failed for another reason than a closed pipe (a full disk, an I/O error):
-/// what the command did is done, but its answer is lost — exit 3 saying so, not a panic.
-pub(crate) fn output_failed(e: &std::io::Error) -> ! {
-    eprintln!(
-        "api-keys: cannot write the output: {e}; what the command did is done (see the log \
-         lines), but its answer was not written"
-    );
-    std::process::exit(EXIT_CONFIG.into())
+/// The first failure of standard output other than a closed pipe (a full disk, an I/O error).
+static OUTPUT_FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Standard output failed for another reason than a closed pipe: recorded, not a panic and
+/// not an exit here (that would stop a batch half-way and hide the command's own failure,
+/// e.g. exit 5 for lines not revoked); `main` reports it when the command is done.
+pub(crate) fn output_failed(e: &std::io::Error) {
+    let _ = OUTPUT_FAILED.set(e.to_string());
 }
 
 /// A builder of the operator's manager over `store` with `keyring`.

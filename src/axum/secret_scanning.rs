@@ -19,7 +19,8 @@
 //!    "true_positive" | "false_positive"}]` — never the raw token.
 //!
 //! A store failure answers 500 (GitHub retries; revoking is idempotent). Tokens are never
-//! logged; refusals are logged (target `api_keys::secret_scanning`) by reason only.
+//! logged; refusals are logged (target `api_keys::secret_scanning`) by reason only, bounded
+//! like failed verifications (their `suppressed=N` summaries on the same target).
 //!
 //! ```
 //! use api_keys::{KeyManager, Keyring, MasterKey, MemoryStore};

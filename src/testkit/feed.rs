@@ -43,7 +43,10 @@ impl ChangeListener for Recorder {
         self.with(|s| s.connected = true);
     }
     fn disconnected(&self) {
-        self.with(|s| s.disconnected = true);
+        self.with(|s| {
+            s.connected = false;
+            s.disconnected = true;
+        });
     }
 }
 
@@ -88,7 +91,9 @@ async fn eventually(rec: &Recorder, patience: StdDuration, done: impl Fn(&Seen) 
 ///
 /// Waits up to 30 s for the feed to connect and for the delete to be reported, then up to a
 /// second for the rest (guards, not speed requirements), giving the executor a turn between
-/// looks: run it on the runtime that delivers the store's notifications.
+/// looks: run it on the runtime that delivers the store's notifications. A feed that reports a
+/// disconnection meanwhile (changes may then go unreported) gets the writes again once it has
+/// reconnected, up to three tries.
 pub async fn change_feed_reports_every_write<S: KeyStore>(store: &S) -> Check {
     const C: &str = "change_feed_reports_every_write";
     let rec = Arc::new(Recorder::default());
@@ -96,12 +101,34 @@ pub async fn change_feed_reports_every_write<S: KeyStore>(store: &S) -> Check {
     if !store.changes(Arc::downgrade(&listener) as Weak<dyn ChangeListener>) {
         return Ok(());
     }
-    if !eventually(&rec, PATIENCE, |s| s.connected).await {
-        return Err(fail(
-            C,
-            "changes() returned true, but the listener's connected() was not called",
-        ));
+    // A feed may drop meanwhile (changes may then go unreported until it reconnects, and a
+    // cache empties itself): the writes are tried again, a few times, on the new connection.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        rec.with(|s| s.disconnected = false);
+        if !eventually(&rec, PATIENCE, |s| s.connected).await {
+            return Err(fail(
+                C,
+                "changes() returned true, but the listener's connected() was not called",
+            ));
+        }
+        match writes_reported(store, &rec).await {
+            Err(f) if attempts < ATTEMPTS && rec.seen(|s| s.disconnected) => drop(f),
+            done => {
+                drop(listener);
+                return done;
+            }
+        }
     }
+}
+
+/// How many times the writes are tried when the feed reported a disconnection meanwhile.
+const ATTEMPTS: u32 = 3;
+
+/// An insert, a revoke and a delete of a new record, each reported by the feed.
+async fn writes_reported<S: KeyStore>(store: &S, rec: &Recorder) -> Check {
+    const C: &str = "change_feed_reports_every_write";
     let org = random_org();
     let first = sample_record(random_id(), &org);
     let id = first.id;
@@ -136,8 +163,8 @@ pub async fn change_feed_reports_every_write<S: KeyStore>(store: &S) -> Check {
             .iter()
             .any(|c| c.id == id && c.kind == ChangeKind::Deleted)
     };
-    let reported = eventually(&rec, PATIENCE, |s| all_reported(s) || deleted(s)).await
-        && eventually(&rec, AFTER_LAST, all_reported).await;
+    let reported = eventually(rec, PATIENCE, |s| all_reported(s) || deleted(s)).await
+        && eventually(rec, AFTER_LAST, all_reported).await;
     if !reported {
         let (got, dropped) = rec.seen(|s| {
             let got: Vec<Change> = s.changes.iter().filter(|c| c.id == id).copied().collect();
@@ -156,6 +183,5 @@ pub async fn change_feed_reports_every_write<S: KeyStore>(store: &S) -> Check {
             ),
         ));
     }
-    drop(listener);
     Ok(())
 }

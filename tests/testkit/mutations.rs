@@ -37,6 +37,9 @@ enum Mutation {
     FeedDropsUpdates,
     /// The trigger reports `OLD.revision` instead of `NEW.revision` for an update.
     FeedReportsOldRevision,
+    /// Breaks no duty: the feed drops once at the first update (`disconnected`, the update
+    /// unreported, then `connected` again), as a real feed does under load or a restart.
+    FeedDropsOnce,
 }
 
 /// A `MemoryStore` with one [`Mutation`] (its change feed passed on through [`Relay`]s).
@@ -60,6 +63,7 @@ impl Mutant {
 struct Relay {
     to: Weak<dyn ChangeListener>,
     mutation: Mutation,
+    dropped: std::sync::atomic::AtomicBool,
 }
 
 impl ChangeListener for Relay {
@@ -67,6 +71,15 @@ impl ChangeListener for Relay {
         match (self.mutation, change.kind) {
             (Mutation::FeedDropsUpdates, ChangeKind::Updated) => return,
             (Mutation::FeedReportsOldRevision, ChangeKind::Updated) => change.revision -= 1,
+            (Mutation::FeedDropsOnce, ChangeKind::Updated)
+                if !self.dropped.swap(true, std::sync::atomic::Ordering::SeqCst) =>
+            {
+                if let Some(l) = self.to.upgrade() {
+                    l.disconnected();
+                    l.connected();
+                }
+                return;
+            }
             _ => {}
         }
         if let Some(l) = self.to.upgrade() {
@@ -173,6 +186,7 @@ impl KeyStore for Mutant {
         let relay = Arc::new(Relay {
             to: listener,
             mutation: self.mutation,
+            dropped: Default::default(),
         });
         let weak: Weak<dyn ChangeListener> = Arc::downgrade(&relay) as Weak<dyn ChangeListener>;
         self.relays.lock().unwrap().push(relay);
@@ -255,4 +269,14 @@ async fn a_change_feed_that_misses_revokes_or_misreports_revisions_is_caught() {
             "{mutation:?} reported as: {f}"
         );
     }
+}
+
+/// A feed may drop (`disconnected`: changes may go unreported until `connected`) — under load,
+/// at a server restart — and a cache then empties itself: a store whose feed dropped once
+/// during the check is correct, and the check must try its writes again rather than fail it.
+#[tokio::test]
+async fn a_change_feed_that_drops_once_and_reconnects_conforms() {
+    testkit::change_feed_reports_every_write(&Mutant::new(Mutation::FeedDropsOnce))
+        .await
+        .unwrap();
 }

@@ -99,7 +99,8 @@ fn from_file(path: &Path) -> Result<Vec<(u32, MasterKey)>, Failure> {
     let cannot = |e: std::io::Error| Failure::config(format!("cannot read {what}: {e}"));
     // Read at most a little more than any keyring needs: a path to a device or a huge file
     // (`/dev/zero`, a log given by mistake) is refused instead of read without end.
-    let mut bytes = Zeroizing::new(Vec::new());
+    // Room for the most read, so that reading never moves (and leaves behind) key bytes.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE as usize + 1));
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_KEY_FILE + 1).read_to_end(&mut bytes))
         .map_err(cannot)?;
@@ -108,7 +109,9 @@ fn from_file(path: &Path) -> Result<Vec<(u32, MasterKey)>, Failure> {
             "{what} is larger than {MAX_KEY_FILE} bytes: not a master key file"
         )));
     }
-    let text = Zeroizing::new(String::from_utf8(std::mem::take(&mut *bytes)).map_err(|_| {
+    let text = Zeroizing::new(String::from_utf8(std::mem::take(&mut *bytes)).map_err(|e| {
+        // The bytes come back with the error: wiped, like every other copy.
+        drop(Zeroizing::new(e.into_bytes()));
         Failure::config(format!(
             "{what} is not UTF-8 text: write one VERSION:HEX per line"
         ))

@@ -224,3 +224,81 @@ async fn local_first_a_cost_past_the_largest_limit_leases_no_more_than_a_lease()
         engine.leased()
     );
 }
+
+/// Local-first: verifications dropped one after another while their lease call is in flight
+/// (clients that give up on a slow Redis) must not each start a lease call of their own: the
+/// first call still runs, and every grant is recorded for the node, which then holds a lease
+/// per dropped verification — past the documented two leases per node (`2 · ⌈limit / 8⌉`),
+/// all of it under-admission if the window ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_first_verifications_dropped_during_a_call_do_not_lease_again_and_again() {
+    if redis_url("local_first_verifications_dropped_during_a_call_do_not_lease_again_and_again")
+        .is_none()
+    {
+        return;
+    }
+    let server = PrivateRedis::start(temp_dir(), free_port());
+    let url = server.url();
+    let p = prefix();
+    let engine = RedisCounters::builder(&url)
+        .prefix(&p)
+        .timeout(StdDuration::from_secs(5))
+        .local_first(StdDuration::from_secs(3600))
+        .build()
+        .unwrap();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let org = api_keys::OrgId::new("acme");
+    let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
+    let (key, n) = random_key();
+    let req = || UsageRequest {
+        key,
+        org: &org,
+        limits: &limits,
+        credits: None,
+        cost: 1,
+        now_ms: 1_800_000,
+    };
+    consume_once(
+        &engine,
+        UsageRequest {
+            key: random_key().0,
+            ..req()
+        },
+    )
+    .await;
+    let other_key_holds = engine.leased();
+    {
+        let _frozen = Frozen::new(&server);
+        for _ in 0..4 {
+            let Consumed::Pending(mut f) = engine.consume(req()) else {
+                panic!("no lease yet: the verification waits");
+            };
+            assert!(
+                futures_util::FutureExt::now_or_never(&mut f).is_none(),
+                "a frozen Redis answered"
+            );
+            tokio::time::sleep(StdDuration::from_millis(100)).await;
+            drop(f);
+        }
+    }
+    // Every call Redis runs once thawed is recorded by the node: wait until the node holds
+    // all that Redis counts (nothing was admitted).
+    let pattern = format!("{p}:rl:k:*:{n:016x}");
+    let mut held = 0;
+    for _ in 0..500 {
+        let counted = count_of(&mut conn, &pattern).await;
+        held = engine.leased() - other_key_holds;
+        if counted > 0 && counted == held {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    assert!(
+        held <= 2 * 80u64.div_ceil(8),
+        "four dropped verifications left this node holding {held} of 80"
+    );
+}

@@ -88,23 +88,30 @@ impl Drop for Marks {
     }
 }
 
+/// A lease call's answer, with the marks of its asks (owed by whoever records it).
+type Reply = (Result<Vec<i64>, CounterError>, Marks);
+
 /// The answer of a lease call running in its own task. Dropped before it was read (its
 /// caller gone), it records an answer that already came; one still to come is recorded by
 /// the task, which finds nobody to hand it to.
 struct PendingReply {
-    rx: Option<tokio::sync::oneshot::Receiver<Result<Vec<i64>, CounterError>>>,
+    rx: Option<tokio::sync::oneshot::Receiver<Reply>>,
     engine: RedisCounters,
     asks: Arc<Vec<Ask>>,
 }
 
 impl PendingReply {
-    async fn recv(&mut self) -> Result<Vec<i64>, CounterError> {
+    /// The answer, and its marks (none when the task was dropped: its marks went with it).
+    async fn recv(&mut self) -> (Result<Vec<i64>, CounterError>, Option<Marks>) {
         let Some(rx) = self.rx.as_mut() else {
-            return Err(unavailable(None));
+            return (Err(unavailable(None)), None);
         };
-        let reply = rx.await.unwrap_or_else(|_| Err(unavailable(None)));
+        let reply = rx.await;
         self.rx = None;
-        reply
+        match reply {
+            Ok((reply, marks)) => (reply, Some(marks)),
+            Err(_) => (Err(unavailable(None)), None),
+        }
     }
 }
 
@@ -112,8 +119,8 @@ impl Drop for PendingReply {
     fn drop(&mut self) {
         if let Some(mut rx) = self.rx.take() {
             rx.close();
-            if let Ok(reply) = rx.try_recv() {
-                self.engine.record_orphan(&self.asks, &reply);
+            if let Ok((reply, marks)) = rx.try_recv() {
+                self.engine.record_orphan(&self.asks, &reply, marks);
             }
         }
     }
@@ -369,18 +376,21 @@ impl RedisCounters {
         // Owed until the reply is recorded, even if this future is dropped on the way.
         let marks = Marks::new(self, asks.iter().map(|a| a.id.clone()).collect());
         let asks = Arc::new(asks);
-        let reply = match tokio::runtime::Handle::try_current() {
+        let (reply, marks) = match tokio::runtime::Handle::try_current() {
             // The call runs in a task of its own: a caller dropped while it is in flight (a
             // client gone) does not lose what Redis grants, which Redis counts as leased to
             // this node — the grant is recorded for the node's next verifications instead.
+            // The task holds the marks until its answer is recorded: the counters stay marked
+            // as being fetched, so later verifications wait for this call instead of each
+            // starting one (a lease per dropped caller, past two leases per node).
             Ok(handle) => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let engine = self.clone();
                 let task_asks = Arc::clone(&asks);
                 handle.spawn(async move {
                     let reply = engine.lease_call(&task_asks).await;
-                    if let Err(reply) = tx.send(reply) {
-                        engine.record_orphan(&task_asks, &reply);
+                    if let Err((reply, marks)) = tx.send((reply, marks)) {
+                        engine.record_orphan(&task_asks, &reply, marks);
                     }
                 });
                 let mut pending = PendingReply {
@@ -390,7 +400,7 @@ impl RedisCounters {
                 };
                 pending.recv().await
             }
-            Err(_) => self.lease_call(&asks).await,
+            Err(_) => (self.lease_call(&asks).await, Some(marks)),
         };
         let now = self.now_ms();
         let mut more = Vec::new();
@@ -400,7 +410,7 @@ impl RedisCounters {
                 .local
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            record_grants(&mut map, &asks, &reply, now, true);
+            record_grants(&mut map, &asks, &reply, now);
             match (&reply, then) {
                 (Ok(_), Some((req, keys))) => {
                     Some(self.decide_locked(&mut map, req, keys, &mut more))
@@ -408,7 +418,9 @@ impl RedisCounters {
                 _ => None,
             }
         };
-        marks.settle();
+        if let Some(marks) = marks {
+            marks.settle();
+        }
         self.inner.leased.notify_waiters();
         self.spawn_lease(more);
         reply.map(|_| step)
@@ -431,12 +443,9 @@ impl RedisCounters {
         self.call(inv.invoke_async(&mut conn)).await
     }
 
-    /// Records the answer to a lease call whose caller went away (its marks were cleared
-    /// then: a later call may be in flight, so `fetching` is left alone), and wakes waiters.
-    fn record_orphan(&self, asks: &[Ask], reply: &Result<Vec<i64>, CounterError>) {
-        if reply.is_err() {
-            return;
-        }
+    /// Records the answer to a lease call whose caller went away, settles its marks, and
+    /// wakes waiters.
+    fn record_orphan(&self, asks: &[Ask], reply: &Result<Vec<i64>, CounterError>, marks: Marks) {
         let now = self.now_ms();
         {
             let mut map = self
@@ -444,8 +453,9 @@ impl RedisCounters {
                 .local
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            record_grants(&mut map, asks, reply, now, false);
+            record_grants(&mut map, asks, reply, now);
         }
+        marks.settle();
         self.inner.leased.notify_waiters();
     }
 
@@ -564,23 +574,14 @@ fn refusal(
 }
 
 /// Records a lease call's answer for `asks` (a grant and the window's count per ask) in
-/// `map`. A window that ended meanwhile was forgotten: its late grant lapses with it. With
-/// `done`, the asks' fetches are over (their `fetching` marks are cleared, also on an
-/// error); an orphaned answer leaves them alone (a later call may be in flight).
-fn record_grants(
-    map: &mut Leases,
-    asks: &[Ask],
-    reply: &Result<Vec<i64>, CounterError>,
-    now: u64,
-    done: bool,
-) {
+/// `map`. A window that ended meanwhile was forgotten: its late grant lapses with it. The
+/// asks' fetches are over (their `fetching` marks are cleared, also on an error).
+fn record_grants(map: &mut Leases, asks: &[Ask], reply: &Result<Vec<i64>, CounterError>, now: u64) {
     for (i, a) in asks.iter().enumerate() {
         let Some(e) = map.get_mut(&a.id) else {
             continue;
         };
-        if done {
-            e.fetching = false;
-        }
+        e.fetching = false;
         let Ok(r) = reply else { continue };
         let grant = u64::try_from(r.get(2 * i).copied().unwrap_or(0)).unwrap_or(0);
         let used = u64::try_from(r.get(2 * i + 1).copied().unwrap_or(0)).unwrap_or(0);

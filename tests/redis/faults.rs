@@ -302,3 +302,88 @@ async fn local_first_verifications_dropped_during_a_call_do_not_lease_again_and_
         "four dropped verifications left this node holding {held} of 80"
     );
 }
+
+/// Local-first: a costly verification (50 of a limit of 80) dropped while its lease call is
+/// in flight: Redis grants what it asked for, sized for its cost, and nobody is left to spend
+/// it at once. The node must keep no more than a lease of it (documented: at most two leases
+/// per node, `2 · ⌈limit / 8⌉`, unspent when the window ends); it held all 50.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_first_a_costly_verification_dropped_during_its_call_leaves_a_lease_at_most() {
+    if redis_url("local_first_a_costly_verification_dropped_during_its_call_leaves_a_lease_at_most")
+        .is_none()
+    {
+        return;
+    }
+    let server = PrivateRedis::start(temp_dir(), free_port());
+    let url = server.url();
+    let p = prefix();
+    let engine = RedisCounters::builder(&url)
+        .prefix(&p)
+        .timeout(StdDuration::from_secs(5))
+        .local_first(StdDuration::from_secs(3600))
+        .build()
+        .unwrap();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let org = api_keys::OrgId::new("acme");
+    let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
+    let (key, n) = random_key();
+    let req = |cost| UsageRequest {
+        key,
+        org: &org,
+        limits: &limits,
+        credits: None,
+        cost,
+        now_ms: 1_800_000,
+    };
+    consume_once(
+        &engine,
+        UsageRequest {
+            key: random_key().0,
+            ..req(1)
+        },
+    )
+    .await;
+    let other_key_holds = engine.leased();
+    {
+        let _frozen = Frozen::new(&server);
+        let Consumed::Pending(mut f) = engine.consume(req(50)) else {
+            panic!("no lease yet: the verification waits");
+        };
+        assert!(
+            futures_util::FutureExt::now_or_never(&mut f).is_none(),
+            "a frozen Redis answered"
+        );
+        tokio::time::sleep(StdDuration::from_millis(200)).await;
+        drop(f);
+    }
+    let pattern = format!("{p}:rl:k:*:{n:016x}");
+    let mut recorded = false;
+    for _ in 0..500 {
+        if count_of(&mut conn, &pattern).await > 0 && engine.leased() > other_key_holds {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    assert!(
+        recorded,
+        "the dropped verification's grant was never recorded"
+    );
+    let held = engine.leased() - other_key_holds;
+    assert!(
+        held <= 2 * 80u64.div_ceil(8),
+        "a dropped verification left this node holding {held} of 80"
+    );
+    // What it does not keep goes back with the node's next lease call: a smaller request is
+    // admitted, and then the rest of the window's budget still is, in all exactly the limit.
+    let mut admitted = 0u64;
+    while let Decision::Allowed { .. } = consume_once(&engine, req(1)).await {
+        admitted += 1;
+        assert!(admitted <= 80, "admitted past the limit");
+    }
+    assert_eq!(admitted + engine.leased() - other_key_holds, 80);
+}

@@ -18,6 +18,9 @@ use crate::limits::engine::{
 /// How many times a waiting verification re-decides before it gives up on Redis.
 const MAX_ROUNDS: usize = 8;
 
+mod pending;
+use pending::{PendingReply, record_grants};
+
 /// A lease to ask Redis for.
 #[derive(Clone)]
 struct Ask {
@@ -85,44 +88,6 @@ impl Drop for Marks {
             }
         }
         engine.inner.leased.notify_waiters();
-    }
-}
-
-/// A lease call's answer, with the marks of its asks (owed by whoever records it).
-type Reply = (Result<Vec<i64>, CounterError>, Marks);
-
-/// The answer of a lease call running in its own task. Dropped before it was read (its
-/// caller gone), it records an answer that already came; one still to come is recorded by
-/// the task, which finds nobody to hand it to.
-struct PendingReply {
-    rx: Option<tokio::sync::oneshot::Receiver<Reply>>,
-    engine: RedisCounters,
-    asks: Arc<Vec<Ask>>,
-}
-
-impl PendingReply {
-    /// The answer, and its marks (none when the task was dropped: its marks went with it).
-    async fn recv(&mut self) -> (Result<Vec<i64>, CounterError>, Option<Marks>) {
-        let Some(rx) = self.rx.as_mut() else {
-            return (Err(unavailable(None)), None);
-        };
-        let reply = rx.await;
-        self.rx = None;
-        match reply {
-            Ok((reply, marks)) => (reply, Some(marks)),
-            Err(_) => (Err(unavailable(None)), None),
-        }
-    }
-}
-
-impl Drop for PendingReply {
-    fn drop(&mut self) {
-        if let Some(mut rx) = self.rx.take() {
-            rx.close();
-            if let Ok((reply, marks)) = rx.try_recv() {
-                self.engine.record_orphan(&self.asks, &reply, marks);
-            }
-        }
     }
 }
 
@@ -443,22 +408,6 @@ impl RedisCounters {
         self.call(inv.invoke_async(&mut conn)).await
     }
 
-    /// Records the answer to a lease call whose caller went away, settles its marks, and
-    /// wakes waiters.
-    fn record_orphan(&self, asks: &[Ask], reply: &Result<Vec<i64>, CounterError>, marks: Marks) {
-        let now = self.now_ms();
-        {
-            let mut map = self
-                .inner
-                .local
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            record_grants(&mut map, asks, reply, now);
-        }
-        marks.settle();
-        self.inner.leased.notify_waiters();
-    }
-
     /// Fetches leases in the background (inside a Tokio runtime; without one, the next
     /// verification that needs them waits instead).
     fn spawn_lease(&self, asks: Vec<Ask>) {
@@ -570,21 +519,5 @@ fn refusal(
             u64::try_from(reset.saturating_sub(req.now_ms)).unwrap_or(0),
         ),
         usage,
-    }
-}
-
-/// Records a lease call's answer for `asks` (a grant and the window's count per ask) in
-/// `map`. A window that ended meanwhile was forgotten: its late grant lapses with it. The
-/// asks' fetches are over (their `fetching` marks are cleared, also on an error).
-fn record_grants(map: &mut Leases, asks: &[Ask], reply: &Result<Vec<i64>, CounterError>, now: u64) {
-    for (i, a) in asks.iter().enumerate() {
-        let Some(e) = map.get_mut(&a.id) else {
-            continue;
-        };
-        e.fetching = false;
-        let Ok(r) = reply else { continue };
-        let grant = u64::try_from(r.get(2 * i).copied().unwrap_or(0)).unwrap_or(0);
-        let used = u64::try_from(r.get(2 * i + 1).copied().unwrap_or(0)).unwrap_or(0);
-        e.record(a.limit, grant, used, now);
     }
 }

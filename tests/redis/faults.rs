@@ -387,3 +387,89 @@ async fn local_first_a_costly_verification_dropped_during_its_call_leaves_a_leas
     }
     assert_eq!(admitted + engine.leased() - other_key_holds, 80);
 }
+
+/// Polls a future to its end on this thread, with no runtime of any kind.
+fn block_on_plain<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+/// Local-first, a verification polled outside any Tokio runtime (a host's own executor, a
+/// thread of its own; the engine built in a runtime that still runs): the lease call has a
+/// fallback for this (no task of its own: the call runs in the verification), which
+/// panicked ("there is no reactor running") in the call's timeout instead of asking Redis.
+#[test]
+fn local_first_a_verification_outside_a_tokio_runtime_leases_from_redis() {
+    let Some(url) =
+        redis_url("local_first_a_verification_outside_a_tokio_runtime_leases_from_redis")
+    else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let engine = {
+        let _in = rt.enter();
+        local_first(&url, &prefix(), StdDuration::from_secs(3600))
+    };
+    let org = api_keys::OrgId::new("acme");
+    let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
+    let req = |key| UsageRequest {
+        key,
+        org: &org,
+        limits: &limits,
+        credits: None,
+        cost: 1,
+        now_ms: 1_800_000,
+    };
+    // The engine's connection is up, in its runtime.
+    rt.block_on(consume_once(&engine, req(random_key().0)));
+    let key = random_key().0;
+    let d = std::thread::scope(|s| {
+        // The second waits for the first's lease call.
+        s.spawn(|| {
+            block_on_plain(futures_util::future::join(
+                consume_once(&engine, req(key)),
+                consume_once(&engine, req(key)),
+            ))
+        })
+        .join()
+        .map_err(|p| {
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        })
+    });
+    match d {
+        Ok(ds) => {
+            for d in [ds.0, ds.1] {
+                assert!(
+                    matches!(
+                        d,
+                        Decision::Allowed {
+                            degraded: false,
+                            ..
+                        }
+                    ),
+                    "{d:?}"
+                );
+            }
+        }
+        Err(p) => panic!("the verification panicked outside a runtime: {p:?}"),
+    }
+}

@@ -301,8 +301,14 @@ impl RedisCounters {
                                 } if fetch.is_empty() => {
                                     let left =
                                         self.inner.timeout.saturating_sub(waiting_since.elapsed());
-                                    if tokio::time::timeout(left, notified.as_mut()).await.is_err()
-                                    {
+                                    // The timer is the runtime's (the engine's own when this
+                                    // verification is polled outside any).
+                                    let rt = self.runtime();
+                                    let wait = {
+                                        let _in = rt.as_ref().map(|h| h.enter());
+                                        tokio::time::timeout(left, notified.as_mut())
+                                    };
+                                    if wait.await.is_err() {
                                         break;
                                     }
                                     notified.set(self.inner.leased.notified());
@@ -341,14 +347,14 @@ impl RedisCounters {
         // Owed until the reply is recorded, even if this future is dropped on the way.
         let marks = Marks::new(self, asks.iter().map(|a| a.id.clone()).collect());
         let asks = Arc::new(asks);
-        let (reply, marks) = match tokio::runtime::Handle::try_current() {
+        let (reply, marks) = match self.runtime() {
             // The call runs in a task of its own: a caller dropped while it is in flight (a
             // client gone) does not lose what Redis grants, which Redis counts as leased to
             // this node — the grant is recorded for the node's next verifications instead.
             // The task holds the marks until its answer is recorded: the counters stay marked
             // as being fetched, so later verifications wait for this call instead of each
             // starting one (a lease per dropped caller, past two leases per node).
-            Ok(handle) => {
+            Some(handle) => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let engine = self.clone();
                 let task_asks = Arc::clone(&asks);
@@ -365,7 +371,7 @@ impl RedisCounters {
                 };
                 pending.recv().await
             }
-            Err(_) => (self.lease_call(&asks).await, Some(marks)),
+            None => (self.lease_call(&asks).await, Some(marks)),
         };
         let now = self.now_ms();
         let mut more = Vec::new();
@@ -408,15 +414,15 @@ impl RedisCounters {
         self.call(inv.invoke_async(&mut conn)).await
     }
 
-    /// Fetches leases in the background (inside a Tokio runtime; without one, the next
-    /// verification that needs them waits instead).
+    /// Fetches leases in the background (on the current Tokio runtime, else the engine's own;
+    /// without any, the next verification that needs them waits instead).
     fn spawn_lease(&self, asks: Vec<Ask>) {
         if asks.is_empty() {
             return;
         }
         // Owed by the task (dropped with it, even before it first ran), or at once.
         let marks = Marks::new(self, asks.iter().map(|a| a.id.clone()).collect());
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        if let Some(handle) = self.runtime() {
             let engine = self.clone();
             handle.spawn(async move {
                 // `lease` takes the marks over (no await between).

@@ -142,7 +142,8 @@ impl RedisCountersBuilder {
     /// `sync_every`, in the background. While Redis is down a node spends the lease it holds;
     /// past it, a limit that fails open is enforced on this node's own count (at most
     /// `nodes × limit` in all; `degraded`), any other refuses. The background task starts
-    /// with the first verification (inside a Tokio runtime). See `src/limits/redis/lease.rs`
+    /// with the first verification (on its Tokio runtime, else on the one the engine was built
+    /// in). See `src/limits/redis/lease.rs`
     /// for the design.
     pub fn local_first(mut self, sync_every: StdDuration) -> Self {
         self.local_first = Some(sync_every.max(StdDuration::from_millis(1)));
@@ -210,6 +211,8 @@ impl RedisCountersBuilder {
             .set_max_delay(self.timeout);
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| unavailable(Some(e)))?;
+        // The runtime the connection runs on (it needs one: `new_lazy_with_config` spawns).
+        let runtime = tokio::runtime::Handle::try_current().ok();
         Ok(RedisCounters {
             inner: Arc::new(Inner {
                 conn,
@@ -232,6 +235,7 @@ impl RedisCountersBuilder {
                 sync_started: AtomicBool::new(false),
                 clock_ms: AtomicI64::new(0),
                 stats: Decided::default(),
+                runtime,
             }),
         })
     }
@@ -281,6 +285,9 @@ struct Inner {
     /// Local-first: the latest manager time a verification brought (Unix ms).
     clock_ms: AtomicI64,
     stats: Decided,
+    /// The runtime the engine was built in: local-first's calls and timers run there when a
+    /// verification is polled outside any Tokio runtime (a host's own executor).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Local-first: how verifications were decided.
@@ -395,6 +402,13 @@ impl RedisCounters {
             decided_locally: self.inner.stats.local.load(Ordering::Relaxed),
             waited_for_redis: self.inner.stats.waited.load(Ordering::Relaxed),
         }
+    }
+
+    /// The Tokio runtime to spawn on: the current one, else the engine's own.
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.inner.runtime.clone())
     }
 
     fn now_ms(&self) -> u64 {

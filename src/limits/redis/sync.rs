@@ -30,7 +30,7 @@ impl RedisCounters {
         {
             return;
         }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        let Some(handle) = self.runtime() else {
             self.inner.sync_started.store(false, Ordering::Release);
             return;
         };

@@ -43,6 +43,78 @@ async fn count_of(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -
     sum
 }
 
+/// A private Redis and a local-first engine over it, its connection up and its scripts loaded
+/// (a verification of another key of `acme` under "hour", 80 per hour, whose lease
+/// `other_key_holds` counts), and a connection of the test's own.
+struct Rig {
+    server: PrivateRedis,
+    engine: RedisCounters,
+    conn: redis::aio::MultiplexedConnection,
+    prefix: String,
+    other_key_holds: u64,
+}
+
+async fn local_first_rig() -> Rig {
+    let server = PrivateRedis::start(temp_dir(), free_port());
+    let url = server.url();
+    let prefix = prefix();
+    let engine = RedisCounters::builder(&url)
+        .prefix(&prefix)
+        .timeout(StdDuration::from_secs(5))
+        .local_first(StdDuration::from_secs(3600))
+        .build()
+        .unwrap();
+    let conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let org = api_keys::OrgId::new("acme");
+    let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
+    consume_once(
+        &engine,
+        UsageRequest {
+            key: random_key().0,
+            org: &org,
+            limits: &limits,
+            credits: None,
+            cost: 1,
+            now_ms: 1_800_000,
+        },
+    )
+    .await;
+    let other_key_holds = engine.leased();
+    Rig {
+        server,
+        engine,
+        conn,
+        prefix,
+        other_key_holds,
+    }
+}
+
+/// While Redis is frozen, starts `times` verifications of `req` one after another, each
+/// dropped once its lease call is on the wire, as callers that go away do.
+async fn drop_during_their_calls<'a>(
+    rig: &'a Rig,
+    req: impl Fn() -> UsageRequest<'a>,
+    times: usize,
+) {
+    let _frozen = Frozen::new(&rig.server);
+    for _ in 0..times {
+        let Consumed::Pending(mut f) = rig.engine.consume(req()) else {
+            panic!("no lease yet: the verification waits");
+        };
+        assert!(
+            futures_util::FutureExt::now_or_never(&mut f).is_none(),
+            "a frozen Redis answered"
+        );
+        // The call is on the wire; its caller goes away.
+        tokio::time::sleep(StdDuration::from_millis(200)).await;
+        drop(f);
+    }
+}
+
 /// Local-first: a verification whose caller goes away while its lease call is in flight (a
 /// client that disconnects: the host drops the verification's future) must not lose the
 /// units Redis grants for it. Redis counts them as leased to this node; if the node does not
@@ -54,21 +126,7 @@ async fn local_first_keeps_the_lease_of_a_verification_dropped_during_its_call()
     {
         return;
     }
-    let dir = temp_dir();
-    let server = PrivateRedis::start(dir, free_port());
-    let url = server.url();
-    let p = prefix();
-    let engine = RedisCounters::builder(&url)
-        .prefix(&p)
-        .timeout(StdDuration::from_secs(5))
-        .local_first(StdDuration::from_secs(3600))
-        .build()
-        .unwrap();
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let rig = local_first_rig().await;
     let org = api_keys::OrgId::new("acme");
     let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
     let (key, n) = random_key();
@@ -80,29 +138,9 @@ async fn local_first_keeps_the_lease_of_a_verification_dropped_during_its_call()
         cost: 1,
         now_ms: 1_800_000,
     };
-    // The engine's connection is up (another key), and its script loaded.
-    consume_once(
-        &engine,
-        UsageRequest {
-            key: random_key().0,
-            ..req()
-        },
-    )
-    .await;
-    let other_key_holds = engine.leased();
-    {
-        let _frozen = Frozen::new(&server);
-        let Consumed::Pending(mut f) = engine.consume(req()) else {
-            panic!("the window's first verification waits for a lease");
-        };
-        assert!(
-            futures_util::FutureExt::now_or_never(&mut f).is_none(),
-            "a frozen Redis answered"
-        );
-        // The call is on the wire; its caller goes away.
-        tokio::time::sleep(StdDuration::from_millis(200)).await;
-        drop(f);
-    }
+    drop_during_their_calls(&rig, req, 1).await;
+    let (engine, p, other_key_holds) = (&rig.engine, &rig.prefix, rig.other_key_holds);
+    let mut conn = rig.conn.clone();
     // Redis runs the queued call once thawed; a PING behind it on another connection shows
     // nothing about ordering, so wait until the counter exists.
     let pattern = format!("{p}:rl:k:*:{n:016x}");
@@ -116,7 +154,7 @@ async fn local_first_keeps_the_lease_of_a_verification_dropped_during_its_call()
     tokio::time::sleep(StdDuration::from_millis(200)).await;
     let mut admitted = 0u64;
     loop {
-        match consume_once(&engine, req()).await {
+        match consume_once(engine, req()).await {
             Decision::Allowed { .. } => admitted += 1,
             _ => break,
         }
@@ -237,20 +275,7 @@ async fn local_first_verifications_dropped_during_a_call_do_not_lease_again_and_
     {
         return;
     }
-    let server = PrivateRedis::start(temp_dir(), free_port());
-    let url = server.url();
-    let p = prefix();
-    let engine = RedisCounters::builder(&url)
-        .prefix(&p)
-        .timeout(StdDuration::from_secs(5))
-        .local_first(StdDuration::from_secs(3600))
-        .build()
-        .unwrap();
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let rig = local_first_rig().await;
     let org = api_keys::OrgId::new("acme");
     let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
     let (key, n) = random_key();
@@ -262,29 +287,9 @@ async fn local_first_verifications_dropped_during_a_call_do_not_lease_again_and_
         cost: 1,
         now_ms: 1_800_000,
     };
-    consume_once(
-        &engine,
-        UsageRequest {
-            key: random_key().0,
-            ..req()
-        },
-    )
-    .await;
-    let other_key_holds = engine.leased();
-    {
-        let _frozen = Frozen::new(&server);
-        for _ in 0..4 {
-            let Consumed::Pending(mut f) = engine.consume(req()) else {
-                panic!("no lease yet: the verification waits");
-            };
-            assert!(
-                futures_util::FutureExt::now_or_never(&mut f).is_none(),
-                "a frozen Redis answered"
-            );
-            tokio::time::sleep(StdDuration::from_millis(100)).await;
-            drop(f);
-        }
-    }
+    drop_during_their_calls(&rig, req, 4).await;
+    let (engine, p, other_key_holds) = (&rig.engine, &rig.prefix, rig.other_key_holds);
+    let mut conn = rig.conn.clone();
     // Every call Redis runs once thawed is recorded by the node: wait until the node holds
     // all that Redis counts (nothing was admitted).
     let pattern = format!("{p}:rl:k:*:{n:016x}");
@@ -314,20 +319,7 @@ async fn local_first_a_costly_verification_dropped_during_its_call_leaves_a_leas
     {
         return;
     }
-    let server = PrivateRedis::start(temp_dir(), free_port());
-    let url = server.url();
-    let p = prefix();
-    let engine = RedisCounters::builder(&url)
-        .prefix(&p)
-        .timeout(StdDuration::from_secs(5))
-        .local_first(StdDuration::from_secs(3600))
-        .build()
-        .unwrap();
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let rig = local_first_rig().await;
     let org = api_keys::OrgId::new("acme");
     let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
     let (key, n) = random_key();
@@ -339,27 +331,9 @@ async fn local_first_a_costly_verification_dropped_during_its_call_leaves_a_leas
         cost,
         now_ms: 1_800_000,
     };
-    consume_once(
-        &engine,
-        UsageRequest {
-            key: random_key().0,
-            ..req(1)
-        },
-    )
-    .await;
-    let other_key_holds = engine.leased();
-    {
-        let _frozen = Frozen::new(&server);
-        let Consumed::Pending(mut f) = engine.consume(req(50)) else {
-            panic!("no lease yet: the verification waits");
-        };
-        assert!(
-            futures_util::FutureExt::now_or_never(&mut f).is_none(),
-            "a frozen Redis answered"
-        );
-        tokio::time::sleep(StdDuration::from_millis(200)).await;
-        drop(f);
-    }
+    drop_during_their_calls(&rig, || req(50), 1).await;
+    let (engine, p, other_key_holds) = (&rig.engine, &rig.prefix, rig.other_key_holds);
+    let mut conn = rig.conn.clone();
     let pattern = format!("{p}:rl:k:*:{n:016x}");
     let mut recorded = false;
     for _ in 0..500 {
@@ -381,7 +355,7 @@ async fn local_first_a_costly_verification_dropped_during_its_call_leaves_a_leas
     // What it does not keep goes back with the node's next lease call: a smaller request is
     // admitted, and then the rest of the window's budget still is, in all exactly the limit.
     let mut admitted = 0u64;
-    while let Decision::Allowed { .. } = consume_once(&engine, req(1)).await {
+    while let Decision::Allowed { .. } = consume_once(engine, req(1)).await {
         admitted += 1;
         assert!(admitted <= 80, "admitted past the limit");
     }

@@ -193,12 +193,34 @@ impl fmt::Display for AuditEvent {
             write!(f, " key={k}")?;
         }
         if let Some(o) = &self.org {
-            write!(f, " org={o}")?;
+            write!(f, " org={}", Field(o.as_str()))?;
         }
         if let Some(a) = &self.actor {
-            write!(f, " actor={a}")?;
+            write!(f, " actor={}", Field(a.as_str()))?;
         }
         Ok(())
+    }
+}
+
+/// A host-given id as the value of a `name=value` field: as it is when plain, else quoted
+/// and escaped (`{:?}`) — organization and user ids may hold any character, and a newline,
+/// a space or a `=` in one must not add a line or a field to the event's text.
+struct Field<'a>(&'a str);
+
+impl fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plain = !self.0.is_empty()
+            && !self.0.chars().any(|c| {
+                c.is_whitespace()
+                    || c.is_control()
+                    || matches!(c, '=' | '"' | '\\')
+                    || crate::policy::is_bidi_control(c)
+            });
+        if plain {
+            f.write_str(self.0)
+        } else {
+            write!(f, "{:?}", self.0)
+        }
     }
 }
 

@@ -193,3 +193,28 @@ async fn a_failing_sink_during_a_store_outage_does_not_flood_the_log() {
         "{lines} lines for 200 stale answers in one window:\n{out}"
     );
 }
+
+/// Organization and user ids may hold any character: an event's text shows a plain id as it
+/// is, and quotes and escapes one holding a newline, a space or a `=`, so that no id can add
+/// a line or a field (a forged `key=`) to a log that writes events with `{}`.
+#[test]
+fn an_events_text_cannot_be_given_a_line_or_a_field_by_an_id() {
+    use api_keys::{AuditAction, AuditEvent, OrgId, UserId};
+    let event = |org: &str, actor: &str| AuditEvent {
+        action: AuditAction::Revoked,
+        actor: Some(UserId::new(actor)),
+        org: Some(OrgId::new(org)),
+        key_id: None,
+        at: start(),
+    };
+    assert_eq!(
+        event("acme", "alice").to_string(),
+        "revoked org=acme actor=alice"
+    );
+    let forged = event("acme\nrevoked org=globex", "mallory key=AAAAAAAAAAA").to_string();
+    assert_eq!(forged.lines().count(), 1, "{forged}");
+    assert_eq!(
+        forged,
+        r#"revoked org="acme\nrevoked org=globex" actor="mallory key=AAAAAAAAAAA""#
+    );
+}

@@ -293,3 +293,17 @@ async fn keys_revoke_leaked_with_a_failing_output_still_reports_unrevoked_lines(
     assert!(err.contains("cannot write the output"), "{err}");
     m.verify(leaked.expose_secret(), &read()).await.unwrap();
 }
+
+/// A mistyped `--warn-before` is a usage error (exit 2) found with the other arguments,
+/// before the master key or the store is read: with neither configured, the answer is still
+/// exit 2 naming the flag, not exit 3 about the missing master key.
+#[test]
+fn a_bad_warn_before_is_a_usage_error_before_the_store_is_touched() {
+    let out = cli()
+        .args(["sweep", "--warn-before", "30d,soon"])
+        .assert()
+        .code(2);
+    let err = stderr(out.get_output());
+    assert!(err.contains("--warn-before"), "{err}");
+    assert!(!err.contains("master key"), "{err}");
+}

@@ -348,6 +348,22 @@ pub(crate) fn operator(global: &Global) -> Result<UserId, Failure> {
 
 /// `14d`, `12h`, `30m`, `90s`, `2w`. The reasons never quote the value: a token typed here by
 /// mistake must not reach standard error.
+/// `sweep --warn-before`'s lead times.
+#[derive(Clone, Debug)]
+pub(crate) struct Leads(pub(crate) Vec<Duration>);
+
+/// Comma-separated durations (`30d,7d,1d`), or `none`: parsed with the other arguments, so a
+/// mistake is a usage error (exit 2) before any store or master key is touched.
+pub(crate) fn parse_leads(s: &str) -> Result<Leads, String> {
+    if s.trim() == "none" {
+        return Ok(Leads(Vec::new()));
+    }
+    s.split(',')
+        .map(parse_duration)
+        .collect::<Result<_, _>>()
+        .map(Leads)
+}
+
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s

@@ -108,8 +108,8 @@ enum Command {
 #[derive(Args, Debug)]
 pub(crate) struct SweepArgs {
     /// Lead times of expiry warnings, comma-separated (e.g. 30d,7d,1d); `none` for none.
-    #[arg(long, default_value = "30d,7d,1d")]
-    pub(crate) warn_before: String,
+    #[arg(long, default_value = "30d,7d,1d", value_parser = config::parse_leads)]
+    pub(crate) warn_before: config::Leads,
     /// Revoke keys unused (or, never used, created) longer than this, after their warning.
     #[arg(long, value_parser = config::parse_duration)]
     pub(crate) revoke_unused_after: Option<api_keys::time::Duration>,

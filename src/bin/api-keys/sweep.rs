@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use api_keys::{AnyStore, AutomationEvent, BoxError, Keyring, Notification, Notifier};
 
 use crate::output::{print_json, text, when};
-use crate::{Failure, Global, SweepArgs, build_failure, builder, config};
+use crate::{Failure, Global, SweepArgs, build_failure, builder};
 
 /// `sweep`: the counts at the end; exit 1 when records failed (reported by id in the audit
 /// log).
@@ -17,13 +17,7 @@ pub(crate) async fn sweep(
     global: &Global,
     args: SweepArgs,
 ) -> Result<u8, Failure> {
-    let mut leads = Vec::new();
-    if args.warn_before.trim() != "none" {
-        for part in args.warn_before.split(',') {
-            leads.push(config::parse_duration(part).map_err(Failure::usage)?);
-        }
-    }
-    let mut policy = api_keys::Policy::default().warn_before(&leads);
+    let mut policy = api_keys::Policy::default().warn_before(&args.warn_before.0);
     if let Some(d) = args.revoke_unused_after {
         policy = policy.revoke_unused_after(d);
     }

@@ -140,8 +140,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
 
     /// Replaces a key's rate limits (at most [`crate::MAX_RATE_LIMITS`], names unique; an
     /// empty list removes them). The change is sealed under the record's tag with
-    /// compare-and-swap and audited (`limits_changed`); counts of limits that keep their name
-    /// and window carry on.
+    /// compare-and-swap and audited (`limits_changed`); counts of limits that keep their name,
+    /// window and scope carry on (a key's own limit made organization-wide counts on in the
+    /// organization's shared count, and the reverse starts the key's own count afresh).
     ///
     /// # Errors
     /// [`Error::PermissionDenied`]; [`Error::Policy`] for invalid limits or limits outside the

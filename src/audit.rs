@@ -544,15 +544,12 @@ pub(crate) fn scan_refusal_logged(at: i64) -> bool {
 /// during an outage every request gets one, so the lines share the bound.
 #[cfg(feature = "axum")]
 pub(crate) fn unavailable_logged() -> bool {
-    TracingAudit::admit(Bounded::HttpUnavailable, None, unix_now())
-}
-
-/// The system clock in Unix seconds (0 before the epoch).
-#[cfg(feature = "axum")]
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    use crate::Clock as _;
+    TracingAudit::admit(
+        Bounded::HttpUnavailable,
+        None,
+        crate::SystemClock.now_unix(),
+    )
 }
 
 impl<T: AuditSink> AuditSink for std::sync::Arc<T> {

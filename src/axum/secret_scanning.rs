@@ -259,7 +259,7 @@ fn answer(status: StatusCode, body: Vec<u8>) -> Response<Body> {
 
 fn refuse(status: StatusCode, error: &'static str) -> Response<Body> {
     // Anyone can post a report: the lines are bounded, so a flood cannot flood the log.
-    if crate::audit::scan_refusal_logged(crate::audit::unix_now()) {
+    if crate::audit::scan_refusal_logged(crate::Clock::now_unix(&crate::SystemClock)) {
         tracing::warn!(target: LOG, status = status.as_u16(), error, "secret-scanning report refused");
     }
     answer(status, format!("{{\"error\":\"{error}\"}}").into_bytes())

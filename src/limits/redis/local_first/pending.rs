@@ -71,8 +71,7 @@ impl RedisCounters {
                     let Some(e) = map.get_mut(&a.id) else {
                         continue;
                     };
-                    let grant = u64::try_from(r.get(2 * i).copied().unwrap_or(0)).unwrap_or(0);
-                    let used = u64::try_from(r.get(2 * i + 1).copied().unwrap_or(0)).unwrap_or(0);
+                    let (grant, used) = answer_of(r, i);
                     let left = a.limit.saturating_sub(used.saturating_sub(grant));
                     let excess = grant
                         .saturating_sub(left.div_ceil(LEASE_DIVISOR))
@@ -104,8 +103,14 @@ pub(super) fn record_grants(
         };
         e.fetching = false;
         let Ok(r) = reply else { continue };
-        let grant = u64::try_from(r.get(2 * i).copied().unwrap_or(0)).unwrap_or(0);
-        let used = u64::try_from(r.get(2 * i + 1).copied().unwrap_or(0)).unwrap_or(0);
+        let (grant, used) = answer_of(r, i);
         e.record(a.limit, grant, used, now);
     }
+}
+
+/// Ask `i`'s part of a lease call's answer: the units granted to this node and the window's
+/// count (0 for a missing or negative number).
+fn answer_of(reply: &[i64], i: usize) -> (u64, u64) {
+    let at = |j: usize| u64::try_from(reply.get(j).copied().unwrap_or(0)).unwrap_or(0);
+    (at(2 * i), at(2 * i + 1))
 }

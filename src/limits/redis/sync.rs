@@ -57,9 +57,7 @@ impl RedisCounters {
         let wall_ms = if seen != 0 {
             seen
         } else {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            crate::Clock::now_unix_ms(&crate::SystemClock)
         };
         let idle_ms = u64::try_from(self.inner.local_first.unwrap_or_default().as_millis())
             .unwrap_or(u64::MAX);

@@ -447,3 +447,69 @@ fn local_first_a_verification_outside_a_tokio_runtime_leases_from_redis() {
         Err(p) => panic!("the verification panicked outside a runtime: {p:?}"),
     }
 }
+
+/// Strict, a verification polled outside any Tokio runtime (a host's own executor; the engine
+/// built in a runtime that still runs): its one call's timeout, and the connection under it,
+/// needed a runtime of the calling thread, so it panicked ("there is no reactor running")
+/// where local-first asks Redis from the engine's own runtime. So did `credits`.
+#[test]
+fn strict_a_verification_outside_a_tokio_runtime_asks_redis() {
+    let Some(url) = redis_url("strict_a_verification_outside_a_tokio_runtime_asks_redis") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (engine, _conn) = rt.block_on(strict_with_connection(&url, &prefix()));
+    let org = api_keys::OrgId::new("acme");
+    let limits = [RateLimit::new("hour", 2, StdDuration::from_secs(3600))];
+    let credits = api_keys::Credits::new(5);
+    let key = random_key().0;
+    let req = || UsageRequest {
+        key,
+        org: &org,
+        limits: &limits,
+        credits: Some(&credits),
+        cost: 1,
+        now_ms: 1_800_000,
+    };
+    let outcome = std::thread::scope(|s| {
+        s.spawn(|| {
+            block_on_plain(async {
+                let mut ds = Vec::new();
+                for _ in 0..3 {
+                    ds.push(consume_once(&engine, req()).await);
+                }
+                let left = engine.credits(key, Some(&credits), 1_800_000).await;
+                (ds, left)
+            })
+        })
+        .join()
+        .map_err(|p| {
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        })
+    });
+    let (ds, left) = match outcome {
+        Ok(v) => v,
+        Err(p) => panic!("the verification panicked outside a runtime: {p:?}"),
+    };
+    // Decided by Redis, not degraded: two admitted, the third refused by the limit.
+    for d in &ds[..2] {
+        assert!(
+            matches!(
+                d,
+                Decision::Allowed {
+                    degraded: false,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+    }
+    assert!(matches!(ds[2], Decision::RateLimited { .. }), "{:?}", ds[2]);
+    assert_eq!(left.unwrap(), Some(3));
+}

@@ -28,6 +28,8 @@
 //! Credits persist as long as Redis does: run it with `appendonly yes` (and `appendfsync
 //! everysec`, or `always` to lose no spend on a crash) — see the README.
 
+mod call;
+use call::Breaker;
 mod lease;
 mod lease_id;
 mod local_first;
@@ -35,12 +37,12 @@ mod strict;
 mod sync;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use redis::{RedisError, Script};
 
 use super::engine::{
     Consumed, CounterError, UsageCounters, UsageRequest, legacy_period, refill_period, unix_day,
@@ -241,26 +243,6 @@ impl RedisCountersBuilder {
     }
 }
 
-/// The breaker's probe, held by the call that won it; clears the mark when dropped (after
-/// [`RedisCounters::record`] did, or without an answer).
-struct Probe<'a>(&'a Breaker);
-
-impl Drop for Probe<'_> {
-    fn drop(&mut self) {
-        self.0.probing.store(false, Ordering::Release);
-    }
-}
-
-#[derive(Default)]
-struct Breaker {
-    failures: AtomicU32,
-    /// While open: until when (ms since `epoch`); 0 when closed.
-    open_until: AtomicU64,
-    probing: AtomicBool,
-    calls: AtomicU64,
-    short_circuited: AtomicU64,
-}
-
 struct Inner {
     conn: ConnectionManager,
     consume: Script,
@@ -344,35 +326,6 @@ pub struct RedisStats {
     pub waited_for_redis: u64,
 }
 
-/// Whether an error is Redis's answer about the call's own keys — a value a script cannot
-/// read as a number (a counter or balance edited by hand), a key of another type, a reply of
-/// the wrong shape — rather than a sign that Redis cannot serve. Such a call fails (its limits
-/// fail as configured) but does not count toward the breaker: one bad key must not cut every
-/// other key off from a healthy Redis.
-///
-/// A script's error names Redis's own condition when a `redis.call` inside it met one (Redis 6
-/// and earlier report an out-of-memory or read-only server that way, as a script error): that
-/// is Redis failing, whatever the keys.
-fn about_own_keys(e: &RedisError) -> bool {
-    const REDIS_CONDITIONS: [&str; 8] = [
-        "OOM",
-        "READONLY",
-        "LOADING",
-        "BUSY",
-        "MASTERDOWN",
-        "NOREPLICAS",
-        "CLUSTERDOWN",
-        "TRYAGAIN",
-    ];
-    match e.kind() {
-        ErrorKind::UnexpectedReturnType => true,
-        ErrorKind::Server(ServerErrorKind::ResponseError) => e.detail().is_some_and(|d| {
-            d.contains("user_script") && !REDIS_CONDITIONS.iter().any(|c| d.contains(c))
-        }),
-        _ => e.code() == Some("WRONGTYPE"),
-    }
-}
-
 fn unavailable(e: Option<RedisError>) -> CounterError {
     CounterError::Unavailable(e.map(|e| Box::new(e) as crate::BoxError))
 }
@@ -401,83 +354,6 @@ impl RedisCounters {
             open: b.open_until.load(Ordering::Acquire) != 0,
             decided_locally: self.inner.stats.local.load(Ordering::Relaxed),
             waited_for_redis: self.inner.stats.waited.load(Ordering::Relaxed),
-        }
-    }
-
-    /// The Tokio runtime to spawn on: the current one, else the engine's own.
-    fn runtime(&self) -> Option<tokio::runtime::Handle> {
-        tokio::runtime::Handle::try_current()
-            .ok()
-            .or_else(|| self.inner.runtime.clone())
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.inner.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1)
-    }
-
-    /// Whether a call may go out now: the breaker is closed (`Some(false)`), or it is open,
-    /// its time is up and this caller won the single probe (`Some(true)`).
-    fn admit_call(&self) -> Option<bool> {
-        let b = &self.inner.breaker;
-        let until = b.open_until.load(Ordering::Acquire);
-        if until == 0 {
-            return Some(false);
-        }
-        if self.now_ms() >= until
-            && b.probing
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            return Some(true);
-        }
-        b.short_circuited.fetch_add(1, Ordering::Relaxed);
-        None
-    }
-
-    fn record(&self, ok: bool) {
-        let b = &self.inner.breaker;
-        if ok {
-            b.failures.store(0, Ordering::Release);
-            b.open_until.store(0, Ordering::Release);
-        } else {
-            let n = b.failures.fetch_add(1, Ordering::AcqRel) + 1;
-            let was_open = b.open_until.load(Ordering::Acquire) != 0;
-            if was_open || n >= self.inner.failures_to_open {
-                let ms = u64::try_from(self.inner.open_for.as_millis()).unwrap_or(u64::MAX);
-                b.open_until
-                    .store(self.now_ms().saturating_add(ms).max(1), Ordering::Release);
-            }
-        }
-    }
-
-    /// Runs one call through the breaker and the timeout.
-    async fn call<T, F>(&self, f: F) -> Result<T, CounterError>
-    where
-        F: Future<Output = Result<T, RedisError>>,
-    {
-        let Some(probe) = self.admit_call() else {
-            return Err(unavailable(None));
-        };
-        // A probe whose caller is dropped before the answer (a client gone, a host's own
-        // timeout) hands the probe back: otherwise no call would ever be let through again.
-        let _probe = probe.then(|| Probe(&self.inner.breaker));
-        self.inner.breaker.calls.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(self.inner.timeout, f).await {
-            Ok(Ok(v)) => {
-                self.record(true);
-                Ok(v)
-            }
-            Ok(Err(e)) => {
-                // Redis answered, about this call's own keys: the call fails, Redis does not.
-                self.record(about_own_keys(&e));
-                Err(unavailable(Some(e)))
-            }
-            Err(_) => {
-                self.record(false);
-                Err(unavailable(None))
-            }
         }
     }
 

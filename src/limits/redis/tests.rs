@@ -1,6 +1,8 @@
 //! The breaker's reading of Redis errors.
 
+use super::call::about_own_keys;
 use super::*;
+use redis::{ErrorKind, ServerErrorKind};
 
 fn script_error(detail: &str) -> RedisError {
     RedisError::from((

@@ -1,0 +1,181 @@
+//! Every call to Redis goes through here: the circuit breaker, the per-call timeout, and the
+//! runtime the call runs on (the caller's, or the engine's own for a caller polled outside
+//! any Tokio runtime).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+use super::{RedisCounters, unavailable};
+use crate::limits::engine::CounterError;
+
+/// A future polled inside the runtime `rt` (entered for each poll), for a caller outside any.
+struct InRuntime<F> {
+    rt: tokio::runtime::Handle,
+    f: std::pin::Pin<Box<F>>,
+}
+
+impl<F: Future> Future for InRuntime<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = &mut *self;
+        let _in = this.rt.enter();
+        this.f.as_mut().poll(cx)
+    }
+}
+
+/// The breaker's probe, held by the call that won it; clears the mark when dropped (after
+/// [`RedisCounters::record`] did, or without an answer).
+struct Probe<'a>(&'a Breaker);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        self.0.probing.store(false, Ordering::Release);
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Breaker {
+    pub(super) failures: AtomicU32,
+    /// While open: until when (ms since `epoch`); 0 when closed.
+    pub(super) open_until: AtomicU64,
+    pub(super) probing: AtomicBool,
+    pub(super) calls: AtomicU64,
+    pub(super) short_circuited: AtomicU64,
+}
+
+/// Whether an error is Redis's answer about the call's own keys — a value a script cannot
+/// read as a number (a counter or balance edited by hand), a key of another type, a reply of
+/// the wrong shape — rather than a sign that Redis cannot serve. Such a call fails (its limits
+/// fail as configured) but does not count toward the breaker: one bad key must not cut every
+/// other key off from a healthy Redis.
+///
+/// A script's error names Redis's own condition when a `redis.call` inside it met one (Redis 6
+/// and earlier report an out-of-memory or read-only server that way, as a script error): that
+/// is Redis failing, whatever the keys.
+pub(super) fn about_own_keys(e: &RedisError) -> bool {
+    const REDIS_CONDITIONS: [&str; 8] = [
+        "OOM",
+        "READONLY",
+        "LOADING",
+        "BUSY",
+        "MASTERDOWN",
+        "NOREPLICAS",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+    ];
+    match e.kind() {
+        ErrorKind::UnexpectedReturnType => true,
+        ErrorKind::Server(ServerErrorKind::ResponseError) => e.detail().is_some_and(|d| {
+            d.contains("user_script") && !REDIS_CONDITIONS.iter().any(|c| d.contains(c))
+        }),
+        _ => e.code() == Some("WRONGTYPE"),
+    }
+}
+
+impl RedisCounters {
+    /// The Tokio runtime to spawn on: the current one, else the engine's own.
+    pub(super) fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.inner.runtime.clone())
+    }
+
+    pub(super) fn now_ms(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Whether a call may go out now: the breaker is closed (`Some(false)`), or it is open,
+    /// its time is up and this caller won the single probe (`Some(true)`).
+    pub(super) fn admit_call(&self) -> Option<bool> {
+        let b = &self.inner.breaker;
+        let until = b.open_until.load(Ordering::Acquire);
+        if until == 0 {
+            return Some(false);
+        }
+        if self.now_ms() >= until
+            && b.probing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            return Some(true);
+        }
+        b.short_circuited.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    pub(super) fn record(&self, ok: bool) {
+        let b = &self.inner.breaker;
+        if ok {
+            b.failures.store(0, Ordering::Release);
+            b.open_until.store(0, Ordering::Release);
+        } else {
+            let n = b.failures.fetch_add(1, Ordering::AcqRel) + 1;
+            let was_open = b.open_until.load(Ordering::Acquire) != 0;
+            if was_open || n >= self.inner.failures_to_open {
+                let ms = u64::try_from(self.inner.open_for.as_millis()).unwrap_or(u64::MAX);
+                b.open_until
+                    .store(self.now_ms().saturating_add(ms).max(1), Ordering::Release);
+            }
+        }
+    }
+
+    /// Runs one call through the breaker and the timeout: on the calling thread's Tokio
+    /// runtime, or — for a caller polled outside any (a host's own executor) — entering the
+    /// runtime the engine was built in for each poll (the timeout's timer and the connection
+    /// need one; without either, the call is [`CounterError::Unavailable`], not a panic).
+    pub(super) async fn call<T, F>(&self, f: F) -> Result<T, CounterError>
+    where
+        F: Future<Output = Result<T, RedisError>>,
+    {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return self.call_here(f).await;
+        }
+        match self.inner.runtime.clone() {
+            Some(rt) => {
+                InRuntime {
+                    rt,
+                    f: Box::pin(self.call_here(f)),
+                }
+                .await
+            }
+            None => Err(unavailable(None)),
+        }
+    }
+
+    /// [`RedisCounters::call`] in the current runtime.
+    pub(super) async fn call_here<T, F>(&self, f: F) -> Result<T, CounterError>
+    where
+        F: Future<Output = Result<T, RedisError>>,
+    {
+        let Some(probe) = self.admit_call() else {
+            return Err(unavailable(None));
+        };
+        // A probe whose caller is dropped before the answer (a client gone, a host's own
+        // timeout) hands the probe back: otherwise no call would ever be let through again.
+        let _probe = probe.then(|| Probe(&self.inner.breaker));
+        self.inner.breaker.calls.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(self.inner.timeout, f).await {
+            Ok(Ok(v)) => {
+                self.record(true);
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                // Redis answered, about this call's own keys: the call fails, Redis does not.
+                self.record(about_own_keys(&e));
+                Err(unavailable(Some(e)))
+            }
+            Err(_) => {
+                self.record(false);
+                Err(unavailable(None))
+            }
+        }
+    }
+}

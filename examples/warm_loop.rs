@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Arguments: the kind (`none`, `one`: one rate limit, `three`: three limits, one of them
-//! per organization, and credits, `three_own`: three limits of the key's own and credits), the
+//! per organization, and credits, `three_own`: three limits of the key's own and credits,
+//! `credits`: one limit and credits, `monthly`: one limit and credits refilled monthly), the
 //! rounds, and optionally the number of keys (10 000).
 //! Every key is verified once first (cached); each round then verifies every key once, in a
 //! fixed shuffled order. The limits are large and their windows an hour long, so nothing is
@@ -87,8 +88,14 @@ fn request(kind: &str) -> GenerateRequest {
             .rate_limit(RateLimit::new("hourly", 1 << 40, hour))
             .rate_limit(RateLimit::new("daily", 1 << 40, hour))
             .credits(Credits::new(1 << 50)),
+        "monthly" => r
+            .rate_limit(RateLimit::new("burst", 1 << 40, hour))
+            .credits(Credits::new(1 << 50).refill(api_keys::Refill::monthly(15, 1 << 50))),
+        "credits" => r
+            .rate_limit(RateLimit::new("burst", 1 << 40, hour))
+            .credits(Credits::new(1 << 50)),
         other => {
-            eprintln!("unknown kind {other:?}: none, one, three or three_own");
+            eprintln!("unknown kind {other:?}: none, one, three, three_own, credits or monthly");
             std::process::exit(2);
         }
     }

@@ -327,6 +327,42 @@ pub(crate) fn refill_period(refill: Option<Refill>, now_ms: i64) -> i64 {
     })
 }
 
+/// The first Unix millisecond at which a balance last started, set or refilled on Unix day
+/// `day` is due for refill `r`: `refill_period(Some(r), now_ms) > day` exactly when `now_ms` is
+/// at least this (a refill period only moves forward with the clock). `None` where the
+/// calendar cannot say (dates outside the `time` crate's range): work the period out each time.
+///
+/// A verification compares one number instead of redoing the calendar (a monthly schedule's
+/// `refill_period` is ~190 instructions; a verification without limits, ~1 000).
+pub(crate) fn next_refill_ms(r: Refill, day: i64) -> Option<i64> {
+    let first = match r {
+        Refill::Daily { .. } => day.checked_add(1)?,
+        Refill::Monthly {
+            day: refill_day, ..
+        } => {
+            let after =
+                i32::try_from(day.checked_add(1)?.checked_add(UNIX_EPOCH_JULIAN_DAY)?).ok()?;
+            let from = time::Date::from_julian_day(after).ok()?;
+            // The refill date of `from`'s month when it is not before `from`, else the next
+            // month's (as `refill_period` places them: day 1 at least, a month's last day at most).
+            let on = |year: i32, month: time::Month| {
+                let d = refill_day.clamp(1, month.length(year));
+                time::Date::from_calendar_date(year, month, d).ok()
+            };
+            let this = on(from.year(), from.month())?;
+            let date = if this >= from {
+                this
+            } else if from.month() == time::Month::December {
+                on(from.year().checked_add(1)?, time::Month::January)?
+            } else {
+                on(from.year(), from.month().next())?
+            };
+            i64::from(date.to_julian_day()) - UNIX_EPOCH_JULIAN_DAY
+        }
+    };
+    first.checked_mul(DAY_MS)
+}
+
 /// The period number builds before the day-based periods kept in Redis (`p`): days since 1970
 /// for a daily refill, months since year 0 for a monthly one (from its refill day), 0 without
 /// a refill. Still written next to the day, so that nodes of such a build sharing the Redis

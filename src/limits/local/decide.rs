@@ -4,8 +4,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration as StdDuration;
 
-use crate::limits::engine::{Left, Refused, Verdict, refill_period, unix_day};
-use crate::{Credits, MAX_RATE_LIMITS};
+use crate::limits::engine::{Left, Refused, Verdict, next_refill_ms, refill_period, unix_day};
+use crate::{Credits, MAX_RATE_LIMITS, Refill};
 
 /// How many org-wide names beyond the inline [`MAX_RATE_LIMITS`] an organization's counters
 /// keep at most (its keys may name that many different org-wide limits at once); past that,
@@ -204,25 +204,75 @@ pub(super) struct Balance {
     /// The Unix day the balance was last started, set or refilled (see
     /// [`refill_period`]).
     pub(super) day: i64,
+    /// When the next refill is due, as last worked out (see [`Balance::refill_due`]).
+    pub(super) due: Due,
+}
+
+/// The first millisecond a refill is due ([`next_refill_ms`]) for a balance of Unix day `day`
+/// under a schedule of refill day `on` (0: daily), so that a verification compares one number
+/// instead of redoing the calendar. Worked out again when the day or the schedule differs (a
+/// refill, a `set_credits`, keys of different schedules sharing the balance after a roll).
+#[derive(Clone, Copy, Default)]
+pub(super) struct Due {
+    known: bool,
+    on: u8,
+    day: i64,
+    at_ms: Option<i64>,
 }
 
 impl Balance {
+    /// A balance of `balance` started, set or refilled at `now_ms`.
+    pub(super) fn at(balance: u64, now_ms: i64) -> Self {
+        Balance {
+            initialized: true,
+            balance,
+            day: unix_day(now_ms),
+            due: Due::default(),
+        }
+    }
+
     /// Brings the balance to `now_ms`: the configured start on first use, a refill (which
     /// sets) in a new period.
+    #[inline(always)]
     pub(super) fn current(&mut self, credits: &Credits, now_ms: i64) -> u64 {
         if !self.initialized {
-            *self = Balance {
-                initialized: true,
-                balance: credits.initial(),
-                day: unix_day(now_ms),
-            };
+            self.restart(credits.initial(), now_ms);
         } else if let Some(r) = credits.refill_schedule()
-            && refill_period(Some(r), now_ms) > self.day
+            && self.refill_due(r, now_ms)
         {
-            self.balance = r.amount();
-            self.day = unix_day(now_ms);
+            self.restart(r.amount(), now_ms);
         }
         self.balance
+    }
+
+    /// The first use's start, or a refill.
+    #[cold]
+    #[inline(never)]
+    fn restart(&mut self, balance: u64, now_ms: i64) {
+        *self = Balance::at(balance, now_ms);
+    }
+
+    /// Whether refill `r` is due at `now_ms`: `refill_period(Some(r), now_ms) > self.day`,
+    /// from the remembered first due millisecond when it is for this day and schedule.
+    #[inline]
+    fn refill_due(&mut self, r: Refill, now_ms: i64) -> bool {
+        let on = match r {
+            Refill::Daily { .. } => 0,
+            Refill::Monthly { day, .. } => day.max(1),
+        };
+        let due = &mut self.due;
+        if !(due.known && due.on == on && due.day == self.day) {
+            *due = Due {
+                known: true,
+                on,
+                day: self.day,
+                at_ms: next_refill_ms(r, self.day),
+            };
+        }
+        match due.at_ms {
+            Some(at) => now_ms >= at,
+            None => refill_period(Some(r), now_ms) > self.day,
+        }
     }
 }
 

@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use foldhash::fast::FixedState;
 
-use super::engine::{
-    Consumed, CounterError, Decision, UsageCounters, UsageRequest, Verdict, unix_day,
-};
+use super::engine::{Consumed, CounterError, Decision, UsageCounters, UsageRequest, Verdict};
 use crate::store::BoxFuture;
 
 mod decide;
@@ -251,13 +249,7 @@ impl UsageCounters for LocalCounters {
         balance: u64,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<(), CounterError>> {
-        self.balance(key, |b| {
-            *b = Balance {
-                initialized: true,
-                balance,
-                day: unix_day(now_ms),
-            }
-        });
+        self.balance(key, |b| *b = Balance::at(balance, now_ms));
         Box::pin(std::future::ready(Ok(())))
     }
 

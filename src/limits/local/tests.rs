@@ -255,3 +255,80 @@ proptest::proptest! {
         proptest::prop_assert_eq!((ra, a.start, a.end, a.used), (rb, b.start, b.end, b.used));
     }
 }
+
+proptest::proptest! {
+    /// A balance compares its reading with the remembered first due millisecond instead of
+    /// redoing the calendar: for every schedule (refill days past 28 too, as a `Refill` built
+    /// without `Credits::check` may say), every day a balance can hold and every reading around
+    /// the next refill, that comparison is `refill_period`'s answer.
+    #[test]
+    fn the_remembered_refill_time_agrees_with_the_calendar(
+        monthly in proptest::prelude::any::<bool>(),
+        refill_day in 0u8..=32,
+        day in proptest::prop_oneof![-800_000i64..800_000, 20_000i64..25_000],
+        around in -3i64 * 86_400_000..40 * 86_400_000,
+        edge in proptest::prelude::any::<bool>(),
+    ) {
+        let r = if monthly {
+            crate::Refill::monthly(refill_day, 5)
+        } else {
+            crate::Refill::daily(5)
+        };
+        let due = crate::limits::engine::next_refill_ms(r, day);
+        proptest::prop_assert!(due.is_some(), "a day within ±2 000 years has a next refill");
+        let due = due.unwrap_or(0);
+        // The millisecond before the due one, the due one, or anywhere from three days
+        // before the balance's day to 40 days after it.
+        let now = if edge {
+            due - i64::from(around % 2 == 0)
+        } else {
+            day * 86_400_000 + around
+        };
+        let calendar = crate::limits::engine::refill_period(Some(r), now) > day;
+        proptest::prop_assert_eq!(now >= due, calendar, "day {} now {} due {}", day, now, due);
+    }
+}
+
+/// A monthly balance through the engine: spent, not refilled before the 15th, refilled
+/// (set, not added) on it, and not again until the next month's 15th — with the refill time
+/// remembered between verifications and worked out again after each refill.
+#[test]
+fn a_monthly_balance_refills_on_its_day_only() {
+    let c = LocalCounters::new();
+    let org = crate::OrgId::try_new("acme").unwrap();
+    let credits = crate::Credits::new(3).refill(crate::Refill::monthly(15, 2));
+    let at = |m: u8, d: u8| {
+        let date =
+            time::Date::from_calendar_date(2026, time::Month::try_from(m).unwrap(), d).unwrap();
+        date.midnight().assume_utc().unix_timestamp() * 1000
+    };
+    let spend = |now_ms: i64| {
+        c.decide(&UsageRequest {
+            key: KeyId(7),
+            org: &org,
+            limits: &[],
+            credits: Some(&credits),
+            cost: 1,
+            now_ms,
+        })
+    };
+    let left = |d: Decision| match d {
+        Decision::Allowed { usage, .. } => usage.credits,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(left(spend(at(3, 10))), Some(2));
+    assert_eq!(left(spend(at(3, 14) + 86_399_999)), Some(1));
+    assert_eq!(left(spend(at(3, 15) - 1)), Some(0));
+    assert!(matches!(
+        spend(at(3, 15) - 1),
+        Decision::OutOfCredits { .. }
+    ));
+    // The 15th: set to 2 (then 1 after this verification), not 0 + 2.
+    assert_eq!(left(spend(at(3, 15))), Some(1));
+    assert_eq!(left(spend(at(4, 14))), Some(0));
+    assert!(matches!(
+        spend(at(4, 15) - 1),
+        Decision::OutOfCredits { .. }
+    ));
+    assert_eq!(left(spend(at(4, 15) + 1)), Some(1));
+}

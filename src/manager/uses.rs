@@ -24,6 +24,10 @@ use super::*;
 
 pub(super) struct Uses {
     pending: Mutex<HashMap<KeyId, i64>>,
+    /// The uses of batches taken for a write that has not finished (each key's latest, and
+    /// how many batches hold it): no longer buffered, not yet in the store, and still this
+    /// node's uses to the sweep. Always locked after `pending`, while holding it.
+    in_flight: Mutex<HashMap<KeyId, (i64, u32)>>,
     capacity: usize,
     #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     interval: StdDuration,
@@ -36,6 +40,7 @@ impl Uses {
     pub(super) fn new(capacity: usize, interval: StdDuration) -> Self {
         Uses {
             pending: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             capacity,
             interval,
             scheduled: Arc::new(AtomicBool::new(false)),
@@ -47,12 +52,28 @@ impl Uses {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes the buffer for one write (see [`Batch`]).
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<KeyId, (i64, u32)>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the buffer for one write (see [`Batch`]); its uses count as in flight until the
+    /// batch is dropped.
     fn take(&self) -> Batch<'_> {
-        let items = std::mem::take(&mut *self.lock())
+        let mut pending = self.lock();
+        let mut in_flight = self.lock_in_flight();
+        let items = std::mem::take(&mut *pending)
             .into_iter()
-            .filter_map(|(id, at)| Some((id, OffsetDateTime::from_unix_timestamp(at).ok()?)))
+            .filter_map(|(id, at)| {
+                let time = OffsetDateTime::from_unix_timestamp(at).ok()?;
+                let entry = in_flight.entry(id).or_insert((at, 0));
+                entry.0 = entry.0.max(at);
+                entry.1 += 1;
+                Some((id, time))
+            })
             .collect();
+        drop((in_flight, pending));
         Batch {
             uses: self,
             items,
@@ -60,10 +81,23 @@ impl Uses {
         }
     }
 
-    /// Puts the uses of a failed write back (a later use buffered meanwhile wins); beyond the
-    /// capacity they are dropped and counted.
-    fn put_back(&self, batch: &[(KeyId, OffsetDateTime)]) {
+    /// Ends a batch: puts the uses of a failed write back (a later use buffered meanwhile
+    /// wins; beyond the capacity they are dropped and counted), and they are no longer in
+    /// flight — in one step, so that [`Uses::pending`] never misses them in between.
+    fn finish(&self, batch: &[(KeyId, OffsetDateTime)], written: bool) {
         let mut pending = self.lock();
+        let mut in_flight = self.lock_in_flight();
+        for (id, _) in batch {
+            if let Some(entry) = in_flight.get_mut(id) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    in_flight.remove(id);
+                }
+            }
+        }
+        if written {
+            return;
+        }
         for (id, at) in batch {
             let at = at.unix_timestamp();
             if let Some(t) = pending.get_mut(id) {
@@ -76,14 +110,19 @@ impl Uses {
         }
     }
 
-    /// The use of `id` waiting in the buffer (Unix seconds), if any.
+    /// The use of `id` waiting in the buffer or in a write not finished yet (Unix seconds),
+    /// if any.
     fn pending(&self, id: &KeyId) -> Option<i64> {
-        self.lock().get(id).copied()
+        let pending = self.lock();
+        let buffered = pending.get(id).copied();
+        let in_flight = self.lock_in_flight().get(id).map(|(at, _)| *at);
+        buffered.max(in_flight)
     }
 }
 
-/// The uses one write takes out of the buffer. Until the write is marked done, dropping the
-/// batch puts its uses back (a later use buffered meanwhile wins): when the write failed, and
+/// The uses one write takes out of the buffer (counted as in flight until it is dropped, so
+/// that a sweep meanwhile still sees them as this node's uses). Until the write is marked
+/// done, dropping the batch puts its uses back (a later use buffered meanwhile wins): when the write failed, and
 /// when the future writing it was dropped midway — a verification whose request was cancelled
 /// while it flushed inline, a background flush dropped with its runtime. Otherwise one
 /// cancelled request would lose every use buffered in the interval.
@@ -95,9 +134,7 @@ struct Batch<'a> {
 
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
-        if !self.written {
-            self.uses.put_back(&self.items);
-        }
+        self.uses.finish(&self.items, self.written);
     }
 }
 
@@ -229,7 +266,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         Ok(())
     }
 
-    /// This node's use of `id` waiting in the buffer (Unix seconds), if any.
+    /// This node's use of `id` not yet in the store (Unix seconds), if any: waiting in the
+    /// buffer, or in a write still under way (a background flush the sweep's own flush did
+    /// not wait for).
     pub(crate) fn buffered_use(&self, id: &KeyId) -> Option<i64> {
         self.inner.uses.pending(id)
     }

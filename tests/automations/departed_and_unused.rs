@@ -341,3 +341,101 @@ async fn a_use_right_after_the_warning_on_a_node_whose_clock_is_behind_still_can
         KeyStatus::Active
     );
 }
+
+/// Over a `MemoryStore`: once armed, each `touch` says it started and then waits for the gate
+/// (a last-use write still under way).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[derive(Clone)]
+struct SlowTouch {
+    inner: MemoryStore,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    entered: Arc<tokio::sync::Notify>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl KeyStore for SlowTouch {
+    async fn insert(&self, r: api_keys::KeyRecord) -> Result<(), api_keys::StoreError> {
+        self.inner.insert(r).await
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<api_keys::KeyRecord>, api_keys::StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list(&self, org: &OrgId) -> Result<Vec<api_keys::KeyRecord>, api_keys::StoreError> {
+        self.inner.list(org).await
+    }
+    async fn update(&self, r: api_keys::KeyRecord, rev: u64) -> Result<(), api_keys::StoreError> {
+        self.inner.update(r, rev).await
+    }
+    async fn delete(&self, id: &KeyId) -> Result<bool, api_keys::StoreError> {
+        self.inner.delete(id).await
+    }
+    async fn scan(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<api_keys::KeyRecord>, api_keys::StoreError> {
+        self.inner.scan(after, limit).await
+    }
+    async fn touch(
+        &self,
+        id: &KeyId,
+        at: api_keys::time::OffsetDateTime,
+    ) -> Result<(), api_keys::StoreError> {
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.entered.notify_one();
+            let _p = self.gate.acquire().await.unwrap();
+        }
+        self.inner.touch(id, at).await
+    }
+}
+
+/// A use on this node whose background last-use write is still under way when the sweep
+/// starts is this node's use all the same: the sweep's own flush finds the buffer empty (the
+/// background flush took it), the store does not have it yet, and the key must not be revoked
+/// as unused (before, it was: the use was in neither place the sweep looked).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_use_whose_background_write_is_under_way_keeps_the_key_from_being_revoked() {
+    let store = SlowTouch {
+        inner: MemoryStore::new(),
+        armed: Arc::default(),
+        entered: Arc::default(),
+        gate: Arc::new(tokio::sync::Semaphore::new(0)),
+    };
+    let clock = ManualClock::new(start());
+    let notes = Notes::default();
+    let manager = KeyManager::builder(store.clone(), keyring())
+        .clock(clock.clone())
+        .policy(
+            Policy::default()
+                .allow_never(true)
+                .revoke_unused_after(days(60))
+                .warn_before(&[]),
+        )
+        .notifier(notes.clone())
+        .last_use_flush_interval(std::time::Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let (key, _) = manager
+        .generate(&alice(), req("daily").expiry(Expiry::Never))
+        .await
+        .unwrap();
+    clock.set(start() + days(53));
+    assert_eq!(manager.sweep().await.unwrap().unused_warnings, 1);
+    clock.set(start() + days(60));
+    store.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let entered = store.entered.notified();
+    manager
+        .verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    entered.await;
+    // The background flush has taken the use and is writing it.
+    let r = manager.sweep().await.unwrap();
+    store.gate.add_permits(100);
+    assert_eq!((r.unused_warnings, r.revoked_unused), (0, 0), "{r:?}");
+    let info = manager.get(&alice(), key.id()).await.unwrap();
+    assert_eq!(info.status, KeyStatus::Active);
+    assert_eq!(notes.names(), vec!["unused_warning"]);
+}

@@ -226,3 +226,82 @@ async fn saving_only_a_rate_limit_keeps_the_credits() {
     );
     h.finish().await;
 }
+
+/// A number field the browser cannot read (a typo such as `10e`: Chromium then reports its
+/// value as empty) is refused on the page, not taken for an empty field: the generate form makes
+/// no key without the rate limit asked for, and the Limits dialog does not remove a key's limit.
+#[tokio::test]
+async fn an_unreadable_number_is_refused_not_taken_as_no_limit() {
+    let Some(h) = Harness::start("limits-typo").await else {
+        return;
+    };
+    let (id, _) = h.create_key("Limited").await;
+    let limit = json!([{"name": "per-minute", "limit": 100, "window_ms": 60_000, "scope": "key"}]);
+    let manager = h.manager.clone();
+    let r = h
+        .call(
+            Method::PUT,
+            &format!("/api/keys/{id}/limits"),
+            Some(&manager),
+            Some(json!({ "rate_limits": limit })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    h.open_page().await;
+
+    // The generate form: "10e" in the rate limit.
+    h.css("#open-generate").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('generate-panel').hidden")
+        .await;
+    h.css("#key-name").await.send_keys("Typo").await.unwrap();
+    h.css("#key-rate").await.send_keys("10e").await.unwrap();
+    h.css("#generate-submit").await.click().await.unwrap();
+    h.wait_js(
+        "!document.getElementById('generate-error').hidden || \
+         !document.getElementById('new-key-panel').hidden",
+    )
+    .await;
+    let listed = h.call(Method::GET, "/api/keys", Some(&manager), None).await;
+    assert_eq!(
+        listed.json.as_array().unwrap().len(),
+        1,
+        "a key was made without its rate limit: {}",
+        listed.json
+    );
+    assert!(
+        h.text("#generate-error")
+            .await
+            .starts_with("A rate limit is a whole number"),
+        "{}",
+        h.text("#generate-error").await
+    );
+    h.css("#generate-cancel").await.click().await.unwrap();
+
+    // The Limits dialog: "100" edited into "100e".
+    h.open_limits(&id).await;
+    h.css("#limits-rate").await.send_keys("e").await.unwrap();
+    h.css("#limits-save").await.click().await.unwrap();
+    h.wait_js(
+        "!document.getElementById('limits-error').hidden || \
+         !document.getElementById('limits-dialog').open",
+    )
+    .await;
+    let got = h
+        .call(
+            Method::GET,
+            &format!("/api/keys/{id}"),
+            Some(&manager),
+            None,
+        )
+        .await;
+    assert_eq!(
+        got.json["rate_limits"], limit,
+        "the key's rate limit was removed"
+    );
+    assert!(
+        h.text("#limits-error")
+            .await
+            .starts_with("A rate limit is a whole number")
+    );
+    h.finish().await;
+}

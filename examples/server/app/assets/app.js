@@ -794,6 +794,9 @@
   // field is empty), or {error, field}.
   function readLimits(rateId, windowId, creditsId, refillId) {
     const whole = (id, min) => {
+      // A number field whose text the browser cannot read as a number (`10e`, `-`) reports
+      // its value as '' with `validity.badInput`: a typo, never "no limit".
+      if ($(id).validity.badInput) return NaN;
       const raw = $(id).value.trim();
       if (raw === '') return null;
       const n = Number(raw);

@@ -36,6 +36,7 @@ mod access;
 mod generate;
 mod harness;
 mod limits_page;
+mod odd_answers;
 mod page_safety;
 mod reasons_and_banners;
 mod revoke_roll;

@@ -774,6 +774,7 @@
     setGenerateError('');
     state.busy = true;
     $('generate-submit').disabled = true;
+    $('generate-cancel').disabled = true;
     try {
       const res = await api('POST', '/api/keys', body);
       closeGenerate(false);
@@ -785,6 +786,7 @@
     } finally {
       state.busy = false;
       $('generate-submit').disabled = false;
+      $('generate-cancel').disabled = false;
     }
   }
 
@@ -848,6 +850,13 @@
     $('limits-rate').focus();
   }
 
+  // While a change is on its way the dialog stays open (Cancel is disabled, Escape is refused):
+  // its outcome, an error above all, is shown in it.
+  function setLimitsBusy(busy) {
+    state.busy = busy;
+    for (const id of ['limits-save', 'limits-cancel']) $(id).disabled = busy;
+  }
+
   function closeLimits() {
     const dialog = $('limits-dialog');
     if (dialog.open) dialog.close();
@@ -889,8 +898,7 @@
       (key.rate_limits || []).map((l) => [l.limit, l.window_ms, l.scope]),
     ) === JSON.stringify(rateLimits.map((l) => [l.limit, l.window_ms, l.scope]));
     const sameCredits = JSON.stringify(key.credits || null) === JSON.stringify(read.credits);
-    state.busy = true;
-    $('limits-save').disabled = true;
+    setLimitsBusy(true);
     setLimitsError('');
     try {
       if (!sameRate) await api('PUT', path + '/limits', { rate_limits: rateLimits });
@@ -901,8 +909,7 @@
     } catch (err) {
       setLimitsError(describeError(err));
     } finally {
-      state.busy = false;
-      $('limits-save').disabled = false;
+      setLimitsBusy(false);
     }
   }
 
@@ -1108,12 +1115,15 @@
       switchSession(Number(ev.currentTarget.value));
     });
     $('open-generate').addEventListener('click', openGenerate);
-    $('generate-cancel').addEventListener('click', () => closeGenerate(true));
+    // While a key is being generated the form stays open: its error, if any, is shown in it.
+    $('generate-cancel').addEventListener('click', () => {
+      if (!state.busy) closeGenerate(true);
+    });
     $('generate-form').addEventListener('submit', submitGenerate);
     $('generate-form').addEventListener('keydown', (ev) => {
       if (ev.key === 'Escape') {
         ev.preventDefault();
-        closeGenerate(true);
+        if (!state.busy) closeGenerate(true);
       }
     });
     $('key-expiry').addEventListener('change', updateExpiryHelp);
@@ -1125,6 +1135,10 @@
     $('limits-cancel').addEventListener('click', closeLimits);
     $('limits-save').addEventListener('click', saveLimits);
     $('limits-dialog').addEventListener('close', onLimitsClosed);
+    $('limits-dialog').addEventListener('cancel', (ev) => {
+      // Escape closes the dialog, except while a request is in flight.
+      if (state.busy) ev.preventDefault();
+    });
     $('limits-form').addEventListener('submit', (ev) => {
       ev.preventDefault();
       saveLimits();

@@ -3,16 +3,30 @@
 
 use super::*;
 
-/// Holds every request of the page that is not a `GET` until the test answers it with
-/// `window.__held[i].resolve(new Response(...))`.
+/// Holds every request of the page that is not a `GET` until the test answers it, with
+/// `window.__held[i].resolve(new Response(...))` or with the server's own answer through
+/// `window.__answer(i)`, which sets `window.__settled = i` once the page has handled it.
 const HOLD_CHANGES: &str = "
   window.__held = [];
   const real = window.fetch;
   window.fetch = (path, init) => {
     if (init && init.method !== 'GET') {
-      return new Promise((resolve) => { window.__held.push({ path, resolve }); });
+      return new Promise((resolve) => { window.__held.push({ path, init, resolve }); });
     }
     return real(path, init);
+  };
+  window.__answer = async (i) => {
+    const held = window.__held[i];
+    const answer = await real(held.path, held.init);
+    const body = await answer.text();
+    const res = new Response(body, { status: answer.status, headers: answer.headers });
+    // The page reads the body, then handles it in promise jobs only: a task queued when the
+    // body is read runs after them.
+    res.text = () => new Promise((resolve) => {
+      resolve(body);
+      setTimeout(() => { window.__settled = i; }, 0);
+    });
+    held.resolve(res);
   };";
 
 /// Escape pressed while a change is on its way does not close the Limits dialog or the generate
@@ -84,6 +98,61 @@ async fn escape_while_a_change_is_sent_keeps_its_error_in_view() {
     assert_eq!(
         h.text("#generate-error").await,
         "Something went wrong (HTTP 502). Try again."
+    );
+    h.finish().await;
+}
+
+/// A key revealed or generated for one identity is not shown to another: when the person
+/// switches the session picker while the request is on its way, the late answer is dropped
+/// (as a key already shown is dismissed by the switch), not put on the other identity's page.
+#[tokio::test]
+async fn a_late_key_is_not_shown_after_switching_identity() {
+    let state = app::AppState::with_policy(
+        AnyStore::new(MemoryStore::new()),
+        Keyring::new(1, MasterKey::generate()),
+        Policy::default().allow_reveal(true),
+    )
+    .expect("app state");
+    let Some(h) = Harness::start_with("odd-switch", state).await else {
+        return;
+    };
+    let (id, _) = h.create_key("Okta SCIM").await;
+    h.open_page().await;
+    h.js(HOLD_CHANGES).await;
+    let shown = "return [document.getElementById('new-key-panel').hidden, \
+                 document.getElementById('new-key-token').value === ''];";
+
+    // Reveal as alice (manager), then switch to bob (member) before the answer.
+    h.css(&format!("tr[data-key-id=\"{id}\"] button.action-reveal"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("window.__held.length === 1").await;
+    h.choose_session("member").await;
+    h.js("window.__answer(0);").await;
+    h.wait_js("window.__settled === 0").await;
+    assert_eq!(
+        h.js(shown).await,
+        json!([true, true]),
+        "alice's revealed key is shown on bob's page"
+    );
+
+    // Generate as alice, then switch to bob before the answer.
+    h.choose_session("manager").await;
+    h.css("#open-generate").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('generate-panel').hidden")
+        .await;
+    h.css("#key-name").await.send_keys("Late").await.unwrap();
+    h.css("#generate-submit").await.click().await.unwrap();
+    h.wait_js("window.__held.length === 2").await;
+    h.choose_session("member").await;
+    h.js("window.__answer(1);").await;
+    h.wait_js("window.__settled === 1").await;
+    assert_eq!(
+        h.js(shown).await,
+        json!([true, true]),
+        "alice's new key is shown on bob's page"
     );
     h.finish().await;
 }

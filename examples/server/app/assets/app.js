@@ -772,11 +772,15 @@
       body.expiry = { at };
     }
     setGenerateError('');
+    const gen = state.generation;
     state.busy = true;
     $('generate-submit').disabled = true;
     $('generate-cancel').disabled = true;
     try {
       const res = await api('POST', '/api/keys', body);
+      // Another identity was chosen meanwhile: its page does not get this key (a key already
+      // shown is dismissed by the switch too).
+      if (gen !== state.generation) return;
       closeGenerate(false);
       showNewKey('Your new API key', res, null);
       announce('API key “' + res.info.name + '” generated.');
@@ -969,10 +973,13 @@
 
   async function reveal(key) {
     showError('');
+    const gen = state.generation;
     try {
       const res = await api('POST', '/api/keys/' + encodeURIComponent(key.id) + '/reveal');
+      if (gen !== state.generation) return; // another identity was chosen meanwhile
       showNewKey('API key revealed', { key: res.key, info: key }, 'this reveal was recorded in the audit log');
     } catch (err) {
+      if (gen !== state.generation) return;
       showError(describeError(err));
     }
   }
@@ -1086,6 +1093,7 @@
     if (!d || state.busy) return;
     const overlap = Number($('roll-overlap').value);
     const label = $('roll-overlap').selectedOptions[0].textContent;
+    const gen = state.generation;
     setDialogBusy(true);
     setConfirmError('');
     try {
@@ -1093,6 +1101,7 @@
         overlap_seconds: overlap,
       });
       setDialogBusy(false);
+      if (gen !== state.generation) return; // another identity was chosen meanwhile
       d.opener = null;
       closeDialog();
       showNewKey(

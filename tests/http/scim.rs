@@ -228,3 +228,22 @@ async fn unknown_scim_paths_are_scim_errors() {
         }
     }
 }
+
+/// `userName` is case-insensitive in SCIM (RFC 7643 §4.1.1: `caseExact` false), and `eq`
+/// compares by the attribute's case rule (RFC 7644 §3.4.2.2): an identity provider that looks
+/// up `Bob` finds bob, instead of concluding he is not in the directory.
+#[tokio::test]
+async fn a_username_filter_ignores_case() {
+    let srv = start().await;
+    let (token, _) = srv
+        .create(json!({"name": "okta", "scopes": ["scim"], "expiry": {"days": 90}}))
+        .await;
+    let v = srv
+        .get("/scim/v2/Users?filter=userName%20eq%20%22Bob%22")
+        .bearer(&token)
+        .send()
+        .await
+        .json();
+    assert_eq!(v["totalResults"], 1, "{v}");
+    assert_eq!(v["Resources"][0]["userName"], "bob");
+}

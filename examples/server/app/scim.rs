@@ -141,7 +141,7 @@ fn scim_error(status: StatusCode, scim_type: Option<&str>, detail: &str) -> Resp
 }
 
 /// Parses the one filter this directory supports: `userName eq "<value>"` (attribute and
-/// operator case-insensitive, as RFC 7644 §3.4.2.2 says).
+/// operator case-insensitive, as RFC 7644 §3.4.2.2 says; the value is matched ignoring case).
 fn username_filter(filter: &str) -> Option<String> {
     let mut parts = filter.trim().splitn(3, ' ');
     let (attr, op, value) = (parts.next()?, parts.next()?, parts.next()?.trim());
@@ -197,7 +197,13 @@ pub(crate) async fn scim_users(
     let count = usize::try_from(count.max(0)).map_or(SCIM_MAX_COUNT, |c| c.min(SCIM_MAX_COUNT));
     let matching: Vec<&DirectoryUser> = users
         .iter()
-        .filter(|u| wanted.as_deref().is_none_or(|w| w == u.id))
+        // `userName` is not case-exact (RFC 7643 §4.1.1), so `eq` ignores case (RFC 7644
+        // §3.4.2.2): `Bob` is bob.
+        .filter(|u| {
+            wanted
+                .as_deref()
+                .is_none_or(|w| w.to_lowercase() == u.id.to_lowercase())
+        })
         .collect();
     let resources: Vec<Value> = matching
         .iter()

@@ -305,3 +305,53 @@ async fn an_unreadable_number_is_refused_not_taken_as_no_limit() {
     );
     h.finish().await;
 }
+
+/// A budget refilled on a day of the month the dialog cannot show (the 15th, set through the
+/// API) keeps that day when a manager changes only the amount in the Limits dialog: the refill
+/// kind was left as shown, so its day is not moved to the 1st without a word.
+#[tokio::test]
+async fn changing_the_credits_keeps_a_monthly_refill_day() {
+    let Some(h) = Harness::start("limits-refill-day").await else {
+        return;
+    };
+    let (id, _) = h.create_key("Metered").await;
+    let manager = h.manager.clone();
+    let credits = json!({"initial": 100, "refill": {"every": "monthly", "day": 15, "amount": 100}});
+    let r = h
+        .call(
+            Method::PUT,
+            &format!("/api/keys/{id}/credits"),
+            Some(&manager),
+            Some(json!({ "credits": credits })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    h.open_page().await;
+    h.open_limits(&id).await;
+    assert_eq!(
+        h.text("#limits-credits-refill option[value=\"monthly\"]")
+            .await,
+        "refilled on day 15 of each month"
+    );
+    h.css("#limits-credits").await.clear().await.unwrap();
+    h.css("#limits-credits")
+        .await
+        .send_keys("200")
+        .await
+        .unwrap();
+    h.save_limits().await;
+    let got = h
+        .call(
+            Method::GET,
+            &format!("/api/keys/{id}"),
+            Some(&manager),
+            None,
+        )
+        .await;
+    assert_eq!(
+        got.json["credits"],
+        json!({"initial": 200, "refill": {"every": "monthly", "day": 15, "amount": 200}}),
+        "the refill day moved"
+    );
+    h.finish().await;
+}

@@ -849,6 +849,9 @@
     const c = key.credits;
     $('limits-credits').value = c ? String(c.initial) : '';
     $('limits-credits-refill').value = c && c.refill ? c.refill.every : 'none';
+    const day = c && c.refill && c.refill.every === 'monthly' ? c.refill.day : 1;
+    $('limits-credits-refill').querySelector('option[value="monthly"]').textContent =
+      day === 1 ? 'refilled on the 1st of each month' : 'refilled on day ' + day + ' of each month';
     setLimitsError('');
     $('limits-dialog').showModal();
     $('limits-rate').focus();
@@ -896,6 +899,10 @@
     const kind = (c) => (c && c.refill ? c.refill.every : 'none');
     if (read.credits && had && read.credits.initial === had.initial && kind(read.credits) === kind(had)) {
       read.credits = had;
+    } else if (read.credits && kind(read.credits) === 'monthly' && kind(had) === 'monthly') {
+      // A new amount, refilled monthly as before: on the key's day of the month, which the
+      // dialog shows but has no field for (the API may have set another day than the 1st).
+      read.credits.refill.day = had.refill.day;
     }
     const rateLimits = read.rate ? [read.rate] : [];
     const sameRate = JSON.stringify(

@@ -160,7 +160,9 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
         self
     }
 
-    /// Most records kept in the cache (default 100 000). Zero disables the cache.
+    /// Most records kept in the cache (default 100 000), rounded up to a multiple of its 64
+    /// shards: each shard keeps at most `n / 64` records, rounded up, so `cache_capacity(1)`
+    /// keeps up to 64. Zero disables the cache.
     pub fn cache_capacity(mut self, n: usize) -> Self {
         self.cache_capacity = n;
         self

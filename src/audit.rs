@@ -238,8 +238,9 @@ pub trait AuditSink: Send + Sync + 'static {
     fn record(&self, event: &AuditEvent) -> Result<(), BoxError>;
 }
 
-/// The default sink: `tracing` events (target `api_keys::audit`), at `WARN` for failures and
-/// `INFO` otherwise.
+/// The default sink: `tracing` events (target `api_keys::audit`), at `ERROR` for integrity
+/// failures, `WARN` for failed verifications, answers served stale and limits that failed
+/// open, and `INFO` otherwise.
 ///
 /// Management actions, reveals and integrity failures are logged one line each, always.
 /// Failed verifications are logged with a bound, so that a flood of bad tokens cannot flood

@@ -18,9 +18,10 @@
 //! [`RedisCountersBuilder::credits_fail_open`].
 //!
 //! Keys (under the prefix, default `api-keys`): `…:rl:k:<name>:<window_ms>:<window>:<key id>`
-//! and `…:rl:o:<name>:<window_ms>:<window>:<org>` (strings, expiring a second after their
-//! window ends in strict mode and a window and a second after it in local-first mode, on
-//! Redis's clock), `…:cr:<key id>` (a hash: balance `b`, the Unix day `d` it
+//! and `…:rl:o:<name>:<window_ms>:<window>:<org>` (strings, expiring on Redis's clock a
+//! window and a second after the request that started them in strict mode — at most a window
+//! and a second after their window ends — and a window and a second after their window ends
+//! in local-first mode), `…:cr:<key id>` (a hash: balance `b`, the Unix day `d` it
 //! was last started, set or refilled, and the earlier builds' period number `p`; no expiry) and
 //! `…:cra:<key id>` (a roll's link to the balance it shares). The scripts name keys they
 //! derive, so this engine needs a single Redis (or a primary with replicas), not Redis Cluster.

@@ -210,12 +210,29 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             Some(*id),
         );
         let now = self.inner.clock.now();
-        if let Some(c) = &credits {
+        // The configuration and the balance are two writes: a concurrent `set_credits` may
+        // write its configuration after ours and its balance before ours, leaving our balance
+        // under its configuration (e.g. 1 000 credits for a key whose record says 10). After
+        // each balance write the record is read again; while it names another configuration,
+        // that one's balance is written, so the last balance written always matches the last
+        // configuration stored.
+        let mut written = credits;
+        for _ in 0..CAS_RETRIES {
+            let Some(c) = &written else { break };
             self.inner
                 .counters
                 .set_credits(*id, c, c.initial(), unix_ms(now))
                 .await
                 .map_err(Error::LimitsUnavailable)?;
+            let stored = match self.load(Some(actor), id).await {
+                Ok(r) if self.authentic(&self.keyring(), &r, Some(actor)) => r.credits,
+                // Deleted, unreadable or failing its check: nothing to match.
+                _ => break,
+            };
+            if stored == written {
+                break;
+            }
+            written = stored;
         }
         Ok(self.info(&rec, now))
     }

@@ -17,6 +17,7 @@ use common::*;
 mod audit;
 mod expiry;
 mod last_use;
+mod races;
 mod rewrap;
 mod roll;
 

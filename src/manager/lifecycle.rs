@@ -138,6 +138,11 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// read the key again (`get`): if `replaced_by` names a replacement, the roll took effect
     /// — [`reveal`](Self::reveal) the replacement (when allowed) or roll it to get a token
     /// before the cutoff; otherwise delete any key whose `replaces` names it, and roll again.
+    ///
+    /// A roll cancelled midway (its future dropped after the replacement was stored, e.g. by
+    /// a client that went away) leaves that replacement working without anyone holding its
+    /// token, as an unknown outcome may: the next roll of the key that takes effect deletes
+    /// every working key whose `replaces` names the key and that the key does not name.
     pub async fn roll(
         &self,
         actor: &Actor,
@@ -161,7 +166,20 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 "key {id} was already rolled; its replacement is key {next} — roll that one instead"
             )));
         }
-        let working = self.working_keys(actor, now).await?;
+        let org_keys = self.inner.store.list(actor.org()).await?;
+        let keyring = self.keyring();
+        let mut working = 0usize;
+        // Replacements of this key from rolls that never took effect (the key names none):
+        // a roll cancelled between creating its replacement and shortening the key (its
+        // future dropped, e.g. by a client that went away), or one whose outcome was unknown.
+        // Nobody was given their tokens, yet they work: once this roll took effect, they go.
+        let mut strays = Vec::new();
+        for r in self.working_of(&org_keys, actor.org(), &keyring, now) {
+            working += 1;
+            if r.replaces == Some(*id) && r.replaced_by.is_none() {
+                strays.push(r.id);
+            }
+        }
         let limit = self.inner.policy.active_key_limit();
         // The rolled key is among `working`; its slot passes to the replacement.
         if working.saturating_sub(1) >= limit {
@@ -240,6 +258,11 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                     return Err(unknown);
                 }
             }
+        }
+        // The key names this roll's replacement: any other replacement of it is a stray (or
+        // that of a concurrent roll, which now fails and would delete it itself).
+        for stray in strays {
+            self.discard_replacement(stray).await;
         }
         self.audit_best_effort(
             AuditAction::Rolled {

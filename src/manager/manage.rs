@@ -71,20 +71,25 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         actor: &Actor,
         now: OffsetDateTime,
     ) -> Result<usize, Error> {
+        let recs = self.inner.store.list(actor.org()).await?;
         let keyring = self.keyring();
-        Ok(self
-            .inner
-            .store
-            .list(actor.org())
-            .await?
-            .iter()
-            .filter(|r| {
-                r.org == *actor.org()
-                    && r.class == self.inner.prefix
-                    && KeyStatus::of(r, now) == KeyStatus::Active
-                    && r.authenticate(&keyring, &self.inner.prefix).is_ok()
-            })
-            .count())
+        Ok(self.working_of(&recs, actor.org(), &keyring, now).count())
+    }
+
+    /// The records of `recs` that are `org`'s working keys of this class at `now`.
+    pub(super) fn working_of<'r>(
+        &'r self,
+        recs: &'r [KeyRecord],
+        org: &'r OrgId,
+        keyring: &'r Keyring,
+        now: OffsetDateTime,
+    ) -> impl Iterator<Item = &'r KeyRecord> + 'r {
+        recs.iter().filter(move |r| {
+            r.org == *org
+                && r.class == self.inner.prefix
+                && KeyStatus::of(r, now) == KeyStatus::Active
+                && r.authenticate(keyring, &self.inner.prefix).is_ok()
+        })
     }
 
     /// Seals and inserts a fresh key from `draft` (its id is replaced by a random one; a new

@@ -419,3 +419,46 @@ async fn a_roll_whose_outcome_cannot_be_checked_keeps_the_replacement() {
     works(&s.manager, new.expose_secret()).await.unwrap();
     assert!(works(&s.manager, old.expose_secret()).await.is_err());
 }
+
+/// A roll whose future is dropped after it stored the replacement and before it shortened the
+/// old key (a client that went away, a timeout around the call) leaves a working replacement
+/// nobody was given; rolling the key again must not leave it working beside the new one.
+#[tokio::test]
+async fn rolling_again_removes_the_replacement_of_a_cancelled_roll() {
+    let store = CountingStore::default();
+    let s = setup_with(store.clone(), Policy::default());
+    let (_, info) = s.manager.generate(&alice(), prom("a")).await.unwrap();
+    let (stored, cancel) = tokio::sync::oneshot::channel::<()>();
+    let stored = std::sync::Mutex::new(Some(stored));
+    store.after_next_insert(move || async move {
+        stored.lock().unwrap().take().unwrap().send(()).unwrap();
+        // The insert committed; its reply never comes before the caller gives up.
+        std::future::pending::<()>().await;
+    });
+    let actor = alice();
+    tokio::select! {
+        r = s.manager.roll(&actor, &info.id, Duration::hours(1)) => panic!("not cancelled: {r:?}"),
+        _ = cancel => {}
+    }
+    let (_, new) = s
+        .manager
+        .roll(&alice(), &info.id, Duration::hours(1))
+        .await
+        .unwrap();
+    let mut ids: Vec<KeyId> = s
+        .manager
+        .list(&alice())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.status == KeyStatus::Active)
+        .map(|k| k.id)
+        .collect();
+    ids.sort();
+    let mut expected = vec![info.id, new.id];
+    expected.sort();
+    assert_eq!(
+        ids, expected,
+        "only the key and its replacement work; the cancelled roll's replacement is gone"
+    );
+}

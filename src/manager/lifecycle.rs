@@ -261,8 +261,16 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         }
         // The key names this roll's replacement: any other replacement of it is a stray (or
         // that of a concurrent roll, which now fails and would delete it itself).
+        // Audited as deletions by the manager who rolled: they were working keys.
         for stray in strays {
-            self.discard_replacement(stray).await;
+            if self.discard_replacement(stray).await {
+                self.audit_best_effort(
+                    AuditAction::Deleted,
+                    Some(actor),
+                    Some(actor.org()),
+                    Some(stray),
+                );
+            }
         }
         self.audit_best_effort(
             AuditAction::Rolled {
@@ -278,16 +286,21 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// Deletes the replacement of a roll that did not take effect, with its usage counters
     /// (its link to the old key's balance), as `delete` does. Best effort: a failure is
     /// logged, and the roll reports its own error.
-    async fn discard_replacement(&self, new_id: KeyId) {
+    /// Whether this call deleted it.
+    async fn discard_replacement(&self, new_id: KeyId) -> bool {
         let removed = {
             let _fence = self.inner.cache.fence(new_id);
             self.inner.store.delete(&new_id).await
         };
         match removed {
-            Ok(_) => self.forget_counters(new_id).await,
+            Ok(deleted) => {
+                self.forget_counters(new_id).await;
+                deleted
+            }
             Err(cleanup) => {
                 crate::metrics::store_error(&cleanup);
                 tracing::error!(target: "api_keys", key_id = %new_id, error = %cleanup, "could not delete the replacement of a failed roll");
+                false
             }
         }
     }

@@ -440,6 +440,15 @@ async fn rolling_again_removes_the_replacement_of_a_cancelled_roll() {
         r = s.manager.roll(&actor, &info.id, Duration::hours(1)) => panic!("not cancelled: {r:?}"),
         _ = cancel => {}
     }
+    let stray = s
+        .manager
+        .list(&alice())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .find(|i| *i != info.id);
+    assert!(stray.is_some(), "the cancelled roll stored its replacement");
     let (_, new) = s
         .manager
         .roll(&alice(), &info.id, Duration::hours(1))
@@ -461,4 +470,13 @@ async fn rolling_again_removes_the_replacement_of_a_cancelled_roll() {
         ids, expected,
         "only the key and its replacement work; the cancelled roll's replacement is gone"
     );
+    // A working key was deleted: that is audited, as the manager's who rolled.
+    let deleted: Vec<_> = s
+        .audit
+        .events()
+        .into_iter()
+        .filter(|e| e.action == AuditAction::Deleted)
+        .map(|e| (e.key_id, e.actor))
+        .collect();
+    assert_eq!(deleted, vec![(stray, Some(alice().user().clone()))]);
 }

@@ -186,7 +186,10 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// Revokes a key: it stops working at once (on this node: every verify that starts after
     /// this returns fails) and stays listed as revoked. Revoking a revoked key is a no-op.
     /// A revocation whose write committed but whose reply was lost is read back and reported
-    /// (and audited) as done, so a retry's no-op never leaves it unaudited.
+    /// (and audited) as done, so a retry's no-op does not leave it unaudited — unless another
+    /// change to the key lands between the write and the read-back (the call then answers
+    /// [`Error::Store`]), or the call's future is dropped after the write committed: the
+    /// revocation holds either way, only its audit event is missing.
     ///
     /// # Errors
     /// [`Error::PermissionDenied`]; [`Error::NotFound`]; [`Error::Integrity`];

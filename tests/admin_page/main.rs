@@ -36,6 +36,7 @@ mod access;
 mod generate;
 mod harness;
 mod limits_page;
+mod limits_round_trip;
 mod odd_answers;
 mod page_safety;
 mod reasons_and_banners;

@@ -798,7 +798,7 @@
 
   // Reads a rate limit and a credit budget from a form: {rate, credits} (each null when its
   // field is empty), or {error, field}.
-  function readLimits(rateId, windowId, creditsId, refillId) {
+  function readLimits(rateId, windowId, creditsId, refillId, scopeId) {
     const whole = (id, min) => {
       // A number field whose text the browser cannot read as a number (`10e`, `-`) reports
       // its value as '' with `validity.badInput`: a typo, never "no limit".
@@ -815,7 +815,8 @@
     const out = { rate: null, credits: null };
     if (rate !== null) {
       const windowMs = Number($(windowId).value);
-      out.rate = { name: 'per-' + WINDOWS[windowMs], limit: rate, window_ms: windowMs, scope: 'key' };
+      const scope = scopeId && $(scopeId).value === 'org' ? 'org' : 'key';
+      out.rate = { name: 'per-' + WINDOWS[windowMs], limit: rate, window_ms: windowMs, scope };
     }
     if (credits !== null) {
       const every = $(refillId).value;
@@ -840,6 +841,7 @@
     const first = limits[0];
     $('limits-rate').value = first ? String(first.limit) : '';
     $('limits-rate-window').value = first && WINDOWS[first.window_ms] ? String(first.window_ms) : '60000';
+    $('limits-rate-scope').value = first && first.scope === 'org' ? 'org' : 'key';
     const note = $('limits-note');
     note.textContent =
       limits.length > 1 || (first && !WINDOWS[first.window_ms])
@@ -878,7 +880,13 @@
   async function saveLimits() {
     const d = state.limitsKey;
     if (!d || state.busy) return;
-    const read = readLimits('limits-rate', 'limits-rate-window', 'limits-credits', 'limits-credits-refill');
+    const read = readLimits(
+      'limits-rate',
+      'limits-rate-window',
+      'limits-credits',
+      'limits-credits-refill',
+      'limits-rate-scope',
+    );
     if (read.error) {
       setLimitsError(read.error);
       $(read.field).focus();
@@ -886,12 +894,15 @@
     }
     const key = d.key;
     const path = '/api/keys/' + encodeURIComponent(key.id);
-    // The dialog shows a limit's number and window, not its name or scope: a key's only limit
-    // saved with the same window keeps them (an organization-wide limit stays one).
+    // The dialog shows a limit's number, window and scope, not its name: a key's only limit
+    // keeps its name, which is what an organization-wide limit shares with the organization's
+    // other keys (a window change must not move it to another counter). Only a per-key limit
+    // named by this page after its window ("per-day") is renamed after its new one.
     const existing = key.rate_limits || [];
-    if (read.rate && existing.length === 1 && existing[0].window_ms === read.rate.window_ms) {
-      read.rate.name = existing[0].name;
-      read.rate.scope = existing[0].scope;
+    if (read.rate && existing.length === 1) {
+      const old = existing[0];
+      const derived = old.scope !== 'org' && old.name === 'per-' + WINDOWS[old.window_ms];
+      if (!derived || old.window_ms === read.rate.window_ms) read.rate.name = old.name;
     }
     // Likewise a budget left as shown (the same credits and refill kind) keeps its refill's
     // day and amount, and is not written again: writing credits sets the balance back to full.

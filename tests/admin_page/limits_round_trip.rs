@@ -64,3 +64,53 @@ async fn changing_the_window_keeps_an_org_wide_limit() {
     );
     h.finish().await;
 }
+
+/// Changing a budget's amount in the Limits dialog keeps a refill amount that differs from it
+/// (1 000 refilled to 500 monthly, or daily): the dialog shows that amount, and the manager
+/// changed only the budget.
+#[tokio::test]
+async fn changing_the_credits_keeps_a_refill_amount() {
+    let Some(h) = Harness::start("limits-refill-amount").await else {
+        return;
+    };
+    let (id, _) = h.create_key("Metered").await;
+    for refill in [
+        json!({"every": "monthly", "day": 1, "amount": 500}),
+        json!({"every": "daily", "amount": 500}),
+    ] {
+        let every = refill["every"].as_str().unwrap().to_owned();
+        h.put_ok(
+            &id,
+            "credits",
+            json!({"credits": {"initial": 1000, "refill": refill}}),
+        )
+        .await;
+        h.open_page().await;
+        h.open_limits(&id).await;
+        h.css("#limits-credits").await.clear().await.unwrap();
+        h.css("#limits-credits")
+            .await
+            .send_keys("2000")
+            .await
+            .unwrap();
+        h.save_limits().await;
+        assert_eq!(
+            h.key_json(&id).await["credits"],
+            json!({"initial": 2000, "refill": refill}),
+            "the {every} refill amount changed"
+        );
+        // The list is drawn again with the new budget before its Limits button is used.
+        h.wait_js(&format!(
+            "(document.querySelector('tr[data-key-id=\"{id}\"] .col-limits') || \
+             {{textContent: ''}}).textContent.includes('of 2000 credits')"
+        ))
+        .await;
+        h.open_limits(&id).await;
+        let shown = h
+            .text(&format!("#limits-credits-refill option[value=\"{every}\"]"))
+            .await;
+        assert!(shown.contains("500"), "the dialog shows: {shown}");
+        h.css("#limits-cancel").await.click().await.unwrap();
+    }
+    h.finish().await;
+}

@@ -852,8 +852,13 @@
     $('limits-credits').value = c ? String(c.initial) : '';
     $('limits-credits-refill').value = c && c.refill ? c.refill.every : 'none';
     const day = c && c.refill && c.refill.every === 'monthly' ? c.refill.day : 1;
+    // A refill to another amount than the budget (set through the API) is shown with it: it
+    // is kept when the budget changes.
+    const to = (every) =>
+      c && c.refill && c.refill.every === every && c.refill.amount !== c.initial ? ' to ' + c.refill.amount : '';
+    $('limits-credits-refill').querySelector('option[value="daily"]').textContent = 'refilled' + to('daily') + ' daily';
     $('limits-credits-refill').querySelector('option[value="monthly"]').textContent =
-      day === 1 ? 'refilled on the 1st of each month' : 'refilled on day ' + day + ' of each month';
+      'refilled' + to('monthly') + (day === 1 ? ' on the 1st of each month' : ' on day ' + day + ' of each month');
     setLimitsError('');
     $('limits-dialog').showModal();
     $('limits-rate').focus();
@@ -910,10 +915,12 @@
     const kind = (c) => (c && c.refill ? c.refill.every : 'none');
     if (read.credits && had && read.credits.initial === had.initial && kind(read.credits) === kind(had)) {
       read.credits = had;
-    } else if (read.credits && kind(read.credits) === 'monthly' && kind(had) === 'monthly') {
-      // A new amount, refilled monthly as before: on the key's day of the month, which the
-      // dialog shows but has no field for (the API may have set another day than the 1st).
-      read.credits.refill.day = had.refill.day;
+    } else if (read.credits && kind(read.credits) !== 'none' && kind(read.credits) === kind(had)) {
+      // A new amount, refilled as before: on the key's day of the month, and to the key's
+      // refill amount when it is not the budget's, which the dialog shows but has no field for
+      // (the API may have set another day than the 1st, another amount than the budget).
+      if (kind(had) === 'monthly') read.credits.refill.day = had.refill.day;
+      if (had.refill.amount !== had.initial) read.credits.refill.amount = had.refill.amount;
     }
     const rateLimits = read.rate ? [read.rate] : [];
     const sameRate = JSON.stringify(

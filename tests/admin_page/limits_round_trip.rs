@@ -114,3 +114,49 @@ async fn changing_the_credits_keeps_a_refill_amount() {
     }
     h.finish().await;
 }
+
+/// Rate limits the dialog cannot show in full (several of them, or a window other than a
+/// second, minute, hour or day) are kept as they are when a manager changes only the credits:
+/// the rate fields were left as shown.
+#[tokio::test]
+async fn saving_only_credits_keeps_limits_the_dialog_cannot_show() {
+    let Some(h) = Harness::start("limits-several").await else {
+        return;
+    };
+    let (id, _) = h.create_key("Limited").await;
+    for (limits, credits) in [
+        (
+            json!([
+                {"name": "burst", "limit": 10, "window_ms": 1000, "scope": "key"},
+                {"name": "daily", "limit": 10_000, "window_ms": 86_400_000, "scope": "org"},
+            ]),
+            "50",
+        ),
+        (
+            json!([{"name": "half-minute", "limit": 100, "window_ms": 30_000, "scope": "key"}]),
+            "60",
+        ),
+    ] {
+        h.put_ok(&id, "limits", json!({ "rate_limits": limits }))
+            .await;
+        h.open_page().await;
+        h.open_limits(&id).await;
+        h.css("#limits-credits").await.clear().await.unwrap();
+        h.css("#limits-credits")
+            .await
+            .send_keys(credits)
+            .await
+            .unwrap();
+        h.save_limits().await;
+        let got = h.key_json(&id).await;
+        assert_eq!(
+            got["credits"]["initial"],
+            json!(credits.parse::<u64>().unwrap())
+        );
+        assert_eq!(
+            got["rate_limits"], limits,
+            "the rate limits were left as shown"
+        );
+    }
+    h.finish().await;
+}

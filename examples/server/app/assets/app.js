@@ -796,6 +796,11 @@
 
   // ---- usage limits --------------------------------------------------------------------------
 
+  // The name this page gives a rate limit: after its window ("per-day").
+  function limitName(windowMs) {
+    return 'per-' + (WINDOWS[windowMs] || windowMs + 'ms');
+  }
+
   // Reads a rate limit and a credit budget from a form: {rate, credits} (each null when its
   // field is empty), or {error, field}.
   function readLimits(rateId, windowId, creditsId, refillId, scopeId) {
@@ -816,7 +821,7 @@
     if (rate !== null) {
       const windowMs = Number($(windowId).value);
       const scope = scopeId && $(scopeId).value === 'org' ? 'org' : 'key';
-      out.rate = { name: 'per-' + WINDOWS[windowMs], limit: rate, window_ms: windowMs, scope };
+      out.rate = { name: limitName(windowMs), limit: rate, window_ms: windowMs, scope };
     }
     if (credits !== null) {
       const every = $(refillId).value;
@@ -840,12 +845,19 @@
     const limits = key.rate_limits || [];
     const first = limits[0];
     $('limits-rate').value = first ? String(first.limit) : '';
-    $('limits-rate-window').value = first && WINDOWS[first.window_ms] ? String(first.window_ms) : '60000';
+    // A window set through the API that the list does not offer is offered too, as it is.
+    const windows = $('limits-rate-window');
+    for (const o of Array.from(windows.options)) if (!WINDOWS[o.value]) o.remove();
+    if (first && !WINDOWS[first.window_ms]) {
+      windows.append(el('option', { text: 'per ' + windowText(first.window_ms), attrs: { value: first.window_ms } }));
+    }
+    windows.value = first ? String(first.window_ms) : '60000';
     $('limits-rate-scope').value = first && first.scope === 'org' ? 'org' : 'key';
     const note = $('limits-note');
     note.textContent =
-      limits.length > 1 || (first && !WINDOWS[first.window_ms])
-        ? 'This key has limits set through the API; saving replaces them with the one above.'
+      limits.length > 1
+        ? 'This key has ' + limits.length + ' rate limits, set through the API; the first is shown. ' +
+          'Changing it replaces them all with the one above.'
         : '';
     show(note, note.textContent !== '');
     const c = key.credits;
@@ -899,14 +911,14 @@
     }
     const key = d.key;
     const path = '/api/keys/' + encodeURIComponent(key.id);
-    // The dialog shows a limit's number, window and scope, not its name: a key's only limit
-    // keeps its name, which is what an organization-wide limit shares with the organization's
-    // other keys (a window change must not move it to another counter). Only a per-key limit
-    // named by this page after its window ("per-day") is renamed after its new one.
+    // The dialog shows a limit's number, window and scope, not its name: the limit shown keeps
+    // its name, which is what an organization-wide limit shares with the organization's other
+    // keys (a window change must not move it to another counter). Only a per-key limit named
+    // by this page after its window ("per-day") is renamed after its new one.
     const existing = key.rate_limits || [];
-    if (read.rate && existing.length === 1) {
+    if (read.rate && existing.length > 0) {
       const old = existing[0];
-      const derived = old.scope !== 'org' && old.name === 'per-' + WINDOWS[old.window_ms];
+      const derived = old.scope !== 'org' && old.name === limitName(old.window_ms);
       if (!derived || old.window_ms === read.rate.window_ms) read.rate.name = old.name;
     }
     // Likewise a budget left as shown (the same credits and refill kind) keeps its refill's
@@ -922,7 +934,13 @@
       if (kind(had) === 'monthly') read.credits.refill.day = had.refill.day;
       if (had.refill.amount !== had.initial) read.credits.refill.amount = had.refill.amount;
     }
-    const rateLimits = read.rate ? [read.rate] : [];
+    // Rate fields left as shown keep every limit as it is, those the dialog cannot show too.
+    const first = existing[0];
+    const asShown =
+      read.rate && first
+        ? read.rate.limit === first.limit && read.rate.window_ms === first.window_ms && read.rate.scope === first.scope
+        : !read.rate && !first;
+    const rateLimits = asShown ? existing : read.rate ? [read.rate] : [];
     const sameRate = JSON.stringify(
       (key.rate_limits || []).map((l) => [l.limit, l.window_ms, l.scope]),
     ) === JSON.stringify(rateLimits.map((l) => [l.limit, l.window_ms, l.scope]));

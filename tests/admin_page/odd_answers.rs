@@ -156,3 +156,78 @@ async fn a_late_key_is_not_shown_after_switching_identity() {
     );
     h.finish().await;
 }
+
+/// Escape pressed twice while a change is on its way closes neither the Limits dialog nor the
+/// confirmation dialog:
+/// Chromium lets a dialog refuse only one Escape per user activation and closes it on the next,
+/// so the dialog must not depend on refusing it.
+#[tokio::test]
+async fn escape_twice_while_a_dialog_is_busy_keeps_its_error_in_view() {
+    let Some(h) = Harness::start("odd-escape-twice").await else {
+        return;
+    };
+    let (id, _) = h.create_key("Held").await;
+    h.open_page().await;
+    h.js(HOLD_CHANGES).await;
+    h.open_limits(&id).await;
+    h.css("#limits-rate").await.send_keys("7").await.unwrap();
+    h.css("#limits-save").await.click().await.unwrap();
+    h.wait_js("window.__held.length === 1").await;
+    for _ in 0..2 {
+        press_escape(&h).await;
+    }
+    h.js("window.__held[0].resolve(new Response('upstream down', \
+          { status: 503, headers: { 'content-type': 'text/plain' } }));")
+        .await;
+    h.wait_js("!document.getElementById('limits-save').disabled")
+        .await;
+    assert_eq!(
+        h.js("return document.getElementById('limits-dialog').open;")
+            .await,
+        json!(true),
+        "the Limits dialog closed while saving; its error is out of sight"
+    );
+    assert_eq!(
+        h.text("#limits-error").await,
+        "Something went wrong (HTTP 503). Try again."
+    );
+    h.css("#limits-cancel").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('limits-dialog').open")
+        .await;
+
+    // The confirmation dialog (a revoke) likewise.
+    h.css(&format!("tr[data-key-id=\"{id}\"] .action-revoke"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('confirm-dialog').open")
+        .await;
+    h.css("#confirm-ok").await.click().await.unwrap();
+    h.wait_js("window.__held.length === 2").await;
+    for _ in 0..2 {
+        press_escape(&h).await;
+    }
+    h.js("window.__held[1].resolve(new Response('upstream down', \
+          { status: 503, headers: { 'content-type': 'text/plain' } }));")
+        .await;
+    h.wait_js("!document.getElementById('confirm-ok').disabled")
+        .await;
+    assert_eq!(
+        h.js("return document.getElementById('confirm-dialog').open;")
+            .await,
+        json!(true),
+        "the confirmation dialog closed while revoking; its error is out of sight"
+    );
+    h.finish().await;
+}
+
+/// Presses Escape wherever the focus is (a disabled button, too: no element is typed into).
+async fn press_escape(h: &Harness) {
+    use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+    let escape = char::from(Key::Escape);
+    let keys = KeyActions::new("keyboard".into())
+        .then(KeyAction::Down { value: escape })
+        .then(KeyAction::Up { value: escape });
+    h.browser.perform_actions(keys).await.unwrap();
+}

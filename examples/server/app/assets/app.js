@@ -1162,6 +1162,14 @@
 
   // ---- wiring --------------------------------------------------------------------------------
 
+  // A dialog's `cancel` event can be refused only once per user activation: Chromium closes the
+  // dialog on a second Escape whatever its handler does. Escape is therefore refused at its
+  // keydown, before it becomes a close request, while a dialog's request is in flight.
+  function refuseEscapeWhileBusy(ev) {
+    const open = $('limits-dialog').open || $('confirm-dialog').open;
+    if (ev.key === 'Escape' && state.busy && open) ev.preventDefault();
+  }
+
   function init() {
     $('session').addEventListener('change', (ev) => {
       switchSession(Number(ev.currentTarget.value));
@@ -1200,6 +1208,8 @@
       // Escape closes the dialog, except while a request is in flight.
       if (state.busy) ev.preventDefault();
     });
+    // Wherever the focus is (the button just pressed is disabled meanwhile).
+    document.addEventListener('keydown', refuseEscapeWhileBusy, true);
     dialog.addEventListener('close', onDialogClosed);
     loadSessions();
   }

@@ -222,6 +222,47 @@ async fn escape_twice_while_a_dialog_is_busy_keeps_its_error_in_view() {
     h.finish().await;
 }
 
+/// A session that ends while its Limits dialog is saving (a 401: expired, or the server
+/// restarted) closes the dialog, as it closes the confirmation dialog: the page moves on to the
+/// next identity still signed in, and a second Save must not send the first identity's change
+/// as that other one.
+#[tokio::test]
+async fn a_session_ending_while_saving_limits_closes_the_dialog() {
+    let Some(h) = Harness::start("odd-limits-401").await else {
+        return;
+    };
+    let (id, _) = h.create_key("Held").await;
+    h.open_page().await;
+    let before = h.text("#whoami").await;
+    // Held: the change only (the page's check of its other sessions is a plain fetch).
+    h.js(&HOLD_CHANGES.replace(
+        "init && init.method !== 'GET'",
+        "init && init.method === 'PUT'",
+    ))
+    .await;
+    h.open_limits(&id).await;
+    h.css("#limits-rate").await.send_keys("7").await.unwrap();
+    h.css("#limits-save").await.click().await.unwrap();
+    h.wait_js("window.__held.length === 1").await;
+    h.js("window.__held[0].resolve(new Response('{}', \
+          { status: 401, headers: { 'content-type': 'application/json' } }));")
+        .await;
+    let before_js = serde_json::to_string(&before).unwrap();
+    h.wait_js(&format!(
+        "document.getElementById('whoami').textContent.replace(/\\s+/g, ' ').trim() !== {before_js} && \
+         document.getElementById('whoami').textContent !== ''"
+    ))
+    .await;
+    assert_eq!(
+        h.js("return document.getElementById('limits-dialog').open;")
+            .await,
+        json!(false),
+        "the Limits dialog of the ended session is still open under {}",
+        h.text("#whoami").await
+    );
+    h.finish().await;
+}
+
 /// Presses Escape wherever the focus is (a disabled button, too: no element is typed into).
 async fn press_escape(h: &Harness) {
     use fantoccini::actions::{InputSource, KeyAction, KeyActions};

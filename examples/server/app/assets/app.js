@@ -331,6 +331,7 @@
     closeGenerate(false);
     dismissNewKey(false);
     if ($('confirm-dialog').open) closeDialog();
+    closeLimits();
     renderRole();
     renderKeys('Not signed in.');
     showError('You are not signed in. ' + LOGIN_HINT);
@@ -347,6 +348,7 @@
     state.me = null;
     closeGenerate(false);
     if ($('confirm-dialog').open) closeDialog();
+    closeLimits();
     renderRole();
     renderKeys('Your session has ended.');
     rechecking = (async () => {
@@ -384,6 +386,9 @@
     state.policy = null;
     closeGenerate(false);
     dismissNewKey(false);
+    // A dialog opened as the identity before is not carried over to this one.
+    if ($('confirm-dialog').open) closeDialog();
+    closeLimits();
     showError('');
     try {
       const me = await api('GET', '/api/whoami');

@@ -30,6 +30,7 @@ mod consistency;
 mod feed;
 mod outages;
 mod schema;
+mod tampering;
 
 const MASTER: [u8; 16] = *b"postgres-testkey";
 

@@ -25,6 +25,7 @@ mod concurrency;
 mod durability;
 mod files_and_tables;
 mod records;
+mod tampering;
 
 const MASTER: [u8; 16] = *b"sqlite-test-key!";
 const CHILD_ENV: &str = "API_KEYS_CRASH_CHILD_DB";

@@ -113,19 +113,36 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             return Ok(LeakVerdict::FalsePositive);
         }
         let mut stored = Zeroizing::new([0u8; SECRET_LEN]);
-        if rec.id != id || self.open(&self.keyring(), &rec, None, &mut stored).is_err() {
-            if rec.id != id {
-                self.audit_best_effort(
-                    AuditAction::IntegrityFailure,
-                    None,
-                    Some(&rec.org),
-                    Some(id),
-                );
-            }
+        // The main tag decides, as in `verify`: a key whose revocation details alone were
+        // forged still verifies, so its leaked token is genuine and gets it revoked
+        // (`revoke_for` replaces the details and reports the forgery).
+        let opened = if rec.id == id {
+            rec.open_replacing_details(&self.keyring(), &self.inner.prefix, id, &mut stored)
+        } else {
+            Err(Error::Integrity)
+        };
+        let Ok(details_authentic) = opened else {
+            self.audit_best_effort(
+                AuditAction::IntegrityFailure,
+                None,
+                Some(&rec.org),
+                Some(id),
+            );
             return Ok(LeakVerdict::FalsePositive);
-        }
+        };
         if !bool::from(crate::crypto::ct_eq_bytes(&stored, &presented)) {
             return Ok(LeakVerdict::FalsePositive);
+        }
+        if !details_authentic && rec.revoked_at.is_some() {
+            // Revoked (its main tag says so: `verify` refuses it) under forged details,
+            // which a no-op revocation would keep: genuine, and nothing to revoke.
+            self.audit_best_effort(
+                AuditAction::IntegrityFailure,
+                None,
+                Some(&rec.org),
+                Some(id),
+            );
+            return Ok(LeakVerdict::TruePositive);
         }
         let now = whole_seconds(self.inner.clock.now());
         let reason = RevocationReason::Leaked {

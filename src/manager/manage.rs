@@ -189,11 +189,14 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// (and audited) as done, so a retry's no-op does not leave it unaudited — unless another
     /// change to the key lands between the write and the read-back (the call then answers
     /// [`Error::Store`]), or the call's future is dropped after the write committed: the
-    /// revocation holds either way, only its audit event is missing.
+    /// revocation holds either way, only its audit event is missing. An active key whose
+    /// revocation details alone were forged in the database still verifies, so it is revoked
+    /// too: the revocation replaces the forged details (the forgery is audited).
     ///
     /// # Errors
-    /// [`Error::PermissionDenied`]; [`Error::NotFound`]; [`Error::Integrity`];
-    /// [`Error::Conflict`] after repeated lost races; [`Error::Store`]. A revocation is never
+    /// [`Error::PermissionDenied`]; [`Error::NotFound`]; [`Error::Integrity`] for a record
+    /// that fails its check (one that `verify` refuses as well, or a revoked key's forged
+    /// details); [`Error::Conflict`] after repeated lost races; [`Error::Store`]. A revocation is never
     /// refused for its revoker's id: a NUL (U+0000) in it, which PostgreSQL cannot store, is
     /// recorded as U+FFFD.
     pub async fn revoke(&self, actor: &Actor, id: &KeyId) -> Result<KeyInfo, Error> {
@@ -225,7 +228,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     ) -> Result<(KeyRecord, bool), Error> {
         let revoker = actor.and_then(|a| recordable_revoker(a.user()));
         let result = self
-            .modify(actor, id, |r| {
+            .modify_revoking(actor, id, |r| {
                 if r.revoked_at.is_some() {
                     return Ok(false);
                 }
@@ -271,7 +274,16 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 && r.created_by == *user
                 && KeyStatus::of(r, now) == KeyStatus::Active
         }) {
-            if !self.authentic(&keyring, r, Some(actor)) {
+            // The main tag only: a key whose revocation details alone were forged still
+            // verifies, so it is revoked too (the revocation replaces the details, and
+            // `revoke_for` reports the forgery).
+            if !r.main_tag_authentic(&keyring, &self.inner.prefix) {
+                self.audit_best_effort(
+                    AuditAction::IntegrityFailure,
+                    Some(actor),
+                    Some(&r.org),
+                    Some(r.id),
+                );
                 continue;
             }
             match self

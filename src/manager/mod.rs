@@ -415,6 +415,16 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         Ok(rec)
     }
 
+    /// Audits an integrity failure of `rec`.
+    fn integrity_failure(&self, actor: Option<&Actor>, rec: &KeyRecord) {
+        self.audit_best_effort(
+            AuditAction::IntegrityFailure,
+            actor,
+            Some(&rec.org),
+            Some(rec.id),
+        );
+    }
+
     /// Opens a record of this manager's class into `secret`, auditing an integrity failure.
     pub(crate) fn open(
         &self,
@@ -469,15 +479,59 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         &self,
         actor: Option<&Actor>,
         id: &KeyId,
+        change: impl FnMut(&mut KeyRecord) -> Result<bool, Error>,
+    ) -> Result<(KeyRecord, bool), Error> {
+        self.modify_checked(actor, id, false, change).await
+    }
+
+    /// [`KeyManager::modify`] for a revocation, whose change writes its own revoker and
+    /// reason over the revocation details of an active key. A record whose main tag passes
+    /// but whose details tag does not (details forged in the database) is reported, yet an
+    /// active one is still revoked: `verify` reads no details and accepts it, so refusing
+    /// would leave a working key that nobody can revoke. Nothing forged survives: the change
+    /// replaces every details field. A revoked one with forged details is `Integrity` (the
+    /// change would keep them).
+    pub(crate) async fn modify_revoking(
+        &self,
+        actor: Option<&Actor>,
+        id: &KeyId,
+        change: impl FnMut(&mut KeyRecord) -> Result<bool, Error>,
+    ) -> Result<(KeyRecord, bool), Error> {
+        self.modify_checked(actor, id, true, change).await
+    }
+
+    async fn modify_checked(
+        &self,
+        actor: Option<&Actor>,
+        id: &KeyId,
+        replaces_details: bool,
         mut change: impl FnMut(&mut KeyRecord) -> Result<bool, Error>,
     ) -> Result<(KeyRecord, bool), Error> {
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
         for _ in 0..CAS_RETRIES {
             let rec = self.load(actor, id).await?;
             let keyring = self.keyring();
-            self.open(&keyring, &rec, actor, &mut secret)?;
+            let details_authentic = if replaces_details {
+                let opened = rec
+                    .open_replacing_details(&keyring, &self.inner.prefix, rec.id, &mut secret)
+                    .inspect_err(|_| self.integrity_failure(actor, &rec))?;
+                if !opened {
+                    self.integrity_failure(actor, &rec);
+                    if rec.revoked_at.is_some() {
+                        return Err(Error::Integrity);
+                    }
+                }
+                opened
+            } else {
+                self.open(&keyring, &rec, actor, &mut secret)?;
+                true
+            };
             let mut next = rec.clone();
             if !change(&mut next)? {
+                // Forged details are never handed back as the record's.
+                if !details_authentic {
+                    return Err(Error::Integrity);
+                }
                 return Ok((rec, false));
             }
             // Revisions live in an `i64` column; one at the limit is corrupt, never wrapped.

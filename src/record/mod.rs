@@ -425,6 +425,38 @@ impl KeyRecord {
         self.decrypt_if(keys, expected, out)
     }
 
+    /// [`KeyRecord::open_into`] for a change that replaces the revocation details (a
+    /// revocation writes its own revoker and reason over them): checks the format, the key
+    /// version, the main tag (which covers the details tag as 16 fixed bytes) and the class,
+    /// decrypts, and says whether the details tag matches too. A key whose main tag passes is
+    /// one `verify` accepts, so forged details must never make it unrevocable; nothing of the
+    /// forged details survives the change, so re-sealing launders nothing.
+    ///
+    /// # Errors
+    /// As [`KeyRecord::open_into`], except for a details tag that does not match (`Ok(false)`).
+    pub(crate) fn open_replacing_details(
+        &self,
+        keyring: &Keyring,
+        class: &str,
+        expected: KeyId,
+        out: &mut Zeroizing<[u8; SECRET_LEN]>,
+    ) -> Result<bool, Error> {
+        let keys = self.check_main_tag(keyring, class)?;
+        let details = self.compute_details_tag(keys);
+        let authentic = bool::from(crate::crypto::ct_eq_bytes(
+            &details,
+            &self.sealed.details_tag,
+        ));
+        self.decrypt_if(keys, expected, out)?;
+        Ok(authentic)
+    }
+
+    /// Whether the main tag and the class check out (the revocation details unchecked): the
+    /// record is one `verify` accepts (see [`KeyRecord::open_replacing_details`]).
+    pub(crate) fn main_tag_authentic(&self, keyring: &Keyring, class: &str) -> bool {
+        self.check_main_tag(keyring, class).is_ok()
+    }
+
     /// [`KeyRecord::open_into`] for verification: checks the main tag (which covers the
     /// details tag as 16 fixed bytes) but does not recompute the details tag — `verify` needs
     /// none of the revocation details, and skipping them keeps the work the same for an

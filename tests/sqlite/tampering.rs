@@ -374,3 +374,102 @@ async fn unauthenticated_fields_grant_nothing() {
         ));
     }
 }
+/// Forged revocation details on a live key (a revoker and a reason, no revocation time):
+/// `verify` reads no revocation details and keeps accepting the key (SECURITY.md), so every
+/// way of revoking it must still work — a manager's `revoke`, a leak report (the token is
+/// genuine: `TruePositive`, not a false positive that leaves the leaked key working) and the
+/// departed-user offboarding — and the forged details are replaced, never shown as genuine.
+#[tokio::test]
+async fn forged_revocation_details_never_make_a_working_key_unrevocable() {
+    const FORGE: &str = "UPDATE api_keys SET record = json_set(record, '$.revoked_by', 'mallory', '$.revocation', json('{\"kind\":\"manual\"}')) WHERE id = '{live}'";
+    for how in ["revoke", "leak", "departed"] {
+        let f = fixture("tamper-details").await;
+        exec(&f.path, FORGE, &f.live.1, &f.revoked.1);
+        let events = Recorder::default();
+        let m = KeyManager::builder(SqliteStore::open(&f.path).unwrap(), keyring())
+            .audit(events.clone())
+            .build()
+            .unwrap();
+        m.verify(&f.live.0, &Scope::Prometheus).await.unwrap();
+        assert!(matches!(
+            m.get(&alice(), &f.live.1).await,
+            Err(Error::Integrity)
+        ));
+        match how {
+            "revoke" => {
+                let info = m
+                    .revoke(&alice(), &f.live.1)
+                    .await
+                    .unwrap_or_else(|e| panic!("revoke: {e:?}"));
+                assert_eq!(info.status, KeyStatus::Revoked);
+            }
+            "leak" => assert_eq!(
+                m.revoke_leaked(&f.live.0, "https://example.com/leak")
+                    .await
+                    .unwrap(),
+                api_keys::LeakVerdict::TruePositive,
+                "a genuine, working token was judged a false positive"
+            ),
+            _ => assert_eq!(
+                m.revoke_created_by(&alice(), &UserId::new("alice"))
+                    .await
+                    .unwrap(),
+                1,
+                "the departed user's working key was left active"
+            ),
+        }
+        assert!(
+            events.integrity_failures() >= 1,
+            "{how}: the forgery was not reported"
+        );
+        // Refused on this node and on a fresh one; the record is authentic again, and says
+        // who really revoked it.
+        assert!(matches!(
+            m.verify(&f.live.0, &Scope::Prometheus).await,
+            Err(Error::Revoked)
+        ));
+        let fresh = manager(SqliteStore::open(&f.path).unwrap());
+        assert!(matches!(
+            fresh.verify(&f.live.0, &Scope::Prometheus).await,
+            Err(Error::Revoked)
+        ));
+        let info = fresh.get(&alice(), &f.live.1).await.unwrap();
+        assert_eq!(info.status, KeyStatus::Revoked, "{how}");
+        assert!(
+            !matches!(info.revocation, Some(api_keys::RevocationReason::Manual)) || how == "revoke",
+            "{how}: {:?}",
+            info.revocation
+        );
+    }
+}
+
+/// Forged revocation details on a revoked key: it stays refused as revoked, and no
+/// management call shows the forged revoker as genuine.
+#[tokio::test]
+async fn forged_revocation_details_of_a_revoked_key_are_never_shown() {
+    let f = fixture("tamper-details-revoked").await;
+    exec(
+        &f.path,
+        "UPDATE api_keys SET record = json_set(record, '$.revoked_by', 'mallory') WHERE id = '{revoked}'",
+        &f.live.1,
+        &f.revoked.1,
+    );
+    let m = manager(SqliteStore::open(&f.path).unwrap());
+    assert!(matches!(
+        m.verify(&f.revoked.0, &Scope::Prometheus).await,
+        Err(Error::Revoked)
+    ));
+    let got = m.revoke(&alice(), &f.revoked.1).await;
+    assert!(matches!(got, Err(Error::Integrity)), "revoke: {got:?}");
+    let got = m
+        .revoke_leaked(&f.revoked.0, "https://example.com/leak")
+        .await;
+    assert!(
+        matches!(got, Ok(api_keys::LeakVerdict::TruePositive)),
+        "leak: {got:?}"
+    );
+    assert!(matches!(
+        m.get(&alice(), &f.revoked.1).await,
+        Err(Error::Integrity)
+    ));
+}

@@ -533,8 +533,14 @@ impl KeyRecord {
 
     /// Checks the format, the key version and (in constant time) the main tag, which covers
     /// the record's own class.
+    ///
+    /// A record at the last revision (`i64::MAX`, or beyond) fails too: no write can follow
+    /// it, so not even a revocation could ever stop it. The revision is not under the tag;
+    /// only an edit in the database puts a record there (a write per nanosecond would take
+    /// three centuries), and such a record must fail closed, not work for good.
     fn check_tag<'k>(&self, keyring: &'k Keyring) -> Result<&'k Subkeys, Error> {
-        if self.format != RECORD_FORMAT || !self.is_canonical() {
+        if self.format != RECORD_FORMAT || self.revision >= i64::MAX as u64 || !self.is_canonical()
+        {
             return Err(Error::Integrity);
         }
         let keys = keyring

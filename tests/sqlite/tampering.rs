@@ -473,3 +473,54 @@ async fn forged_revocation_details_of_a_revoked_key_are_never_shown() {
         Err(Error::Integrity)
     ));
 }
+
+/// `revision` is not under the tag, and a record at the largest revision can never be
+/// changed again (`revoke` would need the next one): a row edited to it must not verify,
+/// or it would be a working key that no call but `delete` can stop.
+#[tokio::test]
+async fn a_revision_at_its_limit_fails_closed() {
+    let f = fixture("tamper-revision").await;
+    exec(
+        &f.path,
+        "UPDATE api_keys SET revision = 9223372036854775807, record = json_set(record, '$.revision', 9223372036854775807) WHERE id = '{live}'",
+        &f.live.1,
+        &f.revoked.1,
+    );
+    let m = manager(SqliteStore::open(&f.path).unwrap());
+    let got = m.verify(&f.live.0, &Scope::Prometheus).await;
+    assert!(
+        matches!(got, Err(Error::Integrity)),
+        "a key that cannot be revoked verifies: {:?}",
+        got.map(|v| *v.key_id())
+    );
+    assert!(matches!(
+        m.revoke(&alice(), &f.live.1).await,
+        Err(Error::Integrity)
+    ));
+    assert!(matches!(
+        m.get(&alice(), &f.live.1).await,
+        Err(Error::Integrity)
+    ));
+    assert_eq!(
+        m.revoke_leaked(&f.live.0, "https://example.com/leak")
+            .await
+            .unwrap(),
+        api_keys::LeakVerdict::FalsePositive
+    );
+    m.delete(&alice(), &f.live.1).await.unwrap();
+    // One below the limit still takes its revocation.
+    let f = fixture("tamper-revision-below").await;
+    exec(
+        &f.path,
+        "UPDATE api_keys SET revision = 9223372036854775806, record = json_set(record, '$.revision', 9223372036854775806) WHERE id = '{live}'",
+        &f.live.1,
+        &f.revoked.1,
+    );
+    let m = manager(SqliteStore::open(&f.path).unwrap());
+    m.verify(&f.live.0, &Scope::Prometheus).await.unwrap();
+    m.revoke(&alice(), &f.live.1).await.unwrap();
+    assert!(matches!(
+        m.verify(&f.live.0, &Scope::Prometheus).await,
+        Err(Error::Revoked)
+    ));
+}

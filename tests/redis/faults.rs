@@ -363,7 +363,7 @@ async fn local_first_a_costly_verification_dropped_during_its_call_leaves_a_leas
 }
 
 /// Polls a future to its end on this thread, with no runtime of any kind.
-fn block_on_plain<F: std::future::Future>(f: F) -> F::Output {
+pub(crate) fn block_on_plain<F: std::future::Future>(f: F) -> F::Output {
     struct Unpark(std::thread::Thread);
     impl std::task::Wake for Unpark {
         fn wake(self: Arc<Self>) {

@@ -217,3 +217,4 @@ async fn consume_once(engine: &RedisCounters, req: UsageRequest<'_>) -> Decision
     .unwrap()
 }
 mod faults;
+mod runtime_gone;

@@ -3,6 +3,7 @@
 //! any Tokio runtime).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use redis::{ErrorKind, RedisError, ServerErrorKind};
@@ -10,13 +11,62 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 use super::{RedisCounters, unavailable};
 use crate::limits::engine::CounterError;
 
-/// A future polled inside the runtime `rt` (entered for each poll), for a caller outside any.
-struct InRuntime<F> {
-    rt: tokio::runtime::Handle,
+/// The runtime the engine was built in, and whether it still runs: a runtime shut down (its
+/// `Runtime` dropped) still hands out its handle, but its timers panic when polled ("A Tokio
+/// 1.x context was found, but it is being shutdown"), the connection's own retry timer
+/// included.
+pub(super) struct OwnRuntime {
+    handle: tokio::runtime::Handle,
+    alive: Arc<AtomicBool>,
+    /// Dropped with the engine, it ends the task holding [`Alive`].
+    _engine: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Held by a task of the runtime that lasts as long as the engine: dropped (with every task)
+/// when the runtime shuts down, before its timers and I/O stop.
+struct Alive(Arc<AtomicBool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl OwnRuntime {
+    /// The current runtime, if any.
+    pub(super) fn current() -> Option<Self> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let alive = Arc::new(AtomicBool::new(true));
+        let guard = Alive(Arc::clone(&alive));
+        let (engine, dropped) = tokio::sync::oneshot::channel();
+        handle.spawn(async move {
+            let _guard = guard;
+            let _ = dropped.await;
+        });
+        Some(OwnRuntime {
+            handle,
+            alive,
+            _engine: engine,
+        })
+    }
+
+    /// Its handle while it runs.
+    fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.alive
+            .load(Ordering::Acquire)
+            .then(|| self.handle.clone())
+    }
+}
+
+/// A call polled inside the engine's own runtime `rt` (entered for each poll), for a caller
+/// outside any; [`CounterError::Unavailable`] once that runtime shut down, even midway (its
+/// timers would panic).
+struct InRuntime<'a, F> {
+    rt: &'a OwnRuntime,
     f: std::pin::Pin<Box<F>>,
 }
 
-impl<F: Future> Future for InRuntime<F> {
+impl<T, F: Future<Output = Result<T, CounterError>>> Future for InRuntime<'_, F> {
     type Output = F::Output;
 
     fn poll(
@@ -24,7 +74,10 @@ impl<F: Future> Future for InRuntime<F> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
         let this = &mut *self;
-        let _in = this.rt.enter();
+        let Some(handle) = this.rt.handle() else {
+            return std::task::Poll::Ready(Err(unavailable(None)));
+        };
+        let _in = handle.enter();
         this.f.as_mut().poll(cx)
     }
 }
@@ -83,7 +136,7 @@ impl RedisCounters {
     pub(super) fn runtime(&self) -> Option<tokio::runtime::Handle> {
         tokio::runtime::Handle::try_current()
             .ok()
-            .or_else(|| self.inner.runtime.clone())
+            .or_else(|| self.inner.runtime.as_ref()?.handle())
     }
 
     pub(super) fn now_ms(&self) -> u64 {
@@ -138,7 +191,7 @@ impl RedisCounters {
         if tokio::runtime::Handle::try_current().is_ok() {
             return self.call_here(f).await;
         }
-        match self.inner.runtime.clone() {
+        match &self.inner.runtime {
             Some(rt) => {
                 InRuntime {
                     rt,

@@ -215,7 +215,7 @@ impl RedisCountersBuilder {
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| unavailable(Some(e)))?;
         // The runtime the connection runs on (it needs one: `new_lazy_with_config` spawns).
-        let runtime = tokio::runtime::Handle::try_current().ok();
+        let runtime = call::OwnRuntime::current();
         Ok(RedisCounters {
             inner: Arc::new(Inner {
                 conn,
@@ -270,7 +270,7 @@ struct Inner {
     stats: Decided,
     /// The runtime the engine was built in: local-first's calls and timers run there when a
     /// verification is polled outside any Tokio runtime (a host's own executor).
-    runtime: Option<tokio::runtime::Handle>,
+    runtime: Option<call::OwnRuntime>,
 }
 
 /// Local-first: how verifications were decided.

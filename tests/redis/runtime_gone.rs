@@ -1,0 +1,63 @@
+//! A verification polled outside any Tokio runtime runs its Redis call in the runtime the
+//! engine was built in: once that runtime shut down, the call is unavailable, not a panic.
+
+use super::*;
+
+/// Runs `f` on a thread of its own, outside any runtime; its panic message if it panicked.
+fn outside_any_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, Option<String>> {
+    std::thread::scope(|s| {
+        s.spawn(f).join().map_err(|p| {
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        })
+    })
+}
+
+/// The engine built in a runtime that was then shut down (dropped), before its connection
+/// was first used, or after: a strict verification polled outside any runtime entered the
+/// dead runtime, whose timers (the call's timeout, the connection's own retry delay) panic
+/// ("A Tokio 1.x context was found, but it is being shutdown"). It is `Unavailable` instead.
+#[test]
+fn strict_after_the_engines_runtime_shut_down_is_unavailable_not_a_panic() {
+    let Some(url) =
+        redis_url("strict_after_the_engines_runtime_shut_down_is_unavailable_not_a_panic")
+    else {
+        return;
+    };
+    let org = api_keys::OrgId::new("acme");
+    let limits = [RateLimit::new("hour", 2, StdDuration::from_secs(3600))];
+    let req = |key| UsageRequest {
+        key,
+        org: &org,
+        limits: &limits,
+        credits: None,
+        cost: 1,
+        now_ms: 1_800_000,
+    };
+    for connected_first in [false, true] {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (engine, _conn) = rt.block_on(strict_with_connection(&url, &prefix()));
+        if connected_first {
+            rt.block_on(consume_once(&engine, req(random_key().0)));
+        }
+        drop(rt);
+        let key = random_key().0;
+        let out = outside_any_runtime(|| {
+            super::faults::block_on_plain(async {
+                match engine.consume(req(key)) {
+                    Consumed::Ready(r) => r,
+                    Consumed::Pending(f) => f.await,
+                }
+            })
+        });
+        match out {
+            Ok(Err(api_keys::CounterError::Unavailable(_))) => {}
+            other => panic!("connected first: {connected_first}: {other:?}"),
+        }
+    }
+}

@@ -61,3 +61,55 @@ fn strict_after_the_engines_runtime_shut_down_is_unavailable_not_a_panic() {
         }
     }
 }
+
+/// The engine built in a current-thread runtime that nobody is blocked on afterwards (a host
+/// that built it with `block_on` and verifies from threads of its own): that runtime runs
+/// neither the connection nor its timers, so a verification polled outside any runtime
+/// waited forever instead of ending at the engine's timeout. It is `Unavailable` at the
+/// timeout now. (The wait below only bounds a hang; the timeout is 50 ms.)
+#[test]
+fn strict_with_the_engines_current_thread_runtime_idle_ends_at_the_timeout() {
+    let Some(url) =
+        redis_url("strict_with_the_engines_current_thread_runtime_idle_ends_at_the_timeout")
+    else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let engine = rt.block_on(async {
+        RedisCounters::builder(&url)
+            .prefix(prefix())
+            .timeout(StdDuration::from_millis(50))
+            .build()
+            .unwrap()
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let caller = std::thread::spawn(move || {
+        let org = api_keys::OrgId::new("acme");
+        let limits = [RateLimit::new("hour", 2, StdDuration::from_secs(3600))];
+        let req = UsageRequest {
+            key: random_key().0,
+            org: &org,
+            limits: &limits,
+            credits: None,
+            cost: 1,
+            now_ms: 1_800_000,
+        };
+        let d = super::faults::block_on_plain(async {
+            match engine.consume(req) {
+                Consumed::Ready(r) => r,
+                Consumed::Pending(f) => f.await,
+            }
+        });
+        let _ = tx.send(d);
+    });
+    let d = rx.recv_timeout(StdDuration::from_secs(60));
+    assert!(
+        matches!(d, Ok(Err(api_keys::CounterError::Unavailable(_)))),
+        "{d:?}"
+    );
+    caller.join().unwrap();
+    drop(rt);
+}

@@ -60,10 +60,13 @@ impl OwnRuntime {
 
 /// A call polled inside the engine's own runtime `rt` (entered for each poll), for a caller
 /// outside any; [`CounterError::Unavailable`] once that runtime shut down, even midway (its
-/// timers would panic).
+/// timers would panic), and at the engine's timeout by a timer of its own (that runtime may
+/// not be driving its timers and I/O: a current-thread runtime nobody is blocked on).
 struct InRuntime<'a, F> {
+    engine: &'a RedisCounters,
     rt: &'a OwnRuntime,
     f: std::pin::Pin<Box<F>>,
+    deadline: Option<(std::time::Instant, super::deadline::Slot)>,
 }
 
 impl<T, F: Future<Output = Result<T, CounterError>>> Future for InRuntime<'_, F> {
@@ -77,8 +80,32 @@ impl<T, F: Future<Output = Result<T, CounterError>>> Future for InRuntime<'_, F>
         let Some(handle) = this.rt.handle() else {
             return std::task::Poll::Ready(Err(unavailable(None)));
         };
-        let _in = handle.enter();
-        this.f.as_mut().poll(cx)
+        let polled = {
+            let _in = handle.enter();
+            this.f.as_mut().poll(cx)
+        };
+        if polled.is_ready() {
+            return polled;
+        }
+        match &this.deadline {
+            None => {
+                let at = std::time::Instant::now() + this.engine.inner.timeout;
+                let slot = Arc::new(std::sync::Mutex::new(cx.waker().clone()));
+                super::deadline::wake_at(at, &slot);
+                this.deadline = Some((at, slot));
+            }
+            Some((at, _)) if std::time::Instant::now() >= *at => {
+                // Timed out, as the call's own timeout would have said.
+                this.engine.record(false);
+                return std::task::Poll::Ready(Err(unavailable(None)));
+            }
+            Some((_, slot)) => {
+                slot.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone_from(cx.waker());
+            }
+        }
+        std::task::Poll::Pending
     }
 }
 
@@ -194,8 +221,10 @@ impl RedisCounters {
         match &self.inner.runtime {
             Some(rt) => {
                 InRuntime {
+                    engine: self,
                     rt,
                     f: Box::pin(self.call_here(f)),
+                    deadline: None,
                 }
                 .await
             }

@@ -31,6 +31,7 @@
 
 mod call;
 use call::Breaker;
+mod deadline;
 mod lease;
 mod lease_id;
 mod local_first;

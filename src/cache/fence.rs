@@ -29,7 +29,7 @@ impl Cache {
 pub(crate) struct Fence<'a> {
     cache: &'a Cache,
     id: KeyId,
-    ticket: Option<FillTicket>,
+    ticket: Option<FillTicket<'a>>,
 }
 
 impl Fence<'_> {

@@ -57,6 +57,9 @@ use std::hash::BuildHasher;
 
 mod feed;
 mod fence;
+mod reads;
+
+pub(crate) use reads::FillTicket;
 
 const SHARDS: usize = 64;
 
@@ -108,14 +111,6 @@ struct Shard {
     map: HashTable<Entry>,
 }
 
-/// A ticket taken before a store read: the shard generation and the time the read began.
-pub(crate) struct FillTicket {
-    generation: u64,
-    started: Instant,
-    ttl: Duration,
-    epoch: u16,
-}
-
 /// The feed's trust, changed under [`Cache::trust_lock`], read lock-free from `trust`.
 struct TrustState {
     epoch: u16,
@@ -127,6 +122,8 @@ struct TrustState {
 
 pub(crate) struct Cache {
     shards: Box<[Padded]>,
+    /// Each shard's store reads in flight, by id ([`reads`]).
+    reads: Box<[reads::Reads]>,
     hasher: foldhash::fast::FixedState,
     fingerprint_key: Aes128,
     feed: AtomicU8,
@@ -172,6 +169,7 @@ impl Cache {
             .collect();
         Ok(Cache {
             shards,
+            reads: (0..SHARDS).map(|_| reads::Reads::default()).collect(),
             hasher: foldhash::fast::FixedState::with_seed(seed),
             fingerprint_key: Aes128::new(GenericArray::from_slice(&*key)),
             feed: AtomicU8::new(FEED_NONE),
@@ -326,7 +324,8 @@ impl Cache {
     }
 
     /// Takes a ticket before reading `id` from the store.
-    pub(crate) fn ticket(&self, id: &KeyId) -> FillTicket {
+    pub(crate) fn ticket(&self, id: &KeyId) -> FillTicket<'_> {
+        self.begin_read(id);
         let started = Instant::now();
         // The generation first, under the shard lock, then the feed state: a flush orders
         // `feed.store` before its shard write, so a ticket that saw the post-flush generation
@@ -350,11 +349,13 @@ impl Cache {
             started,
             ttl,
             epoch,
+            cache: self,
+            id: *id,
         }
     }
 
     /// Installs what a store read returned, unless an invalidation happened since the ticket.
-    pub(crate) fn fill(&self, ticket: FillTicket, facts: Arc<Facts>, fingerprint: Fingerprint) {
+    pub(crate) fn fill(&self, ticket: FillTicket<'_>, facts: Arc<Facts>, fingerprint: Fingerprint) {
         self.put(ticket, facts, fingerprint, false, true);
     }
 
@@ -363,7 +364,7 @@ impl Cache {
     /// before the write committed). Without `evict`, a full shard takes no new entry.
     fn put(
         &self,
-        ticket: FillTicket,
+        ticket: FillTicket<'_>,
         facts: Arc<Facts>,
         fingerprint: Fingerprint,
         supersede: bool,
@@ -394,9 +395,16 @@ impl Cache {
             }
             return;
         }
+        let started = self.ns(ticket.started);
+        // A newer read of the id found it gone, or its entry was evicted: not undone.
+        if self.fenced(&id, started) {
+            if supersede {
+                self.forget_in(&mut shard, &id);
+            }
+            return;
+        }
         // A TTL too large for the clock means "do not cache", never a panic; a write's
         // record then still removes what a fill during the write put here.
-        let started = self.ns(ticket.started);
         let (Some(valid_until), Some(fresh_until)) = (
             self.ns_len(ticket.ttl).and_then(|d| started.checked_add(d)),
             self.ns_len(self.fallback_ttl)
@@ -461,13 +469,17 @@ impl Cache {
     /// A store read (begun at `ticket`) found no record for `id` that this node can use (the
     /// key is gone, or its record fails its integrity check), so an entry read before that
     /// is forgotten like an invalidated one (a revoked one still answers "revoked" to stale
-    /// serving only), and a fill still in flight from an older read is fenced off — otherwise
-    /// it could be served stale later, although this node saw the key deleted or tampered.
-    /// Nothing changes (no generation moves, no write lock is taken) when no such entry
-    /// exists, so a flood of unknown ids neither fences off other keys' fills nor holds up
-    /// the verifications reading their shard.
-    pub(crate) fn gone(&self, ticket: FillTicket, id: &KeyId) {
+    /// serving only), and a fill still in flight from an older read of `id` is fenced off —
+    /// otherwise it could be served stale later, although this node saw the key deleted or
+    /// tampered. The fence is `id`'s alone, set in the shard's table of reads in flight
+    /// ([`reads`]), and the shard's write lock is taken (and its generation moved) only when
+    /// an older entry exists: a flood of unknown ids neither fences off other keys' fills nor
+    /// holds up the verifications reading their shard.
+    pub(crate) fn gone(&self, ticket: FillTicket<'_>, id: &KeyId) {
         let started = self.ns(ticket.started);
+        // Before the probe: an older read that fills after it is fenced off; one that filled
+        // before it (it leaves the reads in flight only after its fill) is found below.
+        self.fence_reads(id, started);
         let lock = self.shard(id);
         let read = lock.read().unwrap_or_else(PoisonError::into_inner);
         if !self.older_in(&read, id, started) {
@@ -500,7 +512,7 @@ impl Cache {
     /// [`Cache::fill`], but only if the shard has room: never evicts another entry.
     pub(crate) fn fill_if_room(
         &self,
-        ticket: FillTicket,
+        ticket: FillTicket<'_>,
         facts: Arc<Facts>,
         fingerprint: Fingerprint,
     ) {

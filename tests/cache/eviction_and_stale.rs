@@ -81,7 +81,7 @@ async fn wrong_secrets_never_evict_another_key() {
 }
 
 /// The cache shard of a key: the id's value (base62, `0-9A-Za-z`) modulo the 64 shards.
-fn shard_of(id: &str) -> u64 {
+pub(super) fn shard_of(id: &str) -> u64 {
     let mut v: u64 = 0;
     for c in id.bytes() {
         let d = match c {
@@ -243,7 +243,7 @@ fn stale_node(store: &CountingStore) -> (KeyManager<CountingStore>, Recorder) {
 
 /// Makes the store unreachable (`fail_get`), then presents `token` to `m`: whether it was
 /// refused and nothing was served stale.
-async fn refused_in_outage<S: KeyStore + 'static>(
+pub(super) async fn refused_in_outage<S: KeyStore + 'static>(
     m: &KeyManager<S>,
     fail_get: &std::sync::atomic::AtomicBool,
     token: &str,

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 mod eviction_and_stale;
 mod feed;
+mod older_reads;
 mod races;
 
 /// The pause of the next `get`: "I have read" and "go on".

@@ -459,8 +459,12 @@ impl Cache {
                 && let Some(victim) = shard.map.iter().next().map(|e| e.id)
                 && let Ok(found) = shard.map.find_entry(self.hash(&victim), |e| e.id == victim)
             {
+                let at = found.get().started;
                 found.remove();
                 crate::metrics::cache_evicted(1);
+                // An older read of the victim still in flight must not put back what a newer
+                // read replaced (revoked, say): the table no longer holds the newer entry.
+                self.fence_reads(&victim, at);
             }
         }
         shard.map.insert_unique(hash, entry, rehash);

@@ -41,3 +41,52 @@ async fn an_older_read_finishing_after_the_key_was_read_as_deleted_never_puts_it
         "a key this node had read as deleted was accepted again from an older read's entry"
     );
 }
+
+/// The same race as `an_older_read_finishing_last_never_replaces_a_newer_entry`, when the
+/// newer (revoked) entry is evicted from a full shard before the older read finishes: the
+/// older read's record must not come back in its place, or the node, which has refused the
+/// key as revoked, accepts it again as a stale entry once the store is unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_read_finishing_after_the_newer_entry_was_evicted_never_replaces_it() {
+    let store = PausingStore::default();
+    let audit = Recorder::default();
+    // 64 entries over 64 shards: one per shard.
+    let m = KeyManager::builder(store.clone(), keyring())
+        .cache_capacity(64)
+        .cache_fallback_ttl(StdDuration::from_millis(100))
+        .serve_stale_while_store_unreachable(StdDuration::from_secs(600))
+        .audit(audit.clone())
+        .build()
+        .unwrap();
+    let other = KeyManager::builder(store.inner.clone(), keyring())
+        .policy(Policy::default().max_active_keys(1000))
+        .build()
+        .unwrap();
+    // Two keys of one cache shard.
+    let mut by_shard: std::collections::HashMap<u64, (String, KeyId)> = Default::default();
+    let ((token, id), (neighbour, _)) = loop {
+        let (key, info) = other.generate(&alice(), prom()).await.unwrap();
+        let slot = shard_of(&info.id.to_string());
+        let this = (key.expose_secret().to_string(), info.id);
+        if let Some(first) = by_shard.insert(slot, this.clone()) {
+            break (first, this);
+        }
+    };
+    // The first read holds the active record ...
+    let (read, go_on) = arm(&store.pause);
+    let first = spawn_verify(&m, &token);
+    read.await.unwrap();
+    // ... another node revokes the key, and a second read sees that ...
+    other.revoke(&alice(), &id).await.unwrap();
+    assert!(is_revoked(&m, &token).await);
+    // ... whose entry the neighbour's then evicts from the full shard.
+    m.verify(&neighbour, &Scope::Prometheus).await.unwrap();
+    // The first read finishes last (it began before the revoke: accepting it is fine).
+    go_on.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    tokio::time::sleep(StdDuration::from_millis(150)).await;
+    assert!(
+        refused_in_outage(&m, &store.fail_get, &token, &audit).await,
+        "a key this node had read as revoked was accepted again from an older read's entry"
+    );
+}

@@ -77,20 +77,32 @@ async fn page_is_served_with_a_strict_policy() {
     });
     let http: HttpClient<HttpConnector, Full<Bytes>> =
         HttpClient::builder(TokioExecutor::new()).build_http();
-    for (path, content_type) in [
+    let mut files = vec![
         ("/settings/api-keys", "text/html; charset=utf-8"),
-        (
-            "/settings/api-keys/app.js",
-            "text/javascript; charset=utf-8",
-        ),
         ("/settings/api-keys/style.css", "text/css; charset=utf-8"),
-    ] {
+    ];
+    for (path, _) in app::page::SCRIPTS {
+        files.push((path, "text/javascript; charset=utf-8"));
+    }
+    let mut page_headers = None;
+    for (path, content_type) in files {
         let res = http
             .get(format!("http://{addr}{path}").parse().unwrap())
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{path}");
         let h = res.headers();
+        // Every file carries the page's own headers, but for its type and length.
+        let mut same = h.clone();
+        for name in ["content-type", "content-length", "date"] {
+            same.remove(name);
+        }
+        assert_eq!(
+            page_headers.get_or_insert_with(|| same.clone()),
+            &same,
+            "{path}"
+        );
+        assert_eq!(h["cache-control"], "no-cache", "{path}");
         assert_eq!(h["content-type"], content_type, "{path}");
         assert_eq!(
             h["content-security-policy"],
@@ -104,11 +116,21 @@ async fn page_is_served_with_a_strict_policy() {
     server.abort();
 
     let html = include_str!("../../examples/server/app/assets/index.html");
-    let js = include_str!("../../examples/server/app/assets/app.js");
     for (i, piece) in html.split("<script").enumerate().skip(1) {
         let tag = piece.split('>').next().unwrap();
         assert!(tag.contains("src=\"/"), "inline script #{i}");
     }
+    // The page loads every script served, in order, each deferred, and nothing else.
+    let loaded: Vec<String> = html
+        .split("<script")
+        .skip(1)
+        .map(|piece| piece.split('>').next().unwrap().trim().to_owned())
+        .collect();
+    let served: Vec<String> = app::page::SCRIPTS
+        .iter()
+        .map(|(path, _)| format!("src=\"{path}\" defer"))
+        .collect();
+    assert_eq!(loaded, served);
     assert!(!html.contains("style="), "inline style attribute");
     assert!(!html.contains("<style"), "inline style element");
     assert!(!has_event_handler_attribute(html), "inline event handler");
@@ -127,12 +149,14 @@ async fn page_is_served_with_a_strict_policy() {
         "new Function",
         "document.cookie",
     ] {
-        let code: String = js
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("//"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        assert!(!code.contains(banned), "app.js uses {banned}");
+        for (path, js) in app::page::SCRIPTS {
+            let code: String = js
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(!code.contains(banned), "{path} uses {banned}");
+        }
     }
 }
 

@@ -1,9 +1,10 @@
-//! The "Settings → API Keys" admin page: one HTML file, one stylesheet and one script, embedded
-//! in the binary with `include_str!` (no build step, no CDN, nothing fetched from elsewhere).
+//! The "Settings → API Keys" admin page: one HTML file, one stylesheet and a few plain scripts
+//! (one per capability, loaded in order with `defer`), embedded in the binary with `include_str!`
+//! (no build step, no CDN, nothing fetched from elsewhere).
 //!
 //! The page talks to the JSON management routes with `fetch`, sending the demo session in the
 //! `X-Demo-Session` header (no cookies, so no CSRF surface). Every response of this module carries
-//! a strict Content-Security-Policy: only this server's own script and stylesheet run, no inline
+//! a strict Content-Security-Policy: only this server's own scripts and stylesheet run, no inline
 //! script or style, no frames, no form submissions, no connections elsewhere.
 
 use axum::Router;
@@ -15,8 +16,37 @@ use super::AppState;
 
 /// Where the page lives.
 pub const PAGE_PATH: &str = "/settings/api-keys";
-/// The page's script.
-pub const SCRIPT_PATH: &str = "/settings/api-keys/app.js";
+/// The page's scripts, in the order the page loads them: the path each is served at, and its
+/// text. `core.js` makes the namespace the others share; `main.js` wires the controls and starts.
+pub const SCRIPTS: [(&str, &str); 9] = [
+    ("/settings/api-keys/core.js", include_str!("assets/core.js")),
+    (
+        "/settings/api-keys/format.js",
+        include_str!("assets/format.js"),
+    ),
+    (
+        "/settings/api-keys/session.js",
+        include_str!("assets/session.js"),
+    ),
+    ("/settings/api-keys/keys.js", include_str!("assets/keys.js")),
+    (
+        "/settings/api-keys/limits.js",
+        include_str!("assets/limits.js"),
+    ),
+    (
+        "/settings/api-keys/new-key.js",
+        include_str!("assets/new-key.js"),
+    ),
+    (
+        "/settings/api-keys/generate.js",
+        include_str!("assets/generate.js"),
+    ),
+    (
+        "/settings/api-keys/confirm.js",
+        include_str!("assets/confirm.js"),
+    ),
+    ("/settings/api-keys/main.js", include_str!("assets/main.js")),
+];
 /// The page's stylesheet.
 pub const STYLE_PATH: &str = "/settings/api-keys/style.css";
 
@@ -27,24 +57,26 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      form-action 'none'; frame-ancestors 'none'";
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
-const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
 const FAVICON_SVG: &str = include_str!("assets/favicon.svg");
 
 /// The icon (also answered at `/favicon.ico`, which browsers ask for on their own).
 pub const FAVICON_PATH: &str = "/favicon.svg";
 
-/// The page's routes: the HTML at [`PAGE_PATH`], its script, stylesheet and icon, and `/`
+/// The page's routes: the HTML at [`PAGE_PATH`], its scripts, stylesheet and icon, and `/`
 /// and `/settings` redirecting to the page.
 pub fn routes() -> Router<AppState> {
-    Router::new()
+    let mut router = Router::new()
         .route("/", get(settings))
         .route("/settings", get(settings))
         .route(FAVICON_PATH, get(favicon))
         .route("/favicon.ico", get(favicon))
         .route(PAGE_PATH, get(index))
-        .route(SCRIPT_PATH, get(script))
-        .route(STYLE_PATH, get(style))
+        .route(STYLE_PATH, get(style));
+    for (path, text) in SCRIPTS {
+        router = router.route(path, get(move || script(text)));
+    }
+    router
 }
 
 async fn settings() -> Response {
@@ -58,8 +90,8 @@ async fn index() -> Response {
     asset(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML)
 }
 
-async fn script() -> Response {
-    asset(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS)
+async fn script(text: &'static str) -> Response {
+    asset(StatusCode::OK, "text/javascript; charset=utf-8", text)
 }
 
 async fn favicon() -> Response {

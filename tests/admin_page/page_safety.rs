@@ -77,10 +77,10 @@ async fn page_is_served_with_a_strict_policy() {
     });
     let http: HttpClient<HttpConnector, Full<Bytes>> =
         HttpClient::builder(TokioExecutor::new()).build_http();
-    let mut files = vec![
-        ("/settings/api-keys", "text/html; charset=utf-8"),
-        ("/settings/api-keys/style.css", "text/css; charset=utf-8"),
-    ];
+    let mut files = vec![("/settings/api-keys", "text/html; charset=utf-8")];
+    for (path, _) in app::page::STYLESHEETS {
+        files.push((path, "text/css; charset=utf-8"));
+    }
     for (path, _) in app::page::SCRIPTS {
         files.push((path, "text/javascript; charset=utf-8"));
     }
@@ -131,6 +131,15 @@ async fn page_is_served_with_a_strict_policy() {
         .map(|(path, _)| format!("src=\"{path}\" defer"))
         .collect();
     assert_eq!(loaded, served);
+    // Likewise every stylesheet, in order.
+    let linked: Vec<&str> = html
+        .split("<link rel=\"stylesheet\" href=\"")
+        .skip(1)
+        .map(|piece| piece.split('"').next().unwrap())
+        .collect();
+    let styles: Vec<&str> = app::page::STYLESHEETS.iter().map(|(p, _)| *p).collect();
+    assert_eq!(linked, styles);
+    assert_eq!(html.matches("stylesheet").count(), styles.len());
     assert!(!html.contains("style="), "inline style attribute");
     assert!(!html.contains("<style"), "inline style element");
     assert!(!has_event_handler_attribute(html), "inline event handler");

@@ -1,10 +1,10 @@
-//! The "Settings → API Keys" admin page: one HTML file, one stylesheet and a few plain scripts
-//! (one per capability, loaded in order with `defer`), embedded in the binary with `include_str!`
-//! (no build step, no CDN, nothing fetched from elsewhere).
+//! The "Settings → API Keys" admin page: one HTML file, two stylesheets and a few plain scripts
+//! (one per capability, loaded in order, the scripts with `defer`), embedded in the binary with
+//! `include_str!` (no build step, no CDN, nothing fetched from elsewhere).
 //!
 //! The page talks to the JSON management routes with `fetch`, sending the demo session in the
 //! `X-Demo-Session` header (no cookies, so no CSRF surface). Every response of this module carries
-//! a strict Content-Security-Policy: only this server's own scripts and stylesheet run, no inline
+//! a strict Content-Security-Policy: only this server's own scripts and stylesheets run, no inline
 //! script or style, no frames, no form submissions, no connections elsewhere.
 
 use axum::Router;
@@ -47,8 +47,19 @@ pub const SCRIPTS: [(&str, &str); 9] = [
     ),
     ("/settings/api-keys/main.js", include_str!("assets/main.js")),
 ];
-/// The page's stylesheet.
-pub const STYLE_PATH: &str = "/settings/api-keys/style.css";
+/// The page's stylesheets, in the order the page loads them: the path each is served at, and its
+/// text. `style.css` is the page, its forms and dialogs; `keys.css` the key list, and each key as
+/// a card in a narrow window.
+pub const STYLESHEETS: [(&str, &str); 2] = [
+    (
+        "/settings/api-keys/style.css",
+        include_str!("assets/style.css"),
+    ),
+    (
+        "/settings/api-keys/keys.css",
+        include_str!("assets/keys.css"),
+    ),
+];
 
 /// The policy sent with every response of the page: nothing but this origin's own files, no
 /// inline script or style, no plugins, no frames around it, no form submissions.
@@ -57,13 +68,12 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      form-action 'none'; frame-ancestors 'none'";
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
-const STYLE_CSS: &str = include_str!("assets/style.css");
 const FAVICON_SVG: &str = include_str!("assets/favicon.svg");
 
 /// The icon (also answered at `/favicon.ico`, which browsers ask for on their own).
 pub const FAVICON_PATH: &str = "/favicon.svg";
 
-/// The page's routes: the HTML at [`PAGE_PATH`], its scripts, stylesheet and icon, and `/`
+/// The page's routes: the HTML at [`PAGE_PATH`], its scripts, stylesheets and icon, and `/`
 /// and `/settings` redirecting to the page.
 pub fn routes() -> Router<AppState> {
     let mut router = Router::new()
@@ -71,8 +81,10 @@ pub fn routes() -> Router<AppState> {
         .route("/settings", get(settings))
         .route(FAVICON_PATH, get(favicon))
         .route("/favicon.ico", get(favicon))
-        .route(PAGE_PATH, get(index))
-        .route(STYLE_PATH, get(style));
+        .route(PAGE_PATH, get(index));
+    for (path, text) in STYLESHEETS {
+        router = router.route(path, get(move || style(text)));
+    }
     for (path, text) in SCRIPTS {
         router = router.route(path, get(move || script(text)));
     }
@@ -98,8 +110,8 @@ async fn favicon() -> Response {
     asset(StatusCode::OK, "image/svg+xml", FAVICON_SVG)
 }
 
-async fn style() -> Response {
-    asset(StatusCode::OK, "text/css; charset=utf-8", STYLE_CSS)
+async fn style(text: &'static str) -> Response {
+    asset(StatusCode::OK, "text/css; charset=utf-8", text)
 }
 
 /// A static response with the page's security headers.

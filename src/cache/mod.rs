@@ -444,6 +444,10 @@ impl Cache {
             return;
         }
         if !evict && shard.map.len() >= self.per_shard {
+            // Not kept (a wrong guess into a full shard), but still what this read saw: an
+            // older read of the id still in flight must not install an earlier record over
+            // it (this one may have found the key revoked).
+            self.fence_reads(&id, started);
             return;
         }
         if shard.map.len() >= self.per_shard {

@@ -90,3 +90,55 @@ async fn an_older_read_finishing_after_the_newer_entry_was_evicted_never_replace
         "a key this node had read as revoked was accepted again from an older read's entry"
     );
 }
+
+/// The same race when the newer read presents a wrong secret into a full shard: it sees the
+/// key revoked and answers `InvalidKey`, and keeps nothing (wrong guesses never evict); the
+/// older read, finishing last, must still not install the active record it read before the
+/// revoke, or the node accepts a key it has read as revoked once the store is unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_read_finishing_after_a_wrong_guess_saw_the_key_revoked_never_puts_it_back() {
+    let store = PausingStore::default();
+    let audit = Recorder::default();
+    // 64 entries over 64 shards: one per shard.
+    let m = KeyManager::builder(store.clone(), keyring())
+        .cache_capacity(64)
+        .cache_fallback_ttl(StdDuration::from_millis(100))
+        .serve_stale_while_store_unreachable(StdDuration::from_secs(600))
+        .audit(audit.clone())
+        .build()
+        .unwrap();
+    let other = KeyManager::builder(store.inner.clone(), keyring())
+        .policy(Policy::default().max_active_keys(1000))
+        .build()
+        .unwrap();
+    let mut by_shard: std::collections::HashMap<u64, (String, KeyId)> = Default::default();
+    let ((token, id), (neighbour, _)) = loop {
+        let (key, info) = other.generate(&alice(), prom()).await.unwrap();
+        let slot = shard_of(&info.id.to_string());
+        let this = (key.expose_secret().to_string(), info.id);
+        if let Some(first) = by_shard.insert(slot, this.clone()) {
+            break (first, this);
+        }
+    };
+    // The neighbour fills the shard.
+    m.verify(&neighbour, &Scope::Prometheus).await.unwrap();
+    // The first read holds the active record ...
+    let (read, go_on) = arm(&store.pause);
+    let first = spawn_verify(&m, &token);
+    read.await.unwrap();
+    // ... another node revokes the key, and a wrong guess reads it revoked.
+    other.revoke(&alice(), &id).await.unwrap();
+    assert!(matches!(
+        m.verify(&common::wrong_secret(&token), &Scope::Prometheus)
+            .await,
+        Err(Error::InvalidKey)
+    ));
+    // The first read finishes last (it began before the revoke: accepting it is fine).
+    go_on.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    tokio::time::sleep(StdDuration::from_millis(150)).await;
+    assert!(
+        refused_in_outage(&m, &store.fail_get, &token, &audit).await,
+        "a key this node had read as revoked was accepted again from an older read's entry"
+    );
+}

@@ -149,8 +149,11 @@ pub fn judge(
         let key = s.key.map(|k| (k, &keys[k]));
         if s.res.failed() {
             // In a fault's window if it was in flight at any time from the fault's start to
-            // its end plus the settle time.
-            let w = windows.iter().position(|w| {
+            // its end plus the settle time. The settle time outlasts the gap between two
+            // faults, so windows overlap: a failure is the latest fault's that started before
+            // it ended (a failure in the settle tail of a PostgreSQL cut-off that is in fact
+            // the Redis outage begun since must not read as the cut-off's).
+            let w = windows.iter().rposition(|w| {
                 s.done >= w.start && s.sent <= w.end + bounds.settle && excuses(&w.name, s.kind)
             });
             match w {

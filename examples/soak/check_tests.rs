@@ -153,3 +153,45 @@ fn a_redis_outage_explains_only_failures_of_limited_keys() {
     let kill = [window("sigkill_node", 10.0, 11.0)];
     assert_eq!(failures(&unlimited, &keys, &kill), Vec::<String>::new());
 }
+
+#[test]
+fn a_failure_in_overlapping_windows_is_the_latest_faults() {
+    let keys = [key(Class::Rate {
+        limit: 2,
+        window_ms: 1000,
+    })];
+    // A PostgreSQL cut-off whose settle time (5 s) runs into a Redis outage begun since: a
+    // 503 of a limited key after the outage began is the outage's, not the cut-off's.
+    let windows = [
+        window("pg_terminate_backend", 12.6, 12.7),
+        window("redis_stop_10s", 16.8, 27.0),
+    ];
+    let s = [sample(
+        0,
+        Kind::RateLimited,
+        Some(0),
+        17.5,
+        Res::Status(503),
+    )];
+    let bounds = Bounds {
+        late_bound: Duration::from_millis(1000),
+        settle: Duration::from_secs(5),
+    };
+    let v = judge(
+        &s,
+        &keys,
+        &windows,
+        3,
+        &bounds,
+        json!({"missing": 0}),
+        Vec::new(),
+    );
+    let faults = &v.report["faults"];
+    assert_eq!(faults[0]["failures_inside"], json!({}), "{faults}");
+    assert_eq!(faults[0]["recovery_ms"], json!(0.0), "{faults}");
+    assert_eq!(
+        faults[1]["failures_inside"],
+        json!({"rate_limited 5xx": 1}),
+        "{faults}"
+    );
+}

@@ -6,8 +6,8 @@
 #             processes on one PostgreSQL, one Redis and one master key, open-loop traffic,
 #             every fault once (SIGKILL of a node, pg_ctl restart -m fast,
 #             pg_terminate_backend, Redis stopped 10 s, a 10x burst). It fails on any late
-#             acceptance, over-admission, failed request outside a fault window, node dying
-#             unbidden or lost key. The harness starts and stops its own PostgreSQL and Redis
+#             acceptance, over- or under-admission, failed request outside a fault window,
+#             node dying unbidden or lost key. The harness starts and stops its own PostgreSQL and Redis
 #             on free loopback ports (needs root for runuser, as .ci/postgres.sh does).
 #
 # Knobs: SOAK_DURATION (seconds, default 60), SOAK_RATE (requests/s, default 100),

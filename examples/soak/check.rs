@@ -9,12 +9,18 @@ use serde_json::{Value, json};
 
 use crate::load::{Class, Key, Kind, Res, Sample, Window};
 
+#[path = "check_rate.rs"]
+mod rate;
+
 /// What the judge needs besides the samples.
 pub struct Bounds {
     /// A request sent this long after a revoke returned must be refused.
     pub late_bound: Duration,
     /// After a fault ends, failures are still attributed to it for this long.
     pub settle: Duration,
+    /// Whether the nodes' Redis counters lease local-first (a bounded under-admission is
+    /// then no failure) rather than count strictly.
+    pub local_first: bool,
 }
 
 /// A revocation that takes longer than this to reach a node is listed in the report.
@@ -279,6 +285,16 @@ pub fn judge(
             }
         }
     }
+    let rate_under = rate::under_admitted(
+        samples,
+        keys,
+        windows,
+        bounds.settle,
+        nodes,
+        bounds.local_first,
+    );
+    let n_credits_under = under.len();
+    under.extend(rate_under);
     let credits_spent: Vec<Value> = keys
         .iter()
         .enumerate()
@@ -350,10 +366,15 @@ pub fn judge(
     if !over.is_empty() {
         failures.push(format!("{} over-admissions", over.len()));
     }
-    if !under.is_empty() {
+    if n_credits_under > 0 {
         failures.push(format!(
-            "{} credit keys refused before their credits could all have been spent",
-            under.len()
+            "{n_credits_under} credit keys refused before their credits could all have been spent"
+        ));
+    }
+    if under.len() > n_credits_under {
+        failures.push(format!(
+            "{} windows of a rate-limited key refused (429) before its limit could have been reached",
+            under.len() - n_credits_under
         ));
     }
     if !slow_outside.is_empty() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Bounds, credits_short, judge};
+use super::{Bounds, credits_short, judge, rate};
 use crate::load::{Class, Key, Kind, Res, Sample, Window};
 
 fn secs(s: f64) -> Duration {
@@ -42,6 +42,7 @@ fn failures(samples: &[Sample], keys: &[Key], windows: &[Window]) -> Vec<String>
     let bounds = Bounds {
         late_bound: Duration::from_millis(1000),
         settle: Duration::from_secs(5),
+        local_first: false,
     };
     let end = json!({"missing": 0});
     judge(samples, keys, windows, 3, &bounds, end, Vec::new()).failures
@@ -176,6 +177,7 @@ fn a_failure_in_overlapping_windows_is_the_latest_faults() {
     let bounds = Bounds {
         late_bound: Duration::from_millis(1000),
         settle: Duration::from_secs(5),
+        local_first: false,
     };
     let v = judge(
         &s,
@@ -194,4 +196,42 @@ fn a_failure_in_overlapping_windows_is_the_latest_faults() {
         json!({"rate_limited 5xx": 1}),
         "{faults}"
     );
+}
+
+#[test]
+fn a_rate_limited_key_refused_below_its_limit_fails_the_run() {
+    let keys = [key(Class::Rate {
+        limit: 2,
+        window_ms: 1000,
+    })];
+    let (ok, refused) = (Res::Status(200), Res::Status(429));
+    // Refused at limit - 1: one admitted in the window [10 s, 11 s), then a 429.
+    let early = [
+        sample(0, Kind::RateLimited, Some(0), 10.1, ok),
+        sample(1, Kind::RateLimited, Some(0), 10.2, refused),
+    ];
+    let f = failures(&early, &keys, &[]);
+    assert!(f.iter().any(|f| f.contains("before its limit")), "{f:?}");
+    // Inside a fault window it is not judged.
+    let redis = [window("redis_stop_10s", 5.0, 6.0)];
+    assert_eq!(failures(&early, &keys, &redis), Vec::<String>::new());
+    // A request whose outcome is unknown (no answer) may have been the second admission.
+    let mut unknown = early.to_vec();
+    unknown.insert(1, sample(2, Kind::RateLimited, Some(0), 10.15, Res::Conn));
+    // (It fails the run as a failure outside every fault window; not as an under-admission.)
+    let unknown = rate::under_admitted(&unknown, &keys, &[], Duration::from_secs(5), 3, false);
+    assert_eq!(unknown, Vec::<serde_json::Value>::new());
+    // Refused at the limit: no failure.
+    let right = [
+        sample(0, Kind::RateLimited, Some(0), 10.1, ok),
+        sample(1, Kind::RateLimited, Some(0), 10.2, ok),
+        sample(2, Kind::RateLimited, Some(0), 10.3, refused),
+    ];
+    assert_eq!(failures(&right, &keys, &[]), Vec::<String>::new());
+    // Local-first leases may leave up to two leases per node unspent.
+    assert_eq!(rate::slack(2, 3, false), 0);
+    assert_eq!(rate::slack(2, 3, true), 6);
+    assert_eq!(rate::slack(100, 3, true), 78);
+    let lenient = rate::under_admitted(&early, &keys, &[], Duration::from_secs(5), 3, true);
+    assert_eq!(lenient, Vec::<serde_json::Value>::new());
 }

@@ -397,7 +397,7 @@ impl Cache {
         }
         let started = self.ns(ticket.started);
         // A newer read of the id found it gone, or its entry was evicted: not undone.
-        if self.fenced(&id, started) {
+        if self.fenced(&id, started, facts.revision) {
             if supersede {
                 self.forget_in(&mut shard, &id);
             }
@@ -446,8 +446,10 @@ impl Cache {
         if !evict && shard.map.len() >= self.per_shard {
             // Not kept (a wrong guess into a full shard), but still what this read saw: an
             // older read of the id still in flight must not install an earlier record over
-            // it (this one may have found the key revoked).
-            self.fence_reads(&id, started);
+            // it (this one may have found the key revoked). Only an earlier record: one that
+            // read this same record is not held back (else a flood of wrong guesses of a
+            // key's id would keep every legitimate read of the key out of the cache).
+            self.fence_older_revisions(&id, started, revision);
             return;
         }
         if shard.map.len() >= self.per_shard {

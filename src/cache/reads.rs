@@ -4,7 +4,8 @@
 //!
 //! Each shard has a table of the ids with a read in flight (a ticket taken and not yet used
 //! or dropped), each with a count and a fence (the start of the newest read whose outcome an
-//! older fill must not undo). The table has a lock of its own, never the shard's: a cache hit
+//! older fill must not undo; for a read that kept nothing of a record it found, only a fill
+//! of an earlier revision is undoing it). The table has a lock of its own, never the shard's: a cache hit
 //! never touches it, and a cold read holds it for one probe, never across a store read or
 //! together with a wait for the shard's lock. An id leaves the table with its last read, so
 //! it holds at most one row per read in flight, and its memory is given back when it empties.
@@ -28,6 +29,11 @@ struct Reading {
     count: usize,
     /// A fill of this id from a read begun before this (ns since the cache's base) is dropped.
     fence: u64,
+    /// A fill of this id from a read begun before `.0` (ns since base) that read a revision
+    /// before `.1` is dropped: a newer read saw a later record it did not keep (a wrong guess
+    /// into a full shard). An older read of the same record installs nothing older, so wrong
+    /// guesses of a key's id never keep the key's own reads out of the cache.
+    newer: (u64, u64),
 }
 
 /// A ticket taken before a store read: the shard generation and the time the read began.
@@ -67,6 +73,7 @@ impl Cache {
                     id: *id,
                     count: 1,
                     fence: 0,
+                    newer: (0, 0),
                 };
                 reads.insert_unique(hash, row, |r| self.hash(&r.id));
             }
@@ -98,11 +105,21 @@ impl Cache {
         }
     }
 
-    /// Whether a fill of `id` from a read begun at `started` is fenced off by a newer read.
-    pub(super) fn fenced(&self, id: &KeyId, started: u64) -> bool {
+    /// Drops every fill of `id` from a read in flight that began before `at` and read a
+    /// revision before `revision` (what a read begun at `at`, not kept, found). Combined by
+    /// taking the later of each: that fences off at least what each fence alone does.
+    pub(super) fn fence_older_revisions(&self, id: &KeyId, at: u64, revision: u64) {
+        if let Some(r) = self.reads(id).find_mut(self.hash(id), |r| r.id == *id) {
+            r.newer = (r.newer.0.max(at), r.newer.1.max(revision));
+        }
+    }
+
+    /// Whether a fill of `id` at `revision` from a read begun at `started` is fenced off by a
+    /// newer read.
+    pub(super) fn fenced(&self, id: &KeyId, started: u64, revision: u64) -> bool {
         self.reads(id)
             .find(self.hash(id), |r| r.id == *id)
-            .is_some_and(|r| started < r.fence)
+            .is_some_and(|r| started < r.fence || (started < r.newer.0 && revision < r.newer.1))
     }
 }
 
@@ -128,13 +145,13 @@ mod tests {
             cache.gone(cache.ticket(&unknown), &unknown);
         }
         assert!(
-            !cache.fenced(&key, started),
+            !cache.fenced(&key, started, 0),
             "unknown ids fenced another key"
         );
         let newer = cache.ticket(&key);
         cache.gone(newer, &key);
         assert!(
-            cache.fenced(&key, started),
+            cache.fenced(&key, started, u64::MAX),
             "an older read was not fenced off"
         );
         drop(older);

@@ -142,3 +142,56 @@ async fn an_older_read_finishing_after_a_wrong_guess_saw_the_key_revoked_never_p
         "a key this node had read as revoked was accepted again from an older read's entry"
     );
 }
+
+/// Wrong guesses of a key into a full shard read the very record a legitimate read in flight
+/// read (nothing changed): they must not fence that read's fill off, or a flood of wrong
+/// guesses of a key's id keeps the key itself out of the cache for good (every verification
+/// of it a store read, and none answered from the cache while the store is unreachable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_guesses_that_saw_nothing_change_never_fence_off_a_legitimate_fill() {
+    let store = PausingStore::default();
+    let audit = Recorder::default();
+    // 64 entries over 64 shards: one per shard.
+    let m = KeyManager::builder(store.clone(), keyring())
+        .cache_capacity(64)
+        .cache_ttl(StdDuration::from_secs(3600))
+        .cache_fallback_ttl(StdDuration::from_secs(3600))
+        .audit(audit.clone())
+        .build()
+        .unwrap();
+    let other = KeyManager::builder(store.inner.clone(), keyring())
+        .policy(Policy::default().max_active_keys(1000))
+        .build()
+        .unwrap();
+    let mut by_shard: std::collections::HashMap<u64, (String, KeyId)> = Default::default();
+    let ((token, _), (neighbour, _)) = loop {
+        let (key, info) = other.generate(&alice(), prom()).await.unwrap();
+        let slot = shard_of(&info.id.to_string());
+        let this = (key.expose_secret().to_string(), info.id);
+        if let Some(first) = by_shard.insert(slot, this.clone()) {
+            break (first, this);
+        }
+    };
+    // The neighbour fills the shard.
+    m.verify(&neighbour, &Scope::Prometheus).await.unwrap();
+    // A legitimate read holds the key's record ...
+    let (read, go_on) = arm(&store.pause);
+    let first = spawn_verify(&m, &token);
+    read.await.unwrap();
+    // ... while a wrong guess of the same key reads the same record.
+    assert!(matches!(
+        m.verify(&common::wrong_secret(&token), &Scope::Prometheus)
+            .await,
+        Err(Error::InvalidKey)
+    ));
+    go_on.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    // The legitimate read's entry answers without the store.
+    store
+        .fail_get
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        m.verify(&token, &Scope::Prometheus).await.is_ok(),
+        "a wrong guess that saw the same record kept the key's legitimate read out of the cache"
+    );
+}

@@ -113,3 +113,48 @@ fn strict_with_the_engines_current_thread_runtime_idle_ends_at_the_timeout() {
     caller.join().unwrap();
     drop(rt);
 }
+
+/// An engine whose per-call timeout is as long as a `Duration` goes (no timeout, in effect),
+/// built in a runtime that keeps running, with a verification polled outside any runtime:
+/// its call's own deadline (`now + timeout`) overflowed and panicked on the first poll that
+/// had to wait, where the same call inside a runtime just waits for Redis's answer.
+#[test]
+fn strict_with_an_unbounded_timeout_outside_any_runtime_is_not_a_panic() {
+    let Some(url) =
+        redis_url("strict_with_an_unbounded_timeout_outside_any_runtime_is_not_a_panic")
+    else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let engine = rt.block_on(async {
+        RedisCounters::builder(&url)
+            .prefix(prefix())
+            .timeout(StdDuration::MAX)
+            .build()
+            .unwrap()
+    });
+    let out = outside_any_runtime(|| {
+        let org = api_keys::OrgId::new("acme");
+        let limits = [RateLimit::new("hour", 2, StdDuration::from_secs(3600))];
+        let req = UsageRequest {
+            key: random_key().0,
+            org: &org,
+            limits: &limits,
+            credits: None,
+            cost: 1,
+            now_ms: 1_800_000,
+        };
+        super::faults::block_on_plain(async {
+            match engine.consume(req) {
+                Consumed::Ready(r) => r,
+                Consumed::Pending(f) => f.await,
+            }
+        })
+    });
+    assert!(matches!(out, Ok(Ok(Decision::Allowed { .. }))), "{out:?}");
+    drop(rt);
+}

@@ -58,6 +58,9 @@ impl OwnRuntime {
     }
 }
 
+/// The deadline of a call whose timeout the clock cannot add (as Tokio's far future: 30 years).
+const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
+
 /// A call polled inside the engine's own runtime `rt` (entered for each poll), for a caller
 /// outside any; [`CounterError::Unavailable`] once that runtime shut down, even midway (its
 /// timers would panic), and at the engine's timeout by a timer of its own (that runtime may
@@ -89,7 +92,13 @@ impl<T, F: Future<Output = Result<T, CounterError>>> Future for InRuntime<'_, F>
         }
         match &this.deadline {
             None => {
-                let at = std::time::Instant::now() + this.engine.inner.timeout;
+                // A timeout beyond the clock's range (`Duration::MAX`: none, in effect) is far
+                // off, as Tokio's own timeout takes it inside a runtime: never an overflow.
+                let now = std::time::Instant::now();
+                let at = now
+                    .checked_add(this.engine.inner.timeout)
+                    .or_else(|| now.checked_add(FAR_FUTURE))
+                    .unwrap_or(now);
                 let slot = Arc::new(std::sync::Mutex::new(cx.waker().clone()));
                 super::deadline::wake_at(at, &slot);
                 this.deadline = Some((at, slot));

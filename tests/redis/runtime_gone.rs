@@ -158,3 +158,52 @@ fn strict_with_an_unbounded_timeout_outside_any_runtime_is_not_a_panic() {
     assert!(matches!(out, Ok(Ok(Decision::Allowed { .. }))), "{out:?}");
     drop(rt);
 }
+
+/// `strict_with_the_engines_current_thread_runtime_idle_ends_at_the_timeout` in local-first
+/// mode: the lease call ran in a task spawned on the engine's idle runtime, which never runs
+/// it, and the verification waited for its answer forever. It ends (refused: the limit fails
+/// closed without Redis) instead. (The wait below only bounds a hang; the timeout is 50 ms.)
+#[test]
+fn local_first_with_the_engines_current_thread_runtime_idle_ends_at_the_timeout() {
+    let Some(url) =
+        redis_url("local_first_with_the_engines_current_thread_runtime_idle_ends_at_the_timeout")
+    else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let engine = rt.block_on(async {
+        RedisCounters::builder(&url)
+            .prefix(prefix())
+            .timeout(StdDuration::from_millis(50))
+            .local_first(StdDuration::from_secs(1))
+            .build()
+            .unwrap()
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let caller = std::thread::spawn(move || {
+        let org = api_keys::OrgId::new("acme");
+        let limits = [RateLimit::new("hour", 2, StdDuration::from_secs(3600))];
+        let req = UsageRequest {
+            key: random_key().0,
+            org: &org,
+            limits: &limits,
+            credits: None,
+            cost: 1,
+            now_ms: 1_800_000,
+        };
+        let d = super::faults::block_on_plain(async {
+            match engine.consume(req) {
+                Consumed::Ready(r) => r,
+                Consumed::Pending(f) => f.await,
+            }
+        });
+        let _ = tx.send(format!("{d:?}"));
+    });
+    let d = rx.recv_timeout(StdDuration::from_secs(60));
+    assert!(d.is_ok(), "a verification outside any runtime never ended");
+    caller.join().unwrap();
+    drop(rt);
+}

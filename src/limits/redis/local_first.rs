@@ -347,7 +347,17 @@ impl RedisCounters {
         // Owed until the reply is recorded, even if this future is dropped on the way.
         let marks = Marks::new(self, asks.iter().map(|a| a.id.clone()).collect());
         let asks = Arc::new(asks);
-        let (reply, marks) = match self.runtime() {
+        // Outside any runtime, a task goes to the engine's own only if that one runs it of
+        // itself: a current-thread runtime runs a spawned task only while someone blocks on
+        // it (an idle one never does, and the caller would wait for the answer forever). The
+        // call then runs inline, in that runtime, ending at the engine's timeout.
+        let spawn_on = match tokio::runtime::Handle::try_current() {
+            Ok(current) => Some(current),
+            Err(_) => self
+                .runtime()
+                .filter(|h| h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread),
+        };
+        let (reply, marks) = match spawn_on {
             // The call runs in a task of its own: a caller dropped while it is in flight (a
             // client gone) does not lose what Redis grants, which Redis counts as leased to
             // this node — the grant is recorded for the node's next verifications instead.

@@ -303,9 +303,14 @@ impl RedisCounters {
                                         self.inner.timeout.saturating_sub(waiting_since.elapsed());
                                     // The timer is the runtime's (the engine's own when this
                                     // verification is polled outside any).
-                                    let rt = self.runtime();
+                                    // Without one (polled outside any, the engine's own
+                                    // gone) there is no timer: stop waiting, as at the end
+                                    // of the wait, rather than panic.
+                                    let Some(rt) = self.runtime() else {
+                                        break;
+                                    };
                                     let wait = {
-                                        let _in = rt.as_ref().map(|h| h.enter());
+                                        let _in = rt.enter();
                                         tokio::time::timeout(left, notified.as_mut())
                                     };
                                     if wait.await.is_err() {

@@ -13,12 +13,7 @@ use super::*;
 async fn an_older_read_finishing_after_the_key_was_read_as_deleted_never_puts_it_back() {
     let store = PausingStore::default();
     let audit = Recorder::default();
-    let m = KeyManager::builder(store.clone(), keyring())
-        .cache_fallback_ttl(StdDuration::from_millis(100))
-        .serve_stale_while_store_unreachable(StdDuration::from_secs(600))
-        .audit(audit.clone())
-        .build()
-        .unwrap();
+    let m = stale_serving(&store, &audit, None);
     let other = other_node(&store);
     let (key, info) = other.generate(&alice(), prom()).await.unwrap();
     let token = key.expose_secret().to_string();
@@ -50,28 +45,9 @@ async fn an_older_read_finishing_after_the_key_was_read_as_deleted_never_puts_it
 async fn an_older_read_finishing_after_the_newer_entry_was_evicted_never_replaces_it() {
     let store = PausingStore::default();
     let audit = Recorder::default();
-    // 64 entries over 64 shards: one per shard.
-    let m = KeyManager::builder(store.clone(), keyring())
-        .cache_capacity(64)
-        .cache_fallback_ttl(StdDuration::from_millis(100))
-        .serve_stale_while_store_unreachable(StdDuration::from_secs(600))
-        .audit(audit.clone())
-        .build()
-        .unwrap();
-    let other = KeyManager::builder(store.inner.clone(), keyring())
-        .policy(Policy::default().max_active_keys(1000))
-        .build()
-        .unwrap();
-    // Two keys of one cache shard.
-    let mut by_shard: std::collections::HashMap<u64, (String, KeyId)> = Default::default();
-    let ((token, id), (neighbour, _)) = loop {
-        let (key, info) = other.generate(&alice(), prom()).await.unwrap();
-        let slot = shard_of(&info.id.to_string());
-        let this = (key.expose_secret().to_string(), info.id);
-        if let Some(first) = by_shard.insert(slot, this.clone()) {
-            break (first, this);
-        }
-    };
+    let m = stale_serving(&store, &audit, Some(64));
+    let other = other_node(&store);
+    let ((token, id), (neighbour, _)) = two_keys_of_one_shard(&other).await;
     // The first read holds the active record ...
     let (read, go_on) = arm(&store.pause);
     let first = spawn_verify(&m, &token);
@@ -99,27 +75,9 @@ async fn an_older_read_finishing_after_the_newer_entry_was_evicted_never_replace
 async fn an_older_read_finishing_after_a_wrong_guess_saw_the_key_revoked_never_puts_it_back() {
     let store = PausingStore::default();
     let audit = Recorder::default();
-    // 64 entries over 64 shards: one per shard.
-    let m = KeyManager::builder(store.clone(), keyring())
-        .cache_capacity(64)
-        .cache_fallback_ttl(StdDuration::from_millis(100))
-        .serve_stale_while_store_unreachable(StdDuration::from_secs(600))
-        .audit(audit.clone())
-        .build()
-        .unwrap();
-    let other = KeyManager::builder(store.inner.clone(), keyring())
-        .policy(Policy::default().max_active_keys(1000))
-        .build()
-        .unwrap();
-    let mut by_shard: std::collections::HashMap<u64, (String, KeyId)> = Default::default();
-    let ((token, id), (neighbour, _)) = loop {
-        let (key, info) = other.generate(&alice(), prom()).await.unwrap();
-        let slot = shard_of(&info.id.to_string());
-        let this = (key.expose_secret().to_string(), info.id);
-        if let Some(first) = by_shard.insert(slot, this.clone()) {
-            break (first, this);
-        }
-    };
+    let m = stale_serving(&store, &audit, Some(64));
+    let other = other_node(&store);
+    let ((token, id), (neighbour, _)) = two_keys_of_one_shard(&other).await;
     // The neighbour fills the shard.
     m.verify(&neighbour, &Scope::Prometheus).await.unwrap();
     // The first read holds the active record ...
@@ -159,19 +117,8 @@ async fn wrong_guesses_that_saw_nothing_change_never_fence_off_a_legitimate_fill
         .audit(audit.clone())
         .build()
         .unwrap();
-    let other = KeyManager::builder(store.inner.clone(), keyring())
-        .policy(Policy::default().max_active_keys(1000))
-        .build()
-        .unwrap();
-    let mut by_shard: std::collections::HashMap<u64, (String, KeyId)> = Default::default();
-    let ((token, _), (neighbour, _)) = loop {
-        let (key, info) = other.generate(&alice(), prom()).await.unwrap();
-        let slot = shard_of(&info.id.to_string());
-        let this = (key.expose_secret().to_string(), info.id);
-        if let Some(first) = by_shard.insert(slot, this.clone()) {
-            break (first, this);
-        }
-    };
+    let other = other_node(&store);
+    let ((token, _), (neighbour, _)) = two_keys_of_one_shard(&other).await;
     // The neighbour fills the shard.
     m.verify(&neighbour, &Scope::Prometheus).await.unwrap();
     // A legitimate read holds the key's record ...
@@ -194,4 +141,37 @@ async fn wrong_guesses_that_saw_nothing_change_never_fence_off_a_legitimate_fill
         m.verify(&token, &Scope::Prometheus).await.is_ok(),
         "a wrong guess that saw the same record kept the key's legitimate read out of the cache"
     );
+}
+
+/// A node serving stale answers while the store is unreachable (fallback TTL 100 ms), with
+/// `capacity` entries (64: one per shard, so the second key of a shard evicts the first).
+fn stale_serving(
+    store: &PausingStore,
+    audit: &Recorder,
+    capacity: Option<usize>,
+) -> KeyManager<PausingStore> {
+    let b = KeyManager::builder(store.clone(), keyring())
+        .cache_fallback_ttl(StdDuration::from_millis(100))
+        .serve_stale_while_store_unreachable(StdDuration::from_secs(600))
+        .audit(audit.clone());
+    match capacity {
+        Some(n) => b.cache_capacity(n),
+        None => b,
+    }
+    .build()
+    .unwrap()
+}
+
+/// Two keys (token, id) that another node generates into one shard of this node's cache.
+async fn two_keys_of_one_shard(
+    other: &KeyManager<MemoryStore>,
+) -> ((String, KeyId), (String, KeyId)) {
+    let mut by_shard: std::collections::HashMap<u64, (String, KeyId)> = Default::default();
+    loop {
+        let (key, info) = other.generate(&alice(), prom()).await.unwrap();
+        let this = (key.expose_secret().to_string(), info.id);
+        if let Some(first) = by_shard.insert(shard_of(&info.id.to_string()), this.clone()) {
+            return (first, this);
+        }
+    }
 }

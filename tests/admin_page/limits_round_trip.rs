@@ -160,3 +160,60 @@ async fn saving_only_credits_keeps_limits_the_dialog_cannot_show() {
     }
     h.finish().await;
 }
+
+/// The largest limit and budget the server takes (2^53, `MAX_UNITS`) are numbers the Limits
+/// dialog takes too: a key carrying them (set through the API) keeps them when only its other
+/// field changes, and a manager may type them; one more is refused before anything is sent.
+#[tokio::test]
+async fn the_dialog_takes_the_largest_values_the_server_takes() {
+    let Some(h) = Harness::start("limits-max-units").await else {
+        return;
+    };
+    let max = api_keys::MAX_UNITS;
+    let (id, _) = h.create_key("Unmetered").await;
+    let rate = json!({"name": "per-minute", "limit": max, "window_ms": 60_000, "scope": "key"});
+    h.put_ok(&id, "limits", json!({ "rate_limits": [rate] }))
+        .await;
+    h.open_page().await;
+    h.open_limits(&id).await;
+    h.css("#limits-credits")
+        .await
+        .send_keys(&max.to_string())
+        .await
+        .unwrap();
+    h.css("#limits-save").await.click().await.unwrap();
+    h.wait_js(
+        "!document.getElementById('limits-dialog').open || \
+         document.getElementById('limits-error').textContent !== ''",
+    )
+    .await;
+    assert_eq!(
+        h.text("#limits-error").await,
+        "",
+        "the dialog refused the server's own maximum"
+    );
+    h.wait_js("!document.getElementById('limits-dialog').open")
+        .await;
+    let key = h.key_json(&id).await;
+    assert_eq!(key["rate_limits"], json!([rate]));
+    assert_eq!(key["credits"], json!({"initial": max, "refill": null}));
+
+    // One more than the maximum is refused in the dialog, not rounded to it.
+    h.wait_js(&format!(
+        "document.querySelector('tr[data-key-id=\"{id}\"] .action-limits') !== null"
+    ))
+    .await;
+    h.open_limits(&id).await;
+    h.css("#limits-rate").await.clear().await.unwrap();
+    h.css("#limits-rate")
+        .await
+        .send_keys(&(max + 1).to_string())
+        .await
+        .unwrap();
+    h.css("#limits-save").await.click().await.unwrap();
+    h.wait_js("document.getElementById('limits-error').textContent !== ''")
+        .await;
+    assert!(h.text("#limits-error").await.contains(&max.to_string()));
+    assert_eq!(h.key_json(&id).await["rate_limits"], json!([rate]));
+    h.finish().await;
+}

@@ -10,6 +10,9 @@
 
   // ---- usage limits --------------------------------------------------------------------------
 
+  // The largest limit, balance or refill amount the server takes (`api_keys::MAX_UNITS`, 2^53).
+  const MAX_UNITS_TEXT = '9007199254740992';
+
   // The name this page gives a rate limit: after its window ("per-day").
   function limitName(windowMs) {
     return 'per-' + (WINDOWS[windowMs] || windowMs + 'ms');
@@ -24,13 +27,23 @@
       if ($(id).validity.badInput) return NaN;
       const raw = $(id).value.trim();
       if (raw === '') return null;
-      const n = Number(raw);
-      return /^[0-9]+$/.test(raw) && Number.isSafeInteger(n) && n >= min ? n : NaN;
+      // Up to the server's largest, 2^53 (`MAX_UNITS`): a number, exact in JavaScript too.
+      // Compared as digits, since one more than that reads as 2^53 once made a Number.
+      if (!/^[0-9]+$/.test(raw)) return NaN;
+      const digits = raw.replace(/^0+(?=.)/, '');
+      const fits = digits.length < MAX_UNITS_TEXT.length ||
+        (digits.length === MAX_UNITS_TEXT.length && digits <= MAX_UNITS_TEXT);
+      const n = Number(digits);
+      return fits && n >= min ? n : NaN;
     };
     const rate = whole(rateId, 1);
-    if (Number.isNaN(rate)) return { error: 'A rate limit is a whole number of at least 1.', field: rateId };
+    if (Number.isNaN(rate)) {
+      return { error: 'A rate limit is a whole number from 1 to ' + MAX_UNITS_TEXT + '.', field: rateId };
+    }
     const credits = whole(creditsId, 0);
-    if (Number.isNaN(credits)) return { error: 'Credits are a whole number of 0 or more.', field: creditsId };
+    if (Number.isNaN(credits)) {
+      return { error: 'Credits are a whole number from 0 to ' + MAX_UNITS_TEXT + '.', field: creditsId };
+    }
     const out = { rate: null, credits: null };
     if (rate !== null) {
       const windowMs = Number($(windowId).value);

@@ -217,3 +217,34 @@ async fn the_dialog_takes_the_largest_values_the_server_takes() {
     assert_eq!(h.key_json(&id).await["rate_limits"], json!([rate]));
     h.finish().await;
 }
+
+/// After the Limits dialog saves, the list is drawn again; the focus goes back to the saved
+/// key's Limits button (as after Cancel), not to the page's body, where a keyboard or
+/// screen-reader user would have to start over from the top.
+#[tokio::test]
+async fn saving_limits_returns_the_focus_to_the_keys_limits_button() {
+    let Some(h) = Harness::start("limits-focus").await else {
+        return;
+    };
+    let (id, _) = h.create_key("Focused").await;
+    h.open_page().await;
+    h.open_limits(&id).await;
+    h.css("#limits-rate").await.send_keys("7").await.unwrap();
+    h.save_limits().await;
+    h.wait_js(&format!(
+        "(document.querySelector('tr[data-key-id=\"{id}\"] .col-limits') || \
+         {{textContent: ''}}).textContent.includes('7')"
+    ))
+    .await;
+    let sel = serde_json::to_string(&format!("tr[data-key-id=\"{id}\"] .action-limits")).unwrap();
+    assert_eq!(
+        h.js(&format!(
+            "return document.activeElement === document.querySelector({sel}) ? 'limits' : \
+             document.activeElement.tagName + '#' + document.activeElement.id;"
+        ))
+        .await,
+        json!("limits"),
+        "the focus is lost after saving"
+    );
+    h.finish().await;
+}

@@ -180,6 +180,13 @@
       closeLimits();
       announce('Usage limits of “' + key.name + '” saved.');
       await page.loadKeys();
+      // The list was drawn again, the button that opened the dialog with it: its successor
+      // takes the focus back, unless the person has moved it meanwhile.
+      if (document.activeElement === null || document.activeElement === document.body) {
+        const again = document.querySelector('tr[data-key-id="' + CSS.escape(key.id) + '"] .action-limits');
+        if (again) again.focus();
+        else if (page.isManager()) $('open-generate').focus();
+      }
     } catch (err) {
       setLimitsError(describeError(err));
     } finally {

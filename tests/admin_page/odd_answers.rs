@@ -272,3 +272,53 @@ async fn press_escape(h: &Harness) {
         .then(KeyAction::Up { value: escape });
     h.browser.perform_actions(keys).await.unwrap();
 }
+
+/// A key being generated (its request still on its way) does not hold up another key's Limits
+/// dialog or confirmation dialog: Escape closes them, and their Save or Revoke is sent, not
+/// silently ignored because "a request is in flight" somewhere else on the page.
+#[tokio::test]
+async fn a_key_being_generated_does_not_block_the_other_dialogs() {
+    let Some(h) = Harness::start("odd-busy-elsewhere").await else {
+        return;
+    };
+    let (id, _) = h.create_key("Other").await;
+    h.open_page().await;
+    h.js(HOLD_CHANGES).await;
+    h.css("#open-generate").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('generate-panel').hidden")
+        .await;
+    h.css("#key-name").await.send_keys("Slow").await.unwrap();
+    h.css("#generate-submit").await.click().await.unwrap();
+    h.wait_js("window.__held.length === 1").await;
+
+    // Escape closes the Limits dialog of another key.
+    h.open_limits(&id).await;
+    press_escape(&h).await;
+    h.wait_js("!document.getElementById('limits-dialog').open")
+        .await;
+    // Its Save is sent.
+    h.open_limits(&id).await;
+    h.css("#limits-rate").await.send_keys("7").await.unwrap();
+    h.css("#limits-save").await.click().await.unwrap();
+    h.wait_js("window.__held.length === 2").await;
+    h.js("window.__answer(1);").await;
+    h.wait_js("window.__settled === 1").await;
+    h.wait_js("!document.getElementById('limits-dialog').open")
+        .await;
+
+    // The confirmation dialog's Revoke is sent.
+    h.wait_js(&format!(
+        "document.querySelector('tr[data-key-id=\"{id}\"] .action-revoke') !== null"
+    ))
+    .await;
+    h.css(&format!("tr[data-key-id=\"{id}\"] .action-revoke"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    h.wait_js("document.getElementById('confirm-dialog').open")
+        .await;
+    h.css("#confirm-ok").await.click().await.unwrap();
+    h.wait_js("window.__held.length === 3").await;
+    h.finish().await;
+}

@@ -60,7 +60,7 @@
   }
 
   function setDialogBusy(busy) {
-    state.busy = busy;
+    state.confirmBusy = busy;
     for (const id of ['confirm-ok', 'confirm-cancel', 'roll-instead', 'roll-overlap']) $(id).disabled = busy;
   }
 
@@ -85,7 +85,7 @@
 
   async function confirmDialog() {
     const d = state.dialog;
-    if (!d || state.busy) return;
+    if (!d || state.confirmBusy) return;
     if (d.mode === 'roll') {
       await rollInstead();
       return;
@@ -114,7 +114,7 @@
 
   async function rollInstead() {
     const d = state.dialog;
-    if (!d || state.busy) return;
+    if (!d || state.confirmBusy) return;
     const overlap = Number($('roll-overlap').value);
     const label = $('roll-overlap').selectedOptions[0].textContent;
     const gen = state.generation;

@@ -35,7 +35,10 @@
     limitsKey: null, // the key whose limits dialog is open
     generation: 0, // bumps on every identity switch; stale responses are dropped
     dialog: null, // {mode, key, opener}
-    busy: false,
+    // A request of one of these is on its way (each is held up by its own request only).
+    generating: false,
+    limitsBusy: false,
+    confirmBusy: false,
   };
 
   class ApiError extends Error {

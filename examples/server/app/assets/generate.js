@@ -107,7 +107,7 @@
 
   async function submitGenerate(ev) {
     ev.preventDefault();
-    if (state.busy) return;
+    if (state.generating) return;
     const name = $('key-name').value.trim();
     const scopes = Array.from(document.querySelectorAll('#generate-form input[name="scope"]:checked')).map(
       (i) => i.value,
@@ -146,7 +146,7 @@
     }
     setGenerateError('');
     const gen = state.generation;
-    state.busy = true;
+    state.generating = true;
     $('generate-submit').disabled = true;
     $('generate-cancel').disabled = true;
     try {
@@ -161,7 +161,7 @@
     } catch (err) {
       setGenerateError(describeError(err));
     } finally {
-      state.busy = false;
+      state.generating = false;
       $('generate-submit').disabled = false;
       $('generate-cancel').disabled = false;
     }

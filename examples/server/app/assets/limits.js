@@ -106,7 +106,7 @@
   // While a change is on its way the dialog stays open (Cancel is disabled, Escape is refused):
   // its outcome, an error above all, is shown in it.
   function setLimitsBusy(busy) {
-    state.busy = busy;
+    state.limitsBusy = busy;
     for (const id of ['limits-save', 'limits-cancel']) $(id).disabled = busy;
   }
 
@@ -123,7 +123,7 @@
 
   async function saveLimits() {
     const d = state.limitsKey;
-    if (!d || state.busy) return;
+    if (!d || state.limitsBusy) return;
     const read = readLimits(
       'limits-rate',
       'limits-rate-window',

@@ -14,8 +14,9 @@
   // dialog on a second Escape whatever its handler does. Escape is therefore refused at its
   // keydown, before it becomes a close request, while a dialog's request is in flight.
   function refuseEscapeWhileBusy(ev) {
-    const open = $('limits-dialog').open || $('confirm-dialog').open;
-    if (ev.key === 'Escape' && state.busy && open) ev.preventDefault();
+    const busy =
+      ($('limits-dialog').open && state.limitsBusy) || ($('confirm-dialog').open && state.confirmBusy);
+    if (ev.key === 'Escape' && busy) ev.preventDefault();
   }
 
   function init() {
@@ -25,13 +26,13 @@
     $('open-generate').addEventListener('click', page.openGenerate);
     // While a key is being generated the form stays open: its error, if any, is shown in it.
     $('generate-cancel').addEventListener('click', () => {
-      if (!state.busy) page.closeGenerate(true);
+      if (!state.generating) page.closeGenerate(true);
     });
     $('generate-form').addEventListener('submit', page.submitGenerate);
     $('generate-form').addEventListener('keydown', (ev) => {
       if (ev.key === 'Escape') {
         ev.preventDefault();
-        if (!state.busy) page.closeGenerate(true);
+        if (!state.generating) page.closeGenerate(true);
       }
     });
     $('key-expiry').addEventListener('change', page.updateExpiryHelp);
@@ -44,8 +45,8 @@
     $('limits-save').addEventListener('click', page.saveLimits);
     $('limits-dialog').addEventListener('close', page.onLimitsClosed);
     $('limits-dialog').addEventListener('cancel', (ev) => {
-      // Escape closes the dialog, except while a request is in flight.
-      if (state.busy) ev.preventDefault();
+      // Escape closes the dialog, except while its request is in flight.
+      if (state.limitsBusy) ev.preventDefault();
     });
     $('limits-form').addEventListener('submit', (ev) => {
       ev.preventDefault();
@@ -53,8 +54,8 @@
     });
     const dialog = $('confirm-dialog');
     dialog.addEventListener('cancel', (ev) => {
-      // Escape closes the dialog, except while a request is in flight.
-      if (state.busy) ev.preventDefault();
+      // Escape closes the dialog, except while its request is in flight.
+      if (state.confirmBusy) ev.preventDefault();
     });
     // Wherever the focus is (the button just pressed is disabled meanwhile).
     document.addEventListener('keydown', refuseEscapeWhileBusy, true);

@@ -322,3 +322,43 @@ async fn a_key_being_generated_does_not_block_the_other_dialogs() {
     h.wait_js("window.__held.length === 3").await;
     h.finish().await;
 }
+
+/// A change the server never answers (a stalled proxy, a lost connection) does not hold the
+/// Limits dialog open for good, its Cancel disabled and Escape refused: the page gives up
+/// after its request timeout (shortened here), says the outcome is unknown, and the dialog
+/// can be closed again.
+#[tokio::test]
+async fn a_change_never_answered_does_not_lock_the_limits_dialog() {
+    let Some(h) = Harness::start("odd-never-answered").await else {
+        return;
+    };
+    let (id, _) = h.create_key("Stalled").await;
+    h.open_page().await;
+    // A `PUT` that is never answered, but gives up when its signal aborts, as fetch does.
+    h.js("window.apiKeysPage.requestTimeoutMs = 200;
+          const real = window.fetch;
+          window.fetch = (path, init) => {
+            if (!init || init.method !== 'PUT') return real(path, init);
+            return new Promise((_, reject) => {
+              if (init.signal) init.signal.addEventListener('abort', () =>
+                reject(new DOMException('The user aborted a request.', 'AbortError')));
+            });
+          };")
+        .await;
+    h.open_limits(&id).await;
+    h.css("#limits-rate").await.send_keys("7").await.unwrap();
+    h.css("#limits-save").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('limits-cancel').disabled")
+        .await;
+    assert!(
+        h.text("#limits-error")
+            .await
+            .contains("did not answer in time"),
+        "{}",
+        h.text("#limits-error").await
+    );
+    press_escape(&h).await;
+    h.wait_js("!document.getElementById('limits-dialog').open")
+        .await;
+    h.finish().await;
+}

@@ -41,6 +41,14 @@
     confirmBusy: false,
   };
 
+  // A request the server or the network leaves unanswered is given up after this long (ms):
+  // a dialog refuses Cancel and Escape while its request is on its way, so an answer that
+  // never comes must not hold it open for good. A property, so that a test can shorten it.
+  page.requestTimeoutMs = 30000;
+
+  // No answer in time: the request may or may not have been carried out.
+  class TimeoutError extends Error {}
+
   class ApiError extends Error {
     constructor(status, body) {
       super('HTTP ' + status);
@@ -64,8 +72,20 @@
       headers['Content-Type'] = 'application/json';
       init.body = JSON.stringify(body);
     }
-    const res = await fetch(path, init);
-    const text = res.status === 204 ? '' : await res.text();
+    const controller = new AbortController();
+    init.signal = controller.signal;
+    const timer = setTimeout(() => controller.abort(), page.requestTimeoutMs);
+    let res;
+    let text;
+    try {
+      res = await fetch(path, init);
+      text = res.status === 204 ? '' : await res.text();
+    } catch (err) {
+      if (controller.signal.aborted) throw new TimeoutError('no answer in time');
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
     let data = null;
     if (text !== '') {
       try {
@@ -82,6 +102,10 @@
   }
 
   function describeError(err) {
+    if (err instanceof TimeoutError) {
+      return 'The server did not answer in time. A change may or may not have been made: ' +
+        'reload the page to see where things stand.';
+    }
     if (!(err instanceof ApiError)) return 'The server could not be reached. Try again.';
     const cls = err.body && typeof err.body.error === 'string' ? err.body.error : '';
     const msg = err.body && typeof err.body.detail === 'string' ? err.body.detail : '';

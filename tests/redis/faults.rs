@@ -4,10 +4,10 @@ use super::*;
 
 /// Freezes a private Redis (SIGSTOP) until dropped (SIGCONT), so that a failing test never
 /// leaves it stopped.
-struct Frozen<'a>(&'a PrivateRedis);
+pub(crate) struct Frozen<'a>(&'a PrivateRedis);
 
 impl<'a> Frozen<'a> {
-    fn new(server: &'a PrivateRedis) -> Self {
+    pub(crate) fn new(server: &'a PrivateRedis) -> Self {
         let pid = server.pid().unwrap();
         assert!(
             Command::new("kill")
@@ -29,7 +29,7 @@ impl Drop for Frozen<'_> {
 }
 
 /// A Redis key's integer value (0 when absent).
-async fn count_of(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> u64 {
+pub(crate) async fn count_of(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> u64 {
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(pattern)
         .query_async(conn)

@@ -207,3 +207,107 @@ fn local_first_with_the_engines_current_thread_runtime_idle_ends_at_the_timeout(
     caller.join().unwrap();
     drop(rt);
 }
+
+/// Local-first, the engine built in a current-thread runtime that a thread of the host keeps
+/// running (blocked on it), and a verification polled outside any runtime whose caller goes
+/// away while its lease call is in flight (a client that disconnects). Redis counts the units
+/// it grants as leased to this node: the node must hold them, as it does inside a runtime
+/// (`local_first_keeps_the_lease_of_a_verification_dropped_during_its_call`). The call ran in
+/// the verification itself there, so its grant was lost with the caller, and nobody could
+/// admit those units in that window.
+#[test]
+fn local_first_outside_any_runtime_keeps_the_lease_of_a_dropped_verification() {
+    if redis_url("local_first_outside_any_runtime_keeps_the_lease_of_a_dropped_verification")
+        .is_none()
+    {
+        return;
+    }
+    let server = PrivateRedis::start(temp_dir(), free_port());
+    let url = server.url();
+    let p = prefix();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let engine = rt.block_on(async {
+        RedisCounters::builder(&url)
+            .prefix(&p)
+            .timeout(StdDuration::from_secs(5))
+            .local_first(StdDuration::from_secs(3600))
+            .build()
+            .unwrap()
+    });
+    // The host keeps the engine's runtime running on a thread of its own.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let driver = std::thread::spawn(move || {
+        rt.block_on(async {
+            let _ = stopped.await;
+        })
+    });
+    let checker = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut conn = checker
+        .block_on(
+            redis::Client::open(url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection(),
+        )
+        .unwrap();
+    let org = api_keys::OrgId::new("acme");
+    let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
+    let (key, n) = random_key();
+    let req = |key| UsageRequest {
+        key,
+        org: &org,
+        limits: &limits,
+        credits: None,
+        cost: 1,
+        now_ms: 1_800_000,
+    };
+    // This test's thread is outside any runtime. The engine's connection is up (another key).
+    super::faults::block_on_plain(consume_once(&engine, req(random_key().0)));
+    let other_key_holds = engine.leased();
+    {
+        let _frozen = super::faults::Frozen::new(&server);
+        let Consumed::Pending(mut f) = engine.consume(req(key)) else {
+            panic!("the window's first verification waits for a lease");
+        };
+        assert!(
+            futures_util::FutureExt::now_or_never(&mut f).is_none(),
+            "a frozen Redis answered"
+        );
+        // The call is on the wire; its caller goes away.
+        std::thread::sleep(StdDuration::from_millis(200));
+        drop(f);
+    }
+    let pattern = format!("{p}:rl:k:*:{n:016x}");
+    for _ in 0..400 {
+        if checker.block_on(super::faults::count_of(&mut conn, &pattern)) > 0 {
+            break;
+        }
+        std::thread::sleep(StdDuration::from_millis(10));
+    }
+    // Let the recording of the dropped call's answer (if any) settle.
+    std::thread::sleep(StdDuration::from_millis(200));
+    let mut admitted = 0u64;
+    while let Decision::Allowed { .. } =
+        super::faults::block_on_plain(consume_once(&engine, req(key)))
+    {
+        admitted += 1;
+        assert!(admitted <= 80, "admitted past the limit");
+    }
+    let counted = checker.block_on(super::faults::count_of(&mut conn, &pattern));
+    let held = engine.leased() - other_key_holds;
+    drop(engine);
+    let _ = stop.send(());
+    driver.join().unwrap();
+    assert_eq!(
+        counted,
+        admitted + held,
+        "units Redis counts as leased to this node that it neither admitted nor holds \
+         (admitted {admitted}, held {held})"
+    );
+}

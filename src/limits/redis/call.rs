@@ -59,7 +59,8 @@ impl OwnRuntime {
 }
 
 /// The deadline of a call whose timeout the clock cannot add (as Tokio's far future: 30 years).
-const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
+pub(super) const FAR_FUTURE: std::time::Duration =
+    std::time::Duration::from_secs(86_400 * 365 * 30);
 
 /// A call polled inside the engine's own runtime `rt` (entered for each poll), for a caller
 /// outside any; [`CounterError::Unavailable`] once that runtime shut down, even midway (its

@@ -73,3 +73,54 @@ pub(super) fn wake_at(at: Instant, slot: &Slot) {
         .push((at, Arc::downgrade(slot)));
     t.changed.notify_one();
 }
+
+/// `f`'s output, or `None` once `timeout` has passed (one the clock cannot add: far off),
+/// timed by this module's thread: for a caller outside any runtime waiting on a task of a
+/// runtime that may not be running (its timers would never fire either).
+pub(super) struct Within<F> {
+    f: std::pin::Pin<Box<F>>,
+    timeout: std::time::Duration,
+    deadline: Option<(Instant, Slot)>,
+}
+
+impl<F> Within<F> {
+    pub(super) fn new(f: F, timeout: std::time::Duration) -> Self {
+        Within {
+            f: Box::pin(f),
+            timeout,
+            deadline: None,
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Within<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = &mut *self;
+        if let std::task::Poll::Ready(v) = this.f.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(v));
+        }
+        match &this.deadline {
+            None => {
+                let now = Instant::now();
+                let at = now
+                    .checked_add(this.timeout)
+                    .or_else(|| now.checked_add(super::call::FAR_FUTURE))
+                    .unwrap_or(now);
+                let slot = Arc::new(Mutex::new(cx.waker().clone()));
+                wake_at(at, &slot);
+                this.deadline = Some((at, slot));
+            }
+            Some((at, _)) if Instant::now() >= *at => return std::task::Poll::Ready(None),
+            Some((_, slot)) => slot
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone_from(cx.waker()),
+        }
+        std::task::Poll::Pending
+    }
+}

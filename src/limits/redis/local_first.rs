@@ -91,6 +91,17 @@ impl Drop for Marks {
     }
 }
 
+/// Marks owed by a lease call's task that has not run yet: they go with its caller (cleared
+/// when it is dropped or done), so a task its runtime never runs marks nothing.
+struct OwedMarks(Arc<std::sync::Mutex<Option<Marks>>>);
+
+impl Drop for OwedMarks {
+    fn drop(&mut self) {
+        let marks = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        drop(marks);
+    }
+}
+
 impl RedisCounters {
     pub(super) fn consume_leased<'a>(&'a self, req: UsageRequest<'a>) -> Consumed<'a> {
         self.start_sync();
@@ -352,16 +363,17 @@ impl RedisCounters {
         // Owed until the reply is recorded, even if this future is dropped on the way.
         let marks = Marks::new(self, asks.iter().map(|a| a.id.clone()).collect());
         let asks = Arc::new(asks);
-        // Outside any runtime, a task goes to the engine's own only if that one runs it of
+        // Outside any runtime, the task goes to the engine's own, which may not run it of
         // itself: a current-thread runtime runs a spawned task only while someone blocks on
-        // it (an idle one never does, and the caller would wait for the answer forever). The
-        // call then runs inline, in that runtime, ending at the engine's timeout.
-        let spawn_on = match tokio::runtime::Handle::try_current() {
-            Ok(current) => Some(current),
-            Err(_) => self
-                .runtime()
-                .filter(|h| h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread),
-        };
+        // it (an idle one never does). The answer is then waited for up to the engine's
+        // timeout, as the call itself would be (a failed lease: the limit fails as
+        // configured); the task, if that runtime runs it later, records what Redis grants
+        // all the same, as for any caller that went away.
+        let spawn_on = self.runtime();
+        let bounded = tokio::runtime::Handle::try_current().is_err()
+            && spawn_on.as_ref().is_some_and(|h| {
+                h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+            });
         let (reply, marks) = match spawn_on {
             // The call runs in a task of its own: a caller dropped while it is in flight (a
             // client gone) does not lose what Redis grants, which Redis counts as leased to
@@ -373,7 +385,17 @@ impl RedisCounters {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let engine = self.clone();
                 let task_asks = Arc::clone(&asks);
+                // The task takes the marks over when it first runs; until then they are the
+                // caller's (a task that may never run must not keep the counters marked as
+                // being fetched: later verifications would wait for it).
+                let owed = OwedMarks(Arc::new(std::sync::Mutex::new(Some(marks))));
+                let task_owed = Arc::clone(&owed.0);
                 handle.spawn(async move {
+                    let marks = task_owed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take()
+                        .unwrap_or_else(|| Marks::new(&engine, Vec::new()));
                     let reply = engine.lease_call(&task_asks).await;
                     if let Err((reply, marks)) = tx.send((reply, marks)) {
                         engine.record_orphan(&task_asks, &reply, marks);
@@ -384,7 +406,17 @@ impl RedisCounters {
                     engine: self.clone(),
                     asks: Arc::clone(&asks),
                 };
-                pending.recv().await
+                let reply = if bounded {
+                    // Not answered in time: the fetch is over for this caller (its marks
+                    // are cleared below, as for a task that was dropped).
+                    super::deadline::Within::new(pending.recv(), self.inner.timeout)
+                        .await
+                        .unwrap_or((Err(unavailable(None)), None))
+                } else {
+                    pending.recv().await
+                };
+                drop(owed);
+                reply
             }
             None => (self.lease_call(&asks).await, Some(marks)),
         };

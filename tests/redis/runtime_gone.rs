@@ -311,3 +311,78 @@ fn local_first_outside_any_runtime_keeps_the_lease_of_a_dropped_verification() {
          (admitted {admitted}, held {held})"
     );
 }
+
+/// Local-first, the engine built (and its first leases fetched) in a current-thread runtime
+/// that nobody is blocked on afterwards, verifications polled outside any runtime: spending
+/// the lease starts a fetch ahead in a task of that runtime, which never runs it, and the
+/// counter stayed marked as being fetched. Once the lease was spent, the next verification
+/// waited for that fetch, on a timer of that same idle runtime, forever. It ends instead.
+/// (The wait below only bounds a hang; the timeout is 50 ms.)
+#[test]
+fn local_first_a_fetch_ahead_on_an_idle_current_thread_runtime_is_not_waited_for_forever() {
+    let Some(url) = redis_url(
+        "local_first_a_fetch_ahead_on_an_idle_current_thread_runtime_is_not_waited_for_forever",
+    ) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let org = api_keys::OrgId::new("acme");
+    let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
+    let key = random_key().0;
+    let req = UsageRequest {
+        key,
+        org: &org,
+        limits: &limits,
+        credits: None,
+        cost: 1,
+        now_ms: 1_800_000,
+    };
+    let engine = rt.block_on(async {
+        let engine = RedisCounters::builder(&url)
+            .prefix(prefix())
+            .timeout(StdDuration::from_millis(50))
+            .local_first(StdDuration::from_secs(3600))
+            .build()
+            .unwrap();
+        // The host's first verification, in the runtime: the key's first lease.
+        consume_once(&engine, req).await;
+        engine
+    });
+    assert!(engine.leased() > 0, "no lease was fetched in the runtime");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let caller = engine.clone();
+    // Not joined: a verification that hangs must not hang the test.
+    std::thread::spawn(move || {
+        let org = api_keys::OrgId::new("acme");
+        let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
+        let req = UsageRequest {
+            key,
+            org: &org,
+            limits: &limits,
+            credits: None,
+            cost: 1,
+            now_ms: 1_800_000,
+        };
+        for _ in 0..20 {
+            // Spent from the lease, then refused or unavailable (the limit fails as
+            // configured without Redis): any answer, so long as there is one.
+            let _ = super::faults::block_on_plain(async {
+                match caller.consume(req) {
+                    Consumed::Ready(r) => r,
+                    Consumed::Pending(f) => f.await,
+                }
+            });
+        }
+        let _ = tx.send(());
+    });
+    let done = rx.recv_timeout(StdDuration::from_secs(60));
+    assert!(
+        done.is_ok(),
+        "a verification outside any runtime waited forever for a fetch that never runs"
+    );
+    drop(engine);
+    drop(rt);
+}

@@ -461,15 +461,26 @@ impl RedisCounters {
         self.call(inv.invoke_async(&mut conn)).await
     }
 
-    /// Fetches leases in the background (on the current Tokio runtime, else the engine's own;
-    /// without any, the next verification that needs them waits instead).
+    /// Fetches leases in the background (on the current Tokio runtime, else the engine's own
+    /// if it runs tasks of itself; without either, the next verification that needs them
+    /// fetches them instead).
     fn spawn_lease(&self, asks: Vec<Ask>) {
         if asks.is_empty() {
             return;
         }
         // Owed by the task (dropped with it, even before it first ran), or at once.
         let marks = Marks::new(self, asks.iter().map(|a| a.id.clone()).collect());
-        if let Some(handle) = self.runtime() {
+        // Outside any runtime, not on a current-thread one: it runs a task only while
+        // someone blocks on it, and an idle one never would, leaving the counters marked as
+        // being fetched — every later verification would wait for that fetch, on a timer of
+        // that same idle runtime, forever.
+        let handle = match tokio::runtime::Handle::try_current() {
+            Ok(current) => Some(current),
+            Err(_) => self
+                .runtime()
+                .filter(|h| h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread),
+        };
+        if let Some(handle) = handle {
             let engine = self.clone();
             handle.spawn(async move {
                 // `lease` takes the marks over (no await between).

@@ -386,3 +386,78 @@ fn local_first_a_fetch_ahead_on_an_idle_current_thread_runtime_is_not_waited_for
     drop(engine);
     drop(rt);
 }
+
+/// As `local_first_a_fetch_ahead_on_an_idle_current_thread_runtime_is_not_waited_for_forever`,
+/// the fetch ahead started by the host's last verification in the runtime (queued there when
+/// its `block_on` returned, never run since): a verification outside any runtime that waited
+/// for it did so on a timer of that idle runtime, forever. It ends instead.
+/// (The wait below only bounds a hang; the timeout is 50 ms.)
+#[test]
+fn local_first_a_fetch_left_queued_on_an_idle_current_thread_runtime_is_not_waited_for_forever() {
+    let Some(url) = redis_url(
+        "local_first_a_fetch_left_queued_on_an_idle_current_thread_runtime_is_not_waited_for_forever",
+    ) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let org = api_keys::OrgId::new("acme");
+    let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
+    let key = random_key().0;
+    let req = UsageRequest {
+        key,
+        org: &org,
+        limits: &limits,
+        credits: None,
+        cost: 1,
+        now_ms: 1_800_000,
+    };
+    let engine = rt.block_on(async {
+        let engine = RedisCounters::builder(&url)
+            .prefix(prefix())
+            .timeout(StdDuration::from_millis(50))
+            .local_first(StdDuration::from_secs(3600))
+            .build()
+            .unwrap();
+        consume_once(&engine, req).await;
+        // Spent (answered at once, never yielding) until the next lease is fetched ahead.
+        let batch = engine.leased();
+        while engine.leased() > batch / 2 {
+            consume_once(&engine, req).await;
+        }
+        engine
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let caller = engine.clone();
+    // Not joined: a verification that hangs must not hang the test.
+    std::thread::spawn(move || {
+        let org = api_keys::OrgId::new("acme");
+        let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
+        let req = UsageRequest {
+            key,
+            org: &org,
+            limits: &limits,
+            credits: None,
+            cost: 1,
+            now_ms: 1_800_000,
+        };
+        for _ in 0..10 {
+            let _ = super::faults::block_on_plain(async {
+                match caller.consume(req) {
+                    Consumed::Ready(r) => r,
+                    Consumed::Pending(f) => f.await,
+                }
+            });
+        }
+        let _ = tx.send(());
+    });
+    let done = rx.recv_timeout(StdDuration::from_secs(60));
+    assert!(
+        done.is_ok(),
+        "a verification outside any runtime waited forever for a fetch that never runs"
+    );
+    drop(engine);
+    drop(rt);
+}

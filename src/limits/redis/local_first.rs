@@ -312,19 +312,18 @@ impl RedisCounters {
                                 } if fetch.is_empty() => {
                                     let left =
                                         self.inner.timeout.saturating_sub(waiting_since.elapsed());
-                                    // The timer is the runtime's (the engine's own when this
-                                    // verification is polled outside any).
-                                    // Without one (polled outside any, the engine's own
-                                    // gone) there is no timer: stop waiting, as at the end
-                                    // of the wait, rather than panic.
-                                    let Some(rt) = self.runtime() else {
-                                        break;
+                                    // Inside a runtime, its timer; outside any, the deadline
+                                    // thread's: the engine's own may run no timers (a
+                                    // current-thread one nobody is blocked on, or one gone),
+                                    // and a fetch queued there may never end to wake this.
+                                    let woken = if tokio::runtime::Handle::try_current().is_ok() {
+                                        tokio::time::timeout(left, notified.as_mut()).await.is_ok()
+                                    } else {
+                                        super::deadline::Within::new(notified.as_mut(), left)
+                                            .await
+                                            .is_some()
                                     };
-                                    let wait = {
-                                        let _in = rt.enter();
-                                        tokio::time::timeout(left, notified.as_mut())
-                                    };
-                                    if wait.await.is_err() {
+                                    if !woken {
                                         break;
                                     }
                                     notified.set(self.inner.leased.notified());

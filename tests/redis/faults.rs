@@ -46,15 +46,15 @@ pub(crate) async fn count_of(conn: &mut redis::aio::MultiplexedConnection, patte
 /// A private Redis and a local-first engine over it, its connection up and its scripts loaded
 /// (a verification of another key of `acme` under "hour", 80 per hour, whose lease
 /// `other_key_holds` counts), and a connection of the test's own.
-struct Rig {
+pub(crate) struct Rig {
     server: PrivateRedis,
-    engine: RedisCounters,
-    conn: redis::aio::MultiplexedConnection,
-    prefix: String,
-    other_key_holds: u64,
+    pub(crate) engine: RedisCounters,
+    pub(crate) conn: redis::aio::MultiplexedConnection,
+    pub(crate) prefix: String,
+    pub(crate) other_key_holds: u64,
 }
 
-async fn local_first_rig() -> Rig {
+pub(crate) async fn local_first_rig() -> Rig {
     let server = PrivateRedis::start(temp_dir(), free_port());
     let url = server.url();
     let prefix = prefix();

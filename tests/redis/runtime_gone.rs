@@ -461,3 +461,53 @@ fn local_first_a_fetch_left_queued_on_an_idle_current_thread_runtime_is_not_wait
     drop(engine);
     drop(rt);
 }
+
+/// Local-first, inside a runtime: verifications dropped right after they started their lease
+/// call, before its task first ran (a busy runtime; here a current-thread one the test does
+/// not yield to), must not each start a lease call of their own: the task owns the counter's
+/// "being fetched" mark from the start, so later verifications wait for it instead of leasing
+/// again — the node then holds at most the documented two leases (`2 · ⌈limit / 8⌉`).
+#[tokio::test]
+async fn local_first_verifications_dropped_before_their_lease_task_ran_do_not_lease_again() {
+    if redis_url("local_first_verifications_dropped_before_their_lease_task_ran_do_not_lease_again")
+        .is_none()
+    {
+        return;
+    }
+    let rig = super::faults::local_first_rig().await;
+    let org = api_keys::OrgId::new("acme");
+    let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
+    let (key, n) = random_key();
+    let req = || UsageRequest {
+        key,
+        org: &org,
+        limits: &limits,
+        credits: None,
+        cost: 1,
+        now_ms: 1_800_000,
+    };
+    for _ in 0..4 {
+        let Consumed::Pending(mut f) = rig.engine.consume(req()) else {
+            panic!("no lease yet: the verification waits");
+        };
+        // Polled once (its lease task spawned, not run yet), then its caller goes away.
+        assert!(futures_util::FutureExt::now_or_never(&mut f).is_none());
+        drop(f);
+    }
+    // Every call Redis runs is recorded by the node: wait until it holds all Redis counts.
+    let mut conn = rig.conn.clone();
+    let pattern = format!("{}:rl:k:*:{n:016x}", rig.prefix);
+    let mut held = 0;
+    for _ in 0..500 {
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+        let counted = super::faults::count_of(&mut conn, &pattern).await;
+        held = rig.engine.leased() - rig.other_key_holds;
+        if counted > 0 && counted == held {
+            break;
+        }
+    }
+    assert!(
+        held <= 2 * 80u64.div_ceil(8),
+        "four verifications dropped before their lease task ran left this node holding {held} of 80"
+    );
+}

@@ -384,11 +384,14 @@ impl RedisCounters {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let engine = self.clone();
                 let task_asks = Arc::clone(&asks);
-                // The task takes the marks over when it first runs; until then they are the
-                // caller's (a task that may never run must not keep the counters marked as
-                // being fetched: later verifications would wait for it).
-                let owed = OwedMarks(Arc::new(std::sync::Mutex::new(Some(marks))));
-                let task_owed = Arc::clone(&owed.0);
+                // The task takes the marks over when it first runs. On a runtime that runs
+                // tasks of itself they are the task's from the start (kept until its reply is
+                // recorded, even if this caller is dropped before the task first runs: or a
+                // later verification would lease again meanwhile); on an idle current-thread
+                // one (`bounded`) they are the caller's until then — a task that may never
+                // run must not keep the counters marked as being fetched.
+                let task_owed = Arc::new(std::sync::Mutex::new(Some(marks)));
+                let owed = bounded.then(|| OwedMarks(Arc::clone(&task_owed)));
                 handle.spawn(async move {
                     let marks = task_owed
                         .lock()

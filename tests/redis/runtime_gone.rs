@@ -14,6 +14,83 @@ fn outside_any_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, Optio
     })
 }
 
+/// A current-thread runtime and an engine built in it (50 ms timeout; local-first with the
+/// given sync period). Nobody is blocked on the runtime afterwards unless a test says so.
+fn current_thread_engine(
+    url: &str,
+    local_first: Option<StdDuration>,
+) -> (tokio::runtime::Runtime, RedisCounters) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let engine = rt.block_on(async {
+        let b = RedisCounters::builder(url)
+            .prefix(prefix())
+            .timeout(StdDuration::from_millis(50));
+        match local_first {
+            Some(sync) => b.local_first(sync),
+            None => b,
+        }
+        .build()
+        .unwrap()
+    });
+    (rt, engine)
+}
+
+/// `limit` per hour for `key` of "acme", cost 1, at a fixed time (a request borrows these).
+struct Hourly {
+    org: api_keys::OrgId,
+    limits: [RateLimit; 1],
+    key: api_keys::KeyId,
+}
+
+impl Hourly {
+    fn new(limit: u64, key: api_keys::KeyId) -> Self {
+        Hourly {
+            org: api_keys::OrgId::new("acme"),
+            limits: [RateLimit::new("hour", limit, StdDuration::from_secs(3600))],
+            key,
+        }
+    }
+
+    fn req(&self) -> UsageRequest<'_> {
+        UsageRequest {
+            key: self.key,
+            org: &self.org,
+            limits: &self.limits,
+            credits: None,
+            cost: 1,
+            now_ms: 1_800_000,
+        }
+    }
+}
+
+/// Runs `n` verifications of `hourly`'s request through `engine` on a thread of its own,
+/// outside any runtime: the last answer, or `None` if they did not all end within a minute
+/// (a hang: the thread is not joined, so that it cannot hang the test).
+fn verify_outside_any_runtime(
+    engine: &RedisCounters,
+    hourly: Hourly,
+    n: usize,
+) -> Option<Result<Decision, api_keys::CounterError>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let engine = engine.clone();
+    std::thread::spawn(move || {
+        let mut last = None;
+        for _ in 0..n {
+            last = Some(super::faults::block_on_plain(async {
+                match engine.consume(hourly.req()) {
+                    Consumed::Ready(r) => r,
+                    Consumed::Pending(f) => f.await,
+                }
+            }));
+        }
+        let _ = tx.send(last);
+    });
+    rx.recv_timeout(StdDuration::from_secs(60)).ok().flatten()
+}
+
 /// The engine built in a runtime that was then shut down (dropped), before its connection
 /// was first used, or after: a strict verification polled outside any runtime entered the
 /// dead runtime, whose timers (the call's timeout, the connection's own retry delay) panic
@@ -74,43 +151,12 @@ fn strict_with_the_engines_current_thread_runtime_idle_ends_at_the_timeout() {
     else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let engine = rt.block_on(async {
-        RedisCounters::builder(&url)
-            .prefix(prefix())
-            .timeout(StdDuration::from_millis(50))
-            .build()
-            .unwrap()
-    });
-    let (tx, rx) = std::sync::mpsc::channel();
-    let caller = std::thread::spawn(move || {
-        let org = api_keys::OrgId::new("acme");
-        let limits = [RateLimit::new("hour", 2, StdDuration::from_secs(3600))];
-        let req = UsageRequest {
-            key: random_key().0,
-            org: &org,
-            limits: &limits,
-            credits: None,
-            cost: 1,
-            now_ms: 1_800_000,
-        };
-        let d = super::faults::block_on_plain(async {
-            match engine.consume(req) {
-                Consumed::Ready(r) => r,
-                Consumed::Pending(f) => f.await,
-            }
-        });
-        let _ = tx.send(d);
-    });
-    let d = rx.recv_timeout(StdDuration::from_secs(60));
+    let (rt, engine) = current_thread_engine(&url, None);
+    let d = verify_outside_any_runtime(&engine, Hourly::new(2, random_key().0), 1);
     assert!(
-        matches!(d, Ok(Err(api_keys::CounterError::Unavailable(_)))),
+        matches!(d, Some(Err(api_keys::CounterError::Unavailable(_)))),
         "{d:?}"
     );
-    caller.join().unwrap();
     drop(rt);
 }
 
@@ -170,41 +216,11 @@ fn local_first_with_the_engines_current_thread_runtime_idle_ends_at_the_timeout(
     else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let engine = rt.block_on(async {
-        RedisCounters::builder(&url)
-            .prefix(prefix())
-            .timeout(StdDuration::from_millis(50))
-            .local_first(StdDuration::from_secs(1))
-            .build()
-            .unwrap()
-    });
-    let (tx, rx) = std::sync::mpsc::channel();
-    let caller = std::thread::spawn(move || {
-        let org = api_keys::OrgId::new("acme");
-        let limits = [RateLimit::new("hour", 2, StdDuration::from_secs(3600))];
-        let req = UsageRequest {
-            key: random_key().0,
-            org: &org,
-            limits: &limits,
-            credits: None,
-            cost: 1,
-            now_ms: 1_800_000,
-        };
-        let d = super::faults::block_on_plain(async {
-            match engine.consume(req) {
-                Consumed::Ready(r) => r,
-                Consumed::Pending(f) => f.await,
-            }
-        });
-        let _ = tx.send(format!("{d:?}"));
-    });
-    let d = rx.recv_timeout(StdDuration::from_secs(60));
-    assert!(d.is_ok(), "a verification outside any runtime never ended");
-    caller.join().unwrap();
+    let (rt, engine) = current_thread_engine(&url, Some(StdDuration::from_secs(1)));
+    assert!(
+        verify_outside_any_runtime(&engine, Hourly::new(2, random_key().0), 1).is_some(),
+        "a verification outside any runtime never ended"
+    );
     drop(rt);
 }
 
@@ -325,62 +341,15 @@ fn local_first_a_fetch_ahead_on_an_idle_current_thread_runtime_is_not_waited_for
     ) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let org = api_keys::OrgId::new("acme");
-    let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
+    let (rt, engine) = current_thread_engine(&url, Some(StdDuration::from_secs(3600)));
     let key = random_key().0;
-    let req = UsageRequest {
-        key,
-        org: &org,
-        limits: &limits,
-        credits: None,
-        cost: 1,
-        now_ms: 1_800_000,
-    };
-    let engine = rt.block_on(async {
-        let engine = RedisCounters::builder(&url)
-            .prefix(prefix())
-            .timeout(StdDuration::from_millis(50))
-            .local_first(StdDuration::from_secs(3600))
-            .build()
-            .unwrap();
-        // The host's first verification, in the runtime: the key's first lease.
-        consume_once(&engine, req).await;
-        engine
-    });
+    // The host's first verification, in the runtime: the key's first lease.
+    rt.block_on(consume_once(&engine, Hourly::new(80, key).req()));
     assert!(engine.leased() > 0, "no lease was fetched in the runtime");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let caller = engine.clone();
-    // Not joined: a verification that hangs must not hang the test.
-    std::thread::spawn(move || {
-        let org = api_keys::OrgId::new("acme");
-        let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
-        let req = UsageRequest {
-            key,
-            org: &org,
-            limits: &limits,
-            credits: None,
-            cost: 1,
-            now_ms: 1_800_000,
-        };
-        for _ in 0..20 {
-            // Spent from the lease, then refused or unavailable (the limit fails as
-            // configured without Redis): any answer, so long as there is one.
-            let _ = super::faults::block_on_plain(async {
-                match caller.consume(req) {
-                    Consumed::Ready(r) => r,
-                    Consumed::Pending(f) => f.await,
-                }
-            });
-        }
-        let _ = tx.send(());
-    });
-    let done = rx.recv_timeout(StdDuration::from_secs(60));
+    // Spent from the lease, then refused or unavailable (the limit fails as configured
+    // without Redis): any answer, so long as there is one.
     assert!(
-        done.is_ok(),
+        verify_outside_any_runtime(&engine, Hourly::new(80, key), 20).is_some(),
         "a verification outside any runtime waited forever for a fetch that never runs"
     );
     drop(engine);
@@ -399,63 +368,18 @@ fn local_first_a_fetch_left_queued_on_an_idle_current_thread_runtime_is_not_wait
     ) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let org = api_keys::OrgId::new("acme");
-    let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
-    let key = random_key().0;
-    let req = UsageRequest {
-        key,
-        org: &org,
-        limits: &limits,
-        credits: None,
-        cost: 1,
-        now_ms: 1_800_000,
-    };
-    let engine = rt.block_on(async {
-        let engine = RedisCounters::builder(&url)
-            .prefix(prefix())
-            .timeout(StdDuration::from_millis(50))
-            .local_first(StdDuration::from_secs(3600))
-            .build()
-            .unwrap();
-        consume_once(&engine, req).await;
+    let (rt, engine) = current_thread_engine(&url, Some(StdDuration::from_secs(3600)));
+    let hourly = Hourly::new(80, random_key().0);
+    rt.block_on(async {
+        consume_once(&engine, hourly.req()).await;
         // Spent (answered at once, never yielding) until the next lease is fetched ahead.
         let batch = engine.leased();
         while engine.leased() > batch / 2 {
-            consume_once(&engine, req).await;
+            consume_once(&engine, hourly.req()).await;
         }
-        engine
     });
-    let (tx, rx) = std::sync::mpsc::channel();
-    let caller = engine.clone();
-    // Not joined: a verification that hangs must not hang the test.
-    std::thread::spawn(move || {
-        let org = api_keys::OrgId::new("acme");
-        let limits = [RateLimit::new("hour", 80, StdDuration::from_secs(3600))];
-        let req = UsageRequest {
-            key,
-            org: &org,
-            limits: &limits,
-            credits: None,
-            cost: 1,
-            now_ms: 1_800_000,
-        };
-        for _ in 0..10 {
-            let _ = super::faults::block_on_plain(async {
-                match caller.consume(req) {
-                    Consumed::Ready(r) => r,
-                    Consumed::Pending(f) => f.await,
-                }
-            });
-        }
-        let _ = tx.send(());
-    });
-    let done = rx.recv_timeout(StdDuration::from_secs(60));
     assert!(
-        done.is_ok(),
+        verify_outside_any_runtime(&engine, hourly, 10).is_some(),
         "a verification outside any runtime waited forever for a fetch that never runs"
     );
     drop(engine);

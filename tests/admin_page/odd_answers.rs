@@ -51,24 +51,8 @@ async fn escape_while_a_change_is_sent_keeps_its_error_in_view() {
         .send_keys(&Key::Escape.to_string())
         .await
         .unwrap();
-    h.js("window.__held[0].resolve(new Response('upstream down', \
-          { status: 503, headers: { 'content-type': 'text/plain' } }));")
-        .await;
-    h.wait_js("!document.getElementById('limits-save').disabled")
-        .await;
-    assert_eq!(
-        h.js("return document.getElementById('limits-dialog').open;")
-            .await,
-        json!(true),
-        "the Limits dialog closed while saving; its error is out of sight"
-    );
-    assert_eq!(
-        h.text("#limits-error").await,
-        "Something went wrong (HTTP 503). Try again."
-    );
-    h.css("#limits-cancel").await.click().await.unwrap();
-    h.wait_js("!document.getElementById('limits-dialog').open")
-        .await;
+    answer_held_with_503(&h, 0).await;
+    limits_error_in_view_then_cancel(&h).await;
 
     // The generate form.
     h.css("#open-generate").await.click().await.unwrap();
@@ -176,24 +160,8 @@ async fn escape_twice_while_a_dialog_is_busy_keeps_its_error_in_view() {
     for _ in 0..2 {
         press_escape(&h).await;
     }
-    h.js("window.__held[0].resolve(new Response('upstream down', \
-          { status: 503, headers: { 'content-type': 'text/plain' } }));")
-        .await;
-    h.wait_js("!document.getElementById('limits-save').disabled")
-        .await;
-    assert_eq!(
-        h.js("return document.getElementById('limits-dialog').open;")
-            .await,
-        json!(true),
-        "the Limits dialog closed while saving; its error is out of sight"
-    );
-    assert_eq!(
-        h.text("#limits-error").await,
-        "Something went wrong (HTTP 503). Try again."
-    );
-    h.css("#limits-cancel").await.click().await.unwrap();
-    h.wait_js("!document.getElementById('limits-dialog').open")
-        .await;
+    answer_held_with_503(&h, 0).await;
+    limits_error_in_view_then_cancel(&h).await;
 
     // The confirmation dialog (a revoke) likewise.
     h.css(&format!("tr[data-key-id=\"{id}\"] .action-revoke"))
@@ -208,9 +176,7 @@ async fn escape_twice_while_a_dialog_is_busy_keeps_its_error_in_view() {
     for _ in 0..2 {
         press_escape(&h).await;
     }
-    h.js("window.__held[1].resolve(new Response('upstream down', \
-          { status: 503, headers: { 'content-type': 'text/plain' } }));")
-        .await;
+    answer_held_with_503(&h, 1).await;
     h.wait_js("!document.getElementById('confirm-ok').disabled")
         .await;
     assert_eq!(
@@ -361,4 +327,34 @@ async fn a_change_never_answered_does_not_lock_the_limits_dialog() {
     h.wait_js("!document.getElementById('limits-dialog').open")
         .await;
     h.finish().await;
+}
+
+/// Answers the `n`th change the page sent (held by `HOLD_CHANGES`) with a 503 whose body is
+/// not JSON (a proxy in front of the server).
+async fn answer_held_with_503(h: &Harness, n: usize) {
+    h.js(&format!(
+        "window.__held[{n}].resolve(new Response('upstream down', \
+         {{ status: 503, headers: {{ 'content-type': 'text/plain' }} }}));"
+    ))
+    .await;
+}
+
+/// Once the Limits dialog's save has failed: the dialog is still open with its error in view;
+/// then it is cancelled.
+async fn limits_error_in_view_then_cancel(h: &Harness) {
+    h.wait_js("!document.getElementById('limits-save').disabled")
+        .await;
+    assert_eq!(
+        h.js("return document.getElementById('limits-dialog').open;")
+            .await,
+        json!(true),
+        "the Limits dialog closed while saving; its error is out of sight"
+    );
+    assert_eq!(
+        h.text("#limits-error").await,
+        "Something went wrong (HTTP 503). Try again."
+    );
+    h.css("#limits-cancel").await.click().await.unwrap();
+    h.wait_js("!document.getElementById('limits-dialog').open")
+        .await;
 }

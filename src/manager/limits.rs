@@ -5,9 +5,12 @@ use crate::key::{KeyLimits, Spent};
 use crate::limits::{Refused, Verdict};
 use crate::{Credits, RateLimit};
 
-/// The clock's time in Unix milliseconds.
+/// The clock's time in Unix milliseconds, rounded down (before 1970 too) as
+/// [`crate::Clock::now_unix_ms`], which verifications read: rounding toward zero put the last
+/// moment of a day before 1970 in the next day's millisecond.
 fn unix_ms(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+    let ms = t.unix_timestamp_nanos().div_euclid(1_000_000);
+    i64::try_from(ms).unwrap_or(if ms < 0 { i64::MIN } else { i64::MAX })
 }
 
 impl<S: KeyStore + 'static> KeyManager<S> {

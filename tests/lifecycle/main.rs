@@ -15,6 +15,7 @@ use api_keys::{
 use common::*;
 
 mod audit;
+mod clock_edges;
 mod expiry;
 mod last_use;
 mod races;

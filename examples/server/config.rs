@@ -10,7 +10,7 @@ use axum::http::Uri;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::app::webhooks::{check_url, parse_secret};
+use crate::app::webhooks::{check_url, parse_secret, shown_url};
 
 const USAGE: &str = "usage: server [PORT] [--allow-reveal] [--db PATH] [--webhook-url URL] [--github-keys FILE]
   (PORT also from the environment; default 8080; binds 127.0.0.1)
@@ -58,13 +58,23 @@ impl PartialEq for Secret {
 
 impl Eq for Secret {}
 
-/// Where the webhooks go, and the key they are signed with.
-#[derive(Debug, PartialEq, Eq)]
+/// Where the webhooks go, and the key they are signed with. Its `Debug` shows the URL as the
+/// start-up line does (without a query, which may carry a receiver's token) and not the secret.
+#[derive(PartialEq, Eq)]
 pub struct WebhookTarget {
     /// An `http://host[:port]/path` URL.
     pub url: Uri,
     /// `whsec_<base64>`, checked.
     pub secret: Secret,
+}
+
+impl fmt::Debug for WebhookTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookTarget")
+            .field("url", &format_args!("{}", shown_url(&self.url)))
+            .field("secret", &self.secret)
+            .finish()
+    }
 }
 
 /// What the command line and the environment ask for.
@@ -526,5 +536,19 @@ FT0yfSuxQbRhZYLj4v4hDvPVksR4TnJ0IzFWxTjThlRbyG4R9FoKUIv3kg==\n\
         let env = env_of(&[("API_KEYS_WEBHOOK_SECRET", SECRET)]);
         let e = parse_config(args(&["--webhook-url", "http://:9000/x"]), &env).unwrap_err();
         assert!(e.contains("invalid webhook URL"), "{e}");
+    }
+
+    /// A receiver's token in the URL's query is a credential (the start-up line and
+    /// `WebhookConfig`'s `Debug` show it as `?...`), but the configuration's derived `Debug`
+    /// printed the whole URL.
+    #[test]
+    fn the_configurations_debug_never_shows_a_query_token() {
+        let env = env_of(&[("API_KEYS_WEBHOOK_SECRET", SECRET)]);
+        let url = "http://127.0.0.1:9000/hooks?token=hook-query-secret";
+        let c = parse_config(args(&["--webhook-url", url]), &env).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hook-query-secret"), "{shown}");
+        assert!(shown.contains("http://127.0.0.1:9000/hooks?..."), "{shown}");
+        assert_eq!(c.webhook.unwrap().url, url);
     }
 }

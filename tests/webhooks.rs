@@ -377,3 +377,54 @@ async fn a_huge_queue_capacity_is_refused_not_a_panic() {
     c.capacity = webhooks::MAX_CAPACITY;
     assert!(Webhooks::start(c).is_ok());
 }
+
+/// A change of a key's rate limits or credits is a management action (a manager's, through
+/// the admin page's Limits dialog) like a revocation, and the webhooks deliver "every
+/// management action"; but only generate, reveal, roll, revoke, delete and rewrap went out: a
+/// receiver watching for changes never heard that a key's limits were lifted.
+#[tokio::test]
+async fn a_change_of_limits_or_credits_arrives_as_a_webhook() {
+    let (url, mut rx) = receiver(&[]).await;
+    let hooks = Webhooks::start(config(url)).unwrap();
+    let manager = KeyManager::builder(MemoryStore::new(), common::keyring())
+        .clock(ManualClock::new(common::start()))
+        .audit(hooks.clone())
+        .build()
+        .unwrap();
+    let (_, info) = manager
+        .generate(
+            &common::alice(),
+            GenerateRequest::new("ci").scope(Scope::Prometheus),
+        )
+        .await
+        .unwrap();
+    manager
+        .set_limits(&common::alice(), &info.id, vec![])
+        .await
+        .unwrap();
+    manager
+        .set_credits(&common::alice(), &info.id, Some(api_keys::Credits::new(10)))
+        .await
+        .unwrap();
+    manager.revoke(&common::alice(), &info.id).await.unwrap();
+    let mut types = Vec::new();
+    for _ in 0..4 {
+        let d = next(&mut rx).await;
+        assert!(verify(&d));
+        let v: Value = serde_json::from_slice(&d.body).unwrap();
+        assert_eq!(v["data"]["key_id"], info.id.to_string());
+        types.push(v["type"].as_str().unwrap().to_string());
+        if types.last().unwrap() == "api_key.revoked" {
+            break;
+        }
+    }
+    assert_eq!(
+        types,
+        [
+            "api_key.generated",
+            "api_key.limits_changed",
+            "api_key.credits_changed",
+            "api_key.revoked"
+        ]
+    );
+}

@@ -296,6 +296,8 @@ impl AuditSink for Webhooks {
                 | AuditAction::Revoked
                 | AuditAction::Deleted
                 | AuditAction::Rewrapped { .. }
+                | AuditAction::LimitsChanged
+                | AuditAction::CreditsChanged
                 | AuditAction::IntegrityFailure
         );
         if management {

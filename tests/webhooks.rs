@@ -428,3 +428,31 @@ async fn a_change_of_limits_or_credits_arrives_as_a_webhook() {
         ]
     );
 }
+
+/// At shutdown the server printed its delivered / given-up / dropped counts and exited:
+/// messages still queued (a revocation's, made just before Ctrl-C) were lost silently and
+/// counted nowhere. `drain` gives the queue a grace period and says how many it leaves.
+#[tokio::test]
+async fn a_drain_at_shutdown_delivers_the_queue_or_counts_what_is_left() {
+    let (url, _rx) = receiver(&[500]).await;
+    let hooks = Webhooks::start(config(url)).unwrap();
+    for _ in 0..3 {
+        assert!(hooks.enqueue("api_key.revoked", common::start(), serde_json::json!({})));
+    }
+    // A guard against a hang, not a timing assertion.
+    assert_eq!(hooks.drain(Duration::from_secs(30)).await, 0);
+    assert_eq!((hooks.delivered(), hooks.pending()), (3, 0));
+    // A receiver that accepts connections and never answers: nothing can be delivered
+    // within the grace, and what is left is said.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut c = config(format!("http://{addr}/hooks").parse().unwrap());
+    c.timeout = Duration::from_secs(600);
+    let hooks = Webhooks::start(c).unwrap();
+    for _ in 0..2 {
+        assert!(hooks.enqueue("api_key.revoked", common::start(), serde_json::json!({})));
+    }
+    assert_eq!(hooks.drain(Duration::from_millis(50)).await, 2);
+    assert_eq!(hooks.pending(), 2);
+    drop(listener);
+}

@@ -163,8 +163,11 @@ async fn run() -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())?;
     if let Some(hooks) = &webhooks {
+        // What is still queued when the process exits is lost: give it a moment, and say
+        // how many were left.
+        let unsent = hooks.drain(std::time::Duration::from_secs(10)).await;
         println!(
-            "webhooks: {} delivered, {} given up, {} dropped (queue full)",
+            "webhooks: {} delivered, {} given up, {} dropped (queue full), {unsent} unsent at exit",
             hooks.delivered(),
             hooks.failed(),
             hooks.dropped()

@@ -11,6 +11,8 @@
 //!   request.
 //! - A delivery that fails (connection error, timeout, any non-2xx answer) is retried with
 //!   exponential back-off, up to `max_attempts` attempts.
+//! - At shutdown, [`Webhooks::drain`] gives the queue a grace period and says how many
+//!   messages it leaves unsent (the process exiting would otherwise drop them silently).
 //! - It is a [`Notifier`] (the sweep's and the leak and offboarding events) and an
 //!   [`AuditSink`] (every management action; failed verifications are not sent).
 
@@ -32,7 +34,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// Where and how to deliver. Its `Debug` leaves the secret out.
 #[derive(Clone)]
@@ -106,6 +108,14 @@ pub struct Webhooks {
     dropped: Arc<AtomicU64>,
     delivered: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    progress: Arc<Progress>,
+}
+
+/// Messages queued and not yet delivered or given up, and a signal each time one is done.
+#[derive(Default)]
+struct Progress {
+    pending: AtomicU64,
+    done: Notify,
 }
 
 /// The secret of a `whsec_<base64>` string.
@@ -212,6 +222,7 @@ impl Webhooks {
             dropped: Arc::default(),
             delivered: Arc::default(),
             failed: Arc::default(),
+            progress: Arc::default(),
         };
         tokio::spawn(deliver(
             config,
@@ -219,6 +230,7 @@ impl Webhooks {
             rx,
             hooks.delivered.clone(),
             hooks.failed.clone(),
+            hooks.progress.clone(),
         ));
         Ok(hooks)
     }
@@ -231,9 +243,12 @@ impl Webhooks {
             id: random_id(),
             body: serde_json::to_vec(&body).unwrap_or_default(),
         };
+        // Counted before it can be taken off the queue (and the count lowered).
+        self.progress.pending.fetch_add(1, Ordering::SeqCst);
         match self.tx.try_send(message) {
             Ok(()) => true,
             Err(_) => {
+                self.progress.pending.fetch_sub(1, Ordering::SeqCst);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(target: "server::webhooks", event_type, "webhook queue full: message dropped");
                 false
@@ -254,6 +269,31 @@ impl Webhooks {
     /// Messages given up after `max_attempts`.
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Messages queued (or being attempted) and not yet delivered or given up.
+    pub fn pending(&self) -> u64 {
+        self.progress.pending.load(Ordering::SeqCst)
+    }
+
+    /// Waits, at most `grace`, for every queued message to be delivered or given up (call it
+    /// at shutdown: what is still queued when the process exits is lost); the number still
+    /// pending when it returns.
+    pub async fn drain(&self, grace: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let done = self.progress.done.notified();
+            tokio::pin!(done);
+            // Registered before the count is read: a message finished in between wakes it.
+            done.as_mut().enable();
+            let pending = self.pending();
+            if pending == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return self.pending();
+            }
+        }
     }
 }
 
@@ -318,6 +358,7 @@ async fn deliver(
     mut rx: mpsc::Receiver<Message>,
     delivered: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    progress: Arc<Progress>,
 ) {
     while let Some(message) = rx.recv().await {
         let mut wait = config.backoff;
@@ -350,6 +391,8 @@ async fn deliver(
             failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(target: "server::webhooks", id = %message.id, "webhook given up");
         }
+        progress.pending.fetch_sub(1, Ordering::SeqCst);
+        progress.done.notify_waiters();
     }
 }
 

@@ -456,3 +456,34 @@ async fn a_drain_at_shutdown_delivers_the_queue_or_counts_what_is_left() {
     assert_eq!(hooks.pending(), 2);
     drop(listener);
 }
+
+/// A notification's key says whom to tell by "its organization, name, creator and owner",
+/// but the webhook carried no `owner`: a receiver routing expiry warnings to the key's owner
+/// (a team, a service) could not, and the creator alone may have left long ago.
+#[tokio::test]
+async fn an_automation_webhook_names_the_keys_owner() {
+    let (url, mut rx) = receiver(&[]).await;
+    let hooks = Webhooks::start(config(url)).unwrap();
+    let clock = ManualClock::new(common::start());
+    let manager = KeyManager::builder(MemoryStore::new(), common::keyring())
+        .clock(clock.clone())
+        .notifier(hooks.clone())
+        .build()
+        .unwrap();
+    manager
+        .generate(
+            &common::alice(),
+            GenerateRequest::new("ci")
+                .scope(Scope::Prometheus)
+                .owner("team-payments"),
+        )
+        .await
+        .unwrap();
+    clock.advance(common::days(61));
+    manager.sweep().await.unwrap();
+    let d = next(&mut rx).await;
+    assert!(verify(&d));
+    let v: Value = serde_json::from_slice(&d.body).unwrap();
+    assert_eq!(v["type"], "api_key.expiry_warning");
+    assert_eq!(v["data"]["owner"], "team-payments", "{v}");
+}

@@ -304,6 +304,8 @@ impl Notifier for Webhooks {
             "org": n.key.org.as_str(),
             "name": n.key.name,
             "created_by": n.key.created_by.as_str(),
+            // Whom to tell, with the organization and the creator (who may have left).
+            "owner": n.key.owner,
             "expires_at": n.key.expires_at.map(|t| t.unix_timestamp()),
         });
         match &n.event {

@@ -136,12 +136,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         if !details_authentic && rec.revoked_at.is_some() {
             // Revoked (its main tag says so: `verify` refuses it) under forged details,
             // which a no-op revocation would keep: genuine, and nothing to revoke.
-            self.audit_best_effort(
-                AuditAction::IntegrityFailure,
-                None,
-                Some(&rec.org),
-                Some(id),
-            );
+            self.integrity_failure(None, &rec);
             return Ok(LeakVerdict::TruePositive);
         }
         let now = whole_seconds(self.inner.clock.now());

@@ -278,12 +278,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             // verifies, so it is revoked too (the revocation replaces the details, and
             // `revoke_for` reports the forgery).
             if !r.main_tag_authentic(&keyring, &self.inner.prefix) {
-                self.audit_best_effort(
-                    AuditAction::IntegrityFailure,
-                    Some(actor),
-                    Some(&r.org),
-                    Some(r.id),
-                );
+                self.integrity_failure(Some(actor), r);
                 continue;
             }
             match self

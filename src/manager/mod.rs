@@ -416,7 +416,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     }
 
     /// Audits an integrity failure of `rec`.
-    fn integrity_failure(&self, actor: Option<&Actor>, rec: &KeyRecord) {
+    pub(crate) fn integrity_failure(&self, actor: Option<&Actor>, rec: &KeyRecord) {
         self.audit_best_effort(
             AuditAction::IntegrityFailure,
             actor,

@@ -70,7 +70,7 @@ struct InRuntime<'a, F> {
     engine: &'a RedisCounters,
     rt: &'a OwnRuntime,
     f: std::pin::Pin<Box<F>>,
-    deadline: Option<(std::time::Instant, super::deadline::Slot)>,
+    deadline: super::deadline::Deadline,
 }
 
 impl<T, F: Future<Output = Result<T, CounterError>>> Future for InRuntime<'_, F> {
@@ -91,29 +91,10 @@ impl<T, F: Future<Output = Result<T, CounterError>>> Future for InRuntime<'_, F>
         if polled.is_ready() {
             return polled;
         }
-        match &this.deadline {
-            None => {
-                // A timeout beyond the clock's range (`Duration::MAX`: none, in effect) is far
-                // off, as Tokio's own timeout takes it inside a runtime: never an overflow.
-                let now = std::time::Instant::now();
-                let at = now
-                    .checked_add(this.engine.inner.timeout)
-                    .or_else(|| now.checked_add(FAR_FUTURE))
-                    .unwrap_or(now);
-                let slot = Arc::new(std::sync::Mutex::new(cx.waker().clone()));
-                super::deadline::wake_at(at, &slot);
-                this.deadline = Some((at, slot));
-            }
-            Some((at, _)) if std::time::Instant::now() >= *at => {
-                // Timed out, as the call's own timeout would have said.
-                this.engine.record(false);
-                return std::task::Poll::Ready(Err(unavailable(None)));
-            }
-            Some((_, slot)) => {
-                slot.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone_from(cx.waker());
-            }
+        if this.deadline.passed(this.engine.inner.timeout, cx) {
+            // Timed out, as the call's own timeout would have said.
+            this.engine.record(false);
+            return std::task::Poll::Ready(Err(unavailable(None)));
         }
         std::task::Poll::Pending
     }
@@ -234,7 +215,7 @@ impl RedisCounters {
                     engine: self,
                     rt,
                     f: Box::pin(self.call_here(f)),
-                    deadline: None,
+                    deadline: super::deadline::Deadline::default(),
                 }
                 .await
             }

@@ -80,7 +80,7 @@ pub(super) fn wake_at(at: Instant, slot: &Slot) {
 pub(super) struct Within<F> {
     f: std::pin::Pin<Box<F>>,
     timeout: std::time::Duration,
-    deadline: Option<(Instant, Slot)>,
+    deadline: Deadline,
 }
 
 impl<F> Within<F> {
@@ -88,7 +88,43 @@ impl<F> Within<F> {
         Within {
             f: Box::pin(f),
             timeout,
-            deadline: None,
+            deadline: Deadline::default(),
+        }
+    }
+}
+
+/// A deadline kept by this module's thread, set at the first poll that has to wait.
+#[derive(Default)]
+pub(super) struct Deadline(Option<(Instant, Slot)>);
+
+impl Deadline {
+    /// Whether `timeout` has passed since the first call (one the clock cannot add is far
+    /// off, as Tokio's own timeout takes it: never an overflow); if not, `cx`'s waker is woken
+    /// when it does.
+    pub(super) fn passed(
+        &mut self,
+        timeout: std::time::Duration,
+        cx: &std::task::Context<'_>,
+    ) -> bool {
+        match &self.0 {
+            None => {
+                let now = Instant::now();
+                let at = now
+                    .checked_add(timeout)
+                    .or_else(|| now.checked_add(super::call::FAR_FUTURE))
+                    .unwrap_or(now);
+                let slot = Arc::new(Mutex::new(cx.waker().clone()));
+                wake_at(at, &slot);
+                self.0 = Some((at, slot));
+                false
+            }
+            Some((at, _)) if Instant::now() >= *at => true,
+            Some((_, slot)) => {
+                slot.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone_from(cx.waker());
+                false
+            }
         }
     }
 }
@@ -104,22 +140,8 @@ impl<F: std::future::Future> std::future::Future for Within<F> {
         if let std::task::Poll::Ready(v) = this.f.as_mut().poll(cx) {
             return std::task::Poll::Ready(Some(v));
         }
-        match &this.deadline {
-            None => {
-                let now = Instant::now();
-                let at = now
-                    .checked_add(this.timeout)
-                    .or_else(|| now.checked_add(super::call::FAR_FUTURE))
-                    .unwrap_or(now);
-                let slot = Arc::new(Mutex::new(cx.waker().clone()));
-                wake_at(at, &slot);
-                this.deadline = Some((at, slot));
-            }
-            Some((at, _)) if Instant::now() >= *at => return std::task::Poll::Ready(None),
-            Some((_, slot)) => slot
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone_from(cx.waker()),
+        if this.deadline.passed(this.timeout, cx) {
+            return std::task::Poll::Ready(None);
         }
         std::task::Poll::Pending
     }

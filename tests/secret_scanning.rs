@@ -361,3 +361,44 @@ async fn a_flood_of_refused_reports_does_not_flood_the_log() {
     let most = 2 * api_keys::LOG_FULL_PER_WINDOW as usize;
     assert!(lines <= most, "{lines} lines for 60 refusals");
 }
+
+/// GitHub's public keys that cannot be read (GitHub's API rate limit hit, a network fault):
+/// every report is refused with 500 before it is read — and anyone can post one, so the
+/// error lines are bounded like the other refusals, not one per request.
+#[tokio::test(flavor = "current_thread")]
+async fn a_flood_while_the_public_keys_are_unavailable_does_not_flood_the_log() {
+    use api_keys::axum::secret_scanning::PublicKeySource;
+    use api_keys::{BoxError, BoxFuture};
+
+    struct Down;
+    impl PublicKeySource for Down {
+        fn public_keys<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<PublicKeys, BoxError>> {
+            Box::pin(async { Err("GitHub's API answered 403: rate limit exceeded".into()) })
+        }
+    }
+
+    let (buffer, _guard) = common::capture_thread_logs();
+    let p = start_partner().await;
+    let app: Router = Router::new().route(PATH, endpoint(p.manager.clone(), Down));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let body = report(&["sak_not_a_real_token"]);
+    let forged = sign(&signing_key(), &body);
+    let headers = [
+        ("Github-Public-Key-Identifier", "any-identifier"),
+        ("Github-Public-Key-Signature", forged.as_str()),
+    ];
+    for _ in 0..60 {
+        let (s, _) = post(addr, &headers, body.clone()).await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let lines = buffer
+        .text()
+        .lines()
+        .filter(|l| l.contains("public keys are unavailable"))
+        .count();
+    assert!(lines >= 1, "the outage is logged");
+    let most = 2 * api_keys::LOG_FULL_PER_WINDOW as usize;
+    assert!(lines <= most, "{lines} lines for 60 refusals");
+}

@@ -340,7 +340,11 @@ impl<S: KeyStore + 'static, K: PublicKeySource> SecretScanning<S, K> {
         let keys = match self.keys.public_keys(key_id).await {
             Ok(k) => k,
             Err(e) => {
-                tracing::error!(target: LOG, error = %e, "GitHub's public keys are unavailable");
+                // Before any signature is checked: anyone can cause this line, so it is
+                // bounded like the refusals (one budget, `suppressed=N` summaries).
+                if crate::audit::scan_refusal_logged(crate::Clock::now_unix(&crate::SystemClock)) {
+                    tracing::error!(target: LOG, error = %e, "GitHub's public keys are unavailable");
+                }
                 return answer(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     b"{\"error\":\"public_keys_unavailable\"}".to_vec(),

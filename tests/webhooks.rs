@@ -429,6 +429,45 @@ async fn a_change_of_limits_or_credits_arrives_as_a_webhook() {
     );
 }
 
+/// A roll's webhook named only the old key: the receiver (who must move the integration to
+/// the new key) could not tell which key replaced it.
+#[tokio::test]
+async fn a_rolled_webhook_names_the_replacement_key() {
+    let (url, mut rx) = receiver(&[]).await;
+    let hooks = Webhooks::start(config(url)).unwrap();
+    let manager = KeyManager::builder(MemoryStore::new(), common::keyring())
+        .clock(ManualClock::new(common::start()))
+        .audit(hooks.clone())
+        .build()
+        .unwrap();
+    let (_, info) = manager
+        .generate(
+            &common::alice(),
+            GenerateRequest::new("ci").scope(Scope::Prometheus),
+        )
+        .await
+        .unwrap();
+    let (new_key, new_info) = manager
+        .roll(
+            &common::alice(),
+            &info.id,
+            api_keys::time::Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    loop {
+        let d = next(&mut rx).await;
+        assert!(verify(&d));
+        let v: Value = serde_json::from_slice(&d.body).unwrap();
+        if v["type"] == "api_key.rolled" {
+            assert_eq!(v["data"]["key_id"], info.id.to_string());
+            assert_eq!(v["data"]["replacement"], new_info.id.to_string());
+            assert!(!String::from_utf8_lossy(&d.body).contains(new_key.expose_secret()));
+            break;
+        }
+    }
+}
+
 /// At shutdown the server printed its delivered / given-up / dropped counts and exited:
 /// messages still queued (a revocation's, made just before Ctrl-C) were lost silently and
 /// counted nowhere. `drain` gives the queue a grace period and says how many it leaves.

@@ -343,11 +343,26 @@ impl AuditSink for Webhooks {
                 | AuditAction::IntegrityFailure
         );
         if management {
-            let data = json!({
+            let mut data = json!({
                 "key_id": e.key_id.map(|k| k.to_string()),
                 "org": e.org.as_ref().map(|o| o.as_str()),
                 "actor": e.actor.as_ref().map(|a| a.as_str()),
             });
+            // What the action's own fields add: the new key of a roll (the integration to
+            // move to it), the master-key versions of a rewrap.
+            match e.action {
+                AuditAction::Rolled { replacement } => {
+                    data["replacement"] = json!(replacement.to_string());
+                }
+                AuditAction::Rewrapped {
+                    from_version,
+                    to_version,
+                } => {
+                    data["from_version"] = json!(from_version);
+                    data["to_version"] = json!(to_version);
+                }
+                _ => {}
+            }
             self.enqueue(&format!("api_key.{}", e.action.name()), e.at, data);
         }
         Ok(())

@@ -8,6 +8,18 @@ use std::time::Instant;
 use super::{Cache, FEED_DOWN, FEED_LIVE, FOREVER_MS, NO_EPOCH, pack};
 use crate::store::{Change, ChangeListener};
 
+impl Cache {
+    /// A store read that began at `started` answered. While the feed is down, a change made
+    /// before that read may have gone unheard although the store was reachable: an entry read
+    /// before it must not be served stale later, as after a reconnect.
+    pub(crate) fn store_answered(&self, started: Instant) {
+        if self.feed.load(Ordering::Acquire) == FEED_DOWN {
+            self.stale_floor
+                .fetch_max(self.ns(started), Ordering::AcqRel);
+        }
+    }
+}
+
 impl ChangeListener for Cache {
     fn changed(&self, change: Change) {
         self.invalidate(&change.id);

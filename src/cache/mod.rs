@@ -27,7 +27,9 @@
 //! an entry read since the feed last connected qualifies: the contract flushes the cache on a
 //! reconnect, and an older entry may predate a change whose notification was lost while the
 //! feed was down — the store was reachable then, so that change was not made "during the
-//! outage" and must not go unnoticed (a revoked entry still answers "revoked").
+//! outage" and must not go unnoticed (a revoked entry still answers "revoked"). For the same
+//! reason, while the feed is down, a store read that answered makes every entry read before
+//! it ineligible: the store was reachable then too.
 //!
 //! Entries hold a keyed fingerprint of the secret (a CBC-MAC under a per-process random key
 //! over the secret's fixed 44-character text), never the secret, so a hit costs one
@@ -135,8 +137,9 @@ pub(crate) struct Cache {
     fallback_ttl: Duration,
     /// Maximum staleness while the store is unreachable (zero: off).
     max_stale: Duration,
-    /// When the feed last connected (ns since `base`): an entry whose read began before it
-    /// may have missed a change, and is never served stale.
+    /// When the feed last connected, or (while it is down) when the latest store read that
+    /// answered began (ns since `base`): an entry whose read began before it may have missed
+    /// a change made while the store was reachable, and is never served stale.
     stale_floor: AtomicU64,
     per_shard: usize,
 }
@@ -356,6 +359,7 @@ impl Cache {
 
     /// Installs what a store read returned, unless an invalidation happened since the ticket.
     pub(crate) fn fill(&self, ticket: FillTicket<'_>, facts: Arc<Facts>, fingerprint: Fingerprint) {
+        self.store_answered(ticket.started);
         self.put(ticket, facts, fingerprint, false, true);
     }
 
@@ -486,6 +490,7 @@ impl Cache {
     /// an older entry exists: a flood of unknown ids neither fences off other keys' fills nor
     /// holds up the verifications reading their shard.
     pub(crate) fn gone(&self, ticket: FillTicket<'_>, id: &KeyId) {
+        self.store_answered(ticket.started);
         let started = self.ns(ticket.started);
         // Before the probe: an older read that fills after it is fenced off; one that filled
         // before it (it leaves the reads in flight only after its fill) is found below.
@@ -526,6 +531,7 @@ impl Cache {
         facts: Arc<Facts>,
         fingerprint: Fingerprint,
     ) {
+        self.store_answered(ticket.started);
         self.put(ticket, facts, fingerprint, false, false);
     }
 

@@ -161,3 +161,76 @@ async fn a_revoke_missed_while_the_feed_reconnected_is_not_served_stale_later() 
     );
     assert_eq!(b_audit.count(&AuditAction::ServedStale), 0);
 }
+
+/// Node B's feed is cut off and cannot come back (the database refuses new connections), while
+/// B's pooled connections still work. Node A revokes a key B has warm; B then reads another key
+/// from the store, so B's store is demonstrably reachable after the revoke. Only later does B's
+/// store become unreachable: B, which opted into stale serving, must not accept the key revoked
+/// before that outage (the change was made while B could read the store).
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_missed_while_the_feed_was_down_and_the_store_answered_is_not_served_stale() {
+    let Some(server) = server(
+        "a_revoke_missed_while_the_feed_was_down_and_the_store_answered_is_not_served_stale",
+    ) else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let org = OrgId::new(format!("faults-{:016x}", random_u64()));
+    let actor = Actor::manager(org.clone(), UserId::new("alice"));
+    let bound = Duration::from_secs(1);
+    let a = manager(
+        PostgresStore::connect_and_migrate(&with_app(&server.url, &app("node-a")))
+            .await
+            .unwrap(),
+        bound,
+        Duration::ZERO,
+        Recorder::default(),
+    )
+    .await;
+    let b_app = app("node-b");
+    let b_audit = Recorder::default();
+    let b = manager(
+        PostgresStore::connect_and_migrate(&with_app(&server.url, &b_app))
+            .await
+            .unwrap(),
+        bound,
+        Duration::from_secs(120),
+        b_audit.clone(),
+    )
+    .await;
+    let mut tokens = keys(&a, &org, 2).await;
+    let (revoked, other) = (tokens.remove(0), tokens.remove(0));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let id = b
+        .verify(&revoked, &read())
+        .await
+        .unwrap()
+        .key_id()
+        .to_owned();
+    b.verify(&other, &read()).await.unwrap();
+
+    let (admin, db) = admin_of(&server.url).await;
+    let feed_name = format!("{b_app}-feed");
+    // B's feed is cut off for good; its pooled connections (and A's) stay up.
+    allow_connections(&admin, &db, false).await;
+    let _guard = AllowConnections {
+        url: server.url.clone(),
+        db: db.clone(),
+    };
+    terminate(&admin, &feed_name).await;
+    a.revoke(&actor, &id).await.unwrap();
+    // Past the feed's bound, B reads the other key from its store: the store answers.
+    tokio::time::sleep(bound + Duration::from_millis(500)).await;
+    b.verify(&other, &read()).await.unwrap();
+    assert_eq!(b_audit.count(&AuditAction::ServedStale), 0);
+
+    // Later, B's store becomes unreachable.
+    terminate(&admin, &b_app).await;
+    let after = b.verify(&revoked, &read()).await;
+    assert!(
+        after.is_err(),
+        "node B accepted a key revoked on node A while B's store still answered, once that store became unreachable"
+    );
+    assert_eq!(b_audit.count(&AuditAction::ServedStale), 0);
+}

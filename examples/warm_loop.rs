@@ -13,8 +13,9 @@
 //!
 //! Arguments: the kind (`none`, `one`: one rate limit, `three`: three limits, one of them
 //! per organization, and credits, `three_own`: three limits of the key's own and credits,
-//! `credits`: one limit and credits, `monthly`: one limit and credits refilled monthly), the
-//! rounds, and optionally the number of keys (10 000).
+//! `credits`: one limit and credits, `monthly`: one limit and credits refilled monthly, `cold`:
+//! no limits and the cache off, so every verification reads the store), the rounds, and
+//! optionally the number of keys (10 000).
 //! Every key is verified once first (cached); each round then verifies every key once, in a
 //! fixed shuffled order. The limits are large and their windows an hour long, so nothing is
 //! refused and no window rolls, however slowly valgrind runs.
@@ -76,7 +77,7 @@ fn request(kind: &str) -> GenerateRequest {
     let r = GenerateRequest::new("warm").scope(Scope::Prometheus);
     let hour = Duration::from_secs(3600);
     match kind {
-        "none" => r,
+        "none" | "cold" => r,
         "one" => r.rate_limit(RateLimit::new("burst", 1 << 40, hour)),
         "three" => r
             .rate_limit(RateLimit::new("burst", 1 << 40, hour))
@@ -95,7 +96,9 @@ fn request(kind: &str) -> GenerateRequest {
             .rate_limit(RateLimit::new("burst", 1 << 40, hour))
             .credits(Credits::new(1 << 50)),
         other => {
-            eprintln!("unknown kind {other:?}: none, one, three, three_own, credits or monthly");
+            eprintln!(
+                "unknown kind {other:?}: none, one, three, three_own, credits, monthly or cold"
+            );
             std::process::exit(2);
         }
     }
@@ -132,6 +135,7 @@ fn main() {
     )
     .clock(FixedClock)
     .policy(Policy::default().max_active_keys(50))
+    .cache_capacity(if kind == "cold" { 0 } else { 100_000 })
     .build()
     .expect("a manager");
     let mut tokens = Vec::with_capacity(keys);

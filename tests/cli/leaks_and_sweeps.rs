@@ -256,6 +256,41 @@ async fn sweep_with_a_failing_output_names_the_notices_it_could_not_show() {
     }
 }
 
+/// A claimed notice is never announced again, so a sweep whose reader went away (`api-keys
+/// sweep | head -1`, a pager quit early) must still name on standard error each key whose
+/// notice it claimed but could not show, as it does for a full disk: the closed pipe was
+/// taken for a delivered notice, and the notices were marked sent with no trace anywhere.
+#[tokio::test]
+async fn sweep_into_a_closed_pipe_names_the_notices_it_could_not_show() {
+    let db = db();
+    let past = api_keys::time::OffsetDateTime::now_utc() - api_keys::time::Duration::days(25);
+    let m = KeyManager::builder(SqliteStore::open(&db.path).unwrap(), old_ring())
+        .clock(api_keys::ManualClock::new(past))
+        .build()
+        .unwrap();
+    let (_, first) = make(&m, &acme(), "first", 30).await;
+    let (_, second) = make(&m, &acme(), "second", 30).await;
+    // The reader is gone before the tool starts.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_api-keys"))
+        .env_clear()
+        .arg("--sqlite")
+        .arg(&db.path)
+        .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
+        .env("API_KEYS_MASTER_KEY_VERSION", "1")
+        .args(["sweep", "--warn-before", "7d"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    for id in [first.id, second.id] {
+        assert!(err.contains(&id.to_string()), "{id} not named: {err}");
+    }
+}
+
 /// When standard output fails (a full disk), a line `keys revoke-leaked` could not judge
 /// must still be reported on standard error with exit 5: the key still works. The tool
 /// exited 3 at its first line of output instead, saying what it did was done, and the

@@ -97,11 +97,11 @@ impl Notifier for Printer {
             // Not `out!`: exiting here would stop the sweep at its first notice, that notice
             // claimed and shown nowhere. A failed write is this notice's failure (the sweep
             // logs it with the key's id, counts it and goes on); the summary's `out!` then
-            // reports the output failure once the run is done. A closed pipe stays quiet.
+            // reports the output failure once the run is done. A closed pipe is a failure
+            // too: the notice is claimed and its reader is gone, so it is named on standard
+            // error rather than lost without a trace.
             use std::io::Write as _;
-            if let Err(e) = writeln!(std::io::stdout(), "{}", line(n))
-                && e.kind() != std::io::ErrorKind::BrokenPipe
-            {
+            if let Err(e) = writeln!(std::io::stdout(), "{}", line(n)) {
                 return Err(format!("the notice could not be printed: {e}").into());
             }
         }

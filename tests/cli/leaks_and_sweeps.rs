@@ -291,6 +291,130 @@ async fn sweep_into_a_closed_pipe_names_the_notices_it_could_not_show() {
     }
 }
 
+/// `sweep --json` keeps the notices it claims for its answer at the end. When the sweep
+/// stopped on a store failure (a page that could not be read), the tool exited 3 without that
+/// answer: every notice claimed before the failure was marked sent and shown nowhere, and a
+/// claimed notice is never announced again. The fault is real: a page of the SQLite file
+/// holding the records of the sweep's second scan page is damaged.
+#[tokio::test]
+async fn sweep_json_that_stops_on_a_store_failure_still_shows_the_notices_it_claimed() {
+    let made = db();
+    let past = api_keys::time::OffsetDateTime::now_utc() - api_keys::time::Duration::days(25);
+    {
+        let m = KeyManager::builder(SqliteStore::open(&made.path).unwrap(), old_ring())
+            .clock(api_keys::ManualClock::new(past))
+            .build()
+            .unwrap();
+        // More than one scan page (256) of keys whose 7-day warning is due.
+        for i in 0..300 {
+            let org = OrgId::new(format!("org{}", i / 50));
+            let actor = Actor::manager(org, UserId::new("alice"));
+            make(&m, &actor, "due", 30).await;
+        }
+    }
+    // The same records in a fresh file in id order (so rowid order is scan order), then the
+    // table page holding the last records damaged: the first scan page reads well, the
+    // second one fails.
+    let db = db();
+    {
+        let c = rusqlite::Connection::open(&db.path).unwrap();
+        c.execute_batch("PRAGMA journal_mode=DELETE;").unwrap();
+        c.execute("ATTACH DATABASE ?1 AS o", [made.path.to_str().unwrap()])
+            .unwrap();
+        let schema: Vec<(String, String)> = c
+            .prepare("SELECT type, sql FROM o.sqlite_master WHERE sql IS NOT NULL")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for (_, sql) in schema.iter().filter(|(t, _)| t == "table") {
+            c.execute_batch(sql).unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO api_keys_schema SELECT * FROM o.api_keys_schema;
+             INSERT INTO api_keys SELECT * FROM o.api_keys ORDER BY id;",
+        )
+        .unwrap();
+        for (_, sql) in schema.iter().filter(|(t, _)| t == "index") {
+            c.execute_batch(sql).unwrap();
+        }
+        c.execute_batch("DETACH DATABASE o;").unwrap();
+    }
+    damage_the_leaf_page_of_the_last_rows(&db.path, 280);
+    let out = cli_with(&db.path, 1, &OLD)
+        .args(["sweep", "--json", "--warn-before", "7d"])
+        .output()
+        .unwrap();
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    // Each notice the failed run claimed is in its answer.
+    let claimed: Vec<String> = {
+        let c = rusqlite::Connection::open(&db.path).unwrap();
+        let mut stmt = c
+            .prepare("SELECT id, record FROM api_keys WHERE rowid <= 256")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .filter(|(_, record)| !record.contains("\"expiry_warned\":[]"))
+            .map(|(id, _)| id)
+            .collect()
+    };
+    assert!(!claimed.is_empty(), "no notice was claimed: {err}");
+    for id in &claimed {
+        assert!(
+            text.contains(id.as_str()),
+            "claimed notice of {id} not shown: {text}{err}"
+        );
+    }
+}
+
+/// Sets the page type of the SQLite table leaf pages whose every row has a rowid above
+/// `above` to an invalid one: reading those rows fails as a damaged file does.
+fn damage_the_leaf_page_of_the_last_rows(path: &Path, above: u64) {
+    fn varint(b: &[u8]) -> (u64, usize) {
+        let mut v = 0u64;
+        for (i, &c) in b.iter().enumerate().take(9) {
+            if i == 8 {
+                return ((v << 8) | u64::from(c), 9);
+            }
+            v = (v << 7) | u64::from(c & 0x7f);
+            if c & 0x80 == 0 {
+                return (v, i + 1);
+            }
+        }
+        (v, 9)
+    }
+    let mut bytes = std::fs::read(path).unwrap();
+    let size = match u16::from_be_bytes([bytes[16], bytes[17]]) {
+        1 => 65_536,
+        n => usize::from(n),
+    };
+    let mut damaged = 0;
+    for start in (size..bytes.len()).step_by(size) {
+        let page = &bytes[start..start + size];
+        let cells = usize::from(u16::from_be_bytes([page[3], page[4]]));
+        if page[0] != 0x0d || cells == 0 {
+            continue;
+        }
+        let lowest = (0..cells)
+            .map(|i| {
+                let at = usize::from(u16::from_be_bytes([page[8 + 2 * i], page[9 + 2 * i]]));
+                let (_, n) = varint(&page[at..]);
+                varint(&page[at + n..]).0
+            })
+            .min()
+            .unwrap();
+        if lowest > above {
+            bytes[start] = 0xff;
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "no leaf page holds only rows above {above}");
+    std::fs::write(path, bytes).unwrap();
+}
+
 /// When standard output fails (a full disk), a line `keys revoke-leaked` could not judge
 /// must still be reported on standard error with exit 5: the key still works. The tool
 /// exited 3 at its first line of output instead, saying what it did was done, and the

@@ -34,12 +34,20 @@ pub(crate) async fn sweep(
         .notifier(notices)
         .build()
         .map_err(build_failure)?;
-    let r = m
-        .sweep()
-        .await
-        .map_err(|e| Failure::from_error(e, "sweeping"))?;
+    let taken = || std::mem::take(&mut *kept.lock().unwrap_or_else(PoisonError::into_inner));
+    let r = match m.sweep().await {
+        Ok(r) => r,
+        Err(e) => {
+            // The notices claimed before the failure are claimed for good: the JSON answer
+            // still shows them (the text output printed each as it was claimed).
+            if global.json {
+                print_json(&serde_json::json!({ "stopped": true, "notices": taken() }));
+            }
+            return Err(Failure::from_error(e, "sweeping"));
+        }
+    };
     if global.json {
-        let notices = std::mem::take(&mut *kept.lock().unwrap_or_else(PoisonError::into_inner));
+        let notices = taken();
         print_json(&serde_json::json!({
             "scanned": r.scanned, "expiry_warnings": r.expiry_warnings, "expired": r.expired,
             "unused_warnings": r.unused_warnings, "revoked_unused": r.revoked_unused,

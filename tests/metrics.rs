@@ -220,6 +220,69 @@ fn a_feed_that_drops_sets_the_gauge_to_zero() {
     assert_eq!(get(&v, names::FEED_RECONNECTS_TOTAL, ""), 0.0);
 }
 
+/// README: `api_keys_feed_connected` is "0 while down", and its alert is
+/// `max_over_time(api_keys_feed_connected[5m]) == 0`. A store with a change feed that never
+/// came up (the feed's database refuses it from the start) left the gauge unset: no series,
+/// and the alert never fired however long the feed stayed down.
+#[test]
+fn a_feed_that_never_connects_reports_the_gauge_as_zero() {
+    let clock = ManualClock::new(start());
+    let store = api_keys::MemoryStore::new();
+    let (_, snap) = recorded(async move {
+        let _m = manager(FeedNeverUp(store), &clock);
+    });
+    let v = values(&snap);
+    let key = (names::FEED_CONNECTED.to_string(), String::new());
+    assert_eq!(v.get(&key), Some(&0.0), "{v:?}");
+    assert_eq!(get(&v, names::FEED_RECONNECTS_TOTAL, ""), 0.0);
+}
+
+/// A store with a change feed that never comes up: it subscribes the listener and never
+/// reports it connected.
+struct FeedNeverUp(api_keys::MemoryStore);
+
+impl KeyStore for FeedNeverUp {
+    async fn insert(&self, record: api_keys::KeyRecord) -> Result<(), api_keys::StoreError> {
+        self.0.insert(record).await
+    }
+    async fn get(
+        &self,
+        id: &api_keys::KeyId,
+    ) -> Result<Option<api_keys::KeyRecord>, api_keys::StoreError> {
+        self.0.get(id).await
+    }
+    async fn list(&self, org: &OrgId) -> Result<Vec<api_keys::KeyRecord>, api_keys::StoreError> {
+        self.0.list(org).await
+    }
+    async fn update(
+        &self,
+        record: api_keys::KeyRecord,
+        expected: u64,
+    ) -> Result<(), api_keys::StoreError> {
+        self.0.update(record, expected).await
+    }
+    async fn delete(&self, id: &api_keys::KeyId) -> Result<bool, api_keys::StoreError> {
+        self.0.delete(id).await
+    }
+    async fn scan(
+        &self,
+        after: Option<&api_keys::KeyId>,
+        limit: usize,
+    ) -> Result<Vec<api_keys::KeyRecord>, api_keys::StoreError> {
+        self.0.scan(after, limit).await
+    }
+    async fn touch(
+        &self,
+        id: &api_keys::KeyId,
+        at: api_keys::time::OffsetDateTime,
+    ) -> Result<(), api_keys::StoreError> {
+        self.0.touch(id, at).await
+    }
+    fn changes(&self, _: std::sync::Weak<dyn api_keys::ChangeListener>) -> bool {
+        true
+    }
+}
+
 #[test]
 fn store_errors_are_counted_by_kind() {
     let clock = ManualClock::new(start());

@@ -5,7 +5,7 @@ use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::{Cache, FEED_DOWN, FEED_LIVE, FOREVER_MS, NO_EPOCH, pack};
+use super::{Cache, FEED_DOWN, FEED_LIVE, FEED_NONE, FOREVER_MS, NO_EPOCH, pack};
 use crate::store::{Change, ChangeListener};
 
 impl Cache {
@@ -95,6 +95,22 @@ impl ChangeListener for Cache {
             self.trust.store(pack(st.epoch, next), Ordering::Release);
         } else {
             st.pending_proof = Some(sent);
+        }
+    }
+}
+
+impl Cache {
+    /// The store has a change feed (its `changes` returned `true`): until the feed reports
+    /// itself live it is down, and the gauge says so — a feed that never comes up must not
+    /// leave `api_keys_feed_connected` unset, where no alert on it can fire. Under the trust
+    /// lock, so a feed that went live meanwhile is not reported down.
+    pub(crate) fn feed_subscribed(&self) {
+        let _st = self
+            .trust_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.feed.load(Ordering::Acquire) == FEED_NONE {
+            crate::metrics::feed(false, false);
         }
     }
 }

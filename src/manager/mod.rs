@@ -188,7 +188,9 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
             self.cache_capacity,
         )?);
         let listener: Arc<dyn ChangeListener> = cache.clone();
-        self.store.changes(Arc::downgrade(&listener));
+        if self.store.changes(Arc::downgrade(&listener)) {
+            cache.feed_subscribed();
+        }
         crate::metrics::describe();
         Ok(KeyManager {
             inner: Arc::new(Inner {

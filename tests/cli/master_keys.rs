@@ -61,6 +61,47 @@ async fn rewrap_exits_1_when_records_fail() {
     m.verify(k.expose_secret(), &read()).await.unwrap();
 }
 
+/// With `--master-key-file` the keys come from the file alone: the environment's
+/// API_KEYS_PREVIOUS_KEYS is not read. A record sealed under a version the file lacks was
+/// reported with "add that version to API_KEYS_PREVIOUS_KEYS" — advice that changes nothing
+/// (the operator had done just that), with no word that the variable was ignored.
+#[tokio::test]
+async fn a_key_file_missing_a_version_names_the_file_not_the_environment() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let (_, info) = make(&m, &acme(), "k", 30).await;
+    let file = db.path.with_file_name("master.keys");
+    std::fs::write(&file, format!("2:{}\n", hex_of(&NEW))).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    for args in [&["keys", "show", &info.id.to_string()][..], &["rewrap"][..]] {
+        let out = cli()
+            .arg("--sqlite")
+            .arg(&db.path)
+            .arg("--master-key-file")
+            .arg(&file)
+            .env("API_KEYS_PREVIOUS_KEYS", format!("1:{}", hex_of(&OLD)))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(matches!(out.status.code(), Some(1 | 5)), "{args:?}: {err}");
+        assert!(
+            !err.contains("to API_KEYS_PREVIOUS_KEYS")
+                && !err.contains("from API_KEYS_PREVIOUS_KEYS"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("master key file"), "{args:?}: {err}");
+        assert!(
+            err.contains("API_KEYS_PREVIOUS_KEYS is ignored"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn master_keys_from_a_file() {
     let db = db();

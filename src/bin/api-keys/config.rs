@@ -36,10 +36,34 @@ pub(crate) fn new_master_key(json: bool) -> Result<(), Failure> {
         .map_err(|e| Failure::config(format!("cannot write the master key: {e}")))
 }
 
+/// Whether the keys came from `--master-key-file` (the environment's are then not read).
+static KEYS_FROM_FILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// What to do about a record sealed under a version the keyring lacks, where the keys come
+/// from.
+pub(crate) fn add_previous_key() -> &'static str {
+    if KEYS_FROM_FILE.load(std::sync::atomic::Ordering::Relaxed) {
+        "add that version's VERSION:HEX line to the master key file"
+    } else {
+        "add that version to API_KEYS_PREVIOUS_KEYS"
+    }
+}
+
 /// The keyring from `--master-key-file`, or else from the environment.
 pub(crate) fn keyring(file: Option<&Path>) -> Result<Keyring, Failure> {
     let mut keys = match file {
-        Some(path) => from_file(path)?,
+        Some(path) => {
+            KEYS_FROM_FILE.store(true, std::sync::atomic::Ordering::Relaxed);
+            for var in [ENV_KEY, ENV_VERSION, ENV_PREVIOUS] {
+                if std::env::var_os(var).is_some() {
+                    eprintln!(
+                        "api-keys: warning: {var} is ignored: the master keys come from \
+                         --master-key-file alone"
+                    );
+                }
+            }
+            from_file(path)?
+        }
         None => from_env()?,
     };
     let (version, key) = keys.remove(0);

@@ -218,9 +218,9 @@ async fn revoke_leaked(
             crate::EXIT_INTEGRITY,
             format!(
                 "lines {unjudged:?} were not judged: their key's record failed its integrity \
-                 check — sealed under a master key this keyring lacks (add that version to \
-                 API_KEYS_PREVIOUS_KEYS) or tampered with; those keys were not revoked: run \
-                 it again for them with the right keyring"
+                 check — sealed under a master key this keyring lacks ({}) or tampered with; \
+                 those keys were not revoked: run it again for them with the right keyring",
+                crate::config::add_previous_key()
             ),
         )),
         None => Ok(0),
@@ -236,8 +236,9 @@ fn left_out() -> Result<(), Failure> {
             crate::EXIT_INTEGRITY,
             format!(
                 "{n} record(s) were left out: they failed their integrity check — tampered, or \
-                 sealed under a master key this keyring lacks (add that version to \
-                 API_KEYS_PREVIOUS_KEYS); their ids are in the log lines above"
+                 sealed under a master key this keyring lacks ({}); their ids are in the log \
+                 lines above",
+                crate::config::add_previous_key()
             ),
         )),
     }

@@ -162,8 +162,8 @@ impl Failure {
                 EXIT_INTEGRITY,
                 format!(
                     "{what}: the stored record failed its integrity check — it was tampered \
-                     with, or it is sealed under a master key this keyring lacks (add that \
-                     version to API_KEYS_PREVIOUS_KEYS)"
+                     with, or it is sealed under a master key this keyring lacks ({})",
+                    config::add_previous_key()
                 ),
             ),
             Error::Store(e) => Self::config(format!(

@@ -45,10 +45,11 @@ pub(crate) async fn run(store: AnyStore, keyring: Keyring, global: &Global) -> R
     if report.failed > 0 {
         eprintln!(
             "api-keys: {} record(s) could not be re-sealed: they fail their integrity check \
-             (tampered, or sealed under a master key missing from API_KEYS_PREVIOUS_KEYS) or \
-             could not be written; see the log lines above for their ids, fix or delete them, \
-             and keep the previous key until then",
-            report.failed
+             (tampered, or sealed under a master key this keyring lacks: {}) or could not be \
+             written; see the log lines above for their ids, fix or delete them, and keep the \
+             previous key until then",
+            report.failed,
+            crate::config::add_previous_key()
         );
         return Ok(EXIT_FAILED_RECORDS);
     }

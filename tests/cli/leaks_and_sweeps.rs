@@ -415,6 +415,52 @@ fn damage_the_leaf_page_of_the_last_rows(path: &Path, above: u64) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// `keys revoke-leaked` held a whole line in memory however long it was: a file without line
+/// breaks piped in by mistake (a binary dump, a minified bundle) grew the process until the
+/// allocator gave up and it aborted, the genuine tokens after it never revoked. A line longer
+/// than any token is a false positive, read past without being kept. The fault is real: the
+/// tool runs with its address space limited to 512 MiB, and the line is 768 MiB.
+#[tokio::test]
+async fn keys_revoke_leaked_reads_past_a_line_longer_than_any_token() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let (leaked, _) = make(&m, &acme(), "leaked", 30).await;
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "ulimit -v 524288 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_api-keys"))
+        .arg("--sqlite")
+        .arg(&db.path)
+        .args(["keys", "revoke-leaked", "--json"])
+        .env_clear()
+        .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let token = leaked.expose_secret().to_string();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write as _;
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..768 {
+            if stdin.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+        let _ = writeln!(stdin);
+        let _ = writeln!(stdin, "{token}");
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let v = json(&out);
+    assert_eq!(v["false_positive_lines"], serde_json::json!([1]), "{v}");
+    assert_eq!(v["true_positive_lines"], serde_json::json!([2]), "{v}");
+    m.verify(leaked.expose_secret(), &read()).await.unwrap_err();
+}
+
 /// When standard output fails (a full disk), a line `keys revoke-leaked` could not judge
 /// must still be reported on standard error with exit 5: the key still works. The tool
 /// exited 3 at its first line of output instead, saying what it did was done, and the

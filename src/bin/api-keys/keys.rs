@@ -129,7 +129,7 @@ async fn revoke_leaked(
     global: &Global,
     source: &str,
 ) -> Result<u8, Failure> {
-    use std::io::BufRead;
+    use std::io::{BufRead, Read as _};
     use zeroize::Zeroizing;
     // A usage error before anything is read (the library checks it again per token).
     // The library's rule: no control characters, no bidirectional controls.
@@ -154,7 +154,10 @@ async fn revoke_leaked(
     let mut failed = None;
     loop {
         line.clear();
-        let n = match stdin.lock().read_until(b'\n', &mut line) {
+        // At most MAX_LINE bytes of a line are kept: no token is that long, and a file
+        // without line breaks piped in by mistake must not grow the process without end.
+        let mut input = stdin.lock();
+        let n = match (&mut input).take(MAX_LINE).read_until(b'\n', &mut line) {
             Ok(n) => n,
             Err(e) => {
                 failed = Some(Failure::usage(format!("cannot read standard input: {e}")));
@@ -165,6 +168,16 @@ async fn revoke_leaked(
             break;
         }
         number += 1;
+        if n as u64 == MAX_LINE && line.last() != Some(&b'\n') {
+            // Longer than any token: a false positive, the rest of it read past unkept.
+            if let Err(e) = skip_line(&mut input) {
+                failed = Some(Failure::usage(format!("cannot read standard input: {e}")));
+                break;
+            }
+            false_positives.push(number);
+            continue;
+        }
+        drop(input);
         let Ok(text) = std::str::from_utf8(&line) else {
             false_positives.push(number);
             continue;
@@ -224,6 +237,31 @@ async fn revoke_leaked(
             ),
         )),
         None => Ok(0),
+    }
+}
+
+/// The longest line of `keys revoke-leaked` that is kept and judged: far longer than any
+/// token (with room for surrounding blanks).
+const MAX_LINE: u64 = 4096;
+
+/// Reads past the rest of a line (through its `\n`, or to the end of the input) without
+/// keeping it.
+fn skip_line(input: &mut impl std::io::BufRead) -> std::io::Result<()> {
+    loop {
+        let buf = input.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(at) => {
+                input.consume(at + 1);
+                return Ok(());
+            }
+            None => {
+                let len = buf.len();
+                input.consume(len);
+            }
+        }
     }
 }
 

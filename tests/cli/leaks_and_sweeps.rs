@@ -461,6 +461,53 @@ async fn keys_revoke_leaked_reads_past_a_line_longer_than_any_token() {
     m.verify(leaked.expose_secret(), &read()).await.unwrap_err();
 }
 
+/// `sweep --json` writes the notices it claimed in its answer at the end. When that answer
+/// could not be written (a full disk, a reader gone away), the claimed notices were lost
+/// without a word of which keys they were about — as the text output names them on standard
+/// error, the JSON one must too.
+#[tokio::test]
+async fn sweep_json_whose_answer_cannot_be_written_names_the_notices_it_claimed() {
+    for output in ["full", "closed pipe"] {
+        let db = db();
+        let past = api_keys::time::OffsetDateTime::now_utc() - api_keys::time::Duration::days(25);
+        let m = KeyManager::builder(SqliteStore::open(&db.path).unwrap(), old_ring())
+            .clock(api_keys::ManualClock::new(past))
+            .build()
+            .unwrap();
+        let (_, first) = make(&m, &acme(), "first", 30).await;
+        let (_, second) = make(&m, &acme(), "second", 30).await;
+        let stdout: std::process::Stdio = if output == "full" {
+            let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+                eprintln!("skipped: no /dev/full");
+                continue;
+            };
+            full.into()
+        } else {
+            let (reader, writer) = std::io::pipe().unwrap();
+            drop(reader);
+            writer.into()
+        };
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_api-keys"))
+            .env_clear()
+            .arg("--sqlite")
+            .arg(&db.path)
+            .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
+            .args(["sweep", "--json", "--warn-before", "7d"])
+            .stdout(stdout)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{output}: {err}");
+        for id in [first.id, second.id] {
+            assert!(
+                err.contains(&id.to_string()),
+                "{output}: {id} not named: {err}"
+            );
+        }
+    }
+}
+
 /// When standard output fails (a full disk), a line `keys revoke-leaked` could not judge
 /// must still be reported on standard error with exit 5: the key still works. The tool
 /// exited 3 at its first line of output instead, saying what it did was done, and the

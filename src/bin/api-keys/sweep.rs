@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use api_keys::{AnyStore, AutomationEvent, BoxError, Keyring, Notification, Notifier};
 
-use crate::output::{print_json, text, when};
+use crate::output::{text, when};
 use crate::{Failure, Global, SweepArgs, build_failure, builder};
 
 /// `sweep`: the counts at the end; exit 1 when records failed (reported by id in the audit
@@ -41,14 +41,14 @@ pub(crate) async fn sweep(
             // The notices claimed before the failure are claimed for good: the JSON answer
             // still shows them (the text output printed each as it was claimed).
             if global.json {
-                print_json(&serde_json::json!({ "stopped": true, "notices": taken() }));
+                answer(serde_json::json!({ "stopped": true, "notices": taken() }));
             }
             return Err(Failure::from_error(e, "sweeping"));
         }
     };
     if global.json {
         let notices = taken();
-        print_json(&serde_json::json!({
+        answer(serde_json::json!({
             "scanned": r.scanned, "expiry_warnings": r.expiry_warnings, "expired": r.expired,
             "unused_warnings": r.unused_warnings, "revoked_unused": r.revoked_unused,
             "purged": r.purged, "failed": r.failed, "other_class": r.other_class,
@@ -72,6 +72,27 @@ pub(crate) async fn sweep(
     } else {
         0
     })
+}
+
+/// Writes the JSON answer. Its notices are claimed for good: when the answer cannot be written
+/// (a full disk, a reader gone away), each is named on standard error — its event and key — as
+/// the text output names a notice it could not print.
+fn answer(v: serde_json::Value) {
+    use std::io::Write as _;
+    let written = serde_json::to_string_pretty(&v)
+        .map_err(std::io::Error::other)
+        .and_then(|s| writeln!(std::io::stdout(), "{s}"));
+    let Err(e) = written else { return };
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        crate::output_failed(&e);
+    }
+    for n in v["notices"].as_array().into_iter().flatten() {
+        eprintln!(
+            "api-keys: notice {} of key {} was claimed but could not be shown: {e}",
+            text(n["event"].as_str().unwrap_or("?")),
+            text(n["key"]["id"].as_str().unwrap_or("?")),
+        );
+    }
 }
 
 /// The run's notifier: prints each notice (text), or keeps it for the JSON answer.

@@ -435,3 +435,73 @@ async fn local_first_verifications_dropped_before_their_lease_task_ran_do_not_le
         "four verifications dropped before their lease task ran left this node holding {held} of 80"
     );
 }
+
+/// An engine built outside any Tokio runtime (a host's synchronous `main` building its parts
+/// before it starts its runtime): `build` panicked ("there is no reactor running"), as the
+/// connection manager it made spawns a task at once, although `build` documents only an
+/// unparsable URL as its failure and says it connects lazily. It builds, counts on Redis once
+/// polled in a runtime (strict on a current-thread one, local-first on a multi-thread one),
+/// and polled outside any runtime it is `Unavailable`, not a panic.
+#[test]
+fn an_engine_built_outside_any_runtime_is_not_a_panic_and_counts_in_one() {
+    let Some(url) =
+        redis_url("an_engine_built_outside_any_runtime_is_not_a_panic_and_counts_in_one")
+    else {
+        return;
+    };
+    for local in [None, Some(StdDuration::from_millis(20))] {
+        let built = outside_any_runtime(|| {
+            let b = RedisCounters::builder(&url)
+                .prefix(prefix())
+                .timeout(StdDuration::from_secs(2));
+            match local {
+                Some(sync) => b.local_first(sync),
+                None => b,
+            }
+            .build()
+        });
+        let engine = match built {
+            Ok(Ok(engine)) => engine,
+            other => panic!("local-first {local:?}: {other:?}"),
+        };
+        let rt = match local {
+            None => tokio::runtime::Builder::new_current_thread(),
+            Some(_) => tokio::runtime::Builder::new_multi_thread(),
+        }
+        .enable_all()
+        .build()
+        .unwrap();
+        let hourly = Hourly::new(1, random_key().0);
+        rt.block_on(async {
+            let first = consume_once(&engine, hourly.req()).await;
+            assert!(
+                matches!(
+                    first,
+                    Decision::Allowed {
+                        degraded: false,
+                        ..
+                    }
+                ),
+                "{first:?}"
+            );
+            let second = consume_once(&engine, hourly.req()).await;
+            assert!(matches!(second, Decision::RateLimited { .. }), "{second:?}");
+        });
+        // Outside any runtime, an engine that has none of its own cannot call Redis.
+        let other = Hourly::new(1, random_key().0);
+        let out = outside_any_runtime(|| {
+            super::faults::block_on_plain(async {
+                match engine.consume(other.req()) {
+                    Consumed::Ready(r) => r,
+                    Consumed::Pending(f) => f.await,
+                }
+            })
+        });
+        assert!(
+            matches!(out, Ok(Err(api_keys::CounterError::Unavailable(_)))),
+            "local-first {local:?}: {out:?}"
+        );
+        drop(engine);
+        drop(rt);
+    }
+}

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use redis::aio::ConnectionManager;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use super::{RedisCounters, unavailable};
@@ -155,6 +156,23 @@ impl RedisCounters {
         tokio::runtime::Handle::try_current()
             .ok()
             .or_else(|| self.inner.runtime.as_ref()?.handle())
+    }
+
+    /// The connection: the one made at `build`, else made now in the current runtime or the
+    /// engine's own (it spawns its tasks there). [`CounterError::Unavailable`] without either:
+    /// an engine built outside any runtime and polled outside any cannot reach Redis.
+    pub(super) fn connection(&self) -> Result<ConnectionManager, CounterError> {
+        if let Some(conn) = self.inner.conn.get() {
+            return Ok(conn.clone());
+        }
+        let handle = self.runtime().ok_or_else(|| unavailable(None))?;
+        let _in = handle.enter();
+        let made = ConnectionManager::new_lazy_with_config(
+            self.inner.client.clone(),
+            self.inner.config.clone(),
+        )
+        .map_err(|e| unavailable(Some(e)))?;
+        Ok(self.inner.conn.get_or_init(|| made).clone())
     }
 
     pub(super) fn now_ms(&self) -> u64 {

@@ -459,7 +459,7 @@ impl RedisCounters {
                 .arg(LEASE_DIVISOR)
                 .arg(a.back);
         }
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.connection()?;
         self.call(inv.invoke_async(&mut conn)).await
     }
 

@@ -40,7 +40,7 @@ mod sync;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration as StdDuration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -202,7 +202,8 @@ impl RedisCountersBuilder {
     }
 
     /// Builds the engine. It connects lazily (and reconnects by itself): a Redis that is down
-    /// at start is handled like one that goes down later.
+    /// at start is handled like one that goes down later. Built outside any Tokio runtime, it
+    /// makes its connection on its first call in one.
     ///
     /// # Errors
     /// [`CounterError::Unavailable`] for an unparsable URL.
@@ -213,12 +214,19 @@ impl RedisCountersBuilder {
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1)
             .set_max_delay(self.timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| unavailable(Some(e)))?;
         // The runtime the connection runs on (it needs one: `new_lazy_with_config` spawns).
+        // Built outside any, the engine makes its connection on first use in one.
         let runtime = call::OwnRuntime::current();
+        let conn = OnceLock::new();
+        if runtime.is_some() {
+            let made = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                .map_err(|e| unavailable(Some(e)))?;
+            let _ = conn.set(made);
+        }
         Ok(RedisCounters {
             inner: Arc::new(Inner {
+                client,
+                config,
                 conn,
                 consume: Script::new(strict::CONSUME),
                 lease: Script::new(lease::LEASE),
@@ -246,7 +254,10 @@ impl RedisCountersBuilder {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// Made at `build` in a runtime, else on first use in one ([`RedisCounters::connection`]).
+    conn: OnceLock<ConnectionManager>,
     consume: Script,
     lease: Script,
     give_back: Script,
@@ -404,7 +415,7 @@ impl RedisCounters {
             .arg(set.unwrap_or(0))
             .arg(unix_day(now_ms))
             .arg(legacy_period(refill, now_ms));
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.connection()?;
         let v: i64 = self.call(inv.invoke_async(&mut conn)).await?;
         Ok(u64::try_from(v).unwrap_or(0))
     }
@@ -456,7 +467,7 @@ impl UsageCounters for RedisCounters {
             inv.key(self.link_key(from))
                 .key(self.link_key(to))
                 .arg(self.account(from));
-            let mut conn = self.inner.conn.clone();
+            let mut conn = self.connection()?;
             let _: i64 = self.call(inv.invoke_async(&mut conn)).await?;
             Ok(())
         })
@@ -465,7 +476,7 @@ impl UsageCounters for RedisCounters {
     fn forget<'a>(&'a self, key: KeyId) -> BoxFuture<'a, Result<(), CounterError>> {
         Box::pin(async move {
             // The key's link only: its balance may be shared with its replacement.
-            let mut conn = self.inner.conn.clone();
+            let mut conn = self.connection()?;
             let cmd = redis::cmd("DEL").arg(self.link_key(key)).clone();
             let _: i64 = self.call(cmd.query_async(&mut conn)).await?;
             Ok(())

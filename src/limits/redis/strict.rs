@@ -140,7 +140,10 @@ impl RedisCounters {
                 inv.arg(0).arg(0).arg(-1).arg(0).arg("").arg(0).arg(0);
             }
         }
-        let mut conn = self.inner.conn.clone();
+        let mut conn = match self.connection() {
+            Ok(c) => c,
+            Err(e) => return self.degraded(&req, e),
+        };
         let reply: Result<Vec<i64>, CounterError> = self.call(inv.invoke_async(&mut conn)).await;
         let reply = match reply {
             Ok(r) => r,

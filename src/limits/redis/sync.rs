@@ -116,7 +116,9 @@ impl RedisCounters {
         for (_, n) in &back {
             inv.arg(*n);
         }
-        let mut conn = self.inner.conn.clone();
+        let Ok(mut conn) = self.connection() else {
+            return;
+        };
         // On failure the units stay counted as leased: under-admission in this window only.
         let _: Result<i64, CounterError> = self.call(inv.invoke_async(&mut conn)).await;
     }

@@ -20,6 +20,7 @@ use api_keys::{
 use common::*;
 
 mod counting;
+mod freeze;
 mod local_first_leases;
 mod outages;
 

@@ -18,6 +18,10 @@
 //! - Each verification brings its key's limit: a lease follows a changed limit at once (a
 //!   lowered one hands back all this node holds and asks Redis, which alone knows the
 //!   current count; a raised one asks Redis again).
+//! - A lease call that gets no answer (a timeout) may still run on Redis, then or later (a
+//!   frozen Redis runs it when it thaws): its grants are recorded under the call's token, and
+//!   the node's next lease call first hands them back, or cancels the call if it has not run
+//!   (`local_first/lost.rs`), so that they do not stay leased to nobody until the window ends.
 //! - The background task (every `sync_every`) forgets ended windows and hands back leases
 //!   that went unused for `sync_every` and for half the window (at most 1 s), so that a node
 //!   that went quiet does not sit on budget others could use.
@@ -44,28 +48,34 @@ use crate::RateLimit;
 /// A lease takes `1 / LEASE_DIVISOR` of what is left of a window (at least what is needed).
 pub(super) const LEASE_DIVISOR: u64 = 8;
 
-/// Grants leases. KEYS: counters. ARGV per counter: limit, expiry (ms), need, divisor, units
-/// handed back first (a lowered limit's). Returns {granted, leased so far (everyone's)} per
-/// counter.
+/// Grants leases. KEYS: counters, then their grant records. ARGV: the call's token, then per
+/// counter: limit, expiry (ms), need, divisor, units handed back first (a lowered limit's).
+/// Each grant is recorded under the token, so that a node that never heard the answer (a
+/// timeout) can hand it back (`local_first/lost.rs`); a token already handed back grants
+/// nothing. Returns {granted, leased so far (everyone's)} per counter.
 pub(super) const LEASE: &str = r#"
 local out = {}
-for i = 1, #KEYS do
-  local limit = tonumber(ARGV[5 * i - 4])
-  local ttl = tonumber(ARGV[5 * i - 3])
-  local need = tonumber(ARGV[5 * i - 2])
-  local div = tonumber(ARGV[5 * i - 1])
-  local back = tonumber(ARGV[5 * i])
+local n = #KEYS / 2
+local token = ARGV[1]
+for i = 1, n do
+  local limit = tonumber(ARGV[5 * i - 3])
+  local ttl = tonumber(ARGV[5 * i - 2])
+  local need = tonumber(ARGV[5 * i - 1])
+  local div = tonumber(ARGV[5 * i])
+  local back = tonumber(ARGV[5 * i + 1])
   local used = tonumber(redis.call('GET', KEYS[i]) or '0')
   if back > 0 and used > 0 then
     used = redis.call('DECRBY', KEYS[i], math.min(used, back))
   end
   local left = limit - used
   local grant = 0
-  if left > 0 and left >= need then
+  if left > 0 and left >= need and redis.call('HEXISTS', KEYS[n + i], token) == 0 then
     grant = math.max(need, math.ceil(left / div))
     if grant > left then grant = left end
     used = redis.call('INCRBY', KEYS[i], grant)
     redis.call('PEXPIRE', KEYS[i], ttl)
+    redis.call('HSET', KEYS[n + i], token, grant)
+    redis.call('PEXPIRE', KEYS[n + i], ttl)
   end
   out[2 * i - 1] = grant
   out[2 * i] = used

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration as StdDuration;
 
-use super::lease::{LEASE_DIVISOR, Lease, Leases};
+use super::lease::{Lease, Leases};
 use super::lease_id::{Ids, LeaseId, LeaseRef};
 use super::{RedisCounters, unavailable};
 use crate::RateLimit;
@@ -18,7 +18,9 @@ use crate::limits::engine::{
 /// How many times a waiting verification re-decides before it gives up on Redis.
 const MAX_ROUNDS: usize = 8;
 
+mod lost;
 mod pending;
+pub(super) use lost::{Lost, RECLAIM};
 use pending::{PendingReply, record_grants};
 
 /// A lease to ask Redis for.
@@ -444,23 +446,6 @@ impl RedisCounters {
         self.inner.leased.notify_waiters();
         self.spawn_lease(more);
         reply.map(|_| step)
-    }
-
-    /// One lease call for `asks`.
-    async fn lease_call(&self, asks: &[Ask]) -> Result<Vec<i64>, CounterError> {
-        let mut inv = self.inner.lease.prepare_invoke();
-        for a in asks {
-            inv.key(&a.key);
-        }
-        for a in asks {
-            inv.arg(a.limit)
-                .arg(a.ttl_ms)
-                .arg(super::strict::script_cost(a.need))
-                .arg(LEASE_DIVISOR)
-                .arg(a.back);
-        }
-        let mut conn = self.connection()?;
-        self.call(inv.invoke_async(&mut conn)).await
     }
 
     /// Fetches leases in the background (on the current Tokio runtime, else the engine's own

@@ -23,8 +23,10 @@
 //! and a second after their window ends — and a window and a second after their window ends
 //! in local-first mode), `…:cr:<key id>` (a hash: balance `b`, the Unix day `d` it
 //! was last started, set or refilled, and the earlier builds' period number `p`; no expiry) and
-//! `…:cra:<key id>` (a roll's link to the balance it shares). The scripts name keys they
-//! derive, so this engine needs a single Redis (or a primary with replicas), not Redis Cluster.
+//! `…:cra:<key id>` (a roll's link to the balance it shares); local-first adds `…:lg:…` beside
+//! each counter of a window (a hash of its lease calls' grants, expiring with the counter).
+//! The scripts name keys they derive, so this engine needs a single Redis (or a primary with
+//! replicas), not Redis Cluster.
 //!
 //! Credits persist as long as Redis does: run it with `appendonly yes` (and `appendfsync
 //! everysec`, or `always` to lose no spend on a crash) — see the README.
@@ -231,6 +233,7 @@ impl RedisCountersBuilder {
                 consume: Script::new(strict::CONSUME),
                 lease: Script::new(lease::LEASE),
                 give_back: Script::new(sync::RETURN),
+                reclaim: Script::new(local_first::RECLAIM),
                 credits: Script::new(CREDITS),
                 link: Script::new(LINK),
                 prefix: self.prefix,
@@ -247,6 +250,9 @@ impl RedisCountersBuilder {
                 sync_started: AtomicBool::new(false),
                 clock_ms: AtomicI64::new(0),
                 stats: Decided::default(),
+                node: node_id(),
+                lease_calls: AtomicU64::new(0),
+                lost: Mutex::new(Vec::new()),
                 runtime,
             }),
         })
@@ -261,6 +267,7 @@ struct Inner {
     consume: Script,
     lease: Script,
     give_back: Script,
+    reclaim: Script,
     credits: Script,
     link: Script,
     prefix: String,
@@ -280,6 +287,11 @@ struct Inner {
     /// Local-first: the latest manager time a verification brought (Unix ms).
     clock_ms: AtomicI64,
     stats: Decided,
+    /// Local-first: this engine's part of its lease calls' tokens (random), and their count.
+    node: u64,
+    lease_calls: AtomicU64,
+    /// Local-first: lease calls that got no answer, to hand back ([`local_first::Lost`]).
+    lost: Mutex<Vec<local_first::Lost>>,
     /// The runtime the engine was built in: local-first's calls and timers run there when a
     /// verification is polled outside any Tokio runtime (a host's own executor).
     runtime: Option<call::OwnRuntime>,
@@ -337,6 +349,19 @@ pub struct RedisStats {
     pub decided_locally: u64,
     /// Local-first: verifications that waited for Redis (no lease for one of their limits).
     pub waited_for_redis: u64,
+}
+
+/// A random number for this engine's lease tokens (unique, not secret).
+fn node_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 fn unavailable(e: Option<RedisError>) -> CounterError {

@@ -48,7 +48,8 @@ impl RedisCounters {
     /// Local-first: runs the background task's work once now — forgets the counters of
     /// ended windows (on the managers' clock, as verifications bring it) and hands back to
     /// Redis the leases this node has not spent from for `sync_every` and half their window,
-    /// at most a second (so that other nodes may use them). Runs by itself every `sync_every`;
+    /// at most a second (so that other nodes may use them), and the grants of lease calls that
+    /// got no answer. Runs by itself every `sync_every`;
     /// public for tests and for a host that drives it.
     pub async fn sync_once(&self) {
         // The managers' clock as the latest verification read it (the counters' windows are
@@ -102,6 +103,9 @@ impl RedisCounters {
             back
         };
         self.give_back(back).await;
+        // Lease calls that got no answer: their grants go back even if this node leases no
+        // more (on failure they wait for the next try).
+        let _ = self.reclaim().await;
     }
 
     /// Hands units back to their counters in one call.

@@ -280,10 +280,15 @@ enum Bounded {
     /// The axum layer's 503 warning (the key store unreachable): one per request otherwise.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     HttpUnavailable,
+    /// The secret-scanning endpoint's error for GitHub's public keys that cannot be read:
+    /// one per report otherwise. A budget of its own, so that a flood of refused reports
+    /// does not hide the outage (nor the outage the refusals).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    ScanKeysUnavailable,
 }
 
 impl Bounded {
-    const COUNT: usize = FailureClass::ALL.len() + 4;
+    const COUNT: usize = FailureClass::ALL.len() + 5;
 
     fn index(self) -> usize {
         match self {
@@ -292,6 +297,7 @@ impl Bounded {
             Bounded::SinkFailed => FailureClass::ALL.len() + 1,
             Bounded::ScanRefused => FailureClass::ALL.len() + 2,
             Bounded::HttpUnavailable => FailureClass::ALL.len() + 3,
+            Bounded::ScanKeysUnavailable => FailureClass::ALL.len() + 4,
         }
     }
 
@@ -302,6 +308,7 @@ impl Bounded {
             Bounded::SinkFailed => "audit_sink_failed",
             Bounded::ScanRefused => "secret_scanning_refused",
             Bounded::HttpUnavailable => "http_unavailable",
+            Bounded::ScanKeysUnavailable => "secret_scanning_keys_unavailable",
         }
     }
 
@@ -312,6 +319,7 @@ impl Bounded {
             Bounded::SinkFailed => "audit_sink_failed",
             Bounded::ScanRefused => "secret_scanning_refused",
             Bounded::HttpUnavailable => "store",
+            Bounded::ScanKeysUnavailable => "secret_scanning_keys_unavailable",
         }
     }
 
@@ -335,6 +343,10 @@ impl Bounded {
             Bounded::HttpUnavailable => {
                 "HTTP requests answered 503 because the key store was unreachable, not logged \
                  one by one in an earlier window"
+            }
+            Bounded::ScanKeysUnavailable => {
+                "secret-scanning reports answered 500 because GitHub's public keys were \
+                 unavailable, not logged one by one in an earlier window"
             }
         }
     }
@@ -421,7 +433,9 @@ impl TracingAudit {
                     };
                 }
                 match kind {
-                    Bounded::ScanRefused => summarize!("api_keys::secret_scanning"),
+                    Bounded::ScanRefused | Bounded::ScanKeysUnavailable => {
+                        summarize!("api_keys::secret_scanning")
+                    }
                     Bounded::HttpUnavailable => summarize!("api_keys::http"),
                     _ => summarize!("api_keys::audit"),
                 }
@@ -539,6 +553,14 @@ pub(crate) fn sink_failure_logged(at: i64) -> bool {
 #[cfg(feature = "axum")]
 pub(crate) fn scan_refusal_logged(at: i64) -> bool {
     TracingAudit::admit(Bounded::ScanRefused, None, at)
+}
+
+/// Whether the secret-scanning endpoint's error for GitHub's public keys that cannot be read
+/// (at Unix second `at`) is logged in full: anyone can post a report, so the lines are
+/// bounded, with a budget of their own.
+#[cfg(feature = "axum")]
+pub(crate) fn scan_keys_unavailable_logged(at: i64) -> bool {
+    TracingAudit::admit(Bounded::ScanKeysUnavailable, None, at)
 }
 
 /// Whether the axum layer's warning for a 503 (the key store unreachable) is logged in full:

@@ -341,8 +341,10 @@ impl<S: KeyStore + 'static, K: PublicKeySource> SecretScanning<S, K> {
             Ok(k) => k,
             Err(e) => {
                 // Before any signature is checked: anyone can cause this line, so it is
-                // bounded like the refusals (one budget, `suppressed=N` summaries).
-                if crate::audit::scan_refusal_logged(crate::Clock::now_unix(&crate::SystemClock)) {
+                // bounded like the refusals (`suppressed=N` summaries), with a budget of its
+                // own: a flood of refused reports must not hide the outage.
+                let now = crate::Clock::now_unix(&crate::SystemClock);
+                if crate::audit::scan_keys_unavailable_logged(now) {
                     tracing::error!(target: LOG, error = %e, "GitHub's public keys are unavailable");
                 }
                 return answer(

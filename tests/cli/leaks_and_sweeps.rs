@@ -112,11 +112,7 @@ async fn sweep_warns_once_and_revokes_unused_keys_when_asked() {
     let db = db();
     // Keys created 25 days ago: a 30-day key expires in 5 days (its 7-day warning is due),
     // a 365-day key much later (none due).
-    let past = api_keys::time::OffsetDateTime::now_utc() - api_keys::time::Duration::days(25);
-    let m = KeyManager::builder(SqliteStore::open(&db.path).unwrap(), old_ring())
-        .clock(api_keys::ManualClock::new(past))
-        .build()
-        .unwrap();
+    let m = manager_25_days_back(&db.path);
     make(&m, &acme(), "soon", 30).await;
     make(&m, &acme(), "later", 365).await;
     let out = cli_with(&db.path, 1, &OLD)
@@ -168,11 +164,7 @@ async fn keys_revoke_leaked_with_the_wrong_master_key_is_not_a_false_positive() 
 #[tokio::test]
 async fn sweep_shows_every_notice_it_claims() {
     let db = db();
-    let past = api_keys::time::OffsetDateTime::now_utc() - api_keys::time::Duration::days(25);
-    let m = KeyManager::builder(SqliteStore::open(&db.path).unwrap(), old_ring())
-        .clock(api_keys::ManualClock::new(past))
-        .build()
-        .unwrap();
+    let m = manager_25_days_back(&db.path);
     let (_, soon) = make(&m, &acme(), "soon", 30).await;
     let (_, other) = make(&m, &acme(), "other soon", 30).await;
     make(&m, &acme(), "later", 365).await;
@@ -228,30 +220,15 @@ async fn sweep_shows_every_notice_it_claims() {
 #[tokio::test]
 async fn sweep_with_a_failing_output_names_the_notices_it_could_not_show() {
     let db = db();
-    let past = api_keys::time::OffsetDateTime::now_utc() - api_keys::time::Duration::days(25);
-    let m = KeyManager::builder(SqliteStore::open(&db.path).unwrap(), old_ring())
-        .clock(api_keys::ManualClock::new(past))
-        .build()
-        .unwrap();
-    let (_, first) = make(&m, &acme(), "first", 30).await;
-    let (_, second) = make(&m, &acme(), "second", 30).await;
-    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+    let ids = two_due_keys(&db.path).await;
+    let Some(full) = failing_output("full") else {
         eprintln!("skipped: no /dev/full");
         return;
     };
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_api-keys"))
-        .env_clear()
-        .arg("--sqlite")
-        .arg(&db.path)
-        .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
-        .env("API_KEYS_MASTER_KEY_VERSION", "1")
-        .args(["sweep", "--warn-before", "7d"])
-        .stdout(full)
-        .output()
-        .unwrap();
+    let out = run_into(&db.path, &["sweep", "--warn-before", "7d"], full);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
-    for id in [first.id, second.id] {
+    for id in ids {
         assert!(err.contains(&id.to_string()), "{id} not named: {err}");
     }
 }
@@ -263,30 +240,13 @@ async fn sweep_with_a_failing_output_names_the_notices_it_could_not_show() {
 #[tokio::test]
 async fn sweep_into_a_closed_pipe_names_the_notices_it_could_not_show() {
     let db = db();
-    let past = api_keys::time::OffsetDateTime::now_utc() - api_keys::time::Duration::days(25);
-    let m = KeyManager::builder(SqliteStore::open(&db.path).unwrap(), old_ring())
-        .clock(api_keys::ManualClock::new(past))
-        .build()
-        .unwrap();
-    let (_, first) = make(&m, &acme(), "first", 30).await;
-    let (_, second) = make(&m, &acme(), "second", 30).await;
+    let ids = two_due_keys(&db.path).await;
     // The reader is gone before the tool starts.
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_api-keys"))
-        .env_clear()
-        .arg("--sqlite")
-        .arg(&db.path)
-        .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
-        .env("API_KEYS_MASTER_KEY_VERSION", "1")
-        .args(["sweep", "--warn-before", "7d"])
-        .stdout(writer)
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .unwrap();
+    let closed = failing_output("closed pipe").unwrap();
+    let out = run_into(&db.path, &["sweep", "--warn-before", "7d"], closed);
     let err = stderr(&out);
     assert!(!err.contains("panicked"), "{err}");
-    for id in [first.id, second.id] {
+    for id in ids {
         assert!(err.contains(&id.to_string()), "{id} not named: {err}");
     }
 }
@@ -299,12 +259,8 @@ async fn sweep_into_a_closed_pipe_names_the_notices_it_could_not_show() {
 #[tokio::test]
 async fn sweep_json_that_stops_on_a_store_failure_still_shows_the_notices_it_claimed() {
     let made = db();
-    let past = api_keys::time::OffsetDateTime::now_utc() - api_keys::time::Duration::days(25);
     {
-        let m = KeyManager::builder(SqliteStore::open(&made.path).unwrap(), old_ring())
-            .clock(api_keys::ManualClock::new(past))
-            .build()
-            .unwrap();
+        let m = manager_25_days_back(&made.path);
         // More than one scan page (256) of keys whose 7-day warning is due.
         for i in 0..300 {
             let org = OrgId::new(format!("org{}", i / 50));
@@ -469,37 +425,19 @@ async fn keys_revoke_leaked_reads_past_a_line_longer_than_any_token() {
 async fn sweep_json_whose_answer_cannot_be_written_names_the_notices_it_claimed() {
     for output in ["full", "closed pipe"] {
         let db = db();
-        let past = api_keys::time::OffsetDateTime::now_utc() - api_keys::time::Duration::days(25);
-        let m = KeyManager::builder(SqliteStore::open(&db.path).unwrap(), old_ring())
-            .clock(api_keys::ManualClock::new(past))
-            .build()
-            .unwrap();
-        let (_, first) = make(&m, &acme(), "first", 30).await;
-        let (_, second) = make(&m, &acme(), "second", 30).await;
-        let stdout: std::process::Stdio = if output == "full" {
-            let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
-                eprintln!("skipped: no /dev/full");
-                continue;
-            };
-            full.into()
-        } else {
-            let (reader, writer) = std::io::pipe().unwrap();
-            drop(reader);
-            writer.into()
+        let ids = two_due_keys(&db.path).await;
+        let Some(stdout) = failing_output(output) else {
+            eprintln!("skipped: no /dev/full");
+            continue;
         };
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_api-keys"))
-            .env_clear()
-            .arg("--sqlite")
-            .arg(&db.path)
-            .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
-            .args(["sweep", "--json", "--warn-before", "7d"])
-            .stdout(stdout)
-            .stderr(std::process::Stdio::piped())
-            .output()
-            .unwrap();
+        let out = run_into(
+            &db.path,
+            &["sweep", "--json", "--warn-before", "7d"],
+            stdout,
+        );
         let err = stderr(&out);
         assert!(!err.contains("panicked"), "{output}: {err}");
-        for id in [first.id, second.id] {
+        for id in ids {
             assert!(
                 err.contains(&id.to_string()),
                 "{output}: {id} not named: {err}"
@@ -558,4 +496,50 @@ fn a_bad_warn_before_is_a_usage_error_before_the_store_is_touched() {
     let err = stderr(out.get_output());
     assert!(err.contains("--warn-before"), "{err}");
     assert!(!err.contains("master key"), "{err}");
+}
+
+/// A manager on `db` whose clock stands 25 days back: a 30-day key it makes expires in 5 days
+/// (its 7-day warning is due), a 365-day key much later.
+fn manager_25_days_back(db: &Path) -> KeyManager<SqliteStore> {
+    let past = api_keys::time::OffsetDateTime::now_utc() - api_keys::time::Duration::days(25);
+    KeyManager::builder(SqliteStore::open(db).unwrap(), old_ring())
+        .clock(api_keys::ManualClock::new(past))
+        .build()
+        .unwrap()
+}
+
+/// Two keys of acme whose 7-day warning is due, made in `db`.
+async fn two_due_keys(db: &Path) -> [api_keys::KeyId; 2] {
+    let m = manager_25_days_back(db);
+    let (_, first) = make(&m, &acme(), "first", 30).await;
+    let (_, second) = make(&m, &acme(), "second", 30).await;
+    [first.id, second.id]
+}
+
+/// A standard output that fails: `/dev/full` ("full"; `None` where the machine has none) or
+/// a pipe whose reader is gone ("closed pipe").
+fn failing_output(kind: &str) -> Option<std::process::Stdio> {
+    if kind == "full" {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
+        return full.ok().map(Into::into);
+    }
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Some(writer.into())
+}
+
+/// The tool over `db` with the old master key, `args`, its standard output into `stdout`,
+/// its standard error kept.
+fn run_into(db: &Path, args: &[&str], stdout: std::process::Stdio) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_api-keys"))
+        .env_clear()
+        .arg("--sqlite")
+        .arg(db)
+        .env("API_KEYS_MASTER_KEY", hex_of(&OLD))
+        .env("API_KEYS_MASTER_KEY_VERSION", "1")
+        .args(args)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
 }

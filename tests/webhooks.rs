@@ -103,6 +103,30 @@ fn config(url: axum::http::Uri) -> WebhookConfig {
     c
 }
 
+/// A manager whose audit sink is the webhooks of a loopback receiver, with one key generated
+/// (its `api_key.generated` webhook on its way).
+async fn audited_key() -> (
+    KeyManager<MemoryStore>,
+    api_keys::KeyInfo,
+    mpsc::UnboundedReceiver<Delivery>,
+) {
+    let (url, rx) = receiver(&[]).await;
+    let hooks = Webhooks::start(config(url)).unwrap();
+    let manager = KeyManager::builder(MemoryStore::new(), common::keyring())
+        .clock(ManualClock::new(common::start()))
+        .audit(hooks)
+        .build()
+        .unwrap();
+    let (_, info) = manager
+        .generate(
+            &common::alice(),
+            GenerateRequest::new("ci").scope(Scope::Prometheus),
+        )
+        .await
+        .unwrap();
+    (manager, info, rx)
+}
+
 #[tokio::test]
 async fn deliveries_carry_a_valid_signature_and_a_forged_one_fails_the_verifier() {
     let (url, mut rx) = receiver(&[]).await;
@@ -384,20 +408,7 @@ async fn a_huge_queue_capacity_is_refused_not_a_panic() {
 /// receiver watching for changes never heard that a key's limits were lifted.
 #[tokio::test]
 async fn a_change_of_limits_or_credits_arrives_as_a_webhook() {
-    let (url, mut rx) = receiver(&[]).await;
-    let hooks = Webhooks::start(config(url)).unwrap();
-    let manager = KeyManager::builder(MemoryStore::new(), common::keyring())
-        .clock(ManualClock::new(common::start()))
-        .audit(hooks.clone())
-        .build()
-        .unwrap();
-    let (_, info) = manager
-        .generate(
-            &common::alice(),
-            GenerateRequest::new("ci").scope(Scope::Prometheus),
-        )
-        .await
-        .unwrap();
+    let (manager, info, mut rx) = audited_key().await;
     manager
         .set_limits(&common::alice(), &info.id, vec![])
         .await
@@ -433,20 +444,7 @@ async fn a_change_of_limits_or_credits_arrives_as_a_webhook() {
 /// the new key) could not tell which key replaced it.
 #[tokio::test]
 async fn a_rolled_webhook_names_the_replacement_key() {
-    let (url, mut rx) = receiver(&[]).await;
-    let hooks = Webhooks::start(config(url)).unwrap();
-    let manager = KeyManager::builder(MemoryStore::new(), common::keyring())
-        .clock(ManualClock::new(common::start()))
-        .audit(hooks.clone())
-        .build()
-        .unwrap();
-    let (_, info) = manager
-        .generate(
-            &common::alice(),
-            GenerateRequest::new("ci").scope(Scope::Prometheus),
-        )
-        .await
-        .unwrap();
+    let (manager, info, mut rx) = audited_key().await;
     let (new_key, new_info) = manager
         .roll(
             &common::alice(),

@@ -159,11 +159,17 @@ pub(crate) fn plan(
     now: OffsetDateTime,
 ) -> Vec<AutomationEvent> {
     let mut events = Vec::new();
-    // Revoked keys get nothing; nor does a rolled key's old half (its replacement carries on).
-    if r.revoked_at.is_some() || r.replaced_by.is_some() {
+    // Revoked keys get nothing. A rolled key's old half gets no expiry notices (its
+    // replacement carries on), but while it works (a manager chooses the overlap) it is
+    // revoked when unused like any other key.
+    let rolled = r.replaced_by.is_some();
+    if r.revoked_at.is_some() {
         return events;
     }
     if KeyStatus::of(r, now) == KeyStatus::Expired {
+        if rolled {
+            return events;
+        }
         let recent = r
             .expires_at
             .is_some_and(|e| now < e.saturating_add(EXPIRED_NOTICE_WINDOW));
@@ -204,6 +210,9 @@ pub(crate) fn plan(
             }
             _ => {}
         }
+    }
+    if rolled {
+        return events;
     }
     // A key already announced expired (by a clock ahead of this one, or before this one
     // stepped back) is never told it expires within a lead time afterwards.
@@ -260,8 +269,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     ///   key is deleted ([`AutomationEvent::Purged`]) once it stopped working (the earlier of
     ///   revocation and expiry) `P` ago.
     ///
-    /// Revoked keys and a rolled key's old half (its replacement carries on) get no warnings
-    /// and no `Expired` event. Each event goes to the audit sink and to the
+    /// Revoked keys and a rolled key's old half (its replacement carries on) get no expiry
+    /// warnings and no `Expired` event; an old half still working in its overlap is warned
+    /// and revoked when unused, like any active key. Each event goes to the audit sink and to the
     /// [notifier](crate::KeyManagerBuilder::notifier), exactly once per key even when several
     /// nodes sweep at the same moment: its mark is written into the record's
     /// [`Notices`](crate::Notices) with compare-and-swap first, and only the winner announces.

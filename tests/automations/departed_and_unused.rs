@@ -72,6 +72,53 @@ fn unused_policy() -> Policy {
         .warn_before(&[])
 }
 
+/// A rolled key keeps working through its overlap, which a manager may make long (the
+/// overlap comes from the request). Nobody uses it any more once its integrations moved to
+/// the replacement: `revoke_unused_after` must warn and revoke it like any idle key. The
+/// sweep skipped a rolled key's old half altogether, so it stayed working, unused and never
+/// warned, for the whole overlap.
+#[tokio::test]
+async fn a_rolled_keys_old_half_left_unused_through_a_long_overlap_is_revoked() {
+    let n = node(unused_policy());
+    let (key, _) = n
+        .manager
+        .generate(&alice(), req("old").expiry(Expiry::Never))
+        .await
+        .unwrap();
+    let id = *key.id();
+    n.clock.set(start() + days(1));
+    let (next, _) = n.manager.roll(&alice(), &id, days(3650)).await.unwrap();
+    // Only the replacement is used from now on.
+    for day in [2, 30, 53, 60, 67] {
+        n.clock.set(start() + days(day));
+        n.manager
+            .verify(next.expose_secret(), &Scope::Prometheus)
+            .await
+            .unwrap();
+        n.manager.sweep().await.unwrap();
+    }
+    let info = n.manager.get(&alice(), &id).await.unwrap();
+    assert_eq!(info.status, KeyStatus::Revoked, "{info:?}");
+    assert_eq!(info.revocation, Some(RevocationReason::Unused));
+    let about_old: Vec<&str> = n
+        .notes
+        .all()
+        .iter()
+        .filter(|x| x.key.id == id)
+        .map(|x| x.event.name())
+        .collect();
+    assert_eq!(about_old, vec!["unused_warning", "revoked_unused"]);
+    assert!(matches!(
+        n.manager
+            .verify(key.expose_secret(), &Scope::Prometheus)
+            .await,
+        Err(Error::Revoked)
+    ));
+    // The replacement, in use, is untouched.
+    let info = n.manager.get(&alice(), next.id()).await.unwrap();
+    assert_eq!(info.status, KeyStatus::Active);
+}
+
 /// A use whose last-use write failed stays buffered: the next flush writes it, and a sweep
 /// that cannot write it either still counts it, so a key used after its warning is not
 /// revoked as unused because of a store hiccup.

@@ -172,7 +172,7 @@ pub(crate) fn plan(
         }
         let recent = r
             .expires_at
-            .is_some_and(|e| now < e.saturating_add(EXPIRED_NOTICE_WINDOW));
+            .is_some_and(|e| now <= e.saturating_add(EXPIRED_NOTICE_WINDOW));
         if !r.notices.expired && recent {
             r.notices.expired = true;
             events.push(AutomationEvent::Expired);

@@ -124,6 +124,25 @@ async fn a_late_sweep_sends_only_the_most_pressing_warning_and_short_keys_skip_l
     assert_eq!(n.notes.all()[0].key.id, *short.id());
 }
 
+/// "A key that expired more than 30 days before the sweep saw it is not announced": one that
+/// expired exactly 30 days before is not "more than", and is announced; a second later it
+/// is not. The window was open at its start only, so a key exactly 30 days past went
+/// unannounced.
+#[tokio::test]
+async fn a_key_that_expired_exactly_the_window_ago_is_still_announced() {
+    for (past_the_window, announced) in [(Duration::ZERO, 1), (Duration::seconds(1), 0)] {
+        let n = node(Policy::default().warn_before(&[]));
+        n.manager
+            .generate(&alice(), req("edge").expiry(Expiry::Days(7)))
+            .await
+            .unwrap();
+        n.clock
+            .set(start() + days(7) + api_keys::EXPIRED_NOTICE_WINDOW + past_the_window);
+        let r = n.manager.sweep().await.unwrap();
+        assert_eq!(r.expired, announced, "{past_the_window}: {r:?}");
+    }
+}
+
 #[tokio::test]
 async fn keys_that_expired_long_before_the_first_sweep_are_not_announced() {
     let n = node(Policy::default().warn_before(&[]));

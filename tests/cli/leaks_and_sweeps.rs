@@ -246,6 +246,8 @@ async fn sweep_into_a_closed_pipe_names_the_notices_it_could_not_show() {
     let out = run_into(&db.path, &["sweep", "--warn-before", "7d"], closed);
     let err = stderr(&out);
     assert!(!err.contains("panicked"), "{err}");
+    // Not a success: the notices it claimed were delivered nowhere.
+    assert_eq!(out.status.code(), Some(3), "{err}");
     for id in ids {
         assert!(err.contains(&id.to_string()), "{id} not named: {err}");
     }
@@ -437,6 +439,7 @@ async fn sweep_json_whose_answer_cannot_be_written_names_the_notices_it_claimed(
         );
         let err = stderr(&out);
         assert!(!err.contains("panicked"), "{output}: {err}");
+        assert_eq!(out.status.code(), Some(3), "{output}: {err}");
         for id in ids {
             assert!(
                 err.contains(&id.to_string()),

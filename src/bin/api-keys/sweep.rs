@@ -83,10 +83,13 @@ fn answer(v: serde_json::Value) {
         .map_err(std::io::Error::other)
         .and_then(|s| writeln!(std::io::stdout(), "{s}"));
     let Err(e) = written else { return };
-    if e.kind() != std::io::ErrorKind::BrokenPipe {
+    let notices = v["notices"].as_array().map_or(&[][..], Vec::as_slice);
+    // A closed pipe loses nothing when no notice was claimed (as for listings); with notices
+    // it is a failed run, whatever the reader's reason for going away.
+    if e.kind() != std::io::ErrorKind::BrokenPipe || !notices.is_empty() {
         crate::output_failed(&e);
     }
-    for n in v["notices"].as_array().into_iter().flatten() {
+    for n in notices {
         eprintln!(
             "api-keys: notice {} of key {} was claimed but could not be shown: {e}",
             text(n["event"].as_str().unwrap_or("?")),
@@ -126,11 +129,12 @@ impl Notifier for Printer {
             // Not `out!`: exiting here would stop the sweep at its first notice, that notice
             // claimed and shown nowhere. A failed write is this notice's failure (the sweep
             // logs it with the key's id, counts it and goes on); the summary's `out!` then
-            // reports the output failure once the run is done. A closed pipe is a failure
-            // too: the notice is claimed and its reader is gone, so it is named on standard
-            // error rather than lost without a trace.
+            // reports the output failure once the run is done (exit 3). A closed pipe is a
+            // failure too: unlike a listing cut short by `head`, the notice is claimed and its
+            // reader is gone, so it is named on standard error and the run does not succeed.
             use std::io::Write as _;
             if let Err(e) = writeln!(std::io::stdout(), "{}", line(n)) {
+                crate::output_failed(&e);
                 return Err(format!("the notice could not be printed: {e}").into());
             }
         }

@@ -385,9 +385,19 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// Keys keep verifying throughout. Records failing their integrity check are counted in
     /// `failed`, reported, and never re-sealed.
     ///
+    /// Before it re-seals anything, it checks its current master key against the store: when
+    /// records of this manager are already sealed under the current version (keys made or
+    /// changed by nodes running it) and none of them passes its integrity check, the current
+    /// key is not the one those nodes have — re-sealing under it would leave every other
+    /// record under a key the service lacks — and nothing is done.
+    ///
     /// # Errors
-    /// [`Error::Store`] when a page cannot be read.
+    /// [`Error::Store`] when a page cannot be read; [`Error::Integrity`], before anything is
+    /// re-sealed, when records sealed under the current version exist and none of them opens
+    /// with the current key (a wrong key; or, if the key is right, every such record is
+    /// tampered: remove them first).
     pub async fn rewrap(&self) -> Result<RewrapReport, Error> {
+        self.confirm_current_key().await?;
         let mut report = RewrapReport::default();
         let mut after: Option<KeyId> = None;
         loop {
@@ -465,6 +475,50 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             }
         }
         Ok(report)
+    }
+}
+
+impl<S: KeyStore + 'static> KeyManager<S> {
+    /// `rewrap`'s check of its current master key: `Ok` when a record of this manager sealed
+    /// under the current version passes its integrity check, or when there is none (nothing
+    /// to compare with); [`Error::Integrity`] when there are some and none passes.
+    async fn confirm_current_key(&self) -> Result<(), Error> {
+        let keyring = self.keyring();
+        let current = keyring.current_version();
+        let mut after: Option<KeyId> = None;
+        // The ids of the failing ones (the first few, for the log: an operator whose key is
+        // right removes those rows).
+        let mut failing: Vec<KeyId> = Vec::new();
+        loop {
+            let page = self.inner.store.scan(after.as_ref(), SCAN_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for rec in page.iter().filter(|r| {
+                !r.is_undecodable()
+                    && r.class == self.inner.prefix
+                    && r.sealed.key_version == current
+            }) {
+                if rec.authenticate(&keyring, &self.inner.prefix).is_ok() {
+                    return Ok(());
+                }
+                failing.push(rec.id);
+            }
+            if page.len() < SCAN_PAGE {
+                break;
+            }
+        }
+        if failing.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<String> = failing.iter().take(16).map(ToString::to_string).collect();
+        tracing::error!(
+            target: "api_keys",
+            version = current,
+            records = failing.len(),
+            key_ids = %shown.join(","),
+            "rewrap refused: no record sealed under the current master-key version opens with the current key"
+        );
+        Err(Error::Integrity)
     }
 }
 

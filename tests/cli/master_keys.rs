@@ -391,3 +391,31 @@ fn a_key_file_with_a_byte_order_mark_works_and_an_endless_one_is_refused() {
     let err = stderr(out.get_output());
     assert!(err.contains("not a master key file"), "{err}");
 }
+
+/// `api-keys rewrap` with a current master key that is not the service's (a typo): the
+/// service's nodes already seal under that version, so the records they made do not open
+/// with it. It re-sealed every older record under the wrong key, breaking every key; now it
+/// refuses before re-sealing anything (exit 5), and every key still verifies.
+#[tokio::test]
+async fn rewrap_with_a_wrong_current_key_reseals_nothing() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let (under_1, _) = make(&m, &acme(), "under-1", 30).await;
+    let upgraded = manager(
+        SqliteStore::open(&db.path).unwrap(),
+        Keyring::new(2, MasterKey::from_bytes(NEW)).with_previous(1, MasterKey::from_bytes(OLD)),
+    );
+    let (under_2, _) = make(&upgraded, &acme(), "under-2", 30).await;
+    let typo = [0x5a; 16];
+    let out = cli_with(&db.path, 2, &typo)
+        .env("API_KEYS_PREVIOUS_KEYS", format!("1:{}", hex_of(&OLD)))
+        .args(["rewrap"])
+        .assert()
+        .code(5);
+    let err = stderr(out.get_output());
+    assert!(err.contains("nothing re-sealed"), "{err}");
+    assert!(!err.contains(&hex_of(&typo)), "{err}");
+    for k in [&under_1, &under_2] {
+        upgraded.verify(k.expose_secret(), &read()).await.unwrap();
+    }
+}

@@ -353,3 +353,45 @@ async fn a_revocation_whose_write_failed_does_not_claim_another_nodes_revocation
         "A's write did nothing: B's revocation is not A's ({first:?})"
     );
 }
+
+/// A rotation's `rewrap` run with a wrong current master key (a typo in the operator's
+/// configuration) re-sealed every older record under that key, which the service does not
+/// have: every such key stopped verifying, everywhere. When records sealed under the current
+/// version exist (keys the upgraded nodes made), the key must open one of them, or nothing
+/// is re-sealed.
+#[tokio::test]
+async fn a_rewrap_with_a_wrong_current_key_reseals_nothing() {
+    let store = MemoryStore::new();
+    let old = setup_with(store.clone(), Policy::default());
+    let (under_1, _) = old
+        .manager
+        .generate(&alice(), prom("under-1"))
+        .await
+        .unwrap();
+    let upgraded = setup_with(store.clone(), Policy::default());
+    upgraded.manager.set_keyring(v2_keyring()).unwrap();
+    let (under_2, _) = upgraded
+        .manager
+        .generate(&alice(), prom("under-2"))
+        .await
+        .unwrap();
+    let typo = setup_with(store.clone(), Policy::default());
+    typo.manager
+        .set_keyring(
+            Keyring::new(2, MasterKey::from_bytes([0x5a; 16]))
+                .with_previous(1, MasterKey::from_bytes(MASTER)),
+        )
+        .unwrap();
+    let refused = typo.manager.rewrap().await;
+    assert!(matches!(refused, Err(Error::Integrity)), "{refused:?}");
+    // Nothing moved: both keys still verify on the upgraded node, and its own rewrap (the
+    // right key) goes ahead.
+    works(&upgraded.manager, under_1.expose_secret())
+        .await
+        .unwrap();
+    works(&upgraded.manager, under_2.expose_secret())
+        .await
+        .unwrap();
+    let report = upgraded.manager.rewrap().await.unwrap();
+    assert_eq!((report.rewrapped, report.already_current), (1, 1));
+}

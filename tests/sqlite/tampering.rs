@@ -226,11 +226,19 @@ async fn every_field_under_the_tag_fails_closed_when_edited() {
         )
         .build()
         .unwrap();
-        let report = m2.rewrap().await.unwrap();
-        if *what == "another class" {
-            assert_eq!(report.other_class, 1, "{what}: {report:?}");
+        let report = m2.rewrap().await;
+        if *what == "unknown key version" {
+            // The only record under the rewrap's current version, and it fails with the
+            // current key: a tampered row cannot be told from a wrong key, so nothing is
+            // re-sealed (the README's rotation step 4).
+            assert!(
+                matches!(report, Err(Error::Integrity)),
+                "{what}: {report:?}"
+            );
+        } else if *what == "another class" {
+            assert_eq!(report.unwrap().other_class, 1, "{what}");
         } else {
-            assert_eq!(report.failed, 1, "{what}: {report:?}");
+            assert_eq!(report.unwrap().failed, 1, "{what}");
         }
         // The other key is untouched.
         assert!(matches!(

@@ -23,11 +23,18 @@ pub(crate) async fn run(store: AnyStore, keyring: Keyring, global: &Global) -> R
         progress: progress.clone(),
     });
     let m = crate::manager(wrapped, keyring, global)?;
-    let report = m.rewrap().await.map_err(|e| {
-        Failure::from_error(
+    let report = m.rewrap().await.map_err(|e| match e {
+        // Checked before anything is re-sealed (see `KeyManager::rewrap`).
+        api_keys::Error::Integrity => Failure::new(
+            crate::EXIT_INTEGRITY,
+            format!(
+                "rewrap refused, nothing re-sealed: records sealed under the current version                  {current} exist and none opens with the current master key given here — it is                  not the key the service seals with; check the master key (if it is right,                  those records were tampered with: remove them first)"
+            ),
+        ),
+        e => Failure::from_error(
             e,
             "rewrap stopped (records re-sealed so far stay re-sealed; run it again)",
-        )
+        ),
     })?;
     progress.finish();
     if global.json {

@@ -360,8 +360,13 @@ impl Verified {
                 limit: l.limit(),
                 window: l.window(),
                 remaining,
+                // A window ending past the calendar (year 9999) resets at its last moment.
                 reset: OffsetDateTime::from_unix_timestamp_nanos(i128::from(reset_ms) * 1_000_000)
-                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                    .unwrap_or(if reset_ms > 0 {
+                        time::PrimitiveDateTime::MAX.assume_utc()
+                    } else {
+                        time::PrimitiveDateTime::MIN.assume_utc()
+                    }),
                 reset_after: std::time::Duration::from_millis(
                     u64::try_from(reset_ms.saturating_sub(s.at_ms)).unwrap_or(0),
                 ),

@@ -357,3 +357,27 @@ async fn an_organization_counts_more_org_wide_names_than_one_key_can_have() {
         );
     }
 }
+
+/// A window that ends past the calendar's last moment (year 9999, where `time` stops) was
+/// reported as resetting at the Unix epoch: a client told by a `reset` in 1970 that its window
+/// is long over. It is the calendar's last moment now; `reset_after` was right and still is.
+#[tokio::test]
+async fn a_window_ending_past_the_calendar_reports_its_last_moment_not_1970() {
+    let s = setup();
+    let last = api_keys::time::PrimitiveDateTime::MAX.assume_utc();
+    // 9999-12-31T23:30:00Z, and a key that expires at the calendar's end.
+    let near_end = api_keys::time::OffsetDateTime::from_unix_timestamp(253_402_299_000).unwrap();
+    s.clock.set(near_end);
+    let (key, _) = generate(
+        &s.manager,
+        req("end")
+            .expiry(api_keys::Expiry::At(last))
+            .rate_limit(RateLimit::new("hourly", 10, secs(3600))),
+    )
+    .await;
+    let v = ok(&s.manager, key.expose_secret()).await;
+    let l = v.limits().next().unwrap();
+    assert_eq!(l.reset_after, secs(1800));
+    assert!(l.reset > near_end, "{}", l.reset);
+    assert!(l.reset <= last, "{}", l.reset);
+}

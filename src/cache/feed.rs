@@ -9,11 +9,12 @@ use super::{Cache, FEED_DOWN, FEED_LIVE, FEED_NONE, FOREVER_MS, NO_EPOCH, pack};
 use crate::store::{Change, ChangeListener};
 
 impl Cache {
-    /// A store read that began at `started` answered. While the feed is down, a change made
-    /// before that read may have gone unheard although the store was reachable: an entry read
-    /// before it must not be served stale later, as after a reconnect.
+    /// A store read that began at `started` answered. While the feed is down, or when the
+    /// store has none (SQLite), a change made before that read may have gone unheard although
+    /// the store was reachable: an entry read before it must not be served stale later, as
+    /// after a reconnect.
     pub(crate) fn store_answered(&self, started: Instant) {
-        if self.feed.load(Ordering::Acquire) == FEED_DOWN {
+        if self.feed.load(Ordering::Acquire) != FEED_LIVE {
             self.stale_floor
                 .fetch_max(self.ns(started), Ordering::AcqRel);
         }

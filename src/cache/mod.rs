@@ -137,9 +137,10 @@ pub(crate) struct Cache {
     fallback_ttl: Duration,
     /// Maximum staleness while the store is unreachable (zero: off).
     max_stale: Duration,
-    /// When the feed last connected, or (while it is down) when the latest store read that
-    /// answered began (ns since `base`): an entry whose read began before it may have missed
-    /// a change made while the store was reachable, and is never served stale.
+    /// When the feed last connected, or (while it is down, or when the store has none) when
+    /// the latest store read that answered began (ns since `base`): an entry whose read began
+    /// before it may have missed a change made while the store was reachable, and is never
+    /// served stale.
     stale_floor: AtomicU64,
     per_shard: usize,
 }

@@ -500,3 +500,32 @@ async fn a_managers_own_write_never_replaces_a_later_read_of_the_key_revoked() {
         "a key this node had read as revoked was accepted again from its own older write"
     );
 }
+
+/// The same for a store without a change feed (SQLite, or a host's own store): another node
+/// revokes a key this node verified, this node's store answers a later verification (of
+/// another key), and only then does the store become unreachable. The revoke predates the
+/// outage, so it must be refused (the fallback TTL bounds it), not served stale for up to
+/// the maximum staleness.
+#[tokio::test]
+async fn a_revoke_made_while_a_feedless_store_answered_is_never_served_stale_later() {
+    let store = CountingStore::default();
+    let (m, audit) = stale_node(&store);
+    let other = KeyManager::builder(store.inner.clone(), keyring())
+        .build()
+        .unwrap();
+    let (key, info) = other.generate(&alice(), prom()).await.unwrap();
+    let (answered, _) = other.generate(&alice(), prom()).await.unwrap();
+    m.verify(key.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    other.revoke(&alice(), &info.id).await.unwrap();
+    tokio::time::sleep(StdDuration::from_millis(150)).await;
+    // Past the fallback TTL, the store answers this node (after the revoke).
+    m.verify(answered.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    assert!(
+        refused_in_outage(&m, &store.fail_get, key.expose_secret(), &audit).await,
+        "a key revoked while the store answered this node was accepted as a stale entry"
+    );
+}

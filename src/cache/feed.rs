@@ -14,7 +14,9 @@ impl Cache {
     /// the store was reachable: an entry read before it must not be served stale later, as
     /// after a reconnect.
     pub(crate) fn store_answered(&self, started: Instant) {
-        if self.feed.load(Ordering::Acquire) != FEED_LIVE {
+        // Only stale serving reads the floor: with it off (the default), a cold read writes
+        // nothing shared.
+        if !self.max_stale.is_zero() && self.feed.load(Ordering::Acquire) != FEED_LIVE {
             self.stale_floor
                 .fetch_max(self.ns(started), Ordering::AcqRel);
         }

@@ -23,9 +23,17 @@ pub enum LeakVerdict {
     /// The token is genuine (its secret matches a key of this manager, whatever the key's
     /// state): the key is revoked.
     TruePositive,
-    /// Anything else — a wrong secret, an unknown id, a malformed token, another prefix. The
-    /// answer is the same for all of them and says nothing more.
+    /// Anything else — a wrong secret, an unknown id, a malformed token, another prefix — but
+    /// a record this node cannot check ([`LeakVerdict::Unverified`]). The answer is the same
+    /// for all of them and says nothing more.
     FalsePositive,
+    /// This node could not judge the token: the stored record of its id failed its integrity
+    /// check here — tampered with, or sealed under a master key this node's keyring lacks
+    /// (e.g. a previous key missing mid-rotation) — so whether the secret matches is unknown,
+    /// and the key may still verify on correctly configured nodes. Nothing was revoked; the
+    /// [`AuditAction::IntegrityFailure`] event names the key. Not a false positive: report it
+    /// again from a node with the right keyring (or after repairing the record).
+    Unverified,
 }
 
 /// A source is shown to managers (audit events, notifications, the admin page): no control
@@ -54,7 +62,12 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     /// [`RevocationReason::Leaked`] and `source` (idempotent: a key already revoked keeps its
     /// first reason), the audit sink gets [`AuditAction::Leaked`] and the notifier
     /// [`AutomationEvent::Leaked`] (when this report revoked it), and the answer is
-    /// [`LeakVerdict::TruePositive`]. For every other token the answer is
+    /// [`LeakVerdict::TruePositive`]. When the stored record of the token's id fails its
+    /// integrity check on this node — tampered with, or sealed under a master-key version this
+    /// keyring lacks (a node not yet given a new key mid-rotation) — the token cannot be judged:
+    /// nothing is revoked, the audit sink gets [`AuditAction::IntegrityFailure`] naming the
+    /// key, and the answer is [`LeakVerdict::Unverified`] (never a false positive: the key may
+    /// still verify on correctly configured nodes). For every other token the answer is
     /// [`LeakVerdict::FalsePositive`], nothing else. The token is never logged or echoed.
     ///
     /// # Errors
@@ -66,7 +79,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     }
 
     /// [`KeyManager::revoke_leaked`] for up to [`MAX_LEAK_BATCH`] `(token, source)` pairs; the
-    /// verdicts in the same order.
+    /// verdicts in the same order. A token this node cannot judge
+    /// ([`LeakVerdict::Unverified`]) is one verdict among the others: the batch goes on past it.
     ///
     /// # Errors
     /// [`Error::Policy`] for more than [`MAX_LEAK_BATCH`] reports or an invalid source (checked
@@ -104,7 +118,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             Ok(None) => return Ok(LeakVerdict::FalsePositive),
             Err(StoreError::Corrupt(_)) => {
                 self.audit_best_effort(AuditAction::IntegrityFailure, None, None, Some(id));
-                return Ok(LeakVerdict::FalsePositive);
+                return Ok(LeakVerdict::Unverified);
             }
             Err(e) => return Err(e.into()),
         };
@@ -128,7 +142,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 Some(&rec.org),
                 Some(id),
             );
-            return Ok(LeakVerdict::FalsePositive);
+            // Not judged: the secret may match, and the key may verify where the keyring
+            // holds its master key. Calling it a false positive would close the report.
+            return Ok(LeakVerdict::Unverified);
         };
         if !bool::from(crate::crypto::ct_eq_bytes(&stored, &presented)) {
             return Ok(LeakVerdict::FalsePositive);
@@ -158,6 +174,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             ),
             // Deleted meanwhile: it works nowhere any more.
             Err(Error::NotFound) => {}
+            // Its record failed its integrity check when re-read to revoke it (changed
+            // meanwhile; reported there): not revoked, so not judged either.
+            Err(Error::Integrity) => return Ok(LeakVerdict::Unverified),
             Err(e) => return Err(e),
         }
         Ok(LeakVerdict::TruePositive)

@@ -55,6 +55,10 @@ struct Partner {
 /// The endpoint serving GitHub's document with two keys: an old one and the current one
 /// (`KEY_ID`), both accepted.
 async fn start_partner() -> Partner {
+    start_partner_on(MemoryStore::new()).await
+}
+
+async fn start_partner_on(store: MemoryStore) -> Partner {
     let github = signing_key();
     let old = signing_key();
     let doc = json!({"public_keys": [
@@ -65,7 +69,7 @@ async fn start_partner() -> Partner {
     let mut ids: Vec<&str> = keys.identifiers().collect();
     ids.sort();
     assert_eq!(ids, vec![KEY_ID, "old-key"]);
-    let manager = KeyManager::builder(MemoryStore::new(), keyring())
+    let manager = KeyManager::builder(store, keyring())
         .clock(ManualClock::new(start()))
         .build()
         .unwrap();
@@ -186,6 +190,74 @@ async fn a_signed_report_revokes_true_positives_and_answers_by_hash() {
         })
     );
     assert!(works(&p, bystander.expose_secret()).await);
+}
+
+/// A token whose record this node cannot open — sealed under a master key its keyring lacks
+/// (mid-rotation), or tampered with — is not judged: no `false_positive` label for it (that
+/// would close GitHub's alert while the key still works on the nodes that have the key), so
+/// it is left out of the feedback and the alert stays open; a line says so, without the token.
+#[tokio::test(flavor = "current_thread")]
+async fn a_token_this_node_cannot_judge_gets_no_false_positive_label() {
+    use api_keys::{KeyStore, Keyring, MasterKey};
+
+    let (buffer, _guard) = common::capture_thread_logs();
+    let store = MemoryStore::new();
+    let p = start_partner_on(store.clone()).await;
+    let rotated = KeyManager::builder(
+        store.clone(),
+        Keyring::new(2, MasterKey::from_bytes([0x5a; 16]))
+            .with_previous(1, MasterKey::from_bytes(common::MASTER)),
+    )
+    .clock(ManualClock::new(start()))
+    .build()
+    .unwrap();
+    let (sealed_v2, _) = rotated
+        .generate(
+            &alice(),
+            GenerateRequest::new("v2").scope(Scope::Prometheus),
+        )
+        .await
+        .unwrap();
+    let tampered = key(&p).await;
+    let mut rec = store.get(tampered.id()).await.unwrap().unwrap();
+    rec.expires_at = Some(start() + api_keys::time::Duration::days(3650));
+    store.overwrite_unchecked(rec);
+    let genuine = key(&p).await;
+    let wrong = wrong_secret(genuine.expose_secret());
+    let tokens = [
+        sealed_v2.expose_secret(),
+        genuine.expose_secret(),
+        tampered.expose_secret(),
+        &wrong,
+    ];
+    let body = report(&tokens);
+    let sig = sign(&p.github, &body);
+    let (status, answer) = post_signed(&p, KEY_ID, &sig, body).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(
+        v,
+        json!([
+            {"token_hash": hash(genuine.expose_secret()), "token_type": "acme_api_key",
+             "label": "true_positive"},
+            {"token_hash": hash(&wrong), "token_type": "acme_api_key",
+             "label": "false_positive"},
+        ])
+    );
+    // Nothing was done to them: the rotated key still works where the keyring has its key.
+    rotated
+        .verify(sealed_v2.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    let logs = buffer.text();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("left open") && l.contains("unverified=2")),
+        "{logs}"
+    );
+    for t in &tokens {
+        assert!(!logs.contains(t), "a token was logged");
+    }
 }
 
 #[tokio::test]

@@ -16,7 +16,12 @@
 //!    as the source (at most [`MAX_LEAK_BATCH`] tokens, 413 beyond);
 //! 5. answers 200 with the feedback array GitHub expects:
 //!    `[{"token_hash": "<hex SHA-256 of the token>", "token_type": "...", "label":
-//!    "true_positive" | "false_positive"}]` — never the raw token.
+//!    "true_positive" | "false_positive"}]` — never the raw token. A token this node could not
+//!    judge ([`LeakVerdict::Unverified`]: its key's record failed its integrity check here —
+//!    tampered with, or sealed under a master key this keyring lacks) gets no entry, so GitHub
+//!    keeps its alert open instead of dismissing it as a false positive; a warning (one per
+//!    report, with the count, never a token) says alerts were left open, and the audit sink's
+//!    `IntegrityFailure` events name the keys.
 //!
 //! A store failure answers 500 (GitHub retries; revoking is idempotent). Tokens are never
 //! logged; refusals are logged (target `api_keys::secret_scanning`) by reason only, bounded
@@ -382,21 +387,31 @@ impl<S: KeyStore + 'static, K: PublicKeySource> SecretScanning<S, K> {
                 );
             }
         };
-        let revoked = verdicts
-            .iter()
-            .filter(|v| **v == LeakVerdict::TruePositive)
-            .count();
+        let count = |verdict| verdicts.iter().filter(|v| **v == verdict).count();
+        let revoked = count(LeakVerdict::TruePositive);
         tracing::info!(target: LOG, reports = reports.len(), true_positives = revoked, "secret-scanning report handled");
+        let unverified = count(LeakVerdict::Unverified);
+        if unverified > 0 {
+            // Behind GitHub's signature: one line per report, never a token (the audit
+            // sink's IntegrityFailure events name the keys).
+            tracing::warn!(target: LOG, unverified, "secret-scanning alerts left open: their keys' records could not be verified on this node (tampered with, or sealed under a master key this keyring lacks)");
+        }
+        // GitHub's labels are true_positive and false_positive: a token not judged here gets
+        // no entry, which keeps its alert open.
         let feedback: Vec<Feedback<'_>> = reports
             .iter()
             .zip(&verdicts)
-            .map(|(r, v)| Feedback {
-                token_hash: sha256_hex(&r.token),
-                token_type: &r.token_type,
-                label: match v {
+            .filter_map(|(r, v)| {
+                let label = match v {
                     LeakVerdict::TruePositive => "true_positive",
                     LeakVerdict::FalsePositive => "false_positive",
-                },
+                    LeakVerdict::Unverified => return None,
+                };
+                Some(Feedback {
+                    token_hash: sha256_hex(&r.token),
+                    token_type: &r.token_type,
+                    label,
+                })
             })
             .collect();
         match serde_json::to_vec(&feedback) {

@@ -202,3 +202,110 @@ async fn leak_batches_are_bounded_and_sources_checked() {
     // One notification per key this call revoked.
     assert_eq!(n.notes.names(), vec!["leaked", "leaked"]);
 }
+
+// ------------------------------------------------ records this node cannot judge
+
+/// A token whose record is sealed under a master-key version this node's keyring lacks (a
+/// node not yet given the new key mid-rotation) cannot be judged here: it is not a false
+/// positive — the key still verifies on the nodes that have the key — so the answer says
+/// `Unverified`, nothing is revoked, the failure is audited, and a batch goes on past it.
+#[tokio::test]
+async fn a_token_sealed_under_a_missing_master_key_is_unverified_not_a_false_positive() {
+    let store = MemoryStore::new();
+    let clock = ManualClock::new(start());
+    let n = node_with(store.clone(), Policy::default(), &clock);
+    let rotated = KeyManager::builder(
+        store.clone(),
+        api_keys::Keyring::new(2, api_keys::MasterKey::from_bytes([0x5a; 16]))
+            .with_previous(1, api_keys::MasterKey::from_bytes(common::MASTER)),
+    )
+    .clock(clock.clone())
+    .build()
+    .unwrap();
+    let (sealed_v2, _) = rotated.generate(&alice(), req("v2")).await.unwrap();
+    let (before, _) = n.manager.generate(&alice(), req("before")).await.unwrap();
+    let (after, _) = n.manager.generate(&alice(), req("after")).await.unwrap();
+    let stored = store.get(sealed_v2.id()).await.unwrap().unwrap();
+
+    let v = n
+        .manager
+        .revoke_leaked(sealed_v2.expose_secret(), "https://x.example/1")
+        .await
+        .unwrap();
+    assert_eq!(v, LeakVerdict::Unverified);
+    let batch = n
+        .manager
+        .revoke_leaked_batch(&[
+            (before.expose_secret(), "u1"),
+            (sealed_v2.expose_secret(), "u2"),
+            (after.expose_secret(), "u3"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        batch,
+        vec![
+            LeakVerdict::TruePositive,
+            LeakVerdict::Unverified,
+            LeakVerdict::TruePositive
+        ]
+    );
+    // Nothing was done to it: it still works where the keyring has its key.
+    assert_eq!(store.get(sealed_v2.id()).await.unwrap().unwrap(), stored);
+    rotated
+        .verify(sealed_v2.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
+    assert_eq!(
+        audited(&n.audit, &AuditAction::IntegrityFailure),
+        vec![Some(*sealed_v2.id()); 2]
+    );
+    assert_eq!(n.notes.names(), vec!["leaked", "leaked"]);
+}
+
+/// A tampered record (a deciding field moved without the master key, or a row that cannot be
+/// decoded) is not judged either: `Unverified`, nothing revoked or re-sealed, the batch goes
+/// on past it.
+#[tokio::test]
+async fn a_token_whose_record_was_tampered_with_is_unverified_not_a_false_positive() {
+    let store = MemoryStore::new();
+    let n = node_with(store.clone(), Policy::default(), &ManualClock::new(start()));
+    let (moved, _) = n.manager.generate(&alice(), req("moved")).await.unwrap();
+    let (gone, _) = n.manager.generate(&alice(), req("gone")).await.unwrap();
+    let (fine, _) = n.manager.generate(&alice(), req("fine")).await.unwrap();
+    let mut tampered = store.get(moved.id()).await.unwrap().unwrap();
+    tampered.expires_at = Some(start() + days(3650));
+    store.overwrite_unchecked(tampered.clone());
+    let undecodable = api_keys::KeyRecord::undecodable(*gone.id(), OrgId::new("acme"));
+    store.overwrite_unchecked(undecodable.clone());
+
+    for token in [moved.expose_secret(), gone.expose_secret()] {
+        let v = n.manager.revoke_leaked(token, "https://x.example").await;
+        assert!(matches!(v, Ok(LeakVerdict::Unverified)), "{v:?}");
+    }
+    let batch = n
+        .manager
+        .revoke_leaked_batch(&[
+            (moved.expose_secret(), "u1"),
+            (gone.expose_secret(), "u2"),
+            (fine.expose_secret(), "u3"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        batch,
+        vec![
+            LeakVerdict::Unverified,
+            LeakVerdict::Unverified,
+            LeakVerdict::TruePositive
+        ]
+    );
+    assert_eq!(store.get(moved.id()).await.unwrap().unwrap(), tampered);
+    assert_eq!(store.get(gone.id()).await.unwrap().unwrap(), undecodable);
+    assert_eq!(
+        audited(&n.audit, &AuditAction::IntegrityFailure).len(),
+        4,
+        "each unjudged report is audited"
+    );
+    assert_eq!(n.notes.names(), vec!["leaked"]);
+}

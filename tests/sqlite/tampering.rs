@@ -513,7 +513,7 @@ async fn a_revision_at_its_limit_fails_closed() {
         m.revoke_leaked(&f.live.0, "https://example.com/leak")
             .await
             .unwrap(),
-        api_keys::LeakVerdict::FalsePositive
+        api_keys::LeakVerdict::Unverified
     );
     m.delete(&alice(), &f.live.1).await.unwrap();
     // One below the limit still takes its revocation.

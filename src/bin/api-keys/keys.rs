@@ -186,12 +186,9 @@ async fn revoke_leaked(
         if token.is_empty() {
             continue;
         }
-        let integrity_before = crate::integrity_failures();
         match m.revoke_leaked(token, source).await {
             Ok(LeakVerdict::TruePositive) => genuine.push(number),
-            Ok(LeakVerdict::FalsePositive) if crate::integrity_failures() > integrity_before => {
-                unjudged.push(number)
-            }
+            Ok(LeakVerdict::Unverified) => unjudged.push(number),
             Ok(LeakVerdict::FalsePositive) => false_positives.push(number),
             Err(e) => {
                 failed = Some(Failure::from_error(e, &format!("line {number}")));

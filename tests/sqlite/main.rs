@@ -1,4 +1,4 @@
-//! SqliteStore: conformance, restart, crash safety (SIGKILL), clear errors.
+//! SqliteStore: conformance, restart, crash safety (SIGKILL), other processes' locks, clear errors.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -24,6 +24,7 @@ use store_support::{Observed, report};
 mod concurrency;
 mod durability;
 mod files_and_tables;
+mod processes;
 mod records;
 mod tampering;
 

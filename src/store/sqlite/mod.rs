@@ -104,7 +104,8 @@ impl fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens (or creates) the key store in the SQLite file at `path`, switches it to WAL
     /// and creates or migrates the schema. This does file I/O on the calling thread; in an
-    /// async context, call it once at start-up (or inside `spawn_blocking`).
+    /// async context, call it once at start-up (or inside `spawn_blocking`). While another
+    /// process holds the file's write lock, it waits up to the 5 s busy timeout.
     ///
     /// # Errors
     /// [`StoreError::Backend`] with a [`SqliteError`] source whose kind is
@@ -232,9 +233,7 @@ fn open_connection(path: &Path, table: &str) -> Result<Connection, SqliteError> 
     }
     conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
     // The first statement that reads the file: a file that is not a database fails here.
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(err)?;
+    let mode = wal_mode(&conn).map_err(err)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(SqliteError::new(SqliteErrorKind::Query, path, None));
     }
@@ -242,6 +241,27 @@ fn open_connection(path: &Path, table: &str) -> Result<Connection, SqliteError> 
         .map_err(err)?;
     migrate(&mut conn, path, table)?;
     Ok(conn)
+}
+
+/// Switches the file to WAL (nothing to do when it already is) and returns the journal mode.
+///
+/// A file still in rollback-journal mode (a host's own database) needs an exclusive lock to
+/// switch, and SQLite does not run the busy handler for it while another process holds the
+/// write lock: it fails at once. The switch is retried here for up to the busy timeout, as
+/// every other statement waits; each try ends its statement, so it holds no lock meanwhile.
+fn wal_mode(conn: &Connection) -> rusqlite::Result<String> {
+    let started = std::time::Instant::now();
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Creates or upgrades the schema in one `BEGIN IMMEDIATE` transaction (so two processes

@@ -1,4 +1,4 @@
-//! Several processes on one file: a write lock held by another process.
+//! Several processes on one file: a write lock held by another process; the file replaced.
 
 use super::*;
 use std::io::Write;
@@ -91,4 +91,61 @@ fn opening_a_host_file_waits_for_another_processs_write_lock() {
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
     assert_eq!(mode, "wal");
+}
+
+/// The file deleted or replaced while the store has it open (a clean-up job, an operator, a
+/// restore from a backup that moves the copy into place): SQLite keeps using the old, deleted
+/// file, so the store went on answering from it. A revocation another process (the CLI)
+/// makes on the file now at the path — SECURITY.md's "after a restore, re-apply revocations
+/// made since the backup" — was never seen, and a key generated afterwards was reported
+/// created yet is gone on the next start. The store now fails its calls with
+/// `SqliteErrorKind::Replaced` instead.
+#[tokio::test]
+async fn a_file_replaced_while_open_is_not_served_from_its_deleted_copy() {
+    let dir = TempDir::new("replaced");
+    let path = dir.path("keys.db");
+    let m = KeyManager::builder(SqliteStore::open(&path).unwrap(), keyring())
+        .cache_fallback_ttl(Duration::ZERO)
+        .build()
+        .unwrap();
+    let (key, info) = m
+        .generate(&alice(), GenerateRequest::new("k").scope(Scope::Prometheus))
+        .await
+        .unwrap();
+    // A backup, then a restore that moves it into place (the old files removed first).
+    let backup = dir.path("backup.db");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
+        .unwrap();
+    for suffix in ["-wal", "-shm", ""] {
+        std::fs::remove_file(format!("{}{suffix}", path.display())).unwrap();
+    }
+    std::fs::rename(&backup, &path).unwrap();
+    // The operator re-applies a revocation through another store on the file.
+    manager(SqliteStore::open(&path).unwrap())
+        .revoke(&alice(), &info.id)
+        .await
+        .unwrap();
+    match m.verify(key.expose_secret(), &Scope::Prometheus).await {
+        Err(Error::Revoked) => {}
+        Err(Error::Store(e)) => assert_eq!(sqlite_error(&e).kind(), SqliteErrorKind::Replaced),
+        other => panic!(
+            "a key revoked in the file at the store's path was accepted: {:?}",
+            other.map(|v| *v.key_id())
+        ),
+    }
+    match m
+        .generate(
+            &alice(),
+            GenerateRequest::new("k2").scope(Scope::Prometheus),
+        )
+        .await
+    {
+        Err(Error::Store(e)) => assert_eq!(sqlite_error(&e).kind(), SqliteErrorKind::Replaced),
+        other => panic!(
+            "a key was generated into the deleted file: {:?}",
+            other.map(|(_, i)| i.id)
+        ),
+    }
 }

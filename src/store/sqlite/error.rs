@@ -33,6 +33,10 @@ pub enum SqliteErrorKind {
     /// A statement failed (I/O error, disk full, the file locked by another process for too
     /// long, ...).
     Query,
+    /// The file was deleted or replaced (renamed over, restored from a backup) after the store
+    /// opened it: the store would read and write the old, deleted file, unseen by every other
+    /// process. Open the store again.
+    Replaced,
 }
 
 /// The source of the [`StoreError::Backend`](crate::StoreError::Backend) errors of a
@@ -105,6 +109,10 @@ impl fmt::Display for SqliteError {
                 "SQLite key store at {p}: a revision above i64::MAX cannot be stored"
             ),
             SqliteErrorKind::Query => write!(f, "SQLite key store at {p}: statement failed"),
+            SqliteErrorKind::Replaced => write!(
+                f,
+                "the SQLite key store at {p} was deleted or replaced since it was opened; open the store again"
+            ),
             SqliteErrorKind::InvalidTable => write!(
                 f,
                 "SQLite key store at {p}: a table name must match [a-z_][a-z0-9_]{{0,47}}"

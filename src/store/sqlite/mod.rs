@@ -64,6 +64,9 @@ struct Inner {
     path: PathBuf,
     /// The table's name (`api_keys` by default); the schema-version table is `<table>_schema`.
     table: String,
+    /// The opened file's absolute path (as SQLite resolved it) and identity: the calls fail
+    /// once the file there is another or gone ([`replaced`]).
+    file: Option<(PathBuf, (u64, u64))>,
 }
 
 /// A [`KeyStore`] in one SQLite file: persistent, for a single server (several processes on
@@ -84,6 +87,9 @@ struct Inner {
 ///   default): a revocation made through another manager or process is refused within that
 ///   TTL, one made through the same manager at once. Within one process, share one manager
 ///   (clones are cheap).
+/// - Once the file at the path is deleted or replaced (renamed over, restored from a backup),
+///   every call fails with [`SqliteErrorKind::Replaced`] (on Unix): SQLite would go on using
+///   the deleted file, which no other process sees and which is gone on the next start.
 ///
 /// Cloning is cheap; clones share the connection.
 ///
@@ -135,12 +141,16 @@ impl SqliteStore {
         }
         let conn = open_connection(path, table).map_err(StoreError::backend)?;
         let touch = open_connection(path, table).map_err(StoreError::backend)?;
+        let file = std::path::absolute(path)
+            .ok()
+            .and_then(|at| identity(&at).ok().flatten().map(|id| (at, id)));
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
                 touch: Mutex::new(touch),
                 path: path.to_path_buf(),
                 table: table.to_string(),
+                file,
             }),
         })
     }
@@ -187,6 +197,15 @@ impl SqliteStore {
     {
         let inner = self.inner.clone();
         let job = move || {
+            if let Some((at, id)) = &inner.file
+                && replaced(identity(at), *id)
+            {
+                return Err(StoreError::backend(SqliteError::new(
+                    SqliteErrorKind::Replaced,
+                    &inner.path,
+                    None,
+                )));
+            }
             let conn = if touch { &inner.touch } else { &inner.conn };
             let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
             f(&mut conn, &inner.path, &inner.table)
@@ -195,6 +214,27 @@ impl SqliteStore {
             Ok(rt) => rt.spawn_blocking(job).await.map_err(StoreError::backend)?,
             Err(_) => job(),
         }
+    }
+}
+
+/// The identity (device, inode) of the file at `path`, where the platform has one.
+#[cfg(unix)]
+fn identity(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| Some((m.dev(), m.ino())))
+}
+
+#[cfg(not(unix))]
+fn identity(_: &Path) -> std::io::Result<Option<(u64, u64)>> {
+    Ok(None)
+}
+
+/// Whether the file opened as `opened` is gone from its path or another file is there. A
+/// path that cannot be examined (a directory's permissions changed) says neither.
+fn replaced(now: std::io::Result<Option<(u64, u64)>>, opened: (u64, u64)) -> bool {
+    match now {
+        Ok(now) => now.is_some_and(|now| now != opened),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
 }
 

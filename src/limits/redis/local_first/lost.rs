@@ -18,15 +18,16 @@ pub(in super::super) const RECLAIM: &str = r#"
 for i = 1, #KEYS / 2 do
   local counter, grants = KEYS[2 * i - 1], KEYS[2 * i]
   local token, ttl = ARGV[2 * i - 1], tonumber(ARGV[2 * i])
-  -- A key edited by hand into another type or text is skipped, not an error: one bad key
-  -- must not fail every lease call of this node (`pcall`; an error reply is a table).
+  -- A key edited by hand into another type or text (a number `DECRBY` refuses, "7.5"
+  -- included) is skipped, not an error: one bad key must not fail every lease call of this
+  -- node (`pcall`; an error reply is a table).
   local g = redis.pcall('HGET', grants, token)
   if type(g) ~= 'table' and g ~= 'x' then
     if g then
       local v = redis.pcall('GET', counter)
       local used = type(v) == 'string' and tonumber(v) or 0
       local back = math.min(used, tonumber(g) or 0)
-      if back > 0 then redis.call('DECRBY', counter, back) end
+      if back > 0 then redis.pcall('DECRBY', counter, back) end
     end
     redis.call('HSET', grants, token, 'x')
     if redis.call('PTTL', grants) < ttl then redis.call('PEXPIRE', grants, ttl) end

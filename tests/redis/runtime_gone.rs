@@ -505,3 +505,79 @@ fn an_engine_built_outside_any_runtime_is_not_a_panic_and_counts_in_one() {
         drop(rt);
     }
 }
+
+/// Local-first, an engine built outside any runtime (or in one) whose first verifications ran
+/// in a runtime the host then dropped (a warm-up `block_on`), the host's verifications in
+/// another runtime afterwards: the calls recover (the connection reconnects in the new
+/// runtime), but the background task had been spawned on the dropped runtime, died with it,
+/// and was never started again — leases unused for a second were never handed back to other
+/// nodes, ended windows never forgotten (this node's map grew with every window) and lost
+/// lease calls' grants were handed back only by lease calls. It starts again in the runtime
+/// of the next verification.
+#[test]
+fn local_first_background_task_restarts_after_its_runtime_was_dropped() {
+    let Some(url) = redis_url("local_first_background_task_restarts_after_its_runtime_was_dropped")
+    else {
+        return;
+    };
+    let built = outside_any_runtime(|| {
+        RedisCounters::builder(&url)
+            .prefix(prefix())
+            .timeout(StdDuration::from_secs(2))
+            .local_first(StdDuration::from_millis(20))
+            .build()
+    });
+    let engine = match built {
+        Ok(Ok(engine)) => engine,
+        other => panic!("{other:?}"),
+    };
+    let warm_up = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    warm_up.block_on(consume_once(&engine, Hourly::new(80, random_key().0).req()));
+    drop(warm_up);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hourly = Hourly::new(80, random_key().0);
+    rt.block_on(async {
+        // The first call after the warm-up may meet the connection of the dropped runtime.
+        let mut admitted = false;
+        for _ in 0..10 {
+            let d = match engine.consume(hourly.req()) {
+                Consumed::Ready(r) => r,
+                Consumed::Pending(f) => f.await,
+            };
+            if matches!(
+                d,
+                Ok(Decision::Allowed {
+                    degraded: false,
+                    ..
+                })
+            ) {
+                admitted = true;
+                break;
+            }
+        }
+        assert!(admitted, "the engine never counted on Redis again");
+        assert!(engine.leased() > 0, "no lease was fetched");
+        // Unused for `sync_every` (20 ms) and half its window (at most 1 s), the lease goes
+        // back by the background task (the wait only bounds a task that never runs).
+        for _ in 0..500 {
+            if engine.leased() == 0 {
+                break;
+            }
+            tokio::time::sleep(StdDuration::from_millis(20)).await;
+        }
+        assert_eq!(
+            engine.leased(),
+            0,
+            "an unused lease was never handed back: the background task is gone"
+        );
+    });
+    drop(engine);
+    drop(rt);
+}

@@ -15,8 +15,20 @@ end
 return 1
 "#;
 
+/// Held by the background task: clears the engine's "started" mark when the task goes.
+struct Restart(std::sync::Weak<super::Inner>);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.sync_started.store(false, Ordering::Release);
+        }
+    }
+}
+
 impl RedisCounters {
-    /// Starts the background task once, if a Tokio runtime is running.
+    /// Starts the background task once, if a Tokio runtime is running (again if the runtime
+    /// it ran on shut down).
     pub(super) fn start_sync(&self) {
         let Some(every) = self.inner.local_first else {
             return;
@@ -36,7 +48,11 @@ impl RedisCounters {
         };
         // The task holds a weak reference: it ends when the engine is dropped.
         let weak = std::sync::Arc::downgrade(&self.inner);
+        // Dropped with the task — also unpolled, when its runtime shuts down (a host's
+        // warm-up runtime): the next verification starts it again in its own runtime.
+        let restart = Restart(weak.clone());
         handle.spawn(async move {
+            let _restart = restart;
             loop {
                 tokio::time::sleep(every).await;
                 let Some(inner) = weak.upgrade() else { return };

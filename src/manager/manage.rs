@@ -153,7 +153,9 @@ impl<S: KeyStore + 'static> KeyManager<S> {
     pub(super) async fn authentic_infos(&self, actor: &Actor) -> Result<Vec<KeyInfo>, Error> {
         let now = self.inner.clock.now();
         let keyring = self.keyring();
+        let started = std::time::Instant::now();
         let mut recs = self.inner.store.list(actor.org()).await?;
+        self.inner.cache.store_answered(started);
         recs.retain(|r| {
             (r.is_undecodable() || r.class == self.inner.prefix)
                 && (r.org == *actor.org() && self.authentic(&keyring, r, Some(actor)))

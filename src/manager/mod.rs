@@ -389,7 +389,12 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         actor: Option<&Actor>,
         id: &KeyId,
     ) -> Result<KeyRecord, Error> {
-        match self.inner.store.get(id).await? {
+        let started = Instant::now();
+        let answer = self.inner.store.get(id).await?;
+        // The store answered: while the feed is down, no entry read before this may be served
+        // stale later (a change since may have gone unheard; this node could have read it).
+        self.inner.cache.store_answered(started);
+        match answer {
             // Another class's record (a manager of another prefix sharing the store) is not
             // this manager's: as absent as another organization's.
             Some(rec)

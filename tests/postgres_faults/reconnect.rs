@@ -234,3 +234,75 @@ async fn a_revoke_missed_while_the_feed_was_down_and_the_store_answered_is_not_s
     );
     assert_eq!(b_audit.count(&AuditAction::ServedStale), 0);
 }
+
+/// As `a_revoke_missed_while_the_feed_was_down_and_the_store_answered_is_not_served_stale`,
+/// B's store answering after the revoke a management read instead of a verification: B's
+/// admin reads the key (`get`) and is told it is revoked. B's cache was not told: once B's
+/// store became unreachable, B accepted that very key (served stale), although its own store
+/// had answered after the revoke (the README: an entry read before the store's last answer
+/// during a feed outage is not served stale).
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_missed_while_the_feed_was_down_and_read_by_the_admin_is_not_served_stale() {
+    let Some(server) =
+        server("a_revoke_missed_while_the_feed_was_down_and_read_by_the_admin_is_not_served_stale")
+    else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let org = OrgId::new(format!("faults-{:016x}", random_u64()));
+    let actor = Actor::manager(org.clone(), UserId::new("alice"));
+    let bound = Duration::from_secs(1);
+    let a = manager(
+        PostgresStore::connect_and_migrate(&with_app(&server.url, &app("node-a")))
+            .await
+            .unwrap(),
+        bound,
+        Duration::ZERO,
+        Recorder::default(),
+    )
+    .await;
+    let b_app = app("node-b");
+    let b_audit = Recorder::default();
+    let b = manager(
+        PostgresStore::connect_and_migrate(&with_app(&server.url, &b_app))
+            .await
+            .unwrap(),
+        bound,
+        Duration::from_secs(120),
+        b_audit.clone(),
+    )
+    .await;
+    let revoked = keys(&a, &org, 1).await.remove(0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let id = b
+        .verify(&revoked, &read())
+        .await
+        .unwrap()
+        .key_id()
+        .to_owned();
+
+    let (admin, db) = admin_of(&server.url).await;
+    let feed_name = format!("{b_app}-feed");
+    // B's feed is cut off for good; its pooled connections (and A's) stay up.
+    allow_connections(&admin, &db, false).await;
+    let _guard = AllowConnections {
+        url: server.url.clone(),
+        db: db.clone(),
+    };
+    terminate(&admin, &feed_name).await;
+    a.revoke(&actor, &id).await.unwrap();
+    // Past the feed's bound, B's admin reads the key from B's store: revoked.
+    tokio::time::sleep(bound + Duration::from_millis(500)).await;
+    let info = b.get(&actor, &id).await.unwrap();
+    assert!(info.revoked_at.is_some(), "{info:?}");
+
+    // Later, B's store becomes unreachable.
+    terminate(&admin, &b_app).await;
+    let after = b.verify(&revoked, &read()).await;
+    assert!(
+        after.is_err(),
+        "node B accepted a key its own store had told it was revoked, once that store became unreachable"
+    );
+    assert_eq!(b_audit.count(&AuditAction::ServedStale), 0);
+}

@@ -30,7 +30,9 @@ for i = 1, #KEYS / 2 do
       if back > 0 then redis.pcall('DECRBY', counter, back) end
     end
     redis.call('HSET', grants, token, 'x')
-    if redis.call('PTTL', grants) < ttl then redis.call('PEXPIRE', grants, ttl) end
+    -- A record the lease call made expires with its counter; one made here (the call has
+    -- not run) lives a window from now at most.
+    if redis.call('PTTL', grants) < 0 then redis.call('PEXPIRE', grants, ttl) end
   end
 end
 return 1

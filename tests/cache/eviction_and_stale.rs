@@ -181,6 +181,14 @@ async fn an_unreachable_store_serves_stale_entries_only_when_asked_and_never_a_r
     }
     stale.revoke(&alice(), &revoked_info.id).await.unwrap();
     stale.delete(&alice(), &deleted_info.id).await.unwrap();
+    // Over a store without a change feed, only an entry read since the store last answered
+    // this node (here, the revoke's and the delete's reads) may be served stale: the warm
+    // key is read again once its entry is past the fallback TTL.
+    tokio::time::sleep(fallback + StdDuration::from_millis(50)).await;
+    stale
+        .verify(warm.expose_secret(), &Scope::Prometheus)
+        .await
+        .unwrap();
     store
         .fail_get
         .store(true, std::sync::atomic::Ordering::SeqCst);

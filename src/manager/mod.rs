@@ -137,10 +137,12 @@ impl<S: KeyStore + 'static> KeyManagerBuilder<S> {
     /// `max` ago (and since the store's change feed last connected, if it has one: an older
     /// entry may predate a change whose notification was lost; and, while the feed is down or
     /// for a store without one, since the latest store read — a verification's, a `get` or
-    /// `list` — that answered), instead of failing. Each such use is audited as [`AuditAction::ServedStale`](crate::AuditAction::ServedStale). It
-    /// never applies to a key this node knows was revoked or deleted (its cache entry says
-    /// revoked, or is gone), nor to a tampered record; but a revocation made on *another* node
-    /// during the outage goes unnoticed for up to `max`. Zero (the default) turns it off.
+    /// `list` — that answered), instead of failing. Each such use is audited as
+    /// [`AuditAction::ServedStale`](crate::AuditAction::ServedStale). It never applies to a
+    /// key this node knows was revoked or deleted (its cache entry says revoked, or is gone),
+    /// nor to a tampered record; but a revocation made on *another* node during the outage
+    /// goes unnoticed for up to `max`. Zero (the default) turns it off. It is meant for a
+    /// store with a change feed (PostgreSQL): over one without, little qualifies.
     pub fn serve_stale_while_store_unreachable(mut self, max: StdDuration) -> Self {
         self.max_stale = max;
         self

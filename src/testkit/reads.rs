@@ -12,10 +12,24 @@ use crate::{
 };
 
 /// `rec` with every optional field set (stores never open records, so the tag need not
-/// match), one revision on, and a last use later than any it had.
+/// match), one revision on, a last use later than any it had, a shorter expiry (as a roll
+/// writes) and a new seal (as every change of the manager writes: a column-mapped store that
+/// takes the sealed secret or the expiry for immutable stores changes under the old ones).
 pub(super) fn with_every_field(rec: &KeyRecord) -> KeyRecord {
     let mut r = rec.clone();
     r.revision = rec.revision + 1;
+    r.expires_at = Some(t(1_800_000_200));
+    r.sealed.key_version = rec.sealed.key_version.wrapping_add(1);
+    for b in r
+        .sealed
+        .iv
+        .iter_mut()
+        .chain(&mut r.sealed.ciphertext)
+        .chain(&mut r.sealed.details_tag)
+        .chain(&mut r.sealed.tag)
+    {
+        *b = !*b;
+    }
     r.name = "every field — ünïcode 🔑".into();
     r.revoked_at = Some(t(1_800_000_100));
     r.revoked_by = Some(UserId::new("testkit-admin"));

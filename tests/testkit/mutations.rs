@@ -37,6 +37,13 @@ enum Mutation {
     FeedDropsUpdates,
     /// The trigger reports `OLD.revision` instead of `NEW.revision` for an update.
     FeedReportsOldRevision,
+    /// `update` leaves the seal (key version, IV, ciphertext, tags) as inserted (a
+    /// column-mapped store that takes the sealed secret for immutable): every change the
+    /// manager reseals (revoke, limits, rewrap) is stored under the old seal.
+    UpdateKeepsSeal,
+    /// `update` leaves `expires_at` as inserted (a column left out of the `UPDATE`): a roll's
+    /// shortened expiry of the old key is lost.
+    UpdateKeepsExpiry,
     /// Breaks no duty: the feed drops once at the first update (`disconnected`, the update
     /// unreported, then `connected` again), as a real feed does under load or a restart.
     FeedDropsOnce,
@@ -133,7 +140,14 @@ impl KeyStore for Mutant {
         Ok(out)
     }
 
-    async fn update(&self, record: KeyRecord, expected: u64) -> Result<(), StoreError> {
+    async fn update(&self, mut record: KeyRecord, expected: u64) -> Result<(), StoreError> {
+        if let Some(stored) = self.inner.get(&record.id).await? {
+            match self.mutation {
+                Mutation::UpdateKeepsSeal => record.sealed = stored.sealed,
+                Mutation::UpdateKeepsExpiry => record.expires_at = stored.expires_at,
+                _ => {}
+            }
+        }
         self.inner.update(record, expected).await
     }
 
@@ -266,6 +280,17 @@ async fn a_change_feed_that_misses_revokes_or_misreports_revisions_is_caught() {
         let f = failure_of(mutation).await;
         assert_eq!(
             f.check, "change_feed_reports_every_write",
+            "{mutation:?} reported as: {f}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_update_that_keeps_the_seal_or_the_expiry_is_caught() {
+    for mutation in [Mutation::UpdateKeepsSeal, Mutation::UpdateKeepsExpiry] {
+        let f = failure_of(mutation).await;
+        assert_eq!(
+            f.check, "reads_follow_every_write",
             "{mutation:?} reported as: {f}"
         );
     }

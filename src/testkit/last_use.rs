@@ -65,16 +65,14 @@ async fn use_racing_a_revoke<S: KeyStore>(
 
 /// `touch_many` does what `touch` does for each use of the batch: raises each
 /// `last_used_at` (to the latest of its uses), never lowers one, never changes the revision,
-/// never creates a row, skips a use of a missing row without dropping the others, and does
-/// not un-revoke a key revoked while it runs.
+/// never creates a row, skips a use of a missing row without dropping the others, loses
+/// neither the first nor the last use of the batch, and does not un-revoke a key revoked
+/// while it runs.
 pub async fn touch_many_raises_each_last_use<S: KeyStore>(store: &S) -> Check {
     const C: &str = "touch_many_raises_each_last_use";
     let org = random_org();
-    let (a, b) = (
-        sample_record(random_id(), &org),
-        sample_record(random_id(), &org),
-    );
-    for r in [&a, &b] {
+    let [a, b, first, last] = [(); 4].map(|()| sample_record(random_id(), &org));
+    for r in [&a, &b, &first, &last] {
         store
             .insert(r.clone())
             .await
@@ -85,10 +83,12 @@ pub async fn touch_many_raises_each_last_use<S: KeyStore>(store: &S) -> Check {
         .await
         .map_err(|e| store_err(C, "touch", e))?;
     let ghost = random_id();
-    // The missing row comes first: the uses after it must still be written (a batch holds
-    // the ids of keys deleted since their use, in any order).
+    // A missing row early on: the uses after it must still be written (a batch holds the ids
+    // of keys deleted since their use, in any order). The first and the last use of the batch
+    // are each a key's only one (a loop off by one at either end loses it).
     store
         .touch_many(&[
+            (first.id, t(1_713_000_000)),
             (ghost, t(1_711_000_000)),
             (a.id, t(1_710_000_000)),
             (a.id, t(1_715_000_000)),
@@ -96,6 +96,7 @@ pub async fn touch_many_raises_each_last_use<S: KeyStore>(store: &S) -> Check {
             // Not last, not first: a store that keeps either use of an id (a `VALUES` list
             // joined without a `max` per id) loses the latest.
             (a.id, t(1_712_000_000)),
+            (last.id, t(1_714_000_000)),
         ])
         .await
         .map_err(|e| store_err(C, "touch_many", e))?;
@@ -113,6 +114,16 @@ pub async fn touch_many_raises_each_last_use<S: KeyStore>(store: &S) -> Check {
         "touch_many lowered last_used_at to {:?}",
         got_b.last_used_at
     );
+    for (r, at) in [(&first, t(1_713_000_000)), (&last, t(1_714_000_000))] {
+        let got = read(store, C, &r.id).await?;
+        ensure!(
+            C,
+            got.last_used_at == Some(at),
+            "touch_many lost the {} use of its batch: last_used_at is {:?}, expected {at}",
+            if r.id == first.id { "first" } else { "last" },
+            got.last_used_at
+        );
+    }
     let got = store
         .get(&ghost)
         .await

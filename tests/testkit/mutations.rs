@@ -44,6 +44,12 @@ enum Mutation {
     /// `update` leaves `expires_at` as inserted (a column left out of the `UPDATE`): a roll's
     /// shortened expiry of the old key is lost.
     UpdateKeepsExpiry,
+    /// `touch_many` loses the first use of each batch (a loop from 1 where 0 was meant): a key
+    /// used once per flush interval never gets its last use, and the sweep revokes it as
+    /// unused.
+    TouchManyDropsFirst,
+    /// `touch_many` loses the last use of each batch (a loop to `len - 1`).
+    TouchManyDropsLast,
     /// Breaks no duty: the feed drops once at the first update (`disconnected`, the update
     /// unreported, then `connected` again), as a real feed does under load or a restart.
     FeedDropsOnce,
@@ -193,7 +199,17 @@ impl KeyStore for Mutant {
             }
             return Ok(());
         }
-        self.inner.touch_many(uses).await
+        match self.mutation {
+            Mutation::TouchManyDropsFirst => {
+                self.inner.touch_many(&uses[1.min(uses.len())..]).await
+            }
+            Mutation::TouchManyDropsLast => {
+                self.inner
+                    .touch_many(&uses[..uses.len().saturating_sub(1)])
+                    .await
+            }
+            _ => self.inner.touch_many(uses).await,
+        }
     }
 
     fn changes(&self, listener: Weak<dyn ChangeListener>) -> bool {
@@ -291,6 +307,17 @@ async fn an_update_that_keeps_the_seal_or_the_expiry_is_caught() {
         let f = failure_of(mutation).await;
         assert_eq!(
             f.check, "reads_follow_every_write",
+            "{mutation:?} reported as: {f}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_touch_many_that_loses_the_first_or_last_use_of_a_batch_is_caught() {
+    for mutation in [Mutation::TouchManyDropsFirst, Mutation::TouchManyDropsLast] {
+        let f = failure_of(mutation).await;
+        assert_eq!(
+            f.check, "touch_many_raises_each_last_use",
             "{mutation:?} reported as: {f}"
         );
     }

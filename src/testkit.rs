@@ -85,6 +85,7 @@ pub async fn run<S: KeyStore>(store: &S) -> Check {
     insert_get_and_duplicate(store).await?;
     round_trip_is_exact(store).await?;
     list_is_isolated_by_org(store).await?;
+    list_returns_every_record(store).await?;
     update_is_compare_and_swap(store).await?;
     delete_removes(store).await?;
     scan_pages_in_id_order(store).await?;
@@ -316,6 +317,54 @@ pub async fn list_is_isolated_by_org<S: KeyStore>(store: &S) -> Check {
         none.is_empty(),
         "list of an unknown org returned {none:?}"
     );
+    Ok(())
+}
+
+/// How many records [`list_returns_every_record`] gives one organization: more than a page
+/// of the common default sizes (100, 128, 250, 256).
+const LARGE_ORG: usize = 300;
+
+/// `list` returns every record of a large organization (300), not a first page of them
+/// (offboarding, rolls and the active-key limit read an organization's keys with it). The
+/// check deletes its records afterwards.
+pub async fn list_returns_every_record<S: KeyStore>(store: &S) -> Check {
+    const C: &str = "list_returns_every_record";
+    let org = random_org();
+    let mut want = Vec::with_capacity(LARGE_ORG);
+    for _ in 0..LARGE_ORG {
+        let r = sample_record(random_id(), &org);
+        want.push(r.id);
+        store
+            .insert(r)
+            .await
+            .map_err(|e| store_err(C, "insert", e))?;
+    }
+    let mut got: Vec<KeyId> = store
+        .list(&org)
+        .await
+        .map_err(|e| store_err(C, "list", e))?
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    got.sort();
+    want.sort();
+    if got != want {
+        let missing = want.iter().filter(|id| !got.contains(id)).count();
+        return Err(fail(
+            C,
+            format!(
+                "list of an organization of {LARGE_ORG} records returned {} of them \
+                 ({missing} missing)",
+                got.len()
+            ),
+        ));
+    }
+    for id in &want {
+        store
+            .delete(id)
+            .await
+            .map_err(|e| store_err(C, "delete", e))?;
+    }
     Ok(())
 }
 

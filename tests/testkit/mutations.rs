@@ -50,6 +50,10 @@ enum Mutation {
     TouchManyDropsFirst,
     /// `touch_many` loses the last use of each batch (a loop to `len - 1`).
     TouchManyDropsLast,
+    /// `list` returns at most 100 records (a query with an ORM's default page size, or the
+    /// first page of a paged API): offboarding, rolls and the active-key limit miss the rest
+    /// of a large organization's keys.
+    ListReturnsOnePage,
     /// Breaks no duty: the feed drops once at the first update (`disconnected`, the update
     /// unreported, then `connected` again), as a real feed does under load or a restart.
     FeedDropsOnce,
@@ -131,6 +135,11 @@ impl KeyStore for Mutant {
     }
 
     async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
+        if self.mutation == Mutation::ListReturnsOnePage {
+            let mut all = self.inner.list(org).await?;
+            all.truncate(100);
+            return Ok(all);
+        }
         if self.mutation != Mutation::ListFoldsOrgCase {
             return self.inner.list(org).await;
         }
@@ -321,6 +330,12 @@ async fn a_touch_many_that_loses_the_first_or_last_use_of_a_batch_is_caught() {
             "{mutation:?} reported as: {f}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_list_that_returns_one_page_is_caught() {
+    let f = failure_of(Mutation::ListReturnsOnePage).await;
+    assert_eq!(f.check, "list_returns_every_record", "reported as: {f}");
 }
 
 /// A feed may drop (`disconnected`: changes may go unreported until `connected`) — under load,

@@ -40,6 +40,7 @@ pub async fn run<C: UsageCounters>(engine: &C) -> Check {
     rate_limited_spends_no_credits(engine).await?;
     cost_zero_is_never_refused(engine).await?;
     org_limits_are_shared(engine).await?;
+    rate_limits_are_exact_under_concurrency(engine).await?;
     credits_are_exact_under_concurrency(engine).await?;
     refill_sets_the_balance(engine).await?;
     set_and_link_credits(engine).await?;
@@ -423,5 +424,44 @@ pub async fn org_limits_are_shared<C: UsageCounters>(engine: &C) -> Check {
             .map_err(|e| err(C, e))?,
         "an organization limit of another name",
     )?;
+    Ok(())
+}
+
+/// A limit of 40: of 160 concurrent requests of cost 1, exactly 40 are admitted and the
+/// others refused, for a key's own limit and for an organization's limit spent by four keys
+/// at once (a count read and then spent in a second step admits each request of a burst).
+pub async fn rate_limits_are_exact_under_concurrency<C: UsageCounters>(engine: &C) -> Check {
+    const C: &str = "rate_limits_are_exact_under_concurrency";
+    let org = random_org();
+    let own = [RateLimit::new("burst", 40, StdDuration::from_secs(60))];
+    let shared = [RateLimit::new("org.burst", 40, StdDuration::from_secs(60)).per_org()];
+    let k = key();
+    let keys = [key(), key(), key(), key()];
+    for (what, limits, keys) in [
+        ("a key's own limit", &own, &[k; 4]),
+        ("an organization's limit", &shared, &keys),
+    ] {
+        let results = futures_util::future::join_all((0..160).map(|i| {
+            consume(
+                engine,
+                request(keys[i % 4], &org, limits, None, 1, T0 + 1_000),
+            )
+        }))
+        .await;
+        let mut admitted = 0;
+        for r in results {
+            match r.map_err(|e| err(C, e))? {
+                Decision::Allowed { .. } => admitted += 1,
+                Decision::RateLimited { .. } => {}
+                other => return Err(fail(C, format!("{what}: unexpected {other:?}"))),
+            }
+        }
+        if admitted != 40 {
+            return Err(fail(
+                C,
+                format!("{what} of 40: {admitted} of 160 concurrent requests admitted"),
+            ));
+        }
+    }
     Ok(())
 }

@@ -42,6 +42,10 @@ enum Mutation {
     /// `forget` of a key deletes the balance it shares (one `DEL` of the balance the key
     /// points to): the key that shares it starts afresh at its initial balance.
     ForgetDeletesASharedBalance,
+    /// A request of rate limits (and no credits) reads the window's count, then spends in a
+    /// second round trip (a `GET` then an `INCR`, not one script): concurrent requests all
+    /// read the same count, and a burst is admitted far past the limit.
+    ChecksThenSpends,
 }
 
 /// `credits` with a monthly refill moved to the first of the month.
@@ -111,6 +115,27 @@ impl MutantCounters {
         Ok(Decision::Allowed {
             usage,
             degraded: false,
+        })
+    }
+}
+
+impl MutantCounters {
+    /// [`Mutation::ChecksThenSpends`].
+    async fn check_then_spend(&self, req: UsageRequest<'_>) -> Result<Decision, CounterError> {
+        let peek = self.consume_inner(UsageRequest { cost: 0, ..req }).await?;
+        let Decision::Allowed { usage, .. } = peek else {
+            return Ok(peek);
+        };
+        let fits = usage.limits().iter().all(|l| l.remaining >= req.cost);
+        // The second round trip.
+        tokio::task::yield_now().await;
+        let spent = self.consume_inner(req).await?;
+        Ok(match spent {
+            Decision::RateLimited { usage, .. } if fits => Decision::Allowed {
+                usage,
+                degraded: false,
+            },
+            other => other,
         })
     }
 }
@@ -211,6 +236,13 @@ impl UsageCounters for MutantCounters {
                 .entry(req.key)
                 .and_modify(|t| *t = (*t).max(req.now_ms))
                 .or_insert(req.now_ms);
+        }
+        if self.mutation == Mutation::ChecksThenSpends
+            && req.credits.is_none()
+            && !req.limits.is_empty()
+            && req.cost > 0
+        {
+            return Consumed::Pending(Box::pin(self.check_then_spend(req)));
         }
         if self.mutation == Mutation::SpendsLimitByLimit
             && req.credits.is_none()
@@ -354,4 +386,13 @@ async fn an_engine_refilling_monthly_credits_on_the_first_is_caught() {
 async fn an_engine_whose_forget_deletes_a_shared_balance_is_caught() {
     let f = failure_of(Mutation::ForgetDeletesASharedBalance).await;
     assert_eq!(f.check, "set_and_link_credits", "reported as: {f}");
+}
+
+#[tokio::test]
+async fn an_engine_that_checks_then_spends_is_caught() {
+    let f = failure_of(Mutation::ChecksThenSpends).await;
+    assert_eq!(
+        f.check, "rate_limits_are_exact_under_concurrency",
+        "reported as: {f}"
+    );
 }

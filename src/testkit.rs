@@ -69,8 +69,8 @@ pub use last_use::{touch_many_raises_each_last_use, touch_only_raises_last_use};
 pub use reads::reads_follow_every_write;
 pub use shapes::every_value_shape_round_trips;
 pub use writes::{
-    concurrent_updates_have_one_winner, damaged_rows_stay_deletable, delete_removes,
-    update_is_compare_and_swap,
+    concurrent_inserts_have_one_winner, concurrent_updates_have_one_winner,
+    damaged_rows_stay_deletable, delete_removes, update_is_compare_and_swap,
 };
 
 fn store_err(check: &'static str, what: &str, e: StoreError) -> Failure {
@@ -93,6 +93,7 @@ pub async fn run<S: KeyStore>(store: &S) -> Check {
     touch_only_raises_last_use(store).await?;
     touch_many_raises_each_last_use(store).await?;
     concurrent_updates_have_one_winner(store).await?;
+    concurrent_inserts_have_one_winner(store).await?;
     reads_follow_every_write(store).await?;
     every_value_shape_round_trips(store).await?;
     change_feed_reports_every_write(store).await?;

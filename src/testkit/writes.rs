@@ -1,5 +1,5 @@
-//! Writes: `update` is compare-and-swap with one winner under concurrency, `delete` removes,
-//! and a damaged row stays deletable.
+//! Writes: `update` is compare-and-swap with one winner under concurrency, so is `insert` of
+//! one id, `delete` removes, and a damaged row stays deletable.
 
 use futures_util::future::join_all;
 
@@ -170,6 +170,45 @@ pub async fn concurrent_updates_have_one_winner<S: KeyStore>(store: &S) -> Check
         .get(&rec.id)
         .await
         .map_err(|e| store_err(C, "get", e))?;
+    ensure!(
+        C,
+        got.as_ref() == Some(&candidates[winners[0]]),
+        "stored record {got:?} is not the winner's"
+    );
+    Ok(())
+}
+
+/// Eight concurrent `insert`s of one new id: exactly one wins, the others get `Duplicate`
+/// (not a backend error: the manager retries a new id on `Duplicate` alone), and the stored
+/// record is the winner's (a look-up followed by a write lets every insert "win", the last
+/// overwriting the others).
+pub async fn concurrent_inserts_have_one_winner<S: KeyStore>(store: &S) -> Check {
+    const C: &str = "concurrent_inserts_have_one_winner";
+    let org = random_org();
+    let id = random_id();
+    let candidates: Vec<KeyRecord> = (0..8)
+        .map(|i| {
+            let mut r = sample_record(id, &org);
+            r.name = format!("inserter {i}");
+            r
+        })
+        .collect();
+    let results = join_all(candidates.iter().map(|r| store.insert(r.clone()))).await;
+    let mut winners = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(()) => winners.push(i),
+            Err(StoreError::Duplicate) => {}
+            Err(e) => return Err(store_err(C, "a concurrent insert of one id", e)),
+        }
+    }
+    ensure!(
+        C,
+        winners.len() == 1,
+        "{} of 8 concurrent inserts of one id succeeded: {winners:?}",
+        winners.len()
+    );
+    let got = store.get(&id).await.map_err(|e| store_err(C, "get", e))?;
     ensure!(
         C,
         got.as_ref() == Some(&candidates[winners[0]]),

@@ -54,6 +54,13 @@ enum Mutation {
     /// first page of a paged API): offboarding, rolls and the active-key limit miss the rest
     /// of a large organization's keys.
     ListReturnsOnePage,
+    /// `insert` looks the id up, then writes the row in a second statement (an upsert, or a
+    /// write to a map): of two inserts of one id at once, both succeed and the later
+    /// overwrites the earlier.
+    InsertChecksThenWrites,
+    /// The same look-up first, and the loser of two inserts at once meets the primary key's
+    /// unique violation, reported as a backend error instead of `Duplicate`.
+    InsertRaceIsBackendError,
     /// Breaks no duty: the feed drops once at the first update (`disconnected`, the update
     /// unreported, then `connected` again), as a real feed does under load or a restart.
     FeedDropsOnce,
@@ -126,6 +133,25 @@ impl KeyStore for Mutant {
         {
             // A second row, which `get` (reading the first) never returns.
             return Ok(());
+        }
+        if matches!(
+            self.mutation,
+            Mutation::InsertChecksThenWrites | Mutation::InsertRaceIsBackendError
+        ) {
+            if self.inner.get(&record.id).await?.is_some() {
+                return Err(StoreError::Duplicate);
+            }
+            // The second round trip.
+            tokio::task::yield_now().await;
+            return match self.inner.insert(record.clone()).await {
+                // An upsert: the row found there is replaced.
+                Err(StoreError::Duplicate) if self.mutation == Mutation::InsertChecksThenWrites => {
+                    self.inner.overwrite_unchecked(record);
+                    Ok(())
+                }
+                Err(StoreError::Duplicate) => Err(StoreError::backend("unique violation")),
+                r => r,
+            };
         }
         self.inner.insert(record).await
     }
@@ -336,6 +362,20 @@ async fn a_touch_many_that_loses_the_first_or_last_use_of_a_batch_is_caught() {
 async fn a_list_that_returns_one_page_is_caught() {
     let f = failure_of(Mutation::ListReturnsOnePage).await;
     assert_eq!(f.check, "list_returns_every_record", "reported as: {f}");
+}
+
+#[tokio::test]
+async fn an_insert_that_looks_up_then_writes_is_caught() {
+    for mutation in [
+        Mutation::InsertChecksThenWrites,
+        Mutation::InsertRaceIsBackendError,
+    ] {
+        let f = failure_of(mutation).await;
+        assert_eq!(
+            f.check, "concurrent_inserts_have_one_winner",
+            "{mutation:?} reported as: {f}"
+        );
+    }
 }
 
 /// A feed may drop (`disconnected`: changes may go unreported until `connected`) — under load,

@@ -64,7 +64,7 @@ mod last_use;
 mod reads;
 mod shapes;
 mod writes;
-pub use feed::change_feed_reports_every_write;
+pub use feed::{change_feed_reports_every_write, change_feed_reports_writes_of_other_handles};
 pub use last_use::{touch_many_raises_each_last_use, touch_only_raises_last_use};
 pub use reads::reads_follow_every_write;
 pub use shapes::every_value_shape_round_trips;

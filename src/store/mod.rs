@@ -154,7 +154,8 @@ pub trait KeyStore: Send + Sync {
     /// before returning) and [`ChangeListener::disconnected`] whenever it may miss changes,
     /// and while connected reports every committed insert, update and delete (with the
     /// revision after it, 0 for a delete) — whoever made it: this is how the other nodes'
-    /// caches hear of a revoke (`testkit::change_feed_reports_every_write`).
+    /// caches hear of a revoke (`testkit::change_feed_reports_every_write`, and
+    /// `testkit::change_feed_reports_writes_of_other_handles` with a second handle).
     fn changes(&self, listener: Weak<dyn ChangeListener>) -> bool {
         let _ = listener;
         false

@@ -95,7 +95,41 @@ async fn eventually(rec: &Recorder, patience: StdDuration, done: impl Fn(&Seen) 
 /// disconnection meanwhile (changes may then go unreported) gets the writes again once it has
 /// reconnected, up to three tries.
 pub async fn change_feed_reports_every_write<S: KeyStore>(store: &S) -> Check {
-    const C: &str = "change_feed_reports_every_write";
+    feed_reports("change_feed_reports_every_write", store, None::<&S>).await
+}
+
+/// [`change_feed_reports_every_write`] for the writes of another node: `other` is a second
+/// handle on the same database (another connection, as another node opens it), and the
+/// feed of `store` must report the insert, revoke and delete made through `other`. A feed
+/// that reports only its own handle's writes (listeners called in process after each write)
+/// passes [`run`](super::run), whose writes all go through the handle it listens on, while
+/// the other nodes never hear of a revoke. A store without a feed passes.
+///
+/// Not part of [`run`](super::run), which has one handle. Once `other`'s writes are done, a
+/// record inserted and deleted through `store` marks their end: the check waits for its
+/// delete (up to 30 s), then up to a second for the rest.
+///
+/// # Errors
+/// A [`Failure`](super::Failure) naming `change_feed_reports_writes_of_other_handles`.
+pub async fn change_feed_reports_writes_of_other_handles<S: KeyStore, O: KeyStore>(
+    store: &S,
+    other: &O,
+) -> Check {
+    feed_reports(
+        "change_feed_reports_writes_of_other_handles",
+        store,
+        Some(other),
+    )
+    .await
+}
+
+/// Subscribes to `store`'s feed and checks that it reports the writes made through `other`
+/// (through `store` itself if `None`).
+async fn feed_reports<S: KeyStore, O: KeyStore>(
+    check: &'static str,
+    store: &S,
+    other: Option<&O>,
+) -> Check {
     let rec = Arc::new(Recorder::default());
     let listener: Arc<dyn ChangeListener> = rec.clone();
     if !store.changes(Arc::downgrade(&listener) as Weak<dyn ChangeListener>) {
@@ -109,11 +143,15 @@ pub async fn change_feed_reports_every_write<S: KeyStore>(store: &S) -> Check {
         rec.with(|s| s.disconnected = false);
         if !eventually(&rec, PATIENCE, |s| s.connected).await {
             return Err(fail(
-                C,
+                check,
                 "changes() returned true, but the listener's connected() was not called",
             ));
         }
-        match writes_reported(store, &rec).await {
+        let result = match other {
+            Some(other) => writes_reported(check, other, Some(store), &rec).await,
+            None => writes_reported(check, store, None::<&S>, &rec).await,
+        };
+        match result {
             Err(f) if attempts < ATTEMPTS && rec.seen(|s| s.disconnected) => drop(f),
             done => {
                 drop(listener);
@@ -126,16 +164,22 @@ pub async fn change_feed_reports_every_write<S: KeyStore>(store: &S) -> Check {
 /// How many times the writes are tried when the feed reported a disconnection meanwhile.
 const ATTEMPTS: u32 = 3;
 
-/// An insert, a revoke and a delete of a new record, each reported by the feed.
-async fn writes_reported<S: KeyStore>(store: &S, rec: &Recorder) -> Check {
-    const C: &str = "change_feed_reports_every_write";
+/// An insert, a revoke and a delete of a new record through `store`, each reported by the
+/// feed; with `listened` (the handle whose feed `rec` hears, when not `store`), a record
+/// inserted and deleted through it afterwards marks the end of the writes.
+async fn writes_reported<S: KeyStore, L: KeyStore>(
+    check: &'static str,
+    store: &S,
+    listened: Option<&L>,
+    rec: &Recorder,
+) -> Check {
     let org = random_org();
     let first = sample_record(random_id(), &org);
     let id = first.id;
     store
         .insert(first.clone())
         .await
-        .map_err(|e| store_err(C, "insert", e))?;
+        .map_err(|e| store_err(check, "insert", e))?;
     let mut revoked = first.clone();
     revoked.revision = first.revision + 1;
     revoked.revoked_at = Some(t(1_750_000_000));
@@ -143,11 +187,11 @@ async fn writes_reported<S: KeyStore>(store: &S, rec: &Recorder) -> Check {
     store
         .update(revoked.clone(), first.revision)
         .await
-        .map_err(|e| store_err(C, "update", e))?;
+        .map_err(|e| store_err(check, "update", e))?;
     store
         .delete(&id)
         .await
-        .map_err(|e| store_err(C, "delete", e))?;
+        .map_err(|e| store_err(check, "delete", e))?;
     let expected = [
         (ChangeKind::Inserted, first.revision),
         (ChangeKind::Updated, revoked.revision),
@@ -158,10 +202,24 @@ async fn writes_reported<S: KeyStore>(store: &S, rec: &Recorder) -> Check {
             .iter()
             .all(|&(kind, revision)| s.changes.contains(&Change { id, revision, kind }))
     };
+    // The last write: `id`'s delete, or the marker's.
+    let mut last = id;
+    if let Some(listened) = listened {
+        let marker = sample_record(random_id(), &org);
+        last = marker.id;
+        listened
+            .insert(marker)
+            .await
+            .map_err(|e| store_err(check, "insert", e))?;
+        listened
+            .delete(&last)
+            .await
+            .map_err(|e| store_err(check, "delete", e))?;
+    }
     let deleted = |s: &Seen| {
         s.changes
             .iter()
-            .any(|c| c.id == id && c.kind == ChangeKind::Deleted)
+            .any(|c| c.id == last && c.kind == ChangeKind::Deleted)
     };
     let reported = eventually(rec, PATIENCE, |s| all_reported(s) || deleted(s)).await
         && eventually(rec, AFTER_LAST, all_reported).await;
@@ -170,16 +228,21 @@ async fn writes_reported<S: KeyStore>(store: &S, rec: &Recorder) -> Check {
             let got: Vec<Change> = s.changes.iter().filter(|c| c.id == id).copied().collect();
             (got, s.disconnected)
         });
+        let through = if listened.is_some() {
+            " through another handle"
+        } else {
+            ""
+        };
         let dropped = if dropped {
             " (the feed reported a disconnection meanwhile)"
         } else {
             ""
         };
         return Err(fail(
-            C,
+            check,
             format!(
-                "for an insert, an update (a revoke) and a delete of {id}, the feed reported \
-                 {got:?}{dropped}; expected {expected:?} (kind, revision)"
+                "for an insert, an update (a revoke) and a delete of {id}{through}, the feed \
+                 reported {got:?}{dropped}; expected {expected:?} (kind, revision)"
             ),
         ));
     }

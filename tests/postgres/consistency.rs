@@ -9,6 +9,11 @@ async fn testkit_conforms() {
     };
     let store = connect(&cfg, &app("testkit")).await;
     api_keys::testkit::run(&store).await.unwrap();
+    // Another node's writes reach this one's feed.
+    let other = connect(&cfg, &app("testkit-other")).await;
+    api_keys::testkit::change_feed_reports_writes_of_other_handles(&store, &other)
+        .await
+        .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 3);
 }
 

@@ -387,3 +387,94 @@ async fn a_change_feed_that_drops_once_and_reconnects_conforms() {
         .await
         .unwrap();
 }
+
+/// A store whose feed reports only the writes made through its own handle (listeners kept in
+/// process, called after each write), over a database (here a `MemoryStore`) that every
+/// handle — every node — shares: the other nodes never hear of a revoke.
+struct OwnWritesFeed {
+    shared: MemoryStore,
+    listeners: Mutex<Vec<Weak<dyn ChangeListener>>>,
+}
+
+impl OwnWritesFeed {
+    fn new(shared: &MemoryStore) -> Self {
+        OwnWritesFeed {
+            shared: shared.clone(),
+            listeners: Mutex::default(),
+        }
+    }
+
+    fn tell(&self, id: KeyId, revision: u64, kind: ChangeKind) {
+        for l in self.listeners.lock().unwrap().iter() {
+            if let Some(l) = l.upgrade() {
+                l.changed(Change { id, revision, kind });
+            }
+        }
+    }
+}
+
+impl KeyStore for OwnWritesFeed {
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        let (id, revision) = (record.id, record.revision);
+        self.shared.insert(record).await?;
+        self.tell(id, revision, ChangeKind::Inserted);
+        Ok(())
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.shared.get(id).await
+    }
+    async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
+        self.shared.list(org).await
+    }
+    async fn update(&self, record: KeyRecord, expected: u64) -> Result<(), StoreError> {
+        let (id, revision) = (record.id, record.revision);
+        self.shared.update(record, expected).await?;
+        self.tell(id, revision, ChangeKind::Updated);
+        Ok(())
+    }
+    async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
+        let removed = self.shared.delete(id).await?;
+        if removed {
+            self.tell(*id, 0, ChangeKind::Deleted);
+        }
+        Ok(removed)
+    }
+    async fn scan(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.shared.scan(after, limit).await
+    }
+    async fn touch(&self, id: &KeyId, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.shared.touch(id, at).await
+    }
+    fn changes(&self, listener: Weak<dyn ChangeListener>) -> bool {
+        if let Some(l) = listener.upgrade() {
+            l.connected();
+        }
+        self.listeners.lock().unwrap().push(listener);
+        true
+    }
+}
+
+/// `run` cannot see it (every write it makes goes through the handle it listens on); the
+/// check given a second handle does. A `MemoryStore`'s clones share one feed, as every node
+/// of a database with a real feed hears every write.
+#[tokio::test]
+async fn a_change_feed_of_its_own_writes_only_is_caught_with_a_second_handle() {
+    let shared = MemoryStore::new();
+    let (node_a, node_b) = (OwnWritesFeed::new(&shared), OwnWritesFeed::new(&shared));
+    testkit::run(&node_a).await.unwrap();
+    let f = testkit::change_feed_reports_writes_of_other_handles(&node_a, &node_b)
+        .await
+        .expect_err("a feed of its own writes only passed");
+    assert_eq!(
+        f.check, "change_feed_reports_writes_of_other_handles",
+        "reported as: {f}"
+    );
+    let memory = MemoryStore::new();
+    testkit::change_feed_reports_writes_of_other_handles(&memory, &memory.clone())
+        .await
+        .unwrap();
+}

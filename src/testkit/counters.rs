@@ -465,3 +465,58 @@ pub async fn rate_limits_are_exact_under_concurrency<C: UsageCounters>(engine: &
     }
     Ok(())
 }
+
+/// For an engine shared by every node (not [`LocalCounters`](crate::LocalCounters), whose
+/// nodes each count alone): `a` and `b` are two handles on the same shared counters (as two
+/// nodes build them). Of 160 concurrent requests, half through each, exactly 40 are admitted
+/// with 40 credits, and at most 40 by a rate limit of 40 (an engine that leases may admit
+/// fewer). Counts kept per handle (a counter key that names the node or process) let each
+/// node spend the whole budget; [`run`] has one handle and cannot see it.
+///
+/// Not part of [`run`].
+///
+/// # Errors
+/// A [`Failure`] naming `counts_are_shared_between_handles`.
+pub async fn counts_are_shared_between_handles<A: UsageCounters, B: UsageCounters>(
+    a: &A,
+    b: &B,
+) -> Check {
+    const C: &str = "counts_are_shared_between_handles";
+    let org = random_org();
+    let credits = Credits::new(40);
+    let limits = [RateLimit::new("shared", 40, StdDuration::from_secs(60))];
+    for (what, limits, credits) in [
+        ("40 credits", &[][..], Some(&credits)),
+        ("a rate limit of 40", &limits[..], None),
+    ] {
+        let k = key();
+        let on = |i: usize| {
+            let req = request(k, &org, limits, credits, 1, T0 + 2_000);
+            async move {
+                if i.is_multiple_of(2) {
+                    consume(a, req).await
+                } else {
+                    consume(b, req).await
+                }
+            }
+        };
+        let results = futures_util::future::join_all((0..160).map(on)).await;
+        let mut admitted = 0;
+        for r in results {
+            match r.map_err(|e| err(C, e))? {
+                Decision::Allowed { .. } => admitted += 1,
+                Decision::RateLimited { .. } | Decision::OutOfCredits { .. } => {}
+            }
+        }
+        let exact = credits.is_some();
+        if admitted > 40 || (exact && admitted != 40) {
+            return Err(fail(
+                C,
+                format!(
+                    "{what}: {admitted} of 160 concurrent requests through two handles admitted"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -7,12 +7,20 @@ async fn the_redis_engine_passes_the_counters_conformance_suite() {
     let Some(url) = redis_url("the_redis_engine_passes_the_counters_conformance_suite") else {
         return;
     };
-    let engine = RedisCounters::builder(url)
-        .prefix(prefix())
-        .timeout(StdDuration::from_secs(2))
-        .build()
-        .unwrap();
+    let p = prefix();
+    let build = || {
+        RedisCounters::builder(&url)
+            .prefix(&p)
+            .timeout(StdDuration::from_secs(2))
+            .build()
+            .unwrap()
+    };
+    let engine = build();
     api_keys::testkit::counters::run(&engine).await.unwrap();
+    // A second node's engine shares the counts.
+    api_keys::testkit::counters::counts_are_shared_between_handles(&engine, &build())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,8 +29,13 @@ async fn the_local_first_engine_passes_the_counters_conformance_suite() {
     else {
         return;
     };
-    let engine = local_first(&url, &prefix(), StdDuration::from_secs(3600));
+    let p = prefix();
+    let engine = local_first(&url, &p, StdDuration::from_secs(3600));
     api_keys::testkit::counters::run(&engine).await.unwrap();
+    let other = local_first(&url, &p, StdDuration::from_secs(3600));
+    api_keys::testkit::counters::counts_are_shared_between_handles(&engine, &other)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

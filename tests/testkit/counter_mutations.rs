@@ -396,3 +396,22 @@ async fn an_engine_that_checks_then_spends_is_caught() {
         "reported as: {f}"
     );
 }
+
+/// Two in-process engines stand for a shared engine whose counter keys name the node: each
+/// passes `run`, and the check given both handles sees that they do not share.
+#[tokio::test]
+async fn counts_kept_per_handle_are_caught_with_a_second_handle() {
+    let (a, b) = (LocalCounters::new(), LocalCounters::new());
+    testkit::counters::run(&a).await.unwrap();
+    let f = testkit::counters::counts_are_shared_between_handles(&a, &b)
+        .await
+        .expect_err("two unshared engines passed");
+    assert_eq!(
+        f.check, "counts_are_shared_between_handles",
+        "reported as: {f}"
+    );
+    // One engine through two references shares its counts.
+    testkit::counters::counts_are_shared_between_handles(&a, &a)
+        .await
+        .unwrap();
+}

@@ -66,7 +66,7 @@ mod shapes;
 mod writes;
 pub use feed::{change_feed_reports_every_write, change_feed_reports_writes_of_other_handles};
 pub use last_use::{touch_many_raises_each_last_use, touch_only_raises_last_use};
-pub use reads::reads_follow_every_write;
+pub use reads::{reads_follow_every_write, reads_follow_writes_of_other_handles};
 pub use shapes::every_value_shape_round_trips;
 pub use writes::{
     concurrent_inserts_have_one_winner, concurrent_updates_have_one_winner,

@@ -375,3 +375,6 @@ mod mutations;
 
 #[path = "testkit/counter_mutations.rs"]
 mod counter_mutations;
+
+#[path = "testkit/handles.rs"]
+mod handles;

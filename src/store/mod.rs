@@ -80,7 +80,8 @@ pub trait ChangeListener: Send + Sync {
 /// feature's conformance suite checks every duty written here.
 ///
 /// Duties of an implementation:
-/// - `get` sees the store's own completed writes (no lagging replica).
+/// - `get` sees the store's own completed writes (no lagging replica), whichever node made
+///   them (`testkit::reads_follow_writes_of_other_handles`).
 /// - `insert` **must** fail with [`StoreError::Duplicate`] when the id exists, and never
 ///   overwrite.
 /// - `update` **must** be one atomic compare-and-swap on `(id, revision)`: it stores `record`

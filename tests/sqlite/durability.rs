@@ -7,6 +7,11 @@ async fn testkit_conforms() {
     let dir = TempDir::new("testkit");
     let store = SqliteStore::open(dir.path("keys.db")).unwrap();
     api_keys::testkit::run(&store).await.unwrap();
+    // Another process's writes to the file are read back.
+    let other = SqliteStore::open(dir.path("keys.db")).unwrap();
+    api_keys::testkit::reads_follow_writes_of_other_handles(&store, &other)
+        .await
+        .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 1);
     let path = dir.path("keys.db");
     api_keys::testkit::damaged_rows_stay_deletable(&store, |id| async move {

@@ -71,6 +71,7 @@ pub use shapes::every_value_shape_round_trips;
 pub use writes::{
     concurrent_inserts_have_one_winner, concurrent_updates_have_one_winner,
     damaged_rows_stay_deletable, delete_removes, update_is_compare_and_swap,
+    writes_are_atomic_across_handles,
 };
 
 fn store_err(check: &'static str, what: &str, e: StoreError) -> Failure {

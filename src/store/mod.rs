@@ -87,7 +87,8 @@ pub trait ChangeListener: Send + Sync {
 /// - `update` **must** be one atomic compare-and-swap on `(id, revision)`: it stores `record`
 ///   (with `record.revision` as given) only if the stored revision equals
 ///   `expected_revision`, fails with [`StoreError::Conflict`] when it does not, and with
-///   [`StoreError::NotFound`] for a missing row.
+///   [`StoreError::NotFound`] for a missing row — atomic between nodes, not only within one
+///   process (`testkit::writes_are_atomic_across_handles`).
 /// - `delete` returns whether a row was removed.
 /// - `touch` writes only `last_used_at`, never lowers it, never creates a row, does not change
 ///   the revision, and never rewrites the whole record (a read-modify-write there could

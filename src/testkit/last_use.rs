@@ -20,12 +20,13 @@ async fn read<S: KeyStore>(
         .ok_or_else(|| fail(check, "record vanished"))
 }
 
-/// A use (`touch`, or `touch_many` if `many`) and a revoking `update` of a new record of `org`,
-/// started together (the use first): the revocation must survive, whichever lands first. A
-/// use written as a read of the whole record and a write of it back un-revokes the key when
-/// the revocation lands in between.
-async fn use_racing_a_revoke<S: KeyStore>(
+/// A use (`touch`, or `touch_many` if `many`, through `user`) and a revoking `update` of a
+/// new record of `org` (through `store`), started together (the use first): the revocation
+/// must survive, whichever lands first. A use written as a read of the whole record and a
+/// write of it back un-revokes the key when the revocation lands in between.
+pub(super) async fn use_racing_a_revoke<S: KeyStore, U: KeyStore>(
     store: &S,
+    user: &U,
     check: &'static str,
     org: &OrgId,
     many: bool,
@@ -42,9 +43,9 @@ async fn use_racing_a_revoke<S: KeyStore>(
     let at = t(1_712_000_000);
     let using = async {
         if many {
-            store.touch_many(&[(rec.id, at)]).await
+            user.touch_many(&[(rec.id, at)]).await
         } else {
-            store.touch(&rec.id, at).await
+            user.touch(&rec.id, at).await
         }
     };
     let (used, updated) = join(using, store.update(revoked.clone(), rec.revision)).await;
@@ -129,7 +130,7 @@ pub async fn touch_many_raises_each_last_use<S: KeyStore>(store: &S) -> Check {
         .await
         .map_err(|e| store_err(C, "get", e))?;
     ensure!(C, got.is_none(), "touch_many created a row: {got:?}");
-    use_racing_a_revoke(store, C, &org, true).await
+    use_racing_a_revoke(store, store, C, &org, true).await
 }
 
 /// `touch` raises `last_used_at`, never lowers it, never changes the revision or any other
@@ -203,5 +204,5 @@ pub async fn touch_only_raises_last_use<S: KeyStore>(store: &S) -> Check {
         .await
         .map_err(|e| store_err(C, "get", e))?;
     ensure!(C, got.is_none(), "touch created a row: {got:?}");
-    use_racing_a_revoke(store, C, &org, false).await
+    use_racing_a_revoke(store, store, C, &org, false).await
 }

@@ -217,6 +217,103 @@ pub async fn concurrent_inserts_have_one_winner<S: KeyStore>(store: &S) -> Check
     Ok(())
 }
 
+/// [`concurrent_updates_have_one_winner`] and [`concurrent_inserts_have_one_winner`] with the
+/// writes split between two handles on the same database (`other`: another connection, as
+/// another node opens it): exactly one `update` expecting a revision and one `insert` of an
+/// id win, the others get `Conflict` and `Duplicate`; and a use recorded through `other`
+/// (`touch`, `touch_many`) racing a revoke through `store` leaves the key revoked. A
+/// compare-and-swap (or a last use written as a read and a write of the record) made atomic
+/// by a lock of the handle passes [`run`](super::run), while two nodes' writes both win: a
+/// revoke on one node is overwritten by a change of limits or a use on another, made from the
+/// record before the revoke.
+///
+/// Not part of [`run`](super::run), which has one handle.
+///
+/// # Errors
+/// A [`Failure`](super::Failure) naming `writes_are_atomic_across_handles`.
+pub async fn writes_are_atomic_across_handles<S: KeyStore, O: KeyStore>(
+    store: &S,
+    other: &O,
+) -> Check {
+    const C: &str = "writes_are_atomic_across_handles";
+    let org = random_org();
+    let rec = sample_record(random_id(), &org);
+    store
+        .insert(rec.clone())
+        .await
+        .map_err(|e| store_err(C, "insert", e))?;
+    let updates: Vec<KeyRecord> = (0..8)
+        .map(|i| {
+            let mut r = rec.clone();
+            r.revision = rec.revision + 1;
+            r.name = format!("writer {i}");
+            r
+        })
+        .collect();
+    let inserts: Vec<KeyRecord> = (0..8)
+        .map(|i| {
+            let mut r = sample_record(random_id(), &org);
+            r.name = format!("inserter {i}");
+            r
+        })
+        .collect();
+    let id = inserts[0].id;
+    let inserts: Vec<KeyRecord> = inserts
+        .into_iter()
+        .map(|mut r| {
+            r.id = id;
+            r
+        })
+        .collect();
+    for (what, expected, candidates) in [
+        ("update", StoreError::Conflict, &updates),
+        ("insert", StoreError::Duplicate, &inserts),
+    ] {
+        let write = |i: usize| {
+            let r = candidates[i].clone();
+            let update = what == "update";
+            async move {
+                match (i % 2, update) {
+                    (0, true) => store.update(r, rec.revision).await,
+                    (_, true) => other.update(r, rec.revision).await,
+                    (0, false) => store.insert(r).await,
+                    (_, false) => other.insert(r).await,
+                }
+            }
+        };
+        let results = join_all((0..8).map(write)).await;
+        let mut winners = Vec::new();
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(()) => winners.push(i),
+                Err(e) if std::mem::discriminant(&e) == std::mem::discriminant(&expected) => {}
+                Err(e) => return Err(store_err(C, &format!("a concurrent {what}"), e)),
+            }
+        }
+        ensure!(
+            C,
+            winners.len() == 1,
+            "{} of 8 concurrent {what}s through two handles won: {winners:?}",
+            winners.len()
+        );
+        let got = store
+            .get(&candidates[0].id)
+            .await
+            .map_err(|e| store_err(C, "get", e))?;
+        ensure!(
+            C,
+            got.as_ref() == Some(&candidates[winners[0]]),
+            "after concurrent {what}s through two handles, the stored record {got:?} is not \
+             the winner's"
+        );
+    }
+    // A use recorded by one node racing a revoke by another: the revocation survives.
+    for many in [false, true] {
+        super::last_use::use_racing_a_revoke(store, other, C, &org, many).await?;
+    }
+    Ok(())
+}
+
 /// One damaged row never fails a whole read, and can still be deleted by its id.
 ///
 /// Not part of [`run`](super::run): it needs `damage`, a hook that damages the stored row of

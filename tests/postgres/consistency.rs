@@ -9,12 +9,15 @@ async fn testkit_conforms() {
     };
     let store = connect(&cfg, &app("testkit")).await;
     api_keys::testkit::run(&store).await.unwrap();
-    // Another node's writes reach this one's feed and reads.
+    // Another node's writes reach this one's feed and reads, and race its own atomically.
     let other = connect(&cfg, &app("testkit-other")).await;
     api_keys::testkit::change_feed_reports_writes_of_other_handles(&store, &other)
         .await
         .unwrap();
     api_keys::testkit::reads_follow_writes_of_other_handles(&store, &other)
+        .await
+        .unwrap();
+    api_keys::testkit::writes_are_atomic_across_handles(&store, &other)
         .await
         .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 3);

@@ -7,9 +7,12 @@ async fn testkit_conforms() {
     let dir = TempDir::new("testkit");
     let store = SqliteStore::open(dir.path("keys.db")).unwrap();
     api_keys::testkit::run(&store).await.unwrap();
-    // Another process's writes to the file are read back.
+    // Another process's writes to the file are read back, and race this one's atomically.
     let other = SqliteStore::open(dir.path("keys.db")).unwrap();
     api_keys::testkit::reads_follow_writes_of_other_handles(&store, &other)
+        .await
+        .unwrap();
+    api_keys::testkit::writes_are_atomic_across_handles(&store, &other)
         .await
         .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 1);

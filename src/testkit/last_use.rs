@@ -64,11 +64,15 @@ pub(super) async fn use_racing_a_revoke<S: KeyStore, U: KeyStore>(
     Ok(())
 }
 
+/// The uses in [`touch_many_raises_each_last_use`]'s large batch: a manager's default
+/// last-use buffer.
+const LARGE_BATCH: usize = 10_000;
+
 /// `touch_many` does what `touch` does for each use of the batch: raises each
 /// `last_used_at` (to the latest of its uses), never lowers one, never changes the revision,
 /// never creates a row, skips a use of a missing row without dropping the others, loses
-/// neither the first nor the last use of the batch, and does not un-revoke a key revoked
-/// while it runs.
+/// neither the first nor the last use of the batch, writes a batch of 10 000 uses (a
+/// manager's default buffer), and does not un-revoke a key revoked while it runs.
 pub async fn touch_many_raises_each_last_use<S: KeyStore>(store: &S) -> Check {
     const C: &str = "touch_many_raises_each_last_use";
     let org = random_org();
@@ -125,6 +129,30 @@ pub async fn touch_many_raises_each_last_use<S: KeyStore>(store: &S) -> Check {
             got.last_used_at
         );
     }
+    // A batch as large as a manager's default buffer, most of its uses of keys deleted since:
+    // a statement binding a parameter per use can pass the database's limit (and the manager
+    // then retries the batch at every flush, recording no use any more), and a store writing
+    // it in chunks must write every chunk.
+    let tail = sample_record(random_id(), &org);
+    store
+        .insert(tail.clone())
+        .await
+        .map_err(|e| store_err(C, "insert", e))?;
+    let mut batch: Vec<_> = (1..LARGE_BATCH)
+        .map(|_| (random_id(), t(1_716_000_000)))
+        .collect();
+    batch.push((tail.id, t(1_716_000_000)));
+    store
+        .touch_many(&batch)
+        .await
+        .map_err(|e| store_err(C, &format!("touch_many of {LARGE_BATCH} uses"), e))?;
+    let got = read(store, C, &tail.id).await?;
+    ensure!(
+        C,
+        got.last_used_at == Some(t(1_716_000_000)),
+        "touch_many of {LARGE_BATCH} uses lost the last: last_used_at is {:?}",
+        got.last_used_at
+    );
     let got = store
         .get(&ghost)
         .await

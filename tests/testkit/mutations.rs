@@ -61,6 +61,12 @@ enum Mutation {
     /// The same look-up first, and the loser of two inserts at once meets the primary key's
     /// unique violation, reported as a backend error instead of `Duplicate`.
     InsertRaceIsBackendError,
+    /// `touch_many` binds two parameters per use in one statement, past SQLite's old limit of
+    /// 999 variables for a batch of 500 uses or more: it fails, the manager keeps the batch
+    /// and tries again at each flush, and no last use is recorded any more.
+    TouchManyFailsLargeBatches,
+    /// `touch_many` writes the first chunk of 1 000 uses and forgets the rest.
+    TouchManyWritesOneChunk,
     /// Breaks no duty: the feed drops once at the first update (`disconnected`, the update
     /// unreported, then `connected` again), as a real feed does under load or a restart.
     FeedDropsOnce,
@@ -235,6 +241,12 @@ impl KeyStore for Mutant {
             return Ok(());
         }
         match self.mutation {
+            Mutation::TouchManyFailsLargeBatches if uses.len() >= 500 => {
+                Err(StoreError::backend("too many SQL variables"))
+            }
+            Mutation::TouchManyWritesOneChunk => {
+                self.inner.touch_many(&uses[..uses.len().min(1_000)]).await
+            }
             Mutation::TouchManyDropsFirst => {
                 self.inner.touch_many(&uses[1.min(uses.len())..]).await
             }
@@ -373,6 +385,20 @@ async fn an_insert_that_looks_up_then_writes_is_caught() {
         let f = failure_of(mutation).await;
         assert_eq!(
             f.check, "concurrent_inserts_have_one_winner",
+            "{mutation:?} reported as: {f}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_touch_many_that_cannot_write_a_large_batch_is_caught() {
+    for mutation in [
+        Mutation::TouchManyFailsLargeBatches,
+        Mutation::TouchManyWritesOneChunk,
+    ] {
+        let f = failure_of(mutation).await;
+        assert_eq!(
+            f.check, "touch_many_raises_each_last_use",
             "{mutation:?} reported as: {f}"
         );
     }

@@ -150,11 +150,12 @@ pub trait KeyStore: Send + Sync {
         }
     }
 
-    /// Subscribes `listener` to the store's change feed, if the store has one. Returns `false`
-    /// (the default) when it has none; the manager then relies on its cache TTL alone. A store
-    /// that returns `true` calls [`ChangeListener::connected`] once its feed is live (possibly
-    /// before returning) and [`ChangeListener::disconnected`] whenever it may miss changes,
-    /// and while connected reports every committed insert, update and delete (with the
+    /// Subscribes `listener` to the store's change feed, if the store has one (every listener
+    /// subscribed, not only the latest: managers sharing one store each subscribe). Returns
+    /// `false` (the default) when it has none; the manager then relies on its cache TTL alone.
+    /// A store that returns `true` calls [`ChangeListener::connected`] once its feed is live
+    /// (possibly before returning) and [`ChangeListener::disconnected`] whenever it may miss
+    /// changes, and while connected reports every committed insert, update and delete (with the
     /// revision after it, 0 for a delete) — whoever made it: this is how the other nodes'
     /// caches hear of a revoke (`testkit::change_feed_reports_every_write`, and
     /// `testkit::change_feed_reports_writes_of_other_handles` with a second handle).

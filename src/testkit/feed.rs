@@ -87,7 +87,9 @@ async fn eventually(rec: &Recorder, patience: StdDuration, done: impl Fn(&Seen) 
 /// then reports every committed write: an insert as [`ChangeKind::Inserted`] with the
 /// record's revision, an update as [`ChangeKind::Updated`] with the new revision, a delete
 /// as [`ChangeKind::Deleted`] with revision 0 — this is how every node's cache hears of a
-/// revoke or a delete made on another node. A store without a feed (`false`) passes.
+/// revoke or a delete made on another node. Two listeners are subscribed, as two managers
+/// sharing one store (two key classes) subscribe, and each hears every write. A store without
+/// a feed (`false`) passes.
 ///
 /// Waits up to 30 s for the feed to connect and for the delete to be reported, then up to a
 /// second for the rest (guards, not speed requirements), giving the executor a turn between
@@ -130,31 +132,41 @@ async fn feed_reports<S: KeyStore, O: KeyStore>(
     store: &S,
     other: Option<&O>,
 ) -> Check {
-    let rec = Arc::new(Recorder::default());
-    let listener: Arc<dyn ChangeListener> = rec.clone();
-    if !store.changes(Arc::downgrade(&listener) as Weak<dyn ChangeListener>) {
-        return Ok(());
+    // Two listeners, as two managers sharing one store (two key classes) subscribe: each
+    // hears every write (a store keeping only the latest leaves the first manager's cache
+    // trusting revoked keys). The later one is waited for; the earlier gets a second more.
+    let recs = [Recorder::default(), Recorder::default()].map(Arc::new);
+    let listeners = recs.clone().map(|r| r as Arc<dyn ChangeListener>);
+    for listener in &listeners {
+        if !store.changes(Arc::downgrade(listener) as Weak<dyn ChangeListener>) {
+            return Ok(());
+        }
     }
+    let [earlier, later] = &recs;
+    let recs = [later.as_ref(), earlier.as_ref()];
     // A feed may drop meanwhile (changes may then go unreported until it reconnects, and a
     // cache empties itself): the writes are tried again, a few times, on the new connection.
     let mut attempts = 0;
     loop {
         attempts += 1;
-        rec.with(|s| s.disconnected = false);
-        if !eventually(&rec, PATIENCE, |s| s.connected).await {
-            return Err(fail(
-                check,
-                "changes() returned true, but the listener's connected() was not called",
-            ));
+        for rec in recs {
+            rec.with(|s| s.disconnected = false);
+            if !eventually(rec, PATIENCE, |s| s.connected).await {
+                return Err(fail(
+                    check,
+                    "changes() returned true, but the listener's connected() was not called",
+                ));
+            }
         }
         let result = match other {
-            Some(other) => writes_reported(check, other, Some(store), &rec).await,
-            None => writes_reported(check, store, None::<&S>, &rec).await,
+            Some(other) => writes_reported(check, other, Some(store), &recs).await,
+            None => writes_reported(check, store, None::<&S>, &recs).await,
         };
+        let dropped = recs.iter().any(|r| r.seen(|s| s.disconnected));
         match result {
-            Err(f) if attempts < ATTEMPTS && rec.seen(|s| s.disconnected) => drop(f),
+            Err(f) if attempts < ATTEMPTS && dropped => drop(f),
             done => {
-                drop(listener);
+                drop(listeners);
                 return done;
             }
         }
@@ -165,13 +177,14 @@ async fn feed_reports<S: KeyStore, O: KeyStore>(
 const ATTEMPTS: u32 = 3;
 
 /// An insert, a revoke and a delete of a new record through `store`, each reported by the
-/// feed; with `listened` (the handle whose feed `rec` hears, when not `store`), a record
-/// inserted and deleted through it afterwards marks the end of the writes.
+/// feed to each of `recs` (the first waited for, each other given a second more); with
+/// `listened` (the handle whose feed they hear, when not `store`), a record inserted and
+/// deleted through it afterwards marks the end of the writes.
 async fn writes_reported<S: KeyStore, L: KeyStore>(
     check: &'static str,
     store: &S,
     listened: Option<&L>,
-    rec: &Recorder,
+    recs: &[&Recorder; 2],
 ) -> Check {
     let org = random_org();
     let first = sample_record(random_id(), &org);
@@ -221,9 +234,16 @@ async fn writes_reported<S: KeyStore, L: KeyStore>(
             .iter()
             .any(|c| c.id == last && c.kind == ChangeKind::Deleted)
     };
-    let reported = eventually(rec, PATIENCE, |s| all_reported(s) || deleted(s)).await
-        && eventually(rec, AFTER_LAST, all_reported).await;
-    if !reported {
+    for (n, rec) in recs.iter().enumerate() {
+        let reported = if n == 0 {
+            eventually(rec, PATIENCE, |s| all_reported(s) || deleted(s)).await
+                && eventually(rec, AFTER_LAST, all_reported).await
+        } else {
+            eventually(rec, AFTER_LAST, all_reported).await
+        };
+        if reported {
+            continue;
+        }
         let (got, dropped) = rec.seen(|s| {
             let got: Vec<Change> = s.changes.iter().filter(|c| c.id == id).copied().collect();
             (got, s.disconnected)
@@ -238,11 +258,16 @@ async fn writes_reported<S: KeyStore, L: KeyStore>(
         } else {
             ""
         };
+        let whom = if n == 0 {
+            ""
+        } else {
+            " to the first of two listeners (to the second: all)"
+        };
         return Err(fail(
             check,
             format!(
                 "for an insert, an update (a revoke) and a delete of {id}{through}, the feed \
-                 reported {got:?}{dropped}; expected {expected:?} (kind, revision)"
+                 reported {got:?}{whom}{dropped}; expected {expected:?} (kind, revision)"
             ),
         ));
     }

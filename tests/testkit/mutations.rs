@@ -67,6 +67,9 @@ enum Mutation {
     TouchManyFailsLargeBatches,
     /// `touch_many` writes the first chunk of 1 000 uses and forgets the rest.
     TouchManyWritesOneChunk,
+    /// The feed keeps one listener, the latest (`changes` replaces it): of two managers on one
+    /// store (two key classes), the first never hears of a revoke again.
+    FeedKeepsOneListener,
     /// Breaks no duty: the feed drops once at the first update (`disconnected`, the update
     /// unreported, then `connected` again), as a real feed does under load or a restart.
     FeedDropsOnce,
@@ -266,7 +269,12 @@ impl KeyStore for Mutant {
             dropped: Default::default(),
         });
         let weak: Weak<dyn ChangeListener> = Arc::downgrade(&relay) as Weak<dyn ChangeListener>;
-        self.relays.lock().unwrap().push(relay);
+        let mut relays = self.relays.lock().unwrap();
+        if self.mutation == Mutation::FeedKeepsOneListener {
+            relays.clear();
+        }
+        relays.push(relay);
+        drop(relays);
         self.inner.changes(weak)
     }
 }
@@ -402,6 +410,15 @@ async fn a_touch_many_that_cannot_write_a_large_batch_is_caught() {
             "{mutation:?} reported as: {f}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_change_feed_that_keeps_one_listener_is_caught() {
+    let f = failure_of(Mutation::FeedKeepsOneListener).await;
+    assert_eq!(
+        f.check, "change_feed_reports_every_write",
+        "reported as: {f}"
+    );
 }
 
 /// A feed may drop (`disconnected`: changes may go unreported until `connected`) — under load,

@@ -66,6 +66,54 @@ impl Drop for AllowConnections {
     }
 }
 
+/// Two nodes on one database, each with a fallback TTL of `bound` (1 s): A, and B, which opted
+/// into stale serving (120 s) and whose audit is kept; an organization and its manager.
+struct Nodes {
+    org: OrgId,
+    actor: Actor,
+    bound: Duration,
+    a: KeyManager<PostgresStore>,
+    b: KeyManager<PostgresStore>,
+    /// B's application name (its feed's is `{b_app}-feed`).
+    b_app: String,
+    b_audit: Recorder,
+}
+
+async fn two_nodes(url: &str) -> Nodes {
+    let org = OrgId::new(format!("faults-{:016x}", random_u64()));
+    let actor = Actor::manager(org.clone(), UserId::new("alice"));
+    let bound = Duration::from_secs(1);
+    let a = manager(
+        PostgresStore::connect_and_migrate(&with_app(url, &app("node-a")))
+            .await
+            .unwrap(),
+        bound,
+        Duration::ZERO,
+        Recorder::default(),
+    )
+    .await;
+    let b_app = app("node-b");
+    let b_audit = Recorder::default();
+    let b = manager(
+        PostgresStore::connect_and_migrate(&with_app(url, &b_app))
+            .await
+            .unwrap(),
+        bound,
+        Duration::from_secs(120),
+        b_audit.clone(),
+    )
+    .await;
+    Nodes {
+        org,
+        actor,
+        bound,
+        a,
+        b,
+        b_app,
+        b_audit,
+    }
+}
+
 async fn allow_connections(admin: &tokio_postgres::Client, db: &str, allow: bool) {
     admin
         .batch_execute(&format!(
@@ -89,29 +137,15 @@ async fn a_revoke_missed_while_the_feed_reconnected_is_not_served_stale_later() 
         return;
     };
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let org = OrgId::new(format!("faults-{:016x}", random_u64()));
-    let actor = Actor::manager(org.clone(), UserId::new("alice"));
-    let bound = Duration::from_secs(1);
-    let a = manager(
-        PostgresStore::connect_and_migrate(&with_app(&server.url, &app("node-a")))
-            .await
-            .unwrap(),
+    let Nodes {
+        org,
+        actor,
         bound,
-        Duration::ZERO,
-        Recorder::default(),
-    )
-    .await;
-    let b_app = app("node-b");
-    let b_audit = Recorder::default();
-    let b = manager(
-        PostgresStore::connect_and_migrate(&with_app(&server.url, &b_app))
-            .await
-            .unwrap(),
-        bound,
-        Duration::from_secs(120),
-        b_audit.clone(),
-    )
-    .await;
+        a,
+        b,
+        b_app,
+        b_audit,
+    } = two_nodes(&server.url).await;
     let token = keys(&a, &org, 1).await.remove(0);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let id = b.verify(&token, &read()).await.unwrap().key_id().to_owned();
@@ -176,29 +210,15 @@ async fn a_revoke_missed_while_the_feed_was_down_and_the_store_answered_is_not_s
         return;
     };
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let org = OrgId::new(format!("faults-{:016x}", random_u64()));
-    let actor = Actor::manager(org.clone(), UserId::new("alice"));
-    let bound = Duration::from_secs(1);
-    let a = manager(
-        PostgresStore::connect_and_migrate(&with_app(&server.url, &app("node-a")))
-            .await
-            .unwrap(),
+    let Nodes {
+        org,
+        actor,
         bound,
-        Duration::ZERO,
-        Recorder::default(),
-    )
-    .await;
-    let b_app = app("node-b");
-    let b_audit = Recorder::default();
-    let b = manager(
-        PostgresStore::connect_and_migrate(&with_app(&server.url, &b_app))
-            .await
-            .unwrap(),
-        bound,
-        Duration::from_secs(120),
-        b_audit.clone(),
-    )
-    .await;
+        a,
+        b,
+        b_app,
+        b_audit,
+    } = two_nodes(&server.url).await;
     let mut tokens = keys(&a, &org, 2).await;
     let (revoked, other) = (tokens.remove(0), tokens.remove(0));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -250,29 +270,15 @@ async fn a_revoke_missed_while_the_feed_was_down_and_read_by_the_admin_is_not_se
         return;
     };
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let org = OrgId::new(format!("faults-{:016x}", random_u64()));
-    let actor = Actor::manager(org.clone(), UserId::new("alice"));
-    let bound = Duration::from_secs(1);
-    let a = manager(
-        PostgresStore::connect_and_migrate(&with_app(&server.url, &app("node-a")))
-            .await
-            .unwrap(),
+    let Nodes {
+        org,
+        actor,
         bound,
-        Duration::ZERO,
-        Recorder::default(),
-    )
-    .await;
-    let b_app = app("node-b");
-    let b_audit = Recorder::default();
-    let b = manager(
-        PostgresStore::connect_and_migrate(&with_app(&server.url, &b_app))
-            .await
-            .unwrap(),
-        bound,
-        Duration::from_secs(120),
-        b_audit.clone(),
-    )
-    .await;
+        a,
+        b,
+        b_app,
+        b_audit,
+    } = two_nodes(&server.url).await;
     let revoked = keys(&a, &org, 1).await.remove(0);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let id = b

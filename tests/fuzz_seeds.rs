@@ -1,6 +1,6 @@
-//! The fuzz targets' seed record as a regression test (no fuzz run has crashed so far; a
-//! crashing input would be added here): the genuine record verifies with its secret, and
-//! every tampering with a field under the tag is an integrity failure, never a success.
+//! The fuzz targets' seed record as a regression test, and the inputs that crashed a fuzz
+//! run: the genuine record verifies with its secret, and every tampering with a field under
+//! the tag is an integrity failure, never a success.
 
 use std::future::Future;
 use std::pin::pin;
@@ -101,4 +101,32 @@ fn genuine_seed_verifies_and_every_tampering_fails_closed() {
     stripped.revoked_at = None;
     stripped.revoked_by = None;
     assert!(matches!(verify_with(stripped), Err(Error::Integrity)));
+}
+
+/// The fuzz smoke run's first crash (`record_decode`, fifteenth stop): the genuine record with
+/// one bit of its IV flipped, alone in the store. `rewrap` returned `Integrity` where the
+/// target expected a report — the target was wrong, not the crate: since `rewrap` checks its
+/// current key against the records sealed under the current version, a store whose only such
+/// record fails its check cannot be told from a wrong key, and nothing is re-sealed. The
+/// record fails closed everywhere, and the store is unchanged.
+#[test]
+fn the_fuzz_crash_of_a_lone_tampered_record_fails_closed_and_reseals_nothing() {
+    let rec: KeyRecord = serde_json::from_str(include_str!(
+        "../fuzz/seeds/record_decode/tampered-iv-only-current.json"
+    ))
+    .unwrap();
+    assert!(matches!(verify_with(rec.clone()), Err(Error::Integrity)));
+    let store = MemoryStore::new();
+    store.overwrite_unchecked(rec.clone());
+    let m = KeyManager::builder(
+        store.clone(),
+        Keyring::new(1, MasterKey::from_bytes([9; 16])),
+    )
+    .build()
+    .unwrap();
+    assert!(matches!(block_on(m.rewrap()), Err(Error::Integrity)));
+    let after = block_on(api_keys::KeyStore::get(&store, &rec.id))
+        .unwrap()
+        .unwrap();
+    assert_eq!(after, rec);
 }

@@ -71,8 +71,13 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(key.expose_secret(), genuine_secret);
     }
     let before = manager.store().len();
-    let report = block_on(manager.rewrap()).unwrap();
-    assert_eq!(report.rewrapped, 0);
+    match block_on(manager.rewrap()) {
+        Ok(report) => assert_eq!(report.rewrapped, 0),
+        // The only record under the current version, failing its check: `rewrap` cannot tell
+        // a tampered row from a wrong key and re-seals nothing.
+        Err(api_keys::Error::Integrity) => assert!(!authentic(&rec)),
+        Err(e) => panic!("rewrap: {e:?}"),
+    }
     if block_on(manager.revoke(&actor, &rec.id)).is_ok() {
         assert!(authentic(&rec), "re-sealed (laundered) a tampered record");
     }

@@ -466,7 +466,15 @@ impl<S: KeyStore + 'static> KeyManager<S> {
             AutomationEvent::Leaked { .. } => AuditAction::Leaked { revoked: true },
             AutomationEvent::RevokedDepartedUser => AuditAction::RevokedDepartedUser,
         };
-        self.audit_best_effort(action, actor, Some(&rec.org), Some(rec.id));
+        // A panicking audit sink (a host's bug), like a panicking notifier below, must not
+        // unwind out of the sweep: the claim is written, and the other notices of the same
+        // claim (and a host's later sweeps) would be lost.
+        let audited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.audit_best_effort(action, actor, Some(&rec.org), Some(rec.id));
+        }));
+        if audited.is_err() {
+            tracing::error!(target: "api_keys", key_id = %rec.id, event = event.name(), "audit sink panicked");
+        }
         let Some(notifier) = &self.inner.notifier else {
             return true;
         };

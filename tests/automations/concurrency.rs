@@ -297,3 +297,61 @@ async fn a_panicking_notifier_loses_no_other_notice_of_the_same_claim() {
         (1, 1, 1)
     );
 }
+
+/// An audit sink that panics on its first event (a host's bug), then records quietly.
+#[derive(Clone, Default)]
+struct AuditPanicsOnce {
+    calls: Arc<Mutex<usize>>,
+}
+
+impl api_keys::AuditSink for AuditPanicsOnce {
+    fn record(&self, _: &api_keys::AuditEvent) -> Result<(), BoxError> {
+        let first = {
+            let mut calls = self.calls.lock().unwrap();
+            *calls += 1;
+            *calls == 1
+        };
+        assert!(!first, "audit sink bug");
+        Ok(())
+    }
+}
+
+/// As `a_panicking_notifier_loses_no_other_notice_of_the_same_claim`, with the audit sink
+/// panicking on the claim's first event instead: the panic unwound out of the sweep before
+/// either notice reached the notifier, and both marks were already written — neither warning
+/// was ever sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_audit_sink_loses_no_notice_of_the_same_claim() {
+    let clock = ManualClock::new(start());
+    let notes = Notes::default();
+    let manager = KeyManager::builder(MemoryStore::new(), keyring())
+        .clock(clock.clone())
+        .policy(Policy::default().revoke_unused_after(days(60)))
+        .notifier(notes.clone())
+        .build()
+        .unwrap();
+    let (key, _) = manager
+        .generate(&alice(), req("ci").expiry(Expiry::At(start() + days(80))))
+        .await
+        .unwrap();
+    // The sink panics on the sweep's first event (generation audited into the default sink).
+    let audited = KeyManager::builder(manager.store().clone(), keyring())
+        .clock(clock.clone())
+        .policy(Policy::default().revoke_unused_after(days(60)))
+        .notifier(notes.clone())
+        .audit(AuditPanicsOnce::default())
+        .build()
+        .unwrap();
+    // Day 53: unused for 53 days (warning due) and 27 days left (the 30-day warning due).
+    clock.set(start() + days(53));
+    let m = audited.clone();
+    let swept = tokio::spawn(async move { m.sweep().await }).await;
+    let notices = manager.get(&alice(), key.id()).await.unwrap().notices;
+    assert!(notices.unused_warned && notices.expiry_warned == vec![days(30).whole_seconds()]);
+    assert_eq!(
+        notes.names(),
+        vec!["unused_warning", "expiry_warning"],
+        "sweep {swept:?}"
+    );
+    swept.expect("the sweep survives its audit sink").unwrap();
+}

@@ -399,3 +399,21 @@ async fn an_answer_that_cannot_be_written_is_exit_3_not_a_panic() {
     assert!(err.contains("cannot write the output"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// An empty `API_KEYS_OPERATOR=` (a deployment's template left blank) was taken as the
+/// operator's name and refused, with a message about `--operator`, although the README says
+/// the operator defaults to `$USER`: it is unset now, and `$USER` is recorded.
+#[tokio::test]
+async fn an_empty_operator_variable_falls_back_to_user() {
+    let db = db();
+    let m = manager(SqliteStore::open(&db.path).unwrap(), old_ring());
+    let (k, _) = make(&m, &acme(), "leaky", 30).await;
+    cli_with(&db.path, 1, &OLD)
+        .env("API_KEYS_OPERATOR", "")
+        .env("USER", "oncall-olga")
+        .args(["keys", "revoke", &k.id().to_string()])
+        .assert()
+        .success();
+    let rec = m.store().get(k.id()).await.unwrap().unwrap();
+    assert_eq!(rec.revoked_by, Some(UserId::new("oncall-olga")));
+}

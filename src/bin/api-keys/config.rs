@@ -360,14 +360,17 @@ async fn postgres(_: &str) -> Result<AnyStore, Failure> {
     ))
 }
 
-/// The operator recorded on revocations: `--operator`, else `$USER`, else `operator`.
+/// The operator recorded on revocations: `--operator` (or `API_KEYS_OPERATOR`), else `$USER`,
+/// else `operator`. An empty `API_KEYS_OPERATOR=` is unset, as an empty `$USER` is.
 pub(crate) fn operator(global: &Global) -> Result<UserId, Failure> {
     let name = global
         .operator
         .clone()
+        .filter(|o| !o.is_empty())
         .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
         .unwrap_or_else(|| "operator".to_string());
-    UserId::try_new(&name).map_err(|_| Failure::usage("--operator must be 1 to 128 bytes"))
+    UserId::try_new(&name)
+        .map_err(|_| Failure::usage("--operator (or API_KEYS_OPERATOR) must be 1 to 128 bytes"))
 }
 
 /// `14d`, `12h`, `30m`, `90s`, `2w`. The reasons never quote the value: a token typed here by

@@ -510,3 +510,22 @@ async fn a_migration_against_a_server_that_stops_answering_fails_not_hangs() {
     // Nothing was left locked: the next node migrates.
     connect(&cfg, &app("after-held-migrate")).await;
 }
+
+/// `connect_timeout(Duration::ZERO)` (libpq's "no limit", as a host may pass it through) made
+/// every connection attempt time out at once: the store could not connect at all. Zero is the
+/// default now, as the URL's `connect_timeout=0` already was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_connect_timeout_is_the_default_not_an_instant_failure() {
+    let Some(cfg) = database_url("a_zero_connect_timeout_is_the_default_not_an_instant_failure")
+    else {
+        return;
+    };
+    let store = PostgresStore::options()
+        .connect_timeout(Duration::ZERO)
+        .connect_and_migrate(&conninfo(&cfg, &app("zero-connect"), None, None))
+        .await
+        .unwrap();
+    let rec = api_keys::testkit::sample_record(random_id(), &org());
+    store.insert(rec.clone()).await.unwrap();
+    assert!(store.get(&rec.id).await.unwrap().is_some());
+}

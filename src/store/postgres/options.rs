@@ -87,7 +87,9 @@ impl PostgresOptions {
         self
     }
 
-    /// How long making a connection may take (overrides the URL's `connect_timeout`).
+    /// How long making a connection may take (overrides the URL's `connect_timeout`). Zero is
+    /// the default, as the URL's `connect_timeout=0` is (a connection attempt is always
+    /// bounded: a server that accepts and never answers must not hold the pool or the feed).
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = Some(d);
         self
@@ -187,7 +189,7 @@ impl PostgresOptions {
         if config.get_application_name().is_none() {
             config.application_name(DEFAULT_APPLICATION_NAME);
         }
-        if let Some(d) = self.connect_timeout {
+        if let Some(d) = self.connect_timeout.filter(|d| !d.is_zero()) {
             config.connect_timeout(d);
         } else if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));

@@ -139,6 +139,65 @@ async fn every_error_answer_is_json_and_names_the_field() {
     assert!(!message.contains("RollBody"), "{message}");
 }
 
+/// A body naming a member twice (`{"name":"a","name":"b"}`) is ambiguous: a proxy, a log or
+/// a reviewer that reads the first value sees another request than the server, which took the
+/// last one. Refused, at any depth (`expiry`, a refill), before anything is done.
+#[tokio::test]
+async fn a_body_with_a_duplicate_member_is_refused() {
+    let srv = start().await;
+    let (_, info) = srv
+        .create(json!({"name": "p", "scopes": ["prometheus"], "credits": {"initial": 10}}))
+        .await;
+    let id = info["id"].as_str().unwrap();
+    let calls = [
+        (
+            Method::POST,
+            "/api/keys".to_string(),
+            r#"{"name":"harmless","scopes":["prometheus"],"name":"other"}"#,
+            "`name`",
+        ),
+        (
+            Method::POST,
+            "/api/keys".to_string(),
+            r#"{"name":"a","scopes":["prometheus"],"expiry":{"days":7,"days":365}}"#,
+            "`days`",
+        ),
+        (
+            Method::PUT,
+            format!("/api/keys/{id}/credits"),
+            r#"{"credits":{"initial":1},"credits":null}"#,
+            "`credits`",
+        ),
+        (
+            Method::POST,
+            format!("/api/keys/{id}/roll"),
+            r#"{"overlap_seconds":0,"overlap_seconds":86400}"#,
+            "`overlap_seconds`",
+        ),
+    ];
+    for (method, path, body, member) in calls {
+        let r = srv
+            .call(method, &path)
+            .session(&srv.alice())
+            .header(CONTENT_TYPE, b"application/json")
+            .raw_body(body)
+            .send()
+            .await;
+        r.assert_error(StatusCode::BAD_REQUEST, "bad_request");
+        let message = r.json()["detail"].as_str().unwrap().to_string();
+        assert!(message.contains(member), "{body}: {message}");
+    }
+    // Nothing was made, rolled or changed.
+    let r = srv.get("/api/keys").session(&srv.alice()).send().await;
+    assert_eq!(r.json().as_array().unwrap().len(), 1, "{}", r.text());
+    let r = srv
+        .get(&format!("/api/keys/{id}/credits"))
+        .session(&srv.alice())
+        .send()
+        .await;
+    assert_eq!(r.json()["remaining"], 10, "{}", r.text());
+}
+
 #[tokio::test]
 async fn the_openapi_description_covers_every_management_route_and_error() {
     let srv = start().await;

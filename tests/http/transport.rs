@@ -49,6 +49,33 @@ async fn only_requests_naming_this_server_as_host_are_answered() {
     }
 }
 
+/// A `Host` header that is not text (a byte over 0x7f) names no host of this server: it was
+/// ignored and the request-target's authority checked instead, so an absolute-form request
+/// for `http://127.0.0.1:PORT/...` whose `Host` was `evil.example\xff` was answered.
+#[tokio::test]
+async fn a_host_header_that_is_not_text_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = start().await;
+    let port = srv.addr.port();
+    let mut req = format!(
+        "GET http://127.0.0.1:{port}/api/whoami HTTP/1.1\r\nConnection: close\r\n\
+         X-Demo-Session: {}\r\nHost: evil.example",
+        srv.alice()
+    )
+    .into_bytes();
+    req.extend_from_slice(b"\xff\r\n\r\n");
+    let mut conn = TcpStream::connect(srv.addr).await.unwrap();
+    conn.write_all(&req).await.unwrap();
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).await.unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 421 "), "{out}");
+    assert!(
+        out.contains("wrong_host") && !out.contains("alice"),
+        "{out}"
+    );
+}
+
 /// Reads from `stream` until the server closes it; what it sent. The outer timeout only keeps a
 /// broken server from hanging the test: the limits under test are far shorter.
 async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {

@@ -98,11 +98,12 @@ async fn check_request(
         )
         .into_response();
     }
-    let host = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    // The request-target's authority counts only without a `Host` header: one that is there
+    // but not text names no host of this server.
+    let host = match req.headers().get(HOST) {
+        Some(h) => h.to_str().ok(),
+        None => req.uri().authority().map(|a| a.as_str()),
+    };
     let known = host.is_some_and(|h| hosts.iter().any(|a| a.eq_ignore_ascii_case(h)));
     if !known && req.uri().path() != SECRET_SCANNING_PATH {
         return ApiError::new(

@@ -365,8 +365,9 @@ pub(crate) fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
-/// White space, format characters (Unicode category Cf: zero-width spaces and joiners, soft
-/// hyphen, word joiner, BOM, tags, ...), fillers and variation selectors: characters that show
+/// White space and Unicode's default-ignorable code points (format characters such as
+/// zero-width spaces and joiners, soft hyphen, word joiner, BOM, tags, shorthand format
+/// controls; fillers; variation selectors; the reserved U+FFF0–U+FFF8): characters that show
 /// nothing on their own.
 fn is_invisible(c: char) -> bool {
     c.is_whitespace()
@@ -374,7 +375,8 @@ fn is_invisible(c: char) -> bool {
             '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
             | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
             | '\u{2060}'..='\u{206F}' | '\u{2800}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}'
-            | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}' | '\u{1D173}'..='\u{1D17A}'
+            | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}' | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
             | '\u{E0000}'..='\u{E0FFF}')
 }
 

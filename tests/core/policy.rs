@@ -172,6 +172,10 @@ async fn each_policy_refusal_says_what_is_allowed() {
         "\u{200b}\u{200b}",
         "\u{feff}\u{2060} \u{200d}",
         "\u{3164}",
+        // Default-ignorable code points outside the commonly known ones: shorthand format
+        // controls and the reserved U+FFF0–U+FFF8 show nothing either.
+        "\u{1bca0}\u{1bca3}",
+        "\u{fff0} \u{fff8}",
     ] {
         let msg = policy_message(m.generate(&a, prom(blank)).await);
         assert!(msg.contains("visible"), "{msg}");

@@ -409,8 +409,9 @@ async fn a_huge_queue_capacity_is_refused_not_a_panic() {
 #[tokio::test]
 async fn a_change_of_limits_or_credits_arrives_as_a_webhook() {
     let (manager, info, mut rx) = audited_key().await;
+    let burst = api_keys::RateLimit::new("burst", 10, std::time::Duration::from_secs(1));
     manager
-        .set_limits(&common::alice(), &info.id, vec![])
+        .set_limits(&common::alice(), &info.id, vec![burst])
         .await
         .unwrap();
     manager

@@ -143,7 +143,8 @@ impl<S: KeyStore + 'static> KeyManager<S> {
 
     /// Replaces a key's rate limits (at most [`crate::MAX_RATE_LIMITS`], names unique; an
     /// empty list removes them). The change is sealed under the record's tag with
-    /// compare-and-swap and audited (`limits_changed`); counts of limits that keep their name,
+    /// compare-and-swap and audited (`limits_changed`; the limits the key already has change
+    /// nothing and are neither written nor audited); counts of limits that keep their name,
     /// window and scope carry on (a key's own limit made organization-wide counts on in the
     /// organization's shared count, and the reverse starts the key's own count afresh).
     ///
@@ -161,7 +162,7 @@ impl<S: KeyStore + 'static> KeyManager<S> {
         Self::require_manager(actor)?;
         check_limits(&limits, None)?;
         self.inner.policy.check_rate_limits(&limits)?;
-        let (rec, _) = self
+        let (rec, changed) = self
             .modify(Some(actor), id, |r| {
                 if r.rate_limits == limits {
                     return Ok(false);
@@ -170,12 +171,14 @@ impl<S: KeyStore + 'static> KeyManager<S> {
                 Ok(true)
             })
             .await?;
-        self.audit_best_effort(
-            AuditAction::LimitsChanged,
-            Some(actor),
-            Some(actor.org()),
-            Some(*id),
-        );
+        if changed {
+            self.audit_best_effort(
+                AuditAction::LimitsChanged,
+                Some(actor),
+                Some(actor.org()),
+                Some(*id),
+            );
+        }
         Ok(self.info(&rec, self.inner.clock.now()))
     }
 

@@ -262,6 +262,42 @@ async fn managers_change_limits_and_credits_audited() {
     assert_eq!(count(AuditAction::CreditsChanged), 2);
 }
 
+/// `limits_changed` says a key's rate limits were changed: `set_limits` with the limits the
+/// key already has changes nothing, writes nothing and audits nothing.
+#[tokio::test]
+async fn set_limits_to_the_same_limits_audits_no_change() {
+    let s = setup();
+    let limits = vec![RateLimit::new("minute", 5, secs(60))];
+    let (_, info) = generate(&s.manager, req("same").rate_limit(limits[0].clone())).await;
+    let changes = || {
+        s.audit
+            .events()
+            .iter()
+            .filter(|e| e.action == AuditAction::LimitsChanged)
+            .count()
+    };
+    let got = s
+        .manager
+        .set_limits(&alice(), &info.id, limits.clone())
+        .await
+        .unwrap();
+    assert_eq!(got.rate_limits, limits);
+    assert_eq!(
+        changes(),
+        0,
+        "nothing changed, so nothing is audited as changed"
+    );
+    s.manager
+        .set_limits(
+            &alice(),
+            &info.id,
+            vec![RateLimit::new("minute", 4, secs(60))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changes(), 1);
+}
+
 #[tokio::test]
 async fn a_tampered_limit_in_the_stored_record_is_an_integrity_failure() {
     let store = MemoryStore::new();

@@ -119,10 +119,11 @@ impl Policy {
                 "this policy allows at most {cap} credits, so a key needs credits"
             )));
         };
-        let refill = c.refill_schedule().map_or(0, |r| r.amount());
-        if c.initial() > cap || refill > cap {
+        let refill = c.refill_schedule().map(|r| r.amount());
+        if c.initial() > cap || refill.is_some_and(|r| r > cap) {
+            let refilled = refill.map_or(String::new(), |r| format!(", refilled to {r},"));
             return Err(Error::Policy(format!(
-                "credits of {} (refilled to {refill}) exceed this policy's maximum of {cap}",
+                "credits of {}{refilled} exceed this policy's maximum of {cap}",
                 c.initial()
             )));
         }

@@ -105,13 +105,19 @@ async fn the_policys_maxima_are_refused_on_generate() {
     });
     let msg = policy_error(s.manager.generate(&alice(), three).await);
     assert!(msg.contains("at most 2 rate limits"), "{msg}");
-    // Credits above the maximum, initially or by refill.
-    for c in [
-        Credits::new(1_001),
-        Credits::new(10).refill(Refill::monthly(1, 5_000)),
+    // Credits above the maximum, initially or by refill; the message names only what the
+    // request gave (no refill "to 0" for credits that are never refilled).
+    for (c, says, not) in [
+        (Credits::new(1_001), "1001", "refill"),
+        (
+            Credits::new(10).refill(Refill::monthly(1, 5_000)),
+            "refilled to 5000",
+            "refilled to 0",
+        ),
     ] {
         let msg = policy_error(s.manager.generate(&alice(), req("c").credits(c)).await);
         assert!(msg.contains("maximum of 1000"), "{msg}");
+        assert!(msg.contains(says) && !msg.contains(not), "{msg}");
     }
     s.manager
         .generate(&alice(), req("c").credits(Credits::new(1_000)))

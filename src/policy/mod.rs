@@ -273,15 +273,22 @@ impl Policy {
         }
         // The defaults must pass the policy's own maxima (checked only where they apply:
         // a policy may cap rates and leave the limits to each request).
+        // Each refusal names the setting it is about.
+        let about = |what: &'static str| {
+            move |e: Error| match e {
+                Error::Policy(msg) => Error::Policy(format!("{what}: {msg}")),
+                other => other,
+            }
+        };
         if !self.default_rate_limits.is_empty() {
-            check_limits(&self.default_rate_limits, None)?;
-            self.check_rate_limits(&self.default_rate_limits)
-                .map_err(|e| Error::Policy(format!("default_rate_limits: {e}")))?;
+            check_limits(&self.default_rate_limits, None)
+                .and_then(|()| self.check_rate_limits(&self.default_rate_limits))
+                .map_err(about("default_rate_limits"))?;
         }
         if let Some(c) = &self.default_credits {
-            c.check()?;
-            self.check_credits(Some(c))
-                .map_err(|e| Error::Policy(format!("default_credits: {e}")))?;
+            c.check()
+                .and_then(|()| self.check_credits(Some(c)))
+                .map_err(about("default_credits"))?;
         }
         Ok(())
     }

@@ -228,6 +228,38 @@ fn a_policy_whose_defaults_break_its_maxima_is_refused_at_build() {
     ] {
         assert!(matches!(build(p), Err(Error::Policy(_))));
     }
+    // A refusal of a default names it, once, whatever is wrong with it.
+    for (p, names) in [
+        (
+            Policy::default().default_rate_limits(&[RateLimit::new("Bad", 1, secs(1))]),
+            "default_rate_limits",
+        ),
+        (
+            Policy::default()
+                .default_rate_limits(&[RateLimit::new("burst", 100, secs(1))])
+                .max_rate(10, secs(1)),
+            "default_rate_limits",
+        ),
+        (
+            Policy::default().default_credits(Credits::new(1).refill(Refill::monthly(29, 1))),
+            "default_credits",
+        ),
+        (
+            Policy::default()
+                .default_credits(Credits::new(50))
+                .max_credits(10),
+            "default_credits",
+        ),
+    ] {
+        let Err(e) = build(p) else {
+            panic!("{names}: accepted")
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!("policy: {names}: ")) && msg.matches("policy:").count() == 1,
+            "{msg}"
+        );
+    }
     assert!(build(limited_policy()).is_ok());
 }
 

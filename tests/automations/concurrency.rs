@@ -263,25 +263,9 @@ impl Notifier for PanicsOnce {
 /// warning was never sent; a host sweeping in a spawned loop also lost every later sweep).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_notifier_loses_no_other_notice_of_the_same_claim() {
-    let clock = ManualClock::new(start());
     let notes = PanicsOnce::default();
-    let manager = KeyManager::builder(MemoryStore::new(), keyring())
-        .clock(clock.clone())
-        .policy(Policy::default().revoke_unused_after(days(60)))
-        .notifier(notes.clone())
-        .build()
-        .unwrap();
-    let (key, _) = manager
-        .generate(&alice(), req("ci").expiry(Expiry::At(start() + days(80))))
-        .await
-        .unwrap();
-    // Day 53: unused for 53 days (warning due) and 27 days left (the 30-day warning due).
-    clock.set(start() + days(53));
-    let m = manager.clone();
-    let first = tokio::spawn(async move { m.sweep().await }).await;
+    let (manager, first) = sweep_a_claim_of_two_notices(|b| b.notifier(notes.clone())).await;
     let again = manager.sweep().await.unwrap();
-    let notices = manager.get(&alice(), key.id()).await.unwrap().notices;
-    assert!(notices.unused_warned && notices.expiry_warned == vec![days(30).whole_seconds()]);
     assert_eq!(
         *notes.calls.lock().unwrap(),
         vec!["unused_warning", "expiry_warning"],
@@ -322,36 +306,53 @@ impl api_keys::AuditSink for AuditPanicsOnce {
 /// was ever sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_audit_sink_loses_no_notice_of_the_same_claim() {
-    let clock = ManualClock::new(start());
     let notes = Notes::default();
-    let manager = KeyManager::builder(MemoryStore::new(), keyring())
-        .clock(clock.clone())
-        .policy(Policy::default().revoke_unused_after(days(60)))
-        .notifier(notes.clone())
-        .build()
-        .unwrap();
-    let (key, _) = manager
-        .generate(&alice(), req("ci").expiry(Expiry::At(start() + days(80))))
-        .await
-        .unwrap();
-    // The sink panics on the sweep's first event (generation audited into the default sink).
-    let audited = KeyManager::builder(manager.store().clone(), keyring())
-        .clock(clock.clone())
-        .policy(Policy::default().revoke_unused_after(days(60)))
-        .notifier(notes.clone())
-        .audit(AuditPanicsOnce::default())
-        .build()
-        .unwrap();
-    // Day 53: unused for 53 days (warning due) and 27 days left (the 30-day warning due).
-    clock.set(start() + days(53));
-    let m = audited.clone();
-    let swept = tokio::spawn(async move { m.sweep().await }).await;
-    let notices = manager.get(&alice(), key.id()).await.unwrap().notices;
-    assert!(notices.unused_warned && notices.expiry_warned == vec![days(30).whole_seconds()]);
+    let sink = AuditPanicsOnce::default();
+    let (_, swept) =
+        sweep_a_claim_of_two_notices(|b| b.notifier(notes.clone()).audit(sink.clone())).await;
     assert_eq!(
         notes.names(),
         vec!["unused_warning", "expiry_warning"],
         "sweep {swept:?}"
     );
     swept.expect("the sweep survives its audit sink").unwrap();
+}
+
+/// A key whose one claim holds two notices — on day 53 it is unused for 53 days (the
+/// unused-key warning of a 60-day policy is due) and has 27 days left (its 30-day warning is
+/// due) — swept in a task of its own by a manager `with` configures (a notifier, an audit
+/// sink). The manager and the sweep's outcome (an `Err` if it panicked); both
+/// notices are checked to be marked sent.
+async fn sweep_a_claim_of_two_notices(
+    with: impl FnOnce(
+        api_keys::KeyManagerBuilder<MemoryStore>,
+    ) -> api_keys::KeyManagerBuilder<MemoryStore>,
+) -> (
+    KeyManager<MemoryStore>,
+    Result<Result<api_keys::SweepReport, Error>, tokio::task::JoinError>,
+) {
+    let clock = ManualClock::new(start());
+    let manager = with(
+        KeyManager::builder(MemoryStore::new(), keyring())
+            .clock(clock.clone())
+            .policy(Policy::default().revoke_unused_after(days(60))),
+    )
+    .build()
+    .unwrap();
+    // Generated before the sweep: a sink that panics on its first event panics in the sweep.
+    let store = manager.store().clone();
+    let maker = KeyManager::builder(store, keyring())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let (key, _) = maker
+        .generate(&alice(), req("ci").expiry(Expiry::At(start() + days(80))))
+        .await
+        .unwrap();
+    clock.set(start() + days(53));
+    let m = manager.clone();
+    let swept = tokio::spawn(async move { m.sweep().await }).await;
+    let notices = maker.get(&alice(), key.id()).await.unwrap().notices;
+    assert!(notices.unused_warned && notices.expiry_warned == vec![days(30).whole_seconds()]);
+    (manager, swept)
 }

@@ -128,6 +128,18 @@ pub async fn delete_removes<S: KeyStore>(store: &S) -> Check {
     Ok(())
 }
 
+/// Eight updates of `rec`, each expecting its revision and naming its writer.
+fn rival_updates(rec: &KeyRecord) -> Vec<KeyRecord> {
+    (0..8)
+        .map(|i| {
+            let mut r = rec.clone();
+            r.revision = rec.revision + 1;
+            r.name = format!("writer {i}");
+            r
+        })
+        .collect()
+}
+
 /// Eight concurrent `update`s expecting the same revision: exactly one wins, the others get
 /// `Conflict`, and the stored record is the winner's.
 pub async fn concurrent_updates_have_one_winner<S: KeyStore>(store: &S) -> Check {
@@ -138,14 +150,7 @@ pub async fn concurrent_updates_have_one_winner<S: KeyStore>(store: &S) -> Check
         .insert(rec.clone())
         .await
         .map_err(|e| store_err(C, "insert", e))?;
-    let candidates: Vec<KeyRecord> = (0..8)
-        .map(|i| {
-            let mut r = rec.clone();
-            r.revision = rec.revision + 1;
-            r.name = format!("writer {i}");
-            r
-        })
-        .collect();
+    let candidates = rival_updates(&rec);
     let results = join_all(
         candidates
             .iter()
@@ -242,14 +247,7 @@ pub async fn writes_are_atomic_across_handles<S: KeyStore, O: KeyStore>(
         .insert(rec.clone())
         .await
         .map_err(|e| store_err(C, "insert", e))?;
-    let updates: Vec<KeyRecord> = (0..8)
-        .map(|i| {
-            let mut r = rec.clone();
-            r.revision = rec.revision + 1;
-            r.name = format!("writer {i}");
-            r
-        })
-        .collect();
+    let updates = rival_updates(&rec);
     let inserts: Vec<KeyRecord> = (0..8)
         .map(|i| {
             let mut r = sample_record(random_id(), &org);
